@@ -1,0 +1,95 @@
+"""Encoding events into log entries and back, with the upcaster chain.
+
+A log entry has two fields: ``k`` (``tag@version``) and ``e`` (the event as JSON, its tag
+included). Invariants:
+- ``decode(encode(e))`` equals ``e`` once the log's time is stamped.
+- An entry of an older version is upcast, step by step, to the current one; a recorded sample
+  of every old shape lives under ``tests/golden/`` and must still decode.
+- Anything else (unknown tag, future version, broken JSON, missing field) raises
+  ``UndecodableEvent`` naming the position and the reason; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgspec
+
+from events.errors import UndecodableEvent
+from events.model import ALL_EVENT_TYPES, AnyEvent, Event, tag_of
+
+KIND = b"k"
+BODY = b"e"
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AnyEvent)
+_CURRENT: dict[str, int] = {tag_of(cls): cls.VERSION for cls in ALL_EVENT_TYPES}
+_CURRENT_KINDS: frozenset[bytes] = frozenset(
+    f"{tag}@{version}".encode() for tag, version in _CURRENT.items()
+)
+
+
+def _scheduled_v1_to_v2(old: dict[str, Any]) -> dict[str, Any]:
+    """v1 kept the placement as ``{node: [gpu, ...]}`` in rank order; v2 lists the ranks."""
+    placement: dict[str, list[int]] = old.pop("placement")
+    old["ranks"] = [
+        {"rank": rank, "node": node, "gpus": gpus}
+        for rank, (node, gpus) in enumerate(placement.items())
+    ]
+    return old
+
+
+#: (tag, version) -> the function that turns that version into version + 1.
+UPCASTERS: dict[tuple[str, int], Upcaster] = {
+    ("attempt.scheduled", 1): _scheduled_v1_to_v2,
+}
+
+
+def kind_of(event: Event) -> bytes:
+    return f"{tag_of(type(event))}@{event.VERSION}".encode()
+
+
+def encode(event: Event) -> dict[bytes, bytes]:
+    """The fields of the log entry for ``event``."""
+    return {KIND: kind_of(event), BODY: _encoder.encode(event)}
+
+
+def decode(position: str, fields: Mapping[bytes, bytes]) -> AnyEvent:
+    """The event stored at ``position``, upcast to the current version, time stamped."""
+    try:
+        kind, body = fields[KIND], fields[BODY]
+    except KeyError:
+        raise UndecodableEvent(position, f"not an event entry (fields {sorted(fields)})") from None
+    try:
+        event = _decoder.decode(body) if kind in _CURRENT_KINDS else _upcast(kind, body)
+    except msgspec.ValidationError as exc:
+        raise UndecodableEvent(position, f"{kind.decode(errors='replace')}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise UndecodableEvent(position, f"broken JSON: {exc}") from None
+    event.time = int(position.split("-", 1)[0])
+    return event
+
+
+def _upcast(kind: bytes, body: bytes) -> AnyEvent:
+    tag, _, version_text = kind.decode(errors="replace").partition("@")
+    current = _CURRENT.get(tag)
+    if current is None:
+        raise msgspec.ValidationError(f"unknown event type {tag!r}")
+    if not version_text.isdigit():
+        raise msgspec.ValidationError(f"bad version {version_text!r}")
+    version = int(version_text)
+    if version > current:
+        raise msgspec.ValidationError(
+            f"version {version} is newer than this runplane knows ({current}): upgrade runplane"
+        )
+    payload = msgspec.json.decode(body)
+    if not isinstance(payload, dict):
+        raise msgspec.ValidationError("the event body is not a JSON object")
+    while version < current:
+        payload = UPCASTERS[(tag, version)](payload)
+        version += 1
+    event: AnyEvent = msgspec.convert(payload, AnyEvent)
+    return event

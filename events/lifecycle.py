@@ -1,0 +1,309 @@
+"""The lifecycle rules: how a run and its attempts move, and what they refuse.
+
+``evolve(state, event)`` folds one event into a run's state and raises ``IllegalTransition``
+for an event the rules forbid. Every writer checks its events with it before appending (the
+append is conditional on the version it read), and every fold applies it, so the log never
+holds a step the rules refuse. Pure: no IO, no clock; times come from the events.
+
+Per attempt: PENDING -> QUEUED -> STARTING -> RUNNING -> TERMINATING -> COMPLETED | STOPPED |
+FAILED. An attempt that never held GPUs (PENDING or QUEUED) may end STOPPED or FAILED at once;
+one that did (STARTING, RUNNING) ends only through TERMINATING, and only when every rank has
+released its GPUs. Per run: a new attempt (restart or retry) opens only when the latest one is
+terminal; a stop of a terminal or terminating attempt is refused; a deleted run accepts nothing.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn, assert_never
+
+import msgspec
+
+from events.errors import IllegalTransition
+from events.model import (
+    AnyRunEvent,
+    AttemptCompleted,
+    AttemptFailed,
+    AttemptQueued,
+    AttemptRunning,
+    AttemptScheduled,
+    AttemptStopped,
+    AttemptTerminating,
+    DeleteRequested,
+    ImagePullFailed,
+    ImagePullFinished,
+    ImagePullStarted,
+    IntegrationFailed,
+    IntegrationFinished,
+    IntegrationStarted,
+    RankExited,
+    RankPlacement,
+    RankRunning,
+    Reason,
+    RestartRequested,
+    RetryScheduled,
+    RunDeleted,
+    RunEvent,
+    RunSubmitted,
+    StopRequested,
+    UpdateRequested,
+    tag_of,
+)
+from events.spec import RunSpec
+from events.status import RunStatus
+
+S = RunStatus
+_HOLDS_GPUS = (S.STARTING, S.RUNNING, S.TERMINATING)
+_WAITING = (S.PENDING, S.QUEUED)
+
+
+class RankState(msgspec.Struct, kw_only=True):
+    rank: int
+    node: str
+    gpus: list[int]
+    running: bool = False
+    exited: bool = False
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: Reason | None = None
+
+
+class AttemptState(msgspec.Struct, kw_only=True):
+    index: int
+    status: RunStatus = S.PENDING
+    #: Every phase the attempt entered, with the log's time of entry, in order.
+    timeline: list[tuple[RunStatus, int]] = msgspec.field(default_factory=list)
+    cluster: str | None = None
+    gpu_type: str | None = None
+    ranks: list[RankState] = msgspec.field(default_factory=list)
+    reason: Reason | None = None
+    queue_reason: str = ""
+    stop_requested_by: str | None = None
+    opened_by: str = ""
+
+    @property
+    def gpus(self) -> int:
+        return sum(len(rank.gpus) for rank in self.ranks)
+
+    def rank(self, index: int) -> RankState | None:
+        return self.ranks[index] if 0 <= index < len(self.ranks) else None
+
+    def all_released(self) -> bool:
+        return all(rank.exited for rank in self.ranks)
+
+
+class RunState(msgspec.Struct, kw_only=True):
+    run_id: str
+    name: str
+    spec: RunSpec
+    created_by: str
+    created_at: int
+    #: Events folded so far; the expected version of the next append.
+    version: int = 0
+    attempts: list[AttemptState] = msgspec.field(default_factory=list)
+    user_failures: int = 0
+    delete_requested: bool = False
+    deleted: bool = False
+
+    @property
+    def latest(self) -> AttemptState:
+        return self.attempts[-1]
+
+    @property
+    def status(self) -> RunStatus:
+        return self.latest.status
+
+
+def evolve(state: RunState | None, event: AnyRunEvent) -> RunState:
+    """``state`` after ``event``; raises ``IllegalTransition`` if the rules forbid it.
+
+    The state is updated in place (folds run over millions of events) and returned; a caller
+    that must keep the old state folds a copy (``copy_state``).
+    """
+    if state is None:
+        if not isinstance(event, RunSubmitted):
+            _refuse(event, "the run does not exist")
+        if event.attempt != 0:
+            _refuse(event, "a run starts at attempt 0")
+        state = RunState(
+            run_id=event.run_id,
+            name=event.name,
+            spec=event.spec,
+            created_by=event.actor,
+            created_at=event.time,
+            attempts=[_open(0, event)],
+        )
+        state.version = 1
+        return state
+    if state.deleted:
+        _refuse(event, "the run is deleted")
+    _apply(state, event)
+    state.version += 1
+    return state
+
+
+def fold(events: list[AnyRunEvent]) -> RunState | None:
+    state: RunState | None = None
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+def copy_state(state: RunState) -> RunState:
+    return msgspec.convert(msgspec.to_builtins(state), RunState)
+
+
+def _apply(state: RunState, event: AnyRunEvent) -> None:  # noqa: PLR0912, PLR0915
+    attempt = state.latest
+    match event:
+        case RunSubmitted():
+            _refuse(event, "the run exists already")
+        case RestartRequested() | RetryScheduled():
+            _require_new_attempt(state, event)
+            state.attempts.append(_open(event.attempt, event))
+        case StopRequested():
+            _current(attempt, event)
+            if attempt.status.is_terminal() or attempt.status is S.TERMINATING:
+                _refuse(event, f"attempt {attempt.index} is already {attempt.status.display_name}")
+            attempt.stop_requested_by = event.actor
+        case UpdateRequested():
+            _update(state, event)
+        case DeleteRequested():
+            if state.delete_requested:
+                _refuse(event, "the run is being deleted already")
+            state.delete_requested = True
+        case RunDeleted():
+            if not state.delete_requested or not attempt.status.is_terminal():
+                _refuse(event, "a run is deleted after its delete request and latest attempt end")
+            state.deleted = True
+        case AttemptQueued():
+            _phase(attempt, event, (S.PENDING, S.QUEUED), S.QUEUED)
+            attempt.queue_reason = event.reason
+        case AttemptScheduled():
+            _schedule(attempt, event)
+        case (
+            ImagePullStarted()
+            | ImagePullFinished()
+            | ImagePullFailed()
+            | IntegrationStarted()
+            | IntegrationFinished()
+            | IntegrationFailed()
+        ):
+            _current(attempt, event)
+            _live_rank(attempt, event, event.rank)
+        case RankRunning():
+            rank = _live_rank(attempt, event, event.rank)
+            if rank.running:
+                _refuse(event, f"rank {event.rank} runs already")
+            rank.running = True
+        case AttemptRunning():
+            if not all(rank.running for rank in attempt.ranks):
+                _refuse(event, "not every rank runs yet")
+            _phase(attempt, event, (S.STARTING,), S.RUNNING)
+        case RankExited():
+            rank = _live_rank(attempt, event, event.rank)
+            rank.exited, rank.exit_code, rank.signal = True, event.exit_code, event.signal
+            rank.reason = event.reason
+        case AttemptTerminating():
+            _phase(attempt, event, (S.STARTING, S.RUNNING), S.TERMINATING)
+            attempt.reason = event.reason
+        case AttemptCompleted():
+            _end(attempt, event, S.COMPLETED, None)
+        case AttemptStopped():
+            _end(attempt, event, S.STOPPED, event.reason)
+        case AttemptFailed():
+            _end(attempt, event, S.FAILED, event.reason)
+            if event.reason.category == "user":
+                state.user_failures += 1
+        case _:
+            assert_never(event)
+
+
+def _open(index: int, event: RunEvent) -> AttemptState:
+    return AttemptState(index=index, timeline=[(S.PENDING, event.time)], opened_by=event.actor)
+
+
+def _require_new_attempt(state: RunState, event: RunEvent) -> None:
+    if state.delete_requested:
+        _refuse(event, "the run is being deleted")
+    latest = state.latest
+    if not latest.status.is_terminal():
+        _refuse(event, f"attempt {latest.index} is still {latest.status.display_name}")
+    if event.attempt != latest.index + 1:
+        _refuse(event, f"the next attempt is {latest.index + 1}, not {event.attempt}")
+
+
+def _current(attempt: AttemptState, event: RunEvent) -> None:
+    if event.attempt != attempt.index:
+        _refuse(event, f"attempt {event.attempt} is not the current attempt ({attempt.index})")
+
+
+def _phase(
+    attempt: AttemptState, event: RunEvent, sources: tuple[RunStatus, ...], target: RunStatus
+) -> None:
+    _current(attempt, event)
+    if attempt.status not in sources:
+        _refuse(event, f"attempt {attempt.index} is {attempt.status.display_name}")
+    if attempt.status is not target:
+        attempt.timeline.append((target, event.time))
+        attempt.status = target
+
+
+def _schedule(attempt: AttemptState, event: AttemptScheduled) -> None:
+    if not event.ranks:
+        _refuse(event, "a placement needs at least one rank")
+    if [rank.rank for rank in event.ranks] != list(range(len(event.ranks))):
+        _refuse(event, "ranks must be numbered 0..n-1 in order")
+    if len({rank.node for rank in event.ranks}) != len(event.ranks):
+        _refuse(event, "each rank runs on its own node")
+    if any(len(set(rank.gpus)) != len(rank.gpus) for rank in event.ranks):
+        _refuse(event, "a rank holds each GPU once")
+    _phase(attempt, event, (S.QUEUED,), S.STARTING)
+    attempt.cluster, attempt.gpu_type = event.cluster, event.gpu_type
+    attempt.ranks = [_rank_state(rank) for rank in event.ranks]
+
+
+def _rank_state(placement: RankPlacement) -> RankState:
+    return RankState(rank=placement.rank, node=placement.node, gpus=list(placement.gpus))
+
+
+def _live_rank(attempt: AttemptState, event: RunEvent, index: int) -> RankState:
+    _current(attempt, event)
+    if attempt.status not in _HOLDS_GPUS:
+        _refuse(event, f"attempt {attempt.index} is {attempt.status.display_name}")
+    rank = attempt.rank(index)
+    if rank is None:
+        _refuse(event, f"attempt {attempt.index} has no rank {index}")
+    if rank.exited:
+        _refuse(event, f"rank {index} has exited")
+    return rank
+
+
+def _end(attempt: AttemptState, event: RunEvent, target: RunStatus, reason: Reason | None) -> None:
+    _current(attempt, event)
+    if attempt.status is S.TERMINATING:
+        if not attempt.all_released():
+            _refuse(event, "a rank still holds its GPUs")
+    elif not (attempt.status in _WAITING and target is not S.COMPLETED):
+        _refuse(event, f"attempt {attempt.index} is {attempt.status.display_name}")
+    attempt.timeline.append((target, event.time))
+    attempt.status = target
+    attempt.reason = reason
+
+
+def _update(state: RunState, event: UpdateRequested) -> None:
+    changes = {
+        field: value
+        for field in ("priority", "preemptible", "max_retries", "retry_on_system_failure")
+        if (value := getattr(event, field)) is not None
+    }
+    if event.max_duration is not None:
+        changes["max_duration"] = event.max_duration
+    if event.max_retries is not None and event.max_retries < 0:
+        _refuse(event, "max_retries must not be negative")
+    if event.max_duration is not None and event.max_duration <= 0:
+        _refuse(event, "max_duration must be a positive number of hours")
+    state.spec.scheduling = msgspec.structs.replace(state.spec.scheduling, **changes)
+
+
+def _refuse(event: RunEvent, why: str) -> NoReturn:
+    raise IllegalTransition(event.aggregate, tag_of(type(event)), why)

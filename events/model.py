@@ -1,0 +1,276 @@
+"""Every event on runplane's log, as msgspec Structs in one tagged union.
+
+Invariants:
+- A tag (``attempt.scheduled``) is permanent. ``VERSION`` is the schema version of that tag;
+  adding an optional field needs no bump, a rename or a type change does, with an upcaster in
+  ``events.codec`` and a recorded sample of the old shape under ``tests/golden/``.
+- ``time`` (milliseconds since the epoch) and the log position are stamped by the log when the
+  event is appended, from the server's clock; a writer leaves ``time`` at 0.
+- Events say what happened. What somebody asks for is a command (``events.commands``); the
+  ``*Requested`` events record that a request was accepted, and by whom.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import msgspec
+
+from events.spec import RunSpec
+
+ReasonCategory = Literal["user", "system", "preempted", "stopped"]
+
+
+class Reason(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """Why an attempt ended (or is ending): a category, a code and the details."""
+
+    category: ReasonCategory
+    code: str  # FailedImagePull, Error, OOMKilled, NodeFailure, Preempted, StoppedByUser, ...
+    message: str = ""
+    exit_code: int | None = None
+    failed_rank: int | None = None
+
+    def __str__(self) -> str:
+        if self.code == "Error" and self.exit_code is not None:
+            return f"Error (exit code {self.exit_code})"
+        return self.code
+
+
+class RankPlacement(msgspec.Struct, kw_only=True, frozen=True):
+    """One rank of an attempt: the node it runs on and the GPU indices it holds there."""
+
+    rank: int
+    node: str
+    gpus: list[int]
+
+
+class Event(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="type"):
+    """The envelope every event carries."""
+
+    VERSION: ClassVar[int] = 1
+
+    id: str
+    actor: str  # a user, or ``service@host``
+    time: int = 0  # stamped by the log (ms since the epoch, the server's clock)
+    causation_id: str | None = None  # the event that caused this one
+    correlation_id: str | None = None  # the request this event belongs to
+
+    @property
+    def aggregate(self) -> str:  # pragma: no cover - every concrete base overrides it
+        raise NotImplementedError
+
+
+class RunEvent(Event, kw_only=True):
+    """An event of one run; ``attempt`` is the attempt (mcli: resumption) index, from 0."""
+
+    run_id: str
+    attempt: int = 0
+
+    @property
+    def aggregate(self) -> str:
+        return f"run:{self.run_id}"
+
+
+class NodeEvent(Event, kw_only=True):
+    """An event of one node of a cluster."""
+
+    node: str
+    cluster: str
+
+    @property
+    def aggregate(self) -> str:
+        return f"node:{self.node}"
+
+
+# --- a run and its requests -------------------------------------------------------------
+
+
+class RunSubmitted(RunEvent, kw_only=True, tag="run.submitted"):
+    """A run was created; its attempt 0 is PENDING. ``actor`` is the user."""
+
+    name: str  # the unique run name, base name plus random suffix
+    spec: RunSpec
+
+
+class StopRequested(RunEvent, kw_only=True, tag="run.stop_requested"):
+    reason: str = ""
+
+
+class RestartRequested(RunEvent, kw_only=True, tag="run.restart_requested"):
+    """Opens attempt ``attempt`` (PENDING); the previous attempt was terminal."""
+
+
+class UpdateRequested(RunEvent, kw_only=True, tag="run.update_requested"):
+    """Scheduling fields changed; ``None`` means unchanged."""
+
+    priority: Literal["auto", "low", "lowest"] | None = None
+    preemptible: bool | None = None
+    max_retries: int | None = None
+    retry_on_system_failure: bool | None = None
+    max_duration: float | None = None
+
+
+class DeleteRequested(RunEvent, kw_only=True, tag="run.delete_requested"):
+    pass
+
+
+class RunDeleted(RunEvent, kw_only=True, tag="run.deleted"):
+    """The run is gone from listings; its history stays in the log, audit and billing."""
+
+
+class RetryScheduled(RunEvent, kw_only=True, tag="run.retry_scheduled"):
+    """The scheduler opened attempt ``attempt`` (PENDING) after the previous one ended."""
+
+    cause: Literal["user_failure", "system_failure", "preempted"]
+
+
+# --- an attempt through its lifecycle ----------------------------------------------------
+
+
+class AttemptQueued(RunEvent, kw_only=True, tag="attempt.queued"):
+    reason: str = ""
+    position: int = 0
+
+
+class AttemptScheduled(RunEvent, kw_only=True, tag="attempt.scheduled"):
+    """The attempt holds GPUs from now on: it enters STARTING."""
+
+    VERSION: ClassVar[int] = 2
+
+    cluster: str
+    gpu_type: str | None = None
+    ranks: list[RankPlacement]
+
+
+class ImagePullStarted(RunEvent, kw_only=True, tag="image.pull_started"):
+    rank: int
+    node: str
+    image: str
+
+
+class ImagePullFinished(RunEvent, kw_only=True, tag="image.pull_finished"):
+    rank: int
+    node: str
+    image: str
+
+
+class ImagePullFailed(RunEvent, kw_only=True, tag="image.pull_failed"):
+    rank: int
+    node: str
+    image: str
+    error: str
+
+
+class IntegrationStarted(RunEvent, kw_only=True, tag="integration.started"):
+    rank: int
+    node: str
+    index: int
+    integration_type: str
+
+
+class IntegrationFinished(RunEvent, kw_only=True, tag="integration.finished"):
+    rank: int
+    node: str
+    index: int
+    integration_type: str
+
+
+class IntegrationFailed(RunEvent, kw_only=True, tag="integration.failed"):
+    rank: int
+    node: str
+    index: int
+    integration_type: str
+    error: str
+
+
+class RankRunning(RunEvent, kw_only=True, tag="rank.running"):
+    """The rank's command started."""
+
+    rank: int
+    node: str
+    pid: int | None = None
+
+
+class AttemptRunning(RunEvent, kw_only=True, tag="attempt.running"):
+    """Every rank runs its command: the attempt enters RUNNING."""
+
+
+class RankExited(RunEvent, kw_only=True, tag="rank.exited"):
+    """The rank released its GPUs. ``exit_code`` is None when no process ever ran."""
+
+    rank: int
+    node: str
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: Reason | None = None
+
+
+class AttemptTerminating(RunEvent, kw_only=True, tag="attempt.terminating"):
+    """The attempt is winding down; ``reason`` is None when every rank exited 0."""
+
+    reason: Reason | None = None
+
+
+class AttemptCompleted(RunEvent, kw_only=True, tag="attempt.completed"):
+    pass
+
+
+class AttemptStopped(RunEvent, kw_only=True, tag="attempt.stopped"):
+    reason: Reason
+
+
+class AttemptFailed(RunEvent, kw_only=True, tag="attempt.failed"):
+    reason: Reason
+
+
+# --- nodes --------------------------------------------------------------------------------
+
+
+class NodeRegistered(NodeEvent, kw_only=True, tag="node.registered"):
+    gpu_type: str | None
+    gpus: int
+    cpus: int = 0
+
+
+class NodeLost(NodeEvent, kw_only=True, tag="node.lost"):
+    last_seen: int  # ms since the epoch, from the node's last heartbeat
+
+
+class NodeDrained(NodeEvent, kw_only=True, tag="node.drained"):
+    reason: str = ""
+
+
+AnyRunEvent = (
+    RunSubmitted
+    | StopRequested
+    | RestartRequested
+    | UpdateRequested
+    | DeleteRequested
+    | RunDeleted
+    | RetryScheduled
+    | AttemptQueued
+    | AttemptScheduled
+    | ImagePullStarted
+    | ImagePullFinished
+    | ImagePullFailed
+    | IntegrationStarted
+    | IntegrationFinished
+    | IntegrationFailed
+    | RankRunning
+    | AttemptRunning
+    | RankExited
+    | AttemptTerminating
+    | AttemptCompleted
+    | AttemptStopped
+    | AttemptFailed
+)
+AnyNodeEvent = NodeRegistered | NodeLost | NodeDrained
+AnyEvent = AnyRunEvent | AnyNodeEvent
+
+ALL_EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__
+
+
+def tag_of(cls: type[Event]) -> str:
+    tag = cls.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag

@@ -1,0 +1,1 @@
+"""runplane's services: each its own process."""

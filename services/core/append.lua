@@ -1,0 +1,36 @@
+#!lua name=runplane
+-- The one way events enter the log. Atomic, so a crash or a lost race leaves nothing half
+-- written.
+--
+-- KEYS[1] the partition's global stream, KEYS[2] the aggregate's own stream,
+-- KEYS[3] the idempotency key.
+-- ARGV[1] expected version of the aggregate (-1: any), ARGV[2] idempotency TTL in ms,
+-- ARGV[3..] the entries, as (kind, body) pairs.
+--
+-- Returns {"ok", positions, version} with positions space-separated and version the
+-- aggregate's new version; {"dup", positions} when the key was seen (nothing is written);
+-- {"conflict", version} when the aggregate is not at the expected version.
+-- The entry id of the global stream is the log's clock: the server's, never the writer's.
+
+local function append(keys, args)
+  local seen = redis.call('GET', keys[3])
+  if seen then
+    return {'dup', seen}
+  end
+  local version = redis.call('XLEN', keys[2])
+  local expected = tonumber(args[1])
+  if expected >= 0 and version ~= expected then
+    return {'conflict', tostring(version)}
+  end
+  local positions = {}
+  for i = 3, #args, 2 do
+    local id = redis.call('XADD', keys[1], '*', 'k', args[i], 'e', args[i + 1])
+    redis.call('XADD', keys[2], id, 'k', args[i], 'e', args[i + 1])
+    positions[#positions + 1] = id
+  end
+  local joined = table.concat(positions, ' ')
+  redis.call('SET', keys[3], joined, 'PX', args[2])
+  return {'ok', joined, tostring(version + #positions)}
+end
+
+redis.register_function('runplane_append', append)

