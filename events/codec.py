@@ -1,7 +1,8 @@
 """Encoding events into log entries and back, with the upcaster chain.
 
-A log entry has two fields: ``k`` (``tag@version``) and ``e`` (the event as JSON, its tag
-included). Invariants:
+A log entry has the fields ``k`` (``tag@version``) and ``e`` (the event as JSON, its tag
+included), written by the store, and ``n`` (the aggregate's version after the event), written
+by the log itself. Invariants:
 - ``decode(encode(e))`` equals ``e`` once the log's time is stamped.
 - An entry of an older version is upcast, step by step, to the current one; a recorded sample
   of every old shape lives under ``tests/golden/`` and must still decode.
@@ -12,7 +13,7 @@ included). Invariants:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -21,6 +22,7 @@ from events.model import ALL_EVENT_TYPES, AnyEvent, Event, tag_of
 
 KIND = b"k"
 BODY = b"e"
+VERSION = b"n"  # written by the log: the aggregate's version once this event is applied
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -46,6 +48,19 @@ def _scheduled_v1_to_v2(old: dict[str, Any]) -> dict[str, Any]:
 UPCASTERS: dict[tuple[str, int], Upcaster] = {
     ("attempt.scheduled", 1): _scheduled_v1_to_v2,
 }
+
+
+class Recorded(NamedTuple):
+    """An event as the log holds it: where, the aggregate's version after it, and the event."""
+
+    position: str
+    version: int
+    event: AnyEvent
+
+
+def recorded(position: str, fields: Mapping[bytes, bytes]) -> Recorded:
+    """``decode`` plus the position and aggregate version the log stamped on the entry."""
+    return Recorded(position, int(fields.get(VERSION, 0)), decode(position, fields))
 
 
 def kind_of(event: Event) -> bytes:

@@ -11,6 +11,8 @@
 -- aggregate's new version; {"dup", positions} when the key was seen (nothing is written);
 -- {"conflict", version} when the aggregate is not at the expected version.
 -- The entry id of the global stream is the log's clock: the server's, never the writer's.
+-- Each entry also carries ``n``, the aggregate's version once the event is applied (1 for its
+-- first event), so any consumer can tell an event it already folded from a gap.
 
 local function append(keys, args)
   local seen = redis.call('GET', keys[3])
@@ -24,8 +26,9 @@ local function append(keys, args)
   end
   local positions = {}
   for i = 3, #args, 2 do
-    local id = redis.call('XADD', keys[1], '*', 'k', args[i], 'e', args[i + 1])
-    redis.call('XADD', keys[2], id, 'k', args[i], 'e', args[i + 1])
+    local n = tostring(version + #positions + 1)
+    local id = redis.call('XADD', keys[1], '*', 'k', args[i], 'e', args[i + 1], 'n', n)
+    redis.call('XADD', keys[2], id, 'k', args[i], 'e', args[i + 1], 'n', n)
     positions[#positions + 1] = id
   end
   local joined = table.concat(positions, ' ')

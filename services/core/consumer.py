@@ -28,9 +28,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from events import codec, keys
+from events.codec import Recorded
 from events.errors import UndecodableEvent
 from services.core.settings import Settings
-from services.core.store import Recorded
 
 log = structlog.get_logger(__name__)
 
@@ -106,7 +106,7 @@ class LogConsumer:
         position = raw["message_ids"][0].decode()
         fields: dict[bytes, bytes] = raw["data"]
         try:
-            recorded = Recorded(position, codec.decode(position, fields))
+            recorded = codec.recorded(position, fields)
         except UndecodableEvent as exc:
             await self._dead_letter(position, fields, exc.why)
             return

@@ -1,5 +1,7 @@
 """The event store client: the only code that writes the log, and the reads every service uses.
 
+Reads return ``events.codec.Recorded``: position, aggregate version and event.
+
 Invariants:
 - Every append goes through the server-side function in ``append.lua``: one aggregate's events
   land in its own stream and the partition's global stream together or not at all, stamped
@@ -29,8 +31,9 @@ from tenacity import (
 )
 
 from events import codec, keys
+from events.codec import Recorded
 from events.lifecycle import RunState, copy_state, evolve
-from events.model import AnyEvent, AnyRunEvent, Event, NodeEvent
+from events.model import AnyRunEvent, Event, NodeEvent
 from services.core.errors import MixedAggregates, StoreUnavailable, VersionConflict
 from services.core.settings import Settings
 
@@ -41,13 +44,6 @@ _TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 _PAGE = 10_000
 
 Decide = Callable[[RunState | None], Sequence[AnyRunEvent]]
-
-
-class Recorded(NamedTuple):
-    """An event as the log holds it: its position (the entry id) and the event."""
-
-    position: str
-    event: AnyEvent
 
 
 class Appended(NamedTuple):
@@ -240,5 +236,4 @@ def _after(position: str) -> str:
 
 
 def _recorded(raw_position: bytes, fields: dict[bytes, bytes]) -> Recorded:
-    position = raw_position.decode()
-    return Recorded(position, codec.decode(position, fields))
+    return codec.recorded(raw_position.decode(), fields)

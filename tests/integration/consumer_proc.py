@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from events.codec import Recorded
 from services.core.consumer import LogConsumer, make_broker
 from services.core.settings import Settings
-from services.core.store import Recorded, connect
+from services.core.store import connect
 
 
 async def main(url: str, group: str, consumer: str) -> None:

@@ -13,9 +13,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from events import keys
+from events.codec import Recorded
 from services.core.consumer import LogConsumer, make_broker
 from services.core.settings import Settings
-from services.core.store import EventStore, Recorded, connect
+from services.core.store import EventStore, connect
 from tests import factories as f
 from tests import raw
 from tests.waiting import eventually
