@@ -35,3 +35,29 @@ def idempotency_key(key: str, partition: int) -> str:
 def dead_letter_stream(group: str) -> str:
     """Entries a consumer group could not decode, each with the error and where it was."""
     return f"{PREFIX}:dlq:{group}"
+
+
+def scheduler_lease(partition: int = 0) -> str:
+    """Held by the active scheduler; its value is the fencing token its appends carry."""
+    return f"{PREFIX}:{{p{partition}}}:scheduler:lease"
+
+
+def heartbeat(node: str) -> str:
+    """Exists while the node's agent is alive (it renews it with an expiry)."""
+    return f"{PREFIX}:hb:{node}"
+
+
+def log_ingest() -> str:
+    """Output lines from every rank, on their way to the log-collector."""
+    return f"{PREFIX}:logs:in"
+
+
+def rank_log(run_id: str, attempt: int, rank: int) -> str:
+    """The stored output of one rank of one attempt (until it is archived)."""
+    return f"{PREFIX}:logs:{run_id}:{attempt}:{rank}"
+
+
+def attempt_logs(run_id: str, attempt: int) -> str:
+    """What the log-collector knows of an attempt's output: ranks seen, first failed rank,
+    archive paths."""
+    return f"{PREFIX}:logs:{run_id}:{attempt}:meta"

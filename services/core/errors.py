@@ -32,5 +32,14 @@ class VersionConflict(TemporaryStoreError):
         self.actual = actual
 
 
+class Fenced(StoreError):
+    """The writer's fencing token is no longer current: it lost its lease. Permanent."""
+
+    def __init__(self, aggregate: str, holder: str) -> None:
+        super().__init__(f"{aggregate}: append refused, the lease is held by {holder or 'nobody'}")
+        self.aggregate = aggregate
+        self.holder = holder
+
+
 class MixedAggregates(StoreError):
     """One append holds the events of one aggregate only."""

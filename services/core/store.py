@@ -34,7 +34,7 @@ from events import codec, keys
 from events.codec import Recorded
 from events.lifecycle import RunState, copy_state, evolve
 from events.model import AnyRunEvent, Event, NodeEvent
-from services.core.errors import MixedAggregates, StoreUnavailable, VersionConflict
+from services.core.errors import Fenced, MixedAggregates, StoreUnavailable, VersionConflict
 from services.core.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -43,7 +43,16 @@ _FUNCTION = files("services.core").joinpath("append.lua").read_text()
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 _PAGE = 10_000
 
+_Keys = tuple[str, str, str, str]
+_Args = list[bytes | int | str]
 Decide = Callable[[RunState | None], Sequence[AnyRunEvent]]
+
+
+class Fence(NamedTuple):
+    """Appends succeed only while ``key`` holds ``token`` (the scheduler's lease)."""
+
+    key: str
+    token: str
 
 
 class Appended(NamedTuple):
@@ -80,12 +89,14 @@ class EventStore:
         *,
         expected_version: int | None,
         idempotency_key: str | None = None,
+        fence: Fence | None = None,
         retry_for_s: float = 30.0,
     ) -> Appended:
         """Append one aggregate's events atomically.
 
         ``expected_version`` is the number of events the aggregate held when the writer read
-        it (None: append whatever it holds). Raises ``VersionConflict`` if it moved, and
+        it (None: append whatever it holds). Raises ``VersionConflict`` if it moved,
+        ``Fenced`` if ``fence`` is given and its key no longer holds its token, and
         ``StoreUnavailable`` if the server stays unreachable for ``retry_for_s`` seconds.
         """
         if not events:
@@ -100,10 +111,12 @@ class EventStore:
             keys.log_stream(partition),
             keys.aggregate_stream(aggregate, partition),
             keys.idempotency_key(idempotency_key or events[0].id, partition),
+            fence.key if fence else keys.scheduler_lease(partition),
         )
-        args: list[bytes | int] = [
+        args: _Args = [
             -1 if expected_version is None else expected_version,
             self.settings.idempotency_ttl_s * 1000,
+            fence.token if fence else "",
         ]
         for event in events:
             fields = codec.encode(event)
@@ -112,6 +125,8 @@ class EventStore:
         status = reply[0]
         if status == b"conflict":
             raise VersionConflict(aggregate, expected_version or 0, int(reply[1]))
+        if status == b"fenced":
+            raise Fenced(aggregate, reply[1].decode())
         positions = reply[1].decode().split(" ")
         if status == b"dup":
             log.info("append.duplicate", aggregate=aggregate, positions=positions)
@@ -119,7 +134,13 @@ class EventStore:
         return Appended(positions, int(reply[2]), duplicate=False)
 
     async def update_run(
-        self, run_id: str, decide: Decide, *, idempotency_key: str | None = None, tries: int = 20
+        self,
+        run_id: str,
+        decide: Decide,
+        *,
+        idempotency_key: str | None = None,
+        fence: Fence | None = None,
+        tries: int = 20,
     ) -> tuple[RunState | None, Appended | None]:
         """Read the run, decide what happens, check it against the rules, append it.
 
@@ -140,6 +161,7 @@ class EventStore:
                     events,
                     expected_version=state.version if state is not None else 0,
                     idempotency_key=idempotency_key,
+                    fence=fence,
                 )
             except VersionConflict:
                 continue
@@ -147,7 +169,10 @@ class EventStore:
         raise VersionConflict(f"run:{run_id}", -1, -1)
 
     async def _call(
-        self, fcall_keys: tuple[str, str, str], args: list[bytes | int], retry_for_s: float
+        self,
+        fcall_keys: tuple[str, str, str, str],
+        args: list[bytes | int | str],
+        retry_for_s: float,
     ) -> list[bytes]:
         try:
             return await self._fcall(fcall_keys, args)
@@ -167,17 +192,15 @@ class EventStore:
             raise StoreUnavailable(self.settings.redis_url, str(exc) or type(exc).__name__) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _fcall(
-        self, fcall_keys: tuple[str, str, str], args: list[bytes | int]
-    ) -> list[bytes]:
+    async def _fcall(self, fcall_keys: _Keys, args: _Args) -> list[bytes]:
         try:
-            reply = await self.redis.fcall("runplane_append", 3, *fcall_keys, *args)
+            reply = await self.redis.fcall("runplane_append", 4, *fcall_keys, *args)
         except ResponseError as exc:
             if "Function not found" not in str(exc):
                 raise
             # A server that never saw runplane (or lost its data): load the function, once more.
             await self.load_function()
-            reply = await self.redis.fcall("runplane_append", 3, *fcall_keys, *args)
+            reply = await self.redis.fcall("runplane_append", 4, *fcall_keys, *args)
         return list(reply)
 
     async def load_function(self) -> None:

@@ -1,0 +1,170 @@
+"""What users ask of a run, and the events each request becomes.
+
+``decide(state, command, new_id)`` is pure: it reads the run's state, refuses with
+``RequestRefused`` (a reason a user can act on) or returns the events to append. The store
+checks them against the lifecycle rules and appends them on the version that was read.
+
+A stop of an attempt that holds no GPUs (PENDING, QUEUED) ends it STOPPED at once; one that
+holds GPUs enters TERMINATING and the scheduler ends it when every rank has released them. A
+delete of a finished run records the deletion at once; of an active one it stops it first, and
+the scheduler records the deletion when the attempt has ended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, TypeVar, assert_never
+
+import msgspec
+
+from events.errors import EventsError
+from events.lifecycle import RunState
+from events.model import (
+    AnyRunEvent,
+    AttemptStopped,
+    AttemptTerminating,
+    DeleteRequested,
+    Reason,
+    RestartRequested,
+    RunDeleted,
+    RunSubmitted,
+    StopRequested,
+    UpdateRequested,
+)
+from events.spec import RunSpec
+from events.status import RunStatus
+
+NewId = Callable[[], str]
+_E = TypeVar("_E", RestartRequested, DeleteRequested, RunDeleted)
+_WAITING = (RunStatus.PENDING, RunStatus.QUEUED)
+
+
+class RequestRefused(EventsError):
+    """A user's request that cannot be carried out in the run's state."""
+
+    def __init__(self, run: str, why: str) -> None:
+        super().__init__(f"run {run}: {why}")
+        self.run = run
+        self.why = why
+
+
+class SubmitRun(msgspec.Struct, kw_only=True, frozen=True):
+    actor: str
+    run_id: str
+    name: str  # unique: the base name plus a random suffix
+    spec: RunSpec
+
+
+class StopRun(msgspec.Struct, kw_only=True, frozen=True):
+    actor: str
+    reason: str = ""
+
+
+class RestartRun(msgspec.Struct, kw_only=True, frozen=True):
+    actor: str
+
+
+class DeleteRun(msgspec.Struct, kw_only=True, frozen=True):
+    actor: str
+
+
+class UpdateRun(msgspec.Struct, kw_only=True, frozen=True):
+    actor: str
+    priority: Literal["auto", "low", "lowest"] | None = None
+    preemptible: bool | None = None
+    max_retries: int | None = None
+    retry_on_system_failure: bool | None = None
+    max_duration: float | None = None
+
+
+Command = SubmitRun | StopRun | RestartRun | DeleteRun | UpdateRun
+
+
+def stopped_by(actor: str, why: str = "") -> Reason:
+    return Reason(category="stopped", code="Stopped", message=why or f"stopped by {actor}")
+
+
+def decide(state: RunState | None, command: Command, new_id: NewId) -> list[AnyRunEvent]:
+    if isinstance(command, SubmitRun):
+        if state is not None:
+            raise RequestRefused(command.name, "a run with this id exists already")
+        return [
+            RunSubmitted(
+                id=new_id(),
+                actor=command.actor,
+                run_id=command.run_id,
+                name=command.name,
+                spec=command.spec,
+            )
+        ]
+    if state is None:
+        raise RequestRefused("?", "the run does not exist")
+    if state.deleted or state.delete_requested:
+        raise RequestRefused(state.name, "the run is deleted")
+    match command:
+        case StopRun():
+            return _stop(state, command.actor, command.reason, new_id)
+        case RestartRun():
+            latest = state.latest
+            if not latest.status.is_terminal():
+                raise RequestRefused(
+                    state.name,
+                    f"it is {latest.status.display_name}; stop it first, then restart it",
+                )
+            return [_envelope(RestartRequested, state, command.actor, new_id, latest.index + 1)]
+        case DeleteRun():
+            status = state.status
+            events: list[AnyRunEvent] = [_envelope(DeleteRequested, state, command.actor, new_id)]
+            if status is not RunStatus.TERMINATING and not status.is_terminal():
+                events += _stop(state, command.actor, "deleted", new_id)
+            if status.is_terminal() or status in _WAITING:
+                events.append(_envelope(RunDeleted, state, command.actor, new_id))
+            return events
+        case UpdateRun():
+            return [
+                UpdateRequested(
+                    id=new_id(),
+                    actor=command.actor,
+                    run_id=state.run_id,
+                    attempt=state.latest.index,
+                    priority=command.priority,
+                    preemptible=command.preemptible,
+                    max_retries=command.max_retries,
+                    retry_on_system_failure=command.retry_on_system_failure,
+                    max_duration=command.max_duration,
+                )
+            ]
+        case _:
+            assert_never(command)
+
+
+def _stop(state: RunState, actor: str, why: str, new_id: NewId) -> list[AnyRunEvent]:
+    latest = state.latest
+    status = latest.status
+    if status.is_terminal() or status is RunStatus.TERMINATING:
+        raise RequestRefused(state.name, f"it is {status.display_name} already; nothing to stop")
+    request = StopRequested(
+        id=new_id(), actor=actor, run_id=state.run_id, attempt=latest.index, reason=why
+    )
+    reason = stopped_by(actor, why)
+    ending: AnyRunEvent
+    if status in _WAITING:
+        ending = AttemptStopped(
+            id=new_id(), actor=actor, run_id=state.run_id, attempt=latest.index, reason=reason
+        )
+    else:
+        ending = AttemptTerminating(
+            id=new_id(), actor=actor, run_id=state.run_id, attempt=latest.index, reason=reason
+        )
+    return [request, ending]
+
+
+def _envelope(
+    cls: type[_E], state: RunState, actor: str, new_id: NewId, attempt: int | None = None
+) -> _E:
+    return cls(
+        id=new_id(),
+        actor=actor,
+        run_id=state.run_id,
+        attempt=state.latest.index if attempt is None else attempt,
+    )
