@@ -29,9 +29,10 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AnyEvent)
 _CURRENT: dict[str, int] = {tag_of(cls): cls.VERSION for cls in ALL_EVENT_TYPES}
-_CURRENT_KINDS: frozenset[bytes] = frozenset(
-    f"{tag}@{version}".encode() for tag, version in _CURRENT.items()
-)
+_KIND_OF: dict[type[Event], bytes] = {
+    cls: f"{tag_of(cls)}@{cls.VERSION}".encode() for cls in ALL_EVENT_TYPES
+}
+_CURRENT_KINDS: frozenset[bytes] = frozenset(_KIND_OF.values())
 
 
 def _scheduled_v1_to_v2(old: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def recorded(position: str, fields: Mapping[bytes, bytes]) -> Recorded:
 
 
 def kind_of(event: Event) -> bytes:
-    return f"{tag_of(type(event))}@{event.VERSION}".encode()
+    return _KIND_OF[type(event)]
 
 
 def encode(event: Event) -> dict[bytes, bytes]:
@@ -79,7 +80,7 @@ def decode(position: str, fields: Mapping[bytes, bytes]) -> AnyEvent:
     except KeyError:
         raise UndecodableEvent(position, f"not an event entry (fields {sorted(fields)})") from None
     try:
-        event = _decoder.decode(body) if kind in _CURRENT_KINDS else _upcast(kind, body)
+        event = _current(kind, body) if kind in _CURRENT_KINDS else _upcast(kind, body)
     except msgspec.ValidationError as exc:
         raise UndecodableEvent(position, f"{kind.decode(errors='replace')}: {exc}") from None
     except msgspec.DecodeError as exc:
@@ -88,12 +89,19 @@ def decode(position: str, fields: Mapping[bytes, bytes]) -> AnyEvent:
     return event
 
 
+def _current(kind: bytes, body: bytes) -> AnyEvent:
+    event: AnyEvent = _decoder.decode(body)
+    if _KIND_OF[type(event)] != kind:
+        raise msgspec.ValidationError(f"the body is a {tag_of(type(event))} event")
+    return event
+
+
 def _upcast(kind: bytes, body: bytes) -> AnyEvent:
     tag, _, version_text = kind.decode(errors="replace").partition("@")
     current = _CURRENT.get(tag)
     if current is None:
         raise msgspec.ValidationError(f"unknown event type {tag!r}")
-    if not version_text.isdigit():
+    if not (version_text.isascii() and version_text.isdigit()) or int(version_text) < 1:
         raise msgspec.ValidationError(f"bad version {version_text!r}")
     version = int(version_text)
     if version > current:
@@ -103,8 +111,13 @@ def _upcast(kind: bytes, body: bytes) -> AnyEvent:
     payload = msgspec.json.decode(body)
     if not isinstance(payload, dict):
         raise msgspec.ValidationError("the event body is not a JSON object")
+    if payload.get("type") != tag:
+        raise msgspec.ValidationError(f"the body is not a {tag} event")
     while version < current:
-        payload = UPCASTERS[(tag, version)](payload)
+        try:
+            payload = UPCASTERS[(tag, version)](payload)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise msgspec.ValidationError(f"cannot upcast {tag}@{version}: {exc!r}") from None
         version += 1
     event: AnyEvent = msgspec.convert(payload, AnyEvent)
     return event

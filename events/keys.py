@@ -61,3 +61,55 @@ def attempt_logs(run_id: str, attempt: int) -> str:
     """What the log-collector knows of an attempt's output: ranks seen, first failed rank,
     archive paths."""
     return f"{PREFIX}:logs:{run_id}:{attempt}:meta"
+
+
+# Projections: every key carries the hash tag ``{proj}``, so the projector's one transaction
+# (rows of several projections and their checkpoints) stays in one slot on a Cluster too.
+# A namespace is one build of a projection (``v3``, or ``v3r<ms>`` for a rebuild).
+
+
+def projection_prefix(name: str, namespace: str) -> str:
+    """Every key of one build of a projection starts with this (to drop a whole build)."""
+    return f"{PREFIX}:{{proj}}:{name}:{namespace}:"
+
+
+def projection_rows(name: str, namespace: str, kind: str) -> str:
+    """A hash of one kind of rows of a projection build: row id -> JSON."""
+    return f"{projection_prefix(name, namespace)}rows:{kind}"
+
+
+def projection_index(name: str, namespace: str, index: str) -> str:
+    """A listing index of a projection build: a sorted set of row ids, scored by time."""
+    return f"{projection_prefix(name, namespace)}idx:{index}"
+
+
+def projection_checkpoint(name: str, namespace: str) -> str:
+    """The last log position folded into a projection build (written with its rows)."""
+    return f"{projection_prefix(name, namespace)}checkpoint"
+
+
+def projection_active(name: str) -> str:
+    """The namespace readers of a projection read; switched when a new build caught up."""
+    return f"{PREFIX}:{{proj}}:{name}:active"
+
+
+def log_collector_lease() -> str:
+    """Held by the log-collector that copies the ingest stream (one at a time keeps each rank's
+    lines in id order); its value is that collector's name."""
+    return f"{PREFIX}:logs:lease"
+
+
+def log_archive_queue() -> str:
+    """Sorted set of finished attempts (``<run_id>/<attempt>``) waiting to be archived, scored by
+    the millisecond part of their terminal event's position."""
+    return f"{PREFIX}:logs:archive-queue"
+
+
+def log_requests() -> str:
+    """List of requests for archived lines, served by any log-collector."""
+    return f"{PREFIX}:logs:requests"
+
+
+def log_reply(request_id: str) -> str:
+    """List the log-collector pushes one request's reply chunks to (it expires)."""
+    return f"{PREFIX}:logs:reply:{request_id}"

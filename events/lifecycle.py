@@ -14,6 +14,7 @@ terminal; a stop of a terminal or terminating attempt is refused; a deleted run 
 
 from __future__ import annotations
 
+import math
 from typing import NoReturn, assert_never
 
 import msgspec
@@ -127,13 +128,15 @@ def evolve(state: RunState | None, event: AnyRunEvent) -> RunState:
         state = RunState(
             run_id=event.run_id,
             name=event.name,
-            spec=event.spec,
+            spec=msgspec.structs.replace(event.spec),
             created_by=event.actor,
             created_at=event.time,
             attempts=[_open(0, event)],
         )
         state.version = 1
         return state
+    if event.run_id != state.run_id:
+        _refuse(event, f"it belongs to run {event.run_id}, not {state.run_id}")
     if state.deleted:
         _refuse(event, "the run is deleted")
     _apply(state, event)
@@ -157,8 +160,12 @@ def _apply(state: RunState, event: AnyRunEvent) -> None:  # noqa: PLR0912, PLR09
     match event:
         case RunSubmitted():
             _refuse(event, "the run exists already")
-        case RestartRequested() | RetryScheduled():
+        case RestartRequested():
             _require_new_attempt(state, event)
+            state.attempts.append(_open(event.attempt, event))
+        case RetryScheduled():
+            _require_new_attempt(state, event)
+            _require_retry_cause(attempt, event)
             state.attempts.append(_open(event.attempt, event))
         case StopRequested():
             _current(attempt, event)
@@ -189,18 +196,18 @@ def _apply(state: RunState, event: AnyRunEvent) -> None:  # noqa: PLR0912, PLR09
             | IntegrationFailed()
         ):
             _current(attempt, event)
-            _live_rank(attempt, event, event.rank)
+            _live_rank(attempt, event, event.rank, event.node)
         case RankRunning():
-            rank = _live_rank(attempt, event, event.rank)
+            rank = _live_rank(attempt, event, event.rank, event.node)
             if rank.running:
                 _refuse(event, f"rank {event.rank} runs already")
             rank.running = True
         case AttemptRunning():
-            if not all(rank.running for rank in attempt.ranks):
+            if not all(rank.running and not rank.exited for rank in attempt.ranks):
                 _refuse(event, "not every rank runs yet")
             _phase(attempt, event, (S.STARTING,), S.RUNNING)
         case RankExited():
-            rank = _live_rank(attempt, event, event.rank)
+            rank = _live_rank(attempt, event, event.rank, event.node)
             rank.exited, rank.exit_code, rank.signal = True, event.exit_code, event.signal
             rank.reason = event.reason
         case AttemptTerminating():
@@ -232,6 +239,21 @@ def _require_new_attempt(state: RunState, event: RunEvent) -> None:
         _refuse(event, f"the next attempt is {latest.index + 1}, not {event.attempt}")
 
 
+def _require_retry_cause(attempt: AttemptState, event: RetryScheduled) -> None:
+    category = attempt.reason.category if attempt.reason else None
+    expected = {
+        "user_failure": (S.FAILED, "user"),
+        "system_failure": (S.FAILED, "system"),
+        "preempted": (S.STOPPED, "preempted"),
+    }[event.cause]
+    if (attempt.status, category) != expected:
+        _refuse(
+            event,
+            f"a {event.cause} retry follows an attempt that ended {expected[0].display_name} "
+            f"({expected[1]}), not {attempt.status.display_name} ({category})",
+        )
+
+
 def _current(attempt: AttemptState, event: RunEvent) -> None:
     if event.attempt != attempt.index:
         _refuse(event, f"attempt {event.attempt} is not the current attempt ({attempt.index})")
@@ -257,6 +279,8 @@ def _schedule(attempt: AttemptState, event: AttemptScheduled) -> None:
         _refuse(event, "each rank runs on its own node")
     if any(len(set(rank.gpus)) != len(rank.gpus) for rank in event.ranks):
         _refuse(event, "a rank holds each GPU once")
+    if any(gpu < 0 for rank in event.ranks for gpu in rank.gpus):
+        _refuse(event, "GPU indices are not negative")
     _phase(attempt, event, (S.QUEUED,), S.STARTING)
     attempt.cluster, attempt.gpu_type = event.cluster, event.gpu_type
     attempt.ranks = [_rank_state(rank) for rank in event.ranks]
@@ -266,13 +290,15 @@ def _rank_state(placement: RankPlacement) -> RankState:
     return RankState(rank=placement.rank, node=placement.node, gpus=list(placement.gpus))
 
 
-def _live_rank(attempt: AttemptState, event: RunEvent, index: int) -> RankState:
+def _live_rank(attempt: AttemptState, event: RunEvent, index: int, node: str) -> RankState:
     _current(attempt, event)
     if attempt.status not in _HOLDS_GPUS:
         _refuse(event, f"attempt {attempt.index} is {attempt.status.display_name}")
     rank = attempt.rank(index)
     if rank is None:
         _refuse(event, f"attempt {attempt.index} has no rank {index}")
+    if rank.node != node:
+        _refuse(event, f"rank {index} runs on {rank.node}, not {node}")
     if rank.exited:
         _refuse(event, f"rank {index} has exited")
     return rank
@@ -300,9 +326,12 @@ def _update(state: RunState, event: UpdateRequested) -> None:
         changes["max_duration"] = event.max_duration
     if event.max_retries is not None and event.max_retries < 0:
         _refuse(event, "max_retries must not be negative")
-    if event.max_duration is not None and event.max_duration <= 0:
+    if event.max_duration is not None and not (
+        math.isfinite(event.max_duration) and event.max_duration > 0
+    ):
         _refuse(event, "max_duration must be a positive number of hours")
-    state.spec.scheduling = msgspec.structs.replace(state.spec.scheduling, **changes)
+    scheduling = msgspec.structs.replace(state.spec.scheduling, **changes)
+    state.spec = msgspec.structs.replace(state.spec, scheduling=scheduling)
 
 
 def _refuse(event: RunEvent, why: str) -> NoReturn:

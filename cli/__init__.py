@@ -1,0 +1,1 @@
+"""The ``mcli`` command, the Python SDK behind ``from mcli import ...``, and the local stack."""

@@ -1,0 +1,208 @@
+"""The local stack: a private Valkey server and every runplane service as background processes.
+
+``mcli dev up`` and the end-to-end tests both use it. Invariants:
+- Everything lives under one state directory: the server's data (AOF on), each service's
+  log file, each node's data directory, and ``stack.json`` (what runs, with pids), so any later
+  command (or a second ``dev up``) finds a running stack by itself.
+- Services are started detached (their own session), so they outlive the command that started
+  them; ``down`` stops them with SIGTERM, then SIGKILL after a grace period, then the server.
+- ``kill``/``start`` of one service exist for crash tests: kill -9 and start again in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from services.core.valkey import ValkeyProcess
+
+STATE_FILE = "stack.json"
+
+
+class StackError(RuntimeError):
+    """The stack could not be started, found or stopped; the message says what to do."""
+
+
+@dataclass
+class ServiceSpec:
+    name: str  # unique within the stack: "scheduler", "node-0", ...
+    module: str  # python -m <module>
+    env: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None
+
+
+@dataclass
+class StackConfig:
+    nodes: int = 2
+    gpus_per_node: int = 8
+    gpu_type: str = "a100_80gb"
+    cluster: str = "local"
+    grace_period_s: float = 30.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class LocalStack:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.server = ValkeyProcess(state_dir / "valkey", detach=True)
+        self.services: dict[str, ServiceSpec] = {}
+        self.config = StackConfig()
+
+    # --- life cycle -----------------------------------------------------------------
+
+    @classmethod
+    def find(cls, state_dir: Path) -> LocalStack | None:
+        """The stack recorded under ``state_dir`` if its server still runs."""
+        path = state_dir / STATE_FILE
+        if not path.exists():
+            return None
+        stack = cls(state_dir)
+        adopted = ValkeyProcess.adopt(state_dir / "valkey")
+        if adopted is None:
+            return None
+        stack.server = adopted
+        saved = json.loads(path.read_text())
+        stack.config = StackConfig(**saved["config"])
+        stack.services = {s["name"]: ServiceSpec(**s) for s in saved["services"]}
+        return stack
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def up(self, config: StackConfig) -> None:
+        if LocalStack.find(self.state_dir) is not None:
+            raise StackError(f"a local stack is already running in {self.state_dir}")
+        self.config = config
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "logs").mkdir(exist_ok=True)
+        self.server.start()
+        self.services = {spec.name: spec for spec in self._specs()}
+        for spec in self.services.values():
+            self.start(spec.name)
+
+    def down(self, grace_s: float = 10.0) -> None:
+        for spec in self.services.values():
+            _signal(spec.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for spec in self.services.values():
+            while _alive(spec.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)  # allowed: polling inside a deadline loop
+            _signal(spec.pid, signal.SIGKILL)
+            _reap(spec.pid)
+            spec.pid = None
+        self.server.stop()
+        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+
+    def start(self, name: str) -> int:
+        """Start (or start again) one service; returns its pid."""
+        spec = self.services[name]
+        if _alive(spec.pid):
+            raise StackError(f"{name} is running already (pid {spec.pid})")
+        env = {**os.environ, **self.config.extra_env, **spec.env, "RUNPLANE_REDIS_URL": self.url}
+        with (self.state_dir / "logs" / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", spec.module],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                cwd=self.state_dir,
+            )
+        spec.pid = process.pid
+        self._save()
+        return process.pid
+
+    def kill(self, name: str) -> None:
+        """kill -9 one service, as a crash would."""
+        spec = self.services[name]
+        _signal(spec.pid, signal.SIGKILL)
+        _reap(spec.pid)
+        spec.pid = None
+        self._save()
+
+    def status(self) -> dict[str, int | None]:
+        """Each service with its pid, or None when it is not running."""
+        return {
+            name: spec.pid if _alive(spec.pid) else None for name, spec in self.services.items()
+        }
+
+    def log_of(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
+    # --- internals --------------------------------------------------------------------
+
+    def _specs(self) -> list[ServiceSpec]:
+        config = self.config
+        specs = [
+            ServiceSpec("scheduler", "services.scheduler"),
+            ServiceSpec(
+                "log-collector",
+                "services.log_collector",
+                {"RUNPLANE_ARCHIVE_DIR": str(self.state_dir / "archive")},
+            ),
+        ]
+        for n in range(config.nodes):
+            name = f"node-{n}"
+            specs.append(
+                ServiceSpec(
+                    name,
+                    "services.node_agent",
+                    {
+                        "RUNPLANE_NODE": name,
+                        "RUNPLANE_CLUSTER": config.cluster,
+                        "RUNPLANE_GPUS": str(config.gpus_per_node),
+                        "RUNPLANE_GPU_TYPE": config.gpu_type,
+                        "RUNPLANE_DATA_DIR": str(self.state_dir / "nodes" / name),
+                        "RUNPLANE_GRACE_PERIOD_S": str(config.grace_period_s),
+                    },
+                )
+            )
+        return specs
+
+    def _save(self) -> None:
+        state = {
+            "url": self.url,
+            "config": asdict(self.config),
+            "services": [asdict(spec) for spec in self.services.values()],
+        }
+        tmp = self.state_dir / f"{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_dir / STATE_FILE)
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+
+
+def _signal(pid: int | None, sig: signal.Signals) -> None:
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _reap(pid: int | None, within_s: float = 10.0) -> None:
+    """Wait until a killed process is gone: collect it if it is our child, else watch it."""
+    if pid is None:
+        return
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        deadline = time.monotonic() + within_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)  # allowed: polling inside a deadline loop
