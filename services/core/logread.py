@@ -1,0 +1,422 @@
+"""Reading run output, live or archived: what ``mcli logs`` and the SDK show.
+
+Where the lines of one rank of one attempt are:
+- while the attempt runs, in the stream ``keys.rank_log(run, attempt, rank)``, written by the
+  log-collector: one entry per line whose id is the line's ingest id (its time on the server's
+  clock), with the fields ``s``, ``l`` and ``m`` of ``services.core.output``;
+- once the attempt is archived, in ``<archive_dir>/<run>/<attempt>/rank-<k>.log`` (the path
+  relative to the archive dir is recorded in the attempt hash, field ``archive:<k>``), one JSON
+  record per line (``Record``); the stream is deleted after the file is safely on disk;
+- a reader without the file asks a log-collector for it over Redis (``keys.log_requests()``):
+  the request carries an id, the reply comes in chunks on ``keys.log_reply(id)``.
+
+Invariants: lines come in id order and each once. A reader that has seen up to id X goes on
+after X wherever the lines are by then (stream or file), so an archive in the middle of a read
+or a follow neither repeats nor skips a line. Bytes are kept as they came; text is decoded UTF-8
+with replacement only for display. The client must return bytes (``decode_responses=False``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple, cast
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from events import keys
+from services.core.errors import TemporaryStoreError
+
+INGEST_GROUP = "log-collector"  # the consumer group of the ingest stream
+FIRST_FAILED_RANK = "first_failed_rank"
+FIRST_FAILED_AT = "first_failed_at"  # the position of that rank.exited in the log
+TERMINAL_AT = "terminal_at"  # the position of the attempt's terminal event
+_PAGE = 1000
+_SOURCES = {"o": "stdout", "e": "stderr"}
+
+
+def lines_field(rank: int) -> str:
+    """Attempt hash field: lines stored for the rank (exact once archived)."""
+    return f"lines:{rank}"
+
+
+def archive_field(rank: int) -> str:
+    """Attempt hash field: the rank's archive file, relative to the archive dir."""
+    return f"archive:{rank}"
+
+
+def archive_path(run_id: str, attempt: int, rank: int) -> Path:
+    return Path(run_id) / str(attempt) / f"rank-{rank}.log"
+
+
+class LogsUnavailable(TemporaryStoreError):
+    """The archived lines are neither readable here nor served by a log-collector."""
+
+
+class LogLine(NamedTuple):
+    time_ms: int  # the line's time on the server's clock
+    source: str  # "stdout" or "stderr"
+    text: str
+    marker: str | None  # what runplane did to the line, for humans
+    id: str = ""  # where the line is in the rank's output: continue after it
+
+    def render(self) -> str:
+        if self.marker is None:
+            return self.text
+        return (
+            self.text + self.marker if self.marker.startswith("…") else f"{self.text} {self.marker}"
+        )
+
+
+class Record(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One stored line: an archive file line (JSON) and a reply item (msgpack)."""
+
+    id: str
+    t: int
+    s: str
+    line: str | None = msgspec.field(default=None, name="l")  # the bytes, when valid UTF-8
+    blob: bytes | None = msgspec.field(default=None, name="b")  # the bytes otherwise
+    marker: str | None = msgspec.field(default=None, name="m")
+
+    @property
+    def raw(self) -> bytes:
+        return self.blob if self.blob is not None else (self.line or "").encode()
+
+    def to_line(self) -> LogLine:
+        text = self.line if self.line is not None else self.raw.decode(errors="replace")
+        return LogLine(
+            self.t, _SOURCES.get(self.s, self.s), text, render_marker(self.marker), self.id
+        )
+
+
+def record_of(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Record:
+    """The record of a per-rank stream entry."""
+    ident = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    raw = fields.get(b"l", b"")
+    marker = fields.get(b"m")
+    record = Record(
+        id=ident,
+        t=int(ident.split("-", 1)[0]),
+        s=fields.get(b"s", b"o").decode(errors="replace"),
+        marker=marker.decode(errors="replace") if marker else None,
+    )
+    try:
+        record.line = raw.decode()
+    except UnicodeDecodeError:
+        record.blob = raw
+    return record
+
+
+def render_marker(marker: str | None) -> str | None:
+    """``truncated:12`` -> ``… [line truncated: 12 bytes cut]``; several are comma-separated."""
+    if not marker:
+        return None
+    shown = []
+    for one in marker.split(","):
+        kind, _, value = one.partition(":")
+        if kind == "truncated":
+            shown.append(f"… [line truncated: {value} bytes cut]")
+        elif kind == "dropped":
+            shown.append(f"[{value} lines dropped]")
+        elif kind == "late":
+            shown.append(f"[stored out of order; sent at {value}]")
+        else:
+            shown.append(f"[{one}]")
+    return " ".join(shown)
+
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+async def xrange(
+    client: aioredis.Redis, stream: str, start: str = "-", end: str = "+", count: int | None = None
+) -> list[Entry]:
+    """XRANGE, typed for a client that returns bytes."""
+    return cast(list[Entry], await client.xrange(stream, min=start, max=end, count=count))
+
+
+async def hget(client: aioredis.Redis, key: str, field: str) -> bytes | None:
+    return cast(bytes | None, await client.hget(key, field))
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+# --- archive files ---------------------------------------------------------------------------
+
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder(Record).decode
+
+
+def encode_record(record: Record) -> bytes:
+    return _json_encode(record) + b"\n"
+
+
+def decode_record(line: bytes) -> Record:
+    return _json_decode(line)
+
+
+def archive_records(
+    path: Path, *, after: str | None = None, tail: int | None = None
+) -> Iterator[Record]:
+    """The records of an archive file after id ``after``, or its last ``tail`` records."""
+    if tail is not None:
+        records = tail_records(path, tail)
+        yield from (r for r in records if after is None or id_key(r.id) > id_key(after))
+        return
+    floor = id_key(after) if after is not None else None
+    with path.open("rb") as file:
+        for line in file:
+            record = decode_record(line)
+            if floor is None or id_key(record.id) > floor:
+                yield record
+
+
+def tail_records(path: Path, count: int, block: int = 64 * 1024) -> list[Record]:
+    """The last ``count`` records of an archive file, reading it backwards from the end."""
+    if count <= 0:
+        return []
+    with path.open("rb") as file:
+        end = file.seek(0, 2)
+        data = b""
+        start = end
+        while start > 0 and data.count(b"\n") <= count:
+            start = max(0, start - block)
+            file.seek(start)
+            data = file.read(end - start)
+    lines = data.split(b"\n")[:-1]  # every record ends with a newline
+    if start > 0:
+        lines = lines[1:]  # the first one may be cut
+    return [decode_record(line) for line in lines[-count:]]
+
+
+# --- serving archives over Redis ---------------------------------------------------------------
+
+
+class ArchiveRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    run: str
+    attempt: int
+    rank: int
+    tail: int | None = None
+    after_id: str | None = None
+
+
+class Chunk(msgspec.Struct, kw_only=True, omit_defaults=True):
+    lines: list[Record] = []
+    done: bool = False
+    error: str | None = None
+
+
+encode_msg = msgspec.msgpack.Encoder().encode
+decode_request = msgspec.msgpack.Decoder(ArchiveRequest).decode
+decode_chunk = msgspec.msgpack.Decoder(Chunk).decode
+
+
+async def remote_records(
+    client: aioredis.Redis, request: ArchiveRequest, *, timeout_s: float = 10.0
+) -> AsyncIterator[Record]:
+    """Ask a log-collector for archived records; ``LogsUnavailable`` if none can answer."""
+    reply = keys.log_reply(request.id)
+    await client.rpush(keys.log_requests(), encode_msg(request))
+    try:
+        while True:
+            popped = cast(
+                tuple[bytes, bytes] | None, await client.blpop([reply], timeout=timeout_s)
+            )
+            if popped is None:
+                raise LogsUnavailable(
+                    f"no log-collector answered within {timeout_s:g}s for the archived output of"
+                    f" {request.run} attempt {request.attempt} rank {request.rank}"
+                )
+            chunk = decode_chunk(popped[1])
+            if chunk.error is not None:
+                raise LogsUnavailable(chunk.error)
+            for record in chunk.lines:
+                yield record
+            if chunk.done:
+                return
+    finally:
+        await client.delete(reply)
+
+
+class _RankLog:
+    """Where one rank's lines are: its stream, its archive (local or served), its hash."""
+
+    def __init__(
+        self, client: aioredis.Redis, archive_dir: Path | None, run_id: str, attempt: int, rank: int
+    ) -> None:
+        self.client = client
+        self.archive_dir = archive_dir
+        self.run_id, self.attempt, self.rank = run_id, attempt, rank
+        self.meta = keys.attempt_logs(run_id, attempt)
+        self.stream = keys.rank_log(run_id, attempt, rank)
+
+    async def archived(self) -> str | None:
+        """The archive file relative to the archive dir, once the rank is archived."""
+        relative = await hget(self.client, self.meta, archive_field(self.rank))
+        return None if relative is None else relative.decode()
+
+    async def from_archive(
+        self, relative: str, after: str | None, tail: int | None = None
+    ) -> AsyncIterator[Record]:
+        local = self.archive_dir / relative if self.archive_dir is not None else None
+        if local is not None and local.is_file():
+            for record in archive_records(local, after=after, tail=tail):
+                yield record
+            return
+        request = ArchiveRequest(
+            id=uuid.uuid4().hex,
+            run=self.run_id,
+            attempt=self.attempt,
+            rank=self.rank,
+            tail=tail,
+            after_id=after,
+        )
+        async for record in remote_records(self.client, request):
+            yield record
+
+    async def from_stream(self, after: str | None, tail: int | None = None) -> list[Record]:
+        if tail is not None:
+            newest = cast(list[Entry], await self.client.xrevrange(self.stream, count=max(tail, 1)))
+            records = [record_of(i, f) for i, f in reversed(newest)]
+            return [r for r in records if after is None or id_key(r.id) > id_key(after)]
+        records = []
+        start = "-" if after is None else f"({after}"
+        while True:
+            page = await xrange(self.client, self.stream, start, count=_PAGE)
+            records += [record_of(i, f) for i, f in page]
+            if len(page) < _PAGE:
+                return records
+            start = f"({records[-1].id}"
+
+    async def read_new(self, after: str, block_ms: int | None) -> list[Record]:
+        reply = await self.client.xread({self.stream: after}, count=_PAGE, block=block_ms)
+        entries = cast(list[list[Any]], reply)[0][1] if reply else []
+        return [record_of(i, f) for i, f in entries]
+
+
+def _last(records: list[Record]) -> str | None:
+    return records[-1].id if records else None
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+async def read_lines(
+    client: aioredis.Redis,
+    archive_dir: Path | None,
+    run_id: str,
+    attempt: int,
+    rank: int,
+    *,
+    tail: int | None = None,
+) -> list[LogLine]:
+    """Every line of the rank so far (or its last ``tail``), archived or live, in order."""
+    return [
+        r.to_line() for r in await _read(_RankLog(client, archive_dir, run_id, attempt, rank), tail)
+    ]
+
+
+async def _read(log: _RankLog, tail: int | None) -> list[Record]:
+    records: list[Record] = []
+    relative = await log.archived()
+    if relative is not None:
+        records += [r async for r in log.from_archive(relative, None, tail)]
+    records += await log.from_stream(_last(records), tail)  # live lines (or late ones)
+    if relative is None and (relative := await log.archived()) is not None:
+        # Archived while we read the stream: the file holds what we had not read yet.
+        records += [r async for r in log.from_archive(relative, _last(records), tail)]
+    if tail is not None:
+        return records[-tail:] if tail > 0 else []
+    return records
+
+
+async def follow_lines(
+    client: aioredis.Redis,
+    archive_dir: Path | None,
+    run_id: str,
+    attempt: int,
+    rank: int,
+    *,
+    is_finished: Callable[[], Awaitable[bool]],
+    tail: int | None = None,
+    block_ms: int = 1000,
+) -> AsyncIterator[LogLine]:
+    """The rank's lines (only its last ``tail`` if given), then each new one as it comes.
+
+    Ends once ``is_finished()`` says the attempt is terminal and the log-collector has stored
+    every line ingested before that, or once the rank is archived (after the rest of the file).
+    """
+    log = _RankLog(client, archive_dir, run_id, attempt, rank)
+    last: str | None = None
+    if tail is not None:
+        seen = await _read(log, max(tail, 1))
+        for record in seen[-tail:] if tail > 0 else []:
+            yield record.to_line()
+        last = _last(seen)
+    final = False
+    while True:
+        relative = await log.archived()
+        if relative is not None:
+            async for record in log.from_archive(relative, last):
+                last = record.id
+                yield record.to_line()
+            for record in await log.from_stream(last):
+                yield record.to_line()  # late lines, not archived yet
+            return
+        records = await log.read_new(last or "0-0", None if final else block_ms)
+        for record in records:
+            yield record.to_line()
+        if records:
+            last = records[-1].id
+            continue
+        if final:
+            return
+        final = await is_finished() and await stored_through_terminal(client, run_id, attempt)
+
+
+# --- what the log-collector knows ---------------------------------------------------------
+
+
+async def first_failed_rank(client: aioredis.Redis, run_id: str, attempt: int) -> int | None:
+    value = await hget(client, keys.attempt_logs(run_id, attempt), FIRST_FAILED_RANK)
+    return None if value is None else int(value)
+
+
+async def ranks(client: aioredis.Redis, run_id: str, attempt: int) -> list[int]:
+    """The ranks that wrote output in the attempt."""
+    meta = keys.attempt_logs(run_id, attempt)
+    fields = cast(list[bytes], await client.hkeys(meta))
+    return sorted(int(f[6:]) for f in fields if f.startswith(b"lines:"))
+
+
+async def ingest_caught_up(client: aioredis.Redis, position: str) -> bool:
+    """True once every ingest entry up to ``position`` was stored and acknowledged."""
+    stream = keys.log_ingest()
+    try:
+        groups = await client.xinfo_groups(stream)
+    except ResponseError:  # no ingest stream yet
+        return False
+    group = next((g for g in groups if g["name"] == INGEST_GROUP.encode()), None)
+    if group is None:
+        return False
+    if group["pending"]:
+        summary = await client.xpending(stream, INGEST_GROUP)
+        if summary["min"] is not None and id_key(summary["min"].decode()) <= id_key(position):
+            return False
+    delivered = group["last-delivered-id"].decode()
+    if id_key(delivered) >= id_key(position):
+        return True
+    return not await xrange(client, stream, f"({delivered}", position, count=1)
+
+
+async def stored_through_terminal(client: aioredis.Redis, run_id: str, attempt: int) -> bool:
+    """True once the attempt's terminal event was seen and every line before it stored."""
+    terminal = await hget(client, keys.attempt_logs(run_id, attempt), TERMINAL_AT)
+    return terminal is not None and await ingest_caught_up(client, terminal.decode())

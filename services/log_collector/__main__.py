@@ -1,0 +1,22 @@
+"""``python -m services.log_collector``: run the log-collector (settings from RUNPLANE_*)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.core.logs import configure
+from services.log_collector.app import Collector
+from services.log_collector.settings import LogCollectorSettings
+
+
+def main() -> None:
+    configure("log-collector")
+    # FastStream logs every message handled ("Received", "Processed"): far too much here.
+    logging.getLogger("runplane.faststream").setLevel(logging.WARNING)
+    settings = LogCollectorSettings()
+    asyncio.run(Collector(settings).app().run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Copying the ingest stream into per-rank streams: read a batch, store it, then acknowledge it.
+
+Invariants:
+- A line is acknowledged only after its write to its rank's stream returned, so a crash in
+  between redelivers it. Each write carries the ingest entry's id, and a stream refuses an id
+  that is not above its top: a refused line whose id is in the stream was stored before and is
+  not stored twice. (A refused id that is *not* in the stream can only come from a second
+  collector writing out of order; the line is then stored at the end, marked ``late``.)
+- Lines are copied in id order: on becoming active, the collector first takes over every pending
+  entry of the group (those of a dead collector), then drains its own pending entries in order,
+  and only then reads new ones. A failed batch is read again from the pending entries.
+- Memory stays bounded by ``ingest_batch`` lines of at most ``MAX_LINE`` bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from events import keys
+from services.core import logread
+from services.core.consumer import ensure_group
+from services.core.logread import INGEST_GROUP
+from services.log_collector.batch import Plan, RawEntry, Where, Write, plan
+from services.log_collector.settings import LogCollectorSettings
+
+log = structlog.get_logger(__name__)
+
+INGEST = keys.log_ingest()
+_CHUNK_BYTES = 4 << 20  # of lines per script call
+
+# KEYS[1]: one rank's stream. ARGV: 4 values per line: id, source, line, marker ('' for none).
+# Adds each line under its own id. A refused id already in the stream is a duplicate (a
+# redelivery); one that is not is out of order. Returns {lines stored, {out-of-order ids}}.
+_APPEND = """
+local stored, missing = 0, {}
+for i = 1, #ARGV, 4 do
+  local id = ARGV[i]
+  local r
+  if ARGV[i + 3] == '' then
+    r = redis.pcall('XADD', KEYS[1], id, 's', ARGV[i + 1], 'l', ARGV[i + 2])
+  else
+    r = redis.pcall('XADD', KEYS[1], id, 's', ARGV[i + 1], 'l', ARGV[i + 2], 'm', ARGV[i + 3])
+  end
+  if type(r) == 'table' and r.err then
+    if not string.find(r.err, 'equal or smaller', 1, true) then
+      return r
+    end
+    if #redis.call('XRANGE', KEYS[1], id, id) == 0 then
+      missing[#missing + 1] = id
+    end
+  else
+    stored = stored + 1
+  end
+end
+return {stored, missing}
+"""
+
+
+class Ingester:
+    def __init__(self, client: aioredis.Redis, settings: LogCollectorSettings) -> None:
+        self.client = client
+        self.settings = settings
+        self.name = settings.collector_name
+        self.stored = 0  # lines stored by this process, for the logs
+        self._append = client.register_script(_APPEND)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Copy lines until ``stop`` is set (the batch in hand is finished first)."""
+        cursor = b""  # b"": take over pending entries first; then b"0"...: drain ours; b">": new
+        while not stop.is_set():
+            try:
+                if not cursor:
+                    await self._take_over_pending()
+                    cursor = b"0"
+                block = self.settings.ingest_block_ms if cursor == b">" else None
+                reply = await self.client.xreadgroup(
+                    INGEST_GROUP,
+                    self.name,
+                    {INGEST: cursor},
+                    count=self.settings.ingest_batch,
+                    block=block,
+                )
+                entries = cast(list[list[Any]], reply)[0][1] if reply else []
+                if entries:
+                    await self.store(cast(list[RawEntry], entries))
+                if cursor != b">":
+                    cursor = entries[-1][0] if entries else b">"
+            except (RedisError, OSError) as exc:
+                log.warning("ingest.retry", error=repr(exc))
+                cursor = b"0"  # read the failed batch again, from our pending entries
+                if "NOGROUP" in str(exc):  # the server lost its data: start again from 0
+                    with contextlib.suppress(RedisError, OSError):
+                        await ensure_group(self.client, INGEST, INGEST_GROUP)
+                await pause(stop, 0.5)
+
+    async def _take_over_pending(self) -> None:
+        """Claim every entry other consumers of the group left pending (a dead collector's)."""
+        start: bytes | str = "0-0"
+        claimed = 0
+        while True:
+            reply: list[Any] = await self.client.execute_command(  # type: ignore[no-untyped-call]
+                "XAUTOCLAIM", INGEST, INGEST_GROUP, self.name, 0, start, "COUNT", 1000
+            )
+            claimed += len(reply[1])
+            start = reply[0]
+            if start in (b"0-0", "0-0"):
+                break
+        if claimed:
+            log.info("ingest.took_over_pending", entries=claimed)
+
+    async def store(self, entries: list[RawEntry]) -> None:
+        """Store one batch in the per-rank streams, then acknowledge it."""
+        batch = plan(entries)
+        counts, after_archive = await self._write(batch)
+        pipe = self.client.pipeline(transaction=False)
+        for (run_id, attempt, rank), count in counts.items():
+            pipe.hincrby(keys.attempt_logs(run_id, attempt), logread.lines_field(rank), count)
+        for run_id, attempt in after_archive:  # archive it again: nothing is lost, just late
+            log.warning("ingest.line_after_archive", run=run_id, attempt=attempt)
+            pipe.zadd(keys.log_archive_queue(), {f"{run_id}/{attempt}": time.time() * 1000})
+        for reject in batch.rejects:
+            log.error("ingest.dead_letter", position=reject.id.decode(), error=reject.why)
+            letter = {b"stream": INGEST, b"position": reject.id, b"error": reject.why}
+            letter.update({b"field:" + name: value for name, value in reject.fields.items()})
+            pipe.xadd(keys.dead_letter_stream(INGEST_GROUP), letter)  # type: ignore[arg-type]
+        pipe.xack(INGEST, INGEST_GROUP, *(entry_id for entry_id, _ in entries))
+        await pipe.execute()
+        self.stored += sum(counts.values())
+
+    async def _write(self, batch: Plan) -> tuple[Counter[Where], list[tuple[str, int]]]:
+        """Write the lines; the lines stored per rank, and the attempts archived already."""
+        attempts = [(key, sorted(ranks)) for key, ranks in batch.ranks.items()]
+        chunks = _chunks(batch.writes)
+        pipe = self.client.pipeline(transaction=False)
+        for (run_id, attempt), ranks in attempts:  # the ranks seen, marked before any line
+            for rank in ranks:
+                pipe.hincrby(keys.attempt_logs(run_id, attempt), logread.lines_field(rank), 0)
+        for chunk in chunks:
+            await self._append(keys=[chunk[0].stream], args=_script_args(chunk), client=pipe)
+        for (run_id, attempt), ranks in attempts:  # after the lines: were they too late?
+            fields = [logread.archive_field(rank) for rank in ranks]
+            pipe.hmget(keys.attempt_logs(run_id, attempt), fields)
+        results = await pipe.execute()
+        marks = sum(len(ranks) for _, ranks in attempts)
+        appended = results[marks : marks + len(chunks)]
+        archived = results[marks + len(chunks) :]
+
+        counts: Counter[Where] = Counter()
+        late: list[Write] = []
+        for chunk, (stored, missing) in zip(chunks, appended, strict=True):
+            counts[chunk[0].where] += stored
+            if missing:
+                out_of_order = set(missing)
+                late += [write for write in chunk if write.id in out_of_order]
+        await self._store_late(late)
+        for write in late:
+            counts[write.where] += 1
+        after_archive = [
+            key for (key, _), paths in zip(attempts, archived, strict=True) if any(paths)
+        ]
+        return counts, after_archive
+
+    async def _store_late(self, late: list[Write]) -> None:
+        """Store at the end of their streams, marked, lines refused but not stored before."""
+        if not late:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for write in late:
+            run_id, attempt, rank = write.where
+            log.error(
+                "ingest.out_of_order",
+                run=run_id,
+                attempt=attempt,
+                rank=rank,
+                position=write.id.decode(),
+                hint="two collectors copied lines at once",
+            )
+            fields = dict(write.fields)
+            marker = b"late:" + write.id
+            fields[b"m"] = marker + b"," + fields[b"m"] if b"m" in fields else marker
+            pipe.xadd(write.stream, fields)  # type: ignore[arg-type]
+        await pipe.execute()
+
+
+def _chunks(writes: list[Write]) -> list[list[Write]]:
+    """The writes by stream, in order, in chunks of at most about ``_CHUNK_BYTES`` of lines."""
+    chunks: dict[str, list[Write]] = {}
+    sizes: dict[str, int] = {}
+    full: list[list[Write]] = []
+    for write in writes:
+        size = sizes.get(write.stream, 0)
+        if size >= _CHUNK_BYTES:
+            full.append(chunks.pop(write.stream))
+            size = 0
+        chunks.setdefault(write.stream, []).append(write)
+        sizes[write.stream] = size + len(write.fields[b"l"])
+    return full + list(chunks.values())
+
+
+def _script_args(chunk: list[Write]) -> list[bytes]:
+    args: list[bytes] = []
+    for write in chunk:
+        fields = write.fields
+        args += (write.id, fields[b"s"], fields[b"l"], fields.get(b"m", b""))
+    return args
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds``, or less if ``stop`` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
