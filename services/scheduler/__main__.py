@@ -1,0 +1,32 @@
+"""``python -m services.scheduler``: the scheduler process (settings from ``RUNPLANE_*``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from faststream import FastStream
+
+from services.core.consumer import make_broker
+from services.core.logs import configure
+from services.scheduler.app import Scheduler
+from services.scheduler.settings import SchedulerSettings
+
+
+def main() -> None:
+    settings = SchedulerSettings()
+    configure("scheduler")
+    # One line per consumed entry would drown the scheduler's own log: only trouble from there.
+    logging.getLogger("runplane.faststream").setLevel(logging.WARNING)
+    broker = make_broker(settings.redis_url)
+    scheduler = Scheduler(settings, broker)
+    app = FastStream(
+        broker,
+        lifespan=scheduler.running,
+        after_startup=[scheduler.broker_started.set],
+    )
+    asyncio.run(app.run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""The scheduler's edge: lease, replay, consume, decide, append. The only IO of the scheduler.
+
+An instance stands by until it holds the lease, then serves: it rebuilds its state by replaying
+the log, consumes the log (consumer group ``scheduler``) from there, and runs decision rounds
+(``decide``) whenever an event arrives or a tick passes. It stops serving and stands by again as
+soon as it loses the lease (renewal refused, or an append ``Fenced``).
+
+Invariants:
+- Every append carries the lease token as its fencing token and the version the decision was
+  made on: a deposed instance writes nothing, a decision on stale state loses the race (the run
+  is reloaded and decided again next round).
+- A successful append is applied to the state at once, before the next round places anything,
+  so a GPU is never given twice; the same events coming back through the log are skipped by
+  their version. Before appending a placement its GPUs are checked free once more.
+- Decisions are level-triggered (from the state, not from one event), so a restart at any
+  moment (kill -9 included) decides again from the replayed state and double-acts nothing.
+- Deadlines (heartbeats, max_duration) use the server's clock (``TIME``), the log's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Collection
+from typing import Any
+
+import structlog
+from faststream.redis import RedisBroker
+from redis.exceptions import RedisError
+
+from events import keys
+from events.codec import Recorded
+from events.errors import IllegalTransition
+from events.lifecycle import copy_state, evolve
+from events.model import AnyEvent, AttemptScheduled, NodeEvent, tag_of
+from services.core.consumer import LogConsumer
+from services.core.errors import Fenced, StoreError, VersionConflict
+from services.core.store import EventStore, Fence, connect
+from services.scheduler.cluster import Applied, ClusterState
+from services.scheduler.decide import decide
+from services.scheduler.decision import Decision
+from services.scheduler.lease import Lease, LeaseLost
+from services.scheduler.settings import SchedulerSettings
+
+log = structlog.get_logger("runplane.scheduler")
+
+GROUP = "scheduler"
+_CONCURRENT_APPENDS = 32
+_RETRY_S = 0.5
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Scheduler:
+    def __init__(self, settings: SchedulerSettings, broker: RedisBroker) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.token = new_id()
+        self.store = EventStore(connect(settings.redis_url), settings)
+        self.lease = Lease(
+            self.store.redis, keys.scheduler_lease(), self.token, settings.lease_ttl_ms
+        )
+        self.fence = Fence(keys.scheduler_lease(), self.token)
+        self.broker_started = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Supervise in the background for the lifetime of the FastStream app."""
+        self._task = asyncio.create_task(self.supervise(), name="scheduler")
+        try:
+            yield
+        finally:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            with contextlib.suppress(RedisError, OSError):
+                await self.lease.release()  # a standby takes over now, not after the expiry
+            await self.store.close()
+            log.info("scheduler.stopped")
+
+    async def supervise(self) -> None:
+        """Stand by, serve while holding the lease, stand by again; until cancelled."""
+        structlog.contextvars.bind_contextvars(instance=self.token[:8])
+        while True:
+            await self._stand_by()
+            try:
+                await Session(self).serve()
+            except* (LeaseLost, Fenced) as deposed:
+                log.warning("scheduler.deposed", why=repr(deposed.exceptions[0]))
+            except* (StoreError, RedisError, OSError) as trouble:
+                log.warning("scheduler.store_trouble", error=repr(trouble.exceptions[0]))
+                await self._drop_connections()
+                await asyncio.sleep(_RETRY_S)
+            except* Exception:
+                log.exception("scheduler.crashed")
+                await asyncio.sleep(_RETRY_S)
+
+    async def _drop_connections(self) -> None:
+        """After a server restart every pooled connection is stale: drop them all at once,
+        the store's and the broker's, rather than meet them one failed session at a time."""
+        with contextlib.suppress(RedisError, OSError):
+            await self.store.redis.connection_pool.disconnect()
+            if self.broker_started.is_set():
+                broker_client = await self.broker.connect()
+                await broker_client.connection_pool.disconnect()
+
+    async def _stand_by(self) -> None:
+        told = False
+        while True:
+            try:
+                if await self.lease.acquire():
+                    log.info("scheduler.active")
+                    return
+                if not told:
+                    log.info("scheduler.standby", holder=await self.lease.holder())
+                    told = True
+            except (RedisError, OSError) as exc:
+                log.warning("scheduler.standby_trouble", error=repr(exc))
+            await asyncio.sleep(self.settings.lease_ttl_ms / 5000)
+
+    async def keep_lease(self) -> None:
+        """Renew at a third of the expiry; raise ``LeaseLost`` once it cannot be held."""
+        ttl_s = self.settings.lease_ttl_ms / 1000
+        renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(ttl_s / 3)
+            try:
+                if not await self.lease.renew():
+                    raise LeaseLost("another instance holds the lease")
+                renewed = time.monotonic()
+            except (RedisError, OSError) as exc:
+                if time.monotonic() - renewed > ttl_s:
+                    raise LeaseLost(f"could not renew for {ttl_s} s: {exc!r}") from exc
+
+
+class Session:
+    """One term as the active instance: its own state, consumers and decision loop."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.settings = scheduler.settings
+        self.store = scheduler.store
+        self.state = ClusterState()
+        self.wake = asyncio.Event()
+        self.subscribers: list[Any] = []
+        self.consumer = f"{self.settings.scheduler_id}-{scheduler.token[:8]}"
+
+    async def serve(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.scheduler.keep_lease())
+                await self.rebuild()
+                await self.consume()
+                tasks.create_task(self.decide_forever())
+        finally:
+            await self.stop_consuming()
+
+    # --- the state --------------------------------------------------------------------
+
+    async def rebuild(self) -> None:
+        now = await self.server_ms()
+        count = 0
+        for partition in range(self.settings.partitions):
+            async for record in self.store.replay(partition):
+                await self.apply(record)
+                count += 1
+                if count % 10_000 == 0:
+                    self.state.drop_settled()
+        self.state.drop_settled()
+        self.state.active_since = now
+        log.info("scheduler.rebuilt", events=count, runs=len(self.state.runs))
+
+    async def apply(self, record: Recorded) -> None:
+        applied = self.state.apply(record)
+        if applied is Applied.GAP:
+            await self.reload(record.event.aggregate)
+        elif applied is Applied.REFUSED:
+            log.error(
+                "scheduler.refused_event",
+                position=record.position,
+                aggregate=record.event.aggregate,
+            )
+
+    async def reload(self, aggregate: str) -> None:
+        self.state.reload(aggregate, await self.store.history(aggregate))
+        self.wake.set()  # it is dirty again: decide on what the log really holds
+
+    async def on_event(self, record: Recorded) -> None:
+        await self.apply(record)
+        self.wake.set()
+
+    # --- consuming --------------------------------------------------------------------
+
+    async def consume(self) -> None:
+        await self.scheduler.broker_started.wait()
+        broker = self.scheduler.broker
+        for partition in range(self.settings.partitions):
+            before = set(map(id, broker.subscribers))
+            consumer = LogConsumer(
+                broker,
+                group=GROUP,
+                consumer=self.consumer,
+                handler=self.on_event,
+                settings=self.settings,
+                partition=partition,
+                poll_ms=100,
+                batch=500,
+            )
+            await consumer.prepare(self.store.redis)
+            await self.drop_stale_consumers(partition)
+            # The broker runs already: subscribers added to it now are started by hand.
+            for subscriber in [sub for sub in broker.subscribers if id(sub) not in before]:
+                self.subscribers.append(subscriber)  # stopped at the end even if start fails
+                await subscriber.start()
+
+    async def drop_stale_consumers(self, partition: int) -> None:
+        """Forget the group's other consumers (instances that died): only the lease holder
+        consumes, and it replayed the log, so their pending entries need no claiming."""
+        stream = keys.log_stream(partition)
+        for info in await self.store.redis.xinfo_consumers(stream, GROUP):
+            name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+            if name != self.consumer:
+                await self.store.redis.xgroup_delconsumer(stream, GROUP, name)
+
+    async def stop_consuming(self) -> None:
+        for subscriber in self.subscribers:
+            with contextlib.suppress(Exception):
+                await subscriber.stop()
+        with contextlib.suppress(RedisError, OSError):
+            for partition in range(self.settings.partitions):
+                # Its pending entries need no claim: the next term replays the log anyway.
+                await self.store.redis.xgroup_delconsumer(
+                    keys.log_stream(partition), GROUP, self.consumer
+                )
+
+    # --- deciding ---------------------------------------------------------------------
+
+    async def decide_forever(self) -> None:
+        tick_s = self.settings.tick_ms / 1000
+        next_watch = 0
+        while True:
+            self.wake.clear()
+            now = await self.server_ms()
+            silent: Collection[str] = ()
+            if now >= next_watch:
+                silent = await self.silent_nodes(now)
+                next_watch = now + self.settings.tick_ms
+            decisions = decide(
+                self.state, now, new_id, actor=self.settings.scheduler_id, silent=silent
+            )
+            self.state.clear_dirty()
+            progressed = await self.execute(decisions) if decisions else False
+            self.state.drop_settled()
+            if not progressed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), tick_s)
+
+    async def silent_nodes(self, now: int) -> frozenset[str]:
+        timeout_ms = int(self.settings.node_timeout_s * 1000)
+        names = self.state.watched_nodes(now, timeout_ms)
+        if not names:
+            return frozenset()
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(keys.heartbeat(name))
+            found = await pipe.execute()
+        self.state.saw([name for name, alive in zip(names, found, strict=True) if alive], now)
+        return frozenset(name for name, alive in zip(names, found, strict=True) if not alive)
+
+    async def execute(self, decisions: list[Decision]) -> bool:
+        """Append every decision (concurrently: each is one aggregate); True if any landed."""
+        limit = asyncio.Semaphore(_CONCURRENT_APPENDS)
+
+        async def one(decision: Decision) -> bool:
+            async with limit:
+                return await self.append(decision)
+
+        async with asyncio.TaskGroup() as tasks:
+            results = [tasks.create_task(one(decision)) for decision in decisions]
+        return any(result.result() for result in results)
+
+    async def append(self, decision: Decision) -> bool:
+        if not self.still_valid(decision):
+            return False
+        try:
+            appended = await self.store.append(
+                decision.events,
+                expected_version=decision.expected_version,
+                fence=self.scheduler.fence,
+            )
+        except VersionConflict:
+            await self.reload(decision.aggregate)  # somebody else wrote: decide again
+            return False
+        if appended.version is None:  # a retried append that had landed: read what it wrote
+            await self.reload(decision.aggregate)
+            return True
+        first = appended.version - len(decision.events) + 1
+        for offset, (position, event) in enumerate(
+            zip(appended.positions, decision.events, strict=True)
+        ):
+            event.time = int(position.split("-", 1)[0])
+            if self.state.apply(Recorded(position, first + offset, event)) is Applied.GAP:
+                await self.reload(decision.aggregate)
+                break
+        for event in decision.events:
+            _log_event(event)
+        return True
+
+    def still_valid(self, decision: Decision) -> bool:
+        """The state did not move since the decision, the rules accept it, its GPUs are free."""
+        if decision.expected_version != self.state.known_version(decision.aggregate):
+            return False
+        run_id = decision.run_id
+        if run_id is None:
+            return True
+        run = self.state.runs.get(run_id)
+        if run is None:
+            return False
+        after = copy_state(run)
+        try:
+            for event in decision.events:
+                if not isinstance(event, NodeEvent):
+                    evolve(after, event)
+        except IllegalTransition as exc:
+            log.exception("scheduler.illegal_decision", run=run_id, error=str(exc))
+            return False
+        for event in decision.events:
+            if isinstance(event, AttemptScheduled):
+                for rank in event.ranks:
+                    used = self.state.used.get(rank.node, {})
+                    if taken := [gpu for gpu in rank.gpus if gpu in used]:
+                        log.error("scheduler.gpu_taken", run=run_id, node=rank.node, gpus=taken)
+                        return False
+        return True
+
+    async def server_ms(self) -> int:
+        seconds, micros = await self.store.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _log_event(event: AnyEvent) -> None:
+    fields: dict[str, Any] = {"type": tag_of(type(event))}
+    if isinstance(event, NodeEvent):
+        fields["node"] = event.node
+    else:
+        fields.update(run=event.run_id, attempt=event.attempt)
+    for name in ("reason", "position", "cause", "exit_code"):
+        if (value := getattr(event, name, None)) is not None:
+            fields[name] = str(value) if name == "reason" else value
+    if isinstance(event, AttemptScheduled):
+        fields["ranks"] = [f"{r.rank}:{r.node}:{','.join(map(str, r.gpus))}" for r in event.ranks]
+    log.info("scheduler.appended", **fields)

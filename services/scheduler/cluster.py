@@ -1,0 +1,359 @@
+"""The scheduler's view of the world, folded from the log: nodes, runs, and who holds which GPU.
+
+Pure: no IO, no clock. The edge feeds it ``Recorded`` events (replayed, consumed, or its own
+appends) and reads it to decide.
+
+Invariants:
+- Each aggregate's events are applied once, in order, by ``Recorded.version``: a version
+  already folded is skipped, the next one is applied, anything further is a gap
+  (``Applied.GAP``) and the edge reloads that aggregate's whole history (``reload``).
+- Runs are folded with ``events.lifecycle.evolve``, so this state never holds a step the rules
+  refuse (such an event is reported as ``Applied.REFUSED`` and left out).
+- GPU allocations are derived from the runs, never stored apart: an attempt holds the GPUs of
+  its placement from ``attempt.scheduled`` until it leaves TERMINATING, whatever its ranks
+  report. ``used`` maps (node, GPU index) to that attempt; ``double_booked`` lists any GPU the
+  log itself gave twice (it must stay empty).
+- A settled run (latest attempt terminal, nothing left for the scheduler) is dropped from
+  memory by ``drop_settled`` (the edge calls it between batches, never inside one append's
+  events); its version stays in ``settled`` so its old events are skipped when they come back,
+  and a new event of it (a restart) is a gap that reloads it.
+- Every change the scheduler must look at marks its run (``dirty_runs``) or its cluster's queue
+  (``dirty_clusters``) dirty; ``decide`` reads only those, the edge clears them after deciding.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import msgspec
+
+from events.codec import Recorded
+from events.errors import IllegalTransition
+from events.lifecycle import RunState, evolve
+from events.model import (
+    AnyNodeEvent,
+    AnyRunEvent,
+    NodeDrained,
+    NodeEvent,
+    NodeLost,
+    NodeRegistered,
+    RankExited,
+    RestartRequested,
+    RetryScheduled,
+    UpdateRequested,
+)
+from events.spec import PRIORITY_RANK
+from events.status import RunStatus
+
+S = RunStatus
+HOLDS_GPUS = (S.STARTING, S.RUNNING, S.TERMINATING)
+WAITING = (S.PENDING, S.QUEUED)
+_HOUR_MS = 3_600_000
+
+
+class Applied(enum.Enum):
+    APPLIED = "applied"
+    SKIPPED = "skipped"  # already folded (redelivery, or our own append coming back)
+    GAP = "gap"  # an earlier event of the aggregate is missing: reload its history
+    REFUSED = "refused"  # the lifecycle rules refuse it: left out
+
+
+class Node(msgspec.Struct, kw_only=True):
+    name: str
+    cluster: str
+    gpu_type: str | None = None
+    gpus: int = 0
+    cpus: int = 0
+    registered: bool = False
+    alive: bool = False
+    drained: bool = False
+    registered_at: int = 0  # log time of its latest node.registered
+    last_seen: int = 0  # log time its heartbeat key was last seen (or its registration)
+    version: int = 0
+
+    @property
+    def usable(self) -> bool:
+        """New placements may go here."""
+        return self.registered and self.alive and not self.drained
+
+
+class Holding(NamedTuple):
+    """The GPUs one attempt holds: ``((node, (gpu, ...)), ...)`` in rank order."""
+
+    attempt: int
+    ranks: tuple[tuple[str, tuple[int, ...]], ...]
+
+
+QueueKey = tuple[int, int, str]  # (-priority rank, time the attempt entered PENDING, run id)
+
+
+class ClusterState:
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.clusters: dict[str, dict[str, Node]] = {}
+        self.runs: dict[str, RunState] = {}
+        self.settled: dict[str, int] = {}
+        self.used: dict[str, dict[int, tuple[str, int]]] = {}
+        self.holdings: dict[str, Holding] = {}
+        self.double_booked: list[tuple[str, int]] = []
+        #: cluster -> run ids of attempts holding GPUs there; and the subset TERMINATING.
+        self.active: dict[str, set[str]] = {}
+        self.terminating: dict[str, set[str]] = {}
+        #: node -> run ids of attempts holding GPUs on it.
+        self.on_node: dict[str, set[str]] = {}
+        self.waiting: dict[str, dict[str, QueueKey]] = {}
+        self._order: dict[str, list[str]] = {}
+        #: run id -> rank indices of its latest attempt, in the order they exited.
+        self.exit_order: dict[str, list[int]] = {}
+        #: run id -> log time at which its RUNNING attempt exceeds max_duration.
+        self.deadlines: dict[str, int] = {}
+        self.dirty_runs: set[str] = set()
+        self.dirty_clusters: set[str] = set()
+        self._settling: set[str] = set()
+        #: log time this instance became active (the grace of nodes registered before).
+        self.active_since = 0
+
+    # --- applying the log ---------------------------------------------------------------
+
+    def apply(self, record: Recorded) -> Applied:
+        event = record.event
+        if isinstance(event, NodeEvent):
+            return self._apply_node(record.version, event)
+        return self._apply_run(record.version, event)
+
+    def known_version(self, aggregate: str) -> int:
+        kind, _, name = aggregate.partition(":")
+        if kind == "node":
+            node = self.nodes.get(name)
+            return node.version if node else 0
+        run = self.runs.get(name)
+        return run.version if run else self.settled.get(name, 0)
+
+    def reload(self, aggregate: str, history: Sequence[Recorded]) -> None:
+        """Replace what is known of one aggregate by its whole history (after a gap)."""
+        if not history or history[-1].version <= self.known_version(aggregate):
+            return
+        kind, _, name = aggregate.partition(":")
+        if kind == "node":
+            self.nodes.pop(name, None)
+            for cluster in self.clusters.values():
+                cluster.pop(name, None)
+            for record in history:
+                self.apply(record)
+            return
+        # Fold first, index once: the GPUs of its old attempts were released long ago.
+        self._forget(name)
+        self.settled.pop(name, None)
+        run: RunState | None = None
+        order: list[int] = []
+        for record in history:
+            event = record.event
+            if isinstance(event, NodeEvent):
+                continue
+            try:
+                run = evolve(run, event)
+            except IllegalTransition:
+                continue
+            if isinstance(event, RestartRequested | RetryScheduled):
+                order = []
+            elif isinstance(event, RankExited):
+                order.append(event.rank)
+        if run is not None:
+            self.runs[name] = run
+            self.exit_order[name] = order
+            self._index(run, updated=True)
+
+    def clear_dirty(self) -> None:
+        self.dirty_runs.clear()
+        self.dirty_clusters.clear()
+
+    def _check(self, version: int, known: int) -> Applied | None:
+        if version and version <= known:
+            return Applied.SKIPPED
+        if version and version != known + 1:
+            return Applied.GAP
+        return None
+
+    def _apply_run(self, version: int, event: AnyRunEvent) -> Applied:
+        run_id = event.run_id
+        run = self.runs.get(run_id)
+        if (verdict := self._check(version, self.known_version(event.aggregate))) is not None:
+            return verdict
+        if run is None and run_id in self.settled:
+            return Applied.GAP  # a settled run moves again (a restart): fold its history
+        try:
+            run = evolve(run, event)
+        except IllegalTransition:
+            return Applied.REFUSED
+        self.runs[run_id] = run
+        if isinstance(event, RestartRequested | RetryScheduled):
+            self.exit_order.pop(run_id, None)
+        elif isinstance(event, RankExited):
+            self.exit_order.setdefault(run_id, []).append(event.rank)
+        self._index(run, isinstance(event, UpdateRequested))
+        return Applied.APPLIED
+
+    def _apply_node(self, version: int, event: AnyNodeEvent) -> Applied:
+        node = self.nodes.get(event.node)
+        if (verdict := self._check(version, node.version if node else 0)) is not None:
+            return verdict
+        if node is None:
+            node = self.nodes[event.node] = Node(name=event.node, cluster=event.cluster)
+            self.clusters.setdefault(event.cluster, {})[event.node] = node
+        match event:
+            case NodeRegistered():
+                if node.cluster != event.cluster:
+                    self.clusters[node.cluster].pop(node.name, None)
+                    self.dirty_clusters.add(node.cluster)
+                    node.cluster = event.cluster
+                    self.clusters.setdefault(event.cluster, {})[node.name] = node
+                node.gpu_type, node.gpus, node.cpus = event.gpu_type, event.gpus, event.cpus
+                node.registered = node.alive = True
+                node.registered_at = node.last_seen = event.time
+            case NodeLost():
+                node.alive = False
+            case NodeDrained():
+                node.drained = True  # until an operator says otherwise: there is no undrain yet
+        node.version = version or node.version + 1
+        self.dirty_clusters.add(node.cluster)
+        self.dirty_runs.update(self.on_node.get(node.name, ()))
+        return Applied.APPLIED
+
+    # --- derived indexes --------------------------------------------------------------
+
+    def _index(self, run: RunState, updated: bool) -> None:
+        self.dirty_runs.add(run.run_id)
+        self._index_gpus(run, updated)
+        self._index_queue(run)
+        attempt = run.latest
+        hours = run.spec.scheduling.max_duration
+        if attempt.status is S.RUNNING and hours is not None:
+            started = next(t for status, t in reversed(attempt.timeline) if status is S.RUNNING)
+            self.deadlines[run.run_id] = started + int(hours * _HOUR_MS)
+        else:
+            self.deadlines.pop(run.run_id, None)
+        if attempt.status.is_terminal() and (run.deleted or not run.delete_requested):
+            self._settling.add(run.run_id)
+        else:
+            self._settling.discard(run.run_id)
+
+    def _index_gpus(self, run: RunState, updated: bool) -> None:
+        run_id, cluster, attempt = run.run_id, run.spec.compute.cluster, run.latest
+        holding = None
+        if attempt.status in HOLDS_GPUS and not run.deleted:
+            holding = Holding(
+                attempt.index, tuple((rank.node, tuple(rank.gpus)) for rank in attempt.ranks)
+            )
+        if holding != self.holdings.get(run_id):
+            self._release(run_id, cluster)
+            if holding is not None:
+                self._hold(run_id, cluster, holding)
+            self.dirty_clusters.add(cluster)
+        ending = self.terminating.setdefault(cluster, set())
+        if attempt.status is S.TERMINATING and run_id not in ending:
+            ending.add(run_id)
+            self.dirty_clusters.add(cluster)  # its GPUs are about to be released
+        elif attempt.status is not S.TERMINATING:
+            ending.discard(run_id)
+        if updated and holding is not None:
+            self.dirty_clusters.add(cluster)  # its priority or preemptible may have changed
+
+    def _index_queue(self, run: RunState) -> None:
+        run_id, cluster, attempt = run.run_id, run.spec.compute.cluster, run.latest
+        queue = self.waiting.setdefault(cluster, {})
+        key = None
+        if attempt.status in WAITING and not (run.deleted or run.delete_requested):
+            priority = PRIORITY_RANK[run.spec.scheduling.priority]
+            key = (-priority, attempt.timeline[0][1], run_id)
+        if queue.get(run_id) != key:
+            if key is None:
+                del queue[run_id]
+            else:
+                queue[run_id] = key
+            self._order.pop(cluster, None)
+            self.dirty_clusters.add(cluster)
+
+    def drop_settled(self) -> None:
+        """Forget the runs the scheduler has nothing more to do for (memory stays bounded)."""
+        settling, self._settling = self._settling, set()
+        for run_id in settling:
+            run = self.runs.get(run_id)
+            if run is not None:
+                self._forget(run_id)
+                self.settled[run_id] = run.version
+
+    def _hold(self, run_id: str, cluster: str, holding: Holding) -> None:
+        self.holdings[run_id] = holding
+        self.active.setdefault(cluster, set()).add(run_id)
+        for node, gpus in holding.ranks:
+            self.on_node.setdefault(node, set()).add(run_id)
+            used = self.used.setdefault(node, {})
+            for gpu in gpus:
+                if gpu in used and used[gpu][0] != run_id:
+                    self.double_booked.append((node, gpu))
+                else:
+                    used[gpu] = (run_id, holding.attempt)
+
+    def _release(self, run_id: str, cluster: str) -> None:
+        holding = self.holdings.pop(run_id, None)
+        if holding is None:
+            return
+        self.active.get(cluster, set()).discard(run_id)
+        for node, gpus in holding.ranks:
+            self.on_node.get(node, set()).discard(run_id)
+            used = self.used.get(node, {})
+            for gpu in gpus:
+                if used.get(gpu, ("", 0))[0] == run_id:
+                    del used[gpu]
+
+    def _forget(self, run_id: str) -> None:
+        run = self.runs.pop(run_id, None)
+        if run is None:
+            return
+        cluster = run.spec.compute.cluster
+        if run_id in self.holdings:
+            self._release(run_id, cluster)
+            self.dirty_clusters.add(cluster)
+        self.terminating.get(cluster, set()).discard(run_id)
+        if self.waiting.get(cluster, {}).pop(run_id, None) is not None:
+            self._order.pop(cluster, None)
+            self.dirty_clusters.add(cluster)
+        self.deadlines.pop(run_id, None)
+        self.exit_order.pop(run_id, None)
+        self._settling.discard(run_id)
+
+    # --- reading ----------------------------------------------------------------------
+
+    def queue(self, cluster: str) -> list[str]:
+        """Run ids of the attempts waiting in ``cluster``: priority first, then age."""
+        order = self._order.get(cluster)
+        if order is None:
+            waiting = self.waiting.get(cluster, {})
+            order = self._order[cluster] = sorted(waiting, key=waiting.__getitem__)
+        return order
+
+    def free_gpus(self, node: Node) -> list[int]:
+        used = self.used.get(node.name, {})
+        return [gpu for gpu in range(node.gpus) if gpu not in used]
+
+    def overdue(self, now_ms: int) -> list[str]:
+        """Runs whose RUNNING attempt has run past its max_duration."""
+        return [run_id for run_id, deadline in self.deadlines.items() if deadline <= now_ms]
+
+    def watched_nodes(self, now_ms: int, timeout_ms: int) -> list[str]:
+        """Nodes whose heartbeat must exist by now: alive, and past their grace."""
+        return [
+            node.name
+            for node in self.nodes.values()
+            if node.registered
+            and node.alive
+            and now_ms >= max(node.registered_at, self.active_since) + timeout_ms
+        ]
+
+    def saw(self, nodes: Iterable[str], now_ms: int) -> None:
+        """Their heartbeat keys existed at ``now_ms``."""
+        for name in nodes:
+            if (node := self.nodes.get(name)) is not None:
+                node.last_seen = max(node.last_seen, now_ms)

@@ -1,0 +1,210 @@
+"""Where a request fits: the shape of a request over a cluster's nodes, and its placement.
+
+Pure: no IO. A request is ``compute.gpus`` over ``compute.nodes``; every rank gets
+``gpus / nodes`` GPUs on a node of its own, all nodes of one ``gpu_type``, all ranks or none
+(gang). With ``nodes`` omitted a request larger than one node spans whole nodes (16 GPUs on
+8-GPU nodes is 2 ranks of 8, as MAPI does). ``gpus == 0`` is a CPU-only rank on any node.
+
+Invariants:
+- ``shapes`` judges a request against the cluster's *registered* nodes (lost or drained ones
+  included: they may come back): a request that no registered node could ever hold is refused
+  permanently; a cluster without nodes is only a reason to wait.
+- ``place`` takes GPUs only from a ``Capacity`` (the free GPUs of usable nodes) and returns
+  distinct nodes with distinct, free GPU indices; it never half-places.
+- Best fit: the node with the fewest free GPUs that still holds a rank is chosen first, so large
+  holes stay open for large requests and CPU-only ranks go to full nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
+
+from events.spec import Compute
+
+
+class Shape(NamedTuple):
+    ranks: int
+    per_rank: int
+    gpu_type: str | None  # None only for CPU-only ranks that may go to any node
+
+
+class Refusal(NamedTuple):
+    """Why a request is not placed: ``permanent`` when it can never fit the cluster."""
+
+    permanent: bool
+    message: str
+
+
+Placement = list[tuple[str, list[int]]]  # (node, GPU indices) per rank, in rank order
+
+
+def label(gpus: int, gpu_type: str | None) -> str:
+    return f"{gpus} x {gpu_type}" if gpu_type else f"{gpus} GPUs"
+
+
+def shapes(compute: Compute, sizes: Mapping[str | None, int]) -> list[Shape] | Refusal:
+    """The layouts of ``compute`` over a cluster whose registered nodes of each gpu_type hold
+    at most ``sizes[gpu_type]`` GPUs; one per gpu_type that could hold it."""
+    if (refusal := _refusal(compute, sizes)) is not None:
+        return refusal
+    cluster, gpus, nodes, wanted = compute.cluster, compute.gpus, compute.nodes, compute.gpu_type
+    if gpus == 0:
+        return [Shape(nodes or 1, 0, wanted)]
+    types = [wanted] if wanted is not None else sorted(t for t in sizes if t and sizes[t] > 0)
+    found: list[Shape] = []
+    why: list[str] = []
+    for gpu_type in types:
+        shape = _layout(compute, gpu_type, sizes[gpu_type])
+        if isinstance(shape, str):
+            why.append(shape)
+        else:
+            found.append(shape)
+    if not found:
+        return Refusal(True, "; ".join(why) or f"No node in cluster {cluster} has GPUs")
+    return found
+
+
+def _refusal(compute: Compute, sizes: Mapping[str | None, int]) -> Refusal | None:
+    cluster, gpus, nodes, wanted = compute.cluster, compute.gpus, compute.nodes, compute.gpu_type
+    if gpus < 0 or (nodes is not None and nodes < 1):
+        return Refusal(True, f"{gpus} GPUs over {nodes} nodes is not a request")
+    if not sizes:
+        return Refusal(False, f"Waiting for nodes in cluster {cluster}")
+    if wanted is not None and wanted not in sizes:
+        known = ", ".join(sorted(str(t) for t in sizes))
+        return Refusal(True, f"No node in cluster {cluster} has gpu_type {wanted} (it has {known})")
+    if nodes is not None and gpus % nodes:
+        return Refusal(True, f"{gpus} GPUs do not divide evenly over {nodes} nodes")
+    return None
+
+
+def _layout(compute: Compute, gpu_type: str | None, size: int) -> Shape | str:
+    """The shape of ``compute`` on nodes of ``gpu_type`` holding at most ``size`` GPUs, or why
+    it can never fit them."""
+    gpus, nodes = compute.gpus, compute.nodes
+    if nodes is not None:
+        shape = Shape(nodes, gpus // nodes, gpu_type)
+    elif gpus <= size:
+        shape = Shape(1, gpus, gpu_type)
+    elif gpus % size == 0:
+        shape = Shape(gpus // size, size, gpu_type)
+    else:
+        return (
+            f"{gpus} GPUs do not fill whole {size}-GPU nodes of {gpu_type}: ask for a "
+            f"multiple of {size}, or set compute.nodes"
+        )
+    if shape.per_rank > size:
+        return (
+            f"No node in cluster {compute.cluster} has {label(shape.per_rank, gpu_type)} "
+            f"(the largest has {size})"
+        )
+    return shape
+
+
+class Capacity:
+    """Free GPUs of one cluster's usable nodes, bucketed by (gpu_type, free count).
+
+    A scratch copy for one queue pass: ``take`` what a placement uses, ``give`` what is about
+    to be released. Free lists keep their order: given GPUs go last, so a placement prefers
+    GPUs that are free now.
+    """
+
+    def __init__(self) -> None:
+        self.free: dict[str, list[int]] = {}
+        self.size: dict[str, int] = {}
+        self.type_of: dict[str, str | None] = {}
+        self.buckets: dict[str | None, dict[int, dict[str, None]]] = {}
+
+    def add_node(self, name: str, gpu_type: str | None, size: int, free: Iterable[int]) -> None:
+        self.free[name] = list(free)
+        self.size[name] = size
+        self.type_of[name] = gpu_type
+        self._file(name)
+
+    def copy(self) -> Capacity:
+        other = Capacity()
+        other.free = {name: list(gpus) for name, gpus in self.free.items()}
+        other.size = dict(self.size)
+        other.type_of = dict(self.type_of)
+        other.buckets = {
+            t: {n: dict(nodes) for n, nodes in by_count.items()}
+            for t, by_count in self.buckets.items()
+        }
+        return other
+
+    def take(self, node: str, gpus: Iterable[int]) -> None:
+        if node not in self.free:
+            return
+        self._unfile(node)
+        gone = set(gpus)
+        self.free[node] = [gpu for gpu in self.free[node] if gpu not in gone]
+        self._file(node)
+
+    def give(self, node: str, gpus: Iterable[int]) -> None:
+        if node not in self.free:
+            return  # not a usable node: nothing released there can be placed on
+        self._unfile(node)
+        have = self.free[node]
+        have += [gpu for gpu in gpus if gpu not in have]
+        self._file(node)
+
+    def total_free(self, gpu_type: str | None) -> int:
+        return sum(count * len(nodes) for count, nodes in self.buckets.get(gpu_type, {}).items())
+
+    def nodes_holding(self, per_rank: int, gpu_type: str | None) -> int:
+        """Usable nodes of ``gpu_type`` big enough for a rank, whatever they hold now."""
+        return sum(
+            1
+            for name, size in self.size.items()
+            if size >= per_rank and (gpu_type is None or self.type_of[name] == gpu_type)
+        )
+
+    def _file(self, node: str) -> None:
+        by_count = self.buckets.setdefault(self.type_of[node], {})
+        by_count.setdefault(len(self.free[node]), {})[node] = None
+
+    def _unfile(self, node: str) -> None:
+        by_count = self.buckets[self.type_of[node]]
+        count = len(self.free[node])
+        del by_count[count][node]
+        if not by_count[count]:
+            del by_count[count]
+
+
+def place(shape: Shape, capacity: Capacity) -> Placement | None:
+    """``shape.ranks`` distinct nodes with ``shape.per_rank`` free GPUs each, or None."""
+    if shape.gpu_type is None:
+        tables = list(capacity.buckets.values())
+    else:
+        tables = [capacity.buckets.get(shape.gpu_type, {})]
+    counts = sorted({count for table in tables for count in table if count >= shape.per_rank})
+    chosen: list[str] = []
+    for count in counts:
+        for table in tables:
+            for node in table.get(count, ()):
+                chosen.append(node)
+                if len(chosen) == shape.ranks:
+                    return [(name, capacity.free[name][: shape.per_rank]) for name in chosen]
+    return None
+
+
+def why_waiting(shape: Shape, capacity: Capacity) -> str:
+    """The reason a user reads for a shape that does not fit ``capacity`` now."""
+    k, per, gpu_type = shape
+    holding = capacity.nodes_holding(per, gpu_type)
+    if holding == 0:
+        return f"No node has {label(per, gpu_type)}"
+    if holding < k:
+        return f"Waiting for nodes: needs {nodes(k)} with {label(per, gpu_type)}, {holding} up"
+    free = capacity.total_free(gpu_type)
+    if free < k * per:
+        return f"Insufficient resources: needs {k * per} GPUs, {free} free"
+    return (
+        f"Insufficient resources: needs {nodes(k)} with {per} free GPUs each, "
+        f"{free} GPUs free in total"
+    )
+
+
+def nodes(count: int) -> str:
+    return "1 node" if count == 1 else f"{count} nodes"

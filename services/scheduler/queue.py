@@ -1,0 +1,306 @@
+"""The queue of one cluster: who is placed, who waits and why, who is preempted.
+
+Pure. One pass over a cluster's waiting attempts in queue order: priority (auto > low >
+lowest), then the time the attempt entered PENDING.
+
+Greedy, on purpose: each attempt takes a placement if one fits now, so a later, smaller
+attempt may start while a larger one ahead of it waits. That keeps GPUs busy; the price is that
+a large request can wait long on a busy cluster. Two rules bound it:
+- reservation: an attempt that would fit once the GPUs of TERMINATING attempts are released
+  reserves that placement (its free GPUs too), so the attempts behind it cannot take them;
+- preemption: an attempt that fits neither may stop preemptible STARTING/RUNNING attempts of
+  lower priority whose GPUs would make it fit (reason ``Preempted``), then reserves as above.
+  The victims are the holders of the GPUs one placement needs, not a minimal set.
+
+Invariants:
+- Every placement of a pass comes out of one ``Capacity`` scratch copy of the free GPUs, so
+  placements never overlap each other or any GPU held (an attempt holds its GPUs until it
+  leaves TERMINATING).
+- Nothing is placed on a node that is lost, drained or silent (heartbeat missing this round).
+- A waiting attempt gets ``attempt.queued`` when it enters the queue (PENDING), and again only
+  when the kind of its reason (the text before ':') changes: a queue of 10,000 must not write
+  10,000 events whenever a count or a position moves.
+- A request that no registered node could ever hold fails at once (user, ``Unschedulable``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Collection
+from typing import NamedTuple
+
+from events.lifecycle import RunState
+from events.model import (
+    AnyRunEvent,
+    AttemptFailed,
+    AttemptQueued,
+    AttemptScheduled,
+    AttemptTerminating,
+    RankPlacement,
+    Reason,
+)
+from events.spec import PRIORITY_RANK
+from events.status import RunStatus
+from services.scheduler.cluster import ClusterState, Holding
+from services.scheduler.decision import Context, Decision, decision
+from services.scheduler.placement import (
+    Capacity,
+    Placement,
+    Refusal,
+    Shape,
+    nodes,
+    place,
+    shapes,
+    why_waiting,
+)
+
+S = RunStatus
+RELEASING = "Waiting for GPUs being released"
+
+
+class _Victim(NamedTuple):
+    priority: int
+    started: int
+    run: RunState
+    holding: Holding
+
+
+@functools.lru_cache(maxsize=4096)
+def kind(reason: str) -> str:
+    return reason.partition(":")[0]
+
+
+def queue_pass(
+    state: ClusterState,
+    cluster: str,
+    ctx: Context,
+    *,
+    busy: Collection[str] = (),
+    silent: Collection[str] = (),
+) -> list[Decision]:
+    order = state.queue(cluster)
+    if not order:
+        return []
+    return _Pass(state, cluster, ctx, busy, silent).run(order)
+
+
+class _Pass:
+    def __init__(
+        self,
+        state: ClusterState,
+        cluster: str,
+        ctx: Context,
+        busy: Collection[str],
+        silent: Collection[str],
+    ) -> None:
+        self.state, self.cluster, self.ctx, self.busy = state, cluster, ctx, busy
+        self.sizes: dict[str | None, int] = {}
+        self.now = Capacity()
+        for node in state.clusters.get(cluster, {}).values():
+            if node.registered:
+                self.sizes[node.gpu_type] = max(self.sizes.get(node.gpu_type, 0), node.gpus)
+            if node.usable and node.name not in silent:
+                self.now.add_node(node.name, node.gpu_type, node.gpus, state.free_gpus(node))
+        self._future: Capacity | None = None
+        self._victims: list[_Victim] | None = None
+        self.chosen: set[str] = set()
+        self.decisions: list[Decision] = []
+        self.shapes: dict[tuple[int, int | None, str | None], list[Shape] | Refusal] = {}
+        self.no_fit: set[tuple[Shape, ...]] = set()
+        self.no_future_fit: set[tuple[Shape, ...]] = set()
+        self.no_preempt: set[tuple[tuple[Shape, ...], int]] = set()
+        self.reasons: dict[Shape, str] = {}
+        #: Bumped whenever the pass takes or gives GPUs; a wait decided at the same generation
+        #: for the same request and priority has the same outcome, so it is not decided again.
+        self.generation = 0
+        self.waits: dict[tuple[tuple[int, int | None, str | None], int], tuple[int, str]] = {}
+
+    def run(self, order: list[str]) -> list[Decision]:
+        position = 0
+        for run_id in order:
+            run = self.state.runs[run_id]
+            compute = run.spec.compute
+            key = (compute.gpus, compute.nodes, compute.gpu_type)
+            found = self.shapes.get(key)
+            if found is None:
+                found = self.shapes[key] = shapes(compute, self.sizes)
+            if isinstance(found, Refusal) and found.permanent:
+                reason = Reason(category="user", code="Unschedulable", message=found.message)
+                self._decide(run, AttemptFailed, reason=reason)
+                continue
+            if isinstance(found, Refusal):
+                reason_text = found.message
+            else:
+                memo = (key, PRIORITY_RANK[run.spec.scheduling.priority])
+                seen = self.waits.get(memo)
+                if seen is not None and seen[0] == self.generation:
+                    reason_text = seen[1]
+                else:
+                    placed = self._place(found)
+                    if placed is not None:
+                        self._schedule(run, position + 1, *placed)
+                        continue
+                    generation = self.generation
+                    reason_text = self._wait(run, found)
+                    if generation == self.generation:
+                        self.waits[memo] = (generation, reason_text)
+            position += 1
+            attempt = run.latest
+            if attempt.status is S.PENDING or (
+                reason_text != attempt.queue_reason
+                and kind(reason_text) != kind(attempt.queue_reason)
+            ):
+                self._decide(run, AttemptQueued, reason=reason_text, position=position)
+        return self.decisions
+
+    # --- placing ------------------------------------------------------------------------
+
+    def _place(self, found: list[Shape]) -> tuple[Shape, Placement] | None:
+        key = tuple(found)
+        if key in self.no_fit:
+            return None
+        for shape in found:
+            placement = place(shape, self.now)
+            if placement is not None:
+                self._take(placement)
+                return shape, placement
+        self.no_fit.add(key)
+        return None
+
+    def _schedule(self, run: RunState, position: int, shape: Shape, placement: Placement) -> None:
+        gpu_type = shape.gpu_type
+        if gpu_type is None and shape.per_rank:
+            gpu_type = self.now.type_of[placement[0][0]]
+        events: list[AnyRunEvent] = []
+        if run.latest.status is S.PENDING:
+            events.append(self._event(AttemptQueued, run, reason="", position=position))
+        ranks = [
+            RankPlacement(rank=index, node=node, gpus=gpus)
+            for index, (node, gpus) in enumerate(placement)
+        ]
+        events.append(
+            self._event(AttemptScheduled, run, cluster=self.cluster, gpu_type=gpu_type, ranks=ranks)
+        )
+        self.decisions.append(decision(events, run.version))
+
+    def _take(self, placement: Placement) -> None:
+        self.generation += 1
+        for node, gpus in placement:
+            self.now.take(node, gpus)
+            if self._future is not None:
+                self._future.take(node, gpus)
+
+    # --- waiting: reservation and preemption --------------------------------------------
+
+    def _wait(self, run: RunState, found: list[Shape]) -> str:
+        key = tuple(found)
+        future = self._releasing()
+        if future is not None and key not in self.no_future_fit:
+            for shape in found:
+                placement = place(shape, future)
+                if placement is not None:
+                    self._take(placement)
+                    return f"{RELEASING}: reserved on {nodes(len(placement))}"
+            self.no_future_fit.add(key)
+        victims = self._preempt(run, found)
+        if victims:
+            return f"{RELEASING}: preempting {victims} lower-priority run(s)"
+        shape = found[0]
+        if shape not in self.reasons:
+            self.reasons[shape] = why_waiting(shape, self.now)
+        return self.reasons[shape]
+
+    def _releasing(self) -> Capacity | None:
+        """Free GPUs plus those TERMINATING attempts are about to release; None if none are."""
+        if self._future is None:
+            ending = self.state.terminating.get(self.cluster, set())
+            if not ending:
+                return None
+            self._future = self.now.copy()
+            for run_id in ending:
+                if (holding := self.state.holdings.get(run_id)) is not None:
+                    for node, gpus in holding.ranks:
+                        self._future.give(node, gpus)
+        return self._future
+
+    def _preempt(self, run: RunState, found: list[Shape]) -> int:
+        priority = PRIORITY_RANK[run.spec.scheduling.priority]
+        key = (tuple(found), priority)
+        if key in self.no_preempt:
+            return 0
+        chosen = self.chosen
+        victims = [
+            v for v in self._candidates() if v.priority < priority and v.run.run_id not in chosen
+        ]
+        base = self._future if self._future is not None else self.now
+        if victims:
+            hypothetical = base.copy()
+            for victim in victims:
+                for node, gpus in victim.holding.ranks:
+                    hypothetical.give(node, gpus)
+            for shape in found:
+                placement = place(shape, hypothetical)
+                if placement is not None:
+                    return self._stop_for(run, placement, base, victims)
+        self.no_preempt.add(key)
+        return 0
+
+    def _stop_for(
+        self, run: RunState, placement: Placement, base: Capacity, victims: list[_Victim]
+    ) -> int:
+        holders = {
+            self.state.used[node][gpu][0]
+            for node, gpus in placement
+            for gpu in gpus
+            if gpu not in base.free[node]
+        }
+        reason = Reason(
+            category="preempted",
+            code="Preempted",
+            message=f"preempted by {run.name} (priority {run.spec.scheduling.priority})",
+        )
+        if self._future is None:
+            self._future = self.now.copy()
+        stopped = 0
+        self.generation += 1
+        for victim in victims:
+            if victim.run.run_id in holders:
+                self._decide(victim.run, AttemptTerminating, reason=reason)
+                self.chosen.add(victim.run.run_id)
+                for node, gpus in victim.holding.ranks:
+                    self._future.give(node, gpus)
+                stopped += 1
+        self.no_future_fit.clear()  # more is being released now
+        self._take(placement)
+        return stopped
+
+    def _candidates(self) -> list[_Victim]:
+        if self._victims is None:
+            ending = self.state.terminating.get(self.cluster, set())
+            victims = []
+            for run_id in self.state.active.get(self.cluster, set()):
+                run = self.state.runs[run_id]
+                holding = self.state.holdings[run_id]
+                if run_id in ending or run_id in self.busy or not run.spec.scheduling.preemptible:
+                    continue
+                started = next(t for s, t in reversed(run.latest.timeline) if s is S.STARTING)
+                priority = PRIORITY_RANK[run.spec.scheduling.priority]
+                victims.append(_Victim(priority, started, run, holding))
+            # Lowest priority first; among equals the youngest, which loses the least work.
+            victims.sort(key=lambda v: (v.priority, -v.started, v.run.run_id))
+            self._victims = victims
+        return self._victims
+
+    # --- events -------------------------------------------------------------------------
+
+    def _decide(self, run: RunState, cls: type[AnyRunEvent], **fields: object) -> None:
+        self.decisions.append(decision([self._event(cls, run, **fields)], run.version))
+
+    def _event(self, cls: type[AnyRunEvent], run: RunState, **fields: object) -> AnyRunEvent:
+        return cls(
+            id=self.ctx.new_id(),
+            actor=self.ctx.actor,
+            run_id=run.run_id,
+            attempt=run.latest.index,
+            **fields,  # type: ignore[arg-type]
+        )

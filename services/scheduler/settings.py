@@ -1,0 +1,36 @@
+"""Settings of the scheduler process (``RUNPLANE_*`` environment variables)."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field
+
+from services.core.settings import Settings
+
+
+def _default_id() -> str:
+    return f"scheduler@{socket.gethostname()}"
+
+
+class SchedulerSettings(Settings):
+    node_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "Grace before a node's missing heartbeat key counts: after its registration, and "
+            "after this instance became active (for nodes registered before)."
+        ),
+    )
+    lease_ttl_ms: int = Field(
+        default=5000, ge=200, description="Expiry of the active scheduler's lease; renewed at 1/3."
+    )
+    tick_ms: int = Field(
+        default=500,
+        ge=10,
+        description="Longest wait between two decision rounds (heartbeats, max_duration).",
+    )
+    scheduler_id: str = Field(
+        default_factory=_default_id,
+        description="The actor of the scheduler's events (`scheduler@host`).",
+    )

@@ -1,0 +1,130 @@
+"""Property: whatever users, node-agents and nodes do, decide never puts two active attempts on
+one GPU, never gives a node more GPUs than it has, and never writes what the rules refuse."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from events import commands
+from events.commands import RequestRefused
+from events.status import RunStatus as S
+from services.scheduler.cluster import HOLDS_GPUS
+from tests.unit.scheduler.world import USER, World
+
+NODES = [f"n{i}" for i in range(5)]
+SIZES = {"n0": 8, "n1": 8, "n2": 4, "n3": 8, "n4": 2}
+TYPES = {"n0": "a100", "n1": "a100", "n2": "a100", "n3": "h100", "n4": "a100"}
+
+submits = st.tuples(
+    st.just("submit"),
+    st.sampled_from([0, 1, 2, 4, 8, 16]),
+    st.sampled_from([None, None, 1, 2]),
+    st.sampled_from([None, None, None, "a100", "h100"]),
+    st.sampled_from(["auto", "low", "lowest"]),
+    st.booleans(),
+    st.integers(0, 2),
+    st.booleans(),
+)
+_BY_KIND: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
+    "submit": submits,
+    "running": st.tuples(st.just("running"), st.integers(0, 50)),
+    "exit": st.tuples(
+        st.just("exit"), st.integers(0, 50), st.integers(0, 3), st.sampled_from([0, 1])
+    ),
+    "register": st.tuples(st.just("register"), st.sampled_from(NODES)),
+    "later": st.tuples(st.just("later"), st.integers(1, 3_600_000)),
+    "stop": st.tuples(st.just("stop"), st.integers(0, 50)),
+    "delete": st.tuples(st.just("delete"), st.integers(0, 50)),
+    "lose": st.tuples(st.just("lose"), st.sampled_from(NODES)),
+    "drain": st.tuples(st.just("drain"), st.sampled_from(NODES)),
+}
+#: How often each kind is drawn: mostly submissions and rank events, some node trouble.
+_WEIGHTS = {"submit": 6, "running": 5, "exit": 4, "register": 3, "later": 2}
+operations = st.sampled_from(
+    [kind for kind in _BY_KIND for _ in range(_WEIGHTS.get(kind, 1))]
+).flatmap(_BY_KIND.__getitem__)
+
+
+def _active(world: World) -> list[str]:
+    return sorted(r for r, run in world.oracle.items() if run.latest.status in HOLDS_GPUS)
+
+
+def _pick(items: list[str], index: int) -> str | None:
+    return items[index % len(items)] if items else None
+
+
+def _apply(world: World, op: tuple[Any, ...], silent: set[str]) -> None:  # noqa: PLR0912
+    match op:
+        case ("submit", gpus, nodes, gpu_type, priority, preemptible, retries, system):
+            world.submit(
+                gpus,
+                nodes=nodes,
+                gpu_type=gpu_type,
+                priority=priority,
+                preemptible=preemptible,
+                max_retries=retries,
+                retry_on_system_failure=system,
+                max_duration=0.5,
+            )
+        case ("register", node):
+            world.register(node, SIZES[node], TYPES[node])
+        case ("running", index):
+            if (run := _pick(_active(world), index)) is not None:
+                world.running(run)
+        case ("exit", index, rank, code):
+            if (run := _pick(_active(world), index)) is not None:
+                ranks = [r.rank for r in world.oracle[run].latest.ranks if not r.exited]
+                if ranks:
+                    world.exit(run, ranks[rank % len(ranks)], code)
+        case ("stop" | "delete" as what, index):
+            if (run := _pick(sorted(world.oracle), index)) is not None:
+                command = commands.StopRun(actor=USER) if what == "stop" else None
+                with contextlib.suppress(RequestRefused):
+                    world.command(run, command or commands.DeleteRun(actor=USER))
+        case ("lose", node):
+            if node in world.state.nodes:
+                silent.add(node)
+        case ("drain", node):
+            if node in world.state.nodes and not world.state.nodes[node].drained:
+                world.drain(node)
+        case ("later", ms):
+            world.now += ms
+        case _:
+            raise AssertionError(op)
+
+
+def _check(world: World) -> None:
+    held = world.held()  # fails on a GPU held twice
+    for node, gpu in held:
+        assert 0 <= gpu < SIZES[node]
+    per_node: dict[str, int] = {}
+    for node, _ in held:
+        per_node[node] = per_node.get(node, 0) + 1
+    assert all(count <= SIZES[node] for node, count in per_node.items())
+    assert world.state.double_booked == []
+    derived = {
+        (node, gpu): run
+        for node, used in world.state.used.items()
+        for gpu, (run, _) in used.items()
+    }
+    assert derived == held
+    for run in world.oracle.values():
+        attempt = run.latest
+        if attempt.status is S.STARTING:
+            assert all(world.state.nodes[rank.node].registered for rank in attempt.ranks)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(operations, min_size=10, max_size=80))
+def test_decide_never_double_books_a_gpu(ops: list[tuple[Any, ...]]) -> None:
+    world = World()
+    world.register("n0", SIZES["n0"], TYPES["n0"])
+    for op in ops:
+        silent: set[str] = set()
+        _apply(world, op, silent)
+        world.settle(silent=silent)
+        _check(world)
