@@ -54,6 +54,8 @@ class LocalStack:
         self.server = ValkeyProcess(state_dir / "valkey", detach=True)
         self.services: dict[str, ServiceSpec] = {}
         self.config = StackConfig()
+        # Children this process started; kept so they are waited for, not left as zombies.
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     # --- life cycle -----------------------------------------------------------------
 
@@ -96,7 +98,7 @@ class LocalStack:
             while _alive(spec.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)  # allowed: polling inside a deadline loop
             _signal(spec.pid, signal.SIGKILL)
-            _reap(spec.pid)
+            self._reap(spec.pid)
             spec.pid = None
         self.server.stop()
         (self.state_dir / STATE_FILE).unlink(missing_ok=True)
@@ -118,6 +120,7 @@ class LocalStack:
                 cwd=self.state_dir,
             )
         spec.pid = process.pid
+        self._children[process.pid] = process
         self._save()
         return process.pid
 
@@ -125,7 +128,7 @@ class LocalStack:
         """kill -9 one service, as a crash would."""
         spec = self.services[name]
         _signal(spec.pid, signal.SIGKILL)
-        _reap(spec.pid)
+        self._reap(spec.pid)
         spec.pid = None
         self._save()
 
@@ -168,6 +171,18 @@ class LocalStack:
             )
         return specs
 
+    def _reap(self, pid: int | None, within_s: float = 10.0) -> None:
+        """Wait until a killed process is gone: collect it if it is our child, else watch it."""
+        if pid is None:
+            return
+        child = self._children.pop(pid, None)
+        if child is not None:
+            child.wait(timeout=within_s)
+            return
+        deadline = time.monotonic() + within_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)  # allowed: polling inside a deadline loop
+
     def _save(self) -> None:
         state = {
             "url": self.url,
@@ -194,15 +209,3 @@ def _signal(pid: int | None, sig: signal.Signals) -> None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-
-
-def _reap(pid: int | None, within_s: float = 10.0) -> None:
-    """Wait until a killed process is gone: collect it if it is our child, else watch it."""
-    if pid is None:
-        return
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        deadline = time.monotonic() + within_s
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)  # allowed: polling inside a deadline loop

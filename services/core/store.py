@@ -20,6 +20,8 @@ from typing import NamedTuple, Self
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -62,9 +64,16 @@ class Appended(NamedTuple):
 
 
 def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
-    """A client whose pool waits for a free connection instead of failing past its size."""
+    """A client whose pool waits for a free connection instead of failing past its size, and
+    that retries a command on a new connection when the server dropped the old one (every
+    command runnable twice: reads, and appends with their idempotency key)."""
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=30, health_check_interval=10
+        url,
+        max_connections=max_connections,
+        timeout=30,
+        health_check_interval=10,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=5),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     return aioredis.Redis.from_pool(pool)
 
