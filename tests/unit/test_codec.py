@@ -18,7 +18,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from events.codec import BODY, KIND, UPCASTERS, decode, encode, kind_of
+from events.codec import (
+    BODY,
+    KIND,
+    UPCASTERS,
+    VERSION,
+    decode,
+    encode,
+    kind_of,
+    recorded,
+    recorded_flat,
+)
 from events.errors import UndecodableEvent
 from events.model import (
     ALL_EVENT_TYPES,
@@ -322,3 +332,30 @@ def test_a_v1_attempt_scheduled_decodes_with_its_ranks_in_placement_order() -> N
             RankPlacement(rank=1, node="node-b", gpus=[0, 1, 2, 3]),
         ],
     )
+
+
+# --- the replay fast path ---------------------------------------------------------------------
+
+
+def flat(fields: dict[bytes, bytes], version: int = 7) -> list[bytes]:
+    return [item for pair in {**fields, VERSION: b"%d" % version}.items() for item in pair]
+
+
+@given(event=ANY_EVENT)
+def test_the_fast_path_reads_what_the_general_path_reads(event: Event) -> None:
+    fields = encode(event)
+    fast = recorded_flat(POSITION.encode(), flat(fields))
+    assert fast == recorded(POSITION, {**fields, VERSION: b"7"})
+    assert fast.version == 7
+
+
+def test_the_fast_path_falls_back_for_old_and_broken_entries() -> None:
+    old = entry("attempt.scheduled@1", SCHEDULED_V1)
+    assert recorded_flat(POSITION.encode(), flat(old)).event == decode(POSITION, old)
+    for broken in (
+        entry("attempt.queued@1", without(QUEUED, "run_id")),
+        {KIND: b"attempt.queued@1", BODY: b"{not json"},
+        entry("attempt.queued@1", {"type": "run.deleted", "id": "e", "actor": "a", "run_id": "r"}),
+    ):
+        with pytest.raises(UndecodableEvent, match=POSITION):
+            recorded_flat(POSITION.encode(), flat(broken))
