@@ -1,0 +1,44 @@
+"""Errors of the node-agent. Each says what happened to a rank and carries what to act on.
+
+Standard library only (the shim's modules raise them too).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from events.model import Reason
+
+
+class NodeAgentError(Exception):
+    """Root of the node-agent's errors."""
+
+
+class RankGone(NodeAgentError):
+    """The log says this rank is over (it exited, or its attempt moved on): stop working on it
+    and end whatever still runs of it. Permanent."""
+
+
+class RankEnded(NodeAgentError):
+    """The rank's exit was reported (during setup): nothing more to do."""
+
+
+class SetupAborted(NodeAgentError):
+    """The attempt is stopping while this rank is still in setup."""
+
+    def __init__(self, reason: Reason) -> None:
+        super().__init__(f"setup aborted: {reason.code}")
+        self.reason = reason
+
+
+class IntegrationError(NodeAgentError):
+    """An integration that cannot be carried out as written. Permanent."""
+
+
+class StepFailed(NodeAgentError):
+    """A setup tool (git, pip, apt-get) failed; the message ends with its last words."""
+
+
+class RespError(NodeAgentError):
+    """The Redis server answered a command with an error. Permanent for that command."""

@@ -1,0 +1,168 @@
+"""The shim's second half: following a started command to its end (see ``shim``).
+
+Two reader threads split stdout and stderr into lines (``LineSplitter``) into one bounded
+``LineBuffer`` (drops counted and marked); a sender thread appends them to the ingest stream in
+batches of one pipeline each (``resp``), again after a back-off when the server is away. The
+main thread waits for the command; the shim's signal handlers run there.
+
+Invariants: the command's group is killed once its leader exits (as a container's end does);
+the readers get a bounded time to drain after that (a grandchild that left the group may hold
+the pipes open); the remaining output gets a bounded time to reach the server. Neither wait
+can keep the exit from being recorded. A signal is reported as a signal, never as an exit code.
+
+Standard library only: this runs once per rank (see ``resp`` for why).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from events import keys
+from services.node_agent.buffer import LineBuffer
+from services.node_agent.entries import STDERR, STDOUT, Entries
+from services.node_agent.errors import RespError
+from services.node_agent.lines import LineSplitter
+from services.node_agent.ondisk import signal_group
+from services.node_agent.resp import Client
+
+if TYPE_CHECKING:
+    from services.node_agent.shim import Supervisor
+
+_READERS_AFTER_EXIT_S = 5.0
+_FLUSH_S = 30.0
+_MAX_BYTES = 64 * 1024 * 1024
+_BATCH = 1000
+
+
+def log(event: str, level: str = "info", **fields: Any) -> None:
+    """One JSON line on stderr (the rank's ``shim.log``), shaped like the services' logs."""
+    fields.update(
+        event=event,
+        service="node-agent-shim",
+        level=level,
+        timestamp=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    )
+    print(json.dumps(fields), file=sys.stderr, flush=True)  # noqa: T201
+
+
+class ShimPump:
+    def __init__(self, client: Client, run_id: str, attempt: int, rank: int, max_lines: int):
+        self.client = client
+        self.stream = keys.log_ingest().encode()
+        entries = Entries(run_id, attempt, rank)
+        self.buffer = LineBuffer(
+            entries.line, entries.dropped, max_lines=max_lines, max_bytes=_MAX_BYTES
+        )
+        self.sent = 0
+        self.lost = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._deadline = float("inf")
+        self._sender = threading.Thread(target=self._send_all, name="sender", daemon=True)
+
+    def start(self) -> None:
+        self._sender.start()
+
+    def pipe(self, fd: int, source: bytes, max_line: int) -> None:
+        """Read ``fd`` to its end, line by line, into the buffer."""
+        splitter = LineSplitter(max_line)
+        while chunk := os.read(fd, 256 * 1024):
+            lines = splitter.feed(chunk)
+            with self._cond:
+                for line, cut in lines:
+                    self.buffer.put(source, line, cut)
+                self._cond.notify()
+        last = splitter.close()
+        if last is not None:
+            with self._cond:
+                self.buffer.put(source, *last)
+                self._cond.notify()
+
+    def close(self, within: float) -> None:
+        """Send what is buffered, for at most ``within`` seconds."""
+        with self._cond:
+            self.buffer.finish()
+            self._closing = True
+            self._deadline = time.monotonic() + within
+            self._cond.notify()
+        self._sender.join(within + 1)
+        self.lost += len(self.buffer)
+        if self.lost:
+            log("shim.output_lost", "error", lines=self.lost)
+
+    def _send_all(self) -> None:
+        backoff = 0.05
+        while True:
+            with self._cond:
+                while not self.buffer and not self._closing:
+                    self._cond.wait()
+                if not self.buffer:
+                    return
+                batch = self.buffer.take(_BATCH)
+            commands = [[b"XADD", self.stream, b"*", *_flat(entry)] for entry in batch]
+            try:
+                self.client.execute(commands)
+            except RespError as exc:  # permanent: say so, and go on with the next lines
+                log("shim.output_refused", "error", lines=len(batch), error=str(exc))
+                self.lost += len(batch)
+                continue
+            except OSError as exc:
+                with self._cond:
+                    self.buffer.give_back(batch)
+                if time.monotonic() + backoff > self._deadline:
+                    return
+                log("shim.output_retry", "warning", error=repr(exc), retry_in=backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            self.sent += len(batch)
+            backoff = 0.05
+
+
+def _flat(entry: dict[bytes, bytes]) -> list[bytes]:
+    return [part for field in entry.items() for part in field]
+
+
+def follow(supervisor: Supervisor, spec: dict[str, Any]) -> dict[str, Any]:
+    """Follow the started command to its end; the exit status, as ``exit.json`` holds it."""
+    proc = supervisor.proc
+    assert proc is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    log("shim.started", pid=proc.pid)
+    client = Client(spec["redis_url"])
+    pump = ShimPump(client, spec["run_id"], spec["attempt"], spec["rank"], spec["max_lines"])
+    pump.start()
+    readers = [
+        threading.Thread(target=pump.pipe, args=(pipe.fileno(), source, spec["max_line"]))
+        for pipe, source in ((proc.stdout, STDOUT), (proc.stderr, STDERR))
+    ]
+    for reader in readers:
+        reader.daemon = True
+        reader.start()
+    returncode = proc.wait()  # the signal handlers run here, in the main thread
+    supervisor.ended()
+    signal_group(proc.pid, signal.SIGKILL)  # what the command left behind ends with it
+    until = time.monotonic() + _READERS_AFTER_EXIT_S
+    for reader in readers:
+        reader.join(max(0.0, until - time.monotonic()))
+    if any(reader.is_alive() for reader in readers):
+        log("shim.output_left_open", "warning", why="a process outside the group holds it")
+    pump.close(_FLUSH_S)
+    client.close()
+    status: dict[str, Any] = {
+        "exit_code": returncode if returncode >= 0 else None,
+        "signal": -returncode if returncode < 0 else None,
+        "stopped": supervisor.stopped,
+        "lines": pump.sent,
+        "dropped": pump.buffer.dropped,
+    }
+    log("shim.exited", **status)
+    return status

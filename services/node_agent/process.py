@@ -1,0 +1,303 @@
+"""The ``process`` executor: each rank's command runs under its own shim on this machine.
+
+A rank's life: its directory is created (``begin``), setup runs in the agent (``setup``), then
+the shim is launched in a session of its own and holds the rank's lock (``rankdir``). The shim
+tells the agent through a pipe when the command runs (``rank.running``) and, by closing it,
+when it is gone; the agent then reports ``rank.exited`` from the shim's ``exit.json``. Nothing
+is polled while the agent lives. Stop and kill are signals to the shim (SIGTERM: stop with the
+grace period; SIGUSR1: kill now).
+
+After a restart (``resume``), from the rank's directory, without inventing anything:
+- ``exit.json`` present: its exit is reported (the real exit code), if the log still waits;
+- the shim alive: adopted, watched as if the agent had never died;
+- the shim launched, dead, no ``exit.json``: whatever is left of the command is killed and
+  the rank is reported lost (``RankLost``, a system failure);
+- setup interrupted (no shim yet): setup starts again from a clean workspace, at most
+  ``MAX_SETUPS`` times, then ``RankLost``.
+A rank the log says is over is killed, never reported again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import structlog
+
+from events.lifecycle import AttemptState, RankState
+from events.model import AnyRunEvent, RankRunning, Reason
+from services.core import output
+from services.node_agent.environment import parameters_document, rank_environment
+from services.node_agent.errors import RankEnded, RankGone
+from services.node_agent.executor import RankControl
+from services.node_agent.job import RankJob, RankKey
+from services.node_agent.ondisk import atomic_write, kill_group, signal_process
+from services.node_agent.plan import exit_reason, exited
+from services.node_agent.rankdir import ExitStatus, RankDir, ShimSpec, local_ranks
+from services.node_agent.reporter import Reporter, new_id
+from services.node_agent.settings import NodeAgentSettings
+from services.node_agent.setup import Setup
+
+log = structlog.get_logger(__name__)
+
+MAX_SETUPS = 3
+_POLL_ADOPTED_S = 0.1  # an adopted shim has no pipe to this agent: its files are polled
+SIGTERM_STOP, SIGKILL_NOW = signal.SIGTERM, signal.SIGUSR1  # what the shim takes them for
+_SHIM_LOST = "the rank's supervisor (shim) died without recording how the command ended"
+
+
+def _lost(message: str) -> Reason:
+    return Reason(category="system", code="RankLost", message=message)
+
+
+class ProcessExecutor:
+    #: Every rank of a local stack runs on this machine; rank 0 listens on loopback.
+    master_addr = "127.0.0.1"
+
+    def __init__(self, settings: NodeAgentSettings, reporter: Reporter, client: aioredis.Redis):
+        self.settings = settings
+        self.data_dir = settings.data_path
+        self.reporter = reporter
+        self.setup = Setup(reporter, client)
+        self._shims: list[subprocess.Popen[bytes]] = []  # reaped as they end
+
+    def local_ranks(self) -> list[RankKey]:
+        return [rank_dir.key for rank_dir in local_ranks(self.data_dir)]
+
+    def begin(self, key: RankKey) -> None:
+        RankDir.of(self.data_dir, key).create(key)
+
+    async def run(
+        self, key: RankKey, job: RankJob | None, control: RankControl, *, resume: bool
+    ) -> None:
+        self._shims = [shim for shim in self._shims if shim.poll() is None]
+        rank_dir = RankDir.of(self.data_dir, key)
+        with structlog.contextvars.bound_contextvars(
+            run=key.run_id, attempt=key.attempt, rank=key.rank
+        ):
+            try:
+                await self._run(rank_dir, key, job, control, resume=resume)
+            except RankEnded:
+                pass
+            except RankGone as exc:
+                log.info("rank.gone", why=str(exc))
+                self._kill(rank_dir)
+            rank_dir.mark_done()
+            await asyncio.to_thread(rank_dir.free)  # a clone or a venv: not on the event loop
+
+    async def _run(
+        self,
+        rank_dir: RankDir,
+        key: RankKey,
+        job: RankJob | None,
+        control: RankControl,
+        *,
+        resume: bool,
+    ) -> None:
+        if resume:
+            status = rank_dir.exit_status()
+            if status is not None:
+                log.info("rank.found_exited", exit_code=status.exit_code, signal=status.signal)
+                await self._report_exit(rank_dir, key, status)
+                return
+            if rank_dir.launched():
+                log.info("rank.adopted", shim_alive=rank_dir.shim_alive())
+                await self._watch(rank_dir, key, control, None)
+                return
+            if control.killed:
+                raise RankGone("the log says the rank is over")
+            tries = rank_dir.begin_setup_again()
+            if job is None or tries > MAX_SETUPS:
+                await self._report_lost(key, f"its setup was interrupted {tries - 1} times")
+                return
+            log.info("rank.setup_again", tries=tries)
+        assert job is not None, "a new rank comes with its job"
+        venv = await self.setup.run(rank_dir, job, control)
+        try:
+            link = self._launch(rank_dir, job, venv)
+        except OSError as exc:
+            log.exception("rank.launch_failed")
+            kill_group(rank_dir.command_pid())
+            await self._report_lost(key, f"its supervisor could not start: {exc}")
+            return
+        try:
+            await self._watch(rank_dir, key, control, link)
+        finally:
+            link.close()
+
+    def _launch(self, rank_dir: RankDir, job: RankJob, venv: Path | None) -> ShimLink:
+        parameters = rank_dir.workspace / "parameters.yaml"
+        atomic_write(parameters, parameters_document(job.spec.parameters))
+        env = rank_environment(
+            job,
+            base=os.environ,
+            master_addr=self.master_addr,
+            parameters_path=parameters,
+            venv=venv,
+        )
+        rank_dir.write_spec(
+            ShimSpec(
+                run_id=job.run_id,
+                attempt=job.attempt,
+                rank=job.rank,
+                command=job.spec.command,
+                cwd=str(rank_dir.workspace),
+                env=env,
+                redis_url=self.settings.redis_url,
+                grace_period_s=self.settings.grace_period_s,
+                max_lines=self.settings.output_buffer_lines,
+                max_line=output.MAX_LINE,
+            )
+        )
+        heard, told = os.pipe()
+        lock = os.open(rank_dir.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # the shim inherits it at fork: held from then on
+            with rank_dir.shim_log.open("ab") as shim_log:
+                argv = [sys.executable, "-m", "services.node_agent.shim", str(rank_dir.root)]
+                shim = subprocess.Popen(
+                    [*argv, str(lock), str(told)],
+                    pass_fds=(lock, told),
+                    start_new_session=True,  # it outlives the agent and its process group
+                    stdin=subprocess.DEVNULL,
+                    stdout=shim_log,
+                    stderr=subprocess.STDOUT,
+                    cwd=rank_dir.root,
+                )
+        except OSError:
+            os.close(heard)
+            raise
+        finally:
+            os.close(lock)
+            os.close(told)
+        self._shims.append(shim)
+        log.info("rank.launched", shim=shim.pid)
+        return ShimLink(heard)
+
+    async def _watch(
+        self, rank_dir: RankDir, key: RankKey, control: RankControl, link: ShimLink | None
+    ) -> None:
+        """Until the shim ends: report the command's start, pass stop and kill on; then report
+        how it ended. A shim this agent started tells it (``ShimLink``); an adopted one is
+        watched through its files."""
+        running_reported = False
+        sent: set[int] = set()
+        while True:
+            if link is not None:
+                alive, pid = not link.ended, link.pid or rank_dir.command_pid()
+            else:
+                alive, pid = rank_dir.shim_alive(), rank_dir.command_pid()
+            if pid is not None and not running_reported:
+                await self._report_running(key, pid)
+                running_reported = True
+            if not alive:
+                break
+            wants = SIGKILL_NOW if control.killed else SIGTERM_STOP if control.stop_reason else None
+            # shim.pid is written once the shim can take signals; until then, wait.
+            if wants is not None and wants not in sent and (shim := rank_dir.shim_pid()):
+                signal_process(shim, wants)
+                sent.add(wants)
+            control.changed.clear()
+            events = [control.changed] + ([link.heard] if link is not None else [])
+            await _first(events, within=None if link is not None else _POLL_ADOPTED_S)
+            if link is not None:
+                link.heard.clear()
+        status = rank_dir.exit_status()
+        if status is None:
+            kill_group(rank_dir.command_pid())
+            await self._report_lost(key, _SHIM_LOST)
+            return
+        await self._report_exit(rank_dir, key, status)
+
+    async def _report_running(self, key: RankKey, pid: int) -> None:
+        event = RankRunning(**self.reporter.fields(key), pid=pid)
+        log.info("rank.running", pid=pid)
+        await self.reporter.report(key, lambda _a, rank: [] if rank.running else [event])
+
+    async def _report_exit(self, rank_dir: RankDir, key: RankKey, status: ExitStatus) -> None:
+        pid = rank_dir.command_pid()
+        running = RankRunning(**self.reporter.fields(key), pid=pid)
+        gone_id = new_id()  # the same id on every try: a retried append is recognised
+
+        def build(attempt: AttemptState, rank: RankState) -> list[AnyRunEvent]:
+            reason = exit_reason(status, attempt)
+            gone = exited(
+                key, self.reporter.node, self.reporter.actor, lambda: gone_id,
+                exit_code=status.exit_code, signal=status.signal, reason=reason,
+            )  # fmt: skip
+            started = pid is not None and status.error is None and not rank.running
+            return [running, gone] if started else [gone]
+
+        log.info(
+            "rank.exited",
+            exit_code=status.exit_code,
+            signal=status.signal,
+            stopped=status.stopped,
+            lines=status.lines,
+            dropped=status.dropped,
+        )
+        await self.reporter.report(key, build)
+
+    async def _report_lost(self, key: RankKey, message: str) -> None:
+        log.warning("rank.lost", why=message)
+        gone = exited(
+            key, self.reporter.node, self.reporter.actor, new_id,
+            exit_code=None, reason=_lost(message),
+        )  # fmt: skip
+        await self.reporter.report(key, lambda _a, _r: [gone])
+
+    def _kill(self, rank_dir: RankDir) -> None:
+        """End whatever runs of a rank the log says is over."""
+        shim_pid = rank_dir.shim_pid()
+        if rank_dir.shim_alive() and shim_pid is not None:
+            signal_process(shim_pid, signal.SIGUSR1)
+        elif rank_dir.exit_status() is None:
+            kill_group(rank_dir.command_pid())
+
+
+class ShimLink:
+    """What a shim tells the agent that started it, through a pipe: ``running <pid>`` when the
+    command runs, then the end of the pipe when the shim is gone, however it went."""
+
+    def __init__(self, fd: int) -> None:
+        self.pid: int | None = None
+        self.ended = False
+        self.heard = asyncio.Event()
+        self._listener = asyncio.create_task(self._listen(fd), name="shim-link")
+
+    def close(self) -> None:
+        self._listener.cancel()
+
+    async def _listen(self, fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        pipe = os.fdopen(fd, "rb", buffering=0)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+        try:
+            while line := await reader.readline():
+                word, _, value = line.strip().partition(b" ")
+                if word == b"running" and value.isdigit():
+                    self.pid = int(value)
+                self.heard.set()
+        finally:
+            transport.close()
+            self.ended = True
+            self.heard.set()
+
+
+async def _first(events: list[asyncio.Event], within: float | None) -> None:
+    """Until one of ``events`` is set, or ``within`` seconds passed."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

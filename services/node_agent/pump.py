@@ -1,0 +1,121 @@
+"""Output on its way to the ingest stream, from the agent's own event loop (setup tools' output).
+
+A ``LineBuffer`` (bounded, drops counted and marked) filled by ``pipe`` and drained by one
+sender task in batches of one pipeline each (``services.core.output.send``); a batch that fails
+is sent again after a back-off, until ``close``'s deadline. The shim has the threaded twin
+(``follow``), because it must not load redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from services.core import output
+from services.node_agent.buffer import Entry, LineBuffer
+from services.node_agent.lines import LineSplitter
+
+log = structlog.get_logger(__name__)
+
+
+class OutputPump:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        run_id: str,
+        attempt: int,
+        rank: int,
+        *,
+        max_lines: int = 50_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        batch: int = 1000,
+    ) -> None:
+        self.client = client
+        self.batch = batch
+        self.sent = 0
+
+        def make_line(source: bytes, line: bytes, cut: int) -> Entry:
+            fields = output.ingest_fields(run_id, attempt, rank, source, line)
+            if cut:
+                fields[b"m"] = b"truncated:%d" % cut
+            return fields
+
+        def make_dropped(count: int) -> Entry:
+            return output.dropped_fields(run_id, attempt, rank, count)
+
+        self.buffer = LineBuffer(make_line, make_dropped, max_lines=max_lines, max_bytes=max_bytes)
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._deadline = float("inf")
+        self._sender: asyncio.Task[None] | None = None
+
+    @property
+    def dropped(self) -> int:
+        return self.buffer.dropped
+
+    def start(self) -> None:
+        self._sender = asyncio.create_task(self._run(), name="output-pump")
+
+    def put(self, source: bytes, line: bytes, cut: int = 0) -> None:
+        if self.buffer.put(source, line, cut):
+            self._wake.set()
+
+    async def pipe(
+        self, stream: asyncio.StreamReader, source: bytes, tail: deque[bytes] | None = None
+    ) -> None:
+        """Read ``stream`` to its end, line by line, into the buffer (and ``tail``)."""
+        splitter = LineSplitter(output.MAX_LINE)
+        while chunk := await stream.read(256 * 1024):
+            lines = splitter.feed(chunk)
+            for line, cut in lines:
+                self.put(source, line, cut)
+            if tail is not None:
+                tail.extend(line for line, _ in lines[-(tail.maxlen or 0) :])
+            await asyncio.sleep(0)  # a reader with data always ready must let the sender send
+        last = splitter.close()
+        if last is not None:
+            self.put(source, *last)
+            if tail is not None:
+                tail.append(last[0])
+
+    async def close(self, within: float) -> None:
+        """Send what is buffered, for at most ``within`` seconds, then stop."""
+        self.buffer.finish()
+        self._closing = True
+        self._deadline = time.monotonic() + within
+        self._wake.set()
+        if self._sender is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._sender), within + 1)
+            except TimeoutError:
+                self._sender.cancel()
+        if self.buffer:
+            log.error("output.lost", lines=len(self.buffer), why="the log server did not answer")
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            if not self.buffer:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = self.buffer.take(self.batch)
+            try:
+                await output.send(self.client, batch)
+            except (RedisError, OSError) as exc:
+                self.buffer.give_back(batch)
+                if time.monotonic() + backoff > self._deadline:
+                    return
+                log.warning("output.send_failed", error=repr(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            self.sent += len(batch)

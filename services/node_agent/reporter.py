@@ -1,0 +1,76 @@
+"""Reporting what happens to a rank: events appended through the lifecycle rules.
+
+Every report reads the run, checks that the rank still holds its GPUs (``plan.locate``),
+builds the events from that state, checks them against the rules and appends them on the
+version it read (``EventStore.update_run``). So:
+
+- a report about a rank the log says is over raises ``RankGone`` (the attempt moved on, the
+  scheduler released a lost node's ranks): the caller stops working on that rank;
+- a setup report while the attempt is stopping raises ``SetupAborted`` with the reason;
+- a log server that does not answer is waited for (with back-off), never skipped: an exit
+  that happened is always reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from events.errors import IllegalTransition
+from events.lifecycle import AttemptState, RankState, RunState
+from events.model import AnyRunEvent
+from services.core.errors import TemporaryStoreError
+from services.core.store import EventStore
+from services.node_agent.errors import RankGone, SetupAborted
+from services.node_agent.job import RankKey
+from services.node_agent.plan import locate, stop_reason
+
+log = structlog.get_logger(__name__)
+
+Build = Callable[[AttemptState, RankState], Sequence[AnyRunEvent]]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Reporter:
+    def __init__(self, store: EventStore, node: str, actor: str) -> None:
+        self.store = store
+        self.node = node
+        self.actor = actor
+
+    def fields(self, key: RankKey) -> dict[str, Any]:
+        """The envelope of an event about ``key``, with a fresh id."""
+        return {
+            "id": new_id(),
+            "actor": self.actor,
+            "run_id": key.run_id,
+            "attempt": key.attempt,
+            "rank": key.rank,
+            "node": self.node,
+        }
+
+    async def report(self, key: RankKey, build: Build, *, setup: bool = False) -> None:
+        def decide(state: RunState | None) -> Sequence[AnyRunEvent]:
+            attempt, rank = locate(state, key)
+            if setup and (reason := stop_reason(attempt)) is not None:
+                raise SetupAborted(reason)
+            return build(attempt, rank)
+
+        backoff = 0.1
+        while True:
+            try:
+                await self.store.update_run(key.run_id, decide)
+            except IllegalTransition as exc:
+                raise RankGone(exc.why) from exc
+            except TemporaryStoreError as exc:
+                log.warning("report.retry", rank=str(key), error=str(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            return

@@ -1,0 +1,111 @@
+"""A minimal blocking Redis client, standard library only, for the shim: pipelined commands.
+
+Why not redis-py: the shim is one process per rank, and importing redis-py costs ~100 ms of
+CPU each time (more than everything else the shim does for a short command). The shim only
+ever appends to one stream, so this client does just that: it connects (``redis://``,
+``rediss://``, ``unix://``, with user, password and database), sends a batch of commands in
+one write and reads every reply. A dropped connection raises ``OSError`` and reconnects on the
+next call; an error reply raises ``RespError`` after the whole batch was read.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Sequence
+from typing import BinaryIO
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from services.node_agent.errors import RespError
+
+Command = Sequence[bytes | str | int]
+
+
+def encode(command: Command) -> bytes:
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(parts)
+
+
+def read_reply(stream: BinaryIO) -> object:
+    line = stream.readline()
+    if not line.endswith(b"\r\n"):
+        raise ConnectionError("the server closed the connection")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        return RespError(rest.decode(errors="replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        if size < 0:
+            return None
+        data = stream.read(size + 2)
+        if len(data) != size + 2:
+            raise ConnectionError("the server closed the connection")
+        return data[:-2]
+    if kind == b"*":
+        count = int(rest)
+        return None if count < 0 else [read_reply(stream) for _ in range(count)]
+    raise ConnectionError(f"not a RESP reply: {line[:40]!r}")
+
+
+class Client:
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._stream: BinaryIO | None = None
+
+    def execute(self, commands: Sequence[Command]) -> list[object]:
+        """Send ``commands`` in one write, read every reply; raise the first error reply."""
+        if self._stream is None:
+            self._connect()
+        assert self._sock is not None
+        assert self._stream is not None
+        try:
+            self._sock.sendall(b"".join(encode(command) for command in commands))
+            replies = [read_reply(self._stream) for _ in commands]
+        except OSError:
+            self.close()
+            raise
+        for reply in replies:
+            if isinstance(reply, RespError):
+                raise reply
+        return replies
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = self._stream = None
+
+    def _connect(self) -> None:
+        url = urlsplit(self.url)
+        query = parse_qs(url.query)
+        sock: socket.socket
+        if url.scheme == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            sock.connect(url.path)
+        elif url.scheme in ("redis", "rediss"):
+            address = (url.hostname or "localhost", url.port or 6379)
+            sock = socket.create_connection(address, timeout=self.timeout)
+            if url.scheme == "rediss":
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=address[0])
+        else:
+            raise ValueError(f"unsupported Redis URL scheme {url.scheme!r} in {self.url!r}")
+        self._sock, self._stream = sock, sock.makefile("rb")
+        setup: list[Command] = []
+        password = unquote(url.password) if url.password else query.get("password", [None])[0]
+        if password:
+            user = unquote(url.username) if url.username else None
+            setup.append(["AUTH", user, password] if user else ["AUTH", password])
+        database = url.path.strip("/") if url.scheme != "unix" else query.get("db", ["0"])[0]
+        if database and database != "0":
+            setup.append(["SELECT", database])
+        if setup:
+            self.execute(setup)

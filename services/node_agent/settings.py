@@ -1,0 +1,88 @@
+"""Settings of one node-agent, from ``RUNPLANE_*`` environment variables.
+
+Unset hardware fields are filled from the machine once, when the settings are read: the node
+name from the hostname, GPUs from ``nvidia-smi`` (none without it; tests and the local stack
+simulate GPUs with ``RUNPLANE_GPUS``), CPUs from the OS.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+
+from services.core.settings import Settings
+from services.node_agent.hardware import detect_gpus
+
+UNKNOWN_GPU_TYPE = "gpu"
+
+
+class NodeAgentSettings(Settings):
+    node: str = Field(default_factory=socket.gethostname, min_length=1, description="Node name.")
+    cluster: str = Field(default="local", min_length=1, description="The cluster it joins.")
+    gpus: int | None = Field(
+        default=None, ge=0, description="GPUs of the node (default: from nvidia-smi, else 0)."
+    )
+    gpu_type: str | None = Field(
+        default=None,
+        description="e.g. a100_80gb (default: from nvidia-smi, else 'gpu'; None without GPUs).",
+    )
+    cpus: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    data_dir: Path | None = Field(
+        default=None,
+        description="Workspaces and per-rank state (default ~/.runplane/node-agent/<node>).",
+    )
+    grace_period_s: float = Field(
+        default=30.0, ge=0, description="Between SIGTERM and SIGKILL when a rank is stopped."
+    )
+    heartbeat_interval_s: float = Field(
+        default=2.0, gt=0, description="Between heartbeats (at least 4 per heartbeat_ttl_s)."
+    )
+    heartbeat_ttl_s: float = Field(
+        default=10.0, gt=0, description="Expiry of the heartbeat key: silent this long, lost."
+    )
+    executor: Literal["process"] = Field(default="process", description="How ranks run.")
+    output_buffer_lines: int = Field(
+        default=50_000,
+        ge=100,
+        description="Output lines a rank may have in flight before "
+        "lines are dropped (and counted, with a marker in their place).",
+    )
+
+    @model_validator(mode="after")
+    def _fill_from_machine(self) -> Self:
+        if self.gpus is None:
+            detected = detect_gpus()
+            self.gpus = detected.gpus
+            if self.gpu_type is None:
+                self.gpu_type = detected.gpu_type
+        if self.gpus == 0:
+            self.gpu_type = None
+        elif self.gpu_type is None:
+            self.gpu_type = UNKNOWN_GPU_TYPE  # GPUs of no known kind (simulated ones, say)
+        if self.data_dir is None:
+            self.data_dir = Path.home() / ".runplane" / "node-agent" / self.node
+        return self
+
+    @property
+    def beat_every_s(self) -> float:
+        """At least four beats per expiry: a slow round trip, or a restarted agent's start-up,
+        must not let the key expire while the node is fine."""
+        return min(self.heartbeat_interval_s, self.heartbeat_ttl_s / 4)
+
+    @property
+    def gpu_count(self) -> int:
+        assert self.gpus is not None, "filled in by the validator"
+        return self.gpus
+
+    @property
+    def data_path(self) -> Path:
+        assert self.data_dir is not None, "filled in by the validator"
+        return self.data_dir
+
+    @property
+    def actor(self) -> str:
+        return f"node-agent@{self.node}"

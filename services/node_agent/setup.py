@@ -1,0 +1,198 @@
+"""A rank's STARTING work on the ``process`` executor: image, then integrations in order.
+
+Each step is reported before and after (``image.pull_*``, ``integration.*``). The image cannot
+be pulled by a process executor: its reference is checked against the OCI grammar and an
+invalid one fails the rank with ``FailedImagePull`` (as Kubernetes does for
+``InvalidImageName``) before any process runs. An integration that fails, fails the rank with
+``IntegrationFailed`` and the last lines of the tool's stderr. The tools' output goes to the
+rank's log like the command's.
+
+A stop during setup kills the running tool (its own process group) and reports the rank's exit
+with the attempt's reason; a kill (the log says the rank is over) just ends the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from events.model import (
+    AnyRunEvent,
+    ImagePullFailed,
+    ImagePullFinished,
+    ImagePullStarted,
+    IntegrationFailed,
+    IntegrationFinished,
+    IntegrationStarted,
+    Reason,
+)
+from services.core import output
+from services.node_agent import image, integrations
+from services.node_agent.environment import base_environment, with_venv
+from services.node_agent.errors import (
+    IntegrationError,
+    RankEnded,
+    RankGone,
+    SetupAborted,
+    StepFailed,
+)
+from services.node_agent.executor import RankControl
+from services.node_agent.job import RankJob
+from services.node_agent.ondisk import atomic_write, signal_group
+from services.node_agent.plan import exited
+from services.node_agent.pump import OutputPump
+from services.node_agent.rankdir import RankDir
+from services.node_agent.reporter import Reporter, new_id
+
+log = structlog.get_logger(__name__)
+
+_POLL_S = 0.1
+_TAIL_LINES = 20
+_MESSAGE_MAX = 2000
+
+
+class Setup:
+    def __init__(self, reporter: Reporter, client: aioredis.Redis) -> None:
+        self.reporter = reporter
+        self.client = client
+        self.python = sys.executable
+        self.euid = os.geteuid()
+
+    async def run(self, rank_dir: RankDir, job: RankJob, control: RankControl) -> Path | None:
+        """Do the setup; the rank's virtual environment if it has one. Raises ``RankEnded``
+        when the rank's exit was reported, ``RankGone`` when the log says it is over."""
+        try:
+            await self._image(job, control)
+            return await self._integrations(rank_dir, job, control)
+        except SetupAborted as exc:
+            await self._end(job, None, reason=exc.reason)
+        raise RankEnded
+
+    async def _image(self, job: RankJob, control: RankControl) -> None:
+        ref = job.spec.image
+        await self._report(job, control, ImagePullStarted(**self._fields(job), image=ref))
+        error = image.reference_error(ref)
+        if error is None:
+            await self._report(job, control, ImagePullFinished(**self._fields(job), image=ref))
+            return
+        log.info("rank.invalid_image", image=ref, error=error)
+        reason = Reason(category="user", code="FailedImagePull", message=error)
+        failed = ImagePullFailed(**self._fields(job), image=ref, error=error)
+        await self._end(job, failed, reason=reason)
+
+    async def _integrations(
+        self, rank_dir: RankDir, job: RankJob, control: RankControl
+    ) -> Path | None:
+        ctx = integrations.Context(
+            workspace=rank_dir.workspace, venv=rank_dir.venv, python=self.python, euid=self.euid
+        )
+        pump = OutputPump(self.client, job.run_id, job.attempt, job.rank)
+        pump.start()
+        try:
+            for index, integration in enumerate(job.spec.integrations):
+                kind = integrations.integration_type(integration)
+                where: dict[str, Any] = {"index": index, "integration_type": kind}
+                await self._report(job, control, IntegrationStarted(**self._fields(job), **where))
+                try:
+                    steps = integrations.steps_for(integration, ctx)
+                    for step in steps:
+                        if step.creates is None or not step.creates.exists():
+                            await self._step(
+                                rank_dir, step, self._env(job, ctx.venv), control, pump
+                            )
+                except (IntegrationError, StepFailed) as exc:
+                    message = str(exc)[-_MESSAGE_MAX:]
+                    log.info("rank.integration_failed", index=index, kind=kind, error=message)
+                    reason = Reason(category="user", code="IntegrationFailed", message=message)
+                    failed = IntegrationFailed(**self._fields(job), **where, error=message)
+                    await self._end(job, failed, reason=reason)
+                await self._report(job, control, IntegrationFinished(**self._fields(job), **where))
+        finally:
+            await pump.close(10.0)
+        return ctx.venv if ctx.venv.exists() else None
+
+    async def _step(
+        self,
+        rank_dir: RankDir,
+        step: integrations.Step,
+        env: dict[str, str],
+        control: RankControl,
+        pump: OutputPump,
+    ) -> None:
+        self._check(control)
+        log.info("rank.setup_step", argv=list(step.argv), cwd=str(step.cwd))
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *step.argv, cwd=step.cwd, env=env, start_new_session=True,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+        except OSError as exc:
+            raise StepFailed(f"{step.argv[0]} could not start: {exc}") from exc
+        # A restarted agent kills what an interrupted setup left running (``begin_setup_again``).
+        atomic_write(rank_dir.setup_pid_file, b"%d" % proc.pid)
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        tail: deque[bytes] = deque(maxlen=_TAIL_LINES)
+        stdout, stderr = proc.stdout, proc.stderr
+
+        async def finish() -> int:
+            await asyncio.gather(
+                pump.pipe(stdout, output.STDOUT), pump.pipe(stderr, output.STDERR, tail)
+            )
+            return await proc.wait()
+
+        task = asyncio.create_task(finish())
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=_POLL_S)
+                self._check(control)
+        finally:
+            if not task.done():
+                signal_group(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    await task
+            rank_dir.setup_pid_file.unlink(missing_ok=True)
+        code = task.result()
+        if code != 0:
+            detail = b"\n".join(tail).decode(errors="replace").strip()
+            how = f"exit code {code}" if code > 0 else f"signal {-code}"
+            raise StepFailed(f"`{' '.join(step.argv[:4])}` failed ({how}): {detail}")
+
+    def _env(self, job: RankJob, venv: Path) -> dict[str, str]:
+        env = base_environment(os.environ)
+        env.update(job.spec.env_variables)
+        env["GIT_TERMINAL_PROMPT"] = "0"  # a private repository fails instead of waiting
+        if venv.exists():
+            env.update(with_venv(env, venv))
+        return env
+
+    def _check(self, control: RankControl) -> None:
+        if control.killed:
+            raise RankGone("the log says the rank is over")
+        if control.stop_reason is not None:
+            raise SetupAborted(control.stop_reason)
+
+    def _fields(self, job: RankJob) -> dict[str, Any]:
+        return self.reporter.fields(job.key)
+
+    async def _report(self, job: RankJob, control: RankControl, event: AnyRunEvent) -> None:
+        self._check(control)
+        await self.reporter.report(job.key, lambda _a, _r: [event], setup=True)
+
+    async def _end(self, job: RankJob, failure: AnyRunEvent | None, *, reason: Reason) -> None:
+        """Report the failed step (if any) and the rank's exit, in one append."""
+        reporter = self.reporter
+        gone = exited(job.key, reporter.node, reporter.actor, new_id, exit_code=None, reason=reason)
+        events: list[AnyRunEvent] = [failure, gone] if failure is not None else [gone]
+        await reporter.report(job.key, lambda _a, _r: events)
+        raise RankEnded

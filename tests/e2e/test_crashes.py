@@ -1,0 +1,72 @@
+"""kill -9 of any service, or of the server, in the middle of runs: every run still ends in
+the right state, no GPU is double-booked, no acknowledged output line is lost (issue 3)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from cli.stack import LocalStack
+from events.status import RunStatus
+from services.core import logread
+from tests.e2e.driver import Driver, gpu_overlaps, spec
+from tests.e2e.test_lifecycle import span
+from tests.waiting import eventually
+
+S = RunStatus
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+COMMAND = "for i in $(seq 1 20); do echo line $i; done; sleep 2; echo done"
+
+
+async def _burst(driver: Driver, n: int) -> list[str]:
+    return list(await asyncio.gather(*(driver.submit(spec(COMMAND)) for _ in range(n))))
+
+
+async def _check_all_completed(driver: Driver, stack: LocalStack, run_ids: list[str]) -> None:
+    states = [
+        await driver.wait_for(run_id, S.COMPLETED, S.FAILED, S.STOPPED, within=120)
+        for run_id in run_ids
+    ]
+    assert [s.status for s in states] == [S.COMPLETED] * len(states), [
+        (s.name, s.latest.reason) for s in states if s.status is not S.COMPLETED
+    ]
+    spans = {f"{s.run_id}/{a.index}": span(a) for s in states for a in s.attempts}
+    assert gpu_overlaps(await driver.placements(), spans) == []
+    archive = stack.state_dir / "archive"
+    for state in states:
+        lines = await _lines(driver, archive, state.run_id, state.latest.index)
+        assert lines == [f"line {i}" for i in range(1, 21)] + ["done"], state.name
+
+
+async def _lines(driver: Driver, archive: Path, run_id: str, attempt: int) -> list[str]:
+    async def complete() -> list[str] | None:
+        lines = await logread.read_lines(driver.store.redis, archive, run_id, attempt, 0)
+        texts = [line.text for line in lines]
+        return texts if texts and texts[-1] == "done" else None
+
+    result: list[str] = await eventually(complete, what=f"the whole output of {run_id[:6]}")
+    return result
+
+
+@pytest.mark.parametrize("service", ["scheduler", "node-0", "log-collector"])
+async def test_kill_9_of_a_service_mid_burst(
+    driver: Driver, stack: LocalStack, service: str
+) -> None:
+    run_ids = await _burst(driver, 16)
+    await driver.wait_for(run_ids[0], S.RUNNING, S.TERMINATING, S.COMPLETED)
+    stack.kill(service)
+    run_ids += await _burst(driver, 8)  # submitted while it is down
+    stack.start(service)
+    await _check_all_completed(driver, stack, run_ids)
+
+
+async def test_kill_9_of_the_server_mid_burst(driver: Driver, stack: LocalStack) -> None:
+    run_ids = await _burst(driver, 16)
+    await driver.wait_for(run_ids[0], S.RUNNING, S.TERMINATING, S.COMPLETED)
+    stack.server.kill()
+    await asyncio.to_thread(stack.server.restart)
+    run_ids += await _burst(driver, 8)
+    await _check_all_completed(driver, stack, run_ids)

@@ -1,0 +1,139 @@
+"""A rank through its life on a real node-agent process: setup events, the command, its exit
+code and output, its environment, and an image no registry could serve."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+
+from events import keys
+from events.model import (
+    Event,
+    ImagePullFailed,
+    ImagePullFinished,
+    ImagePullStarted,
+    IntegrationFailed,
+    NodeRegistered,
+    RankExited,
+    RankRunning,
+    tag_of,
+)
+from events.status import RunStatus
+from services.node_agent.environment import master_port
+from tests.integration.node_agent.conftest import AgentFactory
+from tests.integration.node_agent.harness import MiniScheduler, ingest, lines, spec
+from tests.waiting import eventually
+
+
+def _tags(events: Sequence[Event]) -> list[str]:
+    return [tag_of(type(event)) for event in events]
+
+
+async def test_a_rank_runs_and_reports_its_exit_code_and_output(
+    make_agent: AgentFactory, scheduler: MiniScheduler, redis: aioredis.Redis
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    run_id = await scheduler.submit(spec("echo hello; echo oops >&2; exit 3"), [("node-a", [2, 5])])
+
+    state = await scheduler.wait_status(run_id, RunStatus.FAILED)
+
+    events = await scheduler.events(run_id)
+    tags = _tags(events)
+    assert tags[:4] == [
+        "run.submitted",
+        "attempt.queued",
+        "attempt.scheduled",
+        "image.pull_started",
+    ]
+    assert tags.index("image.pull_finished") < tags.index("rank.running")
+    assert tags.index("rank.running") < tags.index("rank.exited")
+    exited = next(e for e in events if isinstance(e, RankExited))
+    assert (exited.exit_code, exited.signal, exited.node) == (3, None, "node-a")
+    assert exited.actor == "node-agent@node-a"
+    assert exited.reason is not None
+    assert (exited.reason.category, exited.reason.code, exited.reason.exit_code) == (
+        "user",
+        "Error",
+        3,
+    )
+    running = next(e for e in events if isinstance(e, RankRunning))
+    assert running.pid is not None
+    assert state.latest.reason is not None
+    assert state.latest.reason.exit_code == 3
+
+    entries = await eventually(lambda: _lines(redis, run_id, 2), what="both lines ingested")
+    assert sorted(entries) == [(b"e", b"oops"), (b"o", b"hello")]
+
+    node_events = await scheduler.store.history("node:node-a")
+    registered = node_events[0].event
+    assert isinstance(registered, NodeRegistered)
+    assert (registered.gpus, registered.gpu_type, registered.cluster) == (8, "a100_80gb", "local")
+    assert await redis.pttl(keys.heartbeat("node-a")) > 0
+
+
+async def _lines(redis: aioredis.Redis, run_id: str, n: int) -> list[tuple[bytes, bytes]] | None:
+    found = [(fields[b"s"], fields[b"l"]) for fields in await ingest(redis, run_id)]
+    return found if len(found) >= n else None
+
+
+async def test_the_command_sees_the_mcli_environment(
+    make_agent: AgentFactory, scheduler: MiniScheduler, redis: aioredis.Redis
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    command = (
+        "echo NODE_RANK=$NODE_RANK; echo CUDA=$CUDA_VISIBLE_DEVICES; "
+        "echo RESUMPTION_INDEX=$RESUMPTION_INDEX; echo MESSAGE=$MESSAGE; "
+        "echo WORLD=$WORLD_SIZE/$LOCAL_WORLD_SIZE/$NUM_NODES; echo PORT=$MASTER_PORT; "
+        "echo ADDR=$MASTER_ADDR; echo NAME=$RUN_NAME; echo CWD=$PWD; cat $PARAMETERS; "
+        "echo AGENT_SETTINGS=${RUNPLANE_REDIS_URL:-none}"
+    )
+    run_spec = spec(
+        command,
+        env_variables={"MESSAGE": "hello composer!"},
+        parameters={"lr": 0.1, "layers": [1, 2]},
+    )
+    run_id = await scheduler.submit(run_spec, [("node-a", [1, 3, 6])])
+    state = await scheduler.wait_status(run_id, RunStatus.COMPLETED)
+
+    output = b"\n".join(await lines(redis, run_id)).decode()
+    assert "NODE_RANK=0" in output
+    assert "CUDA=1,3,6" in output
+    assert "RESUMPTION_INDEX=0" in output
+    assert "MESSAGE=hello composer!" in output
+    assert "WORLD=3/3/1" in output
+    assert f"PORT={master_port(run_id, 0)}" in output
+    assert "ADDR=127.0.0.1" in output
+    assert f"NAME={state.name}" in output
+    assert '"lr": 0.1' in output
+    assert "AGENT_SETTINGS=none" in output
+    cwd = next(line for line in output.splitlines() if line.startswith("CWD="))
+    assert cwd.endswith("/workspace")
+
+
+async def test_an_invalid_image_fails_with_failed_image_pull_and_runs_nothing(
+    make_agent: AgentFactory, scheduler: MiniScheduler, redis: aioredis.Redis
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    run_id = await scheduler.submit(
+        spec("touch ran; echo ran", image="Bad/Image"), [("node-a", [0])]
+    )
+    state = await scheduler.wait_status(run_id, RunStatus.FAILED)
+
+    events = await scheduler.events(run_id)
+    assert not any(isinstance(e, RankRunning | ImagePullFinished) for e in events)
+    assert any(isinstance(e, ImagePullStarted) for e in events)
+    failed = next(e for e in events if isinstance(e, ImagePullFailed))
+    assert "repository name must be lowercase" in failed.error
+    exited = next(e for e in events if isinstance(e, RankExited))
+    assert exited.exit_code is None
+    assert exited.reason is not None
+    assert (exited.reason.category, exited.reason.code) == ("user", "FailedImagePull")
+    assert state.latest.reason is not None
+    assert state.latest.reason.code == "FailedImagePull"
+    assert await lines(redis, run_id) == []
+    assert not list(agent.data_dir.glob("ranks/*/*/*/command.pid"))
+    assert not any(isinstance(e, IntegrationFailed) for e in events)

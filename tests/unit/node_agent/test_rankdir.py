@@ -1,0 +1,84 @@
+"""What a rank leaves on disk: atomic files, a lock that says whether its shim lives."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import pytest
+
+from services.node_agent.job import RankKey
+from services.node_agent.ondisk import atomic_write
+from services.node_agent.rankdir import ExitStatus, RankDir, local_ranks
+
+KEY = RankKey("run1", 2, 1)
+
+
+def test_a_rank_dir_is_found_until_it_is_done(tmp_path: Path) -> None:
+    rank_dir = RankDir.of(tmp_path, KEY)
+    rank_dir.create(KEY)
+    assert rank_dir.root == tmp_path / "ranks" / "run1" / "2" / "1"
+    assert rank_dir.workspace.is_dir()
+    assert [found.key for found in local_ranks(tmp_path)] == [KEY]
+    rank_dir.mark_done()
+    rank_dir.free()
+    assert local_ranks(tmp_path) == []
+    assert not rank_dir.workspace.exists()  # the disk is freed, the small records stay
+    assert rank_dir.record().key == KEY
+
+
+def test_a_damaged_file_reads_as_missing_and_the_key_comes_from_the_path(
+    tmp_path: Path,
+) -> None:
+    rank_dir = RankDir.of(tmp_path, KEY)
+    rank_dir.create(KEY)
+    rank_dir.record_file.write_bytes(b"")  # what a power loss can leave
+    rank_dir.exit_file.write_bytes(b'{"exit_co')
+    assert rank_dir.record().key == KEY
+    assert rank_dir.exit_status() is None
+    assert [found.key for found in local_ranks(tmp_path)] == [KEY]
+
+
+def test_setup_begins_again_in_a_clean_workspace_and_counts(tmp_path: Path) -> None:
+    rank_dir = RankDir.of(tmp_path, KEY)
+    rank_dir.create(KEY)
+    (rank_dir.workspace / "half-cloned").write_text("x")
+    assert rank_dir.begin_setup_again() == 2
+    assert list(rank_dir.workspace.iterdir()) == []
+    assert rank_dir.begin_setup_again() == 3
+
+
+def test_the_lock_says_whether_the_shim_lives(tmp_path: Path) -> None:
+    rank_dir = RankDir.of(tmp_path, KEY)
+    rank_dir.create(KEY)
+    assert not rank_dir.launched()
+    assert not rank_dir.shim_alive()
+    holder = os.open(rank_dir.lock_file, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # what the shim holds for its whole life
+    assert rank_dir.launched()
+    assert rank_dir.shim_alive()
+    os.close(holder)  # the shim's end, whatever ended it
+    assert not rank_dir.shim_alive()
+
+
+def test_exit_status_round_trip(tmp_path: Path) -> None:
+    rank_dir = RankDir.of(tmp_path, KEY)
+    rank_dir.create(KEY)
+    assert rank_dir.exit_status() is None
+    rank_dir.write_exit(ExitStatus(exit_code=None, signal=9, stopped=True, lines=3))
+    assert rank_dir.exit_status() == ExitStatus(signal=9, stopped=True, lines=3)
+
+
+def test_atomic_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "exit.json"
+    atomic_write(target, b"one")
+    atomic_write(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert [p.name for p in tmp_path.iterdir()] == ["exit.json"]
+
+
+@pytest.mark.parametrize("run_id", ["", "..", "a/b"])
+def test_a_run_id_cannot_escape_the_data_dir(tmp_path: Path, run_id: str) -> None:
+    with pytest.raises(ValueError, match="not a run id"):
+        RankDir.of(tmp_path, RankKey(run_id, 0, 0))
