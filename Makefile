@@ -27,6 +27,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.log
+	$(PY) -m bench.placement
+	$(PY) -m bench.logs
+	$(PY) -m bench.lifecycle
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

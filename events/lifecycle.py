@@ -203,7 +203,7 @@ def _apply(state: RunState, event: AnyRunEvent) -> None:  # noqa: PLR0912, PLR09
                 _refuse(event, f"rank {event.rank} runs already")
             rank.running = True
         case AttemptRunning():
-            if not all(rank.running and not rank.exited for rank in attempt.ranks):
+            if not all(rank.running for rank in attempt.ranks):  # some may have ended since
                 _refuse(event, "not every rank runs yet")
             _phase(attempt, event, (S.STARTING,), S.RUNNING)
         case RankExited():

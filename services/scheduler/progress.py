@@ -76,10 +76,12 @@ def progress(state: ClusterState, run: RunState, ctx: Context) -> list[AnyRunEve
 
     status, reason = attempt.status, attempt.reason
     if status is not S.TERMINATING:
+        if status is S.STARTING and all(rank.running for rank in attempt.ranks):
+            # Every command started: the attempt ran, even if a rank has ended already (a
+            # run of `true`), so its timeline shows RUNNING before TERMINATING.
+            events.append(_event(AttemptRunning, run, ctx))
         ends, reason = _ending(state, run, attempt, reasons, ctx)
         if not ends:
-            if status is S.STARTING and all(rank.running for rank in attempt.ranks):
-                events.append(_event(AttemptRunning, run, ctx))
             return events
         events.append(_event(AttemptTerminating, run, ctx, reason=reason))
 

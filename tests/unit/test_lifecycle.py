@@ -940,10 +940,12 @@ def test_a_rank_event_must_come_from_the_ranks_node() -> None:
     refused(state, wrong, "rank 0 runs on node-a, not node-z")
 
 
-def test_attempt_running_is_refused_once_a_rank_has_exited() -> None:
-    state = run(submitted(), queued(), scheduled(), rank_running(0), rank_running(1))
-    evolve(state, rank_exited(1))
+def test_an_attempt_whose_ranks_all_started_ran_even_if_one_ended_already() -> None:
+    state = run(submitted(), queued(), scheduled(), rank_running(0), rank_exited(0))
     refused(state, attempt_running(), "not every rank runs yet")
+    evolve(state, rank_running(1))
+    evolve(state, attempt_running())
+    assert state.status is S.RUNNING
 
 
 def test_negative_gpu_indices_are_refused() -> None:
