@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint format bench clean
+.PHONY: test lint format bench demo clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("runplane needs Python 3.11 or newer (set PYTHON=...)" if sys.version_info < (3, 11) else 0)'
@@ -30,6 +30,10 @@ bench: $(STAMP)
 	$(PY) -m bench.placement
 	$(PY) -m bench.logs
 	$(PY) -m bench.lifecycle
+	$(PY) -m bench.projections --events 100000
+
+demo: $(STAMP)
+	$(PY) -m cli.demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,6 +1,7 @@
 """The local stack: a private Valkey server and every runplane service as background processes.
 
-``mcli dev up`` and the end-to-end tests both use it. Invariants:
+``mcli dev up`` and the end-to-end tests both use it: the scheduler, the projector, the
+log-collector and one node-agent per simulated node. Invariants:
 - Everything lives under one state directory: the server's data (AOF on), each service's
   log file, each node's data directory, and ``stack.json`` (what runs, with pids), so any later
   command (or a second ``dev up``) finds a running stack by itself.
@@ -147,6 +148,7 @@ class LocalStack:
         config = self.config
         specs = [
             ServiceSpec("scheduler", "services.scheduler"),
+            ServiceSpec("projector", "services.projector"),
             ServiceSpec(
                 "log-collector",
                 "services.log_collector",

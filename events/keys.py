@@ -113,3 +113,8 @@ def log_requests() -> str:
 def log_reply(request_id: str) -> str:
     """List the log-collector pushes one request's reply chunks to (it expires)."""
     return f"{PREFIX}:logs:reply:{request_id}"
+
+
+def run_name(name: str) -> str:
+    """The run id of a run name; names are unique (set once, at submission)."""
+    return f"{PREFIX}:names:{name}"

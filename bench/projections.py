@@ -1,0 +1,513 @@
+"""Figures of the projections: rebuild rate, steady-state lag, projector memory per run.
+
+``python -m bench.projections`` (1,000,000 events) or ``--events N``. It starts its own
+``valkey-server`` (AOF on, ``appendfsync always``) in a temp dir and prints:
+
+- rebuild: every projection folded from position zero into fresh builds (``Runner`` with all
+  five folds: read, decode, fold, store), events/s, against decoding the same entries without
+  folding (``RedisLogReader`` pages + ``codec.recorded``); goal 1M events in < 15 s. Also the
+  projector process's own catch-up (``python -m services.projector`` on the same log).
+- lag: with 2,000 events/s appended through ``EventStore.append`` (8 writers, paced), the time
+  from an append's acknowledgement to the moment every projection's checkpoint covers it
+  (polled every ms); p50/p99/max; goal p99 < 50 ms.
+- memory: the projector process's RSS once caught up with the log, minus its RSS on an empty
+  log, per 100,000 runs.
+
+The log is a realistic mix, interleaved over 400 runs in flight: 1 to 4 nodes of 8 GPUs, setup
+and exits per rank, 15 % failures retried, 8 % stopped while queued, 5 % deleted; the log's
+clock moves 0 to 40 ms per event. Entries are written with XADD at explicit ids (the store's
+format, aggregate versions stamped), so the fill is fast and the log is what the store writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from events import codec, keys
+from events.model import (
+    AnyEvent,
+    AttemptCompleted,
+    AttemptFailed,
+    AttemptQueued,
+    AttemptRunning,
+    AttemptScheduled,
+    AttemptStopped,
+    AttemptTerminating,
+    DeleteRequested,
+    ImagePullFinished,
+    ImagePullStarted,
+    NodeRegistered,
+    RankExited,
+    RankPlacement,
+    RankRunning,
+    Reason,
+    RetryScheduled,
+    RunDeleted,
+    RunSubmitted,
+    StopRequested,
+)
+from events.spec import Compute, RunSpec, Scheduling
+from projections.catalog import NAMES, make_all
+from projections.runner import RedisLogReader, Runner
+from projections.storage import RedisStore
+from services.core.settings import Settings
+from services.core.store import EventStore, connect
+from services.core.valkey import ValkeyProcess
+
+START_MS = 1_795_550_400_000
+NODES = 512
+IN_FLIGHT = 400
+SCHED = "scheduler@control-0"
+ERROR = Reason(category="user", code="Error", exit_code=1, failed_rank=0)
+STOPPED = Reason(category="stopped", code="Stopped", message="stopped by a user")
+REBUILD_GOAL_S_PER_M = 15.0
+LAG_GOAL_MS = 50.0
+LOG = keys.log_stream(0)
+
+
+# --- the workload ---------------------------------------------------------------------------
+
+
+def run_events(rng: random.Random, index: int) -> list[AnyEvent]:
+    """One run's events, in order: what scheduler, agents and user append for it."""
+    run = f"run-{index:07d}"
+    user = f"user{index % 97}@example.com"
+    nodes = rng.choice((1, 1, 2, 4))
+    ids = (f"{run}-{n}" for n in range(1_000))
+    spec = RunSpec(
+        name=f"train-{index % 50}",
+        image="mosaicml/pytorch:2.5.1_cu124-python3.11-ubuntu22.04",
+        command="composer train.py /mnt/config/llama3-8b.yaml",
+        compute=Compute(cluster="r1z1", gpus=8 * nodes, gpu_type="h100_80gb", nodes=nodes),
+        scheduling=Scheduling(priority=rng.choice(("auto", "low")), max_retries=1),
+        env_variables={"WANDB_PROJECT": "pretrain"},
+        metadata={"team": f"team{index % 7}"},
+    )
+    roll = rng.random()
+    events: list[AnyEvent] = [
+        RunSubmitted(
+            id=next(ids), actor=user, run_id=run, name=f"{spec.name}-{run[-6:]}", spec=spec
+        ),
+        AttemptQueued(id=next(ids), actor=SCHED, run_id=run, reason="Insufficient resources"),
+    ]
+    if roll < 0.08:
+        return [
+            *events,
+            StopRequested(id=next(ids), actor=user, run_id=run),
+            AttemptStopped(id=next(ids), actor=user, run_id=run, reason=STOPPED),
+        ]
+    attempts = 2 if roll < 0.23 else 1
+    first = rng.randrange(NODES)
+    for attempt in range(attempts):
+        fail = attempt == 0 and attempts == 2
+        if attempt:
+            events.append(
+                RetryScheduled(
+                    id=next(ids), actor=SCHED, cause="user_failure", run_id=run, attempt=attempt
+                )
+            )
+            events.append(
+                AttemptQueued(
+                    id=next(ids),
+                    actor=SCHED,
+                    reason="Insufficient resources",
+                    run_id=run,
+                    attempt=attempt,
+                )
+            )
+        names = [f"gpu-node-{(first + i) % NODES:03d}" for i in range(nodes)]
+        ranks = [RankPlacement(rank=i, node=n, gpus=list(range(8))) for i, n in enumerate(names)]
+        events.append(
+            AttemptScheduled(
+                id=next(ids),
+                actor=SCHED,
+                cluster="r1z1",
+                gpu_type="h100_80gb",
+                ranks=ranks,
+                run_id=run,
+                attempt=attempt,
+            )
+        )
+        for step in (ImagePullStarted, ImagePullFinished):
+            events += [
+                step(
+                    id=next(ids),
+                    actor=f"agent@{n}",
+                    rank=i,
+                    node=n,
+                    image=spec.image,
+                    run_id=run,
+                    attempt=attempt,
+                )
+                for i, n in enumerate(names)
+            ]
+        events += [
+            RankRunning(
+                id=next(ids), actor=f"agent@{n}", rank=i, node=n, run_id=run, attempt=attempt
+            )
+            for i, n in enumerate(names)
+        ]
+        events.append(AttemptRunning(id=next(ids), actor=SCHED, run_id=run, attempt=attempt))
+        for i, n in enumerate(names):
+            events.append(
+                RankExited(
+                    id=next(ids),
+                    actor=f"agent@{n}",
+                    rank=i,
+                    node=n,
+                    exit_code=1 if fail and i == 0 else 0,
+                    reason=ERROR if fail and i == 0 else None,
+                    run_id=run,
+                    attempt=attempt,
+                )
+            )
+            if i == 0:
+                events.append(
+                    AttemptTerminating(
+                        id=next(ids),
+                        actor=SCHED,
+                        reason=ERROR if fail else None,
+                        run_id=run,
+                        attempt=attempt,
+                    )
+                )
+        ending = (
+            AttemptFailed(id=next(ids), actor=SCHED, reason=ERROR, run_id=run, attempt=attempt)
+            if fail
+            else AttemptCompleted(id=next(ids), actor=SCHED, run_id=run, attempt=attempt)
+        )
+        events.append(ending)
+    if roll > 0.95:
+        events += [
+            DeleteRequested(id=next(ids), actor=user, run_id=run, attempt=attempts - 1),
+            RunDeleted(id=next(ids), actor=user, run_id=run, attempt=attempts - 1),
+        ]
+    return events
+
+
+def workload(total: int, seed: int = 1) -> Iterator[tuple[str, dict[bytes, bytes]]]:
+    """``total`` log entries (position, fields): nodes first, then runs interleaved."""
+    rng = random.Random(seed)
+    clock, seq, emitted = START_MS, 0, 0
+    versions: dict[str, int] = {}
+    runs = 0
+    flight: list[list[AnyEvent]] = []
+
+    def entry(event: AnyEvent) -> tuple[str, dict[bytes, bytes]]:
+        nonlocal clock, seq
+        step = rng.randrange(0, 40)
+        clock, seq = (clock + step, 0) if step else (clock, seq + 1)
+        version = versions.get(event.aggregate, 0) + 1
+        versions[event.aggregate] = version
+        fields = codec.encode(event)
+        fields[codec.VERSION] = str(version).encode()
+        return f"{clock}-{seq}", fields
+
+    for n in range(min(NODES, total)):
+        node = f"gpu-node-{n:03d}"
+        yield entry(
+            NodeRegistered(
+                id=f"reg-{n}",
+                actor=f"agent@{node}",
+                node=node,
+                cluster="r1z1",
+                gpu_type="h100_80gb",
+                gpus=8,
+            )
+        )
+        emitted += 1
+    while emitted < total:
+        while len(flight) < IN_FLIGHT:
+            flight.append(run_events(rng, runs)[::-1])
+            runs += 1
+        i = rng.randrange(len(flight))
+        yield entry(flight[i].pop())
+        emitted += 1
+        if not flight[i]:
+            flight[i] = flight[-1]
+            flight.pop()
+
+
+async def fill(client: aioredis.Redis, total: int) -> int:
+    """Write ``total`` entries; returns the number of runs they hold."""
+    runs = 0
+    pipe = client.pipeline(transaction=False)
+    pending = 0
+    for position, fields in workload(total):
+        pipe.xadd(LOG, fields, id=position)  # type: ignore[arg-type]
+        runs += fields[codec.KIND].startswith(b"run.submitted@")
+        pending += 1
+        if pending == 5000:
+            await pipe.execute()
+            pending = 0
+    await pipe.execute()
+    return runs
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+async def decode_only(client: aioredis.Redis, page: int) -> int:
+    """The baseline: read every entry and decode it, as the rebuild does, without folding."""
+    reader, after, count = RedisLogReader(client), "0-0", 0
+    while True:
+        entries = await reader.read(after, page)
+        for position, fields in entries:
+            codec.recorded(position, fields)
+        count += len(entries)
+        if len(entries) < page:
+            return count
+        after = entries[-1][0]
+
+
+async def rebuild_all(client: aioredis.Redis, page: int, tag: str) -> None:
+    """Every projection from zero into fresh builds (not switched: readers are not moved)."""
+    runner = Runner(RedisStore(client), RedisLogReader(client), make_all(), page=page)
+    await runner.start(namespace=lambda p: f"v{p.version}r{tag}")
+
+
+def fold_costs(sample: int) -> list[tuple[str, float, float]]:
+    """Per fold, µs per event to apply and to render its rows once, over ``sample`` decoded
+    events held in memory (no IO): where a rebuild's time goes."""
+    records = [codec.recorded(position, fields) for position, fields in workload(sample)]
+    gc.collect()
+    gc.freeze()
+    costs = []
+    for projection in make_all():
+        changed: set[tuple[str, str]] = set()
+        t0 = time.perf_counter()
+        for record in records:
+            changed.update(projection.apply(record))
+        t1 = time.perf_counter()
+        for _ in projection.rows(changed):
+            pass
+        t2 = time.perf_counter()
+        costs.append((projection.name, (t1 - t0) / sample * 1e6, (t2 - t1) / sample * 1e6))
+    gc.unfreeze()
+    return costs
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+async def checkpoint_low(client: aioredis.Redis) -> tuple[int, int] | None:
+    """The lowest checkpoint over every projection's active build (None: not built yet)."""
+    actives = cast(
+        list[bytes | None], await client.mget([keys.projection_active(n) for n in NAMES])
+    )
+    names = [a.decode() for a in actives if a is not None]
+    if len(names) < len(NAMES):
+        return None
+    values = cast(
+        list[bytes | None],
+        await client.mget(
+            [keys.projection_checkpoint(n, a) for n, a in zip(NAMES, names, strict=True)]
+        ),
+    )
+    found = [_pos(v.decode()) for v in values if v is not None]
+    return min(found) if len(found) == len(NAMES) else None
+
+
+def _pos(position: str) -> tuple[int, int]:
+    ms, _, seq = position.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def wait_caught_up(client: aioredis.Redis, process: asyncio.subprocess.Process) -> float:
+    """Seconds until the projector's every checkpoint reaches the log's last entry."""
+    last = cast(list[tuple[bytes, object]], await client.xrevrange(LOG, count=1))
+    end = _pos(last[0][0].decode()) if last else (0, 0)
+    t0 = time.perf_counter()
+    while True:
+        if process.returncode is not None:
+            raise RuntimeError(f"the projector exited with {process.returncode}")
+        low = await checkpoint_low(client)
+        if low is not None and low >= end:
+            return time.perf_counter() - t0
+        await asyncio.sleep(0.01)
+
+
+async def start_projector(url: str, log_path: Path) -> asyncio.subprocess.Process:
+    env = os.environ | {"RUNPLANE_REDIS_URL": url, "RUNPLANE_PROJECTOR_POLL_MS": "1000"}
+    with log_path.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.projector", env=env, stdout=out, stderr=out
+        )
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 30)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def lag(url: str, client: aioredis.Redis, rate: int, seconds: float) -> list[float]:
+    """Append ``rate`` events/s for ``seconds``; ms from each ack to visible everywhere."""
+    store = EventStore(connect(url), Settings(redis_url=url))
+    events = [e for _, e in _events_for_appends(int(rate * seconds))]
+    acked: list[tuple[tuple[int, int], float]] = []
+    lags: list[float] = []
+    writers, done = 8, asyncio.Event()
+
+    async def writer(mine: Sequence[AnyEvent], start: float, gap: float) -> None:
+        for n, event in enumerate(mine):
+            delay = start + n * gap - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            appended = await store.append([event], expected_version=None)
+            acked.append((_pos(appended.positions[0]), time.perf_counter()))
+
+    async def watcher() -> None:
+        while not done.is_set() or acked:
+            low = await checkpoint_low(client)
+            now = time.perf_counter()
+            if low is not None:
+                keep = []
+                for position, at in acked:
+                    if position <= low:
+                        lags.append((now - at) * 1000)
+                    else:
+                        keep.append((position, at))
+                acked[:] = keep
+            await asyncio.sleep(0.001)
+
+    watch = asyncio.create_task(watcher())
+    start = time.perf_counter() + 0.1
+    await asyncio.gather(
+        *(writer(events[w::writers], start + w / rate, writers / rate) for w in range(writers))
+    )
+    done.set()
+    await asyncio.wait_for(watch, 60)
+    await store.close()
+    return lags
+
+
+def _events_for_appends(count: int) -> Iterator[tuple[str, AnyEvent]]:
+    """Whole runs for the lag test, as events (the log stamps time and version)."""
+    rng, index, made = random.Random(9), 10_000_000, 0
+    while made < count:
+        for event in run_events(rng, index):
+            if made == count:
+                return
+            made += 1
+            yield "", event
+        index += 1
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def run(args: argparse.Namespace, url: str, workdir: Path) -> int:
+    client = connect(url)
+    ok = True
+    total = args.events
+    print(f"filling {total:,} events ...", flush=True)
+    t0 = time.perf_counter()
+    runs = await fill(client, total)
+    print(f"  {runs:,} runs, {time.perf_counter() - t0:.1f} s", flush=True)
+
+    print("rebuild of all projections vs decoding only ...", flush=True)
+    rebuilds, decodes = [], []
+    for round_ in range(args.rounds):
+        t0 = time.perf_counter()
+        assert await decode_only(client, 5000) == total
+        decodes.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        await rebuild_all(client, 5000, f"bench{round_}")
+        rebuilds.append(time.perf_counter() - t0)
+        for name in NAMES:
+            await RedisStore(client).drop(name, f"v1rbench{round_}")
+    rebuild_s, decode_s = statistics.median(rebuilds), statistics.median(decodes)
+    limit = REBUILD_GOAL_S_PER_M * total / 1_000_000
+    ok &= rebuild_s < limit
+    print(
+        f"  rebuild:   {total / rebuild_s:>10,.0f} events/s  ({rebuild_s:.2f} s; "
+        f"goal < {limit:g} s: {'PASS' if rebuild_s < limit else 'FAIL'})\n"
+        f"  decode:    {total / decode_s:>10,.0f} events/s  ({decode_s:.2f} s)\n"
+        f"  ratio rebuild / decode-only: {decode_s / rebuild_s:.2f}",
+        flush=True,
+    )
+
+    sample = min(total, 100_000)
+    print(f"  in memory, per event, over {sample:,} events (apply + render once):", flush=True)
+    for name, apply_us, rows_us in fold_costs(sample):
+        print(f"    {name:<12} {apply_us:5.2f} + {rows_us:5.2f} µs", flush=True)
+
+    empty_url = url.rsplit("/", 1)[0] + "/1"  # another database: an empty log
+    empty, empty_client = (
+        await start_projector(empty_url, workdir / "empty.log"),
+        connect(empty_url),
+    )
+    await wait_caught_up(empty_client, empty)
+    base_kib = rss_kib(empty.pid)
+    await stop(empty)
+    await empty_client.aclose()
+    projector = await start_projector(url, workdir / "projector.log")
+    catch_up = await wait_caught_up(client, projector)
+    full_kib = rss_kib(projector.pid)
+    print(
+        f"projector process: caught up with {total:,} events in {catch_up:.2f} s "
+        f"({total / catch_up:,.0f} events/s, incl. start-up)\n"
+        f"  memory: {full_kib / 1024:,.0f} MiB RSS, {base_kib / 1024:,.0f} MiB on an empty log:"
+        f" {(full_kib - base_kib) / 1024 / runs * 100_000:,.0f} MiB per 100,000 runs",
+        flush=True,
+    )
+
+    print(f"lag at {args.rate:,} events/s for {args.seconds:g} s ...", flush=True)
+    lags = await lag(url, client, args.rate, args.seconds)
+    p99 = percentile(lags, 0.99)
+    ok &= p99 < LAG_GOAL_MS
+    print(
+        f"  {len(lags):,} appends: p50 {percentile(lags, 0.5):.1f} ms, p99 {p99:.1f} ms, "
+        f"max {max(lags):.1f} ms (goal p99 < {LAG_GOAL_MS:g} ms: "
+        f"{'PASS' if p99 < LAG_GOAL_MS else 'FAIL'})",
+        flush=True,
+    )
+    await stop(projector)
+    await client.aclose()
+    return 0 if ok else 1
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.projections", description=__doc__)
+    parser.add_argument("--events", type=int, default=1_000_000, help="events in the log")
+    parser.add_argument("--rounds", type=int, default=1, help="rebuild rounds (median)")
+    parser.add_argument("--rate", type=int, default=2000, help="appends/s in the lag test")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the lag test")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-projections-") as tmp:
+        workdir = Path(tmp)
+        with ValkeyProcess(workdir / "valkey") as server:
+            print(f"valkey at {server.url} (appendonly yes, appendfsync always)", flush=True)
+            return asyncio.run(run(args, server.url, workdir))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

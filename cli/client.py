@@ -1,0 +1,177 @@
+"""What the mcli command and the SDK share: finding runplane, and carrying out a user's requests.
+
+Finding the log: ``RUNPLANE_REDIS_URL`` if set, else the local stack recorded under the state
+directory (``RUNPLANE_HOME``, default ``~/.local/state/runplane``), started by ``mcli dev up``.
+Invariants: a request is decided on the run's state read from its own history and appended on
+that version (``events.commands``), so nothing half-written reaches the log; a run name is
+reserved (``SET NX``) before its run is submitted, so names are unique.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import secrets
+import string
+import uuid
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from cli.stack import LocalStack
+from events import commands, keys
+from events.codec import Recorded
+from events.errors import IllegalTransition
+from events.lifecycle import RunState
+from events.spec import RunSpec
+from services.core.settings import Settings
+from services.core.store import EventStore, connect
+
+_SUFFIX = string.ascii_lowercase
+
+
+class ClientError(Exception):
+    """Something the user asked cannot be done; ``str()`` says what and what to do.
+
+    ``code`` is shown as mcli shows the API's status (``✗ Error 404: Run x not found``).
+    """
+
+    code = 400
+
+
+class NotFound(ClientError):
+    code = 404
+
+
+class Refused(ClientError):
+    """The request does not fit the run's state (stop a finished run, restart a running one)."""
+
+    code = 409
+
+
+class Unreachable(ClientError):
+    """runplane's log cannot be reached (no local stack, a server that does not answer)."""
+
+    code = 503
+
+
+def state_dir() -> Path:
+    home = os.environ.get("RUNPLANE_HOME")
+    if home:
+        return Path(home)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "runplane"
+
+
+def current_user() -> str:
+    return os.environ.get("RUNPLANE_USER") or getpass.getuser()
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def find_url() -> tuple[str, Path | None]:
+    """The log's URL and, for the local stack, its state directory."""
+    if url := os.environ.get("RUNPLANE_REDIS_URL"):
+        return url, None
+    stack = LocalStack.find(state_dir())
+    if stack is None:
+        raise Unreachable(
+            "no runplane to talk to: start a local one with `mcli dev up`, "
+            "or set RUNPLANE_REDIS_URL to your deployment's Redis"
+        )
+    return stack.url, stack.state_dir
+
+
+def unreachable_message(url: str, exc: BaseException | None = None) -> str:
+    why = f" ({exc})" if exc is not None and str(exc) else ""
+    return (
+        f"cannot reach runplane's log at {url}{why}: start a local stack with `mcli dev up`, "
+        "or set RUNPLANE_REDIS_URL to your deployment's Redis"
+    )
+
+
+class Client:
+    def __init__(self, url: str, stack_dir: Path | None = None) -> None:
+        self.url = url
+        self.stack_dir = stack_dir
+        self.store = EventStore(connect(url), Settings(redis_url=url))
+        self.user = current_user()
+
+    @classmethod
+    def discover(cls) -> Client:
+        return cls(*find_url())
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self.store.redis
+
+    @property
+    def archive_dir(self) -> Path | None:
+        archive = os.environ.get("RUNPLANE_ARCHIVE_DIR")
+        if archive:
+            return Path(archive)
+        return self.stack_dir / "archive" if self.stack_dir else None
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    async def submit(self, spec: RunSpec) -> tuple[str, str]:
+        """Submit a new run; returns its run id and unique name."""
+        run_id = new_id()
+        for _ in range(10):
+            name = f"{spec.name}-{''.join(secrets.choice(_SUFFIX) for _ in range(6))}"
+            if await self.redis.set(keys.run_name(name), run_id, nx=True):
+                break
+        else:  # pragma: no cover - 26^6 names per base name
+            raise ClientError(f"could not find a free name for {spec.name}: try another name")
+        command = commands.SubmitRun(actor=self.user, run_id=run_id, name=name, spec=spec)
+        await self.store.update_run(run_id, lambda state: commands.decide(state, command, new_id))
+        return run_id, name
+
+    async def resolve(self, run: str) -> str:
+        """The run id of a run name (or of a run id)."""
+        run_id = await self.redis.get(keys.run_name(run))
+        if isinstance(run_id, bytes):
+            return run_id.decode()
+        if await self.store.load_run(run) is not None:
+            return run
+        raise NotFound(f"Run {run} not found")
+
+    async def ping(self) -> None:
+        """``Unreachable`` unless the log's server answers."""
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            raise Unreachable(unreachable_message(self.url, exc)) from None
+
+    async def history(self, run: str) -> tuple[str, list[Recorded]]:
+        """The run id of ``run`` (name or id) and every event of its own history, in order."""
+        run_id = await self.resolve(run)
+        records = await self.store.history(f"run:{run_id}")
+        if not records:
+            raise NotFound(f"Run {run} not found")
+        return run_id, records
+
+    async def state(self, run: str) -> RunState:
+        run_id = await self.resolve(run)
+        state = await self.store.load_run(run_id)
+        if state is None:
+            raise NotFound(f"Run {run} not found")
+        return state
+
+    async def request(self, run: str, command: commands.Command) -> RunState:
+        """Carry out a stop, restart, delete or update; ``ClientError`` if it is refused."""
+        run_id = await self.resolve(run)
+        try:
+            state, _ = await self.store.update_run(
+                run_id, lambda state: commands.decide(state, command, new_id)
+            )
+        except commands.RequestRefused as refused:
+            raise Refused(f"Run {run}: {refused.why}") from None
+        except IllegalTransition as illegal:
+            raise Refused(f"Run {run}: {illegal.why}") from None
+        assert state is not None
+        return state

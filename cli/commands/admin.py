@@ -1,0 +1,205 @@
+"""runplane's own commands beyond mcli: ``billing``, ``audit``, ``events RUN`` and
+``projections rebuild``.
+
+Billing sums GPU-milliseconds from the billing read model (integers; shown as hours), priced
+per GPU-hour from ``RUNPLANE_GPU_PRICES`` (JSON, e.g. ``{"a100_80gb": "2.5"}``) when set.
+``events`` prints a run's own history, the ground truth every read model is folded from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import msgspec
+
+from cli.client import Client, ClientError
+from cli.commands.common import echo, moment, positive, success, with_client
+from cli.models import now_ms, to_datetime
+from cli.render import make_console, plain_table, when
+from events.codec import Recorded
+from events.model import tag_of
+from projections import catalog, query
+from projections.billing import DIMENSIONS, Line
+from projections.runner import rebuild
+
+_ENVELOPE = ("type", "id", "actor", "time", "run_id", "attempt")
+
+
+def register(subparsers: Any) -> None:
+    billing = subparsers.add_parser("billing", help="GPU-hours and cost, grouped")
+    billing.add_argument("--by", choices=DIMENSIONS, default="user", help="group by (user)")
+    billing.add_argument("--since", type=moment, help="from (date, or a time ago: 7d)")
+    billing.add_argument("--until", type=moment, help="to (date, or a time ago)")
+    billing.add_argument("-o", "--output", choices=("table", "csv", "json"), default="table")
+    billing.set_defaults(handler=with_client(billing_report))
+
+    audit = subparsers.add_parser("audit", help="who did what, and when")
+    audit.add_argument("-u", "--user", help="only this actor (a user, or service@host)")
+    audit.add_argument("-r", "--run", help="only this run")
+    audit.add_argument("--since", type=moment, help="from (date, or a time ago: 1d)")
+    audit.add_argument("--until", type=moment, help="to (date, or a time ago)")
+    audit.add_argument("--limit", type=positive, default=1000)
+    audit.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    audit.set_defaults(handler=with_client(audit_trail))
+
+    events = subparsers.add_parser("events", help="the raw event log of one run")
+    events.add_argument("run", metavar="RUN")
+    events.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    events.set_defaults(handler=with_client(run_events))
+
+    projections = subparsers.add_parser("projections", help="the read models")
+    actions = projections.add_subparsers(dest="action", metavar="{rebuild}", required=True)
+    again = actions.add_parser("rebuild", help="fold a read model again from the whole log")
+    again.add_argument(
+        "name",
+        nargs="?",
+        choices=catalog.NAMES,
+        metavar="NAME",
+        help=f"one of {', '.join(catalog.NAMES)} (default: all)",
+    )
+    again.set_defaults(handler=with_client(rebuild_projections))
+
+
+def prices() -> dict[str, Decimal]:
+    text = os.environ.get("RUNPLANE_GPU_PRICES")
+    if not text:
+        return {}
+    try:
+        raw = json.loads(text)
+        return {str(k): Decimal(str(v)) for k, v in raw.items()}
+    except (ValueError, AttributeError, InvalidOperation):
+        raise ClientError(
+            'RUNPLANE_GPU_PRICES must be JSON like {"a100_80gb": "2.5"} (price per GPU-hour)'
+        ) from None
+
+
+def _window(args: argparse.Namespace, now: int) -> tuple[int, int] | None:
+    if args.since is None and args.until is None:
+        return None
+    return (args.since or 0, args.until or now)
+
+
+async def billing_report(args: argparse.Namespace, client: Client) -> int:
+    now = now_ms()
+    report = await query.billing_report(
+        client.redis, args.by, window=_window(args, now), now=now, prices=prices() or None
+    )
+    names = await _run_names(client, report.lines) if args.by == "run" else {}
+    rows = [
+        {
+            args.by: names.get(line.key, line.key),
+            "gpu_hours": f"{line.gpu_hours:.3f}",
+            "gpu_ms": line.gpu_ms,
+            "cost": None if line.cost is None else f"{line.cost:.2f}",
+            "open": line.open,
+        }
+        for line in report.lines
+    ]
+    total_cost = None if report.cost is None else f"{report.cost:.2f}"
+    if args.output == "json":
+        echo(
+            json.dumps(
+                {"group_by": args.by, "lines": rows, "gpu_ms": report.gpu_ms, "cost": total_cost}
+            )
+        )
+        return 0
+    if args.output == "csv":
+        writer = csv.DictWriter(
+            sys.stdout, fieldnames=[args.by, "gpu_hours", "gpu_ms", "cost", "open"]
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+        return 0
+    if not rows:
+        echo("No GPU usage found.")
+        return 0
+    table = plain_table(args.by.upper(), "GPU_HOURS", "COST")
+    for row in rows:
+        mark = " *" if row["open"] else ""
+        table.add_row(str(row[args.by]), f"{row['gpu_hours']}{mark}", str(row["cost"] or "-"))
+    table.add_row("TOTAL", f"{report.gpu_ms / 3_600_000:.3f}", total_cost or "-")
+    make_console().print(table)
+    if any(row["open"] for row in rows):
+        echo("* includes runs still holding GPUs, counted up to now")
+    return 0
+
+
+async def _run_names(client: Client, lines: list[Line]) -> dict[str, str]:
+    names = {}
+    for line in lines:
+        row = await query.get_run(client.redis, line.key)
+        if row is not None:
+            names[line.key] = row.name
+    return names
+
+
+async def audit_trail(args: argparse.Namespace, client: Client) -> int:
+    entries = await query.audit(
+        client.redis,
+        user=args.user,
+        run=args.run,
+        window=_window(args, now_ms()),
+        limit=args.limit,
+    )
+    if args.output == "json":
+        echo(json.dumps(query.to_builtins(entries)))
+        return 0
+    if not entries:
+        echo("No audit entries found.")
+        return 0
+    table = plain_table("TIME", "ACTOR", "ACTION", "RUN", "RESUMPTION", "DETAIL")
+    for entry in entries:
+        table.add_row(
+            when(to_datetime(entry.time)),
+            entry.actor,
+            entry.action,
+            entry.run_name or entry.node or "",
+            "" if entry.attempt is None else str(entry.attempt),
+            entry.detail,
+        )
+    make_console().print(table)
+    return 0
+
+
+def event_line(record: Recorded) -> str:
+    event = record.event
+    body = msgspec.to_builtins(event)
+    rest = {k: v for k, v in body.items() if k not in _ENVELOPE}
+    moment_ = to_datetime(event.time)
+    stamp = moment_.isoformat(timespec="milliseconds") if moment_ else "-"
+    attempt = getattr(event, "attempt", "-")
+    return (
+        f"{record.position}  {stamp}  #{record.version}  {tag_of(type(event))}  "
+        f"attempt={attempt}  actor={event.actor}  {json.dumps(rest, sort_keys=True)}"
+    )
+
+
+async def run_events(args: argparse.Namespace, client: Client) -> int:
+    _, records = await client.history(args.run)
+    if args.output == "json":
+        echo(
+            json.dumps(
+                [
+                    {"position": r.position, "version": r.version, **msgspec.to_builtins(r.event)}
+                    for r in records
+                ]
+            )
+        )
+        return 0
+    for record in records:
+        echo(event_line(record))
+    return 0
+
+
+async def rebuild_projections(args: argparse.Namespace, client: Client) -> int:
+    for name in [args.name] if args.name else list(catalog.NAMES):
+        with make_console().status(f"Rebuilding {name} from the whole log..."):
+            namespace = await rebuild(client.redis, name, now_ms=now_ms())
+        success(f"Rebuilt projection {name} (build {namespace}); readers switched to it")
+    return 0

@@ -1,0 +1,27 @@
+"""``mcli describe run [RUN]``: details, compute, metadata, nodes, every resumption's event
+log and the submitted YAML; the newest run when none is named. Read from the run's own
+history, so it is current right after ``mcli run``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cli.client import Client
+from cli.commands.common import with_client
+from cli.reads import fetch_run, latest_run
+from cli.render import describe, make_console
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("describe", help="describe an object (run)")
+    kinds = parser.add_subparsers(dest="kind", metavar="{run}", required=True)
+    run = kinds.add_parser("run", help="describe a run")
+    run.add_argument("run", nargs="?", metavar="RUN", help="the run (default: your newest)")
+    run.set_defaults(handler=with_client(describe_run))
+
+
+async def describe_run(args: argparse.Namespace, client: Client) -> int:
+    run = await fetch_run(client, args.run) if args.run else await latest_run(client)
+    make_console().print(describe(run))
+    return 0

@@ -1,0 +1,140 @@
+"""``mcli stop run(s)``, ``mcli delete run(s)`` and ``mcli update run``.
+
+Stop and delete take RUN names or globs, the ``get runs`` filters, or ``-a/--all``; they ask
+before acting unless ``-y/--force``. Stop skips finished runs with a warning. Every request is
+decided on the run's own history (``events.commands``), so a run that changed in between is
+refused cleanly, never half-stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from cli.client import Client, NotFound, Refused
+from cli.commands.common import (
+    add_filters,
+    confirm,
+    echo,
+    error,
+    filters_from,
+    hours,
+    non_negative,
+    success,
+    warn,
+    with_client,
+)
+from cli.logsel import UsageError
+from cli.models import Run
+from cli.reads import select_runs
+from events import commands
+
+_PRIORITIES = {"auto": "auto", "medium": "auto", "low": "low", "lowest": "lowest"}
+
+
+def register(subparsers: Any) -> None:
+    for verb, handler in (("stop", stop_runs), ("delete", delete_runs)):
+        parser = subparsers.add_parser(verb, help=f"{verb} runs")
+        kinds = parser.add_subparsers(dest="kind", metavar="{run,runs}", required=True)
+        for kind in ("run", "runs"):
+            sub = kinds.add_parser(kind, help=f"{verb} runs by name, glob or filter")
+            add_filters(sub, listing=False)
+            sub.add_argument("-a", "--all", action="store_true", help=f"{verb} every run of yours")
+            sub.add_argument(
+                "-y", "--force", action="store_true", help="do not ask for confirmation"
+            )
+            sub.set_defaults(handler=with_client(handler), include_deleted=False)
+    update = subparsers.add_parser("update", help="update a run's scheduling")
+    kinds = update.add_subparsers(dest="kind", metavar="{run}", required=True)
+    run = kinds.add_parser("run", help="update a run's scheduling fields")
+    run.add_argument("run", metavar="RUN")
+    run.add_argument("--priority", choices=sorted(_PRIORITIES))
+    run.add_argument("--preemptible", action=argparse.BooleanOptionalAction, default=None)
+    run.add_argument("--max-retries", "--max_retries", dest="max_retries", type=non_negative)
+    run.add_argument("--max-duration", "--max_duration", dest="max_duration", type=hours)
+    run.add_argument(
+        "--retry-on-system-failure",
+        "--watchdog",
+        dest="retry_on_system_failure",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+    )
+    run.set_defaults(handler=with_client(update_run))
+
+
+async def _select(args: argparse.Namespace, client: Client) -> list[Run]:
+    filters = filters_from(args)
+    if not args.runs and not args.all and not filters.narrows:
+        raise UsageError("name the runs (names or globs), give filters, or use --all")
+    runs = await select_runs(client, list(args.runs), filters, every=args.all)
+    if not runs:
+        raise NotFound("No runs found matching the given names and filters")
+    return runs
+
+
+def _ask(verb: str, runs: list[Run], force: bool) -> bool:
+    if force:
+        return True
+    names = ", ".join(run.name for run in runs[:10]) + (", ..." if len(runs) > 10 else "")
+    plural = "run" if len(runs) == 1 else f"{len(runs)} runs"
+    return confirm(f"{verb} {plural}: {names}?")
+
+
+async def _each(
+    client: Client, runs: list[Run], command: Callable[[], commands.Command], done: str
+) -> int:
+    failed = 0
+    for run in runs:
+        try:
+            await client.request(run.run_uid, command())
+        except Refused as refused:
+            error(refused.code, str(refused))
+            failed += 1
+            continue
+        success(f"{done} run {run.name}")
+    return 1 if failed else 0
+
+
+async def stop_runs(args: argparse.Namespace, client: Client) -> int:
+    runs = await _select(args, client)
+    active = []
+    for run in runs:
+        if run.status.is_terminal() or run.is_deleted:
+            warn(f"Run {run.name} is already {run.status.display_name}; skipping it")
+        else:
+            active.append(run)
+    if not active:
+        return 0
+    if not _ask("Stop", active, args.force):
+        echo("Cancelled: nothing was stopped.")
+        return 1
+    return await _each(client, active, lambda: commands.StopRun(actor=client.user), "Stopped")
+
+
+async def delete_runs(args: argparse.Namespace, client: Client) -> int:
+    runs = [run for run in await _select(args, client) if not run.is_deleted]
+    if not runs:
+        raise NotFound("No runs found matching the given names and filters")
+    if not _ask("Delete", runs, args.force):
+        echo("Cancelled: nothing was deleted.")
+        return 1
+    return await _each(client, runs, lambda: commands.DeleteRun(actor=client.user), "Deleted")
+
+
+async def update_run(args: argparse.Namespace, client: Client) -> int:
+    changes = {
+        "priority": _PRIORITIES[args.priority] if args.priority else None,
+        "preemptible": args.preemptible,
+        "max_retries": args.max_retries,
+        "max_duration": args.max_duration,
+        "retry_on_system_failure": args.retry_on_system_failure,
+    }
+    if all(value is None for value in changes.values()):
+        raise UsageError(
+            "nothing to update: give --priority, --preemptible, --max-retries or --max-duration"
+        )
+    state = await client.request(args.run, commands.UpdateRun(actor=client.user, **changes))
+    shown = ", ".join(f"{k}={v}" for k, v in changes.items() if v is not None)
+    success(f"Updated run {state.name}: {shown}")
+    return 0

@@ -1,0 +1,150 @@
+"""``mcli run -f FILE | -r RUN | --clone RUN``: submit, restart or clone a run; ``--follow``
+shows its status transitions live, then its logs.
+
+Nothing is written unless the whole request is valid: the YAML and the overrides are
+validated and checked against the cluster first (``cli.submit``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from cli.client import Client, ClientError
+from cli.commands.common import echo, hours, non_negative, positive, success, warn, with_client
+from cli.config import load_file
+from cli.logsel import NoLogs, choose, follow
+from cli.models import Run
+from cli.reads import fetch_run
+from cli.render import make_console
+from cli.submit import submit_config, with_overrides
+from events import commands
+from events.status import RunStatus
+
+S = RunStatus
+_POLL_S = 0.5
+_PRIORITIES = {"auto": "auto", "medium": "auto", "low": "low", "lowest": "lowest"}
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run", help="submit a run (-f FILE), restart one (-r RUN) or clone one (--clone RUN)"
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-f", "--file", help="the run's YAML")
+    source.add_argument("-r", "--restart", metavar="RUN", help="restart a finished run")
+    source.add_argument("--clone", metavar="RUN", help="submit a copy of a run")
+    parser.add_argument("--priority", choices=sorted(_PRIORITIES), help="scheduling priority")
+    parser.add_argument(
+        "--preemptible", action=argparse.BooleanOptionalAction, default=None, help="preemptible"
+    )
+    parser.add_argument(
+        "--max_retries", "--max-retries", dest="max_retries", type=non_negative, help="retries"
+    )
+    parser.add_argument(
+        "--max-duration", "--max_duration", dest="max_duration", type=hours, help="hours"
+    )
+    parser.add_argument(
+        "--follow",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="show the run's status live, then its logs",
+    )
+    parser.add_argument("--image", help="the image")
+    parser.add_argument("--name", help="the run's base name")
+    parser.add_argument("--cluster", help="the cluster")
+    parser.add_argument("--gpu-type", "--gpu_type", dest="gpu_type", help="GPU type")
+    parser.add_argument("--gpus", type=non_negative, help="GPUs over every node")
+    parser.add_argument("--instance", help="instance type")
+    parser.add_argument("--nodes", type=positive, help="nodes")
+    parser.set_defaults(handler=with_client(run_command))
+
+
+def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "image": args.image,
+        "name": args.name,
+        "compute.cluster": args.cluster,
+        "compute.gpu_type": args.gpu_type,
+        "compute.gpus": args.gpus,
+        "compute.instance": args.instance,
+        "compute.nodes": args.nodes,
+        "scheduling.priority": _PRIORITIES.get(args.priority) if args.priority else None,
+        "scheduling.preemptible": args.preemptible,
+        "scheduling.max_retries": args.max_retries,
+        "scheduling.max_duration": args.max_duration,
+    }
+
+
+async def run_command(args: argparse.Namespace, client: Client) -> int:
+    overrides = overrides_of(args)
+    if args.restart:
+        name = await restart(client, args.restart, overrides)
+        success(f"Run {name} resubmitted.")
+    else:
+        if args.file:
+            config, warnings = load_file(args.file)
+            where = args.file
+        else:
+            config, warnings = (await fetch_run(client, args.clone)).submitted_config, []
+            where = f"run {args.clone}"
+        name, _, more = await submit_config(client, with_overrides(config, overrides), where=where)
+        for warning in warnings + more:
+            warn(warning)
+        success(f"Run {name} submitted.")
+    if args.follow:
+        return await follow_run(client, name)
+    echo(
+        f"\nTo see the run's status, use:\n\nmcli get runs\n\n"
+        f"To see the run's logs, use:\n\nmcli logs {name}"
+    )
+    return 0
+
+
+async def restart(client: Client, run: str, overrides: dict[str, Any]) -> str:
+    """Restart ``run``; scheduling overrides are applied first, others cannot change."""
+    fixed = [k for k, v in overrides.items() if v is not None and not k.startswith("scheduling.")]
+    if fixed:
+        names = ", ".join("--" + k.rpartition(".")[2].replace("_", "-") for k in fixed)
+        raise ClientError(f"{names} cannot change on a restart: use --clone {run} instead")
+    changes = {k.partition(".")[2]: v for k, v in overrides.items() if v is not None}
+    state = await client.state(run)
+    if not state.latest.status.is_terminal():
+        raise ClientError(
+            f"Run {state.name} is {state.latest.status.display_name}: stop it first "
+            f"(`mcli stop run {state.name}`), then restart it"
+        )
+    if changes:
+        await client.request(run, commands.UpdateRun(actor=client.user, **changes))
+    await client.request(run, commands.RestartRun(actor=client.user))
+    return state.name
+
+
+async def follow_run(client: Client, name: str) -> int:
+    """Status transitions live until the run runs (or ends), then its logs, then its end."""
+    console = make_console()
+    seen: tuple[int, RunStatus] | None = None
+    run: Run
+    with console.status(f"Waiting for run {name}...") as spinner:
+        while True:
+            run = await fetch_run(client, name)
+            now = (run.latest_resumption.index, run.status)
+            if now != seen:
+                seen = now
+                console.print(f"Run {name} (resumption {now[0]}): {run.status.display_name}")
+                spinner.update(f"Run {name} is {run.status.display_name}...")
+            if run.status.is_terminal() or run.status.after(S.STARTING):
+                break
+            await asyncio.sleep(_POLL_S)
+    try:
+        target = await choose(client, run)
+    except NoLogs as notice:
+        warn(str(notice))
+    else:
+        async for line in follow(client, target):
+            echo(line, end="", flush=True)
+    run = await fetch_run(client, name)
+    reason = f" ({run.reason})" if run.reason else ""
+    console.print(f"Run {name} is {run.status.display_name}{reason}")
+    return 0

@@ -1,0 +1,166 @@
+"""Which output ``mcli logs`` and the SDK show: the resumption, the rank, and what to say
+when there is none.
+
+Rules (mcli's): the latest resumption unless ``resumption`` or ``prev``; rank 0 unless
+``rank``; ``failed`` (or no rank on a FAILED resumption) is the first rank that failed. A
+resumption that never got its GPUs has no output: "not yet scheduled" while it waits (a follow
+waits for it), a pointer at ``describe run`` otherwise; a FailedImagePull resumption likely has
+none either, and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from cli.client import Client, ClientError
+from cli.models import Run
+from cli.reads import fetch_run
+from events.status import RunStatus
+from services.core import logread
+
+S = RunStatus
+_POLL_S = 0.5
+
+
+class NoLogs(ClientError):
+    """There are no logs to show, for a reason the user should read (not a failure)."""
+
+    code = 200
+
+
+class UsageError(ClientError):
+    """Arguments that contradict each other (``--rank`` with ``--failed``)."""
+
+    code = 400
+
+
+@dataclass(frozen=True)
+class LogTarget:
+    run: Run
+    attempt: int
+    rank: int
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_uid
+
+
+def check_args(rank: int | None, failed: bool, resumption: int | None, prev: bool) -> None:
+    if failed and rank is not None:
+        raise UsageError("--failed and --rank/--node are mutually exclusive: give one of them")
+    if prev and resumption is not None:
+        raise UsageError("--prev and --resumption are mutually exclusive: give one of them")
+    for label, value in (("rank", rank), ("resumption", resumption)):
+        if value is not None and value < 0:
+            raise UsageError(f"--{label} must not be negative (got {value})")
+
+
+def attempt_of(run: Run, resumption: int | None, prev: bool) -> int:
+    latest = run.latest_resumption.index
+    if prev:
+        if latest == 0:
+            raise ClientError(f"Run {run.name} has no previous resumption (it has only 0)")
+        return latest - 1
+    if resumption is None:
+        return latest
+    if not 0 <= resumption <= latest:
+        raise ClientError(f"Run {run.name} has no resumption {resumption} (it has 0 to {latest})")
+    return resumption
+
+
+def unscheduled_notice(run: Run, attempt: int) -> str | None:
+    """Why a resumption has no output, or None when it may have some."""
+    resumption = run.resumptions[attempt]
+    if resumption.started_at is None:
+        if resumption.status in (S.PENDING, S.QUEUED):
+            return (
+                f"Run {run.name} has not been scheduled yet ({resumption.status.display_name}):"
+                f" its logs appear once it starts; `mcli logs {run.name} --follow` waits for them"
+            )
+        why = f" ({resumption.reason})" if resumption.reason else ""
+        return (
+            f"Run {run.name} resumption {attempt} ended {resumption.status.display_name}{why}"
+            f" before it was scheduled, so it has no logs: see `mcli describe run {run.name}`"
+        )
+    if resumption.reason_code == "FailedImagePull":
+        return (
+            f"Run {run.name} failed to pull its image {run.image!r} (FailedImagePull), so there "
+            f"are likely no logs: check the image with `mcli describe run {run.name}`"
+        )
+    return None
+
+
+async def choose(
+    client: Client,
+    run: Run,
+    *,
+    rank: int | None = None,
+    failed: bool = False,
+    resumption: int | None = None,
+    prev: bool = False,
+) -> LogTarget:
+    """The output to show; ``NoLogs`` (with the message to show) when there is none."""
+    check_args(rank, failed, resumption, prev)
+    attempt = attempt_of(run, resumption, prev)
+    notice = unscheduled_notice(run, attempt)
+    if notice is not None:
+        raise NoLogs(notice)
+    resumption_ = run.resumptions[attempt]
+    if rank is not None:
+        if rank >= resumption_.node_count:
+            raise ClientError(
+                f"Run {run.name} resumption {attempt} has ranks 0 to "
+                f"{resumption_.node_count - 1}, not {rank}"
+            )
+        return LogTarget(run, attempt, rank)
+    if failed or resumption_.status is S.FAILED:
+        first = await logread.first_failed_rank(client.redis, run.run_uid, attempt)
+        if first is None and attempt == run.latest_resumption.index:
+            first = run.first_failed_rank
+        if first is None and failed:
+            raise ClientError(
+                f"Run {run.name} resumption {attempt} has no failed rank "
+                f"({resumption_.status.display_name}): use --rank N instead of --failed"
+            )
+        return LogTarget(run, attempt, first or 0)
+    return LogTarget(run, attempt, 0)
+
+
+async def read(client: Client, target: LogTarget, tail: int | None = None) -> list[str]:
+    lines = await logread.read_lines(
+        client.redis, client.archive_dir, target.run_id, target.attempt, target.rank, tail=tail
+    )
+    return [line.render() + "\n" for line in lines]
+
+
+async def follow(client: Client, target: LogTarget, tail: int | None = None) -> AsyncIterator[str]:
+    """The lines so far, then each new one, until the resumption is terminal."""
+
+    async def finished() -> bool:
+        state = await client.state(target.run_id)
+        return state.attempts[target.attempt].status.is_terminal()
+
+    async for line in logread.follow_lines(
+        client.redis,
+        client.archive_dir,
+        target.run_id,
+        target.attempt,
+        target.rank,
+        is_finished=finished,
+        tail=tail,
+    ):
+        yield line.render() + "\n"
+
+
+async def wait_scheduled(client: Client, run: Run, attempt: int) -> Run:
+    """Wait until the resumption got its GPUs or ended; the run as it is then."""
+    while True:
+        run = await fetch_run(client, run.run_uid)
+        resumption = run.resumptions[attempt] if attempt < len(run.resumptions) else None
+        if resumption is not None and (
+            resumption.started_at is not None or resumption.status.is_terminal()
+        ):
+            return run
+        await asyncio.sleep(_POLL_S)

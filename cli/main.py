@@ -1,0 +1,93 @@
+"""``mcli``: the command line, with mcli's commands, flags and output (and a few of runplane's
+own: billing, audit, events, projections, dev).
+
+Each command group lives in ``cli.commands.<group>`` and registers its parsers. Errors a user
+can act on print one line, ``✗ Error <code>: <message>``, on stderr and exit 1 (usage errors
+exit 2); a traceback means a bug in runplane, not bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import structlog
+from redis.exceptions import RedisError
+
+from cli.client import ClientError, Unreachable, find_url, unreachable_message
+from cli.commands import admin, describe, dev, get, logs, manage, run, util
+from cli.commands.common import error
+from cli.config import ConfigError
+from cli.logsel import UsageError
+from cli.stack import StackError
+from services.core.errors import StoreUnavailable
+
+USAGE_EXIT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcli",
+        description="runplane's mcli: submit and watch GPU training runs.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (run, get, describe, logs, manage, util, admin, dev):
+        module.register(subparsers)
+    return parser
+
+
+def _quiet_logs() -> None:
+    """Library logging (structlog warnings of the folds) stays off the user's terminal."""
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit per error kind
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_logs()
+    try:
+        code: int = args.handler(args)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        error(exc.code, str(exc))
+        return USAGE_EXIT
+    except ClientError as exc:
+        error(exc.code, str(exc))
+        return 1
+    except ConfigError as exc:
+        error(400, str(exc))
+        return 1
+    except StackError as exc:
+        error(500, str(exc))
+        return 1
+    except BrokenPipeError:  # `mcli ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (StoreUnavailable, RedisError, ConnectionError) as exc:
+        error(Unreachable.code, unreachable_message(_url(), exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _url() -> str:
+    try:
+        return find_url()[0]
+    except ClientError:
+        return "(none)"
+
+
+def run_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run_main()

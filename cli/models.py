@@ -1,0 +1,356 @@
+"""The SDK's objects, with mcli's names: ``Run``, its resumptions, lifecycle and nodes.
+
+A ``Run`` is built from the two read models of a run (``projections.run_status.RunRow`` and
+the ``projections.attempts.AttemptRow`` of each attempt), whether they were read from the
+projector's store (listings) or folded just now from the run's own history (``get_run``, so a
+run is never stale right after the request that changed it). Times are timezone-aware UTC
+datetimes; durations are seconds. Pure: ``now`` is passed in where an open attempt counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from cli.config import RunConfig
+from events.spec import RunSpec
+from events.status import RunStatus
+from projections.attempts import AttemptRow, Phase
+from projections.run_status import RunRow
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+S = RunStatus
+_PENDING = (S.PENDING, S.QUEUED)
+
+
+def to_datetime(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def now_ms() -> int:
+    return int(datetime.now(tz=UTC).timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class Resumption:
+    """One attempt of a run (mcli: resumption), from index 0."""
+
+    index: int
+    cluster: str
+    gpus: int
+    cpus: int
+    gpu_type: str | None
+    node_count: int
+    status: RunStatus
+    started_at: datetime | None  # entered STARTING (took its GPUs)
+    ended_at: datetime | None  # left TERMINATING (or ended while waiting)
+    reason: str | None
+    opened_at: datetime | None = None
+    opened_how: str = "submitted"  # submitted | restart | retry
+    reason_code: str | None = None  # FailedImagePull, Error, Stopped, ...
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal()
+
+    def gpu_seconds(self, now: datetime) -> float:
+        if self.started_at is None:
+            return 0.0
+        end = self.ended_at or now
+        return self.gpus * max(0.0, (end - self.started_at).total_seconds())
+
+
+@dataclass(frozen=True)
+class RunLifecycle:
+    """One phase of one resumption: when it was entered and left."""
+
+    resumption_index: int
+    status: RunStatus
+    started_at: datetime | None
+    ended_at: datetime | None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Node:
+    """One rank of the latest resumption: the node it runs on and how it is doing."""
+
+    rank: int
+    name: str
+    status: RunStatus
+    reason: str | None = None
+    gpus: tuple[int, ...] = ()
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One line of ``describe run``'s event log."""
+
+    time: datetime
+    resumption_index: int
+    text: str
+    actor: str
+
+
+@dataclass(eq=False)
+class Run:
+    """A run, as mcli's SDK returns it. Methods talk to runplane (see ``cli.sdk.runs``)."""
+
+    run_uid: str
+    name: str
+    status: RunStatus
+    created_at: datetime
+    updated_at: datetime
+    created_by: str
+    priority: str
+    preemptible: bool
+    retry_on_system_failure: bool
+    max_retries: int
+    max_duration: float | None
+    cluster: str
+    gpus: int
+    gpu_type: str | None
+    cpus: int
+    node_count: int
+    image: str
+    submitted_config: RunConfig
+    metadata: dict[str, Any]
+    is_deleted: bool = False
+    reason: str | None = None
+    resumptions: list[Resumption] = field(default_factory=list)
+    lifecycle: list[RunLifecycle] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)
+    events: list[RunEvent] = field(default_factory=list)
+    reason_code: str | None = None
+    first_failed_rank: int | None = None
+    spec: RunSpec | None = field(default=None, repr=False)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Run) and (self.run_uid, self.updated_at, self.status) == (
+            other.run_uid,
+            other.updated_at,
+            other.status,
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.run_uid)
+
+    @property
+    def requested_cluster(self) -> str:
+        return str(self.submitted_config.compute.get("cluster", ""))
+
+    @property
+    def run_type(self) -> str:
+        return "TRAINING"
+
+    @property
+    def latest_resumption(self) -> Resumption:
+        return self.resumptions[-1]
+
+    @property
+    def resumption_count(self) -> int:
+        return len(self.resumptions)
+
+    @property
+    def started_at(self) -> datetime | None:
+        """When the first resumption took its GPUs."""
+        return next((r.started_at for r in self.resumptions if r.started_at), None)
+
+    @property
+    def completed_at(self) -> datetime | None:
+        """When the latest resumption ended (None while it is open)."""
+        return self.resumptions[-1].ended_at if self.resumptions else None
+
+    @property
+    def cumulative_pending_time(self) -> float:
+        """Seconds spent PENDING or QUEUED, over every resumption."""
+        return self._time_in(_PENDING)
+
+    @property
+    def cumulative_running_time(self) -> float:
+        """Seconds spent RUNNING, over every resumption."""
+        return self._time_in((S.RUNNING,))
+
+    def _time_in(self, statuses: tuple[RunStatus, ...]) -> float:
+        now = datetime.now(tz=UTC)
+        total = 0.0
+        for phase in self.lifecycle:
+            if phase.status in statuses and phase.started_at is not None:
+                total += ((phase.ended_at or now) - phase.started_at).total_seconds()
+        return total
+
+    def get_gpu_hours(self) -> float:
+        """GPUs x (left TERMINATING - entered STARTING), summed over resumptions; an open
+        resumption counts up to now."""
+        now = datetime.now(tz=UTC)
+        return sum(r.gpu_seconds(now) for r in self.resumptions) / 3600
+
+    # --- talking to runplane (imported late: the SDK functions build Runs) ----------
+
+    def refresh(self) -> Run:
+        from cli.sdk.runs import get_run  # noqa: PLC0415
+
+        return get_run(self.run_uid)
+
+    def stop(self) -> Run:
+        from cli.sdk.runs import stop_run  # noqa: PLC0415
+
+        return stop_run(self)
+
+    def delete(self) -> Run:
+        from cli.sdk.runs import delete_run  # noqa: PLC0415
+
+        return delete_run(self)
+
+    def start(self) -> Run:
+        from cli.sdk.runs import start_run  # noqa: PLC0415
+
+        return start_run(self)
+
+    def clone(self, **overrides: Any) -> Run:
+        """Submit a new run with this run's configuration (fields in ``overrides`` replaced)."""
+        from cli.sdk.runs import create_run  # noqa: PLC0415
+
+        base = self.submitted_config
+        config = RunConfig(
+            **{
+                **{k: getattr(base, k) for k in base.__dataclass_fields__},
+                **overrides,
+            }
+        )
+        return create_run(config)
+
+    def update(self, **changes: Any) -> Run:
+        from cli.sdk.runs import update_run  # noqa: PLC0415
+
+        return update_run(self, **changes)
+
+
+def config_of(spec: RunSpec) -> RunConfig:
+    """The RunConfig a RunSpec was validated from."""
+    data = msgspec.to_builtins(spec)
+    return RunConfig(
+        name=spec.name,
+        image=spec.image,
+        command=spec.command,
+        compute=data.get("compute", {}),
+        scheduling=data.get("scheduling", {}),
+        integrations=list(spec.integrations),
+        env_variables=dict(spec.env_variables),
+        parameters=dict(spec.parameters),
+        metadata=dict(spec.metadata),
+    )
+
+
+def build_run(row: RunRow, attempts: Sequence[AttemptRow]) -> Run:
+    """The Run of a run's row and its attempts' rows."""
+    spec = row.submitted_config
+    requested = spec.compute
+    resumptions = [_resumption(row, spec, attempt) for attempt in attempts]
+    if not resumptions:  # the attempts' rows lag the run's: show what was asked
+        resumptions = [
+            Resumption(
+                index=0,
+                cluster=requested.cluster,
+                gpus=requested.gpus,
+                cpus=requested.cpus or 0,
+                gpu_type=requested.gpu_type,
+                node_count=requested.nodes or 1,
+                status=row.status,
+                started_at=None,
+                ended_at=None,
+                reason=None,
+                opened_at=to_datetime(row.created_at),
+            )
+        ]
+    latest = attempts[-1] if attempts else None
+    created = to_datetime(row.created_at)
+    updated = to_datetime(row.updated_at)
+    assert created is not None
+    assert updated is not None
+    return Run(
+        run_uid=row.run_uid,
+        name=row.name,
+        status=row.status,
+        created_at=created,
+        updated_at=updated,
+        created_by=row.created_by,
+        priority=row.priority,
+        preemptible=row.preemptible,
+        retry_on_system_failure=row.retry_on_system_failure,
+        max_retries=row.max_retries,
+        max_duration=row.max_duration,
+        cluster=row.cluster,
+        gpus=row.gpus,
+        gpu_type=row.gpu_type,
+        cpus=row.cpus,
+        node_count=row.node_count,
+        image=row.image,
+        submitted_config=config_of(spec),
+        metadata=dict(row.metadata),
+        is_deleted=row.is_deleted,
+        reason=str(row.reason) if row.reason is not None else None,
+        reason_code=row.reason.code if row.reason is not None else None,
+        resumptions=resumptions,
+        lifecycle=[_phase(attempt, phase) for attempt in attempts for phase in attempt.phases],
+        nodes=[
+            Node(
+                rank=rank.rank,
+                name=rank.node,
+                status=rank.status,
+                reason=rank.reason or None,
+                gpus=tuple(rank.gpus),
+                exit_code=rank.exit_code,
+            )
+            for rank in (latest.ranks if latest is not None else [])
+        ],
+        events=[
+            RunEvent(
+                time=to_datetime(line.time) or created,
+                resumption_index=line.attempt,
+                text=line.text,
+                actor=line.actor,
+            )
+            for attempt in attempts
+            for line in attempt.events
+        ],
+        first_failed_rank=latest.first_failed_rank if latest is not None else None,
+        spec=spec,
+    )
+
+
+def _resumption(row: RunRow, spec: RunSpec, attempt: AttemptRow) -> Resumption:
+    requested = spec.compute
+    placed = attempt.started_at is not None
+    return Resumption(
+        index=attempt.index,
+        cluster=attempt.cluster or requested.cluster,
+        gpus=attempt.gpus if placed else requested.gpus,
+        cpus=requested.cpus or 0,
+        gpu_type=attempt.gpu_type if placed else requested.gpu_type,
+        node_count=attempt.node_count if placed else requested.nodes or 1,
+        status=attempt.status,
+        started_at=to_datetime(attempt.started_at),
+        ended_at=to_datetime(attempt.ended_at),
+        reason=attempt.reason_text or None,
+        opened_at=to_datetime(attempt.opened_at),
+        opened_how=attempt.opened_how,
+        reason_code=attempt.reason.code if attempt.reason is not None else None,
+    )
+
+
+def _phase(attempt: AttemptRow, phase: Phase) -> RunLifecycle:
+    final = phase.status.is_terminal() or phase.status is S.TERMINATING
+    return RunLifecycle(
+        resumption_index=attempt.index,
+        status=phase.status,
+        started_at=to_datetime(phase.entered_at),
+        ended_at=to_datetime(phase.left_at),
+        reason=(attempt.reason_text or None) if final else None,
+    )

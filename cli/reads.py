@@ -1,0 +1,170 @@
+"""What the CLI and the SDK read: runs (one, or a filtered listing) and clusters.
+
+One run by name is folded from its own history with the projector's own folds, so it is never
+stale right after a request (read-your-writes) and reads exactly as the stored rows would.
+Listings read the projector's rows (``projections.query``). Selecting runs for stop/delete:
+plain names are resolved from their history (a run just submitted is found), globs and
+filters through the listing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, replace
+
+import msgspec
+
+from cli.client import Client, NotFound
+from cli.models import Run, build_run
+from events.status import RunStatus
+from projections import query
+from projections.attempts import AttemptsProjection
+from projections.run_status import KIND, RunRow, RunStatusProjection
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class RunFilters:
+    """``get runs``'s filters (and stop's, delete's). Times are ms since the epoch."""
+
+    names: tuple[str, ...] = ()  # globs
+    cluster: str | None = None
+    before: int | None = None
+    after: int | None = None
+    gpu_type: str | None = None
+    gpu_num: int | None = None
+    statuses: frozenset[RunStatus] | None = None
+    user: str | None = None  # None: the current user's runs, unless all_users
+    all_users: bool = False
+    include_deleted: bool = False
+    limit: int | None = 50
+
+    @property
+    def narrows(self) -> bool:
+        """True if any filter beyond the names is given."""
+        return any(
+            value is not None
+            for value in (
+                self.cluster,
+                self.before,
+                self.after,
+                self.gpu_type,
+                self.gpu_num,
+                self.statuses,
+                self.user,
+            )
+        )
+
+    def keeps(self, run: Run, current_user: str) -> bool:
+        user = self.user or (None if self.all_users else current_user)
+        created = int(run.created_at.timestamp() * 1000)
+        return (
+            (self.include_deleted or not run.is_deleted)
+            and (user is None or run.created_by == user)
+            and (self.cluster is None or run.requested_cluster == self.cluster)
+            and (self.statuses is None or run.status in self.statuses)
+            and (self.gpu_type is None or run.gpu_type == self.gpu_type)
+            and (self.gpu_num is None or run.gpus == self.gpu_num)
+            and (self.after is None or created >= self.after)
+            and (self.before is None or created < self.before)
+            and (not self.names or any(fnmatch.fnmatchcase(run.name, g) for g in self.names))
+        )
+
+
+def has_glob(pattern: str) -> bool:
+    return bool(_GLOB_CHARS & set(pattern))
+
+
+async def fetch_run(client: Client, run: str) -> Run:
+    """The run named ``run`` (name or run_uid), folded now from its own history."""
+    run_id, records = await client.history(run)
+    status, attempts = RunStatusProjection(), AttemptsProjection()
+    for record in records:
+        status.apply(record)
+        attempts.apply(record)
+    rows = [row for row in status.rows([(KIND, run_id)]) if row.body is not None]
+    if not rows:
+        raise NotFound(f"Run {run} not found")
+    row = msgspec.json.decode(rows[0].body or b"", type=RunRow)
+    return build_run(row, attempts.runs.get(run_id, []))
+
+
+async def list_runs(client: Client, filters: RunFilters) -> list[Run]:
+    """Runs newest first, as the projector has them, filtered; at most ``filters.limit``."""
+    user = filters.user or (None if filters.all_users else client.user)
+    limit = filters.limit
+    found: list[Run] = []
+    cursor: str | None = None
+    while True:
+        page = await query.list_runs(
+            client.redis,
+            user=user,
+            cluster=filters.cluster,
+            statuses=filters.statuses,
+            names=list(filters.names) or None,
+            gpu_type=filters.gpu_type,
+            after=filters.after,
+            before=filters.before,
+            include_deleted=filters.include_deleted,
+            limit=200 if limit is None else max(limit, 1),
+            cursor=cursor,
+        )
+        for row in page.runs:
+            if filters.gpu_num is not None and row.gpus != filters.gpu_num:
+                continue
+            found.append(build_run(row, await query.attempts(client.redis, row.run_uid)))
+            if limit is not None and len(found) >= limit:
+                return found
+        cursor = page.next_cursor
+        if cursor is None:
+            return found
+
+
+async def select_runs(
+    client: Client, patterns: list[str], filters: RunFilters, *, every: bool
+) -> list[Run]:
+    """The runs a stop or delete applies to: named ones (each must exist), the ones matching
+    globs or filters, or ``every`` run of the user's."""
+    exact = [p for p in patterns if not has_glob(p)]
+    globs = tuple(p for p in patterns if has_glob(p))
+    unlimited = replace(filters, limit=None, names=())
+    chosen: dict[str, Run] = {}
+    for name in exact:
+        run = await fetch_run(client, name)
+        if run.is_deleted and not filters.include_deleted:
+            raise NotFound(f"Run {name} not found")
+        if unlimited.keeps(run, client.user):
+            chosen[run.run_uid] = run
+    if globs or every or (not exact and filters.narrows):
+        listed = await list_runs(client, replace(unlimited, names=globs))
+        for run in listed:
+            chosen.setdefault(run.run_uid, run)
+    return sorted(chosen.values(), key=lambda r: r.created_at, reverse=True)
+
+
+async def latest_run(client: Client) -> Run:
+    """The current user's newest run (``describe run`` and ``logs`` without a name)."""
+    runs = await list_runs(client, RunFilters(limit=1))
+    if not runs:
+        raise NotFound("No runs found: submit one with `mcli run -f <yaml>`")
+    return await fetch_run(client, runs[0].run_uid)
+
+
+async def clusters(
+    client: Client, names: list[str] | None = None
+) -> list[query.ClusterUtilization]:
+    """Utilization of every cluster with registered nodes (or of ``names``; unknown ones are
+    an error that lists the known ones)."""
+    known = [c for c in await query.utilization(client.redis) if c.instances]
+    if names:
+        missing = [n for n in names if n not in {c.cluster for c in known}]
+        if missing:
+            raise NotFound(unknown_cluster(missing[0], [c.cluster for c in known]))
+        return [c for c in known if c.cluster in names]
+    return known
+
+
+def unknown_cluster(name: str, known: list[str]) -> str:
+    listed = ", ".join(sorted(known)) if known else "none (start nodes with `mcli dev up`)"
+    return f"Cluster {name} not found; known clusters: {listed}"

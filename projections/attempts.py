@@ -1,0 +1,358 @@
+"""Attempts (mcli: resumptions): every attempt of every run, as ``describe run`` prints it.
+
+One row per attempt (id ``<run_id>:<index>``), in the index ``run:<run_id>`` scored by the
+attempt index. The fold keeps each attempt's row itself and updates it in place.
+
+Invariants:
+- Phases move as the lifecycle rules (``events.lifecycle``) say; an event the rules would
+  refuse (a phase out of order, another attempt's event, an unknown rank) is logged and
+  skipped. The unit tests check this fold against ``events.lifecycle.fold`` on random
+  histories: same status, same timeline, same ranks.
+- ``phases`` lists every phase the attempt entered, in order, with the time it entered and
+  left it (None while it is in it) and the duration; ``queue_ms`` (PENDING + QUEUED),
+  ``setup_ms`` (STARTING), ``run_ms`` (RUNNING) and ``cleanup_ms`` (TERMINATING) sum a phase
+  group's durations once the attempt has left it (None before).
+- ``first_failed_rank`` is the rank whose failing exit came first in the log (else the rank
+  the attempt's reason names). ``stopped_by`` is who asked for the stop (or who stopped it).
+- ``events`` are the human lines of ``describe run``'s event log, in log order; run-level
+  requests (update, delete) go to the latest attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, ClassVar
+
+import msgspec
+
+from events.codec import Recorded
+from events.model import (
+    AttemptCompleted,
+    AttemptFailed,
+    AttemptQueued,
+    AttemptRunning,
+    AttemptScheduled,
+    AttemptStopped,
+    AttemptTerminating,
+    DeleteRequested,
+    ImagePullFailed,
+    ImagePullFinished,
+    ImagePullStarted,
+    IntegrationFailed,
+    IntegrationFinished,
+    IntegrationStarted,
+    RankExited,
+    RankRunning,
+    Reason,
+    RestartRequested,
+    RetryScheduled,
+    RunDeleted,
+    RunEvent,
+    RunSubmitted,
+    StopRequested,
+    UpdateRequested,
+)
+from events.status import RunStatus
+from projections.base import Row, RowKey, encode, skipped
+from projections.narrative import describe
+
+KIND = "attempt"
+S = RunStatus
+#: The phases each phase may be entered from (``events.lifecycle``'s rules).
+_FROM: dict[RunStatus, frozenset[RunStatus]] = {
+    S.QUEUED: frozenset({S.PENDING}),
+    S.STARTING: frozenset({S.QUEUED}),
+    S.RUNNING: frozenset({S.STARTING}),
+    S.TERMINATING: frozenset({S.STARTING, S.RUNNING}),
+    S.COMPLETED: frozenset({S.TERMINATING}),
+    S.STOPPED: frozenset({S.TERMINATING, S.PENDING, S.QUEUED}),
+    S.FAILED: frozenset({S.TERMINATING, S.PENDING, S.QUEUED}),
+}
+_GROUP = {S.PENDING: "queue_ms", S.QUEUED: "queue_ms", S.STARTING: "setup_ms"}
+_GROUP |= {S.RUNNING: "run_ms", S.TERMINATING: "cleanup_ms"}
+
+
+class HumanEvent(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    time: int
+    attempt: int
+    text: str
+    actor: str
+
+
+class Phase(msgspec.Struct, kw_only=True, gc=False):
+    status: RunStatus
+    entered_at: int
+    left_at: int | None = None
+    duration_ms: int | None = None
+
+
+class RankRow(msgspec.Struct, kw_only=True, gc=False):
+    rank: int
+    node: str
+    gpus: list[int]
+    status: RunStatus = S.STARTING
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str = ""
+    exited_at: int | None = None
+
+
+class AttemptRow(msgspec.Struct, kw_only=True, gc=False):
+    run_id: str
+    run_name: str
+    index: int
+    status: RunStatus
+    opened_at: int
+    opened_by: str
+    opened_how: str  # submitted | restart | retry
+    retry_cause: str | None = None
+    cluster: str | None = None
+    gpu_type: str | None = None
+    gpus: int = 0
+    node_count: int = 0
+    ranks: list[RankRow] = msgspec.field(default_factory=list)
+    phases: list[Phase] = msgspec.field(default_factory=list)
+    queue_ms: int | None = None
+    setup_ms: int | None = None
+    run_ms: int | None = None
+    cleanup_ms: int | None = None
+    started_at: int | None = None
+    ended_at: int | None = None
+    reason: Reason | None = None
+    reason_text: str = ""
+    first_failed_rank: int | None = None
+    stopped_by: str | None = None
+    stop_requested_by: str | None = None
+    events: list[HumanEvent] = msgspec.field(default_factory=list)
+
+
+Handler = Callable[[Any, AttemptRow, Any], str | None]
+
+
+class AttemptsProjection:
+    name: ClassVar[str] = "attempts"
+    version: ClassVar[int] = 1
+
+    def __init__(self) -> None:
+        self.runs: dict[str, list[AttemptRow]] = {}
+        self._actors: dict[str, str] = {}  # one string per actor, not one per event
+        self.indexed: set[str] = set()  # attempt rows stored (and so in their run's index)
+        self._keys: dict[str, list[tuple[RowKey]]] = {}
+
+    def apply(self, record: Recorded) -> Collection[RowKey]:  # noqa: PLR0911
+        event = record.event
+        if not isinstance(event, RunEvent):
+            return ()
+        kind = type(event)
+        attempts = self.runs.get(event.run_id)
+        actor = self._actors.setdefault(event.actor, event.actor)
+        if kind is RunSubmitted:
+            if attempts is not None:
+                return skipped(self.name, record, "the run exists already")
+            assert isinstance(event, RunSubmitted)
+            attempts = self.runs[event.run_id] = [_open(event, actor, event.name, "submitted")]
+            return self._line(record, attempts[0], describe(event))
+        if attempts is None:
+            return skipped(self.name, record, "unknown run")
+        latest = attempts[-1]
+        if kind is RestartRequested or kind is RetryScheduled:
+            if not latest.status.is_terminal() or event.attempt != latest.index + 1:
+                return skipped(self.name, record, "not the next attempt")
+            how = "restart" if kind is RestartRequested else "retry"
+            latest = _open(event, actor, latest.run_name, how)
+            latest.retry_cause = getattr(event, "cause", None)
+            attempts.append(latest)
+            return self._line(record, latest, describe(event))
+        if kind in _RUN_LEVEL:
+            return self._line(record, latest, describe(event))
+        if event.attempt != latest.index:
+            return skipped(self.name, record, "not the current attempt")
+        handler = _HANDLERS.get(kind)
+        if handler is None:
+            return ()
+        try:
+            text = handler(event, latest, actor)
+        except _Refused as refused:
+            return skipped(self.name, record, str(refused))
+        return self._line(record, latest, text)
+
+    def _line(self, record: Recorded, attempt: AttemptRow, text: str | None) -> Collection[RowKey]:
+        if text:
+            event = record.event
+            actor = self._actors.get(event.actor, event.actor)
+            attempt.events.append(HumanEvent(event.time, attempt.index, text, actor))
+        keys = self._keys.setdefault(attempt.run_id, [])
+        while len(keys) <= attempt.index:  # built once per attempt, not once per event
+            keys.append(((KIND, f"{attempt.run_id}:{len(keys)}"),))
+        return keys[attempt.index]
+
+    def rows(self, keys: Iterable[RowKey]) -> Iterable[Row]:
+        for kind, row_id in keys:
+            attempt = self._attempt(kind, row_id)
+            if attempt is None:
+                continue
+            index: tuple[tuple[str, int], ...] = ()
+            if row_id not in self.indexed:  # first stored: into its run's index, once
+                self.indexed.add(row_id)
+                index = ((f"run:{attempt.run_id}", attempt.index),)
+            yield Row(kind=KIND, id=row_id, body=encode(attempt), index=index)
+
+    def settled(self, keys: Iterable[RowKey]) -> None:
+        """These rows are stored as they are now (a restart folding up to its checkpoint)."""
+        self.indexed.update(row_id for _, row_id in keys)
+
+    def _attempt(self, kind: str, row_id: str) -> AttemptRow | None:
+        run_id, _, index_text = row_id.rpartition(":")
+        attempts = self.runs.get(run_id)
+        index = int(index_text)
+        if attempts is None or kind != KIND or index >= len(attempts):
+            return None
+        return attempts[index]
+
+
+class _Refused(Exception):
+    """The rules would refuse this event (the fold skips it)."""
+
+
+def _open(event: RunEvent, actor: str, name: str, how: str) -> AttemptRow:
+    return AttemptRow(
+        run_id=event.run_id,
+        run_name=name,
+        index=event.attempt,
+        status=S.PENDING,
+        opened_at=event.time,
+        opened_by=actor,
+        opened_how=how,
+        phases=[Phase(status=S.PENDING, entered_at=event.time)],
+    )
+
+
+def _enter(attempt: AttemptRow, status: RunStatus, time: int) -> None:
+    if attempt.status not in _FROM[status]:
+        raise _Refused(f"attempt {attempt.index} is {attempt.status.display_name}")
+    last = attempt.phases[-1]
+    last.left_at, last.duration_ms = time, time - last.entered_at
+    group = _GROUP.get(last.status)
+    if group is not None and group != _GROUP.get(status):
+        total = sum(p.duration_ms or 0 for p in attempt.phases if _GROUP.get(p.status) == group)
+        setattr(attempt, group, total)
+    attempt.phases.append(Phase(status=status, entered_at=time))
+    attempt.status = status
+
+
+def _queued(event: AttemptQueued, attempt: AttemptRow, actor: str) -> str | None:
+    requeued = attempt.status is S.QUEUED
+    if not requeued:
+        _enter(attempt, S.QUEUED, event.time)
+    return describe(event, requeued=requeued)
+
+
+def _scheduled(event: AttemptScheduled, attempt: AttemptRow, actor: str) -> str | None:
+    ranks = event.ranks
+    if not ranks or [r.rank for r in ranks] != list(range(len(ranks))):
+        raise _Refused("ranks must be numbered 0..n-1")
+    _enter(attempt, S.STARTING, event.time)
+    attempt.cluster, attempt.gpu_type = event.cluster, event.gpu_type
+    attempt.ranks = [RankRow(rank=r.rank, node=r.node, gpus=list(r.gpus)) for r in ranks]
+    attempt.gpus = sum(len(r.gpus) for r in ranks)
+    attempt.node_count, attempt.started_at = len(ranks), event.time
+    return describe(event)
+
+
+def _rank(attempt: AttemptRow, index: int) -> RankRow:
+    if attempt.status not in (S.STARTING, S.RUNNING, S.TERMINATING):
+        raise _Refused(f"attempt {attempt.index} holds no GPUs")
+    if not 0 <= index < len(attempt.ranks) or attempt.ranks[index].exited_at is not None:
+        raise _Refused(f"rank {index} is not live")
+    return attempt.ranks[index]
+
+
+def _rank_running(event: RankRunning, attempt: AttemptRow, actor: str) -> str | None:
+    _rank(attempt, event.rank).status = S.RUNNING
+    return None
+
+
+def _running(event: AttemptRunning, attempt: AttemptRow, actor: str) -> str | None:
+    if any(rank.status is not S.RUNNING for rank in attempt.ranks):
+        raise _Refused("not every rank runs yet")
+    _enter(attempt, S.RUNNING, event.time)
+    return describe(event)
+
+
+def _rank_exited(event: RankExited, attempt: AttemptRow, actor: str) -> str | None:
+    rank = _rank(attempt, event.rank)
+    reason = event.reason
+    rank.exit_code, rank.signal, rank.exited_at = event.exit_code, event.signal, event.time
+    rank.reason = str(reason) if reason is not None else ""
+    if reason is not None and reason.category in ("stopped", "preempted"):
+        rank.status = S.STOPPED
+    elif event.exit_code == 0 and reason is None:
+        rank.status = S.COMPLETED
+    elif event.exit_code is None and reason is None:
+        rank.status = S.STOPPED
+    else:
+        rank.status = S.FAILED
+        if attempt.first_failed_rank is None:
+            attempt.first_failed_rank = event.rank
+    return describe(event) if event.exit_code or reason is not None else None
+
+
+def _terminating(event: AttemptTerminating, attempt: AttemptRow, actor: str) -> str | None:
+    _enter(attempt, S.TERMINATING, event.time)
+    _reason(attempt, event.reason, actor)
+    return describe(event)
+
+
+def _ended(
+    event: AttemptCompleted | AttemptStopped | AttemptFailed, attempt: AttemptRow, actor: str
+) -> str | None:
+    status = _ENDS[type(event)]
+    if attempt.status is S.TERMINATING and any(r.exited_at is None for r in attempt.ranks):
+        raise _Refused("a rank still holds its GPUs")
+    _enter(attempt, status, event.time)
+    attempt.ended_at = event.time
+    _reason(attempt, getattr(event, "reason", None), actor)
+    return describe(event, stop_requested=attempt.stop_requested_by is not None)
+
+
+def _reason(attempt: AttemptRow, reason: Reason | None, actor: str) -> None:
+    attempt.reason, attempt.reason_text = reason, str(reason) if reason is not None else ""
+    if reason is not None:
+        if attempt.first_failed_rank is None:
+            attempt.first_failed_rank = reason.failed_rank
+        if reason.category == "stopped" and attempt.stopped_by is None:
+            attempt.stopped_by = actor
+
+
+def _stop(event: StopRequested, attempt: AttemptRow, actor: str) -> str | None:
+    if attempt.status.is_terminal() or attempt.status is S.TERMINATING:
+        raise _Refused(f"attempt {attempt.index} is {attempt.status.display_name} already")
+    attempt.stop_requested_by = attempt.stopped_by = actor
+    return describe(event)
+
+
+_ENDS = {AttemptCompleted: S.COMPLETED, AttemptStopped: S.STOPPED, AttemptFailed: S.FAILED}
+_RUN_LEVEL = frozenset({UpdateRequested, DeleteRequested, RunDeleted})
+_SETUP: tuple[type, ...] = (ImagePullStarted, ImagePullFinished, ImagePullFailed)
+_SETUP += (IntegrationStarted, IntegrationFinished, IntegrationFailed)
+_HANDLERS: dict[type, Handler] = {
+    AttemptQueued: _queued,
+    AttemptScheduled: _scheduled,
+    RankRunning: _rank_running,
+    AttemptRunning: _running,
+    RankExited: _rank_exited,
+    AttemptTerminating: _terminating,
+    AttemptCompleted: _ended,
+    AttemptStopped: _ended,
+    AttemptFailed: _ended,
+    StopRequested: _stop,
+}
+
+
+def _setup_step(event: Any, attempt: AttemptRow, actor: str) -> str | None:
+    _rank(attempt, event.rank)
+    return describe(event) if type(event) in _SETUP_FAILURES else None
+
+
+_SETUP_FAILURES = frozenset({ImagePullFailed, IntegrationFailed})
+_HANDLERS |= dict.fromkeys(_SETUP, _setup_step)

@@ -1,0 +1,117 @@
+"""What every fold shares: the Projection protocol, rows, log positions.
+
+A fold keeps its state in memory. ``apply(record)`` folds one recorded event and returns the
+keys of the rows it changed; ``rows(keys)`` renders those rows from the current state. A row is
+stored in a hash per kind (``events.keys.projection_rows``) and may belong to sorted-set
+listing indexes (``events.keys.projection_index``), always with its id as the member.
+
+Invariants:
+- A fold never raises on an event it cannot apply: it logs it and skips it (``skipped``), so a
+  bad event can never stop the projector. Whatever it skips, it skips the same way on a rebuild.
+- A row's body depends only on the events folded, never on when ``rows`` is called. Its index
+  changes may depend on what was stored before: a fold may write a membership that never
+  changes only the first time it renders the row. Such a fold also has ``settled(keys)``,
+  which the engine calls for rows an event changed that are stored already (a restart folding
+  the log up to its checkpoint), so that it knows them as stored.
+- Row bodies are JSON (msgspec), integers for times (ms since the epoch) and GPU-milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Protocol
+
+import msgspec
+import structlog
+
+from events.codec import Recorded
+
+log = structlog.get_logger("projections")
+
+#: (kind, id): which hash the row lives in, and its field there.
+RowKey = tuple[str, str]
+
+#: A log position (``"<ms>-<seq>"``) as a comparable pair.
+Position = tuple[int, int]
+ZERO: Position = (0, 0)
+
+_encoder = msgspec.json.Encoder()
+
+
+class Row(msgspec.Struct, frozen=True, gc=False):
+    """One row to store: its body (None: the row is gone) and the indexes it is (not) in."""
+
+    kind: str
+    id: str
+    body: bytes | None
+    #: (index, score): sorted sets the row is in, scored (usually by a time in ms).
+    index: tuple[tuple[str, int], ...] = ()
+    #: Sorted sets the row must not be in (no error if it is not).
+    unindex: tuple[str, ...] = ()
+
+
+class Projection(Protocol):
+    """A pure fold of the log into rows. ``name`` and ``version`` name its key namespace."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    def apply(self, record: Recorded) -> Collection[RowKey]:
+        """Fold one event; the keys of the rows it changed (empty if it is not concerned)."""
+        ...
+
+    def rows(self, keys: Iterable[RowKey]) -> Iterable[Row]:
+        """The current rows of ``keys``."""
+        ...
+
+
+def encode(value: object) -> bytes:
+    return _encoder.encode(value)
+
+
+def parse_position(position: str) -> Position:
+    ms, _, seq = position.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def format_position(position: Position) -> str:
+    return f"{position[0]}-{position[1]}"
+
+
+def skipped(projection: str, record: Recorded, why: str) -> tuple[()]:
+    """Log an event a fold cannot apply and change nothing (the rules would have refused it)."""
+    event = record.event
+    log.warning(
+        "projection.skipped",
+        projection=projection,
+        position=record.position,
+        type=type(event).__name__,
+        run=getattr(event, "run_id", None),
+        attempt=getattr(event, "attempt", None),
+        node=getattr(event, "node", None),
+        why=why,
+    )
+    return ()
+
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+
+
+def day_of(ms: int) -> str:
+    """The UTC date of a time in ms, as ``YYYY-MM-DD`` (pure arithmetic: no time zone data)."""
+    days = ms // DAY_MS
+    # civil_from_days (Howard Hinnant): proleptic Gregorian, exact for every integer day.
+    z = days + 719_468
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (month <= 2)
+    return f"{year:04d}-{month:02d}-{day:02d}"

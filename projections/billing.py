@@ -1,0 +1,268 @@
+"""Billing: GPU-milliseconds per attempt, and their sums per user, cluster, gpu_type, run, day.
+
+An attempt bills ``gpus x (time it left TERMINATING - time it entered STARTING)``: the time
+of its ``attempt.scheduled`` and of its ending event, both the log's own clock. Integers only;
+costs are Decimal.
+
+Rows:
+- ``attempt`` ``<run_id>:<index>``: one per attempt that was placed (one that never held GPUs
+  bills nothing and has no row). Open while it holds GPUs (``ended_at`` None, index ``open``).
+  ``days`` splits a closed attempt's GPU-ms at every midnight UTC.
+- ``total`` ``<dim>|<value>|<gpu_type>``: the closed attempts' GPU-ms per dimension value and
+  gpu_type, for dim in user, cluster, gpu_type, run, day; in the index ``totals:<dim>``.
+
+Invariants: for every dimension the totals add up to the same number, the sum of the closed
+attempts' GPU-ms, to the millisecond (a day's share of an attempt is an integer, and the shares
+add up to the attempt). Deleted runs keep billing. ``report`` computes any grouping over any
+window from the attempt rows, counting an open attempt up to ``now`` (marked open).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from decimal import Decimal
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+from events.codec import Recorded
+from events.model import (
+    AttemptCompleted,
+    AttemptFailed,
+    AttemptScheduled,
+    AttemptStopped,
+    RunDeleted,
+    RunEvent,
+    RunSubmitted,
+)
+from projections.base import DAY_MS, HOUR_MS, Row, RowKey, day_of, encode, skipped
+
+Dimension = Literal["user", "cluster", "gpu_type", "run", "day"]
+DIMENSIONS: tuple[Dimension, ...] = ("user", "cluster", "gpu_type", "run", "day")
+GroupBy = Literal["user", "cluster", "gpu_type", "run", "day", "attempt"]
+NO_GPU_TYPE = "none"
+
+
+_ENDS = frozenset({AttemptCompleted, AttemptStopped, AttemptFailed})
+
+
+class BilledAttempt(msgspec.Struct, kw_only=True, gc=False):
+    run_id: str
+    run_name: str
+    attempt: int
+    user: str
+    cluster: str
+    gpu_type: str | None
+    gpus: int
+    started_at: int
+    ended_at: int | None = None
+    gpu_ms: int | None = None
+    days: dict[str, int] = msgspec.field(default_factory=dict)
+    run_deleted: bool = False
+
+
+class Total(msgspec.Struct, kw_only=True, gc=False):
+    dim: str
+    value: str
+    gpu_type: str
+    gpu_ms: int = 0
+    attempts: int = 0
+
+
+class _Run(msgspec.Struct, gc=False):
+    user: str
+    name: str
+    attempts: list[str]
+
+
+class BillingProjection:
+    name: ClassVar[str] = "billing"
+    version: ClassVar[int] = 1
+
+    def __init__(self) -> None:
+        self.runs: dict[str, _Run] = {}
+        self.attempts: dict[str, BilledAttempt] = {}
+        self.totals: dict[str, Total] = {}
+
+    def apply(self, record: Recorded) -> Collection[RowKey]:
+        event: Any = record.event  # dispatched on its exact type below
+        kind = type(event)
+        if kind is AttemptScheduled:
+            return self._start(record, event)
+        if kind in _ENDS:
+            return self._end(event)
+        if kind is RunSubmitted:
+            if event.run_id not in self.runs:
+                self.runs[event.run_id] = _Run(event.actor, event.name, [])
+        elif kind is RunDeleted and (run := self.runs.get(event.run_id)):
+            for key in run.attempts:
+                self.attempts[key].run_deleted = True
+            return tuple(("attempt", key) for key in run.attempts)
+        return ()
+
+    def _start(self, record: Recorded, event: AttemptScheduled) -> Collection[RowKey]:
+        run = self.runs.get(event.run_id)
+        if run is None:
+            return skipped(self.name, record, "unknown run")
+        key = f"{event.run_id}:{event.attempt}"
+        if key in self.attempts:
+            return skipped(self.name, record, "the attempt was placed already")
+        run.attempts.append(key)
+        self.attempts[key] = BilledAttempt(
+            run_id=event.run_id,
+            run_name=run.name,
+            attempt=event.attempt,
+            user=run.user,
+            cluster=event.cluster,
+            gpu_type=event.gpu_type,
+            gpus=sum(len(rank.gpus) for rank in event.ranks),
+            started_at=event.time,
+        )
+        return (("attempt", key),)
+
+    def _end(self, event: RunEvent) -> Collection[RowKey]:
+        key = f"{event.run_id}:{event.attempt}"
+        billed = self.attempts.get(key)
+        if billed is None or billed.ended_at is not None:
+            return ()  # never held GPUs (ended while waiting): bills nothing
+        billed.ended_at = event.time
+        billed.gpu_ms = billed.gpus * (event.time - billed.started_at)
+        billed.days = split_by_day(billed.gpus, billed.started_at, event.time)
+        changed: list[RowKey] = [("attempt", key)]
+        gpu_type = billed.gpu_type or NO_GPU_TYPE
+        values = {"user": billed.user, "cluster": billed.cluster, "gpu_type": gpu_type}
+        values["run"] = billed.run_id
+        for dim, value in values.items():
+            changed.append(self._add(dim, value, gpu_type, billed.gpu_ms))
+        for day, gpu_ms in billed.days.items():
+            changed.append(self._add("day", day, gpu_type, gpu_ms))
+        return changed
+
+    def _add(self, dim: str, value: str, gpu_type: str, gpu_ms: int) -> RowKey:
+        key = f"{dim}|{value}|{gpu_type}"
+        total = self.totals.get(key)
+        if total is None:
+            total = self.totals[key] = Total(dim=dim, value=value, gpu_type=gpu_type)
+        total.gpu_ms += gpu_ms
+        total.attempts += 1
+        return ("total", key)
+
+    def rows(self, keys: Iterable[RowKey]) -> Iterable[Row]:
+        for kind, key in keys:
+            if kind == "attempt":
+                billed = self.attempts[key]
+                score = billed.started_at
+                if billed.ended_at is None:
+                    yield Row(kind=kind, id=key, body=encode(billed), index=(("open", score),))
+                else:
+                    yield Row(kind=kind, id=key, body=encode(billed), unindex=("open",))
+            elif kind == "total":
+                total = self.totals[key]
+                yield Row(
+                    kind=kind, id=key, body=encode(total), index=((f"totals:{total.dim}", 0),)
+                )
+
+
+def split_by_day(gpus: int, start: int, end: int) -> dict[str, int]:
+    """GPU-ms of ``[start, end)`` per UTC day; the parts add up to ``gpus * (end - start)``."""
+    days: dict[str, int] = {}
+    while start < end:
+        midnight = (start // DAY_MS + 1) * DAY_MS
+        stop = min(end, midnight)
+        days[day_of(start)] = gpus * (stop - start)
+        start = stop
+    return days
+
+
+# --- reports -----------------------------------------------------------------------------
+
+
+class Line(msgspec.Struct, kw_only=True):
+    key: str
+    gpu_ms: int = 0
+    open: bool = False  # an attempt still holding GPUs counted up to ``now``
+    cost: Decimal | None = None
+
+    @property
+    def gpu_hours(self) -> Decimal:
+        return Decimal(self.gpu_ms) / HOUR_MS
+
+
+class Report(msgspec.Struct, kw_only=True):
+    group_by: str
+    window: tuple[int, int] | None
+    now: int | None
+    lines: list[Line]
+    gpu_ms: int
+    cost: Decimal | None
+
+
+def report(
+    attempts: Iterable[BilledAttempt],
+    group_by: GroupBy,
+    *,
+    window: tuple[int, int] | None = None,
+    now: int | None = None,
+    prices: Mapping[str, Decimal] | None = None,
+) -> Report:
+    """GPU-ms per ``group_by`` value within ``window`` ([start, end) in ms; None: all time).
+
+    An open attempt counts up to ``now`` (not at all if ``now`` is None). A line's cost is None
+    unless every gpu_type in it has a price (per GPU-hour).
+    """
+    lines: dict[str, Line] = {}
+    unpriced: set[str] = set()
+    for billed in attempts:
+        end = billed.ended_at if billed.ended_at is not None else now
+        if end is None:
+            continue
+        start = billed.started_at
+        if window is not None:
+            start, end = max(start, window[0]), min(end, window[1])
+        if end <= start:
+            continue
+        if group_by == "day":
+            parts = list(split_by_day(billed.gpus, start, end).items())
+        else:
+            parts = [(_group_key(billed, group_by), billed.gpus * (end - start))]
+        for key, gpu_ms in parts:
+            line = lines.get(key)
+            if line is None:
+                line = lines[key] = Line(key=key)
+            line.gpu_ms += gpu_ms
+            line.open |= billed.ended_at is None
+            price = (prices or {}).get(billed.gpu_type or NO_GPU_TYPE)
+            if price is None:
+                unpriced.add(key)
+            else:
+                line.cost = (line.cost or Decimal(0)) + Decimal(gpu_ms) * price / HOUR_MS
+    ordered = sorted(lines.values(), key=lambda line: line.key)
+    for line in ordered:
+        if line.key in unpriced:
+            line.cost = None
+    costs = [line.cost for line in ordered]
+    total_cost = sum((c for c in costs if c is not None), Decimal(0))
+    return Report(
+        group_by=group_by,
+        window=window,
+        now=now,
+        lines=ordered,
+        gpu_ms=sum(line.gpu_ms for line in ordered),
+        cost=total_cost if prices and all(c is not None for c in costs) else None,
+    )
+
+
+def _group_key(billed: BilledAttempt, group_by: GroupBy) -> str:
+    match group_by:
+        case "user":
+            return billed.user
+        case "cluster":
+            return billed.cluster
+        case "gpu_type":
+            return billed.gpu_type or NO_GPU_TYPE
+        case "run":
+            return billed.run_id
+        case "attempt":
+            return f"{billed.run_id}:{billed.attempt}"
+        case "day":  # pragma: no cover - split by day above
+            return day_of(billed.started_at)

@@ -1,0 +1,64 @@
+#!lua name=runplane_projections
+-- The projector's one transaction: rows of several projection builds and their checkpoints,
+-- all or nothing.
+--
+-- ARGV[1] = P, the number of builds. Then, per build i (KEYS[2i-1] its checkpoint key,
+-- KEYS[2i] its projection's active pointer): the checkpoint it expects, the active pointer it
+-- expects ("" for none), its new checkpoint, and its namespace if it becomes active ("" if not).
+-- Then ARGV[2 + 4P]: the writes, a MessagePack array of groups {op, key index, {args...}}:
+--   H: HSET key field value ...   D: HDEL key field ...
+--   Z: ZADD key score member ...  R: ZREM key member ...
+--
+-- Returns {"ok"}, or {"ok", "again"} if this batch is stored already (a client that lost the
+-- reply and sent it again); {"conflict", key, found} if a checkpoint moved (another writer);
+-- {"moved", key, found} if readers were switched to another build. Nothing is written then.
+
+local CHUNK = 1000
+local COMMANDS = {H = 'HSET', D = 'HDEL', Z = 'ZADD', R = 'ZREM'}
+local PAIRED = {H = true, Z = true}
+
+local function commit(keys, args)
+  local builds = tonumber(args[1])
+  local again = 0
+  for i = 1, builds do
+    local a = 2 + (i - 1) * 4
+    local checkpoint = redis.call('GET', keys[2 * i - 1]) or '0-0'
+    local active = redis.call('GET', keys[2 * i]) or ''
+    if checkpoint == args[a + 2] and checkpoint ~= args[a]
+        and (active == args[a + 1] or active == args[a + 3]) then
+      again = again + 1  -- this very batch is stored already (a client resent it)
+    elseif checkpoint ~= args[a] then
+      return {'conflict', keys[2 * i - 1], checkpoint}
+    elseif active ~= args[a + 1] then
+      return {'moved', keys[2 * i], active}
+    end
+  end
+  if again == builds then
+    return {'ok', 'again'}
+  elseif again > 0 then
+    return {'conflict', 'several builds', 'stored in part'}
+  end
+  local groups = cmsgpack.unpack(args[2 + builds * 4])
+  for _, group in ipairs(groups) do  -- check every group first: a script is not rolled back
+    local step = PAIRED[group[1]] and 2 or 1
+    if not COMMANDS[group[1]] or not keys[group[2]] or #group[3] % step ~= 0 then
+      return redis.error_reply('bad write group ' .. tostring(group[1]))
+    end
+  end
+  for _, group in ipairs(groups) do
+    local command, key, values = COMMANDS[group[1]], keys[group[2]], group[3]
+    for first = 1, #values, CHUNK do
+      redis.call(command, key, unpack(values, first, math.min(first + CHUNK - 1, #values)))
+    end
+  end
+  for b = 1, builds do
+    local a = 2 + (b - 1) * 4
+    redis.call('SET', keys[2 * b - 1], args[a + 2])
+    if args[a + 3] ~= '' then
+      redis.call('SET', keys[2 * b], args[a + 3])
+    end
+  end
+  return {'ok'}
+end
+
+redis.register_function('runplane_project', commit)

@@ -1,0 +1,207 @@
+"""The engine: feeds log entries to several projection builds and collects what to store.
+
+Pure: no IO. The runner reads the log, feeds the entries here, stores ``batch()`` in one
+transaction and then calls ``committed(batch)``.
+
+Each build tracks two positions: ``applied`` (the last event folded into its memory) and
+``stored`` (its checkpoint in the store, written in the same transaction as its rows).
+
+Invariants:
+- The duplicate guard: an entry at or before a build's ``applied`` position is skipped for that
+  build (``is_new``). Redelivered entries, and the overlap between catch-up and the consumer
+  group, are therefore folded once.
+- After a restart the memory is rebuilt by folding the log from zero; entries at or before
+  ``stored`` change memory only (their rows are stored already, and the rows stored are those
+  of the state at ``stored``; a fold with ``settled`` is told which), later ones mark rows
+  dirty. So the stored rows are always those of the state at the stored checkpoint.
+- A fold that raises is logged and the event skipped for that fold: nothing stops the engine.
+- An entry that cannot be decoded is logged and skipped by every build, the same way on every
+  replay; the ones no build had stored past are kept in ``undecodable`` for the dead letters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from events import codec
+from events.codec import Recorded
+from events.errors import UndecodableEvent
+from projections.base import ZERO, Position, Projection, Row, RowKey, format_position
+from projections.base import parse_position as parse
+
+log = structlog.get_logger("projections.engine")
+Apply = Callable[[Recorded], Collection[RowKey]]
+Settle = Callable[[Iterable[RowKey]], None]
+
+
+def is_new(position: Position, applied: Position) -> bool:
+    """The duplicate guard: fold an entry only if it is after what is folded already."""
+    return position > applied
+
+
+@dataclass
+class Build:
+    """One build of a projection: its fold, its namespace and where it stands."""
+
+    projection: Projection
+    namespace: str
+    stored: Position = ZERO
+    applied: Position = ZERO
+    #: What the active pointer must hold when this build commits ("" for nothing): readers
+    #: moved to another build means this one must stop writing.
+    expect_active: str = ""
+    #: Make this build the one readers read, at the next commit.
+    activate: bool = False
+    dirty: set[RowKey] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        return self.projection.name
+
+    @property
+    def active(self) -> bool:
+        return self.expect_active == self.namespace
+
+
+@dataclass(frozen=True)
+class Part:
+    """What one build stores in a batch."""
+
+    name: str
+    namespace: str
+    expected_checkpoint: str
+    checkpoint: str
+    expect_active: str
+    activate: bool
+    rows: tuple[Row, ...]
+
+
+@dataclass(frozen=True)
+class Batch:
+    parts: tuple[Part, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(len(part.rows) for part in self.parts)
+
+
+class Engine:
+    def __init__(self, builds: Sequence[Build]) -> None:
+        if len({build.name for build in builds}) != len(builds):
+            raise ValueError("one build per projection")
+        self.builds = list(builds)
+        #: Entries that could not be decoded and were not stored past yet: for dead letters.
+        self.undecodable: list[tuple[str, Mapping[bytes, bytes], str]] = []
+        #: The latest position any build folded, and the latest any build stored.
+        self._last = max((build.applied for build in self.builds), default=ZERO)
+        self._stored_last = max((build.stored for build in self.builds), default=ZERO)
+        self._folds: list[tuple[Build, Apply, Settle | None]] = [
+            (build, build.projection.apply, getattr(build.projection, "settled", None))
+            for build in self.builds
+        ]
+
+    @property
+    def applied(self) -> Position:
+        """Every build has folded the log up to here."""
+        return min((build.applied for build in self.builds), default=ZERO)
+
+    @property
+    def stored(self) -> Mapping[str, Position]:
+        return {build.name: build.stored for build in self.builds}
+
+    def feed_entry(self, position: str, fields: Mapping[bytes, bytes]) -> None:
+        """Fold one raw log entry, decoding it only if some build has not folded it yet."""
+        pos = parse(position)
+        if not is_new(pos, self._last) and not any(is_new(pos, b.applied) for b in self.builds):
+            return
+        try:
+            record = codec.recorded(position, fields)
+        except UndecodableEvent as exc:
+            log.error("projection.undecodable", position=position, error=exc.why)  # noqa: TRY400
+            if any(pos > build.stored for build in self.builds):  # new to some build
+                self.undecodable.append((position, fields, exc.why))
+            for build in self.builds:
+                build.applied = max(build.applied, pos)
+            self._last = max(self._last, pos)
+            return
+        self._feed(pos, record)
+
+    def feed(self, record: Recorded) -> None:
+        self._feed(parse(record.position), record)
+
+    def _feed(self, pos: Position, record: Recorded) -> None:
+        if is_new(pos, self._last):  # after everything any build folded: the usual case
+            self._last = pos
+            dirty = pos > self._stored_last
+            for build, apply, settle in self._folds:
+                try:
+                    changed = apply(record)
+                except Exception:  # noqa: BLE001 - a fold must never stop the projector
+                    changed = _failed(build, record)
+                build.applied = pos
+                if changed:
+                    if dirty or pos > build.stored:
+                        build.dirty.update(changed)
+                    elif settle is not None:
+                        settle(changed)
+            return
+        for build, apply, settle in self._folds:
+            if not is_new(pos, build.applied):
+                continue
+            try:
+                changed = apply(record)
+            except Exception:  # noqa: BLE001 - a fold must never stop the projector
+                changed = _failed(build, record)
+            build.applied = pos
+            if not changed:
+                continue
+            if pos > build.stored:
+                build.dirty.update(changed)
+            elif settle is not None:
+                settle(changed)
+
+    def batch(self) -> Batch | None:
+        """What to store now (None: nothing): every build's changed rows and checkpoint.
+
+        The rows are rendered now, so folding may go on while the batch is being stored; the
+        next batch is taken only after ``committed``. A batch that could not be stored leaves
+        the engine behind the store: its owner starts a new engine from the store.
+        """
+        parts = []
+        for build in self.builds:
+            if build.applied <= build.stored and not build.activate:
+                continue
+            rows = tuple(build.projection.rows(build.dirty))
+            build.dirty = set()
+            parts.append(
+                Part(
+                    name=build.name,
+                    namespace=build.namespace,
+                    expected_checkpoint=format_position(build.stored),
+                    checkpoint=format_position(max(build.applied, build.stored)),
+                    expect_active=build.expect_active,
+                    activate=build.activate,
+                    rows=rows,
+                )
+            )
+        return Batch(tuple(parts)) if parts else None
+
+    def committed(self, batch: Batch) -> None:
+        """``batch`` is stored: what it holds is no longer dirty."""
+        by_name = {build.name: build for build in self.builds}
+        for part in batch.parts:
+            build = by_name[part.name]
+            build.stored = parse(part.checkpoint)
+            self._stored_last = max(self._stored_last, build.stored)
+            if part.activate:
+                build.activate = False
+                build.expect_active = build.namespace
+
+
+def _failed(build: Build, record: Recorded) -> Collection[RowKey]:
+    """A fold raised: log it with the traceback, change nothing, go on."""
+    log.exception("projection.failed", projection=build.name, position=record.position)
+    return ()

@@ -1,0 +1,124 @@
+"""The human lines of ``describe run``'s event log, one per event worth a line.
+
+``describe(event, requeued, stop_requested)`` is pure: ``requeued`` says an ``attempt.queued``
+found its attempt queued already (a new position: no new line), ``stop_requested`` that a user
+asked to stop the attempt (its ending needs no second line). The wording follows mcli where
+mcli has a line ("Run created", "Run started", "Run failed with exit code 1", "Run placed back
+in the scheduling queue", "Run resumed").
+"""
+
+from __future__ import annotations
+
+from typing import assert_never
+
+from events.model import (
+    AnyRunEvent,
+    AttemptCompleted,
+    AttemptFailed,
+    AttemptQueued,
+    AttemptRunning,
+    AttemptScheduled,
+    AttemptStopped,
+    AttemptTerminating,
+    DeleteRequested,
+    ImagePullFailed,
+    ImagePullFinished,
+    ImagePullStarted,
+    IntegrationFailed,
+    IntegrationFinished,
+    IntegrationStarted,
+    RankExited,
+    RankRunning,
+    Reason,
+    RestartRequested,
+    RetryScheduled,
+    RunDeleted,
+    RunSubmitted,
+    StopRequested,
+    UpdateRequested,
+)
+
+_CAUSES = {
+    "user_failure": "a failure",
+    "system_failure": "a system failure",
+    "preempted": "a preemption",
+}
+
+
+def describe(  # noqa: PLR0911, PLR0912
+    event: AnyRunEvent, *, requeued: bool = False, stop_requested: bool = False
+) -> str | None:
+    match event:
+        case RunSubmitted():
+            return "Run created"
+        case RestartRequested():
+            return f"Run restarted by {event.actor}"
+        case RetryScheduled():
+            return f"Run retried after {_CAUSES.get(event.cause, event.cause)}"
+        case AttemptQueued():
+            if requeued:
+                return None
+            if event.attempt == 0:
+                return "Run placed in the scheduling queue"
+            return "Run placed back in the scheduling queue"
+        case AttemptScheduled():
+            nodes = ", ".join(rank.node for rank in event.ranks)
+            return f"Run scheduled on {nodes}"
+        case AttemptRunning():
+            return "Run started" if event.attempt == 0 else "Run resumed"
+        case StopRequested():
+            return f"Run stopped by {event.actor}"
+        case AttemptTerminating():
+            reason = event.reason
+            if reason is None or (reason.category == "stopped" and reason.code == "Stopped"):
+                return None  # every rank exited 0, or the user's stop already has its line
+            return f"Run terminating: {_reason(reason)}"
+        case AttemptCompleted():
+            return "Run completed"
+        case AttemptStopped():
+            if stop_requested:
+                return None
+            return f"Run stopped: {_reason(event.reason)}"
+        case AttemptFailed():
+            reason = event.reason
+            if reason.code == "Error" and reason.exit_code is not None:
+                return f"Run failed with exit code {reason.exit_code}"
+            return f"Run failed: {_reason(reason)}"
+        case UpdateRequested():
+            fields = ("priority", "preemptible", "max_retries", "retry_on_system_failure")
+            changes = [f"{f}={v}" for f in fields if (v := getattr(event, f)) is not None]
+            if event.max_duration is not None:
+                changes.append(f"max_duration={event.max_duration}")
+            return f"Run updated by {event.actor}: {', '.join(changes) or 'no change'}"
+        case DeleteRequested():
+            return f"Run deletion requested by {event.actor}"
+        case RunDeleted():
+            return "Run deleted"
+        case ImagePullFailed():
+            return f"Image pull failed on rank {event.rank} ({event.node}): {event.error}"
+        case IntegrationFailed():
+            return (
+                f"Integration {event.index} ({event.integration_type}) failed on rank "
+                f"{event.rank} ({event.node}): {event.error}"
+            )
+        case RankExited():
+            if event.exit_code in (0, None) and event.reason is None:
+                return None
+            code = f"exit code {event.exit_code}" if event.exit_code is not None else "no exit"
+            why = f": {_reason(event.reason)}" if event.reason is not None else ""
+            return f"Rank {event.rank} on {event.node} exited with {code}{why}"
+        case (
+            ImagePullStarted()
+            | ImagePullFinished()
+            | IntegrationStarted()
+            | IntegrationFinished()
+            | RankRunning()
+        ):
+            return None
+        case _:
+            assert_never(event)
+
+
+def _reason(reason: Reason) -> str:
+    text = str(reason)
+    return f"{text} ({reason.message})" if reason.message else text

@@ -1,0 +1,301 @@
+"""The read API over the stored projections: what the CLI and the SDK call.
+
+Every read first looks up the projection's active build, then reads that build's rows, so a
+switch to a new build (a new fold version, a rebuild) is one pointer change for readers. A
+projection that was never built reads as empty. Times are ms since the epoch; ``now`` is passed
+in by the caller (the CLI's clock), never read here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar, cast
+
+import msgspec
+import redis.asyncio as aioredis
+
+from events import keys
+from events.status import RunStatus
+from projections import billing
+from projections.attempts import AttemptRow
+from projections.audit import Entry
+from projections.billing import BilledAttempt, GroupBy, Report, Total
+from projections.run_status import RunRow
+from projections.utilization import Instance, RunLine, queue_order
+
+T = TypeVar("T")
+_CHUNK = 200
+
+
+class Page(msgspec.Struct, kw_only=True):
+    runs: list[RunRow]
+    #: Pass back as ``cursor`` for the next page; None when this is the last one.
+    next_cursor: str | None = None
+
+
+class QueuedRun(msgspec.Struct, kw_only=True):
+    position: int  # from 1, in the scheduler's order
+    run: RunLine
+
+
+class ClusterUtilization(msgspec.Struct, kw_only=True):
+    cluster: str
+    instances: list[Instance]
+    active_runs: list[RunLine]
+    queued_runs: list[QueuedRun]
+
+    def active_runs_by_user(self) -> dict[str, list[RunLine]]:
+        return _by_user(self.active_runs)
+
+    def queued_runs_by_user(self) -> dict[str, list[QueuedRun]]:
+        grouped: dict[str, list[QueuedRun]] = {}
+        for queued in self.queued_runs:
+            grouped.setdefault(queued.run.user, []).append(queued)
+        return grouped
+
+
+class _Namespace:
+    def __init__(self, client: aioredis.Redis, name: str, namespace: str) -> None:
+        self.client, self.name, self.namespace = client, name, namespace
+
+    def rows_key(self, kind: str) -> str:
+        return keys.projection_rows(self.name, self.namespace, kind)
+
+    def index_key(self, index: str) -> str:
+        return keys.projection_index(self.name, self.namespace, index)
+
+    async def get(self, kind: str, row_id: str, type_: type[T]) -> T | None:
+        raw = cast(bytes | None, await self.client.hget(self.rows_key(kind), row_id))
+        return None if raw is None else msgspec.json.decode(raw, type=type_)
+
+    async def many(self, kind: str, ids: Sequence[str | bytes], type_: type[T]) -> list[T]:
+        if not ids:
+            return []
+        raws = cast(list[bytes | None], await self.client.hmget(self.rows_key(kind), list(ids)))
+        return [msgspec.json.decode(raw, type=type_) for raw in raws if raw is not None]
+
+    async def all(self, kind: str, type_: type[T]) -> list[T]:
+        found: list[T] = []
+        async for _, raw in self.client.hscan_iter(self.rows_key(kind), count=1000):
+            found.append(msgspec.json.decode(raw, type=type_))
+        return found
+
+    async def members(self, index: str) -> list[bytes]:
+        return cast(list[bytes], await self.client.zrange(self.index_key(index), 0, -1))
+
+
+async def _active(client: aioredis.Redis, name: str) -> _Namespace | None:
+    namespace = cast(bytes | None, await client.get(keys.projection_active(name)))
+    if namespace is None:
+        return None
+    return _Namespace(client, name, namespace.decode())
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+async def get_run(client: aioredis.Redis, run: str) -> RunRow | None:
+    """A run by name or run_uid (deleted runs too), or None."""
+    ns = await _active(client, "run_status")
+    if ns is None:
+        return None
+    row = await ns.get("run", run, RunRow)
+    if row is None and (uid := await ns.get("name", run, str)) is not None:
+        row = await ns.get("run", uid, RunRow)
+    return row
+
+
+async def list_runs(
+    client: aioredis.Redis,
+    *,
+    user: str | None = None,
+    cluster: str | None = None,
+    statuses: Iterable[RunStatus] | None = None,
+    names: Sequence[str] | None = None,
+    gpu_type: str | None = None,
+    after: int | None = None,
+    before: int | None = None,
+    include_deleted: bool = False,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page:
+    """Runs newest first (by created_at), filtered, ``limit`` per page.
+
+    ``names`` are globs (``hello-*``); ``after``/``before`` bound created_at (inclusive,
+    exclusive). The cursor is ``<created_at>:<run_uid>`` of the last run of the previous page.
+    """
+    ns = await _active(client, "run_status")
+    if ns is None:
+        return Page(runs=[])
+    wanted = set(statuses) if statuses is not None else None
+    keep = _Filter(user, cluster, wanted, names, gpu_type, include_deleted)
+    if user is not None:
+        index = f"user:{user}"
+    elif cluster is not None:
+        index = f"cluster:{cluster}"
+    elif wanted is not None and len(wanted) == 1:
+        index = f"status:{next(iter(wanted))}"
+    else:
+        index = "created"
+    high: float = float("inf") if before is None else before - 1
+    tie: bytes | None = None
+    if cursor is not None:
+        score_text, _, tie_text = cursor.partition(":")
+        high, tie = min(high, float(score_text)), tie_text.encode()
+    low: float = float("-inf") if after is None else after
+    found: list[RunRow] = []
+    while len(found) <= limit:
+        chunk = cast(
+            list[tuple[bytes, float]],
+            await client.zrevrangebyscore(
+                ns.index_key(index), high, low, start=0, num=_CHUNK, withscores=True
+            ),
+        )
+        # Ties on created_at are ordered by id, descending: skip up to the cursor's id.
+        ids = [m for m, score in chunk if tie is None or score != high or m < tie]
+        found += [row for row in await ns.many("run", ids, RunRow) if keep(row)]
+        if len(chunk) < _CHUNK:
+            break
+        tie, high = chunk[-1]
+    page = found[:limit]
+    if len(found) <= limit:
+        return Page(runs=page)
+    return Page(runs=page, next_cursor=f"{page[-1].created_at}:{page[-1].run_uid}")
+
+
+@dataclass(frozen=True)
+class _Filter:
+    user: str | None
+    cluster: str | None
+    statuses: set[RunStatus] | None
+    names: Sequence[str] | None
+    gpu_type: str | None
+    include_deleted: bool
+
+    def __call__(self, row: RunRow) -> bool:
+        return (
+            (self.include_deleted or not row.is_deleted)
+            and (self.user is None or row.created_by == self.user)
+            and (self.cluster is None or row.requested_cluster == self.cluster)
+            and (self.statuses is None or row.status in self.statuses)
+            and (self.gpu_type is None or row.gpu_type == self.gpu_type)
+            and (self.names is None or any(fnmatch.fnmatchcase(row.name, g) for g in self.names))
+        )
+
+
+async def attempts(client: aioredis.Redis, run: str) -> list[AttemptRow]:
+    """Every attempt of a run (by name or run_uid), in order."""
+    ns = await _active(client, "attempts")
+    found = await get_run(client, run)
+    run_id = found.run_uid if found is not None else run
+    if ns is None:
+        return []
+    rows = await ns.many("attempt", await ns.members(f"run:{run_id}"), AttemptRow)
+    return sorted(rows, key=lambda row: row.index)
+
+
+# --- billing -------------------------------------------------------------------------------
+
+
+async def billing_report(
+    client: aioredis.Redis,
+    group_by: GroupBy,
+    *,
+    window: tuple[int, int] | None = None,
+    now: int | None = None,
+    prices: Mapping[str, Decimal] | None = None,
+) -> Report:
+    """GPU-ms (and cost, with prices) per ``group_by`` over ``window``; open attempts count up
+    to ``now``."""
+    ns = await _active(client, "billing")
+    rows = [] if ns is None else await ns.all("attempt", BilledAttempt)
+    return billing.report(rows, group_by, window=window, now=now, prices=prices)
+
+
+async def billing_totals(client: aioredis.Redis, dim: billing.Dimension) -> dict[str, int]:
+    """The stored totals of closed attempts per value of ``dim`` (all gpu_types summed)."""
+    ns = await _active(client, "billing")
+    if ns is None:
+        return {}
+    totals: dict[str, int] = {}
+    for total in await ns.many("total", await ns.members(f"totals:{dim}"), Total):
+        totals[total.value] = totals.get(total.value, 0) + total.gpu_ms
+    return totals
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+async def audit(
+    client: aioredis.Redis,
+    *,
+    user: str | None = None,
+    run: str | None = None,
+    window: tuple[int, int] | None = None,
+    limit: int = 1000,
+) -> list[Entry]:
+    """Who did what, oldest first: of one actor (user or ``service@host``), of one run (name or
+    run_uid, deleted runs too), or of everyone; within ``window`` ([start, end) ms)."""
+    ns = await _active(client, "audit")
+    if ns is None:
+        return []
+    low, high = (window[0], f"({window[1]}") if window is not None else ("-inf", "+inf")
+    if run is not None:
+        found = await get_run(client, run)
+        run_id = found.run_uid if found is not None else run
+        count = await ns.get("count", run_id, int) or 0
+        entries = await ns.many("entry", [f"{run_id}#{n}" for n in range(count)], Entry)
+        if window is not None:
+            entries = [e for e in entries if window[0] <= e.time < window[1]]
+        return [e for e in entries if user is None or e.actor == user][:limit]
+    index = ns.index_key(f"actor:{user}" if user is not None else "all")
+    ids = cast(list[bytes], await client.zrangebyscore(index, low, high, start=0, num=limit))
+    entries = await ns.many("entry", ids, Entry)
+    return sorted(entries, key=lambda e: (e.time, e.position))
+
+
+# --- utilization ---------------------------------------------------------------------------
+
+
+async def utilization(
+    client: aioredis.Redis, clusters: Sequence[str] | None = None
+) -> list[ClusterUtilization]:
+    """Per cluster: instance types with GPUs total/used/available, active and queued runs."""
+    ns = await _active(client, "utilization")
+    if ns is None:
+        return []
+    instances = await ns.many("instance", await ns.members("instances"), Instance)
+    names = sorted({i.cluster for i in instances} | set(clusters or ()))
+    result = []
+    for cluster in names:
+        if clusters is not None and cluster not in clusters:
+            continue
+        active = await ns.many("active", await ns.members(f"active:{cluster}"), RunLine)
+        queued = await ns.many("queued", await ns.members(f"queued:{cluster}"), RunLine)
+        ordered = queue_order(queued)
+        result.append(
+            ClusterUtilization(
+                cluster=cluster,
+                instances=sorted(
+                    (i for i in instances if i.cluster == cluster), key=lambda i: i.name
+                ),
+                active_runs=sorted(active, key=lambda r: (r.created_at, r.run_id)),
+                queued_runs=[QueuedRun(position=n, run=r) for n, r in enumerate(ordered, 1)],
+            )
+        )
+    return result
+
+
+def _by_user(runs: Iterable[RunLine]) -> dict[str, list[RunLine]]:
+    grouped: dict[str, list[RunLine]] = {}
+    for run in runs:
+        grouped.setdefault(run.user, []).append(run)
+    return grouped
+
+
+def to_builtins(value: Any) -> Any:
+    """Any value this module returns, as JSON-ready builtins (for ``-o json``)."""
+    return msgspec.to_builtins(value)

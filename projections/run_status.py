@@ -1,0 +1,272 @@
+"""Run status: one row per run with mcli's Run fields, and the indexes ``get runs`` lists by.
+
+Invariants:
+- ``status`` and ``reason`` are the latest attempt's; ``cluster``, ``gpus``, ``gpu_type`` and
+  ``node_count`` are the latest placement's once an attempt was placed, the request's before.
+- ``started_at`` is when the first attempt entered STARTING; ``completed_at`` when the latest
+  attempt ended (None while it is open); ``updated_at`` the time of the run's latest event.
+- ``submitted_config`` is the RunSpec as submitted; the scheduling fields (priority,
+  preemptible, max_retries, retry_on_system_failure, max_duration) follow updates.
+- A deleted run keeps its row (``is_deleted``) and its index entries; listings filter it out.
+- A second row kind, ``name``, maps each run name to its run_uid.
+- Indexes, every one scored by ``created_at``: ``created`` (every run), ``user:<user>``,
+  ``cluster:<cluster>`` (the requested cluster) and ``status:<STATUS>`` (exactly one: the fold
+  remembers which one each stored row is in, from its renders and, after a restart, from
+  ``settled``, and moves it when the status changes).
+- An event for a run it does not know, or for an attempt that is not the latest, is logged and
+  skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, ClassVar
+
+import msgspec
+
+from events.codec import Recorded
+from events.model import (
+    AttemptCompleted,
+    AttemptFailed,
+    AttemptQueued,
+    AttemptRunning,
+    AttemptScheduled,
+    AttemptStopped,
+    AttemptTerminating,
+    DeleteRequested,
+    Reason,
+    RestartRequested,
+    RetryScheduled,
+    RunDeleted,
+    RunEvent,
+    RunSubmitted,
+    StopRequested,
+    UpdateRequested,
+)
+from events.spec import RunSpec
+from events.status import RunStatus
+from projections.base import Row, RowKey, encode, skipped
+
+KIND = "run"
+NAME_KIND = "name"  # run name -> run_uid
+S = RunStatus
+
+
+class _RunFields(msgspec.Struct, kw_only=True, gc=False):
+    run_uid: str
+    name: str
+    status: RunStatus
+    reason: Reason | None = None
+    created_at: int
+    updated_at: int
+    started_at: int | None = None
+    completed_at: int | None = None
+    created_by: str
+    priority: str
+    preemptible: bool
+    max_retries: int
+    retry_on_system_failure: bool
+    max_duration: float | None
+    cluster: str
+    gpus: int
+    gpu_type: str | None
+    cpus: int
+    node_count: int
+    image: str
+    metadata: dict[str, Any]
+    is_deleted: bool = False
+    resumption_count: int = 1
+    requested_cluster: str = ""  # the submitted config's cluster (the index's)
+
+    @property
+    def latest_resumption(self) -> int:
+        return self.resumption_count - 1
+
+
+class RunRow(_RunFields, kw_only=True, gc=False):
+    """mcli's Run object, as ``get_run`` returns it."""
+
+    submitted_config: RunSpec
+
+
+class _RunState(_RunFields, kw_only=True, gc=False):
+    """The fold's own copy: the submitted config kept encoded (smaller, written verbatim)."""
+
+    submitted_config: msgspec.Raw
+
+
+def new_row(event: RunSubmitted) -> _RunState:
+    spec = event.spec
+    compute, scheduling = spec.compute, spec.scheduling
+    return _RunState(
+        run_uid=event.run_id,
+        name=event.name,
+        status=S.PENDING,
+        created_at=event.time,
+        updated_at=event.time,
+        created_by=event.actor,
+        priority=scheduling.priority,
+        preemptible=scheduling.preemptible,
+        max_retries=scheduling.max_retries,
+        retry_on_system_failure=scheduling.retry_on_system_failure,
+        max_duration=scheduling.max_duration,
+        cluster=compute.cluster,
+        gpus=compute.gpus,
+        gpu_type=compute.gpu_type,
+        cpus=compute.cpus or 0,
+        node_count=compute.nodes or 1,
+        image=spec.image,
+        metadata=spec.metadata,
+        submitted_config=msgspec.Raw(encode(spec)),
+        requested_cluster=compute.cluster,
+    )
+
+
+class RunStatusProjection:
+    name: ClassVar[str] = "run_status"
+    version: ClassVar[int] = 1
+
+    def __init__(self) -> None:
+        self.runs: dict[str, _RunState] = {}
+        #: The status index each run's stored row is in (to move it when its status changes).
+        self.indexed: dict[str, RunStatus] = {}
+
+    def apply(self, record: Recorded) -> Collection[RowKey]:  # noqa: PLR0911
+        event = record.event
+        kind = type(event)
+        if kind is RunSubmitted:
+            assert isinstance(event, RunSubmitted)
+            if event.run_id in self.runs:
+                return skipped(self.name, record, "the run exists already")
+            self.runs[event.run_id] = new_row(event)
+            return ((KIND, event.run_id), (NAME_KIND, event.run_id))
+        handler = _HANDLERS.get(kind)
+        if handler is None:
+            if not isinstance(event, RunEvent):
+                return ()
+            handler = _touch
+        assert isinstance(event, RunEvent)
+        row = self.runs.get(event.run_id)
+        if row is None:
+            return skipped(self.name, record, "unknown run")
+        if kind not in _ANY_ATTEMPT and event.attempt != row.resumption_count - 1:
+            return skipped(self.name, record, "not the latest attempt")
+        why = handler(row, event)
+        if why:
+            return skipped(self.name, record, why)
+        row.updated_at = event.time
+        return ((KIND, event.run_id),)
+
+    def rows(self, keys: Iterable[RowKey]) -> Iterable[Row]:
+        indexed = self.indexed
+        for kind, run_id in keys:
+            row = self.runs.get(run_id)
+            if row is None:
+                continue
+            if kind == NAME_KIND:
+                yield Row(kind=NAME_KIND, id=row.name, body=encode(run_id))
+                continue
+            score = row.created_at
+            before = indexed.get(run_id)
+            indexed[run_id] = row.status
+            if before is None:  # first stored: every index (the first three never change)
+                index: tuple[tuple[str, int], ...] = (
+                    ("created", score),
+                    (f"user:{row.created_by}", score),
+                    (f"cluster:{row.requested_cluster}", score),
+                    (_STATUS_INDEX[row.status], score),
+                )
+                unindex: tuple[str, ...] = ()
+            elif before is not row.status:
+                index, unindex = ((_STATUS_INDEX[row.status], score),), (_STATUS_INDEX[before],)
+            else:
+                index, unindex = (), ()
+            yield Row(kind=KIND, id=run_id, body=encode(row), index=index, unindex=unindex)
+
+    def settled(self, keys: Iterable[RowKey]) -> None:
+        """These rows are stored as they are now (a restart folding up to its checkpoint)."""
+        for kind, run_id in keys:
+            if kind == KIND and (row := self.runs.get(run_id)) is not None:
+                self.indexed[run_id] = row.status
+
+
+def _touch(row: _RunState, event: Any) -> str | None:
+    return None
+
+
+def _new_attempt(row: _RunState, event: RestartRequested | RetryScheduled) -> str | None:
+    if event.attempt != row.resumption_count or not row.status.is_terminal():
+        return "not the next attempt"
+    row.resumption_count += 1
+    row.status, row.reason, row.completed_at = S.PENDING, None, None
+    return None
+
+
+def _queued(row: _RunState, event: AttemptQueued) -> str | None:
+    row.status = S.QUEUED
+    return None
+
+
+def _scheduled(row: _RunState, event: AttemptScheduled) -> str | None:
+    row.status = S.STARTING
+    row.cluster, row.gpu_type = event.cluster, event.gpu_type
+    row.gpus = sum(len(rank.gpus) for rank in event.ranks)
+    row.node_count = len(event.ranks)
+    if row.started_at is None:
+        row.started_at = event.time
+    return None
+
+
+def _running(row: _RunState, event: AttemptRunning) -> str | None:
+    row.status = S.RUNNING
+    return None
+
+
+def _terminating(row: _RunState, event: AttemptTerminating) -> str | None:
+    row.status, row.reason = S.TERMINATING, event.reason
+    return None
+
+
+def _ended(row: _RunState, event: AttemptCompleted | AttemptStopped | AttemptFailed) -> str | None:
+    row.status = _ENDS[type(event)]
+    row.reason, row.completed_at = getattr(event, "reason", None), event.time
+    return None
+
+
+def _deleted(row: _RunState, event: RunDeleted) -> str | None:
+    row.is_deleted = True
+    return None
+
+
+def _update(row: _RunState, event: UpdateRequested) -> str | None:
+    if event.priority is not None:
+        row.priority = event.priority
+    if event.preemptible is not None:
+        row.preemptible = event.preemptible
+    if event.max_retries is not None:
+        row.max_retries = event.max_retries
+    if event.retry_on_system_failure is not None:
+        row.retry_on_system_failure = event.retry_on_system_failure
+    if event.max_duration is not None:
+        row.max_duration = event.max_duration
+    return None
+
+
+_ENDS = {AttemptCompleted: S.COMPLETED, AttemptStopped: S.STOPPED, AttemptFailed: S.FAILED}
+#: Events whose attempt is not the latest one's: a new attempt's, or run-level requests.
+_ANY_ATTEMPT = frozenset({RestartRequested, RetryScheduled, UpdateRequested, RunDeleted})
+_ANY_ATTEMPT |= {StopRequested, DeleteRequested}
+_HANDLERS: dict[type, Callable[[_RunState, Any], str | None]] = {
+    RestartRequested: _new_attempt,
+    RetryScheduled: _new_attempt,
+    AttemptQueued: _queued,
+    AttemptScheduled: _scheduled,
+    AttemptRunning: _running,
+    AttemptTerminating: _terminating,
+    AttemptCompleted: _ended,
+    AttemptStopped: _ended,
+    AttemptFailed: _ended,
+    UpdateRequested: _update,
+    RunDeleted: _deleted,
+}
+_STATUS_INDEX = {status: f"status:{status}" for status in RunStatus}

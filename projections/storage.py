@@ -1,0 +1,155 @@
+"""Where projection builds live in Redis, and the one transaction that stores a batch.
+
+Layout (``events.keys``): rows of a kind in a hash, listing indexes in sorted sets, a
+checkpoint per build, and per projection an active pointer naming the build readers read.
+Every key carries the hash tag ``{proj}``.
+
+Invariants:
+- ``commit`` writes every build's rows and checkpoint of a batch in one server-side function
+  (``commit.lua``), and only if each checkpoint still holds what the batch expects and each
+  active pointer still names what the build expects; otherwise nothing is written and
+  ``Superseded`` is raised.
+- ``drop`` deletes a build's checkpoint before its rows, so a half-dropped build is never taken
+  for a complete one.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from events import keys
+from projections.base import ZERO, Position, parse_position
+from projections.engine import Batch, Part
+from projections.errors import Superseded
+
+_FUNCTION = files("projections").joinpath("commit.lua").read_text()
+Args = list[str | bytes]
+_packer = msgspec.msgpack.Encoder()
+
+
+def to_call(batch: Batch) -> tuple[list[str], Args]:
+    """KEYS and ARGV of ``runplane_project`` for ``batch`` (see commit.lua)."""
+    call_keys: list[str] = []
+    for part in batch.parts:
+        call_keys += [keys.projection_checkpoint(part.name, part.namespace)]
+        call_keys += [keys.projection_active(part.name)]
+    args: Args = [str(len(batch.parts))]
+    for part in batch.parts:
+        activate = part.namespace if part.activate else ""
+        args += [part.expected_checkpoint, part.expect_active, part.checkpoint, activate]
+    groups: dict[tuple[str, str], list[str]] = {}
+    for part in batch.parts:
+        # (op, kind or index) -> its group's values: each key string is built once per part
+        cache: dict[tuple[str, str], list[str]] = {}
+        for row in part.rows:
+            op = "D" if row.body is None else "H"
+            values = cache.get((op, row.kind)) or _values(groups, cache, part, op, row.kind)
+            if row.body is None:
+                values.append(row.id)
+            else:
+                values += (row.id, row.body.decode())
+            for index, score in row.index:
+                values = cache.get(("Z", index)) or _values(groups, cache, part, "Z", index)
+                values += (str(score), row.id)
+            for index in row.unindex:
+                values = cache.get(("R", index)) or _values(groups, cache, part, "R", index)
+                values.append(row.id)
+    writes = []
+    for (op, key), values in groups.items():
+        call_keys.append(key)
+        writes.append((op, len(call_keys), values))
+    args.append(_packer.encode(writes))
+    return call_keys, args
+
+
+def _values(
+    groups: dict[tuple[str, str], list[str]],
+    cache: dict[tuple[str, str], list[str]],
+    part: Part,
+    op: str,
+    what: str,
+) -> list[str]:
+    if op in ("H", "D"):
+        key = keys.projection_rows(part.name, part.namespace, what)
+    else:
+        key = keys.projection_index(part.name, part.namespace, what)
+    found = cache[(op, what)] = groups.setdefault((op, key), [])
+    return found
+
+
+def writes_of(args: Args, builds: int) -> list[tuple[str, int, list[str]]]:
+    """The write groups of an encoded call (for tests that apply a call themselves)."""
+    blob = args[1 + 4 * builds]
+    assert isinstance(blob, bytes)
+    return msgspec.msgpack.decode(blob, type=list[tuple[str, int, list[str]]])
+
+
+def namespace_version(namespace: str) -> int | None:
+    """The fold version of a build's namespace (``v3`` and ``v3r<ms>`` are version 3)."""
+    digits = namespace.removeprefix("v").partition("r")[0]
+    return int(digits) if namespace.startswith("v") and digits.isdigit() else None
+
+
+class RedisStore:
+    """Projection builds on a Redis server."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.redis = client
+        self._loaded = False
+
+    async def active(self, name: str) -> str | None:
+        value = await self.redis.get(keys.projection_active(name))
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def checkpoint(self, name: str, namespace: str) -> Position:
+        value = await self.redis.get(keys.projection_checkpoint(name, namespace))
+        if value is None:
+            return ZERO
+        return parse_position(value.decode() if isinstance(value, bytes) else value)
+
+    async def commit(self, batch: Batch) -> None:
+        call_keys, args = to_call(batch)
+        if not self._loaded:  # a large batch is not sent twice to find the function missing
+            await self.redis.function_load(_FUNCTION, replace=True)
+            self._loaded = True
+        try:
+            reply = await self._fcall(call_keys, args)
+        except ResponseError as exc:
+            if "Function not found" not in str(exc):
+                raise
+            await self.redis.function_load(_FUNCTION, replace=True)  # the server lost it
+            reply = await self._fcall(call_keys, args)
+        status = _text(reply[0])
+        if status != "ok":
+            raise Superseded(status, _text(reply[1]), _text(reply[2]))
+
+    async def _fcall(self, call_keys: list[str], args: Args) -> list[bytes | str]:
+        reply = await self.redis.fcall("runplane_project", len(call_keys), *call_keys, *args)
+        return list(reply)
+
+    async def drop(self, name: str, namespace: str) -> int:
+        """Delete one build of a projection (never the active one: the caller checks)."""
+        prefix = keys.projection_prefix(name, namespace)
+        await self.redis.delete(keys.projection_checkpoint(name, namespace))
+        dropped = 0
+        batch: list[bytes] = []
+        async for key in self.redis.scan_iter(match=f"{_escape(prefix)}*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                dropped += await self.redis.unlink(*batch)
+                batch = []
+        if batch:
+            dropped += await self.redis.unlink(*batch)
+        return dropped
+
+
+def _escape(pattern: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in pattern)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,259 @@
+"""Cluster utilization: what ``mcli util`` shows, per cluster and instance type.
+
+An instance type is (cluster, gpu_type, GPUs per node). Rows:
+- ``instance`` ``<cluster>|<gpu_type>|<gpus>``: nodes, GPUs total / used / available, in the
+  indexes ``instances:<cluster>`` and ``instances`` (every cluster's).
+- ``active`` ``<run_id>``: a run whose latest attempt holds GPUs (STARTING, RUNNING,
+  TERMINATING), in ``active:<cluster>``; gone when the attempt ends.
+- ``queued`` ``<run_id>``: a run whose latest attempt waits (PENDING, QUEUED), with the
+  scheduler's last reason, in ``queued:<cluster>``; gone when it is placed or ends.
+
+Invariants: a node counts from its ``node.registered`` (again after each restart) until
+``node.lost``; a drained node counts in the total but has nothing available. A GPU is used from
+the placement that took it until its rank's ``rank.exited``. Queue positions are not stored
+(they change whenever anyone joins or leaves): ``queue_order`` sorts the queued rows the
+scheduler's way, priority (auto > low > lowest) and then age.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+from events.codec import Recorded
+from events.model import (
+    AttemptCompleted,
+    AttemptFailed,
+    AttemptQueued,
+    AttemptScheduled,
+    AttemptStopped,
+    NodeDrained,
+    NodeLost,
+    NodeRegistered,
+    RankExited,
+    RestartRequested,
+    RetryScheduled,
+    RunSubmitted,
+    UpdateRequested,
+)
+from events.spec import PRIORITY_RANK
+from projections.base import Row, RowKey, encode, skipped
+
+NodeState = Literal["up", "lost", "drained"]
+_NODE_EVENTS = frozenset({NodeRegistered, NodeLost, NodeDrained})
+_ENDS = frozenset({AttemptCompleted, AttemptStopped, AttemptFailed})
+_CONCERNED = _ENDS | {
+    UpdateRequested,
+    RestartRequested,
+    RetryScheduled,
+    AttemptQueued,
+    AttemptScheduled,
+    RankExited,
+}
+
+
+class Instance(msgspec.Struct, kw_only=True, gc=False):
+    cluster: str
+    name: str  # h100_80gbx8
+    gpu_type: str | None
+    gpus_per_node: int
+    nodes: int = 0
+    gpus_total: int = 0
+    gpus_used: int = 0
+    gpus_available: int = 0
+
+    @property
+    def node_info(self) -> str:
+        return f"{self.gpus_per_node}x{self.gpu_type or 'cpu'}"
+
+
+class RunLine(msgspec.Struct, kw_only=True, gc=False):
+    """A run in ``util``'s active or queued list."""
+
+    run_id: str
+    run_name: str
+    user: str
+    cluster: str
+    gpus: int
+    priority: str
+    preemptible: bool
+    created_at: int
+    since: int  # placed (active) or opened (queued) at
+    reason: str = ""
+
+
+class _Node(msgspec.Struct, kw_only=True, gc=False):
+    cluster: str
+    gpu_type: str | None
+    gpus: int
+    state: NodeState = "up"
+    used: int = 0
+
+
+class _Run(msgspec.Struct, kw_only=True, gc=False):
+    line: RunLine
+    requested_gpus: int
+    attempt: int = 0
+    phase: Literal["queued", "active", "done"] = "queued"
+    held: dict[int, tuple[str, int]] = msgspec.field(default_factory=dict)  # rank: (node, gpus)
+
+
+class UtilizationProjection:
+    name: ClassVar[str] = "utilization"
+    version: ClassVar[int] = 1
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, _Node] = {}
+        self.runs: dict[str, _Run] = {}
+
+    def apply(self, record: Recorded) -> Collection[RowKey]:  # noqa: PLR0911
+        event: Any = record.event  # dispatched on its exact type below
+        kind = type(event)
+        if kind in _NODE_EVENTS:
+            return self._node(event)
+        if kind is RunSubmitted:
+            return self._submitted(event)
+        run = self.runs.get(event.run_id) if kind in _CONCERNED else None
+        if run is None:
+            return ()
+        if kind is UpdateRequested:
+            return self._update(run, event)
+        if kind is RestartRequested or kind is RetryScheduled:
+            if run.phase != "done":
+                return skipped(self.name, record, "the latest attempt has not ended")
+            return self._reopen(run, event)
+        return self._attempt(run, kind, event) if event.attempt == run.attempt else ()
+
+    def _attempt(self, run: _Run, kind: type, event: Any) -> Collection[RowKey]:
+        if kind is AttemptQueued and run.phase == "queued":
+            run.line.reason = event.reason
+            return (("queued", run.line.run_id),)
+        if kind is AttemptScheduled and run.phase == "queued":
+            return self._place(run, event)
+        if kind is RankExited and run.phase == "active":
+            return self._release(run, event.rank)
+        if kind in _ENDS:
+            changed = [self._release(run, rank)[0] for rank in list(run.held)]
+            changed.append((run.phase, run.line.run_id))
+            run.phase = "done"
+            return changed
+        return ()
+
+    def _update(self, run: _Run, event: UpdateRequested) -> Collection[RowKey]:
+        if event.priority is not None:
+            run.line.priority = event.priority
+        if event.preemptible is not None:
+            run.line.preemptible = event.preemptible
+        return () if run.phase == "done" else ((run.phase, run.line.run_id),)
+
+    def _reopen(self, run: _Run, event: RestartRequested | RetryScheduled) -> Collection[RowKey]:
+        run.attempt, run.phase = event.attempt, "queued"
+        run.line.since, run.line.reason = event.time, ""
+        run.line.gpus = run.requested_gpus
+        return (("queued", run.line.run_id),)
+
+    def _submitted(self, event: RunSubmitted) -> Collection[RowKey]:
+        compute, scheduling = event.spec.compute, event.spec.scheduling
+        line = RunLine(
+            run_id=event.run_id,
+            run_name=event.name,
+            user=event.actor,
+            cluster=compute.cluster,
+            gpus=compute.gpus,
+            priority=scheduling.priority,
+            preemptible=scheduling.preemptible,
+            created_at=event.time,
+            since=event.time,
+        )
+        self.runs.setdefault(event.run_id, _Run(line=line, requested_gpus=compute.gpus))
+        return (("queued", event.run_id),)
+
+    def _node(self, event: NodeRegistered | NodeLost | NodeDrained) -> Collection[RowKey]:
+        node = self.nodes.get(event.node)
+        changed: list[RowKey] = []
+        if isinstance(event, NodeRegistered):
+            if node is not None:
+                changed.append(("instance", _instance_id(node)))
+                node.cluster, node.gpu_type, node.gpus = event.cluster, event.gpu_type, event.gpus
+                node.state = "up"
+            else:
+                node = self.nodes[event.node] = _Node(
+                    cluster=event.cluster, gpu_type=event.gpu_type, gpus=event.gpus
+                )
+        elif node is None:
+            return ()
+        else:
+            node.state = "lost" if isinstance(event, NodeLost) else "drained"
+        changed.append(("instance", _instance_id(node)))
+        return changed
+
+    def _place(self, run: _Run, event: AttemptScheduled) -> Collection[RowKey]:
+        changed: list[RowKey] = [("queued", run.line.run_id), ("active", run.line.run_id)]
+        run.phase = "active"
+        run.line.since, run.line.reason, run.line.cluster = event.time, "", event.cluster
+        run.line.gpus = sum(len(rank.gpus) for rank in event.ranks)
+        for rank in event.ranks:
+            run.held[rank.rank] = (rank.node, len(rank.gpus))
+            node = self.nodes.get(rank.node)
+            if node is not None:
+                node.used += len(rank.gpus)
+                changed.append(("instance", _instance_id(node)))
+        return changed
+
+    def _release(self, run: _Run, rank: int) -> list[RowKey]:
+        held = run.held.pop(rank, None)
+        node = self.nodes.get(held[0]) if held else None
+        if held is None or node is None:
+            return [("active", run.line.run_id)]
+        node.used = max(0, node.used - held[1])
+        return [("instance", _instance_id(node))]
+
+    def rows(self, keys: Iterable[RowKey]) -> Iterable[Row]:
+        for kind, key in keys:
+            if kind == "instance":
+                yield self._instance_row(key)
+                continue
+            run = self.runs.get(key)
+            if run is None:
+                continue
+            index = f"{kind}:{run.line.cluster}"
+            if run.phase == kind:
+                score = run.line.created_at
+                yield Row(kind=kind, id=key, body=encode(run.line), index=((index, score),))
+            else:
+                yield Row(kind=kind, id=key, body=None, unindex=(index,))
+
+    def _instance_row(self, key: str) -> Row:
+        cluster, gpu_type, gpus_text = key.split("|")
+        gpus = int(gpus_text)
+        instance = Instance(
+            cluster=cluster,
+            name=f"{gpu_type}x{gpus}",
+            gpu_type=gpu_type if gpu_type != "cpu" else None,
+            gpus_per_node=gpus,
+        )
+        for node in self.nodes.values():
+            if _instance_id(node) != key or node.state == "lost":
+                continue
+            instance.nodes += 1
+            instance.gpus_total += node.gpus
+            instance.gpus_used += node.used
+            if node.state == "up":
+                instance.gpus_available += max(0, node.gpus - node.used)
+        return Row(
+            kind="instance",
+            id=key,
+            body=encode(instance),
+            index=((f"instances:{cluster}", 0), ("instances", 0)),
+        )
+
+
+def _instance_id(node: _Node) -> str:
+    return f"{node.cluster}|{node.gpu_type or 'cpu'}|{node.gpus}"
+
+
+def queue_order(queued: Iterable[RunLine]) -> list[RunLine]:
+    """The scheduler's order: higher priority first, then older runs, then by id."""
+    return sorted(queued, key=lambda r: (-PRIORITY_RANK.get(r.priority, 0), r.created_at, r.run_id))

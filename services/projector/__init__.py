@@ -1,0 +1,1 @@
+"""The projector: keeps every projection current by folding the global log (``projections``)."""

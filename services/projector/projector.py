@@ -1,0 +1,197 @@
+"""The projector's loop: catch up, then follow the consumer group, one transaction per batch.
+
+Entries that cannot be decoded are skipped by every fold and written to the group's dead
+letters (``events.keys.dead_letter_stream``) with the error, like every consumer's.
+
+``start`` plans and catches up every build from the log (``projections.runner``), moves the
+group's delivery point to where the builds stand, and takes over every pending entry (of this
+consumer's earlier life or of dead ones): each of them was folded by the catch-up, so the guard
+skips it and it is acknowledged. ``step`` reads a batch from the group, folds it, stores the
+rows and checkpoints in one transaction and only then acknowledges: a crash before the
+transaction loses nothing (the entries stay pending and the log holds them), a crash after it
+doubles nothing (the checkpoint says they are folded).
+
+A ``Superseded`` commit (readers switched to a rebuild, or another projector wrote) starts a
+new plan; builds readers left are dropped ``retire_after_s`` later, so in-flight reads finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import gc
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+import structlog
+
+from projections.base import Projection
+from projections.errors import Superseded
+from projections.runner import BuildStore, Entry, LogReader, Retired, Runner
+
+log = structlog.get_logger("services.projector")
+
+
+class GroupLog(Protocol):
+    async def ensure(self) -> None: ...
+
+    async def read(self, count: int, block_ms: int) -> Sequence[Entry]: ...
+
+    async def claim(
+        self, min_idle_ms: int, start: str, count: int
+    ) -> tuple[str, Sequence[Entry]]: ...
+
+    async def ack(self, positions: Sequence[str]) -> None: ...
+
+    async def advance(self, position: str) -> None: ...
+
+    async def dead_letter(self, position: str, fields: Mapping[bytes, bytes], why: str) -> None: ...
+
+
+class Projector:
+    def __init__(
+        self,
+        store: BuildStore,
+        reader: LogReader,
+        group: GroupLog,
+        projections: Callable[[], list[Projection]],
+        *,
+        batch: int = 1000,
+        page: int = 5000,
+        commit_every: int = 100_000,
+        claim_idle_ms: int = 30_000,
+        retire_after_s: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.reader = reader
+        self.group = group
+        self.projections = projections
+        self.batch = batch
+        self.page = page
+        self.commit_every = commit_every
+        self.claim_idle_ms = claim_idle_ms
+        self.retire_after_s = retire_after_s
+        self.runner: Runner | None = None
+        self.retiring: list[tuple[float, Retired]] = []
+        self._acking: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        with contextlib.suppress(Exception):  # a failed ack is a redelivery: the guard skips it
+            await self.flush()
+        previous = self.runner
+        runner = Runner(
+            self.store,
+            self.reader,
+            self.projections(),
+            page=self.page,
+            commit_every=self.commit_every,
+        )
+        self.runner = runner
+        await runner.start()
+        _release_memory()
+        left = list(runner.retired)
+        if previous is not None:
+            kept = {(b.name, b.namespace) for b in runner.engine.builds}
+            left += [
+                Retired(b.name, b.namespace)
+                for b in previous.engine.builds
+                if (b.name, b.namespace) not in kept
+            ]
+        due = time.monotonic() + self.retire_after_s
+        self.retiring += [(due, retired) for retired in left]
+        await self.group.ensure()
+        await self._dead_letters()
+        await self.group.advance(_text(runner.engine.applied))
+        await self.reap(0)
+
+    async def step(self, block_ms: int) -> int:
+        """Fold, store and acknowledge one batch of new entries; how many there were."""
+        entries = await self.group.read(self.batch, block_ms)
+        if entries:
+            await self._process(entries)
+        else:
+            await self.flush()
+        return len(entries)
+
+    async def flush(self) -> None:
+        """Wait for the last acknowledgement to be sent."""
+        acking, self._acking = self._acking, None
+        if acking is not None:
+            await acking
+
+    async def reap(self, min_idle_ms: int) -> int:
+        """Take over entries pending for ``min_idle_ms`` (of dead consumers); fold and ack."""
+        start, taken = "0-0", 0
+        while True:
+            start, entries = await self.group.claim(min_idle_ms, start, self.batch)
+            if entries:
+                await self._process(entries)
+                taken += len(entries)
+            if start in ("0-0", "0") or not entries:
+                return taken
+
+    async def _process(self, entries: Sequence[Entry]) -> None:
+        assert self.runner is not None, "start() first"
+        await self.runner.process(entries)
+        await self._dead_letters()
+        # Acknowledged once stored; the next read need not wait for it (a lost ack is only a
+        # redelivery, which the guard skips), but one ack at a time.
+        await self.flush()
+        positions = [position for position, _ in entries]
+        self._acking = asyncio.ensure_future(self.group.ack(positions))
+
+    async def _dead_letters(self) -> None:
+        """Entries nobody can decode go to the group's dead letters (once stored past)."""
+        assert self.runner is not None
+        engine = self.runner.engine
+        for position, fields, why in engine.undecodable:
+            await self.group.dead_letter(position, fields, why)
+        engine.undecodable.clear()
+
+    async def retire_due(self, now: float) -> None:
+        """Drop the builds readers left long enough ago (never one that is active again)."""
+        due = [r for at, r in self.retiring if at <= now]
+        self.retiring = [(at, r) for at, r in self.retiring if at > now]
+        for retired in due:
+            if await self.store.active(retired.name) == retired.namespace:
+                continue
+            dropped = await self.store.drop(retired.name, retired.namespace)
+            log.info(
+                "projection.dropped",
+                projection=retired.name,
+                namespace=retired.namespace,
+                keys=dropped,
+            )
+
+    async def run(
+        self, stop: asyncio.Event, *, poll_ms: int = 100, reap_every_s: float = 5.0
+    ) -> None:
+        """Start, then follow the log until ``stop`` is set; re-plan when superseded."""
+        await self.start()
+        next_reap = time.monotonic() + reap_every_s
+        while not stop.is_set():
+            try:
+                await self.step(poll_ms)
+                now = time.monotonic()
+                if now >= next_reap:
+                    await self.reap(self.claim_idle_ms)
+                    await self.retire_due(now)
+                    next_reap = now + reap_every_s
+            except Superseded as exc:
+                log.warning("projector.superseded", what=exc.what, key=exc.key, found=exc.found)
+                await self.start()
+        await self.flush()
+
+
+def _text(position: tuple[int, int]) -> str:
+    return f"{position[0]}-{position[1]}"
+
+
+def _release_memory() -> None:
+    """Give the catch-up's transient buffers (rendered batches) back to the system: the
+    process then holds about what its folds hold. glibc only; elsewhere a no-op."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -1,0 +1,33 @@
+"""The projector's settings (``RUNPLANE_*``), on top of every process's."""
+
+from __future__ import annotations
+
+import socket
+from decimal import Decimal
+
+from pydantic import Field
+
+from services.core.settings import Settings
+
+
+class ProjectorSettings(Settings):
+    projector_group: str = Field(default="projector", description="Its consumer group.")
+    projector_consumer: str = Field(
+        default_factory=lambda: f"projector@{socket.gethostname()}",
+        description="Its consumer name in the group.",
+    )
+    projector_batch: int = Field(
+        default=1000, ge=1, description="Entries read (and stored in one transaction) at most."
+    )
+    projector_poll_ms: int = Field(default=100, ge=1, description="Blocking read timeout.")
+    projector_page: int = Field(default=5000, ge=1, description="Entries per catch-up read.")
+    projector_commit_every: int = Field(
+        default=100_000, ge=1, description="Catch-up entries between two stored batches."
+    )
+    projector_retire_after_s: float = Field(
+        default=60.0, ge=0, description="A build readers left is dropped this long after."
+    )
+    gpu_prices: dict[str, Decimal] = Field(
+        default_factory=dict,
+        description='Price per GPU-hour per gpu_type for billing reports, e.g. {"a100": "2.5"}.',
+    )

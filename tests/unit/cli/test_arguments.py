@@ -1,0 +1,94 @@
+"""The CLI's pure pieces: argument types, overrides, log-selection rules, error lines."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from cli.commands.common import hours, moment, non_negative, statuses
+from cli.config import RunConfig
+from cli.logsel import UsageError, check_args
+from cli.main import build_parser, main
+from cli.submit import with_overrides
+from events.status import RunStatus
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def test_times_are_dates_or_times_ago() -> None:
+    assert moment("2h", NOW) == int(NOW.timestamp() * 1000) - 2 * 3_600_000
+    assert moment("30m", NOW) == int(NOW.timestamp() * 1000) - 30 * 60_000
+    assert moment("2026-11-24T10:00+00:00") == int(
+        datetime(2026, 11, 24, 10, tzinfo=UTC).timestamp() * 1000
+    )
+    with pytest.raises(argparse.ArgumentTypeError, match="time ago"):
+        moment("yesterday-ish")
+
+
+def test_numbers_and_statuses_are_checked() -> None:
+    assert non_negative("0") == 0
+    with pytest.raises(argparse.ArgumentTypeError, match="negative"):
+        non_negative("-1")
+    with pytest.raises(argparse.ArgumentTypeError, match="positive"):
+        hours("0")
+    assert statuses("running,Completed, failed") == {
+        RunStatus.RUNNING,
+        RunStatus.COMPLETED,
+        RunStatus.FAILED,
+    }
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown status 'sleeping'"):
+        statuses("sleeping")
+
+
+def test_overrides_replace_fields_and_sections() -> None:
+    config = RunConfig(name="a", image="i", command="c", compute={"cluster": "x", "gpus": 1})
+    changed = with_overrides(
+        config,
+        {"name": "b", "compute.gpus": 8, "compute.nodes": None, "scheduling.priority": "low"},
+    )
+    assert (changed.name, changed.compute, changed.scheduling) == (
+        "b",
+        {"cluster": "x", "gpus": 8},
+        {"priority": "low"},
+    )
+    assert config.compute == {"cluster": "x", "gpus": 1}  # the original is left alone
+
+
+def test_rank_and_failed_are_mutually_exclusive() -> None:
+    with pytest.raises(UsageError, match="mutually exclusive"):
+        check_args(rank=1, failed=True, resumption=None, prev=False)
+    with pytest.raises(UsageError, match="mutually exclusive"):
+        check_args(rank=None, failed=False, resumption=1, prev=True)
+    check_args(rank=None, failed=True, resumption=0, prev=False)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["logs", "r", "--rank", "1", "--failed"],
+        ["run"],
+        ["run", "-f", "a", "--clone", "b"],
+        ["get", "runs", "-o", "yaml"],
+        ["stop"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == 2
+
+
+def test_no_runplane_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("cli.main._quiet_logs", lambda: None)  # global logging stays as it is
+    monkeypatch.delenv("RUNPLANE_REDIS_URL", raising=False)
+    monkeypatch.setenv("RUNPLANE_HOME", str(tmp_path))
+    assert main(["get", "runs"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("✗ Error 503: ")
+    assert "mcli dev up" in err
+    assert len(err.splitlines()) == 1

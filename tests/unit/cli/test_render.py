@@ -1,0 +1,233 @@
+"""The tables have mcli's shapes: the example outputs of ``reference/example-output`` (the
+real client's tables for made-up data, copied under ``golden/``) rendered from the same data."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from rich.console import Console, RenderableType
+
+from cli.config import RunConfig
+from cli.models import Node, Resumption, Run, RunEvent
+from cli.render import age, describe, run_rows, runs_table, utilization
+from cli.sdk.clusters import (
+    Cluster,
+    ClusterUtilization,
+    Instance,
+    InstanceUtilization,
+    RunUtilization,
+)
+from events.status import RunStatus
+
+S = RunStatus
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def local(hour: int, minute: int) -> datetime:
+    return datetime(2026, 11, 24, hour, minute).astimezone()
+
+
+def render(renderable: RenderableType) -> str:
+    out = io.StringIO()
+    Console(file=out, width=200, highlight=False, markup=False, emoji=False).print(renderable)
+    return out.getvalue()
+
+
+def resumption(index: int, status: RunStatus, **fields: object) -> Resumption:
+    base: dict[str, object] = {
+        "index": index,
+        "cluster": "c1",
+        "gpus": 16,
+        "cpus": 0,
+        "gpu_type": "a100_80gb",
+        "node_count": 2,
+        "status": status,
+        "started_at": None,
+        "ended_at": None,
+        "reason": None,
+    }
+    return Resumption(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def hello_world() -> Run:
+    return Run(
+        run_uid="a1b2c3d4-0000-1111-2222-333344445555",
+        name="hello-world-Ab12Cd",
+        status=S.RUNNING,
+        created_at=local(12, 59),
+        updated_at=local(14, 4),
+        created_by="alice@example.com",
+        priority="auto",
+        preemptible=False,
+        retry_on_system_failure=False,
+        max_retries=2,
+        max_duration=None,
+        cluster="c1",
+        gpus=16,
+        gpu_type="a100_80gb",
+        cpus=0,
+        node_count=2,
+        image="mosaicml/pytorch:latest",
+        submitted_config=RunConfig(
+            name="hello-world",
+            image="mosaicml/pytorch:latest",
+            command="echo hi",
+            compute={"cluster": "c1", "gpus": 16, "gpu_type": "a100_80gb"},
+            scheduling={"priority": "auto", "max_retries": 2},
+            integrations=[
+                {
+                    "integration_type": "git_repo",
+                    "git_repo": "mosaicml/composer",
+                    "git_branch": "main",
+                }
+            ],
+            env_variables={"FOO": "bar"},
+        ),
+        metadata={"team": "nlp"},
+        resumptions=[
+            resumption(
+                0,
+                S.FAILED,
+                started_at=local(13, 2),
+                ended_at=local(13, 59),
+                reason="Error (exit code 1)",
+                reason_code="Error",
+            ),
+            resumption(1, S.RUNNING, started_at=local(14, 4)),
+        ],
+        nodes=[
+            Node(rank=0, name="node-a", status=S.RUNNING),
+            Node(rank=1, name="node-b", status=S.FAILED, reason="Error"),
+        ],
+        events=[
+            RunEvent(local(12, 59), 0, "Run created", "alice@example.com"),
+            RunEvent(local(13, 2), 0, "Run started", "scheduler@h"),
+            RunEvent(local(13, 59), 0, "Run failed with exit code 1", "scheduler@h"),
+            RunEvent(local(14, 0), 1, "Run placed back in the scheduling queue", "scheduler@h"),
+            RunEvent(local(14, 4), 1, "Run resumed", "scheduler@h"),
+        ],
+    )
+
+
+def small_run() -> Run:
+    run = hello_world()
+    run.name, run.status = "small-run-Zz99 🐕", S.QUEUED
+    run.resumptions = [resumption(0, S.QUEUED, gpus=8, node_count=1, gpu_type="h100_80gb")]
+    return run
+
+
+def test_get_runs_has_mcli_shape() -> None:
+    table = runs_table([small_run(), hello_world()])
+    assert render(table) == (GOLDEN / "get_runs.out").read_text()
+
+
+def test_get_runs_json_rows_have_mcli_keys() -> None:
+    rows = run_rows([small_run(), hello_world()])
+    assert list(rows[0]) == [
+        "name",
+        "ID",
+        "User",
+        "Cluster",
+        "Nodes",
+        "Instance",
+        "Resumption",
+        "Status",
+        "Start Time",
+        "End Time",
+    ]
+    assert rows[2] == {
+        "name": "",
+        "ID": None,
+        "User": None,
+        "Cluster": "",
+        "Nodes": "",
+        "Instance": "",
+        "Resumption": "0",
+        "Status": "Failed (Error)",
+        "Start Time": "2026-11-24 01:02 PM",
+        "End Time": "2026-11-24 01:59 PM",
+    }
+
+
+def test_get_runs_shows_three_resumptions_unless_expanded() -> None:
+    run = hello_world()
+    run.resumptions = [resumption(i, S.FAILED, reason_code="Error") for i in range(5)]
+    assert [r["Resumption"] for r in run_rows([run])] == ["4", "3", "2"]
+    assert len(run_rows([run], expanded=True)) == 5
+
+
+def test_describe_run_has_mcli_shape() -> None:
+    expected = (GOLDEN / "describe_run.out").read_text()
+    shown = render(describe(hello_world()))
+    # runplane's Last Resumption ID is the resumption's index, not an execution id.
+    shown = shown.replace("Last Resumption ID     1       ", "Last Resumption ID     exec-xyz")
+    assert shown.replace(" ", "") == expected.replace(" ", "")
+    assert shown.splitlines()[1] == expected.splitlines()[1]
+
+
+NOW = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
+
+
+def cluster(name: str) -> Cluster:
+    return Cluster(
+        name=name,
+        utilization=ClusterUtilization(
+            cluster_instance_utils=[
+                InstanceUtilization(name, Instance("h100x8", "h100_80gb", 8, 1), 8, 0, 8),
+                InstanceUtilization(
+                    name, Instance("oci.bm.gpu.a100", "a100_80gb", 8, 4), 16, 16, 32
+                ),
+            ],
+            active_runs_by_user=[
+                RunUtilization(
+                    "hello-world-Ab12Cd",
+                    "alice@example.com",
+                    16,
+                    NOW - timedelta(hours=5, minutes=3),
+                    "auto",
+                    False,
+                    NOW,
+                )
+            ],
+            queued_runs_by_user=[
+                RunUtilization(
+                    "small-run-Zz99 🐕",
+                    "bob@example.com",
+                    8,
+                    NOW - timedelta(minutes=10),
+                    "low",
+                    False,
+                    NOW,
+                    "Insufficient resources",
+                    1,
+                )
+            ],
+        ),
+    )
+
+
+def test_util_has_mcli_shape() -> None:
+    assert (
+        render(utilization([cluster("c1")], NOW, hide_users=False))
+        == (GOLDEN / "util.out").read_text()
+    )
+    assert (
+        render(utilization([cluster("c1")], NOW, hide_users=True))
+        == (GOLDEN / "util_hide_users.out").read_text()
+    )
+
+
+def test_util_of_several_clusters_has_mcli_shape() -> None:
+    shown = render(utilization([cluster("c1"), cluster("c2")], NOW, hide_users=False))
+    assert shown == (GOLDEN / "util_multi.out").read_text()
+
+
+def test_ages_read_like_mcli() -> None:
+    assert [age(NOW - timedelta(seconds=s), NOW) for s in (5, 600, 18000, 200000)] == [
+        "5s",
+        "10min",
+        "5hr",
+        "2d",
+    ]

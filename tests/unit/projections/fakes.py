@@ -1,0 +1,186 @@
+"""In-memory stand-ins for the projector's IO, with crashes on demand.
+
+``FakeStore`` applies a batch exactly as ``commit.lua`` does, from the same encoded call
+(``projections.storage.to_call``): checks first, then every write, or nothing. ``FakeLog`` is a
+log a writer reveals bit by bit; ``FakeGroup`` a consumer group over it (delivered, pending,
+claimed, acknowledged). ``Chaos`` decides, call by call, whether the process dies there.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+from events import keys
+from projections.base import ZERO, Position, parse_position
+from projections.engine import Batch
+from projections.errors import Superseded
+from projections.runner import Entry
+from projections.storage import to_call, writes_of
+
+
+class Crash(Exception):
+    """The projector process died here (kill -9)."""
+
+
+class Chaos:
+    def __init__(self, rng: random.Random, rate: float, limit: int = 25) -> None:
+        self.rng = rng
+        self.rate = rate
+        self.limit = limit
+        self.crashes = 0
+
+    def maybe(self, where: str) -> None:
+        if self.crashes < self.limit and self.rng.random() < self.rate:
+            self.crashes += 1
+            raise Crash(where)
+
+
+class FakeStore:
+    def __init__(self, chaos: Chaos | None = None) -> None:
+        self.strings: dict[str, str] = {}
+        self.hashes: dict[str, dict[str, bytes]] = {}
+        self.zsets: dict[str, dict[str, float]] = {}
+        self.chaos = chaos
+        self.commits = 0
+
+    async def active(self, name: str) -> str | None:
+        return self.strings.get(keys.projection_active(name))
+
+    async def checkpoint(self, name: str, namespace: str) -> Position:
+        value = self.strings.get(keys.projection_checkpoint(name, namespace))
+        return ZERO if value is None else parse_position(value)
+
+    async def commit(self, batch: Batch) -> None:
+        if self.chaos:
+            self.chaos.maybe("before the transaction")
+        call_keys, args = to_call(batch)
+        builds = int(args[0])
+        if self._stored_already(call_keys, args, builds):
+            return
+        self._check(call_keys, args, builds)
+        for op, index, values in writes_of(args, builds):
+            self._write(op, call_keys[index - 1], values)
+        for i in range(builds):
+            new, activate = args[3 + 4 * i], args[4 + 4 * i]
+            assert isinstance(new, str)
+            assert isinstance(activate, str)
+            self.strings[call_keys[2 * i]] = new
+            if activate:
+                self.strings[call_keys[2 * i + 1]] = activate
+        self.commits += 1
+        if self.chaos:
+            self.chaos.maybe("after the transaction")
+
+    def _stored_already(self, call_keys: list[str], args: list[str | bytes], builds: int) -> bool:
+        return builds > 0 and all(
+            self.strings.get(call_keys[2 * i], "0-0") == args[3 + 4 * i] != args[1 + 4 * i]
+            and self.strings.get(call_keys[2 * i + 1], "") in (args[2 + 4 * i], args[4 + 4 * i])
+            for i in range(builds)
+        )
+
+    def _check(self, call_keys: list[str], args: list[str | bytes], builds: int) -> None:
+        for i in range(builds):
+            expected_checkpoint, expected_active = args[1 + 4 * i], args[2 + 4 * i]
+            checkpoint: str = self.strings.get(call_keys[2 * i], "0-0")
+            if checkpoint != expected_checkpoint:
+                raise Superseded("conflict", call_keys[2 * i], checkpoint)
+            active = self.strings.get(call_keys[2 * i + 1], "")
+            if active != expected_active:
+                raise Superseded("moved", call_keys[2 * i + 1], active)
+
+    def _write(self, op: str, key: str, values: list[str]) -> None:
+        if op == "H":
+            table = self.hashes.setdefault(key, {})
+            for field, value in zip(values[::2], values[1::2], strict=True):
+                table[field] = value.encode()
+        elif op == "D":
+            for field in values:
+                self.hashes.get(key, {}).pop(field, None)
+        elif op == "Z":
+            zset = self.zsets.setdefault(key, {})
+            for score, member in zip(values[::2], values[1::2], strict=True):
+                zset[member] = float(score)
+        else:
+            for member in values:
+                self.zsets.get(key, {}).pop(member, None)
+
+    async def drop(self, name: str, namespace: str) -> int:
+        prefix = keys.projection_prefix(name, namespace)
+        dropped = 0
+        for table in (self.strings, self.hashes, self.zsets):
+            for key in [k for k in table if k.startswith(prefix)]:
+                del table[key]
+                dropped += 1
+        return dropped
+
+    def build(self, name: str, namespace: str | None = None) -> dict[str, object]:
+        """Everything stored for one build (the active one by default), keyed without prefix."""
+        namespace = namespace or self.strings[keys.projection_active(name)]
+        prefix = keys.projection_prefix(name, namespace)
+        found: dict[str, object] = {}
+        for table in (self.strings, self.hashes, self.zsets):
+            for key, value in table.items():
+                if key.startswith(prefix) and value:
+                    found[key.removeprefix(prefix)] = value
+        return found
+
+
+class FakeLog:
+    def __init__(self, entries: Sequence[Entry]) -> None:
+        self.entries = list(entries)
+        self.visible = 0
+
+    def reveal(self, n: int) -> None:
+        self.visible = min(len(self.entries), self.visible + n)
+
+    @property
+    def complete(self) -> bool:
+        return self.visible == len(self.entries)
+
+    async def read(self, after: str, count: int) -> Sequence[Entry]:
+        start = parse_position(after) if after not in ("0", "0-0") else ZERO
+        shown = self.entries[: self.visible]
+        return [e for e in shown if parse_position(e[0]) > start][:count]
+
+
+class FakeGroup:
+    def __init__(self, log: FakeLog, chaos: Chaos | None = None) -> None:
+        self.log = log
+        self.chaos = chaos
+        self.delivered: Position = ZERO
+        self.pending: dict[str, Mapping[bytes, bytes]] = {}
+        self.deliveries = 0
+        self.dead: list[tuple[str, str]] = []
+
+    async def ensure(self) -> None:
+        pass
+
+    async def read(self, count: int, block_ms: int) -> Sequence[Entry]:
+        shown = self.log.entries[: self.log.visible]
+        new = [e for e in shown if parse_position(e[0]) > self.delivered][:count]
+        for position, fields in new:
+            self.pending[position] = fields
+            self.delivered = parse_position(position)
+        self.deliveries += len(new)
+        return new
+
+    async def claim(self, min_idle_ms: int, start: str, count: int) -> tuple[str, Sequence[Entry]]:
+        ordered = sorted(self.pending.items(), key=lambda item: parse_position(item[0]))
+        after = parse_position(start) if start not in ("0", "0-0") else (-1, -1)
+        taken = [(p, f) for p, f in ordered if parse_position(p) >= after][:count]
+        rest = [(p, f) for p, f in ordered if parse_position(p) >= after][count:]
+        self.deliveries += len(taken)
+        return (rest[0][0] if rest else "0-0"), taken
+
+    async def ack(self, positions: Sequence[str]) -> None:
+        if self.chaos:
+            self.chaos.maybe("before the acknowledgement")
+        for position in positions:
+            self.pending.pop(position, None)
+
+    async def dead_letter(self, position: str, fields: Mapping[bytes, bytes], why: str) -> None:
+        self.dead.append((position, why))
+
+    async def advance(self, position: str) -> None:
+        self.delivered = max(self.delivered, parse_position(position))

@@ -1,0 +1,263 @@
+"""Hand-written histories for the folds' examples: events at given times, as the log records
+them (positions from the time, aggregate versions counted)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import msgspec
+
+from events.codec import Recorded
+from events.lifecycle import RunState, evolve
+from events.model import (
+    AnyEvent,
+    AnyRunEvent,
+    AttemptCompleted,
+    AttemptFailed,
+    AttemptQueued,
+    AttemptRunning,
+    AttemptScheduled,
+    AttemptStopped,
+    AttemptTerminating,
+    DeleteRequested,
+    NodeDrained,
+    NodeEvent,
+    NodeLost,
+    NodeRegistered,
+    RankExited,
+    RankPlacement,
+    RankRunning,
+    Reason,
+    RestartRequested,
+    RetryScheduled,
+    RunDeleted,
+    RunSubmitted,
+    StopRequested,
+    UpdateRequested,
+)
+from events.spec import Compute, RunSpec, Scheduling
+from projections.base import Projection, Row
+
+USER = "alice@example.com"
+SCHEDULER = "scheduler@control-0"
+USER_ERROR = Reason(category="user", code="Error", exit_code=1, failed_rank=1)
+
+
+def at(text: str) -> int:
+    """``"2026-11-24 10:00:00.000"`` (UTC) in ms."""
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+class History:
+    """Events appended at given times; ``records`` is the log, checked by the rules."""
+
+    def __init__(self) -> None:
+        self.records: list[Recorded] = []
+        self.versions: dict[str, int] = {}
+        self.states: dict[str, RunState] = {}
+        self.ids = 0
+        self.last = (0, -1)
+
+    def add(self, when: int | str, *events: AnyEvent) -> None:
+        time = at(when) if isinstance(when, str) else when
+        for event in events:
+            event.time = time
+            seq = self.last[1] + 1 if self.last[0] == time else 0
+            self.last = (time, seq)
+            if not isinstance(event, NodeEvent):
+                self.states[event.run_id] = evolve(self.states.get(event.run_id), _own(event))
+            version = self.versions.get(event.aggregate, 0) + 1
+            self.versions[event.aggregate] = version
+            self.records.append(Recorded(f"{time}-{seq}", version, event))
+
+    def new_id(self) -> str:
+        self.ids += 1
+        return f"e{self.ids}"
+
+    # --- builders ------------------------------------------------------------------------
+
+    def submit(
+        self,
+        when: int | str,
+        run: str,
+        *,
+        user: str = USER,
+        gpus: int = 16,
+        nodes: int = 2,
+        priority: str = "auto",
+        max_retries: int = 0,
+        cluster: str = "c1",
+    ) -> None:
+        spec = RunSpec(
+            name=run,
+            image="mosaicml/pytorch:latest",
+            command="python train.py",
+            compute=Compute(cluster=cluster, gpus=gpus, gpu_type="a100", nodes=nodes),
+            scheduling=Scheduling(priority=priority, max_retries=max_retries),  # type: ignore[arg-type]
+            metadata={"team": "nlp"},
+        )
+        self.add(
+            when,
+            RunSubmitted(id=self.new_id(), actor=user, run_id=run, name=f"{run}-abcdef", spec=spec),
+        )
+
+    def queue(self, when: int | str, run: str, attempt: int = 0, reason: str = "") -> None:
+        self.add(
+            when,
+            AttemptQueued(
+                id=self.new_id(),
+                actor=SCHEDULER,
+                run_id=run,
+                attempt=attempt,
+                reason=reason or "Insufficient resources",
+            ),
+        )
+
+    def schedule(
+        self,
+        when: int | str,
+        run: str,
+        attempt: int = 0,
+        nodes: Iterable[str] = ("n1", "n2"),
+        gpus: int = 8,
+    ) -> None:
+        ranks = [RankPlacement(rank=i, node=n, gpus=list(range(gpus))) for i, n in enumerate(nodes)]
+        self.add(
+            when,
+            AttemptScheduled(
+                id=self.new_id(),
+                actor=SCHEDULER,
+                run_id=run,
+                attempt=attempt,
+                cluster="c1",
+                gpu_type="a100",
+                ranks=ranks,
+            ),
+        )
+
+    def start(self, when: int | str, run: str, attempt: int = 0) -> None:
+        ranks = self.states[run].latest.ranks
+        events: list[AnyEvent] = [
+            RankRunning(
+                id=self.new_id(),
+                actor=f"agent@{r.node}",
+                run_id=run,
+                attempt=attempt,
+                rank=r.rank,
+                node=r.node,
+            )
+            for r in ranks
+        ]
+        events.append(
+            AttemptRunning(id=self.new_id(), actor=SCHEDULER, run_id=run, attempt=attempt)
+        )
+        self.add(when, *events)
+
+    def finish(
+        self,
+        when: int | str,
+        run: str,
+        attempt: int = 0,
+        *,
+        fail: bool = False,
+        end: int | str | None = None,
+    ) -> None:
+        """Every rank exits (rank 1 with 1 if ``fail``) at ``when``; the attempt ends at ``end``."""
+        ranks = self.states[run].latest.ranks
+        reason = USER_ERROR if fail else None
+        exits: list[AnyEvent] = [
+            RankExited(
+                id=self.new_id(),
+                actor=f"agent@{r.node}",
+                run_id=run,
+                attempt=attempt,
+                rank=r.rank,
+                node=r.node,
+                exit_code=1 if fail and r.rank == 1 else 0,
+                reason=reason if fail and r.rank == 1 else None,
+            )
+            for r in ranks
+        ]
+        terminating = AttemptTerminating(
+            id=self.new_id(), actor=SCHEDULER, run_id=run, attempt=attempt, reason=reason
+        )
+        self.add(when, exits[0], terminating, *exits[1:])
+        ending: AnyEvent
+        if fail:
+            ending = AttemptFailed(
+                id=self.new_id(), actor=SCHEDULER, run_id=run, attempt=attempt, reason=USER_ERROR
+            )
+        else:
+            ending = AttemptCompleted(
+                id=self.new_id(), actor=SCHEDULER, run_id=run, attempt=attempt
+            )
+        self.add(end if end is not None else when, ending)
+
+    def stop_waiting(self, when: int | str, run: str, attempt: int = 0, user: str = USER) -> None:
+        reason = Reason(category="stopped", code="Stopped", message=f"stopped by {user}")
+        self.add(
+            when,
+            StopRequested(id=self.new_id(), actor=user, run_id=run, attempt=attempt),
+            AttemptStopped(
+                id=self.new_id(), actor=user, run_id=run, attempt=attempt, reason=reason
+            ),
+        )
+
+    def retry(self, when: int | str, run: str, attempt: int) -> None:
+        self.add(
+            when,
+            RetryScheduled(
+                id=self.new_id(), actor=SCHEDULER, run_id=run, attempt=attempt, cause="user_failure"
+            ),
+        )
+
+    def restart(self, when: int | str, run: str, attempt: int, user: str = USER) -> None:
+        self.add(when, RestartRequested(id=self.new_id(), actor=user, run_id=run, attempt=attempt))
+
+    def update(self, when: int | str, run: str, **changes: object) -> None:
+        self.add(when, UpdateRequested(id=self.new_id(), actor=USER, run_id=run, **changes))  # type: ignore[arg-type]
+
+    def delete(self, when: int | str, run: str, user: str = USER) -> None:
+        attempt = self.states[run].latest.index
+        self.add(
+            when,
+            DeleteRequested(id=self.new_id(), actor=user, run_id=run, attempt=attempt),
+            RunDeleted(id=self.new_id(), actor=user, run_id=run, attempt=attempt),
+        )
+
+    def node(self, when: int | str, node: str, gpus: int = 8, *, state: str = "up") -> None:
+        event: AnyEvent
+        if state == "up":
+            event = NodeRegistered(
+                id=self.new_id(),
+                actor=f"agent@{node}",
+                node=node,
+                cluster="c1",
+                gpu_type="a100",
+                gpus=gpus,
+            )
+        elif state == "lost":
+            event = NodeLost(
+                id=self.new_id(), actor=SCHEDULER, node=node, cluster="c1", last_seen=0
+            )
+        else:
+            event = NodeDrained(id=self.new_id(), actor="ops@example.com", node=node, cluster="c1")
+        self.add(when, event)
+
+
+def fold(projection: Projection, records: Iterable[Recorded]) -> list[Row]:
+    """Apply every record; the rows of every key they changed, rendered at the end."""
+    changed: set[tuple[str, str]] = set()
+    for record in records:
+        changed.update(projection.apply(record))
+    return list(projection.rows(sorted(changed)))
+
+
+def _own(event: AnyRunEvent) -> AnyRunEvent:
+    """The rules keep a submitted spec and change it on updates: give them a copy, so the
+    recorded event keeps what was submitted."""
+    if isinstance(event, RunSubmitted):
+        own: RunSubmitted = msgspec.structs.replace(event, spec=msgspec.structs.replace(event.spec))
+        return own
+    return event

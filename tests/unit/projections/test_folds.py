@@ -1,0 +1,282 @@
+"""The folds on hand-written histories: run status, attempts (describe run), audit, util."""
+
+from __future__ import annotations
+
+import random
+
+import msgspec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from events import lifecycle
+from events.model import (
+    AnyRunEvent,
+    AttemptStopped,
+    AttemptTerminating,
+    RankExited,
+    Reason,
+    RunEvent,
+    StopRequested,
+)
+from events.status import RunStatus
+from projections.attempts import AttemptRow, AttemptsProjection
+from projections.audit import AuditProjection, Entry
+from projections.base import Row
+from projections.run_status import RunRow, RunStatusProjection
+from projections.utilization import Instance, RunLine, UtilizationProjection, queue_order
+from tests.unit.projections.history import History, at, fold
+from tests.unit.projections.simulator import Simulator
+
+S = RunStatus
+
+
+def retried_then_restarted() -> History:
+    """r1: attempt 0 fails (exit 1 on rank 1), retried; attempt 1 stopped by bob while
+    running; alice restarts it; attempt 2 waits in the queue."""
+    h = History()
+    h.submit("2026-11-24 12:59:00", "r1", max_retries=1)
+    h.queue("2026-11-24 12:59:01", "r1")
+    h.schedule("2026-11-24 13:00:00", "r1")
+    h.start("2026-11-24 13:02:00", "r1")
+    h.finish("2026-11-24 13:58:00", "r1", fail=True, end="2026-11-24 13:59:00")
+    h.retry("2026-11-24 14:00:00", "r1", 1)
+    h.queue("2026-11-24 14:00:01", "r1", 1)
+    h.schedule("2026-11-24 14:03:00", "r1", 1)
+    h.start("2026-11-24 14:04:00", "r1", 1)
+    h.update("2026-11-24 14:10:00", "r1", priority="low")
+
+    stop = Reason(category="stopped", code="Stopped", message="stopped by bob@example.com")
+    h.add(
+        "2026-11-24 15:00:00",
+        StopRequested(id=h.new_id(), actor="bob@example.com", run_id="r1", attempt=1),
+        AttemptTerminating(
+            id=h.new_id(), actor="bob@example.com", run_id="r1", attempt=1, reason=stop
+        ),
+    )
+    for rank, node in enumerate(("n1", "n2")):
+        h.add(
+            "2026-11-24 15:00:30",
+            RankExited(
+                id=h.new_id(),
+                actor=f"agent@{node}",
+                run_id="r1",
+                attempt=1,
+                rank=rank,
+                node=node,
+                exit_code=143,
+                signal=15,
+                reason=stop,
+            ),
+        )
+    h.add(
+        "2026-11-24 15:01:00",
+        AttemptStopped(
+            id=h.new_id(), actor="scheduler@control-0", run_id="r1", attempt=1, reason=stop
+        ),
+    )
+    h.restart("2026-11-24 16:00:00", "r1", 2)
+    h.queue("2026-11-24 16:00:01", "r1", 2)
+    return h
+
+
+def decode_rows(rows: list[Row], kind: str, type_: type) -> dict[str, object]:
+    return {
+        row.id: msgspec.json.decode(row.body, type=type_)
+        for row in rows
+        if row.kind == kind and row.body is not None
+    }
+
+
+def test_run_status_follows_the_latest_attempt() -> None:
+    rows = fold(RunStatusProjection(), retried_then_restarted().records)
+    run = decode_rows(rows, "run", RunRow)["r1"]
+    assert isinstance(run, RunRow)
+    assert (run.status, run.reason, run.resumption_count) == (S.QUEUED, None, 3)
+    assert run.created_at == at("2026-11-24 12:59:00")
+    assert run.started_at == at("2026-11-24 13:00:00")
+    assert run.completed_at is None
+    assert run.updated_at == at("2026-11-24 16:00:01")
+    assert (run.priority, run.submitted_config.scheduling.priority) == ("low", "auto")
+    assert (run.gpus, run.node_count, run.cluster, run.gpu_type) == (16, 2, "c1", "a100")
+    assert run.metadata == {"team": "nlp"}
+    assert decode_rows(rows, "name", str) == {"r1-abcdef": "r1"}
+    [row] = [r for r in rows if r.kind == "run"]
+    assert ("status:QUEUED", run.created_at) in row.index
+    assert row.unindex == ()
+
+
+def test_a_run_moves_between_status_indexes() -> None:
+    records = retried_then_restarted().records
+    projection = RunStatusProjection()
+    fold(projection, records[:2])  # rendered while QUEUED
+    [row] = [r for r in fold(projection, records[2:3]) if r.kind == "run"]
+    assert ("status:STARTING", row.index[0][1]) in row.index
+    assert row.unindex == ("status:QUEUED",)
+
+
+def test_attempts_have_timelines_ranks_reasons_and_describe_lines() -> None:
+    rows = fold(AttemptsProjection(), retried_then_restarted().records)
+    attempts = decode_rows(rows, "attempt", AttemptRow)
+    first, second, third = (attempts[f"r1:{i}"] for i in range(3))
+    assert isinstance(first, AttemptRow)
+    assert isinstance(second, AttemptRow)
+    assert isinstance(third, AttemptRow)
+    assert first.status is S.FAILED
+    assert [p.status for p in first.phases] == [
+        S.PENDING,
+        S.QUEUED,
+        S.STARTING,
+        S.RUNNING,
+        S.TERMINATING,
+        S.FAILED,
+    ]
+    assert first.queue_ms == 60_000
+    assert first.setup_ms == 120_000
+    assert first.run_ms == 56 * 60_000
+    assert first.cleanup_ms == 60_000
+    assert first.first_failed_rank == 1
+    assert first.reason_text == "Error (exit code 1)"
+    assert [(r.rank, r.node, r.status, r.exit_code) for r in first.ranks] == [
+        (0, "n1", S.COMPLETED, 0),
+        (1, "n2", S.FAILED, 1),
+    ]
+    assert (second.opened_how, second.retry_cause, second.stopped_by) == (
+        "retry",
+        "user_failure",
+        "bob@example.com",
+    )
+    assert (third.opened_how, third.opened_by, third.status) == (
+        "restart",
+        "alice@example.com",
+        S.QUEUED,
+    )
+    assert third.queue_ms is None  # still waiting
+    lines = [(e.attempt, e.text) for a in (first, second, third) for e in a.events]
+    assert lines == [
+        (0, "Run created"),
+        (0, "Run placed in the scheduling queue"),
+        (0, "Run scheduled on n1, n2"),
+        (0, "Run started"),
+        (0, "Run terminating: Error (exit code 1)"),
+        (0, "Rank 1 on n2 exited with exit code 1: Error (exit code 1)"),
+        (0, "Run failed with exit code 1"),
+        (1, "Run retried after a failure"),
+        (1, "Run placed back in the scheduling queue"),
+        (1, "Run scheduled on n1, n2"),
+        (1, "Run resumed"),
+        (1, "Run updated by alice@example.com: priority=low"),
+        (1, "Run stopped by bob@example.com"),
+        (1, "Rank 0 on n1 exited with exit code 143: Stopped (stopped by bob@example.com)"),
+        (1, "Rank 1 on n2 exited with exit code 143: Stopped (stopped by bob@example.com)"),
+        (2, "Run restarted by alice@example.com"),
+        (2, "Run placed back in the scheduling queue"),
+    ]
+
+
+def test_a_fold_skips_what_the_rules_refuse_and_goes_on() -> None:
+    h = retried_then_restarted()
+    bogus = h.records[3]  # attempt.scheduled of attempt 0, again, far too late
+    records = [*h.records, bogus._replace(position="99999999999999-0")]
+    for projection in (RunStatusProjection(), AttemptsProjection()):
+        assert fold(projection, records)  # no exception
+
+
+def test_audit_records_who_did_what_deleted_runs_included() -> None:
+    h = retried_then_restarted()
+    h.submit("2026-11-24 17:00:00", "r2", user="carol@example.com")
+    h.stop_waiting("2026-11-24 17:01:00", "r2", user="carol@example.com")
+    h.delete("2026-11-24 17:02:00", "r2", user="carol@example.com")
+    rows = fold(AuditProjection(), h.records)
+    entries = decode_rows(rows, "entry", Entry)
+    carol = [e for e in entries.values() if isinstance(e, Entry) and e.actor == "carol@example.com"]
+    assert [e.action for e in sorted(carol, key=lambda e: e.position)] == [
+        "run.submitted",
+        "run.stop_requested",
+        "attempt.stopped",
+        "run.delete_requested",
+        "run.deleted",
+    ]
+    bob = [e for e in entries.values() if isinstance(e, Entry) and e.actor == "bob@example.com"]
+    assert {e.action for e in bob} == {"run.stop_requested", "attempt.terminating"}
+    assert decode_rows(rows, "count", int)["r1"] == sum(
+        1 for row in rows if row.id.startswith("r1#")
+    )
+    first = entries["r1#0"]
+    assert isinstance(first, Entry)
+    assert first.action == "run.submitted"
+    assert all("image." not in row.body.decode() for row in rows if row.body)
+
+
+def test_utilization_counts_gpus_and_orders_the_queue() -> None:
+    h = History()
+    for node in ("n1", "n2", "n3"):
+        h.node("2026-11-24 09:00:00", node)
+    h.submit("2026-11-24 10:00:00", "big")
+    h.queue("2026-11-24 10:00:01", "big")
+    h.schedule("2026-11-24 10:01:00", "big", nodes=("n1", "n2"), gpus=6)
+    h.submit("2026-11-24 10:05:00", "old-low", priority="low", gpus=8, nodes=1)
+    h.queue("2026-11-24 10:05:01", "old-low", reason="Insufficient resources")
+    h.submit("2026-11-24 10:06:00", "new-auto", gpus=8, nodes=1)
+    h.queue("2026-11-24 10:06:01", "new-auto")
+    h.node("2026-11-24 10:07:00", "n3", state="drained")
+    projection = UtilizationProjection()
+    rows = fold(projection, h.records)
+    [instance] = decode_rows(rows, "instance", Instance).values()
+    assert isinstance(instance, Instance)
+    assert (instance.name, instance.node_info, instance.nodes) == ("a100x8", "8xa100", 3)
+    assert (instance.gpus_total, instance.gpus_used, instance.gpus_available) == (24, 12, 4)
+    active = decode_rows(rows, "active", RunLine)
+    assert list(active) == ["big"]
+    queued = decode_rows(rows, "queued", RunLine)
+    order = queue_order(q for q in queued.values() if isinstance(q, RunLine))
+    assert [q.run_id for q in order] == ["new-auto", "old-low"]
+    assert order[1].reason == "Insufficient resources"
+    h.start("2026-11-24 11:00:00", "big")
+    h.finish("2026-11-24 12:00:00", "big")
+    h.node("2026-11-24 12:00:01", "n2", state="lost")
+    rows = fold(projection, h.records[len(h.records) - 7 :])
+    [instance] = decode_rows(rows, "instance", Instance).values()
+    assert isinstance(instance, Instance)
+    assert (instance.nodes, instance.gpus_total, instance.gpus_used, instance.gpus_available) == (
+        2,
+        16,
+        0,
+        8,
+    )
+    assert [row for row in rows if row.kind == "active"] == [
+        Row(kind="active", id="big", body=None, unindex=("active:c1",))
+    ]
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example],
+)
+@given(rng=st.randoms(use_true_random=False), steps=st.integers(20, 400))
+def test_the_folds_agree_with_the_lifecycle_rules(rng: random.Random, steps: int) -> None:
+    records = Simulator(rng, runs=8).play(steps)
+    runs, attempts = RunStatusProjection(), AttemptsProjection()
+    for record in records:
+        runs.apply(record)
+        attempts.apply(record)
+    by_run: dict[str, list[AnyRunEvent]] = {}
+    for record in records:
+        if isinstance(record.event, RunEvent):
+            by_run.setdefault(record.event.run_id, []).append(record.event)
+    for run_id, events in by_run.items():
+        state = lifecycle.fold(events)
+        assert state is not None
+        rows = attempts.runs[run_id]
+        assert [a.status for a in rows] == [a.status for a in state.attempts]
+        for row, rules in zip(rows, state.attempts, strict=True):
+            assert [(p.status, p.entered_at) for p in row.phases] == rules.timeline
+            assert [(r.rank, r.node, r.gpus, r.exit_code) for r in row.ranks] == [
+                (r.rank, r.node, r.gpus, r.exit_code) for r in rules.ranks
+            ]
+            assert row.reason == rules.reason
+            assert row.gpus == rules.gpus
+        run = runs.runs[run_id]
+        assert (run.status, run.resumption_count) == (state.status, len(state.attempts))
+        assert run.is_deleted == state.deleted
+        assert run.priority == state.spec.scheduling.priority
