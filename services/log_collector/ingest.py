@@ -8,7 +8,10 @@ Invariants:
   collector writing out of order; the line is then stored at the end, marked ``late``.)
 - Lines are copied in id order: on becoming active, the collector first takes over every pending
   entry of the group (those of a dead collector), then drains its own pending entries in order,
-  and only then reads new ones. A failed batch is read again from the pending entries.
+  and only then reads new ones. A failed batch is read again from the pending entries, and so
+  is a batch whose reply was lost (the server died after recording the delivery, the client
+  retried the read and got the next entries): after each read of new entries, an older entry
+  still pending for this collector sends it back to its pending entries before storing any.
 - Memory stays bounded by ``ingest_batch`` lines of at most ``MAX_LINE`` bytes.
 """
 
@@ -89,6 +92,9 @@ class Ingester:
                     block=block,
                 )
                 entries = cast(list[list[Any]], reply)[0][1] if reply else []
+                if cursor == b">" and await self._left_pending(entries[0][0] if entries else None):
+                    cursor = b"0"  # store them first, then these, in order
+                    continue
                 if entries:
                     await self.store(cast(list[RawEntry], entries))
                 if cursor != b">":
@@ -100,6 +106,23 @@ class Ingester:
                     with contextlib.suppress(RedisError, OSError):
                         await ensure_group(self.client, INGEST, INGEST_GROUP)
                 await pause(stop, 0.5)
+
+    async def _left_pending(self, before: bytes | None) -> bool:
+        """Whether entries (below ``before``) were delivered to us but never handed to us: a
+        read whose reply the server's death (or a dropped connection) lost, which the client
+        then retried. They are read again from our pending entries, or they would never be
+        stored."""
+        left = await self.client.xpending_range(
+            INGEST,
+            INGEST_GROUP,
+            min="-",
+            max="+" if before is None else b"(" + before,
+            count=1,
+            consumername=self.name,
+        )
+        if left:
+            log.warning("ingest.lost_delivery", first=repr(left[0]["message_id"]))
+        return bool(left)
 
     async def _take_over_pending(self) -> None:
         """Claim every entry other consumers of the group left pending (a dead collector's)."""

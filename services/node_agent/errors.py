@@ -40,5 +40,18 @@ class StepFailed(NodeAgentError):
     """A setup tool (git, pip, apt-get) failed; the message ends with its last words."""
 
 
+#: Error replies that say the server cannot take the command *now* (it is loading its data
+#: after a restart, busy with a script, a replica during a failover, out of memory or disk):
+#: the command was not carried out and may be sent again later.
+TRANSIENT_ERRORS = frozenset(
+    {"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "MISCONF", "OOM", "CLUSTERDOWN"}
+)
+
+
 class RespError(NodeAgentError):
-    """The Redis server answered a command with an error. Permanent for that command."""
+    """The Redis server answered a command with an error: permanent for that command, unless
+    ``transient`` (the command was not carried out; send it again later)."""
+
+    @property
+    def transient(self) -> bool:
+        return str(self).split(" ", 1)[0] in TRANSIENT_ERRORS

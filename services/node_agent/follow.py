@@ -2,10 +2,17 @@
 
 Two reader threads split stdout and stderr into lines (``LineSplitter``) into one bounded
 ``LineBuffer`` (drops counted and marked); a sender thread appends them to the ingest stream in
-batches of one pipeline each (``resp``), again after a back-off when the server is away. The
-main thread waits for the command; the shim's signal handlers run there.
+batches of one pipeline each (``resp``). The main thread waits for the command; the shim's
+signal handlers run there.
 
-Invariants: the command's group is killed once its leader exits (as a container's end does);
+Invariants: a line is never lost silently when the server dies or restarts. A line counts as
+sent only once its XADD's reply was read (with ``appendfsync always``, it is then on disk);
+the lines of a batch the server did not acknowledge (the connection broke, or it answered a
+transient error such as ``LOADING``) go back to the front of the buffer and are sent again,
+in order, after a back-off, and only they (an acknowledged line sent twice would be stored
+twice). While they wait, the buffer stays bounded: lines that do not fit are replaced by a
+dropped-lines marker. A line the server refuses for good is counted and logged. The command's
+group is killed once its leader exits (as a container's end does);
 the readers get a bounded time to drain after that (a grandchild that left the group may hold
 the pipes open); the remaining output gets a bounded time to reach the server. Neither wait
 can keep the exit from being recorded. A signal is reported as a signal, never as an exit code.
@@ -25,7 +32,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from events import keys
-from services.node_agent.buffer import LineBuffer
+from services.node_agent.buffer import Entry, LineBuffer
 from services.node_agent.entries import STDERR, STDOUT, Entries
 from services.node_agent.errors import RespError
 from services.node_agent.lines import LineSplitter
@@ -106,24 +113,42 @@ class ShimPump:
                 if not self.buffer:
                     return
                 batch = self.buffer.take(_BATCH)
-            commands = [[b"XADD", self.stream, b"*", *_flat(entry)] for entry in batch]
-            try:
-                self.client.execute(commands)
-            except RespError as exc:  # permanent: say so, and go on with the next lines
-                log("shim.output_refused", "error", lines=len(batch), error=str(exc))
-                self.lost += len(batch)
+            retry, why = self._send(batch)
+            if not retry:
+                backoff = 0.05
                 continue
-            except OSError as exc:
-                with self._cond:
-                    self.buffer.give_back(batch)
-                if time.monotonic() + backoff > self._deadline:
-                    return
-                log("shim.output_retry", "warning", error=repr(exc), retry_in=backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            self.sent += len(batch)
-            backoff = 0.05
+            with self._cond:
+                self.buffer.give_back(retry)  # only what the server did not acknowledge
+            if time.monotonic() + backoff > self._deadline:
+                return
+            log("shim.output_retry", "warning", lines=len(retry), error=why, retry_in=backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _send(self, batch: list[Entry]) -> tuple[list[Entry], str]:
+        """Send one batch; the entries to send again (in order), and why."""
+        commands = [[b"XADD", self.stream, b"*", *_flat(entry)] for entry in batch]
+        replies: list[object] = []
+        why = ""
+        try:
+            self.client.send(commands, replies)
+        except OSError as exc:  # the replies read so far were acknowledged; the rest were not
+            why = repr(exc)
+        retry: list[Entry] = []
+        refused: list[str] = []
+        for entry, reply in zip(batch, replies, strict=False):
+            if not isinstance(reply, RespError):
+                self.sent += 1
+            elif reply.transient:  # not carried out: the server cannot take it now
+                retry.append(entry)
+                why = why or str(reply)
+            else:
+                refused.append(str(reply))
+        retry += batch[len(replies) :]
+        if refused:  # permanent: say so, and go on with the next lines
+            log("shim.output_refused", "error", lines=len(refused), error=refused[0])
+            self.lost += len(refused)
+        return retry, why
 
 
 def _flat(entry: dict[bytes, bytes]) -> list[bytes]:

@@ -4,8 +4,17 @@ Why not redis-py: the shim is one process per rank, and importing redis-py costs
 CPU each time (more than everything else the shim does for a short command). The shim only
 ever appends to one stream, so this client does just that: it connects (``redis://``,
 ``rediss://``, ``unix://``, with user, password and database), sends a batch of commands in
-one write and reads every reply. A dropped connection raises ``OSError`` and reconnects on the
-next call; an error reply raises ``RespError`` after the whole batch was read.
+one write and reads every reply.
+
+Invariants:
+- A connection is used only once the server answers ``PING`` on it: a server still loading its
+  data after a restart (``LOADING``) is reported like one that is down (``ConnectionError``),
+  so no command of a batch meets it.
+- ``send`` appends each reply as it is read: when the connection breaks mid-batch (``OSError``,
+  reconnecting on the next call), the replies read so far say exactly which commands the server
+  acknowledged; the others may be sent again. (A command whose reply was lost with the
+  connection may have been carried out: such a resend is the only way a line is stored twice.)
+- ``execute`` raises the first error reply (``RespError``) after the whole batch was read.
 """
 
 from __future__ import annotations
@@ -63,20 +72,31 @@ class Client:
 
     def execute(self, commands: Sequence[Command]) -> list[object]:
         """Send ``commands`` in one write, read every reply; raise the first error reply."""
-        if self._stream is None:
-            self._connect()
-        assert self._sock is not None
-        assert self._stream is not None
-        try:
-            self._sock.sendall(b"".join(encode(command) for command in commands))
-            replies = [read_reply(self._stream) for _ in commands]
-        except OSError:
-            self.close()
-            raise
+        replies: list[object] = []
+        self.send(commands, replies)
         for reply in replies:
             if isinstance(reply, RespError):
                 raise reply
         return replies
+
+    def send(self, commands: Sequence[Command], replies: list[object]) -> None:
+        """Send ``commands`` in one write and append their replies to ``replies`` as they are
+        read (a ``RespError`` for an error reply). On ``OSError``, ``replies`` holds the
+        replies of the commands acknowledged before the connection broke, in order."""
+        if self._stream is None:
+            self._connect()
+        self._send(commands, replies)
+
+    def _send(self, commands: Sequence[Command], replies: list[object]) -> None:
+        assert self._sock is not None
+        assert self._stream is not None
+        try:
+            self._sock.sendall(b"".join(encode(command) for command in commands))
+            for _ in commands:
+                replies.append(read_reply(self._stream))  # noqa: PERF401 - one by one: a break keeps those read
+        except OSError:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self._sock is not None:
@@ -107,5 +127,12 @@ class Client:
         database = url.path.strip("/") if url.scheme != "unix" else query.get("db", ["0"])[0]
         if database and database != "0":
             setup.append(["SELECT", database])
-        if setup:
-            self.execute(setup)
+        setup.append(["PING"])  # refused while the server loads its data
+        replies: list[object] = []
+        self._send(setup, replies)
+        error = next((reply for reply in replies if isinstance(reply, RespError)), None)
+        if error is not None:
+            self.close()
+            if error.transient:
+                raise ConnectionError(f"the server is not ready: {error}")
+            raise error
