@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -93,6 +94,14 @@ async def _wait_nodes(store: EventStore) -> None:
     raise TimeoutError("nodes did not register")
 
 
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds a process has used so far."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(values: list[int], q: float) -> float:
     ordered = sorted(values)
     return float(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))])
@@ -118,6 +127,8 @@ async def main(runs: int, burst: int) -> None:
             burst_ids = await asyncio.gather(*(_submit(store, 100_000 + n) for n in range(burst)))
             await _wait_ended(store, list(burst_ids), 600)
             times = await _times(store)
+            cpu = {name: _cpu_s(pid) for name, pid in stack.status().items() if pid}
+            cpu["valkey"] = _cpu_s(stack.server.pid)
         finally:
             await store.close()
             stack.down()
@@ -139,6 +150,10 @@ async def main(runs: int, burst: int) -> None:
     seconds = (last - first) / 1000
     print(f"throughput: {burst} trivial 1-GPU runs in {seconds:.1f} s: {rate:.1f} runs/s")
     print(f"(mean submit -> COMPLETED over the latency runs: {statistics.mean(to_end):.0f} ms)")
+    total_runs = runs + burst + 20
+    print(f"CPU per run by process (ms, over {total_runs} runs; ranks' shims not included):")
+    for name, seconds in sorted(cpu.items(), key=lambda item: -item[1]):
+        print(f"  {name:<16} {seconds / total_runs * 1000:8.1f}")
 
 
 if __name__ == "__main__":
