@@ -174,7 +174,7 @@ class MiniScheduler:
         while not self._stopping:
             for run_id in self.runs:
                 await self.store.update_run(run_id, _next)
-            await asyncio.sleep(0.02)  # a background reactor, not a wait: tests use eventually
+            await asyncio.sleep(0.02)  # allowed: a background reactor, not a wait
 
 
 def _next(state: RunState | None) -> list[AnyRunEvent]:

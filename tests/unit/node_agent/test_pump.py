@@ -66,7 +66,7 @@ async def test_a_full_buffer_drops_lines_and_says_how_many_where_they_were() -> 
     server = FakeRedis()
     server.gate.clear()  # the server is slow: nothing leaves for now
     pump = pump_on(server, max_lines=100)
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # allowed: one turn so the pump takes its first batch to the gate
     for i in range(250):
         pump.put(b"o", b"%d" % i)  # never blocks
     server.gate.set()
