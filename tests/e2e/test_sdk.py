@@ -97,8 +97,9 @@ def test_get_run_is_never_stale_after_a_write(stack: Mcli) -> None:
     updated = update_run(stopped, priority="low", max_retries=3, max_duration=1.5)
     assert (updated.priority, updated.max_retries, updated.max_duration) == ("low", 3, 1.5)
     restarted = start_run(run.name)
-    assert restarted.status is S.PENDING
+    # The new resumption is there at once; the scheduler may already have moved it on.
     assert restarted.latest_resumption.index == 1
+    assert restarted.status in (S.PENDING, S.QUEUED, S.STARTING, S.RUNNING)
     assert restarted.name == run.name
     wait_for_run_status(restarted, S.RUNNING, timeout=60)
     deleted = delete_run(restarted)
