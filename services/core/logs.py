@@ -6,8 +6,12 @@ appears on every line logged inside it, so a run can be followed across services
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
+import signal
 import sys
+from types import FrameType
 
 import structlog
 
@@ -27,3 +31,17 @@ def configure(service: str, level: str = "INFO") -> None:
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)
+    signal.signal(signal.SIGUSR1, _dump_tasks)
+
+
+def _dump_tasks(signum: int, frame: FrameType | None) -> None:
+    """``kill -USR1 <pid>``: every asyncio task's stack on stderr, to see what a quiet service
+    is waiting for."""
+    try:
+        tasks = asyncio.all_tasks(asyncio.get_running_loop())
+    except RuntimeError:
+        tasks = set()
+    out = io.StringIO()
+    for task in tasks:
+        task.print_stack(limit=30, file=out)
+    structlog.get_logger("runplane").warning("tasks.dump", tasks=len(tasks), stacks=out.getvalue())

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from events import keys
 from services.core import logread
+from services.core.aio import wait_event
 from services.core.consumer import ensure_group
 from services.core.logread import INGEST_GROUP
 from services.log_collector.batch import Plan, RawEntry, Where, Write, plan
@@ -238,5 +239,4 @@ def _script_args(chunk: list[Write]) -> list[bytes]:
 
 async def pause(stop: asyncio.Event, seconds: float) -> None:
     """Wait ``seconds``, or less if ``stop`` is set meanwhile."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    await wait_event(stop, seconds)

@@ -91,7 +91,8 @@ class OutputPump:
         self._wake.set()
         if self._sender is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._sender), within + 1)
+                async with asyncio.timeout(within + 1):  # not wait_for: see services.core.aio
+                    await asyncio.shield(self._sender)
             except TimeoutError:
                 self._sender.cancel()
         if self.buffer:

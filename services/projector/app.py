@@ -19,6 +19,7 @@ from faststream import FastStream
 from projections.catalog import make_all
 from projections.runner import RedisLogReader
 from projections.storage import RedisStore
+from services.core.aio import wait_event
 from services.core.consumer import make_broker
 from services.core.store import connect
 from services.projector.group import RedisGroup
@@ -55,8 +56,7 @@ async def serve(settings: ProjectorSettings, stop: asyncio.Event) -> None:
                 await projector.run(stop, poll_ms=settings.projector_poll_ms)
             except Exception:
                 log.exception("projector.failed")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), _PAUSE_S)
+                await wait_event(stop, _PAUSE_S)
     finally:
         await client.aclose()
 

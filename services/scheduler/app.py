@@ -35,6 +35,7 @@ from events.codec import Recorded
 from events.errors import IllegalTransition
 from events.lifecycle import copy_state, evolve
 from events.model import AnyEvent, AttemptScheduled, NodeEvent, tag_of
+from services.core.aio import wait_event
 from services.core.consumer import LogConsumer
 from services.core.errors import Fenced, StoreError, VersionConflict
 from services.core.store import EventStore, Fence, connect
@@ -257,8 +258,7 @@ class Session:
             progressed = await self.execute(decisions) if decisions else False
             self.state.drop_settled()
             if not progressed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), tick_s)
+                await wait_event(self.wake, tick_s)
 
     async def silent_nodes(self, now: int) -> frozenset[str]:
         timeout_ms = int(self.settings.node_timeout_s * 1000)

@@ -84,6 +84,8 @@ async def scheduler_process(
         yield handle
     finally:
         await handle.kill()
+        # pytest shows a test's captured output only when it fails: the scheduler's side of it
+        print(f"--- scheduler@{name} log (tail) ---\n{handle.output()[-6000:]}")
 
 
 async def submit(
