@@ -7,7 +7,6 @@ appears on every line logged inside it, so a run can be followed across services
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import signal
 import sys
@@ -35,13 +34,23 @@ def configure(service: str, level: str = "INFO") -> None:
 
 
 def _dump_tasks(signum: int, frame: FrameType | None) -> None:
-    """``kill -USR1 <pid>``: every asyncio task's stack on stderr, to see what a quiet service
-    is waiting for."""
+    """``kill -USR1 <pid>``: every asyncio task and the chain of awaits it is suspended in,
+    on stderr, to see what a quiet service is waiting for."""
     try:
         tasks = asyncio.all_tasks(asyncio.get_running_loop())
     except RuntimeError:
         tasks = set()
-    out = io.StringIO()
-    for task in tasks:
-        task.print_stack(limit=30, file=out)
-    structlog.get_logger("runplane").warning("tasks.dump", tasks=len(tasks), stacks=out.getvalue())
+    structlog.get_logger("runplane").warning(
+        "tasks.dump", tasks=len(tasks), stacks=[_awaiting(task) for task in tasks]
+    )
+
+
+def _awaiting(task: asyncio.Task[object]) -> str:
+    lines = [repr(task)]
+    awaited: object = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is not None:
+            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return "\n".join(lines)
