@@ -356,7 +356,8 @@ async def stop(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
         process.terminate()
         try:
-            await asyncio.wait_for(process.wait(), 30)
+            async with asyncio.timeout(30):
+                await process.wait()
         except TimeoutError:
             process.kill()
             await process.wait()
@@ -398,7 +399,8 @@ async def lag(url: str, client: aioredis.Redis, rate: int, seconds: float) -> li
         *(writer(events[w::writers], start + w / rate, writers / rate) for w in range(writers))
     )
     done.set()
-    await asyncio.wait_for(watch, 60)
+    async with asyncio.timeout(60):
+        await watch
     await store.close()
     return lags
 

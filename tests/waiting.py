@@ -25,7 +25,11 @@ async def eventually(
     while True:
         last = probe()
         if inspect.isawaitable(last):
-            last = await last
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 1.0)):
+                    last = await last
+            except TimeoutError:
+                raise AssertionError(f"timed out after {within}s probing for {what}") from None
         if (last == equals) if equals is not _MISSING else bool(last):
             return last
         if time.monotonic() > deadline:

@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from faststream.middlewares import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.annotations import RedisStreamMessage
-from redis.asyncio import Redis
+from redis.asyncio import Connection, Redis
 from redis.exceptions import ResponseError
 
 from events import codec, keys
 from events.codec import Recorded
 from events.errors import UndecodableEvent
 from services.core.settings import Settings
+from services.core.store import connection_class
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +46,8 @@ def make_broker(url: str, max_connections: int = 256) -> RedisBroker:
     """
     return RedisBroker(
         url,
+        # FastStream types this as TCP only; redis-py takes any connection class here.
+        connection_class=cast("type[Connection]", connection_class(url)),
         logger=logging.getLogger("runplane.faststream"),
         max_connections=max_connections,
         health_check_interval=10,

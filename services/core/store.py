@@ -14,7 +14,9 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from importlib.resources import files
 from typing import Any, NamedTuple, Self
 
@@ -63,12 +65,54 @@ class Appended(NamedTuple):
     duplicate: bool
 
 
+class _CancelSafeWrite(aioredis.connection.AbstractConnection):
+    """redis-py bounds a write with ``asyncio.wait_for``, which on Python 3.11 swallows a
+    cancellation that arrives as the write completes (gh-86296; see ``services.core.aio``). A
+    reader loop cancelled at that instant carried on forever, and whoever awaited its end hung.
+    Here the write is bounded by ``asyncio.timeout``, which lets the cancellation through."""
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        timeout = self.socket_timeout
+        if sys.version_info >= (3, 12) or not timeout:
+            return await super().send_packed_command(command, check_health)
+        self.socket_timeout = None  # no wait_for inside; the timeout below bounds it all
+        try:
+            async with asyncio.timeout(timeout):
+                await super().send_packed_command(command, check_health)
+        except TimeoutError:
+            await self.disconnect(nowait=True)
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        finally:
+            self.socket_timeout = timeout
+
+
+class _Connection(_CancelSafeWrite, aioredis.Connection):
+    pass
+
+
+class _SSLConnection(_CancelSafeWrite, aioredis.SSLConnection):
+    pass
+
+
+class _UnixConnection(_CancelSafeWrite, aioredis.UnixDomainSocketConnection):
+    pass
+
+
+def connection_class(url: str) -> type[aioredis.connection.AbstractConnection]:
+    """The connection class for ``url``'s scheme, with the cancel-safe write."""
+    scheme = url.partition("://")[0]
+    return {"rediss": _SSLConnection, "unix": _UnixConnection}.get(scheme, _Connection)
+
+
 def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
     """A client whose pool waits for a free connection instead of failing past its size, and
     that retries a command on a new connection when the server dropped the old one (every
     command runnable twice: reads, and appends with their idempotency key)."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        connection_class=connection_class(url),
         max_connections=max_connections,
         timeout=30,
         health_check_interval=10,

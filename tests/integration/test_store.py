@@ -211,3 +211,27 @@ def _host_port(url: str) -> tuple[str, int]:
     hostport = url.split("//", 1)[1].split("/", 1)[0]
     host, port = hostport.rsplit(":", 1)
     return host, int(port)
+
+
+async def test_a_command_loop_cancelled_at_any_instant_ends(redis_url: str) -> None:
+    """Cancelling a task mid-command must end it, wherever in the command the cancel lands.
+
+    redis-py's ``asyncio.wait_for`` around a write swallows a cancel that meets the write's end
+    on Python 3.11; the loop then ran on forever. Each round cancels one step later, so the
+    rounds sweep every instant of a command's life."""
+    client = connect(redis_url)
+    try:
+
+        async def commands() -> None:
+            while True:
+                await client.ping()
+
+        for steps in range(60):
+            task = asyncio.create_task(commands())
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=10)
+            assert done, f"a command loop cancelled after {steps} loop steps never ended"
+    finally:
+        await client.aclose()

@@ -73,7 +73,8 @@ class CollectorProcess:
         if self.proc.returncode is None:
             self.proc.terminate()
             try:
-                await asyncio.wait_for(self.proc.wait(), timeout=15)
+                async with asyncio.timeout(15):
+                    await self.proc.wait()
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()

@@ -85,7 +85,8 @@ class Agent:
         assert self.proc is not None
         if self.proc.returncode is None:
             self.proc.terminate()
-        return await asyncio.wait_for(self.proc.wait(), 20)
+        async with asyncio.timeout(20):
+            return await self.proc.wait()
 
     async def cleanup(self) -> None:
         """Kill the agent, every shim and every command it left on the machine."""
@@ -129,7 +130,8 @@ class MiniScheduler:
         # taken for a timeout and retried.
         assert self._task is not None
         self._stopping = True
-        await asyncio.wait_for(self._task, 30)
+        async with asyncio.timeout(30):
+            await self._task
         await self.store.close()
 
     async def submit(self, run_spec: RunSpec, placement: Sequence[tuple[str, list[int]]]) -> str:

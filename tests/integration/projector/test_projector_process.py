@@ -194,7 +194,8 @@ async def test_sigterm_stops_the_projector_cleanly(redis: aioredis.Redis, redis_
     async with projector_process(redis_url) as process:
         await eventually(lambda: checkpoints(redis), equals={end}, what="caught up")
         process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 30) == 0
+        async with asyncio.timeout(30):
+            assert await process.wait() == 0
 
 
 async def test_a_rebuild_is_adopted_by_the_running_projector(

@@ -151,7 +151,8 @@ class Agents:
         assert self._task is not None
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+            async with asyncio.timeout(30):
+                await self._task
 
     async def _react(self) -> None:
         stream = keys.log_stream(0)
