@@ -23,7 +23,7 @@ from typing import Any, cast
 import structlog
 from faststream.middlewares import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
-from faststream.redis.annotations import RedisStreamMessage
+from faststream.redis.annotations import RedisBatchStreamMessage, RedisStreamMessage
 from redis.asyncio import Connection, Redis
 from redis.exceptions import ResponseError
 
@@ -91,18 +91,50 @@ class LogConsumer:
         self.dead_letters = keys.dead_letter_stream(group)
         self._client: Redis | None = None
         common: dict[str, Any] = {"group": group, "consumer": consumer, "polling_interval": poll_ms}
-        for sub in (
-            StreamSub(self.stream, max_records=batch, **common),
-            StreamSub(self.stream, min_idle_time=settings.claim_idle_ms, **common),
-        ):
-            broker.subscriber(
-                stream=sub, decoder=_raw, ack_policy=AckPolicy.REJECT_ON_ERROR, no_reply=True
-            )(self._on_entry)
+        options: dict[str, Any] = {
+            "decoder": _raw,
+            "ack_policy": AckPolicy.REJECT_ON_ERROR,
+            "no_reply": True,
+        }
+        # The reader takes new entries in batches, acknowledged together once every one has
+        # been handled (one XACK, one pass through FastStream per batch); the reaper claims
+        # what a dead consumer or a failed batch left pending, one entry at a time, counting
+        # deliveries.
+        broker.subscriber(
+            stream=StreamSub(self.stream, batch=True, max_records=batch, **common), **options
+        )(self._on_batch)
+        broker.subscriber(
+            stream=StreamSub(self.stream, min_idle_time=settings.claim_idle_ms, **common),
+            **options,
+        )(self._on_entry)
 
     async def prepare(self, client: Redis) -> None:
         """Run before the broker starts; ``client`` also writes the dead letters."""
         self._client = client
         await ensure_group(client, self.stream, self.group)
+
+    async def _on_batch(self, msg: RedisBatchStreamMessage) -> None:
+        raw = msg.raw_message
+        done: list[bytes] = []
+        for raw_position, fields in zip(raw["message_ids"], raw["data"], strict=True):
+            position = raw_position.decode()
+            try:
+                recorded = codec.recorded(position, fields)
+            except UndecodableEvent as exc:
+                await self._dead_letter(position, fields, exc.why)
+                done.append(raw_position)
+                continue
+            try:
+                await self.handler(recorded)
+            except Exception as exc:
+                # Acknowledge what was done; the failed entry and the rest stay pending, and
+                # the reaper takes them one by one once they are idle, counting deliveries.
+                assert self._client is not None
+                if done:
+                    await self._client.xack(self.stream, self.group, *done)
+                log.warning("consumer.batch_failed", position=position, error=repr(exc))
+                raise
+            done.append(raw_position)
 
     async def _on_entry(self, msg: RedisStreamMessage) -> None:
         raw = msg.raw_message
