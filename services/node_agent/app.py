@@ -80,6 +80,7 @@ class NodeAgent:
             _, stuck = await asyncio.wait(tasks, timeout=_STOP_S)
             if stuck:
                 log.warning("agent.stop_timeout", tasks=sorted(t.get_name() for t in stuck))
+        self.executor.close()
 
     async def register(self) -> None:
         settings = self.settings

@@ -64,3 +64,7 @@ class Executor(Protocol):
         """Carry the rank to its end and report it; ``resume``: pick up a rank begun before
         a restart. ``job`` is None when the log no longer describes the rank."""
         ...
+
+    def close(self) -> None:
+        """Let go of what the executor holds at the agent's stop; the ranks run on."""
+        ...

@@ -1,7 +1,8 @@
 """The ``process`` executor: each rank's command runs under its own shim on this machine.
 
 A rank's life: its directory is created (``begin``), setup runs in the agent (``setup``), then
-the shim is launched in a session of its own and holds the rank's lock (``rankdir``). The shim
+the shim is forked, in a session of its own, by the agent's fork server (``forkserver``: no
+interpreter start per rank) and holds the rank's lock (``rankdir``). The shim
 tells the agent through a pipe when the command runs (``rank.running``) and, by closing it,
 when it is gone; the agent then reports ``rank.exited`` from the shim's ``exit.json``. Nothing
 is polled while the agent lives. Stop and kill are signals to the shim (SIGTERM: stop with the
@@ -23,8 +24,6 @@ import asyncio
 import fcntl
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -36,6 +35,7 @@ from services.core import output
 from services.node_agent.environment import parameters_document, rank_environment
 from services.node_agent.errors import RankEnded, RankGone
 from services.node_agent.executor import RankControl
+from services.node_agent.forkserver import ForkServer
 from services.node_agent.job import RankJob, RankKey
 from services.node_agent.ondisk import atomic_write, kill_group, signal_process
 from services.node_agent.plan import exit_reason, exited
@@ -65,10 +65,13 @@ class ProcessExecutor:
         self.data_dir = settings.data_path
         self.reporter = reporter
         self.setup = Setup(reporter, client)
-        self._shims: list[subprocess.Popen[bytes]] = []  # reaped as they end
+        self.forks = ForkServer(settings.data_path / "forkserver.log")
 
     def local_ranks(self) -> list[RankKey]:
         return [rank_dir.key for rank_dir in local_ranks(self.data_dir)]
+
+    def close(self) -> None:
+        self.forks.close()
 
     def begin(self, key: RankKey) -> None:
         RankDir.of(self.data_dir, key).create(key)
@@ -76,7 +79,6 @@ class ProcessExecutor:
     async def run(
         self, key: RankKey, job: RankJob | None, control: RankControl, *, resume: bool
     ) -> None:
-        self._shims = [shim for shim in self._shims if shim.poll() is None]
         rank_dir = RankDir.of(self.data_dir, key)
         with structlog.contextvars.bound_contextvars(
             run=key.run_id, attempt=key.attempt, rank=key.rank
@@ -159,25 +161,14 @@ class ProcessExecutor:
         lock = os.open(rank_dir.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # the shim inherits it at fork: held from then on
-            with rank_dir.shim_log.open("ab") as shim_log:
-                argv = [sys.executable, "-m", "services.node_agent.shim", str(rank_dir.root)]
-                shim = subprocess.Popen(
-                    [*argv, str(lock), str(told)],
-                    pass_fds=(lock, told),
-                    start_new_session=True,  # it outlives the agent and its process group
-                    stdin=subprocess.DEVNULL,
-                    stdout=shim_log,
-                    stderr=subprocess.STDOUT,
-                    cwd=rank_dir.root,
-                )
+            pid = self.forks.spawn(rank_dir.root, lock, told)
         except OSError:
             os.close(heard)
             raise
         finally:
             os.close(lock)
             os.close(told)
-        self._shims.append(shim)
-        log.info("rank.launched", shim=shim.pid)
+        log.info("rank.launched", shim=pid)
         return ShimLink(heard)
 
     async def _watch(
