@@ -47,6 +47,12 @@ def heartbeat(node: str) -> str:
     return f"{PREFIX}:hb:{node}"
 
 
+def liveness(service: str, instance: str) -> str:
+    """Exists while that service process's event loop runs (renewed with an expiry): what its
+    container's health check probes. A node-agent's is its ``heartbeat`` key instead."""
+    return f"{PREFIX}:alive:{service}:{instance}"
+
+
 def log_ingest() -> str:
     """Output lines from every rank, on their way to the log-collector."""
     return f"{PREFIX}:logs:in"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from services.core.health import run_alive
 from services.core.logs import configure
 from services.log_collector.app import Collector
 from services.log_collector.settings import LogCollectorSettings
@@ -15,7 +16,8 @@ def main() -> None:
     # FastStream logs every message handled ("Received", "Processed"): far too much here.
     logging.getLogger("runplane.faststream").setLevel(logging.WARNING)
     settings = LogCollectorSettings()
-    asyncio.run(Collector(settings).app().run())
+    app = Collector(settings).app()
+    asyncio.run(run_alive(app.run(), redis_url=settings.redis_url, service="log-collector"))
 
 
 if __name__ == "__main__":

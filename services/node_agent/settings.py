@@ -30,7 +30,9 @@ class NodeAgentSettings(Settings):
         default=None,
         description="e.g. a100_80gb (default: from nvidia-smi, else 'gpu'; None without GPUs).",
     )
-    cpus: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    cpus: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPUs of the node."
+    )
     data_dir: Path | None = Field(
         default=None,
         description="Workspaces and per-rank state (default ~/.runplane/node-agent/<node>).",

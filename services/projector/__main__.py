@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from services.core.health import run_alive
 from services.core.logs import configure
 from services.projector.app import build_app
 from services.projector.settings import ProjectorSettings
@@ -12,7 +13,8 @@ from services.projector.settings import ProjectorSettings
 def main() -> None:
     configure("projector")
     settings = ProjectorSettings()
-    asyncio.run(build_app(settings).run())
+    app = build_app(settings)
+    asyncio.run(run_alive(app.run(), redis_url=settings.redis_url, service="projector"))
 
 
 if __name__ == "__main__":

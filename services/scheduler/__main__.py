@@ -8,6 +8,7 @@ import logging
 from faststream import FastStream
 
 from services.core.consumer import make_broker
+from services.core.health import run_alive
 from services.core.logs import configure
 from services.scheduler.app import Scheduler
 from services.scheduler.settings import SchedulerSettings
@@ -25,7 +26,7 @@ def main() -> None:
         lifespan=scheduler.running,
         after_startup=[scheduler.broker_started.set],
     )
-    asyncio.run(app.run())
+    asyncio.run(run_alive(app.run(), redis_url=settings.redis_url, service="scheduler"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,143 @@
+"""compose.yaml, checked without a Docker engine: valid against the Compose specification's JSON
+schema (vendored in ``tests/data``), and what a deployment needs of it: the log's server with
+AOF on a volume, every service (two node-agents), health checks that probe the service beside
+them, restart policies, and settings every one of which the service reading it knows.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema.validators import validator_for
+
+from services.core.health import SERVICES as PROBED
+from tests.settings_table import SERVICES, env_name
+
+ROOT = Path(__file__).resolve().parents[3]
+SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
+COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
+RUNPLANE = {name: s for name, s in COMPOSE["services"].items() if name != "redis"}
+
+
+def schema_errors(document: dict[str, Any]) -> list[str]:
+    validator_class = validator_for(SCHEMA)
+    validator_class.check_schema(SCHEMA)
+    validator = validator_class(SCHEMA)
+    return sorted(
+        f"/{'/'.join(str(p) for p in error.absolute_path)}: {error.message}"
+        for error in validator.iter_errors(document)
+    )
+
+
+def module_of(service: dict[str, Any]) -> str:
+    command = service["command"]
+    assert command[:2] == ["python", "-m"], command
+    return str(command[2])
+
+
+def test_valid_against_the_compose_specification() -> None:
+    assert schema_errors(COMPOSE) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("services", "scheduler", "healthcheck", "intervall"), "5s"),
+        (("services", "scheduler", "restart"), ["always"]),
+        (("services", "node-agent-1", "depends_on", "redis", "condition"), "healthy"),
+    ],
+)
+def test_the_schema_refuses_what_compose_would(path: tuple[str, ...], value: object) -> None:
+    """The validation is real: a misspelt key, a wrong type, an unknown condition fail it."""
+    broken = copy.deepcopy(COMPOSE)
+    target = broken
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    assert schema_errors(broken) != []
+
+
+def test_redis_keeps_every_write_in_an_aof_on_a_volume() -> None:
+    redis = COMPOSE["services"]["redis"]
+    command = redis["command"]
+    flags = dict(zip(command[1::2], command[2::2], strict=True))
+    assert command[0] == "redis-server"
+    assert flags["--appendonly"] == "yes"
+    assert flags["--appendfsync"] == "always"
+    volume, _, target = redis["volumes"][0].partition(":")
+    assert target == "/data"  # the image's working directory, where the AOF is written
+    assert volume in COMPOSE["volumes"]
+
+
+def test_every_service_runs_and_two_node_agents() -> None:
+    modules = Counter(module_of(service) for service in RUNPLANE.values())
+    assert modules == {
+        "services.scheduler": 1,
+        "services.projector": 1,
+        "services.log_collector": 1,
+        "services.node_agent": 2,
+    }
+    for module in modules:
+        assert importlib.util.find_spec(f"{module}.__main__") is not None, module
+
+
+@pytest.mark.parametrize("name", sorted(COMPOSE["services"]))
+def test_every_service_has_a_health_check_and_a_restart_policy(name: str) -> None:
+    service = COMPOSE["services"][name]
+    assert service["restart"] in {"always", "unless-stopped", "on-failure"}
+    check = service["healthcheck"]
+    assert check["test"][0] == "CMD"
+    assert not check.get("disable", False)
+
+
+@pytest.mark.parametrize("name", sorted(RUNPLANE))
+def test_a_health_check_probes_the_service_it_runs_beside(name: str) -> None:
+    service = RUNPLANE[name]
+    probed, _ = SERVICES[module_of(service)]
+    assert probed in PROBED
+    assert service["healthcheck"]["test"] == [
+        "CMD",
+        "python",
+        "-m",
+        "services.core.health",
+        probed,
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(RUNPLANE))
+def test_services_start_once_redis_is_healthy(name: str) -> None:
+    assert RUNPLANE[name]["depends_on"]["redis"] == {"condition": "service_healthy"}
+
+
+@pytest.mark.parametrize("name", sorted(RUNPLANE))
+def test_every_setting_is_one_the_service_reads(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings ignore unknown variables, so a misspelt one would silently do nothing."""
+    service = RUNPLANE[name]
+    _, settings_class = SERVICES[module_of(service)]
+    known = {env_name(field) for field in settings_class.model_fields}
+    environment = service["environment"]
+    assert set(environment) <= known
+    assert environment["RUNPLANE_REDIS_URL"] == "redis://redis:6379/0"
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, str(value))
+    settings_class()  # the values validate, as the service will read them
+
+
+def test_node_agents_are_distinct_simulated_nodes_on_the_process_executor() -> None:
+    agents = [s for s in RUNPLANE.values() if module_of(s) == "services.node_agent"]
+    nodes = [agent["environment"]["RUNPLANE_NODE"] for agent in agents]
+    volumes = [agent["volumes"][0].partition(":")[0] for agent in agents]
+    assert len(set(nodes)) == len(agents)
+    assert len(set(volumes)) == len(agents)  # a node's rank state is its own
+    for agent in agents:
+        environment = agent["environment"]
+        assert environment["RUNPLANE_EXECUTOR"] == "process"
+        assert int(environment["RUNPLANE_GPUS"]) > 0  # simulated: no nvidia-smi asked
+        assert environment["RUNPLANE_DATA_DIR"].startswith("/data/")
