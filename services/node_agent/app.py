@@ -244,6 +244,8 @@ def make_executor(settings: NodeAgentSettings, reporter: Reporter, store: EventS
     match settings.executor:
         case "process":
             return ProcessExecutor(settings, reporter, store.redis)
+        case "kubernetes":
+            raise NotImplementedError("the kubernetes executor is being built")
         case _:
             assert_never(settings.executor)
 
