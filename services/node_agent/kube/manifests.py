@@ -168,6 +168,7 @@ def main_container(
         "image": job.spec.image,
         "command": ["/bin/sh", "-c", PRELUDE],
         "env": _env_list(env),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             *mounts,
             {"name": "parameters", "mountPath": str(PARAMETERS_DIR), "readOnly": True},
@@ -206,6 +207,8 @@ def init_containers(
                 "image": job.spec.image,
                 "command": ["/bin/sh", "-c", script(steps)],
                 "env": _env_list(env),
+                # A failed tool's last lines become its status message: the integration's error.
+                "terminationMessagePolicy": "FallbackToLogsOnError",
                 "volumeMounts": mounts,
             }
         )

@@ -4,8 +4,9 @@
 
 1. ``LOST`` (a system failure): the kubelet failed the Pod rather than its command (phase
    ``Failed`` with a Pod-level reason: ``Evicted``, ``Shutdown``, ``UnexpectedAdmissionError``,
-   ...), its node is gone (reason ``NodeLost``, phase ``Unknown``), or the cluster took it
-   away (condition ``DisruptionTarget``: preemption, taint eviction) and it has ended;
+   ...), its node is gone (reason ``NodeLost``, phase ``Unknown``; or deleted by the taint
+   manager, which does that to the Pods of an unreachable node), or the cluster took it away
+   (condition ``DisruptionTarget``: preemption, eviction) and it has ended;
 2. ``OOM_KILLED`` / ``EXITED``: the command's container terminated, with its exit code;
 3. ``INTEGRATION_FAILED``: an init container (an integration) terminated with a non-zero code;
 4. ``PULL_FAILED``: a container cannot get its image (``ErrImagePull``, ``ImagePullBackOff``;
@@ -34,6 +35,7 @@ PULL_ERRORS = frozenset(
 )
 PERMANENT_PULL_ERRORS = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 NODE_LOST = "NodeLost"
+TAINT_EVICTION = "DeletionByTaintManager"  # the node is unreachable or not ready
 
 Json = Mapping[str, Any]
 
@@ -96,7 +98,7 @@ def observe(pod: Json) -> Observation:  # noqa: PLR0911 - one return per rule
         "deleting": bool(metadata.get("deletionTimestamp")),
         "node": spec.get("nodeName") or None,
     }
-    lost = _lost(phase, status, main_state)
+    lost = _lost(phase, status, main_state, deleting=facts["deleting"])
     if lost is not None:
         return Observation(Lifecycle.LOST, *lost, **facts)
     kind, detail = main_state
@@ -151,7 +153,9 @@ def observe(pod: Json) -> Observation:  # noqa: PLR0911 - one return per rule
     )
 
 
-def _lost(phase: str, status: Json, main_state: tuple[str, Json]) -> tuple[str, str] | None:
+def _lost(
+    phase: str, status: Json, main_state: tuple[str, Json], *, deleting: bool
+) -> tuple[str, str] | None:
     """(reason, message) when the Pod was lost to the system, not ended by its command."""
     reason = str(status.get("reason") or "")
     message = str(status.get("message") or "")
@@ -161,12 +165,19 @@ def _lost(phase: str, status: Json, main_state: tuple[str, Json]) -> tuple[str, 
         return reason, message or reason
     disruption = _condition(status, "DisruptionTarget")
     ended = phase in ("Failed", "Succeeded") or main_state[0] == "terminated"
-    if disruption is not None and disruption.get("status") == "True" and ended:
+    # The taint manager deletes the Pods of a node that stopped answering: the command may
+    # never report its end (nobody is left to), so the deletion itself is the loss.
+    taken = ended or (deleting and why_of(disruption) == TAINT_EVICTION)
+    if disruption is not None and disruption.get("status") == "True" and taken:
         why = str(disruption.get("reason") or "DisruptionTarget")
         return why, str(disruption.get("message") or why)
     if phase == "Failed" and main_state[0] != "terminated" and not _any_init_failed(status):
         return "PodFailed", message or "the Pod failed before its command ended"
     return None
+
+
+def why_of(condition: Json | None) -> str:
+    return str((condition or {}).get("reason") or "")
 
 
 def _any_init_failed(status: Json) -> bool:

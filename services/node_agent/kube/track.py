@@ -31,7 +31,13 @@ from dataclasses import dataclass
 
 from events.lifecycle import AttemptState
 from events.model import Reason, ReasonCategory
-from services.node_agent.kube.podstatus import Init, Lifecycle, Observation
+from services.node_agent.kube.podstatus import (
+    NODE_LOST,
+    TAINT_EVICTION,
+    Init,
+    Lifecycle,
+    Observation,
+)
 from services.node_agent.plan import exit_reason
 from services.node_agent.rankdir import ExitStatus
 
@@ -168,7 +174,8 @@ class Tracker:
         life = seen.lifecycle
         elsewhere = self.deleted_elsewhere
         if life is Lifecycle.LOST:
-            code = "NodeFailure" if seen.reason == "NodeLost" else seen.reason
+            node_gone = seen.reason in (NODE_LOST, TAINT_EVICTION)
+            code = "NodeFailure" if node_gone else seen.reason
             message = f"{seen.reason}: {seen.message}" if seen.message else seen.reason
             return [Ended(seen.exit_code, code, "system", message)]
         if life is Lifecycle.OOM_KILLED:
