@@ -69,10 +69,12 @@ class NodeAgent:
         await self._beat_once()
         self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
         await self.register()
+        await self.executor.prepare()
         await self.reconcile()
 
     async def stop(self) -> None:
         """Stop watching; the ranks' shims run on and a restarted agent adopts them."""
+        self.executor.close()
         tasks = {*self.tasks.values(), *([self._heartbeat] if self._heartbeat else [])}
         for task in tasks:
             task.cancel()
@@ -245,7 +247,10 @@ def make_executor(settings: NodeAgentSettings, reporter: Reporter, store: EventS
         case "process":
             return ProcessExecutor(settings, reporter, store.redis)
         case "kubernetes":
-            raise NotImplementedError("the kubernetes executor is being built")
+            # Imported here: a process agent need not load the kubernetes client.
+            from services.node_agent.kube.executor import KubeExecutor  # noqa: PLC0415
+
+            return KubeExecutor(settings, reporter, store.redis)
         case _:
             assert_never(settings.executor)
 

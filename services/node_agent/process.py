@@ -67,6 +67,12 @@ class ProcessExecutor:
         self.setup = Setup(reporter, client)
         self._shims: list[subprocess.Popen[bytes]] = []  # reaped as they end
 
+    async def prepare(self) -> None:
+        """Nothing to learn: the ranks' directories say it all."""
+
+    def close(self) -> None:
+        """Nothing to stop: shims are watched by the ranks' own tasks."""
+
     def local_ranks(self) -> list[RankKey]:
         return [rank_dir.key for rank_dir in local_ranks(self.data_dir)]
 

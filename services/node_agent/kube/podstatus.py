@@ -215,3 +215,15 @@ def _condition(status: Json, kind: str) -> Json | None:
         if isinstance(condition, Mapping) and condition.get("type") == kind:
             return condition
     return None
+
+
+def container_ended(pod: Json | None, name: str) -> bool:
+    """Whether container ``name`` of ``pod`` has terminated (a Pod gone: all have)."""
+    if pod is None:
+        return True
+    status: Json = pod.get("status") or {}
+    every = {
+        **_statuses(status.get("initContainerStatuses")),
+        **_statuses(status.get("containerStatuses")),
+    }
+    return _state(every.get(name, {}))[0] == "terminated"

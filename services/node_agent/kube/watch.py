@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 import structlog
 
+from services.node_agent.errors import NodeAgentError
+
 log = structlog.get_logger(__name__)
 
 Json = Mapping[str, Any]
@@ -32,7 +34,7 @@ Sink = Callable[[str, Json | None], None]
 GONE = 410
 
 
-class WatchError(Exception):
+class WatchError(NodeAgentError):
     """The API server could not be reached or refused a request: try again later."""
 
 
