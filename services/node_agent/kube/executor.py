@@ -366,7 +366,7 @@ class _Rank:
             return out
 
         for event in events:
-            log.info("rank.report", event=type(event).__name__)
+            log.info("rank.report", reported=type(event).__name__)
         await self.reporter.report(self.key, build)
 
     def _event(self, step: track.Step) -> AnyRunEvent:
