@@ -69,10 +69,12 @@ class NodeAgent:
         await self._beat_once()
         self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
         await self.register()
+        await self.executor.prepare()
         await self.reconcile()
 
     async def stop(self) -> None:
         """Stop watching; the ranks' shims run on and a restarted agent adopts them."""
+        self.executor.close()
         tasks = {*self.tasks.values(), *([self._heartbeat] if self._heartbeat else [])}
         for task in tasks:
             task.cancel()
@@ -80,7 +82,6 @@ class NodeAgent:
             _, stuck = await asyncio.wait(tasks, timeout=_STOP_S)
             if stuck:
                 log.warning("agent.stop_timeout", tasks=sorted(t.get_name() for t in stuck))
-        self.executor.close()
 
     async def register(self) -> None:
         settings = self.settings
@@ -245,6 +246,11 @@ def make_executor(settings: NodeAgentSettings, reporter: Reporter, store: EventS
     match settings.executor:
         case "process":
             return ProcessExecutor(settings, reporter, store.redis)
+        case "kubernetes":
+            # Imported here: a process agent need not load the kubernetes client.
+            from services.node_agent.kube.executor import KubeExecutor  # noqa: PLC0415
+
+            return KubeExecutor(settings, reporter, store.redis)
         case _:
             assert_never(settings.executor)
 

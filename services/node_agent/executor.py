@@ -5,8 +5,8 @@ command, the report of its exit; or, after a restart, picks up a rank it finds i
 records (``resume``). The agent steers a rank only through its ``RankControl``: stop (SIGTERM,
 grace period, SIGKILL; setup is aborted) or kill (at once: the log says the rank is over).
 
-``process`` (``services.node_agent.process``) runs ranks as local processes; a ``kubernetes``
-executor would keep the same shape with a Pod per rank.
+``process`` (``services.node_agent.process``) runs ranks as local processes; ``kubernetes``
+(``services.node_agent.kube``) as a Pod per rank.
 """
 
 from __future__ import annotations
@@ -49,6 +49,14 @@ class RankControl:
 
 
 class Executor(Protocol):
+    async def prepare(self) -> None:
+        """Before ``local_ranks``: learn what runs (the kubernetes executor lists its Pods)."""
+        ...
+
+    def close(self) -> None:
+        """The agent stops: stop watching (the ranks run on, a restarted agent adopts them)."""
+        ...
+
     def local_ranks(self) -> list[RankKey]:
         """Every rank this executor has begun on this node and not finished."""
         ...
@@ -63,8 +71,4 @@ class Executor(Protocol):
     ) -> None:
         """Carry the rank to its end and report it; ``resume``: pick up a rank begun before
         a restart. ``job`` is None when the log no longer describes the rank."""
-        ...
-
-    def close(self) -> None:
-        """Let go of what the executor holds at the agent's stop; the ranks run on."""
         ...

@@ -67,10 +67,14 @@ class ProcessExecutor:
         self.setup = Setup(reporter, client)
         self.forks = ForkServer(settings.data_path / "forkserver.log")
 
+    async def prepare(self) -> None:
+        """Nothing to learn: the ranks' directories say it all."""
+
     def local_ranks(self) -> list[RankKey]:
         return [rank_dir.key for rank_dir in local_ranks(self.data_dir)]
 
     def close(self) -> None:
+        """The fork server ends; the shims it forked run on."""
         self.forks.close()
 
     def begin(self, key: RankKey) -> None:

@@ -38,7 +38,10 @@ class NodeAgentSettings(Settings):
         description="Workspaces and per-rank state (default ~/.runplane/node-agent/<node>).",
     )
     grace_period_s: float = Field(
-        default=30.0, ge=0, description="Between SIGTERM and SIGKILL when a rank is stopped."
+        default=30.0,
+        ge=0,
+        description="Between SIGTERM and SIGKILL when a rank is stopped (kubernetes: the "
+        "Pods' terminationGracePeriodSeconds, rounded up).",
     )
     heartbeat_interval_s: float = Field(
         default=2.0, gt=0, description="Between heartbeats (at least 4 per heartbeat_ttl_s)."
@@ -46,7 +49,40 @@ class NodeAgentSettings(Settings):
     heartbeat_ttl_s: float = Field(
         default=10.0, gt=0, description="Expiry of the heartbeat key: silent this long, lost."
     )
-    executor: Literal["process"] = Field(default="process", description="How ranks run.")
+    executor: Literal["process", "kubernetes"] = Field(
+        default="process", description="How ranks run: local processes, or a Pod per rank."
+    )
+    kube_namespace: str = Field(
+        default="default", min_length=1, description="kubernetes: the namespace of the Pods."
+    )
+    kube_config: Path | None = Field(
+        default=None,
+        description="kubernetes: a kubeconfig file (default: $KUBECONFIG or ~/.kube/config).",
+    )
+    kube_context: str | None = Field(
+        default=None, description="kubernetes: the kubeconfig context (default: its current one)."
+    )
+    kube_in_cluster: bool = Field(
+        default=False,
+        description="kubernetes: use the Pod's service account (the agent runs in the cluster).",
+    )
+    kube_node_name: str | None = Field(
+        default=None,
+        description="kubernetes: pin every Pod to this Kubernetes node (one agent per GPU "
+        "node); unset, the Kubernetes scheduler places them.",
+    )
+    kube_image_pull_backoff_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="kubernetes: how long a rank may fail to pull its image (ErrImagePull, "
+        "ImagePullBackOff) before it fails with FailedImagePull.",
+    )
+    kube_python: str = Field(
+        default="python3",
+        min_length=1,
+        description="kubernetes: the image's interpreter that creates a rank's virtual "
+        "environment (pip_packages, git_repo's pip_install).",
+    )
     output_buffer_lines: int = Field(
         default=50_000,
         ge=100,

@@ -57,3 +57,20 @@ def test_bad_settings_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNPLANE_GPUS", "-1")
     with pytest.raises(ValidationError, match="gpus"):
         NodeAgentSettings()
+
+
+def test_the_kubernetes_executor_and_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNPLANE_GPUS", "8")
+    monkeypatch.setenv("RUNPLANE_EXECUTOR", "kubernetes")
+    monkeypatch.setenv("RUNPLANE_KUBE_NAMESPACE", "training")
+    monkeypatch.setenv("RUNPLANE_KUBE_NODE_NAME", "ip-10-0-3-7")
+    monkeypatch.setenv("RUNPLANE_KUBE_IMAGE_PULL_BACKOFF_S", "120")
+    settings = NodeAgentSettings()
+    assert (settings.executor, settings.kube_namespace) == ("kubernetes", "training")
+    assert (settings.kube_node_name, settings.kube_image_pull_backoff_s) == ("ip-10-0-3-7", 120)
+    assert (settings.kube_in_cluster, settings.kube_config, settings.kube_context) == (
+        False, None, None,
+    )  # fmt: skip
+    monkeypatch.setenv("RUNPLANE_EXECUTOR", "slurm")
+    with pytest.raises(ValidationError, match="executor"):
+        NodeAgentSettings()

@@ -1,0 +1,139 @@
+"""A rank's output, from its Pod's containers to the log-collector's ingest stream.
+
+One thread per container follows its log (``follow=true``) and hands each line to the rank's
+``OutputPump`` on the event loop: the same pump, buffer and ingest entries as the ``process``
+executor's setup output. The integrations' init containers and then the command's container
+are followed in that order, as they run. Kubernetes merges a container's stdout and stderr
+into one log: every line is filed as stdout.
+
+The log is asked for with timestamps. A line is sent only if it is newer than the last one
+sent for that container (``ledger``): a stream that breaks is followed again from that point
+(``sinceTime``), and so is the log of a rank adopted after a restart, so no line is sent
+twice and none is skipped while the kubelet keeps the log. The follower ends when a stream
+ends and ``finished()`` says the container is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import structlog
+
+from services.core import output
+from services.node_agent.kube.api import KubeApi
+from services.node_agent.kube.watch import WatchError
+from services.node_agent.lines import LineSplitter
+from services.node_agent.pump import OutputPump
+
+log = structlog.get_logger(__name__)
+
+_STAMP_MAX = 40  # "2025-05-14T09:14:09.123456789Z " and then some
+_RECORD_EVERY = 1000  # lines between two records of progress (and at every stream's end)
+_RETRY_S = 1.0
+
+Stamp = tuple[str, int]  # (seconds, as "YYYY-MM-DDTHH:MM:SS"; nanoseconds)
+
+
+def parse_stamp(text: str) -> Stamp | None:
+    """The kubelet's RFC 3339 timestamp (UTC, ``Z``, fraction of 0 to 9 digits) as a pair
+    that sorts in time order (its text does not: trailing zeros are dropped)."""
+    if not text.endswith("Z") or len(text) < 20:
+        return None
+    seconds, _, fraction = text[:-1].partition(".")
+    if len(seconds) != 19 or not (fraction.isdigit() or not fraction):
+        return None
+    return seconds, int(fraction.ljust(9, "0")[:9] or 0)
+
+
+def split_stamp(line: bytes) -> tuple[Stamp | None, str, bytes]:
+    """(its time, the timestamp's text, the line without it)."""
+    head, _, rest = line.partition(b" ")
+    text = head.decode(errors="replace")
+    stamp = parse_stamp(text)
+    return (stamp, text, rest) if stamp is not None else (None, "", line)
+
+
+class Follower:
+    def __init__(
+        self,
+        api: KubeApi,
+        pod: str,
+        container: str,
+        pump: OutputPump,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        sent_until: str | None,
+        record: Callable[[str], None],
+        finished: Callable[[], bool],
+    ) -> None:
+        self.api = api
+        self.pod = pod
+        self.container = container
+        self.pump = pump
+        self.loop = loop
+        self.sent_until = sent_until
+        self.record = record
+        self.finished = finished
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"logs:{pod}/{container}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._follow()
+                except WatchError as exc:
+                    log.info("logs.broken", pod=self.pod, container=self.container, why=str(exc))
+                if self.finished() or self._stop.wait(_RETRY_S):
+                    break
+        except Exception:  # a follower must not die silently: say so, the rank goes on
+            log.exception("logs.failed", pod=self.pod, container=self.container)
+        finally:
+            self.done.set()
+
+    def _follow(self) -> None:
+        after = parse_stamp(self.sent_until) if self.sent_until else None
+        splitter = LineSplitter(output.MAX_LINE + _STAMP_MAX)
+        count = 0
+        try:
+            for chunk in self.api.pod_log(self.pod, self.container, since_time=self._since()):
+                for line, cut in splitter.feed(chunk):
+                    after = self._line(line, cut, after)
+                    count += 1
+                    if count % _RECORD_EVERY == 0 and self.sent_until:
+                        self.record(self.sent_until)
+                if self._stop.is_set():
+                    return
+            last = splitter.close()
+            if last is not None:
+                self._line(*last, after)
+        finally:
+            if self.sent_until:
+                self.record(self.sent_until)
+
+    def _line(self, line: bytes, cut: int, after: Stamp | None) -> Stamp | None:
+        stamp, text, rest = split_stamp(line)
+        if stamp is not None:
+            if after is not None and stamp <= after:
+                return after  # sent before the stream broke, or before the agent restarted
+            after, self.sent_until = stamp, text
+        self.loop.call_soon_threadsafe(self.pump.put, output.STDOUT, rest, cut)
+        return after
+
+    def _since(self) -> str | None:
+        """``sinceTime`` has whole seconds: the lines of that second are filtered here."""
+        if not self.sent_until:
+            return None
+        stamp = parse_stamp(self.sent_until)
+        return f"{stamp[0]}Z" if stamp else None

@@ -1,0 +1,264 @@
+"""A rank as a Pod, and an attempt's headless Service: plain dicts, shaped as the API takes them.
+
+Why a Pod per rank, not one indexed Job per attempt: our ranks are the scheduler's unit. Each
+is placed on its own node with its own GPUs, run by that node's agent, and reported on its own
+(``rank.running``, ``rank.exited`` with its own exit code, its own log). A Pod maps onto that
+1:1: one object per rank, created, watched, adopted (by its labels) and deleted by the agent
+that owns the rank. An indexed Job would put every rank under one controller, owned by no
+single agent; it would retry Pods by its own ``backoffLimit`` rather than by the run's
+``max_retries``, and its status counts Pods rather than saying which rank exited how.
+
+The Pod (invariants):
+- ``restartPolicy: Never``: a rank that exits is over; retries are a new attempt.
+- the run's image for every container; ``nvidia.com/gpu`` limits equal the rank's GPUs (a rank
+  without GPUs gets ``NVIDIA_VISIBLE_DEVICES=void``: a CUDA image's ``all`` would otherwise
+  hand it every GPU of the machine);
+- integrations run in order, one init container each (``integration-<i>``), before the
+  command. Init containers rather than a shell prelude: Kubernetes runs them in order and
+  stops at the first that fails, and each one's state is in the Pod's status, so every
+  integration's start, end and failure is observed, not guessed from output. What they make
+  must reach the command: they share an ``emptyDir`` at ``/runplane`` with it: clones in the
+  workspace, packages in the rank's virtual environment (as on the ``process`` executor), put
+  first on the PATH by the command's short prelude. ``apt_packages`` cannot carry over from
+  one container to another, so it is refused (``BadIntegration``): bake them into the image.
+- the command runs under ``bash -c`` (``sh -c`` if the image has no bash), as on the
+  ``process`` executor, through ``exec`` so it receives SIGTERM itself;
+- the mcli environment (``services.node_agent.environment``): the run's ``env_variables``,
+  then MASTER_ADDR = rank 0's Pod's DNS name in the attempt's headless Service (``hostname``
+  + ``subdomain``), MASTER_PORT, NODE_RANK, WORLD_SIZE, ... PARAMETERS is a file the Downward
+  API writes from the Pod's parameters annotation. CUDA_VISIBLE_DEVICES is left out: in a
+  container the device plugin's GPUs are numbered from 0, whatever their index on the node;
+- labels and annotations from ``naming``; ``terminationGracePeriodSeconds`` from settings;
+  ``enableServiceLinks: false`` (a namespace's Services would add variables to every rank).
+
+The Service is headless (no cluster IP), selects the attempt's Pods, and publishes them before
+they are ready (ranks rendezvous before any readiness). Rank 0's agent creates it, owned by rank
+0's Pod, so it is deleted with that Pod.
+
+Pure: no IO.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from pathlib import Path, PurePosixPath
+from typing import Any, NamedTuple
+
+import msgspec
+
+from services.node_agent import integrations
+from services.node_agent.environment import master_port, rank_environment
+from services.node_agent.errors import IntegrationError, NodeAgentError
+from services.node_agent.job import RankJob
+from services.node_agent.kube import naming
+
+SHARED = PurePosixPath("/runplane")
+WORKSPACE = SHARED / "workspace"
+VENV = SHARED / "venv"
+PARAMETERS_DIR = PurePosixPath("/etc/runplane")
+PARAMETERS_FILE = PARAMETERS_DIR / "parameters.yaml"
+MAIN = "rank"
+
+#: The command's prelude: the rank's virtual environment first on the PATH when an integration
+#: made one, then the command itself (``exec``: signals go to it, its exit is the container's).
+PRELUDE = f"""\
+mkdir -p {WORKSPACE} && cd {WORKSPACE} || exit 1
+if [ -x {VENV}/bin/python ]; then
+  export VIRTUAL_ENV={VENV} PATH="{VENV}/bin:$PATH"
+fi
+if command -v bash >/dev/null 2>&1; then exec bash -c "$RUNPLANE_COMMAND"; fi
+exec sh -c "$RUNPLANE_COMMAND"
+"""
+
+
+class PodOptions(NamedTuple):
+    """What the agent's settings add to a job."""
+
+    namespace: str
+    node: str  # the node-agent's node
+    actor: str
+    grace_period_s: float
+    kube_node: str | None = None  # pin the Pod to this Kubernetes node
+    python: str = "python3"
+
+
+class BadIntegration(NodeAgentError):
+    """An integration this executor cannot carry out as written. Permanent."""
+
+    def __init__(self, index: int, integration_type: str, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+        self.integration_type = integration_type
+
+
+def pod(job: RankJob, options: PodOptions) -> dict[str, Any]:
+    """The Pod of ``job``; raises ``BadIntegration`` for an integration it cannot run."""
+    name = naming.pod_name(job.key)
+    labels = naming.attempt_labels(job.run_id, job.run_name, job.attempt, options.node)
+    labels[naming.RANK] = str(job.rank)
+    annotations = {
+        naming.RUN_ID: job.run_id,
+        naming.RUN_NAME: job.run_name,
+        naming.ATTEMPT: str(job.attempt),
+        naming.RANK: str(job.rank),
+        naming.NODE: options.node,
+        naming.ACTOR: options.actor,
+        naming.PARAMETERS: msgspec.json.encode(job.spec.parameters).decode(),
+    }
+    mounts = [{"name": "runplane", "mountPath": str(SHARED)}]
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": math.ceil(options.grace_period_s),
+        "hostname": name,
+        "subdomain": naming.service_name(job.run_id, job.attempt),
+        "enableServiceLinks": False,
+        "initContainers": init_containers(job, options, mounts),
+        "containers": [main_container(job, options, mounts)],
+        "volumes": [
+            {"name": "runplane", "emptyDir": {}},
+            {
+                "name": "parameters",
+                "downwardAPI": {
+                    "items": [
+                        {
+                            "path": PARAMETERS_FILE.name,
+                            "fieldRef": {
+                                "fieldPath": f"metadata.annotations['{naming.PARAMETERS}']"
+                            },
+                        }
+                    ]
+                },
+            },
+        ],
+    }
+    if not spec["initContainers"]:
+        del spec["initContainers"]
+    if options.kube_node is not None:
+        spec["nodeSelector"] = {"kubernetes.io/hostname": options.kube_node}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": options.namespace,
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": spec,
+    }
+
+
+def main_container(
+    job: RankJob, options: PodOptions, mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    env = rank_environment(
+        job,
+        base={},
+        master_addr=naming.master_addr(job.run_id, job.attempt, options.namespace),
+        parameters_path=Path(PARAMETERS_FILE),
+    )
+    del env["CUDA_VISIBLE_DEVICES"]
+    env["RUNPLANE_COMMAND"] = job.spec.command
+    gpus = len(job.gpus)
+    if gpus == 0:
+        env["NVIDIA_VISIBLE_DEVICES"] = "void"
+    container: dict[str, Any] = {
+        "name": MAIN,
+        "image": job.spec.image,
+        "command": ["/bin/sh", "-c", PRELUDE],
+        "env": _env_list(env),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            *mounts,
+            {"name": "parameters", "mountPath": str(PARAMETERS_DIR), "readOnly": True},
+        ],
+    }
+    if gpus:
+        container["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
+    return container
+
+
+def init_containers(
+    job: RankJob, options: PodOptions, mounts: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    ctx = integrations.Context(
+        workspace=Path(WORKSPACE), venv=Path(VENV), python=options.python, euid=0
+    )
+    env = {**job.spec.env_variables, "GIT_TERMINAL_PROMPT": "0"}
+    containers = []
+    for index, integration in enumerate(job.spec.integrations):
+        kind = integrations.integration_type(integration)
+        if kind == "apt_packages":
+            raise BadIntegration(
+                index,
+                kind,
+                "apt_packages: on the kubernetes executor an integration runs in a container "
+                "of its own, and system packages do not carry over to the command's: install "
+                "them in the image",
+            )
+        try:
+            steps = integrations.steps_for(integration, ctx)
+        except IntegrationError as exc:
+            raise BadIntegration(index, kind, str(exc)) from exc
+        containers.append(
+            {
+                "name": integration_container(index),
+                "image": job.spec.image,
+                "command": ["/bin/sh", "-c", script(steps)],
+                "env": _env_list(env),
+                # A failed tool's last lines become its status message: the integration's error.
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "volumeMounts": mounts,
+            }
+        )
+    return containers
+
+
+def integration_container(index: int) -> str:
+    return f"integration-{index}"
+
+
+def script(steps: list[integrations.Step]) -> str:
+    """The steps as one shell script that stops at the first failure."""
+    lines = ["set -e", f"mkdir -p {shlex.quote(str(WORKSPACE))}"]
+    for step in steps:
+        command = shlex.join(step.argv)
+        if step.creates is not None:
+            command = f"[ -e {shlex.quote(str(step.creates))} ] || {command}"
+        lines += [f"cd {shlex.quote(str(step.cwd))}", command]
+    return "\n".join(lines) + "\n"
+
+
+def service(job: RankJob, options: PodOptions, owner_uid: str) -> dict[str, Any]:
+    """The attempt's headless Service, owned by rank 0's Pod (uid ``owner_uid``)."""
+    port = master_port(job.run_id, job.attempt)
+    labels = naming.attempt_labels(job.run_id, job.run_name, job.attempt, options.node)
+    selector = {key: labels[key] for key in (naming.MANAGED_BY, naming.RUN_ID, naming.ATTEMPT)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": naming.service_name(job.run_id, job.attempt),
+            "namespace": options.namespace,
+            "labels": labels,
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": naming.pod_name(job.key._replace(rank=0)),
+                    "uid": owner_uid,
+                }
+            ],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector,
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": "rendezvous", "port": port, "targetPort": port}],
+        },
+    }
+
+
+def _env_list(env: dict[str, str]) -> list[dict[str, str]]:
+    return [{"name": name, "value": value} for name, value in env.items()]

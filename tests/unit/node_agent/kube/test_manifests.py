@@ -1,0 +1,193 @@
+"""The Pod of a rank and the Service of an attempt: valid for the Kubernetes API (the official
+schema, strict: no field it does not know), and carrying what the rank needs to run."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from events.model import RankPlacement
+from events.spec import Compute, RunSpec
+from services.node_agent.job import RankJob, RankKey
+from services.node_agent.kube import manifests, naming
+from services.node_agent.kube.manifests import BadIntegration, PodOptions
+
+#: A recent Kubernetes release whose schema kubernetes-validate ships.
+K8S = "1.34"
+RUN = "0f3a9c1e5b7d4a2c8e6f1b3d5a7c9e0f"
+OPTIONS = PodOptions(namespace="ml", node="gpu-node-7", actor="node-agent@gpu-node-7",
+                     grace_period_s=29.5)  # fmt: skip
+GIT = {"integration_type": "git_repo", "git_repo": "org/trainer", "git_commit": "abc123",
+       "pip_install": "-e ."}  # fmt: skip
+PIP = {"integration_type": "pip_packages", "packages": ["numpy", "einops"]}
+
+
+def job(rank: int = 1, gpus: tuple[int, ...] = (4, 5, 6, 7), **spec: Any) -> RankJob:
+    run_spec = RunSpec(
+        name="llm",
+        image=spec.pop("image", "mosaicml/pytorch:2.4.0_cu124-python3.11-ubuntu22.04"),
+        command=spec.pop("command", "composer train.py --lr $LR"),
+        compute=Compute(cluster="k8s", gpus=8),
+        env_variables=spec.pop("env_variables", {"LR": "3e-4", "MASTER_PORT": "1"}),
+        parameters=spec.pop("parameters", {"optimizer": {"lr": 3e-4}, "steps": 1000}),
+        integrations=spec.pop("integrations", [GIT, PIP]),
+    )
+    placement = [RankPlacement(rank=0, node="gpu-node-3", gpus=[0, 1, 2, 3]),
+                 RankPlacement(rank=1, node="gpu-node-7", gpus=list(gpus))]  # fmt: skip
+    return RankJob(run_id=RUN, run_name="llm-qwerty", attempt=2, rank=rank,
+                   node=placement[rank].node, spec=run_spec, placement=placement)  # fmt: skip
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in container["env"]}
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_the_pod_and_the_service_validate_against_the_kubernetes_schema(strict: bool) -> None:
+    for rank in (0, 1):
+        kubernetes_validate.validate(manifests.pod(job(rank), OPTIONS), K8S, strict=strict)
+    pinned = OPTIONS._replace(kube_node="ip-10-0-3-7.ec2.internal")
+    kubernetes_validate.validate(manifests.pod(job(integrations=[]), pinned), K8S, strict=strict)
+    service = manifests.service(job(0), OPTIONS, owner_uid="6f0a3c2e-8f1b-4a55-9a54-2b1c0e7d9f11")
+    kubernetes_validate.validate(service, K8S, strict=strict)
+
+
+def test_an_invalid_manifest_is_caught_by_the_validator() -> None:
+    """The check has teeth: a Pod with a field of the wrong type is refused."""
+    pod = manifests.pod(job(), OPTIONS)
+    pod["spec"]["terminationGracePeriodSeconds"] = "thirty"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(pod, K8S, strict=True)
+
+
+def test_the_pod_runs_the_rank_once_with_its_gpus_and_grace_period() -> None:
+    pod = manifests.pod(job(), OPTIONS)
+    spec = pod["spec"]
+    (main,) = spec["containers"]
+    assert spec["restartPolicy"] == "Never"
+    assert spec["terminationGracePeriodSeconds"] == 30  # rounded up, never shorter
+    assert main["resources"] == {"limits": {"nvidia.com/gpu": 4}}
+    assert main["image"] == "mosaicml/pytorch:2.4.0_cu124-python3.11-ubuntu22.04"
+    assert "nodeSelector" not in spec
+    pinned = manifests.pod(job(), OPTIONS._replace(kube_node="ip-10-0-3-7"))
+    assert pinned["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "ip-10-0-3-7"}
+
+
+def test_a_rank_without_gpus_asks_for_none_and_sees_none() -> None:
+    (main,) = manifests.pod(job(gpus=()), OPTIONS)["spec"]["containers"]
+    assert "resources" not in main
+    assert env_of(main)["NVIDIA_VISIBLE_DEVICES"] == "void"
+
+
+def test_the_mcli_environment_points_at_rank_zero_through_the_headless_service() -> None:
+    pod = manifests.pod(job(), OPTIONS)
+    env = env_of(pod["spec"]["containers"][0])
+    rank0 = naming.pod_name(RankKey(RUN, 2, 0))
+    service = naming.service_name(RUN, 2)
+    assert env["MASTER_ADDR"] == f"{rank0}.{service}.ml.svc"
+    assert env["MASTER_PORT"] != "1"  # mcli's variables win over the run's own
+    assert (env["NODE_RANK"], env["WORLD_SIZE"], env["NUM_NODES"]) == ("1", "8", "2")
+    assert (env["LOCAL_WORLD_SIZE"], env["RUN_NAME"], env["RESUMPTION_INDEX"]) == (
+        "4", "llm-qwerty", "2",
+    )  # fmt: skip
+    assert env["LR"] == "3e-4"
+    assert env["RUNPLANE_COMMAND"] == "composer train.py --lr $LR"
+    assert "CUDA_VISIBLE_DEVICES" not in env  # the device plugin numbers a Pod's GPUs from 0
+    assert env["PARAMETERS"] == "/etc/runplane/parameters.yaml"
+    # The rank-0 Pod answers to that name: its hostname and subdomain are the two labels.
+    rank0_spec = manifests.pod(job(rank=0), OPTIONS)["spec"]
+    assert (rank0_spec["hostname"], rank0_spec["subdomain"]) == (rank0, service)
+    assert (pod["spec"]["hostname"], pod["spec"]["subdomain"]) == (pod["metadata"]["name"], service)
+
+
+def test_parameters_reach_the_file_through_the_downward_api() -> None:
+    pod = manifests.pod(job(), OPTIONS)
+    annotation = pod["metadata"]["annotations"][naming.PARAMETERS]
+    assert json.loads(annotation) == {"optimizer": {"lr": 3e-4}, "steps": 1000}
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "parameters"]
+    (item,) = volume["downwardAPI"]["items"]
+    assert item == {
+        "path": "parameters.yaml",
+        "fieldRef": {"fieldPath": "metadata.annotations['runplane.dev/parameters']"},
+    }
+
+
+def test_integrations_run_in_order_as_init_containers_sharing_the_workspace() -> None:
+    pod = manifests.pod(job(), OPTIONS)
+    inits = pod["spec"]["initContainers"]
+    assert [c["name"] for c in inits] == ["integration-0", "integration-1"]
+    clone, pip = (c["command"][2] for c in inits)
+    assert clone.startswith("set -e\n")
+    assert "git clone -- https://github.com/org/trainer /runplane/workspace/trainer" in clone
+    assert "checkout abc123" in clone
+    assert "/runplane/venv/bin/python -m pip install -e ." in clone
+    assert "[ -e /runplane/venv ] || python3 -m venv --system-site-packages" in pip
+    assert "pip install numpy einops" in pip
+    assert all(c["image"] == pod["spec"]["containers"][0]["image"] for c in inits)
+    assert all(env_of(c)["GIT_TERMINAL_PROMPT"] == "0" for c in inits)
+    shared = {"name": "runplane", "mountPath": "/runplane"}
+    assert all(shared in c["volumeMounts"] for c in [*inits, *pod["spec"]["containers"]])
+    assert manifests.PRELUDE in pod["spec"]["containers"][0]["command"]
+    assert "initContainers" not in manifests.pod(job(integrations=[]), OPTIONS)["spec"]
+
+
+@pytest.mark.parametrize(
+    ("integration", "words"),
+    [
+        ({"integration_type": "apt_packages", "packages": ["htop"]}, "install them in the image"),
+        ({"integration_type": "wandb"}, "unknown integration_type 'wandb'"),
+        ({"integration_type": "pip_packages"}, "'packages' must be"),
+    ],
+)
+def test_an_integration_it_cannot_run_is_refused_with_its_index(
+    integration: dict[str, Any], words: str
+) -> None:
+    with pytest.raises(BadIntegration, match=words) as caught:
+        manifests.pod(job(integrations=[PIP, integration]), OPTIONS)
+    assert (caught.value.index, caught.value.integration_type) == (
+        1, integration["integration_type"],
+    )  # fmt: skip
+
+
+def test_labels_and_annotations_tie_the_pod_to_its_rank_and_agent() -> None:
+    pod = manifests.pod(job(), OPTIONS)
+    metadata = pod["metadata"]
+    assert naming.key_of(metadata) == RankKey(RUN, 2, 1)
+    assert metadata["labels"][naming.NODE] == "gpu-node-7"
+    assert metadata["annotations"][naming.ACTOR] == "node-agent@gpu-node-7"
+    selector = dict(part.split("=") for part in naming.node_selector("gpu-node-7").split(","))
+    assert selector.items() <= metadata["labels"].items()
+    service = manifests.service(job(0), OPTIONS, owner_uid="uid-0")
+    assert service["spec"]["selector"].items() <= metadata["labels"].items()
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    (owner,) = service["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "Pod", naming.pod_name(RankKey(RUN, 2, 0)), "uid-0",
+    )  # fmt: skip
+
+
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_VALUE = r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+
+
+@given(st.text(min_size=1, max_size=200))
+def test_any_text_becomes_a_dns_label_and_a_label_value(text: str) -> None:
+    label, value = naming.dns_label(text), naming.label_value(text)
+    assert len(label) <= 63
+    assert len(value) <= 63
+    assert re.fullmatch(_LABEL, label)
+    assert re.fullmatch(_VALUE, value)
+
+
+def test_a_valid_name_stays_itself_and_an_altered_one_keeps_it_apart() -> None:
+    assert naming.dns_label("rp-0f3a-2-1") == "rp-0f3a-2-1"
+    assert naming.label_value("llm_v2.1-qwerty") == "llm_v2.1-qwerty"
+    assert naming.dns_label("Train") != naming.dns_label("train")  # a checksum tells them apart
+    assert naming.dns_label("x" * 64) != naming.dns_label("x" * 65)
