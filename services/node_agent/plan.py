@@ -82,6 +82,11 @@ def plan(state: RunState, node: str, local: Collection[RankKey]) -> list[Action]
     return actions
 
 
+def rank_lost(message: str) -> Reason:
+    """A rank that ended without a status anyone saw: a system failure, never an exit code."""
+    return Reason(category="system", code="RankLost", message=message)
+
+
 def stop_reason(attempt: AttemptState) -> Reason | None:
     """The reason the attempt's ranks must stop, or None while they may run on."""
     if attempt.status is RunStatus.TERMINATING:

@@ -30,15 +30,16 @@ import redis.asyncio as aioredis
 import structlog
 
 from events.lifecycle import AttemptState, RankState
-from events.model import AnyRunEvent, RankRunning, Reason
+from events.model import AnyRunEvent, RankRunning
 from services.core import output
+from services.core.aio import first_of
 from services.node_agent.environment import parameters_document, rank_environment
 from services.node_agent.errors import RankEnded, RankGone
 from services.node_agent.executor import RankControl
 from services.node_agent.forkserver import ForkServer
 from services.node_agent.job import RankJob, RankKey
 from services.node_agent.ondisk import atomic_write, kill_group, signal_process
-from services.node_agent.plan import exit_reason, exited
+from services.node_agent.plan import exit_reason, exited, rank_lost
 from services.node_agent.rankdir import ExitStatus, RankDir, ShimSpec, local_ranks
 from services.node_agent.reporter import Reporter, new_id
 from services.node_agent.settings import NodeAgentSettings
@@ -50,10 +51,6 @@ MAX_SETUPS = 3
 _POLL_ADOPTED_S = 0.1  # an adopted shim has no pipe to this agent: its files are polled
 SIGTERM_STOP, SIGKILL_NOW = signal.SIGTERM, signal.SIGUSR1  # what the shim takes them for
 _SHIM_LOST = "the rank's supervisor (shim) died without recording how the command ended"
-
-
-def _lost(message: str) -> Reason:
-    return Reason(category="system", code="RankLost", message=message)
 
 
 class ProcessExecutor:
@@ -200,7 +197,7 @@ class ProcessExecutor:
                 sent.add(wants)
             control.changed.clear()
             events = [control.changed] + ([link.heard] if link is not None else [])
-            await _first(events, within=None if link is not None else _POLL_ADOPTED_S)
+            await first_of(events, within=None if link is not None else _POLL_ADOPTED_S)
             if link is not None:
                 link.heard.clear()
         status = rank_dir.exit_status()
@@ -243,7 +240,7 @@ class ProcessExecutor:
         log.warning("rank.lost", why=message)
         gone = exited(
             key, self.reporter.node, self.reporter.actor, new_id,
-            exit_code=None, reason=_lost(message),
+            exit_code=None, reason=rank_lost(message),
         )  # fmt: skip
         await self.reporter.report(key, lambda _a, _r: [gone])
 
@@ -286,13 +283,3 @@ class ShimLink:
             transport.close()
             self.ended = True
             self.heard.set()
-
-
-async def _first(events: list[asyncio.Event], within: float | None) -> None:
-    """Until one of ``events`` is set, or ``within`` seconds passed."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

@@ -44,6 +44,7 @@ from events.model import (
     RankRunning,
     Reason,
 )
+from services.core.aio import first_of
 from services.node_agent import integrations
 from services.node_agent.errors import RankEnded, RankGone
 from services.node_agent.executor import RankControl
@@ -55,7 +56,7 @@ from services.node_agent.kube.logs import Follower
 from services.node_agent.kube.manifests import BadIntegration, PodOptions
 from services.node_agent.kube.podstatus import Init, Observation
 from services.node_agent.kube.watch import Json, PodWatch, WatchError
-from services.node_agent.plan import exited
+from services.node_agent.plan import exited, rank_lost
 from services.node_agent.pump import OutputPump
 from services.node_agent.reporter import Reporter, new_id
 from services.node_agent.settings import NodeAgentSettings
@@ -236,7 +237,7 @@ class _Rank:
                 await self.x.call(self.x.api.delete_pod, self.name, None, until=lambda: False)
             changed.clear()
             self.control.changed.clear()
-            await _first([changed, self.control.changed], within=_RECHECK_S)
+            await first_of([changed, self.control.changed], within=_RECHECK_S)
 
     async def close(self) -> None:
         for follower in self.followers.values():
@@ -250,7 +251,9 @@ class _Rank:
         if control.killed:
             raise RankGone("the log says the rank is over")
         if job is None:
-            await self._end_now(_lost("the log no longer describes the rank, and it has no Pod"))
+            await self._end_now(
+                rank_lost("the log no longer describes the rank, and it has no Pod")
+            )
         if control.stop_reason is not None:
             await self._end_now(control.stop_reason)  # stopped before it began
         assert job is not None
@@ -268,7 +271,7 @@ class _Rank:
             created = await self.x.call(self.x.api.create_pod, manifest, until=self._over)
         except Refused as exc:
             log.warning("pod.refused", error=str(exc))
-            await self._end_now(_lost(f"the cluster refused its Pod: {exc}"))
+            await self._end_now(rank_lost(f"the cluster refused its Pod: {exc}"))
         if created is None:
             log.info("pod.exists")  # created before a restart, or by a retried request
         else:
@@ -402,17 +405,3 @@ class _Rank:
         events: list[AnyRunEvent] = [failure, gone] if failure is not None else [gone]
         await self.reporter.report(self.key, lambda _a, _r: events)
         raise RankEnded
-
-
-def _lost(message: str) -> Reason:
-    return Reason(category="system", code="RankLost", message=message)
-
-
-async def _first(events: list[asyncio.Event], within: float | None) -> None:
-    """Until one of ``events`` is set, or ``within`` seconds passed."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
