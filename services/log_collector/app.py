@@ -21,12 +21,12 @@ from redis.exceptions import RedisError
 
 from events import keys
 from services.core.consumer import LogConsumer, ensure_group, make_broker
+from services.core.lease import Lease
 from services.core.logread import INGEST_GROUP
 from services.core.store import connect
 from services.log_collector.archive import Archiver
 from services.log_collector.events import EventHandler
 from services.log_collector.ingest import Ingester, pause
-from services.log_collector.lease import Lease
 from services.log_collector.serve import ArchiveServer
 from services.log_collector.settings import LogCollectorSettings
 
@@ -42,7 +42,9 @@ class Collector:
         self.settings = settings
         self.client = connect(settings.redis_url)
         self.broker = make_broker(settings.redis_url)
-        self.lease = Lease(self.client, settings.collector_name, settings.lease_ttl_ms)
+        self.lease = Lease(
+            self.client, keys.log_collector_lease(), settings.collector_name, settings.lease_ttl_ms
+        )
         self.ingester = Ingester(self.client, settings)
         self.archiver = Archiver(self.client, settings)
         self.server = ArchiveServer(self.client, settings)
@@ -112,7 +114,7 @@ class Collector:
             if not held:
                 await pause(self._stop, renew_s)
                 continue
-            log.info("collector.active", holder=self.lease.holder)
+            log.info("collector.active", holder=self.lease.token)
             active = asyncio.Event()  # set: stop copying (lease lost, or shutting down)
             try:
                 async with asyncio.TaskGroup() as group:
@@ -132,7 +134,7 @@ class Collector:
                 break
             try:
                 if not await self.lease.hold():
-                    log.error("collector.lease_lost", holder=self.lease.holder)
+                    log.error("collector.lease_lost", holder=self.lease.token)
                     break
                 renewed = time.monotonic()
             except (RedisError, OSError) as exc:

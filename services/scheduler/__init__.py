@@ -3,6 +3,6 @@
 Pure core (no IO; time, ids and settings passed in): ``cluster`` (the state folded from the
 log), ``placement`` (where a request fits), ``progress`` (what a placed attempt's events mean),
 ``queue`` (one cluster's queue pass and preemption), ``decide`` (one round of all of it, as
-``decision.Decision`` appends). Edges: ``lease`` (who is active), ``app`` (the process),
-``settings``; ``python -m services.scheduler`` runs it.
+``decision.Decision`` appends). Edges: ``services.core.lease`` (who is active), ``app`` (the
+process), ``settings``; ``python -m services.scheduler`` runs it.
 """

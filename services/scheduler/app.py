@@ -38,11 +38,11 @@ from events.model import AnyEvent, AttemptScheduled, NodeEvent, tag_of
 from services.core.aio import wait_event
 from services.core.consumer import LogConsumer
 from services.core.errors import Fenced, StoreError, VersionConflict
+from services.core.lease import Lease, LeaseLost
 from services.core.store import EventStore, Fence, connect
 from services.scheduler.cluster import Applied, ClusterState
 from services.scheduler.decide import decide
 from services.scheduler.decision import Decision
-from services.scheduler.lease import Lease, LeaseLost
 from services.scheduler.settings import SchedulerSettings
 
 log = structlog.get_logger("runplane.scheduler")
@@ -114,7 +114,7 @@ class Scheduler:
         told = False
         while True:
             try:
-                if await self.lease.acquire():
+                if await self.lease.hold():
                     log.info("scheduler.active")
                     return
                 if not told:
