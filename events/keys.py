@@ -74,6 +74,11 @@ def attempt_logs(run_id: str, attempt: int) -> str:
 # A namespace is one build of a projection (``v3``, or ``v3r<ms>`` for a rebuild).
 
 
+def projector_lease() -> str:
+    """The projector's lease: one projector folds and commits, the others stand by."""
+    return f"{PREFIX}:{{proj}}:projector:lease"
+
+
 def projection_prefix(name: str, namespace: str) -> str:
     """Every key of one build of a projection starts with this (to drop a whole build)."""
     return f"{PREFIX}:{{proj}}:{name}:{namespace}:"

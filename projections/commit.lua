@@ -9,9 +9,13 @@
 --   H: HSET key field value ...   D: HDEL key field ...
 --   Z: ZADD key score member ...  R: ZREM key member ...
 --
+-- Optionally ARGV[3 + 4P], a fencing token, and the last KEYS entry, the lease that must hold
+-- it: the writer's lease (``services.core.lease``).
+--
 -- Returns {"ok"}, or {"ok", "again"} if this batch is stored already (a client that lost the
--- reply and sent it again); {"conflict", key, found} if a checkpoint moved (another writer);
--- {"moved", key, found} if readers were switched to another build. Nothing is written then.
+-- reply and sent it again); {"fenced", key, holder} if the writer no longer holds its lease;
+-- {"conflict", key, found} if a checkpoint moved (another writer); {"moved", key, found} if
+-- readers were switched to another build. Nothing is written then.
 
 local CHUNK = 1000
 local COMMANDS = {H = 'HSET', D = 'HDEL', Z = 'ZADD', R = 'ZREM'}
@@ -19,6 +23,12 @@ local PAIRED = {H = true, Z = true}
 
 local function commit(keys, args)
   local builds = tonumber(args[1])
+  if #args == 3 + 4 * builds then
+    local holder = redis.call('GET', keys[#keys]) or ''
+    if holder ~= args[#args] then
+      return {'fenced', keys[#keys], holder}
+    end
+  end
   local again = 0
   for i = 1, builds do
     local a = 2 + (i - 1) * 4

@@ -15,7 +15,8 @@ class UnknownProjection(ProjectionsError):
 
 class Superseded(ProjectionsError):
     """A commit was refused: another writer moved a checkpoint (``conflict``), or readers were
-    switched to another build (``moved``). The writer must start again from the store."""
+    switched to another build (``moved``): the writer must start again from the store. Or the
+    writer lost its lease (``fenced``): it must stand by."""
 
     def __init__(self, what: str, key: str, found: str) -> None:
         super().__init__(f"{what}: {key} holds {found!r}")

@@ -8,7 +8,8 @@ Invariants:
 - ``commit`` writes every build's rows and checkpoint of a batch in one server-side function
   (``commit.lua``), and only if each checkpoint still holds what the batch expects and each
   active pointer still names what the build expects; otherwise nothing is written and
-  ``Superseded`` is raised.
+  ``Superseded`` is raised; likewise (``fenced``) if the store has a fence and its lease no
+  longer holds the writer's token.
 - ``drop`` deletes a build's checkpoint before its rows, so a half-dropped build is never taken
   for a complete one.
 """
@@ -31,8 +32,9 @@ Args = list[str | bytes]
 _packer = msgspec.msgpack.Encoder()
 
 
-def to_call(batch: Batch) -> tuple[list[str], Args]:
-    """KEYS and ARGV of ``runplane_project`` for ``batch`` (see commit.lua)."""
+def to_call(batch: Batch, fence: tuple[str, str] | None = None) -> tuple[list[str], Args]:
+    """KEYS and ARGV of ``runplane_project`` for ``batch`` (see commit.lua); ``fence``: the
+    lease key and the token it must hold for the commit to be taken."""
     call_keys: list[str] = []
     for part in batch.parts:
         call_keys += [keys.projection_checkpoint(part.name, part.namespace)]
@@ -63,6 +65,9 @@ def to_call(batch: Batch) -> tuple[list[str], Args]:
         call_keys.append(key)
         writes.append((op, len(call_keys), values))
     args.append(_packer.encode(writes))
+    if fence is not None:
+        call_keys.append(fence[0])
+        args.append(fence[1])
     return call_keys, args
 
 
@@ -97,8 +102,10 @@ def namespace_version(namespace: str) -> int | None:
 class RedisStore:
     """Projection builds on a Redis server."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, fence: tuple[str, str] | None = None) -> None:
+        """``fence``: (lease key, token): commits are taken only while the lease holds it."""
         self.redis = client
+        self.fence = fence
         self._loaded = False
 
     async def active(self, name: str) -> str | None:
@@ -112,7 +119,7 @@ class RedisStore:
         return parse_position(value.decode() if isinstance(value, bytes) else value)
 
     async def commit(self, batch: Batch) -> None:
-        call_keys, args = to_call(batch)
+        call_keys, args = to_call(batch, self.fence)
         if not self._loaded:  # a large batch is not sent twice to find the function missing
             await self.redis.function_load(_FUNCTION, replace=True)
             self._loaded = True

@@ -13,7 +13,11 @@ the same name it takes its own lease back at once) and the projector.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 # Renew our lease, or take a free one: 1 if we hold it now, else 0.
 _HOLD = """
@@ -69,3 +73,18 @@ class Lease:
         """Who holds the lease now (None: nobody)."""
         value = await self.client.get(self.key)
         return value.decode() if isinstance(value, bytes) else value
+
+    async def keep(self) -> None:
+        """Renew at a third of the expiry until cancelled; raise ``LeaseLost`` once the lease
+        is another's, or could not be renewed for a whole expiry (it may have passed)."""
+        ttl_s = self.ttl_ms / 1000
+        renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(ttl_s / 3)
+            try:
+                if not await self.renew():
+                    raise LeaseLost(f"another instance holds {self.key}")
+                renewed = time.monotonic()
+            except (RedisError, OSError) as exc:
+                if time.monotonic() - renewed > ttl_s:
+                    raise LeaseLost(f"could not renew {self.key} for {ttl_s} s: {exc!r}") from exc

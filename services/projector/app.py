@@ -1,5 +1,10 @@
 """The projector as a process: a FastStream app whose lifespan runs the projector's loop.
 
+One projector is active at a time: it holds the projector lease (``services.core.lease``), and
+its commits are fenced by it (``projections/commit.lua``), so two projectors never split the
+consumer group's entries between two partial memories and store rows from either. The others
+stand by and take over when the lease is released (clean stop) or expires (kill -9).
+
 It subscribes to nothing through FastStream (it reads its consumer group in batches itself, so
 that one batch is one transaction); the app gives it the process edge every service shares:
 settings, structlog JSON, graceful stop on SIGTERM/SIGINT. A loop that fails (the server gone
@@ -11,16 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 
 import redis.asyncio as aioredis
 import structlog
 from faststream import FastStream
+from redis.exceptions import RedisError
 
+from events import keys
 from projections.catalog import make_all
+from projections.errors import Superseded
 from projections.runner import RedisLogReader
 from projections.storage import RedisStore
 from services.core.aio import wait_event
 from services.core.consumer import make_broker
+from services.core.lease import Lease, LeaseLost
 from services.core.store import connect
 from services.projector.group import RedisGroup
 from services.projector.projector import Projector
@@ -31,10 +41,13 @@ _PAUSE_S = 1.0
 _GRACE_S = 2.0
 
 
-def build_projector(settings: ProjectorSettings, client: aioredis.Redis) -> Projector:
-    """The projector of every projection, on ``client`` (bytes replies)."""
+def build_projector(
+    settings: ProjectorSettings, client: aioredis.Redis, fence: tuple[str, str] | None = None
+) -> Projector:
+    """The projector of every projection, on ``client`` (bytes replies); its commits are taken
+    only while ``fence`` (lease key, token) holds."""
     return Projector(
-        RedisStore(client),
+        RedisStore(client, fence),
         RedisLogReader(client),
         RedisGroup(client, settings.projector_group, settings.projector_consumer),
         make_all,
@@ -47,18 +60,52 @@ def build_projector(settings: ProjectorSettings, client: aioredis.Redis) -> Proj
 
 
 async def serve(settings: ProjectorSettings, stop: asyncio.Event) -> None:
-    """Run the projector until ``stop`` is set, starting it again after a failure."""
+    """Stand by until this instance holds the projector lease, then project until ``stop`` is
+    set or the lease is lost (then stand by again); after a failure, start again."""
     client = connect(settings.redis_url)
+    token = f"{settings.projector_consumer}/{uuid.uuid4().hex[:8]}"
+    lease = Lease(client, keys.projector_lease(), token, settings.projector_lease_ttl_ms)
     try:
-        while not stop.is_set():
-            projector = build_projector(settings, client)
+        while await _stand_by(lease, stop):
             try:
-                await projector.run(stop, poll_ms=settings.projector_poll_ms)
-            except Exception:
+                await _term(settings, client, lease, stop)
+            except* (LeaseLost, Superseded) as deposed:  # Superseded escapes only as "fenced"
+                log.warning("projector.deposed", why=str(deposed.exceptions[0]))
+            except* Exception:
                 log.exception("projector.failed")
                 await wait_event(stop, _PAUSE_S)
     finally:
+        with contextlib.suppress(RedisError, OSError):
+            await lease.release()  # a standby takes over now, not after the expiry
         await client.aclose()
+
+
+async def _stand_by(lease: Lease, stop: asyncio.Event) -> bool:
+    """Until this instance holds the lease (True) or ``stop`` is set (False)."""
+    told = False
+    while not stop.is_set():
+        try:
+            if await lease.hold():
+                log.info("projector.active", lease=lease.token)
+                return True
+            if not told:
+                log.info("projector.standby", holder=await lease.holder())
+                told = True
+        except (RedisError, OSError) as exc:
+            log.warning("projector.standby_trouble", error=repr(exc))
+        await wait_event(stop, lease.ttl_ms / 5000)
+    return False
+
+
+async def _term(
+    settings: ProjectorSettings, client: aioredis.Redis, lease: Lease, stop: asyncio.Event
+) -> None:
+    """One term as the active projector: until ``stop``, or the lease is lost (raises)."""
+    projector = build_projector(settings, client, (lease.key, lease.token))
+    async with asyncio.TaskGroup() as tasks:
+        keeper = tasks.create_task(lease.keep())
+        await projector.run(stop, poll_ms=settings.projector_poll_ms)
+        keeper.cancel()
 
 
 def build_app(settings: ProjectorSettings) -> FastStream:

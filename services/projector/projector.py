@@ -180,6 +180,8 @@ class Projector:
                     await self.retire_due(now)
                     next_reap = now + reap_every_s
             except Superseded as exc:
+                if exc.what == "fenced":
+                    raise  # the lease is another's: stand by, do not plan again
                 log.warning("projector.superseded", what=exc.what, key=exc.key, found=exc.found)
                 await self.start()
         await self.flush()

@@ -24,6 +24,12 @@ class ProjectorSettings(Settings):
     projector_commit_every: int = Field(
         default=100_000, ge=1, description="Catch-up entries between two stored batches."
     )
+    projector_lease_ttl_ms: int = Field(
+        default=5_000,
+        ge=100,
+        description="Lease expiry: a standby projector takes over this long after the active "
+        "one died (at once after a clean stop).",
+    )
     projector_retire_after_s: float = Field(
         default=60.0, ge=0, description="A build readers left is dropped this long after."
     )

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator, Collection
 from typing import Any
@@ -124,20 +123,6 @@ class Scheduler:
                 log.warning("scheduler.standby_trouble", error=repr(exc))
             await asyncio.sleep(self.settings.lease_ttl_ms / 5000)
 
-    async def keep_lease(self) -> None:
-        """Renew at a third of the expiry; raise ``LeaseLost`` once it cannot be held."""
-        ttl_s = self.settings.lease_ttl_ms / 1000
-        renewed = time.monotonic()
-        while True:
-            await asyncio.sleep(ttl_s / 3)
-            try:
-                if not await self.lease.renew():
-                    raise LeaseLost("another instance holds the lease")
-                renewed = time.monotonic()
-            except (RedisError, OSError) as exc:
-                if time.monotonic() - renewed > ttl_s:
-                    raise LeaseLost(f"could not renew for {ttl_s} s: {exc!r}") from exc
-
 
 class Session:
     """One term as the active instance: its own state, consumers and decision loop."""
@@ -154,7 +139,7 @@ class Session:
     async def serve(self) -> None:
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.scheduler.keep_lease())
+                tasks.create_task(self.scheduler.lease.keep())
                 await self.rebuild()
                 await self.consume()
                 tasks.create_task(self.decide_forever())
