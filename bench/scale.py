@@ -41,7 +41,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import os
+import pstats
 import random
 import signal
 import sys
@@ -104,6 +106,7 @@ class Config:
     fanout_sample: int = 20_000
     heartbeat_ttl_s: float = 30.0
     timeout_s: float = 3_600.0
+    profile: bool = False  # run the scheduler under cProfile and print where its time went
 
     def problem(self) -> str | None:
         """Why this workload could never complete on these nodes, if it could not."""
@@ -144,6 +147,7 @@ class Report:
     cpu_s: dict[str, float] = field(default_factory=dict)
     scheduler_terms: int = 0
     fanout_us_per_delivery: float | None = None
+    scheduler_profile: str | None = None
 
     @property
     def events_per_s(self) -> float:
@@ -232,7 +236,8 @@ async def _serve(config: Config, url: str, store: EventStore, tmp: Path, report:
         await fleet.register()
         _say(f"fleet: {config.nodes:,} nodes registered in {time.perf_counter() - started:.1f} s")
         log_path = tmp / "scheduler.log"
-        async with _scheduler(url, log_path, store.redis) as scheduler:
+        profile = tmp / "scheduler.prof" if config.profile else None
+        async with _scheduler(url, log_path, store.redis, profile) as scheduler:
             scheduler_cpu = _cpu_s(scheduler.pid)  # its start-up (imports) is not the bench
             fleet.expected = config.runs
             client = Client(url)
@@ -247,6 +252,10 @@ async def _serve(config: Config, url: str, store: EventStore, tmp: Path, report:
     report.cpu_s["valkey"] = await _server_cpu_s(store.redis) - server_cpu
     report.cpu_s["bench (agents + users)"] = time.process_time() - own_cpu
     report.wall_s = time.perf_counter() - started
+    if profile is not None:
+        out = io.StringIO()
+        pstats.Stats(str(profile), stream=out).sort_stats("tottime").print_stats(25)
+        report.scheduler_profile = out.getvalue()
 
 
 async def _submit_all(client: Client, specs: Sequence[RunSpec]) -> None:
@@ -291,14 +300,16 @@ async def _wait_ended(
 
 @contextlib.asynccontextmanager
 async def _scheduler(
-    url: str, log_path: Path, client: aioredis.Redis
+    url: str, log_path: Path, client: aioredis.Redis, profile: Path | None = None
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``python -m services.scheduler`` on ``url``, active (holding the lease) when yielded."""
+    """``python -m services.scheduler`` on ``url``, active (holding the lease) when yielded;
+    under cProfile writing to ``profile`` if given (written when it stops on SIGTERM)."""
     env = dict(os.environ)
     env.update(RUNPLANE_REDIS_URL=url, RUNPLANE_SCHEDULER_ID=SCHEDULER, RUNPLANE_PARTITIONS="1")
+    profiling = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
     with log_path.open("ab") as sink:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.scheduler",
+            sys.executable, *profiling, "-m", "services.scheduler",
             env=env, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=sink, stderr=sink,
         )  # fmt: skip
     try:
@@ -507,6 +518,8 @@ def lines(report: Report) -> list[str]:
         out.append(f"first refused: {r.refused[0]}")
     if r.double_booked:
         out.append(f"first double-booked: {r.double_booked[0]}")
+    if r.scheduler_profile is not None:
+        out.append(f"the scheduler's cProfile (by own time):\n{r.scheduler_profile}")
     return out
 
 
@@ -536,6 +549,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--timeout-s", type=float, default=defaults.timeout_s)
     parser.add_argument("--redis-url", help="an empty database to use instead of a private server")
+    parser.add_argument(
+        "--profile", action="store_true", help="run the scheduler under cProfile, print it"
+    )
     args = parser.parse_args(argv)
     config = Config(
         nodes=args.nodes,
@@ -544,6 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runtime_s=args.runtime_s,
         seed=args.seed,
         timeout_s=args.timeout_s,
+        profile=args.profile,
     )
     if (problem := config.problem()) is not None:
         parser.error(problem)
