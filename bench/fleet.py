@@ -135,7 +135,7 @@ class SimulatedExecutor:
             gone = exited(
                 key, self.reporter.node, self.reporter.actor, lambda: gone_id,
                 exit_code=None if stopped else 0,
-                signal=signal.SIGTERM if stopped else None, reason=reason,
+                signal=int(signal.SIGTERM) if stopped else None, reason=reason,
             )  # fmt: skip
             return [gone]
 

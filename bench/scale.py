@@ -42,6 +42,7 @@ import argparse
 import asyncio
 import contextlib
 import io
+import logging
 import os
 import pstats
 import random
@@ -241,11 +242,14 @@ async def _serve(config: Config, url: str, store: EventStore, tmp: Path, report:
             scheduler_cpu = _cpu_s(scheduler.pid)  # its start-up (imports) is not the bench
             fleet.expected = config.runs
             client = Client(url)
+            users = asyncio.create_task(_submit_all(client, specs))
             try:
-                users = asyncio.create_task(_submit_all(client, specs))
                 await _wait_ended(config, fleet, scheduler, users)
                 await users
             finally:
+                users.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await users
                 await client.close()
             report.cpu_s["scheduler"] = _cpu_s(scheduler.pid) - scheduler_cpu
         report.scheduler_terms = log_path.read_text(errors="replace").count('"scheduler.active"')
@@ -565,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (problem := config.problem()) is not None:
         parser.error(problem)
     # The agents' info lines (a few per rank) would drown the figures: warnings only.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     return 0 if ok(asyncio.run(run(config, args.redis_url))) else 1
 
 
