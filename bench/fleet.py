@@ -29,9 +29,11 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
+
+import redis.asyncio as aioredis
 
 from bench.placement import CLUSTER
 from events import codec, keys
@@ -43,6 +45,7 @@ from events.model import (
     AttemptFailed,
     AttemptScheduled,
     AttemptStopped,
+    Event,
     ImagePullFinished,
     ImagePullStarted,
     NodeEvent,
@@ -51,7 +54,8 @@ from events.model import (
     RetryScheduled,
 )
 from events.status import RunStatus
-from services.core.store import EventStore
+from services.core.settings import Settings
+from services.core.store import Appended, EventStore, Fence
 from services.node_agent.app import NodeAgent
 from services.node_agent.errors import RankEnded, RankGone, SetupAborted
 from services.node_agent.executor import RankControl
@@ -70,9 +74,15 @@ class SimulatedExecutor:
     """``services.node_agent.executor.Executor`` without processes: setup and the command are
     reported as the process executor reports them, the command "runs" ``runtime_s()`` seconds."""
 
-    def __init__(self, reporter: Reporter, runtime_s: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        reporter: Reporter,
+        runtime_s: Callable[[], float],
+        failed: Callable[[BaseException], None],
+    ) -> None:
         self.reporter = reporter
         self.runtime_s = runtime_s
+        self.failed = failed  # a rank that fails here would leave its run waiting forever
         self.begun: set[RankKey] = set()
 
     def local_ranks(self) -> list[RankKey]:
@@ -89,6 +99,9 @@ class SimulatedExecutor:
             await self._command(key, control)
         except (RankEnded, RankGone):
             pass  # its exit was reported, or the log says it is over: nothing more to say
+        except Exception as exc:
+            self.failed(exc)
+            raise
         finally:
             self.begun.discard(key)
 
@@ -142,12 +155,45 @@ class SimulatedExecutor:
         await self.reporter.report(key, build)
 
 
+class SharedStore(EventStore):
+    """The one store of the whole fleet: at most ``limit`` reads and appends in flight, the
+    others wait their turn here. Real agents have a connection pool each; thousands of tasks
+    waiting on one pool instead would fail after its timeout, and waking them there costs
+    time in proportion to how many wait."""
+
+    def __init__(self, client: aioredis.Redis, settings: Settings, limit: int) -> None:
+        super().__init__(client, settings)
+        self._limit = asyncio.Semaphore(limit)
+
+    async def history(self, aggregate: str) -> list[Recorded]:
+        async with self._limit:
+            return await super().history(aggregate)
+
+    async def append(
+        self,
+        events: Sequence[Event],
+        *,
+        expected_version: int | None,
+        idempotency_key: str | None = None,
+        fence: Fence | None = None,
+        retry_for_s: float = 30.0,
+    ) -> Appended:
+        async with self._limit:
+            return await super().append(
+                events,
+                expected_version=expected_version,
+                idempotency_key=idempotency_key,
+                fence=fence,
+                retry_for_s=retry_for_s,
+            )
+
+
 class Fleet:
     """``nodes`` simulated node-agents of ``gpus`` GPUs each, named ``node-00000`` on."""
 
     def __init__(
         self,
-        store: EventStore,
+        store: SharedStore,
         *,
         nodes: int,
         gpus: int,
@@ -174,7 +220,7 @@ class Fleet:
                 heartbeat_ttl_s=heartbeat_ttl_s,
             )
             agent = NodeAgent(settings, store)
-            agent.executor = SimulatedExecutor(agent.reporter, runtime_s)
+            agent.executor = SimulatedExecutor(agent.reporter, runtime_s, self._failed)
             self.agents[settings.node] = agent
         self.inbox: dict[str, asyncio.Queue[Recorded]] = {n: asyncio.Queue() for n in self.agents}
         #: run id -> the nodes any of its attempts was placed on: who reads its events.

@@ -42,7 +42,6 @@ import argparse
 import asyncio
 import contextlib
 import io
-import logging
 import os
 import pstats
 import random
@@ -57,10 +56,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-import structlog
 
 from bench import placement, workload
-from bench.fleet import Fleet
+from bench.fleet import Fleet, SharedStore
 from bench.log import append_xadd
 from cli.client import Client
 from events import codec, keys
@@ -82,6 +80,7 @@ from events.model import (
 from events.spec import RunSpec
 from events.status import RunStatus
 from services.core.aio import wait_event
+from services.core.logs import configure
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
 from services.core.valkey import ValkeyProcess
@@ -91,6 +90,7 @@ SCHEDULER = "scheduler@bench"
 WRITERS = 32  # baseline XADD writers, as bench.log's
 USERS = 32  # concurrent submitters
 FANOUT_BATCH = 100  # LogConsumer's batch
+POOL = 128  # connections of the fleet's store; all but 32 for the agents' reads and appends
 Gpu = tuple[str, int]
 Attempt = tuple[str, int]
 
@@ -179,7 +179,8 @@ async def run(config: Config, redis_url: str | None = None) -> Report:
 
 async def _run(config: Config, url: str, tmp: Path) -> Report:
     report = Report(config)
-    store = EventStore(connect(url, max_connections=128), Settings(redis_url=url, partitions=1))
+    settings = Settings(redis_url=url, partitions=1)
+    store = SharedStore(connect(url, max_connections=POOL), settings, limit=POOL - 32)
     try:
         if await store.redis.dbsize():
             raise ValueError(f"the database at {url} is not empty: the bench writes and flushes it")
@@ -218,7 +219,7 @@ async def _baselines(config: Config, store: EventStore, report: Report) -> None:
     )
 
 
-async def _serve(config: Config, url: str, store: EventStore, tmp: Path, report: Report) -> None:
+async def _serve(config: Config, url: str, store: SharedStore, tmp: Path, report: Report) -> None:
     rng = random.Random(config.seed)
     low, high = config.runtime_s * 0.5, config.runtime_s * 1.5
     fleet = Fleet(
@@ -281,10 +282,12 @@ async def _wait_ended(
     deadline = time.monotonic() + config.timeout_s
     started = time.monotonic()
     told = started
-    while not fleet.all_ended.is_set():
+    while True:
         await wait_event(fleet.all_ended, 1.0)
         if fleet.errors:
             raise RuntimeError(f"a simulated agent failed: {fleet.errors[0]!r}")
+        if fleet.all_ended.is_set():
+            return
         if users.done() and users.exception() is not None:
             await users  # raises the users' error
         if scheduler.returncode is not None:
@@ -568,8 +571,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if (problem := config.problem()) is not None:
         parser.error(problem)
-    # The agents' info lines (a few per rank) would drown the figures: warnings only.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    # The agents' info lines (a few per rank) would drown the figures: warnings only, as the
+    # services log them (JSON lines, plain tracebacks: a rich one per failure is slow).
+    configure("bench.scale", level="WARNING")
     return 0 if ok(asyncio.run(run(config, args.redis_url))) else 1
 
 
