@@ -514,6 +514,13 @@ def lines(report: Report) -> list[str]:
             for name, seconds in r.cpu_s.items()
         ),
     ]
+    if scheduler_cpu := r.cpu_s.get("scheduler"):
+        # The scheduler is one thread: one core is its ceiling, whatever else shares the machine.
+        out.append(
+            f"scheduler CPU: {scheduler_cpu / c.runs * 1000:.2f} ms per run, "
+            f"{r.placements / scheduler_cpu:,.0f} placements and "
+            f"{r.run_events / scheduler_cpu:,.0f} log events per CPU-second of the scheduler"
+        )
     if r.fanout_us_per_delivery is not None:
         cores = r.fanout_us_per_delivery * 1e-6 * r.events_per_s * c.nodes
         out.append(
