@@ -66,6 +66,7 @@ from events.codec import Recorded
 from events.errors import IllegalTransition
 from events.lifecycle import RunState, evolve
 from events.model import (
+    AnyRunEvent,
     AttemptCompleted,
     AttemptFailed,
     AttemptRunning,
@@ -74,6 +75,8 @@ from events.model import (
     AttemptTerminating,
     NodeEvent,
     NodeLost,
+    RankExited,
+    RankRunning,
     RetryScheduled,
     RunSubmitted,
 )
@@ -144,6 +147,12 @@ class Report:
     scheduler_events: int = 0
     queue_wait_ms: list[int] = field(default_factory=list)
     to_running_ms: list[int] = field(default_factory=list)
+    #: placed -> the attempt's last rank.running: the agents' part of ``to_running_ms``
+    agents_running_ms: list[int] = field(default_factory=list)
+    #: the last rank.running -> attempt.running, the last rank.exited -> the attempt's end:
+    #: how long the scheduler takes to see a change and write what it means
+    scheduler_running_ms: list[int] = field(default_factory=list)
+    scheduler_end_ms: list[int] = field(default_factory=list)
     # the processes
     wall_s: float = 0.0
     cpu_s: dict[str, float] = field(default_factory=dict)
@@ -363,6 +372,8 @@ class _Reading:
         self.holding: dict[Attempt, list[Gpu]] = {}
         self.submitted: dict[str, int] = {}
         self.scheduled: dict[Attempt, int] = {}
+        self.rank_running: dict[Attempt, int] = {}  # the time of its last rank.running
+        self.rank_exited: dict[Attempt, int] = {}  # the time of its last rank.exited
         self.placed_at: list[int] = []
         self.first = self.last = 0
 
@@ -379,15 +390,27 @@ class _Reading:
             self.runs[event.run_id] = evolve(self.runs.get(event.run_id), event)
         except IllegalTransition as exc:
             report.refused.append(f"{record.position}: {exc}")
-        attempt = (event.run_id, event.attempt)
+        self._step(event, (event.run_id, event.attempt))
+
+    def _step(self, event: AnyRunEvent, attempt: Attempt) -> None:
+        report = self.report
         match event:
             case RunSubmitted():
                 self.submitted[event.run_id] = event.time
             case AttemptScheduled():
                 self._placed(event, attempt)
+            case RankRunning():
+                self.rank_running[attempt] = event.time
+            case RankExited():
+                self.rank_exited[attempt] = event.time
             case AttemptRunning():
-                report.to_running_ms.append(event.time - self.scheduled[attempt])
+                placed, running = self.scheduled[attempt], self.rank_running[attempt]
+                report.to_running_ms.append(event.time - placed)
+                report.agents_running_ms.append(running - placed)
+                report.scheduler_running_ms.append(event.time - running)
             case AttemptCompleted() | AttemptStopped() | AttemptFailed():
+                if (exited := self.rank_exited.pop(attempt, None)) is not None:
+                    report.scheduler_end_ms.append(event.time - exited)
                 for gpu in self.holding.pop(attempt, []):
                     if self.held.get(gpu) == attempt:
                         del self.held[gpu]
@@ -475,6 +498,10 @@ def _pct(values: Sequence[int], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))])
 
 
+def _pcts(values: Sequence[int]) -> str:
+    return f"p50 {_pct(values, 0.5):,.0f} p99 {_pct(values, 0.99):,.0f}"
+
+
 def _ratio(value: float, baseline: float) -> str:
     return f"{value / baseline:.3f}x" if baseline else "n/a"
 
@@ -511,6 +538,11 @@ def lines(report: Report) -> list[str]:
             f"latency (log clock, ms): submitted -> placed p50 {_pct(r.queue_wait_ms, 0.5):,.0f}"
             f" p99 {_pct(r.queue_wait_ms, 0.99):,.0f}; placed -> RUNNING p50 "
             f"{_pct(r.to_running_ms, 0.5):,.0f} p99 {_pct(r.to_running_ms, 0.99):,.0f}"
+        ),
+        (
+            f"  of which agents (placed -> last rank.running) {_pcts(r.agents_running_ms)}; "
+            f"scheduler (last rank.running -> attempt.running) {_pcts(r.scheduler_running_ms)}"
+            f"; scheduler (last rank.exited -> attempt's end) {_pcts(r.scheduler_end_ms)}"
         ),
         "CPU s: "
         + ", ".join(
