@@ -25,10 +25,17 @@ Figures come from the log's own timestamps (the server's clock, one for every wr
 end-to-end events/s (every run event, from the first submission to the last completion) as a
 ratio to raw XADD; placements/s (``attempt.scheduled``: one gang placement decision each) over
 the span in which placements happened, with the busiest second, as a ratio to the pure decide;
-the scheduler's own events/s; queue wait and placement -> RUNNING latencies; CPU seconds of
-each process. Then an estimate of what the simulation leaves out: every real agent reads the
-whole log through its own consumer group, so one delivery (XREADGROUP + XACK in batches of
-100, as ``LogConsumer`` reads) is measured on this log and multiplied by the fleet.
+the scheduler's own events/s; queue wait and placement -> RUNNING latencies, the latter split
+into the agents' part and the scheduler's reaction; CPU seconds of each process, and the
+scheduler's per run (it is one thread: on a machine where everything is busy, that is the
+figure that says what it would do alone). Then an estimate of what the simulation leaves out:
+every real agent reads the whole log through its own consumer group, so one delivery
+(XREADGROUP + XACK in batches of 100, as ``LogConsumer`` reads) is measured on this log and
+multiplied by the fleet. ``--profile FILE`` runs the scheduler under cProfile.
+
+The bench checks what it measures: it exits 1 unless every run COMPLETED by the rules, with
+no GPU double-booked and no node lost (heartbeat keys live 30 s here, not the agents' 10 s: a
+simulation process starved of CPU must not make nodes look dead).
 
 Why the scheduler is a process and not ``services.scheduler.app`` in this one: the edge is what
 is measured (FastStream consumer group in batches, lease and fencing, concurrent appends, the
