@@ -18,6 +18,7 @@ import itertools
 import random
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from events.codec import Recorded
 from events.model import (
@@ -35,6 +36,7 @@ from services.scheduler.decide import decide
 from services.scheduler.placement import Capacity, Shape, place
 
 CLUSTER = "bench"
+GPU_TYPE = "a100"
 SIZES = [1, 1, 1, 2, 2, 4, 8, 8, 16, 32]  # GPUs per run: mostly small, a few multi-node
 
 
@@ -58,15 +60,21 @@ class Log:
             self.state.apply(Recorded(f"{self.now}-0", version, event))
 
 
-def submit(log: Log, rng: random.Random, index: int) -> None:
+def random_spec(rng: random.Random, index: int, cluster: str = CLUSTER) -> RunSpec:
+    """A run of the benchmarks' mix: GPUs from ``SIZES``, priority auto/low/lowest (2:1:1),
+    a fifth of them preemptible."""
     priority: Priority = rng.choice(["auto", "auto", "low", "lowest"])
-    spec = RunSpec(
+    return RunSpec(
         name=f"bench-{index}",
         image="mosaicml/pytorch:latest",
         command="python train.py",
-        compute=Compute(cluster=CLUSTER, gpus=rng.choice(SIZES), gpu_type="a100"),
+        compute=Compute(cluster=cluster, gpus=rng.choice(SIZES), gpu_type=GPU_TYPE),
         scheduling=Scheduling(priority=priority, preemptible=rng.random() < 0.2),
     )
+
+
+def submit(log: Log, rng: random.Random, index: int) -> None:
+    spec = random_spec(rng, index)
     run_id = f"run{index}"
     log.append(
         [RunSubmitted(id=log.new_id(), actor="bench", run_id=run_id, name=run_id, spec=spec)]
@@ -115,8 +123,8 @@ def finish(log: Log, run_id: str) -> None:
 def bench_place(nodes: int, gpus: int, calls: int) -> float:
     capacity = Capacity()
     for index in range(nodes):
-        capacity.add_node(f"node-{index:04d}", "a100", gpus, range(gpus))
-    shapes = [Shape(1, 1, "a100"), Shape(1, 4, "a100"), Shape(2, gpus, "a100")]
+        capacity.add_node(f"node-{index:04d}", GPU_TYPE, gpus, range(gpus))
+    shapes = [Shape(1, 1, GPU_TYPE), Shape(1, 4, GPU_TYPE), Shape(2, gpus, GPU_TYPE)]
     started = time.perf_counter()
     for index in range(calls):
         placement = place(shapes[index % len(shapes)], capacity)
@@ -124,21 +132,20 @@ def bench_place(nodes: int, gpus: int, calls: int) -> float:
     return calls / (time.perf_counter() - started)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10_000, help="runs kept queued")
-    parser.add_argument("--nodes", type=int, default=1_000)
-    parser.add_argument("--gpus", type=int, default=8, help="GPUs per node")
-    parser.add_argument("--rounds", type=int, default=50, help="steady-state rounds")
-    parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args()
-    rng = random.Random(args.seed)
+class Figures(NamedTuple):
+    first_decisions: int  # the first pass over the whole queue on an idle cluster
+    first_placements: int
+    first_s: float
+    placements: int  # the steady-state rounds
+    decisions: int
+    decide_s: float
+    queued: int  # waiting at the end
 
-    print(f"place(): {bench_place(args.nodes, args.gpus, 100_000):,.0f} calls/s")
 
-    state = ClusterState()
-    log = Log(state)
-    for index in range(args.nodes):
+def registered(nodes: int, gpus: int) -> Log:
+    """A scheduler state that knows ``nodes`` nodes of ``gpus`` GPUs, and nothing else."""
+    log = Log(ClusterState())
+    for index in range(nodes):
         node = f"node-{index:04d}"
         log.append(
             [
@@ -147,26 +154,29 @@ def main() -> None:
                     actor=f"agent@{node}",
                     node=node,
                     cluster=CLUSTER,
-                    gpu_type="a100",
-                    gpus=args.gpus,
+                    gpu_type=GPU_TYPE,
+                    gpus=gpus,
                 )
             ]
         )
-    submitted = itertools.count()
-    for _ in range(args.runs):
-        submit(log, rng, next(submitted))
-    decisions, placements, elapsed = decide_round(log)
-    print(
-        f"first pass over {args.runs:,} queued runs on {args.nodes:,} x {args.gpus} GPUs: "
-        f"{decisions:,} decisions ({placements:,} placements) in {elapsed * 1000:.0f} ms = "
-        f"{decisions / elapsed:,.0f} decisions/s"
-    )
+    return log
 
-    for _ in range(args.runs - len(state.waiting.get(CLUSTER, {}))):
+
+def figures(nodes: int, gpus: int, runs: int, rounds: int, seed: int) -> Figures:
+    """The first pass over ``runs`` queued runs, then ``rounds`` steady-state rounds."""
+    rng = random.Random(seed)
+    log = registered(nodes, gpus)
+    state = log.state
+    submitted = itertools.count()
+    for _ in range(runs):
+        submit(log, rng, next(submitted))
+    first_decisions, first_placements, first_s = decide_round(log)
+
+    for _ in range(runs - len(state.waiting.get(CLUSTER, {}))):
         submit(log, rng, next(submitted))  # the queue is back at its size
     decide_round(log)
     total_placements, total_decisions, total_time = 0, 0, 0.0
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         running = sorted(state.active.get(CLUSTER, set()))
         ending = rng.sample(running, max(1, len(running) // 50))
         for run_id in ending:
@@ -177,14 +187,40 @@ def main() -> None:
         total_decisions += decisions
         total_placements += placements
         total_time += elapsed
-    queued = len(state.waiting.get(CLUSTER, {}))
-    print(
-        f"steady state, {args.rounds} rounds ({queued:,} queued at the end): "
-        f"{total_placements:,} placements, {total_decisions:,} decisions in "
-        f"{total_time * 1000:.0f} ms of decide = {total_placements / total_time:,.0f} "
-        f"placements/s, {total_time / args.rounds * 1000:.1f} ms per round"
-    )
     assert not state.double_booked
+    return Figures(
+        first_decisions,
+        first_placements,
+        first_s,
+        total_placements,
+        total_decisions,
+        total_time,
+        len(state.waiting.get(CLUSTER, {})),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10_000, help="runs kept queued")
+    parser.add_argument("--nodes", type=int, default=1_000)
+    parser.add_argument("--gpus", type=int, default=8, help="GPUs per node")
+    parser.add_argument("--rounds", type=int, default=50, help="steady-state rounds")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+
+    print(f"place(): {bench_place(args.nodes, args.gpus, 100_000):,.0f} calls/s")
+    f = figures(args.nodes, args.gpus, args.runs, args.rounds, args.seed)
+    print(
+        f"first pass over {args.runs:,} queued runs on {args.nodes:,} x {args.gpus} GPUs: "
+        f"{f.first_decisions:,} decisions ({f.first_placements:,} placements) in "
+        f"{f.first_s * 1000:.0f} ms = {f.first_decisions / f.first_s:,.0f} decisions/s"
+    )
+    print(
+        f"steady state, {args.rounds} rounds ({f.queued:,} queued at the end): "
+        f"{f.placements:,} placements, {f.decisions:,} decisions in "
+        f"{f.decide_s * 1000:.0f} ms of decide = {f.placements / f.decide_s:,.0f} "
+        f"placements/s, {f.decide_s / args.rounds * 1000:.1f} ms per round"
+    )
 
 
 if __name__ == "__main__":
