@@ -85,6 +85,12 @@ class SimulatedExecutor:
         self.failed = failed  # a rank that fails here would leave its run waiting forever
         self.begun: set[RankKey] = set()
 
+    async def prepare(self) -> None:
+        """Nothing to learn: a simulated node starts empty."""
+
+    def close(self) -> None:
+        """Nothing to let go of."""
+
     def local_ranks(self) -> list[RankKey]:
         return sorted(self.begun)
 
