@@ -34,7 +34,7 @@ from pydantic import Field, ValidationError
 from redis.exceptions import RedisError
 
 from events import keys
-from services.core.settings import Settings
+from services.core.settings import Settings, invalid
 from services.core.store import connect
 
 SERVICES = ("scheduler", "projector", "log-collector", "node-agent")
@@ -147,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = ProbeSettings()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = "_".join(str(part) for part in first["loc"]).upper()
-        print(f"unhealthy: RUNPLANE_{field}: {first['msg']}", file=sys.stderr)  # noqa: T201
+        print(f"unhealthy: {invalid(exc)}", file=sys.stderr)  # noqa: T201
         return 2
     verdict = probe(settings.redis_url, probed_key(args.service, settings, args.instance))
     print(verdict.line, file=sys.stdout if verdict.healthy else sys.stderr)

@@ -7,6 +7,7 @@ import logging
 
 from services.core.health import run_alive
 from services.core.logs import configure
+from services.core.settings import load
 from services.log_collector.app import Collector
 from services.log_collector.settings import LogCollectorSettings
 
@@ -15,7 +16,7 @@ def main() -> None:
     configure("log-collector")
     # FastStream logs every message handled ("Received", "Processed"): far too much here.
     logging.getLogger("runplane.faststream").setLevel(logging.WARNING)
-    settings = LogCollectorSettings()
+    settings = load(LogCollectorSettings, "log-collector")
     app = Collector(settings).app()
     asyncio.run(run_alive(app.run(), redis_url=settings.redis_url, service="log-collector"))
 

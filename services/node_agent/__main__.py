@@ -14,24 +14,16 @@ import time
 
 import redis
 import structlog
-from pydantic import ValidationError
 
 from events import keys
 from services.core.logs import configure
+from services.core.settings import load
 from services.node_agent.settings import NodeAgentSettings
 
 
 def main() -> int:
     configure("node-agent")
-    try:
-        settings = NodeAgentSettings()
-    except ValidationError as exc:
-        errors = "; ".join(
-            f"RUNPLANE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in exc.errors()
-        )
-        print(f"node-agent: invalid settings: {errors}", file=sys.stderr)  # noqa: T201
-        return 2
+    settings = load(NodeAgentSettings, "node-agent")
     structlog.contextvars.bind_contextvars(node=settings.node)
     _first_beat(settings)
     # The broker logs two lines per log entry, and an agent reads every entry of the log.

@@ -6,13 +6,14 @@ import asyncio
 
 from services.core.health import run_alive
 from services.core.logs import configure
+from services.core.settings import load
 from services.projector.app import build_app
 from services.projector.settings import ProjectorSettings
 
 
 def main() -> None:
     configure("projector")
-    settings = ProjectorSettings()
+    settings = load(ProjectorSettings, "projector")
     app = build_app(settings)
     asyncio.run(run_alive(app.run(), redis_url=settings.redis_url, service="projector"))
 

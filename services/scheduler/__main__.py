@@ -10,12 +10,13 @@ from faststream import FastStream
 from services.core.consumer import make_broker
 from services.core.health import run_alive
 from services.core.logs import configure
+from services.core.settings import load
 from services.scheduler.app import Scheduler
 from services.scheduler.settings import SchedulerSettings
 
 
 def main() -> None:
-    settings = SchedulerSettings()
+    settings = load(SchedulerSettings, "scheduler")
     configure("scheduler")
     # One line per consumed entry would drown the scheduler's own log: only trouble from there.
     logging.getLogger("runplane.faststream").setLevel(logging.WARNING)
