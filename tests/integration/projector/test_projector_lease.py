@@ -13,17 +13,15 @@ import redis.asyncio as aioredis
 
 from events import keys
 from projections.base import Row
-from projections.catalog import NAMES
 from projections.engine import Batch, Part
 from projections.errors import Superseded
-from projections.runner import rebuild
 from projections.storage import RedisStore
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
 from tests.integration.projector.test_projector_process import (
     append_all,
+    assert_rows_of_a_rebuild,
     checkpoints,
-    dump,
     last_position,
     projector_process,
     simulated_events,
@@ -61,11 +59,7 @@ async def test_one_projector_is_active_and_a_standby_takes_over_after_a_kill_9(
             await eventually(
                 lambda: checkpoints(redis), equals={end}, what=f"every projection at {end}"
             )
-        for name in NAMES:
-            live_ns = cast(bytes, await redis.get(keys.projection_active(name))).decode()
-            fresh = await rebuild(redis, name, now_ms=1, switch=False)
-            live = await dump(redis, name, live_ns)
-            assert live == await dump(redis, name, fresh), f"{name} differs from its rebuild"
+        await assert_rows_of_a_rebuild(redis)
     finally:
         await store.close()
 
