@@ -228,6 +228,10 @@ class Session:
 
     async def decide_forever(self) -> None:
         tick_s = self.settings.tick_ms / 1000
+        # Heartbeats are looked at a fifth of the node timeout apart, not every tick: one
+        # EXISTS per node each time (61 ms of CPU at 5,000 nodes, bench.scale), and a loss is
+        # still declared within 1.2 timeouts.
+        watch_ms = max(self.settings.tick_ms, int(self.settings.node_timeout_s * 1000) // 5)
         next_watch = 0
         while True:
             self.wake.clear()
@@ -235,7 +239,7 @@ class Session:
             silent: Collection[str] = ()
             if now >= next_watch:
                 silent = await self.silent_nodes(now)
-                next_watch = now + self.settings.tick_ms
+                next_watch = now + watch_ms
             decisions = decide(
                 self.state, now, new_id, actor=self.settings.scheduler_id, silent=silent
             )
