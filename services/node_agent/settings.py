@@ -77,6 +77,12 @@ class NodeAgentSettings(Settings):
         description="kubernetes: how long a rank may fail to pull its image (ErrImagePull, "
         "ImagePullBackOff) before it fails with FailedImagePull.",
     )
+    kube_unschedulable_after_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="kubernetes: how long a rank's Pod may wait for a Kubernetes node before "
+        "the rank fails (system, Unschedulable; retried with retry_on_system_failure).",
+    )
     kube_python: str = Field(
         default="python3",
         min_length=1,

@@ -200,7 +200,10 @@ class _Rank:
         self.control = control
         self.name = name
         self.reporter = executor.reporter
-        self.tracker = track.Tracker(executor.settings.kube_image_pull_backoff_s)
+        self.tracker = track.Tracker(
+            executor.settings.kube_image_pull_backoff_s,
+            executor.settings.kube_unschedulable_after_s,
+        )
         self.pump = OutputPump(executor.client, key.run_id, key.attempt, key.rank)
         self.followers: dict[str, Follower] = {}
         self.deleting = False

@@ -11,6 +11,8 @@
 3. ``INTEGRATION_FAILED``: an init container (an integration) terminated with a non-zero code;
 4. ``PULL_FAILED``: a container cannot get its image (``ErrImagePull``, ``ImagePullBackOff``;
    ``permanent`` for ``InvalidImageName`` and ``ErrImageNeverPull``, which no retry mends);
+   ``CONFIG_FAILED``: it cannot be created from its spec (``CreateContainerConfigError``,
+   ``CreateContainerError``);
 5. ``TERMINATING``: the Pod is being deleted (``deletionTimestamp``) and its command has not
    ended yet;
 6. ``RUNNING``: the command's container runs;
@@ -34,6 +36,9 @@ PULL_ERRORS = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 )
 PERMANENT_PULL_ERRORS = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+#: The container cannot be created from its spec (a missing Secret or ConfigMap, runAsNonRoot
+#: with an image that runs as root): the kubelet retries forever, as for a pull.
+CONFIG_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
 NODE_LOST = "NodeLost"
 TAINT_EVICTION = "DeletionByTaintManager"  # the node is unreachable or not ready
 
@@ -44,6 +49,7 @@ class Lifecycle(StrEnum):
     UNSCHEDULED = "unscheduled"
     STARTING = "starting"
     PULL_FAILED = "pull_failed"
+    CONFIG_FAILED = "config_failed"
     RUNNING = "running"
     TERMINATING = "terminating"
     EXITED = "exited"
@@ -137,6 +143,9 @@ def observe(pod: Json) -> Observation:  # noqa: PLR0911 - one return per rule
                 permanent=reason in PERMANENT_PULL_ERRORS,
                 **facts,
             )
+        if kind == "waiting" and reason in CONFIG_ERRORS:
+            message = str(detail.get("message") or reason)
+            return Observation(Lifecycle.CONFIG_FAILED, reason, message, **facts)
     if facts["deleting"]:
         return Observation(Lifecycle.TERMINATING, **facts)
     if main_state[0] == "running":

@@ -13,8 +13,11 @@ integration's end and its start first. ``Ended`` comes once and is the last step
 
 - the command exited (``EXITED``, ``OOM_KILLED``), with its exit code;
 - an integration failed, the image could not be pulled (at once for ``permanent`` errors, after
-  ``pull_backoff_s`` of failing for the others: Kubernetes itself retries forever), or the Pod
-  was lost (evicted, its node gone);
+  ``pull_backoff_s`` of failing for the others: Kubernetes itself retries forever), the
+  container could not be created from its spec for as long (user ``CreateContainerConfigError``
+  and the like), no Kubernetes node took the Pod within ``unschedulable_s`` (system
+  ``Unschedulable``: nothing stays STARTING forever), or the Pod was lost (evicted, its node
+  gone);
 - the Pod vanished (``vanished``) before anything else ended it.
 
 ``reason`` turns an ``Ended`` into the reason ``rank.exited`` carries, from the attempt's state
@@ -109,15 +112,16 @@ Step = (
 
 
 class Tracker:
-    def __init__(self, pull_backoff_s: float) -> None:
+    def __init__(self, pull_backoff_s: float, unschedulable_s: float = 600.0) -> None:
         self.pull_backoff_s = pull_backoff_s
+        self.unschedulable_s = unschedulable_s
         self.pull_started = False
         self.pull_finished = False
         self.integrations_started = 0  # integrations 0..n-1 were reported started
         self.integrations_finished = 0
         self.running = False
         self.ended = False
-        self.failing_since: float | None = None
+        self.stuck: tuple[Lifecycle, float] | None = None  # waiting how, since when
         self.deleted_elsewhere = False
 
     def step(self, seen: Observation, now: float, *, stopping: bool = False) -> list[Step]:
@@ -190,15 +194,25 @@ class Tracker:
             assert seen.failed_integration is not None
             failed = IntegrationFailed(seen.failed_integration, seen.message)
             return [failed, Ended(None, "IntegrationFailed", "user", seen.message)]
-        if life is Lifecycle.PULL_FAILED:
-            if self.failing_since is None:
-                self.failing_since = now
-            if seen.permanent or now - self.failing_since >= self.pull_backoff_s:
-                error = f"{seen.reason}: {seen.message}"
-                return [PullFailed(error), Ended(None, "FailedImagePull", "user", error)]
+        bound = {
+            Lifecycle.PULL_FAILED: self.pull_backoff_s,
+            Lifecycle.CONFIG_FAILED: self.pull_backoff_s,
+            Lifecycle.UNSCHEDULED: self.unschedulable_s,
+        }.get(life)
+        if bound is None:
+            self.stuck = None  # a wait that ended gets the whole bound again next time
             return []
-        self.failing_since = None  # a pull that recovered gets the whole bound again
-        return []
+        if self.stuck is None or self.stuck[0] is not life:
+            self.stuck = (life, now)
+        if not seen.permanent and now - self.stuck[1] < bound:
+            return []
+        error = f"{seen.reason}: {seen.message}" if seen.message else seen.reason
+        if life is Lifecycle.PULL_FAILED:
+            return [PullFailed(error), Ended(None, "FailedImagePull", "user", error)]
+        if life is Lifecycle.CONFIG_FAILED:
+            return [Ended(None, seen.reason, "user", error)]
+        why = f"no Kubernetes node took its Pod in {bound:g} s ({error or 'no reason given'})"
+        return [Ended(None, "Unschedulable", "system", why)]
 
 
 def reason(ended: Ended, attempt: AttemptState, *, stopping: bool) -> Reason | None:

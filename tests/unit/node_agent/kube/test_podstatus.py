@@ -14,6 +14,7 @@ L = Lifecycle
 EXPECTED = {
     "pending-unscheduled": (L.UNSCHEDULED, "Unschedulable", None),
     "container-creating": (L.STARTING, "", None),
+    "create-container-config-error": (L.CONFIG_FAILED, "CreateContainerConfigError", None),
     "integration-running": (L.STARTING, "", None),
     "integration-failed": (L.INTEGRATION_FAILED, "Error", 1),
     "err-image-pull": (L.PULL_FAILED, "ErrImagePull", None),

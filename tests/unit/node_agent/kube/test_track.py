@@ -182,3 +182,30 @@ def test_nothing_follows_the_end() -> None:
     tracker = Tracker(60)
     feed(tracker, "failed-exit-3")
     assert feed(tracker, "evicted", "running") == []
+
+
+def test_a_container_that_cannot_be_created_fails_after_the_bound() -> None:
+    tracker = Tracker(pull_backoff_s=300)
+    assert feed(tracker, "create-container-config-error", now=0.0) == [PullStarted()]
+    assert feed(tracker, "create-container-config-error", now=299.0) == []
+    (ended,) = feed(tracker, "create-container-config-error", now=300.0)
+    assert isinstance(ended, Ended)
+    assert (ended.code, ended.category) == ("CreateContainerConfigError", "user")
+    assert "runAsNonRoot" in ended.message
+
+
+def test_a_pod_no_node_takes_fails_as_a_system_failure_after_the_bound() -> None:
+    tracker = Tracker(pull_backoff_s=300, unschedulable_s=600)
+    assert feed(tracker, "pending-unscheduled", now=0.0) == []
+    assert feed(tracker, "pending-unscheduled", now=599.0) == []
+    (ended,) = feed(tracker, "pending-unscheduled", now=600.0)
+    assert isinstance(ended, Ended)
+    assert (ended.code, ended.category) == ("Unschedulable", "system")
+    assert "600 s" in ended.message
+
+
+def test_a_pod_scheduled_in_time_gets_no_unschedulable_end() -> None:
+    tracker = Tracker(pull_backoff_s=300, unschedulable_s=600)
+    feed(tracker, "pending-unscheduled", now=0.0)
+    assert feed(tracker, "container-creating", now=599.0) == [PullStarted()]
+    assert feed(tracker, "running", now=2000.0)[-1] == Running()
