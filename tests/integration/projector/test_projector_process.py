@@ -108,6 +108,12 @@ async def dump(client: aioredis.Redis, name: str, namespace: str) -> dict[str, o
     return found
 
 
+async def caught_up(client: aioredis.Redis) -> None:
+    """Wait until every projection's checkpoint is the log's last entry."""
+    end = await last_position(client)
+    await eventually(lambda: checkpoints(client), equals={end}, what=f"every projection at {end}")
+
+
 async def assert_rows_of_a_rebuild(client: aioredis.Redis) -> None:
     """Every projection's active rows are those a rebuild from zero stores, and not empty."""
     for name in NAMES:
@@ -133,10 +139,7 @@ async def test_a_projector_killed_mid_stream_ends_with_the_rows_of_a_rebuild(
             first.send_signal(signal.SIGKILL)
         async with projector_process(redis_url):
             await writer
-            end = await last_position(redis)
-            await eventually(
-                lambda: checkpoints(redis), equals={end}, what=f"every projection at {end}"
-            )
+            await caught_up(redis)
         await assert_rows_of_a_rebuild(redis)
     finally:
         await store.close()
@@ -154,9 +157,8 @@ async def test_the_read_api_over_a_projected_log(redis: aioredis.Redis, redis_ur
         await append_all(store, events)
     finally:
         await store.close()
-    end = await last_position(redis)
     async with projector_process(redis_url):
-        await eventually(lambda: checkpoints(redis), equals={end}, what="caught up")
+        await caught_up(redis)
     page = await query.list_runs(redis, limit=5, include_deleted=True)
     seen = list(page.runs)
     while page.next_cursor is not None:
@@ -195,9 +197,8 @@ async def test_sigterm_stops_the_projector_cleanly(redis: aioredis.Redis, redis_
         await append_all(store, simulated_events(seed=2, steps=100, runs=3))
     finally:
         await store.close()
-    end = await last_position(redis)
     async with projector_process(redis_url) as process:
-        await eventually(lambda: checkpoints(redis), equals={end}, what="caught up")
+        await caught_up(redis)
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
             assert await process.wait() == 0
@@ -212,13 +213,11 @@ async def test_a_rebuild_is_adopted_by_the_running_projector(
     try:
         await append_all(store, events[:half])
         async with projector_process(redis_url, RUNPLANE_PROJECTOR_RETIRE_AFTER_S="0"):
-            end = await last_position(redis)
-            await eventually(lambda: checkpoints(redis), equals={end}, what="caught up")
+            await caught_up(redis)
             fresh = await rebuild(redis, "billing", now_ms=7)
             assert (await redis.get(keys.projection_active("billing"))) == fresh.encode()
             await append_all(store, events[half:])
-            end = await last_position(redis)
-            await eventually(lambda: checkpoints(redis), equals={end}, what="the rebuild kept up")
+            await caught_up(redis)  # the rebuild kept up
             await eventually(
                 lambda: redis.exists(keys.projection_checkpoint("billing", "v1")),
                 equals=0,
