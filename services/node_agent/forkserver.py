@@ -25,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -73,7 +74,11 @@ class ForkServer:
             self._sock = None
         if self._proc is not None:
             if self._proc.poll() is None:
-                self._proc.terminate()  # a shim is never its child's child: safe to end
+                # SIGTERM to the server alone: the shims it forked are in sessions of their own
+                # and run on (reparented), as after a kill -9 of the agent.
+                self._proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(timeout=2)
             self._proc = None
 
     def _ensure(self) -> socket.socket:
