@@ -50,6 +50,10 @@ class ForkServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
 
+    def start(self) -> None:
+        """Start the server unless it runs (``spawn`` starts it too, when it is gone)."""
+        self._ensure()
+
     def spawn(self, root: Path, lock_fd: int, notify_fd: int) -> int:
         """Fork a shim for the rank at ``root``; its pid."""
         sock = self._ensure()

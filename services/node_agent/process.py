@@ -65,7 +65,12 @@ class ProcessExecutor:
         self.forks = ForkServer(settings.data_path / "forkserver.log")
 
     async def prepare(self) -> None:
-        """Nothing to learn: the ranks' directories say it all."""
+        """Nothing to learn (the ranks' directories say it all); the fork server starts now,
+        so the first rank placed here does not wait for its imports."""
+        try:
+            self.forks.start()
+        except OSError as exc:  # each launch tries again, and fails its rank if it cannot
+            log.warning("forkserver.start_failed", error=repr(exc))
 
     def local_ranks(self) -> list[RankKey]:
         return [rank_dir.key for rank_dir in local_ranks(self.data_dir)]
