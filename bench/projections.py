@@ -36,6 +36,7 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
+from bench.processes import stop
 from events import codec, keys
 from events.model import (
     AnyEvent,
@@ -350,17 +351,6 @@ async def start_projector(url: str, log_path: Path) -> asyncio.subprocess.Proces
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "services.projector", env=env, stdout=out, stderr=out
         )
-
-
-async def stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.terminate()
-        try:
-            async with asyncio.timeout(30):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 async def lag(url: str, client: aioredis.Redis, rate: int, seconds: float) -> list[float]:

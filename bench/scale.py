@@ -52,7 +52,6 @@ import io
 import os
 import pstats
 import random
-import signal
 import sys
 import tempfile
 import time
@@ -67,6 +66,7 @@ import redis.asyncio as aioredis
 from bench import placement, workload
 from bench.fleet import Fleet, SharedStore
 from bench.log import append_xadd
+from bench.processes import stop
 from cli.client import Client
 from events import codec, keys
 from events.codec import Recorded
@@ -348,14 +348,7 @@ async def _scheduler(
             await asyncio.sleep(0.05)  # allowed: polling inside a deadline loop
         yield process
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(15):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop(process, within_s=15)
 
 
 # --- reading the log back ------------------------------------------------------------------
