@@ -33,6 +33,7 @@ _KIND_OF: dict[type[Event], bytes] = {
     cls: f"{tag_of(cls)}@{cls.VERSION}".encode() for cls in ALL_EVENT_TYPES
 }
 _CURRENT_KINDS: frozenset[bytes] = frozenset(_KIND_OF.values())
+_TYPE_OF: dict[bytes, type[Event]] = {kind: cls for cls, kind in _KIND_OF.items()}
 
 
 def _scheduled_v1_to_v2(old: dict[str, Any]) -> dict[str, Any]:
@@ -65,13 +66,17 @@ def recorded(position: str, fields: Mapping[bytes, bytes]) -> Recorded:
 
 
 def recorded_flat(raw_position: bytes, flat: list[bytes]) -> Recorded:
-    """``recorded`` for an entry as the server sends it (``[field, value, ...]``).
+    """``recorded`` for an entry as the server sends it (``[field, value, ...]``)."""
+    return recorded_from(raw_position.decode(), flat)
+
+
+def recorded_from(position: str, flat: list[bytes]) -> Recorded:
+    """``recorded_flat`` with the position decoded already.
 
     The hot path of every replay: an entry of the layout the log writes (``k``, ``e``, ``n``)
     and of a current kind is decoded inline; anything else takes ``recorded``, so the results
     and the errors are the same.
     """
-    position = raw_position.decode()
     if len(flat) == 6 and flat[0] == KIND and flat[2] == BODY and flat[4] == VERSION:
         kind = flat[1]
         if kind in _CURRENT_KINDS:
@@ -83,11 +88,21 @@ def recorded_flat(raw_position: bytes, flat: list[bytes]) -> Recorded:
                 if _KIND_OF[type(event)] == kind:
                     event.time = int(position[: position.index("-")])
                     return Recorded(position, int(flat[5]), event)
-    return recorded(position, dict(zip(flat[::2], flat[1::2], strict=True)))
+    return recorded(position, fields_of(flat))
+
+
+def fields_of(flat: list[bytes]) -> dict[bytes, bytes]:
+    """An entry's fields from the server's flat ``[field, value, ...]``."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def kind_of(event: Event) -> bytes:
     return _KIND_OF[type(event)]
+
+
+def current_type(kind: bytes) -> type[Event] | None:
+    """The event type a ``k`` field of the current version names (None: any other value)."""
+    return _TYPE_OF.get(kind)
 
 
 def encode(event: Event) -> dict[bytes, bytes]:

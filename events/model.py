@@ -268,6 +268,7 @@ AnyNodeEvent = NodeRegistered | NodeLost | NodeDrained
 AnyEvent = AnyRunEvent | AnyNodeEvent
 
 ALL_EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__
+RUN_EVENT_TYPES: tuple[type[Event], ...] = AnyRunEvent.__args__
 
 
 def tag_of(cls: type[Event]) -> str:

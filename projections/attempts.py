@@ -20,6 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, ClassVar
 
@@ -27,6 +28,7 @@ import msgspec
 
 from events.codec import Recorded
 from events.model import (
+    RUN_EVENT_TYPES,
     AttemptCompleted,
     AttemptFailed,
     AttemptQueued,
@@ -132,26 +134,25 @@ Handler = Callable[[Any, AttemptRow, Any], str | None]
 class AttemptsProjection:
     name: ClassVar[str] = "attempts"
     version: ClassVar[int] = 1
+    #: Run events but a setup step that went well (it changes no row: its rank is only checked).
+    handles: ClassVar[frozenset[type]]
 
     def __init__(self) -> None:
         self.runs: dict[str, list[AttemptRow]] = {}
-        self._actors: dict[str, str] = {}  # one string per actor, not one per event
         self.indexed: set[str] = set()  # attempt rows stored (and so in their run's index)
-        self._keys: dict[str, list[tuple[RowKey]]] = {}
+        self._keys: dict[str, list[tuple[RowKey]]] = {}  # per run, its attempts' row keys
 
     def apply(self, record: Recorded) -> Collection[RowKey]:  # noqa: PLR0911
-        event = record.event
-        if not isinstance(event, RunEvent):
-            return ()
+        event: Any = record.event  # a run event (``handles``), dispatched on its exact type
         kind = type(event)
         attempts = self.runs.get(event.run_id)
-        actor = self._actors.setdefault(event.actor, event.actor)
         if kind is RunSubmitted:
             if attempts is not None:
                 return skipped(self.name, record, "the run exists already")
-            assert isinstance(event, RunSubmitted)
-            attempts = self.runs[event.run_id] = [_open(event, actor, event.name, "submitted")]
-            return self._line(record, attempts[0], describe(event))
+            first = _open(event, sys.intern(event.actor), event.name, "submitted")
+            self.runs[event.run_id] = [first]
+            self._keys[event.run_id] = [((KIND, f"{event.run_id}:0"),)]
+            return self._line(record, first, describe(event))
         if attempts is None:
             return skipped(self.name, record, "unknown run")
         latest = attempts[-1]
@@ -159,9 +160,10 @@ class AttemptsProjection:
             if not latest.status.is_terminal() or event.attempt != latest.index + 1:
                 return skipped(self.name, record, "not the next attempt")
             how = "restart" if kind is RestartRequested else "retry"
-            latest = _open(event, actor, latest.run_name, how)
+            latest = _open(event, sys.intern(event.actor), latest.run_name, how)
             latest.retry_cause = getattr(event, "cause", None)
             attempts.append(latest)
+            self._keys[event.run_id].append(((KIND, f"{event.run_id}:{latest.index}"),))
             return self._line(record, latest, describe(event))
         if kind in _RUN_LEVEL:
             return self._line(record, latest, describe(event))
@@ -171,7 +173,7 @@ class AttemptsProjection:
         if handler is None:
             return ()
         try:
-            text = handler(event, latest, actor)
+            text = handler(event, latest, event.actor)
         except _Refused as refused:
             return skipped(self.name, record, str(refused))
         return self._line(record, latest, text)
@@ -179,12 +181,10 @@ class AttemptsProjection:
     def _line(self, record: Recorded, attempt: AttemptRow, text: str | None) -> Collection[RowKey]:
         if text:
             event = record.event
-            actor = self._actors.get(event.actor, event.actor)
+            # One string per actor, not one per event (the rows hold them for a long time).
+            actor = sys.intern(event.actor)
             attempt.events.append(HumanEvent(event.time, attempt.index, text, actor))
-        keys = self._keys.setdefault(attempt.run_id, [])
-        while len(keys) <= attempt.index:  # built once per attempt, not once per event
-            keys.append(((KIND, f"{attempt.run_id}:{len(keys)}"),))
-        return keys[attempt.index]
+        return self._keys[attempt.run_id][attempt.index]
 
     def rows(self, keys: Iterable[RowKey]) -> Iterable[Row]:
         for kind, row_id in keys:
@@ -321,13 +321,13 @@ def _reason(attempt: AttemptRow, reason: Reason | None, actor: str) -> None:
         if attempt.first_failed_rank is None:
             attempt.first_failed_rank = reason.failed_rank
         if reason.category == "stopped" and attempt.stopped_by is None:
-            attempt.stopped_by = actor
+            attempt.stopped_by = sys.intern(actor)
 
 
 def _stop(event: StopRequested, attempt: AttemptRow, actor: str) -> str | None:
     if attempt.status.is_terminal() or attempt.status is S.TERMINATING:
         raise _Refused(f"attempt {attempt.index} is {attempt.status.display_name} already")
-    attempt.stop_requested_by = attempt.stopped_by = actor
+    attempt.stop_requested_by = attempt.stopped_by = sys.intern(actor)
     return describe(event)
 
 
@@ -356,3 +356,4 @@ def _setup_step(event: Any, attempt: AttemptRow, actor: str) -> str | None:
 
 _SETUP_FAILURES = frozenset({ImagePullFailed, IntegrationFailed})
 _HANDLERS |= dict.fromkeys(_SETUP, _setup_step)
+AttemptsProjection.handles = frozenset(RUN_EVENT_TYPES) - (set(_SETUP) - _SETUP_FAILURES)

@@ -1,10 +1,11 @@
 """Audit: who did what to which run, and when, for users and for the services' decisions.
 
-Rows: ``entry`` ``<run_id>#<n>`` (the run's n-th entry) or ``node:<node>#<n>``, in the
-indexes ``all`` and ``actor:<actor>`` scored by the log's time, so a user's actions (or a
-service's decisions, ``scheduler@host``) in a time window are one range read; ``count``
-``<run_id>`` (or ``node:<node>``) says how many entries it has, so its trail is one read of
-``<run_id>#0`` to ``#<count - 1>``.
+Rows: ``entry`` ``<run_id>#<n>`` (the run's n-th entry, from 0) or ``node:<node>#<n>``, in the
+index ``actor:<actor>`` scored by the log's time, so a user's actions (or a service's
+decisions, ``scheduler@host``) in a time window are one range read, and a run's trail is a read
+of ``<run_id>#0`` onwards until one is missing. Everyone's entries in a time window are the
+log's own range (``entry_of`` each event): the log is ordered by time already, and an index of
+every entry would double what a rebuild writes.
 
 Audited: requests (submitted, stop, restart, update, delete), the scheduler's and agents'
 decisions on attempts (queued, scheduled, running, terminating, ended, retried, deleted), and
@@ -14,7 +15,8 @@ Invariants: nothing is ever removed (deleted runs stay); entries are in log orde
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+import sys
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, ClassVar
 
 import msgspec
@@ -60,73 +62,79 @@ class Entry(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=T
 
 class AuditProjection:
     name: ClassVar[str] = "audit"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
+    handles: ClassVar[frozenset[type]]  # every event type but the quiet ones (below)
 
     def __init__(self) -> None:
         self.names: dict[str, str] = {}
         self.counts: dict[str, int] = {}  # entries so far per run or node
         self.pending: dict[str, Entry] = {}  # entries not yet rendered nor settled
-        self._strings: dict[str, str] = {}  # one string per actor, not one per event
         self._actor_index: dict[str, str] = {}
 
     def apply(self, record: Recorded) -> Collection[RowKey]:
         event = record.event
-        kind = type(event)
-        if kind in _QUIET or (kind is RankExited and _clean_exit(event)):
+        if type(event) is RunSubmitted:
+            self.names.setdefault(event.run_id, event.name)
+        entry = entry_of(record, self.names)
+        if entry is None:
             return ()
-        detail = _DETAILS.get(kind)
-        actor = self._strings.setdefault(event.actor, event.actor)
-        if isinstance(event, RunEvent):
-            if isinstance(event, RunSubmitted):
-                self.names.setdefault(event.run_id, event.name)
-            owner = event.run_id
-            entry = Entry(
-                position=record.position,
-                time=event.time,
-                actor=actor,
-                action=_TAGS[kind],
-                run_id=event.run_id,
-                run_name=self.names.get(event.run_id),
-                attempt=event.attempt,
-                node=getattr(event, "node", None),
-                detail=detail(event) if detail else "",
-            )
-        else:
-            assert isinstance(event, NodeEvent)
-            owner = f"node:{event.node}"
-            entry = Entry(
-                position=record.position,
-                time=event.time,
-                actor=actor,
-                action=_TAGS[kind],
-                node=event.node,
-                detail=detail(event) if detail else "",
-            )
+        owner = owner_of(entry)
         seq = self.counts.get(owner, 0)
         self.counts[owner] = seq + 1
         key = f"{owner}#{seq}"
         self.pending[key] = entry
-        return (("entry", key), ("count", owner))
+        return (("entry", key),)
 
     def rows(self, keys: Iterable[RowKey]) -> Iterable[Row]:
         for kind, key in keys:
-            if kind == "count":
-                yield Row(kind=kind, id=key, body=encode(self.counts[key]))
-                continue
             entry = self.pending.pop(key, None) if kind == "entry" else None
             if entry is None:
                 continue
-            score = entry.time
             actor_index = self._actor_index.get(entry.actor)
             if actor_index is None:
                 actor_index = self._actor_index[entry.actor] = f"actor:{entry.actor}"
-            index = (("all", score), (actor_index, score))
-            yield Row(kind=kind, id=key, body=encode(entry), index=index)
+            yield Row(kind=kind, id=key, body=encode(entry), index=((actor_index, entry.time),))
 
     def settled(self, keys: Iterable[RowKey]) -> None:
         """These rows are stored as they are (folded again after a restart): forget them."""
         for _, key in keys:
             self.pending.pop(key, None)
+
+
+def entry_of(record: Recorded, names: Mapping[str, str]) -> Entry | None:
+    """The audit entry of a recorded event (None: not audited); ``names``: run names by id."""
+    event = record.event
+    kind = type(event)
+    if kind in _QUIET or (kind is RankExited and _clean_exit(event)):
+        return None
+    detail = _DETAILS.get(kind)
+    actor = sys.intern(event.actor)  # one string per actor, not one per entry
+    if isinstance(event, RunEvent):
+        return Entry(
+            position=record.position,
+            time=event.time,
+            actor=actor,
+            action=_TAGS[kind],
+            run_id=event.run_id,
+            run_name=names.get(event.run_id),
+            attempt=event.attempt,
+            node=getattr(event, "node", None),
+            detail=detail(event) if detail else "",
+        )
+    assert isinstance(event, NodeEvent)
+    return Entry(
+        position=record.position,
+        time=event.time,
+        actor=actor,
+        action=_TAGS[kind],
+        node=event.node,
+        detail=detail(event) if detail else "",
+    )
+
+
+def owner_of(entry: Entry) -> str:
+    """Whose trail an entry is in: its run's, or its node's (``node:<node>``)."""
+    return entry.run_id if entry.run_id is not None else f"node:{entry.node}"
 
 
 def _clean_exit(event: object) -> bool:
@@ -148,6 +156,7 @@ def _reason(event: AttemptTerminating | AttemptStopped | AttemptFailed) -> str:
 _QUIET = frozenset(
     {ImagePullStarted, ImagePullFinished, IntegrationStarted, IntegrationFinished, RankRunning}
 )
+AuditProjection.handles = frozenset(ALL_EVENT_TYPES) - _QUIET
 _TAGS = {cls: tag_of(cls) for cls in ALL_EVENT_TYPES}
 _DETAILS: dict[type, Callable[[Any], str]] = {
     RunSubmitted: lambda e: f"{e.name} on {e.spec.compute.cluster}, {e.spec.compute.gpus} GPUs",

@@ -13,6 +13,8 @@ Invariants:
   changes only the first time it renders the row. Such a fold also has ``settled(keys)``,
   which the engine calls for rows an event changed that are stored already (a restart folding
   the log up to its checkpoint), so that it knows them as stored.
+- A fold may say which event types it takes (``handles``, a set of exact types): the engine
+  gives it no other, so ``apply`` must change nothing for the others.
 - Row bodies are JSON (msgspec), integers for times (ms since the epoch) and GPU-milliseconds.
 """
 
@@ -66,6 +68,13 @@ class Projection(Protocol):
     def rows(self, keys: Iterable[RowKey]) -> Iterable[Row]:
         """The current rows of ``keys``."""
         ...
+
+
+def takes(projection: object, kind: type) -> bool:
+    """Whether ``projection`` takes events of type ``kind`` (its ``handles``; all if it has
+    none): the engine gives it no others."""
+    handles: Collection[type] | None = getattr(projection, "handles", None)
+    return handles is None or kind in handles
 
 
 def encode(value: object) -> bytes:

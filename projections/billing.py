@@ -78,6 +78,7 @@ class _Run(msgspec.Struct, gc=False):
 class BillingProjection:
     name: ClassVar[str] = "billing"
     version: ClassVar[int] = 1
+    handles: ClassVar[frozenset[type]] = _ENDS | {AttemptScheduled, RunSubmitted, RunDeleted}
 
     def __init__(self) -> None:
         self.runs: dict[str, _Run] = {}

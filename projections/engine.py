@@ -23,17 +23,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import structlog
 
 from events import codec
 from events.codec import Recorded
 from events.errors import UndecodableEvent
-from projections.base import ZERO, Position, Projection, Row, RowKey, format_position
+from projections.base import ZERO, Position, Projection, Row, RowKey, format_position, takes
 from projections.base import parse_position as parse
 
 log = structlog.get_logger("projections.engine")
 Apply = Callable[[Recorded], Collection[RowKey]]
+#: A log entry's fields: a mapping, or the server's flat ``[field, value, ...]`` (cheaper).
+Fields = Mapping[bytes, bytes] | list[bytes]
 Settle = Callable[[Iterable[RowKey]], None]
 
 
@@ -64,6 +67,10 @@ class Build:
     @property
     def active(self) -> bool:
         return self.expect_active == self.namespace
+
+
+#: A build with its fold's ``apply`` and ``settled`` (None if it has none), looked up once.
+Fold = tuple[Build, Apply, Settle | None]
 
 
 @dataclass(frozen=True)
@@ -98,34 +105,52 @@ class Engine:
         #: The latest position any build folded, and the latest any build stored.
         self._last = max((build.applied for build in self.builds), default=ZERO)
         self._stored_last = max((build.stored for build in self.builds), default=ZERO)
-        self._folds: list[tuple[Build, Apply, Settle | None]] = [
+        #: Every build has folded up to ``_last`` (their ``applied`` is written only when read:
+        #: see ``_level_up``), the usual case once the builds have caught up with each other.
+        self._level = all(build.applied == self._last for build in self.builds)
+        self._folds: list[Fold] = [
             (build, build.projection.apply, getattr(build.projection, "settled", None))
             for build in self.builds
         ]
+        #: Per event type, the folds it goes to (a projection's ``handles``, if it has one).
+        self._routes: dict[type, list[Fold]] = {}
+        #: Per ``k`` field, whether some build takes that kind (if not, it is not decoded).
+        self._kinds: dict[bytes, bool] = {}
 
     @property
     def applied(self) -> Position:
         """Every build has folded the log up to here."""
+        self._level_up()
         return min((build.applied for build in self.builds), default=ZERO)
 
     @property
     def stored(self) -> Mapping[str, Position]:
         return {build.name: build.stored for build in self.builds}
 
-    def feed_entry(self, position: str, fields: Mapping[bytes, bytes]) -> None:
+    def feed_entry(self, position: str, fields: Fields) -> None:
         """Fold one raw log entry, decoding it only if some build has not folded it yet."""
         pos = parse(position)
-        if not is_new(pos, self._last) and not any(is_new(pos, b.applied) for b in self.builds):
+        if not is_new(pos, self._last):
+            if self._level or not any(is_new(pos, b.applied) for b in self.builds):
+                return
+        elif type(fields) is list and len(fields) == 6 and not self._wanted(fields[1], fields[0]):
+            self._last, self._level = pos, True  # no build takes this kind: nothing to decode
             return
         try:
-            record = codec.recorded(position, fields)
+            if type(fields) is list:
+                record = codec.recorded_from(position, fields)
+            else:
+                record = codec.recorded(position, cast(Mapping[bytes, bytes], fields))
         except UndecodableEvent as exc:
             log.error("projection.undecodable", position=position, error=exc.why)  # noqa: TRY400
             if any(pos > build.stored for build in self.builds):  # new to some build
-                self.undecodable.append((position, fields, exc.why))
+                mapping = codec.fields_of(fields) if isinstance(fields, list) else fields
+                self.undecodable.append((position, mapping, exc.why))
+            self._level_up()
             for build in self.builds:
                 build.applied = max(build.applied, pos)
             self._last = max(self._last, pos)
+            self._level = all(build.applied == self._last for build in self.builds)
             return
         self._feed(pos, record)
 
@@ -134,34 +159,65 @@ class Engine:
 
     def _feed(self, pos: Position, record: Recorded) -> None:
         if is_new(pos, self._last):  # after everything any build folded: the usual case
-            self._last = pos
-            dirty = pos > self._stored_last
-            for build, apply, settle in self._folds:
-                try:
-                    changed = apply(record)
-                except Exception:  # noqa: BLE001 - a fold must never stop the projector
-                    changed = _failed(build, record)
-                build.applied = pos
-                if changed:
-                    if dirty or pos > build.stored:
+            kind = type(record.event)
+            route = self._routes.get(kind)
+            if route is None:
+                route = self._routes[kind] = [f for f in self._folds if _handles(f[0], kind)]
+            self._last, self._level = pos, True  # every build is at ``pos`` now
+            if pos > self._stored_last:  # new to every build: what changes is to be stored
+                for build, apply, _ in route:
+                    try:
+                        changed = apply(record)
+                    except Exception:  # noqa: BLE001 - a fold must never stop the projector
+                        changed = _failed(build, record)
+                    if changed:
                         build.dirty.update(changed)
-                    elif settle is not None:
-                        settle(changed)
+                return
+            self._fold(route, pos, record)  # a restart, folding up to its checkpoints
             return
-        for build, apply, settle in self._folds:
-            if not is_new(pos, build.applied):
-                continue
+        self._level_up()  # behind some build (they started from different checkpoints)
+        kind = type(record.event)
+        behind = []
+        for fold in self._folds:
+            build = fold[0]
+            if is_new(pos, build.applied):
+                build.applied = pos
+                if _handles(build, kind):
+                    behind.append(fold)
+        self._fold(behind, pos, record)
+
+    def _fold(self, folds: list[Fold], pos: Position, record: Recorded) -> None:
+        """Fold ``record`` into ``folds``: what changes after a build's checkpoint is to be
+        stored, what changes before it is stored already (``settled``)."""
+        for build, apply, settle in folds:
             try:
                 changed = apply(record)
             except Exception:  # noqa: BLE001 - a fold must never stop the projector
                 changed = _failed(build, record)
-            build.applied = pos
             if not changed:
                 continue
             if pos > build.stored:
                 build.dirty.update(changed)
             elif settle is not None:
                 settle(changed)
+
+    def _wanted(self, kind: bytes, field: bytes) -> bool:
+        """Whether some build takes events of ``kind`` (the value of ``field``, if that is the
+        ``k`` field); unknown kinds are."""
+        if field != codec.KIND:
+            return True
+        wanted = self._kinds.get(kind)
+        if wanted is None:
+            event_type = codec.current_type(kind)
+            wanted = event_type is None or any(_handles(b, event_type) for b in self.builds)
+            self._kinds[kind] = wanted
+        return wanted
+
+    def _level_up(self) -> None:
+        """Write down every build's ``applied`` (the fast path only moves ``_last``)."""
+        if self._level:
+            for build in self.builds:
+                build.applied = self._last
 
     def batch(self) -> Batch | None:
         """What to store now (None: nothing): every build's changed rows and checkpoint.
@@ -170,6 +226,7 @@ class Engine:
         next batch is taken only after ``committed``. A batch that could not be stored leaves
         the engine behind the store: its owner starts a new engine from the store.
         """
+        self._level_up()
         parts = []
         for build in self.builds:
             if build.applied <= build.stored and not build.activate:
@@ -199,6 +256,10 @@ class Engine:
             if part.activate:
                 build.activate = False
                 build.expect_active = build.namespace
+
+
+def _handles(build: Build, kind: type) -> bool:
+    return takes(build.projection, kind)
 
 
 def _failed(build: Build, record: Recorded) -> Collection[RowKey]:

@@ -17,17 +17,21 @@ from typing import Any, TypeVar, cast
 import msgspec
 import redis.asyncio as aioredis
 
-from events import keys
+from events import codec, keys
+from events.errors import UndecodableEvent
+from events.model import RunEvent
 from events.status import RunStatus
 from projections import billing
 from projections.attempts import AttemptRow
-from projections.audit import Entry
+from projections.audit import Entry, entry_of
 from projections.billing import BilledAttempt, GroupBy, Report, Total
 from projections.run_status import RunRow
+from projections.runner import RedisLogReader
 from projections.utilization import Instance, RunLine, queue_order
 
 T = TypeVar("T")
 _CHUNK = 200
+_MAX_SEQ = 2**64 - 1  # the largest sequence number of a log position
 
 
 class Page(msgspec.Struct, kw_only=True):
@@ -238,23 +242,78 @@ async def audit(
     limit: int = 1000,
 ) -> list[Entry]:
     """Who did what, oldest first: of one actor (user or ``service@host``), of one run (name or
-    run_uid, deleted runs too), or of everyone; within ``window`` ([start, end) ms)."""
+    run_uid, deleted runs too), or of everyone (from the log itself); within ``window``
+    ([start, end) ms)."""
     ns = await _active(client, "audit")
     if ns is None:
         return []
-    low, high = (window[0], f"({window[1]}") if window is not None else ("-inf", "+inf")
     if run is not None:
         found = await get_run(client, run)
         run_id = found.run_uid if found is not None else run
-        count = await ns.get("count", run_id, int) or 0
-        entries = await ns.many("entry", [f"{run_id}#{n}" for n in range(count)], Entry)
+        entries: list[Entry] = []
+        while True:  # the trail is <run_id>#0, #1, ... up to the first one missing
+            ids = [f"{run_id}#{n}" for n in range(len(entries), len(entries) + _CHUNK)]
+            found_entries = await ns.many("entry", ids, Entry)
+            entries += found_entries
+            if len(found_entries) < _CHUNK:
+                break
         if window is not None:
             entries = [e for e in entries if window[0] <= e.time < window[1]]
         return [e for e in entries if user is None or e.actor == user][:limit]
-    index = ns.index_key(f"actor:{user}" if user is not None else "all")
-    ids = cast(list[bytes], await client.zrangebyscore(index, low, high, start=0, num=limit))
-    entries = await ns.many("entry", ids, Entry)
+    if user is None:
+        return await _audit_of_everyone(client, window, limit)
+    low, high = (window[0], f"({window[1]}") if window is not None else ("-inf", "+inf")
+    index = ns.index_key(f"actor:{user}")
+    members = cast(list[bytes], await client.zrangebyscore(index, low, high, start=0, num=limit))
+    entries = await ns.many("entry", members, Entry)
     return sorted(entries, key=lambda e: (e.time, e.position))
+
+
+class _Named(msgspec.Struct):
+    name: str
+
+
+async def _audit_of_everyone(
+    client: aioredis.Redis, window: tuple[int, int] | None, limit: int
+) -> list[Entry]:
+    """The audit entries of the log's events in ``window``, in log order (what the audit fold
+    makes of them; entries that cannot be decoded are skipped, as the fold skips them)."""
+    reader = RedisLogReader(client)
+    after = "0-0" if window is None or window[0] <= 0 else f"{window[0] - 1}-{_MAX_SEQ}"
+    runs = await _active(client, "run_status")
+    names: dict[str, str] = {}
+    found: list[Entry] = []
+    while len(found) < limit:
+        page = await reader.read(after, _CHUNK * 5)
+        records = []
+        for position, flat in page:
+            try:
+                records.append(codec.recorded_from(position, cast(list[bytes], flat)))
+            except UndecodableEvent:
+                continue
+        unnamed = {
+            r.event.run_id
+            for r in records
+            if isinstance(r.event, RunEvent) and r.event.run_id not in names
+        }
+        if unnamed and runs is not None:
+            ids = sorted(unnamed)
+            raws = cast(list[bytes | None], await client.hmget(runs.rows_key("run"), ids))
+            for run_id, raw in zip(ids, raws, strict=True):
+                if raw is not None:
+                    names[run_id] = msgspec.json.decode(raw, type=_Named).name
+        for record in records:
+            if window is not None and record.event.time >= window[1]:
+                return found
+            entry = entry_of(record, names)
+            if entry is not None:
+                found.append(entry)
+                if len(found) == limit:
+                    break
+        if len(page) < _CHUNK * 5:
+            break
+        after = page[-1][0]
+    return found
 
 
 # --- utilization ---------------------------------------------------------------------------

@@ -4,7 +4,9 @@ Invariants:
 - ``status`` and ``reason`` are the latest attempt's; ``cluster``, ``gpus``, ``gpu_type`` and
   ``node_count`` are the latest placement's once an attempt was placed, the request's before.
 - ``started_at`` is when the first attempt entered STARTING; ``completed_at`` when the latest
-  attempt ended (None while it is open); ``updated_at`` the time of the run's latest event.
+  attempt ended (None while it is open); ``updated_at`` the time of the run's latest event,
+  but for a rank's setup steps that went well (image pulls, integrations): they change nothing
+  a user reads here, and each would rewrite the row.
 - ``submitted_config`` is the RunSpec as submitted; the scheduling fields (priority,
   preemptible, max_retries, retry_on_system_failure, max_duration) follow updates.
 - A deleted run keeps its row (``is_deleted``) and its index entries; listings filter it out.
@@ -26,6 +28,7 @@ import msgspec
 
 from events.codec import Recorded
 from events.model import (
+    RUN_EVENT_TYPES,
     AttemptCompleted,
     AttemptFailed,
     AttemptQueued,
@@ -34,11 +37,14 @@ from events.model import (
     AttemptStopped,
     AttemptTerminating,
     DeleteRequested,
+    ImagePullFinished,
+    ImagePullStarted,
+    IntegrationFinished,
+    IntegrationStarted,
     Reason,
     RestartRequested,
     RetryScheduled,
     RunDeleted,
-    RunEvent,
     RunSubmitted,
     StopRequested,
     UpdateRequested,
@@ -125,27 +131,29 @@ def new_row(event: RunSubmitted) -> _RunState:
 class RunStatusProjection:
     name: ClassVar[str] = "run_status"
     version: ClassVar[int] = 1
+    handles: ClassVar[frozenset[type]] = frozenset(RUN_EVENT_TYPES) - {
+        ImagePullStarted,
+        ImagePullFinished,
+        IntegrationStarted,
+        IntegrationFinished,
+    }
 
     def __init__(self) -> None:
         self.runs: dict[str, _RunState] = {}
         #: The status index each run's stored row is in (to move it when its status changes).
         self.indexed: dict[str, RunStatus] = {}
+        self._keys: dict[str, tuple[RowKey]] = {}  # per run, its row's key (built once)
 
-    def apply(self, record: Recorded) -> Collection[RowKey]:  # noqa: PLR0911
-        event = record.event
+    def apply(self, record: Recorded) -> Collection[RowKey]:
+        event: Any = record.event  # a run event (``handles``), dispatched on its exact type
         kind = type(event)
         if kind is RunSubmitted:
-            assert isinstance(event, RunSubmitted)
             if event.run_id in self.runs:
                 return skipped(self.name, record, "the run exists already")
             self.runs[event.run_id] = new_row(event)
+            self._keys[event.run_id] = ((KIND, event.run_id),)
             return ((KIND, event.run_id), (NAME_KIND, event.run_id))
-        handler = _HANDLERS.get(kind)
-        if handler is None:
-            if not isinstance(event, RunEvent):
-                return ()
-            handler = _touch
-        assert isinstance(event, RunEvent)
+        handler = _HANDLERS.get(kind, _touch)
         row = self.runs.get(event.run_id)
         if row is None:
             return skipped(self.name, record, "unknown run")
@@ -155,7 +163,7 @@ class RunStatusProjection:
         if why:
             return skipped(self.name, record, why)
         row.updated_at = event.time
-        return ((KIND, event.run_id),)
+        return self._keys[event.run_id]
 
     def rows(self, keys: Iterable[RowKey]) -> Iterable[Row]:
         indexed = self.indexed

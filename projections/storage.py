@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from importlib.resources import files
 
 import msgspec
@@ -23,8 +24,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from events import keys
-from projections.base import ZERO, Position, parse_position
-from projections.engine import Batch, Part
+from projections.base import ZERO, Position, Row, parse_position
+from projections.engine import Batch
 from projections.errors import Superseded
 
 _FUNCTION = files("projections").joinpath("commit.lua").read_text()
@@ -43,27 +44,13 @@ def to_call(batch: Batch, fence: tuple[str, str] | None = None) -> tuple[list[st
     for part in batch.parts:
         activate = part.namespace if part.activate else ""
         args += [part.expected_checkpoint, part.expect_active, part.checkpoint, activate]
-    groups: dict[tuple[str, str], list[str]] = {}
+    writes: list[tuple[str, int, list[str | int]]] = []
     for part in batch.parts:
-        # (op, kind or index) -> its group's values: each key string is built once per part
-        cache: dict[tuple[str, str], list[str]] = {}
-        for row in part.rows:
-            op = "D" if row.body is None else "H"
-            values = cache.get((op, row.kind)) or _values(groups, cache, part, op, row.kind)
-            if row.body is None:
-                values.append(row.id)
-            else:
-                values += (row.id, row.body.decode())
-            for index, score in row.index:
-                values = cache.get(("Z", index)) or _values(groups, cache, part, "Z", index)
-                values += (str(score), row.id)
-            for index in row.unindex:
-                values = cache.get(("R", index)) or _values(groups, cache, part, "R", index)
-                values.append(row.id)
-    writes = []
-    for (op, key), values in groups.items():
-        call_keys.append(key)
-        writes.append((op, len(call_keys), values))
+        for op, groups in _grouped(part.rows):
+            key_of = keys.projection_rows if op in "HD" else keys.projection_index
+            for what, values in groups.items():
+                call_keys.append(key_of(part.name, part.namespace, what))
+                writes.append((op, len(call_keys), values))
     args.append(_packer.encode(writes))
     if fence is not None:
         call_keys.append(fence[0])
@@ -71,26 +58,46 @@ def to_call(batch: Batch, fence: tuple[str, str] | None = None) -> tuple[list[st
     return call_keys, args
 
 
-def _values(
-    groups: dict[tuple[str, str], list[str]],
-    cache: dict[tuple[str, str], list[str]],
-    part: Part,
-    op: str,
-    what: str,
-) -> list[str]:
-    if op in ("H", "D"):
-        key = keys.projection_rows(part.name, part.namespace, what)
-    else:
-        key = keys.projection_index(part.name, part.namespace, what)
-    found = cache[(op, what)] = groups.setdefault((op, key), [])
-    return found
+Groups = dict[str, list[str | int]]
 
 
-def writes_of(args: Args, builds: int) -> list[tuple[str, int, list[str]]]:
+def _grouped(rows: Iterable[Row]) -> tuple[tuple[str, Groups], ...]:
+    """Per op, the values of each row kind (H, D) or index (Z, R): a hot loop, one dict lookup
+    per write. Scores go as integers (Lua numbers; ZADD takes them as they are)."""
+    hset: Groups = {}
+    hdel: Groups = {}
+    zadd: Groups = {}
+    zrem: Groups = {}
+    for row in rows:
+        row_id, body = row.id, row.body
+        if body is None:
+            values = hdel.get(row.kind)
+            if values is None:
+                values = hdel[row.kind] = []
+            values.append(row_id)
+        else:
+            values = hset.get(row.kind)
+            if values is None:
+                values = hset[row.kind] = []
+            values += (row_id, body.decode())  # cmsgpack takes no bin: a str
+        for index, score in row.index:
+            values = zadd.get(index)
+            if values is None:
+                values = zadd[index] = []
+            values += (score, row_id)
+        for index in row.unindex:
+            values = zrem.get(index)
+            if values is None:
+                values = zrem[index] = []
+            values.append(row_id)
+    return ("H", hset), ("D", hdel), ("Z", zadd), ("R", zrem)
+
+
+def writes_of(args: Args, builds: int) -> list[tuple[str, int, list[str | int]]]:
     """The write groups of an encoded call (for tests that apply a call themselves)."""
     blob = args[1 + 4 * builds]
     assert isinstance(blob, bytes)
-    return msgspec.msgpack.decode(blob, type=list[tuple[str, int, list[str]]])
+    return msgspec.msgpack.decode(blob, type=list[tuple[str, int, list[str | int]]])
 
 
 def namespace_version(namespace: str) -> int | None:

@@ -103,6 +103,7 @@ class _Run(msgspec.Struct, kw_only=True, gc=False):
 class UtilizationProjection:
     name: ClassVar[str] = "utilization"
     version: ClassVar[int] = 1
+    handles: ClassVar[frozenset[type]] = _NODE_EVENTS | _CONCERNED | {RunSubmitted}
 
     def __init__(self) -> None:
         self.nodes: dict[str, _Node] = {}

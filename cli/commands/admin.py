@@ -26,7 +26,7 @@ from events.codec import Recorded
 from events.model import tag_of
 from projections import catalog, query
 from projections.billing import DIMENSIONS, Line
-from projections.runner import rebuild
+from projections.lanes import LaneFailed, rebuild_many
 
 _ENVELOPE = ("type", "id", "actor", "time", "run_id", "attempt")
 
@@ -62,6 +62,11 @@ def register(subparsers: Any) -> None:
         choices=catalog.NAMES,
         metavar="NAME",
         help=f"one of {', '.join(catalog.NAMES)} (default: all)",
+    )
+    again.add_argument(
+        "--lanes",
+        type=positive,
+        help="processes to spread the projections over (default: one per core)",
     )
     again.set_defaults(handler=with_client(rebuild_projections))
 
@@ -198,8 +203,13 @@ async def run_events(args: argparse.Namespace, client: Client) -> int:
 
 
 async def rebuild_projections(args: argparse.Namespace, client: Client) -> int:
-    for name in [args.name] if args.name else list(catalog.NAMES):
-        with make_console().status(f"Rebuilding {name} from the whole log..."):
-            namespace = await rebuild(client.redis, name, now_ms=now_ms())
-        success(f"Rebuilt projection {name} (build {namespace}); readers switched to it")
+    names = [args.name] if args.name else list(catalog.NAMES)
+    with make_console().status(f"Rebuilding {', '.join(names)} from the whole log..."):
+        try:
+            built = await rebuild_many(client.url, names, now_ms=now_ms(), lanes=args.lanes)
+        except LaneFailed as exc:
+            again = " ".join(f"`mcli projections rebuild {name}`" for name in exc.names)
+            raise ClientError(f"{exc}; readers still read their old builds; run {again}") from None
+    for name in names:
+        success(f"Rebuilt projection {name} (build {built[name]}); readers switched to it")
     return 0

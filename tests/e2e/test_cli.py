@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from events.status import RunStatus
+from projections import catalog
 from tests.e2e.mcli_helpers import (
     EXAMPLES,
     USER,
@@ -193,6 +194,8 @@ async def test_clone_billing_audit_and_rebuild(mcli: Mcli) -> None:
     assert "TOTAL" in mcli.ok("billing", "--by", "day", "--since", "1d")
     assert USER in mcli.ok("audit", "--user", USER)
     assert "Rebuilt projection attempts" in mcli.ok("projections", "rebuild", "attempts")
+    rebuilt = mcli.ok("projections", "rebuild", "--lanes", "2")
+    assert all(f"Rebuilt projection {name} " in rebuilt for name in catalog.NAMES), rebuilt
     assert original in mcli.ok("get", "runs", "-o", "name")
 
 

@@ -20,6 +20,7 @@ from events.model import AnyEvent
 from events.status import RunStatus
 from projections import query
 from projections.catalog import NAMES
+from projections.run_status import RunRow
 from projections.runner import rebuild
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
@@ -146,7 +147,7 @@ async def test_a_projector_killed_mid_stream_ends_with_the_rows_of_a_rebuild(
 
 
 async def _stored_some(client: aioredis.Redis) -> bool:
-    value = await client.get(keys.projection_checkpoint("audit", "v1"))
+    value = await client.get(keys.projection_checkpoint("run_status", "v1"))
     return value is not None and value != b"0-0"
 
 
@@ -182,6 +183,7 @@ async def test_the_read_api_over_a_projected_log(redis: aioredis.Redis, redis_ur
     assert trail[0].actor == first.created_by
     mine = await query.audit(redis, user=first.created_by)
     assert {e.actor for e in mine} == {first.created_by}
+    await the_audit_of_everyone_is_the_folds(redis, seen)
     report = await query.billing_report(redis, "user")
     by_run = await query.billing_report(redis, "run")
     assert (
@@ -189,6 +191,28 @@ async def test_the_read_api_over_a_projected_log(redis: aioredis.Redis, redis_ur
     )
     util = await query.utilization(redis)
     assert [c.cluster for c in util] == ["c1"]
+
+
+async def the_audit_of_everyone_is_the_folds(redis: aioredis.Redis, runs: Sequence[RunRow]) -> None:
+    """Everyone's entries come from the log itself: the very entries the fold stored for each
+    run, in log order, with the run names; a window and a limit cut that list."""
+    everyone = await query.audit(redis, limit=1_000_000)
+    order = [_position(e.position) for e in everyone]
+    assert order == sorted(order)
+    trails = [e for run in runs for e in await query.audit(redis, run=run.run_uid)]
+    assert [e for e in everyone if e.run_id] == sorted(trails, key=lambda e: _position(e.position))
+    names = {run.run_uid: run.name for run in runs}
+    assert all(e.run_name == names[e.run_id] for e in everyone if e.run_id)
+    assert any(e.node and not e.run_id for e in everyone)  # node events too
+    start, end = everyone[3].time, everyone[-3].time
+    inside = [e for e in everyone if start <= e.time < end]
+    assert await query.audit(redis, window=(start, end), limit=1_000_000) == inside
+    assert await query.audit(redis, window=(start, end), limit=4) == inside[:4]
+
+
+def _position(position: str) -> tuple[int, int]:
+    ms, _, seq = position.partition("-")
+    return int(ms), int(seq)
 
 
 async def test_sigterm_stops_the_projector_cleanly(redis: aioredis.Redis, redis_url: str) -> None:

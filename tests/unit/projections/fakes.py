@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from events import keys
 from projections.base import ZERO, Position, parse_position
-from projections.engine import Batch
+from projections.engine import Batch, Fields
 from projections.errors import Superseded
 from projections.runner import Entry
 from projections.storage import to_call, writes_of
@@ -89,21 +89,21 @@ class FakeStore:
             if active != expected_active:
                 raise Superseded("moved", call_keys[2 * i + 1], active)
 
-    def _write(self, op: str, key: str, values: list[str]) -> None:
+    def _write(self, op: str, key: str, values: list[str | int]) -> None:
         if op == "H":
             table = self.hashes.setdefault(key, {})
             for field, value in zip(values[::2], values[1::2], strict=True):
-                table[field] = value.encode()
+                table[str(field)] = str(value).encode()
         elif op == "D":
             for field in values:
-                self.hashes.get(key, {}).pop(field, None)
+                self.hashes.get(key, {}).pop(str(field), None)
         elif op == "Z":
             zset = self.zsets.setdefault(key, {})
             for score, member in zip(values[::2], values[1::2], strict=True):
-                zset[member] = float(score)
+                zset[str(member)] = float(score)
         else:
             for member in values:
-                self.zsets.get(key, {}).pop(member, None)
+                self.zsets.get(key, {}).pop(str(member), None)
 
     async def drop(self, name: str, namespace: str) -> int:
         prefix = keys.projection_prefix(name, namespace)
@@ -149,7 +149,7 @@ class FakeGroup:
         self.log = log
         self.chaos = chaos
         self.delivered: Position = ZERO
-        self.pending: dict[str, Mapping[bytes, bytes]] = {}
+        self.pending: dict[str, Fields] = {}
         self.deliveries = 0
         self.dead: list[tuple[str, str]] = []
 

@@ -37,7 +37,7 @@ from events.model import (
     UpdateRequested,
 )
 from events.spec import Compute, RunSpec, Scheduling
-from projections.base import Projection, Row
+from projections.base import Projection, Row, takes
 
 USER = "alice@example.com"
 SCHEDULER = "scheduler@control-0"
@@ -247,10 +247,12 @@ class History:
 
 
 def fold(projection: Projection, records: Iterable[Recorded]) -> list[Row]:
-    """Apply every record; the rows of every key they changed, rendered at the end."""
+    """Apply every record it takes (as the engine does); the rows of every key they changed,
+    rendered at the end."""
     changed: set[tuple[str, str]] = set()
     for record in records:
-        changed.update(projection.apply(record))
+        if takes(projection, type(record.event)):
+            changed.update(projection.apply(record))
     return list(projection.rows(sorted(changed)))
 
 

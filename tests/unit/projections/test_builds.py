@@ -100,8 +100,8 @@ def test_a_rebuild_switches_readers_and_the_running_projector_adopts_it() -> Non
         projector = Projector(store, log, group, make_all, retire_after_s=0)
         await projector.start()
         before = store.build("audit")
-        fresh = await rebuild_into(store, log, make_all()[3], now_ms=123)
-        assert fresh == "v1r123"
+        fresh = (await rebuild_into(store, log, [make_all()[3]], now_ms=123))["audit"]
+        assert fresh == "v2r123"
         assert store.build("audit") == before  # same log, same rows
         log.reveal(len(entries))
         with pytest.raises(Superseded, match="moved"):

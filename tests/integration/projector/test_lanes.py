@@ -1,0 +1,37 @@
+"""``rebuild_many`` over processes builds exactly what one process builds, on a real server."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+
+from events import keys
+from projections.catalog import NAMES
+from projections.lanes import LaneFailed, rebuild_many
+from services.core.settings import Settings
+from services.core.store import EventStore, connect
+from tests.integration.projector.test_projector_process import append_all, dump, simulated_events
+
+
+async def test_lanes_build_the_rows_one_process_builds(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    store = EventStore(connect(redis_url), Settings(redis_url=redis_url))
+    try:
+        await append_all(store, simulated_events(seed=3, steps=1500, runs=25))
+    finally:
+        await store.close()
+    alone = await rebuild_many(redis_url, NAMES, now_ms=1, switch=False, lanes=1)
+    spread = await rebuild_many(redis_url, NAMES, now_ms=2, lanes=2)
+    for name in NAMES:
+        assert spread[name] != alone[name]
+        rows = await dump(redis, name, spread[name])
+        assert rows, f"{name} is empty"
+        assert rows == await dump(redis, name, alone[name]), f"{name} differs"
+        assert await redis.get(keys.projection_active(name)) == spread[name].encode()
+
+
+async def test_a_lane_that_fails_is_named_with_its_error(redis_url: str) -> None:
+    nowhere = redis_url.rsplit("/", 1)[0] + "/999"  # no such database: every lane fails
+    with pytest.raises(LaneFailed, match=r"rebuilding attempts, run_status failed: .*DB index"):
+        await rebuild_many(nowhere, NAMES, now_ms=1, lanes=2)
