@@ -108,26 +108,22 @@ def entry_of(record: Recorded, names: Mapping[str, str]) -> Entry | None:
     if kind in _QUIET or (kind is RankExited and _clean_exit(event)):
         return None
     detail = _DETAILS.get(kind)
-    actor = sys.intern(event.actor)  # one string per actor, not one per entry
+    run_id = run_name = attempt = None
     if isinstance(event, RunEvent):
-        return Entry(
-            position=record.position,
-            time=event.time,
-            actor=actor,
-            action=_TAGS[kind],
-            run_id=event.run_id,
-            run_name=names.get(event.run_id),
-            attempt=event.attempt,
-            node=getattr(event, "node", None),
-            detail=detail(event) if detail else "",
-        )
-    assert isinstance(event, NodeEvent)
+        run_id, run_name, attempt = event.run_id, names.get(event.run_id), event.attempt
+        node = getattr(event, "node", None)
+    else:
+        assert isinstance(event, NodeEvent)
+        node = event.node
     return Entry(
         position=record.position,
         time=event.time,
-        actor=actor,
+        actor=sys.intern(event.actor),  # one string per actor, not one per entry
         action=_TAGS[kind],
-        node=event.node,
+        run_id=run_id,
+        run_name=run_name,
+        attempt=attempt,
+        node=node,
         detail=detail(event) if detail else "",
     )
 
