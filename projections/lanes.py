@@ -25,7 +25,7 @@ import structlog
 
 from projections.catalog import make
 from projections.errors import ProjectionsError
-from projections.runner import RedisLogReader, rebuild_into
+from projections.runner import RedisLogReader, rebuild_into, rebuild_namespace
 from projections.storage import RedisStore
 from services.core.store import connect
 
@@ -69,22 +69,46 @@ async def rebuild_many(
     (default: one per core). Returns each projection's new namespace, by name.
 
     Every projection is rebuilt as ``projections.runner.rebuild`` would; with ``switch`` readers
-    move to each one as its lane catches up. If a lane fails, ``LaneFailed`` names it and its
-    error once every lane has ended (the other lanes' builds stand)."""
+    move to each one as its lane catches up. If a lane fails, its unfinished builds are dropped
+    and ``LaneFailed`` names it and its error once every lane has ended (the other lanes'
+    builds stand)."""
     for name in names:
         make(name)  # an unknown name fails here, before any process starts
+    if not names:
+        return {}
     groups = plan(names, lanes if lanes is not None else default_lanes(names))
-    if len(groups) <= 1:
-        return await _rebuild(url, [n for group in groups for n in group], now_ms, switch)
-    log.info("projections.lanes", lanes=groups)
+    if len(groups) > 1:
+        log.info("projections.lanes", lanes=groups)
     done = await asyncio.gather(  # the first lane here (no start-up), the others in processes
         _here(url, groups[0], now_ms, switch),
         *(_lane(url, group, now_ms, switch) for group in groups[1:]),
     )
     failed = [(group, why) for group, (_, why) in zip(groups, done, strict=True) if why]
     if failed:
+        await drop_unfinished(url, [name for group, _ in failed for name in group], now_ms)
         raise LaneFailed(*failed[0])
     return {name: namespace for built, _ in done for name, namespace in built.items()}
+
+
+async def drop_unfinished(url: str, names: Sequence[str], now_ms: int) -> None:
+    """Drop the builds a rebuild at ``now_ms`` left unfinished (never one readers read: a
+    lane switches all its projections in its last commit, or none). Best effort: a failure
+    here is logged, and the lane's own error is what the caller reports."""
+    try:
+        client = connect(url)
+        try:
+            store = RedisStore(client)
+            for name in names:
+                namespace = rebuild_namespace(make(name), now_ms)
+                if await store.active(name) != namespace:
+                    dropped = await store.drop(name, namespace)
+                    log.info(
+                        "projection.dropped", projection=name, namespace=namespace, keys=dropped
+                    )
+        finally:
+            await client.aclose()
+    except Exception as exc:  # noqa: BLE001 - best effort, see above
+        log.warning("projection.drop_failed", projections=list(names), error=str(exc))
 
 
 class LaneFailed(ProjectionsError):

@@ -228,6 +228,11 @@ async def rebuild(client: aioredis.Redis, name: str, *, now_ms: int, switch: boo
     return built[name]
 
 
+def rebuild_namespace(projection: Projection, now_ms: int) -> str:
+    """The namespace of a rebuild of ``projection`` started at ``now_ms``."""
+    return f"v{projection.version}r{now_ms}"
+
+
 async def rebuild_into(
     store: BuildStore,
     reader: LogReader,
@@ -244,7 +249,7 @@ async def rebuild_into(
     notices and adopts it); the old build stays until its owner drops it. Returns the new
     namespace of each projection, by name.
     """
-    fresh = {p.name: f"v{p.version}r{now_ms}" for p in projections}
+    fresh = {p.name: rebuild_namespace(p, now_ms) for p in projections}
     runner = Runner(store, reader, projections, page=page)
     if switch:
         await runner.start(namespace=lambda p: fresh[p.name])

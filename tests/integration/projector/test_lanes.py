@@ -7,7 +7,7 @@ import redis.asyncio as aioredis
 
 from events import keys
 from projections.catalog import NAMES
-from projections.lanes import LaneFailed, rebuild_many
+from projections.lanes import LaneFailed, drop_unfinished, rebuild_many
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
 from tests.integration.projector.test_projector_process import append_all, dump, simulated_events
@@ -35,3 +35,19 @@ async def test_a_lane_that_fails_is_named_with_its_error(redis_url: str) -> None
     nowhere = redis_url.rsplit("/", 1)[0] + "/999"  # no such database: every lane fails
     with pytest.raises(LaneFailed, match=r"rebuilding attempts, run_status failed: .*DB index"):
         await rebuild_many(nowhere, NAMES, now_ms=1, lanes=2)
+
+
+async def test_what_a_failed_rebuild_left_is_dropped_but_never_what_readers_read(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    store = EventStore(connect(redis_url), Settings(redis_url=redis_url))
+    try:
+        await append_all(store, simulated_events(seed=4, steps=400, runs=8))
+    finally:
+        await store.close()
+    unfinished = await rebuild_many(redis_url, ["attempts"], now_ms=5, switch=False, lanes=1)
+    read = await rebuild_many(redis_url, ["billing"], now_ms=5, lanes=1)
+    assert await dump(redis, "attempts", unfinished["attempts"])
+    await drop_unfinished(redis_url, ["attempts", "billing"], now_ms=5)
+    assert await dump(redis, "attempts", unfinished["attempts"]) == {}
+    assert await dump(redis, "billing", read["billing"]), "readers' build was dropped"
