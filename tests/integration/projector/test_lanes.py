@@ -13,14 +13,19 @@ from services.core.store import EventStore, connect
 from tests.integration.projector.test_projector_process import append_all, dump, simulated_events
 
 
+async def a_log(url: str, *, seed: int, steps: int, runs: int) -> None:
+    """Append a simulated history of ``runs`` runs to the log at ``url``."""
+    store = EventStore(connect(url), Settings(redis_url=url))
+    try:
+        await append_all(store, simulated_events(seed=seed, steps=steps, runs=runs))
+    finally:
+        await store.close()
+
+
 async def test_lanes_build_the_rows_one_process_builds(
     redis: aioredis.Redis, redis_url: str
 ) -> None:
-    store = EventStore(connect(redis_url), Settings(redis_url=redis_url))
-    try:
-        await append_all(store, simulated_events(seed=3, steps=1500, runs=25))
-    finally:
-        await store.close()
+    await a_log(redis_url, seed=3, steps=1500, runs=25)
     alone = await rebuild_many(redis_url, NAMES, now_ms=1, switch=False, lanes=1)
     spread = await rebuild_many(redis_url, NAMES, now_ms=2, lanes=2)
     for name in NAMES:
@@ -40,11 +45,7 @@ async def test_a_lane_that_fails_is_named_with_its_error(redis_url: str) -> None
 async def test_what_a_failed_rebuild_left_is_dropped_but_never_what_readers_read(
     redis: aioredis.Redis, redis_url: str
 ) -> None:
-    store = EventStore(connect(redis_url), Settings(redis_url=redis_url))
-    try:
-        await append_all(store, simulated_events(seed=4, steps=400, runs=8))
-    finally:
-        await store.close()
+    await a_log(redis_url, seed=4, steps=400, runs=8)
     unfinished = await rebuild_many(redis_url, ["attempts"], now_ms=5, switch=False, lanes=1)
     read = await rebuild_many(redis_url, ["billing"], now_ms=5, lanes=1)
     assert await dump(redis, "attempts", unfinished["attempts"])
