@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+from pathlib import Path
+
 import pytest
 import redis.asyncio as aioredis
 
+from bench.projections import fill
 from events import keys
-from projections.catalog import NAMES
+from projections.catalog import NAMES, make
 from projections.lanes import LaneFailed, drop_unfinished, rebuild_many
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
 from tests.integration.projector.test_projector_process import append_all, dump, simulated_events
+from tests.waiting import eventually
 
 
 async def a_log(url: str, *, seed: int, steps: int, runs: int) -> None:
@@ -52,3 +59,38 @@ async def test_what_a_failed_rebuild_left_is_dropped_but_never_what_readers_read
     await drop_unfinished(redis_url, ["attempts", "billing"], now_ms=5)
     assert await dump(redis, "attempts", unfinished["attempts"]) == {}
     assert await dump(redis, "billing", read["billing"]), "readers' build was dropped"
+
+
+async def test_a_lane_killed_mid_rebuild_leaves_readers_on_their_builds(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    """kill -9 of a lane's process: the rebuild fails naming it, what it had stored is dropped,
+    its projections' readers stay where they were; the other lane's builds are switched to."""
+    await fill(redis, 220_000)  # commits at 100k and 200k, then its last one switches
+    rebuilding = asyncio.create_task(rebuild_many(redis_url, NAMES, now_ms=9, lanes=2))
+    lane = await eventually(lambda: _lane_pid(redis_url), what="the lane's process")
+    await eventually(
+        lambda: redis.exists(keys.projection_checkpoint("audit", "v2r9")),
+        equals=1,
+        what="the lane stored its first batch (of three)",
+    )
+    os.kill(lane, signal.SIGKILL)
+    with pytest.raises(LaneFailed, match="rebuilding audit, billing, utilization failed"):
+        await rebuilding
+    for name in ("audit", "billing", "utilization"):
+        assert await redis.get(keys.projection_active(name)) is None
+        assert await dump(redis, name, f"v{make(name).version}r9") == {}
+    for name in ("attempts", "run_status"):
+        assert await redis.get(keys.projection_active(name)) == b"v1r9"
+
+
+def _lane_pid(url: str) -> int | None:
+    """The process of the lane rebuilding on ``url`` (found by its command line)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"projections.lanes" in argv and url.encode() in argv:
+            return int(proc.name)
+    return None
