@@ -133,7 +133,12 @@ class Engine:
         if not is_new(pos, self._last):
             if self._level or not any(is_new(pos, b.applied) for b in self.builds):
                 return
-        elif type(fields) is list and len(fields) == 6 and not self._wanted(fields[1], fields[0]):
+        elif (
+            type(fields) is list
+            and len(fields) == 6
+            and fields[0] == codec.KIND
+            and not self._wanted(fields[1])
+        ):
             self._last, self._level = pos, True  # no build takes this kind: nothing to decode
             return
         try:
@@ -162,7 +167,9 @@ class Engine:
             kind = type(record.event)
             route = self._routes.get(kind)
             if route is None:
-                route = self._routes[kind] = [f for f in self._folds if _handles(f[0], kind)]
+                route = self._routes[kind] = [
+                    f for f in self._folds if takes(f[0].projection, kind)
+                ]
             self._last, self._level = pos, True  # every build is at ``pos`` now
             if pos > self._stored_last:  # new to every build: what changes is to be stored
                 for build, apply, _ in route:
@@ -182,7 +189,7 @@ class Engine:
             build = fold[0]
             if is_new(pos, build.applied):
                 build.applied = pos
-                if _handles(build, kind):
+                if takes(build.projection, kind):
                     behind.append(fold)
         self._fold(behind, pos, record)
 
@@ -201,15 +208,12 @@ class Engine:
             elif settle is not None:
                 settle(changed)
 
-    def _wanted(self, kind: bytes, field: bytes) -> bool:
-        """Whether some build takes events of ``kind`` (the value of ``field``, if that is the
-        ``k`` field); unknown kinds are."""
-        if field != codec.KIND:
-            return True
+    def _wanted(self, kind: bytes) -> bool:
+        """Whether some build takes events of ``kind`` (a ``k`` field); unknown kinds are."""
         wanted = self._kinds.get(kind)
         if wanted is None:
             event_type = codec.current_type(kind)
-            wanted = event_type is None or any(_handles(b, event_type) for b in self.builds)
+            wanted = event_type is None or any(takes(b.projection, event_type) for b in self.builds)
             self._kinds[kind] = wanted
         return wanted
 
@@ -256,10 +260,6 @@ class Engine:
             if part.activate:
                 build.activate = False
                 build.expect_active = build.namespace
-
-
-def _handles(build: Build, kind: type) -> bool:
-    return takes(build.projection, kind)
 
 
 def _failed(build: Build, record: Recorded) -> Collection[RowKey]:

@@ -25,7 +25,7 @@ import structlog
 
 from projections.catalog import make
 from projections.errors import ProjectionsError
-from projections.runner import RedisLogReader, rebuild_into, rebuild_namespace
+from projections.runner import rebuild, rebuild_namespace
 from projections.storage import RedisStore
 from services.core.store import connect
 
@@ -158,13 +158,7 @@ async def _lane(
 async def _rebuild(url: str, names: list[str], now_ms: int, switch: bool) -> dict[str, str]:
     client = connect(url)
     try:
-        return await rebuild_into(
-            RedisStore(client),
-            RedisLogReader(client),
-            [make(name) for name in names],
-            now_ms=now_ms,
-            switch=switch,
-        )
+        return await rebuild(client, names, now_ms=now_ms, switch=switch)
     finally:
         await client.aclose()
 

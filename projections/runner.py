@@ -217,15 +217,20 @@ class Runner:
             self.engine.committed(batch)
 
 
-async def rebuild(client: aioredis.Redis, name: str, *, now_ms: int, switch: bool = True) -> str:
-    """Rebuild the projection ``name`` from position zero on ``client``'s server (the CLI's
-    ``rebuild``): into a fresh namespace, switched to when caught up unless ``switch`` is
-    False. ``now_ms`` names the build. Returns its namespace. (``projections.lanes`` rebuilds
-    several at once, over several processes.)"""
-    built = await rebuild_into(
-        RedisStore(client), RedisLogReader(client), [make(name)], now_ms=now_ms, switch=switch
+async def rebuild(
+    client: aioredis.Redis, names: Sequence[str], *, now_ms: int, switch: bool = True
+) -> dict[str, str]:
+    """Rebuild the projections ``names`` from position zero on ``client``'s server, in one pass
+    over the log: each into a fresh namespace, switched to when caught up unless ``switch`` is
+    False. ``now_ms`` names the builds. Returns each one's namespace, by name.
+    (``projections.lanes`` spreads them over several processes.)"""
+    return await rebuild_into(
+        RedisStore(client),
+        RedisLogReader(client),
+        [make(n) for n in names],
+        now_ms=now_ms,
+        switch=switch,
     )
-    return built[name]
 
 
 def rebuild_namespace(projection: Projection, now_ms: int) -> str:

@@ -119,7 +119,7 @@ async def assert_rows_of_a_rebuild(client: aioredis.Redis) -> None:
     """Every projection's active rows are those a rebuild from zero stores, and not empty."""
     for name in NAMES:
         active = cast(bytes, await client.get(keys.projection_active(name))).decode()
-        fresh = await rebuild(client, name, now_ms=1, switch=False)
+        fresh = (await rebuild(client, [name], now_ms=1, switch=False))[name]
         live = await dump(client, name, active)
         assert live == await dump(client, name, fresh), f"{name} differs from its rebuild"
         assert live, f"{name} is empty"
@@ -238,7 +238,7 @@ async def test_a_rebuild_is_adopted_by_the_running_projector(
         await append_all(store, events[:half])
         async with projector_process(redis_url, RUNPLANE_PROJECTOR_RETIRE_AFTER_S="0"):
             await caught_up(redis)
-            fresh = await rebuild(redis, "billing", now_ms=7)
+            fresh = (await rebuild(redis, ["billing"], now_ms=7))["billing"]
             assert (await redis.get(keys.projection_active("billing"))) == fresh.encode()
             await append_all(store, events[half:])
             await caught_up(redis)  # the rebuild kept up
