@@ -112,7 +112,7 @@ class SimulatedExecutor:
             self.begun.discard(key)
 
     async def _setup(self, key: RankKey, job: RankJob | None, control: RankControl) -> None:
-        """As ``services.node_agent.setup.Setup`` for a valid image and no integrations."""
+        """As ``services.node_agent.process.setup.Setup`` for a valid image and no integrations."""
         if job is None:
             raise RankGone("the log no longer describes the rank")
         for step in (ImagePullStarted, ImagePullFinished):

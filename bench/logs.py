@@ -3,7 +3,7 @@
 Run ``python -m bench.logs`` (200,000 lines, 3 rounds; under a minute). Every figure is a ratio
 against a baseline measured in the same run, on the same server:
 
-- baseline: the same ingest entries (``services.core.output.ingest_fields``, 8 ranks) appended
+- baseline: the same ingest entries (``services.output.ingest.ingest_fields``, 8 ranks) appended
   with raw pipelined ``XADD`` (1000 per round trip, one client) to a scratch stream: the rate at
   which one writer can put lines on the server at all;
 - backlog: the lines are on the ingest stream before the collector starts; lines/s from the
@@ -33,8 +33,8 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from events import keys
-from services.core import output
 from services.core.valkey import ValkeyProcess
+from services.output import ingest
 
 RANKS = 8
 PIPELINE = 1000
@@ -51,7 +51,7 @@ class Round:
 
 def _entries(run_id: str, count: int) -> list[dict[bytes, bytes]]:
     return [
-        output.ingest_fields(run_id, 0, i % RANKS, output.STDOUT, LINE % i) for i in range(count)
+        ingest.ingest_fields(run_id, 0, i % RANKS, ingest.STDOUT, LINE % i) for i in range(count)
     ]
 
 

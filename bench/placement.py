@@ -32,8 +32,8 @@ from events.model import (
 )
 from events.spec import Compute, Priority, RunSpec, Scheduling
 from services.scheduler.cluster import ClusterState
-from services.scheduler.decide import decide
 from services.scheduler.placement import Capacity, Shape, place
+from services.scheduler.round import decide
 
 CLUSTER = "bench"
 GPU_TYPE = "a100"

@@ -4,7 +4,7 @@
 ``valkey-server`` (AOF on, ``appendfsync always``) in a temp dir and prints:
 
 - rebuild: every projection folded from position zero into fresh builds as ``mcli projections
-  rebuild`` does (``projections.lanes``: the five folds spread over one process per core, each
+  rebuild`` does (``services.projector.lanes``: the five folds spread over one process per core, each
   reading, decoding, folding and storing), events/s, against decoding the same entries without
   folding (``RedisLogReader`` pages + ``codec.recorded``); goal 1M events in < 15 s. Also the
   projector process's own catch-up (``python -m services.projector`` on the same log).
@@ -64,12 +64,13 @@ from events.model import (
 from events.spec import Compute, RunSpec, Scheduling
 from projections.base import takes
 from projections.catalog import NAMES, make_all
-from projections.lanes import default_lanes, plan, rebuild_many
+from projections.lanes import default_lanes, plan
 from projections.runner import RedisLogReader
 from projections.storage import RedisStore
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
 from services.core.valkey import ValkeyProcess
+from services.projector.lanes import rebuild_many
 
 START_MS = 1_795_550_400_000
 NODES = 512

@@ -90,7 +90,7 @@ from events.model import (
 from events.spec import RunSpec
 from events.status import RunStatus
 from services.core.aio import wait_event
-from services.core.logs import configure
+from services.core.logging import configure
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
 from services.core.valkey import ValkeyProcess

@@ -18,7 +18,7 @@ from cli.client import Client, ClientError
 from cli.models import Run
 from cli.reads import fetch_run
 from events.status import RunStatus
-from services.core import logread
+from services.output import reading
 
 S = RunStatus
 _POLL_S = 0.5
@@ -116,7 +116,7 @@ async def choose(
             )
         return LogTarget(run, attempt, rank)
     if failed or resumption_.status is S.FAILED:
-        first = await logread.first_failed_rank(client.redis, run.run_uid, attempt)
+        first = await reading.first_failed_rank(client.redis, run.run_uid, attempt)
         if first is None and attempt == run.latest_resumption.index:
             first = run.first_failed_rank
         if first is None and failed:
@@ -129,7 +129,7 @@ async def choose(
 
 
 async def read(client: Client, target: LogTarget, tail: int | None = None) -> list[str]:
-    lines = await logread.read_lines(
+    lines = await reading.read_lines(
         client.redis, client.archive_dir, target.run_id, target.attempt, target.rank, tail=tail
     )
     return [line.render() + "\n" for line in lines]
@@ -142,7 +142,7 @@ async def follow(client: Client, target: LogTarget, tail: int | None = None) -> 
         state = await client.state(target.run_id)
         return state.attempts[target.attempt].status.is_terminal()
 
-    async for line in logread.follow_lines(
+    async for line in reading.follow_lines(
         client.redis,
         client.archive_dir,
         target.run_id,

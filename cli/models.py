@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -22,7 +22,7 @@ from projections.attempts import AttemptRow, Phase
 from projections.run_status import RunRow
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 S = RunStatus
 _PENDING = (S.PENDING, S.QUEUED)
@@ -100,7 +100,7 @@ class RunEvent:
 
 @dataclass(eq=False)
 class Run:
-    """A run, as mcli's SDK returns it. Methods talk to runplane (see ``cli.sdk.runs``)."""
+    """A run, as mcli's SDK returns it. Methods talk to runplane (see ``RunActions``)."""
 
     run_uid: str
     name: str
@@ -191,32 +191,22 @@ class Run:
         now = datetime.now(tz=UTC)
         return sum(r.gpu_seconds(now) for r in self.resumptions) / 3600
 
-    # --- talking to runplane (imported late: the SDK functions build Runs) ----------
+    # --- talking to runplane, through the SDK functions (``RunActions``) ----------------
 
     def refresh(self) -> Run:
-        from cli.sdk.runs import get_run  # noqa: PLC0415
-
-        return get_run(self.run_uid)
+        return _actions().get_run(self.run_uid)
 
     def stop(self) -> Run:
-        from cli.sdk.runs import stop_run  # noqa: PLC0415
-
-        return stop_run(self)
+        return _actions().stop_run(self)
 
     def delete(self) -> Run:
-        from cli.sdk.runs import delete_run  # noqa: PLC0415
-
-        return delete_run(self)
+        return _actions().delete_run(self)
 
     def start(self) -> Run:
-        from cli.sdk.runs import start_run  # noqa: PLC0415
-
-        return start_run(self)
+        return _actions().start_run(self)
 
     def clone(self, **overrides: Any) -> Run:
         """Submit a new run with this run's configuration (fields in ``overrides`` replaced)."""
-        from cli.sdk.runs import create_run  # noqa: PLC0415
-
         base = self.submitted_config
         config = RunConfig(
             **{
@@ -224,12 +214,36 @@ class Run:
                 **overrides,
             }
         )
-        return create_run(config)
+        return _actions().create_run(config)
 
     def update(self, **changes: Any) -> Run:
-        from cli.sdk.runs import update_run  # noqa: PLC0415
+        return _actions().update_run(self, **changes)
 
-        return update_run(self, **changes)
+
+class RunActions(Protocol):
+    """The SDK functions behind a ``Run``'s methods. ``cli.sdk.runs`` is them; it builds Runs
+    with this module, so it is handed in (``bind_actions``, when the SDK is imported) rather
+    than imported here."""
+
+    get_run: Callable[..., Run]
+    stop_run: Callable[..., Run]
+    delete_run: Callable[..., Run]
+    start_run: Callable[..., Run]
+    create_run: Callable[..., Run]
+    update_run: Callable[..., Run]
+
+
+_bound: list[RunActions] = []
+
+
+def bind_actions(actions: RunActions) -> None:
+    _bound[:] = [actions]
+
+
+def _actions() -> RunActions:
+    if not _bound:
+        raise RuntimeError("a Run's methods need the SDK: import it first (`import mcli`)")
+    return _bound[0]
 
 
 def config_of(spec: RunSpec) -> RunConfig:

@@ -223,7 +223,7 @@ async def rebuild(
     """Rebuild the projections ``names`` from position zero on ``client``'s server, in one pass
     over the log: each into a fresh namespace, switched to when caught up unless ``switch`` is
     False. ``now_ms`` names the builds. Returns each one's namespace, by name.
-    (``projections.lanes`` spreads them over several processes.)"""
+    (``services.projector.lanes`` spreads them over several processes.)"""
     return await rebuild_into(
         RedisStore(client),
         RedisLogReader(client),

@@ -26,7 +26,8 @@ from events.codec import Recorded
 from events.model import tag_of
 from projections import catalog, query
 from projections.billing import DIMENSIONS, Line
-from projections.lanes import LaneFailed, rebuild_many
+from projections.lanes import LaneFailed
+from services.projector.lanes import rebuild_many
 
 _ENVELOPE = ("type", "id", "actor", "time", "run_id", "attempt")
 

@@ -8,6 +8,7 @@ are ``cli.client.ClientError`` (``NotFound``: "Run X not found").
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import datetime
@@ -15,7 +16,7 @@ from typing import Literal
 
 from cli.client import Client, ClientError
 from cli.config import RunConfig, load_file
-from cli.models import Run
+from cli.models import Run, bind_actions
 from cli.reads import RunFilters, fetch_run, list_runs
 from cli.sdk.sync import call, iterate
 from cli.submit import submit_config
@@ -208,3 +209,6 @@ def watch_run_status(run: RunRef, timeout: float | None = None) -> Iterator[Run]
             await asyncio.sleep(_POLL_S)
 
     return iterate(work)
+
+
+bind_actions(sys.modules[__name__])  # a Run's methods call the functions above

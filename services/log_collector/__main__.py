@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from services.core.health import run_alive
-from services.core.logs import configure
+from services.core.logging import configure
 from services.core.settings import load
 from services.log_collector.app import Collector
 from services.log_collector.settings import LogCollectorSettings

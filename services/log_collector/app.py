@@ -22,13 +22,13 @@ from redis.exceptions import RedisError
 from events import keys
 from services.core.consumer import LogConsumer, ensure_group, make_broker
 from services.core.lease import Lease
-from services.core.logread import INGEST_GROUP
 from services.core.store import connect
 from services.log_collector.archive import Archiver
 from services.log_collector.events import EventHandler
 from services.log_collector.ingest import Ingester, pause
 from services.log_collector.serve import ArchiveServer
 from services.log_collector.settings import LogCollectorSettings
+from services.output.reading import INGEST_GROUP
 
 log = structlog.get_logger(__name__)
 

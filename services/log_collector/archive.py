@@ -31,10 +31,10 @@ import structlog
 from redis.exceptions import RedisError, ResponseError
 
 from events import keys
-from services.core import logread
-from services.core.logread import INGEST_GROUP, Record
 from services.log_collector.ingest import pause
 from services.log_collector.settings import LogCollectorSettings
+from services.output import reading
+from services.output.reading import INGEST_GROUP, Record
 
 log = structlog.get_logger(__name__)
 
@@ -75,7 +75,7 @@ async def write_archive(path: Path, pages: Pages) -> tuple[int, str | None]:
         if await asyncio.to_thread(path.exists):
             count, last = await asyncio.to_thread(_copy, path, out)
         async for page in pages(last):
-            data = b"".join(logread.encode_record(record) for record in page)
+            data = b"".join(reading.encode_record(record) for record in page)
             await asyncio.to_thread(out.write, data)
             count += len(page)
             last = page[-1].id
@@ -91,7 +91,7 @@ def _copy(path: Path, out: BinaryIO) -> tuple[int, str | None]:
         for line in file:
             out.write(line)
             count, last_line = count + 1, line
-    return count, logread.decode_record(last_line).id if last_line else None
+    return count, reading.decode_record(last_line).id if last_line else None
 
 
 def _flush(out: BinaryIO) -> None:
@@ -110,7 +110,7 @@ def _fsync_dir(directory: Path) -> None:
 def _next_id(entry_id: str | None) -> str:
     if entry_id is None:
         return "0-0"
-    ms, seq = logread.id_key(entry_id)
+    ms, seq = reading.id_key(entry_id)
     return f"{ms}-{seq + 1}"
 
 
@@ -141,10 +141,10 @@ class Archiver:
             run_id, _, attempt_text = member.decode().rpartition("/")
             attempt = int(attempt_text)
             meta = keys.attempt_logs(run_id, attempt)
-            terminal = await logread.hget(self.client, meta, logread.TERMINAL_AT)
+            terminal = await reading.hget(self.client, meta, reading.TERMINAL_AT)
             if terminal is None:
                 continue
-            if not await logread.ingest_caught_up(self.client, terminal.decode()):
+            if not await reading.ingest_caught_up(self.client, terminal.decode()):
                 continue  # some of its lines may still be on their way
             with structlog.contextvars.bound_contextvars(run=run_id, attempt=attempt):
                 complete = await self.archive_attempt(run_id, attempt)
@@ -155,7 +155,7 @@ class Archiver:
     async def archive_attempt(self, run_id: str, attempt: int) -> bool:
         """Archive every rank of the attempt; False if some got lines meanwhile."""
         complete = True
-        ranks = await logread.ranks(self.client, run_id, attempt)
+        ranks = await reading.ranks(self.client, run_id, attempt)
         for rank in ranks:
             with structlog.contextvars.bound_contextvars(rank=rank):
                 complete &= await self.archive_rank(run_id, attempt, rank)
@@ -166,8 +166,8 @@ class Archiver:
         """Archive one rank; False if lines came after its archive (archive again later)."""
         meta = keys.attempt_logs(run_id, attempt)
         stream = keys.rank_log(run_id, attempt, rank)
-        relative = logread.archive_path(run_id, attempt, rank)
-        archived = await logread.hget(self.client, meta, logread.archive_field(rank))
+        relative = reading.archive_path(run_id, attempt, rank)
+        archived = await reading.hget(self.client, meta, reading.archive_field(rank))
         if archived is not None and not await self.client.exists(stream):
             return True  # archived already (a redo after a crash)
 
@@ -175,8 +175,8 @@ class Archiver:
             start = "-" if after is None else f"({after}"
             while True:
                 page = [
-                    logread.record_of(i, f)
-                    for i, f in await logread.xrange(self.client, stream, start, count=_PAGE)
+                    reading.record_of(i, f)
+                    for i, f in await reading.xrange(self.client, stream, start, count=_PAGE)
                 ]
                 if page:
                     yield page
@@ -187,7 +187,7 @@ class Archiver:
         count, last = await write_archive(self.archive_dir / relative, pages)
         await self.client.hset(
             meta,
-            mapping={logread.archive_field(rank): str(relative), logread.lines_field(rank): count},
+            mapping={reading.archive_field(rank): str(relative), reading.lines_field(rank): count},
         )
         deleted = await self._delete_through(keys=[stream], args=[last or "", _next_id(last)])
         log.info("archive.rank_done", lines=count, path=str(relative), deleted=bool(deleted))

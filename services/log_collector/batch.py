@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from events import keys
-from services.core.output import MAX_LINE
+from services.output.ingest import MAX_LINE
 
 RawEntry = tuple[bytes, dict[bytes, bytes]]
 Where = tuple[str, int, int]  # run id, attempt, rank

@@ -16,7 +16,7 @@ import structlog
 from events import keys
 from events.codec import Recorded
 from events.model import AttemptCompleted, AttemptFailed, AttemptStopped, RankExited
-from services.core import logread
+from services.output import reading
 
 log = structlog.get_logger(__name__)
 
@@ -60,8 +60,8 @@ class EventHandler:
                 args=[
                     recorded.position,
                     event.rank,
-                    logread.FIRST_FAILED_AT,
-                    logread.FIRST_FAILED_RANK,
+                    reading.FIRST_FAILED_AT,
+                    reading.FIRST_FAILED_RANK,
                 ],
             )
             if first:
@@ -75,7 +75,7 @@ class EventHandler:
         elif isinstance(event, AttemptCompleted | AttemptStopped | AttemptFailed):
             meta = keys.attempt_logs(event.run_id, event.attempt)
             pipe = self.client.pipeline(transaction=False)
-            pipe.hset(meta, logread.TERMINAL_AT, recorded.position)
+            pipe.hset(meta, reading.TERMINAL_AT, recorded.position)
             pipe.zadd(keys.log_archive_queue(), {f"{event.run_id}/{event.attempt}": event.time})
             await pipe.execute()
             log.info("logs.attempt_finished", run=event.run_id, attempt=event.attempt)

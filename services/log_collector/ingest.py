@@ -28,12 +28,12 @@ import structlog
 from redis.exceptions import RedisError
 
 from events import keys
-from services.core import logread
 from services.core.aio import wait_event
 from services.core.consumer import ensure_group
-from services.core.logread import INGEST_GROUP
 from services.log_collector.batch import Plan, RawEntry, Where, Write, plan
 from services.log_collector.settings import LogCollectorSettings
+from services.output import reading
+from services.output.reading import INGEST_GROUP
 
 log = structlog.get_logger(__name__)
 
@@ -146,7 +146,7 @@ class Ingester:
         counts, after_archive = await self._write(batch)
         pipe = self.client.pipeline(transaction=False)
         for (run_id, attempt, rank), count in counts.items():
-            pipe.hincrby(keys.attempt_logs(run_id, attempt), logread.lines_field(rank), count)
+            pipe.hincrby(keys.attempt_logs(run_id, attempt), reading.lines_field(rank), count)
         for run_id, attempt in after_archive:  # archive it again: nothing is lost, just late
             log.warning("ingest.line_after_archive", run=run_id, attempt=attempt)
             pipe.zadd(keys.log_archive_queue(), {f"{run_id}/{attempt}": time.time() * 1000})
@@ -166,11 +166,11 @@ class Ingester:
         pipe = self.client.pipeline(transaction=False)
         for (run_id, attempt), ranks in attempts:  # the ranks seen, marked before any line
             for rank in ranks:
-                pipe.hincrby(keys.attempt_logs(run_id, attempt), logread.lines_field(rank), 0)
+                pipe.hincrby(keys.attempt_logs(run_id, attempt), reading.lines_field(rank), 0)
         for chunk in chunks:
             await self._append(keys=[chunk[0].stream], args=_script_args(chunk), client=pipe)
         for (run_id, attempt), ranks in attempts:  # after the lines: were they too late?
-            fields = [logread.archive_field(rank) for rank in ranks]
+            fields = [reading.archive_field(rank) for rank in ranks]
             pipe.hmget(keys.attempt_logs(run_id, attempt), fields)
         results = await pipe.execute()
         marks = sum(len(ranks) for _, ranks in attempts)

@@ -1,7 +1,7 @@
 """Serving archived lines to readers without the archive files, over Redis.
 
-A request (``logread.ArchiveRequest``, msgpack) is pushed on ``keys.log_requests()``; the
-collector that pops it pushes the reply in chunks (``logread.Chunk``) on
+A request (``reading.ArchiveRequest``, msgpack) is pushed on ``keys.log_requests()``; the
+collector that pops it pushes the reply in chunks (``reading.Chunk``) on
 ``keys.log_reply(request.id)``, the last one ``done`` (or carrying an error).
 
 Invariants: memory stays bounded (the file is read as it is sent, a chunk is about
@@ -20,9 +20,9 @@ import redis.asyncio as aioredis
 import structlog
 
 from events import keys
-from services.core import logread
-from services.core.logread import ArchiveRequest, Chunk, Record
 from services.log_collector.settings import LogCollectorSettings
+from services.output import reading
+from services.output.reading import ArchiveRequest, Chunk, Record
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +40,7 @@ class ArchiveServer:
 
     async def handle(self, body: bytes) -> None:
         try:
-            request = logread.decode_request(body)
+            request = reading.decode_request(body)
         except msgspec.DecodeError as exc:
             log.warning("serve.bad_request", error=str(exc))
             return
@@ -57,7 +57,7 @@ class ArchiveServer:
             log.info("serve.done", lines=sent)
 
     async def _serve(self, request: ArchiveRequest, reply: str) -> int:
-        relative = logread.archive_path(request.run, request.attempt, request.rank)
+        relative = reading.archive_path(request.run, request.attempt, request.rank)
         path: Path = self.settings.archive_dir / relative
         if not await asyncio.to_thread(path.is_file):
             error = f"the log-collector has no archive {relative} (archive dir {path.parent})"
@@ -65,7 +65,7 @@ class ArchiveServer:
             return 0
         chunk: list[Record] = []
         size = sent = 0
-        for record in logread.archive_records(path, after=request.after_id, tail=request.tail):
+        for record in reading.archive_records(path, after=request.after_id, tail=request.tail):
             chunk.append(record)
             size += len(record.raw) + 64
             if size >= self.settings.serve_chunk_bytes:
@@ -82,6 +82,6 @@ class ArchiveServer:
                 raise ReaderGone(reply)
             await asyncio.sleep(0.01)  # the reader is behind: wait for it to take a chunk
         pipe = self.client.pipeline(transaction=False)
-        pipe.rpush(reply, logread.encode_msg(chunk))
+        pipe.rpush(reply, reading.encode_msg(chunk))
         pipe.expire(reply, self.settings.reply_ttl_s)
         await pipe.execute()

@@ -4,10 +4,10 @@
 
 - ``app``: the process: registration, heartbeat, folding the log, acting on ``plan``;
 - ``plan`` (pure): what to do about a run; ``reporter``: events through the lifecycle rules;
-- ``executor``: how the agent steers a rank; ``process``: the ``process`` executor, with
-  ``setup`` (image, integrations) in the agent and the command under a ``shim`` (``follow``)
-  that outlives the agent; ``rankdir`` / ``ondisk``: what survives on disk;
-- output: ``lines`` (splitting), ``buffer`` (bounded, drops marked), ``pump`` (the agent's
-  sender), ``entries`` and ``resp`` (the shim's, standard library only);
+- ``executor``: how the agent steers a rank, whatever runs it; ``pump``: the agent's sender of
+  output to the ingest stream;
+- ``process/``: the ``process`` executor (setup in the agent, the command under a shim);
+- ``shim/``: the shim that outlives the agent, standard library only;
+- ``kube/``: the ``kubernetes`` executor, a Pod per rank (imported only when configured);
 - pure building blocks: ``image``, ``integrations``, ``environment``, ``hardware``, ``job``.
 """

@@ -16,7 +16,7 @@ import redis
 import structlog
 
 from events import keys
-from services.core.logs import configure
+from services.core.logging import configure
 from services.core.settings import load
 from services.node_agent.settings import NodeAgentSettings
 

@@ -37,7 +37,7 @@ from services.node_agent.errors import RankGone
 from services.node_agent.executor import Executor, RankControl
 from services.node_agent.job import RankJob, RankKey, job_of
 from services.node_agent.plan import Kill, Release, Start, Stop, exited, plan
-from services.node_agent.process import ProcessExecutor
+from services.node_agent.process.executor import ProcessExecutor
 from services.node_agent.reporter import Reporter, new_id
 from services.node_agent.settings import NodeAgentSettings
 

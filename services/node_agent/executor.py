@@ -5,7 +5,7 @@ command, the report of its exit; or, after a restart, picks up a rank it finds i
 records (``resume``). The agent steers a rank only through its ``RankControl``: stop (SIGTERM,
 grace period, SIGKILL; setup is aborted) or kill (at once: the log says the rank is over).
 
-``process`` (``services.node_agent.process``) runs ranks as local processes; ``kubernetes``
+``process`` (``services.node_agent.process.executor``) runs ranks as local processes; ``kubernetes``
 (``services.node_agent.kube``) as a Pod per rank.
 """
 

@@ -54,3 +54,13 @@ def job_of(state: RunState, attempt: AttemptState, rank: int) -> RankJob:
         spec=state.spec,
         placement=placement,
     )
+
+
+# How a rank's command ended, whatever ran it (the process executor's exit.json, a Pod's status).
+class ExitStatus(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    exit_code: int | None = None  # None when the command was killed by a signal or never ran
+    signal: int | None = None
+    stopped: bool = False  # the shim signalled the command because it was told to stop
+    error: str | None = None  # the command could not be started
+    lines: int = 0
+    dropped: int = 0

@@ -26,8 +26,7 @@ from events.lifecycle import AttemptState, RankState, RunState
 from events.model import RankExited, Reason
 from events.status import RunStatus
 from services.node_agent.errors import RankGone
-from services.node_agent.job import RankJob, RankKey, job_of
-from services.node_agent.rankdir import ExitStatus
+from services.node_agent.job import ExitStatus, RankJob, RankKey, job_of
 
 _HOLDS_GPUS = (RunStatus.STARTING, RunStatus.RUNNING, RunStatus.TERMINATING)
 NO_RECORD = "this node has no record of the rank (its node-agent lost its data directory)"

@@ -1,7 +1,7 @@
 """Output on its way to the ingest stream, from the agent's own event loop (setup tools' output).
 
 A ``LineBuffer`` (bounded, drops counted and marked) filled by ``pipe`` and drained by one
-sender task in batches of one pipeline each (``services.core.output.send``); a batch that fails
+sender task in batches of one pipeline each (``services.output.ingest.send``); a batch that fails
 is sent again after a back-off, until ``close``'s deadline. The shim has the threaded twin
 (``follow``), because it must not load redis-py.
 """
@@ -16,9 +16,9 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from services.core import output
-from services.node_agent.buffer import Entry, LineBuffer
-from services.node_agent.lines import LineSplitter
+from services.node_agent.shim.buffer import Entry, LineBuffer
+from services.node_agent.shim.lines import LineSplitter
+from services.output import ingest
 
 log = structlog.get_logger(__name__)
 
@@ -40,13 +40,13 @@ class OutputPump:
         self.sent = 0
 
         def make_line(source: bytes, line: bytes, cut: int) -> Entry:
-            fields = output.ingest_fields(run_id, attempt, rank, source, line)
+            fields = ingest.ingest_fields(run_id, attempt, rank, source, line)
             if cut:
                 fields[b"m"] = b"truncated:%d" % cut
             return fields
 
         def make_dropped(count: int) -> Entry:
-            return output.dropped_fields(run_id, attempt, rank, count)
+            return ingest.dropped_fields(run_id, attempt, rank, count)
 
         self.buffer = LineBuffer(make_line, make_dropped, max_lines=max_lines, max_bytes=max_bytes)
         self._wake = asyncio.Event()
@@ -69,7 +69,7 @@ class OutputPump:
         self, stream: asyncio.StreamReader, source: bytes, tail: deque[bytes] | None = None
     ) -> None:
         """Read ``stream`` to its end, line by line, into the buffer (and ``tail``)."""
-        splitter = LineSplitter(output.MAX_LINE)
+        splitter = LineSplitter(ingest.MAX_LINE)
         while chunk := await stream.read(256 * 1024):
             lines = splitter.feed(chunk)
             for line, cut in lines:
@@ -96,7 +96,7 @@ class OutputPump:
             except TimeoutError:
                 self._sender.cancel()
         if self.buffer:
-            log.error("output.lost", lines=len(self.buffer), why="the log server did not answer")
+            log.error("ingest.lost", lines=len(self.buffer), why="the log server did not answer")
 
     async def _run(self) -> None:
         backoff = 0.05
@@ -109,12 +109,12 @@ class OutputPump:
                 continue
             batch = self.buffer.take(self.batch)
             try:
-                await output.send(self.client, batch)
+                await ingest.send(self.client, batch)
             except (RedisError, OSError) as exc:
                 self.buffer.give_back(batch)
                 if time.monotonic() + backoff > self._deadline:
                     return
-                log.warning("output.send_failed", error=repr(exc), retry_in=backoff)
+                log.warning("ingest.send_failed", error=repr(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from services.core.health import run_alive
-from services.core.logs import configure
+from services.core.logging import configure
 from services.core.settings import load
 from services.projector.app import build_app
 from services.projector.settings import ProjectorSettings

@@ -9,7 +9,7 @@ from faststream import FastStream
 
 from services.core.consumer import make_broker
 from services.core.health import run_alive
-from services.core.logs import configure
+from services.core.logging import configure
 from services.core.settings import load
 from services.scheduler.app import Scheduler
 from services.scheduler.settings import SchedulerSettings

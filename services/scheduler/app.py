@@ -40,8 +40,8 @@ from services.core.errors import Fenced, StoreError, VersionConflict
 from services.core.lease import Lease, LeaseLost
 from services.core.store import EventStore, Fence, connect
 from services.scheduler.cluster import Applied, ClusterState
-from services.scheduler.decide import decide
 from services.scheduler.decision import Decision
+from services.scheduler.round import decide
 from services.scheduler.settings import SchedulerSettings
 
 log = structlog.get_logger("runplane.scheduler")

@@ -10,7 +10,7 @@ import pytest
 
 from cli.stack import LocalStack
 from events.status import RunStatus
-from services.core import logread
+from services.output import reading
 from tests.e2e.driver import Driver, gpu_overlaps, spec
 from tests.e2e.test_lifecycle import span
 from tests.waiting import eventually
@@ -49,7 +49,7 @@ async def _check_all_completed(
 
 async def _lines(driver: Driver, archive: Path, run_id: str, attempt: int) -> list[str]:
     async def complete() -> list[str] | None:
-        lines = await logread.read_lines(driver.store.redis, archive, run_id, attempt, 0)
+        lines = await reading.read_lines(driver.store.redis, archive, run_id, attempt, 0)
         texts = [line.text for line in lines]
         return texts if texts and texts[-1] == "done" else None
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 
 from services.node_agent.job import RankKey
-from services.node_agent.ondisk import atomic_write
+from services.node_agent.shim.ondisk import atomic_write
 
 
 class Record(msgspec.Struct, kw_only=True):

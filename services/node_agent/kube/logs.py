@@ -21,11 +21,11 @@ from collections.abc import Callable
 
 import structlog
 
-from services.core import output
 from services.node_agent.kube.api import KubeApi
 from services.node_agent.kube.watch import WatchError
-from services.node_agent.lines import LineSplitter
 from services.node_agent.pump import OutputPump
+from services.node_agent.shim.lines import LineSplitter
+from services.output import ingest
 
 log = structlog.get_logger(__name__)
 
@@ -104,7 +104,7 @@ class Follower:
 
     def _follow(self) -> None:
         after = parse_stamp(self.sent_until) if self.sent_until else None
-        splitter = LineSplitter(output.MAX_LINE + _STAMP_MAX)
+        splitter = LineSplitter(ingest.MAX_LINE + _STAMP_MAX)
         count = 0
         try:
             for chunk in self.api.pod_log(self.pod, self.container, since_time=self._since()):
@@ -128,7 +128,7 @@ class Follower:
             if after is not None and stamp <= after:
                 return after  # sent before the stream broke, or before the agent restarted
             after, self.sent_until = stamp, text
-        self.loop.call_soon_threadsafe(self.pump.put, output.STDOUT, rest, cut)
+        self.loop.call_soon_threadsafe(self.pump.put, ingest.STDOUT, rest, cut)
         return after
 
     def _since(self) -> str | None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from events.lifecycle import AttemptState
 from events.model import Reason, ReasonCategory
+from services.node_agent.job import ExitStatus
 from services.node_agent.kube.podstatus import (
     NODE_LOST,
     TAINT_EVICTION,
@@ -42,7 +43,6 @@ from services.node_agent.kube.podstatus import (
     Observation,
 )
 from services.node_agent.plan import exit_reason
-from services.node_agent.rankdir import ExitStatus
 
 DELETED_ELSEWHERE = "its Pod was deleted outside runplane"
 VANISHED = "its Pod disappeared before its command ended"

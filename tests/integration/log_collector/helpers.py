@@ -15,10 +15,10 @@ import redis.asyncio as aioredis
 
 from events import keys
 from events.model import AttemptCompleted, AttemptFailed, Event, RankExited, Reason
-from services.core import output
-from services.core.logread import INGEST_GROUP
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
+from services.output import ingest
+from services.output.reading import INGEST_GROUP
 from tests import factories as f
 from tests.waiting import eventually
 
@@ -101,7 +101,7 @@ async def collector(
 
 
 async def send(client: aioredis.Redis, entries: Sequence[dict[bytes, bytes]]) -> list[str]:
-    """Append lines to the ingest stream in order, like ``output.send``; their ids."""
+    """Append lines to the ingest stream in order, like ``ingest.send``; their ids."""
     pipe = client.pipeline(transaction=False)
     for fields in entries:
         pipe.xadd(keys.log_ingest(), fields)  # type: ignore[arg-type]
@@ -109,7 +109,7 @@ async def send(client: aioredis.Redis, entries: Sequence[dict[bytes, bytes]]) ->
 
 
 def lines(run_id: str, attempt: int, rank: int, texts: Sequence[bytes]) -> list[dict[bytes, bytes]]:
-    return [output.ingest_fields(run_id, attempt, rank, output.STDOUT, text) for text in texts]
+    return [ingest.ingest_fields(run_id, attempt, rank, ingest.STDOUT, text) for text in texts]
 
 
 async def stored_ids(client: aioredis.Redis, run_id: str, attempt: int, rank: int) -> list[str]:

@@ -12,9 +12,9 @@ import redis.asyncio as aioredis
 from events import keys
 from events.codec import Recorded
 from events.model import Reason
-from services.core import logread, output
-from services.core.logread import LogLine
 from services.log_collector.events import EventHandler
+from services.output import ingest, reading
+from services.output.reading import LogLine
 from tests.integration.log_collector import helpers as h
 from tests.waiting import eventually
 
@@ -25,9 +25,9 @@ async def _mixed_output(client: aioredis.Redis, ranks: int, count: int) -> None:
     """``count`` lines per rank, with stderr, a cut line, binary bytes and a dropped marker."""
     for rank in range(ranks):
         entries = h.lines(RUN, 0, rank, [b"rank %d line %d" % (rank, i) for i in range(count)])
-        entries[3] = output.ingest_fields(RUN, 0, rank, output.STDERR, b"warning: \xff\xfe")
-        entries[5] = output.ingest_fields(RUN, 0, rank, output.STDOUT, b"y" * 100_000)
-        entries[7] = output.dropped_fields(RUN, 0, rank, 42)
+        entries[3] = ingest.ingest_fields(RUN, 0, rank, ingest.STDERR, b"warning: \xff\xfe")
+        entries[5] = ingest.ingest_fields(RUN, 0, rank, ingest.STDOUT, b"y" * 100_000)
+        entries[7] = ingest.dropped_fields(RUN, 0, rank, 42)
         await h.send(client, entries)
 
 
@@ -39,22 +39,22 @@ async def test_a_finished_attempt_is_archived_and_reads_the_same(
         await _mixed_output(redis, ranks=2, count=2500)
         for rank in (0, 1):
             await eventually(partial(h.stream_len, redis, RUN, 0, rank), equals=2500, what="stored")
-        live = [await logread.read_lines(redis, archive, RUN, 0, rank) for rank in (0, 1)]
-        live_tail = await logread.read_lines(redis, archive, RUN, 0, 1, tail=10)
+        live = [await reading.read_lines(redis, archive, RUN, 0, rank) for rank in (0, 1)]
+        live_tail = await reading.read_lines(redis, archive, RUN, 0, 1, tail=10)
 
         await h.append(redis_url, h.exited(RUN, 0, 0, exit_code=0), h.completed(RUN))
         await eventually(lambda: h.archived(redis, RUN, 0, [0, 1]), what="both ranks archived")
 
     for rank in (0, 1):
         assert (archive / RUN / "0" / f"rank-{rank}.log").is_file()
-        assert await logread.read_lines(redis, archive, RUN, 0, rank) == live[rank]
-    assert await logread.read_lines(redis, archive, RUN, 0, 1, tail=10) == live_tail
+        assert await reading.read_lines(redis, archive, RUN, 0, rank) == live[rank]
+    assert await reading.read_lines(redis, archive, RUN, 0, 1, tail=10) == live_tail
     assert live_tail == live[1][-10:]
     meta = await redis.hgetall(keys.attempt_logs(RUN, 0))
     assert meta[b"lines:0"] == meta[b"lines:1"] == b"2500"
     assert meta[b"archive:1"] == f"{RUN}/0/rank-1.log".encode()
     assert [line.marker for line in live[0][5:8:2]] == [
-        f"… [line truncated: {100_000 - output.MAX_LINE} bytes cut]",
+        f"… [line truncated: {100_000 - ingest.MAX_LINE} bytes cut]",
         "[42 lines dropped]",
     ]
     assert live[0][3] == LogLine(
@@ -73,7 +73,7 @@ async def test_follow_sees_every_line_once_while_live_and_across_the_archive(
         return finished
 
     async def follow(seen: list[LogLine], hold_after: int | None) -> None:
-        async for line in logread.follow_lines(
+        async for line in reading.follow_lines(
             redis, archive, RUN, 0, 0, is_finished=is_finished, block_ms=50
         ):
             seen.append(line)
@@ -101,7 +101,7 @@ async def test_follow_sees_every_line_once_while_live_and_across_the_archive(
     expected = [f"first {i}" for i in range(200)] + [f"then {i}" for i in range(300)]
     for seen in (behind, along):
         assert [line.text for line in seen] == expected
-        assert [line.id for line in seen] == sorted({line.id for line in seen}, key=logread.id_key)
+        assert [line.id for line in seen] == sorted({line.id for line in seen}, key=reading.id_key)
 
 
 async def test_a_reader_without_the_files_gets_archived_lines_from_the_collector(
@@ -116,13 +116,13 @@ async def test_a_reader_without_the_files_gets_archived_lines_from_the_collector
         await _mixed_output(redis, ranks=1, count=3000)
         await h.append(redis_url, h.completed(RUN))
         await eventually(lambda: h.archived(redis, RUN, 0, [0]), what="archived")
-        local = await logread.read_lines(redis, archive, RUN, 0, 0)
+        local = await reading.read_lines(redis, archive, RUN, 0, 0)
         assert len(local) == 3000
-        assert await logread.read_lines(redis, elsewhere, RUN, 0, 0) == local
-        assert await logread.read_lines(redis, None, RUN, 0, 0, tail=7) == local[-7:]
+        assert await reading.read_lines(redis, elsewhere, RUN, 0, 0) == local
+        assert await reading.read_lines(redis, None, RUN, 0, 0, tail=7) == local[-7:]
         followed = [
             line
-            async for line in logread.follow_lines(
+            async for line in reading.follow_lines(
                 redis, elsewhere, RUN, 0, 0, is_finished=is_finished, tail=2
             )
         ]
@@ -140,11 +140,11 @@ async def test_a_line_that_comes_after_the_archive_is_archived_too(
         await h.send(redis, h.lines(RUN, 0, 0, [b"too late"]))  # an agent breaking the protocol
 
         async def texts() -> list[str]:
-            return [line.text for line in await logread.read_lines(redis, archive, RUN, 0, 0)]
+            return [line.text for line in await reading.read_lines(redis, archive, RUN, 0, 0)]
 
         await eventually(texts, equals=["in time", "too late"], what="both lines readable")
         await eventually(lambda: h.archived(redis, RUN, 0, [0]), what="archived again")
-    lines = await logread.read_lines(redis, archive, RUN, 0, 0)
+    lines = await reading.read_lines(redis, archive, RUN, 0, 0)
     assert [line.text for line in lines] == ["in time", "too late"]
     assert (archive / RUN / "0" / "rank-0.log").read_bytes().count(b"\n") == 2
 
@@ -170,12 +170,12 @@ async def test_the_first_failed_rank_is_the_first_failure_in_the_log(
             h.completed(RUN, 2),
         )
         await eventually(
-            lambda: redis.hexists(keys.attempt_logs(RUN, 2), logread.TERMINAL_AT),
+            lambda: redis.hexists(keys.attempt_logs(RUN, 2), reading.TERMINAL_AT),
             what="every event handled",
         )
-    assert await logread.first_failed_rank(redis, RUN, 0) == 1
-    assert await logread.first_failed_rank(redis, RUN, 1) == 1
-    assert await logread.first_failed_rank(redis, RUN, 2) is None
+    assert await reading.first_failed_rank(redis, RUN, 0) == 1
+    assert await reading.first_failed_rank(redis, RUN, 1) == 1
+    assert await reading.first_failed_rank(redis, RUN, 2) is None
 
 
 async def test_a_redelivered_earlier_failure_still_wins(redis: aioredis.Redis) -> None:
@@ -185,4 +185,4 @@ async def test_a_redelivered_earlier_failure_still_wins(redis: aioredis.Redis) -
     await handler(Recorded("1700000000000-5", 1, late))
     await handler(Recorded("1700000000000-2", 2, early))
     await handler(Recorded("1700000000000-5", 1, late))
-    assert await logread.first_failed_rank(redis, RUN, 0) == 3
+    assert await reading.first_failed_rank(redis, RUN, 0) == 3

@@ -11,9 +11,9 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from events import keys
-from services.core import logread, output
 from services.core.consumer import ensure_group
-from services.core.logread import INGEST_GROUP
+from services.output import ingest, reading
+from services.output.reading import INGEST_GROUP
 from tests import raw
 from tests.integration.log_collector import helpers as h
 from tests.waiting import eventually
@@ -35,11 +35,11 @@ async def test_lines_land_in_per_rank_streams_with_their_ingest_ids(
 
     for rank in range(3):
         assert await h.stored_ids(redis, RUN, 0, rank) == sent[rank]
-        stored = await logread.read_lines(redis, None, RUN, 0, rank)
+        stored = await reading.read_lines(redis, None, RUN, 0, rank)
         assert [line.text for line in stored] == [f"rank {rank} step {i}" for i in range(100)]
         assert {line.source for line in stored} == {"stdout"}
         assert [line.time_ms for line in stored] == [int(i.split("-")[0]) for i in sent[rank]]
-    assert await logread.ranks(redis, RUN, 0) == [0, 1, 2]
+    assert await reading.ranks(redis, RUN, 0) == [0, 1, 2]
     meta = await redis.hgetall(keys.attempt_logs(RUN, 0))
     assert {meta[f"lines:{rank}".encode()] for rank in range(3)} == {b"100"}
 
@@ -54,7 +54,7 @@ async def test_kill_9_mid_flood_then_restart_stores_every_line_exactly_once(
         for start in range(0, total, 1000):
             batch = [(i % ranks, b"step %d loss 0.%d" % (i, i)) for i in range(start, start + 1000)]
             ids = await h.send(
-                redis, [output.ingest_fields(RUN, 0, k, output.STDOUT, t) for k, t in batch]
+                redis, [ingest.ingest_fields(RUN, 0, k, ingest.STDOUT, t) for k, t in batch]
             )
             for (rank, _), position in zip(batch, ids, strict=True):
                 sent[rank].append(position)
@@ -107,7 +107,7 @@ async def test_a_batch_redelivered_after_a_crash_is_stored_once(
         await eventually(lambda: h.archived(redis, RUN, 0, [0]), what="the attempt archived")
         assert collector.alive
 
-    lines = await logread.read_lines(redis, tmp_path / "archive", RUN, 0, 0)
+    lines = await reading.read_lines(redis, tmp_path / "archive", RUN, 0, 0)
     assert [line.id for line in lines] == ids
     assert [line.text for line in lines] == [f"line {i}" for i in range(100)]
     meta = keys.attempt_logs(RUN, 0)
@@ -124,20 +124,20 @@ async def test_huge_and_binary_lines_are_capped_and_marked_and_the_collector_goe
             redis,
             [
                 {b"r": RUN.encode(), b"a": b"0", b"k": b"0", b"s": b"o", b"l": megabyte},  # raw
-                output.ingest_fields(RUN, 0, 0, output.STDERR, megabyte),  # cut by the agent
-                output.ingest_fields(RUN, 0, 0, output.STDOUT, binary),
-                output.dropped_fields(RUN, 0, 0, 12_345),
+                ingest.ingest_fields(RUN, 0, 0, ingest.STDERR, megabyte),  # cut by the agent
+                ingest.ingest_fields(RUN, 0, 0, ingest.STDOUT, binary),
+                ingest.dropped_fields(RUN, 0, 0, 12_345),
                 {b"r": RUN.encode(), b"a": b"0", b"l": b"no rank"},  # not a line
-                output.ingest_fields(RUN, 0, 0, output.STDOUT, b"still going"),
+                ingest.ingest_fields(RUN, 0, 0, ingest.STDOUT, b"still going"),
             ],
         )
         await eventually(lambda: h.stream_len(redis, RUN, 0, 0), equals=5, what="5 lines stored")
         await eventually(lambda: h.pending(redis), equals=0, what="all acknowledged")
         assert collector.alive
 
-    lines = await logread.read_lines(redis, None, RUN, 0, 0)
-    cut = (1 << 20) - output.MAX_LINE
-    assert [len(line.text) for line in lines[:2]] == [output.MAX_LINE, output.MAX_LINE]
+    lines = await reading.read_lines(redis, None, RUN, 0, 0)
+    cut = (1 << 20) - ingest.MAX_LINE
+    assert [len(line.text) for line in lines[:2]] == [ingest.MAX_LINE, ingest.MAX_LINE]
     assert [line.marker for line in lines[:2]] == [f"… [line truncated: {cut} bytes cut]"] * 2
     assert lines[1].source == "stderr"
     assert lines[2].text == binary.decode(errors="replace")
@@ -168,7 +168,7 @@ async def test_a_standby_collector_takes_over_when_the_active_one_stops(
             await eventually(lambda: h.stream_len(redis, RUN, 0, 0), equals=2, what="stored")
         finally:
             await standby.stop()
-    assert [line.text for line in await logread.read_lines(redis, None, RUN, 0, 0)] == [
+    assert [line.text for line in await reading.read_lines(redis, None, RUN, 0, 0)] == [
         "before",
         "after",
     ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from events.status import RunStatus
-from services.core.output import MAX_LINE
+from services.output.ingest import MAX_LINE
 from tests.integration.node_agent.conftest import AgentFactory
 from tests.integration.node_agent.harness import MiniScheduler, ingest, lines, spec
 from tests.waiting import eventually

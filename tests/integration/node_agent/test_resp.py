@@ -6,7 +6,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from services.node_agent.errors import RespError
-from services.node_agent.resp import Client
+from services.node_agent.shim.resp import Client
 from tests import raw
 
 

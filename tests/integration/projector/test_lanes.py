@@ -13,9 +13,10 @@ import redis.asyncio as aioredis
 from bench.projections import fill
 from events import keys
 from projections.catalog import NAMES, make
-from projections.lanes import LaneFailed, drop_unfinished, rebuild_many
+from projections.lanes import LaneFailed, drop_unfinished
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
+from services.projector.lanes import rebuild_many
 from tests.integration.projector.test_projector_process import append_all, dump, simulated_events
 from tests.waiting import eventually
 
@@ -56,7 +57,7 @@ async def test_what_a_failed_rebuild_left_is_dropped_but_never_what_readers_read
     unfinished = await rebuild_many(redis_url, ["attempts"], now_ms=5, switch=False, lanes=1)
     read = await rebuild_many(redis_url, ["billing"], now_ms=5, lanes=1)
     assert await dump(redis, "attempts", unfinished["attempts"])
-    await drop_unfinished(redis_url, ["attempts", "billing"], now_ms=5)
+    await drop_unfinished(redis, ["attempts", "billing"], now_ms=5)
     assert await dump(redis, "attempts", unfinished["attempts"]) == {}
     assert await dump(redis, "billing", read["billing"]), "readers' build was dropped"
 
@@ -91,6 +92,6 @@ def _lane_pid(url: str) -> int | None:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"projections.lanes" in argv and url.encode() in argv:
+        if b"services.projector.lanes" in argv and url.encode() in argv:
             return int(proc.name)
     return None

@@ -8,16 +8,16 @@ from hypothesis import strategies as st
 
 from events import keys
 from events.model import RankExited, Reason
-from services.core import output
 from services.log_collector.batch import cap, plan
 from services.log_collector.events import rank_failed
+from services.output import ingest
 
 
 def test_each_line_becomes_a_write_to_its_rank_stream_under_its_own_id() -> None:
     entries = [
-        (b"1-0", output.ingest_fields("run-a", 0, 1, output.STDOUT, b"one")),
-        (b"1-1", output.ingest_fields("run-a", 0, 0, output.STDERR, b"two")),
-        (b"2-0", output.ingest_fields("run-b", 3, 0, output.STDOUT, b"three")),
+        (b"1-0", ingest.ingest_fields("run-a", 0, 1, ingest.STDOUT, b"one")),
+        (b"1-1", ingest.ingest_fields("run-a", 0, 0, ingest.STDERR, b"two")),
+        (b"2-0", ingest.ingest_fields("run-b", 3, 0, ingest.STDOUT, b"three")),
     ]
     batch = plan(entries)
     assert [(w.stream, w.id, w.fields) for w in batch.writes] == [
@@ -36,7 +36,7 @@ def test_entries_that_are_not_lines_are_rejected_with_the_reason() -> None:
             (b"1-1", {b"r": b"x", b"a": b"zero", b"k": b"0", b"l": b"bad attempt"}),
             (b"1-2", {b"r": b"x", b"a": b"0", b"k": b"0"}),
             (b"1-3", {}),  # a pending entry whose body was trimmed away
-            (b"1-4", output.ingest_fields("x", 0, 0, output.STDOUT, b"fine")),
+            (b"1-4", ingest.ingest_fields("x", 0, 0, ingest.STDOUT, b"fine")),
         ]
     )
     assert [w.id for w in batch.writes] == [b"1-4"]
@@ -48,20 +48,20 @@ def test_entries_that_are_not_lines_are_rejected_with_the_reason() -> None:
     ]
 
 
-@given(size=st.integers(0, 3 * output.MAX_LINE), already=st.none() | st.integers(1, 10**9))
+@given(size=st.integers(0, 3 * ingest.MAX_LINE), already=st.none() | st.integers(1, 10**9))
 def test_no_stored_line_is_longer_than_the_cap_and_every_cut_byte_is_counted(
     size: int, already: int | None
 ) -> None:
     marker = None if already is None else b"truncated:%d" % already
     line, new_marker = cap(b"a" * size, marker)
-    assert len(line) == min(size, output.MAX_LINE)
-    cut = max(0, size - output.MAX_LINE) + (already or 0)
+    assert len(line) == min(size, ingest.MAX_LINE)
+    cut = max(0, size - ingest.MAX_LINE) + (already or 0)
     assert new_marker == (b"truncated:%d" % cut if cut else None)
 
 
 def test_capping_keeps_other_markers() -> None:
-    assert cap(b"b" * (output.MAX_LINE + 3), b"dropped:2") == (
-        b"b" * output.MAX_LINE,
+    assert cap(b"b" * (ingest.MAX_LINE + 3), b"dropped:2") == (
+        b"b" * ingest.MAX_LINE,
         b"truncated:3,dropped:2",
     )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.node_agent.buffer import Entry, LineBuffer
+from services.node_agent.shim.buffer import Entry, LineBuffer
 
 
 def make_line(source: bytes, line: bytes, cut: int) -> Entry:

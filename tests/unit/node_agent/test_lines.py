@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.node_agent.lines import LineSplitter
+from services.node_agent.shim.lines import LineSplitter
 
 _chunks = st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"")), max_size=20)
 

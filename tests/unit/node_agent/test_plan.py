@@ -18,9 +18,8 @@ from events.model import (
     Reason,
     RestartRequested,
 )
-from services.node_agent.job import RankKey
+from services.node_agent.job import ExitStatus, RankKey
 from services.node_agent.plan import Kill, Release, Start, Stop, exit_reason, plan
-from services.node_agent.rankdir import ExitStatus
 from tests import factories as f
 
 STOPPED = Reason(category="stopped", code="Stopped", message="stopped by alice")

@@ -9,8 +9,8 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from services.core.output import MAX_LINE
 from services.node_agent.pump import OutputPump
+from services.output.ingest import MAX_LINE
 from tests.waiting import eventually
 
 

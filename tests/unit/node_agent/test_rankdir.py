@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from services.node_agent.job import RankKey
-from services.node_agent.ondisk import atomic_write
-from services.node_agent.rankdir import ExitStatus, RankDir, local_ranks
+from services.node_agent.job import ExitStatus, RankKey
+from services.node_agent.process.rankdir import RankDir, local_ranks
+from services.node_agent.shim.ondisk import atomic_write
 
 KEY = RankKey("run1", 2, 1)
 

@@ -7,7 +7,7 @@ import io
 import pytest
 
 from services.node_agent.errors import RespError
-from services.node_agent.resp import encode, read_reply
+from services.node_agent.shim.resp import encode, read_reply
 
 
 def test_encode() -> None:

@@ -29,7 +29,7 @@ from events.model import (
 from events.spec import Compute, Priority, RunSpec, Scheduling
 from events.status import RunStatus
 from services.scheduler.cluster import HOLDS_GPUS, Applied, ClusterState
-from services.scheduler.decide import decide
+from services.scheduler.round import decide
 
 ACTOR = "scheduler@test"
 USER = "alice@example.com"

@@ -32,15 +32,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from events import keys
-from services.node_agent.buffer import Entry, LineBuffer
-from services.node_agent.entries import STDERR, STDOUT, Entries
 from services.node_agent.errors import RespError
-from services.node_agent.lines import LineSplitter
-from services.node_agent.ondisk import signal_group
-from services.node_agent.resp import Client
+from services.node_agent.shim.buffer import Entry, LineBuffer
+from services.node_agent.shim.entries import STDERR, STDOUT, Entries
+from services.node_agent.shim.lines import LineSplitter
+from services.node_agent.shim.ondisk import signal_group
+from services.node_agent.shim.resp import Client
 
 if TYPE_CHECKING:
-    from services.node_agent.shim import Supervisor
+    from services.node_agent.shim.supervisor import Supervisor
 
 _READERS_AFTER_EXIT_S = 5.0
 _FLUSH_S = 30.0

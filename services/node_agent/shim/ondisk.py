@@ -68,10 +68,6 @@ def signal_process(pid: int, signum: int) -> bool:
     return True
 
 
-def group_alive(pgid: int) -> bool:
-    return signal_group(pgid, 0)
-
-
 def kill_group(pgid: int | None) -> None:
     if pgid is not None and pgid > 1:
         signal_group(pgid, signal.SIGKILL)

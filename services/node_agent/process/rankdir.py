@@ -27,9 +27,9 @@ from pathlib import Path
 
 import msgspec
 
-from services.node_agent import ondisk
-from services.node_agent.job import RankKey
-from services.node_agent.ondisk import atomic_write, kill_group, read_pid
+from services.node_agent.job import ExitStatus, RankKey
+from services.node_agent.shim import ondisk
+from services.node_agent.shim.ondisk import atomic_write, kill_group, read_pid
 
 RANKS = "ranks"
 
@@ -45,15 +45,6 @@ class ShimSpec(msgspec.Struct, kw_only=True, frozen=True):
     grace_period_s: float
     max_lines: int = 50_000  # lines in flight before lines are dropped (and counted)
     max_line: int = 64 * 1024  # bytes kept of one line
-
-
-class ExitStatus(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
-    exit_code: int | None = None  # None when the command was killed by a signal or never ran
-    signal: int | None = None
-    stopped: bool = False  # the shim signalled the command because it was told to stop
-    error: str | None = None  # the command could not be started
-    lines: int = 0
-    dropped: int = 0
 
 
 class RankRecord(msgspec.Struct, kw_only=True):
@@ -123,9 +114,6 @@ class RankDir:
 
     def write_spec(self, spec: ShimSpec) -> None:
         atomic_write(self.spec_file, msgspec.json.encode(spec), mode=0o600)
-
-    def read_spec(self) -> ShimSpec:
-        return msgspec.json.decode(self.spec_file.read_bytes(), type=ShimSpec)
 
     def launched(self) -> bool:
         return self.lock_file.exists()

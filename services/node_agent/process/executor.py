@@ -31,19 +31,19 @@ import structlog
 
 from events.lifecycle import AttemptState, RankState
 from events.model import AnyRunEvent, RankRunning
-from services.core import output
 from services.core.aio import first_of
 from services.node_agent.environment import parameters_document, rank_environment
 from services.node_agent.errors import RankEnded, RankGone
 from services.node_agent.executor import RankControl
-from services.node_agent.forkserver import ForkServer
-from services.node_agent.job import RankJob, RankKey
-from services.node_agent.ondisk import atomic_write, kill_group, signal_process
+from services.node_agent.job import ExitStatus, RankJob, RankKey
 from services.node_agent.plan import exit_reason, exited, rank_lost
-from services.node_agent.rankdir import ExitStatus, RankDir, ShimSpec, local_ranks
+from services.node_agent.process.rankdir import RankDir, ShimSpec, local_ranks
+from services.node_agent.process.setup import Setup
 from services.node_agent.reporter import Reporter, new_id
 from services.node_agent.settings import NodeAgentSettings
-from services.node_agent.setup import Setup
+from services.node_agent.shim.forkserver import ForkServer
+from services.node_agent.shim.ondisk import atomic_write, kill_group, signal_process
+from services.output import ingest
 
 log = structlog.get_logger(__name__)
 
@@ -160,7 +160,7 @@ class ProcessExecutor:
                 redis_url=self.settings.redis_url,
                 grace_period_s=self.settings.grace_period_s,
                 max_lines=self.settings.output_buffer_lines,
-                max_line=output.MAX_LINE,
+                max_line=ingest.MAX_LINE,
             )
         )
         heard, told = os.pipe()

@@ -25,82 +25,13 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 import traceback
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from services.node_agent import ondisk
-from services.node_agent.ondisk import atomic_write, signal_group
-
-
-class Supervisor:
-    """The command's process and what the shim was told to do with it."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.spec: dict[str, Any] = json.loads((root / ondisk.SPEC).read_bytes())
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.error: str | None = None
-        self.stopped = False
-        self.exited = False
-        self._killer: threading.Timer | None = None
-
-    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if signum == signal.SIGUSR1:
-            self.kill()
-        else:
-            self.stop()
-
-    def stop(self) -> None:
-        """SIGTERM to the command's group now, SIGKILL after the grace period."""
-        if self.stopped or self.exited:
-            return
-        self.stopped = True
-        if self.proc is not None:
-            self._terminate(self.proc.pid)
-
-    def kill(self) -> None:
-        self.stopped = True
-        if self.proc is not None and not self.exited:
-            signal_group(self.proc.pid, signal.SIGKILL)
-
-    def told_to_stop(self) -> bool:
-        return self.stopped  # set by a signal handler, at any moment
-
-    def _terminate(self, pgid: int) -> None:
-        signal_group(pgid, signal.SIGTERM)
-        self._killer = threading.Timer(float(self.spec["grace_period_s"]), self.kill)
-        self._killer.daemon = True
-        self._killer.start()
-
-    def start(self) -> None:
-        if self.stopped:
-            return  # told to stop before the command began: it never runs
-        try:
-            self.proc = subprocess.Popen(
-                ["bash", "-c", self.spec["command"]],
-                cwd=self.spec["cwd"],
-                env=self.spec["env"],
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-        except OSError as exc:
-            self.error = f"the command could not start: {exc}"
-            return
-        atomic_write(self.root / ondisk.COMMAND_PID, b"%d" % self.proc.pid)
-        if self.told_to_stop():  # the stop came while the command was being started
-            self._terminate(self.proc.pid)
-
-    def ended(self) -> None:
-        self.exited = True
-        if self._killer is not None:
-            self._killer.cancel()
+from services.node_agent.shim import ondisk
+from services.node_agent.shim.ondisk import atomic_write
+from services.node_agent.shim.supervisor import Supervisor
 
 
 def _notify(fd: int, message: bytes) -> None:
@@ -123,7 +54,7 @@ def main(root: Path, lock_fd: int, notify_fd: int) -> None:
         status = {"stopped": supervisor.stopped, "error": supervisor.error}
     else:
         # Imported once the command runs: it must not wait for them.
-        from services.node_agent.follow import follow  # noqa: PLC0415
+        from services.node_agent.shim.follow import follow  # noqa: PLC0415
 
         try:
             status = follow(supervisor, supervisor.spec)
@@ -134,7 +65,3 @@ def main(root: Path, lock_fd: int, notify_fd: int) -> None:
         supervisor.ended()
     atomic_write(root / ondisk.EXIT, json.dumps(status).encode())
     os.close(lock_fd)  # from here on, "unlocked" means "ended, and exit.json tells how"
-
-
-if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))

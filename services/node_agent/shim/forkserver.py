@@ -35,7 +35,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from services.node_agent import ondisk, shim
+from services.node_agent.shim import main as shim
+from services.node_agent.shim import ondisk
 
 _MAX_REQUEST = 65_536
 _REPLY_TIMEOUT_S = 30.0
@@ -94,7 +95,12 @@ class ForkServer:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with self.log_path.open("ab") as log:
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-m", "services.node_agent.forkserver", str(theirs.fileno())],
+                    [
+                        sys.executable,
+                        "-m",
+                        "services.node_agent.shim.forkserver",
+                        str(theirs.fileno()),
+                    ],
                     pass_fds=(theirs.fileno(),),
                     start_new_session=True,  # like the shims it forks: outside the agent's group
                     stdin=subprocess.DEVNULL,
@@ -167,6 +173,6 @@ def _child(sock: socket.socket, root: Path, lock_fd: int, notify_fd: int) -> Non
 
 if __name__ == "__main__":
     # Imported now, not in each shim once its command runs: every fork inherits them.
-    from services.node_agent import follow  # noqa: F401
+    from services.node_agent.shim import follow  # noqa: F401
 
     serve(socket.socket(fileno=int(sys.argv[1])))

@@ -35,7 +35,6 @@ from events.model import (
     IntegrationStarted,
     Reason,
 )
-from services.core import output
 from services.node_agent import image, integrations
 from services.node_agent.environment import base_environment, with_venv
 from services.node_agent.errors import (
@@ -47,11 +46,12 @@ from services.node_agent.errors import (
 )
 from services.node_agent.executor import RankControl
 from services.node_agent.job import RankJob
-from services.node_agent.ondisk import atomic_write, signal_group
 from services.node_agent.plan import exited
+from services.node_agent.process.rankdir import RankDir
 from services.node_agent.pump import OutputPump
-from services.node_agent.rankdir import RankDir
 from services.node_agent.reporter import Reporter, new_id
+from services.node_agent.shim.ondisk import atomic_write, signal_group
+from services.output import ingest
 
 log = structlog.get_logger(__name__)
 
@@ -147,7 +147,7 @@ class Setup:
 
         async def finish() -> int:
             await asyncio.gather(
-                pump.pipe(stdout, output.STDOUT), pump.pipe(stderr, output.STDERR, tail)
+                pump.pipe(stdout, ingest.STDOUT), pump.pipe(stderr, ingest.STDERR, tail)
             )
             return await proc.wait()
 

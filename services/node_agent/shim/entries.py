@@ -1,6 +1,6 @@
-"""Ingest entries as the shim builds them: the format of ``services.core.output``, without it.
+"""Ingest entries as the shim builds them: the format of ``services.output.ingest``, without it.
 
-``services.core.output`` imports redis-py, which the shim must not load (see ``resp``); the
+``services.output.ingest`` imports redis-py, which the shim must not load (see ``resp``); the
 entries built here are the same, field for field, as ``output.ingest_fields`` and
 ``output.dropped_fields`` build (a property test pins it). A line reaches here already cut to
 ``MAX_LINE`` by ``LineSplitter``, with the number of bytes cut.
@@ -10,7 +10,7 @@ Standard library only.
 
 from __future__ import annotations
 
-from services.node_agent.buffer import Entry
+from services.node_agent.shim.buffer import Entry
 
 STDOUT, STDERR = b"o", b"e"
 

@@ -3,7 +3,7 @@
 Where the lines of one rank of one attempt are:
 - while the attempt runs, in the stream ``keys.rank_log(run, attempt, rank)``, written by the
   log-collector: one entry per line whose id is the line's ingest id (its time on the server's
-  clock), with the fields ``s``, ``l`` and ``m`` of ``services.core.output``;
+  clock), with the fields ``s``, ``l`` and ``m`` of ``services.output.ingest``;
 - once the attempt is archived, in ``<archive_dir>/<run>/<attempt>/rank-<k>.log`` (the path
   relative to the archive dir is recorded in the attempt hash, field ``archive:<k>``), one JSON
   record per line (``Record``); the stream is deleted after the file is safely on disk;
