@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from events.codec import Recorded
+from events.fit import Shape
 from events.model import (
     AnyEvent,
     AttemptCompleted,
@@ -32,7 +33,7 @@ from events.model import (
 )
 from events.spec import Compute, Priority, RunSpec, Scheduling
 from services.scheduler.cluster import ClusterState
-from services.scheduler.placement import Capacity, Shape, place
+from services.scheduler.placement import Capacity, place
 from services.scheduler.round import decide
 
 CLUSTER = "bench"

@@ -74,7 +74,7 @@ def unscheduled_notice(run: Run, attempt: int) -> str | None:
     """Why a resumption has no output, or None when it may have some."""
     resumption = run.resumptions[attempt]
     if resumption.started_at is None:
-        if resumption.status in (S.PENDING, S.QUEUED):
+        if resumption.status.is_waiting():
             return (
                 f"Run {run.name} has not been scheduled yet ({resumption.status.display_name}):"
                 f" its logs appear once it starts; `mcli logs {run.name} --follow` waits for them"

@@ -18,6 +18,7 @@ import msgspec
 from cli.config import RunConfig
 from events.spec import RunSpec
 from events.status import RunStatus
+from events.usage import HOUR_MS, gpu_ms
 from projections.attempts import AttemptRow, Phase
 from projections.run_status import RunRow
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 S = RunStatus
-_PENDING = (S.PENDING, S.QUEUED)
 
 
 def to_datetime(ms: int | None) -> datetime | None:
@@ -53,16 +53,18 @@ class Resumption:
     opened_at: datetime | None = None
     opened_how: str = "submitted"  # submitted | restart | retry
     reason_code: str | None = None  # FailedImagePull, Error, Stopped, ...
+    started_ms: int | None = field(default=None, repr=False)  # the log's times of the above
+    ended_ms: int | None = field(default=None, repr=False)
 
     @property
     def is_terminal(self) -> bool:
         return self.status.is_terminal()
 
-    def gpu_seconds(self, now: datetime) -> float:
-        if self.started_at is None:
-            return 0.0
-        end = self.ended_at or now
-        return self.gpus * max(0.0, (end - self.started_at).total_seconds())
+    def gpu_ms(self, now_ms: int) -> int:
+        """GPU-ms by the usage rule (``events.usage``), an open resumption counted to ``now_ms``."""
+        if self.started_ms is None:
+            return 0
+        return gpu_ms(self.gpus, self.started_ms, self.ended_ms or now_ms)
 
 
 @dataclass(frozen=True)
@@ -170,26 +172,26 @@ class Run:
     @property
     def cumulative_pending_time(self) -> float:
         """Seconds spent PENDING or QUEUED, over every resumption."""
-        return self._time_in(_PENDING)
+        return self._time_in(RunStatus.is_waiting)
 
     @property
     def cumulative_running_time(self) -> float:
         """Seconds spent RUNNING, over every resumption."""
-        return self._time_in((S.RUNNING,))
+        return self._time_in(lambda status: status is S.RUNNING)
 
-    def _time_in(self, statuses: tuple[RunStatus, ...]) -> float:
+    def _time_in(self, counts: Callable[[RunStatus], bool]) -> float:
         now = datetime.now(tz=UTC)
         total = 0.0
         for phase in self.lifecycle:
-            if phase.status in statuses and phase.started_at is not None:
+            if counts(phase.status) and phase.started_at is not None:
                 total += ((phase.ended_at or now) - phase.started_at).total_seconds()
         return total
 
     def get_gpu_hours(self) -> float:
         """GPUs x (left TERMINATING - entered STARTING), summed over resumptions; an open
         resumption counts up to now."""
-        now = datetime.now(tz=UTC)
-        return sum(r.gpu_seconds(now) for r in self.resumptions) / 3600
+        now = now_ms()
+        return sum(r.gpu_ms(now) for r in self.resumptions) / HOUR_MS
 
     # --- talking to runplane, through the SDK functions (``RunActions``) ----------------
 
@@ -356,6 +358,8 @@ def _resumption(row: RunRow, spec: RunSpec, attempt: AttemptRow) -> Resumption:
         opened_at=to_datetime(attempt.opened_at),
         opened_how=attempt.opened_how,
         reason_code=attempt.reason.code if attempt.reason is not None else None,
+        started_ms=attempt.started_at,
+        ended_ms=attempt.ended_at,
     )
 
 

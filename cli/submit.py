@@ -1,11 +1,9 @@
 """Submitting runs: validate, check against the cluster, then write (or write nothing).
 
 Invariants: a config is fully validated (``cli.config.to_spec``) and checked against what
-the cluster's registered nodes could ever hold before anything is written; a request that can
-never fit is refused here with the reason, not left to fail in the queue. Until the
-scheduler's fit rules (``shapes``) live in ``events/``, only two checks are made: the cluster
-is known (it has registered nodes) and no rank asks for more GPUs than a node of the requested
-gpu_type has.
+the cluster's registered nodes could ever hold before anything is written, by the fit rules
+the scheduler places with (``events.fit``): a request that can never fit is refused here with
+the scheduler's reason, not left to fail in the queue.
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ from typing import Any
 from cli.client import Client, ClientError
 from cli.config import RunConfig, to_spec
 from cli.reads import unknown_cluster
+from events.fit import Refusal, shapes
 from events.spec import Compute, RunSpec
 from projections import query
 
@@ -45,34 +44,18 @@ def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
 
 
 async def check_fits(client: Client, compute: Compute) -> None:
-    """``Unfit`` if the cluster is unknown or a rank is larger than any of its nodes."""
+    """``Unfit`` if the cluster is unknown or no registered node set of it could ever hold
+    the request (``events.fit.shapes``: the scheduler's own rule)."""
     known = [c for c in await query.utilization(client.redis) if c.instances]
     cluster = next((c for c in known if c.cluster == compute.cluster), None)
     if cluster is None:
         raise Unfit(unknown_cluster(compute.cluster, [c.cluster for c in known]))
-    instances = [i for i in cluster.instances if i.nodes > 0] or cluster.instances
-    if compute.gpu_type is not None:
-        instances = [i for i in instances if i.gpu_type == compute.gpu_type]
-        if not instances:
-            types = sorted({i.gpu_type or "none" for i in cluster.instances})
-            raise Unfit(
-                f"cluster {compute.cluster} has no {compute.gpu_type} GPUs "
-                f"(it has: {', '.join(types)}): change compute.gpu_type"
-            )
-    largest = max(i.gpus_per_node for i in instances)
-    nodes = compute.nodes
-    if nodes:
-        per_rank = compute.gpus // nodes
-        if per_rank > largest:
-            raise Unfit(
-                f"each of the {nodes} nodes would need {per_rank} GPUs, but the largest node of "
-                f"cluster {compute.cluster} has {largest}: ask for more nodes or fewer GPUs"
-            )
-    elif compute.gpus > largest and (largest == 0 or compute.gpus % largest):
-        raise Unfit(
-            f"{compute.gpus} GPUs do not fit on one node of cluster {compute.cluster} "
-            f"(at most {largest}) nor split into whole nodes: ask for a multiple of {largest}"
-        )
+    sizes: dict[str | None, int] = {}
+    for instance in [i for i in cluster.instances if i.nodes > 0] or cluster.instances:
+        sizes[instance.gpu_type] = max(sizes.get(instance.gpu_type, 0), instance.gpus_per_node)
+    verdict = shapes(compute, sizes)
+    if isinstance(verdict, Refusal) and verdict.permanent:
+        raise Unfit(f"{verdict.message}: change the request's compute")
 
 
 async def submit_config(

@@ -12,6 +12,7 @@ by the log itself. Invariants:
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -58,6 +59,24 @@ class Recorded(NamedTuple):
     position: str
     version: int
     event: AnyEvent
+
+
+class Order(enum.Enum):
+    """Where a recorded event stands for a fold that has applied its aggregate up to a version.
+
+    Every fold of the log (the scheduler's, each node-agent's) applies an aggregate's events
+    once each, in order, by the version the log stamped: ``order`` is that rule."""
+
+    SEEN = "seen"  # folded already: a redelivery, or read with the aggregate's history
+    NEXT = "next"  # the next event of the aggregate: apply it
+    GAP = "gap"  # an earlier event is missing here: reload the aggregate's whole history
+
+
+def order(version: int, known: int) -> Order:
+    """Where an event of aggregate version ``version`` stands for a fold at ``known``."""
+    if version <= known:
+        return Order.SEEN
+    return Order.NEXT if version == known + 1 else Order.GAP
 
 
 def recorded(position: str, fields: Mapping[bytes, bytes]) -> Recorded:

@@ -36,7 +36,6 @@ from events.status import RunStatus
 
 NewId = Callable[[], str]
 _E = TypeVar("_E", RestartRequested, DeleteRequested, RunDeleted)
-_WAITING = (RunStatus.PENDING, RunStatus.QUEUED)
 
 
 class RequestRefused(EventsError):
@@ -117,7 +116,7 @@ def decide(state: RunState | None, command: Command, new_id: NewId) -> list[AnyR
             events: list[AnyRunEvent] = [_envelope(DeleteRequested, state, command.actor, new_id)]
             if status is not RunStatus.TERMINATING and not status.is_terminal():
                 events += _stop(state, command.actor, "deleted", new_id)
-            if status.is_terminal() or status in _WAITING:
+            if status.is_terminal() or status.is_waiting():
                 events.append(_envelope(RunDeleted, state, command.actor, new_id))
             return events
         case UpdateRun():
@@ -148,7 +147,7 @@ def _stop(state: RunState, actor: str, why: str, new_id: NewId) -> list[AnyRunEv
     )
     reason = stopped_by(actor, why)
     ending: AnyRunEvent
-    if status in _WAITING:
+    if status.is_waiting():
         ending = AttemptStopped(
             id=new_id(), actor=actor, run_id=state.run_id, attempt=latest.index, reason=reason
         )

@@ -15,6 +15,7 @@ terminal; a stop of a terminal or terminating attempt is refused; a deleted run 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import NoReturn, assert_never
 
 import msgspec
@@ -53,8 +54,20 @@ from events.spec import RunSpec
 from events.status import RunStatus
 
 S = RunStatus
-_HOLDS_GPUS = (S.STARTING, S.RUNNING, S.TERMINATING)
-_WAITING = (S.PENDING, S.QUEUED)
+
+#: The transition table of an attempt: the phases each phase may be entered from. Every
+#: writer and every fold goes by it (``projections.attempts`` too). QUEUED from QUEUED is a
+#: new queue position or reason, not a new phase; an attempt that never held GPUs may end
+#: STOPPED or FAILED at once, one that did only through TERMINATING.
+ENTERED_FROM: Mapping[RunStatus, frozenset[RunStatus]] = {
+    S.QUEUED: frozenset({S.PENDING, S.QUEUED}),
+    S.STARTING: frozenset({S.QUEUED}),
+    S.RUNNING: frozenset({S.STARTING}),
+    S.TERMINATING: frozenset({S.STARTING, S.RUNNING}),
+    S.COMPLETED: frozenset({S.TERMINATING}),
+    S.STOPPED: frozenset({S.TERMINATING, S.PENDING, S.QUEUED}),
+    S.FAILED: frozenset({S.TERMINATING, S.PENDING, S.QUEUED}),
+}
 
 
 class RankState(msgspec.Struct, kw_only=True):
@@ -183,7 +196,7 @@ def _apply(state: RunState, event: AnyRunEvent) -> None:  # noqa: PLR0912, PLR09
                 _refuse(event, "a run is deleted after its delete request and latest attempt end")
             state.deleted = True
         case AttemptQueued():
-            _phase(attempt, event, (S.PENDING, S.QUEUED), S.QUEUED)
+            _phase(attempt, event, S.QUEUED)
             attempt.queue_reason = event.reason
         case AttemptScheduled():
             _schedule(attempt, event)
@@ -205,13 +218,13 @@ def _apply(state: RunState, event: AnyRunEvent) -> None:  # noqa: PLR0912, PLR09
         case AttemptRunning():
             if not all(rank.running for rank in attempt.ranks):  # some may have ended since
                 _refuse(event, "not every rank runs yet")
-            _phase(attempt, event, (S.STARTING,), S.RUNNING)
+            _phase(attempt, event, S.RUNNING)
         case RankExited():
             rank = _live_rank(attempt, event, event.rank, event.node)
             rank.exited, rank.exit_code, rank.signal = True, event.exit_code, event.signal
             rank.reason = event.reason
         case AttemptTerminating():
-            _phase(attempt, event, (S.STARTING, S.RUNNING), S.TERMINATING)
+            _phase(attempt, event, S.TERMINATING)
             attempt.reason = event.reason
         case AttemptCompleted():
             _end(attempt, event, S.COMPLETED, None)
@@ -259,11 +272,9 @@ def _current(attempt: AttemptState, event: RunEvent) -> None:
         _refuse(event, f"attempt {event.attempt} is not the current attempt ({attempt.index})")
 
 
-def _phase(
-    attempt: AttemptState, event: RunEvent, sources: tuple[RunStatus, ...], target: RunStatus
-) -> None:
+def _phase(attempt: AttemptState, event: RunEvent, target: RunStatus) -> None:
     _current(attempt, event)
-    if attempt.status not in sources:
+    if attempt.status not in ENTERED_FROM[target]:
         _refuse(event, f"attempt {attempt.index} is {attempt.status.display_name}")
     if attempt.status is not target:
         attempt.timeline.append((target, event.time))
@@ -281,7 +292,7 @@ def _schedule(attempt: AttemptState, event: AttemptScheduled) -> None:
         _refuse(event, "a rank holds each GPU once")
     if any(gpu < 0 for rank in event.ranks for gpu in rank.gpus):
         _refuse(event, "GPU indices are not negative")
-    _phase(attempt, event, (S.QUEUED,), S.STARTING)
+    _phase(attempt, event, S.STARTING)
     attempt.cluster, attempt.gpu_type = event.cluster, event.gpu_type
     attempt.ranks = [_rank_state(rank) for rank in event.ranks]
 
@@ -292,7 +303,7 @@ def _rank_state(placement: RankPlacement) -> RankState:
 
 def _live_rank(attempt: AttemptState, event: RunEvent, index: int, node: str) -> RankState:
     _current(attempt, event)
-    if attempt.status not in _HOLDS_GPUS:
+    if not attempt.status.is_active():
         _refuse(event, f"attempt {attempt.index} is {attempt.status.display_name}")
     rank = attempt.rank(index)
     if rank is None:
@@ -305,14 +316,10 @@ def _live_rank(attempt: AttemptState, event: RunEvent, index: int, node: str) ->
 
 
 def _end(attempt: AttemptState, event: RunEvent, target: RunStatus, reason: Reason | None) -> None:
-    _current(attempt, event)
-    if attempt.status is S.TERMINATING:
-        if not attempt.all_released():
-            _refuse(event, "a rank still holds its GPUs")
-    elif not (attempt.status in _WAITING and target is not S.COMPLETED):
-        _refuse(event, f"attempt {attempt.index} is {attempt.status.display_name}")
-    attempt.timeline.append((target, event.time))
-    attempt.status = target
+    if attempt.status is S.TERMINATING and not attempt.all_released():
+        _current(attempt, event)
+        _refuse(event, "a rank still holds its GPUs")
+    _phase(attempt, event, target)
     attempt.reason = reason
 
 

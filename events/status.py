@@ -1,7 +1,9 @@
 """RunStatus, with the values, order and helpers of mcli's ``RunStatus``.
 
-Invariants: the order is fixed (UNKNOWN < PENDING < ... < FAILED) and only COMPLETED,
-STOPPED and FAILED are terminal. Comparing a status with anything else raises TypeError.
+Invariants: the order is fixed (UNKNOWN < PENDING < ... < FAILED); only COMPLETED, STOPPED
+and FAILED are terminal; STARTING, RUNNING and TERMINATING hold GPUs (``is_active``), and
+PENDING and QUEUED wait (``is_waiting``). Every module asks these methods; none lists the
+sets. Comparing a status with anything else raises TypeError.
 """
 
 from __future__ import annotations
@@ -38,8 +40,12 @@ class RunStatus(StrEnum):
         return self in _TERMINAL
 
     def is_active(self) -> bool:
-        """Holding or about to hold GPUs: STARTING, RUNNING or TERMINATING."""
+        """Holding GPUs: STARTING, RUNNING or TERMINATING (the span that GPU usage counts)."""
         return self in _HOLDS_GPUS
+
+    def is_waiting(self) -> bool:
+        """Not yet placed: PENDING or QUEUED."""
+        return self in _WAITING
 
     def before(self, other: RunStatus, inclusive: bool = False) -> bool:
         self._check(other)
@@ -78,3 +84,4 @@ _ORDER = {status: i for i, status in enumerate(RunStatus)}
 _BY_KEY = {status.value: status for status in RunStatus}
 _TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.STOPPED, RunStatus.FAILED})
 _HOLDS_GPUS = frozenset({RunStatus.STARTING, RunStatus.RUNNING, RunStatus.TERMINATING})
+_WAITING = frozenset({RunStatus.PENDING, RunStatus.QUEUED})

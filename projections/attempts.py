@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from events.codec import Recorded
+from events.lifecycle import ENTERED_FROM
 from events.model import (
     RUN_EVENT_TYPES,
     AttemptCompleted,
@@ -60,16 +61,6 @@ from projections.narrative import describe
 
 KIND = "attempt"
 S = RunStatus
-#: The phases each phase may be entered from (``events.lifecycle``'s rules).
-_FROM: dict[RunStatus, frozenset[RunStatus]] = {
-    S.QUEUED: frozenset({S.PENDING}),
-    S.STARTING: frozenset({S.QUEUED}),
-    S.RUNNING: frozenset({S.STARTING}),
-    S.TERMINATING: frozenset({S.STARTING, S.RUNNING}),
-    S.COMPLETED: frozenset({S.TERMINATING}),
-    S.STOPPED: frozenset({S.TERMINATING, S.PENDING, S.QUEUED}),
-    S.FAILED: frozenset({S.TERMINATING, S.PENDING, S.QUEUED}),
-}
 _GROUP = {S.PENDING: "queue_ms", S.QUEUED: "queue_ms", S.STARTING: "setup_ms"}
 _GROUP |= {S.RUNNING: "run_ms", S.TERMINATING: "cleanup_ms"}
 
@@ -228,7 +219,7 @@ def _open(event: RunEvent, actor: str, name: str, how: str) -> AttemptRow:
 
 
 def _enter(attempt: AttemptRow, status: RunStatus, time: int) -> None:
-    if attempt.status not in _FROM[status]:
+    if attempt.status not in ENTERED_FROM[status]:
         raise _Refused(f"attempt {attempt.index} is {attempt.status.display_name}")
     last = attempt.phases[-1]
     last.left_at, last.duration_ms = time, time - last.entered_at
@@ -260,7 +251,7 @@ def _scheduled(event: AttemptScheduled, attempt: AttemptRow, actor: str) -> str 
 
 
 def _rank(attempt: AttemptRow, index: int) -> RankRow:
-    if attempt.status not in (S.STARTING, S.RUNNING, S.TERMINATING):
+    if not attempt.status.is_active():
         raise _Refused(f"attempt {attempt.index} holds no GPUs")
     if not 0 <= index < len(attempt.ranks) or attempt.ranks[index].exited_at is not None:
         raise _Refused(f"rank {index} is not live")

@@ -27,6 +27,7 @@ import msgspec
 import structlog
 
 from events.codec import Recorded
+from events.usage import DAY_MS
 
 log = structlog.get_logger("projections")
 
@@ -104,10 +105,6 @@ def skipped(projection: str, record: Recorded, why: str) -> tuple[()]:
         why=why,
     )
     return ()
-
-
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
 
 
 def day_of(ms: int) -> str:

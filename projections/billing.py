@@ -35,7 +35,8 @@ from events.model import (
     RunEvent,
     RunSubmitted,
 )
-from projections.base import DAY_MS, HOUR_MS, Row, RowKey, day_of, encode, skipped
+from events.usage import DAY_MS, HOUR_MS, gpu_ms
+from projections.base import Row, RowKey, day_of, encode, skipped
 
 Dimension = Literal["user", "cluster", "gpu_type", "run", "day"]
 DIMENSIONS: tuple[Dimension, ...] = ("user", "cluster", "gpu_type", "run", "day")
@@ -127,7 +128,7 @@ class BillingProjection:
         if billed is None or billed.ended_at is not None:
             return ()  # never held GPUs (ended while waiting): bills nothing
         billed.ended_at = event.time
-        billed.gpu_ms = billed.gpus * (event.time - billed.started_at)
+        billed.gpu_ms = gpu_ms(billed.gpus, billed.started_at, event.time)
         billed.days = split_by_day(billed.gpus, billed.started_at, event.time)
         changed: list[RowKey] = [("attempt", key)]
         gpu_type = billed.gpu_type or NO_GPU_TYPE
@@ -135,16 +136,16 @@ class BillingProjection:
         values["run"] = billed.run_id
         for dim, value in values.items():
             changed.append(self._add(dim, value, gpu_type, billed.gpu_ms))
-        for day, gpu_ms in billed.days.items():
-            changed.append(self._add("day", day, gpu_type, gpu_ms))
+        for day, part in billed.days.items():
+            changed.append(self._add("day", day, gpu_type, part))
         return changed
 
-    def _add(self, dim: str, value: str, gpu_type: str, gpu_ms: int) -> RowKey:
+    def _add(self, dim: str, value: str, gpu_type: str, ms: int) -> RowKey:
         key = f"{dim}|{value}|{gpu_type}"
         total = self.totals.get(key)
         if total is None:
             total = self.totals[key] = Total(dim=dim, value=value, gpu_type=gpu_type)
-        total.gpu_ms += gpu_ms
+        total.gpu_ms += ms
         total.attempts += 1
         return ("total", key)
 
@@ -165,12 +166,12 @@ class BillingProjection:
 
 
 def split_by_day(gpus: int, start: int, end: int) -> dict[str, int]:
-    """GPU-ms of ``[start, end)`` per UTC day; the parts add up to ``gpus * (end - start)``."""
+    """GPU-ms of ``[start, end)`` per UTC day; the parts add up to ``gpu_ms(gpus, start, end)``."""
     days: dict[str, int] = {}
     while start < end:
         midnight = (start // DAY_MS + 1) * DAY_MS
         stop = min(end, midnight)
-        days[day_of(start)] = gpus * (stop - start)
+        days[day_of(start)] = gpu_ms(gpus, start, stop)
         start = stop
     return days
 
@@ -225,18 +226,18 @@ def report(
         if group_by == "day":
             parts = list(split_by_day(billed.gpus, start, end).items())
         else:
-            parts = [(_group_key(billed, group_by), billed.gpus * (end - start))]
-        for key, gpu_ms in parts:
+            parts = [(_group_key(billed, group_by), gpu_ms(billed.gpus, start, end))]
+        for key, part in parts:
             line = lines.get(key)
             if line is None:
                 line = lines[key] = Line(key=key)
-            line.gpu_ms += gpu_ms
+            line.gpu_ms += part
             line.open |= billed.ended_at is None
             price = (prices or {}).get(billed.gpu_type or NO_GPU_TYPE)
             if price is None:
                 unpriced.add(key)
             else:
-                line.cost = (line.cost or Decimal(0)) + Decimal(gpu_ms) * price / HOUR_MS
+                line.cost = (line.cost or Decimal(0)) + Decimal(part) * price / HOUR_MS
     ordered = sorted(lines.values(), key=lambda line: line.key)
     for line in ordered:
         if line.key in unpriced:

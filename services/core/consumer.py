@@ -17,8 +17,8 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, NamedTuple, cast
 
 import structlog
 from faststream.middlewares import AckPolicy
@@ -88,7 +88,6 @@ class LogConsumer:
         self.handler = handler
         self.settings = settings
         self.stream = keys.log_stream(partition)
-        self.dead_letters = keys.dead_letter_stream(group)
         self._client: Redis | None = None
         common: dict[str, Any] = {"group": group, "consumer": consumer, "polling_interval": poll_ms}
         options: dict[str, Any] = {
@@ -162,12 +161,31 @@ class LogConsumer:
 
     async def _dead_letter(self, position: str, fields: dict[bytes, bytes], why: str) -> None:
         assert self._client is not None, "call prepare() before the broker starts"
-        entry: dict[bytes | str, bytes | str] = {
-            b"stream": self.stream,
-            b"position": position,
-            b"consumer": self.consumer,
-            b"error": why,
-        }
-        entry.update({b"field:" + name: value for name, value in fields.items()})
-        await self._client.xadd(self.dead_letters, entry)  # type: ignore[arg-type]
+        where = Delivery(self.stream, self.group, self.consumer, position)
+        await dead_letter(self._client, where, fields, why)
         log.error("consumer.dead_letter", position=position, group=self.group, error=why)
+
+
+class Delivery(NamedTuple):
+    """Where an entry was read: its stream, by which group and consumer, at which position."""
+
+    stream: str
+    group: str
+    consumer: str
+    position: str
+
+
+async def dead_letter(
+    client: Redis, where: Delivery, fields: Mapping[bytes, bytes], why: str
+) -> None:
+    """Keep an entry nobody can decode (or handle), whole, with the error and where it was read,
+    on its group's dead-letter stream (``keys.dead_letter_stream``): fields ``stream``,
+    ``position``, ``consumer``, ``error``, and ``field:<name>`` for each of the entry's own."""
+    entry: dict[bytes | str, bytes | str] = {
+        b"stream": where.stream,
+        b"position": where.position,
+        b"consumer": where.consumer,
+        b"error": why,
+    }
+    entry.update({b"field:" + name: value for name, value in fields.items()})
+    await client.xadd(keys.dead_letter_stream(where.group), entry)  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ from faststream import FastStream
 from redis.exceptions import RedisError
 
 from events import codec, keys
-from events.codec import Recorded
+from events.codec import Order, Recorded
 from events.errors import IllegalTransition, UndecodableEvent
 from events.lifecycle import RunState, evolve
 from events.model import AttemptScheduled, NodeEvent, NodeLost, NodeRegistered, Reason
@@ -170,13 +170,14 @@ class NodeAgent:
                 rank.node == self.node for rank in event.ranks
             )
             return await self._reload(event.run_id) if placed_here else None
-        if record.version <= known.version:
-            return None  # folded already (redelivery, or read with the history)
-        if record.version == known.version + 1:
-            try:
-                return evolve(known, event)
-            except IllegalTransition:
-                log.warning("fold.refused", run=event.run_id, position=record.position)
+        match codec.order(record.version, known.version):
+            case Order.SEEN:
+                return None
+            case Order.NEXT:
+                try:
+                    return evolve(known, event)
+                except IllegalTransition:
+                    log.warning("fold.refused", run=event.run_id, position=record.position)
         return await self._reload(event.run_id)
 
     async def _reload(self, run_id: str) -> RunState | None:

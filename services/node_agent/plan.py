@@ -28,7 +28,6 @@ from events.status import RunStatus
 from services.node_agent.errors import RankGone
 from services.node_agent.job import ExitStatus, RankJob, RankKey, job_of
 
-_HOLDS_GPUS = (RunStatus.STARTING, RunStatus.RUNNING, RunStatus.TERMINATING)
 NO_RECORD = "this node has no record of the rank (its node-agent lost its data directory)"
 
 
@@ -63,7 +62,7 @@ def plan(state: RunState, node: str, local: Collection[RankKey]) -> list[Action]
         if reason is not None:
             actions.append(Stop(key, reason))
     latest = state.latest
-    if latest.status not in _HOLDS_GPUS:
+    if not latest.status.is_active():
         return actions
     for rank in latest.ranks:
         key = RankKey(state.run_id, latest.index, rank.rank)
@@ -108,7 +107,7 @@ def locate(state: RunState | None, key: RankKey) -> tuple[AttemptState, RankStat
     attempt = state.latest
     if attempt.index != key.attempt:
         raise RankGone(f"attempt {key.attempt} is not the current attempt ({attempt.index})")
-    if attempt.status not in _HOLDS_GPUS:
+    if not attempt.status.is_active():
         raise RankGone(f"attempt {key.attempt} is {attempt.status.display_name}")
     rank = attempt.rank(key.rank)
     if rank is None:

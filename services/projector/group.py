@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from events import keys
 from projections.runner import Entry
-from services.core.consumer import ensure_group
+from services.core.consumer import Delivery, dead_letter, ensure_group
 
 
 def _entries(raw: Any) -> list[Entry]:
@@ -63,14 +63,8 @@ class RedisGroup:
 
     async def dead_letter(self, position: str, fields: Mapping[bytes, bytes], why: str) -> None:
         """Keep an entry nobody can decode, whole, with the error (as ``LogConsumer`` does)."""
-        entry: dict[bytes | str, bytes | str] = {
-            b"stream": self.stream,
-            b"position": position,
-            b"consumer": self.consumer,
-            b"error": why,
-        }
-        entry.update({b"field:" + name: value for name, value in fields.items()})
-        await self.redis.xadd(keys.dead_letter_stream(self.group), entry)  # type: ignore[arg-type]
+        where = Delivery(self.stream, self.group, self.consumer, position)
+        await dead_letter(self.redis, where, fields, why)
 
     async def advance(self, position: str) -> None:
         """Move the group's delivery point up to ``position`` (never back)."""

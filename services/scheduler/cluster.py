@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from events.codec import Recorded
+from events.codec import Order, Recorded, order
 from events.errors import IllegalTransition
 from events.lifecycle import RunState, evolve
 from events.model import (
@@ -46,11 +46,9 @@ from events.model import (
 )
 from events.spec import PRIORITY_RANK
 from events.status import RunStatus
+from events.usage import HOUR_MS
 
 S = RunStatus
-HOLDS_GPUS = (S.STARTING, S.RUNNING, S.TERMINATING)
-WAITING = (S.PENDING, S.QUEUED)
-_HOUR_MS = 3_600_000
 
 
 class Applied(enum.Enum):
@@ -58,6 +56,9 @@ class Applied(enum.Enum):
     SKIPPED = "skipped"  # already folded (redelivery, or our own append coming back)
     GAP = "gap"  # an earlier event of the aggregate is missing: reload its history
     REFUSED = "refused"  # the lifecycle rules refuse it: left out
+
+
+_VERDICTS = {Order.SEEN: Applied.SKIPPED, Order.GAP: Applied.GAP, Order.NEXT: None}
 
 
 class Node(msgspec.Struct, kw_only=True):
@@ -170,11 +171,9 @@ class ClusterState:
         self.dirty_clusters.clear()
 
     def _check(self, version: int, known: int) -> Applied | None:
-        if version and version <= known:
-            return Applied.SKIPPED
-        if version and version != known + 1:
-            return Applied.GAP
-        return None
+        if not version:  # not read from the log (a decision applied before its append)
+            return None
+        return _VERDICTS[order(version, known)]
 
     def _apply_run(self, version: int, event: AnyRunEvent) -> Applied:
         run_id = event.run_id
@@ -231,7 +230,7 @@ class ClusterState:
         hours = run.spec.scheduling.max_duration
         if attempt.status is S.RUNNING and hours is not None:
             started = next(t for status, t in reversed(attempt.timeline) if status is S.RUNNING)
-            self.deadlines[run.run_id] = started + int(hours * _HOUR_MS)
+            self.deadlines[run.run_id] = started + int(hours * HOUR_MS)
         else:
             self.deadlines.pop(run.run_id, None)
         if attempt.status.is_terminal() and (run.deleted or not run.delete_requested):
@@ -242,7 +241,7 @@ class ClusterState:
     def _index_gpus(self, run: RunState, updated: bool) -> None:
         run_id, cluster, attempt = run.run_id, run.spec.compute.cluster, run.latest
         holding = None
-        if attempt.status in HOLDS_GPUS and not run.deleted:
+        if attempt.status.is_active() and not run.deleted:
             holding = Holding(
                 attempt.index, tuple((rank.node, tuple(rank.gpus)) for rank in attempt.ranks)
             )
@@ -264,7 +263,7 @@ class ClusterState:
         run_id, cluster, attempt = run.run_id, run.spec.compute.cluster, run.latest
         queue = self.waiting.setdefault(cluster, {})
         key = None
-        if attempt.status in WAITING and not (run.deleted or run.delete_requested):
+        if attempt.status.is_waiting() and not (run.deleted or run.delete_requested):
             priority = PRIORITY_RANK[run.spec.scheduling.priority]
             key = (-priority, attempt.timeline[0][1], run_id)
         if queue.get(run_id) != key:

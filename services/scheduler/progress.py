@@ -37,7 +37,7 @@ from events.model import (
     RunDeleted,
 )
 from events.status import RunStatus
-from services.scheduler.cluster import HOLDS_GPUS, ClusterState
+from services.scheduler.cluster import ClusterState
 from services.scheduler.decision import Context
 
 S = RunStatus
@@ -52,7 +52,7 @@ def progress(state: ClusterState, run: RunState, ctx: Context) -> list[AnyRunEve
         return []
     if attempt.status.is_terminal():
         return [_deleted(run, ctx)] if run.delete_requested else []
-    if attempt.status not in HOLDS_GPUS:
+    if not attempt.status.is_active():
         return []
 
     events: list[AnyRunEvent] = []

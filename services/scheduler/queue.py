@@ -29,6 +29,7 @@ import functools
 from collections.abc import Collection
 from typing import NamedTuple
 
+from events.fit import Refusal, Shape, nodes, shapes
 from events.lifecycle import RunState
 from events.model import (
     AnyRunEvent,
@@ -43,16 +44,7 @@ from events.spec import PRIORITY_RANK
 from events.status import RunStatus
 from services.scheduler.cluster import ClusterState, Holding
 from services.scheduler.decision import Context, Decision, decision
-from services.scheduler.placement import (
-    Capacity,
-    Placement,
-    Refusal,
-    Shape,
-    nodes,
-    place,
-    shapes,
-    why_waiting,
-)
+from services.scheduler.placement import Capacity, Placement, place, why_waiting
 
 S = RunStatus
 RELEASING = "Waiting for GPUs being released"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from events.fit import Refusal, Shape, shapes
 from events.spec import Compute
-from services.scheduler.placement import Capacity, Refusal, Shape, place, shapes, why_waiting
+from services.scheduler.placement import Capacity, place, why_waiting
 
 
 def _capacity(*nodes: tuple[str, str | None, int, list[int]]) -> Capacity:

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from events import commands
 from events.commands import RequestRefused
 from events.status import RunStatus as S
-from services.scheduler.cluster import HOLDS_GPUS
 from tests.unit.scheduler.world import USER, World
 
 NODES = [f"n{i}" for i in range(5)]
@@ -50,7 +49,7 @@ operations = st.sampled_from(
 
 
 def _active(world: World) -> list[str]:
-    return sorted(r for r, run in world.oracle.items() if run.latest.status in HOLDS_GPUS)
+    return sorted(r for r, run in world.oracle.items() if run.latest.status.is_active())
 
 
 def _pick(items: list[str], index: int) -> str | None:

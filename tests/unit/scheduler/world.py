@@ -28,7 +28,7 @@ from events.model import (
 )
 from events.spec import Compute, Priority, RunSpec, Scheduling
 from events.status import RunStatus
-from services.scheduler.cluster import HOLDS_GPUS, Applied, ClusterState
+from services.scheduler.cluster import Applied, ClusterState
 from services.scheduler.round import decide
 
 ACTOR = "scheduler@test"
@@ -202,7 +202,7 @@ class World:
         """(node, GPU) -> run, from the oracle; fails on a GPU held twice."""
         held: dict[tuple[str, int], str] = {}
         for run_id, run in self.oracle.items():
-            if run.latest.status not in HOLDS_GPUS:
+            if not run.latest.status.is_active():
                 continue
             for rank in run.latest.ranks:
                 for gpu in rank.gpus:
