@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image for every runplane service; the command picks which one runs:
 #   python -m services.scheduler | services.projector | services.log_collector | services.node_agent
-# Settings come from RUNPLANE_* environment variables (README: "Running with Docker Compose").
+# Settings come from RUNPLANE_* environment variables (docs/settings.md).
 # The health check of each is `python -m services.core.health <service>` (see compose.yaml).
 
 # The Python the test suite runs on; the runtime stage must be the same image, since the

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     partitions: int = Field(
         default=1,
         ge=1,
-        description="Partitions of the global log (only 1 for now: README, Scale-out).",
+        description="Partitions of the global log (only 1 for now: docs/scale.md).",
     )
     idempotency_ttl_s: int = Field(
         default=7 * 24 * 3600, ge=60, description="How long a retried append is recognised."

@@ -3,10 +3,11 @@
 ``Agent`` starts ``python -m services.node_agent`` with ``RUNPLANE_*`` settings, kills it
 (SIGKILL) or stops it (SIGTERM), and at the end kills every shim and command it left.
 
-``MiniScheduler`` writes exactly what the README's protocol gives the scheduler: a submitted
-run is queued and placed (``attempt.scheduled``, ranks on given nodes and GPUs); when every
-rank runs, ``attempt.running``; at the first rank exit, ``attempt.terminating`` (with that
-rank's reason, or None for exit 0); when every rank has released its GPUs, the terminal event.
+``MiniScheduler`` writes exactly what the protocol gives the scheduler (``docs/architecture.md``,
+"Services and who writes what"): a submitted run is queued and placed (``attempt.scheduled``,
+ranks on given nodes and GPUs); when every rank runs, ``attempt.running``; at the first rank
+exit, ``attempt.terminating`` (with that rank's reason, or None for exit 0); when every rank has
+released its GPUs, the terminal event.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ class MiniScheduler:
 
 
 def _next(state: RunState | None) -> list[AnyRunEvent]:
-    """The scheduler's next event for a placed attempt, per the README's protocol."""
+    """The scheduler's next event for a placed attempt, per the protocol (docs/architecture.md)."""
     assert state is not None
     attempt = state.latest
     envelope: dict[str, Any] = {

@@ -1,15 +1,15 @@
-"""The README lists every setting the services read, exactly as their settings classes define
-them (``python -m tests.settings_table --write`` regenerates the list)."""
+"""docs/settings.md lists every setting the services read, exactly as their settings classes
+define them (``python -m tests.settings_table --write`` regenerates the list)."""
 
 from __future__ import annotations
 
 from services.core.settings import Settings
-from tests.settings_table import FACTORY_DEFAULTS, README, SERVICES, own_fields, readme_copy, render
+from tests.settings_table import DOC, FACTORY_DEFAULTS, SERVICES, doc_copy, own_fields, render
 
 
-def test_the_readme_lists_the_settings_as_the_code_defines_them() -> None:
-    copy = readme_copy(README.read_text())
-    assert copy is not None, "README.md lost its generated settings block"
+def test_the_docs_list_the_settings_as_the_code_defines_them() -> None:
+    copy = doc_copy(DOC.read_text())
+    assert copy is not None, "docs/settings.md lost its generated settings block"
     assert copy == render(), "run `python -m tests.settings_table --write`"
 
 
