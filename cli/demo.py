@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cli.main import log_aside
 from cli.models import Run
 from cli.sdk import get_run
 from events.status import RunStatus
@@ -106,6 +107,7 @@ def main() -> int:
     os.environ["RUNPLANE_HOME"] = home
     os.environ.pop("RUNPLANE_REDIS_URL", None)
     os.environ.pop("RUNPLANE_ARCHIVE_DIR", None)
+    log_aside()  # the SDK's folds run here too: their log lines stay off the demo's output
     mcli("dev", "up", "--nodes", "2", "--gpus-per-node", "8", "--grace-period", "5")
     try:
         scenario()

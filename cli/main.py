@@ -9,21 +9,20 @@ exit 2); a traceback means a bug in runplane, not bad input.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
-import structlog
 from redis.exceptions import RedisError
 
-from cli.client import ClientError, Unreachable, find_url, unreachable_message
+from cli.client import ClientError, Unreachable, find_url, state_dir, unreachable_message
 from cli.commands import admin, describe, dev, get, logs, manage, run, util
 from cli.commands.common import error
 from cli.config import ConfigError
 from cli.logsel import UsageError
-from cli.stack import StackError
+from cli.stack import StackError, logs_dir
 from services.core.errors import StoreUnavailable
+from services.core.logging import configure_aside
 
 USAGE_EXIT = 2
 
@@ -39,19 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_logs() -> None:
-    """Library logging (structlog warnings of the folds) stays off the user's terminal."""
-    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+def log_aside() -> None:
+    """What library code logs in this process (a fold's warning while the CLI folds a run's
+    history) never reaches the user's terminal: it goes to the local stack's ``mcli.log``
+    when there is one, else nowhere. The CLI's own messages are printed, not logged."""
+    configure_aside(logs_dir(state_dir()) / "mcli.log")
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit per error kind
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_logs()
+    log_aside()
     try:
         code: int = args.handler(args)
     except UsageError as exc:

@@ -3,8 +3,9 @@
 ``mcli dev up`` and the end-to-end tests both use it: the scheduler, the projector, the
 log-collector and one node-agent per simulated node. Invariants:
 - Everything lives under one state directory: the server's data (AOF on), each service's
-  log file, each node's data directory, and ``stack.json`` (what runs, with pids), so any later
-  command (or a second ``dev up``) finds a running stack by itself.
+  log file (and ``mcli.log``: what library code logs inside mcli commands), each node's data
+  directory, and ``stack.json`` (what runs, with pids), so any later command (or a second
+  ``dev up``) finds a running stack by itself.
 - Services are started detached (their own session), so they outlive the command that started
   them; ``down`` stops them with SIGTERM, then SIGKILL after a grace period, then the server.
 - ``kill``/``start`` of one service exist for crash tests: kill -9 and start again in place.
@@ -25,6 +26,12 @@ from pathlib import Path
 from services.core.valkey import ValkeyProcess
 
 STATE_FILE = "stack.json"
+
+
+def logs_dir(state_dir: Path) -> Path:
+    """Where the stack's processes write their logs: ``<service>.log``, and ``mcli.log`` for
+    what library code logs in the mcli command (never on the user's terminal)."""
+    return state_dir / "logs"
 
 
 class StackError(RuntimeError):
@@ -85,7 +92,7 @@ class LocalStack:
             raise StackError(f"a local stack is already running in {self.state_dir}")
         self.config = config
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / "logs").mkdir(exist_ok=True)
+        logs_dir(self.state_dir).mkdir(exist_ok=True)
         self.server.start()
         self.services = {spec.name: spec for spec in self._specs()}
         for spec in self.services.values():
@@ -110,7 +117,7 @@ class LocalStack:
         if _alive(spec.pid):
             raise StackError(f"{name} is running already (pid {spec.pid})")
         env = {**os.environ, **self.config.extra_env, **spec.env, "RUNPLANE_REDIS_URL": self.url}
-        with (self.state_dir / "logs" / f"{name}.log").open("ab") as log:
+        with self.log_of(name).open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", spec.module],
                 env=env,
@@ -140,7 +147,7 @@ class LocalStack:
         }
 
     def log_of(self, name: str) -> Path:
-        return self.state_dir / "logs" / f"{name}.log"
+        return logs_dir(self.state_dir) / f"{name}.log"
 
     # --- internals --------------------------------------------------------------------
 

@@ -84,6 +84,8 @@ class RankRow(msgspec.Struct, kw_only=True, gc=False):
     node: str
     gpus: list[int]
     status: RunStatus = S.STARTING
+    #: When its command started (``rank.running``); kept after it exits, as the rules keep it.
+    started_at: int | None = None
     exit_code: int | None = None
     signal: int | None = None
     reason: str = ""
@@ -124,7 +126,8 @@ Handler = Callable[[Any, AttemptRow, Any], str | None]
 
 class AttemptsProjection:
     name: ClassVar[str] = "attempts"
-    version: ClassVar[int] = 1
+    #: 2: a rank that exited before ``attempt.running`` no longer makes the fold skip it.
+    version: ClassVar[int] = 2
     #: Run events but a setup step that went well (it changes no row: its rank is only checked).
     handles: ClassVar[frozenset[type]]
 
@@ -259,12 +262,17 @@ def _rank(attempt: AttemptRow, index: int) -> RankRow:
 
 
 def _rank_running(event: RankRunning, attempt: AttemptRow, actor: str) -> str | None:
-    _rank(attempt, event.rank).status = S.RUNNING
+    rank = _rank(attempt, event.rank)
+    if rank.started_at is not None:
+        raise _Refused(f"rank {event.rank} runs already")
+    rank.status, rank.started_at = S.RUNNING, event.time
     return None
 
 
 def _running(event: AttemptRunning, attempt: AttemptRow, actor: str) -> str | None:
-    if any(rank.status is not S.RUNNING for rank in attempt.ranks):
+    # Every rank's command started, even if some have exited since (a run of `true`): the
+    # rules accept it, and the scheduler appends it so (services/scheduler/progress.py).
+    if any(rank.started_at is None for rank in attempt.ranks):
         raise _Refused("not every rank runs yet")
     _enter(attempt, S.RUNNING, event.time)
     return describe(event)

@@ -84,7 +84,7 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
 def test_no_runplane_is_one_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("cli.main._quiet_logs", lambda: None)  # global logging stays as it is
+    monkeypatch.setattr("cli.main.log_aside", lambda: None)  # global logging stays as it is
     monkeypatch.delenv("RUNPLANE_REDIS_URL", raising=False)
     monkeypatch.setenv("RUNPLANE_HOME", str(tmp_path))
     assert main(["get", "runs"]) == 1

@@ -154,6 +154,47 @@ class History:
         )
         self.add(when, *events)
 
+    def rank_running(self, when: int | str, run: str, rank: int, attempt: int = 0) -> None:
+        node = self.states[run].latest.ranks[rank].node
+        self.add(
+            when,
+            RankRunning(
+                id=self.new_id(),
+                actor=f"agent@{node}",
+                run_id=run,
+                attempt=attempt,
+                rank=rank,
+                node=node,
+            ),
+        )
+
+    def rank_exited(
+        self,
+        when: int | str,
+        run: str,
+        rank: int,
+        attempt: int = 0,
+        *,
+        exit_code: int | None = None,
+        signal: int | None = None,
+        reason: Reason | None = None,
+    ) -> None:
+        node = self.states[run].latest.ranks[rank].node
+        self.add(
+            when,
+            RankExited(
+                id=self.new_id(),
+                actor=f"agent@{node}",
+                run_id=run,
+                attempt=attempt,
+                rank=rank,
+                node=node,
+                exit_code=exit_code,
+                signal=signal,
+                reason=reason,
+            ),
+        )
+
     def finish(
         self,
         when: int | str,

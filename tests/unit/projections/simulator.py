@@ -213,6 +213,8 @@ class Simulator:
                         RankRunning(id=self.new_id(), **base | agent),
                     ]
                 )
+            elif not waiting and self.rng.random() < 0.2:
+                self.exit_rank(run, failing=self.rng.random() < 0.5, ran=True)
             elif not waiting:
                 self.emit([AttemptRunning(id=self.new_id(), **base)])
             else:
@@ -244,28 +246,32 @@ class Simulator:
             ]
         )
 
-    def exit_rank(self, run: RunState, *, failing: bool) -> None:
+    def exit_rank(self, run: RunState, *, failing: bool, ran: bool = False) -> None:
+        """A rank exits and the attempt starts TERMINATING; ``ran``: the scheduler saw every
+        rank running only after this exit, so RUNNING comes with TERMINATING (as in
+        ``services/scheduler/progress.py``)."""
         attempt = run.latest
         live = [r for r in attempt.ranks if not r.exited]
         rank = self.rng.choice(live)
         base: dict[str, Any] = {"run_id": run.run_id, "attempt": attempt.index}
         reason = Reason(category="user", code="Error", exit_code=1, failed_rank=rank.rank)
-        self.emit(
-            [
-                RankExited(
-                    id=self.new_id(),
-                    actor=f"agent@{rank.node}",
-                    rank=rank.rank,
-                    node=rank.node,
-                    exit_code=1 if failing else 0,
-                    reason=reason if failing else None,
-                    **base,
-                ),
-                AttemptTerminating(
-                    id=self.new_id(), actor=SCHEDULER, reason=reason if failing else None, **base
-                ),
-            ]
+        exited = RankExited(
+            id=self.new_id(),
+            actor=f"agent@{rank.node}",
+            rank=rank.rank,
+            node=rank.node,
+            exit_code=1 if failing else 0,
+            reason=reason if failing else None,
+            **base,
         )
+        terminating = AttemptTerminating(
+            id=self.new_id(), actor=SCHEDULER, reason=reason if failing else None, **base
+        )
+        if ran:  # the agent's append, then the scheduler's
+            self.emit([exited])
+            self.emit([AttemptRunning(id=self.new_id(), actor=SCHEDULER, **base), terminating])
+        else:
+            self.emit([exited, terminating])
 
     def wind_down(self, run: RunState) -> None:
         attempt = run.latest

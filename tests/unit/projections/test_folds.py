@@ -5,15 +5,19 @@ from __future__ import annotations
 import random
 
 import msgspec
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from events import lifecycle
 from events.model import (
     AnyRunEvent,
+    AttemptFailed,
+    AttemptRunning,
     AttemptStopped,
     AttemptTerminating,
     RankExited,
+    RankRunning,
     Reason,
     RunEvent,
     StopRequested,
@@ -24,7 +28,7 @@ from projections.audit import AuditProjection, Entry
 from projections.base import Row, takes
 from projections.run_status import RunRow, RunStatusProjection
 from projections.utilization import Instance, RunLine, UtilizationProjection, queue_order
-from tests.unit.projections.history import History, at, fold
+from tests.unit.projections.history import SCHEDULER, History, at, fold
 from tests.unit.projections.simulator import Simulator
 
 S = RunStatus
@@ -179,6 +183,63 @@ def test_a_fold_skips_what_the_rules_refuse_and_goes_on() -> None:
     records = [*h.records, bogus._replace(position="99999999999999-0")]
     for projection in (RunStatusProjection(), AttemptsProjection()):
         assert fold(projection, records)  # no exception
+
+
+def fast_failing_rank() -> History:
+    """The log of ``examples/fail-rank1.yaml`` in ``make demo``, as recorded: rank 1 exits 3
+    before the scheduler has seen every rank running, so the scheduler appends
+    attempt.running and attempt.terminating together after rank 1's exit (the rules accept it:
+    every rank's command started); the agent then stops rank 0 and the attempt fails."""
+    h = History()
+    h.submit("2026-12-04 18:10:00.930", "r1", gpus=2)
+    h.queue("2026-12-04 18:10:00.975", "r1")
+    h.schedule("2026-12-04 18:10:00.975", "r1", nodes=("node-0", "node-1"), gpus=1)
+    h.rank_running("2026-12-04 18:10:01.067", "r1", 1)
+    h.rank_running("2026-12-04 18:10:01.081", "r1", 0)
+    error = Reason(category="user", code="Error", message="exit 3", exit_code=3)
+    h.rank_exited("2026-12-04 18:10:01.094", "r1", 1, exit_code=3, reason=error)
+    failed = msgspec.structs.replace(error, failed_rank=1)
+    h.add(
+        "2026-12-04 18:10:01.117",
+        AttemptRunning(id=h.new_id(), actor=SCHEDULER, run_id="r1"),
+        AttemptTerminating(id=h.new_id(), actor=SCHEDULER, run_id="r1", reason=failed),
+    )
+    h.rank_exited("2026-12-04 18:10:01.137", "r1", 0, signal=15, reason=failed)
+    h.add(
+        "2026-12-04 18:10:01.161",
+        AttemptFailed(id=h.new_id(), actor=SCHEDULER, run_id="r1", reason=failed),
+    )
+    return h
+
+
+def test_attempt_running_after_a_rank_already_exited_is_folded() -> None:
+    h = fast_failing_rank()
+    with structlog.testing.capture_logs() as logs:
+        rows = fold(AttemptsProjection(), h.records)
+    assert [log for log in logs if log["event"] == "projection.skipped"] == []
+    [attempt] = decode_rows(rows, "attempt", AttemptRow).values()
+    assert isinstance(attempt, AttemptRow)
+    assert [(p.status, p.entered_at) for p in attempt.phases] == h.states["r1"].latest.timeline
+    assert S.RUNNING in [p.status for p in attempt.phases]
+    assert (attempt.status, attempt.first_failed_rank, attempt.run_ms) == (S.FAILED, 1, 0)
+    assert [r.started_at for r in attempt.ranks] == [
+        at("2026-12-04 18:10:01.081"),
+        at("2026-12-04 18:10:01.067"),
+    ]
+    assert "Run started" in [e.text for e in attempt.events]
+
+
+def test_attempt_running_before_every_rank_ran_is_still_skipped() -> None:
+    h = fast_failing_rank()
+    # Drop rank 0's rank.running: rank 0 never ran, so the rules refuse attempt.running.
+    records = [r for r in h.records if not (isinstance(r.event, RankRunning) and r.event.rank == 0)]
+    with structlog.testing.capture_logs() as logs:
+        rows = fold(AttemptsProjection(), records)
+    [skip] = [log for log in logs if log["event"] == "projection.skipped"]
+    assert (skip["type"], skip["why"]) == ("AttemptRunning", "not every rank runs yet")
+    [attempt] = decode_rows(rows, "attempt", AttemptRow).values()
+    assert isinstance(attempt, AttemptRow)
+    assert S.RUNNING not in [p.status for p in attempt.phases]
 
 
 def test_audit_records_who_did_what_deleted_runs_included() -> None:
