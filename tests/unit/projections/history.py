@@ -41,7 +41,7 @@ class History:
             seq = self.last[1] + 1 if self.last[0] == time else 0
             self.last = (time, seq)
             if not isinstance(event, ev.NodeEvent):
-                self.states[event.run_id] = evolve(self.states.get(event.run_id), _own(event))
+                self.states[event.run_id] = evolve(self.states.get(event.run_id), own(event))
             version = self.versions.get(event.aggregate, 0) + 1
             self.versions[event.aggregate] = version
             self.records.append(Recorded(f"{time}-{seq}", version, event))
@@ -239,7 +239,7 @@ def fold(projection: Projection, records: Iterable[Recorded]) -> list[Row]:
     return list(projection.rows(sorted(changed)))
 
 
-def _own(event: ev.AnyRunEvent) -> ev.AnyRunEvent:
+def own(event: ev.AnyRunEvent) -> ev.AnyRunEvent:
     """The rules keep a submitted spec and change it on updates: give them a copy, so the
     recorded event keeps what was submitted."""
     if isinstance(event, ev.RunSubmitted):

@@ -15,8 +15,6 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-import msgspec
-
 from events import codec
 from events import model as ev
 from events.codec import Recorded
@@ -24,6 +22,7 @@ from events.commands import DeleteRun, RestartRun, StopRun, SubmitRun, UpdateRun
 from events.lifecycle import RunState, evolve
 from events.spec import Compute, RunSpec, Scheduling
 from events.status import RunStatus
+from tests.unit.projections.history import own
 
 S = RunStatus
 START_MS = 1_795_550_400_000  # 2026-11-24 20:00 UTC: histories cross midnight
@@ -63,7 +62,7 @@ class Simulator:
                 self.last_ms, self.seq = self.now, 0
             event.time = self.now
             if not isinstance(event, ev.NodeRegistered | ev.NodeLost | ev.NodeDrained):
-                self.runs[event.run_id] = evolve(self.runs.get(event.run_id), _own(event))
+                self.runs[event.run_id] = evolve(self.runs.get(event.run_id), own(event))
             version = self.versions.get(event.aggregate, 0) + 1
             self.versions[event.aggregate] = version
             self.log.append(Recorded(f"{self.now}-{self.seq}", version, event))
@@ -321,14 +320,3 @@ def chunks(items: list[Recorded], rng: random.Random) -> Iterator[list[Recorded]
         n = rng.randint(1, 12)
         yield items[i : i + n]
         i += n
-
-
-def _own(event: ev.AnyRunEvent) -> ev.AnyRunEvent:
-    """The rules keep a submitted spec and change it on updates: give them a copy, so the
-    recorded event keeps what was submitted."""
-    if isinstance(event, ev.RunSubmitted):
-        own: ev.RunSubmitted = msgspec.structs.replace(
-            event, spec=msgspec.structs.replace(event.spec)
-        )
-        return own
-    return event
