@@ -40,28 +40,7 @@ import redis.asyncio as aioredis
 
 from bench.processes import stop
 from events import codec, keys
-from events.model import (
-    AnyEvent,
-    AttemptCompleted,
-    AttemptFailed,
-    AttemptQueued,
-    AttemptRunning,
-    AttemptScheduled,
-    AttemptStopped,
-    AttemptTerminating,
-    DeleteRequested,
-    ImagePullFinished,
-    ImagePullStarted,
-    NodeRegistered,
-    RankExited,
-    RankPlacement,
-    RankRunning,
-    Reason,
-    RetryScheduled,
-    RunDeleted,
-    RunSubmitted,
-    StopRequested,
-)
+from events import model as ev
 from events.spec import Compute, RunSpec, Scheduling
 from projections.base import takes
 from projections.catalog import NAMES, make_all
@@ -77,8 +56,8 @@ START_MS = 1_795_550_400_000
 NODES = 512
 IN_FLIGHT = 400
 SCHED = "scheduler@control-0"
-ERROR = Reason(category="user", code="Error", exit_code=1, failed_rank=0)
-STOPPED = Reason(category="stopped", code="Stopped", message="stopped by a user")
+ERROR = ev.Reason(category="user", code="Error", exit_code=1, failed_rank=0)
+STOPPED = ev.Reason(category="stopped", code="Stopped", message="stopped by a user")
 REBUILD_GOAL_S_PER_M = 15.0
 LAG_GOAL_MS = 50.0
 LOG = keys.log_stream(0)
@@ -87,7 +66,7 @@ LOG = keys.log_stream(0)
 # --- the workload ---------------------------------------------------------------------------
 
 
-def run_events(rng: random.Random, index: int) -> list[AnyEvent]:
+def run_events(rng: random.Random, index: int) -> list[ev.AnyEvent]:
     """One run's events, in order: what scheduler, agents and user append for it."""
     run = f"run-{index:07d}"
     user = f"user{index % 97}@example.com"
@@ -103,17 +82,17 @@ def run_events(rng: random.Random, index: int) -> list[AnyEvent]:
         metadata={"team": f"team{index % 7}"},
     )
     roll = rng.random()
-    events: list[AnyEvent] = [
-        RunSubmitted(
+    events: list[ev.AnyEvent] = [
+        ev.RunSubmitted(
             id=next(ids), actor=user, run_id=run, name=f"{spec.name}-{run[-6:]}", spec=spec
         ),
-        AttemptQueued(id=next(ids), actor=SCHED, run_id=run, reason="Insufficient resources"),
+        ev.AttemptQueued(id=next(ids), actor=SCHED, run_id=run, reason="Insufficient resources"),
     ]
     if roll < 0.08:
         return [
             *events,
-            StopRequested(id=next(ids), actor=user, run_id=run),
-            AttemptStopped(id=next(ids), actor=user, run_id=run, reason=STOPPED),
+            ev.StopRequested(id=next(ids), actor=user, run_id=run),
+            ev.AttemptStopped(id=next(ids), actor=user, run_id=run, reason=STOPPED),
         ]
     attempts = 2 if roll < 0.23 else 1
     first = rng.randrange(NODES)
@@ -121,12 +100,12 @@ def run_events(rng: random.Random, index: int) -> list[AnyEvent]:
         fail = attempt == 0 and attempts == 2
         if attempt:
             events.append(
-                RetryScheduled(
+                ev.RetryScheduled(
                     id=next(ids), actor=SCHED, cause="user_failure", run_id=run, attempt=attempt
                 )
             )
             events.append(
-                AttemptQueued(
+                ev.AttemptQueued(
                     id=next(ids),
                     actor=SCHED,
                     reason="Insufficient resources",
@@ -135,9 +114,9 @@ def run_events(rng: random.Random, index: int) -> list[AnyEvent]:
                 )
             )
         names = [f"gpu-node-{(first + i) % NODES:03d}" for i in range(nodes)]
-        ranks = [RankPlacement(rank=i, node=n, gpus=list(range(8))) for i, n in enumerate(names)]
+        ranks = [ev.RankPlacement(rank=i, node=n, gpus=list(range(8))) for i, n in enumerate(names)]
         events.append(
-            AttemptScheduled(
+            ev.AttemptScheduled(
                 id=next(ids),
                 actor=SCHED,
                 cluster="r1z1",
@@ -147,7 +126,7 @@ def run_events(rng: random.Random, index: int) -> list[AnyEvent]:
                 attempt=attempt,
             )
         )
-        for step in (ImagePullStarted, ImagePullFinished):
+        for step in (ev.ImagePullStarted, ev.ImagePullFinished):
             events += [
                 step(
                     id=next(ids),
@@ -161,15 +140,15 @@ def run_events(rng: random.Random, index: int) -> list[AnyEvent]:
                 for i, n in enumerate(names)
             ]
         events += [
-            RankRunning(
+            ev.RankRunning(
                 id=next(ids), actor=f"agent@{n}", rank=i, node=n, run_id=run, attempt=attempt
             )
             for i, n in enumerate(names)
         ]
-        events.append(AttemptRunning(id=next(ids), actor=SCHED, run_id=run, attempt=attempt))
+        events.append(ev.AttemptRunning(id=next(ids), actor=SCHED, run_id=run, attempt=attempt))
         for i, n in enumerate(names):
             events.append(
-                RankExited(
+                ev.RankExited(
                     id=next(ids),
                     actor=f"agent@{n}",
                     rank=i,
@@ -182,7 +161,7 @@ def run_events(rng: random.Random, index: int) -> list[AnyEvent]:
             )
             if i == 0:
                 events.append(
-                    AttemptTerminating(
+                    ev.AttemptTerminating(
                         id=next(ids),
                         actor=SCHED,
                         reason=ERROR if fail else None,
@@ -191,15 +170,15 @@ def run_events(rng: random.Random, index: int) -> list[AnyEvent]:
                     )
                 )
         ending = (
-            AttemptFailed(id=next(ids), actor=SCHED, reason=ERROR, run_id=run, attempt=attempt)
+            ev.AttemptFailed(id=next(ids), actor=SCHED, reason=ERROR, run_id=run, attempt=attempt)
             if fail
-            else AttemptCompleted(id=next(ids), actor=SCHED, run_id=run, attempt=attempt)
+            else ev.AttemptCompleted(id=next(ids), actor=SCHED, run_id=run, attempt=attempt)
         )
         events.append(ending)
     if roll > 0.95:
         events += [
-            DeleteRequested(id=next(ids), actor=user, run_id=run, attempt=attempts - 1),
-            RunDeleted(id=next(ids), actor=user, run_id=run, attempt=attempts - 1),
+            ev.DeleteRequested(id=next(ids), actor=user, run_id=run, attempt=attempts - 1),
+            ev.RunDeleted(id=next(ids), actor=user, run_id=run, attempt=attempts - 1),
         ]
     return events
 
@@ -210,9 +189,9 @@ def workload(total: int, seed: int = 1) -> Iterator[tuple[str, dict[bytes, bytes
     clock, seq, emitted = START_MS, 0, 0
     versions: dict[str, int] = {}
     runs = 0
-    flight: list[list[AnyEvent]] = []
+    flight: list[list[ev.AnyEvent]] = []
 
-    def entry(event: AnyEvent) -> tuple[str, dict[bytes, bytes]]:
+    def entry(event: ev.AnyEvent) -> tuple[str, dict[bytes, bytes]]:
         nonlocal clock, seq
         step = rng.randrange(0, 40)
         clock, seq = (clock + step, 0) if step else (clock, seq + 1)
@@ -225,7 +204,7 @@ def workload(total: int, seed: int = 1) -> Iterator[tuple[str, dict[bytes, bytes
     for n in range(min(NODES, total)):
         node = f"gpu-node-{n:03d}"
         yield entry(
-            NodeRegistered(
+            ev.NodeRegistered(
                 id=f"reg-{n}",
                 actor=f"agent@{node}",
                 node=node,
@@ -367,7 +346,7 @@ async def lag(url: str, client: aioredis.Redis, rate: int, seconds: float) -> li
     lags: list[float] = []
     writers, done = 8, asyncio.Event()
 
-    async def writer(mine: Sequence[AnyEvent], start: float, gap: float) -> None:
+    async def writer(mine: Sequence[ev.AnyEvent], start: float, gap: float) -> None:
         for n, event in enumerate(mine):
             delay = start + n * gap - time.perf_counter()
             if delay > 0:
@@ -401,7 +380,7 @@ async def lag(url: str, client: aioredis.Redis, rate: int, seconds: float) -> li
     return lags
 
 
-def _events_for_appends(count: int) -> Iterator[tuple[str, AnyEvent]]:
+def _events_for_appends(count: int) -> Iterator[tuple[str, ev.AnyEvent]]:
     """Whole runs for the lag test, as events (the log stamps time and version)."""
     rng, index, made = random.Random(9), 10_000_000, 0
     while made < count:

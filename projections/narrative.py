@@ -11,32 +11,7 @@ from __future__ import annotations
 
 from typing import assert_never
 
-from events.model import (
-    AnyRunEvent,
-    AttemptCompleted,
-    AttemptFailed,
-    AttemptQueued,
-    AttemptRunning,
-    AttemptScheduled,
-    AttemptStopped,
-    AttemptTerminating,
-    DeleteRequested,
-    ImagePullFailed,
-    ImagePullFinished,
-    ImagePullStarted,
-    IntegrationFailed,
-    IntegrationFinished,
-    IntegrationStarted,
-    RankExited,
-    RankRunning,
-    Reason,
-    RestartRequested,
-    RetryScheduled,
-    RunDeleted,
-    RunSubmitted,
-    StopRequested,
-    UpdateRequested,
-)
+from events import model as ev
 
 _CAUSES = {
     "user_failure": "a failure",
@@ -46,79 +21,79 @@ _CAUSES = {
 
 
 def describe(  # noqa: PLR0911, PLR0912
-    event: AnyRunEvent, *, requeued: bool = False, stop_requested: bool = False
+    event: ev.AnyRunEvent, *, requeued: bool = False, stop_requested: bool = False
 ) -> str | None:
     match event:
-        case RunSubmitted():
+        case ev.RunSubmitted():
             return "Run created"
-        case RestartRequested():
+        case ev.RestartRequested():
             return f"Run restarted by {event.actor}"
-        case RetryScheduled():
+        case ev.RetryScheduled():
             return f"Run retried after {_CAUSES.get(event.cause, event.cause)}"
-        case AttemptQueued():
+        case ev.AttemptQueued():
             if requeued:
                 return None
             if event.attempt == 0:
                 return "Run placed in the scheduling queue"
             return "Run placed back in the scheduling queue"
-        case AttemptScheduled():
+        case ev.AttemptScheduled():
             nodes = ", ".join(rank.node for rank in event.ranks)
             return f"Run scheduled on {nodes}"
-        case AttemptRunning():
+        case ev.AttemptRunning():
             return "Run started" if event.attempt == 0 else "Run resumed"
-        case StopRequested():
+        case ev.StopRequested():
             return f"Run stopped by {event.actor}"
-        case AttemptTerminating():
+        case ev.AttemptTerminating():
             reason = event.reason
             if reason is None or (reason.category == "stopped" and reason.code == "Stopped"):
                 return None  # every rank exited 0, or the user's stop already has its line
             return f"Run terminating: {_reason(reason)}"
-        case AttemptCompleted():
+        case ev.AttemptCompleted():
             return "Run completed"
-        case AttemptStopped():
+        case ev.AttemptStopped():
             if stop_requested:
                 return None
             return f"Run stopped: {_reason(event.reason)}"
-        case AttemptFailed():
+        case ev.AttemptFailed():
             reason = event.reason
             if reason.code == "Error" and reason.exit_code is not None:
                 return f"Run failed with exit code {reason.exit_code}"
             return f"Run failed: {_reason(reason)}"
-        case UpdateRequested():
+        case ev.UpdateRequested():
             fields = ("priority", "preemptible", "max_retries", "retry_on_system_failure")
             changes = [f"{f}={v}" for f in fields if (v := getattr(event, f)) is not None]
             if event.max_duration is not None:
                 changes.append(f"max_duration={event.max_duration}")
             return f"Run updated by {event.actor}: {', '.join(changes) or 'no change'}"
-        case DeleteRequested():
+        case ev.DeleteRequested():
             return f"Run deletion requested by {event.actor}"
-        case RunDeleted():
+        case ev.RunDeleted():
             return "Run deleted"
-        case ImagePullFailed():
+        case ev.ImagePullFailed():
             return f"Image pull failed on rank {event.rank} ({event.node}): {event.error}"
-        case IntegrationFailed():
+        case ev.IntegrationFailed():
             return (
                 f"Integration {event.index} ({event.integration_type}) failed on rank "
                 f"{event.rank} ({event.node}): {event.error}"
             )
-        case RankExited():
+        case ev.RankExited():
             if event.exit_code in (0, None) and event.reason is None:
                 return None
             code = f"exit code {event.exit_code}" if event.exit_code is not None else "no exit"
             why = f": {_reason(event.reason)}" if event.reason is not None else ""
             return f"Rank {event.rank} on {event.node} exited with {code}{why}"
         case (
-            ImagePullStarted()
-            | ImagePullFinished()
-            | IntegrationStarted()
-            | IntegrationFinished()
-            | RankRunning()
+            ev.ImagePullStarted()
+            | ev.ImagePullFinished()
+            | ev.IntegrationStarted()
+            | ev.IntegrationFinished()
+            | ev.RankRunning()
         ):
             return None
         case _:
             assert_never(event)
 
 
-def _reason(reason: Reason) -> str:
+def _reason(reason: ev.Reason) -> str:
     text = str(reason)
     return f"{text} ({reason.message})" if reason.message else text

@@ -26,29 +26,8 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from events import model as ev
 from events.codec import Recorded
-from events.model import (
-    RUN_EVENT_TYPES,
-    AttemptCompleted,
-    AttemptFailed,
-    AttemptQueued,
-    AttemptRunning,
-    AttemptScheduled,
-    AttemptStopped,
-    AttemptTerminating,
-    DeleteRequested,
-    ImagePullFinished,
-    ImagePullStarted,
-    IntegrationFinished,
-    IntegrationStarted,
-    Reason,
-    RestartRequested,
-    RetryScheduled,
-    RunDeleted,
-    RunSubmitted,
-    StopRequested,
-    UpdateRequested,
-)
 from events.spec import RunSpec
 from events.status import RunStatus
 from projections.base import Row, RowKey, encode, skipped
@@ -62,7 +41,7 @@ class _RunFields(msgspec.Struct, kw_only=True, gc=False):
     run_uid: str
     name: str
     status: RunStatus
-    reason: Reason | None = None
+    reason: ev.Reason | None = None
     created_at: int
     updated_at: int
     started_at: int | None = None
@@ -101,7 +80,7 @@ class _RunState(_RunFields, kw_only=True, gc=False):
     submitted_config: msgspec.Raw
 
 
-def new_row(event: RunSubmitted) -> _RunState:
+def new_row(event: ev.RunSubmitted) -> _RunState:
     spec = event.spec
     compute, scheduling = spec.compute, spec.scheduling
     return _RunState(
@@ -131,11 +110,11 @@ def new_row(event: RunSubmitted) -> _RunState:
 class RunStatusProjection:
     name: ClassVar[str] = "run_status"
     version: ClassVar[int] = 1
-    handles: ClassVar[frozenset[type]] = frozenset(RUN_EVENT_TYPES) - {
-        ImagePullStarted,
-        ImagePullFinished,
-        IntegrationStarted,
-        IntegrationFinished,
+    handles: ClassVar[frozenset[type]] = frozenset(ev.RUN_EVENT_TYPES) - {
+        ev.ImagePullStarted,
+        ev.ImagePullFinished,
+        ev.IntegrationStarted,
+        ev.IntegrationFinished,
     }
 
     def __init__(self) -> None:
@@ -147,7 +126,7 @@ class RunStatusProjection:
     def apply(self, record: Recorded) -> Collection[RowKey]:
         event: Any = record.event  # a run event (``handles``), dispatched on its exact type
         kind = type(event)
-        if kind is RunSubmitted:
+        if kind is ev.RunSubmitted:
             if event.run_id in self.runs:
                 return skipped(self.name, record, "the run exists already")
             self.runs[event.run_id] = new_row(event)
@@ -202,7 +181,7 @@ def _touch(row: _RunState, event: Any) -> str | None:
     return None
 
 
-def _new_attempt(row: _RunState, event: RestartRequested | RetryScheduled) -> str | None:
+def _new_attempt(row: _RunState, event: ev.RestartRequested | ev.RetryScheduled) -> str | None:
     if event.attempt != row.resumption_count or not row.status.is_terminal():
         return "not the next attempt"
     row.resumption_count += 1
@@ -210,12 +189,12 @@ def _new_attempt(row: _RunState, event: RestartRequested | RetryScheduled) -> st
     return None
 
 
-def _queued(row: _RunState, event: AttemptQueued) -> str | None:
+def _queued(row: _RunState, event: ev.AttemptQueued) -> str | None:
     row.status = S.QUEUED
     return None
 
 
-def _scheduled(row: _RunState, event: AttemptScheduled) -> str | None:
+def _scheduled(row: _RunState, event: ev.AttemptScheduled) -> str | None:
     row.status = S.STARTING
     row.cluster, row.gpu_type = event.cluster, event.gpu_type
     row.gpus = sum(len(rank.gpus) for rank in event.ranks)
@@ -225,28 +204,30 @@ def _scheduled(row: _RunState, event: AttemptScheduled) -> str | None:
     return None
 
 
-def _running(row: _RunState, event: AttemptRunning) -> str | None:
+def _running(row: _RunState, event: ev.AttemptRunning) -> str | None:
     row.status = S.RUNNING
     return None
 
 
-def _terminating(row: _RunState, event: AttemptTerminating) -> str | None:
+def _terminating(row: _RunState, event: ev.AttemptTerminating) -> str | None:
     row.status, row.reason = S.TERMINATING, event.reason
     return None
 
 
-def _ended(row: _RunState, event: AttemptCompleted | AttemptStopped | AttemptFailed) -> str | None:
+def _ended(
+    row: _RunState, event: ev.AttemptCompleted | ev.AttemptStopped | ev.AttemptFailed
+) -> str | None:
     row.status = _ENDS[type(event)]
     row.reason, row.completed_at = getattr(event, "reason", None), event.time
     return None
 
 
-def _deleted(row: _RunState, event: RunDeleted) -> str | None:
+def _deleted(row: _RunState, event: ev.RunDeleted) -> str | None:
     row.is_deleted = True
     return None
 
 
-def _update(row: _RunState, event: UpdateRequested) -> str | None:
+def _update(row: _RunState, event: ev.UpdateRequested) -> str | None:
     if event.priority is not None:
         row.priority = event.priority
     if event.preemptible is not None:
@@ -260,21 +241,23 @@ def _update(row: _RunState, event: UpdateRequested) -> str | None:
     return None
 
 
-_ENDS = {AttemptCompleted: S.COMPLETED, AttemptStopped: S.STOPPED, AttemptFailed: S.FAILED}
+_ENDS = {ev.AttemptCompleted: S.COMPLETED, ev.AttemptStopped: S.STOPPED, ev.AttemptFailed: S.FAILED}
 #: Events whose attempt is not the latest one's: a new attempt's, or run-level requests.
-_ANY_ATTEMPT = frozenset({RestartRequested, RetryScheduled, UpdateRequested, RunDeleted})
-_ANY_ATTEMPT |= {StopRequested, DeleteRequested}
+_ANY_ATTEMPT = frozenset(
+    {ev.RestartRequested, ev.RetryScheduled, ev.UpdateRequested, ev.RunDeleted}
+)
+_ANY_ATTEMPT |= {ev.StopRequested, ev.DeleteRequested}
 _HANDLERS: dict[type, Callable[[_RunState, Any], str | None]] = {
-    RestartRequested: _new_attempt,
-    RetryScheduled: _new_attempt,
-    AttemptQueued: _queued,
-    AttemptScheduled: _scheduled,
-    AttemptRunning: _running,
-    AttemptTerminating: _terminating,
-    AttemptCompleted: _ended,
-    AttemptStopped: _ended,
-    AttemptFailed: _ended,
-    UpdateRequested: _update,
-    RunDeleted: _deleted,
+    ev.RestartRequested: _new_attempt,
+    ev.RetryScheduled: _new_attempt,
+    ev.AttemptQueued: _queued,
+    ev.AttemptScheduled: _scheduled,
+    ev.AttemptRunning: _running,
+    ev.AttemptTerminating: _terminating,
+    ev.AttemptCompleted: _ended,
+    ev.AttemptStopped: _ended,
+    ev.AttemptFailed: _ended,
+    ev.UpdateRequested: _update,
+    ev.RunDeleted: _deleted,
 }
 _STATUS_INDEX = {status: f"status:{status}" for status in RunStatus}

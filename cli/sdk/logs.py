@@ -6,19 +6,39 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 from cli.client import Client
-from cli.logsel import NoLogs, choose, follow, read, wait_scheduled
+from cli.logsel import LogTarget, NoLogs, choose, follow, read, wait_scheduled
 from cli.models import Run
 from cli.reads import fetch_run
 from cli.sdk.sync import iterate
 
 
-def _check(rank: int | None, node_rank: int | None, failed: bool) -> int | None:
-    if rank is not None and node_rank is not None and rank != node_rank:
-        raise ValueError("give rank or node_rank, not both")
-    chosen = rank if rank is not None else node_rank
-    if failed and chosen is not None:
-        raise ValueError("failed=True picks the first failed rank: do not give a rank with it")
-    return chosen
+class _Pick:
+    """Which rank's output the caller asked for, checked before anything is read."""
+
+    def __init__(
+        self,
+        run: Run | str,
+        rank: int | None,
+        node_rank: int | None,
+        failed: bool,
+        resumption: int | None,
+    ) -> None:
+        if rank is not None and node_rank is not None and rank != node_rank:
+            raise ValueError("give rank or node_rank, not both")
+        self.rank = rank if rank is not None else node_rank
+        if failed and self.rank is not None:
+            raise ValueError("failed=True picks the first failed rank: do not give a rank with it")
+        self.name = run.run_uid if isinstance(run, Run) else run
+        self.failed, self.resumption = failed, resumption
+
+    async def target(self, client: Client, run: Run) -> LogTarget | None:
+        """The rank's lines to read; None where the run has none (not scheduled yet)."""
+        try:
+            return await choose(
+                client, run, rank=self.rank, failed=self.failed, resumption=self.resumption
+            )
+        except NoLogs:
+            return None
 
 
 def get_run_logs(
@@ -32,19 +52,13 @@ def get_run_logs(
 ) -> Iterator[str]:
     """The run's output so far: of rank 0 (or ``rank``, or the first failed one), of the
     latest resumption (or ``resumption``). Nothing for a run not scheduled yet."""
-    chosen = _check(rank, node_rank, failed)
-    name = run.run_uid if isinstance(run, Run) else run
+    pick = _Pick(run, rank, node_rank, failed, resumption)
 
     async def work(client: Client) -> AsyncIterator[str]:
-        current = await fetch_run(client, name)
-        try:
-            target = await choose(
-                client, current, rank=chosen, failed=failed, resumption=resumption
-            )
-        except NoLogs:
-            return
-        for line in await read(client, target, tail):
-            yield line
+        target = await pick.target(client, await fetch_run(client, pick.name))
+        if target is not None:
+            for line in await read(client, target, tail):
+                yield line
 
     return iterate(work)
 
@@ -60,20 +74,14 @@ def follow_run_logs(
 ) -> Iterator[str]:
     """The run's output, then each new line until the resumption ends; waits for a run that
     is not scheduled yet."""
-    chosen = _check(rank, node_rank, failed)
-    name = run.run_uid if isinstance(run, Run) else run
+    pick = _Pick(run, rank, node_rank, failed, resumption)
 
     async def work(client: Client) -> AsyncIterator[str]:
-        current = await fetch_run(client, name)
+        current = await fetch_run(client, pick.name)
         attempt = current.latest_resumption.index if resumption is None else resumption
-        current = await wait_scheduled(client, current, attempt)
-        try:
-            target = await choose(
-                client, current, rank=chosen, failed=failed, resumption=resumption
-            )
-        except NoLogs:
-            return
-        async for line in follow(client, target, tail):
-            yield line
+        target = await pick.target(client, await wait_scheduled(client, current, attempt))
+        if target is not None:
+            async for line in follow(client, target, tail):
+                yield line
 
     return iterate(work)

@@ -23,38 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from events import model as ev
 from events.codec import decode, encode
 from events.errors import IllegalTransition
 from events.lifecycle import RunState, copy_state, evolve, fold
-from events.model import (
-    AnyRunEvent,
-    AttemptCompleted,
-    AttemptFailed,
-    AttemptQueued,
-    AttemptRunning,
-    AttemptScheduled,
-    AttemptStopped,
-    AttemptTerminating,
-    DeleteRequested,
-    ImagePullFailed,
-    ImagePullFinished,
-    ImagePullStarted,
-    IntegrationFailed,
-    IntegrationFinished,
-    IntegrationStarted,
-    RankExited,
-    RankPlacement,
-    RankRunning,
-    Reason,
-    RestartRequested,
-    RetryScheduled,
-    RunDeleted,
-    RunEvent,
-    RunSubmitted,
-    StopRequested,
-    UpdateRequested,
-    tag_of,
-)
 from events.status import RunStatus
 from tests.factories import spec
 
@@ -64,10 +36,10 @@ USER = "alice@example.com"
 SCHEDULER = "scheduler@test"
 AGENT = "agent@node-a"
 
-USER_ERROR = Reason(category="user", code="Error", exit_code=1, failed_rank=0)
-NODE_FAILURE = Reason(category="system", code="NodeFailure", message="node-b stopped answering")
-STOPPED_BY_USER = Reason(category="stopped", code="StoppedByUser")
-PREEMPTED = Reason(category="preempted", code="Preempted")
+USER_ERROR = ev.Reason(category="user", code="Error", exit_code=1, failed_rank=0)
+NODE_FAILURE = ev.Reason(category="system", code="NodeFailure", message="node-b stopped answering")
+STOPPED_BY_USER = ev.Reason(category="stopped", code="StoppedByUser")
+PREEMPTED = ev.Reason(category="preempted", code="Preempted")
 
 # --- builders -----------------------------------------------------------------------------
 
@@ -78,8 +50,8 @@ def new_id() -> str:
     return f"e{next(_ids)}"  # unique is all the rules need; uuid4 would slow the walks
 
 
-def submitted(attempt: int = 0) -> RunSubmitted:
-    return RunSubmitted(
+def submitted(attempt: int = 0) -> ev.RunSubmitted:
+    return ev.RunSubmitted(
         id=new_id(),
         actor=USER,
         run_id=RUN,
@@ -89,19 +61,20 @@ def submitted(attempt: int = 0) -> RunSubmitted:
     )
 
 
-def placement(n: int, gpus: Iterable[int] = (0, 1, 2, 3)) -> list[RankPlacement]:
+def placement(n: int, gpus: Iterable[int] = (0, 1, 2, 3)) -> list[ev.RankPlacement]:
     """``n`` ranks on node-a, node-b, ..., each holding ``gpus``."""
     return [
-        RankPlacement(rank=r, node=f"node-{chr(ord('a') + r)}", gpus=list(gpus)) for r in range(n)
+        ev.RankPlacement(rank=r, node=f"node-{chr(ord('a') + r)}", gpus=list(gpus))
+        for r in range(n)
     ]
 
 
-def queued(a: int = 0) -> AttemptQueued:
-    return AttemptQueued(id=new_id(), actor=SCHEDULER, run_id=RUN, attempt=a, position=1)
+def queued(a: int = 0) -> ev.AttemptQueued:
+    return ev.AttemptQueued(id=new_id(), actor=SCHEDULER, run_id=RUN, attempt=a, position=1)
 
 
-def scheduled(a: int = 0, ranks: list[RankPlacement] | None = None) -> AttemptScheduled:
-    return AttemptScheduled(
+def scheduled(a: int = 0, ranks: list[ev.RankPlacement] | None = None) -> ev.AttemptScheduled:
+    return ev.AttemptScheduled(
         id=new_id(),
         actor=SCHEDULER,
         run_id=RUN,
@@ -116,20 +89,20 @@ def node_of(rank: int) -> str:
     return f"node-{chr(ord('a') + rank)}"
 
 
-def rank_running(rank: int, a: int = 0) -> RankRunning:
-    return RankRunning(
+def rank_running(rank: int, a: int = 0) -> ev.RankRunning:
+    return ev.RankRunning(
         id=new_id(), actor=AGENT, run_id=RUN, attempt=a, rank=rank, node=node_of(rank), pid=100
     )
 
 
-def attempt_running(a: int = 0) -> AttemptRunning:
-    return AttemptRunning(id=new_id(), actor=SCHEDULER, run_id=RUN, attempt=a)
+def attempt_running(a: int = 0) -> ev.AttemptRunning:
+    return ev.AttemptRunning(id=new_id(), actor=SCHEDULER, run_id=RUN, attempt=a)
 
 
 def rank_exited(
-    rank: int, a: int = 0, exit_code: int | None = 0, reason: Reason | None = None
-) -> RankExited:
-    return RankExited(
+    rank: int, a: int = 0, exit_code: int | None = 0, reason: ev.Reason | None = None
+) -> ev.RankExited:
+    return ev.RankExited(
         id=new_id(),
         actor=AGENT,
         run_id=RUN,
@@ -141,59 +114,61 @@ def rank_exited(
     )
 
 
-def terminating(a: int = 0, reason: Reason | None = None) -> AttemptTerminating:
-    return AttemptTerminating(id=new_id(), actor=SCHEDULER, run_id=RUN, attempt=a, reason=reason)
+def terminating(a: int = 0, reason: ev.Reason | None = None) -> ev.AttemptTerminating:
+    return ev.AttemptTerminating(id=new_id(), actor=SCHEDULER, run_id=RUN, attempt=a, reason=reason)
 
 
-def completed(a: int = 0) -> AttemptCompleted:
-    return AttemptCompleted(id=new_id(), actor=SCHEDULER, run_id=RUN, attempt=a)
+def completed(a: int = 0) -> ev.AttemptCompleted:
+    return ev.AttemptCompleted(id=new_id(), actor=SCHEDULER, run_id=RUN, attempt=a)
 
 
-def stopped(a: int = 0, reason: Reason = STOPPED_BY_USER) -> AttemptStopped:
-    return AttemptStopped(id=new_id(), actor=SCHEDULER, run_id=RUN, attempt=a, reason=reason)
+def stopped(a: int = 0, reason: ev.Reason = STOPPED_BY_USER) -> ev.AttemptStopped:
+    return ev.AttemptStopped(id=new_id(), actor=SCHEDULER, run_id=RUN, attempt=a, reason=reason)
 
 
-def failed(a: int = 0, reason: Reason = USER_ERROR) -> AttemptFailed:
-    return AttemptFailed(id=new_id(), actor=SCHEDULER, run_id=RUN, attempt=a, reason=reason)
+def failed(a: int = 0, reason: ev.Reason = USER_ERROR) -> ev.AttemptFailed:
+    return ev.AttemptFailed(id=new_id(), actor=SCHEDULER, run_id=RUN, attempt=a, reason=reason)
 
 
-def stop(a: int = 0) -> StopRequested:
-    return StopRequested(id=new_id(), actor=USER, run_id=RUN, attempt=a, reason="by hand")
+def stop(a: int = 0) -> ev.StopRequested:
+    return ev.StopRequested(id=new_id(), actor=USER, run_id=RUN, attempt=a, reason="by hand")
 
 
-def restart(a: int) -> RestartRequested:
-    return RestartRequested(id=new_id(), actor=USER, run_id=RUN, attempt=a)
+def restart(a: int) -> ev.RestartRequested:
+    return ev.RestartRequested(id=new_id(), actor=USER, run_id=RUN, attempt=a)
 
 
 def retry(
     a: int, cause: Literal["user_failure", "system_failure", "preempted"] = "system_failure"
-) -> RetryScheduled:
-    return RetryScheduled(id=new_id(), actor=SCHEDULER, run_id=RUN, attempt=a, cause=cause)
+) -> ev.RetryScheduled:
+    return ev.RetryScheduled(id=new_id(), actor=SCHEDULER, run_id=RUN, attempt=a, cause=cause)
 
 
-def update(**changes: Any) -> UpdateRequested:
-    return UpdateRequested(id=new_id(), actor=USER, run_id=RUN, **changes)
+def update(**changes: Any) -> ev.UpdateRequested:
+    return ev.UpdateRequested(id=new_id(), actor=USER, run_id=RUN, **changes)
 
 
-def delete() -> DeleteRequested:
-    return DeleteRequested(id=new_id(), actor=USER, run_id=RUN)
+def delete() -> ev.DeleteRequested:
+    return ev.DeleteRequested(id=new_id(), actor=USER, run_id=RUN)
 
 
-def deleted() -> RunDeleted:
-    return RunDeleted(id=new_id(), actor=SCHEDULER, run_id=RUN)
+def deleted() -> ev.RunDeleted:
+    return ev.RunDeleted(id=new_id(), actor=SCHEDULER, run_id=RUN)
 
 
-def stamp(events: list[AnyRunEvent], start: int = 1000, step: int = 1000) -> list[AnyRunEvent]:
+def stamp(
+    events: list[ev.AnyRunEvent], start: int = 1000, step: int = 1000
+) -> list[ev.AnyRunEvent]:
     """Give the events the log's times, as the log would: increasing, from ``start``."""
     for i, event in enumerate(events):
         event.time = start + i * step
     return events
 
 
-def path(a: int, to: RunStatus) -> list[AnyRunEvent]:
+def path(a: int, to: RunStatus) -> list[ev.AnyRunEvent]:
     """The events that take attempt ``a``, once open, to ``to`` (two ranks)."""
-    start: list[AnyRunEvent] = [queued(a), scheduled(a), rank_running(0, a), rank_running(1, a)]
-    paths: dict[RunStatus, list[AnyRunEvent]] = {
+    start: list[ev.AnyRunEvent] = [queued(a), scheduled(a), rank_running(0, a), rank_running(1, a)]
+    paths: dict[RunStatus, list[ev.AnyRunEvent]] = {
         S.PENDING: [],
         S.QUEUED: [queued(a)],
         S.STARTING: [queued(a), scheduled(a)],
@@ -227,7 +202,7 @@ def path(a: int, to: RunStatus) -> list[AnyRunEvent]:
     return paths[to]
 
 
-def run(*events: AnyRunEvent) -> RunState:
+def run(*events: ev.AnyRunEvent) -> RunState:
     state = fold(stamp(list(events)))
     assert state is not None
     return state
@@ -238,14 +213,14 @@ def at(to: RunStatus) -> RunState:
     return run(submitted(), *path(0, to))
 
 
-def refused(state: RunState, event: AnyRunEvent, why: str = "") -> IllegalTransition:
+def refused(state: RunState, event: ev.AnyRunEvent, why: str = "") -> IllegalTransition:
     """Assert ``event`` is refused because of ``why`` and leaves ``state`` as it was."""
     before = msgspec.to_builtins(state)
     with pytest.raises(IllegalTransition) as caught:
         evolve(state, event)
     assert why in caught.value.why
     assert caught.value.aggregate == f"run:{RUN}"
-    assert caught.value.event_type == tag_of(type(event))
+    assert caught.value.event_type == ev.tag_of(type(event))
     assert msgspec.to_builtins(state) == before
     return caught.value
 
@@ -257,7 +232,7 @@ NOT_TERMINAL = [S.PENDING, S.QUEUED, S.STARTING, S.RUNNING, S.TERMINATING]
 
 
 def test_the_happy_path_of_one_attempt() -> None:
-    steps: list[tuple[AnyRunEvent, RunStatus]] = [
+    steps: list[tuple[ev.AnyRunEvent, RunStatus]] = [
         (submitted(), S.PENDING),
         (queued(), S.QUEUED),
         (scheduled(ranks=placement(2)), S.STARTING),
@@ -273,7 +248,7 @@ def test_the_happy_path_of_one_attempt() -> None:
     state: RunState | None = None
     for i, (event, status) in enumerate(steps, start=1):
         state = evolve(state, event)
-        assert state.status is status, f"after {tag_of(type(event))}"
+        assert state.status is status, f"after {ev.tag_of(type(event))}"
         assert state.version == i
         assert state.latest.gpus == (8 if status >= S.STARTING else 0)
     assert state is not None
@@ -398,7 +373,7 @@ def test_attempts_follow_one_another() -> None:
         completed,
         stopped,
         failed,
-        lambda a: ImagePullStarted(
+        lambda a: ev.ImagePullStarted(
             id=new_id(), actor=AGENT, run_id=RUN, attempt=a, rank=0, node="node-a", image="img"
         ),
     ],
@@ -520,8 +495,8 @@ def test_rank_events_need_an_attempt_holding_gpus(status: RunStatus) -> None:
 # --- placement ------------------------------------------------------------------------------
 
 
-def rp(rank: int, node: str, gpus: list[int]) -> RankPlacement:
-    return RankPlacement(rank=rank, node=node, gpus=gpus)
+def rp(rank: int, node: str, gpus: list[int]) -> ev.RankPlacement:
+    return ev.RankPlacement(rank=rank, node=node, gpus=gpus)
 
 
 @pytest.mark.parametrize(
@@ -536,7 +511,7 @@ def rp(rank: int, node: str, gpus: list[int]) -> RankPlacement:
         pytest.param([rp(0, "a", [0, 1, 0])], "each GPU once", id="duplicate-gpu"),
     ],
 )
-def test_a_broken_placement_is_refused(ranks: list[RankPlacement], why: str) -> None:
+def test_a_broken_placement_is_refused(ranks: list[ev.RankPlacement], why: str) -> None:
     refused(at(S.QUEUED), scheduled(ranks=ranks), why)
 
 
@@ -589,7 +564,7 @@ def test_delete_of_an_active_run_waits_for_its_end() -> None:
     assert state.delete_requested
     refused(state, delete(), "being deleted already")
     refused(state, deleted(), "after its delete request and latest attempt end")
-    winding_down: list[AnyRunEvent] = [terminating(reason=STOPPED_BY_USER), rank_exited(0)]
+    winding_down: list[ev.AnyRunEvent] = [terminating(reason=STOPPED_BY_USER), rank_exited(0)]
     for event in [*winding_down, rank_exited(1)]:
         evolve(state, event)
     refused(state, deleted(), "after its delete request and latest attempt end")
@@ -638,7 +613,13 @@ def test_user_failures_are_counted_across_attempts() -> None:
         evolve(state, event)
     evolve(state, failed(1, NODE_FAILURE))
     assert state.user_failures == 1, "a system failure is not the user's"
-    later: list[AnyRunEvent] = [retry(2), queued(2), failed(2, USER_ERROR), restart(3), stopped(3)]
+    later: list[ev.AnyRunEvent] = [
+        retry(2),
+        queued(2),
+        failed(2, USER_ERROR),
+        restart(3),
+        stopped(3),
+    ]
     for event in later:
         evolve(state, event)
     assert state.user_failures == 2
@@ -658,7 +639,7 @@ def test_folding_does_not_change_the_events() -> None:
 def test_an_event_of_another_run_is_refused() -> None:
     state = at(S.QUEUED)
     with pytest.raises(IllegalTransition):
-        evolve(state, AttemptQueued(id=new_id(), actor=SCHEDULER, run_id="run-2", attempt=0))
+        evolve(state, ev.AttemptQueued(id=new_id(), actor=SCHEDULER, run_id="run-2", attempt=0))
 
 
 # --- random walks ---------------------------------------------------------------------------
@@ -686,7 +667,7 @@ BAD_PLACEMENTS = [
 ]
 
 
-def setup_events(rank: int, a: int) -> list[AnyRunEvent]:
+def setup_events(rank: int, a: int) -> list[ev.AnyRunEvent]:
     """A rank's image pull and integrations: allowed while the rank holds its GPUs."""
     ids: dict[str, Any] = {
         "actor": AGENT,
@@ -697,16 +678,16 @@ def setup_events(rank: int, a: int) -> list[AnyRunEvent]:
     }
     git: dict[str, Any] = {"index": 0, "integration_type": "git_repo"}
     return [
-        ImagePullStarted(id=new_id(), image="img", **ids),
-        ImagePullFinished(id=new_id(), image="img", **ids),
-        ImagePullFailed(id=new_id(), image="img", error="not found", **ids),
-        IntegrationStarted(id=new_id(), **ids, **git),
-        IntegrationFinished(id=new_id(), **ids, **git),
-        IntegrationFailed(id=new_id(), error="clone failed", **ids, **git),
+        ev.ImagePullStarted(id=new_id(), image="img", **ids),
+        ev.ImagePullFinished(id=new_id(), image="img", **ids),
+        ev.ImagePullFailed(id=new_id(), image="img", error="not found", **ids),
+        ev.IntegrationStarted(id=new_id(), **ids, **git),
+        ev.IntegrationFinished(id=new_id(), **ids, **git),
+        ev.IntegrationFailed(id=new_id(), error="clone failed", **ids, **git),
     ]
 
 
-def candidates(state: RunState | None) -> list[AnyRunEvent]:
+def candidates(state: RunState | None) -> list[ev.AnyRunEvent]:
     """Every kind of run event, for the current attempt and its neighbours, legal or not.
 
     In lifecycle order: Hypothesis shrinks a draw towards the first choice, so a shrunk
@@ -717,7 +698,7 @@ def candidates(state: RunState | None) -> list[AnyRunEvent]:
     n = state.latest.index
     count = len(state.latest.ranks)
     ranks = range(-1, max(count, 1) + 1)
-    menu: list[AnyRunEvent] = [queued(n), scheduled(n, placement(1))]
+    menu: list[ev.AnyRunEvent] = [queued(n), scheduled(n, placement(1))]
     menu += [scheduled(n, placement(2)), scheduled(n, placement(3, gpus=[5]))]
     menu += [scheduled(n, bad) for bad in BAD_PLACEMENTS]
     menu += [rank_running(r, n) for r in ranks]
@@ -737,13 +718,15 @@ def candidates(state: RunState | None) -> list[AnyRunEvent]:
     return menu
 
 
-def kind(event: AnyRunEvent) -> str:
+def kind(event: ev.AnyRunEvent) -> str:
     """The walk's choice of kind; a rank's setup events (image, integrations) count as one."""
-    tag = tag_of(type(event))
+    tag = ev.tag_of(type(event))
     return "setup" if tag.startswith(("image.", "integration.")) else tag
 
 
-def try_on_copy(state: RunState | None, event: AnyRunEvent, before: Any = None) -> RunState | None:
+def try_on_copy(
+    state: RunState | None, event: ev.AnyRunEvent, before: Any = None
+) -> RunState | None:
     """The state after ``event`` if the rules accept it; a refusal must leave the copy as it was.
 
     ``before`` is ``msgspec.to_builtins(state)``, when the caller has it already.
@@ -781,7 +764,7 @@ def progress(state: RunState | None) -> tuple[int, ...]:
 
 @dataclass
 class Step:
-    event: AnyRunEvent
+    event: ev.AnyRunEvent
     fields: dict[bytes, bytes]  # the event as the log got it, before any later fold
     before: RunState | None
     after: RunState
@@ -850,7 +833,7 @@ def check_attempts(state: RunState) -> None:
 @given(data=st.data())
 def test_a_walk_moves_attempts_only_along_the_lifecycle(data: st.DataObject) -> None:
     history = walk(data)
-    assert isinstance(history[0].event, RunSubmitted)
+    assert isinstance(history[0].event, ev.RunSubmitted)
     for count, step in enumerate(history, start=1):
         after = step.after
         assert after.version == count, "the version counts the accepted events"
@@ -858,13 +841,13 @@ def test_a_walk_moves_attempts_only_along_the_lifecycle(data: st.DataObject) -> 
         old = [] if step.before is None else step.before.attempts
         for was, now in zip(old, after.attempts, strict=False):
             assert was.status is now.status or (was.status, now.status) in EDGES, (
-                f"{tag_of(type(step.event))} moved attempt {now.index} "
+                f"{ev.tag_of(type(step.event))} moved attempt {now.index} "
                 f"from {was.status} to {now.status}"
             )
         if len(after.attempts) > len(old):
             assert len(after.attempts) == len(old) + 1
             if old:
-                assert isinstance(step.event, RestartRequested | RetryScheduled)
+                assert isinstance(step.event, ev.RestartRequested | ev.RetryScheduled)
                 assert old[-1].status.is_terminal()
             assert after.latest.index == step.event.attempt == len(old)
             assert after.latest.timeline == [(S.PENDING, step.event.time)]
@@ -882,37 +865,37 @@ def test_a_walk_folds_again_to_the_same_state(data: st.DataObject) -> None:
     state: RunState | None = None
     for step in history:
         logged = decode(f"{step.event.time}-0", step.fields)
-        assert isinstance(logged, RunEvent)
+        assert isinstance(logged, ev.RunEvent)
         state = evolve(state, logged)
         assert msgspec.to_builtins(state) == msgspec.to_builtins(step.after)
 
 
-WILD_EVENTS: st.SearchStrategy[AnyRunEvent] = st.one_of(
-    st.builds(RunSubmitted, spec=st.just(spec())),
+WILD_EVENTS: st.SearchStrategy[ev.AnyRunEvent] = st.one_of(
+    st.builds(ev.RunSubmitted, spec=st.just(spec())),
     *(
         st.from_type(cls)
         for cls in (
-            StopRequested,
-            RestartRequested,
-            UpdateRequested,
-            DeleteRequested,
-            RunDeleted,
-            RetryScheduled,
-            AttemptQueued,
-            AttemptScheduled,
-            ImagePullStarted,
-            ImagePullFinished,
-            ImagePullFailed,
-            IntegrationStarted,
-            IntegrationFinished,
-            IntegrationFailed,
-            RankRunning,
-            AttemptRunning,
-            RankExited,
-            AttemptTerminating,
-            AttemptCompleted,
-            AttemptStopped,
-            AttemptFailed,
+            ev.StopRequested,
+            ev.RestartRequested,
+            ev.UpdateRequested,
+            ev.DeleteRequested,
+            ev.RunDeleted,
+            ev.RetryScheduled,
+            ev.AttemptQueued,
+            ev.AttemptScheduled,
+            ev.ImagePullStarted,
+            ev.ImagePullFinished,
+            ev.ImagePullFailed,
+            ev.IntegrationStarted,
+            ev.IntegrationFinished,
+            ev.IntegrationFailed,
+            ev.RankRunning,
+            ev.AttemptRunning,
+            ev.RankExited,
+            ev.AttemptTerminating,
+            ev.AttemptCompleted,
+            ev.AttemptStopped,
+            ev.AttemptFailed,
         )
     ),
 )

@@ -32,18 +32,8 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import structlog
 
+from events import model as ev
 from events.lifecycle import AttemptState, RankState
-from events.model import (
-    AnyRunEvent,
-    ImagePullFailed,
-    ImagePullFinished,
-    ImagePullStarted,
-    IntegrationFailed,
-    IntegrationFinished,
-    IntegrationStarted,
-    RankRunning,
-    Reason,
-)
 from services.core.aio import first_of
 from services.node_agent import integrations
 from services.node_agent.errors import RankEnded, RankGone
@@ -264,11 +254,11 @@ class _Rank:
             manifest = manifests.pod(job, self.x.options)
         except BadIntegration as exc:
             log.info("rank.integration_refused", index=exc.index, error=str(exc))
-            failed = IntegrationFailed(
+            failed = ev.IntegrationFailed(
                 **self.reporter.fields(self.key), index=exc.index,
                 integration_type=exc.integration_type, error=str(exc),
             )  # fmt: skip
-            reason = Reason(category="user", code="IntegrationFailed", message=str(exc))
+            reason = ev.Reason(category="user", code="IntegrationFailed", message=str(exc))
             await self._end_now(reason, failed)
         try:
             created = await self.x.call(self.x.api.create_pod, manifest, until=self._over)
@@ -337,12 +327,12 @@ class _Rank:
     async def _report(self, steps: list[track.Step]) -> None:
         if not steps:
             return
-        events: list[AnyRunEvent] = []
-        running: RankRunning | None = None
+        events: list[ev.AnyRunEvent] = []
+        running: ev.RankRunning | None = None
         ended: track.Ended | None = None
         for step in steps:
             if isinstance(step, track.Running):
-                running = RankRunning(**self.reporter.fields(self.key))
+                running = ev.RankRunning(**self.reporter.fields(self.key))
                 events.append(running)
             elif isinstance(step, track.Ended):
                 ended = step
@@ -354,7 +344,7 @@ class _Rank:
         gone_id = new_id()  # one id on every try: a retried append is recognised
         stopping = self.deleting
 
-        def build(attempt: AttemptState, rank: RankState) -> list[AnyRunEvent]:
+        def build(attempt: AttemptState, rank: RankState) -> list[ev.AnyRunEvent]:
             out = [e for e in events if not (e is running and rank.running)]
             if ended is not None:
                 why = track.reason(ended, attempt, stopping=stopping)
@@ -375,36 +365,40 @@ class _Rank:
             log.info("rank.report", reported=type(event).__name__)
         await self.reporter.report(self.key, build)
 
-    def _event(self, step: track.Step) -> AnyRunEvent:
+    def _event(self, step: track.Step) -> ev.AnyRunEvent:
         fields = self.reporter.fields(self.key)
         image = self.job.spec.image if self.job is not None else ""
         match step:
             case track.PullStarted():
-                return ImagePullStarted(**fields, image=image)
+                return ev.ImagePullStarted(**fields, image=image)
             case track.PullFinished():
-                return ImagePullFinished(**fields, image=image)
+                return ev.ImagePullFinished(**fields, image=image)
             case track.PullFailed(error=error):
-                return ImagePullFailed(**fields, image=image, error=error)
+                return ev.ImagePullFailed(**fields, image=image, error=error)
             case track.IntegrationStarted(index=index):
-                return IntegrationStarted(**fields, index=index, integration_type=self._kind(index))
+                return ev.IntegrationStarted(
+                    **fields, index=index, integration_type=self._kind(index)
+                )
             case track.IntegrationFinished(index=index):
                 kind = self._kind(index)
-                return IntegrationFinished(**fields, index=index, integration_type=kind)
+                return ev.IntegrationFinished(**fields, index=index, integration_type=kind)
             case track.IntegrationFailed(index=index, error=error):
                 kind = self._kind(index)
-                return IntegrationFailed(**fields, index=index, integration_type=kind, error=error)
+                return ev.IntegrationFailed(
+                    **fields, index=index, integration_type=kind, error=error
+                )
         raise AssertionError(f"not an event of its own: {step!r}")
 
     def _kind(self, index: int) -> str:
         specs = self.job.spec.integrations if self.job is not None else []
         return integrations.integration_type(specs[index]) if index < len(specs) else "unknown"
 
-    async def _end_now(self, reason: Reason, failure: AnyRunEvent | None = None) -> None:
+    async def _end_now(self, reason: ev.Reason, failure: ev.AnyRunEvent | None = None) -> None:
         """Report the rank's exit before its Pod ran (and the failed step, in one append)."""
         gone = exited(
             self.key, self.reporter.node, self.reporter.actor, new_id,
             exit_code=None, reason=reason,
         )  # fmt: skip
-        events: list[AnyRunEvent] = [failure, gone] if failure is not None else [gone]
+        events: list[ev.AnyRunEvent] = [failure, gone] if failure is not None else [gone]
         await self.reporter.report(self.key, lambda _a, _r: events)
         raise RankEnded

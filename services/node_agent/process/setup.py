@@ -25,16 +25,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 
-from events.model import (
-    AnyRunEvent,
-    ImagePullFailed,
-    ImagePullFinished,
-    ImagePullStarted,
-    IntegrationFailed,
-    IntegrationFinished,
-    IntegrationStarted,
-    Reason,
-)
+from events import model as ev
 from services.node_agent import image, integrations
 from services.node_agent.environment import base_environment, with_venv
 from services.node_agent.errors import (
@@ -79,14 +70,14 @@ class Setup:
 
     async def _image(self, job: RankJob, control: RankControl) -> None:
         ref = job.spec.image
-        await self._report(job, control, ImagePullStarted(**self._fields(job), image=ref))
+        await self._report(job, control, ev.ImagePullStarted(**self._fields(job), image=ref))
         error = image.reference_error(ref)
         if error is None:
-            await self._report(job, control, ImagePullFinished(**self._fields(job), image=ref))
+            await self._report(job, control, ev.ImagePullFinished(**self._fields(job), image=ref))
             return
         log.info("rank.invalid_image", image=ref, error=error)
-        reason = Reason(category="user", code="FailedImagePull", message=error)
-        failed = ImagePullFailed(**self._fields(job), image=ref, error=error)
+        reason = ev.Reason(category="user", code="FailedImagePull", message=error)
+        failed = ev.ImagePullFailed(**self._fields(job), image=ref, error=error)
         await self._end(job, failed, reason=reason)
 
     async def _integrations(
@@ -101,7 +92,9 @@ class Setup:
             for index, integration in enumerate(job.spec.integrations):
                 kind = integrations.integration_type(integration)
                 where: dict[str, Any] = {"index": index, "integration_type": kind}
-                await self._report(job, control, IntegrationStarted(**self._fields(job), **where))
+                await self._report(
+                    job, control, ev.IntegrationStarted(**self._fields(job), **where)
+                )
                 try:
                     steps = integrations.steps_for(integration, ctx)
                     for step in steps:
@@ -112,10 +105,12 @@ class Setup:
                 except (IntegrationError, StepFailed) as exc:
                     message = str(exc)[-_MESSAGE_MAX:]
                     log.info("rank.integration_failed", index=index, kind=kind, error=message)
-                    reason = Reason(category="user", code="IntegrationFailed", message=message)
-                    failed = IntegrationFailed(**self._fields(job), **where, error=message)
+                    reason = ev.Reason(category="user", code="IntegrationFailed", message=message)
+                    failed = ev.IntegrationFailed(**self._fields(job), **where, error=message)
                     await self._end(job, failed, reason=reason)
-                await self._report(job, control, IntegrationFinished(**self._fields(job), **where))
+                await self._report(
+                    job, control, ev.IntegrationFinished(**self._fields(job), **where)
+                )
         finally:
             await pump.close(10.0)
         return ctx.venv if ctx.venv.exists() else None
@@ -185,14 +180,16 @@ class Setup:
     def _fields(self, job: RankJob) -> dict[str, Any]:
         return self.reporter.fields(job.key)
 
-    async def _report(self, job: RankJob, control: RankControl, event: AnyRunEvent) -> None:
+    async def _report(self, job: RankJob, control: RankControl, event: ev.AnyRunEvent) -> None:
         self._check(control)
         await self.reporter.report(job.key, lambda _a, _r: [event], setup=True)
 
-    async def _end(self, job: RankJob, failure: AnyRunEvent | None, *, reason: Reason) -> None:
+    async def _end(
+        self, job: RankJob, failure: ev.AnyRunEvent | None, *, reason: ev.Reason
+    ) -> None:
         """Report the failed step (if any) and the rank's exit, in one append."""
         reporter = self.reporter
         gone = exited(job.key, reporter.node, reporter.actor, new_id, exit_code=None, reason=reason)
-        events: list[AnyRunEvent] = [failure, gone] if failure is not None else [gone]
+        events: list[ev.AnyRunEvent] = [failure, gone] if failure is not None else [gone]
         await reporter.report(job.key, lambda _a, _r: events)
         raise RankEnded

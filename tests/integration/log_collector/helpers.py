@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,17 +18,15 @@ from services.core.store import EventStore, connect
 from services.output import ingest
 from services.output.reading import INGEST_GROUP
 from tests import factories as f
+from tests.services import ServiceProcess
 from tests.waiting import eventually
 
 
-class CollectorProcess:
+class CollectorProcess(ServiceProcess):
     """One ``python -m services.log_collector`` process; its stderr goes to ``log``."""
 
     def __init__(self, url: str, archive_dir: Path, name: str, log: Path) -> None:
-        self.url = url
-        self.name = name
-        self.log = log
-        self.env = {
+        env = {
             **os.environ,
             "RUNPLANE_REDIS_URL": url,
             "RUNPLANE_ARCHIVE_DIR": str(archive_dir),
@@ -40,19 +36,10 @@ class CollectorProcess:
             "RUNPLANE_LEASE_TTL_MS": "3000",
             "RUNPLANE_CLAIM_IDLE_MS": "1000",
         }
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> CollectorProcess:
-        with self.log.open("ab") as err:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "services.log_collector",
-                env=self.env,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=err,
-            )
-        return self
+        super().__init__("services.log_collector", env, log)
+        self.url = url
+        self.name = name
+        self.log = log
 
     async def wait_active(self, client: aioredis.Redis) -> None:
         await eventually(
@@ -60,29 +47,6 @@ class CollectorProcess:
             equals=self.name.encode(),
             what=f"collector {self.name} holding the ingest lease (log: {self.log})",
         )
-
-    async def kill(self) -> None:
-        """kill -9."""
-        assert self.proc is not None
-        self.proc.kill()
-        await self.proc.wait()
-
-    async def stop(self) -> int:
-        """SIGTERM, then SIGKILL if it does not exit in time; the exit code."""
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                async with asyncio.timeout(15):
-                    await self.proc.wait()
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        return cast(int, self.proc.returncode)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
 
 
 @asynccontextmanager

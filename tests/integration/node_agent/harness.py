@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,17 +43,17 @@ from services.core.settings import Settings
 from services.core.store import EventStore, connect
 from tests import factories as f
 from tests import raw
+from tests.services import ServiceProcess
 from tests.waiting import eventually
 
 ACTOR = "scheduler@test"
 
 
-class Agent:
+class Agent(ServiceProcess):
+    """One ``python -m services.node_agent`` process with 8 simulated GPUs."""
+
     def __init__(self, redis_url: str, data_dir: Path, node: str = "node-a", **settings: Any):
-        self.node = node
-        self.data_dir = data_dir
-        self.log_path = data_dir.parent / f"{node}.log"
-        self.env = {
+        env = {
             **os.environ,
             "RUNPLANE_REDIS_URL": redis_url,
             "RUNPLANE_NODE": node,
@@ -65,29 +64,10 @@ class Agent:
             "RUNPLANE_HEARTBEAT_TTL_S": "3",
             "RUNPLANE_CLAIM_IDLE_MS": "1000",
         }
-        self.env.update(
-            {f"RUNPLANE_{name.upper()}": str(value) for name, value in settings.items()}
-        )
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.node_agent", env=self.env, stdout=log, stderr=log
-            )
-
-    async def kill(self) -> None:
-        """kill -9: no cleanup of any kind."""
-        assert self.proc is not None
-        self.proc.kill()
-        await self.proc.wait()
-
-    async def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.terminate()
-        async with asyncio.timeout(20):
-            return await self.proc.wait()
+        env.update({f"RUNPLANE_{name.upper()}": str(value) for name, value in settings.items()})
+        super().__init__("services.node_agent", env, data_dir.parent / f"{node}.log")
+        self.node = node
+        self.data_dir = data_dir
 
     async def cleanup(self) -> None:
         """Kill the agent, every shim and every command it left on the machine."""
@@ -100,9 +80,6 @@ class Agent:
         for pid_file in self.data_dir.glob("ranks/*/*/*/command.pid"):
             with contextlib.suppress(ValueError, ProcessLookupError):
                 os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def spec(command: str, **fields: Any) -> RunSpec:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,6 +29,7 @@ from events.model import (
 from events.spec import Compute, RunSpec, Scheduling
 from events.status import RunStatus
 from services.core.store import EventStore
+from tests.services import ServiceProcess
 
 CLUSTER = "local"
 USER = "alice@example.com"
@@ -40,30 +39,11 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-class SchedulerProcess:
-    def __init__(self, process: asyncio.subprocess.Process, stderr: Path) -> None:
-        self.process = process
-        self.stderr = stderr
-
-    def output(self) -> str:
-        return self.stderr.read_text(errors="replace")
-
-    async def kill(self) -> None:
-        """kill -9: no cleanup, the lease stays until it expires."""
-        if self.process.returncode is None:
-            self.process.kill()
-        await self.process.wait()
-
-    async def stop(self) -> int:
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-        return await self.process.wait()
-
-
 @contextlib.asynccontextmanager
 async def scheduler_process(
     redis_url: str, logs: Path, name: str = "a", **settings: Any
-) -> AsyncIterator[SchedulerProcess]:
+) -> AsyncIterator[ServiceProcess]:
+    """A scheduler process (``kill`` leaves its lease until it expires); killed at the end."""
     env = dict(os.environ)
     env.update(
         RUNPLANE_REDIS_URL=redis_url,
@@ -74,12 +54,7 @@ async def scheduler_process(
         RUNPLANE_CLAIM_IDLE_MS="1000",
     )
     env.update({f"RUNPLANE_{key.upper()}": str(value) for key, value in settings.items()})
-    stderr = logs / f"scheduler-{name}.log"
-    with stderr.open("ab") as sink:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.scheduler", env=env, stderr=sink
-        )
-    handle = SchedulerProcess(process, stderr)
+    handle = await ServiceProcess("services.scheduler", env, logs / f"scheduler-{name}.log").start()
     try:
         yield handle
     finally:

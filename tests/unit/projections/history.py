@@ -8,40 +8,15 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from events import model as ev
 from events.codec import Recorded
 from events.lifecycle import RunState, evolve
-from events.model import (
-    AnyEvent,
-    AnyRunEvent,
-    AttemptCompleted,
-    AttemptFailed,
-    AttemptQueued,
-    AttemptRunning,
-    AttemptScheduled,
-    AttemptStopped,
-    AttemptTerminating,
-    DeleteRequested,
-    NodeDrained,
-    NodeEvent,
-    NodeLost,
-    NodeRegistered,
-    RankExited,
-    RankPlacement,
-    RankRunning,
-    Reason,
-    RestartRequested,
-    RetryScheduled,
-    RunDeleted,
-    RunSubmitted,
-    StopRequested,
-    UpdateRequested,
-)
 from events.spec import Compute, RunSpec, Scheduling
 from projections.base import Projection, Row, takes
 
 USER = "alice@example.com"
 SCHEDULER = "scheduler@control-0"
-USER_ERROR = Reason(category="user", code="Error", exit_code=1, failed_rank=1)
+USER_ERROR = ev.Reason(category="user", code="Error", exit_code=1, failed_rank=1)
 
 
 def at(text: str) -> int:
@@ -59,14 +34,14 @@ class History:
         self.ids = 0
         self.last = (0, -1)
 
-    def add(self, when: int | str, *events: AnyEvent) -> None:
+    def add(self, when: int | str, *events: ev.AnyEvent) -> None:
         time = at(when) if isinstance(when, str) else when
         for event in events:
             event.time = time
             seq = self.last[1] + 1 if self.last[0] == time else 0
             self.last = (time, seq)
-            if not isinstance(event, NodeEvent):
-                self.states[event.run_id] = evolve(self.states.get(event.run_id), _own(event))
+            if not isinstance(event, ev.NodeEvent):
+                self.states[event.run_id] = evolve(self.states.get(event.run_id), own(event))
             version = self.versions.get(event.aggregate, 0) + 1
             self.versions[event.aggregate] = version
             self.records.append(Recorded(f"{time}-{seq}", version, event))
@@ -99,13 +74,15 @@ class History:
         )
         self.add(
             when,
-            RunSubmitted(id=self.new_id(), actor=user, run_id=run, name=f"{run}-abcdef", spec=spec),
+            ev.RunSubmitted(
+                id=self.new_id(), actor=user, run_id=run, name=f"{run}-abcdef", spec=spec
+            ),
         )
 
     def queue(self, when: int | str, run: str, attempt: int = 0, reason: str = "") -> None:
         self.add(
             when,
-            AttemptQueued(
+            ev.AttemptQueued(
                 id=self.new_id(),
                 actor=SCHEDULER,
                 run_id=run,
@@ -122,10 +99,12 @@ class History:
         nodes: Iterable[str] = ("n1", "n2"),
         gpus: int = 8,
     ) -> None:
-        ranks = [RankPlacement(rank=i, node=n, gpus=list(range(gpus))) for i, n in enumerate(nodes)]
+        ranks = [
+            ev.RankPlacement(rank=i, node=n, gpus=list(range(gpus))) for i, n in enumerate(nodes)
+        ]
         self.add(
             when,
-            AttemptScheduled(
+            ev.AttemptScheduled(
                 id=self.new_id(),
                 actor=SCHEDULER,
                 run_id=run,
@@ -138,8 +117,8 @@ class History:
 
     def start(self, when: int | str, run: str, attempt: int = 0) -> None:
         ranks = self.states[run].latest.ranks
-        events: list[AnyEvent] = [
-            RankRunning(
+        events: list[ev.AnyEvent] = [
+            ev.RankRunning(
                 id=self.new_id(),
                 actor=f"agent@{r.node}",
                 run_id=run,
@@ -150,7 +129,7 @@ class History:
             for r in ranks
         ]
         events.append(
-            AttemptRunning(id=self.new_id(), actor=SCHEDULER, run_id=run, attempt=attempt)
+            ev.AttemptRunning(id=self.new_id(), actor=SCHEDULER, run_id=run, attempt=attempt)
         )
         self.add(when, *events)
 
@@ -158,7 +137,7 @@ class History:
         node = self.states[run].latest.ranks[rank].node
         self.add(
             when,
-            RankRunning(
+            ev.RankRunning(
                 id=self.new_id(),
                 actor=f"agent@{node}",
                 run_id=run,
@@ -177,12 +156,12 @@ class History:
         *,
         exit_code: int | None = None,
         signal: int | None = None,
-        reason: Reason | None = None,
+        reason: ev.Reason | None = None,
     ) -> None:
         node = self.states[run].latest.ranks[rank].node
         self.add(
             when,
-            RankExited(
+            ev.RankExited(
                 id=self.new_id(),
                 actor=f"agent@{node}",
                 run_id=run,
@@ -207,8 +186,8 @@ class History:
         """Every rank exits (rank 1 with 1 if ``fail``) at ``when``; the attempt ends at ``end``."""
         ranks = self.states[run].latest.ranks
         reason = USER_ERROR if fail else None
-        exits: list[AnyEvent] = [
-            RankExited(
+        exits: list[ev.AnyEvent] = [
+            ev.RankExited(
                 id=self.new_id(),
                 actor=f"agent@{r.node}",
                 run_id=run,
@@ -220,27 +199,27 @@ class History:
             )
             for r in ranks
         ]
-        terminating = AttemptTerminating(
+        terminating = ev.AttemptTerminating(
             id=self.new_id(), actor=SCHEDULER, run_id=run, attempt=attempt, reason=reason
         )
         self.add(when, exits[0], terminating, *exits[1:])
-        ending: AnyEvent
+        ending: ev.AnyEvent
         if fail:
-            ending = AttemptFailed(
+            ending = ev.AttemptFailed(
                 id=self.new_id(), actor=SCHEDULER, run_id=run, attempt=attempt, reason=USER_ERROR
             )
         else:
-            ending = AttemptCompleted(
+            ending = ev.AttemptCompleted(
                 id=self.new_id(), actor=SCHEDULER, run_id=run, attempt=attempt
             )
         self.add(end if end is not None else when, ending)
 
     def stop_waiting(self, when: int | str, run: str, attempt: int = 0, user: str = USER) -> None:
-        reason = Reason(category="stopped", code="Stopped", message=f"stopped by {user}")
+        reason = ev.Reason(category="stopped", code="Stopped", message=f"stopped by {user}")
         self.add(
             when,
-            StopRequested(id=self.new_id(), actor=user, run_id=run, attempt=attempt),
-            AttemptStopped(
+            ev.StopRequested(id=self.new_id(), actor=user, run_id=run, attempt=attempt),
+            ev.AttemptStopped(
                 id=self.new_id(), actor=user, run_id=run, attempt=attempt, reason=reason
             ),
         )
@@ -248,29 +227,31 @@ class History:
     def retry(self, when: int | str, run: str, attempt: int) -> None:
         self.add(
             when,
-            RetryScheduled(
+            ev.RetryScheduled(
                 id=self.new_id(), actor=SCHEDULER, run_id=run, attempt=attempt, cause="user_failure"
             ),
         )
 
     def restart(self, when: int | str, run: str, attempt: int, user: str = USER) -> None:
-        self.add(when, RestartRequested(id=self.new_id(), actor=user, run_id=run, attempt=attempt))
+        self.add(
+            when, ev.RestartRequested(id=self.new_id(), actor=user, run_id=run, attempt=attempt)
+        )
 
     def update(self, when: int | str, run: str, **changes: object) -> None:
-        self.add(when, UpdateRequested(id=self.new_id(), actor=USER, run_id=run, **changes))  # type: ignore[arg-type]
+        self.add(when, ev.UpdateRequested(id=self.new_id(), actor=USER, run_id=run, **changes))  # type: ignore[arg-type]
 
     def delete(self, when: int | str, run: str, user: str = USER) -> None:
         attempt = self.states[run].latest.index
         self.add(
             when,
-            DeleteRequested(id=self.new_id(), actor=user, run_id=run, attempt=attempt),
-            RunDeleted(id=self.new_id(), actor=user, run_id=run, attempt=attempt),
+            ev.DeleteRequested(id=self.new_id(), actor=user, run_id=run, attempt=attempt),
+            ev.RunDeleted(id=self.new_id(), actor=user, run_id=run, attempt=attempt),
         )
 
     def node(self, when: int | str, node: str, gpus: int = 8, *, state: str = "up") -> None:
-        event: AnyEvent
+        event: ev.AnyEvent
         if state == "up":
-            event = NodeRegistered(
+            event = ev.NodeRegistered(
                 id=self.new_id(),
                 actor=f"agent@{node}",
                 node=node,
@@ -279,11 +260,13 @@ class History:
                 gpus=gpus,
             )
         elif state == "lost":
-            event = NodeLost(
+            event = ev.NodeLost(
                 id=self.new_id(), actor=SCHEDULER, node=node, cluster="c1", last_seen=0
             )
         else:
-            event = NodeDrained(id=self.new_id(), actor="ops@example.com", node=node, cluster="c1")
+            event = ev.NodeDrained(
+                id=self.new_id(), actor="ops@example.com", node=node, cluster="c1"
+            )
         self.add(when, event)
 
 
@@ -297,10 +280,12 @@ def fold(projection: Projection, records: Iterable[Recorded]) -> list[Row]:
     return list(projection.rows(sorted(changed)))
 
 
-def _own(event: AnyRunEvent) -> AnyRunEvent:
+def own(event: ev.AnyRunEvent) -> ev.AnyRunEvent:
     """The rules keep a submitted spec and change it on updates: give them a copy, so the
     recorded event keeps what was submitted."""
-    if isinstance(event, RunSubmitted):
-        own: RunSubmitted = msgspec.structs.replace(event, spec=msgspec.structs.replace(event.spec))
+    if isinstance(event, ev.RunSubmitted):
+        own: ev.RunSubmitted = msgspec.structs.replace(
+            event, spec=msgspec.structs.replace(event.spec)
+        )
         return own
     return event

@@ -15,37 +15,14 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-import msgspec
-
 from events import codec
+from events import model as ev
 from events.codec import Recorded
 from events.commands import DeleteRun, RestartRun, StopRun, SubmitRun, UpdateRun, decide
 from events.lifecycle import RunState, evolve
-from events.model import (
-    AnyEvent,
-    AnyRunEvent,
-    AttemptCompleted,
-    AttemptFailed,
-    AttemptQueued,
-    AttemptRunning,
-    AttemptScheduled,
-    AttemptStopped,
-    AttemptTerminating,
-    ImagePullFinished,
-    ImagePullStarted,
-    NodeDrained,
-    NodeLost,
-    NodeRegistered,
-    RankExited,
-    RankPlacement,
-    RankRunning,
-    Reason,
-    RetryScheduled,
-    RunDeleted,
-    RunSubmitted,
-)
 from events.spec import Compute, RunSpec, Scheduling
 from events.status import RunStatus
+from tests.unit.projections.history import own
 
 S = RunStatus
 START_MS = 1_795_550_400_000  # 2026-11-24 20:00 UTC: histories cross midnight
@@ -75,7 +52,7 @@ class Simulator:
 
     # --- the log -------------------------------------------------------------------------
 
-    def emit(self, events: list[AnyEvent]) -> None:
+    def emit(self, events: list[ev.AnyEvent]) -> None:
         """Append events as the store does: rules checked, one clock, versions stamped."""
         self.now += self.rng.choice(STEPS_MS)
         for event in events:
@@ -84,8 +61,8 @@ class Simulator:
             else:
                 self.last_ms, self.seq = self.now, 0
             event.time = self.now
-            if not isinstance(event, NodeRegistered | NodeLost | NodeDrained):
-                self.runs[event.run_id] = evolve(self.runs.get(event.run_id), _own(event))
+            if not isinstance(event, ev.NodeRegistered | ev.NodeLost | ev.NodeDrained):
+                self.runs[event.run_id] = evolve(self.runs.get(event.run_id), own(event))
             version = self.versions.get(event.aggregate, 0) + 1
             self.versions[event.aggregate] = version
             self.log.append(Recorded(f"{self.now}-{self.seq}", version, event))
@@ -117,7 +94,7 @@ class Simulator:
         self.nodes_up[node] = True
         self.emit(
             [
-                NodeRegistered(
+                ev.NodeRegistered(
                     id=self.new_id(),
                     actor=f"agent@{node}",
                     node=node,
@@ -134,13 +111,13 @@ class Simulator:
             self.register(node)
             return
         self.nodes_up[node] = False
-        event: AnyEvent
+        event: ev.AnyEvent
         if self.rng.random() < 0.5:
-            event = NodeLost(
+            event = ev.NodeLost(
                 id=self.new_id(), actor=SCHEDULER, node=node, cluster=CLUSTER, last_seen=self.now
             )
         else:
-            event = NodeDrained(
+            event = ev.NodeDrained(
                 id=self.new_id(), actor="ops@example.com", node=node, cluster=CLUSTER
             )
         self.emit([event])
@@ -192,9 +169,9 @@ class Simulator:
         status, a = attempt.status, attempt.index
         base: dict[str, Any] = {"actor": SCHEDULER, "run_id": run.run_id, "attempt": a}
         if run.delete_requested and status.is_terminal():
-            self.emit([RunDeleted(id=self.new_id(), **base)])
+            self.emit([ev.RunDeleted(id=self.new_id(), **base)])
         elif status is S.PENDING:
-            self.emit([AttemptQueued(id=self.new_id(), reason="Insufficient resources", **base)])
+            self.emit([ev.AttemptQueued(id=self.new_id(), reason="Insufficient resources", **base)])
         elif status is S.QUEUED:
             self.schedule(run)
         elif status is S.STARTING:
@@ -208,15 +185,15 @@ class Simulator:
                 }
                 self.emit(
                     [
-                        ImagePullStarted(id=self.new_id(), image="img", **base | agent),
-                        ImagePullFinished(id=self.new_id(), image="img", **base | agent),
-                        RankRunning(id=self.new_id(), **base | agent),
+                        ev.ImagePullStarted(id=self.new_id(), image="img", **base | agent),
+                        ev.ImagePullFinished(id=self.new_id(), image="img", **base | agent),
+                        ev.RankRunning(id=self.new_id(), **base | agent),
                     ]
                 )
             elif not waiting and self.rng.random() < 0.2:
                 self.exit_rank(run, failing=self.rng.random() < 0.5, ran=True)
             elif not waiting:
-                self.emit([AttemptRunning(id=self.new_id(), **base)])
+                self.emit([ev.AttemptRunning(id=self.new_id(), **base)])
             else:
                 self.exit_rank(run, failing=True)
         elif status is S.RUNNING:
@@ -230,11 +207,12 @@ class Simulator:
         nodes = run.spec.compute.nodes or 1
         chosen = self.rng.sample(NODES, nodes)
         ranks = [
-            RankPlacement(rank=i, node=node, gpus=list(range(8))) for i, node in enumerate(chosen)
+            ev.RankPlacement(rank=i, node=node, gpus=list(range(8)))
+            for i, node in enumerate(chosen)
         ]
         self.emit(
             [
-                AttemptScheduled(
+                ev.AttemptScheduled(
                     id=self.new_id(),
                     actor=SCHEDULER,
                     run_id=run.run_id,
@@ -254,8 +232,8 @@ class Simulator:
         live = [r for r in attempt.ranks if not r.exited]
         rank = self.rng.choice(live)
         base: dict[str, Any] = {"run_id": run.run_id, "attempt": attempt.index}
-        reason = Reason(category="user", code="Error", exit_code=1, failed_rank=rank.rank)
-        exited = RankExited(
+        reason = ev.Reason(category="user", code="Error", exit_code=1, failed_rank=rank.rank)
+        exited = ev.RankExited(
             id=self.new_id(),
             actor=f"agent@{rank.node}",
             rank=rank.rank,
@@ -264,12 +242,12 @@ class Simulator:
             reason=reason if failing else None,
             **base,
         )
-        terminating = AttemptTerminating(
+        terminating = ev.AttemptTerminating(
             id=self.new_id(), actor=SCHEDULER, reason=reason if failing else None, **base
         )
         if ran:  # the agent's append, then the scheduler's
             self.emit([exited])
-            self.emit([AttemptRunning(id=self.new_id(), actor=SCHEDULER, **base), terminating])
+            self.emit([ev.AttemptRunning(id=self.new_id(), actor=SCHEDULER, **base), terminating])
         else:
             self.emit([exited, terminating])
 
@@ -281,7 +259,7 @@ class Simulator:
             rank = live[0]
             self.emit(
                 [
-                    RankExited(
+                    ev.RankExited(
                         id=self.new_id(),
                         actor=f"agent@{rank.node}",
                         rank=rank.rank,
@@ -294,13 +272,13 @@ class Simulator:
             )
             return
         reason = attempt.reason
-        ending: AnyRunEvent
+        ending: ev.AnyRunEvent
         if reason is None:
-            ending = AttemptCompleted(id=self.new_id(), actor=SCHEDULER, **base)
+            ending = ev.AttemptCompleted(id=self.new_id(), actor=SCHEDULER, **base)
         elif reason.category == "stopped":
-            ending = AttemptStopped(id=self.new_id(), actor=SCHEDULER, reason=reason, **base)
+            ending = ev.AttemptStopped(id=self.new_id(), actor=SCHEDULER, reason=reason, **base)
         else:
-            ending = AttemptFailed(id=self.new_id(), actor=SCHEDULER, reason=reason, **base)
+            ending = ev.AttemptFailed(id=self.new_id(), actor=SCHEDULER, reason=reason, **base)
         self.emit([ending])
 
     def maybe_retry(self, run: RunState) -> None:
@@ -315,7 +293,7 @@ class Simulator:
         ):
             self.emit(
                 [
-                    RetryScheduled(
+                    ev.RetryScheduled(
                         id=self.new_id(),
                         actor=SCHEDULER,
                         run_id=run.run_id,
@@ -348,12 +326,3 @@ def chunks(items: list[Recorded], rng: random.Random) -> Iterator[list[Recorded]
         n = rng.randint(1, 12)
         yield items[i : i + n]
         i += n
-
-
-def _own(event: AnyRunEvent) -> AnyRunEvent:
-    """The rules keep a submitted spec and change it on updates: give them a copy, so the
-    recorded event keeps what was submitted."""
-    if isinstance(event, RunSubmitted):
-        own: RunSubmitted = msgspec.structs.replace(event, spec=msgspec.structs.replace(event.spec))
-        return own
-    return event
