@@ -175,6 +175,7 @@ class SharedStore(EventStore):
         async with self._limit:
             return await super().history(aggregate)
 
+    # The store's own signature, repeated on purpose: this wrapper only waits for a turn.
     async def append(
         self,
         events: Sequence[Event],

@@ -69,24 +69,10 @@ from bench.log import append_xadd
 from bench.processes import stop
 from cli.client import Client
 from events import codec, keys
+from events import model as ev
 from events.codec import Recorded
 from events.errors import IllegalTransition
 from events.lifecycle import RunState, evolve
-from events.model import (
-    AnyRunEvent,
-    AttemptCompleted,
-    AttemptFailed,
-    AttemptRunning,
-    AttemptScheduled,
-    AttemptStopped,
-    AttemptTerminating,
-    NodeEvent,
-    NodeLost,
-    RankExited,
-    RankRunning,
-    RetryScheduled,
-    RunSubmitted,
-)
 from events.spec import RunSpec
 from events.status import RunStatus
 from services.core.aio import wait_event
@@ -379,8 +365,8 @@ class _Reading:
 
     def add(self, record: Recorded) -> None:
         event, report = record.event, self.report
-        if isinstance(event, NodeEvent):
-            report.nodes_lost += isinstance(event, NodeLost)
+        if isinstance(event, ev.NodeEvent):
+            report.nodes_lost += isinstance(event, ev.NodeLost)
             return
         report.run_events += 1
         self.first = min(self.first, event.time) if self.first else event.time
@@ -392,36 +378,36 @@ class _Reading:
             report.refused.append(f"{record.position}: {exc}")
         self._step(event, (event.run_id, event.attempt))
 
-    def _step(self, event: AnyRunEvent, attempt: Attempt) -> None:
+    def _step(self, event: ev.AnyRunEvent, attempt: Attempt) -> None:
         report = self.report
         match event:
-            case RunSubmitted():
+            case ev.RunSubmitted():
                 self.submitted[event.run_id] = event.time
-            case AttemptScheduled():
+            case ev.AttemptScheduled():
                 self._placed(event, attempt)
-            case RankRunning():
+            case ev.RankRunning():
                 self.rank_running[attempt] = event.time
-            case RankExited():
+            case ev.RankExited():
                 self.rank_exited[attempt] = event.time
-            case AttemptRunning():
+            case ev.AttemptRunning():
                 placed, running = self.scheduled[attempt], self.rank_running[attempt]
                 report.to_running_ms.append(event.time - placed)
                 report.agents_running_ms.append(running - placed)
                 report.scheduler_running_ms.append(event.time - running)
-            case AttemptCompleted() | AttemptStopped() | AttemptFailed():
+            case ev.AttemptCompleted() | ev.AttemptStopped() | ev.AttemptFailed():
                 if (exited := self.rank_exited.pop(attempt, None)) is not None:
                     report.scheduler_end_ms.append(event.time - exited)
                 for gpu in self.holding.pop(attempt, []):
                     if self.held.get(gpu) == attempt:
                         del self.held[gpu]
-            case RetryScheduled():
+            case ev.RetryScheduled():
                 report.retries += 1
-            case AttemptTerminating() if event.reason and event.reason.code == "Preempted":
+            case ev.AttemptTerminating() if event.reason and event.reason.code == "Preempted":
                 report.preempted += 1
             case _:
                 pass
 
-    def _placed(self, event: AttemptScheduled, attempt: Attempt) -> None:
+    def _placed(self, event: ev.AttemptScheduled, attempt: Attempt) -> None:
         self.placed_at.append(event.time)
         self.scheduled[attempt] = event.time
         if event.attempt == 0:

@@ -102,7 +102,11 @@ class RunEvent:
 
 @dataclass(eq=False)
 class Run:
-    """A run, as mcli's SDK returns it. Methods talk to runplane (see ``RunActions``)."""
+    """A run, as mcli's SDK returns it. Methods talk to runplane (see ``RunActions``).
+
+    Its fields repeat much of ``projections.run_status.RunRow`` on purpose: the row is what the
+    projector stores (compact, versioned), this is mcli's public object (its names and types,
+    datetimes), and ``build_run`` is the one place that maps the one onto the other."""
 
     run_uid: str
     name: str

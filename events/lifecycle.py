@@ -20,36 +20,8 @@ from typing import NoReturn, assert_never
 
 import msgspec
 
+from events import model as ev
 from events.errors import IllegalTransition
-from events.model import (
-    AnyRunEvent,
-    AttemptCompleted,
-    AttemptFailed,
-    AttemptQueued,
-    AttemptRunning,
-    AttemptScheduled,
-    AttemptStopped,
-    AttemptTerminating,
-    DeleteRequested,
-    ImagePullFailed,
-    ImagePullFinished,
-    ImagePullStarted,
-    IntegrationFailed,
-    IntegrationFinished,
-    IntegrationStarted,
-    RankExited,
-    RankPlacement,
-    RankRunning,
-    Reason,
-    RestartRequested,
-    RetryScheduled,
-    RunDeleted,
-    RunEvent,
-    RunSubmitted,
-    StopRequested,
-    UpdateRequested,
-    tag_of,
-)
 from events.spec import RunSpec
 from events.status import RunStatus
 
@@ -78,7 +50,7 @@ class RankState(msgspec.Struct, kw_only=True):
     exited: bool = False
     exit_code: int | None = None
     signal: int | None = None
-    reason: Reason | None = None
+    reason: ev.Reason | None = None
 
 
 class AttemptState(msgspec.Struct, kw_only=True):
@@ -89,7 +61,7 @@ class AttemptState(msgspec.Struct, kw_only=True):
     cluster: str | None = None
     gpu_type: str | None = None
     ranks: list[RankState] = msgspec.field(default_factory=list)
-    reason: Reason | None = None
+    reason: ev.Reason | None = None
     queue_reason: str = ""
     stop_requested_by: str | None = None
     opened_by: str = ""
@@ -127,14 +99,14 @@ class RunState(msgspec.Struct, kw_only=True):
         return self.latest.status
 
 
-def evolve(state: RunState | None, event: AnyRunEvent) -> RunState:
+def evolve(state: RunState | None, event: ev.AnyRunEvent) -> RunState:
     """``state`` after ``event``; raises ``IllegalTransition`` if the rules forbid it.
 
     The state is updated in place (folds run over millions of events) and returned; a caller
     that must keep the old state folds a copy (``copy_state``).
     """
     if state is None:
-        if not isinstance(event, RunSubmitted):
+        if not isinstance(event, ev.RunSubmitted):
             _refuse(event, "the run does not exist")
         if event.attempt != 0:
             _refuse(event, "a run starts at attempt 0")
@@ -157,7 +129,7 @@ def evolve(state: RunState | None, event: AnyRunEvent) -> RunState:
     return state
 
 
-def fold(events: list[AnyRunEvent]) -> RunState | None:
+def fold(events: list[ev.AnyRunEvent]) -> RunState | None:
     state: RunState | None = None
     for event in events:
         state = evolve(state, event)
@@ -168,69 +140,69 @@ def copy_state(state: RunState) -> RunState:
     return msgspec.convert(msgspec.to_builtins(state), RunState)
 
 
-def _apply(state: RunState, event: AnyRunEvent) -> None:  # noqa: PLR0912, PLR0915
+def _apply(state: RunState, event: ev.AnyRunEvent) -> None:  # noqa: PLR0912, PLR0915
     attempt = state.latest
     match event:
-        case RunSubmitted():
+        case ev.RunSubmitted():
             _refuse(event, "the run exists already")
-        case RestartRequested():
+        case ev.RestartRequested():
             _require_new_attempt(state, event)
             state.attempts.append(_open(event.attempt, event))
-        case RetryScheduled():
+        case ev.RetryScheduled():
             _require_new_attempt(state, event)
             _require_retry_cause(attempt, event)
             state.attempts.append(_open(event.attempt, event))
-        case StopRequested():
+        case ev.StopRequested():
             _current(attempt, event)
             if attempt.status.is_terminal() or attempt.status is S.TERMINATING:
                 _refuse(event, f"attempt {attempt.index} is already {attempt.status.display_name}")
             attempt.stop_requested_by = event.actor
-        case UpdateRequested():
+        case ev.UpdateRequested():
             _update(state, event)
-        case DeleteRequested():
+        case ev.DeleteRequested():
             if state.delete_requested:
                 _refuse(event, "the run is being deleted already")
             state.delete_requested = True
-        case RunDeleted():
+        case ev.RunDeleted():
             if not state.delete_requested or not attempt.status.is_terminal():
                 _refuse(event, "a run is deleted after its delete request and latest attempt end")
             state.deleted = True
-        case AttemptQueued():
+        case ev.AttemptQueued():
             _phase(attempt, event, S.QUEUED)
             attempt.queue_reason = event.reason
-        case AttemptScheduled():
+        case ev.AttemptScheduled():
             _schedule(attempt, event)
         case (
-            ImagePullStarted()
-            | ImagePullFinished()
-            | ImagePullFailed()
-            | IntegrationStarted()
-            | IntegrationFinished()
-            | IntegrationFailed()
+            ev.ImagePullStarted()
+            | ev.ImagePullFinished()
+            | ev.ImagePullFailed()
+            | ev.IntegrationStarted()
+            | ev.IntegrationFinished()
+            | ev.IntegrationFailed()
         ):
             _current(attempt, event)
             _live_rank(attempt, event, event.rank, event.node)
-        case RankRunning():
+        case ev.RankRunning():
             rank = _live_rank(attempt, event, event.rank, event.node)
             if rank.running:
                 _refuse(event, f"rank {event.rank} runs already")
             rank.running = True
-        case AttemptRunning():
+        case ev.AttemptRunning():
             if not all(rank.running for rank in attempt.ranks):  # some may have ended since
                 _refuse(event, "not every rank runs yet")
             _phase(attempt, event, S.RUNNING)
-        case RankExited():
+        case ev.RankExited():
             rank = _live_rank(attempt, event, event.rank, event.node)
             rank.exited, rank.exit_code, rank.signal = True, event.exit_code, event.signal
             rank.reason = event.reason
-        case AttemptTerminating():
+        case ev.AttemptTerminating():
             _phase(attempt, event, S.TERMINATING)
             attempt.reason = event.reason
-        case AttemptCompleted():
+        case ev.AttemptCompleted():
             _end(attempt, event, S.COMPLETED, None)
-        case AttemptStopped():
+        case ev.AttemptStopped():
             _end(attempt, event, S.STOPPED, event.reason)
-        case AttemptFailed():
+        case ev.AttemptFailed():
             _end(attempt, event, S.FAILED, event.reason)
             if event.reason.category == "user":
                 state.user_failures += 1
@@ -238,11 +210,11 @@ def _apply(state: RunState, event: AnyRunEvent) -> None:  # noqa: PLR0912, PLR09
             assert_never(event)
 
 
-def _open(index: int, event: RunEvent) -> AttemptState:
+def _open(index: int, event: ev.RunEvent) -> AttemptState:
     return AttemptState(index=index, timeline=[(S.PENDING, event.time)], opened_by=event.actor)
 
 
-def _require_new_attempt(state: RunState, event: RunEvent) -> None:
+def _require_new_attempt(state: RunState, event: ev.RunEvent) -> None:
     if state.delete_requested:
         _refuse(event, "the run is being deleted")
     latest = state.latest
@@ -252,7 +224,7 @@ def _require_new_attempt(state: RunState, event: RunEvent) -> None:
         _refuse(event, f"the next attempt is {latest.index + 1}, not {event.attempt}")
 
 
-def _require_retry_cause(attempt: AttemptState, event: RetryScheduled) -> None:
+def _require_retry_cause(attempt: AttemptState, event: ev.RetryScheduled) -> None:
     category = attempt.reason.category if attempt.reason else None
     expected = {
         "user_failure": (S.FAILED, "user"),
@@ -267,12 +239,12 @@ def _require_retry_cause(attempt: AttemptState, event: RetryScheduled) -> None:
         )
 
 
-def _current(attempt: AttemptState, event: RunEvent) -> None:
+def _current(attempt: AttemptState, event: ev.RunEvent) -> None:
     if event.attempt != attempt.index:
         _refuse(event, f"attempt {event.attempt} is not the current attempt ({attempt.index})")
 
 
-def _phase(attempt: AttemptState, event: RunEvent, target: RunStatus) -> None:
+def _phase(attempt: AttemptState, event: ev.RunEvent, target: RunStatus) -> None:
     _current(attempt, event)
     if attempt.status not in ENTERED_FROM[target]:
         _refuse(event, f"attempt {attempt.index} is {attempt.status.display_name}")
@@ -281,7 +253,7 @@ def _phase(attempt: AttemptState, event: RunEvent, target: RunStatus) -> None:
         attempt.status = target
 
 
-def _schedule(attempt: AttemptState, event: AttemptScheduled) -> None:
+def _schedule(attempt: AttemptState, event: ev.AttemptScheduled) -> None:
     if not event.ranks:
         _refuse(event, "a placement needs at least one rank")
     if [rank.rank for rank in event.ranks] != list(range(len(event.ranks))):
@@ -297,11 +269,11 @@ def _schedule(attempt: AttemptState, event: AttemptScheduled) -> None:
     attempt.ranks = [_rank_state(rank) for rank in event.ranks]
 
 
-def _rank_state(placement: RankPlacement) -> RankState:
+def _rank_state(placement: ev.RankPlacement) -> RankState:
     return RankState(rank=placement.rank, node=placement.node, gpus=list(placement.gpus))
 
 
-def _live_rank(attempt: AttemptState, event: RunEvent, index: int, node: str) -> RankState:
+def _live_rank(attempt: AttemptState, event: ev.RunEvent, index: int, node: str) -> RankState:
     _current(attempt, event)
     if not attempt.status.is_active():
         _refuse(event, f"attempt {attempt.index} is {attempt.status.display_name}")
@@ -315,7 +287,9 @@ def _live_rank(attempt: AttemptState, event: RunEvent, index: int, node: str) ->
     return rank
 
 
-def _end(attempt: AttemptState, event: RunEvent, target: RunStatus, reason: Reason | None) -> None:
+def _end(
+    attempt: AttemptState, event: ev.RunEvent, target: RunStatus, reason: ev.Reason | None
+) -> None:
     if attempt.status is S.TERMINATING and not attempt.all_released():
         _current(attempt, event)
         _refuse(event, "a rank still holds its GPUs")
@@ -323,7 +297,7 @@ def _end(attempt: AttemptState, event: RunEvent, target: RunStatus, reason: Reas
     attempt.reason = reason
 
 
-def _update(state: RunState, event: UpdateRequested) -> None:
+def _update(state: RunState, event: ev.UpdateRequested) -> None:
     changes = {
         field: value
         for field in ("priority", "preemptible", "max_retries", "retry_on_system_failure")
@@ -341,5 +315,5 @@ def _update(state: RunState, event: UpdateRequested) -> None:
     state.spec = msgspec.structs.replace(state.spec, scheduling=scheduling)
 
 
-def _refuse(event: RunEvent, why: str) -> NoReturn:
-    raise IllegalTransition(event.aggregate, tag_of(type(event)), why)
+def _refuse(event: ev.RunEvent, why: str) -> NoReturn:
+    raise IllegalTransition(event.aggregate, ev.tag_of(type(event)), why)

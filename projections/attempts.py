@@ -26,35 +26,9 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from events import model as ev
 from events.codec import Recorded
 from events.lifecycle import ENTERED_FROM
-from events.model import (
-    RUN_EVENT_TYPES,
-    AttemptCompleted,
-    AttemptFailed,
-    AttemptQueued,
-    AttemptRunning,
-    AttemptScheduled,
-    AttemptStopped,
-    AttemptTerminating,
-    DeleteRequested,
-    ImagePullFailed,
-    ImagePullFinished,
-    ImagePullStarted,
-    IntegrationFailed,
-    IntegrationFinished,
-    IntegrationStarted,
-    RankExited,
-    RankRunning,
-    Reason,
-    RestartRequested,
-    RetryScheduled,
-    RunDeleted,
-    RunEvent,
-    RunSubmitted,
-    StopRequested,
-    UpdateRequested,
-)
 from events.status import RunStatus
 from projections.base import Row, RowKey, encode, skipped
 from projections.narrative import describe
@@ -113,7 +87,7 @@ class AttemptRow(msgspec.Struct, kw_only=True, gc=False):
     cleanup_ms: int | None = None
     started_at: int | None = None
     ended_at: int | None = None
-    reason: Reason | None = None
+    reason: ev.Reason | None = None
     reason_text: str = ""
     first_failed_rank: int | None = None
     stopped_by: str | None = None
@@ -140,7 +114,7 @@ class AttemptsProjection:
         event: Any = record.event  # a run event (``handles``), dispatched on its exact type
         kind = type(event)
         attempts = self.runs.get(event.run_id)
-        if kind is RunSubmitted:
+        if kind is ev.RunSubmitted:
             if attempts is not None:
                 return skipped(self.name, record, "the run exists already")
             first = _open(event, sys.intern(event.actor), event.name, "submitted")
@@ -150,10 +124,10 @@ class AttemptsProjection:
         if attempts is None:
             return skipped(self.name, record, "unknown run")
         latest = attempts[-1]
-        if kind is RestartRequested or kind is RetryScheduled:
+        if kind is ev.RestartRequested or kind is ev.RetryScheduled:
             if not latest.status.is_terminal() or event.attempt != latest.index + 1:
                 return skipped(self.name, record, "not the next attempt")
-            how = "restart" if kind is RestartRequested else "retry"
+            how = "restart" if kind is ev.RestartRequested else "retry"
             latest = _open(event, sys.intern(event.actor), latest.run_name, how)
             latest.retry_cause = getattr(event, "cause", None)
             attempts.append(latest)
@@ -208,7 +182,7 @@ class _Refused(Exception):
     """The rules would refuse this event (the fold skips it)."""
 
 
-def _open(event: RunEvent, actor: str, name: str, how: str) -> AttemptRow:
+def _open(event: ev.RunEvent, actor: str, name: str, how: str) -> AttemptRow:
     return AttemptRow(
         run_id=event.run_id,
         run_name=name,
@@ -234,14 +208,14 @@ def _enter(attempt: AttemptRow, status: RunStatus, time: int) -> None:
     attempt.status = status
 
 
-def _queued(event: AttemptQueued, attempt: AttemptRow, actor: str) -> str | None:
+def _queued(event: ev.AttemptQueued, attempt: AttemptRow, actor: str) -> str | None:
     requeued = attempt.status is S.QUEUED
     if not requeued:
         _enter(attempt, S.QUEUED, event.time)
     return describe(event, requeued=requeued)
 
 
-def _scheduled(event: AttemptScheduled, attempt: AttemptRow, actor: str) -> str | None:
+def _scheduled(event: ev.AttemptScheduled, attempt: AttemptRow, actor: str) -> str | None:
     ranks = event.ranks
     if not ranks or [r.rank for r in ranks] != list(range(len(ranks))):
         raise _Refused("ranks must be numbered 0..n-1")
@@ -261,7 +235,7 @@ def _rank(attempt: AttemptRow, index: int) -> RankRow:
     return attempt.ranks[index]
 
 
-def _rank_running(event: RankRunning, attempt: AttemptRow, actor: str) -> str | None:
+def _rank_running(event: ev.RankRunning, attempt: AttemptRow, actor: str) -> str | None:
     rank = _rank(attempt, event.rank)
     if rank.started_at is not None:
         raise _Refused(f"rank {event.rank} runs already")
@@ -269,7 +243,7 @@ def _rank_running(event: RankRunning, attempt: AttemptRow, actor: str) -> str | 
     return None
 
 
-def _running(event: AttemptRunning, attempt: AttemptRow, actor: str) -> str | None:
+def _running(event: ev.AttemptRunning, attempt: AttemptRow, actor: str) -> str | None:
     # Every rank's command started, even if some have exited since (a run of `true`): the
     # rules accept it, and the scheduler appends it so (services/scheduler/progress.py).
     if any(rank.started_at is None for rank in attempt.ranks):
@@ -278,7 +252,7 @@ def _running(event: AttemptRunning, attempt: AttemptRow, actor: str) -> str | No
     return describe(event)
 
 
-def _rank_exited(event: RankExited, attempt: AttemptRow, actor: str) -> str | None:
+def _rank_exited(event: ev.RankExited, attempt: AttemptRow, actor: str) -> str | None:
     rank = _rank(attempt, event.rank)
     reason = event.reason
     rank.exit_code, rank.signal, rank.exited_at = event.exit_code, event.signal, event.time
@@ -296,14 +270,16 @@ def _rank_exited(event: RankExited, attempt: AttemptRow, actor: str) -> str | No
     return describe(event) if event.exit_code or reason is not None else None
 
 
-def _terminating(event: AttemptTerminating, attempt: AttemptRow, actor: str) -> str | None:
+def _terminating(event: ev.AttemptTerminating, attempt: AttemptRow, actor: str) -> str | None:
     _enter(attempt, S.TERMINATING, event.time)
     _reason(attempt, event.reason, actor)
     return describe(event)
 
 
 def _ended(
-    event: AttemptCompleted | AttemptStopped | AttemptFailed, attempt: AttemptRow, actor: str
+    event: ev.AttemptCompleted | ev.AttemptStopped | ev.AttemptFailed,
+    attempt: AttemptRow,
+    actor: str,
 ) -> str | None:
     status = _ENDS[type(event)]
     if attempt.status is S.TERMINATING and any(r.exited_at is None for r in attempt.ranks):
@@ -314,7 +290,7 @@ def _ended(
     return describe(event, stop_requested=attempt.stop_requested_by is not None)
 
 
-def _reason(attempt: AttemptRow, reason: Reason | None, actor: str) -> None:
+def _reason(attempt: AttemptRow, reason: ev.Reason | None, actor: str) -> None:
     attempt.reason, attempt.reason_text = reason, str(reason) if reason is not None else ""
     if reason is not None:
         if attempt.first_failed_rank is None:
@@ -323,28 +299,28 @@ def _reason(attempt: AttemptRow, reason: Reason | None, actor: str) -> None:
             attempt.stopped_by = sys.intern(actor)
 
 
-def _stop(event: StopRequested, attempt: AttemptRow, actor: str) -> str | None:
+def _stop(event: ev.StopRequested, attempt: AttemptRow, actor: str) -> str | None:
     if attempt.status.is_terminal() or attempt.status is S.TERMINATING:
         raise _Refused(f"attempt {attempt.index} is {attempt.status.display_name} already")
     attempt.stop_requested_by = attempt.stopped_by = sys.intern(actor)
     return describe(event)
 
 
-_ENDS = {AttemptCompleted: S.COMPLETED, AttemptStopped: S.STOPPED, AttemptFailed: S.FAILED}
-_RUN_LEVEL = frozenset({UpdateRequested, DeleteRequested, RunDeleted})
-_SETUP: tuple[type, ...] = (ImagePullStarted, ImagePullFinished, ImagePullFailed)
-_SETUP += (IntegrationStarted, IntegrationFinished, IntegrationFailed)
+_ENDS = {ev.AttemptCompleted: S.COMPLETED, ev.AttemptStopped: S.STOPPED, ev.AttemptFailed: S.FAILED}
+_RUN_LEVEL = frozenset({ev.UpdateRequested, ev.DeleteRequested, ev.RunDeleted})
+_SETUP: tuple[type, ...] = (ev.ImagePullStarted, ev.ImagePullFinished, ev.ImagePullFailed)
+_SETUP += (ev.IntegrationStarted, ev.IntegrationFinished, ev.IntegrationFailed)
 _HANDLERS: dict[type, Handler] = {
-    AttemptQueued: _queued,
-    AttemptScheduled: _scheduled,
-    RankRunning: _rank_running,
-    AttemptRunning: _running,
-    RankExited: _rank_exited,
-    AttemptTerminating: _terminating,
-    AttemptCompleted: _ended,
-    AttemptStopped: _ended,
-    AttemptFailed: _ended,
-    StopRequested: _stop,
+    ev.AttemptQueued: _queued,
+    ev.AttemptScheduled: _scheduled,
+    ev.RankRunning: _rank_running,
+    ev.AttemptRunning: _running,
+    ev.RankExited: _rank_exited,
+    ev.AttemptTerminating: _terminating,
+    ev.AttemptCompleted: _ended,
+    ev.AttemptStopped: _ended,
+    ev.AttemptFailed: _ended,
+    ev.StopRequested: _stop,
 }
 
 
@@ -353,6 +329,6 @@ def _setup_step(event: Any, attempt: AttemptRow, actor: str) -> str | None:
     return describe(event) if type(event) in _SETUP_FAILURES else None
 
 
-_SETUP_FAILURES = frozenset({ImagePullFailed, IntegrationFailed})
+_SETUP_FAILURES = frozenset({ev.ImagePullFailed, ev.IntegrationFailed})
 _HANDLERS |= dict.fromkeys(_SETUP, _setup_step)
-AttemptsProjection.handles = frozenset(RUN_EVENT_TYPES) - (set(_SETUP) - _SETUP_FAILURES)
+AttemptsProjection.handles = frozenset(ev.RUN_EVENT_TYPES) - (set(_SETUP) - _SETUP_FAILURES)

@@ -63,6 +63,7 @@ def get_run_logs(
     return iterate(work)
 
 
+# The same arguments as get_run_logs, on purpose: mcli's signature for both.
 def follow_run_logs(
     run: Run | str,
     rank: int | None = None,

@@ -24,19 +24,8 @@ import msgspec
 import redis.asyncio as aioredis
 
 from events import commands, keys
+from events import model as ev
 from events.lifecycle import RunState
-from events.model import (
-    AnyEvent,
-    AnyRunEvent,
-    AttemptCompleted,
-    AttemptFailed,
-    AttemptRunning,
-    AttemptScheduled,
-    AttemptStopped,
-    AttemptTerminating,
-    RankPlacement,
-    RunSubmitted,
-)
 from events.spec import Compute, RunSpec
 from events.status import RunStatus
 from services.core.settings import Settings
@@ -115,14 +104,14 @@ class MiniScheduler:
     async def submit(self, run_spec: RunSpec, placement: Sequence[tuple[str, list[int]]]) -> str:
         """Submit, queue and place a run: rank i on ``placement[i]`` = (node, GPU indices)."""
         run_id = f.new_id()
-        submitted = RunSubmitted(
+        submitted = ev.RunSubmitted(
             id=f.new_id(), actor="alice@example.com", run_id=run_id,
             name=f"agent-test-{run_id[:6]}", spec=run_spec,
         )  # fmt: skip
         await self.store.append([submitted], expected_version=0)
         await self.store.append([f.queued(run_id)], expected_version=1)
-        ranks = [RankPlacement(rank=i, node=n, gpus=g) for i, (n, g) in enumerate(placement)]
-        scheduled = AttemptScheduled(
+        ranks = [ev.RankPlacement(rank=i, node=n, gpus=g) for i, (n, g) in enumerate(placement)]
+        scheduled = ev.AttemptScheduled(
             id=f.new_id(), actor=ACTOR, run_id=run_id, cluster="local", gpu_type="a100_80gb",
             ranks=ranks,
         )  # fmt: skip
@@ -147,7 +136,7 @@ class MiniScheduler:
         await eventually(probe, equals=status, what=f"run {run_id} {status}", within=within)
         return await self.state(run_id)
 
-    async def events(self, run_id: str) -> list[AnyEvent]:
+    async def events(self, run_id: str) -> list[ev.AnyEvent]:
         return [record.event for record in await self.store.history(f"run:{run_id}")]
 
     async def _react_forever(self) -> None:
@@ -157,7 +146,7 @@ class MiniScheduler:
             await asyncio.sleep(0.02)  # allowed: a background reactor, not a wait
 
 
-def _next(state: RunState | None) -> list[AnyRunEvent]:
+def _next(state: RunState | None) -> list[ev.AnyRunEvent]:
     """The scheduler's next event for a placed attempt, per the protocol (docs/architecture.md)."""
     assert state is not None
     attempt = state.latest
@@ -166,20 +155,20 @@ def _next(state: RunState | None) -> list[AnyRunEvent]:
     }  # fmt: skip
     exits = [rank for rank in attempt.ranks if rank.exited]
     if attempt.status is RunStatus.STARTING and all(rank.running for rank in attempt.ranks):
-        return [AttemptRunning(**envelope)]
+        return [ev.AttemptRunning(**envelope)]
     if attempt.status in (RunStatus.STARTING, RunStatus.RUNNING) and exits:
         first = exits[0]
         reason = first.reason
         if reason is not None:
             reason = msgspec.structs.replace(reason, failed_rank=first.rank)
-        return [AttemptTerminating(**envelope, reason=reason)]
+        return [ev.AttemptTerminating(**envelope, reason=reason)]
     if attempt.status is RunStatus.TERMINATING and attempt.all_released():
         reason = attempt.reason
         if reason is None:
-            return [AttemptCompleted(**envelope)]
+            return [ev.AttemptCompleted(**envelope)]
         if reason.category in ("stopped", "preempted"):
-            return [AttemptStopped(**envelope, reason=reason)]
-        return [AttemptFailed(**envelope, reason=reason)]
+            return [ev.AttemptStopped(**envelope, reason=reason)]
+        return [ev.AttemptFailed(**envelope, reason=reason)]
     return []
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
@@ -117,34 +118,39 @@ class History:
 
     def start(self, when: int | str, run: str, attempt: int = 0) -> None:
         ranks = self.states[run].latest.ranks
-        events: list[ev.AnyEvent] = [
-            ev.RankRunning(
-                id=self.new_id(),
-                actor=f"agent@{r.node}",
-                run_id=run,
-                attempt=attempt,
-                rank=r.rank,
-                node=r.node,
-            )
-            for r in ranks
-        ]
+        events: list[ev.AnyEvent] = [self._running(run, r.rank, attempt) for r in ranks]
         events.append(
             ev.AttemptRunning(id=self.new_id(), actor=SCHEDULER, run_id=run, attempt=attempt)
         )
         self.add(when, *events)
 
     def rank_running(self, when: int | str, run: str, rank: int, attempt: int = 0) -> None:
+        self.add(when, self._running(run, rank, attempt))
+
+    def _running(self, run: str, rank: int, attempt: int) -> ev.RankRunning:
         node = self.states[run].latest.ranks[rank].node
-        self.add(
-            when,
-            ev.RankRunning(
-                id=self.new_id(),
-                actor=f"agent@{node}",
-                run_id=run,
-                attempt=attempt,
-                rank=rank,
-                node=node,
-            ),
+        return ev.RankRunning(
+            id=self.new_id(),
+            actor=f"agent@{node}",
+            run_id=run,
+            attempt=attempt,
+            rank=rank,
+            node=node,
+        )
+
+    def _exited(
+        self, run: str, rank: int, attempt: int, code: int | None, **fields: Any
+    ) -> ev.RankExited:
+        node = self.states[run].latest.ranks[rank].node
+        return ev.RankExited(
+            id=self.new_id(),
+            actor=f"agent@{node}",
+            run_id=run,
+            attempt=attempt,
+            rank=rank,
+            node=node,
+            exit_code=code,
+            **fields,
         )
 
     def rank_exited(
@@ -158,21 +164,7 @@ class History:
         signal: int | None = None,
         reason: ev.Reason | None = None,
     ) -> None:
-        node = self.states[run].latest.ranks[rank].node
-        self.add(
-            when,
-            ev.RankExited(
-                id=self.new_id(),
-                actor=f"agent@{node}",
-                run_id=run,
-                attempt=attempt,
-                rank=rank,
-                node=node,
-                exit_code=exit_code,
-                signal=signal,
-                reason=reason,
-            ),
-        )
+        self.add(when, self._exited(run, rank, attempt, exit_code, signal=signal, reason=reason))
 
     def finish(
         self,
@@ -187,14 +179,11 @@ class History:
         ranks = self.states[run].latest.ranks
         reason = USER_ERROR if fail else None
         exits: list[ev.AnyEvent] = [
-            ev.RankExited(
-                id=self.new_id(),
-                actor=f"agent@{r.node}",
-                run_id=run,
-                attempt=attempt,
-                rank=r.rank,
-                node=r.node,
-                exit_code=1 if fail and r.rank == 1 else 0,
+            self._exited(
+                run,
+                r.rank,
+                attempt,
+                1 if fail and r.rank == 1 else 0,
                 reason=reason if fail and r.rank == 1 else None,
             )
             for r in ranks
