@@ -4,8 +4,8 @@
 ``valkey-server`` (AOF on, ``appendfsync always``) in a temp dir and prints:
 
 - rebuild: every projection folded from position zero into fresh builds as ``mcli projections
-  rebuild`` does (``services.projector.lanes``: the five folds spread over one process per core, each
-  reading, decoding, folding and storing), events/s, against decoding the same entries without
+  rebuild`` does (``services.projector.lanes``: the five folds spread over one process per core,
+  each reading, decoding, folding and storing), events/s, against decoding the same entries without
   folding (``RedisLogReader`` pages + ``codec.recorded``); goal 1M events in < 15 s. Also the
   projector process's own catch-up (``python -m services.projector`` on the same log).
 - lag: with 2,000 events/s appended through ``EventStore.append`` (8 writers, paced), the time
