@@ -1,8 +1,8 @@
 """Consuming the global log with a consumer group, on FastStream.
 
 Invariants:
-- The group is created at position 0 before the broker starts (``ensure_group``): a group that
-  FastStream creates itself starts at ``$`` and would skip everything written before.
+- The group is created at position 0 before the broker starts (``services.core.groups``): a
+  group that FastStream creates itself starts at ``$`` and would skip everything written before.
 - An entry is acknowledged only after its handler returned: a consumer killed in between leaves
   it pending, and the reaper of any live consumer of the group claims it once it has been idle
   for ``claim_idle_ms``. (FastStream's ``min_idle_time`` subscriber only claims, it never reads
@@ -25,11 +25,11 @@ from faststream.middlewares import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.annotations import RedisBatchStreamMessage, RedisStreamMessage
 from redis.asyncio import Connection, Redis
-from redis.exceptions import ResponseError
 
 from events import codec, keys
 from events.codec import Recorded
 from events.errors import UndecodableEvent
+from services.core.groups import ensure_group
 from services.core.settings import Settings
 from services.core.store import connection_class
 
@@ -52,15 +52,6 @@ def make_broker(url: str, max_connections: int = 256) -> RedisBroker:
         max_connections=max_connections,
         health_check_interval=10,
     )
-
-
-async def ensure_group(client: Redis, stream: str, group: str) -> None:
-    """Create ``group`` on ``stream`` at position 0 unless it exists (the stream too)."""
-    try:
-        await client.xgroup_create(stream, group, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
 
 
 async def _raw(msg: Any, original: Any) -> None:
