@@ -6,6 +6,10 @@ agent says it is alive within a fraction of a second, before its node could be d
 
 from __future__ import annotations
 
+from services.core.imports import hide_unused
+
+hide_unused()  # first, before anything imports structlog (services.core.imports)
+
 import asyncio
 import logging
 import sys
