@@ -37,7 +37,7 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
-from bench.processes import stop
+from bench.processes import rss_kib, stop
 from events import codec, keys
 from events.model import (
     AnyEvent,
@@ -304,13 +304,6 @@ def fold_costs(sample: int) -> list[tuple[str, float, float]]:
         costs.append((projection.name, (t1 - t0) / sample * 1e6, (t2 - t1) / sample * 1e6))
     gc.unfreeze()
     return costs
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 async def checkpoint_low(client: aioredis.Redis) -> tuple[int, int] | None:
