@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from bench.processes import cpu_s
 from cli.stack import LocalStack, StackConfig
 from events import commands
 from events.model import AttemptCompleted, AttemptFailed, AttemptRunning, NodeRegistered
@@ -94,14 +94,6 @@ async def _wait_nodes(store: EventStore) -> None:
     raise TimeoutError("nodes did not register")
 
 
-def _cpu_s(pid: int | None) -> float:
-    """User + system CPU seconds a process has used so far."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _pct(values: list[int], q: float) -> float:
     ordered = sorted(values)
     return float(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))])
@@ -127,8 +119,8 @@ async def main(runs: int, burst: int) -> None:
             burst_ids = await asyncio.gather(*(_submit(store, 100_000 + n) for n in range(burst)))
             await _wait_ended(store, list(burst_ids), 600)
             times = await _times(store)
-            cpu = {name: _cpu_s(pid) for name, pid in stack.status().items() if pid}
-            cpu["valkey"] = _cpu_s(stack.server.pid)
+            cpu = {name: cpu_s(pid) for name, pid in stack.status().items() if pid}
+            cpu["valkey"] = cpu_s(stack.server.pid)
         finally:
             await store.close()
             stack.down()

@@ -1,8 +1,52 @@
-"""Ending the service processes a bench started."""
+"""The processes a bench started: what they use (from ``/proc``) and ending them."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
+
+
+def cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds a process has used so far (0 for no process)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident set (``VmRSS``): its own memory and every page it maps, shared
+    libraries included, as ``ps`` and ``top`` show it."""
+    return _field(f"/proc/{pid}/status", "VmRSS:")
+
+
+def pss_kib(pid: int) -> int:
+    """A process's proportional set: each shared page divided among the processes that map
+    it, so the sum over processes is the memory they take together."""
+    return _field(f"/proc/{pid}/smaps_rollup", "Pss:")
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended while we looked
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _field(path: str, name: str) -> int:
+    for line in Path(path).read_text().splitlines():
+        if line.startswith(name):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {name} in {path}")
 
 
 async def stop(process: asyncio.subprocess.Process, within_s: float = 30.0) -> None:

@@ -7,8 +7,8 @@
   rebuild`` does (``services.projector.lanes``: the five folds spread over one process per
   core, each reading, decoding, folding and storing), events/s, against decoding the same
   entries without folding (``RedisLogReader`` pages + ``codec.recorded``); goal 1M events in
-  < 15 s. Also the
-  projector process's own catch-up (``python -m services.projector`` on the same log).
+  < 15 s. Also the projector process's own catch-up (``python -m services.projector`` on the
+  same log).
 - lag: with 2,000 events/s appended through ``EventStore.append`` (8 writers, paced), the time
   from an append's acknowledgement to the moment every projection's checkpoint covers it
   (polled every ms); p50/p99/max; goal p99 < 50 ms.

@@ -66,7 +66,7 @@ import redis.asyncio as aioredis
 from bench import placement, workload
 from bench.fleet import Fleet, SharedStore
 from bench.log import append_xadd
-from bench.processes import stop
+from bench.processes import cpu_s, stop
 from cli.client import Client
 from events import codec, keys
 from events import model as ev
@@ -243,7 +243,7 @@ async def _serve(config: Config, url: str, store: SharedStore, tmp: Path, report
         log_path = tmp / "scheduler.log"
         profile = config.profile.resolve() if config.profile is not None else None
         async with _scheduler(url, log_path, store.redis, profile) as scheduler:
-            scheduler_cpu = _cpu_s(scheduler.pid)  # its start-up (imports) is not the bench
+            scheduler_cpu = cpu_s(scheduler.pid)  # its start-up (imports) is not the bench
             fleet.expected = config.runs
             client = Client(url)
             users = asyncio.create_task(_submit_all(client, specs))
@@ -255,7 +255,7 @@ async def _serve(config: Config, url: str, store: SharedStore, tmp: Path, report
                 with contextlib.suppress(asyncio.CancelledError):
                     await users
                 await client.close()
-            report.cpu_s["scheduler"] = _cpu_s(scheduler.pid) - scheduler_cpu
+            report.cpu_s["scheduler"] = cpu_s(scheduler.pid) - scheduler_cpu
         report.scheduler_terms = log_path.read_text(errors="replace").count('"scheduler.active"')
     report.cpu_s["valkey"] = await _server_cpu_s(store.redis) - server_cpu
     report.cpu_s["bench (agents + users)"] = time.process_time() - own_cpu
@@ -469,12 +469,6 @@ async def _fanout_cost(store: EventStore, sample: int) -> float | None:
 async def _server_cpu_s(client: aioredis.Redis) -> float:
     info = await client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pct(values: Sequence[int], q: float) -> float:

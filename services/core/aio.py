@@ -10,6 +10,7 @@ lets an outside one through, so every timed wait here is built on it.
 from __future__ import annotations
 
 import asyncio
+import signal
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
@@ -30,3 +31,12 @@ async def first_of(events: list[asyncio.Event], within: float | None) -> None:
     finally:
         for waiter in waiters:
             waiter.cancel()
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """Set ``stop`` on SIGTERM or SIGINT (what a container runtime or Ctrl+C sends), from the
+    running loop, so a service stops the way its own code says rather than where a signal
+    happened to land."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)

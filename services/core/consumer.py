@@ -1,8 +1,8 @@
 """Consuming the global log with a consumer group, on FastStream.
 
 Invariants:
-- The group is created at position 0 before the broker starts (``ensure_group``): a group that
-  FastStream creates itself starts at ``$`` and would skip everything written before.
+- The group is created at position 0 before the broker starts (``services.core.groups``): a
+  group that FastStream creates itself starts at ``$`` and would skip everything written before.
 - An entry is acknowledged only after its handler returned: a consumer killed in between leaves
   it pending, and the reaper of any live consumer of the group claims it once it has been idle
   for ``claim_idle_ms``. (FastStream's ``min_idle_time`` subscriber only claims, it never reads
@@ -17,19 +17,19 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, NamedTuple, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import structlog
 from faststream.middlewares import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.annotations import RedisBatchStreamMessage, RedisStreamMessage
 from redis.asyncio import Connection, Redis
-from redis.exceptions import ResponseError
 
 from events import codec, keys
 from events.codec import Recorded
 from events.errors import UndecodableEvent
+from services.core.groups import Delivery, dead_letter, ensure_group
 from services.core.settings import Settings
 from services.core.store import connection_class
 
@@ -52,15 +52,6 @@ def make_broker(url: str, max_connections: int = 256) -> RedisBroker:
         max_connections=max_connections,
         health_check_interval=10,
     )
-
-
-async def ensure_group(client: Redis, stream: str, group: str) -> None:
-    """Create ``group`` on ``stream`` at position 0 unless it exists (the stream too)."""
-    try:
-        await client.xgroup_create(stream, group, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
 
 
 async def _raw(msg: Any, original: Any) -> None:
@@ -164,28 +155,3 @@ class LogConsumer:
         where = Delivery(self.stream, self.group, self.consumer, position)
         await dead_letter(self._client, where, fields, why)
         log.error("consumer.dead_letter", position=position, group=self.group, error=why)
-
-
-class Delivery(NamedTuple):
-    """Where an entry was read: its stream, by which group and consumer, at which position."""
-
-    stream: str
-    group: str
-    consumer: str
-    position: str
-
-
-async def dead_letter(
-    client: Redis, where: Delivery, fields: Mapping[bytes, bytes], why: str
-) -> None:
-    """Keep an entry nobody can decode (or handle), whole, with the error and where it was read,
-    on its group's dead-letter stream (``keys.dead_letter_stream``): fields ``stream``,
-    ``position``, ``consumer``, ``error``, and ``field:<name>`` for each of the entry's own."""
-    entry: dict[bytes | str, bytes | str] = {
-        b"stream": where.stream,
-        b"position": where.position,
-        b"consumer": where.consumer,
-        b"error": why,
-    }
-    entry.update({b"field:" + name: value for name, value in fields.items()})
-    await client.xadd(keys.dead_letter_stream(where.group), entry)  # type: ignore[arg-type]

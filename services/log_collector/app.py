@@ -20,7 +20,8 @@ from faststream.redis.annotations import RedisListMessage
 from redis.exceptions import RedisError
 
 from events import keys
-from services.core.consumer import LogConsumer, ensure_group, make_broker
+from services.core.consumer import LogConsumer, make_broker
+from services.core.groups import ensure_group
 from services.core.lease import Lease
 from services.core.store import connect
 from services.log_collector.archive import Archiver

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from events import keys
 from services.core.aio import wait_event
-from services.core.consumer import ensure_group
+from services.core.groups import ensure_group
 from services.log_collector.batch import Plan, RawEntry, Where, Write, plan
 from services.log_collector.settings import LogCollectorSettings
 from services.output import reading

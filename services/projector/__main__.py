@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from services.core.imports import hide_unused
+
+hide_unused()  # first, before anything imports structlog (services.core.imports)
+
 import asyncio
 
 from services.core.health import run_alive
 from services.core.logging import configure
 from services.core.settings import load
-from services.projector.app import build_app
+from services.projector.app import run
 from services.projector.settings import ProjectorSettings
 
 
 def main() -> None:
     configure("projector")
     settings = load(ProjectorSettings, "projector")
-    app = build_app(settings)
-    asyncio.run(run_alive(app.run(), redis_url=settings.redis_url, service="projector"))
+    asyncio.run(run_alive(run(settings), redis_url=settings.redis_url, service="projector"))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from events import keys
 from projections.runner import Entry
-from services.core.consumer import Delivery, dead_letter, ensure_group
+from services.core.groups import Delivery, dead_letter, ensure_group
 
 
 def _entries(raw: Any) -> list[Entry]:

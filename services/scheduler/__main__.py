@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from services.core.imports import hide_unused
+
+hide_unused()  # first, before anything imports structlog (services.core.imports)
+
 import asyncio
 import logging
 

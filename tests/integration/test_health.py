@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from events import keys
 from services.core.health import ProbeSettings, instance_name, keep_alive, probe, probed_key
-from services.node_agent.__main__ import _first_beat
+from services.node_agent.heartbeat import first_beat
 from services.node_agent.settings import NodeAgentSettings
 from tests.waiting import eventually
 
@@ -93,7 +93,7 @@ async def test_a_node_agent_is_probed_on_its_own_heartbeat(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     agent = NodeAgentSettings(gpus=2, data_dir=tmp_path)
-    _first_beat(agent)  # what the agent does first thing on start
+    first_beat(agent)  # what the agent does first thing on start
 
     assert probed_key("node-agent", ProbeSettings()) == keys.heartbeat(agent.node)
     result = _probe_cli("node-agent", env)

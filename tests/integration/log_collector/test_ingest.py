@@ -11,7 +11,7 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from events import keys
-from services.core.consumer import ensure_group
+from services.core.groups import ensure_group
 from services.output import ingest, reading
 from services.output.reading import INGEST_GROUP
 from tests import raw

@@ -1,0 +1,32 @@
+"""The agent's first heartbeat, sent before anything heavy is imported.
+
+A restarted agent (after a crash, a kill -9, an upgrade) says it is alive within a fraction of
+a second, before its node could be declared lost: ``python -m services.node_agent`` calls
+``first_beat`` with only this module's imports (redis-py, structlog) loaded, then imports the
+agent. The running agent renews the same key (``NodeAgent._beat_once``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+import structlog
+
+from events import keys
+from services.node_agent.settings import NodeAgentSettings
+
+log = structlog.get_logger(__name__)
+
+
+def first_beat(settings: NodeAgentSettings) -> None:
+    """Set the node's heartbeat key once, synchronously; a failure is logged and left to the
+    agent's own loop."""
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        ttl_ms = int(settings.heartbeat_ttl_s * 1000)
+        client.set(keys.heartbeat(settings.node), int(time.time() * 1000), px=ttl_ms)
+    except (redis.RedisError, OSError) as exc:  # the agent's own loop retries
+        log.warning("heartbeat.failed", error=repr(exc))
+    finally:
+        client.close()

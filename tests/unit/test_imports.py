@@ -1,0 +1,55 @@
+"""A service process loads only what it uses: each entry module, imported in a fresh
+interpreter as ``python -m services.<name>`` imports it, leaves out what it never needs
+(``services.core.imports`` hides rich; the rest is kept out by where the imports are)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+# Imported by a service that does not use them, these cost memory in every process.
+EVERYWHERE = ("rich", "pygments", "kubernetes", "yaml")
+
+ENTRIES = [
+    pytest.param(["services.scheduler.__main__"], EVERYWHERE, id="scheduler"),
+    pytest.param(["services.log_collector.__main__"], EVERYWHERE, id="log-collector"),
+    # The projector reads its consumer group itself and runs no broker.
+    pytest.param(["services.projector.__main__"], (*EVERYWHERE, "faststream"), id="projector"),
+    # A node-agent imports its app after the first heartbeat; with the process executor (the
+    # default) it never loads the kubernetes client.
+    pytest.param(
+        ["services.node_agent.__main__", "services.node_agent.app"], EVERYWHERE, id="node-agent"
+    ),
+]
+
+
+def loaded(modules: list[str], watched: tuple[str, ...]) -> list[str]:
+    """Which of ``watched`` a fresh interpreter holds after importing ``modules``."""
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"print(json.dumps([n for n in {watched!r} if sys.modules.get(n) is not None]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
+    )
+    found: list[str] = json.loads(done.stdout)
+    return found
+
+
+@pytest.mark.parametrize(("modules", "kept_out"), ENTRIES)
+def test_a_service_leaves_out_what_it_does_not_use(
+    modules: list[str], kept_out: tuple[str, ...]
+) -> None:
+    assert loaded(modules, kept_out) == []
+
+
+def test_the_check_sees_an_import() -> None:
+    # The kubernetes executor, once chosen, does load the client (and structlog, without the
+    # entry's hiding, loads rich): what the test above watches for is what would show.
+    assert loaded(["services.node_agent.kube.executor"], ("kubernetes",)) == ["kubernetes"]
+    assert loaded(["structlog"], ("rich",)) == ["rich"]
