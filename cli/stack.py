@@ -49,7 +49,8 @@ class ServiceSpec:
 @dataclass
 class StackConfig:
     nodes: int = 2
-    gpus_per_node: int = 8
+    #: Simulated GPUs of each node; None: each node-agent finds the machine's with nvidia-smi.
+    gpus_per_node: int | None = 8
     gpu_type: str = "a100_80gb"
     cluster: str = "local"
     grace_period_s: float = 30.0
@@ -164,20 +165,16 @@ class LocalStack:
         ]
         for n in range(config.nodes):
             name = f"node-{n}"
-            specs.append(
-                ServiceSpec(
-                    name,
-                    "services.node_agent",
-                    {
-                        "RUNPLANE_NODE": name,
-                        "RUNPLANE_CLUSTER": config.cluster,
-                        "RUNPLANE_GPUS": str(config.gpus_per_node),
-                        "RUNPLANE_GPU_TYPE": config.gpu_type,
-                        "RUNPLANE_DATA_DIR": str(self.state_dir / "nodes" / name),
-                        "RUNPLANE_GRACE_PERIOD_S": str(config.grace_period_s),
-                    },
-                )
-            )
+            env = {
+                "RUNPLANE_NODE": name,
+                "RUNPLANE_CLUSTER": config.cluster,
+                "RUNPLANE_DATA_DIR": str(self.state_dir / "nodes" / name),
+                "RUNPLANE_GRACE_PERIOD_S": str(config.grace_period_s),
+            }
+            if config.gpus_per_node is not None:
+                env["RUNPLANE_GPUS"] = str(config.gpus_per_node)
+                env["RUNPLANE_GPU_TYPE"] = config.gpu_type
+            specs.append(ServiceSpec(name, "services.node_agent", env))
         return specs
 
     def _reap(self, pid: int | None, within_s: float = 10.0) -> None:

@@ -1,22 +1,31 @@
 """Drives a running stack the way a user does: submit, stop, restart, delete, through the log;
-and reads what happened from the log."""
+and reads what happened from the log, and what the runs printed.
+
+``stack_up`` and ``driving`` are the stack and driver fixtures' bodies, for every suite that
+runs the whole stack (``tests/e2e``, ``tests/gpu``) with its own configuration.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
 
-from cli.stack import LocalStack
+from cli.stack import LocalStack, StackConfig
 from events import commands, keys
 from events.lifecycle import RunState
 from events.model import AttemptScheduled, NodeRegistered
 from events.spec import Compute, RunSpec, Scheduling
 from events.status import RunStatus
-from services.core.store import EventStore
+from services.core.settings import Settings
+from services.core.store import EventStore, connect
+from services.output import reading
 from tests.waiting import eventually
 
 USER = "alice@example.com"
+ENDED = tuple(status for status in RunStatus if status.is_terminal())
 
 
 def _new_id() -> str:
@@ -41,11 +50,45 @@ def spec(
     )
 
 
+@contextlib.contextmanager
+def stack_up(state_dir: Path, config: StackConfig) -> Iterator[LocalStack]:
+    """A local stack, always taken down after; the tail of each service's log is printed then
+    (pytest shows it when the test failed)."""
+    local = LocalStack(state_dir)
+    local.up(config)
+    try:
+        yield local
+    finally:
+        local.down()
+        _print_log_tails(local)
+
+
+@contextlib.asynccontextmanager
+async def driving(stack: LocalStack, nodes: int) -> AsyncIterator[Driver]:
+    """A driver of ``stack``, once its ``nodes`` node-agents have registered."""
+    store = EventStore(connect(stack.url), Settings(redis_url=stack.url))
+    try:
+        drive = Driver(store, stack)
+        await drive.wait_for_nodes(nodes)
+        yield drive
+    finally:
+        await store.close()
+
+
+def _print_log_tails(stack: LocalStack) -> None:
+    for name in stack.services:
+        path = stack.log_of(name)
+        if path.exists():
+            tail = path.read_text(errors="replace").splitlines()[-15:]
+            print(f"--- {name} ---", *tail, sep="\n")
+
+
 class Driver:
     def __init__(self, store: EventStore, stack: LocalStack) -> None:
         self.store = store
         self.stack = stack
         self._last_seen = "0"
+        self.submitted: list[str] = []
 
     async def submit(self, run_spec: RunSpec, user: str = USER) -> str:
         run_id = _new_id()
@@ -53,7 +96,18 @@ class Driver:
             actor=user, run_id=run_id, name=f"{run_spec.name}-{run_id[:6]}", spec=run_spec
         )
         await self.store.update_run(run_id, lambda state: commands.decide(state, command, _new_id))
+        self.submitted.append(run_id)
         return run_id
+
+    async def stop_all(self, within: float = 60) -> None:
+        """Stop every run this driver submitted that is still going, and wait until each has
+        ended: ranks outlive the stack's services (by design), so a test that fails while its
+        run holds a GPU would leave the run's command behind, on the GPU."""
+        for run_id in self.submitted:
+            with contextlib.suppress(commands.RequestRefused):  # ended, or ending, already
+                await self.request(run_id, commands.StopRun(actor=USER, reason="test teardown"))
+        for run_id in self.submitted:
+            await self.wait_for(run_id, *ENDED, within=within)
 
     async def request(self, run_id: str, command: commands.Command) -> None:
         await self.store.update_run(run_id, lambda state: commands.decide(state, command, _new_id))
@@ -78,15 +132,19 @@ class Driver:
 
     async def wait_for_nodes(self, count: int) -> None:
         async def registered() -> int:
-            return len(
-                {
-                    r.event.node
-                    async for r in self.store.replay()
-                    if isinstance(r.event, NodeRegistered)
-                }
-            )
+            return len({event.node for event in await self.registrations()})
 
         await eventually(registered, equals=count, what=f"{count} nodes registered")
+
+    async def registrations(self) -> list[NodeRegistered]:
+        """Every ``node.registered`` in the log, in order (an agent registers at each start)."""
+        return [r.event async for r in self.store.replay() if isinstance(r.event, NodeRegistered)]
+
+    async def output(self, run_id: str, attempt: int = 0, rank: int = 0) -> list[str]:
+        """The lines the rank has printed so far (stdout and stderr), live or archived."""
+        archive = self.stack.state_dir / "archive"
+        lines = await reading.read_lines(self.store.redis, archive, run_id, attempt, rank)
+        return [line.text for line in lines]
 
     async def settled(self, group: str) -> None:
         """Wait until consumer group ``group`` has taken and acknowledged the whole log."""
