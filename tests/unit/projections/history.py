@@ -128,30 +128,24 @@ class History:
         self.add(when, self._running(run, rank, attempt))
 
     def _running(self, run: str, rank: int, attempt: int) -> ev.RankRunning:
-        node = self.states[run].latest.ranks[rank].node
-        return ev.RankRunning(
-            id=self.new_id(),
-            actor=f"agent@{node}",
-            run_id=run,
-            attempt=attempt,
-            rank=rank,
-            node=node,
-        )
+        return ev.RankRunning(**self._rank(run, rank, attempt))
 
     def _exited(
         self, run: str, rank: int, attempt: int, code: int | None, **fields: Any
     ) -> ev.RankExited:
+        return ev.RankExited(**self._rank(run, rank, attempt), exit_code=code, **fields)
+
+    def _rank(self, run: str, rank: int, attempt: int) -> dict[str, Any]:
+        """What every event of one rank carries: its agent as the actor, and where it runs."""
         node = self.states[run].latest.ranks[rank].node
-        return ev.RankExited(
-            id=self.new_id(),
-            actor=f"agent@{node}",
-            run_id=run,
-            attempt=attempt,
-            rank=rank,
-            node=node,
-            exit_code=code,
-            **fields,
-        )
+        return {
+            "id": self.new_id(),
+            "actor": f"agent@{node}",
+            "run_id": run,
+            "attempt": attempt,
+            "rank": rank,
+            "node": node,
+        }
 
     def rank_exited(
         self,
