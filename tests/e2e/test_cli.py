@@ -89,9 +89,12 @@ async def test_hello_completes_and_every_view_shows_it(mcli: Mcli) -> None:
     events = mcli.ok("events", name).splitlines()
     assert "run.submitted" in events[0]
     assert "attempt.completed" in events[-1]
-    assert next(e["type"] for e in json.loads(mcli.ok("events", name, "-o", "json"))) == (
-        "run.submitted"
-    )
+    logged = json.loads(mcli.ok("events", name, "-o", "json"))
+    assert logged[0]["type"] == "run.submitted"
+    assert [e["position"] for e in logged] == [line.split()[0] for line in events]
+    assert [e["attempt"] for e in logged] == [0] * len(events)
+    queued = next(e for e in logged if e["type"] == "attempt.queued")
+    assert isinstance(queued["queue_position"], int)
 
 
 async def test_rank_1_fails_and_logs_show_the_failed_rank(mcli: Mcli) -> None:
