@@ -138,6 +138,8 @@ async def test_stop_restart_stop_and_delete(mcli: Mcli) -> None:
     audit = mcli.ok("audit", "--run", name)
     assert "run.stop_requested" in audit
     assert "run.deleted" in audit
+    assert "rank 0 ended by signal 15 (Stopped)" in audit  # SIGTERM, for the stop
+    assert "exit code None" not in audit
 
 
 async def test_retries_show_every_resumption_golden(mcli: Mcli) -> None:
