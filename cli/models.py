@@ -9,7 +9,7 @@ datetimes; durations are seconds. Pure: ``now`` is passed in where an open attem
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -191,6 +191,18 @@ class Run:
                 total += ((phase.ended_at or now) - phase.started_at).total_seconds()
         return total
 
+    def to_dict(self) -> dict[str, Any]:
+        """The run as JSON-ready data (what ``mcli get runs -o json`` prints, one per run):
+        the fields above by their names (those ``repr`` shows; ``spec`` is
+        ``submitted_config`` again), then ``started_at``, ``completed_at`` and
+        ``resumption_count``. Times are ISO 8601, statuses their names, numbers numbers."""
+        return {
+            **_shown(self),
+            "started_at": _shown(self.started_at),
+            "completed_at": _shown(self.completed_at),
+            "resumption_count": self.resumption_count,
+        }
+
     def get_gpu_hours(self) -> float:
         """GPUs x (left TERMINATING - entered STARTING), summed over resumptions; an open
         resumption counts up to now."""
@@ -224,6 +236,15 @@ class Run:
 
     def update(self, **changes: Any) -> Run:
         return _actions().update_run(self, **changes)
+
+
+def _shown(value: Any) -> Any:
+    """``value`` as JSON builtins, a dataclass as the fields its ``repr`` shows."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _shown(getattr(value, f.name)) for f in fields(value) if f.repr}
+    if isinstance(value, list | tuple):
+        return [_shown(item) for item in value]
+    return msgspec.to_builtins(value)
 
 
 class RunActions(Protocol):

@@ -108,7 +108,7 @@ def run_rows(
     runs: Sequence[Run], *, users: bool = False, ids: bool = False, expanded: bool = False
 ) -> list[dict[str, str | None]]:
     """One row per resumption, newest first (the three newest unless ``expanded``); the
-    run's own columns only on its first row. Keys are ``-o json``'s."""
+    run's own columns only on its first row (None: a column not shown)."""
     rows: list[dict[str, str | None]] = []
     for run in runs:
         shown = list(reversed(run.resumptions))

@@ -204,6 +204,16 @@ class RankExited(RunEvent, kw_only=True, tag="rank.exited"):
     signal: int | None = None
     reason: Reason | None = None
 
+    @property
+    def ending(self) -> str:
+        """How the rank ended, in words: "exited with code 3", "ended by signal 15", or
+        "ended without an exit code" (no process ran, or it was lost)."""
+        if self.exit_code is not None:
+            return f"exited with code {self.exit_code}"
+        if self.signal is not None:
+            return f"ended by signal {self.signal}"
+        return "ended without an exit code"
+
 
 class AttemptTerminating(RunEvent, kw_only=True, tag="attempt.terminating"):
     """The attempt is winding down; ``reason`` is None when every rank exited 0."""

@@ -60,6 +60,16 @@ class RunStatus(StrEnum):
         """Case-insensitive, camelCase accepted; anything unknown is UNKNOWN."""
         return _BY_KEY.get(_SEPARATORS.sub("", value).upper(), cls.UNKNOWN)
 
+    @classmethod
+    def parse(cls, value: str) -> RunStatus:
+        """A status a user named, read as ``from_string`` reads it; ``ValueError`` naming the
+        valid names for anything else (``from_string`` would make it UNKNOWN)."""
+        status = cls.from_string(value)
+        if status is cls.UNKNOWN and _SEPARATORS.sub("", value).upper() != cls.UNKNOWN.value:
+            names = ", ".join(s.display_name for s in cls if s is not cls.UNKNOWN)
+            raise ValueError(f"unknown status {value!r} (one of {names})")
+        return status
+
     def _check(self, other: Any) -> None:
         if not isinstance(other, RunStatus):
             raise TypeError(f"cannot compare RunStatus with {type(other).__name__}")

@@ -62,7 +62,7 @@ class Entry(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=T
 
 class AuditProjection:
     name: ClassVar[str] = "audit"
-    version: ClassVar[int] = 2
+    version: ClassVar[int] = 3  # 3: a rank's exit says how it ended (a signal) and why
     handles: ClassVar[frozenset[type]]  # every event type but the quiet ones (below)
 
     def __init__(self) -> None:
@@ -164,7 +164,7 @@ _DETAILS: dict[type, Callable[[Any], str]] = {
     AttemptTerminating: _reason,
     AttemptStopped: _reason,
     AttemptFailed: _reason,
-    RankExited: lambda e: f"rank {e.rank} exit code {e.exit_code}",
+    RankExited: lambda e: f"rank {e.rank} {e.ending}" + (f" ({e.reason.code})" if e.reason else ""),
     NodeRegistered: lambda e: f"{e.gpus}x{e.gpu_type or 'cpu'}",
     NodeDrained: lambda e: e.reason,
 }

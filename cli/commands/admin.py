@@ -30,6 +30,8 @@ from projections.lanes import LaneFailed
 from services.projector.lanes import rebuild_many
 
 _ENVELOPE = ("type", "id", "actor", "time", "run_id", "attempt")
+RECORD_KEYS = ("position", "version", "type")  # the log position, the run's version, the tag
+_OWN_KEYS = {"position": "queue_position"}  # attempt.queued's place in its queue
 
 
 def register(subparsers: Any) -> None:
@@ -186,17 +188,24 @@ def event_line(record: Recorded) -> str:
     )
 
 
+def event_json(record: Recorded) -> dict[str, Any]:
+    """One event of ``events -o json``: where the log holds it (``RECORD_KEYS``), its type,
+    then every field of the event, defaults included (``attempt`` 0 too). An event's own
+    field named like a record key is shown under its own name (``_OWN_KEYS``)."""
+    event = record.event
+    fields = msgspec.to_builtins(msgspec.structs.asdict(event))
+    return {
+        "position": record.position,
+        "version": record.version,
+        "type": tag_of(type(event)),
+        **{_OWN_KEYS.get(name, name): value for name, value in fields.items()},
+    }
+
+
 async def run_events(args: argparse.Namespace, client: Client) -> int:
     _, records = await client.history(args.run)
     if args.output == "json":
-        echo(
-            json.dumps(
-                [
-                    {"position": r.position, "version": r.version, **msgspec.to_builtins(r.event)}
-                    for r in records
-                ]
-            )
-        )
+        echo(json.dumps([event_json(record) for record in records]))
         return 0
     for record in records:
         echo(event_line(record))

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from cli.client import Client
+from cli.criteria import moment_ms, status_set
 from cli.reads import RunFilters
 from events.status import RunStatus
 
 Handler = Callable[[argparse.Namespace], int]
 AsyncHandler = Callable[[argparse.Namespace, Client], Awaitable[int]]
-
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|min|h|hr|d|w)$")
-_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400, "w": 604800}
 
 
 def echo(text: str = "", *, end: str = "\n", err: bool = False, flush: bool = False) -> None:
@@ -97,37 +94,19 @@ def hours(text: str) -> float:
 
 
 def moment(text: str, now: datetime | None = None) -> int:
-    """A time as ms since the epoch: ISO (``2026-11-24``, ``2026-11-24T13:00``) in local time
-    unless it says otherwise, or a time ago (``30m``, ``2h``, ``1d``)."""
-    now = now or datetime.now(tz=UTC)
-    match = _RELATIVE.match(text.strip())
-    if match:
-        ago = timedelta(seconds=float(match[1]) * _UNITS[match[2]])
-        return int((now - ago).timestamp() * 1000)
+    """A time as ms since the epoch (``cli.criteria.moment_ms``: a date or a time ago)."""
     try:
-        parsed = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a date/time (2026-11-24, 2026-11-24T13:00) or a time ago (30m, 2h, 1d), "
-            f"got {text!r}"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.astimezone()
-    return int(parsed.timestamp() * 1000)
+        return moment_ms(text, now)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def statuses(text: str) -> frozenset[RunStatus]:
-    """A comma list of statuses, case-insensitive."""
-    found = set()
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        status = RunStatus.from_string(part.strip())
-        if status is RunStatus.UNKNOWN and part.strip().upper() != "UNKNOWN":
-            names = ", ".join(s.display_name for s in RunStatus if s is not RunStatus.UNKNOWN)
-            raise argparse.ArgumentTypeError(f"unknown status {part.strip()!r} (one of {names})")
-        found.add(status)
-    return frozenset(found)
+    """A comma list of statuses, case-insensitive (``cli.criteria.status_set``)."""
+    try:
+        return status_set(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # --- run filters (get runs, stop, delete) ------------------------------------------------------

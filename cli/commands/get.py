@@ -1,5 +1,5 @@
 """``mcli get runs``: runs newest first, one row per resumption, filtered; ``-o`` table,
-name or json (json rows have mcli's keys)."""
+name or json (the run objects, ``Run.to_dict()``: the SDK's ``Run``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from cli.client import Client
 from cli.commands.common import add_filters, echo, filters_from, positive, with_client
 from cli.reads import list_runs
-from cli.render import make_console, run_rows, runs_table
+from cli.render import make_console, runs_table
 
 
 def register(subparsers: Any) -> None:
@@ -39,8 +39,7 @@ async def get_runs(args: argparse.Namespace, client: Client) -> int:
         for run in runs:
             echo(run.name)
     elif args.output == "json":
-        rows = run_rows(runs, users=users, ids=args.ids, expanded=args.expanded)
-        echo(json.dumps(rows))
+        echo(json.dumps([run.to_dict() for run in runs]))
     elif not runs:
         echo("No runs found.")
     else:

@@ -2,7 +2,9 @@
 
 Synchronous like mcli's. A run is given as a ``Run`` or its name (or run_uid). Reads of one run
 fold its own history (never stale after a write); listings read the projector's rows. Errors
-are ``cli.client.ClientError`` (``NotFound``: "Run X not found").
+are ``cli.client.ClientError`` (``NotFound``: "Run X not found"); arguments that cannot be
+right (an unknown status, a time that is none, nothing to update) are ``ValueError``, raised
+before anything is sent.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from cli.client import Client, ClientError
 from cli.config import RunConfig, load_file
+from cli.criteria import moment_ms, status_set
 from cli.models import Run, bind_actions
 from cli.reads import RunFilters, fetch_run, list_runs
 from cli.sdk.sync import call, iterate
@@ -32,9 +35,15 @@ def _name(run: RunRef) -> str:
     return run.run_uid if isinstance(run, Run) else run
 
 
-def create_run(run: RunConfig | str, *, timeout: float | None = 10) -> Run:
-    """Submit a run (a RunConfig, or the path of a run YAML); the Run as submitted."""
-    config = load_file(run)[0] if isinstance(run, str) else run
+def create_run(run: RunConfig | dict[str, Any] | str, *, timeout: float | None = 10) -> Run:
+    """Submit a run (a RunConfig, its fields as a dict, or the path of a run YAML); the Run as
+    submitted."""
+    if isinstance(run, dict):
+        config = RunConfig.from_dict(run)
+    elif isinstance(run, str):
+        config = load_file(run)[0]
+    else:
+        config = run
 
     async def work(client: Client) -> Run:
         name, _, _ = await submit_config(client, config)
@@ -49,30 +58,32 @@ def get_run(run: RunRef, *, include_details: bool = True) -> Run:
 
 
 def get_runs(
-    runs: Sequence[RunRef] | None = None,
+    runs: RunRef | Sequence[RunRef] | None = None,
     *,
-    cluster_names: Sequence[str] | None = None,
-    before: datetime | None = None,
-    after: datetime | None = None,
-    gpu_types: Sequence[str] | None = None,
-    gpu_nums: Sequence[int] | None = None,
-    statuses: Sequence[RunStatus | str] | None = None,
-    user_emails: Sequence[str] | None = None,
+    cluster_names: str | Sequence[str] | None = None,
+    before: datetime | str | None = None,
+    after: datetime | str | None = None,
+    gpu_types: str | Sequence[str] | None = None,
+    gpu_nums: int | Sequence[int] | None = None,
+    statuses: str | Sequence[RunStatus | str] | None = None,
+    user_emails: str | Sequence[str] | None = None,
     include_deleted: bool = False,
     limit: int | None = 50,
 ) -> list[Run]:
-    """Runs newest first, filtered as ``mcli get runs`` filters them."""
-    names = tuple(_name(r) if isinstance(r, str) else r.name for r in runs or ())
-    wanted = (
-        frozenset(s if isinstance(s, RunStatus) else RunStatus.from_string(s) for s in statuses)
-        if statuses
-        else None
-    )
+    """Runs newest first, filtered as ``mcli get runs`` filters them. Each filter takes one
+    value or a list; times and statuses as the CLI's ``--after``/``--before``/``--status``
+    take them, and datetimes (``cli.criteria``); a bad one is a ``ValueError``."""
+    names = tuple(_name(r) if isinstance(r, str) else r.name for r in _listed(runs))
+    wanted = status_set(statuses) if statuses else None
+    after_ms = None if after is None else moment_ms(after)
+    before_ms = None if before is None else moment_ms(before)
+    types: list[str] = _listed(gpu_types)
+    nums: list[int] = _listed(gpu_nums)
 
     async def work(client: Client) -> list[Run]:
         found: list[Run] = []
-        clusters: list[str | None] = [*cluster_names] if cluster_names else [None]
-        users: list[str | None] = [*user_emails] if user_emails else [None]
+        clusters: list[str | None] = [*_listed(cluster_names)] or [None]
+        users: list[str | None] = [*_listed(user_emails)] or [None]
         for cluster in clusters:
             for user in users:
                 found += await list_runs(
@@ -82,8 +93,8 @@ def get_runs(
                         cluster=cluster,
                         statuses=wanted,
                         user=user,
-                        before=_ms(before),
-                        after=_ms(after),
+                        before=before_ms,
+                        after=after_ms,
                         include_deleted=include_deleted,
                         limit=None,
                     ),
@@ -92,8 +103,7 @@ def get_runs(
         kept = [
             run
             for run in unique
-            if (not gpu_types or run.gpu_type in gpu_types)
-            and (not gpu_nums or run.gpus in gpu_nums)
+            if (not types or run.gpu_type in types) and (not nums or run.gpus in nums)
         ]
         kept.sort(key=lambda run: run.created_at, reverse=True)
         return kept[:limit] if limit is not None else kept
@@ -101,8 +111,14 @@ def get_runs(
     return call(work)
 
 
-def _ms(when: datetime | None) -> int | None:
-    return None if when is None else int(when.timestamp() * 1000)
+def _listed(value: object) -> list[Any]:
+    """One value or a list of them, as a list (a str is one name, not a list of letters)."""
+    if value is None:
+        return []
+    if isinstance(value, str | int | Run):
+        return [value]
+    assert isinstance(value, Iterable)
+    return list(value)
 
 
 async def _request(client: Client, run: RunRef, command: commands.Command) -> Run:
@@ -146,7 +162,18 @@ def update_run(
     retry_on_system_failure: bool | None = None,
     max_duration: float | None = None,
 ) -> Run:
-    """Change the run's scheduling fields (None leaves a field as it is)."""
+    """Change the run's scheduling fields (None leaves a field as it is); a ``ValueError`` if
+    none is given."""
+    changes: dict[str, Any] = {
+        "priority": priority,
+        "preemptible": preemptible,
+        "max_retries": max_retries,
+        "retry_on_system_failure": retry_on_system_failure,
+        "max_duration": max_duration,
+    }
+    if all(value is None for value in changes.values()):
+        *most, last = changes
+        raise ValueError(f"nothing to update: give {', '.join(most)} or {last}")
     if max_retries is not None and max_retries < 0:
         raise ClientError(f"max_retries must not be negative (got {max_retries})")
     if max_duration is not None and not max_duration > 0:
@@ -157,22 +184,15 @@ def update_run(
         lambda c: _request(
             c,
             run,
-            commands.UpdateRun(
-                actor=c.user,
-                priority=priority,
-                preemptible=preemptible,
-                max_retries=max_retries,
-                retry_on_system_failure=retry_on_system_failure,
-                max_duration=max_duration,
-            ),
+            commands.UpdateRun(actor=c.user, **changes),
         )
     )
 
 
 def wait_for_run_status(run: RunRef, status: RunStatus | str, timeout: float | None = None) -> Run:
     """Wait until the run reached ``status`` (or a later one, or ended); ``TimeoutError``
-    after ``timeout`` seconds."""
-    target = status if isinstance(status, RunStatus) else RunStatus.from_string(status)
+    after ``timeout`` seconds, ``ValueError`` for a status that does not exist."""
+    target = RunStatus.parse(status)
     deadline = None if timeout is None else time.monotonic() + timeout
 
     async def work(client: Client) -> Run:

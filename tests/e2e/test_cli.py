@@ -10,7 +10,9 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,19 +41,25 @@ def mcli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mcli]:
         yield runner
 
 
-def json_rows(mcli: Mcli, *args: str) -> list[dict[str, str | None]]:
-    rows: list[dict[str, str | None]] = json.loads(mcli.ok("get", "runs", *args, "-o", "json"))
+def json_rows(mcli: Mcli, *args: str) -> list[dict[str, Any]]:
+    """``get runs -o json``: the run objects (``Run.to_dict()``)."""
+    rows: list[dict[str, Any]] = json.loads(mcli.ok("get", "runs", *args, "-o", "json"))
     return rows
 
 
-async def listed(mcli: Mcli, name: str, status: str, resumption: str = "0") -> None:
-    """Wait until ``get runs`` (the projector's rows) shows the run as given."""
+async def listed(mcli: Mcli, name: str, status: S, resumption: int = 0) -> dict[str, Any]:
+    """Wait until ``get runs`` (the projector's rows) shows the run as given; its object."""
 
-    def probe() -> bool:
+    def probe() -> dict[str, Any] | None:
         rows = json_rows(mcli, name, "--include-deleted")
-        return bool(rows) and (rows[0]["Status"], rows[0]["Resumption"]) == (status, resumption)
+        latest = rows[0]["resumptions"][-1] if rows else None
+        shown = latest is not None and (rows[0]["status"], latest["index"]) == (status, resumption)
+        return rows[0] if shown else None
 
-    await eventually(probe, what=f"get runs to show {name} {status}", within=30)
+    found: dict[str, Any] = await eventually(
+        probe, what=f"get runs to show {name} {status}", within=30
+    )
+    return found
 
 
 def golden(name: str, text: str) -> None:
@@ -73,7 +81,7 @@ async def test_hello_completes_and_every_view_shows_it(mcli: Mcli) -> None:
         assert section in described
     assert "Run completed" in described
     assert "team  demo" in described
-    await listed(mcli, name, "Completed")
+    await listed(mcli, name, S.COMPLETED)
     assert name in mcli.ok("get", "runs", "-o", "name").split()
     assert name in mcli.ok("get", "runs", "--status", "completed,failed", "-o", "name")
     assert name not in mcli.ok("get", "runs", "--status", "running", "-o", "name")
@@ -81,9 +89,12 @@ async def test_hello_completes_and_every_view_shows_it(mcli: Mcli) -> None:
     events = mcli.ok("events", name).splitlines()
     assert "run.submitted" in events[0]
     assert "attempt.completed" in events[-1]
-    assert next(e["type"] for e in json.loads(mcli.ok("events", name, "-o", "json"))) == (
-        "run.submitted"
-    )
+    logged = json.loads(mcli.ok("events", name, "-o", "json"))
+    assert logged[0]["type"] == "run.submitted"
+    assert [e["position"] for e in logged] == [line.split()[0] for line in events]
+    assert [e["attempt"] for e in logged] == [0] * len(events)
+    queued = next(e for e in logged if e["type"] == "attempt.queued")
+    assert isinstance(queued["queue_position"], int)
 
 
 async def test_rank_1_fails_and_logs_show_the_failed_rank(mcli: Mcli) -> None:
@@ -96,7 +107,7 @@ async def test_rank_1_fails_and_logs_show_the_failed_rank(mcli: Mcli) -> None:
     assert mcli.ok("logs", name) == failed  # a FAILED run shows its first failed rank
     assert "rank 0 of 2 starting" in mcli.ok("logs", name, "--rank", "0")
     assert "Run failed with exit code 3" in mcli.ok("describe", "run", name)
-    await listed(mcli, name, "Failed (Error)")
+    assert (await listed(mcli, name, S.FAILED))["reason_code"] == "Error"
 
 
 async def test_stop_restart_stop_and_delete(mcli: Mcli) -> None:
@@ -122,11 +133,13 @@ async def test_stop_restart_stop_and_delete(mcli: Mcli) -> None:
     assert re.search(r"Max Retries\s+1", mcli.ok("describe", "run", name))
     assert f"✔ Deleted run {name}" in mcli.ok("delete", "run", name, "-y")
     assert mcli("describe", "run", name).returncode == 0  # its history stays readable
-    await listed(mcli, name, "Stopped", resumption="1")
+    await listed(mcli, name, S.STOPPED, resumption=1)
     assert name not in mcli.ok("get", "runs", "-o", "name")
     audit = mcli.ok("audit", "--run", name)
     assert "run.stop_requested" in audit
     assert "run.deleted" in audit
+    assert "rank 0 ended by signal 15 (Stopped)" in audit  # SIGTERM, for the stop
+    assert "exit code None" not in audit
 
 
 async def test_retries_show_every_resumption_golden(mcli: Mcli) -> None:
@@ -134,17 +147,27 @@ async def test_retries_show_every_resumption_golden(mcli: Mcli) -> None:
     run = await wait_for(mcli.stack.url, name, *DONE, resumption=2)
     assert run.status is S.COMPLETED
     assert [r.status for r in run.resumptions] == [S.FAILED, S.FAILED, S.COMPLETED]
-    await listed(mcli, name, "Completed", resumption="2")
+    await listed(mcli, name, S.COMPLETED, resumption=2)
     golden("describe_flaky.out", normalise(mcli.ok("describe", "run", name), [name]))
     golden("get_runs_flaky.out", normalise(mcli.ok("get", "runs", name), [name]))
-    rows = json_rows(mcli, name)
-    assert [(r["name"], r["Resumption"], r["Status"]) for r in rows] == [
-        (name, "2", "Completed"),
-        ("", "1", "Failed (Error)"),
-        ("", "0", "Failed (Error)"),
+    # -o json is the run objects, the SDK's Run (the same object as its own history folds to)
+
+    async def as_folded() -> bool:
+        folded = await wait_for(mcli.stack.url, name, S.COMPLETED, resumption=2)
+        return json_rows(mcli, name) == [folded.to_dict()]
+
+    await eventually(as_folded, what="get runs -o json to be the run's Run.to_dict()")
+    [shown] = json_rows(mcli, name, "--all-users")
+    assert (shown["name"], shown["run_uid"], shown["created_by"]) == (name, run.run_uid, USER)
+    assert (shown["status"], shown["gpus"], shown["resumption_count"]) == ("COMPLETED", 1, 3)
+    assert [(r["index"], r["status"], r["reason_code"]) for r in shown["resumptions"]] == [
+        (0, "FAILED", "Error"),
+        (1, "FAILED", "Error"),
+        (2, "COMPLETED", None),
     ]
-    users = json_rows(mcli, name, "--all-users", "--ids")
-    assert (users[0]["User"], users[0]["ID"]) == (USER, run.run_uid)
+    ended = datetime.fromisoformat(shown["completed_at"])
+    assert ended == run.completed_at
+    assert ended.utcoffset() == timedelta(0)
     assert "flaky failure on resumption 1" in mcli.ok("logs", name, "--prev")
 
 

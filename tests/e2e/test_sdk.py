@@ -6,14 +6,15 @@ environment (``RUNPLANE_REDIS_URL``) as a user's code would.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 import mcli
 from mcli import (
+    Run,
     RunConfig,
     RunStatus,
     create_run,
@@ -31,6 +32,7 @@ from mcli import (
     watch_run_status,
 )
 from tests.e2e.mcli_helpers import EXAMPLES, USER, Mcli, running_stack, sdk_env
+from tests.waiting import eventually
 
 S = RunStatus
 pytestmark = pytest.mark.e2e
@@ -157,3 +159,47 @@ def test_from_file_and_clone(stack: Mcli, tmp_path: Path) -> None:
     assert clone.name.startswith("hello-clone-")
     assert clone.run_uid != run.run_uid
     assert clone.submitted_config.command == run.submitted_config.command
+
+
+def names(runs: Sequence[Run]) -> set[str]:
+    return {run.name for run in runs}
+
+
+async def test_arguments_as_mcli_takes_them(stack: Mcli) -> None:
+    """A dict config; a single status or a list; times as the CLI's --after/--before take them
+    (a time ago, a date) or datetimes; unknown statuses and empty updates are ValueErrors."""
+    run = create_run(
+        {
+            "name": "as-dict",
+            "image": "mosaicml/pytorch:latest",
+            "command": "sleep 600",
+            "compute": {"cluster": "local", "gpus": 1},
+        }
+    )
+    assert run.name.startswith("as-dict-")
+    assert run.submitted_config.command == "sleep 600"
+    wait_for_run_status(run, S.RUNNING, timeout=60)
+    await eventually(
+        lambda: run.name in names(get_runs(statuses="RUNNING")),
+        what="get_runs(statuses='RUNNING') to list the running run",
+    )
+    assert run.name in names(get_runs(statuses=["running", S.QUEUED]))
+    assert run.name in names(get_runs(statuses=S.RUNNING))
+    assert run.name not in names(get_runs(statuses="COMPLETED"))
+    assert run.name in names(get_runs(after="1h"))
+    assert run.name in names(get_runs(before="2030-01-01"))
+    assert run.name not in names(get_runs(before="1h"))
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    assert run.name in names(get_runs(after=an_hour_ago, before=datetime(2030, 1, 1)))
+    assert run.name not in names(get_runs(before=an_hour_ago))
+    with pytest.raises(ValueError, match=r"unknown status 'bogus' \(one of Pending, .*Failed\)"):
+        get_runs(statuses=["bogus"])
+    with pytest.raises(ValueError, match="time ago"):
+        get_runs(after="yesterday-ish")
+    with pytest.raises(ValueError, match=r"unknown status 'DONE' \(one of .*Completed"):
+        wait_for_run_status(run, "DONE", timeout=5)
+    with pytest.raises(ValueError, match="nothing to update: give priority, preemptible"):
+        update_run(run)
+    assert get_run(run).status is S.RUNNING
+    stop_run(run)
+    assert wait_for_run_status(run, S.STOPPED, timeout=60).status is S.STOPPED

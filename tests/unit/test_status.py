@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable
 from itertools import product
 from typing import Any
@@ -134,6 +135,19 @@ def test_from_string(text: str, expected: RunStatus) -> None:
 def test_from_string_reads_every_spelling_of_every_status(status: RunStatus) -> None:
     for text in (status.value, status.value.lower(), status.value.title(), status.display_name):
         assert RunStatus.from_string(text) is status
+
+
+@pytest.mark.parametrize("status", ORDER)
+def test_parse_reads_every_status_as_from_string_does(status: RunStatus) -> None:
+    for text in (status.value, status.value.lower(), status.display_name, status):
+        assert RunStatus.parse(text) is status
+
+
+@pytest.mark.parametrize("text", ["", "bogus", "DONE", "RUNNINGG"])
+def test_parse_refuses_what_is_no_status_and_names_the_valid_ones(text: str) -> None:
+    valid = "Pending, Queued, Starting, Running, Terminating, Completed, Stopped, Failed"
+    with pytest.raises(ValueError, match=re.escape(f"unknown status {text!r} (one of {valid})")):
+        RunStatus.parse(text)
 
 
 @pytest.mark.parametrize(

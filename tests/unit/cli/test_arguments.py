@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from cli.commands.common import hours, moment, non_negative, statuses
 from cli.config import RunConfig
+from cli.criteria import moment_ms, status_set
 from cli.logsel import UsageError, check_args
 from cli.main import build_parser, main
 from cli.submit import with_overrides
@@ -41,6 +43,26 @@ def test_numbers_and_statuses_are_checked() -> None:
     }
     with pytest.raises(argparse.ArgumentTypeError, match="unknown status 'sleeping'"):
         statuses("sleeping")
+
+
+def test_the_sdk_takes_the_times_and_statuses_the_cli_takes() -> None:
+    """One rule (``cli.criteria``) for ``--after``/``--status`` and ``get_runs(after=,
+    statuses=)``: the same strings, plus datetimes (naive ones in local time, as typed dates
+    are) and lists; a bad value is a ValueError (the CLI's usage error says the same)."""
+    for text in ("2h", "30m", "1.5d", "2026-11-24", "2026-11-24T10:00+00:00"):
+        assert moment_ms(text, NOW) == moment(text, NOW)
+    assert moment_ms(NOW) == int(NOW.timestamp() * 1000)
+    assert moment_ms(datetime(2026, 11, 24, 10)) == moment("2026-11-24T10:00")
+    with pytest.raises(ValueError, match="time ago") as refused:
+        moment_ms("yesterday-ish")
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(str(refused.value))):
+        moment("yesterday-ish")
+    running = frozenset({RunStatus.RUNNING})
+    assert status_set("RUNNING") == status_set(RunStatus.RUNNING) == running
+    assert status_set(["running", RunStatus.QUEUED]) == {RunStatus.RUNNING, RunStatus.QUEUED}
+    assert status_set("running,queued") == statuses("running,queued")
+    with pytest.raises(ValueError, match="unknown status 'bogus'"):
+        status_set(["running", "bogus"])
 
 
 def test_overrides_replace_fields_and_sections() -> None:

@@ -4,6 +4,9 @@ real client's tables for made-up data, copied under ``golden/``) rendered from t
 from __future__ import annotations
 
 import io
+import json
+import re
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -123,32 +126,66 @@ def test_get_runs_has_mcli_shape() -> None:
     assert render(table) == (GOLDEN / "get_runs.out").read_text()
 
 
-def test_get_runs_json_rows_have_mcli_keys() -> None:
-    rows = run_rows([small_run(), hello_world()])
-    assert list(rows[0]) == [
-        "name",
-        "ID",
-        "User",
-        "Cluster",
-        "Nodes",
-        "Instance",
-        "Resumption",
-        "Status",
-        "Start Time",
-        "End Time",
-    ]
-    assert rows[2] == {
-        "name": "",
-        "ID": None,
-        "User": None,
-        "Cluster": "",
-        "Nodes": "",
-        "Instance": "",
-        "Resumption": "0",
-        "Status": "Failed (Error)",
-        "Start Time": "2026-11-24 01:02 PM",
-        "End Time": "2026-11-24 01:59 PM",
+def test_get_runs_json_is_the_sdk_s_run_objects() -> None:
+    """``get runs -o json`` prints ``Run.to_dict()``: the SDK's fields by their names
+    (snake_case), times ISO 8601, statuses by name, numbers as numbers."""
+    run = hello_world()
+    data = json.loads(json.dumps(run.to_dict()))
+    shown = [f.name for f in fields(Run) if f.repr]
+    assert list(data) == [*shown, "started_at", "completed_at", "resumption_count"]
+    objects = [data, *data["resumptions"], *data["lifecycle"], *data["nodes"], *data["events"]]
+    assert all(re.fullmatch(r"[a-z][a-z0-9_]*", key) for item in objects for key in item)
+    assert (data["run_uid"], data["name"], data["created_by"]) == (
+        run.run_uid,
+        run.name,
+        "alice@example.com",
+    )
+    assert (data["status"], data["gpus"], data["node_count"], data["max_retries"]) == (
+        "RUNNING",
+        16,
+        2,
+        2,
+    )
+    assert (data["preemptible"], data["max_duration"], data["is_deleted"]) == (False, None, False)
+    assert datetime.fromisoformat(data["created_at"]) == run.created_at
+    assert datetime.fromisoformat(data["updated_at"]) == run.updated_at
+    first = data["resumptions"][0]
+    assert {k: v for k, v in first.items() if not k.endswith("_at")} == {
+        "index": 0,
+        "cluster": "c1",
+        "gpus": 16,
+        "cpus": 0,
+        "gpu_type": "a100_80gb",
+        "node_count": 2,
+        "status": "FAILED",
+        "reason": "Error (exit code 1)",
+        "opened_how": "submitted",
+        "reason_code": "Error",
     }
+    assert datetime.fromisoformat(first["started_at"]) == local(13, 2)
+    assert datetime.fromisoformat(first["ended_at"]) == local(13, 59)
+    assert first["opened_at"] is None
+    assert data["nodes"][1] == {
+        "rank": 1,
+        "name": "node-b",
+        "status": "FAILED",
+        "reason": "Error",
+        "gpus": [],
+        "exit_code": None,
+    }
+    assert data["events"][0]["text"] == "Run created"
+    assert datetime.fromisoformat(data["events"][0]["time"]) == local(12, 59)
+    assert data["submitted_config"]["compute"] == {
+        "cluster": "c1",
+        "gpus": 16,
+        "gpu_type": "a100_80gb",
+    }
+    assert data["metadata"] == {"team": "nlp"}
+    assert (data["started_at"], data["completed_at"], data["resumption_count"]) == (
+        first["started_at"],
+        None,
+        2,
+    )
 
 
 def test_get_runs_shows_three_resumptions_unless_expanded() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import msgspec
 import structlog
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from events import lifecycle
+from events.codec import Recorded
 from events.model import (
     AnyRunEvent,
     AttemptFailed,
@@ -24,7 +26,7 @@ from events.model import (
 )
 from events.status import RunStatus
 from projections.attempts import AttemptRow, AttemptsProjection
-from projections.audit import AuditProjection, Entry
+from projections.audit import AuditProjection, Entry, entry_of
 from projections.base import Row, takes
 from projections.run_status import RunRow, RunStatusProjection
 from projections.utilization import Instance, RunLine, UtilizationProjection, queue_order
@@ -265,6 +267,27 @@ def test_audit_records_who_did_what_deleted_runs_included() -> None:
     assert isinstance(first, Entry)
     assert first.action == "run.submitted"
     assert all("image." not in row.body.decode() for row in rows if row.body)
+
+
+def test_audit_says_how_a_rank_ended_and_why() -> None:
+    """A rank ended by a signal names the signal and the reason the event records, never
+    "exit code None"; an exit code or a lost rank says so, with its reason."""
+    stopped = Reason(category="stopped", code="Stopped", message="stopped by root")
+    preempted = Reason(category="preempted", code="Preempted")
+    error = Reason(category="user", code="Error", exit_code=3)
+    lost = Reason(category="system", code="RankLost", message="the shim is gone")
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"signal": 15, "reason": stopped}, "rank 1 ended by signal 15 (Stopped)"),
+        ({"signal": 9, "reason": preempted}, "rank 1 ended by signal 9 (Preempted)"),
+        ({"exit_code": 3, "reason": error}, "rank 1 exited with code 3 (Error)"),
+        ({"exit_code": 143, "reason": stopped}, "rank 1 exited with code 143 (Stopped)"),
+        ({"reason": lost}, "rank 1 ended without an exit code (RankLost)"),
+    ]
+    for fields, detail in cases:
+        exited = RankExited(id="e", actor="agent@n2", run_id="r1", rank=1, node="n2", **fields)
+        entry = entry_of(Recorded("1-0", 9, exited), {"r1": "r1-name"})
+        assert entry is not None
+        assert entry.detail == detail
 
 
 def test_utilization_counts_gpus_and_orders_the_queue() -> None:
