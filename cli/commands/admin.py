@@ -17,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
+from rich.console import Group
 
 from cli.client import Client, ClientError
 from cli.commands.common import echo, moment, positive, success, with_client
@@ -24,8 +25,9 @@ from cli.models import now_ms, to_datetime
 from cli.render import make_console, plain_table, when
 from events.codec import Recorded
 from events.model import tag_of
+from events.usage import HOUR_MS
 from projections import catalog, query
-from projections.billing import DIMENSIONS, Line
+from projections.billing import DIMENSIONS, Line, Report
 from projections.lanes import LaneFailed
 from services.projector.lanes import rebuild_many
 
@@ -100,40 +102,82 @@ async def billing_report(args: argparse.Namespace, client: Client) -> int:
     rows = [
         {
             args.by: names.get(line.key, line.key),
-            "gpu_hours": f"{line.gpu_hours:.3f}",
+            "gpu_hours": str(_hours(line.gpu_ms)),
             "gpu_ms": line.gpu_ms,
-            "cost": None if line.cost is None else f"{line.cost:.2f}",
+            "cost": None if line.cost is None else str(_money(line.cost)),
             "open": line.open,
+            "unpriced_gpu_ms": line.unpriced_ms,
         }
         for line in report.lines
     ]
-    total_cost = None if report.cost is None else f"{report.cost:.2f}"
     if args.output == "json":
-        echo(
-            json.dumps(
-                {"group_by": args.by, "lines": rows, "gpu_ms": report.gpu_ms, "cost": total_cost}
-            )
-        )
+        total = {
+            "gpu_ms": report.gpu_ms,
+            "cost": None if report.cost is None else str(_money(report.cost)),
+            "open": report.open,
+            "unpriced_gpu_ms": report.unpriced_ms,
+            "unpriced_gpu_types": report.unpriced_types,
+        }
+        echo(json.dumps({"group_by": args.by, "lines": rows, **total}))
         return 0
     if args.output == "csv":
-        writer = csv.DictWriter(
-            sys.stdout, fieldnames=[args.by, "gpu_hours", "gpu_ms", "cost", "open"]
-        )
+        fields = [args.by, "gpu_hours", "gpu_ms", "cost", "open", "unpriced_gpu_ms"]
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
         return 0
     if not rows:
         echo("No GPU usage found.")
         return 0
-    table = plain_table(args.by.upper(), "GPU_HOURS", "COST")
-    for row in rows:
-        mark = " *" if row["open"] else ""
-        table.add_row(str(row[args.by]), f"{row['gpu_hours']}{mark}", str(row["cost"] or "-"))
-    table.add_row("TOTAL", f"{report.gpu_ms / 3_600_000:.3f}", total_cost or "-")
-    make_console().print(table)
-    if any(row["open"] for row in rows):
-        echo("* includes runs still holding GPUs, counted up to now")
+    make_console().print(billing_table(report, args.by, names))
     return 0
+
+
+def _hours(ms: int) -> Decimal:
+    return (Decimal(ms) / HOUR_MS).quantize(Decimal("0.001"))
+
+
+def _money(cost: Decimal) -> Decimal:
+    return cost.quantize(Decimal("0.01"))
+
+
+def billing_table(report: Report, by: str, names: dict[str, str]) -> Group:
+    """The report as a table: a line per group and the TOTAL, each rounded (hours to 3
+    places, cost to 2), then what the marks mean. An open line's ``*`` marks the TOTAL too;
+    unpriced GPU-hours get their own column; if the rounded lines do not add up to the
+    rounded TOTAL, a note says so."""
+    unpriced = report.unpriced_ms > 0
+    headers = [by.upper(), "GPU_HOURS", "COST"] + (["UNPRICED_GPU_HOURS"] if unpriced else [])
+    table = plain_table(*headers)
+    columns: list[list[Decimal]] = [[], [], []]
+    for line in report.lines:
+        cells = [_hours(line.gpu_ms), _money(line.cost or Decimal(0)), _hours(line.unpriced_ms)]
+        for column, cell in zip(columns, cells, strict=True):
+            column.append(cell)
+        table.add_row(
+            names.get(line.key, line.key),
+            f"{cells[0]}{' *' if line.open else ''}",
+            "-" if line.cost is None else str(cells[1]),
+            *([str(cells[2])] if unpriced else []),
+        )
+    totals = [_hours(report.gpu_ms), _money(report.cost or Decimal(0)), _hours(report.unpriced_ms)]
+    table.add_row(
+        "TOTAL",
+        f"{totals[0]}{' *' if report.open else ''}",
+        "-" if report.cost is None else str(totals[1]),
+        *([str(totals[2])] if unpriced else []),
+    )
+    notes: list[str] = []
+    if report.open:
+        notes.append("* includes runs still holding GPUs, counted up to now")
+    if unpriced:
+        notes.append(
+            f"UNPRICED_GPU_HOURS: {', '.join(report.unpriced_types)} "
+            "(no price in RUNPLANE_GPU_PRICES), not in COST"
+        )
+    if any(sum(column) != total for column, total in zip(columns, totals, strict=True)):
+        notes.append("Lines are rounded: each TOTAL is the exact sum, rounded once")
+    return Group(table, *notes)
 
 
 async def _run_names(client: Client, lines: list[Line]) -> dict[str, str]:
