@@ -228,18 +228,7 @@ def report(
     lines: dict[str, Line] = {}
     unpriced: set[str] = set()
     for billed in attempts:
-        end = billed.ended_at if billed.ended_at is not None else now
-        if end is None:
-            continue
-        start = billed.started_at
-        if window is not None:
-            start, end = max(start, window[0]), min(end, window[1])
-        if end <= start:
-            continue
-        if group_by == "day":
-            parts = list(split_by_day(billed.gpus, start, end).items())
-        else:
-            parts = [(_group_key(billed, group_by), gpu_ms(billed.gpus, start, end))]
+        parts = _parts(billed, group_by, window, now)
         gpu_type = billed.gpu_type or NO_GPU_TYPE
         price = None if prices is None else prices.get(gpu_type)
         for key, part in parts:
@@ -270,6 +259,23 @@ def report(
         unpriced_ms=sum(line.unpriced_ms for line in ordered),
         unpriced_types=sorted(unpriced),
     )
+
+
+def _parts(
+    billed: BilledAttempt, group_by: GroupBy, window: tuple[int, int] | None, now: int | None
+) -> list[tuple[str, int]]:
+    """The attempt's GPU-ms within ``window`` (an open one up to ``now``), per group key."""
+    end = billed.ended_at if billed.ended_at is not None else now
+    if end is None:
+        return []
+    start = billed.started_at
+    if window is not None:
+        start, end = max(start, window[0]), min(end, window[1])
+    if end <= start:
+        return []
+    if group_by == "day":
+        return list(split_by_day(billed.gpus, start, end).items())
+    return [(_group_key(billed, group_by), gpu_ms(billed.gpus, start, end))]
 
 
 def _group_key(billed: BilledAttempt, group_by: GroupBy) -> str:
