@@ -20,9 +20,11 @@ import msgspec
 from rich.console import Group
 
 from cli.client import Client, ClientError
-from cli.commands.common import echo, moment, positive, success, with_client
+from cli.commands.common import add_all_users, echo, moment, positive, success, with_client
 from cli.models import now_ms, to_datetime
+from cli.reads import named_run
 from cli.render import make_console, plain_table, when
+from events.access import Action
 from events.codec import Recorded
 from events.model import tag_of
 from events.usage import HOUR_MS
@@ -45,6 +47,7 @@ def register(subparsers: Any) -> None:
     audit = subparsers.add_parser("audit", help="who did what, and when")
     audit.add_argument("-u", "--user", help="only this actor (a user, or service@host)")
     audit.add_argument("-r", "--run", help="only this run")
+    add_all_users(audit)
     audit.add_argument("--since", type=moment, help="from (date, or a time ago: 1d)")
     audit.add_argument("--until", type=moment, help="to (date, or a time ago)")
     audit.add_argument("--limit", type=positive, default=1000)
@@ -54,6 +57,7 @@ def register(subparsers: Any) -> None:
     events = subparsers.add_parser("events", help="the raw event log of one run")
     events.add_argument("run", metavar="RUN")
     events.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    add_all_users(events)
     events.set_defaults(handler=with_client(run_events))
 
     projections = subparsers.add_parser("projections", help="the read models")
@@ -190,10 +194,15 @@ async def _run_names(client: Client, lines: list[Line]) -> dict[str, str]:
 
 
 async def audit_trail(args: argparse.Namespace, client: Client) -> int:
+    run_uid = None
+    if args.run is not None:  # an unknown run is a 404, another user's needs --all-users
+        run_uid = (
+            await named_run(client, args.run, Action.AUDIT, all_users=args.all_users)
+        ).run_uid
     entries = await query.audit(
         client.redis,
         user=args.user,
-        run=args.run,
+        run=run_uid,
         window=_window(args, now_ms()),
         limit=args.limit,
     )
@@ -231,7 +240,8 @@ def event_line(record: Recorded) -> str:
 
 
 async def run_events(args: argparse.Namespace, client: Client) -> int:
-    _, records = await client.history(args.run)
+    run = await named_run(client, args.run, Action.EVENTS, all_users=args.all_users)
+    _, records = await client.history(run.run_uid)
     if args.output == "json":
         echo(
             json.dumps(
