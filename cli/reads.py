@@ -133,9 +133,9 @@ async def list_runs(client: Client, filters: RunFilters) -> list[Run]:
 async def select_runs(
     client: Client, patterns: list[str], filters: RunFilters, *, every: bool
 ) -> list[Run]:
-    """The runs a stop or delete applies to: named ones (each must exist; a deleted one is
-    ``deleted``), the ones matching globs or filters, or ``every`` run of the user's (of
-    every user with ``all_users``). Whose runs they are is the caller's to check."""
+    """The runs a stop or delete applies to: named ones (each must exist, and is kept even if
+    deleted or another user's: the caller checks both), the ones matching globs or filters,
+    or ``every`` run of the user's (of every user with ``all_users``)."""
     exact = [p for p in patterns if not has_glob(p)]
     globs = tuple(p for p in patterns if has_glob(p))
     unlimited = replace(filters, limit=None, names=())
