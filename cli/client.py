@@ -20,15 +20,22 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from cli.stack import LocalStack
-from events import commands, keys
+from events import access, commands, keys
 from events.codec import Recorded
 from events.errors import IllegalTransition
 from events.lifecycle import RunState
+from events.model import AnyRunEvent
 from events.spec import RunSpec
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
 
 _SUFFIX = string.ascii_lowercase
+_ACTIONS: dict[type[commands.Command], access.Action] = {  # a submit has no owner yet
+    commands.StopRun: access.Action.STOP,
+    commands.RestartRun: access.Action.RESTART,
+    commands.DeleteRun: access.Action.DELETE,
+    commands.UpdateRun: access.Action.UPDATE,
+}
 
 
 class ClientError(Exception):
@@ -48,6 +55,28 @@ class Refused(ClientError):
     """The request does not fit the run's state (stop a finished run, restart a running one)."""
 
     code = 409
+
+
+class Forbidden(ClientError):
+    """The run is another user's (``events.access``)."""
+
+    code = 403
+
+
+def forbidden(denied: access.AccessDenied) -> Forbidden:
+    if denied.admin:
+        hint = f"add --all-users to {denied.action} another user's run"
+    else:
+        hint = f"only an admin may {denied.action} another user's run (with --all-users)"
+    return Forbidden(f"Run {denied.run} belongs to {denied.owner}, not {denied.actor}: {hint}")
+
+
+def deleted(run: str) -> Refused:
+    """A request for a deleted run (stop, delete, update, restart): the one answer to all."""
+    return Refused(
+        f"Run {run} is deleted and accepts no more requests; its history stays readable "
+        f"(`mcli describe run {run}`), and `mcli run --clone {run}` submits a copy"
+    )
 
 
 class Unreachable(ClientError):
@@ -99,6 +128,9 @@ class Client:
         self.stack_dir = stack_dir
         self.store = EventStore(connect(url), Settings(redis_url=url))
         self.user = current_user()
+        #: Until users and roles are in the log (issue 13), every user is an admin: --all-users
+        #: is theirs to give.
+        self.admin = True
 
     @classmethod
     def discover(cls) -> Client:
@@ -162,13 +194,30 @@ class Client:
             raise NotFound(f"Run {run} not found")
         return state
 
-    async def request(self, run: str, command: commands.Command) -> RunState:
-        """Carry out a stop, restart, delete or update; ``ClientError`` if it is refused."""
-        run_id = await self.resolve(run)
+    def allow(self, action: access.Action, run: str, owner: str, *, all_users: bool) -> None:
+        """``Forbidden`` unless this user may ``action`` the run ``owner`` submitted."""
         try:
-            state, _ = await self.store.update_run(
-                run_id, lambda state: commands.decide(state, command, new_id)
-            )
+            access.check(self.user, action, run, owner, all_users=all_users, admin=self.admin)
+        except access.AccessDenied as denied:
+            raise forbidden(denied) from None
+
+    async def request(
+        self, run: str, command: commands.Command, *, all_users: bool = False
+    ) -> RunState:
+        """Carry out a stop, restart, delete or update of a run this user may act on (another
+        user's with ``all_users``); ``ClientError`` if it is refused."""
+        run_id = await self.resolve(run)
+        action = _ACTIONS[type(command)]
+
+        def decide(state: RunState | None) -> list[AnyRunEvent]:
+            if state is not None:
+                self.allow(action, state.name, state.created_by, all_users=all_users)
+            return commands.decide(state, command, new_id)
+
+        try:
+            state, _ = await self.store.update_run(run_id, decide)
+        except commands.RunIsDeleted as refused:
+            raise deleted(refused.run) from None
         except commands.RequestRefused as refused:
             raise Refused(f"Run {run}: {refused.why}") from None
         except IllegalTransition as illegal:

@@ -16,6 +16,7 @@ import msgspec
 
 from cli.client import Client, NotFound
 from cli.models import Run, build_run
+from events.access import Action
 from events.status import RunStatus
 from projections import query
 from projections.attempts import AttemptsProjection
@@ -90,6 +91,14 @@ async def fetch_run(client: Client, run: str) -> Run:
     return build_run(row, attempts.runs.get(run_id, []))
 
 
+async def named_run(client: Client, run: str, action: Action, *, all_users: bool) -> Run:
+    """The run named ``run`` (as ``fetch_run``), if this user may ``action`` it
+    (``Forbidden`` if it is another user's, unless ``all_users``)."""
+    found = await fetch_run(client, run)
+    client.allow(action, found.name, found.created_by, all_users=all_users)
+    return found
+
+
 async def list_runs(client: Client, filters: RunFilters) -> list[Run]:
     """Runs newest first, as the projector has them, filtered; at most ``filters.limit``."""
     user = filters.user or (None if filters.all_users else client.user)
@@ -124,23 +133,33 @@ async def list_runs(client: Client, filters: RunFilters) -> list[Run]:
 async def select_runs(
     client: Client, patterns: list[str], filters: RunFilters, *, every: bool
 ) -> list[Run]:
-    """The runs a stop or delete applies to: named ones (each must exist), the ones matching
-    globs or filters, or ``every`` run of the user's."""
+    """The runs a stop or delete applies to: named ones (each must exist, and is kept even if
+    deleted or another user's: the caller checks both), the ones matching globs or filters,
+    or ``every`` run of the user's (of every user with ``all_users``)."""
     exact = [p for p in patterns if not has_glob(p)]
     globs = tuple(p for p in patterns if has_glob(p))
     unlimited = replace(filters, limit=None, names=())
+    # A named run is checked (whose, deleted) by the caller, never silently filtered out.
+    named = replace(unlimited, all_users=True, include_deleted=True)
     chosen: dict[str, Run] = {}
     for name in exact:
         run = await fetch_run(client, name)
-        if run.is_deleted and not filters.include_deleted:
-            raise NotFound(f"Run {name} not found")
-        if unlimited.keeps(run, client.user):
+        if named.keeps(run, client.user):
             chosen[run.run_uid] = run
     if globs or every or (not exact and filters.narrows):
         listed = await list_runs(client, replace(unlimited, names=globs))
         for run in listed:
             chosen.setdefault(run.run_uid, run)
     return sorted(chosen.values(), key=lambda r: r.created_at, reverse=True)
+
+
+async def named_or_latest(
+    client: Client, run: str | None, action: Action, *, all_users: bool
+) -> Run:
+    """The run named ``run`` (as ``named_run``), or the user's newest when ``run`` is None."""
+    if run is None:
+        return await latest_run(client)
+    return await named_run(client, run, action, all_users=all_users)
 
 
 async def latest_run(client: Client) -> Run:

@@ -139,8 +139,11 @@ def runs_table(
     headers += ["USER"] if users else []
     headers += ["CLUSTER", "NODES", "INSTANCE", "RESUMPTION", "STATUS", "START TIME", "END TIME"]
     table = plain_table(*headers)
-    for row in run_rows(runs, users=users, ids=ids, expanded=expanded):
-        table.add_row(*(value for value in row.values() if value is not None))
+    for run in runs:
+        for row in run_rows([run], users=users, ids=ids, expanded=expanded):
+            if run.is_deleted and row["name"]:
+                row["name"] = f"{row['name']} (deleted)"  # only with --include-deleted
+            table.add_row(*(value for value in row.values() if value is not None))
     return table
 
 

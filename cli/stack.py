@@ -7,7 +7,10 @@ log-collector and one node-agent per simulated node. Invariants:
   directory, and ``stack.json`` (what runs, with pids), so any later command (or a second
   ``dev up``) finds a running stack by itself.
 - Services are started detached (their own session), so they outlive the command that started
-  them; ``down`` stops them with SIGTERM, then SIGKILL after a grace period, then the server.
+  them; ``down`` stops them with SIGTERM, then SIGKILL after a grace period, then the server,
+  then any rank a node left running (a rank's shim outlives its node-agent by design, so that
+  a restarted agent adopts it; nothing would adopt it once the stack is down).
+- ``missing``/``start`` bring back a service or node that died while the stack runs.
 - ``kill``/``start`` of one service exist for crash tests: kill -9 and start again in place.
 """
 
@@ -24,6 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from services.core.valkey import ValkeyProcess
+from services.node_agent.job import RankKey
+from services.node_agent.process.rankdir import local_ranks
+from services.node_agent.shim.ondisk import kill_group
 
 STATE_FILE = "stack.json"
 
@@ -99,7 +105,9 @@ class LocalStack:
         for spec in self.services.values():
             self.start(spec.name)
 
-    def down(self, grace_s: float = 10.0) -> None:
+    def down(self, grace_s: float = 10.0) -> list[RankKey]:
+        """Stop every service, the server, then every rank still running on a node (killed:
+        the ranks a command stopped first have ended already); the ranks killed."""
         for spec in self.services.values():
             _signal(spec.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
@@ -111,6 +119,7 @@ class LocalStack:
             spec.pid = None
         self.server.stop()
         (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+        return self._kill_ranks()
 
     def start(self, name: str) -> int:
         """Start (or start again) one service; returns its pid."""
@@ -140,6 +149,14 @@ class LocalStack:
         self._reap(spec.pid)
         spec.pid = None
         self._save()
+
+    def missing(self) -> list[str]:
+        """The services (nodes included) that are not running."""
+        return [name for name, pid in self.status().items() if pid is None]
+
+    def node_of(self, name: str) -> str | None:
+        """The node a service runs (its ``RUNPLANE_NODE``), or None for a service."""
+        return self.services[name].env.get("RUNPLANE_NODE")
 
     def status(self) -> dict[str, int | None]:
         """Each service with its pid, or None when it is not running."""
@@ -176,6 +193,19 @@ class LocalStack:
                 env["RUNPLANE_GPU_TYPE"] = config.gpu_type
             specs.append(ServiceSpec(name, "services.node_agent", env))
         return specs
+
+    def _kill_ranks(self) -> list[RankKey]:
+        killed = []
+        for spec in self.services.values():
+            data_dir = spec.env.get("RUNPLANE_DATA_DIR")  # a node's, where its ranks live
+            if data_dir is None:
+                continue
+            for rank_dir in local_ranks(Path(data_dir)):
+                if rank_dir.shim_alive():
+                    kill_group(rank_dir.command_pid())
+                    kill_group(rank_dir.shim_pid())  # its own session: its group is its pid
+                    killed.append(rank_dir.key)
+        return killed
 
     def _reap(self, pid: int | None, within_s: float = 10.0) -> None:
         """Wait until a killed process is gone: collect it if it is our child, else watch it."""

@@ -47,6 +47,13 @@ class RequestRefused(EventsError):
         self.why = why
 
 
+class RunIsDeleted(RequestRefused):
+    """A request for a run that is deleted, or being deleted: it accepts none any more."""
+
+    def __init__(self, run: str) -> None:
+        super().__init__(run, "the run is deleted")
+
+
 class SubmitRun(msgspec.Struct, kw_only=True, frozen=True):
     actor: str
     run_id: str
@@ -99,7 +106,7 @@ def decide(state: RunState | None, command: Command, new_id: NewId) -> list[AnyR
     if state is None:
         raise RequestRefused("?", "the run does not exist")
     if state.deleted or state.delete_requested:
-        raise RequestRefused(state.name, "the run is deleted")
+        raise RunIsDeleted(state.name)
     match command:
         case StopRun():
             return _stop(state, command.actor, command.reason, new_id)

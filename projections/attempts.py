@@ -101,7 +101,8 @@ Handler = Callable[[Any, AttemptRow, Any], str | None]
 class AttemptsProjection:
     name: ClassVar[str] = "attempts"
     #: 2: a rank that exited before ``attempt.running`` no longer makes the fold skip it.
-    version: ClassVar[int] = 2
+    #: 3: a rank's end names the signal that ended it ("ended by signal 15 (stopped by x)").
+    version: ClassVar[int] = 3
     #: Run events but a setup step that went well (it changes no row: its rank is only checked).
     handles: ClassVar[frozenset[type]]
 

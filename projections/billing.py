@@ -183,7 +183,11 @@ class Line(msgspec.Struct, kw_only=True):
     key: str
     gpu_ms: int = 0
     open: bool = False  # an attempt still holding GPUs counted up to ``now``
+    #: The cost of the GPU-ms whose gpu_type has a price; None without prices, or when none
+    #: of the line's GPU-ms has one.
     cost: Decimal | None = None
+    #: GPU-ms of gpu_types without a price (with prices given): not in ``cost``.
+    unpriced_ms: int = 0
 
     @property
     def gpu_hours(self) -> Decimal:
@@ -196,7 +200,14 @@ class Report(msgspec.Struct, kw_only=True):
     now: int | None
     lines: list[Line]
     gpu_ms: int
-    cost: Decimal | None
+    cost: Decimal | None  # the lines' costs summed; None without prices
+    unpriced_ms: int = 0
+    unpriced_types: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def open(self) -> bool:
+        """Some line counts an attempt still holding GPUs up to ``now``."""
+        return any(line.open for line in self.lines)
 
 
 def report(
@@ -209,49 +220,62 @@ def report(
 ) -> Report:
     """GPU-ms per ``group_by`` value within ``window`` ([start, end) in ms; None: all time).
 
-    An open attempt counts up to ``now`` (not at all if ``now`` is None). A line's cost is None
-    unless every gpu_type in it has a price (per GPU-hour).
+    An open attempt counts up to ``now`` (not at all if ``now`` is None). With ``prices`` (per
+    GPU-hour, by gpu_type), what has a price is priced and the GPU-ms of gpu_types without one
+    are counted apart (``unpriced_ms``, ``unpriced_types``): one unpriced type never hides the
+    cost of the rest. Usage of no GPU-ms (a CPU-only run) costs nothing, priced or not.
     """
     lines: dict[str, Line] = {}
     unpriced: set[str] = set()
     for billed in attempts:
-        end = billed.ended_at if billed.ended_at is not None else now
-        if end is None:
-            continue
-        start = billed.started_at
-        if window is not None:
-            start, end = max(start, window[0]), min(end, window[1])
-        if end <= start:
-            continue
-        if group_by == "day":
-            parts = list(split_by_day(billed.gpus, start, end).items())
-        else:
-            parts = [(_group_key(billed, group_by), gpu_ms(billed.gpus, start, end))]
+        parts = _parts(billed, group_by, window, now)
+        gpu_type = billed.gpu_type or NO_GPU_TYPE
+        price = None if prices is None else prices.get(gpu_type)
         for key, part in parts:
             line = lines.get(key)
             if line is None:
                 line = lines[key] = Line(key=key)
             line.gpu_ms += part
             line.open |= billed.ended_at is None
-            price = (prices or {}).get(billed.gpu_type or NO_GPU_TYPE)
-            if price is None:
-                unpriced.add(key)
-            else:
+            if price is not None:
                 line.cost = (line.cost or Decimal(0)) + Decimal(part) * price / HOUR_MS
+            elif prices is not None and part:
+                line.unpriced_ms += part
+                unpriced.add(gpu_type)
     ordered = sorted(lines.values(), key=lambda line: line.key)
-    for line in ordered:
-        if line.key in unpriced:
-            line.cost = None
-    costs = [line.cost for line in ordered]
-    total_cost = sum((c for c in costs if c is not None), Decimal(0))
+    total_cost = None
+    if prices is not None:
+        for line in ordered:
+            if line.cost is None and not line.unpriced_ms:
+                line.cost = Decimal(0)
+        total_cost = sum((line.cost or Decimal(0) for line in ordered), Decimal(0))
     return Report(
         group_by=group_by,
         window=window,
         now=now,
         lines=ordered,
         gpu_ms=sum(line.gpu_ms for line in ordered),
-        cost=total_cost if prices and all(c is not None for c in costs) else None,
+        cost=total_cost,
+        unpriced_ms=sum(line.unpriced_ms for line in ordered),
+        unpriced_types=sorted(unpriced),
     )
+
+
+def _parts(
+    billed: BilledAttempt, group_by: GroupBy, window: tuple[int, int] | None, now: int | None
+) -> list[tuple[str, int]]:
+    """The attempt's GPU-ms within ``window`` (an open one up to ``now``), per group key."""
+    end = billed.ended_at if billed.ended_at is not None else now
+    if end is None:
+        return []
+    start = billed.started_at
+    if window is not None:
+        start, end = max(start, window[0]), min(end, window[1])
+    if end <= start:
+        return []
+    if group_by == "day":
+        return list(split_by_day(billed.gpus, start, end).items())
+    return [(_group_key(billed, group_by), gpu_ms(billed.gpus, start, end))]
 
 
 def _group_key(billed: BilledAttempt, group_by: GroupBy) -> str:

@@ -77,11 +77,9 @@ def describe(  # noqa: PLR0911, PLR0912
                 f"{event.rank} ({event.node}): {event.error}"
             )
         case ev.RankExited():
-            if event.exit_code in (0, None) and event.reason is None:
+            if event.exit_code in (0, None) and event.signal is None and event.reason is None:
                 return None
-            code = f"exit code {event.exit_code}" if event.exit_code is not None else "no exit"
-            why = f": {_reason(event.reason)}" if event.reason is not None else ""
-            return f"Rank {event.rank} on {event.node} exited with {code}{why}"
+            return f"Rank {event.rank} on {event.node} {_rank_end(event)}"
         case (
             ev.ImagePullStarted()
             | ev.ImagePullFinished()
@@ -92,6 +90,23 @@ def describe(  # noqa: PLR0911, PLR0912
             return None
         case _:
             assert_never(event)
+
+
+def _rank_end(event: ev.RankExited) -> str:
+    """How a rank ended and why: the signal that ended it comes first (a stop's SIGTERM is
+    the stop, whatever exit code a shell made of it), then its exit code."""
+    reason = event.reason
+    if event.signal is not None:
+        how = f"ended by signal {event.signal}"
+    elif event.exit_code is not None:
+        how = f"exited with exit code {event.exit_code}"
+    else:
+        how = "ended without an exit code"
+    if reason is None:
+        return how
+    if reason.category == "stopped" and reason.code == "Stopped" and reason.message:
+        return f"{how} ({reason.message})"  # "stopped by alice": the code says it again
+    return f"{how}: {_reason(reason)}"
 
 
 def _reason(reason: ev.Reason) -> str:

@@ -17,15 +17,19 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
+from rich.console import Group
 
 from cli.client import Client, ClientError
-from cli.commands.common import echo, moment, positive, success, with_client
+from cli.commands.common import add_all_users, echo, moment, positive, success, with_client
 from cli.models import now_ms, to_datetime
+from cli.reads import named_run
 from cli.render import make_console, plain_table, when
+from events.access import Action
 from events.codec import Recorded
 from events.model import tag_of
+from events.usage import HOUR_MS
 from projections import catalog, query
-from projections.billing import DIMENSIONS, Line
+from projections.billing import DIMENSIONS, Line, Report
 from projections.lanes import LaneFailed
 from services.projector.lanes import rebuild_many
 
@@ -45,6 +49,7 @@ def register(subparsers: Any) -> None:
     audit = subparsers.add_parser("audit", help="who did what, and when")
     audit.add_argument("-u", "--user", help="only this actor (a user, or service@host)")
     audit.add_argument("-r", "--run", help="only this run")
+    add_all_users(audit)
     audit.add_argument("--since", type=moment, help="from (date, or a time ago: 1d)")
     audit.add_argument("--until", type=moment, help="to (date, or a time ago)")
     audit.add_argument("--limit", type=positive, default=1000)
@@ -54,6 +59,7 @@ def register(subparsers: Any) -> None:
     events = subparsers.add_parser("events", help="the raw event log of one run")
     events.add_argument("run", metavar="RUN")
     events.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    add_all_users(events)
     events.set_defaults(handler=with_client(run_events))
 
     projections = subparsers.add_parser("projections", help="the read models")
@@ -102,40 +108,82 @@ async def billing_report(args: argparse.Namespace, client: Client) -> int:
     rows = [
         {
             args.by: names.get(line.key, line.key),
-            "gpu_hours": f"{line.gpu_hours:.3f}",
+            "gpu_hours": str(_hours(line.gpu_ms)),
             "gpu_ms": line.gpu_ms,
-            "cost": None if line.cost is None else f"{line.cost:.2f}",
+            "cost": None if line.cost is None else str(_money(line.cost)),
             "open": line.open,
+            "unpriced_gpu_ms": line.unpriced_ms,
         }
         for line in report.lines
     ]
-    total_cost = None if report.cost is None else f"{report.cost:.2f}"
     if args.output == "json":
-        echo(
-            json.dumps(
-                {"group_by": args.by, "lines": rows, "gpu_ms": report.gpu_ms, "cost": total_cost}
-            )
-        )
+        total = {
+            "gpu_ms": report.gpu_ms,
+            "cost": None if report.cost is None else str(_money(report.cost)),
+            "open": report.open,
+            "unpriced_gpu_ms": report.unpriced_ms,
+            "unpriced_gpu_types": report.unpriced_types,
+        }
+        echo(json.dumps({"group_by": args.by, "lines": rows, **total}))
         return 0
     if args.output == "csv":
-        writer = csv.DictWriter(
-            sys.stdout, fieldnames=[args.by, "gpu_hours", "gpu_ms", "cost", "open"]
-        )
+        fields = [args.by, "gpu_hours", "gpu_ms", "cost", "open", "unpriced_gpu_ms"]
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
         return 0
     if not rows:
         echo("No GPU usage found.")
         return 0
-    table = plain_table(args.by.upper(), "GPU_HOURS", "COST")
-    for row in rows:
-        mark = " *" if row["open"] else ""
-        table.add_row(str(row[args.by]), f"{row['gpu_hours']}{mark}", str(row["cost"] or "-"))
-    table.add_row("TOTAL", f"{report.gpu_ms / 3_600_000:.3f}", total_cost or "-")
-    make_console().print(table)
-    if any(row["open"] for row in rows):
-        echo("* includes runs still holding GPUs, counted up to now")
+    make_console().print(billing_table(report, args.by, names))
     return 0
+
+
+def _hours(ms: int) -> Decimal:
+    return (Decimal(ms) / HOUR_MS).quantize(Decimal("0.001"))
+
+
+def _money(cost: Decimal) -> Decimal:
+    return cost.quantize(Decimal("0.01"))
+
+
+def billing_table(report: Report, by: str, names: dict[str, str]) -> Group:
+    """The report as a table: a line per group and the TOTAL, each rounded (hours to 3
+    places, cost to 2), then what the marks mean. An open line's ``*`` marks the TOTAL too;
+    unpriced GPU-hours get their own column; if the rounded lines do not add up to the
+    rounded TOTAL, a note says so."""
+    unpriced = report.unpriced_ms > 0
+    headers = [by.upper(), "GPU_HOURS", "COST"] + (["UNPRICED_GPU_HOURS"] if unpriced else [])
+    table = plain_table(*headers)
+    columns: list[list[Decimal]] = [[], [], []]
+    for line in report.lines:
+        cells = [_hours(line.gpu_ms), _money(line.cost or Decimal(0)), _hours(line.unpriced_ms)]
+        for column, cell in zip(columns, cells, strict=True):
+            column.append(cell)
+        table.add_row(
+            names.get(line.key, line.key),
+            f"{cells[0]}{' *' if line.open else ''}",
+            "-" if line.cost is None else str(cells[1]),
+            *([str(cells[2])] if unpriced else []),
+        )
+    totals = [_hours(report.gpu_ms), _money(report.cost or Decimal(0)), _hours(report.unpriced_ms)]
+    table.add_row(
+        "TOTAL",
+        f"{totals[0]}{' *' if report.open else ''}",
+        "-" if report.cost is None else str(totals[1]),
+        *([str(totals[2])] if unpriced else []),
+    )
+    notes: list[str] = []
+    if report.open:
+        notes.append("* includes runs still holding GPUs, counted up to now")
+    if unpriced:
+        notes.append(
+            f"UNPRICED_GPU_HOURS: {', '.join(report.unpriced_types)} "
+            "(no price in RUNPLANE_GPU_PRICES), not in COST"
+        )
+    if any(sum(column) != total for column, total in zip(columns, totals, strict=True)):
+        notes.append("Lines are rounded: each TOTAL is the exact sum, rounded once")
+    return Group(table, *notes)
 
 
 async def _run_names(client: Client, lines: list[Line]) -> dict[str, str]:
@@ -148,10 +196,15 @@ async def _run_names(client: Client, lines: list[Line]) -> dict[str, str]:
 
 
 async def audit_trail(args: argparse.Namespace, client: Client) -> int:
+    run_uid = None
+    if args.run is not None:  # an unknown run is a 404, another user's needs --all-users
+        run_uid = (
+            await named_run(client, args.run, Action.AUDIT, all_users=args.all_users)
+        ).run_uid
     entries = await query.audit(
         client.redis,
         user=args.user,
-        run=args.run,
+        run=run_uid,
         window=_window(args, now_ms()),
         limit=args.limit,
     )
@@ -203,7 +256,8 @@ def event_json(record: Recorded) -> dict[str, Any]:
 
 
 async def run_events(args: argparse.Namespace, client: Client) -> int:
-    _, records = await client.history(args.run)
+    run = await named_run(client, args.run, Action.EVENTS, all_users=args.all_users)
+    _, records = await client.history(run.run_uid)
     if args.output == "json":
         echo(json.dumps([event_json(record) for record in records]))
         return 0

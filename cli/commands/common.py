@@ -66,20 +66,25 @@ def with_client(handler: AsyncHandler) -> Handler:
 # --- argument types ----------------------------------------------------------------------------
 
 
-def non_negative(text: str) -> int:
+def _whole(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def non_negative(text: str) -> int:
+    value = _whole(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
 
 
 def positive(text: str) -> int:
-    value = non_negative(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be at least 1")
+    """A count of at least 1 (``--limit``, ``--nodes``): 0 and -1 are the same usage error."""
+    value = _whole(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
@@ -128,6 +133,13 @@ def add_filters(parser: argparse.ArgumentParser, *, listing: bool = True) -> Non
     parser.add_argument("--all-users", action="store_true", help="runs of every user")
     if listing:
         parser.add_argument("--include-deleted", action="store_true", help="deleted runs too")
+
+
+def add_all_users(parser: argparse.ArgumentParser) -> None:
+    """``--all-users`` on a command that names one run: it may be another user's."""
+    parser.add_argument(
+        "--all-users", action="store_true", help="the run may be another user's (admins)"
+    )
 
 
 def filters_from(args: argparse.Namespace, *, limit: int | None = None) -> RunFilters:

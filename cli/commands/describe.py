@@ -8,9 +8,10 @@ import argparse
 from typing import Any
 
 from cli.client import Client
-from cli.commands.common import with_client
-from cli.reads import fetch_run, latest_run
+from cli.commands.common import add_all_users, with_client
+from cli.reads import named_or_latest
 from cli.render import describe, make_console
+from events.access import Action
 
 
 def register(subparsers: Any) -> None:
@@ -18,10 +19,11 @@ def register(subparsers: Any) -> None:
     kinds = parser.add_subparsers(dest="kind", metavar="{run}", required=True)
     run = kinds.add_parser("run", help="describe a run")
     run.add_argument("run", nargs="?", metavar="RUN", help="the run (default: your newest)")
+    add_all_users(run)
     run.set_defaults(handler=with_client(describe_run))
 
 
 async def describe_run(args: argparse.Namespace, client: Client) -> int:
-    run = await fetch_run(client, args.run) if args.run else await latest_run(client)
+    run = await named_or_latest(client, args.run, Action.DESCRIBE, all_users=args.all_users)
     make_console().print(describe(run))
     return 0

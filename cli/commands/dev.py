@@ -3,7 +3,13 @@ state directory (``$RUNPLANE_HOME``, default ``~/.local/state/runplane``).
 
 ``up`` returns once every node registered (as the projector's utilization model shows, so
 the projector answers too), the scheduler and the log-collector hold their leases, and every
-process still runs; a second ``up`` says the stack is running already.
+process still runs. On a running stack, ``up`` starts again what died (a node-agent, a service)
+and waits until each node it started has registered again; with nothing missing it says the
+stack is running already.
+
+``down`` first stops every run that is not finished (a running one gets SIGTERM and the grace
+period, as ``mcli stop run`` does) and waits for them to end, so that no rank outlives the
+stack; a rank still running after that is killed (its run shows it lost at the next ``up``).
 """
 
 from __future__ import annotations
@@ -13,15 +19,22 @@ import asyncio
 import time
 from typing import Any
 
-from cli.client import Client, state_dir
+from cli.client import Client, Refused, state_dir
 from cli.commands.common import echo, positive, success, warn
+from cli.models import Run
+from cli.reads import RunFilters, fetch_run, list_runs
 from cli.render import make_console, plain_table
 from cli.stack import LocalStack, StackConfig, StackError
-from events import keys
+from events import commands, keys
+from events.model import NodeRegistered
+from events.status import RunStatus
 from projections import query
 
 _READY_S = 90.0
 _POLL_S = 0.2
+_END_SLACK_S = 30.0
+_UNFINISHED = frozenset(s for s in RunStatus if s.is_waiting() or s.is_active())
+_WHY = "the local stack was shut down (mcli dev down)"
 
 
 def register(subparsers: Any) -> None:
@@ -52,8 +65,7 @@ def dev_up(args: argparse.Namespace) -> int:
     home = state_dir()
     running = LocalStack.find(home)
     if running is not None:
-        warn(f"A local stack is already running in {home} ({running.url}): `mcli dev status`")
-        return 0
+        return _start_missing(running)
     stack = LocalStack(home)
     config = StackConfig(
         nodes=args.nodes,
@@ -79,7 +91,54 @@ def dev_up(args: argparse.Namespace) -> int:
     return 0
 
 
-async def wait_ready(stack: LocalStack, config: StackConfig) -> None:
+def _start_missing(stack: LocalStack) -> int:
+    missing = stack.missing()
+    if not missing:
+        warn(
+            f"A local stack is already running in {stack.state_dir} ({stack.url}): "
+            "`mcli dev status`"
+        )
+        return 0
+    names = ", ".join(missing)
+    with make_console().status(f"Starting {names} again..."):
+        asyncio.run(_restart(stack, missing))
+    success(f"Started {names} again (it had stopped running); local stack up at {stack.url}")
+    return 0
+
+
+async def _restart(stack: LocalStack, names: list[str]) -> None:
+    """Start ``names`` again and wait until the stack is ready and each node among them has
+    registered once more."""
+    client = Client(stack.url, stack.state_dir)
+    try:
+        nodes = [node for name in names if (node := stack.node_of(name)) is not None]
+        seen = {node: await _registrations(client, node) for node in nodes}
+        for name in names:
+            stack.start(name)
+        await wait_ready(stack, stack.config, registered_again=seen)
+    finally:
+        await client.close()
+
+
+async def _registered(client: Client, seen: dict[str, int]) -> bool:
+    """Each node of ``seen`` registered more often than ``seen`` says."""
+    for node, count in seen.items():
+        if await _registrations(client, node) <= count:
+            return False
+    return True
+
+
+async def _registrations(client: Client, node: str) -> int:
+    return sum(
+        isinstance(r.event, NodeRegistered) for r in await client.store.history(f"node:{node}")
+    )
+
+
+async def wait_ready(
+    stack: LocalStack, config: StackConfig, *, registered_again: dict[str, int] | None = None
+) -> None:
+    """Until the stack is ready (see the module), and each node of ``registered_again`` has
+    registered more often than the count given."""
     client = Client(stack.url, stack.state_dir)
     deadline = time.monotonic() + _READY_S
     try:
@@ -91,7 +150,7 @@ async def wait_ready(stack: LocalStack, config: StackConfig) -> None:
                     f"{', '.join(dead)} exited while starting; its log ends with:\n"
                     + "\n".join(tail)
                 )
-            if await ready(client, config):
+            if await ready(client, config) and await _registered(client, registered_again or {}):
                 return
             if time.monotonic() > deadline:
                 raise StackError(
@@ -137,7 +196,53 @@ def dev_down(args: argparse.Namespace) -> int:
     if stack is None:
         echo(f"No local stack is running in {home}.")
         return 0
-    with make_console().status("Stopping the local stack..."):
-        stack.down()
+    console = make_console()
+    with console.status("Stopping the runs that are not finished..."):
+        stopped, going = asyncio.run(stop_runs(stack))
+    for run in stopped:
+        success(f"Stopped run {run.name} (it was {run.status.display_name}): the stack goes down")
+    for run in going:
+        warn(f"Run {run.name} did not end within {_end_wait_s(stack):g}s; its ranks are killed")
+    with console.status("Stopping the local stack..."):
+        killed = stack.down()
+    for key in killed:
+        warn(
+            f"Killed rank {key.rank} of attempt {key.attempt} of run {key.run_id}, still "
+            "running: the next `mcli dev up` records it as lost"
+        )
     success("Local stack stopped.")
     return 0
+
+
+def _end_wait_s(stack: LocalStack) -> float:
+    """How long a stopped run may take to end: the grace period, then the slack of the
+    reports (rank exits, the scheduler's ending)."""
+    return stack.config.grace_period_s + _END_SLACK_S
+
+
+async def stop_runs(stack: LocalStack) -> tuple[list[Run], list[Run]]:
+    """Stop every run that is not finished, of every user, and wait until each has ended;
+    the runs asked to stop (as they were), and those that had not ended in time."""
+    client = Client(stack.url, stack.state_dir)
+    try:
+        filters = RunFilters(all_users=True, statuses=_UNFINISHED, limit=None)
+        unfinished = await list_runs(client, filters)
+        stopped: list[Run] = []
+        for run in unfinished:
+            stop = commands.StopRun(actor=client.user, reason=_WHY)
+            try:
+                await client.request(run.run_uid, stop, all_users=True)
+            except Refused:
+                continue  # ended, or ending already (it is waited for below all the same)
+            stopped.append(run)
+        deadline = time.monotonic() + _end_wait_s(stack)
+        going = list(unfinished)
+        while going and time.monotonic() < deadline:
+            going = [
+                r for r in going if not (await fetch_run(client, r.run_uid)).status.is_terminal()
+            ]
+            if going:
+                await asyncio.sleep(_POLL_S)
+        return stopped, going
+    finally:
+        await client.close()

@@ -11,9 +11,10 @@ import argparse
 from typing import Any
 
 from cli.client import Client
-from cli.commands.common import echo, non_negative, warn, with_client
+from cli.commands.common import add_all_users, echo, non_negative, warn, with_client
 from cli.logsel import NoLogs, attempt_of, choose, follow, read, unscheduled_notice, wait_scheduled
-from cli.reads import fetch_run, latest_run
+from cli.reads import named_or_latest
+from events.access import Action
 
 
 def register(subparsers: Any) -> None:
@@ -27,11 +28,12 @@ def register(subparsers: Any) -> None:
     rank.add_argument("--failed", action="store_true", help="the first failed rank")
     parser.add_argument("-f", "--follow", action="store_true", help="follow until it ends")
     parser.add_argument("-t", "--tail", type=non_negative, help="only the last N lines")
+    add_all_users(parser)
     parser.set_defaults(handler=with_client(logs))
 
 
 async def logs(args: argparse.Namespace, client: Client) -> int:
-    run = await fetch_run(client, args.run) if args.run else await latest_run(client)
+    run = await named_or_latest(client, args.run, Action.LOGS, all_users=args.all_users)
     if args.follow:
         attempt = attempt_of(run, args.resumption, args.prev)
         notice = unscheduled_notice(run, attempt)

@@ -9,11 +9,11 @@ refused cleanly, never half-stopped.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import Any
 
-from cli.client import Client, NotFound, Refused
+from cli.client import Client, NotFound, Refused, deleted
 from cli.commands.common import (
+    add_all_users,
     add_filters,
     confirm,
     echo,
@@ -29,6 +29,7 @@ from cli.logsel import UsageError
 from cli.models import Run
 from cli.reads import select_runs
 from events import commands
+from events.access import Action
 
 _PRIORITIES = {"auto": "auto", "medium": "auto", "low": "low", "lowest": "lowest"}
 
@@ -60,16 +61,22 @@ def register(subparsers: Any) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
     )
+    add_all_users(run)
     run.set_defaults(handler=with_client(update_run))
 
 
-async def _select(args: argparse.Namespace, client: Client) -> list[Run]:
+async def _select(args: argparse.Namespace, client: Client, action: Action) -> list[Run]:
+    """The runs named or matched, each one this user may ``action`` and not deleted."""
     filters = filters_from(args)
     if not args.runs and not args.all and not filters.narrows:
         raise UsageError("name the runs (names or globs), give filters, or use --all")
     runs = await select_runs(client, list(args.runs), filters, every=args.all)
     if not runs:
         raise NotFound("No runs found matching the given names and filters")
+    for run in runs:
+        client.allow(action, run.name, run.created_by, all_users=args.all_users)
+        if run.is_deleted:
+            raise deleted(run.name)
     return runs
 
 
@@ -82,12 +89,17 @@ def _ask(verb: str, runs: list[Run], force: bool) -> bool:
 
 
 async def _each(
-    client: Client, runs: list[Run], command: Callable[[], commands.Command], done: str
+    client: Client,
+    runs: list[Run],
+    command: commands.Command,
+    done: str,
+    *,
+    all_users: bool,
 ) -> int:
     failed = 0
     for run in runs:
         try:
-            await client.request(run.run_uid, command())
+            await client.request(run.run_uid, command, all_users=all_users)
         except Refused as refused:
             error(refused.code, str(refused))
             failed += 1
@@ -97,10 +109,10 @@ async def _each(
 
 
 async def stop_runs(args: argparse.Namespace, client: Client) -> int:
-    runs = await _select(args, client)
+    runs = await _select(args, client, Action.STOP)
     active = []
     for run in runs:
-        if run.status.is_terminal() or run.is_deleted:
+        if run.status.is_terminal():
             warn(f"Run {run.name} is already {run.status.display_name}; skipping it")
         else:
             active.append(run)
@@ -109,17 +121,17 @@ async def stop_runs(args: argparse.Namespace, client: Client) -> int:
     if not _ask("Stop", active, args.force):
         echo("Cancelled: nothing was stopped.")
         return 1
-    return await _each(client, active, lambda: commands.StopRun(actor=client.user), "Stopped")
+    stop = commands.StopRun(actor=client.user)
+    return await _each(client, active, stop, "Stopped", all_users=args.all_users)
 
 
 async def delete_runs(args: argparse.Namespace, client: Client) -> int:
-    runs = [run for run in await _select(args, client) if not run.is_deleted]
-    if not runs:
-        raise NotFound("No runs found matching the given names and filters")
+    runs = await _select(args, client, Action.DELETE)
     if not _ask("Delete", runs, args.force):
         echo("Cancelled: nothing was deleted.")
         return 1
-    return await _each(client, runs, lambda: commands.DeleteRun(actor=client.user), "Deleted")
+    delete = commands.DeleteRun(actor=client.user)
+    return await _each(client, runs, delete, "Deleted", all_users=args.all_users)
 
 
 async def update_run(args: argparse.Namespace, client: Client) -> int:
@@ -134,7 +146,8 @@ async def update_run(args: argparse.Namespace, client: Client) -> int:
         raise UsageError(
             "nothing to update: give --priority, --preemptible, --max-retries or --max-duration"
         )
-    state = await client.request(args.run, commands.UpdateRun(actor=client.user, **changes))
+    update = commands.UpdateRun(actor=client.user, **changes)
+    state = await client.request(args.run, update, all_users=args.all_users)
     shown = ", ".join(f"{k}={v}" for k, v in changes.items() if v is not None)
     success(f"Updated run {state.name}: {shown}")
     return 0

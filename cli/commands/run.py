@@ -12,14 +12,24 @@ import asyncio
 from typing import Any
 
 from cli.client import Client, ClientError
-from cli.commands.common import echo, hours, non_negative, positive, success, warn, with_client
+from cli.commands.common import (
+    add_all_users,
+    echo,
+    hours,
+    non_negative,
+    positive,
+    success,
+    warn,
+    with_client,
+)
 from cli.config import load_file
 from cli.logsel import NoLogs, choose, follow
 from cli.models import Run
-from cli.reads import fetch_run
+from cli.reads import fetch_run, named_run
 from cli.render import make_console
 from cli.submit import submit_config, with_overrides
 from events import commands
+from events.access import Action
 from events.status import RunStatus
 
 S = RunStatus
@@ -58,6 +68,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--gpus", type=non_negative, help="GPUs over every node")
     parser.add_argument("--instance", help="instance type")
     parser.add_argument("--nodes", type=positive, help="nodes")
+    add_all_users(parser)
     parser.set_defaults(handler=with_client(run_command))
 
 
@@ -80,14 +91,15 @@ def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
 async def run_command(args: argparse.Namespace, client: Client) -> int:
     overrides = overrides_of(args)
     if args.restart:
-        name = await restart(client, args.restart, overrides)
+        name = await restart(client, args.restart, overrides, all_users=args.all_users)
         success(f"Run {name} resubmitted.")
     else:
         if args.file:
             config, warnings = load_file(args.file)
             where = args.file
         else:
-            config, warnings = (await fetch_run(client, args.clone)).submitted_config, []
+            source = await named_run(client, args.clone, Action.CLONE, all_users=args.all_users)
+            config, warnings = source.submitted_config, []
             where = f"run {args.clone}"
         name, _, more = await submit_config(client, with_overrides(config, overrides), where=where)
         for warning in warnings + more:
@@ -102,22 +114,25 @@ async def run_command(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
-async def restart(client: Client, run: str, overrides: dict[str, Any]) -> str:
-    """Restart ``run``; scheduling overrides are applied first, others cannot change."""
+async def restart(client: Client, run: str, overrides: dict[str, Any], *, all_users: bool) -> str:
+    """Restart ``run`` (another user's with ``all_users``); scheduling overrides are applied
+    first, others cannot change."""
     fixed = [k for k, v in overrides.items() if v is not None and not k.startswith("scheduling.")]
     if fixed:
         names = ", ".join("--" + k.rpartition(".")[2].replace("_", "-") for k in fixed)
         raise ClientError(f"{names} cannot change on a restart: use --clone {run} instead")
     changes = {k.partition(".")[2]: v for k, v in overrides.items() if v is not None}
     state = await client.state(run)
+    client.allow(Action.RESTART, state.name, state.created_by, all_users=all_users)
     if not state.latest.status.is_terminal():
         raise ClientError(
             f"Run {state.name} is {state.latest.status.display_name}: stop it first "
             f"(`mcli stop run {state.name}`), then restart it"
         )
     if changes:
-        await client.request(run, commands.UpdateRun(actor=client.user, **changes))
-    await client.request(run, commands.RestartRun(actor=client.user))
+        update = commands.UpdateRun(actor=client.user, **changes)
+        await client.request(run, update, all_users=all_users)
+    await client.request(run, commands.RestartRun(actor=client.user), all_users=all_users)
     return state.name
 
 

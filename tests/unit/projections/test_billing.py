@@ -182,3 +182,36 @@ def test_every_grouping_adds_up_to_the_same_gpu_milliseconds(
         assert isinstance(
             msgspec.json.decode(msgspec.json.encode(attempt), type=BilledAttempt), BilledAttempt
         )
+
+
+def attempt(run: str, user: str, gpu_type: str | None, gpus: int, hours: float) -> BilledAttempt:
+    end = int(hours * HOUR)
+    return BilledAttempt(
+        run_id=run, run_name=run, attempt=0, user=user, cluster="c", gpu_type=gpu_type,
+        gpus=gpus, started_at=0, ended_at=end, gpu_ms=gpus * end,
+    )  # fmt: skip
+
+
+def test_an_unpriced_gpu_type_is_counted_apart_and_the_rest_is_priced() -> None:
+    attempts = [
+        attempt("r1", "alice", "a100", 2, 1),  # 2 GPU-hours at 2.50
+        attempt("r2", "alice", "h100", 1, 3),  # 3 GPU-hours, no price
+        attempt("r3", "bob", None, 0, 5),  # CPU-only: 0 GPU-hours of "none", no price
+        attempt("r4", "carol", "h100", 4, 1),  # 4 GPU-hours, no price
+    ]
+    result = report(attempts, "user", prices={"a100": Decimal("2.50")})
+    assert result.cost == Decimal("5")  # one unpriced type does not blank the TOTAL
+    lines = {line.key: (line.gpu_ms, line.cost, line.unpriced_ms) for line in result.lines}
+    assert lines == {
+        "alice": (5 * HOUR, Decimal("5"), 3 * HOUR),
+        "bob": (0, Decimal(0), 0),
+        "carol": (4 * HOUR, None, 4 * HOUR),
+    }
+    assert (result.cost, result.unpriced_ms, result.unpriced_types) == (
+        Decimal("5"),
+        7 * HOUR,
+        ["h100"],
+    )
+    unpriced_none = report(attempts[2:3], "gpu_type", prices={"a100": Decimal(1)})
+    assert (unpriced_none.cost, unpriced_none.unpriced_types) == (Decimal(0), [])
+    assert report(attempts, "user").cost is None  # no prices at all: no cost anywhere

@@ -172,8 +172,8 @@ def test_attempts_have_timelines_ranks_reasons_and_describe_lines() -> None:
         (1, "Run resumed"),
         (1, "Run updated by alice@example.com: priority=low"),
         (1, "Run stopped by bob@example.com"),
-        (1, "Rank 0 on n1 exited with exit code 143: Stopped (stopped by bob@example.com)"),
-        (1, "Rank 1 on n2 exited with exit code 143: Stopped (stopped by bob@example.com)"),
+        (1, "Rank 0 on n1 ended by signal 15 (stopped by bob@example.com)"),
+        (1, "Rank 1 on n2 ended by signal 15 (stopped by bob@example.com)"),
         (2, "Run restarted by alice@example.com"),
         (2, "Run placed back in the scheduling queue"),
     ]
