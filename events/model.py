@@ -16,7 +16,7 @@ from typing import ClassVar, Literal
 
 import msgspec
 
-from events.spec import RunSpec
+from events.spec import Priority, RunSpec
 
 ReasonCategory = Literal["user", "system", "preempted", "stopped"]
 
@@ -103,7 +103,7 @@ class RestartRequested(RunEvent, kw_only=True, tag="run.restart_requested"):
 class UpdateRequested(RunEvent, kw_only=True, tag="run.update_requested"):
     """Scheduling fields changed; ``None`` means unchanged."""
 
-    priority: Literal["auto", "low", "lowest"] | None = None
+    priority: Priority | None = None
     preemptible: bool | None = None
     max_retries: int | None = None
     retry_on_system_failure: bool | None = None

@@ -12,7 +12,8 @@ import asyncio
 from typing import Any
 
 from cli.client import Client, ClientError
-from cli.commands.common import echo, hours, non_negative, positive, success, warn, with_client
+from cli.commands.common import echo, non_negative, positive, success, warn, with_client
+from cli.commands.options import add_scheduling, scheduling_of, yaml_keys_help
 from cli.config import load_file
 from cli.logsel import NoLogs, choose, follow
 from cli.models import Run
@@ -24,32 +25,26 @@ from events.status import RunStatus
 
 S = RunStatus
 _POLL_S = 0.5
-_PRIORITIES = {"auto": "auto", "medium": "auto", "low": "low", "lowest": "lowest"}
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "run", help="submit a run (-f FILE), restart one (-r RUN) or clone one (--clone RUN)"
+        "run",
+        help="submit a run (-f FILE), restart one (-r RUN) or clone one (--clone RUN)",
+        description="Submit a run (-f FILE), restart one (-r RUN) or clone one (--clone RUN).",
+        epilog=yaml_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("-f", "--file", help="the run's YAML")
     source.add_argument("-r", "--restart", metavar="RUN", help="restart a finished run")
     source.add_argument("--clone", metavar="RUN", help="submit a copy of a run")
-    parser.add_argument("--priority", choices=sorted(_PRIORITIES), help="scheduling priority")
-    parser.add_argument(
-        "--preemptible", action=argparse.BooleanOptionalAction, default=None, help="preemptible"
-    )
-    parser.add_argument(
-        "--max_retries", "--max-retries", dest="max_retries", type=non_negative, help="retries"
-    )
-    parser.add_argument(
-        "--max-duration", "--max_duration", dest="max_duration", type=hours, help="hours"
-    )
+    add_scheduling(parser, watchdog=False)
     parser.add_argument(
         "--follow",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="show the run's status live, then its logs",
+        help="show the run's status live, then its logs; exit 1 if it ends Failed or Stopped",
     )
     parser.add_argument("--image", help="the image")
     parser.add_argument("--name", help="the run's base name")
@@ -62,6 +57,7 @@ def register(subparsers: Any) -> None:
 
 
 def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    scheduling = {f"scheduling.{k}": v for k, v in scheduling_of(args).items()}
     return {
         "image": args.image,
         "name": args.name,
@@ -70,10 +66,7 @@ def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
         "compute.gpus": args.gpus,
         "compute.instance": args.instance,
         "compute.nodes": args.nodes,
-        "scheduling.priority": _PRIORITIES.get(args.priority) if args.priority else None,
-        "scheduling.preemptible": args.preemptible,
-        "scheduling.max_retries": args.max_retries,
-        "scheduling.max_duration": args.max_duration,
+        **scheduling,
     }
 
 

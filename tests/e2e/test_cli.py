@@ -258,18 +258,46 @@ def test_usage_errors_exit_2(mcli: Mcli, args: list[str]) -> None:
     assert done.returncode == 2, done
 
 
-def test_a_typo_is_a_warning_with_a_suggestion_and_the_name_is_fixed(
+def test_a_typo_is_an_error_with_a_suggestion_and_writes_nothing(
     mcli: Mcli, tmp_path: Path
 ) -> None:
+    before = mcli.ok("get", "runs", "--all-users", "--include-deleted", "-o", "name")
     path = tmp_path / "typo.yaml"
-    path.write_text(TYPO)
+    path.write_text(TYPO + "schedulng: {max_retries: 2}\n")
+    done = mcli("run", "-f", str(path))
+    no_traceback(done)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        f"✗ Error 400: {path}: comand: unknown key (did you mean 'command'?)",
+        f"  {path}: schedulng: unknown key (did you mean 'scheduling'?)",
+    ]
+    assert before == mcli.ok("get", "runs", "--all-users", "--include-deleted", "-o", "name")
+
+
+def test_the_name_is_fixed_with_a_warning(mcli: Mcli, tmp_path: Path) -> None:
+    path = tmp_path / "name.yaml"
+    path.write_text(TYPO.replace("comand: x\n", ""))
     done = mcli("run", "-f", str(path))
     assert done.returncode == 0, done.stderr
-    assert "unknown key 'comand' is ignored (did you mean 'command'?)" in done.stderr
     assert "using 'hello-world'" in done.stderr
     name = re.search(r"✔ Run (hello-world-[a-z]{6}) submitted", done.stdout)
     assert name, done.stdout
     mcli.ok("stop", "run", name[1], "-y")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["stop", "run"], "name the runs (names or globs), give filters, or use --all"),
+        (["update", "run", "x"], "nothing to update: give --priority"),
+    ],
+)
+def test_a_usage_error_is_only_its_one_line(mcli: Mcli, args: list[str], message: str) -> None:
+    done = mcli(*args)
+    no_traceback(done)
+    assert done.returncode == 2, done
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"✗ Error 400: {message}"), done.stderr
 
 
 def test_an_unreachable_server_is_one_line(mcli: Mcli) -> None:
