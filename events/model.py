@@ -128,8 +128,14 @@ class RetryScheduled(RunEvent, kw_only=True, tag="run.retry_scheduled"):
 
 
 class AttemptQueued(RunEvent, kw_only=True, tag="attempt.queued"):
+    """The attempt waits in its cluster's queue; ``nodes`` (0: not known yet), ``gpus`` and
+    ``gpu_type`` are the shape the scheduler judged the request by (``events.fit``)."""
+
     reason: str = ""
     position: int = 0
+    nodes: int = 0
+    gpus: int = 0
+    gpu_type: str | None = None
 
 
 class AttemptScheduled(RunEvent, kw_only=True, tag="attempt.scheduled"):

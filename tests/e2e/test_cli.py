@@ -171,6 +171,22 @@ async def test_a_small_run_waits_behind_a_big_one(mcli: Mcli) -> None:
     assert (await wait_for(mcli.stack.url, big, *DONE)).status is S.COMPLETED
 
 
+async def test_a_queued_run_shows_the_nodes_and_instance_its_request_means(mcli: Mcli) -> None:
+    big = mcli.submit("big")
+    await wait_for(mcli.stack.url, big, S.RUNNING)
+    wide = mcli.submit("hello", "--gpus", "16", "--name", "wide")  # 2 ranks of 8, not 1 of 16
+    await wait_for(mcli.stack.url, wide, S.QUEUED)
+    row = re.compile(rf"{wide}\s+local\s+2\s+8x a100_80gb\s+0\s+Queued")
+
+    def listed_as_queued() -> bool:
+        return bool(row.search(mcli.ok("get", "runs", wide)))
+
+    await eventually(listed_as_queued, what=f"get runs to show {wide} on 2 nodes of 8")
+    mcli.ok("stop", "run", wide, big, "-y")
+    for name in (wide, big):
+        await wait_for(mcli.stack.url, name, *DONE)
+
+
 async def test_a_bad_image_fails_and_logs_point_at_describe(mcli: Mcli) -> None:
     name = mcli.submit("hello", "--image", "Not A Valid/Image", "--name", "bad-image")
     run = await wait_for(mcli.stack.url, name, *DONE)
@@ -211,6 +227,18 @@ TYPO = "name: Hello_World\nimage: i\ncommand: echo\ncompute: {cluster: local, gp
         (["run", "-f", f"{EXAMPLES}/hello.yaml", "--cluster", "nowhere"], "known clusters: local"),
         (["run", "-f", f"{EXAMPLES}/hello.yaml", "--gpus", "16", "--nodes", "1"], "has 8"),
         (["run", "-f", f"{EXAMPLES}/hello.yaml", "--gpus", "3", "--nodes", "2"], "evenly"),
+        (
+            ["run", "-f", f"{EXAMPLES}/hello.yaml", "--gpus", "1000"],
+            (
+                "No set of nodes in cluster local can hold it (it needs 125 nodes with "
+                "8 x a100_80gb, the cluster has 2): change the request's compute"
+            ),
+        ),
+        (["run", "-f", f"{EXAMPLES}/hello.yaml", "--gpus", "3", "--nodes", "3"], "needs 3 nodes"),
+        (
+            ["run", "-f", f"{EXAMPLES}/hello.yaml", "--instance", "foo"],
+            "Instance foo not found in cluster local; known instances: a100_80gbx8",
+        ),
         (["run", "-f", "{noimage}"], "missing image"),
         (["describe", "run", "nope-abcdef"], "Run nope-abcdef not found"),
         (["logs", "nope-abcdef"], "Run nope-abcdef not found"),
