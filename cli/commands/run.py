@@ -1,5 +1,7 @@
 """``mcli run -f FILE | -r RUN | --clone RUN``: submit, restart or clone a run; ``--follow``
-shows its status transitions live, then its logs.
+shows every resumption's status transitions as they happen (an end with its reason) and the
+output of each resumption that ran, then exits 1 if the run ended FAILED or STOPPED (0 if it
+COMPLETED), so scripts can tell.
 
 Nothing is written unless the whole request is valid: the YAML and the overrides are
 validated and checked against the cluster first (``cli.submit``).
@@ -16,9 +18,8 @@ from cli.commands.common import echo, non_negative, positive, success, warn, wit
 from cli.commands.options import add_scheduling, scheduling_of, yaml_keys_help
 from cli.config import load_file
 from cli.logsel import NoLogs, choose, follow
-from cli.models import Run
+from cli.models import Resumption, Run, RunLifecycle
 from cli.reads import fetch_run
-from cli.render import make_console
 from cli.submit import submit_config, with_overrides
 from events import commands
 from events.status import RunStatus
@@ -115,29 +116,54 @@ async def restart(client: Client, run: str, overrides: dict[str, Any]) -> str:
 
 
 async def follow_run(client: Client, name: str) -> int:
-    """Status transitions live until the run runs (or ends), then its logs, then its end."""
-    console = make_console()
-    seen: tuple[int, RunStatus] | None = None
-    run: Run
-    with console.status(f"Waiting for run {name}...") as spinner:
-        while True:
-            run = await fetch_run(client, name)
-            now = (run.latest_resumption.index, run.status)
-            if now != seen:
-                seen = now
-                console.print(f"Run {name} (resumption {now[0]}): {run.status.display_name}")
-                spinner.update(f"Run {name} is {run.status.display_name}...")
-            if run.status.is_terminal() or run.status.after(S.STARTING):
+    """Every resumption's status transitions as they happen (an end with its reason), the
+    output of each resumption that ran, then how the run ended: 1 if FAILED or STOPPED.
+
+    The run is read from its own history, whose phases only grow; a resumption's phases are
+    printed in order, before its output is followed and after. The run is over once its latest
+    resumption is terminal: a retry is appended with the end it follows, never after it."""
+    printed: dict[int, int] = {}  # resumption index -> phases printed
+    followed: set[int] = set()  # resumptions whose output was shown
+    while True:
+        run = await fetch_run(client, name)
+        for resumption in run.resumptions:
+            index = resumption.index
+            phases = [p for p in run.lifecycle if p.resumption_index == index]
+            for phase in phases[printed.get(index, 0) :]:
+                echo(transition(run, phase), flush=True)
+            printed[index] = len(phases)
+            if index not in followed and _ran(resumption):
+                followed.add(index)
+                await _output(client, run, index)
+                break  # the run moved on meanwhile: read it again
+        else:
+            if run.latest_resumption.is_terminal:
                 break
             await asyncio.sleep(_POLL_S)
+    reason = f" ({run.reason})" if run.reason else ""
+    if run.status is S.COMPLETED:
+        success(f"Run {name} completed.")
+        return 0
+    echo(f"✗ Run {name} ended {run.status.display_name}{reason}", err=True)
+    return 1
+
+
+def transition(run: Run, phase: RunLifecycle) -> str:
+    """``Run NAME (resumption N): Failed (Error (exit code 1))``."""
+    why = f" ({phase.reason})" if phase.reason else ""
+    return f"Run {run.name} (resumption {phase.resumption_index}): {phase.status.display_name}{why}"
+
+
+def _ran(resumption: Resumption) -> bool:
+    """Whether the resumption's command may have output: it got its GPUs and went on."""
+    return resumption.started_at is not None and resumption.status.after(S.STARTING)
+
+
+async def _output(client: Client, run: Run, index: int) -> None:
     try:
-        target = await choose(client, run)
+        target = await choose(client, run, resumption=index)
     except NoLogs as notice:
         warn(str(notice))
-    else:
-        async for line in follow(client, target):
-            echo(line, end="", flush=True)
-    run = await fetch_run(client, name)
-    reason = f" ({run.reason})" if run.reason else ""
-    console.print(f"Run {name} is {run.status.display_name}{reason}")
-    return 0
+        return
+    async for line in follow(client, target):
+        echo(line, end="", flush=True)

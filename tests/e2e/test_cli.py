@@ -6,11 +6,14 @@ holding GPUs behind. Waits are deadlines on the run's state, never sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from subprocess import DEVNULL
 
 import pytest
 
@@ -18,6 +21,7 @@ from events.status import RunStatus
 from projections import catalog
 from tests.e2e.mcli_helpers import (
     EXAMPLES,
+    ROOT,
     USER,
     Mcli,
     no_traceback,
@@ -146,6 +150,66 @@ async def test_retries_show_every_resumption_golden(mcli: Mcli) -> None:
     users = json_rows(mcli, name, "--all-users", "--ids")
     assert (users[0]["User"], users[0]["ID"]) == (USER, run.run_uid)
     assert "flaky failure on resumption 1" in mcli.ok("logs", name, "--prev")
+
+
+def _transitions(out: str, name: str) -> list[tuple[int, str]]:
+    """``--follow``'s status lines: (resumption, status with its reason), in order."""
+    found = re.findall(rf"^Run {name} \(resumption (\d+)\): (.+)$", out, flags=re.MULTILINE)
+    return [(int(index), status) for index, status in found]
+
+
+def _followed_name(out: str) -> str:
+    match = re.search(r"✔ Run (\S+) submitted\.", out)
+    assert match, out
+    return match[1]
+
+
+def test_follow_shows_every_resumption_as_it_happens(mcli: Mcli) -> None:
+    done = mcli("run", "-f", str(EXAMPLES / "flaky.yaml"), "--follow", timeout=120)
+    no_traceback(done)
+    assert done.returncode == 0, done.stderr
+    name = _followed_name(done.stdout)
+    shown = _transitions(done.stdout, name)
+    assert [index for index, _ in shown] == sorted(index for index, _ in shown)
+    for index, end in [(0, "Failed (Error (exit code 1))"), (1, "Failed (Error (exit code 1))")]:
+        assert (index, "Starting") in shown, done.stdout
+        assert (index, end) in shown, done.stdout
+    assert (2, "Pending") in shown, done.stdout
+    assert shown[-1] == (2, "Completed"), done.stdout
+    for line in ("flaky failure on resumption 0", "flaky failure on resumption 1", "third time"):
+        assert line in done.stdout
+    assert done.stdout.rstrip().endswith(f"✔ Run {name} completed.")
+
+
+def test_follow_exits_1_and_says_so_when_the_run_fails(mcli: Mcli) -> None:
+    done = mcli("run", "-f", str(EXAMPLES / "fail-rank1.yaml"), "--follow", timeout=120)
+    no_traceback(done)
+    assert done.returncode == 1, done.stdout
+    name = _followed_name(done.stdout)
+    assert _transitions(done.stdout, name)[-1] == (0, "Failed (Error (exit code 3))")
+    assert done.stderr.splitlines()[-1] == f"✗ Run {name} ended Failed (Error (exit code 3))"
+
+
+async def test_follow_exits_1_and_says_so_when_the_run_is_stopped(mcli: Mcli) -> None:
+    argv = ["-m", "cli.main", "run", "-f", str(EXAMPLES / "long.yaml"), "--follow"]
+    pipe = asyncio.subprocess.PIPE
+    follow = await asyncio.create_subprocess_exec(
+        sys.executable, *argv, env=mcli.env, cwd=ROOT, stdin=DEVNULL, stdout=pipe, stderr=pipe
+    )
+    try:
+        assert follow.stdout is not None
+        name = _followed_name((await asyncio.wait_for(follow.stdout.readline(), 60)).decode())
+        await wait_for(mcli.stack.url, name, S.RUNNING)
+        mcli.ok("stop", "run", name, "-y")
+        out, err = (text.decode() for text in await asyncio.wait_for(follow.communicate(), 60))
+    finally:
+        if follow.returncode is None:
+            follow.kill()
+            await follow.wait()
+    assert follow.returncode == 1, err
+    assert "step 1" in out
+    assert (0, "Stopped (Stopped)") in _transitions(out, name), out
+    assert err.splitlines()[-1] == f"✗ Run {name} ended Stopped (Stopped)"
 
 
 async def test_a_small_run_waits_behind_a_big_one(mcli: Mcli) -> None:
