@@ -51,8 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
     log_aside()
     try:
         code: int = args.handler(args)
-    except UsageError as exc:
-        parser.print_usage(sys.stderr)
+    except UsageError as exc:  # the one line says what to give; no usage block above it
         error(exc.code, str(exc))
         return USAGE_EXIT
     except ClientError as exc:

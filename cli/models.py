@@ -368,14 +368,14 @@ def build_run(row: RunRow, attempts: Sequence[AttemptRow]) -> Run:
 
 def _resumption(row: RunRow, spec: RunSpec, attempt: AttemptRow) -> Resumption:
     requested = spec.compute
-    placed = attempt.started_at is not None
+    shaped = attempt.node_count > 0  # placed, or queued with the shape the scheduler judged
     return Resumption(
         index=attempt.index,
         cluster=attempt.cluster or requested.cluster,
-        gpus=attempt.gpus if placed else requested.gpus,
+        gpus=attempt.gpus if shaped else requested.gpus,
         cpus=requested.cpus or 0,
-        gpu_type=attempt.gpu_type if placed else requested.gpu_type,
-        node_count=attempt.node_count if placed else requested.nodes or 1,
+        gpu_type=attempt.gpu_type if shaped else requested.gpu_type,
+        node_count=attempt.node_count if shaped else requested.nodes or 1,
         status=attempt.status,
         started_at=to_datetime(attempt.started_at),
         ended_at=to_datetime(attempt.ended_at),

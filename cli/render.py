@@ -27,7 +27,6 @@ from events.status import RunStatus
 
 S = RunStatus
 DASH = "-"
-PRIORITY_NAMES = {"auto": "medium", "low": "low", "lowest": "lowest"}
 NONE_FOUND = "No items found."
 _CONFIG_ORDER = (
     "name",
@@ -307,8 +306,7 @@ def _name(cluster: Cluster, several: bool) -> list[str]:
 
 
 def _run_cells(run: RunUtilization, now: datetime) -> list[str]:
-    priority = PRIORITY_NAMES.get(run.priority, run.priority)
-    return [run.run_name, run.user, age(run.created_at, now), str(run.gpu_num), priority]
+    return [run.run_name, run.user, age(run.created_at, now), str(run.gpu_num), run.priority]
 
 
 def _or_none(table: Table) -> RenderableType:

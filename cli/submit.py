@@ -14,7 +14,7 @@ from typing import Any
 from cli.client import Client, ClientError
 from cli.config import RunConfig, to_spec
 from cli.reads import unknown_cluster
-from events.fit import Refusal, shapes
+from events.fit import InstanceType, Refusal, shapes
 from events.spec import Compute, RunSpec
 from projections import query
 
@@ -50,10 +50,10 @@ async def check_fits(client: Client, compute: Compute) -> None:
     cluster = next((c for c in known if c.cluster == compute.cluster), None)
     if cluster is None:
         raise Unfit(unknown_cluster(compute.cluster, [c.cluster for c in known]))
-    sizes: dict[str | None, int] = {}
-    for instance in [i for i in cluster.instances if i.nodes > 0] or cluster.instances:
-        sizes[instance.gpu_type] = max(sizes.get(instance.gpu_type, 0), instance.gpus_per_node)
-    verdict = shapes(compute, sizes)
+    registered = {
+        InstanceType(i.gpu_type, i.gpus_per_node): i.registered for i in cluster.instances
+    }
+    verdict = shapes(compute, registered)
     if isinstance(verdict, Refusal) and verdict.permanent:
         raise Unfit(f"{verdict.message}: change the request's compute")
 

@@ -13,7 +13,7 @@ the scheduler records the deletion when the attempt has ended.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, TypeVar, assert_never
+from typing import TypeVar, assert_never
 
 import msgspec
 
@@ -31,7 +31,7 @@ from events.model import (
     StopRequested,
     UpdateRequested,
 )
-from events.spec import RunSpec
+from events.spec import Priority, RunSpec
 from events.status import RunStatus
 
 NewId = Callable[[], str]
@@ -76,7 +76,7 @@ class DeleteRun(msgspec.Struct, kw_only=True, frozen=True):
 
 class UpdateRun(msgspec.Struct, kw_only=True, frozen=True):
     actor: str
-    priority: Literal["auto", "low", "lowest"] | None = None
+    priority: Priority | None = None
     preemptible: bool | None = None
     max_retries: int | None = None
     retry_on_system_failure: bool | None = None

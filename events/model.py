@@ -16,7 +16,7 @@ from typing import ClassVar, Literal
 
 import msgspec
 
-from events.spec import RunSpec
+from events.spec import Priority, RunSpec
 
 ReasonCategory = Literal["user", "system", "preempted", "stopped"]
 
@@ -103,7 +103,7 @@ class RestartRequested(RunEvent, kw_only=True, tag="run.restart_requested"):
 class UpdateRequested(RunEvent, kw_only=True, tag="run.update_requested"):
     """Scheduling fields changed; ``None`` means unchanged."""
 
-    priority: Literal["auto", "low", "lowest"] | None = None
+    priority: Priority | None = None
     preemptible: bool | None = None
     max_retries: int | None = None
     retry_on_system_failure: bool | None = None
@@ -128,8 +128,14 @@ class RetryScheduled(RunEvent, kw_only=True, tag="run.retry_scheduled"):
 
 
 class AttemptQueued(RunEvent, kw_only=True, tag="attempt.queued"):
+    """The attempt waits in its cluster's queue; ``nodes`` (0: not known yet), ``gpus`` and
+    ``gpu_type`` are the shape the scheduler judged the request by (``events.fit``)."""
+
     reason: str = ""
     position: int = 0
+    nodes: int = 0
+    gpus: int = 0
+    gpu_type: str | None = None
 
 
 class AttemptScheduled(RunEvent, kw_only=True, tag="attempt.scheduled"):

@@ -7,14 +7,18 @@ existed still decodes.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
 Priority = Literal["auto", "low", "lowest"]
 
-#: Higher runs first. mcli shows ``auto`` as "medium".
-PRIORITY_RANK: dict[str, int] = {"auto": 2, "low": 1, "lowest": 0}
+#: mcli's priority names, highest first: the one set that the CLI, the YAML and the SDK accept
+#: and that every view shows.
+PRIORITIES: tuple[Priority, ...] = get_args(Priority)
+
+#: Higher runs first.
+PRIORITY_RANK: dict[str, int] = {name: len(PRIORITIES) - 1 - n for n, name in enumerate(PRIORITIES)}
 
 
 class Compute(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=False):
@@ -33,6 +37,27 @@ class Scheduling(msgspec.Struct, kw_only=True, omit_defaults=True):
     max_retries: int = 0
     retry_on_system_failure: bool = False
     max_duration: float | None = None  # hours
+
+
+#: The keys each integration type takes besides ``integration_type``: (type, meaning). The
+#: node-agent carries out these types (``services.node_agent.integrations``); a submit refuses
+#: any other key of them.
+INTEGRATION_KEYS: dict[str, dict[str, tuple[str, str]]] = {
+    "git_repo": {
+        "git_repo": ("string", "the repository: org/repo (on host), a URL or a path"),
+        "git_branch": ("string", "the branch to clone"),
+        "git_commit": ("string", "the commit to check out after the clone"),
+        "path": ("string", "where to clone, relative to the workspace (default: the repo's name)"),
+        "pip_install": ("string", "arguments of a `pip install` in the clone, e.g. `-e .`"),
+        "ssh_clone": ("boolean", "clone org/repo over SSH (git@host:org/repo.git)"),
+        "host": ("string", "the host of an org/repo (default github.com)"),
+    },
+    "pip_packages": {
+        "packages": ("list of strings", "the packages to pip install"),
+        "upgrade": ("boolean", "pip install --upgrade"),
+    },
+    "apt_packages": {"packages": ("list of strings", "the packages to apt-get install (as root)")},
+}
 
 
 class RunSpec(msgspec.Struct, kw_only=True, omit_defaults=True):

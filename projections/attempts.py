@@ -102,7 +102,8 @@ class AttemptsProjection:
     name: ClassVar[str] = "attempts"
     #: 2: a rank that exited before ``attempt.running`` no longer makes the fold skip it.
     #: 3: a rank's end names the signal that ended it ("ended by signal 15 (stopped by x)").
-    version: ClassVar[int] = 3
+    #: 4: a waiting attempt's gpus, gpu_type and node_count are the shape it was queued with.
+    version: ClassVar[int] = 4
     #: Run events but a setup step that went well (it changes no row: its rank is only checked).
     handles: ClassVar[frozenset[type]]
 
@@ -211,6 +212,8 @@ def _enter(attempt: AttemptRow, status: RunStatus, time: int) -> None:
 
 def _queued(event: ev.AttemptQueued, attempt: AttemptRow, actor: str) -> str | None:
     requeued = attempt.status is S.QUEUED
+    if event.nodes:  # the shape the scheduler judged it by, until a placement says otherwise
+        attempt.node_count, attempt.gpus, attempt.gpu_type = event.nodes, event.gpus, event.gpu_type
     if not requeued:
         _enter(attempt, S.QUEUED, event.time)
     return describe(event, requeued=requeued)

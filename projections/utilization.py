@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 import msgspec
 
 from events.codec import Recorded
+from events.fit import InstanceType
 from events.model import (
     AttemptCompleted,
     AttemptFailed,
@@ -60,6 +61,9 @@ class Instance(msgspec.Struct, kw_only=True, gc=False):
     gpu_type: str | None
     gpus_per_node: int
     nodes: int = 0
+    #: Every node registered with this type, lost ones too (they may come back): what the fit
+    #: rules judge a request by (``events.fit``), as the scheduler does.
+    registered: int = 0
     gpus_total: int = 0
     gpus_used: int = 0
     gpus_available: int = 0
@@ -102,7 +106,8 @@ class _Run(msgspec.Struct, kw_only=True, gc=False):
 
 class UtilizationProjection:
     name: ClassVar[str] = "utilization"
-    version: ClassVar[int] = 1
+    #: 2: instance rows count ``registered`` nodes.
+    version: ClassVar[int] = 2
     handles: ClassVar[frozenset[type]] = _NODE_EVENTS | _CONCERNED | {RunSubmitted}
 
     def __init__(self) -> None:
@@ -229,14 +234,15 @@ class UtilizationProjection:
     def _instance_row(self, key: str) -> Row:
         cluster, gpu_type, gpus_text = key.split("|")
         gpus = int(gpus_text)
+        kind = InstanceType(gpu_type if gpu_type != "cpu" else None, gpus)
         instance = Instance(
-            cluster=cluster,
-            name=f"{gpu_type}x{gpus}",
-            gpu_type=gpu_type if gpu_type != "cpu" else None,
-            gpus_per_node=gpus,
+            cluster=cluster, name=kind.name, gpu_type=kind.gpu_type, gpus_per_node=gpus
         )
         for node in self.nodes.values():
-            if _instance_id(node) != key or node.state == "lost":
+            if _instance_id(node) != key:
+                continue
+            instance.registered += 1
+            if node.state == "lost":
                 continue
             instance.nodes += 1
             instance.gpus_total += node.gpus

@@ -10,8 +10,6 @@ added, renamed or re-defaulted in code shows up in the docs or fails the tests.
 
 from __future__ import annotations
 
-import argparse
-import re
 import sys
 import types
 import typing
@@ -24,6 +22,7 @@ from services.log_collector.settings import LogCollectorSettings
 from services.node_agent.settings import NodeAgentSettings
 from services.projector.settings import ProjectorSettings
 from services.scheduler.settings import SchedulerSettings
+from tests import docblock
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "settings.md"
@@ -113,26 +112,8 @@ def render() -> str:
 
 
 def doc_copy(text: str) -> str | None:
-    match = re.search(re.escape(BEGIN) + r".*?" + re.escape(END), text, flags=re.DOTALL)
-    return match.group(0) if match else None
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.settings_table")
-    parser.add_argument("--write", action="store_true", help="replace the copy in docs/settings.md")
-    args = parser.parse_args()
-    rendered = render()
-    if not args.write:
-        print(rendered)
-        return 0
-    text = DOC.read_text()
-    current = doc_copy(text)
-    if current is None:
-        print(f"{DOC} has no {BEGIN!r} ... {END!r} block to replace", file=sys.stderr)
-        return 1
-    DOC.write_text(text.replace(current, rendered))
-    return 0
+    return docblock.copy(text, BEGIN, END)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(docblock.main("python -m tests.settings_table", DOC, BEGIN, END, render))

@@ -19,19 +19,16 @@ from cli.commands.common import (
     echo,
     error,
     filters_from,
-    hours,
-    non_negative,
     success,
     warn,
     with_client,
 )
+from cli.commands.options import add_scheduling, scheduling_of
 from cli.logsel import UsageError
 from cli.models import Run
 from cli.reads import select_runs
 from events import commands
 from events.access import Action
-
-_PRIORITIES = {"auto": "auto", "medium": "auto", "low": "low", "lowest": "lowest"}
 
 
 def register(subparsers: Any) -> None:
@@ -48,19 +45,13 @@ def register(subparsers: Any) -> None:
             sub.set_defaults(handler=with_client(handler), include_deleted=False)
     update = subparsers.add_parser("update", help="update a run's scheduling")
     kinds = update.add_subparsers(dest="kind", metavar="{run}", required=True)
-    run = kinds.add_parser("run", help="update a run's scheduling fields")
-    run.add_argument("run", metavar="RUN")
-    run.add_argument("--priority", choices=sorted(_PRIORITIES))
-    run.add_argument("--preemptible", action=argparse.BooleanOptionalAction, default=None)
-    run.add_argument("--max-retries", "--max_retries", dest="max_retries", type=non_negative)
-    run.add_argument("--max-duration", "--max_duration", dest="max_duration", type=hours)
-    run.add_argument(
-        "--retry-on-system-failure",
-        "--watchdog",
-        dest="retry_on_system_failure",
-        action=argparse.BooleanOptionalAction,
-        default=None,
+    run = kinds.add_parser(
+        "run",
+        help="update a run's scheduling fields",
+        description="Update a run's scheduling fields (those given; the others stay).",
     )
+    run.add_argument("run", metavar="RUN", help="the run's name")
+    add_scheduling(run, watchdog=True)
     add_all_users(run)
     run.set_defaults(handler=with_client(update_run))
 
@@ -135,16 +126,11 @@ async def delete_runs(args: argparse.Namespace, client: Client) -> int:
 
 
 async def update_run(args: argparse.Namespace, client: Client) -> int:
-    changes = {
-        "priority": _PRIORITIES[args.priority] if args.priority else None,
-        "preemptible": args.preemptible,
-        "max_retries": args.max_retries,
-        "max_duration": args.max_duration,
-        "retry_on_system_failure": args.retry_on_system_failure,
-    }
+    changes = scheduling_of(args)
     if all(value is None for value in changes.values()):
         raise UsageError(
-            "nothing to update: give --priority, --preemptible, --max-retries or --max-duration"
+            "nothing to update: give --priority, --preemptible, --max-retries, --max-duration "
+            "or --retry-on-system-failure"
         )
     update = commands.UpdateRun(actor=client.user, **changes)
     state = await client.request(args.run, update, all_users=args.all_users)

@@ -1,5 +1,7 @@
 """``mcli run -f FILE | -r RUN | --clone RUN``: submit, restart or clone a run; ``--follow``
-shows its status transitions live, then its logs.
+shows every resumption's status transitions as they happen (an end with its reason) and the
+output of each resumption that ran, then exits 1 if the run ended FAILED or STOPPED (0 if it
+COMPLETED), so scripts can tell.
 
 Nothing is written unless the whole request is valid: the YAML and the overrides are
 validated and checked against the cluster first (``cli.submit``).
@@ -15,18 +17,17 @@ from cli.client import Client, ClientError
 from cli.commands.common import (
     add_all_users,
     echo,
-    hours,
     non_negative,
     positive,
     success,
     warn,
     with_client,
 )
+from cli.commands.options import add_scheduling, scheduling_of, yaml_keys_help
 from cli.config import load_file
 from cli.logsel import NoLogs, choose, follow
-from cli.models import Run
+from cli.models import Resumption, Run, RunLifecycle
 from cli.reads import fetch_run, named_run
-from cli.render import make_console
 from cli.submit import submit_config, with_overrides
 from events import commands
 from events.access import Action
@@ -34,32 +35,26 @@ from events.status import RunStatus
 
 S = RunStatus
 _POLL_S = 0.5
-_PRIORITIES = {"auto": "auto", "medium": "auto", "low": "low", "lowest": "lowest"}
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "run", help="submit a run (-f FILE), restart one (-r RUN) or clone one (--clone RUN)"
+        "run",
+        help="submit a run (-f FILE), restart one (-r RUN) or clone one (--clone RUN)",
+        description="Submit a run (-f FILE), restart one (-r RUN) or clone one (--clone RUN).",
+        epilog=yaml_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("-f", "--file", help="the run's YAML")
     source.add_argument("-r", "--restart", metavar="RUN", help="restart a finished run")
     source.add_argument("--clone", metavar="RUN", help="submit a copy of a run")
-    parser.add_argument("--priority", choices=sorted(_PRIORITIES), help="scheduling priority")
-    parser.add_argument(
-        "--preemptible", action=argparse.BooleanOptionalAction, default=None, help="preemptible"
-    )
-    parser.add_argument(
-        "--max_retries", "--max-retries", dest="max_retries", type=non_negative, help="retries"
-    )
-    parser.add_argument(
-        "--max-duration", "--max_duration", dest="max_duration", type=hours, help="hours"
-    )
+    add_scheduling(parser, watchdog=False)
     parser.add_argument(
         "--follow",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="show the run's status live, then its logs",
+        help="show the run's status live, then its logs; exit 1 if it ends Failed or Stopped",
     )
     parser.add_argument("--image", help="the image")
     parser.add_argument("--name", help="the run's base name")
@@ -73,6 +68,7 @@ def register(subparsers: Any) -> None:
 
 
 def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    scheduling = {f"scheduling.{k}": v for k, v in scheduling_of(args).items()}
     return {
         "image": args.image,
         "name": args.name,
@@ -81,10 +77,7 @@ def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
         "compute.gpus": args.gpus,
         "compute.instance": args.instance,
         "compute.nodes": args.nodes,
-        "scheduling.priority": _PRIORITIES.get(args.priority) if args.priority else None,
-        "scheduling.preemptible": args.preemptible,
-        "scheduling.max_retries": args.max_retries,
-        "scheduling.max_duration": args.max_duration,
+        **scheduling,
     }
 
 
@@ -137,29 +130,54 @@ async def restart(client: Client, run: str, overrides: dict[str, Any], *, all_us
 
 
 async def follow_run(client: Client, name: str) -> int:
-    """Status transitions live until the run runs (or ends), then its logs, then its end."""
-    console = make_console()
-    seen: tuple[int, RunStatus] | None = None
-    run: Run
-    with console.status(f"Waiting for run {name}...") as spinner:
-        while True:
-            run = await fetch_run(client, name)
-            now = (run.latest_resumption.index, run.status)
-            if now != seen:
-                seen = now
-                console.print(f"Run {name} (resumption {now[0]}): {run.status.display_name}")
-                spinner.update(f"Run {name} is {run.status.display_name}...")
-            if run.status.is_terminal() or run.status.after(S.STARTING):
+    """Every resumption's status transitions as they happen (an end with its reason), the
+    output of each resumption that ran, then how the run ended: 1 if FAILED or STOPPED.
+
+    The run is read from its own history, whose phases only grow; a resumption's phases are
+    printed in order, before its output is followed and after. The run is over once its latest
+    resumption is terminal: a retry is appended with the end it follows, never after it."""
+    printed: dict[int, int] = {}  # resumption index -> phases printed
+    followed: set[int] = set()  # resumptions whose output was shown
+    while True:
+        run = await fetch_run(client, name)
+        for resumption in run.resumptions:
+            index = resumption.index
+            phases = [p for p in run.lifecycle if p.resumption_index == index]
+            for phase in phases[printed.get(index, 0) :]:
+                echo(transition(run, phase), flush=True)
+            printed[index] = len(phases)
+            if index not in followed and _ran(resumption):
+                followed.add(index)
+                await _output(client, run, index)
+                break  # the run moved on meanwhile: read it again
+        else:
+            if run.latest_resumption.is_terminal:
                 break
             await asyncio.sleep(_POLL_S)
+    reason = f" ({run.reason})" if run.reason else ""
+    if run.status is S.COMPLETED:
+        success(f"Run {name} completed.")
+        return 0
+    echo(f"✗ Run {name} ended {run.status.display_name}{reason}", err=True)
+    return 1
+
+
+def transition(run: Run, phase: RunLifecycle) -> str:
+    """``Run NAME (resumption N): Failed (Error (exit code 1))``."""
+    why = f" ({phase.reason})" if phase.reason else ""
+    return f"Run {run.name} (resumption {phase.resumption_index}): {phase.status.display_name}{why}"
+
+
+def _ran(resumption: Resumption) -> bool:
+    """Whether the resumption's command may have output: it got its GPUs and went on."""
+    return resumption.started_at is not None and resumption.status.after(S.STARTING)
+
+
+async def _output(client: Client, run: Run, index: int) -> None:
     try:
-        target = await choose(client, run)
+        target = await choose(client, run, resumption=index)
     except NoLogs as notice:
         warn(str(notice))
-    else:
-        async for line in follow(client, target):
-            echo(line, end="", flush=True)
-    run = await fetch_run(client, name)
-    reason = f" ({run.reason})" if run.reason else ""
-    console.print(f"Run {name} is {run.status.display_name}{reason}")
-    return 0
+        return
+    async for line in follow(client, target):
+        echo(line, end="", flush=True)

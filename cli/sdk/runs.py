@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from cli.client import Client, ClientError
 from cli.config import RunConfig, load_file
@@ -24,10 +24,10 @@ from cli.reads import RunFilters, fetch_run, list_runs
 from cli.sdk.sync import call, iterate
 from cli.submit import submit_config
 from events import commands
+from events.spec import PRIORITIES, Priority
 from events.status import RunStatus
 
 RunRef = Run | str
-Priority = Literal["auto", "low", "lowest"]
 _POLL_S = 0.25
 
 
@@ -178,8 +178,8 @@ def update_run(
         raise ClientError(f"max_retries must not be negative (got {max_retries})")
     if max_duration is not None and not max_duration > 0:
         raise ClientError(f"max_duration must be a positive number of hours (got {max_duration})")
-    if priority is not None and priority not in ("auto", "low", "lowest"):
-        raise ClientError(f"priority must be auto, low or lowest (got {priority!r})")
+    if priority is not None and priority not in PRIORITIES:
+        raise ClientError(f"priority must be one of {', '.join(PRIORITIES)} (got {priority!r})")
     return call(
         lambda c: _request(
             c,

@@ -21,9 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from events.spec import INTEGRATION_KEYS
 from services.node_agent.errors import IntegrationError
 
-KNOWN = ("git_repo", "pip_packages", "apt_packages")
+KNOWN = tuple(INTEGRATION_KEYS)
 _SHORT_FORM = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 
 

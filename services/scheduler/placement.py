@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from events.fit import Shape, label, nodes
+from events.fit import InstanceType, Shape, holds, label, nodes
 
 Placement = list[tuple[str, list[int]]]  # (node, GPU indices) per rank, in rank order
 
@@ -68,12 +68,12 @@ class Capacity:
     def total_free(self, gpu_type: str | None) -> int:
         return sum(count * len(nodes) for count, nodes in self.buckets.get(gpu_type, {}).items())
 
-    def nodes_holding(self, per_rank: int, gpu_type: str | None) -> int:
-        """Usable nodes of ``gpu_type`` big enough for a rank, whatever they hold now."""
+    def nodes_holding(self, shape: Shape) -> int:
+        """Usable nodes that could take a rank of ``shape``, whatever they hold now."""
         return sum(
             1
             for name, size in self.size.items()
-            if size >= per_rank and (gpu_type is None or self.type_of[name] == gpu_type)
+            if holds(shape, InstanceType(self.type_of[name], size))
         )
 
     def _file(self, node: str) -> None:
@@ -99,6 +99,8 @@ def place(shape: Shape, capacity: Capacity) -> Placement | None:
     for count in counts:
         for table in tables:
             for node in table.get(count, ()):
+                if shape.node_gpus is not None and capacity.size[node] != shape.node_gpus:
+                    continue
                 chosen.append(node)
                 if len(chosen) == shape.ranks:
                     return [(name, capacity.free[name][: shape.per_rank]) for name in chosen]
@@ -107,12 +109,13 @@ def place(shape: Shape, capacity: Capacity) -> Placement | None:
 
 def why_waiting(shape: Shape, capacity: Capacity) -> str:
     """The reason a user reads for a shape that does not fit ``capacity`` now."""
-    k, per, gpu_type = shape
-    holding = capacity.nodes_holding(per, gpu_type)
-    if holding == 0:
-        return f"No node has {label(per, gpu_type)}"
-    if holding < k:
-        return f"Waiting for nodes: needs {nodes(k)} with {label(per, gpu_type)}, {holding} up"
+    k, per, gpu_type = shape.ranks, shape.per_rank, shape.gpu_type
+    holding = capacity.nodes_holding(shape)
+    if holding < k:  # the cluster's registered nodes could hold it (``events.fit``): some are down
+        return (
+            f"Waiting for nodes: needs {nodes(k)} with {label(per, gpu_type)}, {holding} up "
+            f"(the others are down)"
+        )
     free = capacity.total_free(gpu_type)
     if free < k * per:
         return f"Insufficient resources: needs {k * per} GPUs, {free} free"

@@ -19,7 +19,8 @@ Invariants:
 - Nothing is placed on a node that is lost, drained or silent (heartbeat missing this round).
 - A waiting attempt gets ``attempt.queued`` when it enters the queue (PENDING), and again only
   when the kind of its reason (the text before ':') changes: a queue of 10,000 must not write
-  10,000 events whenever a count or a position moves.
+  10,000 events whenever a count or a position moves. It carries the shape the request was
+  judged by (nodes, GPUs, gpu_type), so views show what the request means before it is placed.
 - A request that no registered node could ever hold fails at once (user, ``Unschedulable``).
 """
 
@@ -29,7 +30,7 @@ import functools
 from collections.abc import Collection
 from typing import NamedTuple
 
-from events.fit import Refusal, Shape, nodes, shapes
+from events.fit import Refusal, Shape, fleet, nodes, shapes
 from events.lifecycle import RunState
 from events.model import (
     AnyRunEvent,
@@ -48,6 +49,7 @@ from services.scheduler.placement import Capacity, Placement, place, why_waiting
 
 S = RunStatus
 RELEASING = "Waiting for GPUs being released"
+Request = tuple[int, int | None, str | None, str | None]  # gpus, nodes, gpu_type, instance
 
 
 class _Victim(NamedTuple):
@@ -86,18 +88,17 @@ class _Pass:
         silent: Collection[str],
     ) -> None:
         self.state, self.cluster, self.ctx, self.busy = state, cluster, ctx, busy
-        self.sizes: dict[str | None, int] = {}
+        here = state.clusters.get(cluster, {}).values()
+        self.fleet = fleet((node.gpu_type, node.gpus) for node in here if node.registered)
         self.now = Capacity()
-        for node in state.clusters.get(cluster, {}).values():
-            if node.registered:
-                self.sizes[node.gpu_type] = max(self.sizes.get(node.gpu_type, 0), node.gpus)
+        for node in here:
             if node.usable and node.name not in silent:
                 self.now.add_node(node.name, node.gpu_type, node.gpus, state.free_gpus(node))
         self._future: Capacity | None = None
         self._victims: list[_Victim] | None = None
         self.chosen: set[str] = set()
         self.decisions: list[Decision] = []
-        self.shapes: dict[tuple[int, int | None, str | None], list[Shape] | Refusal] = {}
+        self.shapes: dict[Request, list[Shape] | Refusal] = {}
         self.no_fit: set[tuple[Shape, ...]] = set()
         self.no_future_fit: set[tuple[Shape, ...]] = set()
         self.no_preempt: set[tuple[tuple[Shape, ...], int]] = set()
@@ -105,24 +106,28 @@ class _Pass:
         #: Bumped whenever the pass takes or gives GPUs; a wait decided at the same generation
         #: for the same request and priority has the same outcome, so it is not decided again.
         self.generation = 0
-        self.waits: dict[tuple[tuple[int, int | None, str | None], int], tuple[int, str]] = {}
+        self.waits: dict[tuple[Request, int], tuple[int, str]] = {}
 
     def run(self, order: list[str]) -> list[Decision]:
         position = 0
         for run_id in order:
             run = self.state.runs[run_id]
             compute = run.spec.compute
-            key = (compute.gpus, compute.nodes, compute.gpu_type)
+            key = (compute.gpus, compute.nodes, compute.gpu_type, compute.instance)
             found = self.shapes.get(key)
             if found is None:
-                found = self.shapes[key] = shapes(compute, self.sizes)
+                found = self.shapes[key] = shapes(compute, self.fleet)
             if isinstance(found, Refusal) and found.permanent:
                 reason = Reason(category="user", code="Unschedulable", message=found.message)
                 self._decide(run, AttemptFailed, reason=reason)
                 continue
+            shape: dict[str, object] = {}
             if isinstance(found, Refusal):
                 reason_text = found.message
             else:
+                first = found[0]
+                shape = {"nodes": first.ranks, "gpus": first.ranks * first.per_rank}
+                shape["gpu_type"] = first.gpu_type
                 memo = (key, PRIORITY_RANK[run.spec.scheduling.priority])
                 seen = self.waits.get(memo)
                 if seen is not None and seen[0] == self.generation:
@@ -142,7 +147,7 @@ class _Pass:
                 reason_text != attempt.queue_reason
                 and kind(reason_text) != kind(attempt.queue_reason)
             ):
-                self._decide(run, AttemptQueued, reason=reason_text, position=position)
+                self._decide(run, AttemptQueued, reason=reason_text, position=position, **shape)
         return self.decisions
 
     # --- placing ------------------------------------------------------------------------

@@ -6,12 +6,15 @@ holding GPUs behind. Waits are deadlines on the run's state, never sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from subprocess import DEVNULL
 from typing import Any
 
 import pytest
@@ -20,6 +23,7 @@ from events.status import RunStatus
 from projections import catalog
 from tests.e2e.mcli_helpers import (
     EXAMPLES,
+    ROOT,
     USER,
     Mcli,
     no_traceback,
@@ -171,6 +175,66 @@ async def test_retries_show_every_resumption_golden(mcli: Mcli) -> None:
     assert "flaky failure on resumption 1" in mcli.ok("logs", name, "--prev")
 
 
+def _transitions(out: str, name: str) -> list[tuple[int, str]]:
+    """``--follow``'s status lines: (resumption, status with its reason), in order."""
+    found = re.findall(rf"^Run {name} \(resumption (\d+)\): (.+)$", out, flags=re.MULTILINE)
+    return [(int(index), status) for index, status in found]
+
+
+def _followed_name(out: str) -> str:
+    match = re.search(r"✔ Run (\S+) submitted\.", out)
+    assert match, out
+    return match[1]
+
+
+def test_follow_shows_every_resumption_as_it_happens(mcli: Mcli) -> None:
+    done = mcli("run", "-f", str(EXAMPLES / "flaky.yaml"), "--follow", timeout=120)
+    no_traceback(done)
+    assert done.returncode == 0, done.stderr
+    name = _followed_name(done.stdout)
+    shown = _transitions(done.stdout, name)
+    assert [index for index, _ in shown] == sorted(index for index, _ in shown)
+    for index, end in [(0, "Failed (Error (exit code 1))"), (1, "Failed (Error (exit code 1))")]:
+        assert (index, "Starting") in shown, done.stdout
+        assert (index, end) in shown, done.stdout
+    assert (2, "Pending") in shown, done.stdout
+    assert shown[-1] == (2, "Completed"), done.stdout
+    for line in ("flaky failure on resumption 0", "flaky failure on resumption 1", "third time"):
+        assert line in done.stdout
+    assert done.stdout.rstrip().endswith(f"✔ Run {name} completed.")
+
+
+def test_follow_exits_1_and_says_so_when_the_run_fails(mcli: Mcli) -> None:
+    done = mcli("run", "-f", str(EXAMPLES / "fail-rank1.yaml"), "--follow", timeout=120)
+    no_traceback(done)
+    assert done.returncode == 1, done.stdout
+    name = _followed_name(done.stdout)
+    assert _transitions(done.stdout, name)[-1] == (0, "Failed (Error (exit code 3))")
+    assert done.stderr.splitlines()[-1] == f"✗ Run {name} ended Failed (Error (exit code 3))"
+
+
+async def test_follow_exits_1_and_says_so_when_the_run_is_stopped(mcli: Mcli) -> None:
+    argv = ["-m", "cli.main", "run", "-f", str(EXAMPLES / "long.yaml"), "--follow"]
+    pipe = asyncio.subprocess.PIPE
+    follow = await asyncio.create_subprocess_exec(
+        sys.executable, *argv, env=mcli.env, cwd=ROOT, stdin=DEVNULL, stdout=pipe, stderr=pipe
+    )
+    try:
+        assert follow.stdout is not None
+        name = _followed_name((await asyncio.wait_for(follow.stdout.readline(), 60)).decode())
+        await wait_for(mcli.stack.url, name, S.RUNNING)
+        mcli.ok("stop", "run", name, "-y")
+        out, err = (text.decode() for text in await asyncio.wait_for(follow.communicate(), 60))
+    finally:
+        if follow.returncode is None:
+            follow.kill()
+            await follow.wait()
+    assert follow.returncode == 1, err
+    assert "step 1" in out
+    assert (0, "Stopped (Stopped)") in _transitions(out, name), out
+    assert err.splitlines()[-1] == f"✗ Run {name} ended Stopped (Stopped)"
+
+
 async def test_a_small_run_waits_behind_a_big_one(mcli: Mcli) -> None:
     big = mcli.submit("big")
     await wait_for(mcli.stack.url, big, S.RUNNING)
@@ -192,6 +256,22 @@ async def test_a_small_run_waits_behind_a_big_one(mcli: Mcli) -> None:
     run = await wait_for(mcli.stack.url, small, *DONE, within=90)
     assert run.status is S.COMPLETED
     assert (await wait_for(mcli.stack.url, big, *DONE)).status is S.COMPLETED
+
+
+async def test_a_queued_run_shows_the_nodes_and_instance_its_request_means(mcli: Mcli) -> None:
+    big = mcli.submit("big")
+    await wait_for(mcli.stack.url, big, S.RUNNING)
+    wide = mcli.submit("hello", "--gpus", "16", "--name", "wide")  # 2 ranks of 8, not 1 of 16
+    await wait_for(mcli.stack.url, wide, S.QUEUED)
+    row = re.compile(rf"{wide}\s+local\s+2\s+8x a100_80gb\s+0\s+Queued")
+
+    def listed_as_queued() -> bool:
+        return bool(row.search(mcli.ok("get", "runs", wide)))
+
+    await eventually(listed_as_queued, what=f"get runs to show {wide} on 2 nodes of 8")
+    mcli.ok("stop", "run", wide, big, "-y")
+    for name in (wide, big):
+        await wait_for(mcli.stack.url, name, *DONE)
 
 
 async def test_a_bad_image_fails_and_logs_point_at_describe(mcli: Mcli) -> None:
@@ -234,6 +314,18 @@ TYPO = "name: Hello_World\nimage: i\ncommand: echo\ncompute: {cluster: local, gp
         (["run", "-f", f"{EXAMPLES}/hello.yaml", "--cluster", "nowhere"], "known clusters: local"),
         (["run", "-f", f"{EXAMPLES}/hello.yaml", "--gpus", "16", "--nodes", "1"], "has 8"),
         (["run", "-f", f"{EXAMPLES}/hello.yaml", "--gpus", "3", "--nodes", "2"], "evenly"),
+        (
+            ["run", "-f", f"{EXAMPLES}/hello.yaml", "--gpus", "1000"],
+            (
+                "No set of nodes in cluster local can hold it (it needs 125 nodes with "
+                "8 x a100_80gb, the cluster has 2): change the request's compute"
+            ),
+        ),
+        (["run", "-f", f"{EXAMPLES}/hello.yaml", "--gpus", "3", "--nodes", "3"], "needs 3 nodes"),
+        (
+            ["run", "-f", f"{EXAMPLES}/hello.yaml", "--instance", "foo"],
+            "Instance foo not found in cluster local; known instances: a100_80gbx8",
+        ),
         (["run", "-f", "{noimage}"], "missing image"),
         (["describe", "run", "nope-abcdef"], "Run nope-abcdef not found"),
         (["logs", "nope-abcdef"], "Run nope-abcdef not found"),
@@ -281,18 +373,46 @@ def test_usage_errors_exit_2(mcli: Mcli, args: list[str]) -> None:
     assert done.returncode == 2, done
 
 
-def test_a_typo_is_a_warning_with_a_suggestion_and_the_name_is_fixed(
+def test_a_typo_is_an_error_with_a_suggestion_and_writes_nothing(
     mcli: Mcli, tmp_path: Path
 ) -> None:
+    before = mcli.ok("get", "runs", "--all-users", "--include-deleted", "-o", "name")
     path = tmp_path / "typo.yaml"
-    path.write_text(TYPO)
+    path.write_text(TYPO + "schedulng: {max_retries: 2}\n")
+    done = mcli("run", "-f", str(path))
+    no_traceback(done)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        f"✗ Error 400: {path}: comand: unknown key (did you mean 'command'?)",
+        f"  {path}: schedulng: unknown key (did you mean 'scheduling'?)",
+    ]
+    assert before == mcli.ok("get", "runs", "--all-users", "--include-deleted", "-o", "name")
+
+
+def test_the_name_is_fixed_with_a_warning(mcli: Mcli, tmp_path: Path) -> None:
+    path = tmp_path / "name.yaml"
+    path.write_text(TYPO.replace("comand: x\n", ""))
     done = mcli("run", "-f", str(path))
     assert done.returncode == 0, done.stderr
-    assert "unknown key 'comand' is ignored (did you mean 'command'?)" in done.stderr
     assert "using 'hello-world'" in done.stderr
     name = re.search(r"✔ Run (hello-world-[a-z]{6}) submitted", done.stdout)
     assert name, done.stdout
     mcli.ok("stop", "run", name[1], "-y")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["stop", "run"], "name the runs (names or globs), give filters, or use --all"),
+        (["update", "run", "x"], "nothing to update: give --priority"),
+    ],
+)
+def test_a_usage_error_is_only_its_one_line(mcli: Mcli, args: list[str], message: str) -> None:
+    done = mcli(*args)
+    no_traceback(done)
+    assert done.returncode == 2, done
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"✗ Error 400: {message}"), done.stderr
 
 
 def test_an_unreachable_server_is_one_line(mcli: Mcli) -> None:

@@ -172,6 +172,15 @@ async def test_a_request_that_can_never_fit_is_refused(driver: Driver) -> None:
     assert state.latest.reason.code == "Unschedulable"
 
 
+async def test_a_request_for_more_nodes_than_the_cluster_has_is_refused(driver: Driver) -> None:
+    run_id = await driver.submit(spec("true", gpus=40))  # 5 nodes of 8; the cluster has 4
+    state = await driver.wait_for(run_id, S.FAILED)
+    assert state.latest.reason is not None
+    assert state.latest.reason.code == "Unschedulable"
+    assert "it needs 5 nodes with 8 x " in state.latest.reason.message
+    assert "the cluster has 4" in state.latest.reason.message
+
+
 def _bare_repo_with(tmp_path: Path, name: str, text: str) -> Path:
     work, bare = tmp_path / "work", tmp_path / "repo.git"
     work.mkdir()

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cli.config import ConfigError, RunConfig, fix_name, load_file, to_spec
+from cli.config import KNOWN_KEYS, ConfigError, RunConfig, fix_name, key_table, load_file, to_spec
+from cli.main import build_parser
+from tests.run_yaml_table import DOC, doc_copy, render
 
 GOOD = """\
 name: hello-composer
@@ -37,10 +39,37 @@ def test_the_mcli_example_validates(tmp_path: Path) -> None:
     assert RunConfig.from_file(write(tmp_path, GOOD)) == config
 
 
-def test_a_typo_d_key_is_a_warning_with_a_suggestion(tmp_path: Path) -> None:
-    path = write(tmp_path, GOOD + "imgae: other\n")
-    _, warnings = load_file(path)
-    assert warnings == [f"{path}: unknown key 'imgae' is ignored (did you mean 'image'?)"]
+def test_an_unknown_top_level_key_is_an_error_with_a_suggestion(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + "imgae: other\nschedulng: {max_retries: 3}\nzzz: 1\n")
+    with pytest.raises(ConfigError) as error:
+        load_file(path)
+    assert str(error.value).splitlines() == [
+        f"{path}: imgae: unknown key (did you mean 'image'?)",
+        f"{path}: schedulng: unknown key (did you mean 'scheduling'?)",
+        f"{path}: zzz: unknown key (known keys: {', '.join(KNOWN_KEYS)})",
+    ]
+    with pytest.raises(ConfigError, match="comand: unknown key"):
+        RunConfig.from_dict({"name": "x", "comand": "echo"})
+
+
+def test_the_docs_and_run_help_list_every_yaml_key_with_its_type(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    copy = doc_copy(DOC.read_text())
+    assert copy is not None, "docs/run-yaml.md lost its generated keys block"
+    assert copy == render(), "run `python -m tests.run_yaml_table --write`"
+    keys = [key for key, _, _ in key_table()]
+    assert set(KNOWN_KEYS) <= set(keys)
+    assert {"compute.gpus", "scheduling.max_duration", "integrations[git_repo].git_branch"} <= set(
+        keys
+    )
+    assert all(type_name and meaning for _, type_name, meaning in key_table())
+    assert "hours" in {k: m for k, _, m in key_table()}["scheduling.max_duration"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for key, type_name, _ in key_table():
+        assert f"{key} ({type_name})" in shown
 
 
 @pytest.mark.parametrize(
@@ -58,6 +87,15 @@ def test_a_typo_d_key_is_a_warning_with_a_suggestion(tmp_path: Path) -> None:
         ({"scheduling": {"priority": "urgent"}}, "scheduling.priority"),
         ({"compute": {"gpus": 1}}, "compute.cluster is missing"),
         ({"integrations": [{"git_repo": "x"}]}, "has no integration_type"),
+        (
+            {
+                "integrations": [
+                    {"integration_type": "git_repo", "git_repo": "x", "gti_branch": "m"}
+                ]
+            },
+            "integrations.0.gti_branch: unknown key (did you mean 'git_branch'?)",
+        ),
+        ({"scheduling": {"priority": "medium"}}, "Input should be 'auto', 'low' or 'lowest'"),
     ],
 )
 def test_bad_input_is_one_clear_line_naming_the_field(

@@ -60,7 +60,7 @@ class History:
         *,
         user: str = USER,
         gpus: int = 16,
-        nodes: int = 2,
+        nodes: int | None = 2,
         priority: str = "auto",
         max_retries: int = 0,
         cluster: str = "c1",

@@ -15,6 +15,7 @@ from events.codec import Recorded
 from events.model import (
     AnyRunEvent,
     AttemptFailed,
+    AttemptQueued,
     AttemptRunning,
     AttemptStopped,
     AttemptTerminating,
@@ -179,6 +180,25 @@ def test_attempts_have_timelines_ranks_reasons_and_describe_lines() -> None:
     ]
 
 
+def test_a_waiting_attempt_has_the_shape_it_was_queued_with_until_it_is_placed() -> None:
+    h = History()
+    h.submit("2026-11-24 10:00:00", "r1", gpus=16, nodes=2)
+    h.add(
+        "2026-11-24 10:00:01",
+        AttemptQueued(
+            id=h.new_id(), actor=SCHEDULER, run_id="r1", nodes=2, gpus=16, gpu_type="a100"
+        ),
+    )
+    projection = AttemptsProjection()
+    [queued] = decode_rows(fold(projection, h.records), "attempt", AttemptRow).values()
+    assert isinstance(queued, AttemptRow)
+    assert (queued.node_count, queued.gpus, queued.gpu_type) == (2, 16, "a100")
+    h.schedule("2026-11-24 10:01:00", "r1", nodes=("n1", "n2", "n3"), gpus=4)
+    [placed] = decode_rows(fold(projection, h.records[-1:]), "attempt", AttemptRow).values()
+    assert isinstance(placed, AttemptRow)
+    assert (placed.node_count, placed.gpus) == (3, 12)
+
+
 def test_a_fold_skips_what_the_rules_refuse_and_goes_on() -> None:
     h = retried_then_restarted()
     bogus = h.records[3]  # attempt.scheduled of attempt 0, again, far too late
@@ -326,6 +346,7 @@ def test_utilization_counts_gpus_and_orders_the_queue() -> None:
         0,
         8,
     )
+    assert instance.registered == 3  # the lost node may come back: the fit rules count it
     assert [row for row in rows if row.kind == "active"] == [
         Row(kind="active", id="big", body=None, unindex=("active:c1",))
     ]

@@ -66,6 +66,8 @@ def test_a_waiting_attempt_reads_why_it_waits() -> None:
     world.settle()
     assert _queued(world, big).reason == "Insufficient resources: needs 16 GPUs, 8 free"
     assert _queued(world, big).position == 1
+    queued = _queued(world, big)
+    assert (queued.nodes, queued.gpus, queued.gpu_type) == (2, 16, "a100")  # what it means
 
     nowhere = world.submit(8, gpu_type="h100", cluster="empty")
     world.settle()
@@ -79,7 +81,9 @@ def test_no_usable_node_of_the_type_is_a_reason_to_wait() -> None:
     run = world.submit(8, gpu_type="h100")
     world.settle()
     assert world.status(run) is S.QUEUED
-    assert _queued(world, run).reason == "No node has 8 x h100"
+    assert _queued(world, run).reason == (
+        "Waiting for nodes: needs 1 node with 8 x h100, 0 up (the others are down)"
+    )
 
     world.register("h1", 8, "h100")  # back again
     world.settle()
@@ -91,11 +95,13 @@ def test_a_request_that_can_never_fit_fails_at_once_as_unschedulable() -> None:
     too_wide = world.submit(16, nodes=1)
     wrong_type = world.submit(8, gpu_type="h100")
     uneven = world.submit(12)
+    too_many = world.submit(16)
     world.settle()
     for run_id, says in [
         (too_wide, "has 16 x a100 (the largest has 8)"),
         (wrong_type, "has gpu_type h100 (it has a100)"),
         (uneven, "12 GPUs do not fill whole 8-GPU nodes"),
+        (too_many, "it needs 2 nodes with 8 x a100, the cluster has 1)"),
     ]:
         assert world.status(run_id) is S.FAILED
         [failed] = world.events_of(run_id, AttemptFailed)
@@ -119,12 +125,14 @@ def test_a_queued_attempt_is_told_again_only_when_the_kind_of_its_reason_changes
     run = world.submit(8, cluster="c1")
     world.settle()
     world.register("n1", 4)
+    world.register("n2", 4)
+    world.settle(silent={"n2"})  # lost: it may come back
     world.submit(1)
     world.settle()
     reasons = [event.reason for event in world.events_of(run, AttemptQueued)]
     assert reasons == [
         "Waiting for nodes in cluster c1",
-        "Waiting for nodes: needs 2 nodes with 4 x a100, 1 up",
+        "Waiting for nodes: needs 2 nodes with 4 x a100, 1 up (the others are down)",
     ]
     world.submit(1)
     world.settle()
