@@ -11,6 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
 from events.fit import InstanceType, Shape, holds, label, nodes
@@ -31,11 +32,13 @@ class Capacity:
         self.size: dict[str, int] = {}
         self.type_of: dict[str, str | None] = {}
         self.buckets: dict[str | None, dict[int, dict[str, None]]] = {}
+        self.kinds: Counter[InstanceType] = Counter()  # the nodes of each instance type
 
     def add_node(self, name: str, gpu_type: str | None, size: int, free: Iterable[int]) -> None:
         self.free[name] = list(free)
         self.size[name] = size
         self.type_of[name] = gpu_type
+        self.kinds[InstanceType(gpu_type, size)] += 1
         self._file(name)
 
     def copy(self) -> Capacity:
@@ -43,6 +46,7 @@ class Capacity:
         other.free = {name: list(gpus) for name, gpus in self.free.items()}
         other.size = dict(self.size)
         other.type_of = dict(self.type_of)
+        other.kinds = self.kinds.copy()
         other.buckets = {
             t: {n: dict(nodes) for n, nodes in by_count.items()}
             for t, by_count in self.buckets.items()
@@ -70,11 +74,7 @@ class Capacity:
 
     def nodes_holding(self, shape: Shape) -> int:
         """Usable nodes that could take a rank of ``shape``, whatever they hold now."""
-        return sum(
-            1
-            for name, size in self.size.items()
-            if holds(shape, InstanceType(self.type_of[name], size))
-        )
+        return sum(count for kind, count in self.kinds.items() if holds(shape, kind))
 
     def _file(self, node: str) -> None:
         by_count = self.buckets.setdefault(self.type_of[node], {})

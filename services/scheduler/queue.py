@@ -59,6 +59,15 @@ class _Victim(NamedTuple):
     holding: Holding
 
 
+def _judged(found: list[Shape] | Refusal) -> dict[str, object]:
+    """The shape a waiting request was judged by, as ``attempt.queued`` carries it (built only
+    for the entries written: the pass looks at every queued run each round)."""
+    if isinstance(found, Refusal):
+        return {}
+    first = found[0]
+    return {"nodes": first.ranks, "gpus": first.ranks * first.per_rank, "gpu_type": first.gpu_type}
+
+
 @functools.lru_cache(maxsize=4096)
 def kind(reason: str) -> str:
     return reason.partition(":")[0]
@@ -121,13 +130,9 @@ class _Pass:
                 reason = Reason(category="user", code="Unschedulable", message=found.message)
                 self._decide(run, AttemptFailed, reason=reason)
                 continue
-            shape: dict[str, object] = {}
             if isinstance(found, Refusal):
                 reason_text = found.message
             else:
-                first = found[0]
-                shape = {"nodes": first.ranks, "gpus": first.ranks * first.per_rank}
-                shape["gpu_type"] = first.gpu_type
                 memo = (key, PRIORITY_RANK[run.spec.scheduling.priority])
                 seen = self.waits.get(memo)
                 if seen is not None and seen[0] == self.generation:
@@ -147,7 +152,9 @@ class _Pass:
                 reason_text != attempt.queue_reason
                 and kind(reason_text) != kind(attempt.queue_reason)
             ):
-                self._decide(run, AttemptQueued, reason=reason_text, position=position, **shape)
+                self._decide(
+                    run, AttemptQueued, reason=reason_text, position=position, **_judged(found)
+                )
         return self.decisions
 
     # --- placing ------------------------------------------------------------------------
