@@ -52,6 +52,7 @@ from events.model import (
     RankRunning,
     RestartRequested,
     RetryScheduled,
+    RunEvent,
 )
 from events.status import RunStatus
 from services.core.settings import Settings
@@ -313,6 +314,8 @@ class Fleet:
         if isinstance(event, NodeEvent):
             if (inbox := self.inbox.get(event.node)) is not None:
                 inbox.put_nowait(record)
+            return
+        if not isinstance(event, RunEvent):
             return
         if isinstance(event, AttemptScheduled):
             self.routes.setdefault(event.run_id, set()).update(r.node for r in event.ranks)

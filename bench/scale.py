@@ -368,6 +368,8 @@ class _Reading:
         if isinstance(event, ev.NodeEvent):
             report.nodes_lost += isinstance(event, ev.NodeLost)
             return
+        if not isinstance(event, ev.RunEvent):
+            return
         report.run_events += 1
         self.first = min(self.first, event.time) if self.first else event.time
         self.last = max(self.last, event.time)

@@ -1,4 +1,4 @@
-"""Who may read or act on a run: one pure rule, asked by every command that names a run.
+"""Who may see, read or act on a run: one pure rule, asked by every command that names a run.
 
 ``may(actor, action, owner, all_users=..., admin=...)``: a user reads and acts on their own
 runs; another user's run takes ``all_users`` (the CLI's ``--all-users``: "I mean someone
@@ -8,14 +8,21 @@ to go.
 
 The caller says who asks and whether they are an admin: the CLI and the SDK today (identity is
 ``RUNPLANE_USER``, and every user of a local stack is an admin), the API server of issue 13
-from the API key's owner and role.
+from the API key's owner and role, as a ``Principal`` (``events.identity.authenticate``).
+
+Visibility comes first: another user's run is not there for a user (``visible``), so a refusal
+to a user is "not found" (``RunNotFound``, 404) and never names the owner; an admin sees every
+run and is refused (``AccessDenied``, 403) only for acting on another's without ``all_users``.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 
+import msgspec
+
 from events.errors import EventsError
+from events.model import Role
 
 
 class Action(StrEnum):
@@ -30,6 +37,26 @@ class Action(StrEnum):
     RESTART = "restart"
     UPDATE = "update"
     DELETE = "delete"
+
+
+class Principal(msgspec.Struct, frozen=True, kw_only=True):
+    """Who asks: the owner of the API key that came with the request, and their role."""
+
+    name: str
+    role: Role
+
+    @property
+    def admin(self) -> bool:
+        return self.role == "admin"
+
+
+class RunNotFound(EventsError):
+    """``run`` is not there for the one who asked (none such, or another user's: the same answer,
+    so names do not leak). Carries the name as asked, and nothing of its owner."""
+
+    def __init__(self, run: str) -> None:
+        super().__init__(f"Run {run} not found")
+        self.run = run
 
 
 class AccessDenied(EventsError):
@@ -56,3 +83,25 @@ def check(
     """``AccessDenied`` unless ``may(...)``."""
     if not may(actor, action, owner, all_users=all_users, admin=admin):
         raise AccessDenied(actor, action, run, owner, admin=admin)
+
+
+def visible(principal: Principal, owner: str) -> bool:
+    """True if a run submitted by ``owner`` exists for ``principal`` (listings, reads, and which
+    refusal they get): their own runs, and every run for an admin."""
+    return principal.name == owner or principal.admin
+
+
+def allowed(principal: Principal, action: Action, owner: str, *, all_users: bool) -> bool:
+    """``may`` for a principal."""
+    return may(principal.name, action, owner, all_users=all_users, admin=principal.admin)
+
+
+def authorize(
+    principal: Principal, action: Action, run: str, owner: str, *, all_users: bool
+) -> None:
+    """``RunNotFound`` unless the run is ``visible`` to ``principal``, then ``AccessDenied``
+    unless ``allowed``."""
+    if not visible(principal, owner):
+        raise RunNotFound(run)
+    if not allowed(principal, action, owner, all_users=all_users):
+        raise AccessDenied(principal.name, action, run, owner, admin=principal.admin)

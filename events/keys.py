@@ -14,7 +14,8 @@ PREFIX = "rp"
 
 
 def partition_of(aggregate: str, partitions: int) -> int:
-    """The partition of an aggregate (``run:<id>`` or ``node:<name>``); stable forever."""
+    """The partition of an aggregate (``run:<id>``, ``node:<name>`` or ``user:<name>``, a user
+    and their API keys); stable forever."""
     return zlib.crc32(aggregate.encode()) % partitions if partitions > 1 else 0
 
 
@@ -24,7 +25,7 @@ def log_stream(partition: int) -> str:
 
 
 def aggregate_stream(aggregate: str, partition: int) -> str:
-    """The history of one run or node."""
+    """The history of one run, node or user (``Event.aggregate``)."""
     return f"{PREFIX}:{{p{partition}}}:agg:{aggregate}"
 
 

@@ -6,6 +6,9 @@ Invariants:
   ``events.codec`` and a recorded sample of the old shape under ``tests/golden/``.
 - ``time`` (milliseconds since the epoch) and the log position are stamped by the log when the
   event is appended, from the server's clock; a writer leaves ``time`` at 0.
+- Users and their API keys are an aggregate per user (``user:<name>``): a key's events live
+  in its owner's history, so issuing and revoking append on the user's expected version.
+  Only a key's hash is ever in an event, never the key.
 - Events say what happened. What somebody asks for is a command (``events.commands``); the
   ``*Requested`` events record that a request was accepted, and by whom.
 """
@@ -19,6 +22,7 @@ import msgspec
 from events.spec import Priority, RunSpec
 
 ReasonCategory = Literal["user", "system", "preempted", "stopped"]
+Role = Literal["user", "admin"]
 
 
 class Reason(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
@@ -80,6 +84,17 @@ class NodeEvent(Event, kw_only=True):
     @property
     def aggregate(self) -> str:
         return f"node:{self.node}"
+
+
+class UserEvent(Event, kw_only=True):
+    """An event of one user and their API keys; ``actor`` is the admin who did it (or
+    ``runplane@setup`` for the admin that a new deployment starts with)."""
+
+    user: str
+
+    @property
+    def aggregate(self) -> str:
+        return f"user:{self.user}"
 
 
 # --- a run and its requests -------------------------------------------------------------
@@ -256,6 +271,26 @@ class NodeDrained(NodeEvent, kw_only=True, tag="node.drained"):
     reason: str = ""
 
 
+# --- users and their API keys ---------------------------------------------------------------
+
+
+class UserAdded(UserEvent, kw_only=True, tag="user.added"):
+    role: Role
+
+
+class KeyIssued(UserEvent, kw_only=True, tag="key.issued"):
+    """An API key of ``user``: its id (public, shown in listings) and the SHA-256 of its secret
+    as lowercase hex (``events.identity``); the key itself is shown once and stored nowhere."""
+
+    key_id: str
+    key_hash: str
+    expires_at: int | None = None  # ms since the epoch; the key is refused from then on
+
+
+class KeyRevoked(UserEvent, kw_only=True, tag="key.revoked"):
+    key_id: str
+
+
 AnyRunEvent = (
     RunSubmitted
     | StopRequested
@@ -281,10 +316,12 @@ AnyRunEvent = (
     | AttemptFailed
 )
 AnyNodeEvent = NodeRegistered | NodeLost | NodeDrained
-AnyEvent = AnyRunEvent | AnyNodeEvent
+AnyUserEvent = UserAdded | KeyIssued | KeyRevoked
+AnyEvent = AnyRunEvent | AnyNodeEvent | AnyUserEvent
 
 ALL_EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__
 RUN_EVENT_TYPES: tuple[type[Event], ...] = AnyRunEvent.__args__
+USER_EVENT_TYPES: tuple[type[Event], ...] = AnyUserEvent.__args__
 
 
 def tag_of(cls: type[Event]) -> str:

@@ -1,6 +1,7 @@
 """Audit: who did what to which run, and when, for users and for the services' decisions.
 
-Rows: ``entry`` ``<run_id>#<n>`` (the run's n-th entry, from 0) or ``node:<node>#<n>``, in the
+Rows: ``entry`` ``<run_id>#<n>`` (the run's n-th entry, from 0), ``node:<node>#<n>`` or
+``user:<name>#<n>``, in the
 index ``actor:<actor>`` scored by the log's time, so a user's actions (or a service's
 decisions, ``scheduler@host``) in a time window are one range read, and a run's trail is a read
 of ``<run_id>#0`` onwards until one is missing. Everyone's entries in a time window are the
@@ -8,8 +9,9 @@ log's own range (``entry_of`` each event): the log is ordered by time already, a
 every entry would double what a rebuild writes.
 
 Audited: requests (submitted, stop, restart, update, delete), the scheduler's and agents'
-decisions on attempts (queued, scheduled, running, terminating, ended, retried, deleted), and
-node events; not the per-rank setup chatter (image pulls, integrations, a rank's start).
+decisions on attempts (queued, scheduled, running, terminating, ended, retried, deleted), node
+events, and users and their keys (added, issued, revoked: the key's id and expiry, never its
+hash); not the per-rank setup chatter (image pulls, integrations, a rank's start).
 Invariants: nothing is ever removed (deleted runs stay); entries are in log order.
 """
 
@@ -33,6 +35,8 @@ from events.model import (
     ImagePullStarted,
     IntegrationFinished,
     IntegrationStarted,
+    KeyIssued,
+    KeyRevoked,
     NodeDrained,
     NodeEvent,
     NodeRegistered,
@@ -43,6 +47,8 @@ from events.model import (
     RunSubmitted,
     StopRequested,
     UpdateRequested,
+    UserAdded,
+    UserEvent,
     tag_of,
 )
 from projections.base import Row, RowKey, encode
@@ -57,6 +63,7 @@ class Entry(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=T
     run_name: str | None = None
     attempt: int | None = None
     node: str | None = None
+    user: str | None = None  # the user an identity event is about (the actor is who did it)
     detail: str = ""
 
 
@@ -108,10 +115,12 @@ def entry_of(record: Recorded, names: Mapping[str, str]) -> Entry | None:
     if kind in _QUIET or (kind is RankExited and _clean_exit(event)):
         return None
     detail = _DETAILS.get(kind)
-    run_id = run_name = attempt = None
+    run_id = run_name = attempt = node = user = None
     if isinstance(event, RunEvent):
         run_id, run_name, attempt = event.run_id, names.get(event.run_id), event.attempt
         node = getattr(event, "node", None)
+    elif isinstance(event, UserEvent):
+        user = event.user
     else:
         assert isinstance(event, NodeEvent)
         node = event.node
@@ -124,13 +133,17 @@ def entry_of(record: Recorded, names: Mapping[str, str]) -> Entry | None:
         run_name=run_name,
         attempt=attempt,
         node=node,
+        user=user,
         detail=detail(event) if detail else "",
     )
 
 
 def owner_of(entry: Entry) -> str:
-    """Whose trail an entry is in: its run's, or its node's (``node:<node>``)."""
-    return entry.run_id if entry.run_id is not None else f"node:{entry.node}"
+    """Whose trail an entry is in: its run's, its node's (``node:<node>``) or its user's
+    (``user:<name>``)."""
+    if entry.run_id is not None:
+        return entry.run_id
+    return f"user:{entry.user}" if entry.user is not None else f"node:{entry.node}"
 
 
 def _clean_exit(event: object) -> bool:
@@ -147,6 +160,11 @@ def _changes(event: UpdateRequested) -> str:
 
 def _reason(event: AttemptTerminating | AttemptStopped | AttemptFailed) -> str:
     return str(event.reason) if event.reason is not None else ""
+
+
+def _key(event: KeyIssued) -> str:
+    expiry = f", expires at {event.expires_at}" if event.expires_at is not None else ""
+    return f"key {event.key_id}{expiry}"
 
 
 _QUIET = frozenset(
@@ -167,4 +185,7 @@ _DETAILS: dict[type, Callable[[Any], str]] = {
     RankExited: lambda e: f"rank {e.rank} {e.ending}" + (f" ({e.reason.code})" if e.reason else ""),
     NodeRegistered: lambda e: f"{e.gpus}x{e.gpu_type or 'cpu'}",
     NodeDrained: lambda e: e.reason,
+    UserAdded: lambda e: e.role,
+    KeyIssued: _key,
+    KeyRevoked: lambda e: f"key {e.key_id}",
 }

@@ -220,7 +220,7 @@ async def audit_trail(args: argparse.Namespace, client: Client) -> int:
             when(to_datetime(entry.time)),
             entry.actor,
             entry.action,
-            entry.run_name or entry.node or "",
+            entry.run_name or entry.node or entry.user or "",
             "" if entry.attempt is None else str(entry.attempt),
             entry.detail,
         )

@@ -37,7 +37,7 @@ from tenacity import (
 from events import codec, keys
 from events.codec import Recorded
 from events.lifecycle import RunState, copy_state, evolve
-from events.model import AnyRunEvent, Event, NodeEvent
+from events.model import AnyRunEvent, Event, RunEvent
 from services.core.errors import Fenced, MixedAggregates, StoreUnavailable, VersionConflict
 from services.core.settings import Settings
 
@@ -275,8 +275,8 @@ class EventStore:
         state: RunState | None = None
         for record in await self.history(f"run:{run_id}"):
             event = record.event
-            if isinstance(event, NodeEvent):
-                raise TypeError(f"node event {event.id} in the history of run {run_id}")
+            if not isinstance(event, RunEvent):
+                raise TypeError(f"{event.aggregate} event {event.id} in the history of {run_id}")
             state = evolve(state, event)
         return state
 

@@ -30,7 +30,14 @@ from events import codec, keys
 from events.codec import Order, Recorded
 from events.errors import IllegalTransition, UndecodableEvent
 from events.lifecycle import RunState, evolve
-from events.model import AttemptScheduled, NodeEvent, NodeLost, NodeRegistered, Reason
+from events.model import (
+    AttemptScheduled,
+    NodeEvent,
+    NodeLost,
+    NodeRegistered,
+    Reason,
+    RunEvent,
+)
 from services.core.consumer import LogConsumer, make_broker
 from services.core.store import EventStore
 from services.node_agent.errors import RankGone
@@ -154,6 +161,8 @@ class NodeAgent:
             if isinstance(event, NodeLost) and event.node == self.node:
                 await self._on_lost(record)
             return
+        if not isinstance(event, RunEvent):
+            return  # users and keys: no concern of a node
         async with self._lock:
             state = await self._fold(record)
             if state is not None:
@@ -163,7 +172,7 @@ class NodeAgent:
     async def _fold(self, record: Recorded) -> RunState | None:
         """The run's state with ``record`` applied once; None for a run of no concern."""
         event = record.event
-        assert not isinstance(event, NodeEvent)
+        assert isinstance(event, RunEvent)
         known = self.runs.get(event.run_id)
         if known is None:
             placed_here = isinstance(event, AttemptScheduled) and any(

@@ -33,7 +33,7 @@ from events import keys
 from events.codec import Recorded
 from events.errors import IllegalTransition
 from events.lifecycle import copy_state, evolve
-from events.model import AnyEvent, AttemptScheduled, NodeEvent, tag_of
+from events.model import AnyEvent, AttemptScheduled, NodeEvent, RunEvent, tag_of
 from services.core.aio import wait_event
 from services.core.consumer import LogConsumer
 from services.core.errors import Fenced, StoreError, VersionConflict
@@ -313,7 +313,7 @@ class Session:
         after = copy_state(run)
         try:
             for event in decision.events:
-                if not isinstance(event, NodeEvent):
+                if isinstance(event, RunEvent):
                     evolve(after, event)
         except IllegalTransition as exc:
             log.exception("scheduler.illegal_decision", run=run_id, error=str(exc))
@@ -336,8 +336,10 @@ def _log_event(event: AnyEvent) -> None:
     fields: dict[str, Any] = {"type": tag_of(type(event))}
     if isinstance(event, NodeEvent):
         fields["node"] = event.node
-    else:
+    elif isinstance(event, RunEvent):
         fields.update(run=event.run_id, attempt=event.attempt)
+    else:
+        fields["user"] = event.user
     for name in ("reason", "position", "cause", "exit_code"):
         if (value := getattr(event, name, None)) is not None:
             fields[name] = str(value) if name == "reason" else value

@@ -42,6 +42,7 @@ from events.model import (
     RankExited,
     RestartRequested,
     RetryScheduled,
+    RunEvent,
     UpdateRequested,
 )
 from events.spec import PRIORITY_RANK
@@ -122,6 +123,8 @@ class ClusterState:
         event = record.event
         if isinstance(event, NodeEvent):
             return self._apply_node(record.version, event)
+        if not isinstance(event, RunEvent):
+            return Applied.SKIPPED  # users and keys: no concern of placement
         return self._apply_run(record.version, event)
 
     def known_version(self, aggregate: str) -> int:
@@ -151,7 +154,7 @@ class ClusterState:
         order: list[int] = []
         for record in history:
             event = record.event
-            if isinstance(event, NodeEvent):
+            if not isinstance(event, RunEvent):
                 continue
             try:
                 run = evolve(run, event)

@@ -13,8 +13,8 @@ from events.model import (
     AttemptFailed,
     AttemptScheduled,
     AttemptStopped,
-    NodeEvent,
     RetryScheduled,
+    RunEvent,
     RunSubmitted,
 )
 from services.core.settings import Settings
@@ -60,7 +60,7 @@ async def test_every_run_completes_and_no_gpu_is_double_booked(
     overlaps: list[tuple[tuple[str, int], tuple[str, int], tuple[str, int]]] = []
     for record in records:
         event = record.event
-        if isinstance(event, NodeEvent):
+        if not isinstance(event, RunEvent):
             continue
         attempt = (event.run_id, event.attempt)
         if isinstance(event, RunSubmitted):

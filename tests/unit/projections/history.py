@@ -41,7 +41,7 @@ class History:
             event.time = time
             seq = self.last[1] + 1 if self.last[0] == time else 0
             self.last = (time, seq)
-            if not isinstance(event, ev.NodeEvent):
+            if isinstance(event, ev.RunEvent):
                 self.states[event.run_id] = evolve(self.states.get(event.run_id), own(event))
             version = self.versions.get(event.aggregate, 0) + 1
             self.versions[event.aggregate] = version

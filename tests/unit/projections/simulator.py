@@ -61,7 +61,7 @@ class Simulator:
             else:
                 self.last_ms, self.seq = self.now, 0
             event.time = self.now
-            if not isinstance(event, ev.NodeRegistered | ev.NodeLost | ev.NodeDrained):
+            if isinstance(event, ev.RunEvent):
                 self.runs[event.run_id] = evolve(self.runs.get(event.run_id), own(event))
             version = self.versions.get(event.aggregate, 0) + 1
             self.versions[event.aggregate] = version
