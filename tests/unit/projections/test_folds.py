@@ -19,16 +19,20 @@ from events.model import (
     AttemptRunning,
     AttemptStopped,
     AttemptTerminating,
+    KeyIssued,
+    KeyRevoked,
     RankExited,
     RankRunning,
     Reason,
     RunEvent,
     StopRequested,
+    UserAdded,
 )
 from events.status import RunStatus
 from projections.attempts import AttemptRow, AttemptsProjection
 from projections.audit import AuditProjection, Entry, entry_of
 from projections.base import Row, takes
+from projections.billing import BillingProjection
 from projections.run_status import RunRow, RunStatusProjection
 from projections.utilization import Instance, RunLine, UtilizationProjection, queue_order
 from tests.unit.projections.history import SCHEDULER, History, at, fold
@@ -308,6 +312,46 @@ def test_audit_says_how_a_rank_ended_and_why() -> None:
         entry = entry_of(Recorded("1-0", 9, exited), {"r1": "r1-name"})
         assert entry is not None
         assert entry.detail == detail
+
+
+def test_users_and_keys_are_audited_by_who_did_it_and_no_run_fold_takes_them() -> None:
+    h = retried_then_restarted()
+    key_hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    h.add(
+        "2026-11-24 16:00:00",
+        UserAdded(id=h.new_id(), actor="root", user="bob@example.com", role="user"),
+        KeyIssued(
+            id=h.new_id(),
+            actor="root",
+            user="bob@example.com",
+            key_id="k3v9x2m7q1wz",
+            key_hash=key_hash,
+            expires_at=1_800_000_000_000,
+        ),
+        KeyRevoked(id=h.new_id(), actor="root", user="bob@example.com", key_id="k3v9x2m7q1wz"),
+    )
+    identity = h.records[-3:]
+    for projection in (
+        RunStatusProjection(),
+        AttemptsProjection(),
+        BillingProjection(),
+        UtilizationProjection(),
+    ):
+        assert not any(takes(projection, type(r.event)) for r in identity), projection.name
+    rows = fold(AuditProjection(), h.records)
+    trail = {
+        key: entry
+        for key, entry in decode_rows(rows, "entry", Entry).items()
+        if key.startswith("user:")
+    }
+    assert list(trail) == [f"user:bob@example.com#{n}" for n in range(3)]
+    entries = [e for e in trail.values() if isinstance(e, Entry)]
+    assert [(e.actor, e.action, e.user, e.detail) for e in entries] == [
+        ("root", "user.added", "bob@example.com", "user"),
+        ("root", "key.issued", "bob@example.com", "key k3v9x2m7q1wz, expires at 1800000000000"),
+        ("root", "key.revoked", "bob@example.com", "key k3v9x2m7q1wz"),
+    ]
+    assert all(key_hash not in row.body.decode() for row in rows if row.body)
 
 
 def test_utilization_counts_gpus_and_orders_the_queue() -> None:

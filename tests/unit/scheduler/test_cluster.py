@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from events import commands
 from events.codec import Recorded
-from events.model import AttemptScheduled
+from events.model import AttemptScheduled, KeyRevoked, UserAdded
 from services.scheduler.cluster import Applied, ClusterState
 from tests.unit.scheduler.world import World
 
@@ -44,6 +44,19 @@ def test_an_event_already_folded_is_skipped_and_a_gap_is_reported() -> None:
     last = run_events[-1]
     fresh = ClusterState()
     assert fresh.apply(last) is Applied.GAP
+
+
+def test_users_and_keys_in_the_log_are_no_concern_of_the_scheduler() -> None:
+    world, _, _ = _busy_world()
+    state = _replay(_log(world))
+    before = (dict(state.used), set(state.runs))
+    events: list[UserAdded | KeyRevoked] = [
+        UserAdded(id="u1", actor="root", user="alice", role="user", time=1),
+        KeyRevoked(id="u2", actor="root", user="alice", key_id="abcd1234efgh", time=2),
+    ]
+    for version, event in enumerate(events, start=1):
+        assert state.apply(Recorded(f"{version}-0", version, event)) is Applied.SKIPPED
+    assert (dict(state.used), set(state.runs)) == before
 
 
 def test_a_replay_rebuilds_the_same_allocations() -> None:
