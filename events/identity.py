@@ -32,6 +32,8 @@ from events.access import Principal
 from events.errors import EventsError, IllegalTransition
 from events.model import AnyUserEvent, KeyIssued, KeyRevoked, Role, UserAdded, UserEvent, tag_of
 
+#: The actor of the events that set up a deployment's first admin (no admin exists to do it).
+SETUP_ACTOR = "runplane@setup"
 KEY_PREFIX = "rpk_"
 KEY_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 KEY_ID_LENGTH = 12  # 62 bits: ids are unique by chance, and an issue refuses a known one

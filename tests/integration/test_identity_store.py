@@ -15,6 +15,7 @@ from events.access import Principal
 from events.identity import (
     KEY_ID_ALPHABET,
     KEY_ID_LENGTH,
+    SETUP_ACTOR,
     Unauthenticated,
     UserState,
     Why,
@@ -62,11 +63,11 @@ async def test_a_user_a_key_and_its_revocation_fold_back_from_the_log(
     key_id = "".join(secrets.choice(KEY_ID_ALPHABET) for _ in range(KEY_ID_LENGTH))
     key = new_key(key_id, secret)
 
-    added = add_user(await load_user(store, name), name, "user", "runplane@setup", new_id())
+    added = add_user(await load_user(store, name), name, "user", SETUP_ACTOR, new_id())
     assert (await store.append([added], expected_version=0)).version == 1
     state = await load_user(store, name)
     now = int((await redis.time())[0]) * 1000
-    issued = issue_key(state, key, "runplane@setup", new_id(), now_ms=now, expires_at=now + 60_000)
+    issued = issue_key(state, key, SETUP_ACTOR, new_id(), now_ms=now, expires_at=now + 60_000)
     assert (await store.append([issued], expected_version=1)).version == 2
 
     state = await load_user(store, name)

@@ -17,6 +17,7 @@ from events.errors import IllegalTransition
 from events.identity import (
     KEY_ID_ALPHABET,
     KEY_ID_LENGTH,
+    SETUP_ACTOR,
     IdentityRefused,
     Unauthenticated,
     UserState,
@@ -34,7 +35,7 @@ from events.identity import (
 from events.model import AnyUserEvent, KeyIssued, KeyRevoked, Role, UserAdded
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
-SETUP = "runplane@setup"
+SETUP = SETUP_ACTOR
 NOW = 1_764_000_000_000
 SECRET = "Zq3" + "x" * 40  # the shape of secrets.token_urlsafe(32): 43 URL-safe characters
 OTHER_SECRET = "Yp2" + "y" * 40
