@@ -18,6 +18,8 @@ ENTRIES = [
     pytest.param(["services.log_collector.__main__"], EVERYWHERE, id="log-collector"),
     # The projector reads its consumer group itself and runs no broker.
     pytest.param(["services.projector.__main__"], (*EVERYWHERE, "faststream"), id="projector"),
+    # The API server reads through the store and the projections; it runs no broker.
+    pytest.param(["services.api.__main__"], (*EVERYWHERE, "faststream"), id="api"),
     # A node-agent imports its app after the first heartbeat; with the process executor (the
     # default) it never loads the kubernetes client.
     pytest.param(

@@ -1,0 +1,7 @@
+"""The API server: runplane's front door (issue 13), MAPI over GraphQL as the real
+``mosaicml-cli`` 0.8.3 client speaks it (``reference/mapi.md``).
+
+So far: ``POST /graphql`` with the reads ``getRunsPaginated``, ``getClusters`` and ``getUsers``
+(the caller), every request authenticated by its API key. Mutations, subscriptions and the
+WebSocket come later.
+"""

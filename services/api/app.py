@@ -1,0 +1,156 @@
+"""The API server's edge: one ASGI app (Starlette), ``POST /graphql``, executed by ariadne over
+the SDL in ``schema.graphql``.
+
+A request is taken in this order, and the first failure is the whole answer, as a GraphQL error
+with an integer ``extensions.code`` and nothing else (``reference/mapi.md`` section 2.1):
+1. a body over ``api_max_body_bytes``: 413 (read no further);
+2. the ``Authorization`` header (the raw key, or ``Bearer <key>``) must be a valid key of a
+   user (``services.api.users``): else 401 ``Invalid API key``;
+3. the body must be a JSON object with a string ``query``: else 400;
+4. the document must parse and validate against the schema: else 400 (an unknown field, a
+   mutation or subscription not served yet);
+5. a resolver's ``ApiError`` gives its code; anything else 500 "Internal Server Error", logged
+   here with its traceback and never sent to the client.
+The key is never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import structlog
+from ariadne import QueryType, ScalarType, graphql, load_schema_from_path, make_executable_schema
+from graphql import GraphQLError, GraphQLSchema
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from events.identity import Unauthenticated
+from services.api.errors import ApiError, BadRequest, TooLarge
+from services.api.reads import RESOLVERS, Context
+from services.api.settings import ApiSettings
+from services.api.users import Directory
+from services.core.store import EventStore
+
+SCHEMA_PATH = Path(__file__).with_name("schema.graphql")
+INVALID_KEY = "Invalid API key"
+log = structlog.get_logger("services.api")
+
+
+def schema() -> GraphQLSchema:
+    query = QueryType()
+    for field, resolver in RESOLVERS.items():
+        query.set_field(field, resolver)
+    return make_executable_schema(
+        load_schema_from_path(str(SCHEMA_PATH)), query, ScalarType("JSON")
+    )
+
+
+def failure(code: HTTPStatus, message: str) -> JSONResponse:
+    body = {"errors": [{"message": message, "extensions": {"code": int(code)}}]}
+    return JSONResponse(body, status_code=int(code))
+
+
+def format_error(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
+    """An error as the client reads it: a message and an integer code, never a traceback."""
+    original = error.original_error
+    if isinstance(original, ApiError):
+        message, code = original.message, original.code
+    elif original is None or isinstance(original, GraphQLError):
+        # syntax, validation, variables that do not fit their types: the request's fault
+        message, code = error.message, HTTPStatus.BAD_REQUEST
+    else:
+        log.error("resolver_failed", path=error.path, exc_info=original)
+        message, code = "Internal Server Error", HTTPStatus.INTERNAL_SERVER_ERROR
+    found: dict[str, Any] = {"message": message, "extensions": {"code": int(code)}}
+    if error.path:
+        found["path"] = error.path
+    return found
+
+
+def presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, rest = header.strip().partition(" ")
+    return rest.strip() if scheme.lower() == "bearer" else header.strip()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"Request body is over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(f"Request body is over {limit} bytes")
+    return bytes(body)
+
+
+def parse(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("Request body is not valid JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("query"), str):
+        raise BadRequest('Request body must be a JSON object with a "query" string')
+    variables = data.get("variables")
+    if variables is not None and not isinstance(variables, dict):
+        raise BadRequest('"variables" must be a JSON object')
+    return data
+
+
+def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starlette:
+    """The app; it opens the event store on ``settings`` unless given one, and closes only the
+    one it opened."""
+    executable = schema()
+    owned = store is None
+    events = store if store is not None else EventStore.from_settings(settings)
+    directory = Directory(events)
+
+    async def endpoint(request: Request) -> JSONResponse:
+        try:
+            body = await read_body(request, settings.api_max_body_bytes)
+            try:
+                principal = await directory.principal(presented_key(request), _now_ms())
+            except Unauthenticated as refused:
+                log.info("unauthenticated", why=str(refused.why), key_id=refused.key_id)
+                return failure(HTTPStatus.UNAUTHORIZED, INVALID_KEY)
+            data = parse(body)
+        except ApiError as error:
+            return failure(error.code, error.message)
+        context = Context(principal=principal, redis=events.redis, settings=settings)
+        _, result = await graphql(
+            executable,
+            {"query": data["query"], "variables": data.get("variables") or {}},
+            context_value=context,
+            error_formatter=format_error,
+            debug=False,
+        )
+        errors = result.get("errors")
+        if errors:
+            codes = [e.get("extensions", {}).get("code", 500) for e in errors]
+            return JSONResponse(result, status_code=max(codes))
+        return JSONResponse(result)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if owned:
+                await events.close()
+
+    return Starlette(routes=[Route("/graphql", endpoint, methods=["POST"])], lifespan=lifespan)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

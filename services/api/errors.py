@@ -1,0 +1,26 @@
+"""The API's errors: each carries the HTTP status the client is told (an integer
+``extensions.code``, ``reference/mapi.md`` section 2.1)."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+class ApiError(Exception):
+    code: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ApiError):
+    code = HTTPStatus.BAD_REQUEST
+
+
+class Unauthorized(ApiError):
+    code = HTTPStatus.UNAUTHORIZED
+
+
+class TooLarge(ApiError):
+    code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE

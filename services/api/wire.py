@@ -1,0 +1,231 @@
+"""The read models as MAPI's objects (``reference/mapi.md`` section 6): Run, its resumptions,
+lifecycle, nodes and events; clusters and their utilization.
+
+Pure: rows in, JSON-ready dicts out, keyed by the schema's field names (ariadne's default
+resolvers read them). Every datetime is ISO 8601 in UTC with its offset; statuses and run types
+are upper-case names; lists the client indexes are never empty or null (a run's resumptions,
+which the attempts' rows may lag, fall back to the one the run asked for).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from events.spec import RunSpec
+from events.status import RunStatus
+from projections.attempts import AttemptRow
+from projections.run_status import RunRow
+from projections.utilization import Instance, RunLine
+
+RUN_TYPE = "TRAINING"
+PROVIDER = "RUNPLANE"
+SUBMISSION_TYPES = ["TRAINING"]
+Json = dict[str, Any]
+
+
+def iso(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
+
+
+def run(row: RunRow, attempts: Sequence[AttemptRow]) -> Json:
+    """A Run with every field of section 6.1 (``details`` too: the client selects it or not)."""
+    max_duration = row.max_duration
+    latest = attempts[-1] if attempts else None
+    return {
+        "id": row.run_uid,
+        "name": row.name,
+        "status": row.status.value,
+        "createdAt": iso(row.created_at),
+        "updatedAt": iso(row.updated_at),
+        "reason": str(row.reason) if row.reason is not None else None,
+        "createdByEmail": row.created_by,
+        "priority": row.priority.upper(),
+        "maxRetries": row.max_retries,
+        "preemptible": row.preemptible,
+        "retryOnSystemFailure": row.retry_on_system_failure,
+        "maxDurationSeconds": None if max_duration is None else max_duration * 3600,
+        "isDeleted": row.is_deleted,
+        "runType": RUN_TYPE,
+        "resumptions": resumptions(row, attempts),
+        "details": {
+            "image": row.image,
+            "originalRunInput": run_input(row.submitted_config),
+            "metadata": dict(row.metadata),
+            "lastExecutionId": f"{row.run_uid}-{latest.index}" if latest is not None else None,
+            "lifecycle": lifecycle(row, attempts),
+            "nodes": [
+                {
+                    "rank": r.rank,
+                    "name": r.node,
+                    "status": r.status.value,
+                    "reason": r.reason or None,
+                }
+                for r in (latest.ranks if latest is not None else [])
+            ],
+            "formattedRunEvents": [
+                {
+                    "resumptionIndex": line.attempt,
+                    "eventType": "STARTED",
+                    "eventTime": iso(line.time or row.created_at),
+                    "eventMessage": line.text,
+                }
+                for attempt in attempts
+                for line in attempt.events
+            ],
+        },
+    }
+
+
+def resumptions(row: RunRow, attempts: Sequence[AttemptRow]) -> list[Json]:
+    """One per attempt, ascending; the requested shape where an attempt is not placed yet."""
+    asked = row.submitted_config.compute
+    if not attempts:  # the attempts' rows lag the run's: show what was asked
+        return [
+            _resumption(
+                index=0,
+                cluster=asked.cluster,
+                gpus=asked.gpus,
+                gpu_type=asked.gpu_type,
+                nodes=asked.nodes or 1,
+                row=row,
+            )
+            | {"status": row.status.value, "startTime": None, "endTime": None, "reason": None}
+        ]
+    found = []
+    for attempt in attempts:
+        shaped = attempt.node_count > 0  # placed, or queued with the shape the scheduler judged
+        found.append(
+            _resumption(
+                index=attempt.index,
+                cluster=attempt.cluster or asked.cluster,
+                gpus=attempt.gpus if shaped else asked.gpus,
+                gpu_type=attempt.gpu_type if shaped else asked.gpu_type,
+                nodes=attempt.node_count if shaped else asked.nodes or 1,
+                row=row,
+            )
+            | {
+                "status": attempt.status.value,
+                "startTime": iso(attempt.started_at),
+                "endTime": iso(attempt.ended_at),
+                "reason": attempt.reason_text or None,
+            }
+        )
+    return found
+
+
+def _resumption(
+    *, index: int, cluster: str, gpus: int, gpu_type: str | None, nodes: int, row: RunRow
+) -> Json:
+    return {
+        "executionIndex": index,
+        "clusterName": cluster,
+        "gpus": gpus,
+        "cpus": row.cpus,
+        "gpuType": gpu_type or "None",  # MAPI's name for a CPU-only run
+        "nodes": nodes,
+        "estimatedEndTime": None,
+    }
+
+
+def lifecycle(row: RunRow, attempts: Sequence[AttemptRow]) -> list[Json]:
+    """One entry per execution (its current status), as ``mcli logs`` indexes it."""
+    if not attempts:
+        return [
+            {
+                "executionIndex": 0,
+                "status": row.status.value,
+                "startTime": iso(row.created_at),
+                "endTime": None,
+                "reason": None,
+            }
+        ]
+    return [
+        {
+            "executionIndex": a.index,
+            "status": a.status.value,
+            "startTime": iso(a.started_at if a.started_at is not None else a.opened_at),
+            "endTime": iso(a.ended_at),
+            "reason": (a.reason.code if a.reason is not None else None),
+        }
+        for a in attempts
+    ]
+
+
+def run_input(spec: RunSpec) -> Json:
+    """The submitted config in ``runInput``'s camelCase shape (section 5.2)."""
+    compute = msgspec.to_builtins(spec.compute)
+    scheduling = spec.scheduling
+    return {
+        "runName": spec.name,
+        "image": spec.image,
+        "command": spec.command,
+        "compute": {_camel(k): v for k, v in compute.items()},
+        "scheduling": {
+            "priority": scheduling.priority,
+            "preemptible": scheduling.preemptible,
+            "maxRetries": scheduling.max_retries,
+            "retryOnSystemFailure": scheduling.retry_on_system_failure,
+            **({"maxDuration": scheduling.max_duration} if scheduling.max_duration else {}),
+        },
+        "integrations": [
+            {
+                "type": i.get("integration_type"),
+                "params": {_camel(k): v for k, v in i.items() if k != "integration_type"},
+            }
+            for i in spec.integrations
+        ],
+        "envVariables": [{"envKey": k, "envValue": v} for k, v in spec.env_variables.items()],
+        "parameters": dict(spec.parameters),
+        "metadata": dict(spec.metadata),
+    }
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+# --- clusters ---------------------------------------------------------------------------------
+
+
+def instance(item: Instance) -> Json:
+    return {
+        "name": item.name,
+        "gpuType": item.gpu_type or "None",
+        "gpusPerNode": item.gpus_per_node,
+        "cpus": None,
+        "memory": None,
+        "storage": None,
+        "gpuNums": [item.gpus_per_node * n for n in range(1, max(item.nodes, 1) + 1)],
+        "numNodes": item.nodes,
+        "nodes": [],
+    }
+
+
+def run_line(line: RunLine, gpu_type: str | None) -> Json:
+    return {
+        "id": line.run_id,
+        "createdAt": iso(line.created_at),
+        "userName": line.user,
+        "runName": line.run_name,
+        "instance": line.cluster,
+        "gpuNum": line.gpus,
+        "gpuType": gpu_type,
+        "estimatedEndTime": None,
+        "maxDurationSeconds": None,
+        "startTime": iso(line.since),
+        "reason": line.reason or None,
+        "scheduling": {
+            "priority": line.priority.upper(),
+            "retryOnSystemFailure": False,
+            "preemptible": line.preemptible,
+        },
+    }
+
+
+def status_names() -> frozenset[str]:
+    return frozenset(s.value for s in RunStatus)
