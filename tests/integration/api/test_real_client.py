@@ -1,0 +1,122 @@
+"""The unmodified ``mosaicml-cli`` 0.8.3 against a real ``python -m services.api`` process over
+the session's Valkey and a seeded log: ``get runs`` (a user's own, ``--all-users`` as an admin),
+``get clusters``, ``util``, and a wrong key."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.api.real_client import client_env, mcli_bin
+from tests.integration.api.seed import ALICE, BOB, ROOT, Seeded
+from tests.services import ServiceProcess
+from tests.waiting import eventually
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def mcli() -> Path:
+    return mcli_bin()
+
+
+@pytest.fixture
+async def endpoint(redis_url: str, tmp_path: Path, seeded: Seeded) -> AsyncIterator[str]:
+    port = free_port()
+    env = os.environ | {"RUNPLANE_REDIS_URL": redis_url, "RUNPLANE_API_PORT": str(port)}
+    api = await ServiceProcess("services.api", env, tmp_path / "api.log").start()
+    url = f"http://127.0.0.1:{port}/graphql"
+
+    async def answers() -> bool:
+        try:
+            async with httpx.AsyncClient() as client:
+                await client.post(url, json={"query": "{ __typename }"})
+        except httpx.TransportError:
+            return False
+        return True
+
+    try:
+        await eventually(answers, what=f"the API server on port {port}")
+        yield url
+    finally:
+        assert await api.stop() == 0, api.output()
+        assert "rpk_" not in api.output(), "a key was logged"
+
+
+async def run_mcli(mcli: Path, home: Path, endpoint: str, key: str, *args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        str(mcli),
+        *args,
+        env=client_env(home, endpoint, key),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(60):
+        out, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+async def test_get_runs_lists_the_callers_own_runs(
+    mcli: Path, tmp_path: Path, endpoint: str, seeded: Seeded
+) -> None:
+    code, out = await run_mcli(mcli, tmp_path, endpoint, seeded.keys[ALICE], "get", "runs")
+    print(out)
+    assert code == 0, out
+    for name in seeded.runs[ALICE]:
+        assert name in out
+    for name in seeded.runs[BOB]:
+        assert name not in out
+
+
+async def test_an_admin_gets_every_users_runs_with_all_users(
+    mcli: Path, tmp_path: Path, endpoint: str, seeded: Seeded
+) -> None:
+    root = seeded.keys[ROOT]
+    code, out = await run_mcli(mcli, tmp_path, endpoint, root, "get", "runs", "--all-users")
+    print(out)
+    assert code == 0, out
+    for name in seeded.runs[ALICE] + seeded.runs[BOB]:
+        assert name in out
+    code, out = await run_mcli(
+        mcli, tmp_path, endpoint, root, "get", "runs", "--status", "queued", "--all-users"
+    )
+    print(out)
+    assert code == 0, out
+    assert seeded.runs[ALICE][1] in out
+    assert seeded.runs[ALICE][0] not in out
+
+
+async def test_clusters_and_utilization(
+    mcli: Path, tmp_path: Path, endpoint: str, seeded: Seeded
+) -> None:
+    code, out = await run_mcli(mcli, tmp_path, endpoint, seeded.keys[BOB], "get", "clusters")
+    print(out)
+    assert code == 0, out
+    assert "local" in out
+    code, out = await run_mcli(mcli, tmp_path, endpoint, seeded.keys[BOB], "util")
+    print(out)
+    assert code == 0, out
+    assert "local" in out
+    assert seeded.runs[BOB][1] in out, "the queued runs"
+
+
+async def test_a_wrong_key_prints_401_and_exits_1(
+    mcli: Path, tmp_path: Path, endpoint: str, seeded: Seeded
+) -> None:
+    wrong = seeded.keys[ALICE][:-4] + "AAAA"
+    code, out = await run_mcli(mcli, tmp_path, endpoint, wrong, "get", "runs")
+    print(out)
+    assert code == 1
+    assert "Error 401: Invalid API key" in out
