@@ -120,3 +120,21 @@ async def test_a_wrong_key_prints_401_and_exits_1(
     print(out)
     assert code == 1
     assert "Error 401: Invalid API key" in out
+
+
+async def test_describe_run_shows_the_run_and_its_config(
+    mcli: Path, tmp_path: Path, endpoint: str, seeded: Seeded
+) -> None:
+    name = seeded.runs[ALICE][1]
+    code, out = await run_mcli(
+        mcli, tmp_path, endpoint, seeded.keys[ALICE], "describe", "run", name
+    )
+    print(out)
+    assert code == 0, out
+    assert name in out
+    assert "mosaicml/pytorch:latest" in out
+    code, out = await run_mcli(mcli, tmp_path, endpoint, seeded.keys[BOB], "describe", "run", name)
+    print(out)
+    # Another user's run is not there for bob: the client says so itself (an empty listing).
+    assert f"No runs found with name: {name}" in out
+    assert ALICE not in out
