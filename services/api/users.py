@@ -3,7 +3,9 @@
 The directory follows the global log: on each request it reads the entries appended since the
 last one it saw (one XRANGE, usually empty) and folds the user events among them, so a key
 issued or revoked a moment ago counts at once; there is no cache to go stale. Concurrent
-requests share one catch-up (a lock). Run and node events are skipped.
+requests share one catch-up (a lock). Only user events are decoded (by the kind each entry
+names): run and node events, and any entry that cannot be decoded, are passed over, so one bad
+entry never locks every user out.
 
 The key itself never leaves ``authenticate`` (``events.identity``): it is not logged, and a
 refusal says only "Invalid API key" to the client; why (missing, unknown, revoked, ...) and the
@@ -16,14 +18,16 @@ import asyncio
 
 import structlog
 
+from events import codec
 from events.access import Principal
-from events.errors import IllegalTransition
+from events.errors import IllegalTransition, UndecodableEvent
 from events.identity import UserState, authenticate, copy_state, evolve, key_index
-from events.model import UserEvent
+from events.model import AnyUserEvent, KeyIssued, KeyRevoked, UserAdded, tag_of
 from services.core.store import EventStore
 
 _PAGE = 5000
-log = structlog.get_logger("api.users")
+log = structlog.get_logger("services.api")
+_USER_KINDS = frozenset(tag_of(kind).encode() for kind in AnyUserEvent.__args__)
 
 
 class Directory:
@@ -39,24 +43,33 @@ class Directory:
         async with self._lock:
             changed = False
             while True:
-                records = await self._store.read_log(after=self._after, count=_PAGE)
-                for record in records:
-                    event = record.event
-                    if isinstance(event, UserEvent):
-                        before = self._users.get(event.user)
-                        state = None if before is None else copy_state(before)
-                        try:
-                            self._users[event.user] = evolve(state, event)
-                        except IllegalTransition:  # refused at append; never in a valid log
-                            log.warning("user_event_refused", position=record.position)
-                            continue
-                        changed = True
-                if records:
-                    self._after = records[-1].position
-                if len(records) < _PAGE:
+                entries = await self._store.read_log_entries(after=self._after, count=_PAGE)
+                for raw_position, fields in entries:
+                    if fields.get(codec.KIND, b"").partition(b"@")[0] in _USER_KINDS:
+                        changed |= self._fold(raw_position.decode(), fields)
+                if entries:
+                    self._after = entries[-1][0].decode()
+                if len(entries) < _PAGE:
                     break
             if changed:
                 self._index = key_index(self._users.values())
+
+    def _fold(self, position: str, fields: dict[bytes, bytes]) -> bool:
+        try:
+            event = codec.recorded(position, fields).event
+        except UndecodableEvent as exc:
+            log.warning("user_event_undecodable", position=position, error=str(exc))
+            return False
+        if not isinstance(event, UserAdded | KeyIssued | KeyRevoked):
+            return False
+        before = self._users.get(event.user)
+        state = None if before is None else copy_state(before)
+        try:
+            self._users[event.user] = evolve(state, event)
+        except IllegalTransition:  # refused at append: never in a log written through the store
+            log.warning("user_event_refused", position=position)
+            return False
+        return True
 
     async def principal(self, presented: str | None, now_ms: int) -> Principal:
         """The owner of ``presented``; ``events.identity.Unauthenticated`` if none."""

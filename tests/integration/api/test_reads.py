@@ -7,7 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
+from events import codec, keys
 from services.core.store import EventStore
 from tests.integration.api.seed import (
     ALICE,
@@ -142,6 +144,18 @@ async def test_an_expired_key_is_refused_and_a_bearer_key_accepted(
     assert set(names(page)) == newest_first(seeded.runs[BOB])
 
 
+async def test_an_entry_that_cannot_be_decoded_locks_no_one_out(
+    api: httpx.AsyncClient, seeded: Seeded, redis: aioredis.Redis, store: EventStore
+) -> None:
+    log = keys.log_stream(0)
+    await redis.xadd(log, {codec.KIND: b"user.added@1", codec.BODY: b"{not json"})
+    await redis.xadd(log, {codec.KIND: b"no.such_kind@1", codec.BODY: b"{}"})
+    page = await runs(api, seeded.keys[BOB])
+    assert set(names(page)) == newest_first(seeded.runs[BOB])
+    later = await add_user_with_key(store, "dave", "user")
+    assert (await runs(api, later))["runs"] == [], "a user added after the bad entries"
+
+
 # --- whose runs -------------------------------------------------------------------------------
 
 
@@ -182,8 +196,7 @@ async def test_a_run_has_every_field_the_client_reads(
     api: httpx.AsyncClient, seeded: Seeded
 ) -> None:
     page = await runs(api, seeded.keys[BOB])
-    epsilon = page["runs"][0]
-    assert epsilon["name"] == seeded.runs[BOB][1]
+    [epsilon] = [run for run in page["runs"] if run["name"] == seeded.runs[BOB][1]]
     assert epsilon["status"] == "PENDING"
     assert epsilon["createdByEmail"] == BOB
     assert epsilon["runType"] == "TRAINING"
