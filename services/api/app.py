@@ -7,8 +7,9 @@ with an integer ``extensions.code`` and nothing else (``reference/mapi.md`` sect
 2. the ``Authorization`` header (the raw key, or ``Bearer <key>``) must be a valid key of a
    user (``services.api.users``): else 401 ``Invalid API key``;
 3. the body must be a JSON object with a string ``query``: else 400;
-4. the document must parse and validate against the schema: else 400 (an unknown field, a
-   mutation or subscription not served yet);
+4. the document must parse, resolve at most ``api_max_fields`` fields (``services.api.limits``)
+   and validate against the schema: else 400 (an unknown field, a mutation or subscription not
+   served yet, a document too large);
 5. a resolver's ``ApiError`` gives its code; anything else 500 "Internal Server Error", logged
    here with its traceback and never sent to the client.
 The key is never logged.
@@ -26,7 +27,8 @@ from typing import Any
 
 import structlog
 from ariadne import QueryType, ScalarType, graphql, load_schema_from_path, make_executable_schema
-from graphql import GraphQLError, GraphQLSchema
+from graphql import DocumentNode, GraphQLError, GraphQLSchema
+from graphql import parse as parse_document
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -34,6 +36,7 @@ from starlette.routing import Route
 
 from events.identity import Unauthenticated
 from services.api.errors import ApiError, BadRequest, TooLarge
+from services.api.limits import field_count
 from services.api.reads import RESOLVERS, Context
 from services.api.settings import ApiSettings
 from services.api.users import Directory
@@ -108,6 +111,17 @@ def parse(body: bytes) -> dict[str, Any]:
     return data
 
 
+def document(query: str, max_fields: int) -> DocumentNode:
+    try:
+        parsed = parse_document(query, max_tokens=max_fields * 20)
+    except GraphQLError as error:
+        raise BadRequest(error.message) from None
+    fields = field_count(parsed, max_fields)
+    if fields > max_fields:
+        raise BadRequest(f"Query is too large: over {max_fields} fields")
+    return parsed
+
+
 def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starlette:
     """The app; it opens the event store on ``settings`` unless given one, and closes only the
     one it opened."""
@@ -125,12 +139,14 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
                 log.info("unauthenticated", why=str(refused.why), key_id=refused.key_id)
                 return failure(HTTPStatus.UNAUTHORIZED, INVALID_KEY)
             data = parse(body)
+            parsed = document(data["query"], settings.api_max_fields)
         except ApiError as error:
             return failure(error.code, error.message)
         context = Context(principal=principal, redis=events.redis, settings=settings)
         _, result = await graphql(
             executable,
             {"query": data["query"], "variables": data.get("variables") or {}},
+            query_document=parsed,
             context_value=context,
             error_formatter=format_error,
             debug=False,

@@ -13,6 +13,9 @@ class ApiSettings(Settings):
     api_max_body_bytes: int = Field(
         default=1 << 20, ge=1024, description="A request body over this is refused (413)."
     )
+    api_max_fields: int = Field(
+        default=500, ge=100, description="Fields one request may resolve (fragments expanded)."
+    )
     api_default_limit: int = Field(
         default=100, ge=1, description="Runs per page when a listing asks for no limit."
     )

@@ -331,6 +331,22 @@ async def test_bad_input_gets_a_code_and_no_traceback(
     assert response.status_code == code
 
 
+async def test_a_document_that_multiplies_its_fields_is_refused(
+    api: httpx.AsyncClient, seeded: Seeded
+) -> None:
+    spreads = " ".join(["...F1"] * 10)
+    bomb = (
+        "query { ...F4 }\n"
+        "fragment F1 on Query { __typename }\n"
+        f"fragment F2 on Query {{ {spreads} }}\n"
+        f"fragment F3 on Query {{ {spreads.replace('F1', 'F2')} }}\n"
+        f"fragment F4 on Query {{ {spreads.replace('F1', 'F3')} }}\n"
+    )  # 1,000 fields from a few hundred bytes
+    result = await post(api, seeded.keys[ALICE], {"query": bomb})
+    assert code_of(result) == 400
+    assert result["errors"][0]["message"] == "Query is too large: over 500 fields"
+
+
 async def test_bad_variables_are_400(api: httpx.AsyncClient, seeded: Seeded) -> None:
     alice = seeded.keys[ALICE]
     for data in (
