@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic.fields import FieldInfo
 
+from services.api.settings import ApiSettings
 from services.core.settings import Settings
 from services.log_collector.settings import LogCollectorSettings
 from services.node_agent.settings import NodeAgentSettings
@@ -35,6 +36,7 @@ SERVICES: dict[str, tuple[str, type[Settings]]] = {
     "services.projector": ("projector", ProjectorSettings),
     "services.log_collector": ("log-collector", LogCollectorSettings),
     "services.node_agent": ("node-agent", NodeAgentSettings),
+    "services.api": ("api", ApiSettings),
 }
 
 #: Defaults computed on the machine at start; calling the factory here would print this host's.
