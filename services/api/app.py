@@ -10,7 +10,8 @@ with an integer ``extensions.code`` and nothing else (``reference/mapi.md`` sect
 4. the document must parse, resolve at most ``api_max_fields`` fields (``services.api.limits``)
    and validate against the schema: else 400 (an unknown field, a mutation or subscription not
    served yet, a document too large);
-5. a resolver's ``ApiError`` gives its code; anything else 500 "Internal Server Error", logged
+5. a resolver's ``ApiError`` gives its code; the event store not answering 503 (the one code
+   here the client retries, with backoff); anything else 500 "Internal Server Error", logged
    here with its traceback and never sent to the client.
 The key is never logged.
 """
@@ -29,6 +30,8 @@ import structlog
 from ariadne import QueryType, ScalarType, graphql, load_schema_from_path, make_executable_schema
 from graphql import DocumentNode, GraphQLError, GraphQLSchema
 from graphql import parse as parse_document
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -44,6 +47,8 @@ from services.core.store import EventStore
 
 SCHEMA_PATH = Path(__file__).with_name("schema.graphql")
 INVALID_KEY = "Invalid API key"
+UNAVAILABLE = "Service Unavailable: the event store is not answering"
+STORE_DOWN = (RedisConnectionError, RedisTimeoutError)
 log = structlog.get_logger("services.api")
 
 
@@ -64,7 +69,10 @@ def failure(code: HTTPStatus, message: str) -> JSONResponse:
 def format_error(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
     """An error as the client reads it: a message and an integer code, never a traceback."""
     original = error.original_error
-    if isinstance(original, ApiError):
+    if isinstance(original, STORE_DOWN):
+        log.warning("store_unavailable", error=str(original))
+        message, code = UNAVAILABLE, HTTPStatus.SERVICE_UNAVAILABLE
+    elif isinstance(original, ApiError):
         message, code = original.message, original.code
     elif original is None or isinstance(original, GraphQLError):
         # syntax, validation, variables that do not fit their types: the request's fault
@@ -131,6 +139,16 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
     directory = Directory(events)
 
     async def endpoint(request: Request) -> JSONResponse:
+        try:
+            return await answer(request)
+        except STORE_DOWN as error:
+            log.warning("store_unavailable", error=str(error))
+            return failure(HTTPStatus.SERVICE_UNAVAILABLE, UNAVAILABLE)
+        except Exception:
+            log.exception("request_failed")
+            return failure(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal Server Error")
+
+    async def answer(request: Request) -> JSONResponse:
         try:
             body = await read_body(request, settings.api_max_body_bytes)
             try:

@@ -3,6 +3,7 @@ sees, MAPI's filters and pagination, clusters, and the codes of bad input."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import httpx
@@ -10,7 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from events import codec, keys
-from services.core.store import EventStore
+from services.api.app import create_app
+from services.api.settings import ApiSettings
+from services.core.store import EventStore, connect
 from tests.integration.api.seed import (
     ALICE,
     BOB,
@@ -360,3 +363,25 @@ async def test_bad_variables_are_400(api: httpx.AsyncClient, seeded: Seeded) -> 
             api, alice, {"query": RUNS, "variables": {"getRunsPaginatedData": data}}
         )
         assert code_of(result) == 400, data
+
+
+async def test_a_store_that_does_not_answer_is_503_which_the_client_retries() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    settings = ApiSettings(redis_url=dead)
+    store = EventStore(connect(dead), settings)
+    transport = httpx.ASGITransport(app=create_app(settings, store))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            response = await client.post("/graphql", json={"query": "{ __typename }"})
+    finally:
+        await store.close()
+    assert response.json() == {
+        "errors": [
+            {
+                "message": "Service Unavailable: the event store is not answering",
+                "extensions": {"code": 503},
+            }
+        ]
+    }
