@@ -22,12 +22,12 @@ from events import codec
 from events.access import Principal
 from events.errors import IllegalTransition, UndecodableEvent
 from events.identity import UserState, authenticate, copy_state, evolve, key_index
-from events.model import AnyUserEvent, KeyIssued, KeyRevoked, UserAdded, tag_of
+from events.model import USER_EVENT_TYPES, AnyUserEvent, tag_of
 from services.core.store import EventStore
 
 _PAGE = 5000
 log = structlog.get_logger("services.api")
-_USER_KINDS = frozenset(tag_of(kind).encode() for kind in AnyUserEvent.__args__)
+_USER_KINDS = frozenset(tag_of(kind).encode() for kind in USER_EVENT_TYPES)
 
 
 class Directory:
@@ -60,7 +60,7 @@ class Directory:
         except UndecodableEvent as exc:
             log.warning("user_event_undecodable", position=position, error=str(exc))
             return False
-        if not isinstance(event, UserAdded | KeyIssued | KeyRevoked):
+        if not isinstance(event, AnyUserEvent):
             return False
         before = self._users.get(event.user)
         state = None if before is None else copy_state(before)
