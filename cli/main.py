@@ -18,9 +18,9 @@ from redis.exceptions import RedisError
 from cli.client import ClientError, Unreachable, find_url, state_dir, unreachable_message
 from cli.commands import admin, describe, dev, get, logs, manage, run, util
 from cli.commands.common import error
-from cli.config import ConfigError
 from cli.logsel import UsageError
 from cli.stack import StackError, logs_dir
+from events.config import ConfigError
 from services.core.errors import StoreUnavailable
 from services.core.logging import configure_aside
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from cli.config import RunConfig
+from events.config import RunConfig
 from events.spec import RunSpec
 from events.status import RunStatus
 from events.usage import HOUR_MS, gpu_ms

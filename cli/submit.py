@@ -1,6 +1,6 @@
 """Submitting runs: validate, check against the cluster, then write (or write nothing).
 
-Invariants: a config is fully validated (``cli.config.to_spec``) and checked against what
+Invariants: a config is fully validated (``events.config.to_spec``) and checked against what
 the cluster's registered nodes could ever hold before anything is written, by the fit rules
 the scheduler places with (``events.fit``): a request that can never fit is refused here with
 the scheduler's reason, not left to fail in the queue.
@@ -12,8 +12,8 @@ from dataclasses import fields, replace
 from typing import Any
 
 from cli.client import Client, ClientError
-from cli.config import RunConfig, to_spec
 from cli.reads import unknown_cluster
+from events.config import RunConfig, to_spec
 from events.fit import InstanceType, Refusal, shapes
 from events.spec import Compute, RunSpec
 from projections import query

@@ -1,4 +1,4 @@
-"""Every key of a run YAML, rendered from ``cli.config.key_table`` (the models that validate it).
+"""Every key of a run YAML, rendered from ``events.config.key_table`` (the models that validate it).
 
 The copy in ``docs/run-yaml.md`` (between the ``keys:begin`` and ``keys:end`` markers) must
 equal this rendering, which ``tests/unit/cli/test_config.py`` checks; so a key added, renamed or
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from cli.config import key_table
+from events.config import key_table
 from tests import docblock
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "run-yaml.md"

@@ -3,7 +3,7 @@ keys as ``mcli run --help`` lists them.
 
 One definition for both commands: they accept the same priority names (``events.spec``'s) and
 describe each option, unit included, with the words of the YAML key it overrides
-(``cli.config``).
+(``events.config``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import textwrap
 from typing import Any
 
 from cli.commands.common import hours, non_negative
-from cli.config import key_table, scheduling_help
+from events.config import key_table, scheduling_help
 from events.spec import PRIORITIES
 
 _WIDTH = 100

@@ -24,13 +24,13 @@ from cli.commands.common import (
     with_client,
 )
 from cli.commands.options import add_scheduling, scheduling_of, yaml_keys_help
-from cli.config import load_file
 from cli.logsel import NoLogs, choose, follow
 from cli.models import Resumption, Run, RunLifecycle
 from cli.reads import fetch_run, named_run
 from cli.submit import submit_config, with_overrides
 from events import commands
 from events.access import Action
+from events.config import load_file
 from events.status import RunStatus
 
 S = RunStatus

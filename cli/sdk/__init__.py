@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from cli.client import ClientError, NotFound
-from cli.config import RunConfig
 from cli.models import Node, Resumption, Run, RunLifecycle
 from cli.sdk.clusters import (
     Cluster,
@@ -29,6 +28,7 @@ from cli.sdk.runs import (
     wait_for_run_status,
     watch_run_status,
 )
+from events.config import RunConfig
 from events.status import RunStatus
 
 #: mcli's name for an error the API returned (status code in ``.code``).

@@ -17,13 +17,13 @@ from datetime import datetime
 from typing import Any
 
 from cli.client import Client, ClientError
-from cli.config import RunConfig, load_file
 from cli.criteria import moment_ms, status_set
 from cli.models import Run, bind_actions
 from cli.reads import RunFilters, fetch_run, list_runs
 from cli.sdk.sync import call, iterate
 from cli.submit import submit_config
 from events import commands
+from events.config import RunConfig, load_file
 from events.spec import PRIORITIES, Priority
 from events.status import RunStatus
 

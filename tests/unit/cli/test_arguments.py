@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from cli.commands.common import hours, moment, non_negative, statuses
-from cli.config import RunConfig
 from cli.criteria import moment_ms, status_set
 from cli.logsel import UsageError, check_args
 from cli.main import build_parser, main
 from cli.submit import with_overrides
+from events.config import RunConfig
 from events.status import RunStatus
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cli.client import ClientError
-from cli.config import RunConfig, to_spec
 from cli.main import build_parser
 from cli.render import utilization
 from cli.sdk.clusters import Cluster, ClusterUtilization, RunUtilization
 from cli.sdk.runs import update_run
+from events.config import RunConfig, to_spec
 from events.spec import PRIORITIES, PRIORITY_RANK
 from tests.unit.cli.test_render import render
 

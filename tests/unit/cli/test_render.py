@@ -12,7 +12,6 @@ from pathlib import Path
 
 from rich.console import Console, RenderableType
 
-from cli.config import RunConfig
 from cli.models import Node, Resumption, Run, RunEvent
 from cli.render import age, describe, run_rows, runs_table, utilization
 from cli.sdk.clusters import (
@@ -22,6 +21,7 @@ from cli.sdk.clusters import (
     InstanceUtilization,
     RunUtilization,
 )
+from events.config import RunConfig
 from events.status import RunStatus
 
 S = RunStatus

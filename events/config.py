@@ -1,5 +1,8 @@
 """RunConfig: what a user types (YAML or Python), validated into the ``RunSpec`` on the log.
 
+It lives beside the spec because both sides validate with it: the CLI before it sends, the API
+server (the authority) before it appends.
+
 ``RunConfig`` is a plain dataclass like mcli's: any field may be missing until the run is
 submitted, so a config read from a file can be changed before ``create_run``. ``to_spec``
 validates with pydantic and raises ``ConfigError`` with one line per problem, each naming

@@ -6,8 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from cli.config import KNOWN_KEYS, ConfigError, RunConfig, fix_name, key_table, load_file, to_spec
 from cli.main import build_parser
+from events.config import (
+    KNOWN_KEYS,
+    ConfigError,
+    RunConfig,
+    fix_name,
+    key_table,
+    load_file,
+    to_spec,
+)
 from tests.run_yaml_table import DOC, doc_copy, render
 
 GOOD = """\
