@@ -2,17 +2,13 @@
 
 Finding the log: ``RUNPLANE_REDIS_URL`` if set, else the local stack recorded under the state
 directory (``RUNPLANE_HOME``, default ``~/.local/state/runplane``), started by ``mcli dev up``.
-Invariants: a request is decided on the run's state read from its own history and appended on
-that version (``events.commands``), so nothing half-written reaches the log; a run name is
-reserved (``SET NX``) before its run is submitted, so names are unique.
+Requests are decided by the API server's own rules (``services.api.runs``): one place.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
-import secrets
-import string
 import uuid
 from pathlib import Path
 
@@ -21,21 +17,14 @@ from redis.exceptions import RedisError
 
 from cli.stack import LocalStack
 from events import access, commands, keys
+from events.access import Principal
 from events.codec import Recorded
-from events.errors import IllegalTransition
 from events.lifecycle import RunState
-from events.model import AnyRunEvent
 from events.spec import RunSpec
+from services.api.errors import ApiError
+from services.api.runs import RunRequests
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
-
-_SUFFIX = string.ascii_lowercase
-_ACTIONS: dict[type[commands.Command], access.Action] = {  # a submit has no owner yet
-    commands.StopRun: access.Action.STOP,
-    commands.RestartRun: access.Action.RESTART,
-    commands.DeleteRun: access.Action.DELETE,
-    commands.UpdateRun: access.Action.UPDATE,
-}
 
 
 class ClientError(Exception):
@@ -63,20 +52,12 @@ class Forbidden(ClientError):
     code = 403
 
 
-def forbidden(denied: access.AccessDenied) -> Forbidden:
-    if denied.admin:
-        hint = f"add --all-users to {denied.action} another user's run"
-    else:
-        hint = f"only an admin may {denied.action} another user's run (with --all-users)"
-    return Forbidden(f"Run {denied.run} belongs to {denied.owner}, not {denied.actor}: {hint}")
-
-
-def deleted(run: str) -> Refused:
-    """A request for a deleted run (stop, delete, update, restart): the one answer to all."""
-    return Refused(
-        f"Run {run} is deleted and accepts no more requests; its history stays readable "
-        f"(`mcli describe run {run}`), and `mcli run --clone {run}` submits a copy"
-    )
+def client_error(error: ApiError) -> ClientError:
+    """The CLI's error for the API's answer, with the same code and words."""
+    kinds: dict[int, type[ClientError]] = {404: NotFound, 409: Refused, 403: Forbidden}
+    found = kinds.get(int(error.code), ClientError)(error.message)
+    found.code = int(error.code)
+    return found
 
 
 class Unreachable(ClientError):
@@ -128,9 +109,11 @@ class Client:
         self.stack_dir = stack_dir
         self.store = EventStore(connect(url), Settings(redis_url=url))
         self.user = current_user()
-        #: Until users and roles are in the log (issue 13), every user is an admin: --all-users
-        #: is theirs to give.
+        #: Until the CLI speaks to the API server (issue 13), every user is an admin:
+        #: --all-users is theirs to give.
         self.admin = True
+        self.principal = Principal(name=self.user, role="admin")
+        self.requests = RunRequests(self.store)
 
     @classmethod
     def discover(cls) -> Client:
@@ -152,16 +135,11 @@ class Client:
 
     async def submit(self, spec: RunSpec) -> tuple[str, str]:
         """Submit a new run; returns its run id and unique name."""
-        run_id = new_id()
-        for _ in range(10):
-            name = f"{spec.name}-{''.join(secrets.choice(_SUFFIX) for _ in range(6))}"
-            if await self.redis.set(keys.run_name(name), run_id, nx=True):
-                break
-        else:  # pragma: no cover - 26^6 names per base name
-            raise ClientError(f"could not find a free name for {spec.name}: try another name")
-        command = commands.SubmitRun(actor=self.user, run_id=run_id, name=name, spec=spec)
-        await self.store.update_run(run_id, lambda state: commands.decide(state, command, new_id))
-        return run_id, name
+        try:
+            row, _ = await self.requests.submit(self.principal, spec)
+        except ApiError as error:
+            raise client_error(error) from None
+        return row.run_uid, row.name
 
     async def resolve(self, run: str) -> str:
         """The run id of a run name (or of a run id)."""
@@ -197,30 +175,21 @@ class Client:
     def allow(self, action: access.Action, run: str, owner: str, *, all_users: bool) -> None:
         """``Forbidden`` unless this user may ``action`` the run ``owner`` submitted."""
         try:
-            access.check(self.user, action, run, owner, all_users=all_users, admin=self.admin)
-        except access.AccessDenied as denied:
-            raise forbidden(denied) from None
+            RunRequests.authorize(self.principal, action, run, owner, all_users=all_users)
+        except ApiError as error:
+            raise client_error(error) from None
 
     async def request(
         self, run: str, command: commands.Command, *, all_users: bool = False
     ) -> RunState:
         """Carry out a stop, restart, delete or update of a run this user may act on (another
         user's with ``all_users``); ``ClientError`` if it is refused."""
-        run_id = await self.resolve(run)
-        action = _ACTIONS[type(command)]
-
-        def decide(state: RunState | None) -> list[AnyRunEvent]:
-            if state is not None:
-                self.allow(action, state.name, state.created_by, all_users=all_users)
-            return commands.decide(state, command, new_id)
-
         try:
-            state, _ = await self.store.update_run(run_id, decide)
-        except commands.RunIsDeleted as refused:
-            raise deleted(refused.run) from None
-        except commands.RequestRefused as refused:
-            raise Refused(f"Run {run}: {refused.why}") from None
-        except IllegalTransition as illegal:
-            raise Refused(f"Run {run}: {illegal.why}") from None
+            views = await self.requests.carry_out(
+                self.principal, [run], command, all_users=all_users
+            )
+        except ApiError as error:
+            raise client_error(error) from None
+        state = await self.store.load_run(views[0][0].run_uid)
         assert state is not None
         return state

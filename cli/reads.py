@@ -12,15 +12,12 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, replace
 
-import msgspec
-
 from cli.client import Client, NotFound
 from cli.models import Run, build_run
 from events.access import Action
+from events.fit import unknown_cluster
 from events.status import RunStatus
 from projections import query
-from projections.attempts import AttemptsProjection
-from projections.run_status import KIND, RunRow, RunStatusProjection
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -80,15 +77,10 @@ def has_glob(pattern: str) -> bool:
 async def fetch_run(client: Client, run: str) -> Run:
     """The run named ``run`` (name or run_uid), folded now from its own history."""
     run_id, records = await client.history(run)
-    status, attempts = RunStatusProjection(), AttemptsProjection()
-    for record in records:
-        status.apply(record)
-        attempts.apply(record)
-    rows = [row for row in status.rows([(KIND, run_id)]) if row.body is not None]
-    if not rows:
+    folded = query.fold_run(run_id, records)
+    if folded is None:
         raise NotFound(f"Run {run} not found")
-    row = msgspec.json.decode(rows[0].body or b"", type=RunRow)
-    return build_run(row, attempts.runs.get(run_id, []))
+    return build_run(*folded)
 
 
 async def named_run(client: Client, run: str, action: Action, *, all_users: bool) -> Run:
@@ -182,8 +174,3 @@ async def clusters(
             raise NotFound(unknown_cluster(missing[0], [c.cluster for c in known]))
         return [c for c in known if c.cluster in names]
     return known
-
-
-def unknown_cluster(name: str, known: list[str]) -> str:
-    listed = ", ".join(sorted(known)) if known else "none (start nodes with `mcli dev up`)"
-    return f"Cluster {name} not found; known clusters: {listed}"

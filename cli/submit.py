@@ -1,9 +1,8 @@
-"""Submitting runs: validate, check against the cluster, then write (or write nothing).
+"""Submitting runs: a config with the command line's overrides, validated, then sent.
 
-Invariants: a config is fully validated (``events.config.to_spec``) and checked against what
-the cluster's registered nodes could ever hold before anything is written, by the fit rules
-the scheduler places with (``events.fit``): a request that can never fit is refused here with
-the scheduler's reason, not left to fail in the queue.
+A config is fully validated here (``events.config.to_spec``), so a bad file is reported before
+anything is sent; the API server validates it again and checks it against the cluster
+(``services.api.runs``), and nothing is written unless both pass.
 """
 
 from __future__ import annotations
@@ -11,16 +10,9 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from typing import Any
 
-from cli.client import Client, ClientError
-from cli.reads import unknown_cluster
+from cli.client import Client
 from events.config import RunConfig, to_spec
-from events.fit import InstanceType, Refusal, shapes
-from events.spec import Compute, RunSpec
-from projections import query
-
-
-class Unfit(ClientError):
-    """The request can never run on its cluster."""
+from events.spec import RunSpec
 
 
 def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
@@ -43,26 +35,10 @@ def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     return replace(RunConfig(**current), compute=compute, scheduling=scheduling, **top)
 
 
-async def check_fits(client: Client, compute: Compute) -> None:
-    """``Unfit`` if the cluster is unknown or no registered node set of it could ever hold
-    the request (``events.fit.shapes``: the scheduler's own rule)."""
-    known = [c for c in await query.utilization(client.redis) if c.instances]
-    cluster = next((c for c in known if c.cluster == compute.cluster), None)
-    if cluster is None:
-        raise Unfit(unknown_cluster(compute.cluster, [c.cluster for c in known]))
-    registered = {
-        InstanceType(i.gpu_type, i.gpus_per_node): i.registered for i in cluster.instances
-    }
-    verdict = shapes(compute, registered)
-    if isinstance(verdict, Refusal) and verdict.permanent:
-        raise Unfit(f"{verdict.message}: change the request's compute")
-
-
 async def submit_config(
     client: Client, config: RunConfig, *, where: str = "config"
 ) -> tuple[str, RunSpec, list[str]]:
     """Validate, check and submit ``config``; its unique run name, spec and the warnings."""
     spec, warnings = to_spec(config, where=where)
-    await check_fits(client, spec.compute)
     _, name = await client.submit(spec)
     return name, spec, warnings

@@ -13,8 +13,8 @@ registered nodes could ever hold (too few nodes, too small ones, another gpu_typ
 instance, an uneven split) is refused permanently; a cluster without nodes is only a reason
 to wait, and so is a request that registered nodes could hold but some of them are down now
 (``services.scheduler.placement.why_waiting`` says so). The scheduler places by these rules
-(``services.scheduler.queue``) and a submit is refused by them (``cli.submit``), both from one
-``Fleet``, so both say the same.
+(``services.scheduler.queue``) and a submit is refused by them (``services.api.runs``), both
+from one ``Fleet``, so both say the same.
 """
 
 from __future__ import annotations
@@ -179,3 +179,10 @@ def _layout(
             f"(the largest has {size})"
         )
     return shape
+
+
+def unknown_cluster(name: str, known: Iterable[str]) -> str:
+    """What to say of a cluster with no registered nodes: the ones there are."""
+    names = sorted(known)
+    listed = ", ".join(names) if names else "none (start nodes with `mcli dev up`)"
+    return f"Cluster {name} not found; known clusters: {listed}"

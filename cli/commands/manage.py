@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cli.client import Client, NotFound, Refused, deleted
+from cli.client import Client, NotFound, Refused, client_error
 from cli.commands.common import (
     add_all_users,
     add_filters,
@@ -29,6 +29,7 @@ from cli.models import Run
 from cli.reads import select_runs
 from events import commands
 from events.access import Action
+from services.api.runs import deleted
 
 
 def register(subparsers: Any) -> None:
@@ -67,7 +68,7 @@ async def _select(args: argparse.Namespace, client: Client, action: Action) -> l
     for run in runs:
         client.allow(action, run.name, run.created_by, all_users=args.all_users)
         if run.is_deleted:
-            raise deleted(run.name)
+            raise client_error(deleted(run.name))
     return runs
 
 

@@ -8,8 +8,7 @@ with an integer ``extensions.code`` and nothing else (``reference/mapi.md`` sect
    user (``services.api.users``): else 401 ``Invalid API key``;
 3. the body must be a JSON object with a string ``query``: else 400;
 4. the document must parse, resolve at most ``api_max_fields`` fields (``services.api.limits``)
-   and validate against the schema: else 400 (an unknown field, a mutation or subscription not
-   served yet, a document too large);
+   and validate against the schema: else 400 (an unknown field, a document too large);
 5. a resolver's ``ApiError`` gives its code; the event store not answering 503 (the one code
    here the client retries, with backoff); anything else 500 "Internal Server Error", logged
    here with its traceback and never sent to the client.
@@ -27,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from ariadne import QueryType, ScalarType, graphql, load_schema_from_path, make_executable_schema
+from ariadne import (
+    MutationType,
+    QueryType,
+    ScalarType,
+    graphql,
+    load_schema_from_path,
+    make_executable_schema,
+)
 from graphql import DocumentNode, GraphQLError, GraphQLSchema
 from graphql import parse as parse_document
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -40,7 +46,10 @@ from starlette.routing import Route
 from events.identity import Unauthenticated
 from services.api.errors import ApiError, BadRequest, TooLarge
 from services.api.limits import field_count
-from services.api.reads import RESOLVERS, Context
+from services.api.mutations import RESOLVERS as MUTATIONS
+from services.api.reads import RESOLVERS as READS
+from services.api.reads import Context
+from services.api.runs import RunRequests
 from services.api.settings import ApiSettings
 from services.api.users import Directory
 from services.core.store import EventStore
@@ -53,11 +62,13 @@ log = structlog.get_logger("services.api")
 
 
 def schema() -> GraphQLSchema:
-    query = QueryType()
-    for field, resolver in RESOLVERS.items():
+    query, mutation = QueryType(), MutationType()
+    for field, resolver in READS.items():
         query.set_field(field, resolver)
+    for field, resolver in MUTATIONS.items():
+        mutation.set_field(field, resolver)
     return make_executable_schema(
-        load_schema_from_path(str(SCHEMA_PATH)), query, ScalarType("JSON")
+        load_schema_from_path(str(SCHEMA_PATH)), query, mutation, ScalarType("JSON")
     )
 
 
@@ -137,6 +148,7 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
     owned = store is None
     events = store if store is not None else EventStore.from_settings(settings)
     directory = Directory(events)
+    runs = RunRequests(events)
 
     async def endpoint(request: Request) -> JSONResponse:
         try:
@@ -160,7 +172,7 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
             parsed = document(data["query"], settings.api_max_fields)
         except ApiError as error:
             return failure(error.code, error.message)
-        context = Context(principal=principal, redis=events.redis, settings=settings)
+        context = Context(principal=principal, redis=events.redis, settings=settings, runs=runs)
         _, result = await graphql(
             executable,
             {"query": data["query"], "variables": data.get("variables") or {}},

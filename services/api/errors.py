@@ -24,3 +24,15 @@ class Unauthorized(ApiError):
 
 class TooLarge(ApiError):
     code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class Forbidden(ApiError):
+    code = HTTPStatus.FORBIDDEN
+
+
+class NotFound(ApiError):
+    code = HTTPStatus.NOT_FOUND
+
+
+class Conflict(ApiError):
+    code = HTTPStatus.CONFLICT

@@ -1,6 +1,9 @@
 """The read resolvers: ``getRunsPaginated``, ``getClusters`` and ``getUsers``.
 
-Runs come from the projector's rows (``projections.query``, as the CLI's listings do), filtered
+A listing by name (``filters.name``: exact names, as the client sends them) folds each named run
+from its own history, so a run is found the moment its request is answered (read-your-writes:
+``mcli describe run`` right after ``mcli run``, the lookups before stop and delete). Other
+listings come from the projector's rows (``projections.query``, as the CLI's listings do), filtered
 by MAPI's filters (section 4.1) and by who asks (``events.access.visible``): a user sees their
 own runs only, whatever ``entity`` names; an admin sees everyone's. Without ``entity`` a listing
 is the caller's own runs; ``entity.organizationIds`` (``--all-users``) means every run the caller
@@ -10,7 +13,6 @@ may see, ``entity.emails``/``userIds`` those users' runs. The cursor is opaque t
 
 from __future__ import annotations
 
-import glob
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +27,7 @@ from projections import query
 from projections.run_status import RunRow
 from services.api import wire
 from services.api.errors import BadRequest
+from services.api.runs import RunRequests
 from services.api.settings import ApiSettings
 
 ORGANIZATION = {"id": "runplane", "name": "runplane", "isDatabricksInternal": False}
@@ -33,14 +36,16 @@ Json = dict[str, Any]
 
 @dataclass(frozen=True)
 class Context:
-    """What every resolver is given: who asks, the read side of the store, the settings."""
+    """What every resolver is given: who asks, the read side of the store, the settings, and
+    the requests on runs."""
 
     principal: Principal
     redis: aioredis.Redis
     settings: ApiSettings
+    runs: RunRequests
 
 
-def _context(info: GraphQLResolveInfo[Context]) -> Context:
+def context_of(info: GraphQLResolveInfo[Context]) -> Context:
     context = info.context
     assert isinstance(context, Context)
     return context
@@ -94,70 +99,143 @@ def _owners(principal: Principal, entity: Json | None) -> set[str] | None:
     return None  # organizationIds: the whole deployment is one organization
 
 
-async def get_runs_paginated(_: object, info: GraphQLResolveInfo[Context], **args: Any) -> Json:
-    context = _context(info)
-    data: Json = args["getRunsPaginatedData"]
-    filters: Json = data.get("filters") or {}
-    principal = context.principal
-    owners = _owners(principal, data.get("entity"))
-    statuses = _in(filters, "status")
-    if statuses is not None and not set(statuses) <= wire.status_names():
-        unknown = sorted(set(statuses) - wire.status_names())
-        raise BadRequest(f"unknown status {unknown[0]!r}")
-    names = _in(filters, "name")
-    clusters = _in(filters, "clusterName")
-    gpu_types = _in(filters, "gpuType")
-    gpu_nums = _in(filters, "gpuNum")
-    run_types = _in(filters, "runType")
-    after, before = _bounds(filters.get("createdAt"), "createdAt")
-    ended_after, ended_before = _bounds(filters.get("endedAt"), "endedAt")
-    limit = data.get("limit")
-    if limit is None:
-        limit = context.settings.api_default_limit
-    if limit < 1:
-        raise BadRequest("limit must be at least 1")
-    limit = min(limit, context.settings.api_max_limit)
-    cursor = data.get("cursor")
-    if cursor is not None and not _valid_cursor(cursor):
-        raise BadRequest("cursor is not one this server gave")
+@dataclass(frozen=True)
+class RunQuery:
+    """``GetRunsPaginatedInput`` read and checked: MAPI's filters (section 4.1), ANDed."""
 
-    def keeps(row: RunRow) -> bool:
-        return (
-            visible(principal, row.created_by)
-            and (owners is None or row.created_by in owners)
-            and (clusters is None or row.requested_cluster in clusters)
-            and (gpu_types is None or row.gpu_type in gpu_types)
-            and (gpu_nums is None or row.gpus in gpu_nums)
-            and (run_types is None or wire.RUN_TYPE in run_types)
+    principal: Principal
+    owners: set[str] | None
+    statuses: list[str] | None
+    names: list[str] | None
+    clusters: list[str] | None
+    gpu_types: list[str] | None
+    gpu_nums: list[int] | None
+    run_types: list[str] | None
+    created: tuple[int | None, int | None]
+    ended: tuple[int | None, int | None]
+    include_deleted: bool
+    limit: int
+    cursor: str | None
+
+    @classmethod
+    def of(cls, data: Json, principal: Principal, settings: ApiSettings) -> RunQuery:
+        filters: Json = data.get("filters") or {}
+        statuses = _in(filters, "status")
+        if statuses is not None and not set(statuses) <= wire.status_names():
+            unknown = sorted(set(statuses) - wire.status_names())
+            raise BadRequest(f"unknown status {unknown[0]!r}")
+        limit = data.get("limit")
+        if limit is None:
+            limit = settings.api_default_limit
+        if limit < 1:
+            raise BadRequest("limit must be at least 1")
+        cursor = data.get("cursor")
+        if cursor is not None and not _valid_cursor(cursor):
+            raise BadRequest("cursor is not one this server gave")
+        return cls(
+            principal=principal,
+            owners=_owners(principal, data.get("entity")),
+            statuses=statuses,
+            names=_in(filters, "name"),
+            clusters=_in(filters, "clusterName"),
+            gpu_types=_in(filters, "gpuType"),
+            gpu_nums=_in(filters, "gpuNum"),
+            run_types=_in(filters, "runType"),
+            created=_bounds(filters.get("createdAt"), "createdAt"),
+            ended=_bounds(filters.get("endedAt"), "endedAt"),
+            include_deleted=bool(data.get("includeDeleted")),
+            limit=min(limit, settings.api_max_limit),
+            cursor=cursor,
         )
 
-    one = next(iter(owners)) if owners is not None and len(owners) == 1 else None
-    if one is not None and not visible(principal, one):
+    def keeps(self, row: RunRow) -> bool:
+        after, before = self.created
+        return (
+            visible(self.principal, row.created_by)
+            and (self.owners is None or row.created_by in self.owners)
+            and (self.include_deleted or not row.is_deleted)
+            and (self.statuses is None or row.status.value in self.statuses)
+            and (self.names is None or row.name in self.names)
+            and (self.clusters is None or row.requested_cluster in self.clusters)
+            and (self.gpu_types is None or row.gpu_type in self.gpu_types)
+            and (self.gpu_nums is None or row.gpus in self.gpu_nums)
+            and (self.run_types is None or wire.RUN_TYPE in self.run_types)
+            and (after is None or row.created_at >= after)
+            and (before is None or row.created_at < before)
+        )
+
+    def ended_within(self, attempts: list[Any]) -> bool:
+        after, before = self.ended
+        if after is None and before is None:
+            return True
+        ended = attempts[-1].ended_at if attempts else None
+        if ended is None:
+            return False
+        return (after is None or ended >= after) and (before is None or ended < before)
+
+    def one(self, values: list[Any] | None) -> Any:
+        """The one value of a filter that names exactly one (an index to read), else None."""
+        return values[0] if values is not None and len(values) == 1 else None
+
+
+async def get_runs_paginated(_: object, info: GraphQLResolveInfo[Context], **args: Any) -> Json:
+    context = context_of(info)
+    asked = RunQuery.of(args["getRunsPaginatedData"], context.principal, context.settings)
+    if asked.names is not None:
+        return await _named_page(context, asked)
+    return await _listed_page(context, asked)
+
+
+async def _named_page(context: Context, asked: RunQuery) -> Json:
+    """Read-your-writes: each named run folded now from its own history."""
+    assert asked.names is not None
+    found = [
+        view
+        for view in await context.runs.named(asked.names)
+        if asked.keeps(view[0]) and asked.ended_within(view[1])
+    ]
+    found.sort(key=lambda view: (view[0].created_at, view[0].run_uid), reverse=True)
+    if asked.cursor is not None:
+        score, _, run_uid = asked.cursor.partition(":")
+        found = [v for v in found if (v[0].created_at, v[0].run_uid) < (int(score), run_uid)]
+    page, has_next = found[: asked.limit], len(found) > asked.limit
+    last = page[-1][0] if page else None
+    return {
+        "cursor": f"{last.created_at}:{last.run_uid}" if has_next and last else None,
+        "hasNextPage": has_next,
+        "runs": [wire.run(*view) for view in page],
+    }
+
+
+async def _listed_page(context: Context, asked: RunQuery) -> Json:
+    """From the projector's rows, through the narrowest index the filters allow."""
+    user = asked.one(list(asked.owners) if asked.owners is not None else None)
+    if user is not None and not visible(asked.principal, user):
         return {"cursor": None, "hasNextPage": False, "runs": []}
     runs: list[Json] = []
     has_next = False
     last: RunRow | None = None
+    cursor = asked.cursor
     while True:
         page = await query.list_runs(
             context.redis,
-            user=one,
-            cluster=clusters[0] if clusters is not None and len(clusters) == 1 else None,
-            statuses=[RunStatus(s) for s in statuses] if statuses is not None else None,
-            names=[glob.escape(n) for n in names] if names is not None else None,
-            gpu_type=gpu_types[0] if gpu_types is not None and len(gpu_types) == 1 else None,
-            after=after,
-            before=before,
-            include_deleted=bool(data.get("includeDeleted")),
-            limit=limit + 1,
+            user=user,
+            cluster=asked.one(asked.clusters),
+            statuses=[RunStatus(s) for s in asked.statuses] if asked.statuses else None,
+            gpu_type=asked.one(asked.gpu_types),
+            after=asked.created[0],
+            before=asked.created[1],
+            include_deleted=asked.include_deleted,
+            limit=asked.limit + 1,
             cursor=cursor,
         )
         for row in page.runs:
-            if not keeps(row):
+            if not asked.keeps(row):
                 continue
             attempts = await query.attempts(context.redis, row.run_uid)
-            if not _ended_within(attempts, ended_after, ended_before):
+            if not asked.ended_within(attempts):
                 continue
-            if len(runs) == limit:
+            if len(runs) == asked.limit:
                 has_next = True
                 break
             runs.append(wire.run(row, attempts))
@@ -174,20 +252,11 @@ def _valid_cursor(cursor: str) -> bool:
     return bool(sep and score.isdigit() and run_uid)
 
 
-def _ended_within(attempts: list[Any], after: int | None, before: int | None) -> bool:
-    if after is None and before is None:
-        return True
-    ended = attempts[-1].ended_at if attempts else None
-    if ended is None:
-        return False
-    return (after is None or ended >= after) and (before is None or ended < before)
-
-
 # --- clusters ---------------------------------------------------------------------------------
 
 
 async def get_clusters(_: object, info: GraphQLResolveInfo[Context], **args: Any) -> list[Json]:
-    context = _context(info)
+    context = context_of(info)
     filters: Json = args["getClustersData"].get("filters") or {}
     names = _in(filters, "name")
     wanted_type = (filters.get("allowedSubmissionTypes") or {}).get("has")
@@ -234,7 +303,7 @@ def _cluster(cluster: query.ClusterUtilization) -> Json:
 
 
 async def get_users(_: object, info: GraphQLResolveInfo[Context], **__: Any) -> list[Json]:
-    name = _context(info).principal.name
+    name = context_of(info).principal.name
     return [{"id": name, "name": name, "email": name, "organizations": [ORGANIZATION]}]
 
 

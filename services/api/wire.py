@@ -20,6 +20,7 @@ from events.status import RunStatus
 from projections.attempts import AttemptRow
 from projections.run_status import RunRow
 from projections.utilization import Instance, RunLine
+from services.api.errors import BadRequest
 
 RUN_TYPE = "TRAINING"
 PROVIDER = "RUNPLANE"
@@ -182,6 +183,85 @@ def run_input(spec: RunSpec) -> Json:
         "parameters": dict(spec.parameters),
         "metadata": dict(spec.metadata),
     }
+
+
+#: runInput's required fields, as the real client names them in ``Bad run request`` errors.
+_REQUIRED = ("runName", "image", "command")
+#: runInput keys that stand for nothing here when empty (the client always sends them).
+_EMPTY_OK = {"cpus": 0, "dependentDeployment": {}, "parentName": None}
+#: Deprecated top-level fields the client still sends when a YAML uses them.
+_TOP_COMPUTE = {"cluster": "cluster", "gpuType": "gpu_type", "gpuNum": "gpus"}
+
+
+def config_of_input(run_input: Json) -> Json:
+    """``runInput`` (section 5.2, camelCase) as the run fields of a YAML (``events.config``),
+    which validates them. ``BadRequest`` for a missing required field, in the words the client
+    turns into its own message, and for what runplane does not carry out."""
+    missing = [key for key in _REQUIRED if not run_input.get(key)]
+    if missing:
+        raise BadRequest(
+            "Bad run request: " + ", ".join(f"{key} is a required field" for key in missing)
+        )
+    fields = dict(run_input)
+    for key, empty in _EMPTY_OK.items():
+        if key in fields and fields[key] == empty:
+            del fields[key]
+    if fields.get("parentName") is not None:
+        raise BadRequest("runInput.parentName: child runs are not supported by this server")
+    if fields.get("dependentDeployment"):
+        raise BadRequest("runInput.dependentDeployment: deployments are not supported here")
+    compute = {_snake(k): v for k, v in _mapping(fields.pop("compute", None), "compute").items()}
+    for key, name in _TOP_COMPUTE.items():
+        if key in fields:
+            compute.setdefault(name, fields.pop(key))
+    if "cpus" in fields:
+        compute.setdefault("cpus", fields.pop("cpus"))
+    scheduling = _mapping(fields.pop("scheduling", None), "scheduling")
+    config: Json = {
+        "name": fields.pop("runName"),
+        "compute": compute,
+        "scheduling": {_snake(k): v for k, v in scheduling.items()},
+        "integrations": [_integration(n, i) for n, i in enumerate(_list(fields, "integrations"))],
+        "env_variables": _env(_list(fields, "envVariables")),
+    }
+    return config | {_snake(k): v for k, v in fields.items()}
+
+
+def _mapping(value: Any, where: str) -> Json:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"runInput.{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _list(fields: Json, key: str) -> list[Any]:
+    value = fields.pop(key, None)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequest(f"runInput.{key}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def _integration(n: int, item: Any) -> Json:
+    if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+        raise BadRequest(f"runInput.integrations.{n}: expected {{type, params}}")
+    params = _mapping(item.get("params"), f"integrations.{n}.params")
+    return {"integration_type": item["type"]} | {_snake(k): v for k, v in params.items()}
+
+
+def _env(items: list[Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("envKey"), str):
+            raise BadRequest(f"runInput.envVariables.{n}: expected {{envKey, envValue}}")
+        found[item["envKey"]] = item.get("envValue")
+    return found
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
 
 
 def _camel(name: str) -> str:

@@ -6,7 +6,6 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from cli.client import forbidden
 from events.access import (
     AccessDenied,
     Action,
@@ -18,6 +17,7 @@ from events.access import (
     may,
     visible,
 )
+from services.api.runs import forbidden
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -36,6 +37,7 @@ async def endpoint(redis_url: str, tmp_path: Path, seeded: Seeded) -> AsyncItera
     port = free_port()
     env = os.environ | {"RUNPLANE_REDIS_URL": redis_url, "RUNPLANE_API_PORT": str(port)}
     api = await ServiceProcess("services.api", env, tmp_path / "api.log").start()
+    projector = await ServiceProcess("services.projector", env, tmp_path / "projector.log").start()
     url = f"http://127.0.0.1:{port}/graphql"
 
     async def answers() -> bool:
@@ -50,6 +52,7 @@ async def endpoint(redis_url: str, tmp_path: Path, seeded: Seeded) -> AsyncItera
         await eventually(answers, what=f"the API server on port {port}")
         yield url
     finally:
+        assert await projector.stop() == 0, projector.output()
         assert await api.stop() == 0, api.output()
         assert "rpk_" not in api.output(), "a key was logged"
 
@@ -138,3 +141,102 @@ async def test_describe_run_shows_the_run_and_its_config(
     # Another user's run is not there for bob: the client says so itself (an empty listing).
     assert f"No runs found with name: {name}" in out
     assert ALICE not in out
+
+
+RUN_YAML = """\
+name: hello-world
+image: mosaicml/pytorch:latest
+command: echo hello
+compute:
+  cluster: local
+  gpus: 1
+  gpu_type: a100
+scheduling:
+  priority: low
+  max_retries: 1
+env_variables:
+  FOO: bar
+"""
+
+
+async def test_a_run_submitted_stopped_restarted_updated_and_deleted_by_the_real_client(
+    mcli: Path, tmp_path: Path, endpoint: str, seeded: Seeded
+) -> None:
+    key = seeded.keys[ALICE]
+    config = tmp_path / "run.yaml"
+    config.write_text(RUN_YAML)
+
+    async def ok(*args: str) -> str:
+        code, out = await run_mcli(mcli, tmp_path, endpoint, key, *args)
+        print(out)
+        assert code == 0, out
+        return out
+
+    submitted = await ok("run", "-f", str(config))
+    [name] = re.findall(r"Run (hello-world-[a-z]+) submitted", submitted)
+
+    async def listed() -> bool:
+        return name in await ok("get", "runs")
+
+    await eventually(listed, what=f"{name} in the projector's listing")
+    assert "echo hello" in await ok("describe", "run", name)
+    assert "Stopped" in await ok("stop", "run", name, "-y")
+    assert "resubmitted" in await ok("run", "-r", name)
+    await ok("update", "run", name, "--priority", "lowest", "--max-retries", "3")
+    assert "Lowest" in await ok("describe", "run", name)
+    await ok("stop", "run", name, "-y")
+    await ok("delete", "run", name, "-y")
+
+    async def shown_deleted() -> bool:
+        return f"{name} (Deleted)" in await ok("get", "runs", "--include-deleted")
+
+    await eventually(shown_deleted, what=f"{name} shown as deleted")
+
+    async def unlisted() -> bool:
+        return name not in await ok("get", "runs")
+
+    await eventually(unlisted, what=f"{name} gone from the listing")
+    # bob cannot see, stop or restart it: not found, in the client's words
+    code, out = await run_mcli(mcli, tmp_path, endpoint, seeded.keys[BOB], "run", "-r", name)
+    print(out)
+    assert code == 1
+    assert f"Error 404: Run {name} not found" in out
+
+
+SDK_SCRIPT = """
+import sys
+from mcli import RunConfig, create_run, get_run, stop_run
+config = RunConfig(name='sdk-run', image='mosaicml/pytorch:latest', command='echo hi',
+                   compute={'cluster': 'local', 'gpus': 1, 'gpu_type': 'a100'})
+run = create_run(config)
+print('created', run.name, run.status.value)
+print('got', get_run(run.name).name)
+stopped = stop_run(run.name, reason='no longer needed')
+print('stopped', stopped.status.value)
+try:
+    get_run('no-such-run')
+except Exception as error:
+    print('missing', error)
+"""
+
+
+async def test_the_real_sdk_creates_gets_and_stops_a_run(
+    mcli: Path, tmp_path: Path, endpoint: str, seeded: Seeded
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        str(mcli.with_name("python")),
+        "-c",
+        SDK_SCRIPT,
+        env=client_env(tmp_path, endpoint, seeded.keys[ALICE]),
+        cwd=tmp_path,  # not the repository, whose own mcli package would shadow the client's
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(60):
+        out, _ = await process.communicate()
+    text = out.decode()
+    print(text)
+    assert process.returncode == 0, text
+    assert re.search(r"created sdk-run-[a-z]+ PENDING", text)
+    assert "stopped STOPPED" in text
+    assert "missing Error 404: Run no-such-run not found" in text
