@@ -39,6 +39,14 @@ def moment_ms(value: str | datetime, now: datetime | None = None) -> int:
     return int(parsed.timestamp() * 1000)  # naive: local time
 
 
+def duration_s(value: str) -> float:
+    """Seconds of a span typed as a time ago is (``30m``, ``2h``, ``30d``, ``1w``)."""
+    match = _RELATIVE.match(value.strip())
+    if not match or float(match[1]) <= 0:
+        raise ValueError(f"expected a positive span such as 30m, 12h, 30d or 1w, got {value!r}")
+    return float(match[1]) * _UNITS[match[2]]
+
+
 def status_set(value: str | Iterable[str]) -> frozenset[RunStatus]:
     """The statuses ``value`` names: one (a ``RunStatus`` is a str too), a comma list, or a
     list of either."""

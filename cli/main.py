@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from redis.exceptions import RedisError
 
 from cli.client import ClientError, Unreachable, find_url, state_dir, unreachable_message
-from cli.commands import admin, describe, dev, get, logs, manage, run, util
+from cli.commands import accounts, admin, describe, dev, get, logs, manage, run, util
 from cli.commands.common import error
 from cli.logsel import UsageError
 from cli.stack import StackError, logs_dir
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="runplane's mcli: submit and watch GPU training runs.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (run, get, describe, logs, manage, util, admin, dev):
+    for module in (run, get, describe, logs, manage, util, admin, accounts, dev):
         module.register(subparsers)
     return parser
 

@@ -10,6 +10,8 @@ The caller says who asks and whether they are an admin: the CLI and the SDK toda
 ``RUNPLANE_USER``, and every user of a local stack is an admin), the API server of issue 13
 from the API key's owner and role, as a ``Principal`` (``events.identity.authenticate``).
 
+What is not about a run (users and keys) is an admin's alone (``administer``).
+
 Visibility comes first: another user's run is not there for a user (``visible``), so a refusal
 to a user is "not found" (``RunNotFound``, 404) and never names the owner; an admin sees every
 run and is refused (``AccessDenied``, 403) only for acting on another's without ``all_users``.
@@ -105,3 +107,18 @@ def authorize(
         raise RunNotFound(run)
     if not allowed(principal, action, owner, all_users=all_users):
         raise AccessDenied(principal.name, action, run, owner, admin=principal.admin)
+
+
+class AdminOnly(EventsError):
+    """Only an admin may do ``what`` (manage users and keys, read everyone's bill...)."""
+
+    def __init__(self, actor: str, what: str) -> None:
+        super().__init__(f"only an admin may {what}; {actor} is not one")
+        self.actor = actor
+        self.what = what
+
+
+def administer(principal: Principal, what: str) -> None:
+    """``AdminOnly`` unless ``principal`` is an admin."""
+    if not principal.admin:
+        raise AdminOnly(principal.name, what)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
+from typing import Any
 
+from cli.api import Api, find_api
 from cli.client import Client
 from cli.criteria import moment_ms, status_set
 from cli.reads import RunFilters
@@ -43,6 +45,15 @@ def error(code: int, message: str) -> None:
     echo(f"✗ Error {code}: {first}", err=True)
     for line in rest:
         echo(f"  {line}", err=True)
+
+
+def with_api(handler: Callable[[argparse.Namespace, Api], Coroutine[Any, Any, int]]) -> Handler:
+    """A command handler that talks to the API server (``cli.api.find_api``)."""
+
+    def run(args: argparse.Namespace) -> int:
+        return asyncio.run(handler(args, find_api()))
+
+    return run
 
 
 def with_client(handler: AsyncHandler) -> Handler:

@@ -44,11 +44,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from events.identity import Unauthenticated
+from services.api import admin
+from services.api.accounts import Accounts
+from services.api.context import Context
 from services.api.errors import ApiError, BadRequest, TooLarge
 from services.api.limits import field_count
 from services.api.mutations import RESOLVERS as MUTATIONS
 from services.api.reads import RESOLVERS as READS
-from services.api.reads import Context
 from services.api.runs import RunRequests
 from services.api.settings import ApiSettings
 from services.api.users import Directory
@@ -63,9 +65,9 @@ log = structlog.get_logger("services.api")
 
 def schema() -> GraphQLSchema:
     query, mutation = QueryType(), MutationType()
-    for field, resolver in READS.items():
+    for field, resolver in (READS | admin.QUERIES).items():
         query.set_field(field, resolver)
-    for field, resolver in MUTATIONS.items():
+    for field, resolver in (MUTATIONS | admin.MUTATIONS).items():
         mutation.set_field(field, resolver)
     return make_executable_schema(
         load_schema_from_path(str(SCHEMA_PATH)), query, mutation, ScalarType("JSON")
@@ -149,6 +151,7 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
     events = store if store is not None else EventStore.from_settings(settings)
     directory = Directory(events)
     runs = RunRequests(events)
+    accounts = Accounts(events, directory)
 
     async def endpoint(request: Request) -> JSONResponse:
         try:
@@ -172,7 +175,13 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
             parsed = document(data["query"], settings.api_max_fields)
         except ApiError as error:
             return failure(error.code, error.message)
-        context = Context(principal=principal, redis=events.redis, settings=settings, runs=runs)
+        context = Context(
+            principal=principal,
+            redis=events.redis,
+            settings=settings,
+            runs=runs,
+            accounts=accounts,
+        )
         _, result = await graphql(
             executable,
             {"query": data["query"], "variables": data.get("variables") or {}},

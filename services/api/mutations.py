@@ -19,8 +19,8 @@ from events import commands
 from events.config import ConfigError, from_mapping, to_spec
 from events.spec import PRIORITIES, Priority
 from services.api import wire
+from services.api.context import Context, context_of
 from services.api.errors import BadRequest
-from services.api.reads import Context, context_of
 
 Json = dict[str, Any]
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
 from graphql import GraphQLResolveInfo
 
 from events.access import Principal, visible
@@ -26,29 +25,12 @@ from events.status import RunStatus
 from projections import query
 from projections.run_status import RunRow
 from services.api import wire
+from services.api.context import Context, context_of
 from services.api.errors import BadRequest
-from services.api.runs import RunRequests
 from services.api.settings import ApiSettings
 
 ORGANIZATION = {"id": "runplane", "name": "runplane", "isDatabricksInternal": False}
 Json = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Context:
-    """What every resolver is given: who asks, the read side of the store, the settings, and
-    the requests on runs."""
-
-    principal: Principal
-    redis: aioredis.Redis
-    settings: ApiSettings
-    runs: RunRequests
-
-
-def context_of(info: GraphQLResolveInfo[Context]) -> Context:
-    context = info.context
-    assert isinstance(context, Context)
-    return context
 
 
 # --- runs -------------------------------------------------------------------------------------

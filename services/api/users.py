@@ -71,6 +71,11 @@ class Directory:
             return False
         return True
 
+    async def users(self) -> list[UserState]:
+        """Every user, by name, as of now."""
+        await self.catch_up()
+        return [copy_state(self._users[name]) for name in sorted(self._users)]
+
     async def principal(self, presented: str | None, now_ms: int) -> Principal:
         """The owner of ``presented``; ``events.identity.Unauthenticated`` if none."""
         await self.catch_up()

@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 from events.access import (
     AccessDenied,
     Action,
+    AdminOnly,
     Principal,
     RunNotFound,
+    administer,
     allowed,
     authorize,
     check,
@@ -104,3 +106,12 @@ def test_the_principal_rule_is_the_one_rule_the_cli_asks(
     )
     if allowed(principal, action, owner, all_users=all_users):
         assert visible(principal, owner), "what one may act on, one sees"
+
+
+@given(PRINCIPALS)
+def test_only_an_admin_administers(principal: Principal) -> None:
+    if principal.admin:
+        administer(principal, "add users")
+    else:
+        with pytest.raises(AdminOnly, match=f"only an admin may add users; {principal.name}"):
+            administer(principal, "add users")

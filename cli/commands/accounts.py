@@ -1,0 +1,116 @@
+"""``mcli admin users ...`` and ``mcli admin keys ...``: users and API keys, through the API.
+
+A new key is printed alone on stdout, so ``KEY=$(mcli admin users add alice)`` keeps it and
+nothing else; every message goes to stderr. The server decides who may (admins only).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cli.api import Api
+from cli.commands.common import echo, with_api
+from cli.criteria import duration_s
+from cli.render import make_console, plain_table
+
+_ACCOUNT = (
+    "name role addedAt addedBy keys { keyId issuedAt issuedBy expiresAt revokedAt revokedBy }"
+)
+ADD = f"""
+mutation AddUser($name: String!, $admin: Boolean, $expiresInSeconds: Int) {{
+  addUser(name: $name, admin: $admin, expiresInSeconds: $expiresInSeconds) {{
+    keyId key user {{ {_ACCOUNT} }}
+  }}
+}}"""
+ISSUE = f"""
+mutation IssueKey($user: String!, $expiresInSeconds: Int) {{
+  issueKey(user: $user, expiresInSeconds: $expiresInSeconds) {{ keyId key user {{ {_ACCOUNT} }} }}
+}}"""
+REVOKE = f"""
+mutation RevokeKey($keyId: String!) {{
+  revokeKey(keyId: $keyId) {{ key {{ keyId revokedAt }} user {{ {_ACCOUNT} }} }}
+}}"""
+USERS = f"query Users {{ users {{ {_ACCOUNT} }} }}"
+
+
+def span(text: str) -> int:
+    try:
+        return int(duration_s(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(subparsers: Any) -> None:
+    admin = subparsers.add_parser("admin", help="users and API keys (admins only)")
+    kinds = admin.add_subparsers(dest="kind", metavar="WHAT", required=True)
+
+    users = kinds.add_parser("users", help="add and list users").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    add = users.add_parser("add", help="add a user; prints their first key (alone on stdout)")
+    add.add_argument("name", help="the user's name, as their runs will show it (e.g. an email)")
+    add.add_argument("--admin", action="store_true", help="make them an admin")
+    add.add_argument("--expires", type=span, metavar="SPAN", help="the key expires (30d, 12h)")
+    add.set_defaults(handler=with_api(add_user))
+    listed = users.add_parser("list", help="every user, their role and keys")
+    listed.set_defaults(handler=with_api(list_users))
+
+    keys = kinds.add_parser("keys", help="issue and revoke API keys").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    issue = keys.add_parser("issue", help="issue a user another key (alone on stdout)")
+    issue.add_argument("name", help="the user")
+    issue.add_argument("--expires", type=span, metavar="SPAN", help="the key expires (30d, 12h)")
+    issue.set_defaults(handler=with_api(issue_key))
+    revoke = keys.add_parser("revoke", help="revoke a key at once, by its id")
+    revoke.add_argument("key_id", metavar="KEY_ID", help="the id (rpk_<KEY_ID>_...), not the key")
+    revoke.set_defaults(handler=with_api(revoke_key))
+
+
+async def add_user(args: argparse.Namespace, api: Api) -> int:
+    variables = {"name": args.name, "admin": args.admin, "expiresInSeconds": args.expires}
+    issued = (await api.call(ADD, variables))["addUser"]
+    role = issued["user"]["role"]
+    echo(f"✔ Added {role} {args.name} with key {issued['keyId']} (shown once)", err=True)
+    echo(issued["key"])
+    return 0
+
+
+async def issue_key(args: argparse.Namespace, api: Api) -> int:
+    variables = {"user": args.name, "expiresInSeconds": args.expires}
+    issued = (await api.call(ISSUE, variables))["issueKey"]
+    echo(f"✔ Issued key {issued['keyId']} to {args.name} (shown once)", err=True)
+    echo(issued["key"])
+    return 0
+
+
+async def revoke_key(args: argparse.Namespace, api: Api) -> int:
+    key_id = args.key_id.removeprefix("rpk_").partition("_")[0]  # a pasted key: its id only
+    revoked = (await api.call(REVOKE, {"keyId": key_id}))["revokeKey"]
+    echo(f"✔ Revoked key {key_id} of {revoked['user']['name']}", err=True)
+    return 0
+
+
+async def list_users(_: argparse.Namespace, api: Api) -> int:
+    users = (await api.call(USERS))["users"]
+    table = plain_table("NAME", "ROLE", "KEYS", "ADDED", "ADDED BY")
+    for user in users:
+        keys = [_key(k) for k in user["keys"]]
+        table.add_row(
+            user["name"],
+            user["role"],
+            ", ".join(keys) or "-",
+            user["addedAt"][:19],
+            user["addedBy"],
+        )
+    make_console().print(table)
+    return 0
+
+
+def _key(key: dict[str, Any]) -> str:
+    if key["revokedAt"]:
+        return f"{key['keyId']} (revoked)"
+    if key["expiresAt"]:
+        return f"{key['keyId']} (expires {key['expiresAt'][:16]})"
+    return str(key["keyId"])

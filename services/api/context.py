@@ -1,0 +1,31 @@
+"""What every resolver is given (``Context``), made per request by ``services.api.app``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from graphql import GraphQLResolveInfo
+
+from events.access import Principal
+from services.api.accounts import Accounts
+from services.api.runs import RunRequests
+from services.api.settings import ApiSettings
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every resolver is given: who asks, the read side of the store, the settings, the
+    requests on runs, and the users and keys."""
+
+    principal: Principal
+    redis: aioredis.Redis
+    settings: ApiSettings
+    runs: RunRequests
+    accounts: Accounts
+
+
+def context_of(info: GraphQLResolveInfo[Context]) -> Context:
+    context = info.context
+    assert isinstance(context, Context)
+    return context
