@@ -35,14 +35,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from events.identity import Unauthenticated
+from services.api import subscriptions
 from services.api.errors import ApiError, BadRequest, TooLarge
 from services.api.limits import field_count
 from services.api.reads import RESOLVERS, Context
 from services.api.settings import ApiSettings
 from services.api.users import Directory
+from services.api.websocket import GraphQLSockets
 from services.core.store import EventStore
 
 SCHEMA_PATH = Path(__file__).with_name("schema.graphql")
@@ -57,7 +59,10 @@ def schema() -> GraphQLSchema:
     for field, resolver in RESOLVERS.items():
         query.set_field(field, resolver)
     return make_executable_schema(
-        load_schema_from_path(str(SCHEMA_PATH)), query, ScalarType("JSON")
+        load_schema_from_path(str(SCHEMA_PATH)),
+        query,
+        ScalarType("JSON"),
+        *subscriptions.bindables(),
     )
 
 
@@ -183,7 +188,17 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
             if owned:
                 await events.close()
 
-    return Starlette(routes=[Route("/graphql", endpoint, methods=["POST"])], lifespan=lifespan)
+    sockets = GraphQLSockets(
+        executable,
+        directory,
+        events,
+        settings,
+        parse=lambda query: document(query, settings.api_max_fields),
+        format_error=format_error,
+        invalid_key=INVALID_KEY,
+    )
+    routes = [Route("/graphql", endpoint, methods=["POST"]), WebSocketRoute("/graphql", sockets)]
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def _now_ms() -> int:

@@ -24,3 +24,7 @@ class Unauthorized(ApiError):
 
 class TooLarge(ApiError):
     code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class NotFound(ApiError):
+    code = HTTPStatus.NOT_FOUND

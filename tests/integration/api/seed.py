@@ -7,6 +7,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+from events import keys
 from events.identity import (
     KEY_ID_ALPHABET,
     KEY_ID_LENGTH,
@@ -100,6 +101,7 @@ async def submit(
                 position=1,
             )
         )
+    await store.redis.set(keys.run_name(name), run_id)  # claimed, as a submission does
     await store.append(events, expected_version=0)
     return name
 
