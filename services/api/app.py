@@ -197,7 +197,10 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
         format_error=format_error,
         invalid_key=INVALID_KEY,
     )
-    routes = [Route("/graphql", endpoint, methods=["POST"]), WebSocketRoute("/graphql", sockets)]
+    routes = [
+        Route("/graphql", endpoint, methods=["POST"]),
+        WebSocketRoute("/graphql", sockets.serve),
+    ]
     return Starlette(routes=routes, lifespan=lifespan)
 
 

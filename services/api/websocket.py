@@ -37,6 +37,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from inspect import isawaitable
 from typing import Any
 
 import structlog
@@ -124,7 +125,7 @@ class GraphQLSockets:
         self.format_error = format_error
         self.invalid_key = invalid_key
 
-    async def __call__(self, websocket: WebSocket) -> None:
+    async def serve(self, websocket: WebSocket) -> None:
         offered = list(websocket.scope.get("subprotocols") or [])
         protocol = choose_protocol(offered, self.settings.ws_protocols)
         if protocol is None:
@@ -157,13 +158,15 @@ class GraphQLSockets:
         if operation is None or operation.operation is not OperationType.SUBSCRIPTION:
             raise BadRequest("Only subscriptions are served over the WebSocket: POST the others")
         context = SubscriptionContext(principal=principal, store=self.store, settings=self.settings)
-        stream = await subscribe(  # type: ignore[misc]
+        stream = subscribe(
             self.schema,
             document,
             context_value=context,
             variable_values=variables or {},
             operation_name=operation_name,
         )
+        if isawaitable(stream):
+            stream = await stream
         if isinstance(stream, ExecutionResult):
             yield self._formatted(stream)
             return
