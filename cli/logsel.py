@@ -1,8 +1,9 @@
 """Which output ``mcli logs`` and the SDK show: the resumption, the rank, and what to say
 when there is none.
 
-Rules (mcli's): the latest resumption unless ``resumption`` or ``prev``; rank 0 unless
-``rank``; ``failed`` (or no rank on a FAILED resumption) is the first rank that failed. A
+Rules (mcli's, in ``services.output.selection``, shared with the API server): the latest
+resumption unless ``resumption`` or ``prev``; rank 0 unless ``rank``; ``failed`` (or no rank
+on a FAILED resumption) is the first rank that failed. A
 resumption that never got its GPUs has no output: "not yet scheduled" while it waits (a follow
 waits for it), a pointer at ``describe run`` otherwise; a FailedImagePull resumption likely has
 none either, and says so.
@@ -18,7 +19,7 @@ from cli.client import Client, ClientError
 from cli.models import Run
 from cli.reads import fetch_run
 from events.status import RunStatus
-from services.output import reading
+from services.output import reading, selection
 
 S = RunStatus
 _POLL_S = 0.5
@@ -63,11 +64,10 @@ def attempt_of(run: Run, resumption: int | None, prev: bool) -> int:
         if latest == 0:
             raise ClientError(f"Run {run.name} has no previous resumption (it has only 0)")
         return latest - 1
-    if resumption is None:
-        return latest
-    if not 0 <= resumption <= latest:
-        raise ClientError(f"Run {run.name} has no resumption {resumption} (it has 0 to {latest})")
-    return resumption
+    try:
+        return selection.attempt_index(run.name, latest, resumption)
+    except selection.NoSuchOutput as error:
+        raise ClientError(str(error)) from None
 
 
 def unscheduled_notice(run: Run, attempt: int) -> str | None:
@@ -108,24 +108,27 @@ async def choose(
     if notice is not None:
         raise NoLogs(notice)
     resumption_ = run.resumptions[attempt]
-    if rank is not None:
-        if rank >= resumption_.node_count:
-            raise ClientError(
-                f"Run {run.name} resumption {attempt} has ranks 0 to "
-                f"{resumption_.node_count - 1}, not {rank}"
-            )
-        return LogTarget(run, attempt, rank)
-    if failed or resumption_.status is S.FAILED:
-        first = await reading.first_failed_rank(client.redis, run.run_uid, attempt)
-        if first is None and attempt == run.latest_resumption.index:
-            first = run.first_failed_rank
-        if first is None and failed:
-            raise ClientError(
-                f"Run {run.name} resumption {attempt} has no failed rank "
-                f"({resumption_.status.display_name}): use --rank N instead of --failed"
-            )
-        return LogTarget(run, attempt, first or 0)
-    return LogTarget(run, attempt, 0)
+    try:
+        chosen = await selection.node_rank(
+            client.redis,
+            run.name,
+            run.run_uid,
+            attempt,
+            resumption_.node_count,
+            rank=rank,
+            failed=failed or resumption_.status is S.FAILED,
+            folded_failure=(
+                run.first_failed_rank if attempt == run.latest_resumption.index else None
+            ),
+        )
+    except selection.NoSuchOutput as error:
+        raise ClientError(str(error)) from None
+    if chosen is None and failed:
+        raise ClientError(
+            f"Run {run.name} resumption {attempt} has no failed rank "
+            f"({resumption_.status.display_name}): use --rank N instead of --failed"
+        )
+    return LogTarget(run, attempt, chosen or 0)
 
 
 async def read(client: Client, target: LogTarget, tail: int | None = None) -> list[str]:

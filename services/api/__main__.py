@@ -37,6 +37,7 @@ def main() -> None:
         log_config=None,
         access_log=False,
         server_header=False,
+        ws_max_size=settings.api_max_body_bytes,
     )
     _Server(config).run()
 

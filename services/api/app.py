@@ -41,10 +41,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from events.identity import Unauthenticated
-from services.api import admin
+from services.api import admin, subscriptions
 from services.api.accounts import Accounts
 from services.api.context import Context
 from services.api.errors import ApiError, BadRequest, TooLarge
@@ -54,6 +54,7 @@ from services.api.reads import RESOLVERS as READS
 from services.api.runs import RunRequests
 from services.api.settings import ApiSettings
 from services.api.users import Directory
+from services.api.websocket import GraphQLSockets
 from services.core.store import EventStore
 
 SCHEMA_PATH = Path(__file__).with_name("schema.graphql")
@@ -70,7 +71,11 @@ def schema() -> GraphQLSchema:
     for field, resolver in (MUTATIONS | admin.MUTATIONS).items():
         mutation.set_field(field, resolver)
     return make_executable_schema(
-        load_schema_from_path(str(SCHEMA_PATH)), query, mutation, ScalarType("JSON")
+        load_schema_from_path(str(SCHEMA_PATH)),
+        query,
+        mutation,
+        ScalarType("JSON"),
+        *subscriptions.bindables(),
     )
 
 
@@ -204,7 +209,20 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
             if owned:
                 await events.close()
 
-    return Starlette(routes=[Route("/graphql", endpoint, methods=["POST"])], lifespan=lifespan)
+    sockets = GraphQLSockets(
+        executable,
+        directory,
+        events,
+        settings,
+        parse=lambda query: document(query, settings.api_max_fields),
+        format_error=format_error,
+        invalid_key=INVALID_KEY,
+    )
+    routes = [
+        Route("/graphql", endpoint, methods=["POST"]),
+        WebSocketRoute("/graphql", sockets.serve),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def _now_ms() -> int:

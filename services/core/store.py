@@ -18,7 +18,7 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from importlib.resources import files
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple, Self, cast
 
 import redis.asyncio as aioredis
 import structlog
@@ -270,6 +270,21 @@ class EventStore:
             aggregate, keys.partition_of(aggregate, self.settings.partitions)
         )
         return [record async for record in self._range(stream, "-")]
+
+    async def wait_history(
+        self, aggregate: str, after: str, block_ms: int | None = None
+    ) -> list[Recorded]:
+        """The events of one aggregate after position ``after`` (exclusive), waiting up to
+        ``block_ms`` for the first one to be appended (one blocking read; None: no wait); []
+        if none came."""
+        stream = keys.aggregate_stream(
+            aggregate, keys.partition_of(aggregate, self.settings.partitions)
+        )
+        reply = await self.redis.xread({stream: after}, count=_PAGE, block=block_ms)
+        if not reply:
+            return []
+        entries = cast(list[list[Any]], reply)[0][1]
+        return [_recorded(position, fields) for position, fields in entries]
 
     async def load_run(self, run_id: str) -> RunState | None:
         state: RunState | None = None

@@ -64,11 +64,7 @@ class LogLine(NamedTuple):
     id: str = ""  # where the line is in the rank's output: continue after it
 
     def render(self) -> str:
-        if self.marker is None:
-            return self.text
-        return (
-            self.text + self.marker if self.marker.startswith("…") else f"{self.text} {self.marker}"
-        )
+        return self.text + marker_suffix(self.marker)
 
 
 class Record(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -84,6 +80,10 @@ class Record(msgspec.Struct, kw_only=True, omit_defaults=True):
     @property
     def raw(self) -> bytes:
         return self.blob if self.blob is not None else (self.line or "").encode()
+
+    def shown(self) -> bytes:
+        """The line as ``mcli logs`` prints it, in bytes: as it came, its marker, a newline."""
+        return self.raw + marker_suffix(render_marker(self.marker)).encode() + b"\n"
 
     def to_line(self) -> LogLine:
         text = self.line if self.line is not None else self.raw.decode(errors="replace")
@@ -126,6 +126,14 @@ def render_marker(marker: str | None) -> str | None:
         else:
             shown.append(f"[{one}]")
     return " ".join(shown)
+
+
+def marker_suffix(shown: str | None) -> str:
+    """What follows a line's text for its rendered marker: ``…`` ones at once, others after a
+    space."""
+    if shown is None:
+        return ""
+    return shown if shown.startswith("…") else f" {shown}"
 
 
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -319,8 +327,22 @@ async def read_lines(
 ) -> list[LogLine]:
     """Every line of the rank so far (or its last ``tail``), archived or live, in order."""
     return [
-        r.to_line() for r in await _read(_RankLog(client, archive_dir, run_id, attempt, rank), tail)
+        r.to_line()
+        for r in await read_records(client, archive_dir, run_id, attempt, rank, tail=tail)
     ]
+
+
+async def read_records(
+    client: aioredis.Redis,
+    archive_dir: Path | None,
+    run_id: str,
+    attempt: int,
+    rank: int,
+    *,
+    tail: int | None = None,
+) -> list[Record]:
+    """``read_lines`` as stored: the bytes as they came."""
+    return await _read(_RankLog(client, archive_dir, run_id, attempt, rank), tail)
 
 
 async def _read(log: _RankLog, tail: int | None) -> list[Record]:
@@ -348,32 +370,65 @@ async def follow_lines(
     tail: int | None = None,
     block_ms: int = 1000,
 ) -> AsyncIterator[LogLine]:
-    """The rank's lines (only its last ``tail`` if given), then each new one as it comes.
+    """The rank's lines (only its last ``tail`` if given), then each new one as it comes, until
+    the attempt is finished (``follow_records``)."""
+    last: str | None = None
+    if tail is not None:
+        seen = await _read(_RankLog(client, archive_dir, run_id, attempt, rank), max(tail, 1))
+        for record in seen[-tail:] if tail > 0 else []:
+            yield record.to_line()
+        last = _last(seen)
+    async for batch in follow_records(
+        client,
+        archive_dir,
+        run_id,
+        attempt,
+        rank,
+        is_finished=is_finished,
+        after=last,
+        block_ms=block_ms,
+    ):
+        for record in batch:
+            yield record.to_line()
+
+
+async def follow_records(
+    client: aioredis.Redis,
+    archive_dir: Path | None,
+    run_id: str,
+    attempt: int,
+    rank: int,
+    *,
+    is_finished: Callable[[], Awaitable[bool]],
+    after: str | None = None,
+    block_ms: int = 1000,
+) -> AsyncIterator[list[Record]]:
+    """The rank's records after id ``after`` (all of them if None), then the new ones as they
+    come, in batches (each what one read found: a reader may flush at the end of one).
 
     Ends once ``is_finished()`` says the attempt is terminal and the log-collector has stored
     every line ingested before that, or once the rank is archived (after the rest of the file).
     """
     log = _RankLog(client, archive_dir, run_id, attempt, rank)
-    last: str | None = None
-    if tail is not None:
-        seen = await _read(log, max(tail, 1))
-        for record in seen[-tail:] if tail > 0 else []:
-            yield record.to_line()
-        last = _last(seen)
+    last = after
     final = False
     while True:
         relative = await log.archived()
         if relative is not None:
+            batch: list[Record] = []
             async for record in log.from_archive(relative, last):
+                batch.append(record)
                 last = record.id
-                yield record.to_line()
-            for record in await log.from_stream(last):
-                yield record.to_line()  # late lines, not archived yet
+                if len(batch) == _PAGE:
+                    yield batch
+                    batch = []
+            late = await log.from_stream(last)  # late lines, not archived yet
+            if batch or late:
+                yield batch + late
             return
         records = await log.read_new(last or "0-0", None if final else block_ms)
-        for record in records:
-            yield record.to_line()
         if records:
+            yield records
             last = records[-1].id
             continue
         if final:

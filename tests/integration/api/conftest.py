@@ -1,8 +1,13 @@
-"""The API app in-process (httpx's ASGI transport) over the session's real Valkey, seeded."""
+"""The API app in-process (httpx's ASGI transport) over the session's real Valkey, seeded; or a
+real ``python -m services.api`` process (``api_server``)."""
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +17,41 @@ from services.api.app import create_app
 from services.api.settings import ApiSettings
 from services.core.store import EventStore, connect
 from tests.integration.api.seed import Seeded, seed
+from tests.services import ServiceProcess
+from tests.waiting import eventually
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@asynccontextmanager
+async def api_server(redis_url: str, log: Path, **settings: str) -> AsyncIterator[str]:
+    """A ``python -m services.api`` process on a free port, with ``RUNPLANE_<NAME>`` settings;
+    its URL once it answers. It must exit 0 on SIGTERM and never have logged a key."""
+    port = free_port()
+    env = os.environ | {"RUNPLANE_REDIS_URL": redis_url, "RUNPLANE_API_PORT": str(port)}
+    env |= {f"RUNPLANE_{name.upper()}": value for name, value in settings.items()}
+    api = await ServiceProcess("services.api", env, log).start()
+    url = f"http://127.0.0.1:{port}/graphql"
+
+    async def answers() -> bool:
+        try:
+            async with httpx.AsyncClient() as client:
+                await client.post(url, json={"query": "{ __typename }"})
+        except httpx.TransportError:
+            return False
+        return True
+
+    try:
+        await eventually(answers, what=f"the API server on port {port}")
+        yield url
+    finally:
+        assert await api.stop() == 0, api.output()
+        assert "rpk_" not in api.output(), "a key was logged"
 
 
 @pytest.fixture

@@ -7,24 +7,16 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
+from tests.integration.api.conftest import api_server
 from tests.integration.api.real_client import client_env, mcli_bin
 from tests.integration.api.seed import ALICE, BOB, ROOT, Seeded
 from tests.services import ServiceProcess
 from tests.waiting import eventually
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -34,27 +26,13 @@ def mcli() -> Path:
 
 @pytest.fixture
 async def endpoint(redis_url: str, tmp_path: Path, seeded: Seeded) -> AsyncIterator[str]:
-    port = free_port()
-    env = os.environ | {"RUNPLANE_REDIS_URL": redis_url, "RUNPLANE_API_PORT": str(port)}
-    api = await ServiceProcess("services.api", env, tmp_path / "api.log").start()
+    env = os.environ | {"RUNPLANE_REDIS_URL": redis_url}
     projector = await ServiceProcess("services.projector", env, tmp_path / "projector.log").start()
-    url = f"http://127.0.0.1:{port}/graphql"
-
-    async def answers() -> bool:
-        try:
-            async with httpx.AsyncClient() as client:
-                await client.post(url, json={"query": "{ __typename }"})
-        except httpx.TransportError:
-            return False
-        return True
-
     try:
-        await eventually(answers, what=f"the API server on port {port}")
-        yield url
+        async with api_server(redis_url, tmp_path / "api.log") as url:
+            yield url
     finally:
         assert await projector.stop() == 0, projector.output()
-        assert await api.stop() == 0, api.output()
-        assert "rpk_" not in api.output(), "a key was logged"
 
 
 async def run_mcli(mcli: Path, home: Path, endpoint: str, key: str, *args: str) -> tuple[int, str]:
