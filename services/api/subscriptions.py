@@ -32,12 +32,12 @@ from typing import Any
 from ariadne import ScalarType, SchemaBindable, SubscriptionType
 from graphql import GraphQLResolveInfo, IntValueNode, ValueNode
 
-from events import keys
 from events.access import Principal, RunNotFound, visible
 from events.lifecycle import RunState, evolve
 from events.model import RunEvent
 from events.status import RunStatus
 from services.api.errors import BadRequest, NotFound
+from services.api.runs import RunRequests
 from services.api.settings import ApiSettings
 from services.core.store import EventStore
 from services.output import chunks, reading, selection
@@ -72,10 +72,8 @@ class _Run:
     @classmethod
     async def find(cls, context: SubscriptionContext, name: str) -> _Run:
         """The run named ``name`` (or with that id), if the caller may see it."""
-        run_id = await context.store.redis.get(keys.run_name(name))
-        records = await context.store.history(
-            f"run:{run_id.decode() if isinstance(run_id, bytes) else name}"
-        )
+        run_id = await RunRequests(context.store).resolve(name)
+        records = await context.store.history(f"run:{run_id}") if run_id is not None else []
         state: RunState | None = None
         for record in records:
             assert isinstance(record.event, RunEvent)
