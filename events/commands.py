@@ -13,7 +13,7 @@ the scheduler records the deletion when the attempt has ended.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar, assert_never
+from typing import Any, TypeVar, assert_never
 
 import msgspec
 
@@ -24,6 +24,7 @@ from events.model import (
     AttemptStopped,
     AttemptTerminating,
     DeleteRequested,
+    MetadataUpdated,
     Reason,
     RestartRequested,
     RunDeleted,
@@ -83,7 +84,12 @@ class UpdateRun(msgspec.Struct, kw_only=True, frozen=True):
     max_duration: float | None = None
 
 
-Command = SubmitRun | StopRun | RestartRun | DeleteRun | UpdateRun
+class UpdateMetadata(msgspec.Struct, kw_only=True, frozen=True):
+    actor: str
+    metadata: dict[str, Any]
+
+
+Command = SubmitRun | StopRun | RestartRun | DeleteRun | UpdateRun | UpdateMetadata
 
 
 def stopped_by(actor: str, why: str = "") -> Reason:
@@ -126,22 +132,34 @@ def decide(state: RunState | None, command: Command, new_id: NewId) -> list[AnyR
             if status.is_terminal() or status.is_waiting():
                 events.append(_envelope(RunDeleted, state, command.actor, new_id))
             return events
-        case UpdateRun():
-            return [
-                UpdateRequested(
-                    id=new_id(),
-                    actor=command.actor,
-                    run_id=state.run_id,
-                    attempt=state.latest.index,
-                    priority=command.priority,
-                    preemptible=command.preemptible,
-                    max_retries=command.max_retries,
-                    retry_on_system_failure=command.retry_on_system_failure,
-                    max_duration=command.max_duration,
-                )
-            ]
+        case UpdateRun() | UpdateMetadata():
+            return [_update(state, command, new_id)]
         case _:
             assert_never(command)
+
+
+def _update(
+    state: RunState, command: UpdateRun | UpdateMetadata, new_id: NewId
+) -> UpdateRequested | MetadataUpdated:
+    if isinstance(command, UpdateMetadata):
+        return MetadataUpdated(
+            id=new_id(),
+            actor=command.actor,
+            run_id=state.run_id,
+            attempt=state.latest.index,
+            metadata=command.metadata,
+        )
+    return UpdateRequested(
+        id=new_id(),
+        actor=command.actor,
+        run_id=state.run_id,
+        attempt=state.latest.index,
+        priority=command.priority,
+        preemptible=command.preemptible,
+        max_retries=command.max_retries,
+        retry_on_system_failure=command.retry_on_system_failure,
+        max_duration=command.max_duration,
+    )
 
 
 def _stop(state: RunState, actor: str, why: str, new_id: NewId) -> list[AnyRunEvent]:

@@ -159,6 +159,9 @@ def _apply(state: RunState, event: ev.AnyRunEvent) -> None:  # noqa: PLR0912, PL
             attempt.stop_requested_by = event.actor
         case ev.UpdateRequested():
             _update(state, event)
+        case ev.MetadataUpdated():
+            metadata = state.spec.metadata | event.metadata
+            state.spec = msgspec.structs.replace(state.spec, metadata=metadata)
         case ev.DeleteRequested():
             if state.delete_requested:
                 _refuse(event, "the run is being deleted already")

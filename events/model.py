@@ -15,7 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
@@ -123,6 +123,12 @@ class UpdateRequested(RunEvent, kw_only=True, tag="run.update_requested"):
     max_retries: int | None = None
     retry_on_system_failure: bool | None = None
     max_duration: float | None = None
+
+
+class MetadataUpdated(RunEvent, kw_only=True, tag="run.metadata_updated"):
+    """The run's metadata, merged: the keys given take these values, the others stay."""
+
+    metadata: dict[str, Any]
 
 
 class DeleteRequested(RunEvent, kw_only=True, tag="run.delete_requested"):
@@ -296,6 +302,7 @@ AnyRunEvent = (
     | StopRequested
     | RestartRequested
     | UpdateRequested
+    | MetadataUpdated
     | DeleteRequested
     | RunDeleted
     | RetryScheduled

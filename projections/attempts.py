@@ -311,7 +311,7 @@ def _stop(event: ev.StopRequested, attempt: AttemptRow, actor: str) -> str | Non
 
 
 _ENDS = {ev.AttemptCompleted: S.COMPLETED, ev.AttemptStopped: S.STOPPED, ev.AttemptFailed: S.FAILED}
-_RUN_LEVEL = frozenset({ev.UpdateRequested, ev.DeleteRequested, ev.RunDeleted})
+_RUN_LEVEL = frozenset({ev.UpdateRequested, ev.MetadataUpdated, ev.DeleteRequested, ev.RunDeleted})
 _SETUP: tuple[type, ...] = (ev.ImagePullStarted, ev.ImagePullFinished, ev.ImagePullFailed)
 _SETUP += (ev.IntegrationStarted, ev.IntegrationFinished, ev.IntegrationFailed)
 _HANDLERS: dict[type, Handler] = {

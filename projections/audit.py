@@ -37,6 +37,7 @@ from events.model import (
     IntegrationStarted,
     KeyIssued,
     KeyRevoked,
+    MetadataUpdated,
     NodeDrained,
     NodeEvent,
     NodeRegistered,
@@ -69,7 +70,7 @@ class Entry(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=T
 
 class AuditProjection:
     name: ClassVar[str] = "audit"
-    version: ClassVar[int] = 3  # 3: a rank's exit says how it ended (a signal) and why
+    version: ClassVar[int] = 4  # 4: metadata updates
     handles: ClassVar[frozenset[type]]  # every event type but the quiet ones (below)
 
     def __init__(self) -> None:
@@ -176,6 +177,7 @@ _DETAILS: dict[type, Callable[[Any], str]] = {
     RunSubmitted: lambda e: f"{e.name} on {e.spec.compute.cluster}, {e.spec.compute.gpus} GPUs",
     StopRequested: lambda e: e.reason,
     UpdateRequested: _changes,
+    MetadataUpdated: lambda e: "keys " + ", ".join(sorted(e.metadata)),
     RetryScheduled: lambda e: e.cause,
     AttemptQueued: lambda e: e.reason,
     AttemptScheduled: lambda e: ", ".join(f"{r.node}:{len(r.gpus)}" for r in e.ranks),

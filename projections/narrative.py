@@ -65,6 +65,8 @@ def describe(  # noqa: PLR0911, PLR0912
             if event.max_duration is not None:
                 changes.append(f"max_duration={event.max_duration}")
             return f"Run updated by {event.actor}: {', '.join(changes) or 'no change'}"
+        case ev.MetadataUpdated():
+            return f"Metadata updated by {event.actor}: {', '.join(sorted(event.metadata))}"
         case ev.DeleteRequested():
             return f"Run deletion requested by {event.actor}"
         case ev.RunDeleted():

@@ -109,7 +109,7 @@ def new_row(event: ev.RunSubmitted) -> _RunState:
 
 class RunStatusProjection:
     name: ClassVar[str] = "run_status"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2  # 2: metadata updated after the submit
     handles: ClassVar[frozenset[type]] = frozenset(ev.RUN_EVENT_TYPES) - {
         ev.ImagePullStarted,
         ev.ImagePullFinished,
@@ -241,10 +241,15 @@ def _update(row: _RunState, event: ev.UpdateRequested) -> str | None:
     return None
 
 
+def _metadata(row: _RunState, event: ev.MetadataUpdated) -> str | None:
+    row.metadata = row.metadata | event.metadata
+    return None
+
+
 _ENDS = {ev.AttemptCompleted: S.COMPLETED, ev.AttemptStopped: S.STOPPED, ev.AttemptFailed: S.FAILED}
 #: Events whose attempt is not the latest one's: a new attempt's, or run-level requests.
 _ANY_ATTEMPT = frozenset(
-    {ev.RestartRequested, ev.RetryScheduled, ev.UpdateRequested, ev.RunDeleted}
+    {ev.RestartRequested, ev.RetryScheduled, ev.UpdateRequested, ev.MetadataUpdated, ev.RunDeleted}
 )
 _ANY_ATTEMPT |= {ev.StopRequested, ev.DeleteRequested}
 _HANDLERS: dict[type, Callable[[_RunState, Any], str | None]] = {
@@ -258,6 +263,7 @@ _HANDLERS: dict[type, Callable[[_RunState, Any], str | None]] = {
     ev.AttemptStopped: _ended,
     ev.AttemptFailed: _ended,
     ev.UpdateRequested: _update,
+    ev.MetadataUpdated: _metadata,
     ev.RunDeleted: _deleted,
 }
 _STATUS_INDEX = {status: f"status:{status}" for status in RunStatus}

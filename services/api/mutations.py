@@ -1,4 +1,4 @@
-"""The mutation resolvers: MAPI's requests on runs (``reference/mapi.md`` sections 5.2 to 5.6).
+"""The mutation resolvers: MAPI's requests on runs (``reference/mapi.md`` sections 5.2 to 5.7).
 
 Each turns its input into a command and leaves the deciding to ``services.api.runs``. A request
 names its runs in ``getRunsData.filters.name`` (``in`` and ``equals``); no other filter selects
@@ -77,6 +77,18 @@ async def update_run(_: object, info: GraphQLResolveInfo[Context], **args: Any) 
     return await _carry_out(context, args["getRunsData"], command)
 
 
+async def update_run_metadata(
+    _: object, info: GraphQLResolveInfo[Context], **args: Any
+) -> list[Json]:
+    """Merge into the run's metadata: the keys given change, the others stay (section 5.7)."""
+    context = context_of(info)
+    metadata = args["updateRunMetadataData"]["metadata"]
+    if not isinstance(metadata, dict):
+        raise BadRequest("updateRunMetadataData.metadata must be an object of keys and values")
+    command = commands.UpdateMetadata(actor=context.principal.name, metadata=metadata)
+    return await _carry_out(context, args["getRunsData"], command)
+
+
 def _priority(value: str | None) -> Priority | None:
     if value is None:
         return None
@@ -110,4 +122,5 @@ RESOLVERS: dict[str, Callable[..., Any]] = {
     "startRuns": start_runs,
     "deleteRuns": delete_runs,
     "updateRun": update_run,
+    "updateRunMetadata": update_run_metadata,
 }

@@ -1,4 +1,5 @@
-"""Requests on runs, decided behind the API: submit, stop, restart, delete and update.
+"""Requests on runs, decided behind the API: submit, stop, restart, delete, update (its
+scheduling, or its metadata).
 
 Every request comes from a principal, the owner of the key it came with, and names its runs.
 Invariants:
@@ -45,6 +46,7 @@ _ACTIONS: dict[type[commands.Command], Action] = {  # a submit has no owner yet
     commands.RestartRun: Action.RESTART,
     commands.DeleteRun: Action.DELETE,
     commands.UpdateRun: Action.UPDATE,
+    commands.UpdateMetadata: Action.UPDATE,
 }
 
 

@@ -183,12 +183,15 @@ async def test_a_run_submitted_stopped_restarted_updated_and_deleted_by_the_real
 
 SDK_SCRIPT = """
 import sys
-from mcli import RunConfig, create_run, get_run, stop_run
+from mcli import RunConfig, create_run, get_run, stop_run, update_run_metadata
 config = RunConfig(name='sdk-run', image='mosaicml/pytorch:latest', command='echo hi',
                    compute={'cluster': 'local', 'gpus': 1, 'gpu_type': 'a100'})
 run = create_run(config)
 print('created', run.name, run.status.value)
 print('got', get_run(run.name).name)
+update_run_metadata(run.name, {'loss': float('nan'), 'step': 1})
+updated = update_run_metadata(run.name, {'step': 2})
+print('metadata', sorted(updated.metadata.items()))
 stopped = stop_run(run.name, reason='no longer needed')
 print('stopped', stopped.status.value)
 try:
@@ -217,4 +220,5 @@ async def test_the_real_sdk_creates_gets_and_stops_a_run(
     assert process.returncode == 0, text
     assert re.search(r"created sdk-run-[a-z]+ PENDING", text)
     assert "stopped STOPPED" in text
+    assert "metadata [('loss', 'NaN'), ('step', 2)]" in text
     assert "missing Error 404: Run no-such-run not found" in text

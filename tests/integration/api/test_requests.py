@@ -279,3 +279,37 @@ async def test_update_run_changes_only_what_it_names(
             {"query": UPDATE, "variables": {"getRunsData": named(run), "updateRunData": bad}},
         )
         assert code_of(refused) == 400, (bad, refused)
+
+
+METADATA = f"""
+mutation UpdateRunMetadata(
+  $getRunsData: GetRunsInput!, $updateRunMetadataData: UpdateRunMetadataInput!
+) {{
+  updateRunMetadata(getRunsData: $getRunsData, updateRunMetadataData: $updateRunMetadataData) {{
+    {RUN_FIELDS}
+    details {{ metadata }}
+  }}
+}}"""
+
+
+async def test_metadata_updates_merge_and_only_the_owner_may(
+    api: httpx.AsyncClient, seeded: Seeded, redis: aioredis.Redis
+) -> None:
+    created = await create(api, seeded.keys[ALICE])
+    name = created["data"]["createRun"][0]["name"]
+
+    async def update(key: str, metadata: Any) -> dict[str, Any]:
+        variables = {"getRunsData": named(name), "updateRunMetadataData": {"metadata": metadata}}
+        return await post(api, key, {"query": METADATA, "variables": variables})
+
+    first = await update(seeded.keys[ALICE], {"loss": 0.5, "bad": "NaN"})
+    assert "errors" not in first, first
+    [run] = first["data"]["updateRunMetadata"]
+    assert run["details"]["metadata"] == {"team": "nlp", "loss": 0.5, "bad": "NaN"}
+    second = await update(seeded.keys[ALICE], {"loss": 0.25})
+    [run] = second["data"]["updateRunMetadata"]
+    assert run["details"]["metadata"] == {"team": "nlp", "loss": 0.25, "bad": "NaN"}
+    before = await log_length(redis)
+    assert code_of(await update(seeded.keys[BOB], {"loss": 9})) == 404
+    assert code_of(await update(seeded.keys[ALICE], [1, 2])) == 400
+    assert await log_length(redis) == before

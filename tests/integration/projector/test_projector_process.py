@@ -20,7 +20,7 @@ from events.model import AnyEvent
 from events.status import RunStatus
 from projections import query
 from projections.catalog import NAMES
-from projections.run_status import RunRow
+from projections.run_status import RunRow, RunStatusProjection
 from projections.runner import rebuild
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
@@ -147,7 +147,9 @@ async def test_a_projector_killed_mid_stream_ends_with_the_rows_of_a_rebuild(
 
 
 async def _stored_some(client: aioredis.Redis) -> bool:
-    value = await client.get(keys.projection_checkpoint("run_status", "v1"))
+    value = await client.get(
+        keys.projection_checkpoint("run_status", f"v{RunStatusProjection.version}")
+    )
     return value is not None and value != b"0-0"
 
 

@@ -21,9 +21,11 @@ from services.projector.projector import Projector
 from tests.unit.projections.fakes import FakeGroup, FakeLog, FakeStore
 from tests.unit.projections.simulator import history
 
+OLD, NEW = f"v{RunStatusProjection.version}", f"v{RunStatusProjection.version + 1}"
+
 
 class RunStatusV2(RunStatusProjection):
-    version: ClassVar[int] = 2
+    version: ClassVar[int] = RunStatusProjection.version + 1
 
 
 class WatchedStore(FakeStore):
@@ -64,18 +66,18 @@ def test_a_new_fold_version_is_built_beside_and_switched_when_caught_up() -> Non
         log.reveal(len(entries) // 2)
         old = Projector(store, log, group, make_all, commit_every=10, page=10)
         await old.start()
-        assert store.switches == ["v1"]
+        assert store.switches == [OLD]
         new = Projector(store, log, group, with_v2, commit_every=10, page=10, retire_after_s=0)
-        await new.start()  # catch-up commits many batches while readers stay on v1
-        assert store.switches == ["v1", "v2"]
+        await new.start()  # catch-up commits many batches while readers stay on OLD
+        assert store.switches == [OLD, NEW]
         await follow(new, log)
         await new.retire_due(float("inf"))
         return store
 
     store = asyncio.run(scenario())
-    assert store.build("run_status", "v2") == asyncio.run(rebuilt_with_v2(entries))
-    assert not any(k.startswith(keys.projection_prefix("run_status", "v1")) for k in store.hashes)
-    assert await_active(store) == "v2"
+    assert store.build("run_status", NEW) == asyncio.run(rebuilt_with_v2(entries))
+    assert not any(k.startswith(keys.projection_prefix("run_status", OLD)) for k in store.hashes)
+    assert await_active(store) == NEW
 
 
 async def rebuilt_with_v2(entries: list[tuple[str, dict[bytes, bytes]]]) -> dict[str, object]:
