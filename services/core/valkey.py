@@ -181,6 +181,11 @@ class ValkeyProcess:
             self._signal(signal.SIGKILL)
             self._wait_exit(10.0)
 
+    def wait(self) -> int | None:
+        """Wait until a server this process started has exited, and collect it; its exit code
+        (negative: the signal that ended it), or None for an adopted server (not our child)."""
+        return None if self._popen is None else self._popen.wait()
+
     def restart(self, timeout: float = 10.0) -> Self:
         """Stop if running, then start again on the same data dir and port (data from the AOF)."""
         self.stop(timeout)
