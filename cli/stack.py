@@ -43,7 +43,7 @@ from cli.stackfiles import (
     logs_dir,
     release,
 )
-from services.core.valkey import HOST, free_port
+from services.core.valkey import HOST, free_port, server_binary
 from services.node_agent.job import RankKey
 from services.node_agent.process.rankdir import local_ranks
 from services.node_agent.shim.ondisk import kill_group
@@ -142,9 +142,9 @@ class LocalStack:
         while self.api_port == self.valkey_port:
             self.api_port = free_port()
         self.services = {spec.name: spec for spec in self._specs()}
-        StackFile(config, self.valkey_port, self.api_port, list(self.services.values())).save(
-            self.state_dir
-        )
+        specs = list(self.services.values())
+        binary = str(server_binary())
+        StackFile(config, binary, self.valkey_port, self.api_port, specs).save(self.state_dir)
         # A new stack: no restarts counted, nothing held, from a stack that ran here before.
         (self.state_dir / SUPERVISION_FILE).unlink(missing_ok=True)
         release(self.state_dir)
@@ -180,7 +180,9 @@ class LocalStack:
         supervisor = self.supervisor()
         if supervisor is not None:
             _signal(supervisor, signal.SIGTERM)
-            self._wait_gone(supervisor, grace_s)
+            if not self._wait_gone(supervisor, grace_s):
+                _signal(supervisor, signal.SIGKILL)  # stopped, or hung: it must not restart
+                self._wait_gone(supervisor, grace_s)
         records = self.records()
         running = [p for n in self.services if (p := _running(records.get(n))) is not None]
         for process in running:

