@@ -25,6 +25,8 @@ Invariants:
 - On start it adopts each process its predecessor recorded that still runs (same pid, same start
   time), keeps the restart counts, and starts the others.
 - ``supervisor.json`` is written after every change (``cli.stackfiles.Supervision``).
+- A service gets the environment of whoever started the stack, without the client's settings
+  (``MOSAICML_*``, ``MCLI_*``: the admin's key, once exported, must not reach a run).
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ MAX_DELAY_S = 30.0
 STEADY_S = 10.0
 LOCK_FILE = "supervisor.lock"
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: The client's settings (``eval "$(mcli dev env)"`` exports the admin's key) stay out of the
+#: services' environment: a node's environment is its ranks', and no run may see that key.
+_CLIENT_PREFIXES = ("MOSAICML_", "MCLI_")
 log = structlog.get_logger("cli.supervisor")
 
 
@@ -216,7 +221,7 @@ class Supervisor:
             return server.start()  # the others may start once it answers
         spec: ServiceSpec = self.specs[name]
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith(_CLIENT_PREFIXES)},
             **self.stack.config.extra_env,
             **spec.env,
             "RUNPLANE_REDIS_URL": self.url,

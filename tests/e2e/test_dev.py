@@ -237,7 +237,7 @@ def _user_of(endpoint: str, key: str) -> httpx.Response:
     return httpx.post(endpoint, json=query, headers={"Authorization": key}, timeout=10)
 
 
-async def test_dev_env_points_at_the_api_as_the_stacks_admin(dev: Mcli) -> None:
+def test_dev_env_points_at_the_api_as_the_stacks_admin(dev: Mcli) -> None:
     missing = dev("dev", "env")
     assert (missing.returncode, missing.stdout) == (1, "")
     assert missing.stderr.strip().endswith("no local stack: start one with mcli dev up")
@@ -268,8 +268,12 @@ async def test_dev_env_points_at_the_api_as_the_stacks_admin(dev: Mcli) -> None:
     dev.ok("dev", "up")
     assert _exports(dev)["MOSAICML_API_KEY"] == key
     dev.ok("dev", "down")
+    dev.env |= exports  # as after `eval "$(mcli dev env)"`: the key reaches no service, no run
     dev.ok("dev", "up", *SMALL)
     assert _exports(dev)["MOSAICML_API_KEY"] == key
+    for pid in running(dev).status().values():
+        assert pid is not None
+        assert secret.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
     dev.ok("dev", "down")
     path.unlink()
     dev.ok("dev", "up", *SMALL)
