@@ -120,7 +120,8 @@ async def main(runs: int, burst: int) -> None:
             await _wait_ended(store, list(burst_ids), 600)
             times = await _times(store)
             cpu = {name: cpu_s(pid) for name, pid in stack.status().items() if pid}
-            cpu["valkey"] = cpu_s(stack.server.pid)
+            if (server := stack.server_pid()) is not None:
+                cpu["valkey"] = cpu_s(server)
         finally:
             await store.close()
             stack.down()

@@ -1,13 +1,14 @@
 """Memory of the local stack at rest: each process's resident set, and the total.
 
 ``python -m bench.memory [--nodes N]`` starts a local stack as ``mcli dev up`` does
-(``cli.stack``: Valkey, the scheduler, the projector, the log-collector, N node-agents, each
-agent's shim fork server) in a temp dir, waits until it is ready (``mcli dev up``'s own test)
-and then at rest (every process's RSS the same, within 256 KiB, over three readings a second
-apart; at most a minute), and prints per process its RSS (what ``ps`` shows: shared libraries
-counted in every process that maps them) and its PSS (shared pages divided among the processes
-mapping them: the column sums to what the stack takes), then the totals against the figure of
-issue 12 before its imports were cut: 330 MiB RSS for 2 nodes (57 MiB per service).
+(``cli.stack``: its supervisor, Valkey, the scheduler, the projector, the log-collector, the
+API server, N node-agents, each agent's shim fork server) in a temp dir, waits until it is ready
+(``mcli dev up``'s own test) and then at rest (every process's RSS the same, within 256 KiB,
+over three readings a second apart; at most a minute), and prints per process its RSS (what
+``ps`` shows: shared libraries counted in every process that maps them) and its PSS (shared
+pages divided among the processes mapping them: the column sums to what the stack takes), then
+the totals against the figure of issue 12 before its imports were cut: 330 MiB RSS for 2 nodes
+(57 MiB per service).
 """
 
 from __future__ import annotations
@@ -29,8 +30,13 @@ _STILL_KIB = 256
 
 
 def processes(stack: LocalStack) -> dict[str, int]:
-    """Every process of the stack by name: the server, each service, each service's children."""
-    found = {"valkey": stack.server.pid} if stack.server.pid else {}
+    """Every process of the stack by name: the supervisor, the server, each service, each
+    service's children."""
+    found: dict[str, int] = {}
+    if (supervisor := stack.supervisor()) is not None:
+        found["supervisor"] = supervisor.pid
+    if (server := stack.server_pid()) is not None:
+        found["valkey"] = server
     for name, pid in stack.status().items():
         if pid is None:
             raise RuntimeError(f"{name} is not running: see {stack.log_of(name)}")

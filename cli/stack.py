@@ -1,173 +1,236 @@
-"""The local stack: a private Valkey server and every runplane service as background processes.
+"""The local stack: a private Valkey server, every runplane service and the API server as
+background processes, kept running by a supervisor (``cli.supervisor``).
 
 ``mcli dev up`` and the end-to-end tests both use it: the scheduler, the projector, the
-log-collector and one node-agent per simulated node. Invariants:
-- Everything lives under one state directory: the server's data (AOF on), each service's
-  log file (and ``mcli.log``: what library code logs inside mcli commands), each node's data
-  directory, and ``stack.json`` (what runs, with pids), so any later command (or a second
-  ``dev up``) finds a running stack by itself.
-- Services are started detached (their own session), so they outlive the command that started
-  them; ``down`` stops them with SIGTERM, then SIGKILL after a grace period, then the server,
-  then any rank a node left running (a rank's shim outlives its node-agent by design, so that
-  a restarted agent adopts it; nothing would adopt it once the stack is down).
-- ``missing``/``start`` bring back a service or node that died while the stack runs.
-- ``kill``/``start`` of one service exist for crash tests: kill -9 and start again in place.
+log-collector, the API server and one node-agent per simulated node. Invariants:
+- Everything lives under one state directory (its files: ``cli.stackfiles``): the server's
+  data (AOF on), each process's log, each node's data directory, ``stack.json`` (what the stack
+  runs, with the ports chosen at ``up``) and ``supervisor.json`` (each process's pid, restarts
+  and last exit), so any later command (or a second ``dev up``) finds a running stack by
+  itself. A stack runs while its supervisor or any of its processes runs.
+- Only the supervisor starts a process of the stack, so two copies of one never run. It is
+  started detached (its own session) and outlives the command that started it, as the
+  processes it starts do.
+- ``down`` stops the supervisor first (so nothing is started again meanwhile), then every
+  service with SIGTERM, then SIGKILL after a grace period, then the server, then any rank a node
+  left running (a rank's shim outlives its node-agent by design, so that a restarted agent
+  adopts it; nothing would adopt it once the stack is down).
+- ``kill``/``start`` of one process exist for crash tests: kill -9, held down (the supervisor
+  leaves it) until ``start`` asks the supervisor for it again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from services.core.valkey import ValkeyProcess
+from cli.stackfiles import (
+    SERVER,
+    STACK_FILE,
+    SUPERVISION_FILE,
+    Pid,
+    Record,
+    ServiceSpec,
+    StackConfig,
+    StackFile,
+    Supervision,
+    hold,
+    logs_dir,
+    release,
+)
+from services.core.valkey import HOST, free_port, server_binary
 from services.node_agent.job import RankKey
 from services.node_agent.process.rankdir import local_ranks
 from services.node_agent.shim.ondisk import kill_group
 
-STATE_FILE = "stack.json"
+__all__ = ["LocalStack", "ServiceSpec", "StackConfig", "StackError", "logs_dir"]
 
-
-def logs_dir(state_dir: Path) -> Path:
-    """Where the stack's processes write their logs: ``<service>.log``, and ``mcli.log`` for
-    what library code logs in the mcli command (never on the user's terminal)."""
-    return state_dir / "logs"
+_STARTED_S = 60.0
+_POLL_S = 0.02
 
 
 class StackError(RuntimeError):
     """The stack could not be started, found or stopped; the message says what to do."""
 
 
-@dataclass
-class ServiceSpec:
-    name: str  # unique within the stack: "scheduler", "node-0", ...
-    module: str  # python -m <module>
-    env: dict[str, str] = field(default_factory=dict)
-    pid: int | None = None
-
-
-@dataclass
-class StackConfig:
-    nodes: int = 2
-    #: Simulated GPUs of each node; None: each node-agent finds the machine's with nvidia-smi.
-    gpus_per_node: int | None = 8
-    gpu_type: str = "a100_80gb"
-    cluster: str = "local"
-    grace_period_s: float = 30.0
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-
 class LocalStack:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        self.server = ValkeyProcess(state_dir / "valkey", detach=True)
-        self.services: dict[str, ServiceSpec] = {}
         self.config = StackConfig()
-        # Children this process started; kept so they are waited for, not left as zombies.
+        self.services: dict[str, ServiceSpec] = {}
+        self.valkey_port = 0
+        self.api_port = 0
+        # The supervisor, when this process started it; kept so it is waited for, not left as
+        # a zombie.
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
-    # --- life cycle -----------------------------------------------------------------
+    # --- finding it -------------------------------------------------------------------------
 
     @classmethod
     def find(cls, state_dir: Path) -> LocalStack | None:
-        """The stack recorded under ``state_dir`` if its server still runs."""
-        path = state_dir / STATE_FILE
-        if not path.exists():
+        """The stack recorded under ``state_dir`` if its supervisor or any process of it runs."""
+        saved = StackFile.load(state_dir)
+        if saved is None:
             return None
         stack = cls(state_dir)
-        adopted = ValkeyProcess.adopt(state_dir / "valkey")
-        if adopted is None:
+        stack._adopt(saved)
+        if stack.supervisor() is None and not any(r.running() for r in stack.records().values()):
             return None
-        stack.server = adopted
-        saved = json.loads(path.read_text())
-        stack.config = StackConfig(**saved["config"])
-        stack.services = {s["name"]: ServiceSpec(**s) for s in saved["services"]}
         return stack
 
     @property
     def url(self) -> str:
-        return self.server.url
+        return f"redis://{HOST}:{self.valkey_port}/0"
+
+    @property
+    def api_url(self) -> str:
+        """Where the API server answers (GraphQL over HTTP POST)."""
+        return f"http://{HOST}:{self.api_port}/graphql"
+
+    def records(self) -> dict[str, Record]:
+        """Each supervised process (``valkey`` first, then each service) as the supervisor
+        last recorded it; empty before the supervisor wrote anything."""
+        supervision = Supervision.load(self.state_dir)
+        return {} if supervision is None else supervision.services
+
+    def supervisor(self) -> Pid | None:
+        """The supervisor's process, if it runs."""
+        supervision = Supervision.load(self.state_dir)
+        if supervision is None or not supervision.process.alive():
+            return None
+        return supervision.process
+
+    def status(self) -> dict[str, int | None]:
+        """Each service (not the server) with its pid, or None when it is not running."""
+        records = self.records()
+        return {name: _pid(records.get(name)) for name in self.services}
+
+    def server_pid(self) -> int | None:
+        return _pid(self.records().get(SERVER))
+
+    def missing(self) -> list[str]:
+        """The processes (the server and the nodes included) that are not running."""
+        records = self.records()
+        return [name for name in (SERVER, *self.services) if _pid(records.get(name)) is None]
+
+    def node_of(self, name: str) -> str | None:
+        """The node a service runs (its ``RUNPLANE_NODE``), or None for a service."""
+        spec = self.services.get(name)
+        return None if spec is None else spec.env.get("RUNPLANE_NODE")
+
+    def log_of(self, name: str) -> Path:
+        if name == SERVER:
+            return self.state_dir / "valkey" / "valkey.log"
+        return logs_dir(self.state_dir) / f"{name}.log"
+
+    # --- life cycle -----------------------------------------------------------------------
 
     def up(self, config: StackConfig) -> None:
+        """Start the supervisor of a new stack; return once it has started every process."""
         if LocalStack.find(self.state_dir) is not None:
             raise StackError(f"a local stack is already running in {self.state_dir}")
         self.config = config
         self.state_dir.mkdir(parents=True, exist_ok=True)
         logs_dir(self.state_dir).mkdir(exist_ok=True)
-        self.server.start()
+        self.valkey_port = free_port()
+        self.api_port = free_port()
+        while self.api_port == self.valkey_port:
+            self.api_port = free_port()
         self.services = {spec.name: spec for spec in self._specs()}
-        for spec in self.services.values():
-            self.start(spec.name)
+        specs = list(self.services.values())
+        binary = str(server_binary())
+        StackFile(config, binary, self.valkey_port, self.api_port, specs).save(self.state_dir)
+        # A new stack: no restarts counted, nothing held, from a stack that ran here before.
+        (self.state_dir / SUPERVISION_FILE).unlink(missing_ok=True)
+        release(self.state_dir)
+        self.supervise()
 
-    def down(self, grace_s: float = 10.0) -> list[RankKey]:
-        """Stop every service, the server, then every rank still running on a node (killed:
-        the ranks a command stopped first have ended already); the ranks killed."""
-        for spec in self.services.values():
-            _signal(spec.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for spec in self.services.values():
-            while _alive(spec.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)  # allowed: polling inside a deadline loop
-            _signal(spec.pid, signal.SIGKILL)
-            self._reap(spec.pid)
-            spec.pid = None
-        self.server.stop()
-        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
-        return self._kill_ranks()
-
-    def start(self, name: str) -> int:
-        """Start (or start again) one service; returns its pid."""
-        spec = self.services[name]
-        if _alive(spec.pid):
-            raise StackError(f"{name} is running already (pid {spec.pid})")
-        env = {**os.environ, **self.config.extra_env, **spec.env, "RUNPLANE_REDIS_URL": self.url}
-        with self.log_of(name).open("ab") as log:
+    def supervise(self) -> bool:
+        """Start the supervisor if it does not run (it adopts what runs and starts the rest),
+        and wait until every process that is not held runs; whether it was started."""
+        if self.supervisor() is not None:
+            return False
+        with (logs_dir(self.state_dir) / "supervisor.log").open("ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", spec.module],
-                env=env,
+                [sys.executable, "-m", "cli.supervisor", str(self.state_dir)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
                 cwd=self.state_dir,
             )
-        spec.pid = process.pid
         self._children[process.pid] = process
-        self._save()
-        return process.pid
+        self._wait_started(process)
+        return True
+
+    def start_down(self) -> None:
+        """Ask the supervisor to start at once every process that is down, held ones too."""
+        release(self.state_dir)
+        self._signal_supervisor(signal.SIGHUP)
+
+    def down(self, grace_s: float = 10.0) -> list[RankKey]:
+        """Stop the supervisor, every service, the server, then every rank still running on a
+        node (killed: the ranks a command stopped first have ended already); the ranks
+        killed."""
+        supervisor = self.supervisor()
+        if supervisor is not None:
+            _signal(supervisor, signal.SIGTERM)
+            if not self._wait_gone(supervisor, grace_s):
+                _signal(supervisor, signal.SIGKILL)  # stopped, or hung: it must not restart
+                self._wait_gone(supervisor, grace_s)
+        records = self.records()
+        running = [p for n in self.services if (p := _running(records.get(n))) is not None]
+        for process in running:
+            _signal(process, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for process in running:
+            self._wait_gone(process, max(deadline - time.monotonic(), 0.0))
+            _signal(process, signal.SIGKILL)
+            self._wait_gone(process, grace_s)
+        server = _running(records.get(SERVER))
+        if server is not None:
+            _signal(server, signal.SIGTERM)  # the server fsyncs its AOF and exits
+            self._wait_gone(server, grace_s)
+            _signal(server, signal.SIGKILL)
+            self._wait_gone(server, grace_s)
+        (self.state_dir / STACK_FILE).unlink(missing_ok=True)
+        (self.state_dir / SUPERVISION_FILE).unlink(missing_ok=True)
+        release(self.state_dir)
+        return self._kill_ranks()
 
     def kill(self, name: str) -> None:
-        """kill -9 one service, as a crash would."""
-        spec = self.services[name]
-        _signal(spec.pid, signal.SIGKILL)
-        self._reap(spec.pid)
-        spec.pid = None
-        self._save()
+        """kill -9 one process (``valkey``, or a service), as a crash would, and keep it down
+        until ``start``."""
+        hold(self.state_dir, name)
+        process = _running(self.records().get(name))
+        if process is not None:
+            _signal(process, signal.SIGKILL)
+            self._wait_gone(process, 10.0)
 
-    def missing(self) -> list[str]:
-        """The services (nodes included) that are not running."""
-        return [name for name, pid in self.status().items() if pid is None]
-
-    def node_of(self, name: str) -> str | None:
-        """The node a service runs (its ``RUNPLANE_NODE``), or None for a service."""
-        return self.services[name].env.get("RUNPLANE_NODE")
-
-    def status(self) -> dict[str, int | None]:
-        """Each service with its pid, or None when it is not running."""
-        return {
-            name: spec.pid if _alive(spec.pid) else None for name, spec in self.services.items()
-        }
-
-    def log_of(self, name: str) -> Path:
-        return logs_dir(self.state_dir) / f"{name}.log"
+    def start(self, name: str, within_s: float = _STARTED_S) -> int:
+        """Have the supervisor start one process again (see ``kill``); its pid, once it runs."""
+        if (pid := _pid(self.records().get(name))) is not None:
+            raise StackError(f"{name} is running already (pid {pid})")
+        release(self.state_dir, name)
+        self._signal_supervisor(signal.SIGHUP)
+        deadline = time.monotonic() + within_s
+        while (pid := _pid(self.records().get(name))) is None:
+            if time.monotonic() > deadline:
+                raise StackError(f"{name} did not start within {within_s:g}s: see its log")
+            time.sleep(_POLL_S)  # allowed: polling inside a deadline loop
+        return pid
 
     # --- internals --------------------------------------------------------------------
+
+    def _adopt(self, saved: StackFile) -> None:
+        self.config = saved.config
+        self.valkey_port, self.api_port = saved.valkey_port, saved.api_port
+        self.services = {spec.name: spec for spec in saved.services}
 
     def _specs(self) -> list[ServiceSpec]:
         config = self.config
@@ -178,6 +241,11 @@ class LocalStack:
                 "log-collector",
                 "services.log_collector",
                 {"RUNPLANE_ARCHIVE_DIR": str(self.state_dir / "archive")},
+            ),
+            ServiceSpec(
+                "api",
+                "services.api",
+                {"RUNPLANE_API_HOST": HOST, "RUNPLANE_API_PORT": str(self.api_port)},
             ),
         ]
         for n in range(config.nodes):
@@ -194,6 +262,56 @@ class LocalStack:
             specs.append(ServiceSpec(name, "services.node_agent", env))
         return specs
 
+    def _wait_started(self, supervisor: subprocess.Popen[bytes]) -> None:
+        """Until the supervisor has recorded every process that is not held as running."""
+        deadline = time.monotonic() + _STARTED_S
+        while True:
+            if supervisor.poll() is not None:
+                raise StackError(
+                    f"the stack's supervisor exited ({supervisor.returncode}); its log ends "
+                    f"with:\n{_tail(logs_dir(self.state_dir) / 'supervisor.log')}"
+                )
+            supervision = Supervision.load(self.state_dir)
+            if supervision is not None and supervision.pid == supervisor.pid:
+                waiting = [
+                    n for n, r in supervision.services.items() if r.state not in ("running", "held")
+                ]
+                if not waiting and len(supervision.services) == len(self.services) + 1:
+                    return
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        f"{', '.join(waiting)} did not start within {_STARTED_S:g}s; "
+                        f"{waiting[0]}'s log ends with:\n{_tail(self.log_of(waiting[0]))}"
+                    )
+            elif time.monotonic() > deadline:
+                raise StackError(f"the stack's supervisor did not start in {_STARTED_S:g}s")
+            time.sleep(_POLL_S)  # allowed: polling inside a deadline loop
+
+    def _signal_supervisor(self, sig: signal.Signals) -> None:
+        supervisor = self.supervisor()
+        if supervisor is None:
+            raise StackError(
+                "the local stack's supervisor is not running: `mcli dev up` starts it again"
+            )
+        _signal(supervisor, sig)
+
+    def _wait_gone(self, process: Pid, within_s: float) -> bool:
+        """Wait until ``process`` has ended (collect it if it is our child); whether it has."""
+        child = self._children.pop(process.pid, None)
+        if child is not None:
+            try:
+                child.wait(timeout=within_s)
+            except subprocess.TimeoutExpired:
+                self._children[process.pid] = child
+                return False
+            return True
+        deadline = time.monotonic() + within_s
+        while process.alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(_POLL_S)  # allowed: polling inside a deadline loop
+        return True
+
     def _kill_ranks(self) -> list[RankKey]:
         killed = []
         for spec in self.services.values():
@@ -207,41 +325,25 @@ class LocalStack:
                     killed.append(rank_dir.key)
         return killed
 
-    def _reap(self, pid: int | None, within_s: float = 10.0) -> None:
-        """Wait until a killed process is gone: collect it if it is our child, else watch it."""
-        if pid is None:
-            return
-        child = self._children.pop(pid, None)
-        if child is not None:
-            child.wait(timeout=within_s)
-            return
-        deadline = time.monotonic() + within_s
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)  # allowed: polling inside a deadline loop
 
-    def _save(self) -> None:
-        state = {
-            "url": self.url,
-            "config": asdict(self.config),
-            "services": [asdict(spec) for spec in self.services.values()],
-        }
-        tmp = self.state_dir / f"{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.state_dir / STATE_FILE)
+def _running(record: Record | None) -> Pid | None:
+    return None if record is None else record.running()
 
 
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
+def _pid(record: Record | None) -> int | None:
+    process = _running(record)
+    return None if process is None else process.pid
+
+
+def _signal(process: Pid, sig: signal.Signals) -> None:
+    """Signal ``process`` if it still runs (never a stranger who got its pid since)."""
+    if process.alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, sig)
+
+
+def _tail(path: Path, lines: int = 5) -> str:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
-
-
-def _signal(pid: int | None, sig: signal.Signals) -> None:
-    if pid is None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

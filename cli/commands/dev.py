@@ -1,11 +1,18 @@
-"""``mcli dev up | status | down``: the local stack (``cli.stack.LocalStack``) under the
+"""``mcli dev up | status | env | down``: the local stack (``cli.stack.LocalStack``) under the
 state directory (``$RUNPLANE_HOME``, default ``~/.local/state/runplane``).
 
-``up`` returns once every node registered (as the projector's utilization model shows, so
-the projector answers too), the scheduler and the log-collector hold their leases, and every
-process still runs. On a running stack, ``up`` starts again what died (a node-agent, a service)
-and waits until each node it started has registered again; with nothing missing it says the
-stack is running already.
+``up`` starts the stack's supervisor (``cli.supervisor``), which starts Valkey, every service
+and the API server and starts again any that dies, with backoff. On the first ``up`` of a state
+directory the user who runs it becomes the stack's admin, with an API key kept in the state
+directory (``cli.stackkey``). ``up`` returns once every node registered (as the projector's
+utilization model shows, so the projector answers too), the scheduler and the log-collector
+hold their leases, the API server answers, and no process exited meanwhile. On a running stack,
+``up`` starts the supervisor again if it died, and at once whatever is down (a process held by
+``LocalStack.kill``, or one waiting out its backoff), and waits until each node among them has
+registered again; with nothing down it says the stack is running already.
+
+``env`` prints the two ``export`` lines that point MosaicML's client at the stack's API as its
+admin: the one command that shows the key.
 
 ``down`` first stops every run that is not finished (a running one gets SIGTERM and the grace
 period, as ``mcli stop run`` does) and waits for them to end, so that no rank outlives the
@@ -16,15 +23,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import shlex
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
-from cli.client import Client, Refused, state_dir
-from cli.commands.common import echo, positive, success, warn
-from cli.models import Run
+from cli.client import Client, Refused, current_user, state_dir
+from cli.commands.common import echo, error, positive, success, warn
+from cli.models import Run, now_ms
 from cli.reads import RunFilters, fetch_run, list_runs
 from cli.render import make_console, plain_table
 from cli.stack import LocalStack, StackConfig, StackError
+from cli.stackfiles import SERVER, SUPERVISOR, Record
+from cli.stackkey import ensure_admin, key_path, read_key
 from events import commands, keys
 from events.model import NodeRegistered
 from events.status import RunStatus
@@ -35,12 +48,28 @@ _POLL_S = 0.2
 _END_SLACK_S = 30.0
 _UNFINISHED = frozenset(s for s in RunStatus if s.is_waiting() or s.is_active())
 _WHY = "the local stack was shut down (mcli dev down)"
+_NO_STACK = "no local stack: start one with mcli dev up"
+_STATES = {
+    "running": "Running",
+    "starting": "Starting",
+    "restarting": "Restarting",
+    "held": "Stopped",
+}
 
 
 def register(subparsers: Any) -> None:
-    dev = subparsers.add_parser("dev", help="the local stack")
-    actions = dev.add_subparsers(dest="action", metavar="{up,status,down}", required=True)
-    up = actions.add_parser("up", help="start Valkey, every service and N simulated nodes")
+    dev = subparsers.add_parser(
+        "dev",
+        help="the local stack",
+        description="A local stack: Valkey, every service, the API server and N simulated "
+        "nodes, kept running by a supervisor, under $RUNPLANE_HOME.",
+    )
+    actions = dev.add_subparsers(dest="action", metavar="{up,status,env,down}", required=True)
+    up = actions.add_parser(
+        "up",
+        help="start the stack (Valkey, every service, the API server, N simulated nodes), "
+        "supervised: a process that dies is started again",
+    )
     up.add_argument("--nodes", type=positive, default=2, help="nodes (default 2)")
     up.add_argument(
         "--gpus-per-node", dest="gpus_per_node", type=positive, default=8, help="default 8"
@@ -55,10 +84,17 @@ def register(subparsers: Any) -> None:
         help="seconds between SIGTERM and SIGKILL when a run is stopped",
     )
     up.set_defaults(handler=dev_up)
-    actions.add_parser("status", help="the local stack's processes").set_defaults(
-        handler=dev_status
-    )
-    actions.add_parser("down", help="stop the local stack").set_defaults(handler=dev_down)
+    actions.add_parser(
+        "status", help="the stack's processes: pid, status, restarts, last exit"
+    ).set_defaults(handler=dev_status)
+    actions.add_parser(
+        "env",
+        help="the API's endpoint and your admin key, as export lines: "
+        'eval "$(mcli dev env)" points mosaicml-cli at the stack',
+    ).set_defaults(handler=dev_env)
+    actions.add_parser(
+        "down", help="stop the unfinished runs, then the supervisor and every process"
+    ).set_defaults(handler=dev_down)
 
 
 def dev_up(args: argparse.Namespace) -> int:
@@ -76,9 +112,10 @@ def dev_up(args: argparse.Namespace) -> int:
     )
     console = make_console()
     with console.status("Starting the local stack...") as spinner:
-        stack.up(config)
-        spinner.update(f"Waiting for {args.nodes} nodes to register...")
         try:
+            stack.up(config)
+            asyncio.run(_admin(stack))
+            spinner.update(f"Waiting for {args.nodes} nodes to register...")
             asyncio.run(wait_ready(stack, config))
         except BaseException:
             stack.down()
@@ -87,37 +124,80 @@ def dev_up(args: argparse.Namespace) -> int:
         f"Local stack up: {args.nodes} nodes x {args.gpus_per_node} {args.gpu_type} GPUs on "
         f"cluster {args.cluster}, log at {stack.url}, state in {home}"
     )
+    _api_line(stack)
     echo("\nSubmit a run with:\n\nmcli run -f examples/hello.yaml")
     return 0
 
 
+def _api_line(stack: LocalStack) -> None:
+    echo(
+        f"API: {stack.api_url} (as admin {current_user()}: "
+        '`eval "$(mcli dev env)"` points mosaicml-cli at it)'
+    )
+
+
+async def _admin(stack: LocalStack) -> None:
+    """The user who runs ``up`` is the stack's admin, with a key (``cli.stackkey``)."""
+    client = Client(stack.url, stack.state_dir)
+    try:
+        await ensure_admin(client.store, stack.state_dir, current_user(), now_ms())
+    finally:
+        await client.close()
+
+
 def _start_missing(stack: LocalStack) -> int:
     missing = stack.missing()
-    if not missing:
+    seen = asyncio.run(_registrations_before(stack, missing))
+    revived = stack.supervise()
+    if revived:
+        success("Started the stack's supervisor again (it had stopped running)")
+    elif not missing:
+        asyncio.run(_admin(stack))
         warn(
             f"A local stack is already running in {stack.state_dir} ({stack.url}): "
             "`mcli dev status`"
         )
+        _api_line(stack)
         return 0
     names = ", ".join(missing)
-    with make_console().status(f"Starting {names} again..."):
-        asyncio.run(_restart(stack, missing))
-    success(f"Started {names} again (it had stopped running); local stack up at {stack.url}")
+    with make_console().status(f"Starting {names or 'the stack'} again..."):
+        asyncio.run(_restart(stack, seen))
+    if missing:
+        success(f"Started {names} again (it had stopped running); local stack up at {stack.url}")
+    else:
+        success(f"Local stack up at {stack.url}")
+    _api_line(stack)
     return 0
 
 
-async def _restart(stack: LocalStack, names: list[str]) -> None:
-    """Start ``names`` again and wait until the stack is ready and each node among them has
-    registered once more."""
+async def _registrations_before(stack: LocalStack, names: list[str]) -> dict[str, int]:
+    """How often each node among ``names`` has registered so far (none while the log is down:
+    readiness is then the whole wait)."""
+    nodes = [node for name in names if (node := stack.node_of(name)) is not None]
+    if not nodes or SERVER in names:
+        return {}
     client = Client(stack.url, stack.state_dir)
     try:
-        nodes = [node for name in names if (node := stack.node_of(name)) is not None]
-        seen = {node: await _registrations(client, node) for node in nodes}
-        for name in names:
-            stack.start(name)
-        await wait_ready(stack, stack.config, registered_again=seen)
+        return {node: await _registrations(client, node) for node in nodes}
     finally:
         await client.close()
+
+
+async def _restart(stack: LocalStack, seen: dict[str, int]) -> None:
+    """Have the supervisor start at once whatever is down, and wait until the stack is ready
+    and each node of ``seen`` has registered once more."""
+    stack.start_down()
+    await _until_running(stack)
+    await _admin(stack)
+    await wait_ready(stack, stack.config, registered_again=seen)
+
+
+async def _until_running(stack: LocalStack) -> None:
+    deadline = time.monotonic() + _READY_S
+    while missing := stack.missing():
+        if time.monotonic() > deadline:
+            raise StackError(f"{', '.join(missing)} did not start again within {_READY_S:g}s")
+        await asyncio.sleep(_POLL_S)
 
 
 async def _registered(client: Client, seen: dict[str, int]) -> bool:
@@ -141,16 +221,22 @@ async def wait_ready(
     registered more often than the count given."""
     client = Client(stack.url, stack.state_dir)
     deadline = time.monotonic() + _READY_S
+    restarts = {name: record.restarts for name, record in stack.records().items()}
+    key = read_key(stack.state_dir)
     try:
         while True:
-            dead = [name for name, pid in stack.status().items() if pid is None]
-            if dead:
-                tail = stack.log_of(dead[0]).read_text(errors="replace").splitlines()[-5:]
+            records = stack.records()
+            exited = [n for n, r in records.items() if r.restarts > restarts.get(n, r.restarts)]
+            if exited:
                 raise StackError(
-                    f"{', '.join(dead)} exited while starting; its log ends with:\n"
-                    + "\n".join(tail)
+                    f"{', '.join(exited)} exited while starting; its log ends with:\n"
+                    + "\n".join(_tail(stack, exited[0]))
                 )
-            if await ready(client, config) and await _registered(client, registered_again or {}):
+            if (
+                await ready(client, config)
+                and await _registered(client, registered_again or {})
+                and await asyncio.to_thread(api_answers, stack.api_url, key)
+            ):
                 return
             if time.monotonic() > deadline:
                 raise StackError(
@@ -162,6 +248,10 @@ async def wait_ready(
         await client.close()
 
 
+def _tail(stack: LocalStack, name: str) -> list[str]:
+    return stack.log_of(name).read_text(errors="replace").splitlines()[-5:]
+
+
 async def ready(client: Client, config: StackConfig) -> bool:
     leases = await client.redis.exists(keys.scheduler_lease(), keys.log_collector_lease())
     if leases != 2:
@@ -169,6 +259,27 @@ async def ready(client: Client, config: StackConfig) -> bool:
     clusters = await query.utilization(client.redis, [config.cluster])
     nodes = sum(i.nodes for c in clusters for i in c.instances)
     return nodes >= config.nodes
+
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def api_answers(url: str, key: str | None) -> bool:
+    """The API server at ``url`` answers a POST of ``{ __typename }``: with ``key``, as that
+    key's user (200); without one, a refusal (401) is its answer."""
+    request = urllib.request.Request(  # noqa: S310 - the stack's own http:// URL
+        url,
+        data=json.dumps({"query": "{ __typename }"}).encode(),
+        headers={"Content-Type": "application/json", **({"Authorization": key} if key else {})},
+        method="POST",
+    )
+    try:
+        with _NO_PROXY.open(request, timeout=2.0) as response:
+            return bool(response.status == 200)
+    except urllib.error.HTTPError as refused:
+        return key is None and refused.code == 401
+    except (OSError, ValueError):
+        return False
 
 
 def dev_status(args: argparse.Namespace) -> int:
@@ -179,14 +290,50 @@ def dev_status(args: argparse.Namespace) -> int:
         return 1
     config = stack.config
     echo(
-        f"Local stack in {home}: log at {stack.url}; cluster {config.cluster}, "
-        f"{config.nodes} nodes x {config.gpus_per_node} {config.gpu_type} GPUs"
+        f"Local stack in {home}: log at {stack.url}, API at {stack.api_url}; cluster "
+        f"{config.cluster}, {config.nodes} nodes x {config.gpus_per_node} {config.gpu_type} GPUs"
     )
-    table = plain_table("SERVICE", "PID", "STATUS")
-    table.add_row("valkey", str(stack.server.pid or "-"), "Running")
-    for name, pid in stack.status().items():
-        table.add_row(name, str(pid or "-"), "Running" if pid else "Stopped")
+    supervisor = stack.supervisor()
+    table = plain_table("SERVICE", "PID", "STATUS", "RESTARTS", "LAST EXIT")
+    if supervisor is None:
+        table.add_row(SUPERVISOR, "-", "Stopped", "-", "-")
+    else:
+        table.add_row(SUPERVISOR, str(supervisor.pid), "Running", "-", "-")
+    records = stack.records()
+    for name in (SERVER, *stack.services):
+        record = records.get(name, Record())
+        process = record.running()
+        if process is not None:
+            status = "Running"
+        elif record.state == "running":
+            status = "Stopped"  # it ended while no supervisor watched it
+        else:
+            status = _STATES[record.state]
+        table.add_row(
+            name,
+            "-" if process is None else str(process.pid),
+            status,
+            str(record.restarts),
+            record.last_exit or "-",
+        )
     make_console().print(table)
+    if supervisor is None:
+        warn("The stack's supervisor is not running: `mcli dev up` starts it again")
+    return 0
+
+
+def dev_env(args: argparse.Namespace) -> int:
+    home = state_dir()
+    stack = LocalStack.find(home)
+    if stack is None:
+        error(503, _NO_STACK)
+        return 1
+    key = read_key(home)
+    if key is None:
+        error(404, f"no API key in {key_path(home)}: `mcli dev up` issues one")
+        return 1
+    echo(f"export MOSAICML_API_ENDPOINT={shlex.quote(stack.api_url)}")
+    echo(f"export MOSAICML_API_KEY={shlex.quote(key)}")
     return 0
 
 

