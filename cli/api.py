@@ -30,7 +30,9 @@ from tenacity import (
     wait_exponential,
 )
 
-from cli.client import ClientError, Forbidden, NotFound, Refused, Unreachable
+from cli.client import ClientError, Forbidden, NotFound, Refused, Unreachable, state_dir
+from cli.stack import LocalStack
+from cli.stackkey import read_key
 
 ENDPOINT = "MOSAICML_API_ENDPOINT"
 KEY = "MOSAICML_API_KEY"
@@ -142,7 +144,13 @@ def find_api() -> Api:
                 "(`mcli admin keys issue YOUR_NAME`)"
             )
         return Api(endpoint, key)
-    raise Unreachable(
-        f"no runplane API to talk to: set {ENDPOINT} and {KEY} for your deployment "
-        "(`eval $(mcli dev env)` for the local stack)"
-    )
+    stack = LocalStack.find(state_dir())
+    if stack is None:
+        raise Unreachable(
+            f"no runplane to talk to: start a local one with `mcli dev up`, or set {ENDPOINT} "
+            f"and {KEY} to your deployment's API"
+        )
+    key = key or read_key(stack.state_dir)
+    if not key:
+        raise ClientError("the local stack has no admin key: run `mcli dev up` again to make one")
+    return Api(stack.api_url, key)

@@ -18,23 +18,19 @@ from __future__ import annotations
 import contextlib
 import hmac
 import os
-import secrets
 import uuid
 from pathlib import Path
 
 from events.identity import (
-    KEY_ID_ALPHABET,
-    KEY_ID_LENGTH,
     SETUP_ACTOR,
     UserState,
     add_user,
-    fold,
     hash_secret,
     issue_key,
     new_key,
     parse_key,
 )
-from events.model import AnyUserEvent, UserEvent
+from services.api.accounts import draw_key, load_user
 from services.core.store import EventStore
 
 KEY_FILE = "api-key"
@@ -56,16 +52,15 @@ def read_key(state_dir: Path) -> str | None:
 async def ensure_admin(store: EventStore, state_dir: Path, user: str, now_ms: int) -> bool:
     """Make ``user`` an admin with a key in the state directory (see the module); whether a new
     key was issued."""
-    state = await _load_user(store, user)
+    state = await load_user(store, user)
     if state is None:
         added = add_user(None, user, "admin", SETUP_ACTOR, uuid.uuid4().hex)
         await store.append([added], expected_version=0)
-        state = await _load_user(store, user)
+        state = await load_user(store, user)
         assert state is not None
     if _holds(state, read_key(state_dir), now_ms):
         return False
-    key_id = "".join(secrets.choice(KEY_ID_ALPHABET) for _ in range(KEY_ID_LENGTH))
-    key = new_key(key_id, secrets.token_urlsafe(32))
+    key = new_key(*draw_key())
     issued = issue_key(state, key, SETUP_ACTOR, uuid.uuid4().hex, now_ms=now_ms)
     await store.append([issued], expected_version=state.version)
     _write_private(key_path(state_dir), key.presented)
@@ -83,12 +78,6 @@ def _holds(state: UserState, presented: str | None, now_ms: int) -> bool:
         and key.valid_at(now_ms)
         and hmac.compare_digest(key.key_hash, hash_secret(secret))
     )
-
-
-async def _load_user(store: EventStore, name: str) -> UserState | None:
-    history = await store.history(f"user:{name}")
-    events: list[AnyUserEvent] = [r.event for r in history if isinstance(r.event, UserEvent)]
-    return fold(events)
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -53,17 +53,19 @@ def draw_key() -> tuple[str, str]:
     return key_id, secrets.token_urlsafe(32)
 
 
+async def load_user(store: EventStore, name: str) -> UserState | None:
+    """User ``name`` folded from their own history (None: no such user)."""
+    history = await store.history(f"user:{name}")
+    return fold([r.event for r in history if isinstance(r.event, UserEvent)])
+
+
 class Accounts:
     def __init__(self, store: EventStore, directory: Directory) -> None:
         self.store = store
         self.directory = directory
 
     async def user(self, name: str) -> UserState | None:
-        events: list[AnyUserEvent] = []
-        for record in await self.store.history(f"user:{name}"):
-            assert isinstance(record.event, UserEvent)
-            events.append(record.event)
-        return fold(events)
+        return await load_user(self.store, name)
 
     async def users(self) -> list[UserState]:
         """Every user, by name, as of now (the directory caught up with the log)."""
