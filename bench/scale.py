@@ -67,14 +67,15 @@ from bench import placement, workload
 from bench.fleet import Fleet, SharedStore
 from bench.log import append_xadd
 from bench.processes import cpu_s, stop
-from cli.client import Client
 from events import codec, keys
 from events import model as ev
+from events.access import Principal
 from events.codec import Recorded
 from events.errors import IllegalTransition
 from events.lifecycle import RunState, evolve
 from events.spec import RunSpec
 from events.status import RunStatus
+from services.api.runs import RunRequests
 from services.core.aio import wait_event
 from services.core.logging import configure
 from services.core.settings import Settings
@@ -245,8 +246,7 @@ async def _serve(config: Config, url: str, store: SharedStore, tmp: Path, report
         async with _scheduler(url, log_path, store.redis, profile) as scheduler:
             scheduler_cpu = cpu_s(scheduler.pid)  # its start-up (imports) is not the bench
             fleet.expected = config.runs
-            client = Client(url)
-            users = asyncio.create_task(_submit_all(client, specs))
+            users = asyncio.create_task(_submit_all(RunRequests(store), specs))
             try:
                 await _wait_ended(config, fleet, scheduler, users)
                 await users
@@ -254,7 +254,6 @@ async def _serve(config: Config, url: str, store: SharedStore, tmp: Path, report
                 users.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await users
-                await client.close()
             report.cpu_s["scheduler"] = cpu_s(scheduler.pid) - scheduler_cpu
         report.scheduler_terms = log_path.read_text(errors="replace").count('"scheduler.active"')
     report.cpu_s["valkey"] = await _server_cpu_s(store.redis) - server_cpu
@@ -269,14 +268,16 @@ async def _serve(config: Config, url: str, store: SharedStore, tmp: Path, report
         report.scheduler_profile = out.getvalue()
 
 
-async def _submit_all(client: Client, specs: Sequence[RunSpec]) -> None:
+async def _submit_all(requests: RunRequests, specs: Sequence[RunSpec]) -> None:
+    """Submits as the API server decides them (in this process: the bench is the scheduler's)."""
     pending = iter(specs)
+    user = Principal(name="bench@scale", role="user")
 
-    async def user() -> None:
+    async def submits() -> None:
         for spec in pending:
-            await client.submit(spec)
+            await requests.append_submit(user, spec)
 
-    await asyncio.gather(*(user() for _ in range(USERS)))
+    await asyncio.gather(*(submits() for _ in range(USERS)))
 
 
 async def _wait_ended(

@@ -16,7 +16,9 @@ few tries with backoff (503 and connection failures only: the codes the server m
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,11 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential,
 )
+from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
 
-from cli.client import ClientError, Forbidden, NotFound, Refused, Unreachable, state_dir
-from cli.stack import LocalStack
+from cli.errors import ClientError, Forbidden, NotFound, Refused, Unreachable
+from cli.stack import LocalStack, state_dir
 from cli.stackkey import read_key
 
 ENDPOINT = "MOSAICML_API_ENDPOINT"
@@ -39,6 +43,7 @@ KEY = "MOSAICML_API_KEY"
 TOKEN_FILE = "MOSAICML_ACCESS_TOKEN_FILE"  # noqa: S105 - a variable's name
 _TRIES = 4
 _CODES: dict[int, type[ClientError]] = {403: Forbidden, 404: NotFound, 409: Refused}
+_PROTOCOL = "graphql-transport-ws"
 
 
 class _Retry(Exception):
@@ -123,15 +128,52 @@ class Api:
             ) from None
         errors = answer.get("errors") if isinstance(answer, dict) else None
         if errors:
-            first = errors[0]
-            code = int((first.get("extensions") or {}).get("code") or 500)
-            message = "\n".join(str(e.get("message")) for e in errors)
-            if code == 503:
-                raise _Retry(message)
-            error = _CODES.get(code, ClientError)(message)
-            error.code = code
-            raise error
+            raise _error(errors)
         return answer["data"]
+
+    async def subscribe(self, document: str, variables: dict[str, Any]) -> AsyncIterator[Any]:
+        """Each result's ``data`` of a subscription, over ``graphql-transport-ws``, until the
+        server completes it; ``ClientError`` for the server's error."""
+        url = "ws" + self.endpoint.removeprefix("http")
+        try:
+            async with connect(url, subprotocols=[_PROTOCOL], max_size=2**21) as socket:  # type: ignore[list-item]
+                await socket.send(
+                    json.dumps({"type": "connection_init", "payload": {"Authorization": self.key}})
+                )
+                ack = json.loads(await socket.recv())
+                if ack.get("type") != "connection_ack":
+                    raise ClientError(f"{self.endpoint} did not accept the connection: {ack}")
+                payload = {"query": document, "variables": variables}
+                await socket.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
+                async for raw in socket:
+                    message = json.loads(raw)
+                    kind = message.get("type")
+                    if kind == "ping":
+                        await socket.send(json.dumps({"type": "pong"}))
+                    elif kind == "next":
+                        if message["payload"].get("errors"):
+                            raise _error(message["payload"]["errors"])
+                        yield message["payload"]["data"]
+                    elif kind == "error":
+                        raise _error(message["payload"])
+                    elif kind == "complete":
+                        return
+        except (OSError, WebSocketException) as exc:
+            raise Unreachable(
+                f"cannot reach runplane's API at {url} ({exc or type(exc).__name__}): start a "
+                f"local stack with `mcli dev up`, or set {ENDPOINT} to your deployment's API"
+            ) from None
+
+
+def _error(errors: list[dict[str, Any]]) -> ClientError | _Retry:
+    """The error to raise for a GraphQL ``errors`` list: the highest code's kind."""
+    code = max(int((e.get("extensions") or {}).get("code") or 500) for e in errors)
+    message = "\n".join(str(e.get("message")) for e in errors)
+    if code == 503:
+        return _Retry(message)
+    error = _CODES.get(code, ClientError)(message)
+    error.code = code
+    return error
 
 
 def find_api() -> Api:

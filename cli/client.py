@@ -1,195 +1,240 @@
-"""What the mcli command and the SDK share: finding runplane, and carrying out a user's requests.
+"""What the mcli command and the SDK share: runplane's API server, as one client.
 
-Finding the log: ``RUNPLANE_REDIS_URL`` if set, else the local stack recorded under the state
-directory (``RUNPLANE_HOME``, default ``~/.local/state/runplane``), started by ``mcli dev up``.
-Requests are decided by the API server's own rules (``services.api.runs``): one place.
+Every read and request goes to the API server (``cli.api``: found as the real mcli client finds
+it, else the local stack's); nothing here opens the log. The server decides: who the key is,
+whether they may, whether the run's state allows it, what is appended. This client shapes
+requests (MAPI's mutations with ``filters.name``, ``entity`` for ``--all-users``) and turns the
+answers back into the read models' own structs, so folds and views are the projector's.
 """
 
 from __future__ import annotations
 
-import getpass
-import os
-import uuid
-from pathlib import Path
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+import msgspec
 
-from cli.stack import LocalStack
-from events import access, commands, keys
-from events.access import Principal
+from cli.api import Api, find_api
+from cli.errors import ClientError, NotFound
+from events import commands
+from events.access import Action
 from events.codec import Recorded
-from events.lifecycle import RunState
+from events.lifecycle import RunState, fold
+from events.model import AnyRunEvent
 from events.spec import RunSpec
-from services.api.errors import ApiError
-from services.api.runs import RunRequests
-from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from events.status import RunStatus
+from projections.attempts import AttemptRow
+from projections.audit import Entry
+from projections.billing import Report
+from projections.query import ClusterUtilization
+from projections.run_status import RunRow
+from services.api.own import RunSelection, WireRecord
+from services.api.wire import run_input
+
+RunView = tuple[RunRow, list[AttemptRow]]
+_ANSWER = "{ id name status }"
+_CREATE = f"""
+mutation CreateRun($createRunData: CreateRunInput!) {{
+  createRun(createRunData: $createRunData) {_ANSWER}
+}}"""
+#: Each request's mutation: its field, and its argument besides getRunsData (name, type).
+_MUTATIONS: dict[type[commands.Command], tuple[str, tuple[str, str] | None]] = {
+    commands.StopRun: ("stopRuns", ("stopRunsData", "StopRunsInput")),
+    commands.RestartRun: ("startRuns", None),
+    commands.DeleteRun: ("deleteRuns", None),
+    commands.UpdateRun: ("updateRun", ("updateRunData", "UpdateRunInput!")),
+    commands.UpdateMetadata: (
+        "updateRunMetadata",
+        ("updateRunMetadataData", "UpdateRunMetadataInput!"),
+    ),
+}
+_WHOAMI = "query { whoami { name role } }"
+_HISTORY = """
+query History($name: String!, $action: String, $allUsers: Boolean) {
+  runHistory(name: $name, action: $action, allUsers: $allUsers)
+}"""
+_VIEWS = "query Views($selection: JSON!) { runViews(selection: $selection) }"
+_UTILIZATION = "query Util($clusters: [String!]) { utilization(clusters: $clusters) }"
+_BILLING = """
+query Billing($by: String!, $since: Float, $until: Float, $now: Float!, $prices: JSON) {
+  billing(by: $by, since: $since, until: $until, now: $now, prices: $prices)
+}"""
+_AUDIT = """
+query Audit($user: String, $run: String, $since: Float, $until: Float, $limit: Int) {
+  audit(user: $user, run: $run, since: $since, until: $until, limit: $limit)
+}"""
+_LOGS = """
+subscription Logs($getRunLogsInput: GetRunLogsInput!) {
+  getRunLogsV2(getRunLogsInput: $getRunLogsInput) { chunk endOffset }
+}"""
+_WATCH = """
+subscription Watch($watchRunStatusInput: WatchRunStatusInput!) {
+  watchRunStatus(watchRunStatusInput: $watchRunStatusInput)
+}"""
+_EVERYONE = {"organizationIds": ["runplane"]}
 
 
-class ClientError(Exception):
-    """Something the user asked cannot be done; ``str()`` says what and what to do.
-
-    ``code`` is shown as mcli shows the API's status (``✗ Error 404: Run x not found``).
-    """
-
-    code = 400
-
-
-class NotFound(ClientError):
-    code = 404
-
-
-class Refused(ClientError):
-    """The request does not fit the run's state (stop a finished run, restart a running one)."""
-
-    code = 409
-
-
-class Forbidden(ClientError):
-    """The run is another user's (``events.access``)."""
-
-    code = 403
-
-
-def client_error(error: ApiError) -> ClientError:
-    """The CLI's error for the API's answer, with the same code and words."""
-    kinds: dict[int, type[ClientError]] = {404: NotFound, 409: Refused, 403: Forbidden}
-    found = kinds.get(int(error.code), ClientError)(error.message)
-    found.code = int(error.code)
-    return found
-
-
-class Unreachable(ClientError):
-    """runplane's log cannot be reached (no local stack, a server that does not answer)."""
-
-    code = 503
-
-
-def state_dir() -> Path:
-    home = os.environ.get("RUNPLANE_HOME")
-    if home:
-        return Path(home)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "runplane"
-
-
-def current_user() -> str:
-    return os.environ.get("RUNPLANE_USER") or getpass.getuser()
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def find_url() -> tuple[str, Path | None]:
-    """The log's URL and, for the local stack, its state directory."""
-    if url := os.environ.get("RUNPLANE_REDIS_URL"):
-        return url, None
-    stack = LocalStack.find(state_dir())
-    if stack is None:
-        raise Unreachable(
-            "no runplane to talk to: start a local one with `mcli dev up`, "
-            "or set RUNPLANE_REDIS_URL to your deployment's Redis"
-        )
-    return stack.url, stack.state_dir
-
-
-def unreachable_message(url: str, exc: BaseException | None = None) -> str:
-    why = f" ({exc})" if exc is not None and str(exc) else ""
-    return (
-        f"cannot reach runplane's log at {url}{why}: start a local stack with `mcli dev up`, "
-        "or set RUNPLANE_REDIS_URL to your deployment's Redis"
+def _mutation(command: commands.Command) -> tuple[str, dict[str, Any]]:
+    """The document of a request on runs and its variables besides ``getRunsData``."""
+    field, extra = _MUTATIONS[type(command)]
+    declared = f", ${extra[0]}: {extra[1]}" if extra else ""
+    passed = f", {extra[0]}: ${extra[0]}" if extra else ""
+    document = (
+        f"mutation Request($getRunsData: GetRunsInput!{declared}) "
+        f"{{ {field}(getRunsData: $getRunsData{passed}) {_ANSWER} }}"
     )
+    match command:
+        case commands.StopRun():
+            reason = {"reason": command.reason} if command.reason else None
+            return document, {"stopRunsData": reason}
+        case commands.UpdateRun():
+            seconds = None if command.max_duration is None else round(command.max_duration * 3600)
+            data = {
+                "priority": command.priority,
+                "preemptible": command.preemptible,
+                "maxRetries": command.max_retries,
+                "retryOnSystemFailure": command.retry_on_system_failure,
+                "maxDurationSeconds": seconds,
+            }
+            return document, {"updateRunData": {k: v for k, v in data.items() if v is not None}}
+        case commands.UpdateMetadata():
+            return document, {"updateRunMetadataData": {"metadata": command.metadata}}
+        case _:
+            return document, {}
 
 
 class Client:
-    def __init__(self, url: str, stack_dir: Path | None = None) -> None:
-        self.url = url
-        self.stack_dir = stack_dir
-        self.store = EventStore(connect(url), Settings(redis_url=url))
-        self.user = current_user()
-        #: Until the CLI speaks to the API server (issue 13), every user is an admin:
-        #: --all-users is theirs to give.
-        self.admin = True
-        self.principal = Principal(name=self.user, role="admin")
-        self.requests = RunRequests(self.store)
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        #: The key's owner and whether they are an admin, as the server says (``ping``).
+        self.user = ""
+        self.admin = False
 
     @classmethod
     def discover(cls) -> Client:
-        return cls(*find_url())
-
-    @property
-    def redis(self) -> aioredis.Redis:
-        return self.store.redis
-
-    @property
-    def archive_dir(self) -> Path | None:
-        archive = os.environ.get("RUNPLANE_ARCHIVE_DIR")
-        if archive:
-            return Path(archive)
-        return self.stack_dir / "archive" if self.stack_dir else None
+        return cls(find_api())
 
     async def close(self) -> None:
-        await self.store.close()
+        """Nothing to close: each call is its own request."""
+
+    async def ping(self) -> None:
+        """Who the key is (``Unreachable`` unless the API answers, 401 for a bad key)."""
+        who = (await self.api.call(_WHOAMI))["whoami"]
+        self.user, self.admin = who["name"], who["role"] == "admin"
+
+    # --- requests ---------------------------------------------------------------------
 
     async def submit(self, spec: RunSpec) -> tuple[str, str]:
         """Submit a new run; returns its run id and unique name."""
-        try:
-            row, _ = await self.requests.submit(self.principal, spec)
-        except ApiError as error:
-            raise client_error(error) from None
-        return row.run_uid, row.name
+        data = await self.api.call(_CREATE, {"createRunData": {"runInput": run_input(spec)}})
+        [run] = data["createRun"]
+        return run["id"], run["name"]
 
-    async def resolve(self, run: str) -> str:
-        """The run id of a run name (or of a run id)."""
-        run_id = await self.redis.get(keys.run_name(run))
-        if isinstance(run_id, bytes):
-            return run_id.decode()
-        if await self.store.load_run(run) is not None:
-            return run
-        raise NotFound(f"Run {run} not found")
+    async def request(self, run: str, command: commands.Command, *, all_users: bool = False) -> str:
+        """Carry out a stop, restart, delete or update of ``run`` (another user's with
+        ``all_users``); the run's name. ``ClientError`` if the server refuses it."""
+        document, variables = _mutation(command)
+        selection: dict[str, Any] = {"filters": {"name": {"in": [run]}}}
+        if all_users:
+            selection["entity"] = _EVERYONE
+        data = await self.api.call(document, {"getRunsData": selection, **variables})
+        [answer] = next(iter(data.values()))
+        return str(answer["name"])
 
-    async def ping(self) -> None:
-        """``Unreachable`` unless the log's server answers."""
-        try:
-            await self.redis.ping()
-        except (RedisError, OSError) as exc:
-            raise Unreachable(unreachable_message(self.url, exc)) from None
+    # --- reads ------------------------------------------------------------------------
 
-    async def history(self, run: str) -> tuple[str, list[Recorded]]:
-        """The run id of ``run`` (name or id) and every event of its own history, in order."""
-        run_id = await self.resolve(run)
-        records = await self.store.history(f"run:{run_id}")
+    async def history(
+        self, run: str, action: Action = Action.DESCRIBE, *, all_users: bool = True
+    ) -> tuple[str, list[Recorded]]:
+        """The run id of ``run`` (name or id) and every event of its own history, in order, if
+        this user may ``action`` it (another user's takes ``all_users``)."""
+        variables = {"name": run, "action": action.name, "allUsers": all_users}
+        data = await self.api.call(_HISTORY, variables)
+        records = [msgspec.convert(r, WireRecord).recorded() for r in data["runHistory"]]
         if not records:
             raise NotFound(f"Run {run} not found")
-        return run_id, records
+        event = records[0].event
+        return str(getattr(event, "run_id", run)), records
 
     async def state(self, run: str) -> RunState:
-        run_id = await self.resolve(run)
-        state = await self.store.load_run(run_id)
+        _, records = await self.history(run)
+        events: list[AnyRunEvent] = [r.event for r in records]  # type: ignore[misc]
+        state = fold(events)
         if state is None:
             raise NotFound(f"Run {run} not found")
         return state
 
-    def allow(self, action: access.Action, run: str, owner: str, *, all_users: bool) -> None:
-        """``Forbidden`` unless this user may ``action`` the run ``owner`` submitted."""
-        try:
-            RunRequests.authorize(self.principal, action, run, owner, all_users=all_users)
-        except ApiError as error:
-            raise client_error(error) from None
+    async def views(self, selection: RunSelection) -> list[RunView]:
+        """Runs newest first with their attempts, as the projector has them."""
+        data = await self.api.call(_VIEWS, {"selection": msgspec.to_builtins(selection)})
+        return [
+            (msgspec.convert(v["row"], RunRow), msgspec.convert(v["attempts"], list[AttemptRow]))
+            for v in data["runViews"]
+        ]
 
-    async def request(
-        self, run: str, command: commands.Command, *, all_users: bool = False
-    ) -> RunState:
-        """Carry out a stop, restart, delete or update of a run this user may act on (another
-        user's with ``all_users``); ``ClientError`` if it is refused."""
-        try:
-            views = await self.requests.carry_out(
-                self.principal, [run], command, all_users=all_users
-            )
-        except ApiError as error:
-            raise client_error(error) from None
-        state = await self.store.load_run(views[0][0].run_uid)
-        assert state is not None
-        return state
+    async def utilization(self, clusters: list[str] | None = None) -> list[ClusterUtilization]:
+        data = await self.api.call(_UTILIZATION, {"clusters": clusters})
+        return msgspec.convert(data["utilization"], list[ClusterUtilization])
+
+    async def billing(
+        self,
+        by: str,
+        *,
+        window: tuple[int, int] | None,
+        now: int,
+        prices: dict[str, str] | None,
+    ) -> tuple[Report, dict[str, str]]:
+        """The bill grouped ``by``, and the names of its runs (by run id) when by run."""
+        since, until = window if window is not None else (None, None)
+        variables = {"by": by, "since": since, "until": until, "now": now, "prices": prices}
+        data = (await self.api.call(_BILLING, variables))["billing"]
+        return msgspec.convert(data["report"], Report), dict(data["names"])
+
+    async def audit(
+        self,
+        *,
+        user: str | None,
+        run: str | None,
+        window: tuple[int, int] | None,
+        limit: int,
+    ) -> list[Entry]:
+        since, until = window if window is not None else (None, None)
+        variables = {"user": user, "run": run, "since": since, "until": until, "limit": limit}
+        data = await self.api.call(_AUDIT, variables)
+        return msgspec.convert(data["audit"], list[Entry])
+
+    async def output(
+        self,
+        run: str,
+        attempt: int,
+        rank: int | None,
+        *,
+        failed: bool = False,
+        tail: int | None = None,
+        follow: bool = False,
+    ) -> AsyncIterator[bytes]:
+        """A rank's output as the server streams it (``getRunLogsV2``): raw bytes, to the end
+        of what there is, or with ``follow`` until the resumption ends."""
+        asked: dict[str, Any] = {
+            "name": run,
+            "attemptIndex": attempt,
+            "follow": follow,
+            "failed": failed,
+            "offset": 0,
+        }
+        if rank is not None:
+            asked["nodeRank"] = rank
+        if tail is not None:
+            asked["tail"] = tail
+        async for data in self.api.subscribe(_LOGS, {"getRunLogsInput": asked}):
+            yield base64.b64decode(data["getRunLogsV2"]["chunk"])
+
+    async def statuses(self, run: str) -> AsyncIterator[RunStatus]:
+        """The run's status now, then each change, until it is terminal."""
+        variables = {"watchRunStatusInput": {"name": run}}
+        async for data in self.api.subscribe(_WATCH, variables):
+            yield RunStatus(data["watchRunStatus"])
+
+
+__all__ = ["Client", "ClientError", "NotFound", "RunView"]

@@ -12,14 +12,16 @@ none either, and says so.
 from __future__ import annotations
 
 import asyncio
+import codecs
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from cli.client import Client, ClientError
+from cli.client import Client
+from cli.errors import ClientError
 from cli.models import Run
 from cli.reads import fetch_run
 from events.status import RunStatus
-from services.output import reading, selection
+from services.output import selection
 
 S = RunStatus
 _POLL_S = 0.5
@@ -39,9 +41,13 @@ class UsageError(ClientError):
 
 @dataclass(frozen=True)
 class LogTarget:
+    """The output to show: a resumption of a run, and its rank (None: the server picks the
+    first that failed, as ``failed`` asks, else rank 0)."""
+
     run: Run
     attempt: int
-    rank: int
+    rank: int | None
+    failed: bool = False
 
     @property
     def run_id(self) -> str:
@@ -92,8 +98,7 @@ def unscheduled_notice(run: Run, attempt: int) -> str | None:
     return None
 
 
-async def choose(
-    client: Client,
+def choose(
     run: Run,
     *,
     rank: int | None = None,
@@ -101,60 +106,59 @@ async def choose(
     resumption: int | None = None,
     prev: bool = False,
 ) -> LogTarget:
-    """The output to show; ``NoLogs`` (with the message to show) when there is none."""
+    """The output to show; ``NoLogs`` (with the message to show) when there is none. The API
+    server picks the rank of a ``failed`` target (``services.output.selection``) and refuses a
+    rank the resumption does not have."""
     check_args(rank, failed, resumption, prev)
     attempt = attempt_of(run, resumption, prev)
     notice = unscheduled_notice(run, attempt)
     if notice is not None:
         raise NoLogs(notice)
-    resumption_ = run.resumptions[attempt]
-    try:
-        chosen = await selection.node_rank(
-            client.redis,
-            run.name,
-            run.run_uid,
-            attempt,
-            resumption_.node_count,
-            rank=rank,
-            failed=failed or resumption_.status is S.FAILED,
-            folded_failure=(
-                run.first_failed_rank if attempt == run.latest_resumption.index else None
-            ),
-        )
-    except selection.NoSuchOutput as error:
-        raise ClientError(str(error)) from None
-    if chosen is None and failed:
+    chosen = run.resumptions[attempt]
+    known_failure = run.first_failed_rank if attempt == run.latest_resumption.index else None
+    if failed and chosen.status is not S.FAILED and known_failure is None:
         raise ClientError(
             f"Run {run.name} resumption {attempt} has no failed rank "
-            f"({resumption_.status.display_name}): use --rank N instead of --failed"
+            f"({chosen.status.display_name}): use --rank N instead of --failed"
         )
-    return LogTarget(run, attempt, chosen or 0)
+    return LogTarget(run, attempt, rank, failed=failed or chosen.status is S.FAILED)
+
+
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """Whole lines of a byte stream (a character split across chunks is carried over)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+    async for chunk in chunks:
+        pending += decoder.decode(chunk)
+        *complete, pending = pending.split("\n")
+        for line in complete:
+            yield line + "\n"
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        yield pending
+
+
+def _output(
+    client: Client, target: LogTarget, tail: int | None, *, follow: bool
+) -> AsyncIterator[bytes]:
+    return client.output(
+        target.run.name,
+        target.attempt,
+        target.rank,
+        failed=target.failed and target.rank is None,
+        tail=tail,
+        follow=follow,
+    )
 
 
 async def read(client: Client, target: LogTarget, tail: int | None = None) -> list[str]:
-    lines = await reading.read_lines(
-        client.redis, client.archive_dir, target.run_id, target.attempt, target.rank, tail=tail
-    )
-    return [line.render() + "\n" for line in lines]
+    return [line async for line in _lines(_output(client, target, tail, follow=False))]
 
 
 async def follow(client: Client, target: LogTarget, tail: int | None = None) -> AsyncIterator[str]:
     """The lines so far, then each new one, until the resumption is terminal."""
-
-    async def finished() -> bool:
-        state = await client.state(target.run_id)
-        return state.attempts[target.attempt].status.is_terminal()
-
-    async for line in reading.follow_lines(
-        client.redis,
-        client.archive_dir,
-        target.run_id,
-        target.attempt,
-        target.rank,
-        is_finished=finished,
-        tail=tail,
-    ):
-        yield line.render() + "\n"
+    async for line in _lines(_output(client, target, tail, follow=True)):
+        yield line
 
 
 async def wait_scheduled(client: Client, run: Run, attempt: int) -> Run:

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 
 from redis.exceptions import RedisError
 
-from cli.client import ClientError, Unreachable, find_url, state_dir, unreachable_message
 from cli.commands import accounts, admin, describe, dev, get, logs, manage, run, util
 from cli.commands.common import error
+from cli.errors import ClientError, Unreachable
 from cli.logsel import UsageError
-from cli.stack import StackError, logs_dir
+from cli.stack import StackError, logs_dir, state_dir
 from events.config import ConfigError
 from services.core.errors import StoreUnavailable
 from services.core.logging import configure_aside
@@ -66,19 +66,16 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
     except BrokenPipeError:  # `mcli ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (StoreUnavailable, RedisError, ConnectionError) as exc:
-        error(Unreachable.code, unreachable_message(_url(), exc))
+    except (StoreUnavailable, RedisError, ConnectionError) as exc:  # an operator's command
+        error(
+            Unreachable.code,
+            f"cannot reach runplane's log ({exc}): start a local stack with `mcli dev up`, "
+            "or set RUNPLANE_REDIS_URL to your deployment's Valkey",
+        )
         return 1
     except KeyboardInterrupt:
         return 130
     return code
-
-
-def _url() -> str:
-    try:
-        return find_url()[0]
-    except ClientError:
-        return "(none)"
 
 
 def run_main() -> None:

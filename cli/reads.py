@@ -12,12 +12,14 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, replace
 
-from cli.client import Client, NotFound
+from cli.client import Client
+from cli.errors import NotFound
 from cli.models import Run, build_run
 from events.access import Action
 from events.fit import unknown_cluster
 from events.status import RunStatus
 from projections import query
+from services.api.own import RunSelection
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -74,9 +76,12 @@ def has_glob(pattern: str) -> bool:
     return bool(_GLOB_CHARS & set(pattern))
 
 
-async def fetch_run(client: Client, run: str) -> Run:
-    """The run named ``run`` (name or run_uid), folded now from its own history."""
-    run_id, records = await client.history(run)
+async def fetch_run(
+    client: Client, run: str, action: Action = Action.DESCRIBE, *, all_users: bool = True
+) -> Run:
+    """The run named ``run`` (name or run_uid), folded now from its own history; the server
+    refuses it unless this user may ``action`` it (another user's takes ``all_users``)."""
+    run_id, records = await client.history(run, action, all_users=all_users)
     folded = query.fold_run(run_id, records)
     if folded is None:
         raise NotFound(f"Run {run} not found")
@@ -86,48 +91,39 @@ async def fetch_run(client: Client, run: str) -> Run:
 async def named_run(client: Client, run: str, action: Action, *, all_users: bool) -> Run:
     """The run named ``run`` (as ``fetch_run``), if this user may ``action`` it
     (``Forbidden`` if it is another user's, unless ``all_users``)."""
-    found = await fetch_run(client, run)
-    client.allow(action, found.name, found.created_by, all_users=all_users)
-    return found
+    return await fetch_run(client, run, action, all_users=all_users)
 
 
 async def list_runs(client: Client, filters: RunFilters) -> list[Run]:
     """Runs newest first, as the projector has them, filtered; at most ``filters.limit``."""
-    user = filters.user or (None if filters.all_users else client.user)
-    limit = filters.limit
-    found: list[Run] = []
-    cursor: str | None = None
-    while True:
-        page = await query.list_runs(
-            client.redis,
-            user=user,
-            cluster=filters.cluster,
-            statuses=filters.statuses,
-            names=list(filters.names) or None,
-            gpu_type=filters.gpu_type,
-            after=filters.after,
-            before=filters.before,
-            include_deleted=filters.include_deleted,
-            limit=200 if limit is None else max(limit, 1),
-            cursor=cursor,
-        )
-        for row in page.runs:
-            if filters.gpu_num is not None and row.gpus != filters.gpu_num:
-                continue
-            found.append(build_run(row, await query.attempts(client.redis, row.run_uid)))
-            if limit is not None and len(found) >= limit:
-                return found
-        cursor = page.next_cursor
-        if cursor is None:
-            return found
+    selection = RunSelection(
+        names=list(filters.names),
+        cluster=filters.cluster,
+        before=filters.before,
+        after=filters.after,
+        gpu_type=filters.gpu_type,
+        gpu_num=filters.gpu_num,
+        statuses=sorted(filters.statuses) if filters.statuses is not None else None,
+        user=filters.user,
+        all_users=filters.all_users,
+        include_deleted=filters.include_deleted,
+        limit=filters.limit,
+    )
+    return [build_run(row, attempts) for row, attempts in await client.views(selection)]
 
 
 async def select_runs(
-    client: Client, patterns: list[str], filters: RunFilters, *, every: bool
+    client: Client,
+    patterns: list[str],
+    filters: RunFilters,
+    *,
+    every: bool,
+    action: Action = Action.DESCRIBE,
 ) -> list[Run]:
-    """The runs a stop or delete applies to: named ones (each must exist, and is kept even if
-    deleted or another user's: the caller checks both), the ones matching globs or filters,
-    or ``every`` run of the user's (of every user with ``all_users``)."""
+    """The runs a stop or delete (``action``) applies to: named ones (each must exist and be
+    this user's to ``action``, which the server says before anything is asked; kept even if
+    deleted: the caller checks), the ones matching globs or filters, or ``every`` run of the
+    user's (of every user with ``all_users``)."""
     exact = [p for p in patterns if not has_glob(p)]
     globs = tuple(p for p in patterns if has_glob(p))
     unlimited = replace(filters, limit=None, names=())
@@ -135,7 +131,7 @@ async def select_runs(
     named = replace(unlimited, all_users=True, include_deleted=True)
     chosen: dict[str, Run] = {}
     for name in exact:
-        run = await fetch_run(client, name)
+        run = await fetch_run(client, name, action, all_users=filters.all_users)
         if named.keeps(run, client.user):
             chosen[run.run_uid] = run
     if globs or every or (not exact and filters.narrows):
@@ -167,7 +163,7 @@ async def clusters(
 ) -> list[query.ClusterUtilization]:
     """Utilization of every cluster with registered nodes (or of ``names``; unknown ones are
     an error that lists the known ones)."""
-    known = [c for c in await query.utilization(client.redis) if c.instances]
+    known = [c for c in await client.utilization() if c.instances]
     if names:
         missing = [n for n in names if n not in {c.cluster for c in known}]
         if missing:

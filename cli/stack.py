@@ -22,6 +22,7 @@ log-collector, the API server and one node-agent per simulated node. Invariants:
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import signal
 import subprocess
@@ -56,6 +57,36 @@ _POLL_S = 0.02
 
 class StackError(RuntimeError):
     """The stack could not be started, found or stopped; the message says what to do."""
+
+
+def state_dir() -> Path:
+    """The local stack's state directory: ``RUNPLANE_HOME``, else ``runplane`` under
+    ``XDG_STATE_HOME`` (default ``~/.local/state``)."""
+    home = os.environ.get("RUNPLANE_HOME")
+    if home:
+        return Path(home)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "runplane"
+
+
+def current_user() -> str:
+    """Who runs ``mcli dev up``: the local stack's admin (``RUNPLANE_USER``, else the login
+    name). Only the stack's setup reads it; every request is its key's owner's."""
+    return os.environ.get("RUNPLANE_USER") or getpass.getuser()
+
+
+def find_url() -> str:
+    """The log's URL for an operator's command (``mcli dev``, ``mcli projections rebuild``):
+    ``RUNPLANE_REDIS_URL``, else the local stack's server."""
+    if url := os.environ.get("RUNPLANE_REDIS_URL"):
+        return url
+    stack = LocalStack.find(state_dir())
+    if stack is None:
+        raise StackError(
+            "no runplane log to work on: start a local stack with `mcli dev up`, "
+            "or set RUNPLANE_REDIS_URL to your deployment's Valkey"
+        )
+    return stack.url
 
 
 class LocalStack:
@@ -245,7 +276,11 @@ class LocalStack:
             ServiceSpec(
                 "api",
                 "services.api",
-                {"RUNPLANE_API_HOST": HOST, "RUNPLANE_API_PORT": str(self.api_port)},
+                {
+                    "RUNPLANE_API_HOST": HOST,
+                    "RUNPLANE_API_PORT": str(self.api_port),
+                    "RUNPLANE_ARCHIVE_DIR": str(self.state_dir / "archive"),
+                },
             ),
         ]
         for n in range(config.nodes):

@@ -9,6 +9,7 @@ per GPU-hour from ``RUNPLANE_GPU_PRICES`` (JSON, e.g. ``{"a100_80gb": "2.5"}``) 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import json
 import os
@@ -19,17 +20,19 @@ from typing import Any
 import msgspec
 from rich.console import Group
 
-from cli.client import Client, ClientError
+from cli.client import Client
 from cli.commands.common import add_all_users, echo, moment, positive, success, with_client
+from cli.errors import ClientError
 from cli.models import now_ms, to_datetime
 from cli.reads import named_run
 from cli.render import make_console, plain_table, when
+from cli.stack import find_url
 from events.access import Action
 from events.codec import Recorded
 from events.model import tag_of
 from events.usage import HOUR_MS
 from projections import catalog, query
-from projections.billing import DIMENSIONS, Line, Report
+from projections.billing import DIMENSIONS, Report
 from projections.lanes import LaneFailed
 from services.projector.lanes import rebuild_many
 
@@ -77,16 +80,17 @@ def register(subparsers: Any) -> None:
         type=positive,
         help="processes to spread the projections over (default: one per core)",
     )
-    again.set_defaults(handler=with_client(rebuild_projections))
+    again.set_defaults(handler=rebuild_projections)
 
 
-def prices() -> dict[str, Decimal]:
+def prices() -> dict[str, str]:
+    """The prices per GPU-hour the user gives (``RUNPLANE_GPU_PRICES``), checked."""
     text = os.environ.get("RUNPLANE_GPU_PRICES")
     if not text:
         return {}
     try:
         raw = json.loads(text)
-        return {str(k): Decimal(str(v)) for k, v in raw.items()}
+        return {str(k): str(Decimal(str(v))) for k, v in raw.items()}
     except (ValueError, AttributeError, InvalidOperation):
         raise ClientError(
             'RUNPLANE_GPU_PRICES must be JSON like {"a100_80gb": "2.5"} (price per GPU-hour)'
@@ -101,10 +105,9 @@ def _window(args: argparse.Namespace, now: int) -> tuple[int, int] | None:
 
 async def billing_report(args: argparse.Namespace, client: Client) -> int:
     now = now_ms()
-    report = await query.billing_report(
-        client.redis, args.by, window=_window(args, now), now=now, prices=prices() or None
+    report, names = await client.billing(
+        args.by, window=_window(args, now), now=now, prices=prices() or None
     )
-    names = await _run_names(client, report.lines) if args.by == "run" else {}
     rows = [
         {
             args.by: names.get(line.key, line.key),
@@ -186,27 +189,14 @@ def billing_table(report: Report, by: str, names: dict[str, str]) -> Group:
     return Group(table, *notes)
 
 
-async def _run_names(client: Client, lines: list[Line]) -> dict[str, str]:
-    names = {}
-    for line in lines:
-        row = await query.get_run(client.redis, line.key)
-        if row is not None:
-            names[line.key] = row.name
-    return names
-
-
 async def audit_trail(args: argparse.Namespace, client: Client) -> int:
     run_uid = None
     if args.run is not None:  # an unknown run is a 404, another user's needs --all-users
         run_uid = (
             await named_run(client, args.run, Action.AUDIT, all_users=args.all_users)
         ).run_uid
-    entries = await query.audit(
-        client.redis,
-        user=args.user,
-        run=run_uid,
-        window=_window(args, now_ms()),
-        limit=args.limit,
+    entries = await client.audit(
+        user=args.user, run=run_uid, window=_window(args, now_ms()), limit=args.limit
     )
     if args.output == "json":
         echo(json.dumps(query.to_builtins(entries)))
@@ -256,8 +246,7 @@ def event_json(record: Recorded) -> dict[str, Any]:
 
 
 async def run_events(args: argparse.Namespace, client: Client) -> int:
-    run = await named_run(client, args.run, Action.EVENTS, all_users=args.all_users)
-    _, records = await client.history(run.run_uid)
+    _, records = await client.history(args.run, Action.EVENTS, all_users=args.all_users)
     if args.output == "json":
         echo(json.dumps([event_json(record) for record in records]))
         return 0
@@ -266,11 +255,14 @@ async def run_events(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
-async def rebuild_projections(args: argparse.Namespace, client: Client) -> int:
+def rebuild_projections(args: argparse.Namespace) -> int:
+    """An operator's command: it works on the log itself (``RUNPLANE_REDIS_URL``, or the local
+    stack's), as the projector does."""
     names = [args.name] if args.name else list(catalog.NAMES)
+    url = find_url()
     with make_console().status(f"Rebuilding {', '.join(names)} from the whole log..."):
         try:
-            built = await rebuild_many(client.url, names, now_ms=now_ms(), lanes=args.lanes)
+            built = asyncio.run(rebuild_many(url, names, now_ms=now_ms(), lanes=args.lanes))
         except LaneFailed as exc:
             again = " ".join(f"`mcli projections rebuild {name}`" for name in exc.names)
             raise ClientError(f"{exc}; readers still read their old builds; run {again}") from None

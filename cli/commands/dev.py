@@ -30,18 +30,22 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from cli.client import Client, Refused, current_user, state_dir
+from cli.api import Api
+from cli.client import Client
 from cli.commands.common import echo, error, positive, success, warn
+from cli.errors import Refused
 from cli.models import Run, now_ms
 from cli.reads import RunFilters, fetch_run, list_runs
 from cli.render import make_console, plain_table
-from cli.stack import LocalStack, StackConfig, StackError
+from cli.stack import LocalStack, StackConfig, StackError, current_user, state_dir
 from cli.stackfiles import SERVER, SUPERVISOR, Record
 from cli.stackkey import ensure_admin, key_path, read_key
 from events import commands, keys
 from events.model import NodeRegistered
 from events.status import RunStatus
 from projections import query
+from services.core.settings import Settings
+from services.core.store import EventStore, connect
 
 _READY_S = 90.0
 _POLL_S = 0.2
@@ -138,11 +142,11 @@ def _api_line(stack: LocalStack) -> None:
 
 async def _admin(stack: LocalStack) -> None:
     """The user who runs ``up`` is the stack's admin, with a key (``cli.stackkey``)."""
-    client = Client(stack.url, stack.state_dir)
+    store = operator_store(stack)
     try:
-        await ensure_admin(client.store, stack.state_dir, current_user(), now_ms())
+        await ensure_admin(store, stack.state_dir, current_user(), now_ms())
     finally:
-        await client.close()
+        await store.close()
 
 
 def _start_missing(stack: LocalStack) -> int:
@@ -176,11 +180,11 @@ async def _registrations_before(stack: LocalStack, names: list[str]) -> dict[str
     nodes = [node for name in names if (node := stack.node_of(name)) is not None]
     if not nodes or SERVER in names:
         return {}
-    client = Client(stack.url, stack.state_dir)
+    store = operator_store(stack)
     try:
-        return {node: await _registrations(client, node) for node in nodes}
+        return {node: await _registrations(store, node) for node in nodes}
     finally:
-        await client.close()
+        await store.close()
 
 
 async def _restart(stack: LocalStack, seen: dict[str, int]) -> None:
@@ -200,18 +204,16 @@ async def _until_running(stack: LocalStack) -> None:
         await asyncio.sleep(_POLL_S)
 
 
-async def _registered(client: Client, seen: dict[str, int]) -> bool:
+async def _registered(store: EventStore, seen: dict[str, int]) -> bool:
     """Each node of ``seen`` registered more often than ``seen`` says."""
     for node, count in seen.items():
-        if await _registrations(client, node) <= count:
+        if await _registrations(store, node) <= count:
             return False
     return True
 
 
-async def _registrations(client: Client, node: str) -> int:
-    return sum(
-        isinstance(r.event, NodeRegistered) for r in await client.store.history(f"node:{node}")
-    )
+async def _registrations(store: EventStore, node: str) -> int:
+    return sum(isinstance(r.event, NodeRegistered) for r in await store.history(f"node:{node}"))
 
 
 async def wait_ready(
@@ -219,7 +221,7 @@ async def wait_ready(
 ) -> None:
     """Until the stack is ready (see the module), and each node of ``registered_again`` has
     registered more often than the count given."""
-    client = Client(stack.url, stack.state_dir)
+    store = operator_store(stack)
     deadline = time.monotonic() + _READY_S
     restarts = {name: record.restarts for name, record in stack.records().items()}
     key = read_key(stack.state_dir)
@@ -233,8 +235,8 @@ async def wait_ready(
                     + "\n".join(_tail(stack, exited[0]))
                 )
             if (
-                await ready(client, config)
-                and await _registered(client, registered_again or {})
+                await ready(store, config)
+                and await _registered(store, registered_again or {})
                 and await asyncio.to_thread(api_answers, stack.api_url, key)
             ):
                 return
@@ -245,18 +247,23 @@ async def wait_ready(
                 )
             await asyncio.sleep(_POLL_S)
     finally:
-        await client.close()
+        await store.close()
+
+
+def operator_store(stack: LocalStack) -> EventStore:
+    """The stack's log, as its operator works on it (readiness, the admin's key)."""
+    return EventStore(connect(stack.url), Settings(redis_url=stack.url))
 
 
 def _tail(stack: LocalStack, name: str) -> list[str]:
     return stack.log_of(name).read_text(errors="replace").splitlines()[-5:]
 
 
-async def ready(client: Client, config: StackConfig) -> bool:
-    leases = await client.redis.exists(keys.scheduler_lease(), keys.log_collector_lease())
+async def ready(store: EventStore, config: StackConfig) -> bool:
+    leases = await store.redis.exists(keys.scheduler_lease(), keys.log_collector_lease())
     if leases != 2:
         return False
-    clusters = await query.utilization(client.redis, [config.cluster])
+    clusters = await query.utilization(store.redis, [config.cluster])
     nodes = sum(i.nodes for c in clusters for i in c.instances)
     return nodes >= config.nodes
 
@@ -370,7 +377,7 @@ def _end_wait_s(stack: LocalStack) -> float:
 async def stop_runs(stack: LocalStack) -> tuple[list[Run], list[Run]]:
     """Stop every run that is not finished, of every user, and wait until each has ended;
     the runs asked to stop (as they were), and those that had not ended in time."""
-    client = Client(stack.url, stack.state_dir)
+    client = Client(Api(stack.api_url, read_key(stack.state_dir) or ""))
     try:
         filters = RunFilters(all_users=True, statuses=_UNFINISHED, limit=None)
         unfinished = await list_runs(client, filters)

@@ -41,8 +41,7 @@ async def logs(args: argparse.Namespace, client: Client) -> int:
             warn(notice)
             run = await wait_scheduled(client, run, attempt)
     try:
-        target = await choose(
-            client,
+        target = choose(
             run,
             rank=args.rank,
             failed=args.failed,

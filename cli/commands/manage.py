@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cli.client import Client, NotFound, Refused, client_error
+from cli.client import Client
 from cli.commands.common import (
     add_all_users,
     add_filters,
@@ -24,6 +24,7 @@ from cli.commands.common import (
     with_client,
 )
 from cli.commands.options import add_scheduling, scheduling_of
+from cli.errors import NotFound, Refused
 from cli.logsel import UsageError
 from cli.models import Run
 from cli.reads import select_runs
@@ -62,13 +63,12 @@ async def _select(args: argparse.Namespace, client: Client, action: Action) -> l
     filters = filters_from(args)
     if not args.runs and not args.all and not filters.narrows:
         raise UsageError("name the runs (names or globs), give filters, or use --all")
-    runs = await select_runs(client, list(args.runs), filters, every=args.all)
+    runs = await select_runs(client, list(args.runs), filters, every=args.all, action=action)
     if not runs:
         raise NotFound("No runs found matching the given names and filters")
     for run in runs:
-        client.allow(action, run.name, run.created_by, all_users=args.all_users)
         if run.is_deleted:
-            raise client_error(deleted(run.name))
+            raise Refused(deleted(run.name).message)
     return runs
 
 
@@ -134,7 +134,7 @@ async def update_run(args: argparse.Namespace, client: Client) -> int:
             "or --retry-on-system-failure"
         )
     update = commands.UpdateRun(actor=client.user, **changes)
-    state = await client.request(args.run, update, all_users=args.all_users)
+    name = await client.request(args.run, update, all_users=args.all_users)
     shown = ", ".join(f"{k}={v}" for k, v in changes.items() if v is not None)
-    success(f"Updated run {state.name}: {shown}")
+    success(f"Updated run {name}: {shown}")
     return 0

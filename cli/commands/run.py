@@ -115,18 +115,18 @@ async def restart(client: Client, run: str, overrides: dict[str, Any], *, all_us
         names = ", ".join("--" + k.rpartition(".")[2].replace("_", "-") for k in fixed)
         raise ClientError(f"{names} cannot change on a restart: use --clone {run} instead")
     changes = {k.partition(".")[2]: v for k, v in overrides.items() if v is not None}
-    state = await client.state(run)
-    client.allow(Action.RESTART, state.name, state.created_by, all_users=all_users)
-    if not state.latest.status.is_terminal():
+    found = await fetch_run(client, run, Action.RESTART, all_users=all_users)
+    status = found.latest_resumption.status
+    if not status.is_terminal():
         raise ClientError(
-            f"Run {state.name} is {state.latest.status.display_name}: stop it first "
-            f"(`mcli stop run {state.name}`), then restart it"
+            f"Run {found.name} is {status.display_name}: stop it first "
+            f"(`mcli stop run {found.name}`), then restart it"
         )
     if changes:
         update = commands.UpdateRun(actor=client.user, **changes)
         await client.request(run, update, all_users=all_users)
     await client.request(run, commands.RestartRun(actor=client.user), all_users=all_users)
-    return state.name
+    return found.name
 
 
 async def follow_run(client: Client, name: str) -> int:
@@ -175,7 +175,7 @@ def _ran(resumption: Resumption) -> bool:
 
 async def _output(client: Client, run: Run, index: int) -> None:
     try:
-        target = await choose(client, run, resumption=index)
+        target = choose(run, resumption=index)
     except NoLogs as notice:
         warn(str(notice))
         return

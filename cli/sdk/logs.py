@@ -31,12 +31,10 @@ class _Pick:
         self.name = run.run_uid if isinstance(run, Run) else run
         self.failed, self.resumption = failed, resumption
 
-    async def target(self, client: Client, run: Run) -> LogTarget | None:
+    def target(self, run: Run) -> LogTarget | None:
         """The rank's lines to read; None where the run has none (not scheduled yet)."""
         try:
-            return await choose(
-                client, run, rank=self.rank, failed=self.failed, resumption=self.resumption
-            )
+            return choose(run, rank=self.rank, failed=self.failed, resumption=self.resumption)
         except NoLogs:
             return None
 
@@ -55,7 +53,7 @@ def get_run_logs(
     pick = _Pick(run, rank, node_rank, failed, resumption)
 
     async def work(client: Client) -> AsyncIterator[str]:
-        target = await pick.target(client, await fetch_run(client, pick.name))
+        target = pick.target(await fetch_run(client, pick.name))
         if target is not None:
             for line in await read(client, target, tail):
                 yield line
@@ -80,7 +78,7 @@ def follow_run_logs(
     async def work(client: Client) -> AsyncIterator[str]:
         current = await fetch_run(client, pick.name)
         attempt = current.latest_resumption.index if resumption is None else resumption
-        target = await pick.target(client, await wait_scheduled(client, current, attempt))
+        target = pick.target(await wait_scheduled(client, current, attempt))
         if target is not None:
             async for line in follow(client, target, tail):
                 yield line

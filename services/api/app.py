@@ -44,7 +44,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
 from events.identity import Unauthenticated
-from services.api import admin, subscriptions
+from services.api import admin, own, subscriptions
 from services.api.accounts import Accounts
 from services.api.context import Context
 from services.api.errors import ApiError, BadRequest, TooLarge
@@ -66,7 +66,7 @@ log = structlog.get_logger("services.api")
 
 def schema() -> GraphQLSchema:
     query, mutation = QueryType(), MutationType()
-    for field, resolver in (READS | admin.QUERIES).items():
+    for field, resolver in (READS | admin.QUERIES | own.QUERIES).items():
         query.set_field(field, resolver)
     for field, resolver in (MUTATIONS | admin.MUTATIONS).items():
         mutation.set_field(field, resolver)

@@ -19,12 +19,16 @@ from pathlib import Path
 
 import pytest
 
+from cli.api import Api
 from cli.client import Client
-from cli.commands.dev import wait_ready
-from cli.models import Run
+from cli.commands.dev import operator_store, wait_ready
+from cli.models import Run, now_ms
 from cli.reads import fetch_run
 from cli.stack import LocalStack, StackConfig
+from cli.stackkey import ensure_admin, read_key
 from events.status import RunStatus
+from services.api.accounts import Accounts
+from services.api.users import Directory
 from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,16 +70,44 @@ class Mcli:
         return match[1]
 
 
-def client_env(stack: LocalStack) -> dict[str, str]:
-    """What the CLI (and the SDK, in process) need to find the stack and print stably."""
+def client_env(stack: LocalStack, key: str | None = None) -> dict[str, str]:
+    """What the CLI (and the SDK, in process) need to find the stack's API, as its admin (or
+    as the owner of ``key``), and print stably; and the log, for the operator's commands
+    (``mcli projections rebuild``)."""
     return {
         "RUNPLANE_REDIS_URL": stack.url,
-        "RUNPLANE_ARCHIVE_DIR": str(stack.state_dir / "archive"),
-        "RUNPLANE_USER": USER,
+        "MOSAICML_API_ENDPOINT": stack.api_url,
+        "MOSAICML_API_KEY": key or read_key(stack.state_dir) or "",
         "RUNPLANE_HOME": str(stack.state_dir / "home"),
         "TZ": "UTC",
         "COLUMNS": "200",
     }
+
+
+def admin_client(stack: LocalStack) -> Client:
+    """The CLI's client of the stack's API, as its admin."""
+    return Client(Api(stack.api_url, read_key(stack.state_dir) or ""))
+
+
+async def user_key(stack: LocalStack, name: str, *, admin: bool = False) -> str:
+    """A key of user ``name`` (added now), as the stack's admin issues it."""
+    store = operator_store(stack)
+    try:
+        accounts = Accounts(store, Directory(store))
+        _, key = await accounts.add(USER, name, "admin" if admin else "user")
+    finally:
+        await store.close()
+    return key
+
+
+async def make_admin(stack: LocalStack) -> None:
+    """``USER`` is the stack's admin with a key in its state directory, as ``mcli dev up``
+    makes whoever runs it."""
+    store = operator_store(stack)
+    try:
+        await ensure_admin(store, stack.state_dir, USER, now_ms())
+    finally:
+        await store.close()
 
 
 @contextmanager
@@ -96,6 +128,7 @@ def running_stack(state_dir: Path, nodes: int = NODES) -> Iterator[Mcli]:
     config = StackConfig(nodes=nodes, gpus_per_node=GPUS, grace_period_s=2.0)
     stack.up(config)
     try:
+        asyncio.run(make_admin(stack))
         asyncio.run(wait_ready(stack, config))
         env = {**os.environ, **client_env(stack)}
         env.pop("RUNPLANE_GPU_PRICES", None)
@@ -128,10 +161,10 @@ def normalise(text: str, names: list[str]) -> str:
 
 
 async def wait_for(
-    url: str, name: str, *statuses: RunStatus, resumption: int = 0, within: float = 60
+    stack: LocalStack, name: str, *statuses: RunStatus, resumption: int = 0, within: float = 60
 ) -> Run:
     """Wait until resumption ``resumption`` of run ``name`` is in one of ``statuses``."""
-    client = Client(url)
+    client = admin_client(stack)
 
     async def reached() -> Run | None:
         run = await fetch_run(client, name)

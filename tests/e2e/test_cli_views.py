@@ -14,7 +14,14 @@ from collections.abc import Iterator
 import pytest
 
 from events.status import RunStatus
-from tests.e2e.mcli_helpers import USER, Mcli, no_traceback, running_stack, wait_for
+from tests.e2e.mcli_helpers import (
+    USER,
+    Mcli,
+    no_traceback,
+    running_stack,
+    user_key,
+    wait_for,
+)
 from tests.waiting import eventually
 
 S = RunStatus
@@ -29,8 +36,10 @@ def mcli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mcli]:
         yield runner
 
 
-def as_user(mcli: Mcli, user: str) -> Mcli:
-    return Mcli(env={**mcli.env, "RUNPLANE_USER": user}, stack=mcli.stack)
+async def as_user(mcli: Mcli, user: str, *, admin: bool = True) -> Mcli:
+    """The CLI as ``user``, with a key of their own (an admin's, unless not ``admin``)."""
+    key = await user_key(mcli.stack, user, admin=admin)
+    return Mcli(env={**mcli.env, "MOSAICML_API_KEY": key}, stack=mcli.stack)
 
 
 def one_error(done: subprocess.CompletedProcess[str], code: int, *parts: str) -> str:
@@ -50,8 +59,8 @@ def audit_of(mcli: Mcli, name: str) -> list[str]:
 
 async def test_another_users_run_takes_all_users_for_every_command(mcli: Mcli) -> None:
     name = mcli.submit("long")
-    await wait_for(mcli.stack.url, name, S.RUNNING)
-    bob = as_user(mcli, BOB)
+    await wait_for(mcli.stack, name, S.RUNNING)
+    bob = await as_user(mcli, BOB)
     before = audit_of(mcli, name)
     for verb, args in [
         ("describe", ["describe", "run", name]),
@@ -73,7 +82,7 @@ async def test_another_users_run_takes_all_users_for_every_command(mcli: Mcli) -
     assert audit_of(mcli, name) == before  # nothing was written
     assert name in bob.ok("describe", "run", name, "--all-users")
     assert f"✔ Stopped run {name}" in bob.ok("stop", "run", name, "-y", "--all-users")
-    await wait_for(mcli.stack.url, name, S.STOPPED)
+    await wait_for(mcli.stack, name, S.STOPPED)
     described = mcli.ok("describe", "run", name)
     assert re.search(rf"Rank 0 on node-\d ended by signal 15 \(stopped by {BOB}\)", described), (
         described
@@ -81,9 +90,37 @@ async def test_another_users_run_takes_all_users_for_every_command(mcli: Mcli) -
     assert "exited with no exit" not in described
 
 
+async def test_two_users_neither_sees_nor_stops_the_others_runs_and_the_key_is_who(
+    mcli: Mcli,
+) -> None:
+    carol = await as_user(mcli, "carol@example.com", admin=False)
+    dave = await as_user(mcli, "dave@example.com", admin=False)
+    posing = Mcli(env={**carol.env, "RUNPLANE_USER": "dave@example.com"}, stack=mcli.stack)
+    name = posing.submit("long")
+    await wait_for(mcli.stack, name, S.RUNNING)
+    for args in (
+        ["describe", "run", name],
+        ["logs", name],
+        ["stop", "run", name, "-y"],
+        ["stop", "run", name, "-y", "--all-users"],
+        ["run", "-r", name],
+    ):
+        one_error(dave(*args), 404, f"Run {name} not found")
+    assert name not in dave.ok("get", "runs", "--all-users")
+    assert name in mcli.ok("get", "runs", "--all-users")
+    assert f"✔ Stopped run {name}" in posing.ok("stop", "run", name, "-y")
+    await wait_for(mcli.stack, name, S.STOPPED)
+    trail = json.loads(mcli.ok("audit", "-r", name, "-o", "json", "--all-users"))
+    asked = {e["action"]: e["actor"] for e in trail if e["action"].startswith("run.")}
+    assert asked == {
+        "run.submitted": "carol@example.com",
+        "run.stop_requested": "carol@example.com",
+    }
+
+
 async def test_a_deleted_run_answers_every_request_the_same_way(mcli: Mcli) -> None:
     name = mcli.submit("hello")
-    await wait_for(mcli.stack.url, name, *DONE)
+    await wait_for(mcli.stack, name, *DONE)
     assert f"✔ Deleted run {name}" in mcli.ok("delete", "run", name, "-y")
     for args in [
         ["delete", "run", name, "-y"],
@@ -121,7 +158,7 @@ async def test_billing_prices_what_has_a_price(mcli: Mcli) -> None:
     gpu = mcli.submit("hello")
     cpu = mcli.submit("hello", "--gpus", "0", "--name", "cpu-only")
     for name in (gpu, cpu):
-        await wait_for(mcli.stack.url, name, *DONE)
+        await wait_for(mcli.stack, name, *DONE)
     priced = Mcli(env={**mcli.env, "RUNPLANE_GPU_PRICES": '{"a100_80gb": "2"}'}, stack=mcli.stack)
 
     def by_run() -> dict[str, dict[str, object]] | None:

@@ -19,13 +19,14 @@ import httpx
 import pytest
 
 from bench.processes import children
-from cli.client import Client
 from cli.stack import LocalStack
 from cli.stackfiles import Pid, Record
 from cli.stackkey import key_path
 from events.codec import Recorded
 from events.model import NodeRegistered
 from events.status import RunStatus
+from services.core.settings import Settings
+from services.core.store import EventStore, connect
 from services.node_agent.process.rankdir import local_ranks
 from tests.e2e.mcli_helpers import ROOT, USER, Mcli, wait_for
 from tests.integration.api import real_client
@@ -79,21 +80,25 @@ def record(dev: Mcli, name: str) -> Record:
     return running(dev).records()[name]
 
 
+def _store(url: str) -> EventStore:
+    return EventStore(connect(url), Settings(redis_url=url))
+
+
 async def registrations(url: str, node: str) -> int:
-    client = Client(url)
+    store = _store(url)
     try:
-        history = await client.store.history(f"node:{node}")
+        history = await store.history(f"node:{node}")
     finally:
-        await client.close()
+        await store.close()
     return sum(isinstance(record.event, NodeRegistered) for record in history)
 
 
 async def whole_log(url: str) -> list[Recorded]:
-    client = Client(url)
+    store = _store(url)
     try:
-        return await client.store.read_log(count=1_000_000)
+        return await store.read_log(count=1_000_000)
     finally:
-        await client.close()
+        await store.close()
 
 
 async def test_a_killed_scheduler_comes_back_by_itself_and_places_what_came_meanwhile(
@@ -114,7 +119,7 @@ async def test_a_killed_scheduler_comes_back_by_itself_and_places_what_came_mean
         name = dev.submit("hello")
     finally:
         os.kill(supervisor.pid, signal.SIGCONT)
-    await wait_for(stack.url, name, S.COMPLETED)
+    await wait_for(stack, name, S.COMPLETED)
     pid, state, restarts, last_exit = status_rows(dev)["scheduler"]
     assert (state, restarts, last_exit) == ("Running", "1", "SIGKILL")
     assert int(pid) != scheduler
@@ -138,7 +143,7 @@ async def test_a_killed_valkey_server_comes_back_with_every_acknowledged_event(
     after = await whole_log(stack.url)
     assert [r.position for r in after[: len(before)]] == [r.position for r in before]
     for name in names:
-        await wait_for(stack.url, name, S.COMPLETED)
+        await wait_for(stack, name, S.COMPLETED)
     assert status_rows(dev)["valkey"][1:] == ("Running", "1", "SIGKILL")
 
 
@@ -198,7 +203,7 @@ async def test_dev_down_stops_a_running_run_and_leaves_no_rank_and_no_process(
     dev.ok("dev", "up", "--nodes", "1", "--gpus-per-node", "2", "--grace-period", "2")
     name = dev.submit("long")
     stack = running(dev)
-    await wait_for(stack.url, name, S.RUNNING)
+    await wait_for(stack, name, S.RUNNING)
     [rank] = local_ranks(stack.state_dir / "nodes" / "node-0")
     command = rank.command_pid()
     assert rank.shim_alive()

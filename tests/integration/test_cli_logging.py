@@ -12,28 +12,37 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from cli.client import Client
 from cli.stack import logs_dir
 from events import codec, keys
+from events.access import Action, Principal
 from events.model import RankRunning
+from services.api.runs import RunRequests
+from services.core.settings import Settings
+from services.core.store import EventStore, connect
 from tests import factories
+from tests.integration.api.conftest import api_server
+from tests.integration.api.seed import add_user_with_key
 from tests.raw import xadd
 
 ROOT = Path(__file__).resolve().parents[2]
+ROOT_USER = "root@example.com"
+PRINCIPAL = Principal(name=ROOT_USER, role="admin")
 
 
 async def test_a_fold_warning_in_mcli_stays_off_the_terminal(
     redis: aioredis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
-    client = Client(redis_url)
+    store = EventStore(connect(redis_url), Settings(redis_url=redis_url))
     try:
-        run_id, name = await client.submit(factories.spec())
+        key = await add_user_with_key(store, ROOT_USER, "admin")
+        run_id = await RunRequests(store).append_submit(PRINCIPAL, factories.spec())
+        name = (await RunRequests(store).view(PRINCIPAL, run_id, Action.DESCRIBE))[0].name
         aggregate = f"run:{run_id}"
         stream = keys.aggregate_stream(
-            aggregate, keys.partition_of(aggregate, client.store.settings.partitions)
+            aggregate, keys.partition_of(aggregate, store.settings.partitions)
         )
     finally:
-        await client.close()
+        await store.close()
     # An event the rules refuse (a rank of an attempt that holds no GPUs), written under the
     # store's rules, so that the CLI's fold of this history logs projection.skipped.
     bogus = RankRunning(id=factories.new_id(), actor="agent@n1", run_id=run_id, rank=0, node="n1")
@@ -42,18 +51,19 @@ async def test_a_fold_warning_in_mcli_stays_off_the_terminal(
     await xadd(redis, stream, fields)
     home = tmp_path / "home"
     logs_dir(home).mkdir(parents=True)  # a local stack was started here once
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPLANE_")}
-    env |= {"RUNPLANE_REDIS_URL": redis_url, "RUNPLANE_HOME": str(home), "COLUMNS": "200"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPLANE_", "MOSAICML_"))}
+    env |= {"RUNPLANE_HOME": str(home), "COLUMNS": "200", "MOSAICML_API_KEY": key}
 
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "cli.main", "describe", "run", name),
-        env=env,
-        cwd=ROOT,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = (text.decode() for text in await asyncio.wait_for(process.communicate(), 60))
+    async with api_server(redis_url, tmp_path / "api.log") as endpoint:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "cli.main", "describe", "run", name),
+            env=env | {"MOSAICML_API_ENDPOINT": endpoint},
+            cwd=ROOT,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = (text.decode() for text in await asyncio.wait_for(process.communicate(), 60))
 
     assert process.returncode == 0, err
     assert f"Run Name               {name}" in out

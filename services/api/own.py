@@ -1,0 +1,212 @@
+"""runplane's own reads, beside MAPI's: what ``mcli`` and the SDK show that MAPI has no shape for.
+
+Each answer is the read models' own structs as JSON (``msgspec.to_builtins``: a run's row and
+attempts, a cluster's utilization, a billing report, audit entries, a run's recorded events),
+so the CLI folds and renders exactly what the projector stores; the CLI decodes them into the
+same structs (``msgspec.convert``). Who may read what is ``events.access``: a user reads their
+own runs, an admin anyone's; a run that is not the caller's is "not found"; billing and the
+audit of everyone are an admin's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import msgspec
+from graphql import GraphQLResolveInfo
+
+from events import codec
+from events.access import Action, AdminOnly, administer, visible
+from events.codec import Recorded
+from events.status import RunStatus
+from projections import query
+from projections.billing import DIMENSIONS
+from services.api.context import Context, context_of
+from services.api.errors import BadRequest, Forbidden
+
+Json = dict[str, Any]
+_PAGE = 200
+
+
+class RunSelection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Which runs a listing asks for (``mcli get runs``'s filters); times are ms."""
+
+    names: list[str] = msgspec.field(default_factory=list)  # globs
+    cluster: str | None = None
+    before: int | None = None
+    after: int | None = None
+    gpu_type: str | None = None
+    gpu_num: int | None = None
+    statuses: list[RunStatus] | None = None
+    user: str | None = None  # None: the caller's runs, unless all_users
+    all_users: bool = False
+    include_deleted: bool = False
+    limit: int | None = 50
+
+
+class WireRecord(msgspec.Struct, kw_only=True):
+    """A recorded event as it crosses the API: the log's fields, decoded again on arrival."""
+
+    position: str
+    version: int
+    kind: str
+    body: str
+
+    @classmethod
+    def of(cls, record: Recorded) -> WireRecord:
+        fields = codec.encode(record.event)
+        return cls(
+            position=record.position,
+            version=record.version,
+            kind=fields[codec.KIND].decode(),
+            body=fields[codec.BODY].decode(),
+        )
+
+    def recorded(self) -> Recorded:
+        fields = {
+            codec.KIND: self.kind.encode(),
+            codec.BODY: self.body.encode(),
+            codec.VERSION: str(self.version).encode(),
+        }
+        return codec.recorded(self.position, fields)
+
+
+def _convert(value: Any, type_: type[Any], what: str) -> Any:
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError as error:
+        raise BadRequest(f"{what}: {error}") from None
+
+
+def _admin(context: Context, what: str) -> None:
+    try:
+        administer(context.principal, what)
+    except AdminOnly as refused:
+        raise Forbidden(str(refused)) from None
+
+
+async def whoami(_: object, info: GraphQLResolveInfo[Context], **__: Any) -> Json:
+    principal = context_of(info).principal
+    return {"name": principal.name, "role": principal.role}
+
+
+async def run_history(_: object, info: GraphQLResolveInfo[Context], **args: Any) -> list[Any]:
+    """A run's events, if the caller may ``action`` it (an admin, another user's run only with
+    ``allUsers``: the CLI's --all-users)."""
+    context = context_of(info)
+    try:
+        action = Action[args.get("action") or "EVENTS"]
+    except KeyError:
+        raise BadRequest(
+            f"action: {args['action']!r} is not one of {', '.join(Action.__members__)}"
+        ) from None
+    _, records = await context.runs.history(
+        context.principal, args["name"], action, all_users=bool(args.get("allUsers", True))
+    )
+    return [msgspec.to_builtins(WireRecord.of(record)) for record in records]
+
+
+async def run_views(_: object, info: GraphQLResolveInfo[Context], **args: Any) -> list[Any]:
+    """Runs newest first, as the projector has them, filtered; at most ``limit``."""
+    context = context_of(info)
+    asked: RunSelection = _convert(args["selection"], RunSelection, "selection")
+    principal = context.principal
+    user = asked.user or (None if asked.all_users else principal.name)
+    if user is not None and not visible(principal, user):
+        return []
+    found: list[Any] = []
+    cursor: str | None = None
+    while True:
+        page = await query.list_runs(
+            context.redis,
+            user=user,
+            cluster=asked.cluster,
+            statuses=asked.statuses,
+            names=asked.names or None,
+            gpu_type=asked.gpu_type,
+            after=asked.after,
+            before=asked.before,
+            include_deleted=asked.include_deleted,
+            limit=_PAGE if asked.limit is None else max(asked.limit, 1),
+            cursor=cursor,
+        )
+        for row in page.runs:
+            if not visible(principal, row.created_by):
+                continue
+            if asked.gpu_num is not None and row.gpus != asked.gpu_num:
+                continue
+            attempts = await query.attempts(context.redis, row.run_uid)
+            found.append(msgspec.to_builtins({"row": row, "attempts": attempts}))
+            if asked.limit is not None and len(found) >= asked.limit:
+                return found
+        cursor = page.next_cursor
+        if cursor is None:
+            return found
+
+
+async def utilization(_: object, info: GraphQLResolveInfo[Context], **args: Any) -> list[Any]:
+    context = context_of(info)
+    names = args.get("clusters")
+    found = await query.utilization(context.redis, names or None)
+    return [msgspec.to_builtins(cluster) for cluster in found]
+
+
+async def billing(_: object, info: GraphQLResolveInfo[Context], **args: Any) -> Any:
+    context = context_of(info)
+    _admin(context, "read the bill")
+    by = args["by"]
+    if by not in DIMENSIONS:
+        raise BadRequest(f"by: {by!r} is not one of {', '.join(DIMENSIONS)}")
+    since, until, now = args.get("since"), args.get("until"), int(args["now"])
+    window = None if since is None and until is None else (int(since or 0), int(until or now))
+    report = await query.billing_report(
+        context.redis, by, window=window, now=now, prices=_prices(args.get("prices"))
+    )
+    names: dict[str, str] = {}
+    if by == "run":
+        for line in report.lines:
+            if (row := await query.get_run(context.redis, line.key)) is not None:
+                names[line.key] = row.name
+    return {"report": msgspec.to_builtins(report), "names": names}
+
+
+def _prices(raw: Any) -> dict[str, Decimal] | None:
+    if not raw:
+        return None
+    if not isinstance(raw, dict):
+        raise BadRequest('prices: expected an object like {"a100_80gb": "2.5"}')
+    try:
+        return {str(k): Decimal(str(v)) for k, v in raw.items()}
+    except InvalidOperation:
+        raise BadRequest('prices: each price is a number, like {"a100_80gb": "2.5"}') from None
+
+
+async def audit(_: object, info: GraphQLResolveInfo[Context], **args: Any) -> list[Any]:
+    """One run's trail (its owner's, or an admin's), else an admin's view of everyone's."""
+    context = context_of(info)
+    run_uid = None
+    if (run := args.get("run")) is not None:
+        run_uid, _ = await context.runs.history(context.principal, run, Action.AUDIT)
+    else:
+        _admin(context, "read everyone's audit trail")
+    since, until = args.get("since"), args.get("until")
+    window = None if since is None and until is None else (int(since or 0), int(until or 2**62))
+    limit = args.get("limit") or 1000
+    if limit < 1:
+        raise BadRequest("limit must be at least 1")
+    entries = await query.audit(
+        context.redis, user=args.get("user"), run=run_uid, window=window, limit=limit
+    )
+    return [msgspec.to_builtins(entry) for entry in entries]
+
+
+QUERIES: dict[str, Callable[..., Any]] = {
+    "whoami": whoami,
+    "runHistory": run_history,
+    "runViews": run_views,
+    "utilization": utilization,
+    "billing": billing,
+    "audit": audit,
+}
