@@ -3,14 +3,17 @@
 Starts a private local stack (its own state directory, so it never touches yours), submits
 the runs in ``examples/`` (one that completes, one that fails on rank 1 of 2, one stopped and
 restarted, one retried by ``max_retries``, one queued behind a larger run), shows ``get runs``,
-``describe run`` with several resumptions, ``logs --failed``, ``util`` and ``billing``, and
-stops the stack, whatever happened.
+``describe run`` with several resumptions, ``logs --failed``, ``util`` and ``billing``; adds a
+second user with a key of their own, who sees only their own runs; shows the real
+``mosaicml-cli`` pointed at the stack's API (when it is installed: ``.venv-mcli``); and stops
+the stack, whatever happened. Keys are never printed.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -28,24 +31,31 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 _DEADLINE_S = 120.0
 
 
-def mcli(*args: str, quiet: bool = False) -> str:
-    """Run ``mcli`` as a user would, show the command and its output; its stdout."""
-    if not quiet:
-        sys.stdout.write(f"\n$ mcli {' '.join(args)}\n")
-        sys.stdout.flush()
+def mcli(
+    *args: str,
+    quiet: bool = False,
+    env: dict[str, str] | None = None,
+    who: str = "",
+    fails: bool = False,
+    program: tuple[str, ...] = (sys.executable, "-m", "cli.main"),
+) -> str:
+    """Run ``mcli`` as a user would (``who``, with ``env``), show the command and its output
+    (``quiet``: only the command); its stdout. It must succeed, or fail when ``fails``."""
+    sys.stdout.write(f"\n{who}$ mcli {' '.join(args)}\n")
+    sys.stdout.flush()
     done = subprocess.run(
-        [sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, check=False
+        [*program, *args], capture_output=True, text=True, check=False, env=os.environ | (env or {})
     )
     if not quiet:
         sys.stdout.write(done.stdout)
         sys.stderr.write(done.stderr)
-    if done.returncode != 0:
-        raise SystemExit(f"demo: `mcli {' '.join(args)}` failed ({done.returncode})")
+    if (done.returncode != 0) != fails:
+        raise SystemExit(f"demo: `mcli {' '.join(args)}` exited {done.returncode}\n{done.stderr}")
     return done.stdout
 
 
-def submit(example: str) -> str:
-    out = mcli("run", "-f", str(EXAMPLES / f"{example}.yaml"))
+def submit(example: str, env: dict[str, str] | None = None, who: str = "") -> str:
+    out = mcli("run", "-f", str(EXAMPLES / f"{example}.yaml"), env=env, who=who)
     match = re.search(r"✔ Run (\S+) (?:re)?submitted\.", out)
     if match is None:
         raise SystemExit(f"demo: no run name in {out!r}")
@@ -100,13 +110,46 @@ def scenario() -> None:
     mcli("util")
     mcli("billing", "--by", "run")
     mcli("billing", "--by", "user")
+    second_user(hello)
+    real_client()
+
+
+def second_user(admins_run: str) -> None:
+    """A second user with a key of their own: their runs are theirs, the admin sees all."""
+    key = mcli("admin", "users", "add", "bob@example.com", quiet=True).strip()
+    sys.stdout.write("(bob's key is on stdout alone: kept in a variable here, never shown)\n")
+    bob = {"MOSAICML_API_KEY": key}
+    submit("hello", env=bob, who="bob ")
+    mcli("get", "runs", env=bob, who="bob ")
+    mcli("describe", "run", admins_run, env=bob, who="bob ", fails=True)
+    mcli("get", "runs", "--all-users")
+    mcli("admin", "users", "list")
+
+
+def real_client() -> None:
+    """The real mosaicml-cli, pointed at the stack's API as the admin (``mcli dev env``)."""
+    real = Path(__file__).resolve().parents[1] / ".venv-mcli" / "bin" / "mcli"
+    lines = mcli("dev", "env", quiet=True).splitlines()
+    sys.stdout.write("(two export lines: the API's endpoint and the admin's key)\n")
+    exported = dict(shlex.split(line)[1].split("=", 1) for line in lines)
+    env = exported | {"MCLI_DISABLE_UPGRADE_CHECK": "true", "COLUMNS": "160"}
+    if not real.exists():
+        sys.stdout.write(
+            "\nThe real client is not installed here; with it (pip install mosaicml-cli==0.8.3):\n"
+            '  eval "$(mcli dev env)"; mcli get runs; mcli util\n'
+        )
+        return
+    sys.stdout.write('\n# the real mosaicml-cli 0.8.3, after eval "$(mcli dev env)":')
+    mcli("get", "runs", env=env, program=(str(real),))
+    mcli("util", env=env, program=(str(real),))
 
 
 def main() -> int:
     home = os.environ.get("RUNPLANE_DEMO_HOME") or tempfile.mkdtemp(prefix="runplane-demo-")
     os.environ["RUNPLANE_HOME"] = home
-    os.environ.pop("RUNPLANE_REDIS_URL", None)
-    os.environ.pop("RUNPLANE_ARCHIVE_DIR", None)
+    for name in ("RUNPLANE_REDIS_URL", "RUNPLANE_ARCHIVE_DIR", "MOSAICML_API_ENDPOINT"):
+        os.environ.pop(name, None)
+    os.environ.pop("MOSAICML_API_KEY", None)
     log_aside()  # the SDK's folds run here too: their log lines stay off the demo's output
     mcli("dev", "up", "--nodes", "2", "--gpus-per-node", "8", "--grace-period", "5")
     try:

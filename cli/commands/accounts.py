@@ -7,12 +7,13 @@ nothing else; every message goes to stderr. The server decides who may (admins o
 from __future__ import annotations
 
 import argparse
+from datetime import datetime
 from typing import Any
 
 from cli.api import Api
 from cli.commands.common import echo, with_api
 from cli.criteria import duration_s
-from cli.render import make_console, plain_table
+from cli.render import make_console, plain_table, when
 
 _ACCOUNT = (
     "name role addedAt addedBy keys { keyId issuedAt issuedBy expiresAt revokedAt revokedBy }"
@@ -101,7 +102,7 @@ async def list_users(_: argparse.Namespace, api: Api) -> int:
             user["name"],
             user["role"],
             ", ".join(keys) or "-",
-            user["addedAt"][:19],
+            when(datetime.fromisoformat(user["addedAt"])),
             user["addedBy"],
         )
     make_console().print(table)
