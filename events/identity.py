@@ -30,7 +30,16 @@ import msgspec
 
 from events.access import Principal
 from events.errors import EventsError, IllegalTransition
-from events.model import AnyUserEvent, KeyIssued, KeyRevoked, Role, UserAdded, UserEvent, tag_of
+from events.model import (
+    AnyUserEvent,
+    KeyIssued,
+    KeyRevoked,
+    RequestRefused,
+    Role,
+    UserAdded,
+    UserEvent,
+    tag_of,
+)
 
 #: The actor of the events that set up a deployment's first admin (no admin exists to do it).
 SETUP_ACTOR = "runplane@setup"
@@ -87,6 +96,8 @@ def evolve(state: UserState | None, event: AnyUserEvent) -> UserState:
             _refuse(event, "the user exists already")
         case KeyIssued():
             _issue(state, event)
+        case RequestRefused():
+            pass  # a record of what was refused: the user's keys and role stay as they are
         case KeyRevoked():
             key = state.keys.get(event.key_id)
             if key is None:

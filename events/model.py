@@ -297,6 +297,19 @@ class KeyRevoked(UserEvent, kw_only=True, tag="key.revoked"):
     key_id: str
 
 
+class RequestRefused(UserEvent, kw_only=True, tag="request.refused"):
+    """The API refused ``user`` (the key's owner, also the actor) a request: what they asked
+    (``request``: an ``events.access.Action`` or an admin's command) of what (``target``: a run
+    as named, or a user), the answer's code and why. Recorded for runs that exist and for
+    admins' commands, so the audit shows who tried what they may not."""
+
+    request: str
+    target: str
+    code: int
+    why: str
+    run_id: str | None = None
+
+
 AnyRunEvent = (
     RunSubmitted
     | StopRequested
@@ -323,7 +336,7 @@ AnyRunEvent = (
     | AttemptFailed
 )
 AnyNodeEvent = NodeRegistered | NodeLost | NodeDrained
-AnyUserEvent = UserAdded | KeyIssued | KeyRevoked
+AnyUserEvent = UserAdded | KeyIssued | KeyRevoked | RequestRefused
 AnyEvent = AnyRunEvent | AnyNodeEvent | AnyUserEvent
 
 ALL_EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__

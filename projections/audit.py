@@ -43,6 +43,7 @@ from events.model import (
     NodeRegistered,
     RankExited,
     RankRunning,
+    RequestRefused,
     RetryScheduled,
     RunEvent,
     RunSubmitted,
@@ -70,7 +71,7 @@ class Entry(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=T
 
 class AuditProjection:
     name: ClassVar[str] = "audit"
-    version: ClassVar[int] = 4  # 4: metadata updates
+    version: ClassVar[int] = 5  # 5: refused requests
     handles: ClassVar[frozenset[type]]  # every event type but the quiet ones (below)
 
     def __init__(self) -> None:
@@ -120,6 +121,8 @@ def entry_of(record: Recorded, names: Mapping[str, str]) -> Entry | None:
     if isinstance(event, RunEvent):
         run_id, run_name, attempt = event.run_id, names.get(event.run_id), event.attempt
         node = getattr(event, "node", None)
+    elif isinstance(event, RequestRefused) and event.run_id is not None:  # the run's trail
+        run_id, run_name = event.run_id, names.get(event.run_id, event.target)
     elif isinstance(event, UserEvent):
         user = event.user
     else:
@@ -178,6 +181,7 @@ _DETAILS: dict[type, Callable[[Any], str]] = {
     StopRequested: lambda e: e.reason,
     UpdateRequested: _changes,
     MetadataUpdated: lambda e: "keys " + ", ".join(sorted(e.metadata)),
+    RequestRefused: lambda e: f"{e.request} {e.target}: {e.code} {e.why}",
     RetryScheduled: lambda e: e.cause,
     AttemptQueued: lambda e: e.reason,
     AttemptScheduled: lambda e: ", ".join(f"{r.node}:{len(r.gpus)}" for r in e.ranks),

@@ -11,13 +11,12 @@ from typing import Any
 
 from graphql import GraphQLResolveInfo
 
-from events.access import AdminOnly, administer
 from events.errors import IllegalTransition
 from events.identity import IdentityRefused, KeyState, UserState
 from events.model import Role
 from services.api.accounts import Accounts
-from services.api.context import Context, context_of
-from services.api.errors import BadRequest, Conflict, Forbidden, NotFound
+from services.api.context import Context, context_of, require_admin
+from services.api.errors import BadRequest, Conflict, NotFound
 
 Json = dict[str, Any]
 
@@ -66,10 +65,7 @@ def _expiry(seconds: int | None) -> int | None:
 
 async def _admin(info: GraphQLResolveInfo[Context], what: str) -> tuple[Context, Accounts]:
     context = context_of(info)
-    try:
-        administer(context.principal, what)
-    except AdminOnly as refused:
-        raise Forbidden(str(refused)) from None
+    await require_admin(context, what)
     return context, context.accounts
 
 

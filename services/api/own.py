@@ -18,13 +18,13 @@ import msgspec
 from graphql import GraphQLResolveInfo
 
 from events import codec
-from events.access import Action, AdminOnly, administer, visible
+from events.access import Action, visible
 from events.codec import Recorded
 from events.status import RunStatus
 from projections import query
 from projections.billing import DIMENSIONS
-from services.api.context import Context, context_of
-from services.api.errors import BadRequest, Forbidden
+from services.api.context import Context, context_of, require_admin
+from services.api.errors import BadRequest
 
 Json = dict[str, Any]
 _PAGE = 200
@@ -78,13 +78,6 @@ def _convert(value: Any, type_: type[Any], what: str) -> Any:
         return msgspec.convert(value, type_)
     except msgspec.ValidationError as error:
         raise BadRequest(f"{what}: {error}") from None
-
-
-def _admin(context: Context, what: str) -> None:
-    try:
-        administer(context.principal, what)
-    except AdminOnly as refused:
-        raise Forbidden(str(refused)) from None
 
 
 async def whoami(_: object, info: GraphQLResolveInfo[Context], **__: Any) -> Json:
@@ -155,7 +148,7 @@ async def utilization(_: object, info: GraphQLResolveInfo[Context], **args: Any)
 
 async def billing(_: object, info: GraphQLResolveInfo[Context], **args: Any) -> Any:
     context = context_of(info)
-    _admin(context, "read the bill")
+    await require_admin(context, "read the bill")
     by = args["by"]
     if by not in DIMENSIONS:
         raise BadRequest(f"by: {by!r} is not one of {', '.join(DIMENSIONS)}")
@@ -190,7 +183,7 @@ async def audit(_: object, info: GraphQLResolveInfo[Context], **args: Any) -> li
     if (run := args.get("run")) is not None:
         run_uid, _ = await context.runs.history(context.principal, run, Action.AUDIT)
     else:
-        _admin(context, "read everyone's audit trail")
+        await require_admin(context, "read everyone's audit trail")
     since, until = args.get("since"), args.get("until")
     window = None if since is None and until is None else (int(since or 0), int(until or 2**62))
     limit = args.get("limit") or 1000

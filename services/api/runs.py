@@ -15,7 +15,9 @@ Invariants:
   submit is first checked against the cluster's registered nodes by the scheduler's own fit
   rule (``events.fit``), so a request that can never run is refused, not left to fail in the
   queue;
-- the actor of every event is the principal, never anything the client says.
+- the actor of every event is the principal, never anything the client says;
+- a request refused for a run that exists (another user's, or an admin's without
+  ``all_users``) is recorded (``request.refused``) before the answer, so the audit shows it.
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ from events.codec import Recorded
 from events.errors import IllegalTransition
 from events.fit import InstanceType, Refusal, shapes, unknown_cluster
 from events.lifecycle import RunState
-from events.model import AnyRunEvent
+from events.model import AnyRunEvent, RequestRefused
 from events.spec import Compute, RunSpec
 from projections import query
 from projections.attempts import AttemptRow
 from projections.run_status import RunRow
-from services.api.errors import BadRequest, Conflict, Forbidden, NotFound
+from services.api.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound
 from services.core.store import EventStore
 
 RunView = tuple[RunRow, list[AttemptRow]]
@@ -101,7 +103,10 @@ class RunRequests:
         folded = query.fold_run(run_id, records) if run_id is not None else None
         if run_id is None or folded is None:
             raise NotFound(f"Run {run} not found")
-        self.authorize(principal, action, run, folded[0].created_by, all_users=all_users)
+        try:
+            self.authorize(principal, action, run, folded[0].created_by, all_users=all_users)
+        except ApiError as refusal:
+            raise await self.refused(principal, action.name.lower(), run, refusal, run_id) from None
         return run_id, records
 
     async def view(self, principal: Principal, run: str, action: Action) -> RunView:
@@ -184,7 +189,12 @@ class RunRequests:
             state = await self.store.load_run(run_id) if run_id is not None else None
             if run_id is None or state is None:
                 raise NotFound(f"Run {run} not found")
-            self.authorize(principal, action, state.name, state.created_by, all_users=all_users)
+            try:
+                self.authorize(principal, action, state.name, state.created_by, all_users=all_users)
+            except ApiError as refusal:
+                raise await self.refused(
+                    principal, action.name.lower(), state.name, refusal, run_id
+                ) from None
             try:
                 commands.decide(state, command, new_id)
             except (commands.RequestRefused, IllegalTransition) as error:
@@ -213,6 +223,28 @@ class RunRequests:
             await self.store.update_run(run_id, decide)
         except (commands.RequestRefused, IllegalTransition) as error:
             raise refused(name, error) from None
+
+    async def refused(
+        self,
+        principal: Principal,
+        request: str,
+        target: str,
+        refusal: ApiError,
+        run_id: str | None = None,
+    ) -> ApiError:
+        """``refusal``, once it is on the log for the audit (``request.refused``)."""
+        event = RequestRefused(
+            id=new_id(),
+            actor=principal.name,
+            user=principal.name,
+            request=request,
+            target=target,
+            code=int(refusal.code),
+            why=refusal.message,
+            run_id=run_id,
+        )
+        await self.store.append([event], expected_version=None)
+        return refusal
 
     @staticmethod
     def authorize(

@@ -10,9 +10,10 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 
-from events import keys
-from events.model import RunSubmitted, StopRequested, UpdateRequested
+from events import codec, keys
+from events.model import RequestRefused, RunSubmitted, StopRequested, UpdateRequested
 from services.core.store import EventStore
+from tests import raw
 from tests.integration.api.seed import ALICE, BOB, ROOT, Seeded
 from tests.integration.api.test_reads import code_of, post
 
@@ -84,7 +85,14 @@ def named(*names: str, entity: bool = False) -> dict[str, Any]:
 
 
 async def log_length(redis: aioredis.Redis) -> int:
-    return int(await redis.xlen(keys.log_stream(0)))
+    """Entries of the log that change something: every one but the records of refusals."""
+    kinds = [fields[codec.KIND] for _, fields in await raw.xrange(redis, keys.log_stream(0))]
+    return sum(codec.current_type(kind) is not RequestRefused for kind in kinds)
+
+
+async def refusals(store: EventStore, user: str) -> list[RequestRefused]:
+    history = await store.history(f"user:{user}")
+    return [r.event for r in history if isinstance(r.event, RequestRefused)]
 
 
 async def create(api: httpx.AsyncClient, key: str, **changes: Any) -> dict[str, Any]:
@@ -149,6 +157,9 @@ async def test_a_user_stops_their_own_run_and_another_users_is_not_found(
     assert code_of(refused) == 404
     assert refused["errors"][0]["message"] == f"Run {alices} not found"
     assert await log_length(redis) == before
+    [record] = await refusals(store, BOB)
+    assert (record.actor, record.request, record.target, record.code) == (BOB, "stop", alices, 404)
+    assert record.run_id is not None
     result = await post(
         api,
         seeded.keys[ALICE],
