@@ -270,7 +270,9 @@ async def rebuild_projections(args: argparse.Namespace, client: Client) -> int:
     names = [args.name] if args.name else list(catalog.NAMES)
     with make_console().status(f"Rebuilding {', '.join(names)} from the whole log..."):
         try:
-            built = await rebuild_many(client.url, names, now_ms=now_ms(), lanes=args.lanes)
+            built = await rebuild_many(
+                client.store.settings, names, now_ms=now_ms(), lanes=args.lanes
+            )
         except LaneFailed as exc:
             again = " ".join(f"`mcli projections rebuild {name}`" for name in exc.names)
             raise ClientError(f"{exc}; readers still read their old builds; run {again}") from None

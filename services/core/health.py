@@ -34,8 +34,9 @@ from pydantic import Field, ValidationError
 from redis.exceptions import RedisError
 
 from events import keys
-from services.core.settings import Settings, invalid
-from services.core.store import connect
+from services.core.passwords import PasswordFileError
+from services.core.settings import Settings, invalid, login
+from services.core.store import connect_with
 
 SERVICES = ("scheduler", "projector", "log-collector", "node-agent")
 
@@ -52,13 +53,13 @@ def instance_name() -> str:
     return socket.gethostname()
 
 
-async def keep_alive(redis_url: str, service: str, instance: str | None = None) -> None:
+async def keep_alive(settings: Settings, service: str, instance: str | None = None) -> None:
     """Renew this process's liveness key until cancelled, then drop it.
 
     A failed renewal is logged and tried again at the next turn: the server being away for a
     moment is no reason to stop a service, and the key expiring then is the truth."""
     key = keys.liveness(service, instance or instance_name())
-    client = connect(redis_url, max_connections=1)
+    client = connect_with(settings, max_connections=1)
     try:
         while True:
             try:
@@ -74,9 +75,9 @@ async def keep_alive(redis_url: str, service: str, instance: str | None = None) 
         await client.aclose()
 
 
-async def run_alive(app: Coroutine[Any, Any, None], *, redis_url: str, service: str) -> None:
+async def run_alive(app: Coroutine[Any, Any, None], settings: Settings, *, service: str) -> None:
     """Run ``app`` (a service's main coroutine) while keeping its liveness key."""
-    beat = asyncio.create_task(keep_alive(redis_url, service), name=f"liveness:{service}")
+    beat = asyncio.create_task(keep_alive(settings, service), name=f"liveness:{service}")
     try:
         await app
     finally:
@@ -103,10 +104,15 @@ def probed_key(service: str, settings: ProbeSettings, instance: str | None = Non
     return keys.liveness(service, instance or instance_name())
 
 
-def probe(redis_url: str, key: str, timeout_s: float = _ROUND_TRIP_S) -> Verdict:
+def probe(settings: Settings, key: str, timeout_s: float = _ROUND_TRIP_S) -> Verdict:
     """Healthy while ``key`` exists on the log's server."""
+    redis_url = settings.redis_url
+    try:
+        auth = settings.redis_auth()
+    except PasswordFileError as exc:
+        return Verdict(False, f"unhealthy: {exc}")
     client = redis.Redis.from_url(
-        redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **login(auth)
     )
     try:
         ttl_ms = client.pttl(key)
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"unhealthy: {invalid(exc)}", file=sys.stderr)  # noqa: T201
         return 2
-    verdict = probe(settings.redis_url, probed_key(args.service, settings, args.instance))
+    verdict = probe(settings, probed_key(args.service, settings, args.instance))
     print(verdict.line, file=sys.stdout if verdict.healthy else sys.stderr)
     return 0 if verdict.healthy else 1
 
