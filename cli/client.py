@@ -24,7 +24,7 @@ from events.spec import RunSpec
 from services.api.errors import ApiError
 from services.api.runs import RunRequests
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 
 
 class ClientError(Exception):
@@ -103,11 +103,20 @@ def unreachable_message(url: str, exc: BaseException | None = None) -> str:
     )
 
 
+def log_settings(url: str, stack_dir: Path | None) -> Settings:
+    """How to reach the log at ``url``: as the local stack's operator when ``stack_dir`` is the
+    stack's, else as the environment says (``RUNPLANE_REDIS_USERNAME`` and
+    ``RUNPLANE_REDIS_PASSWORD_FILE``, or a login in the URL)."""
+    if stack_dir is None:
+        return Settings(redis_url=url)
+    return LocalStack(stack_dir).operator_settings(url)
+
+
 class Client:
     def __init__(self, url: str, stack_dir: Path | None = None) -> None:
         self.url = url
         self.stack_dir = stack_dir
-        self.store = EventStore(connect(url), Settings(redis_url=url))
+        self.store = EventStore.from_settings(log_settings(url, stack_dir))
         self.user = current_user()
         #: Until the CLI speaks to the API server (issue 13), every user is an admin:
         #: --all-users is theirs to give.

@@ -8,6 +8,10 @@ log-collector, the API server and one node-agent per simulated node. Invariants:
   runs, with the ports chosen at ``up``) and ``supervisor.json`` (each process's pid, restarts
   and last exit), so any later command (or a second ``dev up``) finds a running stack by
   itself. A stack runs while its supervisor or any of its processes runs.
+- The server runs with ACL users (``services.core.acl``): each service logs in as its own,
+  with its password's file (``secrets/``, drawn at the first ``up``, kept after), never the
+  password itself in an environment or a command line; the CLI and the tests as the operator
+  (``operator_settings``).
 - Only the supervisor starts a process of the stack, so two copies of one never run. It is
   started detached (its own session) and outlives the command that started it, as the
   processes it starts do.
@@ -41,8 +45,12 @@ from cli.stackfiles import (
     Supervision,
     hold,
     logs_dir,
+    operator_login,
     release,
+    secrets_dir,
 )
+from services.core import acl, passwords
+from services.core.settings import Settings
 from services.core.valkey import HOST, free_port, server_binary
 from services.node_agent.job import RankKey
 from services.node_agent.process.rankdir import local_ranks
@@ -141,6 +149,7 @@ class LocalStack:
         self.api_port = free_port()
         while self.api_port == self.valkey_port:
             self.api_port = free_port()
+        passwords.provision(secrets_dir(self.state_dir))  # kept if there: the server's data too
         self.services = {spec.name: spec for spec in self._specs()}
         specs = list(self.services.values())
         binary = str(server_binary())
@@ -232,20 +241,44 @@ class LocalStack:
         self.valkey_port, self.api_port = saved.valkey_port, saved.api_port
         self.services = {spec.name: spec for spec in saved.services}
 
+    def operator_settings(self, url: str | None = None) -> Settings:
+        """How the CLI, the benchmarks and the tests reach the stack's server (at ``url``, by
+        default the one ``stack.json`` names): as its operator."""
+        user, password_file = operator_login(self.state_dir)
+        return Settings(
+            redis_url=url or self.url, redis_username=user, redis_password_file=password_file
+        )
+
+    def _login(self, user: str) -> dict[str, str]:
+        """The variables that log a service in as ``user``: its name and its password's file."""
+        return {
+            "RUNPLANE_REDIS_USERNAME": user,
+            "RUNPLANE_REDIS_PASSWORD_FILE": str(
+                passwords.password_file(secrets_dir(self.state_dir), user)
+            ),
+        }
+
     def _specs(self) -> list[ServiceSpec]:
         config = self.config
         specs = [
-            ServiceSpec("scheduler", "services.scheduler"),
-            ServiceSpec("projector", "services.projector"),
+            ServiceSpec("scheduler", "services.scheduler", self._login(acl.SCHEDULER)),
+            ServiceSpec("projector", "services.projector", self._login(acl.PROJECTOR)),
             ServiceSpec(
                 "log-collector",
                 "services.log_collector",
-                {"RUNPLANE_ARCHIVE_DIR": str(self.state_dir / "archive")},
+                {
+                    "RUNPLANE_ARCHIVE_DIR": str(self.state_dir / "archive"),
+                    **self._login(acl.LOG_COLLECTOR),
+                },
             ),
             ServiceSpec(
                 "api",
                 "services.api",
-                {"RUNPLANE_API_HOST": HOST, "RUNPLANE_API_PORT": str(self.api_port)},
+                {
+                    "RUNPLANE_API_HOST": HOST,
+                    "RUNPLANE_API_PORT": str(self.api_port),
+                    **self._login(acl.API),
+                },
             ),
         ]
         for n in range(config.nodes):
@@ -255,6 +288,7 @@ class LocalStack:
                 "RUNPLANE_CLUSTER": config.cluster,
                 "RUNPLANE_DATA_DIR": str(self.state_dir / "nodes" / name),
                 "RUNPLANE_GRACE_PERIOD_S": str(config.grace_period_s),
+                **self._login(acl.NODE_AGENT),
             }
             if config.gpus_per_node is not None:
                 env["RUNPLANE_GPUS"] = str(config.gpus_per_node)

@@ -25,6 +25,7 @@ from cli.models import Run
 from cli.reads import fetch_run
 from cli.stack import LocalStack, StackConfig
 from events.status import RunStatus
+from tests.e2e.denials import denials
 from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,7 +70,7 @@ class Mcli:
 def client_env(stack: LocalStack) -> dict[str, str]:
     """What the CLI (and the SDK, in process) need to find the stack and print stably."""
     return {
-        "RUNPLANE_REDIS_URL": stack.url,
+        **stack.operator_settings().redis_env(),
         "RUNPLANE_ARCHIVE_DIR": str(stack.state_dir / "archive"),
         "RUNPLANE_USER": USER,
         "RUNPLANE_HOME": str(stack.state_dir / "home"),
@@ -100,6 +101,7 @@ def running_stack(state_dir: Path, nodes: int = NODES) -> Iterator[Mcli]:
         env = {**os.environ, **client_env(stack)}
         env.pop("RUNPLANE_GPU_PRICES", None)
         yield Mcli(env=env, stack=stack)
+        assert not denials(stack), denials(stack)
     finally:
         stack.down()
 
@@ -128,10 +130,10 @@ def normalise(text: str, names: list[str]) -> str:
 
 
 async def wait_for(
-    url: str, name: str, *statuses: RunStatus, resumption: int = 0, within: float = 60
+    stack: LocalStack, name: str, *statuses: RunStatus, resumption: int = 0, within: float = 60
 ) -> Run:
     """Wait until resumption ``resumption`` of run ``name`` is in one of ``statuses``."""
-    client = Client(url)
+    client = Client(stack.url, stack.state_dir)
 
     async def reached() -> Run | None:
         run = await fetch_run(client, name)

@@ -77,7 +77,7 @@ def golden(name: str, text: str) -> None:
 async def test_hello_completes_and_every_view_shows_it(mcli: Mcli) -> None:
     name = mcli.submit("hello")
     assert name.startswith("hello-world-")
-    run = await wait_for(mcli.stack.url, name, *DONE)
+    run = await wait_for(mcli.stack, name, *DONE)
     assert run.status is S.COMPLETED
     assert "hello from rank 0 of 1" in mcli.ok("logs", name)
     described = mcli.ok("describe", "run", name)
@@ -103,7 +103,7 @@ async def test_hello_completes_and_every_view_shows_it(mcli: Mcli) -> None:
 
 async def test_rank_1_fails_and_logs_show_the_failed_rank(mcli: Mcli) -> None:
     name = mcli.submit("fail-rank1")
-    run = await wait_for(mcli.stack.url, name, *DONE)
+    run = await wait_for(mcli.stack, name, *DONE)
     assert run.status is S.FAILED
     assert run.reason == "Error (exit code 3)"
     failed = mcli.ok("logs", name, "--failed")
@@ -116,22 +116,22 @@ async def test_rank_1_fails_and_logs_show_the_failed_rank(mcli: Mcli) -> None:
 
 async def test_stop_restart_stop_and_delete(mcli: Mcli) -> None:
     name = mcli.submit("long")
-    await wait_for(mcli.stack.url, name, S.RUNNING)
+    await wait_for(mcli.stack, name, S.RUNNING)
     refused = mcli("stop", "run", name, input="n\n")
     assert refused.returncode == 1
     assert "Cancelled" in refused.stdout
     assert f"✔ Stopped run {name}" in mcli.ok("stop", "run", name, "-y")
-    await wait_for(mcli.stack.url, name, S.STOPPED)
+    await wait_for(mcli.stack, name, S.STOPPED)
     again = mcli("stop", "run", name, "-y")
     assert again.returncode == 0
     assert f"Run {name} is already Stopped; skipping it" in again.stderr
     assert f"✔ Run {name} resubmitted." in mcli.ok("run", "-r", name)
-    await wait_for(mcli.stack.url, name, S.RUNNING, resumption=1)
+    await wait_for(mcli.stack, name, S.RUNNING, resumption=1)
     assert "resumption 1 started" in mcli.ok("logs", name, "-t", "50")
     assert "resumption 0 started" in mcli.ok("logs", name, "--prev")
     assert "resumption 0 started" in mcli.ok("logs", name, "--resumption", "0")
     assert f"✔ Stopped run {name}" in mcli.ok("stop", "runs", "long-sleeper-*", "-y")
-    await wait_for(mcli.stack.url, name, S.STOPPED, resumption=1)
+    await wait_for(mcli.stack, name, S.STOPPED, resumption=1)
     updated = mcli.ok("update", "run", name, "--max-retries", "1", "--priority", "lowest")
     assert "max_retries=1" in updated
     assert re.search(r"Max Retries\s+1", mcli.ok("describe", "run", name))
@@ -148,7 +148,7 @@ async def test_stop_restart_stop_and_delete(mcli: Mcli) -> None:
 
 async def test_retries_show_every_resumption_golden(mcli: Mcli) -> None:
     name = mcli.submit("flaky")
-    run = await wait_for(mcli.stack.url, name, *DONE, resumption=2)
+    run = await wait_for(mcli.stack, name, *DONE, resumption=2)
     assert run.status is S.COMPLETED
     assert [r.status for r in run.resumptions] == [S.FAILED, S.FAILED, S.COMPLETED]
     await listed(mcli, name, S.COMPLETED, resumption=2)
@@ -157,7 +157,7 @@ async def test_retries_show_every_resumption_golden(mcli: Mcli) -> None:
     # -o json is the run objects, the SDK's Run (the same object as its own history folds to)
 
     async def as_folded() -> bool:
-        folded = await wait_for(mcli.stack.url, name, S.COMPLETED, resumption=2)
+        folded = await wait_for(mcli.stack, name, S.COMPLETED, resumption=2)
         return json_rows(mcli, name) == [folded.to_dict()]
 
     await eventually(as_folded, what="get runs -o json to be the run's Run.to_dict()")
@@ -222,7 +222,7 @@ async def test_follow_exits_1_and_says_so_when_the_run_is_stopped(mcli: Mcli) ->
     try:
         assert follow.stdout is not None
         name = _followed_name((await asyncio.wait_for(follow.stdout.readline(), 60)).decode())
-        await wait_for(mcli.stack.url, name, S.RUNNING)
+        await wait_for(mcli.stack, name, S.RUNNING)
         mcli.ok("stop", "run", name, "-y")
         out, err = (text.decode() for text in await asyncio.wait_for(follow.communicate(), 60))
     finally:
@@ -237,9 +237,9 @@ async def test_follow_exits_1_and_says_so_when_the_run_is_stopped(mcli: Mcli) ->
 
 async def test_a_small_run_waits_behind_a_big_one(mcli: Mcli) -> None:
     big = mcli.submit("big")
-    await wait_for(mcli.stack.url, big, S.RUNNING)
+    await wait_for(mcli.stack, big, S.RUNNING)
     small = mcli.submit("small-after")
-    await wait_for(mcli.stack.url, small, S.QUEUED)
+    await wait_for(mcli.stack, small, S.QUEUED)
     waiting = mcli("logs", small)
     assert waiting.returncode == 0
     assert "has not been scheduled yet" in waiting.stderr
@@ -253,16 +253,16 @@ async def test_a_small_run_waits_behind_a_big_one(mcli: Mcli) -> None:
     assert re.search(r"local\s+a100_80gbx8\s+8xa100_80gb\s+0\s+16\s+16", util), util
     assert big in util.split("Active Non-Preemptible Runs:")[1]
     assert "Queued Runs" not in mcli.ok("util", "--hide-users")
-    run = await wait_for(mcli.stack.url, small, *DONE, within=90)
+    run = await wait_for(mcli.stack, small, *DONE, within=90)
     assert run.status is S.COMPLETED
-    assert (await wait_for(mcli.stack.url, big, *DONE)).status is S.COMPLETED
+    assert (await wait_for(mcli.stack, big, *DONE)).status is S.COMPLETED
 
 
 async def test_a_queued_run_shows_the_nodes_and_instance_its_request_means(mcli: Mcli) -> None:
     big = mcli.submit("big")
-    await wait_for(mcli.stack.url, big, S.RUNNING)
+    await wait_for(mcli.stack, big, S.RUNNING)
     wide = mcli.submit("hello", "--gpus", "16", "--name", "wide")  # 2 ranks of 8, not 1 of 16
-    await wait_for(mcli.stack.url, wide, S.QUEUED)
+    await wait_for(mcli.stack, wide, S.QUEUED)
     row = re.compile(rf"{wide}\s+local\s+2\s+8x a100_80gb\s+0\s+Queued")
 
     def listed_as_queued() -> bool:
@@ -271,12 +271,12 @@ async def test_a_queued_run_shows_the_nodes_and_instance_its_request_means(mcli:
     await eventually(listed_as_queued, what=f"get runs to show {wide} on 2 nodes of 8")
     mcli.ok("stop", "run", wide, big, "-y")
     for name in (wide, big):
-        await wait_for(mcli.stack.url, name, *DONE)
+        await wait_for(mcli.stack, name, *DONE)
 
 
 async def test_a_bad_image_fails_and_logs_point_at_describe(mcli: Mcli) -> None:
     name = mcli.submit("hello", "--image", "Not A Valid/Image", "--name", "bad-image")
-    run = await wait_for(mcli.stack.url, name, *DONE)
+    run = await wait_for(mcli.stack, name, *DONE)
     assert run.reason_code == "FailedImagePull"
     shown = mcli("logs", name)
     assert shown.returncode == 0
@@ -289,7 +289,7 @@ async def test_clone_billing_audit_and_rebuild(mcli: Mcli) -> None:
     out = mcli.ok("run", "--clone", original, "--name", "cloned")
     clone = re.search(r"✔ Run (cloned-\S+) submitted", out)
     assert clone, out
-    await wait_for(mcli.stack.url, clone[1], *DONE)
+    await wait_for(mcli.stack, clone[1], *DONE)
     report = json.loads(mcli.ok("billing", "--by", "run", "-o", "json"))
     assert report["gpu_ms"] > 0
     assert sum(line["gpu_ms"] for line in report["lines"]) == report["gpu_ms"]

@@ -50,7 +50,7 @@ def audit_of(mcli: Mcli, name: str) -> list[str]:
 
 async def test_another_users_run_takes_all_users_for_every_command(mcli: Mcli) -> None:
     name = mcli.submit("long")
-    await wait_for(mcli.stack.url, name, S.RUNNING)
+    await wait_for(mcli.stack, name, S.RUNNING)
     bob = as_user(mcli, BOB)
     before = audit_of(mcli, name)
     for verb, args in [
@@ -73,7 +73,7 @@ async def test_another_users_run_takes_all_users_for_every_command(mcli: Mcli) -
     assert audit_of(mcli, name) == before  # nothing was written
     assert name in bob.ok("describe", "run", name, "--all-users")
     assert f"✔ Stopped run {name}" in bob.ok("stop", "run", name, "-y", "--all-users")
-    await wait_for(mcli.stack.url, name, S.STOPPED)
+    await wait_for(mcli.stack, name, S.STOPPED)
     described = mcli.ok("describe", "run", name)
     assert re.search(rf"Rank 0 on node-\d ended by signal 15 \(stopped by {BOB}\)", described), (
         described
@@ -83,7 +83,7 @@ async def test_another_users_run_takes_all_users_for_every_command(mcli: Mcli) -
 
 async def test_a_deleted_run_answers_every_request_the_same_way(mcli: Mcli) -> None:
     name = mcli.submit("hello")
-    await wait_for(mcli.stack.url, name, *DONE)
+    await wait_for(mcli.stack, name, *DONE)
     assert f"✔ Deleted run {name}" in mcli.ok("delete", "run", name, "-y")
     for args in [
         ["delete", "run", name, "-y"],
@@ -121,7 +121,7 @@ async def test_billing_prices_what_has_a_price(mcli: Mcli) -> None:
     gpu = mcli.submit("hello")
     cpu = mcli.submit("hello", "--gpus", "0", "--name", "cpu-only")
     for name in (gpu, cpu):
-        await wait_for(mcli.stack.url, name, *DONE)
+        await wait_for(mcli.stack, name, *DONE)
     priced = Mcli(env={**mcli.env, "RUNPLANE_GPU_PRICES": '{"a100_80gb": "2"}'}, stack=mcli.stack)
 
     def by_run() -> dict[str, dict[str, object]] | None:

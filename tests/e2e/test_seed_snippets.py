@@ -134,7 +134,7 @@ async def test_the_seed_page_runs_as_written(stack: Mcli) -> None:
 
     _, printed = execute(FOLLOW, name)
     assert "rank 0\n" in printed
-    await wait_for(stack.stack.url, name, S.FAILED, S.COMPLETED, S.STOPPED)
+    await wait_for(stack.stack, name, S.FAILED, S.COMPLETED, S.STOPPED)
 
     for imports in (DELETE, STOP, START):
         execute(imports, name)
