@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
 from cli.stack import LocalStack
 from events import access, commands, keys
@@ -23,6 +23,7 @@ from events.lifecycle import RunState
 from events.spec import RunSpec
 from services.api.errors import ApiError
 from services.api.runs import RunRequests
+from services.core.passwords import PasswordFileError, redacted
 from services.core.settings import Settings
 from services.core.store import EventStore
 
@@ -97,6 +98,12 @@ def find_url() -> tuple[str, Path | None]:
 
 def unreachable_message(url: str, exc: BaseException | None = None) -> str:
     why = f" ({exc})" if exc is not None and str(exc) else ""
+    url = redacted(url)
+    if isinstance(exc, AuthenticationError):
+        return (
+            f"runplane's log at {url} refused the login{why}: set RUNPLANE_REDIS_USERNAME and "
+            "RUNPLANE_REDIS_PASSWORD_FILE (docs/deploying.md#credentials)"
+        )
     return (
         f"cannot reach runplane's log at {url}{why}: start a local stack with `mcli dev up`, "
         "or set RUNPLANE_REDIS_URL to your deployment's Redis"
@@ -116,7 +123,10 @@ class Client:
     def __init__(self, url: str, stack_dir: Path | None = None) -> None:
         self.url = url
         self.stack_dir = stack_dir
-        self.store = EventStore.from_settings(log_settings(url, stack_dir))
+        try:
+            self.store = EventStore.from_settings(log_settings(url, stack_dir))
+        except PasswordFileError as exc:
+            raise ClientError(f"{exc} (RUNPLANE_REDIS_PASSWORD_FILE names it)") from None
         self.user = current_user()
         #: Until the CLI speaks to the API server (issue 13), every user is an admin:
         #: --all-users is theirs to give.

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import re
 import socket
 import sys
 from collections.abc import Coroutine
@@ -34,7 +33,7 @@ from pydantic import Field, ValidationError
 from redis.exceptions import RedisError
 
 from events import keys
-from services.core.passwords import PasswordFileError
+from services.core.passwords import PasswordFileError, redacted
 from services.core.settings import Settings, invalid, login
 from services.core.store import connect_with
 
@@ -119,7 +118,7 @@ def probe(settings: Settings, key: str, timeout_s: float = _ROUND_TRIP_S) -> Ver
     except (RedisError, OSError) as exc:
         return Verdict(
             False,
-            f"unhealthy: the log's server at {_redacted(redis_url)} did not answer ({exc}); "
+            f"unhealthy: the log's server at {redacted(redis_url)} did not answer ({exc}); "
             "check RUNPLANE_REDIS_URL and that the server runs",
         )
     finally:
@@ -131,11 +130,6 @@ def probe(settings: Settings, key: str, timeout_s: float = _ROUND_TRIP_S) -> Ver
             "not renewed the key within its expiry (see its log)",
         )
     return Verdict(True, f"healthy: {key} (expires in {ttl_ms} ms)")
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password, fit for a health check's output."""
-    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 def main(argv: list[str] | None = None) -> int:

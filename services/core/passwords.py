@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -32,6 +33,11 @@ _SUFFIX = ".password"
 
 class PasswordFileError(RuntimeError):
     """A password file cannot be read: the message names it and says why."""
+
+
+def redacted(url: str) -> str:
+    """``url`` without the login it may carry: fit to print or log."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 def password_file(directory: Path, user: str) -> Path:
