@@ -114,7 +114,7 @@ class Rule:
 
 
 RULES: dict[str, Rule] = {
-    # The queue and placement: reads the whole log and every history, appends run and node
+    # The queue and placement: reads the whole log, run and node histories; appends run and node
     # events under its lease (the fence), watches the heartbeats, loads the append function.
     SCHEDULER: Rule(
         commands=_commands(
@@ -145,7 +145,7 @@ RULES: dict[str, Rule] = {
             _CONSUME,
             _ALIVE,
             ("xrange", "xgroup|setid", "fcall", "function|load", "scan", "unlink"),
-            ("hget", "hmget", "hset", "hdel", "zadd", "zrem", "zrange", "exists"),
+            ("hset", "hdel", "zadd", "zrem"),
         ),
         both=(_LOG, _PROJECTIONS, _alive(PROJECTOR)),
         writes=(keys.dead_letter_stream(PROJECTOR),),
@@ -158,10 +158,9 @@ RULES: dict[str, Rule] = {
             _LEASE,
             _CONSUME,
             _ALIVE,
-            ("xrange", "xrevrange", "xtrim", "xlen", "multi", "exec", "discard"),
-            ("hget", "hmget", "hset", "hsetnx", "hincrby", "hgetall", "hkeys", "hdel", "exists"),
-            ("zadd", "zrem", "zrange", "zrangebyscore", "zscore"),
-            ("rpush", "blpop", "lpop", "llen", "expire", "pexpire", "unlink"),
+            ("xrange", "xrevrange", "xtrim", "hget", "hmget", "hset", "hincrby", "hkeys"),
+            ("zadd", "zrem", "zrange", "zscore", "exists", "unlink"),
+            ("rpush", "blpop", "lpop", "llen", "expire"),
         ),
         both=(_LOG, _OUTPUT, _alive(LOG_COLLECTOR)),
         writes=(keys.dead_letter_stream(LOG_COLLECTOR),),
