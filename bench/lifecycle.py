@@ -24,8 +24,7 @@ from cli.stack import LocalStack, StackConfig
 from events import commands
 from events.model import AttemptCompleted, AttemptFailed, AttemptRunning, NodeRegistered
 from events.spec import Compute, RunSpec
-from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 
 NODES, GPUS = 4, 8
 
@@ -103,7 +102,7 @@ async def main(runs: int, burst: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stack = LocalStack(Path(tmp) / "stack")
         stack.up(StackConfig(nodes=NODES, gpus_per_node=GPUS, grace_period_s=5))
-        store = EventStore(connect(stack.url), Settings(redis_url=stack.url))
+        store = EventStore.from_settings(stack.operator_settings())
         try:
             await _wait_nodes(store)
             started = time.perf_counter()

@@ -261,7 +261,7 @@ async def decode_only(client: aioredis.Redis, page: int) -> int:
 async def rebuild_all(url: str, tag: int, lanes: int | None) -> None:
     """Every projection from zero into fresh builds, as ``mcli projections rebuild`` does (not
     switched: readers are not moved)."""
-    await rebuild_many(url, NAMES, now_ms=tag, switch=False, lanes=lanes)
+    await rebuild_many(Settings(redis_url=url), NAMES, now_ms=tag, switch=False, lanes=lanes)
 
 
 def fold_costs(sample: int) -> list[tuple[str, float, float]]:

@@ -8,6 +8,10 @@ log-collector, the API server and one node-agent per simulated node. Invariants:
   runs, with the ports chosen at ``up``) and ``supervisor.json`` (each process's pid, restarts
   and last exit), so any later command (or a second ``dev up``) finds a running stack by
   itself. A stack runs while its supervisor or any of its processes runs.
+- The server runs with ACL users (``services.core.acl``): each service logs in as its own,
+  with its password's file (``secrets/``, drawn at the first ``up``, kept after), never the
+  password itself in an environment or a command line; the CLI and the tests as the operator
+  (``operator_settings``).
 - Only the supervisor starts a process of the stack, so two copies of one never run. It is
   started detached (its own session) and outlives the command that started it, as the
   processes it starts do.
@@ -42,8 +46,12 @@ from cli.stackfiles import (
     Supervision,
     hold,
     logs_dir,
+    operator_login,
     release,
+    secrets_dir,
 )
+from services.core import acl, passwords
+from services.core.settings import Settings
 from services.core.valkey import HOST, free_port, server_binary
 from services.node_agent.job import RankKey
 from services.node_agent.process.rankdir import local_ranks
@@ -75,18 +83,19 @@ def current_user() -> str:
     return os.environ.get("RUNPLANE_USER") or getpass.getuser()
 
 
-def find_url() -> str:
-    """The log's URL for an operator's command (``mcli dev``, ``mcli projections rebuild``):
-    ``RUNPLANE_REDIS_URL``, else the local stack's server."""
-    if url := os.environ.get("RUNPLANE_REDIS_URL"):
-        return url
+def operator_settings() -> Settings:
+    """How an operator's command (``mcli projections rebuild``) reaches the log:
+    ``RUNPLANE_REDIS_URL`` with ``RUNPLANE_REDIS_USERNAME``/``_PASSWORD_FILE`` as set, else the
+    local stack's server as its operator."""
+    if os.environ.get("RUNPLANE_REDIS_URL"):
+        return Settings()
     stack = LocalStack.find(state_dir())
     if stack is None:
         raise StackError(
             "no runplane log to work on: start a local stack with `mcli dev up`, "
             "or set RUNPLANE_REDIS_URL to your deployment's Valkey"
         )
-    return stack.url
+    return stack.operator_settings()
 
 
 class LocalStack:
@@ -172,6 +181,7 @@ class LocalStack:
         self.api_port = free_port()
         while self.api_port == self.valkey_port:
             self.api_port = free_port()
+        passwords.provision(secrets_dir(self.state_dir))  # kept if there: the server's data too
         self.services = {spec.name: spec for spec in self._specs()}
         specs = list(self.services.values())
         binary = str(server_binary())
@@ -263,15 +273,35 @@ class LocalStack:
         self.valkey_port, self.api_port = saved.valkey_port, saved.api_port
         self.services = {spec.name: spec for spec in saved.services}
 
+    def operator_settings(self, url: str | None = None) -> Settings:
+        """How the CLI, the benchmarks and the tests reach the stack's server (at ``url``, by
+        default the one ``stack.json`` names): as its operator."""
+        user, password_file = operator_login(self.state_dir)
+        return Settings(
+            redis_url=url or self.url, redis_username=user, redis_password_file=password_file
+        )
+
+    def _login(self, user: str) -> dict[str, str]:
+        """The variables that log a service in as ``user``: its name and its password's file."""
+        return {
+            "RUNPLANE_REDIS_USERNAME": user,
+            "RUNPLANE_REDIS_PASSWORD_FILE": str(
+                passwords.password_file(secrets_dir(self.state_dir), user)
+            ),
+        }
+
     def _specs(self) -> list[ServiceSpec]:
         config = self.config
         specs = [
-            ServiceSpec("scheduler", "services.scheduler"),
-            ServiceSpec("projector", "services.projector"),
+            ServiceSpec("scheduler", "services.scheduler", self._login(acl.SCHEDULER)),
+            ServiceSpec("projector", "services.projector", self._login(acl.PROJECTOR)),
             ServiceSpec(
                 "log-collector",
                 "services.log_collector",
-                {"RUNPLANE_ARCHIVE_DIR": str(self.state_dir / "archive")},
+                {
+                    "RUNPLANE_ARCHIVE_DIR": str(self.state_dir / "archive"),
+                    **self._login(acl.LOG_COLLECTOR),
+                },
             ),
             ServiceSpec(
                 "api",
@@ -280,6 +310,7 @@ class LocalStack:
                     "RUNPLANE_API_HOST": HOST,
                     "RUNPLANE_API_PORT": str(self.api_port),
                     "RUNPLANE_ARCHIVE_DIR": str(self.state_dir / "archive"),
+                    **self._login(acl.API),
                 },
             ),
         ]
@@ -290,6 +321,7 @@ class LocalStack:
                 "RUNPLANE_CLUSTER": config.cluster,
                 "RUNPLANE_DATA_DIR": str(self.state_dir / "nodes" / name),
                 "RUNPLANE_GRACE_PERIOD_S": str(config.grace_period_s),
+                **self._login(acl.NODE_AGENT),
             }
             if config.gpus_per_node is not None:
                 env["RUNPLANE_GPUS"] = str(config.gpus_per_node)

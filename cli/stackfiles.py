@@ -7,6 +7,10 @@
   Valkey server included), its pid, restarts and last exit. Written by the supervisor only.
 - ``held/<service>``: a service stopped on purpose (``LocalStack.kill``), which the supervisor
   leaves down until ``LocalStack.start`` or ``mcli dev up`` removes the file.
+- ``secrets/`` (mode 0700): the Valkey server's ACL file (hashes only) and one password file
+  per ACL user (0600), written by ``services.core.passwords`` at ``LocalStack.up``, kept
+  across stacks. Each service reads its own (``RUNPLANE_REDIS_PASSWORD_FILE``), the supervisor
+  and the CLI the operator's.
 
 A JSON file is replaced whole (a temp file, then a rename), so a reader sees the old content or
 the new one, never half of one. A process is known by its pid and its start time
@@ -23,9 +27,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from services.core.acl import OPERATOR
+from services.core.passwords import password_file
+
 STACK_FILE = "stack.json"
 SUPERVISION_FILE = "supervisor.json"
 HELD_DIR = "held"
+SECRETS_DIR = "secrets"
 #: The Valkey server's name among the supervised services.
 SERVER = "valkey"
 SUPERVISOR = "supervisor"
@@ -35,6 +43,16 @@ def logs_dir(state_dir: Path) -> Path:
     """Where the stack's processes write their logs: ``<service>.log``, ``supervisor.log``, and
     ``mcli.log`` for what library code logs in the mcli command (never on the user's terminal)."""
     return state_dir / "logs"
+
+
+def secrets_dir(state_dir: Path) -> Path:
+    """The Valkey server's ACL file and each user's password file (``cli.stackfiles``)."""
+    return state_dir / SECRETS_DIR
+
+
+def operator_login(state_dir: Path) -> tuple[str, Path]:
+    """The operator (the admin of the local stack's server) and its password's file."""
+    return OPERATOR, password_file(secrets_dir(state_dir), OPERATOR)
 
 
 def write_atomically(path: Path, text: str) -> None:

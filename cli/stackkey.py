@@ -15,9 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import hmac
-import os
 import uuid
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from events.identity import (
     parse_key,
 )
 from services.api.accounts import draw_key, load_user
+from services.core.passwords import write_private
 from services.core.store import EventStore
 
 KEY_FILE = "api-key"
@@ -63,7 +62,7 @@ async def ensure_admin(store: EventStore, state_dir: Path, user: str, now_ms: in
     key = new_key(*draw_key())
     issued = issue_key(state, key, SETUP_ACTOR, uuid.uuid4().hex, now_ms=now_ms)
     await store.append([issued], expected_version=state.version)
-    _write_private(key_path(state_dir), key.presented)
+    write_private(key_path(state_dir), key.presented)
     return True
 
 
@@ -78,16 +77,3 @@ def _holds(state: UserState, presented: str | None, now_ms: int) -> bool:
         and key.valid_at(now_ms)
         and hmac.compare_digest(key.key_hash, hash_secret(secret))
     )
-
-
-def _write_private(path: Path, text: str) -> None:
-    """``text`` in ``path``, readable by its owner only from the first byte on."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(text + "\n")
-        file.flush()
-        os.fsync(file.fileno())
-    tmp.replace(path)

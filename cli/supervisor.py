@@ -26,7 +26,9 @@ Invariants:
   time), keeps the restart counts, and starts the others.
 - ``supervisor.json`` is written after every change (``cli.stackfiles.Supervision``).
 - A service gets the environment of whoever started the stack, without the client's settings
-  (``MOSAICML_*``, ``MCLI_*``: the admin's key, once exported, must not reach a run).
+  (``MOSAICML_*``, ``MCLI_*``: the admin's key, once exported, must not reach a run) and
+  without any login to the server but its own (``stack.json`` names its ACL user and its
+  password's file; the server starts with the ACL file: ``services.core.acl``).
 """
 
 from __future__ import annotations
@@ -58,7 +60,10 @@ from cli.stackfiles import (
     Supervision,
     is_held,
     logs_dir,
+    operator_login,
+    secrets_dir,
 )
+from services.core import passwords
 from services.core.logging import configure
 from services.core.valkey import ValkeyError, ValkeyProcess
 
@@ -68,8 +73,9 @@ STEADY_S = 10.0
 LOCK_FILE = "supervisor.lock"
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 #: The client's settings (``eval "$(mcli dev env)"`` exports the admin's key) stay out of the
-#: services' environment: a node's environment is its ranks', and no run may see that key.
-_CLIENT_PREFIXES = ("MOSAICML_", "MCLI_")
+#: services' environment: a node's environment is its ranks', and no run may see that key. So
+#: does any login to a server: each service gets its own from ``stack.json``.
+_CLIENT_PREFIXES = ("MOSAICML_", "MCLI_", "RUNPLANE_REDIS_")
 log = structlog.get_logger("cli.supervisor")
 
 
@@ -217,6 +223,8 @@ class Supervisor:
                 self.stack.valkey_port,
                 detach=True,
                 binary=Path(self.stack.valkey_binary),
+                acl_file=passwords.acl_path(secrets_dir(self.state_dir)),
+                login=operator_login(self.state_dir),
             )
             return server.start()  # the others may start once it answers
         spec: ServiceSpec = self.specs[name]

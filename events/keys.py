@@ -4,6 +4,9 @@ The log is split into partitions; a run's keys carry its partition as a hash tag
 (``{p3}``), so its own stream, the partition's global stream and its idempotency keys share
 one Cluster slot and one script can write them together. With one partition (the default) the
 global stream is a total order of every event.
+
+A pattern of keys for the server's ACL (``services.core.acl``) is built by the same functions,
+with ``ANY`` in place of a name or a partition: ``aggregate_stream("run:" + ANY, ANY)``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import zlib
 
 PREFIX = "rp"
+#: Any name or partition, in a key pattern (a glob: ``{`` and ``}`` stand for themselves).
+ANY = "*"
 
 
 def partition_of(aggregate: str, partitions: int) -> int:
@@ -19,17 +24,17 @@ def partition_of(aggregate: str, partitions: int) -> int:
     return zlib.crc32(aggregate.encode()) % partitions if partitions > 1 else 0
 
 
-def log_stream(partition: int) -> str:
+def log_stream(partition: int | str) -> str:
     """The global stream of one partition: every event of its aggregates, in order."""
     return f"{PREFIX}:{{p{partition}}}:log"
 
 
-def aggregate_stream(aggregate: str, partition: int) -> str:
+def aggregate_stream(aggregate: str, partition: int | str) -> str:
     """The history of one run, node or user (``Event.aggregate``)."""
     return f"{PREFIX}:{{p{partition}}}:agg:{aggregate}"
 
 
-def idempotency_key(key: str, partition: int) -> str:
+def idempotency_key(key: str, partition: int | str) -> str:
     return f"{PREFIX}:{{p{partition}}}:idem:{key}"
 
 
@@ -38,7 +43,7 @@ def dead_letter_stream(group: str) -> str:
     return f"{PREFIX}:dlq:{group}"
 
 
-def scheduler_lease(partition: int = 0) -> str:
+def scheduler_lease(partition: int | str = 0) -> str:
     """Held by the active scheduler; its value is the fencing token its appends carry."""
     return f"{PREFIX}:{{p{partition}}}:scheduler:lease"
 
@@ -54,20 +59,25 @@ def liveness(service: str, instance: str) -> str:
     return f"{PREFIX}:alive:{service}:{instance}"
 
 
+def output_keys() -> str:
+    """What every key of run output starts with (the log-collector's own)."""
+    return f"{PREFIX}:logs:"
+
+
 def log_ingest() -> str:
     """Output lines from every rank, on their way to the log-collector."""
-    return f"{PREFIX}:logs:in"
+    return f"{output_keys()}in"
 
 
 def rank_log(run_id: str, attempt: int, rank: int) -> str:
     """The stored output of one rank of one attempt (until it is archived)."""
-    return f"{PREFIX}:logs:{run_id}:{attempt}:{rank}"
+    return f"{output_keys()}{run_id}:{attempt}:{rank}"
 
 
 def attempt_logs(run_id: str, attempt: int) -> str:
     """What the log-collector knows of an attempt's output: ranks seen, first failed rank,
     archive paths."""
-    return f"{PREFIX}:logs:{run_id}:{attempt}:meta"
+    return f"{output_keys()}{run_id}:{attempt}:meta"
 
 
 # Projections: every key carries the hash tag ``{proj}``, so the projector's one transaction
@@ -75,14 +85,19 @@ def attempt_logs(run_id: str, attempt: int) -> str:
 # A namespace is one build of a projection (``v3``, or ``v3r<ms>`` for a rebuild).
 
 
+def projection_keys() -> str:
+    """What every key of the projections (and the projector's lease) starts with."""
+    return f"{PREFIX}:{{proj}}:"
+
+
 def projector_lease() -> str:
     """The projector's lease: one projector folds and commits, the others stand by."""
-    return f"{PREFIX}:{{proj}}:projector:lease"
+    return f"{projection_keys()}projector:lease"
 
 
 def projection_prefix(name: str, namespace: str) -> str:
     """Every key of one build of a projection starts with this (to drop a whole build)."""
-    return f"{PREFIX}:{{proj}}:{name}:{namespace}:"
+    return f"{projection_keys()}{name}:{namespace}:"
 
 
 def projection_rows(name: str, namespace: str, kind: str) -> str:
@@ -102,29 +117,29 @@ def projection_checkpoint(name: str, namespace: str) -> str:
 
 def projection_active(name: str) -> str:
     """The namespace readers of a projection read; switched when a new build caught up."""
-    return f"{PREFIX}:{{proj}}:{name}:active"
+    return f"{projection_keys()}{name}:active"
 
 
 def log_collector_lease() -> str:
     """Held by the log-collector that copies the ingest stream (one at a time keeps each rank's
     lines in id order); its value is that collector's name."""
-    return f"{PREFIX}:logs:lease"
+    return f"{output_keys()}lease"
 
 
 def log_archive_queue() -> str:
     """Sorted set of finished attempts (``<run_id>/<attempt>``) waiting to be archived, scored by
     the millisecond part of their terminal event's position."""
-    return f"{PREFIX}:logs:archive-queue"
+    return f"{output_keys()}archive-queue"
 
 
 def log_requests() -> str:
     """List of requests for archived lines, served by any log-collector."""
-    return f"{PREFIX}:logs:requests"
+    return f"{output_keys()}requests"
 
 
 def log_reply(request_id: str) -> str:
     """List the log-collector pushes one request's reply chunks to (it expires)."""
-    return f"{PREFIX}:logs:reply:{request_id}"
+    return f"{output_keys()}reply:{request_id}"
 
 
 def run_name(name: str) -> str:

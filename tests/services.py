@@ -3,15 +3,32 @@
 Integration tests start, stop and kill -9 services through this one class, so "stop" means the
 same everywhere: SIGTERM (the service's clean shutdown), then SIGKILL if it has not exited in
 time, and the exit code tells which happened.
+
+With ``RUNPLANE_TEST_ACL=1`` a service logs in as its own ACL user (``tests.acl_users``) and
+``stop`` fails if the server refused it anything: how a service's rule in
+``services/core/acl.py`` is checked against its own tests. (Not by default: a user made by
+ACL SETUSER is gone once a test restarts the server.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
+
+from services.core import acl
+from tests.acl_users import login_as, refused, server_ms
+
+_USERS = {
+    "services.scheduler": acl.SCHEDULER,
+    "services.projector": acl.PROJECTOR,
+    "services.log_collector": acl.LOG_COLLECTOR,
+    "services.node_agent": acl.NODE_AGENT,
+    "services.api": acl.API,
+}
 
 
 class ServiceProcess:
@@ -20,8 +37,18 @@ class ServiceProcess:
         self.env = dict(env)
         self.log_path = log
         self.proc: asyncio.subprocess.Process | None = None
+        self._login: tuple[str, str, int] | None = None  # server, user, since (RUNPLANE_TEST_ACL)
 
     async def start(self) -> Self:
+        user = _USERS.get(self.module)
+        if (
+            user is not None
+            and os.environ.get("RUNPLANE_TEST_ACL")
+            and "RUNPLANE_REDIS_USERNAME" not in self.env
+        ):
+            url = self.env["RUNPLANE_REDIS_URL"]
+            self.env |= login_as(url, user, self.log_path.parent / "secrets")
+            self._login = (url, user, server_ms(url))
         with self.log_path.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -52,10 +79,13 @@ class ServiceProcess:
             self.proc.terminate()
             try:
                 async with asyncio.timeout(within_s):
-                    return await self.proc.wait()
+                    await self.proc.wait()
             except TimeoutError:
                 self.proc.kill()
-        return await self.proc.wait()
+        code = await self.proc.wait()
+        if self._login is not None:
+            assert refused(*self._login) == [], f"{self.module}: services/core/acl.py"
+        return code
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -26,7 +26,7 @@ from cli.errors import ClientError
 from cli.models import now_ms, to_datetime
 from cli.reads import named_run
 from cli.render import make_console, plain_table, when
-from cli.stack import find_url
+from cli.stack import operator_settings
 from events.access import Action
 from events.codec import Recorded
 from events.model import tag_of
@@ -259,10 +259,10 @@ def rebuild_projections(args: argparse.Namespace) -> int:
     """An operator's command: it works on the log itself (``RUNPLANE_REDIS_URL``, or the local
     stack's), as the projector does."""
     names = [args.name] if args.name else list(catalog.NAMES)
-    url = find_url()
+    settings = operator_settings()
     with make_console().status(f"Rebuilding {', '.join(names)} from the whole log..."):
         try:
-            built = asyncio.run(rebuild_many(url, names, now_ms=now_ms(), lanes=args.lanes))
+            built = asyncio.run(rebuild_many(settings, names, now_ms=now_ms(), lanes=args.lanes))
         except LaneFailed as exc:
             again = " ".join(f"`mcli projections rebuild {name}`" for name in exc.names)
             raise ClientError(f"{exc}; readers still read their old builds; run {again}") from None

@@ -44,8 +44,7 @@ from events import commands, keys
 from events.model import NodeRegistered
 from events.status import RunStatus
 from projections import query
-from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 
 _READY_S = 90.0
 _POLL_S = 0.2
@@ -252,7 +251,7 @@ async def wait_ready(
 
 def operator_store(stack: LocalStack) -> EventStore:
     """The stack's log, as its operator works on it (readiness, the admin's key)."""
-    return EventStore(connect(stack.url), Settings(redis_url=stack.url))
+    return EventStore.from_settings(stack.operator_settings())
 
 
 def _tail(stack: LocalStack, name: str) -> list[str]:

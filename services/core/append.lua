@@ -3,7 +3,7 @@
 -- written.
 --
 -- KEYS[1] the partition's global stream, KEYS[2] the aggregate's own stream,
--- KEYS[3] the idempotency key, KEYS[4] the fencing key.
+-- KEYS[3] the idempotency key, KEYS[4] the fencing key (only with a fencing token).
 -- ARGV[1] expected version of the aggregate (-1: any), ARGV[2] idempotency TTL in ms,
 -- ARGV[3] the fencing token ("" for none: the fencing key is then not read),
 -- ARGV[4..] the entries, as (kind, body) pairs.

@@ -30,7 +30,7 @@ from events import codec, keys
 from events.codec import Recorded
 from events.errors import UndecodableEvent
 from services.core.groups import Delivery, dead_letter, ensure_group
-from services.core.settings import Settings
+from services.core.settings import Settings, login
 from services.core.store import connection_class
 
 log = structlog.get_logger(__name__)
@@ -38,14 +38,17 @@ log = structlog.get_logger(__name__)
 Handler = Callable[[Recorded], Awaitable[None]]
 
 
-def make_broker(url: str, max_connections: int = 256) -> RedisBroker:
-    """A broker that logs through the standard logging tree (structlog renders it).
+def make_broker(settings: Settings, max_connections: int = 256) -> RedisBroker:
+    """A broker on the server ``settings`` name, logged in as their user, that logs through
+    the standard logging tree (structlog renders it).
 
     FastStream's pool fails, rather than waits, past ``max_connections``: keep it well above
     the subscribers and concurrent handlers one process runs.
     """
+    url = settings.redis_url
     return RedisBroker(
         url,
+        **login(settings.redis_auth()),  # type: ignore[arg-type]  # redis-py's own keywords
         # FastStream types this as TCP only; redis-py takes any connection class here.
         connection_class=cast("type[Connection]", connection_class(url)),
         logger=logging.getLogger("runplane.faststream"),

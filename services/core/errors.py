@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from services.core.passwords import redacted
+
 
 class StoreError(Exception):
     """Root of the event store's errors."""
@@ -16,7 +18,7 @@ class StoreUnavailable(TemporaryStoreError):
 
     def __init__(self, url: str, why: str) -> None:
         super().__init__(
-            f"the event log at {url} is unreachable ({why}); check that the server runs "
+            f"the event log at {redacted(url)} is unreachable ({why}); check that the server runs "
             "(`mcli dev status` for the local stack) and RUNPLANE_REDIS_URL"
         )
         self.url = url

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import re
 import socket
 import sys
 from collections.abc import Coroutine
@@ -34,8 +33,9 @@ from pydantic import Field, ValidationError
 from redis.exceptions import RedisError
 
 from events import keys
-from services.core.settings import Settings, invalid
-from services.core.store import connect
+from services.core.passwords import PasswordFileError, redacted
+from services.core.settings import Settings, invalid, login
+from services.core.store import connect_with
 
 SERVICES = ("scheduler", "projector", "log-collector", "node-agent")
 
@@ -52,13 +52,13 @@ def instance_name() -> str:
     return socket.gethostname()
 
 
-async def keep_alive(redis_url: str, service: str, instance: str | None = None) -> None:
+async def keep_alive(settings: Settings, service: str, instance: str | None = None) -> None:
     """Renew this process's liveness key until cancelled, then drop it.
 
     A failed renewal is logged and tried again at the next turn: the server being away for a
     moment is no reason to stop a service, and the key expiring then is the truth."""
     key = keys.liveness(service, instance or instance_name())
-    client = connect(redis_url, max_connections=1)
+    client = connect_with(settings, max_connections=1)
     try:
         while True:
             try:
@@ -74,9 +74,9 @@ async def keep_alive(redis_url: str, service: str, instance: str | None = None) 
         await client.aclose()
 
 
-async def run_alive(app: Coroutine[Any, Any, None], *, redis_url: str, service: str) -> None:
+async def run_alive(app: Coroutine[Any, Any, None], settings: Settings, *, service: str) -> None:
     """Run ``app`` (a service's main coroutine) while keeping its liveness key."""
-    beat = asyncio.create_task(keep_alive(redis_url, service), name=f"liveness:{service}")
+    beat = asyncio.create_task(keep_alive(settings, service), name=f"liveness:{service}")
     try:
         await app
     finally:
@@ -103,17 +103,22 @@ def probed_key(service: str, settings: ProbeSettings, instance: str | None = Non
     return keys.liveness(service, instance or instance_name())
 
 
-def probe(redis_url: str, key: str, timeout_s: float = _ROUND_TRIP_S) -> Verdict:
+def probe(settings: Settings, key: str, timeout_s: float = _ROUND_TRIP_S) -> Verdict:
     """Healthy while ``key`` exists on the log's server."""
+    redis_url = settings.redis_url
+    try:
+        auth = settings.redis_auth()
+    except PasswordFileError as exc:
+        return Verdict(False, f"unhealthy: {exc}")
     client = redis.Redis.from_url(
-        redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **login(auth)
     )
     try:
         ttl_ms = client.pttl(key)
     except (RedisError, OSError) as exc:
         return Verdict(
             False,
-            f"unhealthy: the log's server at {_redacted(redis_url)} did not answer ({exc}); "
+            f"unhealthy: the log's server at {redacted(redis_url)} did not answer ({exc}); "
             "check RUNPLANE_REDIS_URL and that the server runs",
         )
     finally:
@@ -125,11 +130,6 @@ def probe(redis_url: str, key: str, timeout_s: float = _ROUND_TRIP_S) -> Verdict
             "not renewed the key within its expiry (see its log)",
         )
     return Verdict(True, f"healthy: {key} (expires in {ttl_ms} ms)")
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password, fit for a health check's output."""
-    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"unhealthy: {invalid(exc)}", file=sys.stderr)  # noqa: T201
         return 2
-    verdict = probe(settings.redis_url, probed_key(args.service, settings, args.instance))
+    verdict = probe(settings, probed_key(args.service, settings, args.instance))
     print(verdict.line, file=sys.stdout if verdict.healthy else sys.stderr)
     return 0 if verdict.healthy else 1
 

@@ -6,19 +6,36 @@ Read once at a process edge and passed down; pure code never reads the environme
 from __future__ import annotations
 
 import sys
-from typing import TypeVar
+from pathlib import Path
+from typing import NamedTuple, Self, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-S = TypeVar("S", bound=BaseSettings)
+from services.core.passwords import PasswordFileError, read_password
+
+S = TypeVar("S", bound="Settings")
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RUNPLANE_", extra="ignore")
 
     redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0", description="The Redis or Valkey server of the log."
+        default="redis://127.0.0.1:6379/0",
+        description="The Redis or Valkey server of the log. It may carry a user and password "
+        "(`redis://user:password@host:6379/0`), but then they are in the environment; "
+        "RUNPLANE_REDIS_USERNAME and RUNPLANE_REDIS_PASSWORD_FILE keep the password out of it.",
+    )
+    redis_username: str | None = Field(
+        default=None,
+        description="The server's ACL user this process logs in as (the local stack gives each "
+        "service its own: `services/core/acl.py`); with RUNPLANE_REDIS_PASSWORD_FILE.",
+    )
+    redis_password_file: Path | None = Field(
+        default=None,
+        description="A file (mode 0600) holding the password of RUNPLANE_REDIS_USERNAME (its first "
+        "line); read when connecting, so no environment or command line shows the password.",
     )
     partitions: int = Field(
         default=1,
@@ -49,12 +66,59 @@ class Settings(BaseSettings):
             )
         return value
 
+    @model_validator(mode="after")
+    def _one_password(self) -> Self:
+        if self.redis_password_file is not None and urlsplit(self.redis_url).password:
+            raise ValueError(
+                "RUNPLANE_REDIS_URL carries a password and RUNPLANE_REDIS_PASSWORD_FILE names "
+                "another: give one of them"
+            )
+        return self
+
+    def redis_auth(self) -> Auth | None:
+        """The user and password to log in with, the password read from its file now; None
+        when no file is set (the URL's own user and password, if any, are used)."""
+        if self.redis_password_file is None:
+            return None
+        return Auth(self.redis_username, read_password(self.redis_password_file))
+
+    def redis_env(self) -> dict[str, str]:
+        """The variables that give a child process this process's server and login (the
+        password's file, never the password)."""
+        env = {"RUNPLANE_REDIS_URL": self.redis_url}
+        if self.redis_username is not None:
+            env["RUNPLANE_REDIS_USERNAME"] = self.redis_username
+        if self.redis_password_file is not None:
+            env["RUNPLANE_REDIS_PASSWORD_FILE"] = str(self.redis_password_file)
+        return env
+
+
+class Auth(NamedTuple):
+    """A login on the server: ``username`` None is the ``default`` user."""
+
+    username: str | None
+    password: str
+
+    def __repr__(self) -> str:  # never the password, wherever an Auth is printed
+        return f"Auth(username={self.username!r}, password='***')"
+
+
+def login(auth: Auth | None) -> dict[str, str]:
+    """redis-py's keyword arguments for ``auth`` (none without it: the URL's own login)."""
+    if auth is None:
+        return {}
+    return {"password": auth.password} | ({"username": auth.username} if auth.username else {})
+
 
 def invalid(exc: ValidationError) -> str:
     """One line naming every bad ``RUNPLANE_*`` variable and what is wrong with it."""
     return "; ".join(
-        f"RUNPLANE_{'_'.join(str(part) for part in error['loc']).upper()}: "
-        f"{error['msg'].removeprefix('Value error, ')}"
+        (
+            f"RUNPLANE_{'_'.join(str(part) for part in error['loc']).upper()}: "
+            if error["loc"]
+            else ""
+        )
+        + error["msg"].removeprefix("Value error, ")
         for error in exc.errors()
     )
 
@@ -63,7 +127,12 @@ def load(cls: type[S], service: str) -> S:
     """A service's settings from the environment; bad ones end the process with one line
     naming them, and exit code 2 (no traceback)."""
     try:
-        return cls()
+        settings = cls()
+        settings.redis_auth()  # a password file that cannot be read ends the process here
     except ValidationError as exc:
         print(f"{service}: invalid settings: {invalid(exc)}", file=sys.stderr)  # noqa: T201
         raise SystemExit(2) from None
+    except PasswordFileError as exc:
+        print(f"{service}: RUNPLANE_REDIS_PASSWORD_FILE: {exc}", file=sys.stderr)  # noqa: T201
+        raise SystemExit(2) from None
+    return settings

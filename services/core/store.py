@@ -38,16 +38,24 @@ from events import codec, keys
 from events.codec import Recorded
 from events.lifecycle import RunState, copy_state, evolve
 from events.model import AnyRunEvent, Event, RunEvent
+from services.core import acl
 from services.core.errors import Fenced, MixedAggregates, StoreUnavailable, VersionConflict
-from services.core.settings import Settings
+from services.core.settings import Auth, Settings, login
 
 log = structlog.get_logger(__name__)
 
 _FUNCTION = files("services.core").joinpath("append.lua").read_text()
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+class _NotLoaded(Exception):
+    """The append function is not on the server, and this user may not load it (the
+    scheduler does, at its start: ``services.core.acl``): wait for it as for a server away."""
+
+
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, _NotLoaded)
 _PAGE = 10_000
 
-_Keys = tuple[str, str, str, str]
+_Keys = tuple[str, ...]
 _Args = list[bytes | int | str]
 Decide = Callable[[RunState | None], Sequence[AnyRunEvent]]
 
@@ -106,12 +114,14 @@ def connection_class(url: str) -> type[aioredis.connection.AbstractConnection]:
     return {"rediss": _SSLConnection, "unix": _UnixConnection}.get(scheme, _Connection)
 
 
-def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
+def connect(url: str, max_connections: int = 64, *, auth: Auth | None = None) -> aioredis.Redis:
     """A client whose pool waits for a free connection instead of failing past its size, and
     that retries a command on a new connection when the server dropped the old one (every
-    command runnable twice: reads, and appends with their idempotency key)."""
+    command runnable twice: reads, and appends with their idempotency key). It logs in as
+    ``auth`` when given (else as the URL says)."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        **login(auth),
         connection_class=connection_class(url),
         max_connections=max_connections,
         timeout=30,
@@ -120,6 +130,11 @@ def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     return aioredis.Redis.from_pool(pool)
+
+
+def connect_with(settings: Settings, max_connections: int = 64) -> aioredis.Redis:
+    """``connect`` to the server ``settings`` name, as the user they name."""
+    return connect(settings.redis_url, max_connections, auth=settings.redis_auth())
 
 
 class EventStore:
@@ -132,7 +147,7 @@ class EventStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
-        return cls(connect(settings.redis_url), settings)
+        return cls(connect_with(settings), settings)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -163,11 +178,13 @@ class EventStore:
                 f"one append holds one aggregate's events, not {aggregate}'s and others'"
             )
         partition = keys.partition_of(aggregate, self.settings.partitions)
+        # The fencing key only with a fence: a key named in FCALL needs the caller's read and
+        # write permission, and no writer but the scheduler may touch its lease.
         fcall_keys = (
             keys.log_stream(partition),
             keys.aggregate_stream(aggregate, partition),
             keys.idempotency_key(idempotency_key or events[0].id, partition),
-            fence.key if fence else keys.scheduler_lease(partition),
+            *((fence.key,) if fence else ()),
         )
         args: _Args = [
             -1 if expected_version is None else expected_version,
@@ -226,7 +243,7 @@ class EventStore:
 
     async def _call(
         self,
-        fcall_keys: tuple[str, str, str, str],
+        fcall_keys: _Keys,
         args: list[bytes | int | str],
         retry_for_s: float,
     ) -> list[bytes]:
@@ -250,13 +267,15 @@ class EventStore:
 
     async def _fcall(self, fcall_keys: _Keys, args: _Args) -> list[bytes]:
         try:
-            reply = await self.redis.fcall("runplane_append", 4, *fcall_keys, *args)
+            reply = await self.redis.fcall("runplane_append", len(fcall_keys), *fcall_keys, *args)
         except ResponseError as exc:
             if "Function not found" not in str(exc):
                 raise
             # A server that never saw runplane (or lost its data): load the function, once more.
+            if not acl.loads_append_function(self.settings.redis_username):
+                raise _NotLoaded(str(exc)) from None
             await self.load_function()
-            reply = await self.redis.fcall("runplane_append", 4, *fcall_keys, *args)
+            reply = await self.redis.fcall("runplane_append", len(fcall_keys), *fcall_keys, *args)
         return list(reply)
 
     async def load_function(self) -> None:

@@ -3,7 +3,10 @@
 Invariants:
 
 - The server listens on 127.0.0.1 only, and is configured only by command-line arguments
-  (no config file): ``valkey-server --port N --dir D ...``.
+  (no config file): ``valkey-server --port N --dir D ...``; with an ACL file
+  (``--aclfile``, ``services.core.acl``: hashes only), its users are that file's, the
+  ``default`` user off, and the launcher logs in as ``login`` (a user and its password's file)
+  to ask the server its pid. No password is ever on a command line.
 - Every acknowledged write is on disk: ``appendonly yes`` with ``appendfsync always`` fsyncs the
   AOF before replying, so data survives SIGKILL and comes back on restart. No RDB snapshots
   (``save ""``): the AOF is the only persistence.
@@ -27,10 +30,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
+from services.core.passwords import PasswordFileError, read_password
+
 if TYPE_CHECKING:
     from types import TracebackType
 
 HOST = "127.0.0.1"
+#: A user of the server and the file holding its password.
+Login = tuple[str, Path]
 PIDFILE = "valkey.pid"
 PORTFILE = "valkey.port"
 LOGFILE = "valkey.log"
@@ -73,22 +80,46 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _server_pid(port: int) -> int | None:
+def _server_pid(port: int, login: Login | None = None) -> int | None:
     """The pid of the server answering on 127.0.0.1:port, or None if none answers (or it is
-    still loading its AOF). One ``INFO server`` in the protocol's inline form over a plain
-    socket: the launcher loads no client library (the local stack's supervisor uses it and
-    stays small)."""
+    still loading its AOF, or refuses ``login``). One ``INFO server`` over a plain socket,
+    after an ``AUTH`` with ``login``: the launcher loads no client library (the local stack's
+    supervisor uses it and stays small)."""
     try:
         with socket.create_connection((HOST, port), timeout=0.5) as sock:
+            if login is not None:
+                user, password_file = login
+                sock.sendall(
+                    _command(b"AUTH", user.encode(), read_password(password_file).encode())
+                )
+                if _line(sock) != b"+OK":
+                    return None
             sock.sendall(b"INFO server\r\n")
             reply = _bulk_reply(sock)
-    except OSError:
+    except (OSError, PasswordFileError):
         return None
     for line in (reply or b"").splitlines():
         key, _, value = line.partition(b":")
         if key == b"process_id" and value.strip().isdigit():
             return int(value)
     return None
+
+
+def _command(*args: bytes) -> bytes:
+    """One command in the protocol's array form (any byte in an argument is safe)."""
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
+
+
+def _line(sock: socket.socket) -> bytes:
+    """One simple reply line (``+OK``, ``-WRONGPASS ...``), read byte by byte: nothing after it
+    is consumed."""
+    received = b""
+    while not received.endswith(b"\r\n"):
+        byte = sock.recv(1)
+        if not byte:
+            return received
+        received += byte
+    return received[:-2]
 
 
 def _bulk_reply(sock: socket.socket) -> bytes | None:
@@ -121,11 +152,15 @@ class ValkeyProcess:
         *,
         detach: bool = False,
         binary: Path | None = None,
+        acl_file: Path | None = None,
+        login: Login | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port if port is not None else free_port()
         self.detach = detach
         self.binary = binary  # None: ``server_binary()``
+        self.acl_file = acl_file
+        self.login = login
         self._popen: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
 
@@ -142,7 +177,9 @@ class ValkeyProcess:
         return self.data_dir / LOGFILE
 
     @classmethod
-    def adopt(cls, data_dir: str | os.PathLike[str], *, detach: bool = True) -> Self | None:
+    def adopt(
+        cls, data_dir: str | os.PathLike[str], *, detach: bool = True, login: Login | None = None
+    ) -> Self | None:
         """The server already running on ``data_dir`` (from its pidfile and port file), or None."""
         path = Path(data_dir).resolve()
         try:
@@ -150,9 +187,9 @@ class ValkeyProcess:
             port = int((path / PORTFILE).read_text())
         except (OSError, ValueError):
             return None
-        if not _pid_alive(pid) or _server_pid(port) != pid:
+        if not _pid_alive(pid) or _server_pid(port, login) != pid:
             return None  # stale pidfile (SIGKILL), or the port now belongs to someone else
-        server = cls(path, port, detach=detach)
+        server = cls(path, port, detach=detach, login=login)
         server._pid = pid
         return server
 
@@ -173,6 +210,7 @@ class ValkeyProcess:
             *("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
             *("--protected-mode", "no", "--daemonize", "no"),
             *("--pidfile", str(self.data_dir / PIDFILE), "--logfile", str(self.logfile)),
+            *(("--aclfile", str(self.acl_file)) if self.acl_file is not None else ()),
         ]
         with self.logfile.open("ab") as log:
             self._popen = subprocess.Popen(
@@ -199,7 +237,7 @@ class ValkeyProcess:
                     f"valkey-server for {self.data_dir} exited before answering PING on "
                     f"{self.url}; log tail:\n{self.log_tail()}"
                 )
-            if self._pid is not None and _server_pid(self.port) == self._pid:
+            if self._pid is not None and _server_pid(self.port, self.login) == self._pid:
                 return
             if time.monotonic() >= deadline:
                 raise ValkeyError(

@@ -22,7 +22,7 @@ def main() -> None:
     logging.getLogger("runplane.faststream").setLevel(logging.WARNING)
     settings = load(LogCollectorSettings, "log-collector")
     app = Collector(settings).app()
-    asyncio.run(run_alive(app.run(), redis_url=settings.redis_url, service="log-collector"))
+    asyncio.run(run_alive(app.run(), settings, service="log-collector"))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from events import keys
 from services.core.consumer import LogConsumer, make_broker
 from services.core.groups import ensure_group
 from services.core.lease import Lease
-from services.core.store import connect
+from services.core.store import connect_with
 from services.log_collector.archive import Archiver
 from services.log_collector.events import EventHandler
 from services.log_collector.ingest import Ingester, pause
@@ -41,8 +41,8 @@ async def _raw(msg: Any, original: Any) -> None:
 class Collector:
     def __init__(self, settings: LogCollectorSettings) -> None:
         self.settings = settings
-        self.client = connect(settings.redis_url)
-        self.broker = make_broker(settings.redis_url)
+        self.client = connect_with(settings)
+        self.broker = make_broker(settings)
         self.lease = Lease(
             self.client, keys.log_collector_lease(), settings.collector_name, settings.lease_ttl_ms
         )

@@ -279,7 +279,7 @@ def _position(position: str) -> tuple[int, int]:
 
 def build_app(settings: NodeAgentSettings) -> FastStream:
     """The node-agent as a FastStream app: the agent starts before the log is consumed."""
-    broker = make_broker(settings.redis_url)
+    broker = make_broker(settings)
     store = EventStore.from_settings(settings)
     agent = NodeAgent(settings, store)
     group = f"agent:{settings.node}"

@@ -14,6 +14,7 @@ import redis
 import structlog
 
 from events import keys
+from services.core.settings import login
 from services.node_agent.settings import NodeAgentSettings
 
 log = structlog.get_logger(__name__)
@@ -22,7 +23,12 @@ log = structlog.get_logger(__name__)
 def first_beat(settings: NodeAgentSettings) -> None:
     """Set the node's heartbeat key once, synchronously; a failure is logged and left to the
     agent's own loop."""
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=2,
+        socket_connect_timeout=2,
+        **login(settings.redis_auth()),
+    )
     try:
         ttl_ms = int(settings.heartbeat_ttl_s * 1000)
         client.set(keys.heartbeat(settings.node), int(time.time() * 1000), px=ttl_ms)

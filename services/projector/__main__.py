@@ -18,7 +18,7 @@ from services.projector.settings import ProjectorSettings
 def main() -> None:
     configure("projector")
     settings = load(ProjectorSettings, "projector")
-    asyncio.run(run_alive(run(settings), redis_url=settings.redis_url, service="projector"))
+    asyncio.run(run_alive(run(settings), settings, service="projector"))
 
 
 if __name__ == "__main__":

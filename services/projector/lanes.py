@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 import structlog
@@ -19,21 +20,22 @@ import structlog
 from projections.catalog import make
 from projections.lanes import LaneFailed, default_lanes, drop_unfinished, plan
 from projections.runner import rebuild
-from services.core.store import connect
+from services.core.settings import Settings
+from services.core.store import connect_with
 
 log = structlog.get_logger("services.projector.lanes")
 
 
 async def rebuild_many(
-    url: str,
+    settings: Settings,
     names: Sequence[str],
     *,
     now_ms: int,
     switch: bool = True,
     lanes: int | None = None,
 ) -> dict[str, str]:
-    """Rebuild ``names`` from position zero on the server at ``url``, over ``lanes`` processes
-    (default: one per core). Returns each projection's new namespace, by name.
+    """Rebuild ``names`` from position zero on the server ``settings`` name, over ``lanes``
+    processes (default: one per core). Returns each projection's new namespace, by name.
 
     Every projection is rebuilt as ``projections.runner.rebuild`` would; with ``switch`` readers
     move to each one as its lane catches up. If a lane fails, its unfinished builds are dropped
@@ -47,12 +49,12 @@ async def rebuild_many(
     if len(groups) > 1:
         log.info("projections.lanes", lanes=groups)
     done = await asyncio.gather(  # the first lane here (no start-up), the others in processes
-        _here(url, groups[0], now_ms, switch),
-        *(_lane(url, group, now_ms, switch) for group in groups[1:]),
+        _here(settings, groups[0], now_ms, switch),
+        *(_lane(settings, group, now_ms, switch) for group in groups[1:]),
     )
     failed = [(group, why) for group, (_, why) in zip(groups, done, strict=True) if why]
     if failed:
-        client = connect(url)
+        client = connect_with(settings)
         try:
             await drop_unfinished(client, [n for group, _ in failed for n in group], now_ms)
         finally:
@@ -62,29 +64,30 @@ async def rebuild_many(
 
 
 async def _here(
-    url: str, names: list[str], now_ms: int, switch: bool
+    settings: Settings, names: list[str], now_ms: int, switch: bool
 ) -> tuple[dict[str, str], str]:
     """One lane in this process: (namespaces, "") or ({}, its error)."""
     try:
-        return await _rebuild(url, names, now_ms, switch), ""
+        return await _rebuild(settings, names, now_ms, switch), ""
     except Exception as exc:  # noqa: BLE001 - reported with the other lanes' errors
         return {}, f"{type(exc).__name__}: {exc}"
 
 
 async def _lane(
-    url: str, names: list[str], now_ms: int, switch: bool
+    settings: Settings, names: list[str], now_ms: int, switch: bool
 ) -> tuple[dict[str, str], str]:
-    """One lane as ``python -m services.projector.lanes``: (namespaces, "") or ({}, its error)."""
+    """One lane as ``python -m services.projector.lanes``: (namespaces, "") or ({}, its error).
+    The server and the login go in its environment (a password only as its file's name)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "services.projector.lanes",
-        url,
         str(now_ms),
         "switch" if switch else "keep",
         *names,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env={**_without_login(os.environ), **settings.redis_env()},
     )
     try:
         out, err = await process.communicate()
@@ -99,21 +102,31 @@ async def _lane(
     return {}, lines[-1] if lines else f"exit code {process.returncode}"
 
 
-async def _rebuild(url: str, names: list[str], now_ms: int, switch: bool) -> dict[str, str]:
-    client = connect(url)
+async def _rebuild(
+    settings: Settings, names: list[str], now_ms: int, switch: bool
+) -> dict[str, str]:
+    client = connect_with(settings)
     try:
         return await rebuild(client, names, now_ms=now_ms, switch=switch)
     finally:
         await client.aclose()
 
 
+def _without_login(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without a server or login of its own (the lane gets the caller's)."""
+    return {
+        name: value for name, value in environ.items() if not name.startswith("RUNPLANE_REDIS_")
+    }
+
+
 def main(argv: Sequence[str]) -> int:
-    """``python -m services.projector.lanes URL NOW_MS switch|keep NAME...``: one lane; prints the
-    namespaces it built as JSON, or its error as the last line of stderr (exit 1)."""
-    url, now_ms, switch, *names = argv
+    """``python -m services.projector.lanes NOW_MS switch|keep NAME...``: one lane, on the server
+    the ``RUNPLANE_REDIS_*`` variables name; prints the namespaces it built as JSON, or its error
+    as the last line of stderr (exit 1)."""
+    now_ms, switch, *names = argv
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout: result
     try:
-        built = asyncio.run(_rebuild(url, names, int(now_ms), switch == "switch"))
+        built = asyncio.run(_rebuild(Settings(), names, int(now_ms), switch == "switch"))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, one line
         sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
         return 1

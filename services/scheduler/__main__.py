@@ -24,14 +24,14 @@ def main() -> None:
     configure("scheduler")
     # One line per consumed entry would drown the scheduler's own log: only trouble from there.
     logging.getLogger("runplane.faststream").setLevel(logging.WARNING)
-    broker = make_broker(settings.redis_url)
+    broker = make_broker(settings)
     scheduler = Scheduler(settings, broker)
     app = FastStream(
         broker,
         lifespan=scheduler.running,
         after_startup=[scheduler.broker_started.set],
     )
-    asyncio.run(run_alive(app.run(), redis_url=settings.redis_url, service="scheduler"))
+    asyncio.run(run_alive(app.run(), settings, service="scheduler"))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from services.core.aio import wait_event
 from services.core.consumer import LogConsumer
 from services.core.errors import Fenced, StoreError, VersionConflict
 from services.core.lease import Lease, LeaseLost
-from services.core.store import EventStore, Fence, connect
+from services.core.store import EventStore, Fence
 from services.scheduler.cluster import Applied, ClusterState
 from services.scheduler.decision import Decision
 from services.scheduler.round import decide
@@ -60,7 +60,7 @@ class Scheduler:
         self.settings = settings
         self.broker = broker
         self.token = new_id()
-        self.store = EventStore(connect(settings.redis_url), settings)
+        self.store = EventStore.from_settings(settings)
         self.lease = Lease(
             self.store.redis, keys.scheduler_lease(), self.token, settings.lease_ttl_ms
         )
@@ -140,6 +140,9 @@ class Session:
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.scheduler.lease.keep())
+                # The scheduler is the one user that may load the append function
+                # (services.core.acl): the other writers wait for it on a server without it.
+                await self.store.load_function()
                 await self.rebuild()
                 await self.consume()
                 tasks.create_task(self.decide_forever())

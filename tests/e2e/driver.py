@@ -19,9 +19,9 @@ from events.lifecycle import RunState
 from events.model import AttemptScheduled, NodeRegistered
 from events.spec import Compute, RunSpec, Scheduling
 from events.status import RunStatus
-from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from services.output import reading
+from tests.e2e.denials import denials
 from tests.waiting import eventually
 
 USER = "alice@example.com"
@@ -58,6 +58,10 @@ def stack_up(state_dir: Path, config: StackConfig) -> Iterator[LocalStack]:
     local.up(config)
     try:
         yield local
+        refused = denials(local)
+        assert not refused, "the server refused a service (services/core/acl.py):\n" + "\n".join(
+            refused
+        )
     finally:
         local.down()
         _print_log_tails(local)
@@ -66,7 +70,7 @@ def stack_up(state_dir: Path, config: StackConfig) -> Iterator[LocalStack]:
 @contextlib.asynccontextmanager
 async def driving(stack: LocalStack, nodes: int) -> AsyncIterator[Driver]:
     """A driver of ``stack``, once its ``nodes`` node-agents have registered."""
-    store = EventStore(connect(stack.url), Settings(redis_url=stack.url))
+    store = EventStore.from_settings(stack.operator_settings())
     try:
         drive = Driver(store, stack)
         await drive.wait_for_nodes(nodes)

@@ -29,6 +29,7 @@ from cli.stackkey import ensure_admin, read_key
 from events.status import RunStatus
 from services.api.accounts import Accounts
 from services.api.users import Directory
+from tests.e2e.denials import denials
 from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +76,7 @@ def client_env(stack: LocalStack, key: str | None = None) -> dict[str, str]:
     as the owner of ``key``), and print stably; and the log, for the operator's commands
     (``mcli projections rebuild``)."""
     return {
-        "RUNPLANE_REDIS_URL": stack.url,
+        **stack.operator_settings().redis_env(),
         "MOSAICML_API_ENDPOINT": stack.api_url,
         "MOSAICML_API_KEY": key or read_key(stack.state_dir) or "",
         "RUNPLANE_HOME": str(stack.state_dir / "home"),
@@ -133,6 +134,7 @@ def running_stack(state_dir: Path, nodes: int = NODES) -> Iterator[Mcli]:
         env = {**os.environ, **client_env(stack)}
         env.pop("RUNPLANE_GPU_PRICES", None)
         yield Mcli(env=env, stack=stack)
+        assert not denials(stack), denials(stack)
     finally:
         stack.down()
 

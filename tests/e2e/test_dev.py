@@ -19,15 +19,15 @@ import httpx
 import pytest
 
 from bench.processes import children
+from cli.commands.dev import operator_store
 from cli.stack import LocalStack
 from cli.stackfiles import Pid, Record
 from cli.stackkey import key_path
 from events.codec import Recorded
 from events.model import NodeRegistered
 from events.status import RunStatus
-from services.core.settings import Settings
-from services.core.store import EventStore, connect
 from services.node_agent.process.rankdir import local_ranks
+from tests.e2e.denials import denials
 from tests.e2e.mcli_helpers import ROOT, USER, Mcli, wait_for
 from tests.integration.api import real_client
 from tests.waiting import eventually
@@ -52,6 +52,8 @@ def dev(tmp_path: Path) -> Iterator[Mcli]:
     runner = Mcli(env=env, stack=LocalStack(home))
     try:
         yield runner
+        if (stack := LocalStack.find(home)) is not None:
+            assert not denials(stack), denials(stack)
     finally:
         runner("dev", "down", timeout=120)
 
@@ -80,12 +82,8 @@ def record(dev: Mcli, name: str) -> Record:
     return running(dev).records()[name]
 
 
-def _store(url: str) -> EventStore:
-    return EventStore(connect(url), Settings(redis_url=url))
-
-
-async def registrations(url: str, node: str) -> int:
-    store = _store(url)
+async def registrations(stack: LocalStack, node: str) -> int:
+    store = operator_store(stack)
     try:
         history = await store.history(f"node:{node}")
     finally:
@@ -93,8 +91,8 @@ async def registrations(url: str, node: str) -> int:
     return sum(isinstance(record.event, NodeRegistered) for record in history)
 
 
-async def whole_log(url: str) -> list[Recorded]:
-    store = _store(url)
+async def whole_log(stack: LocalStack) -> list[Recorded]:
+    store = operator_store(stack)
     try:
         return await store.read_log(count=1_000_000)
     finally:
@@ -132,7 +130,7 @@ async def test_a_killed_valkey_server_comes_back_with_every_acknowledged_event(
     dev.ok("dev", "up", *SMALL)
     stack = running(dev)
     names = [dev.submit("hello") for _ in range(3)]  # each acknowledged: "submitted"
-    before = await whole_log(stack.url)
+    before = await whole_log(stack)
     server = stack.server_pid()
     assert server is not None
     os.kill(server, signal.SIGKILL)
@@ -140,7 +138,7 @@ async def test_a_killed_valkey_server_comes_back_with_every_acknowledged_event(
         lambda: record(dev, "valkey").restarts == 1 and record(dev, "valkey").running(),
         what="the supervisor to start the server again",
     )
-    after = await whole_log(stack.url)
+    after = await whole_log(stack)
     assert [r.position for r in after[: len(before)]] == [r.position for r in before]
     for name in names:
         await wait_for(stack, name, S.COMPLETED)
@@ -150,7 +148,7 @@ async def test_a_killed_valkey_server_comes_back_with_every_acknowledged_event(
 async def test_dev_up_brings_back_a_node_agent_held_down(dev: Mcli) -> None:
     dev.ok("dev", "up", "--nodes", "2", "--gpus-per-node", "2")
     stack = running(dev)
-    assert await registrations(stack.url, "node-1") == 1
+    assert await registrations(stack, "node-1") == 1
     stack.kill("node-1")  # kill -9, and the supervisor leaves it down
     assert stack.status()["node-1"] is None
     assert status_rows(dev)["node-1"][:2] == ("-", "Stopped")
@@ -159,7 +157,7 @@ async def test_dev_up_brings_back_a_node_agent_held_down(dev: Mcli) -> None:
     assert up.returncode == 0, up.stderr
     assert "already running" not in up.stderr
     assert "Started node-1 again" in up.stdout
-    assert await registrations(stack.url, "node-1") == 2  # `up` returned once it registered
+    assert await registrations(stack, "node-1") == 2  # `up` returned once it registered
     assert running(dev).missing() == []
     again = dev("dev", "up")  # nothing missing now
     assert again.returncode == 0

@@ -14,7 +14,7 @@ from services.core.store import connect
 
 async def main(url: str, group: str, consumer: str) -> None:
     client = connect(url)
-    broker = make_broker(url)
+    broker = make_broker(Settings(redis_url=url))
     forever = asyncio.Event()
 
     async def stuck(recorded: Recorded) -> None:

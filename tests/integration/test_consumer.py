@@ -29,7 +29,7 @@ async def running_consumer(
     url: str, group: str, consumer: str, handler: Callable[[Recorded], Awaitable[None]]
 ) -> AsyncIterator[LogConsumer]:
     client = connect(url)
-    broker = make_broker(url)
+    broker = make_broker(Settings(redis_url=url))
     settings = Settings(redis_url=url, claim_idle_ms=300, max_deliveries=3)
     log_consumer = LogConsumer(
         broker, group=group, consumer=consumer, handler=handler, settings=settings, poll_ms=50

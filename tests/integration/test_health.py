@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from events import keys
 from services.core.health import ProbeSettings, instance_name, keep_alive, probe, probed_key
+from services.core.settings import Settings
 from services.node_agent.heartbeat import first_beat
 from services.node_agent.settings import NodeAgentSettings
 from tests.waiting import eventually
@@ -48,26 +49,30 @@ async def test_alive_while_running_and_missing_at_once_after_a_clean_stop(
     redis: aioredis.Redis, redis_url: str
 ) -> None:
     key = keys.liveness("projector", "probe-test")
-    beat = asyncio.create_task(keep_alive(redis_url, "projector", "probe-test"))
+    beat = asyncio.create_task(keep_alive(Settings(redis_url=redis_url), "projector", "probe-test"))
     try:
-        await eventually(lambda: probe(redis_url, key).healthy, what="the liveness key")
+        await eventually(
+            lambda: probe(Settings(redis_url=redis_url), key).healthy, what="the liveness key"
+        )
         assert 0 < await redis.pttl(key) <= 15_000
     finally:
         beat.cancel()
         await asyncio.gather(beat, return_exceptions=True)
-    verdict = probe(redis_url, key)
+    verdict = probe(Settings(redis_url=redis_url), key)
     assert not verdict.healthy
     assert verdict.line.startswith(f"unhealthy: {key} is missing")
 
 
 async def test_a_key_nobody_renews_is_missing(redis: aioredis.Redis, redis_url: str) -> None:
-    verdict = probe(redis_url, keys.liveness("scheduler", "nobody"))
+    verdict = probe(Settings(redis_url=redis_url), keys.liveness("scheduler", "nobody"))
     assert not verdict.healthy
     assert "\n" not in verdict.line
 
 
 def test_an_unreachable_server_is_one_line_without_the_password(refusing_url: str) -> None:
-    verdict = probe(refusing_url, keys.liveness("scheduler", "x"), timeout_s=1.0)
+    verdict = probe(
+        Settings(redis_url=refusing_url), keys.liveness("scheduler", "x"), timeout_s=1.0
+    )
     assert not verdict.healthy
     assert "did not answer" in verdict.line
     assert "s3cret" not in verdict.line
@@ -123,7 +128,9 @@ async def test_a_service_process_is_healthy_until_it_stops(
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        await eventually(lambda: probe(redis_url, key).healthy, what=f"{service} alive")
+        await eventually(
+            lambda: probe(Settings(redis_url=redis_url), key).healthy, what=f"{service} alive"
+        )
         healthy = _probe_cli(service, env)
         assert healthy.returncode == 0, healthy.stderr
 

@@ -158,6 +158,12 @@ class ProcessExecutor:
                 cwd=str(rank_dir.workspace),
                 env=env,
                 redis_url=self.settings.redis_url,
+                redis_username=self.settings.redis_username,
+                redis_password_file=(
+                    None
+                    if self.settings.redis_password_file is None
+                    else str(self.settings.redis_password_file)
+                ),
                 grace_period_s=self.settings.grace_period_s,
                 max_lines=self.settings.output_buffer_lines,
                 max_line=ingest.MAX_LINE,

@@ -42,6 +42,10 @@ class ShimSpec(msgspec.Struct, kw_only=True, frozen=True):
     cwd: str
     env: dict[str, str]
     redis_url: str
+    #: The agent's login, the password as its file's name (the spec is on disk, and read by
+    #: the shim only when it connects): never the password itself.
+    redis_username: str | None = None
+    redis_password_file: str | None = None
     grace_period_s: float
     max_lines: int = 50_000  # lines in flight before lines are dropped (and counted)
     max_line: int = 64 * 1024  # bytes kept of one line

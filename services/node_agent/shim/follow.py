@@ -162,7 +162,11 @@ def follow(supervisor: Supervisor, spec: dict[str, Any]) -> dict[str, Any]:
     assert proc.stdout is not None
     assert proc.stderr is not None
     log("shim.started", pid=proc.pid)
-    client = Client(spec["redis_url"])
+    client = Client(
+        spec["redis_url"],
+        username=spec.get("redis_username"),
+        password_file=spec.get("redis_password_file"),
+    )
     pump = ShimPump(client, spec["run_id"], spec["attempt"], spec["rank"], spec["max_lines"])
     pump.start()
     readers = [

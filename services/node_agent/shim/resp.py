@@ -3,8 +3,9 @@
 Why not redis-py: the shim is one process per rank, and importing redis-py costs ~100 ms of
 CPU each time (more than everything else the shim does for a short command). The shim only
 ever appends to one stream, so this client does just that: it connects (``redis://``,
-``rediss://``, ``unix://``, with user, password and database), sends a batch of commands in
-one write and reads every reply.
+``rediss://``, ``unix://``, with user, password and database, or a user and the file holding
+its password, read at each connect), sends a batch of commands in one write and reads every
+reply.
 
 Invariants:
 - A connection is used only once the server answers ``PING`` on it: a server still loading its
@@ -64,9 +65,18 @@ def read_reply(stream: BinaryIO) -> object:
 
 
 class Client:
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 10.0,
+        *,
+        username: str | None = None,
+        password_file: str | None = None,
+    ) -> None:
         self.url = url
         self.timeout = timeout
+        self.username = username
+        self.password_file = password_file
         self._sock: socket.socket | None = None
         self._stream: BinaryIO | None = None
 
@@ -106,6 +116,11 @@ class Client:
     def _connect(self) -> None:
         url = urlsplit(self.url)
         query = parse_qs(url.query)
+        password = unquote(url.password) if url.password else query.get("password", [None])[0]
+        user = unquote(url.username) if url.username else None
+        if self.password_file is not None:
+            with open(self.password_file) as file:
+                password, user = file.readline().rstrip("\r\n"), self.username
         sock: socket.socket
         if url.scheme == "unix":
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -120,9 +135,7 @@ class Client:
             raise ValueError(f"unsupported Redis URL scheme {url.scheme!r} in {self.url!r}")
         self._sock, self._stream = sock, sock.makefile("rb")
         setup: list[Command] = []
-        password = unquote(url.password) if url.password else query.get("password", [None])[0]
         if password:
-            user = unquote(url.username) if url.username else None
             setup.append(["AUTH", user, password] if user else ["AUTH", password])
         database = url.path.strip("/") if url.scheme != "unix" else query.get("db", ["0"])[0]
         if database and database != "0":

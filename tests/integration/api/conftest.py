@@ -1,5 +1,6 @@
 """The API app in-process (httpx's ASGI transport) over the session's real Valkey, seeded; or a
-real ``python -m services.api`` process (``api_server``)."""
+real ``python -m services.api`` process (``api_server``). Either logs in as the ``api`` ACL
+user (``services.core.acl``) and must be refused nothing; the tests seed as the default user."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import redis.asyncio as aioredis
 
 from services.api.app import create_app
 from services.api.settings import ApiSettings
+from services.core.acl import API
 from services.core.store import EventStore, connect
+from tests.acl_users import login_as, refused, server_ms
 from tests.integration.api.seed import Seeded, seed
 from tests.services import ServiceProcess
 from tests.waiting import eventually
@@ -34,6 +37,8 @@ async def api_server(redis_url: str, log: Path, **settings: str) -> AsyncIterato
     its URL once it answers. It must exit 0 on SIGTERM and never have logged a key."""
     port = free_port()
     env = os.environ | {"RUNPLANE_REDIS_URL": redis_url, "RUNPLANE_API_PORT": str(port)}
+    env |= login_as(redis_url, API, log.parent / "secrets")
+    since = server_ms(redis_url)
     env |= {f"RUNPLANE_{name.upper()}": value for name, value in settings.items()}
     api = await ServiceProcess("services.api", env, log).start()
     url = f"http://127.0.0.1:{port}/graphql"
@@ -52,6 +57,7 @@ async def api_server(redis_url: str, log: Path, **settings: str) -> AsyncIterato
     finally:
         assert await api.stop() == 0, api.output()
         assert "rpk_" not in api.output(), "a key was logged"
+        assert refused(redis_url, API, since) == []
 
 
 @pytest.fixture
@@ -68,8 +74,23 @@ async def seeded(store: EventStore) -> Seeded:
 
 
 @pytest.fixture
-async def api(store: EventStore, redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(ApiSettings(redis_url=redis_url, api_max_body_bytes=4096), store)
+async def api(
+    store: EventStore, redis_url: str, tmp_path: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    login = login_as(redis_url, API, tmp_path / "secrets")
+    since = server_ms(redis_url)
+    settings = ApiSettings(
+        redis_url=redis_url,
+        api_max_body_bytes=4096,
+        redis_username=login["RUNPLANE_REDIS_USERNAME"],
+        redis_password_file=Path(login["RUNPLANE_REDIS_PASSWORD_FILE"]),
+    )
+    app_store = EventStore.from_settings(settings)
+    app = create_app(settings, app_store)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-        yield client
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client
+    finally:
+        await app_store.close()
+    assert refused(redis_url, API, since) == []

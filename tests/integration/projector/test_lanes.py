@@ -34,8 +34,10 @@ async def test_lanes_build_the_rows_one_process_builds(
     redis: aioredis.Redis, redis_url: str
 ) -> None:
     await a_log(redis_url, seed=3, steps=1500, runs=25)
-    alone = await rebuild_many(redis_url, NAMES, now_ms=1, switch=False, lanes=1)
-    spread = await rebuild_many(redis_url, NAMES, now_ms=2, lanes=2)
+    alone = await rebuild_many(
+        Settings(redis_url=redis_url), NAMES, now_ms=1, switch=False, lanes=1
+    )
+    spread = await rebuild_many(Settings(redis_url=redis_url), NAMES, now_ms=2, lanes=2)
     for name in NAMES:
         assert spread[name] != alone[name]
         rows = await dump(redis, name, spread[name])
@@ -47,15 +49,17 @@ async def test_lanes_build_the_rows_one_process_builds(
 async def test_a_lane_that_fails_is_named_with_its_error(redis_url: str) -> None:
     nowhere = redis_url.rsplit("/", 1)[0] + "/999"  # no such database: every lane fails
     with pytest.raises(LaneFailed, match=r"rebuilding attempts, run_status failed: .*DB index"):
-        await rebuild_many(nowhere, NAMES, now_ms=1, lanes=2)
+        await rebuild_many(Settings(redis_url=nowhere), NAMES, now_ms=1, lanes=2)
 
 
 async def test_what_a_failed_rebuild_left_is_dropped_but_never_what_readers_read(
     redis: aioredis.Redis, redis_url: str
 ) -> None:
     await a_log(redis_url, seed=4, steps=400, runs=8)
-    unfinished = await rebuild_many(redis_url, ["attempts"], now_ms=5, switch=False, lanes=1)
-    read = await rebuild_many(redis_url, ["billing"], now_ms=5, lanes=1)
+    unfinished = await rebuild_many(
+        Settings(redis_url=redis_url), ["attempts"], now_ms=5, switch=False, lanes=1
+    )
+    read = await rebuild_many(Settings(redis_url=redis_url), ["billing"], now_ms=5, lanes=1)
     assert await dump(redis, "attempts", unfinished["attempts"])
     await drop_unfinished(redis, ["attempts", "billing"], now_ms=5)
     assert await dump(redis, "attempts", unfinished["attempts"]) == {}
@@ -68,7 +72,9 @@ async def test_a_lane_killed_mid_rebuild_leaves_readers_on_their_builds(
     """kill -9 of a lane's process: the rebuild fails naming it, what it had stored is dropped,
     its projections' readers stay where they were; the other lane's builds are switched to."""
     await fill(redis, 220_000)  # commits at 100k and 200k, then its last one switches
-    rebuilding = asyncio.create_task(rebuild_many(redis_url, NAMES, now_ms=9, lanes=2))
+    rebuilding = asyncio.create_task(
+        rebuild_many(Settings(redis_url=redis_url), NAMES, now_ms=9, lanes=2)
+    )
     lane = await eventually(lambda: _lane_pid(redis_url), what="the lane's process")
     await eventually(
         lambda: redis.exists(keys.projection_checkpoint("audit", f"v{make('audit').version}r9")),
@@ -86,12 +92,14 @@ async def test_a_lane_killed_mid_rebuild_leaves_readers_on_their_builds(
 
 
 def _lane_pid(url: str) -> int | None:
-    """The process of the lane rebuilding on ``url`` (found by its command line)."""
+    """The process of the lane rebuilding on ``url`` (found by its command line, and the server
+    its environment names)."""
     for proc in Path("/proc").iterdir():
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"services.projector.lanes" in argv and url.encode() in argv:
+        if b"services.projector.lanes" in argv and b"RUNPLANE_REDIS_URL=" + url.encode() in environ:
             return int(proc.name)
     return None

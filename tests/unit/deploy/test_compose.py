@@ -1,7 +1,8 @@
 """compose.yaml, checked without a Docker engine: valid against the Compose specification's JSON
 schema (vendored in ``tests/data``), and what a deployment needs of it: the log's server with
-AOF on a volume, every service (two node-agents), health checks that probe the service beside
-them, restart policies, and settings every one of which the service reading it knows.
+AOF on a volume and the ACL file's users, every service (two node-agents) logged in as its own
+user with its password from a secret, health checks that probe the service beside them,
+restart policies, and settings every one of which the service reading it knows.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import pytest
 import yaml
 from jsonschema.validators import validator_for
 
+from services.core import acl
 from services.core.health import SERVICES as PROBED
+from services.core.passwords import acl_path, password_file
 from tests.settings_table import SERVICES, env_name
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -141,3 +144,39 @@ def test_node_agents_are_distinct_simulated_nodes_on_the_process_executor() -> N
         assert environment["RUNPLANE_EXECUTOR"] == "process"
         assert int(environment["RUNPLANE_GPUS"]) > 0  # simulated: no nvidia-smi asked
         assert environment["RUNPLANE_DATA_DIR"].startswith("/data/")
+
+
+#: The ACL user each service's module logs in as (services/core/acl.py).
+USERS = {
+    "services.scheduler": acl.SCHEDULER,
+    "services.projector": acl.PROJECTOR,
+    "services.log_collector": acl.LOG_COLLECTOR,
+    "services.node_agent": acl.NODE_AGENT,
+    "services.api": acl.API,
+}
+
+
+def secret_file(name: str) -> Path:
+    return Path(COMPOSE["secrets"][name]["file"])
+
+
+def test_redis_has_the_acl_files_users_and_no_default() -> None:
+    redis = COMPOSE["services"]["redis"]
+    command = redis["command"]
+    flags = dict(zip(command[1::2], command[2::2], strict=True))
+    (secret,) = redis["secrets"]
+    assert flags["--aclfile"] == f"/run/secrets/{secret}"
+    assert secret_file(secret) == Path("secrets") / acl_path(Path()).name
+    assert "requirepass" not in " ".join(command)
+
+
+@pytest.mark.parametrize("name", sorted(RUNPLANE))
+def test_each_service_logs_in_as_its_own_user_with_its_password_from_a_secret(name: str) -> None:
+    service = RUNPLANE[name]
+    environment = service["environment"]
+    user = USERS[module_of(service)]
+    assert environment["RUNPLANE_REDIS_USERNAME"] == user
+    (secret,) = service["secrets"]  # its own password, and no other
+    assert environment["RUNPLANE_REDIS_PASSWORD_FILE"] == f"/run/secrets/{secret}"
+    assert secret_file(secret) == Path("secrets") / password_file(Path(), user).name
+    assert "@" not in environment["RUNPLANE_REDIS_URL"]  # no password in the environment
