@@ -6,6 +6,11 @@ never draws one, yet would hold about 4.5 MiB of memory for them in every proces
 installed from the same package, needs rich for its tables, so rich is hidden from the service
 processes only.
 
+FastStream imports uvicorn (and through it click, multiprocessing, http and email) whenever it
+is installed, only to serve its own ASGI app, which no runplane service runs: about 2 MiB in
+each service on a broker. The API server serves with uvicorn, so only the services on
+FastStream hide it (``BROKER_UNUSED``).
+
 Invariants:
 - ``hide_unused()`` is the first statement of every ``services.<name>.__main__``, before
   anything imports structlog (a library that imports a hidden module without a fallback would
@@ -19,10 +24,12 @@ from __future__ import annotations
 import sys
 
 UNUSED = ("rich",)
+BROKER_UNUSED = ("uvicorn",)
 
 
-def hide_unused() -> None:
-    """Make ``import rich`` (and every name in ``UNUSED``) fail in this process, as if it were
-    not installed: ``None`` in ``sys.modules`` is the import system's documented way."""
-    for name in UNUSED:
+def hide_unused(*also: str) -> None:
+    """Make ``import rich`` (every name in ``UNUSED``, and in ``also``) fail in this process, as
+    if it were not installed: ``None`` in ``sys.modules`` is the import system's documented
+    way."""
+    for name in (*UNUSED, *also):
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]

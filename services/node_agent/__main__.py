@@ -6,9 +6,9 @@ agent says it is alive within a fraction of a second, before its node could be d
 
 from __future__ import annotations
 
-from services.core.imports import hide_unused
+from services.core.imports import BROKER_UNUSED, hide_unused
 
-hide_unused()  # first, before anything imports structlog (services.core.imports)
+hide_unused(*BROKER_UNUSED)  # first, before anything imports structlog or FastStream
 
 import asyncio
 import logging

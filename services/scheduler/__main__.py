@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from services.core.imports import hide_unused
+from services.core.imports import BROKER_UNUSED, hide_unused
 
-hide_unused()  # first, before anything imports structlog (services.core.imports)
+hide_unused(*BROKER_UNUSED)  # first, before anything imports structlog or FastStream
 
 import asyncio
 import logging

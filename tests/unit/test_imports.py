@@ -13,21 +13,33 @@ import pytest
 # Imported by a service that does not use them, these cost memory in every process.
 EVERYWHERE = ("rich", "pygments", "kubernetes", "yaml")
 
+# FastStream imports uvicorn (and click through it) for an ASGI app no service runs: a service on
+# the broker hides it (``services.core.imports.BROKER_UNUSED``).
+ON_BROKER = (*EVERYWHERE, "uvicorn", "click")
+# OpenSSL is mapped by ``ssl`` (asyncio and redis-py import it): about 5 MiB a process.
+STDLIB_ONLY = (*EVERYWHERE, "faststream", "redis", "pydantic", "structlog", "asyncio", "ssl")
+
 ENTRIES = [
-    pytest.param(["services.scheduler.__main__"], EVERYWHERE, id="scheduler"),
-    pytest.param(["services.log_collector.__main__"], EVERYWHERE, id="log-collector"),
+    pytest.param(["services.scheduler.__main__"], ON_BROKER, id="scheduler"),
+    pytest.param(["services.log_collector.__main__"], ON_BROKER, id="log-collector"),
     # The projector reads its consumer group itself and runs no broker.
     pytest.param(["services.projector.__main__"], (*EVERYWHERE, "faststream"), id="projector"),
     # The API server reads through the store and the projections; it runs no broker.
     pytest.param(["services.api.__main__"], (*EVERYWHERE, "faststream"), id="api"),
-    # The local stack's supervisor starts processes and waits: no client library, no settings.
-    pytest.param(
-        ["cli.supervisor"], (*EVERYWHERE, "faststream", "redis", "pydantic"), id="supervisor"
-    ),
+    # The local stack's supervisor starts processes and waits: the standard library only (no
+    # client library, no settings, no structlog: ``services.core.plainlog``).
+    pytest.param(["cli.supervisor"], STDLIB_ONLY, id="supervisor"),
     # A node-agent imports its app after the first heartbeat; with the process executor (the
     # default) it never loads the kubernetes client.
     pytest.param(
-        ["services.node_agent.__main__", "services.node_agent.app"], EVERYWHERE, id="node-agent"
+        ["services.node_agent.__main__", "services.node_agent.app"], ON_BROKER, id="node-agent"
+    ),
+    # A node's shim fork server, with what it imports before its first fork: the standard
+    # library only (the shim's own client imports ssl for a rediss:// server alone).
+    pytest.param(
+        ["services.node_agent.shim.forkserver", "services.node_agent.shim.follow"],
+        STDLIB_ONLY,
+        id="forkserver",
     ),
 ]
 
@@ -59,3 +71,5 @@ def test_the_check_sees_an_import() -> None:
     # entry's hiding, loads rich): what the test above watches for is what would show.
     assert loaded(["services.node_agent.kube.executor"], ("kubernetes",)) == ["kubernetes"]
     assert loaded(["structlog"], ("rich",)) == ["rich"]
+    assert loaded(["faststream"], ("uvicorn",)) == ["uvicorn"]
+    assert loaded(["structlog"], ("asyncio", "ssl")) == ["asyncio", "ssl"]

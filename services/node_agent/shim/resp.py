@@ -21,7 +21,6 @@ Invariants:
 from __future__ import annotations
 
 import socket
-import ssl
 from collections.abc import Sequence
 from typing import BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -130,6 +129,10 @@ class Client:
             address = (url.hostname or "localhost", url.port or 6379)
             sock = socket.create_connection(address, timeout=self.timeout)
             if url.scheme == "rediss":
+                # Imported here: ssl maps OpenSSL (5 MiB in every shim and fork server) and only
+                # a TLS server needs it.
+                import ssl  # noqa: PLC0415 - see above
+
                 sock = ssl.create_default_context().wrap_socket(sock, server_hostname=address[0])
         else:
             raise ValueError(f"unsupported Redis URL scheme {url.scheme!r} in {self.url!r}")
