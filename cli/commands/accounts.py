@@ -1,4 +1,5 @@
-"""``mcli admin users ...`` and ``mcli admin keys ...``: users and API keys, through the API.
+"""``mcli admin users ...`` and ``mcli admin keys ...``: users and API keys, through the API;
+``mcli admin bootstrap NAME``: a deployment's first admin, by its operator, on the log itself.
 
 A new key is printed alone on stdout, so ``KEY=$(mcli admin users add alice)`` keeps it and
 nothing else; every message goes to stderr. The server decides who may (admins only).
@@ -7,13 +8,21 @@ nothing else; every message goes to stderr. The server decides who may (admins o
 from __future__ import annotations
 
 import argparse
+import asyncio
 from datetime import datetime
 from typing import Any
 
 from cli.api import Api
 from cli.commands.common import echo, with_api
 from cli.criteria import duration_s
+from cli.errors import ClientError, Refused
 from cli.render import make_console, plain_table, when
+from cli.stack import operator_settings
+from events.errors import IllegalTransition
+from events.identity import SETUP_ACTOR, IdentityRefused
+from services.api.accounts import Accounts
+from services.api.users import Directory
+from services.core.store import EventStore
 
 _ACCOUNT = (
     "name role addedAt addedBy keys { keyId issuedAt issuedBy expiresAt revokedAt revokedBy }"
@@ -46,6 +55,14 @@ def register(subparsers: Any) -> None:
     admin = subparsers.add_parser("admin", help="users and API keys (admins only)")
     kinds = admin.add_subparsers(dest="kind", metavar="WHAT", required=True)
 
+    first = kinds.add_parser(
+        "bootstrap",
+        help="an operator's command: a deployment's first admin, on the log itself; prints "
+        "their key (alone on stdout)",
+    )
+    first.add_argument("name", help="the admin's name (e.g. an email)")
+    first.set_defaults(handler=bootstrap)
+
     users = kinds.add_parser("users", help="add and list users").add_subparsers(
         dest="action", metavar="ACTION", required=True
     )
@@ -67,6 +84,31 @@ def register(subparsers: Any) -> None:
     revoke = keys.add_parser("revoke", help="revoke a key at once, by its id")
     revoke.add_argument("key_id", metavar="KEY_ID", help="the id (rpk_<KEY_ID>_...), not the key")
     revoke.set_defaults(handler=with_api(revoke_key))
+
+
+def bootstrap(args: argparse.Namespace) -> int:
+    """The first admin of a deployment, added on the log as its operator (no admin exists yet
+    to ask the API): ``RUNPLANE_REDIS_URL`` and the operator's login, or the local stack's."""
+
+    async def add() -> str:
+        store = EventStore.from_settings(operator_settings())
+        try:
+            try:
+                _, key = await Accounts(store, Directory(store)).add(
+                    SETUP_ACTOR, args.name, "admin"
+                )
+            except IdentityRefused as refused:
+                raise Refused(f"{refused}: issue them a key with `mcli admin keys issue`") from None
+            except IllegalTransition as bad:
+                raise ClientError(f"user {args.name}: {bad.why}") from None
+            return key
+        finally:
+            await store.close()
+
+    key = asyncio.run(add())
+    echo(f"✔ Added admin {args.name}; their key (shown once) is on stdout", err=True)
+    echo(key)
+    return 0
 
 
 async def add_user(args: argparse.Namespace, api: Api) -> int:

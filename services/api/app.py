@@ -17,6 +17,8 @@ The key is never logged.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -55,6 +57,7 @@ from services.api.runs import RunRequests
 from services.api.settings import ApiSettings
 from services.api.users import Directory
 from services.api.websocket import GraphQLSockets
+from services.core.health import keep_alive
 from services.core.store import EventStore
 
 SCHEMA_PATH = Path(__file__).with_name("schema.graphql")
@@ -203,9 +206,13 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        beat = asyncio.create_task(keep_alive(settings, "api"), name="liveness:api")
         try:
             yield
         finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
             if owned:
                 await events.close()
 

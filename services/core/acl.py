@@ -178,6 +178,7 @@ RULES: dict[str, Rule] = {
         commands=_commands(
             _CONNECTION,
             _APPEND,
+            _ALIVE,
             ("hget", "hmget", "hscan", "hkeys", "zrange", "zrangebyscore", "zrevrangebyscore"),
             ("xrevrange", "xinfo|groups", "xpending", "rpush", "blpop", "del", "exists"),
         ),
@@ -188,6 +189,7 @@ RULES: dict[str, Rule] = {
             _IDEMPOTENCY,
             keys.run_name(ANY),
             keys.log_reply(ANY),
+            _alive(API),
         ),
         reads=(_PROJECTIONS, _OUTPUT),
         writes=(keys.log_requests(),),

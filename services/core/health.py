@@ -37,7 +37,7 @@ from services.core.passwords import PasswordFileError, redacted
 from services.core.settings import Settings, invalid, login
 from services.core.store import connect_with
 
-SERVICES = ("scheduler", "projector", "log-collector", "node-agent")
+SERVICES = ("scheduler", "projector", "log-collector", "node-agent", "api")
 
 LIVENESS_TTL_MS = 15_000
 # Five renewals per expiry: a renewal lost to a slow server or a long pause does not expire it.

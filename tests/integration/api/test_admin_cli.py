@@ -25,9 +25,12 @@ async def endpoint(redis_url: str, tmp_path: Path, seeded: Seeded) -> AsyncItera
         yield url
 
 
-def mcli(tmp_path: Path, endpoint: str, key: str, *args: str) -> subprocess.CompletedProcess[str]:
+def mcli(
+    tmp_path: Path, endpoint: str, key: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MOSAICML_", "MCLI_"))}
-    env |= {
+    env |= extra | {
         "HOME": str(tmp_path),
         "RUNPLANE_HOME": str(tmp_path / "state"),
         "MOSAICML_API_ENDPOINT": endpoint,
@@ -111,3 +114,22 @@ async def test_only_an_admin_manages_users_and_bad_input_is_one_line(
     wrong = mcli(tmp_path, endpoint, "rpk_nope", "admin", "users", "list")
     assert wrong.returncode == 1
     assert wrong.stderr.strip() == "✗ Error 401: Invalid API key"
+
+
+async def test_the_operator_bootstraps_a_deployments_first_admin_once(
+    tmp_path: Path, endpoint: str, redis_url: str, seeded: Seeded
+) -> None:
+    operator = {"RUNPLANE_REDIS_URL": redis_url}
+    first = mcli(tmp_path, endpoint, "", "admin", "bootstrap", "first@example.com", env=operator)
+    assert first.returncode == 0, first.stderr
+    key = first.stdout.strip()
+    assert first.stdout == key + "\n"
+    assert key not in first.stderr
+    answer = await whoami(endpoint, key)
+    assert answer == {"data": {"getUsers": [{"name": "first@example.com"}]}}
+    listed = mcli(tmp_path, endpoint, key, "admin", "users", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "first@example.com  admin" in listed.stdout
+    again = mcli(tmp_path, endpoint, "", "admin", "bootstrap", "first@example.com", env=operator)
+    assert again.returncode == 1
+    assert "Error 409: user first@example.com: the user exists already" in again.stderr

@@ -86,6 +86,7 @@ def test_every_service_runs_and_two_node_agents() -> None:
         "services.projector": 1,
         "services.log_collector": 1,
         "services.node_agent": 2,
+        "services.api": 1,
     }
     for module in modules:
         assert importlib.util.find_spec(f"{module}.__main__") is not None, module
