@@ -75,13 +75,25 @@ class Accounts:
         self, actor: str, name: str, role: Role, *, expires_at: int | None = None
     ) -> tuple[UserState, str]:
         """Add user ``name`` with a first key; the user and the key as shown once."""
+        return await self._with_key(actor, name, role, expires_at)
+
+    async def issue(
+        self, actor: str, name: str, *, expires_at: int | None = None
+    ) -> tuple[UserState, str]:
+        """Issue user ``name`` another key; the user and the key as shown once."""
+        return await self._with_key(actor, name, None, expires_at)
+
+    async def _with_key(
+        self, actor: str, name: str, role: Role | None, expires_at: int | None
+    ) -> tuple[UserState, str]:
+        """A new key for user ``name``, added first (as ``role``) unless ``role`` is None."""
         key = new_key(*draw_key())
         known = key_index(await self.users())
 
         def decide(state: UserState | None) -> list[AnyUserEvent]:
-            added = add_user(state, name, role, actor, _new_id())
+            added = [add_user(state, name, role, actor, _new_id())] if role is not None else []
             issued = issue_key(
-                fold([added]),
+                fold(added) if added else state,
                 key,
                 actor,
                 _new_id(),
@@ -89,29 +101,7 @@ class Accounts:
                 expires_at=expires_at,
                 known=known,
             )
-            return [added, issued]
-
-        return await self._update(name, decide), key.presented
-
-    async def issue(
-        self, actor: str, name: str, *, expires_at: int | None = None
-    ) -> tuple[UserState, str]:
-        """Issue user ``name`` another key; the user and the key as shown once."""
-        key = new_key(*draw_key())
-        known = key_index(await self.users())
-
-        def decide(state: UserState | None) -> list[AnyUserEvent]:
-            return [
-                issue_key(
-                    state,
-                    key,
-                    actor,
-                    _new_id(),
-                    now_ms=_now_ms(),
-                    expires_at=expires_at,
-                    known=known,
-                )
-            ]
+            return [*added, issued]
 
         return await self._update(name, decide), key.presented
 

@@ -359,39 +359,6 @@ async def _read(log: _RankLog, tail: int | None) -> list[Record]:
     return records
 
 
-async def follow_lines(
-    client: aioredis.Redis,
-    archive_dir: Path | None,
-    run_id: str,
-    attempt: int,
-    rank: int,
-    *,
-    is_finished: Callable[[], Awaitable[bool]],
-    tail: int | None = None,
-    block_ms: int = 1000,
-) -> AsyncIterator[LogLine]:
-    """The rank's lines (only its last ``tail`` if given), then each new one as it comes, until
-    the attempt is finished (``follow_records``)."""
-    last: str | None = None
-    if tail is not None:
-        seen = await _read(_RankLog(client, archive_dir, run_id, attempt, rank), max(tail, 1))
-        for record in seen[-tail:] if tail > 0 else []:
-            yield record.to_line()
-        last = _last(seen)
-    async for batch in follow_records(
-        client,
-        archive_dir,
-        run_id,
-        attempt,
-        rank,
-        is_finished=is_finished,
-        after=last,
-        block_ms=block_ms,
-    ):
-        for record in batch:
-            yield record.to_line()
-
-
 async def follow_records(
     client: aioredis.Redis,
     archive_dir: Path | None,

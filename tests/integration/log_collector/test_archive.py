@@ -4,6 +4,7 @@ archives served over Redis to a reader without the files; the first failed rank.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
@@ -62,6 +63,22 @@ async def test_a_finished_attempt_is_archived_and_reads_the_same(
     )
 
 
+async def follow_lines(
+    redis: aioredis.Redis,
+    archive: Path,
+    *,
+    is_finished: Callable[[], Awaitable[bool]],
+    after: str | None = None,
+    block_ms: int = 1000,
+) -> AsyncIterator[LogLine]:
+    """Rank 0's lines after ``after``, then each new one, as a follow (the API's) reads them."""
+    async for batch in reading.follow_records(
+        redis, archive, RUN, 0, 0, is_finished=is_finished, after=after, block_ms=block_ms
+    ):
+        for record in batch:
+            yield record.to_line()
+
+
 async def test_follow_sees_every_line_once_while_live_and_across_the_archive(
     redis: aioredis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
@@ -73,9 +90,7 @@ async def test_follow_sees_every_line_once_while_live_and_across_the_archive(
         return finished
 
     async def follow(seen: list[LogLine], hold_after: int | None) -> None:
-        async for line in reading.follow_lines(
-            redis, archive, RUN, 0, 0, is_finished=is_finished, block_ms=50
-        ):
+        async for line in follow_lines(redis, archive, is_finished=is_finished, block_ms=50):
             seen.append(line)
             if len(seen) == hold_after:
                 await gate.wait()  # this reader falls behind until the attempt is archived
@@ -122,8 +137,8 @@ async def test_a_reader_without_the_files_gets_archived_lines_from_the_collector
         assert await reading.read_lines(redis, None, RUN, 0, 0, tail=7) == local[-7:]
         followed = [
             line
-            async for line in reading.follow_lines(
-                redis, elsewhere, RUN, 0, 0, is_finished=is_finished, tail=2
+            async for line in follow_lines(
+                redis, elsewhere, is_finished=is_finished, after=local[-3].id
             )
         ]
         assert followed == local[-2:]
