@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) -m bench.logs
 	$(PY) -m bench.lifecycle
 	$(PY) -m bench.memory
+	$(PY) -m bench.api
 	$(PY) -m bench.projections --events 100000
 	$(PY) -m bench.scale --nodes 500 --runs 5000
 
