@@ -152,10 +152,10 @@ class Api:
                         await socket.send(json.dumps({"type": "pong"}))
                     elif kind == "next":
                         if message["payload"].get("errors"):
-                            raise _error(message["payload"]["errors"])
+                            raise _stream_error(message["payload"]["errors"])
                         yield message["payload"]["data"]
                     elif kind == "error":
-                        raise _error(message["payload"])
+                        raise _stream_error(message["payload"])
                     elif kind == "complete":
                         return
         except (OSError, WebSocketException) as exc:
@@ -163,6 +163,16 @@ class Api:
                 f"cannot reach runplane's API at {url} ({exc or type(exc).__name__}): start a "
                 f"local stack with `mcli dev up`, or set {ENDPOINT} to your deployment's API"
             ) from None
+
+
+def _stream_error(errors: list[dict[str, Any]]) -> ClientError:
+    """A stream's error: the server's, or ``Unreachable`` where it asks to be tried again."""
+    error = _error(errors)
+    return (
+        Unreachable(f"runplane's API is busy: {error.message}")
+        if isinstance(error, _Retry)
+        else error
+    )
 
 
 def _error(errors: list[dict[str, Any]]) -> ClientError | _Retry:

@@ -58,7 +58,7 @@ from services.api.settings import ApiSettings
 from services.api.users import Directory
 from services.api.websocket import GraphQLSockets
 from services.core.health import keep_alive
-from services.core.store import EventStore
+from services.core.store import EventStore, connect_with
 
 SCHEMA_PATH = Path(__file__).with_name("schema.graphql")
 INVALID_KEY = "Invalid API key"
@@ -157,6 +157,13 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
     executable = schema()
     owned = store is None
     events = store if store is not None else EventStore.from_settings(settings)
+    # Each stream blocks on a connection of its own: a pool apart, so no number of followers
+    # keeps a request waiting for one.
+    streams = (
+        store
+        if store is not None
+        else EventStore(connect_with(settings, settings.api_max_streams), settings)
+    )
     directory = Directory(events)
     runs = RunRequests(events)
     accounts = Accounts(events, directory)
@@ -215,11 +222,12 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
                 await beat
             if owned:
                 await events.close()
+                await streams.close()
 
     sockets = GraphQLSockets(
         executable,
         directory,
-        events,
+        streams,
         settings,
         parse=lambda query: document(query, settings.api_max_fields),
         format_error=format_error,

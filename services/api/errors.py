@@ -36,3 +36,9 @@ class NotFound(ApiError):
 
 class Conflict(ApiError):
     code = HTTPStatus.CONFLICT
+
+
+class Unavailable(ApiError):
+    """Busy now, fine later: the one code here a client retries."""
+
+    code = HTTPStatus.SERVICE_UNAVAILABLE

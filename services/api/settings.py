@@ -27,6 +27,12 @@ class ApiSettings(Settings):
         default=100, ge=1, description="Runs per page when a listing asks for no limit."
     )
     api_max_limit: int = Field(default=1000, ge=1, description="Runs per page at most.")
+    api_max_streams: int = Field(
+        default=1000,
+        ge=1,
+        description="Subscriptions (log follows, status watches) served at once; each holds one "
+        "connection to the server of its own, apart from the requests'.",
+    )
     api_ws_protocols: str = Field(
         default=",".join(WS_PROTOCOLS),
         description="WebSocket subprotocols served, the preferred first (comma-separated).",

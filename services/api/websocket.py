@@ -54,7 +54,7 @@ from graphql import (
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from events.identity import Unauthenticated
-from services.api.errors import BadRequest, Unauthorized
+from services.api.errors import BadRequest, Unauthorized, Unavailable
 from services.api.settings import ApiSettings
 from services.api.subscriptions import SubscriptionContext
 from services.api.users import Directory
@@ -124,6 +124,7 @@ class GraphQLSockets:
         self.parse = parse
         self.format_error = format_error
         self.invalid_key = invalid_key
+        self.streaming = 0  # subscriptions running now, at most settings.api_max_streams
 
     async def serve(self, websocket: WebSocket) -> None:
         offered = list(websocket.scope.get("subprotocols") or [])
@@ -157,6 +158,11 @@ class GraphQLSockets:
         operation = get_operation_ast(document, operation_name)
         if operation is None or operation.operation is not OperationType.SUBSCRIPTION:
             raise BadRequest("Only subscriptions are served over the WebSocket: POST the others")
+        if self.streaming >= self.settings.api_max_streams:
+            raise Unavailable(
+                f"This server streams {self.settings.api_max_streams} subscriptions at once "
+                "already: try again in a moment"
+            )
         context = SubscriptionContext(principal=principal, store=self.store, settings=self.settings)
         stream = subscribe(
             self.schema,
@@ -170,10 +176,12 @@ class GraphQLSockets:
         if isinstance(stream, ExecutionResult):
             yield self._formatted(stream)
             return
+        self.streaming += 1
         try:
             async for result in stream:
                 yield self._formatted(result)
         finally:
+            self.streaming -= 1
             close = getattr(stream, "aclose", None)
             if close is not None:
                 await close()

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
@@ -182,3 +183,37 @@ def _only(errors: list[dict[str, Any]]) -> tuple[str, int]:
     """The one error's message and code."""
     assert len(errors) == 1, errors
     return errors[0]["message"], errors[0]["extensions"]["code"]
+
+
+async def test_past_its_limit_of_streams_a_subscription_is_503_and_requests_still_answer(
+    redis_url: str, redis: aioredis.Redis, tmp_path: Path, store: EventStore, seeded: Seeded
+) -> None:
+    """Streams hold connections of their own: at the limit a new one is refused (503, which a
+    client tries again), and requests go on being answered all the while."""
+    run = await running_without_collector(store)
+    async with (
+        api_server(redis_url, tmp_path / "api.log", api_max_streams="1") as served,
+        socket(served, seeded.keys[ALICE]) as ws,
+    ):
+        await ws.subscribe("1", WATCH, {"watchRunStatusInput": {"name": run.name}})
+        assert (await ws.next_data("1"))["watchRunStatus"] == "RUNNING"
+        await ws.subscribe("2", WATCH, {"watchRunStatusInput": {"name": run.name}})
+        _, errors = await ws.results("2")
+        assert _only(errors)[1] == 503
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(
+                served,
+                json={"query": "{ whoami { name } }"},
+                headers={"Authorization": seeded.keys[ALICE]},
+            )
+        assert answer.json() == {"data": {"whoami": {"name": ALICE}}}
+        await run.finish()
+        data, _ = await ws.results("1")
+        assert [d["watchRunStatus"] for d in data][-1] == "COMPLETED"
+        await ws.subscribe("3", WATCH, {"watchRunStatusInput": {"name": run.name}})
+        data, errors = await ws.results("3")
+        assert (errors, [d["watchRunStatus"] for d in data]) == ([], ["COMPLETED"])
+
+
+async def running_without_collector(store: EventStore) -> LiveRun:
+    return await LiveRun.start(store, ALICE, "train", nodes=1)
