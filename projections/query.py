@@ -216,6 +216,27 @@ async def attempts(client: aioredis.Redis, run: str) -> list[AttemptRow]:
     return sorted(rows, key=lambda row: row.index)
 
 
+async def attempts_of(
+    client: aioredis.Redis, run_ids: Sequence[str]
+) -> dict[str, list[AttemptRow]]:
+    """Every attempt of each run (by run_uid), in order: one round trip for the indexes, one
+    for the rows, however many runs (a listing's page)."""
+    found: dict[str, list[AttemptRow]] = {run_id: [] for run_id in run_ids}
+    ns = await _active(client, "attempts")
+    if ns is None or not run_ids:
+        return found
+    async with client.pipeline(transaction=False) as pipe:
+        for run_id in run_ids:
+            pipe.zrange(ns.index_key(f"run:{run_id}"), 0, -1)
+        members = cast(list[list[bytes]], await pipe.execute())
+    for row in await ns.many("attempt", [m for ids in members for m in ids], AttemptRow):
+        if row.run_id in found:
+            found[row.run_id].append(row)
+    for rows in found.values():
+        rows.sort(key=lambda row: row.index)
+    return found
+
+
 # --- billing -------------------------------------------------------------------------------
 
 

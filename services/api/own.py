@@ -125,13 +125,15 @@ async def run_views(_: object, info: GraphQLResolveInfo[Context], **args: Any) -
             limit=_PAGE if asked.limit is None else max(asked.limit, 1),
             cursor=cursor,
         )
-        for row in page.runs:
-            if not visible(principal, row.created_by):
-                continue
-            if asked.gpu_num is not None and row.gpus != asked.gpu_num:
-                continue
-            attempts = await query.attempts(context.redis, row.run_uid)
-            found.append(msgspec.to_builtins({"row": row, "attempts": attempts}))
+        kept = [
+            row
+            for row in page.runs
+            if visible(principal, row.created_by)
+            and (asked.gpu_num is None or row.gpus == asked.gpu_num)
+        ]
+        attempts_of = await query.attempts_of(context.redis, [row.run_uid for row in kept])
+        for row in kept:
+            found.append(msgspec.to_builtins({"row": row, "attempts": attempts_of[row.run_uid]}))
             if asked.limit is not None and len(found) >= asked.limit:
                 return found
         cursor = page.next_cursor

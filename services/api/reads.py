@@ -211,10 +211,10 @@ async def _listed_page(context: Context, asked: RunQuery) -> Json:
             limit=asked.limit + 1,
             cursor=cursor,
         )
-        for row in page.runs:
-            if not asked.keeps(row):
-                continue
-            attempts = await query.attempts(context.redis, row.run_uid)
+        kept = [row for row in page.runs if asked.keeps(row)]
+        attempts_of = await query.attempts_of(context.redis, [row.run_uid for row in kept])
+        for row in kept:
+            attempts = attempts_of[row.run_uid]
             if not asked.ended_within(attempts):
                 continue
             if len(runs) == asked.limit:
