@@ -301,13 +301,7 @@ def _end(
 
 
 def _update(state: RunState, event: ev.UpdateRequested) -> None:
-    changes = {
-        field: value
-        for field in ("priority", "preemptible", "max_retries", "retry_on_system_failure")
-        if (value := getattr(event, field)) is not None
-    }
-    if event.max_duration is not None:
-        changes["max_duration"] = event.max_duration
+    changes = event.changes()
     if event.max_retries is not None and event.max_retries < 0:
         _refuse(event, "max_retries must not be negative")
     if event.max_duration is not None and not (

@@ -115,6 +115,10 @@ class RestartRequested(RunEvent, kw_only=True, tag="run.restart_requested"):
     """Opens attempt ``attempt`` (PENDING); the previous attempt was terminal."""
 
 
+#: What an update may change, as ``Scheduling`` names them.
+_UPDATABLE = ("priority", "preemptible", "max_retries", "retry_on_system_failure", "max_duration")
+
+
 class UpdateRequested(RunEvent, kw_only=True, tag="run.update_requested"):
     """Scheduling fields changed; ``None`` means unchanged."""
 
@@ -123,6 +127,11 @@ class UpdateRequested(RunEvent, kw_only=True, tag="run.update_requested"):
     max_retries: int | None = None
     retry_on_system_failure: bool | None = None
     max_duration: float | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields it changes, by their ``Scheduling`` names, in declaration order."""
+        changed = msgspec.structs.asdict(self)
+        return {field: changed[field] for field in _UPDATABLE if changed[field] is not None}
 
 
 class MetadataUpdated(RunEvent, kw_only=True, tag="run.metadata_updated"):

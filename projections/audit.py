@@ -155,11 +155,7 @@ def _clean_exit(event: object) -> bool:
 
 
 def _changes(event: UpdateRequested) -> str:
-    fields = ("priority", "preemptible", "max_retries", "retry_on_system_failure")
-    changes = [f"{f}={v}" for f in fields if (v := getattr(event, f)) is not None]
-    if event.max_duration is not None:
-        changes.append(f"max_duration={event.max_duration}")
-    return ", ".join(changes)
+    return ", ".join(f"{field}={value}" for field, value in event.changes().items())
 
 
 def _reason(event: AttemptTerminating | AttemptStopped | AttemptFailed) -> str:

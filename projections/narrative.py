@@ -60,11 +60,8 @@ def describe(  # noqa: PLR0911, PLR0912
                 return f"Run failed with exit code {reason.exit_code}"
             return f"Run failed: {_reason(reason)}"
         case ev.UpdateRequested():
-            fields = ("priority", "preemptible", "max_retries", "retry_on_system_failure")
-            changes = [f"{f}={v}" for f in fields if (v := getattr(event, f)) is not None]
-            if event.max_duration is not None:
-                changes.append(f"max_duration={event.max_duration}")
-            return f"Run updated by {event.actor}: {', '.join(changes) or 'no change'}"
+            changes = ", ".join(f"{field}={value}" for field, value in event.changes().items())
+            return f"Run updated by {event.actor}: {changes or 'no change'}"
         case ev.MetadataUpdated():
             return f"Metadata updated by {event.actor}: {', '.join(sorted(event.metadata))}"
         case ev.DeleteRequested():
