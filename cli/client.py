@@ -20,10 +20,7 @@ from cli.errors import ClientError, NotFound
 from events import commands
 from events.access import Action
 from events.codec import Recorded
-from events.lifecycle import RunState, fold
-from events.model import AnyRunEvent
 from events.spec import RunSpec
-from events.status import RunStatus
 from projections.attempts import AttemptRow
 from projections.audit import Entry
 from projections.billing import Report
@@ -67,10 +64,6 @@ query Audit($user: String, $run: String, $since: Float, $until: Float, $limit: I
 _LOGS = """
 subscription Logs($getRunLogsInput: GetRunLogsInput!) {
   getRunLogsV2(getRunLogsInput: $getRunLogsInput) { chunk endOffset }
-}"""
-_WATCH = """
-subscription Watch($watchRunStatusInput: WatchRunStatusInput!) {
-  watchRunStatus(watchRunStatusInput: $watchRunStatusInput)
 }"""
 _EVERYONE = {"organizationIds": ["runplane"]}
 
@@ -157,14 +150,6 @@ class Client:
         event = records[0].event
         return str(getattr(event, "run_id", run)), records
 
-    async def state(self, run: str) -> RunState:
-        _, records = await self.history(run)
-        events: list[AnyRunEvent] = [r.event for r in records]  # type: ignore[misc]
-        state = fold(events)
-        if state is None:
-            raise NotFound(f"Run {run} not found")
-        return state
-
     async def views(self, selection: RunSelection) -> list[RunView]:
         """Runs newest first with their attempts, as the projector has them."""
         data = await self.api.call(_VIEWS, {"selection": msgspec.to_builtins(selection)})
@@ -229,12 +214,6 @@ class Client:
             asked["tail"] = tail
         async for data in self.api.subscribe(_LOGS, {"getRunLogsInput": asked}):
             yield base64.b64decode(data["getRunLogsV2"]["chunk"])
-
-    async def statuses(self, run: str) -> AsyncIterator[RunStatus]:
-        """The run's status now, then each change, until it is terminal."""
-        variables = {"watchRunStatusInput": {"name": run}}
-        async for data in self.api.subscribe(_WATCH, variables):
-            yield RunStatus(data["watchRunStatus"])
 
 
 __all__ = ["Client", "ClientError", "NotFound", "RunView"]

@@ -98,6 +98,17 @@ class RunRequests:
     ) -> tuple[str, list[Recorded]]:
         """The run id and history of ``run``, if ``principal`` may ``action`` it; reads pass
         ``all_users`` (an admin may read any run)."""
+        run_id, records, _ = await self._found(principal, run, action, all_users)
+        return run_id, records
+
+    async def view(self, principal: Principal, run: str, action: Action) -> RunView:
+        """The run's row and attempts folded now from its history (read-your-writes)."""
+        return (await self._found(principal, run, action, True))[2]
+
+    async def _found(
+        self, principal: Principal, run: str, action: Action, all_users: bool
+    ) -> tuple[str, list[Recorded], RunView]:
+        """``run``'s id, history and fold, once ``principal`` may ``action`` it."""
         run_id = await self.resolve(run)
         records = await self.store.history(f"run:{run_id}") if run_id is not None else []
         folded = query.fold_run(run_id, records) if run_id is not None else None
@@ -107,14 +118,7 @@ class RunRequests:
             self.authorize(principal, action, run, folded[0].created_by, all_users=all_users)
         except ApiError as refusal:
             raise await self.refused(principal, action.name.lower(), run, refusal, run_id) from None
-        return run_id, records
-
-    async def view(self, principal: Principal, run: str, action: Action) -> RunView:
-        """The run's row and attempts folded now from its history (read-your-writes)."""
-        run_id, records = await self.history(principal, run, action)
-        folded = query.fold_run(run_id, records)
-        assert folded is not None
-        return folded
+        return run_id, records, folded
 
     async def named(self, names: Sequence[str]) -> list[RunView]:
         """The runs of ``names`` (names or ids) that exist, folded now from their histories;
