@@ -50,6 +50,7 @@ from typing import Any
 
 import httpx
 
+from bench.mapi import CREATE, RUNS
 from bench.processes import cpu_s
 from bench.projections import percentile
 from cli.api import Api
@@ -80,56 +81,6 @@ _PROBE_S = 0.02
 _START_S = 20.0  # for every follower to be following before the lines begin
 _DRAIN_S = 30.0  # after the last line is due, for the followers to finish
 
-# The real client's documents, verbatim (``reference/mapi.md`` sections 5.1 and 5.2; the API's
-# tests use the same: tests/integration/api/test_reads.py and test_requests.py).
-RUNS = """
-query GetRunsPaginated($getRunsPaginatedData: GetRunsPaginatedInput!) {
-  getRunsPaginated(getRunsPaginatedData: $getRunsPaginatedData) {
-  cursor
-  hasNextPage
-  runs {
-    id
-    name
-    status
-    createdAt
-    updatedAt
-    reason
-    createdByEmail
-    priority
-    maxRetries
-    preemptible
-    retryOnSystemFailure
-    maxDurationSeconds
-    isDeleted
-    runType
-    resumptions {
-        clusterName
-        cpus
-        gpuType
-        gpus
-        nodes
-        executionIndex
-        startTime
-        endTime
-        status
-        estimatedEndTime
-        reason
-    }
-  }
-  }
-}"""
-RUN_FIELDS = """
-    id name createdByEmail status createdAt updatedAt reason priority maxRetries preemptible
-    retryOnSystemFailure isDeleted runType
-    resumptions { clusterName cpus gpuType gpus nodes executionIndex startTime endTime status }
-"""
-CREATE = f"""
-mutation CreateRun($createRunData: CreateRunInput!) {{
-  createRun(createRunData: $createRunData) {{
-    {RUN_FIELDS}
-    details {{ originalRunInput metadata lastExecutionId }}
-  }}
-}}"""
 TRIVIAL = "{ __typename }"
 EVERYONE = {"organizationIds": ["runplane"]}
 

@@ -10,6 +10,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from bench.mapi import RUNS
 from events import codec, keys
 from services.api.app import create_app
 from services.api.settings import ApiSettings
@@ -25,43 +26,6 @@ from tests.integration.api.seed import (
 )
 
 # The client's document, verbatim (reference/mapi.md section 5.1).
-RUNS = """
-query GetRunsPaginated($getRunsPaginatedData: GetRunsPaginatedInput!) {
-  getRunsPaginated(getRunsPaginatedData: $getRunsPaginatedData) {
-  cursor
-  hasNextPage
-  runs {
-    id
-    name
-    status
-    createdAt
-    updatedAt
-    reason
-    createdByEmail
-    priority
-    maxRetries
-    preemptible
-    retryOnSystemFailure
-    maxDurationSeconds
-    isDeleted
-    runType
-    resumptions {
-        clusterName
-        cpus
-        gpuType
-        gpus
-        nodes
-        executionIndex
-        startTime
-        endTime
-        status
-        estimatedEndTime
-        reason
-    }
-  }
-  }
-}"""
-
 CLUSTERS = """
 query GetClusters($getClustersData: GetClustersInput!) {
   getClusters(getClustersData: $getClustersData) {

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 
+from bench.mapi import CREATE, RUN_FIELDS
 from events import codec, keys
 from events.model import RequestRefused, RunSubmitted, StopRequested, UpdateRequested
 from services.core.store import EventStore
@@ -17,18 +18,6 @@ from tests import raw
 from tests.integration.api.seed import ALICE, BOB, ROOT, Seeded
 from tests.integration.api.test_reads import code_of, post
 
-RUN_FIELDS = """
-    id name createdByEmail status createdAt updatedAt reason priority maxRetries preemptible
-    retryOnSystemFailure isDeleted runType
-    resumptions { clusterName cpus gpuType gpus nodes executionIndex startTime endTime status }
-"""
-CREATE = f"""
-mutation CreateRun($createRunData: CreateRunInput!) {{
-  createRun(createRunData: $createRunData) {{
-    {RUN_FIELDS}
-    details {{ originalRunInput metadata lastExecutionId }}
-  }}
-}}"""
 STOP = f"""
 mutation StopRuns($getRunsData: GetRunsInput!, $stopRunsData: StopRunsInput) {{
   stopRuns(getRunsData: $getRunsData, stopRunsData: $stopRunsData) {{ {RUN_FIELDS} }}
