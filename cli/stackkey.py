@@ -1,5 +1,6 @@
-"""The local stack's admin and their API key: the user who ran ``mcli dev up`` is an admin of
-the stack, and their key waits in the state directory for ``mcli dev env`` to print it.
+"""Admins made by the operator, on the log itself (no admin exists yet to ask the API): the local
+stack's, whose key waits in the state directory for ``mcli dev env`` to print it; and a
+deployment's first (``mcli admin bootstrap``), whose key is shown once.
 
 Invariants:
 - The user is added (``user.added``, role admin) and a key issued (``key.issued``) through the
@@ -28,8 +29,10 @@ from events.identity import (
     new_key,
     parse_key,
 )
-from services.api.accounts import draw_key, load_user
+from services.api.accounts import Accounts, draw_key, load_user
+from services.api.users import Directory
 from services.core.passwords import write_private
+from services.core.settings import Settings
 from services.core.store import EventStore
 
 KEY_FILE = "api-key"
@@ -46,6 +49,17 @@ def read_key(state_dir: Path) -> str | None:
     except FileNotFoundError:
         return None
     return key or None
+
+
+async def first_admin(settings: Settings, name: str) -> str:
+    """Add ``name`` as an admin with a first key, by ``SETUP_ACTOR``; the key as shown once.
+    ``IdentityRefused`` if the user exists, ``IllegalTransition`` for a name the rules refuse."""
+    store = EventStore.from_settings(settings)
+    try:
+        _, key = await Accounts(store, Directory(store)).add(SETUP_ACTOR, name, "admin")
+    finally:
+        await store.close()
+    return key
 
 
 async def ensure_admin(store: EventStore, state_dir: Path, user: str, now_ms: int) -> bool:

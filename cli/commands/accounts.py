@@ -18,11 +18,9 @@ from cli.criteria import duration_s
 from cli.errors import ClientError, Refused
 from cli.render import make_console, plain_table, when
 from cli.stack import operator_settings
+from cli.stackkey import first_admin
 from events.errors import IllegalTransition
-from events.identity import SETUP_ACTOR, IdentityRefused
-from services.api.accounts import Accounts
-from services.api.users import Directory
-from services.core.store import EventStore
+from events.identity import IdentityRefused
 
 _ACCOUNT = (
     "name role addedAt addedBy keys { keyId issuedAt issuedBy expiresAt revokedAt revokedBy }"
@@ -90,22 +88,12 @@ def bootstrap(args: argparse.Namespace) -> int:
     """The first admin of a deployment, added on the log as its operator (no admin exists yet
     to ask the API): ``RUNPLANE_REDIS_URL`` and the operator's login, or the local stack's."""
 
-    async def add() -> str:
-        store = EventStore.from_settings(operator_settings())
-        try:
-            try:
-                _, key = await Accounts(store, Directory(store)).add(
-                    SETUP_ACTOR, args.name, "admin"
-                )
-            except IdentityRefused as refused:
-                raise Refused(f"{refused}: issue them a key with `mcli admin keys issue`") from None
-            except IllegalTransition as bad:
-                raise ClientError(f"user {args.name}: {bad.why}") from None
-            return key
-        finally:
-            await store.close()
-
-    key = asyncio.run(add())
+    try:
+        key = asyncio.run(first_admin(operator_settings(), args.name))
+    except IdentityRefused as refused:
+        raise Refused(f"{refused}: issue them a key with `mcli admin keys issue`") from None
+    except IllegalTransition as bad:
+        raise ClientError(f"user {args.name}: {bad.why}") from None
     echo(f"✔ Added admin {args.name}; their key (shown once) is on stdout", err=True)
     echo(key)
     return 0
