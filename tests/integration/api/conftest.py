@@ -20,6 +20,7 @@ from services.core.acl import API
 from services.core.store import EventStore, connect
 from tests.acl_users import login_as, refused, server_ms
 from tests.integration.api.seed import Seeded, seed
+from tests.integration.log_collector.helpers import collector
 from tests.services import ServiceProcess
 from tests.waiting import eventually
 
@@ -58,6 +59,18 @@ async def api_server(redis_url: str, log: Path, **settings: str) -> AsyncIterato
         assert await api.stop() == 0, api.output()
         assert "rpk_" not in api.output(), "a key was logged"
         assert refused(redis_url, API, since) == []
+
+
+@asynccontextmanager
+async def logs_api(
+    redis_url: str, redis: aioredis.Redis, tmp_path: Path, **settings: str
+) -> AsyncIterator[str]:
+    """``api_server`` with a real log-collector beside it (its archive under ``tmp_path``)."""
+    async with (
+        collector(redis_url, redis, tmp_path / "archive"),
+        api_server(redis_url, tmp_path / "api.log", **settings) as served,
+    ):
+        yield served
 
 
 @pytest.fixture

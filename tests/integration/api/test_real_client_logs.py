@@ -13,11 +13,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from services.core.store import EventStore
-from tests.integration.api.conftest import api_server
+from tests.integration.api.conftest import logs_api
 from tests.integration.api.real_client import client_env, mcli_bin
 from tests.integration.api.runs import LiveRun
 from tests.integration.api.seed import ALICE, Seeded
-from tests.integration.log_collector.helpers import collector
 
 LINES = [b"step 1 loss 0.5", "caf\u00e9 \U0001f415 ok".encode(), b"step 3 done"]
 TEXT = "".join(line.decode() + "\n" for line in LINES)
@@ -44,10 +43,7 @@ async def url(
     seeded: Seeded,
 ) -> AsyncIterator[str]:
     settings = {"api_ws_protocols": request.param, "api_log_chunk_bytes": "7"}
-    async with (
-        collector(redis_url, redis, tmp_path / "archive"),
-        api_server(redis_url, tmp_path / "api.log", **settings) as served,
-    ):
+    async with logs_api(redis_url, redis, tmp_path, **settings) as served:
         yield served
 
 

@@ -15,11 +15,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from services.core.store import EventStore
-from tests.integration.api.conftest import api_server
+from tests.integration.api.conftest import api_server, logs_api
 from tests.integration.api.runs import LiveRun
 from tests.integration.api.seed import ALICE, BOB, Seeded
 from tests.integration.api.wsclient import LOGS, WATCH, socket
-from tests.integration.log_collector.helpers import collector
 
 CHUNK = 37  # bytes: small enough to cut lines and characters
 LINES = [b"step 1 loss 0.5", "caf\u00e9 \U0001f415 ok".encode(), b"", b"step 3 done"]
@@ -35,10 +34,7 @@ async def url(
     seeded: Seeded,
 ) -> AsyncIterator[str]:
     settings = {"api_ws_protocols": request.param, "api_log_chunk_bytes": str(CHUNK)}
-    async with (
-        collector(redis_url, redis, tmp_path / "archive"),
-        api_server(redis_url, tmp_path / "api.log", **settings) as served,
-    ):
+    async with logs_api(redis_url, redis, tmp_path, **settings) as served:
         yield served
 
 
