@@ -15,6 +15,11 @@ What is not about a run (users and keys) is an admin's alone (``administer``).
 Visibility comes first: another user's run is not there for a user (``visible``), so a refusal
 to a user is "not found" (``RunNotFound``, 404) and never names the owner; an admin sees every
 run and is refused (``AccessDenied``, 403) only for acting on another's without ``all_users``.
+
+A run's own token (``events.tokens``) makes a principal with ``via``: the run's owner, acting
+through one attempt of one run. It sees that run alone, and may only read it, its logs and its
+events, update its metadata and submit runs as its children (``RUN_TOKEN_ACTIONS``); every other
+run is not there for it, and it is never an admin, whatever its owner is.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from enum import StrEnum
 import msgspec
 
 from events.errors import EventsError
-from events.model import Role
+from events.model import Role, Via
 
 
 class Action(StrEnum):
@@ -38,18 +43,31 @@ class Action(StrEnum):
     STOP = "stop"
     RESTART = "restart"
     UPDATE = "update"
+    UPDATE_METADATA = "update the metadata of"
+    SUBMIT_CHILD = "submit a child run of"
     DELETE = "delete"
 
 
+#: What a run's own token may do, to its own run only.
+RUN_TOKEN_ACTIONS = frozenset(
+    {Action.DESCRIBE, Action.LOGS, Action.EVENTS, Action.UPDATE_METADATA, Action.SUBMIT_CHILD}
+)
+
+
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
-    """Who asks: the owner of the API key that came with the request, and their role."""
+    """Who asks: the owner of the API key that came with the request, and their role; or, for
+    a run's token, the run's owner acting ``via`` that run's attempt (never an admin)."""
 
     name: str
     role: Role
+    via: Via | None = None
 
     @property
     def admin(self) -> bool:
-        return self.role == "admin"
+        return self.role == "admin" and self.via is None
+
+    def __str__(self) -> str:
+        return self.name if self.via is None else f"{self.name} ({self.via})"
 
 
 class RunNotFound(EventsError):
@@ -65,13 +83,17 @@ class AccessDenied(EventsError):
     """``actor`` may not ``action`` run ``run`` of ``owner``. ``admin`` says whether the actor
     could have asked for it as an admin (with ``all_users``)."""
 
-    def __init__(self, actor: str, action: Action, run: str, owner: str, *, admin: bool) -> None:
+    def __init__(
+        self, actor: str, action: Action, run: str, owner: str, *, admin: bool, token: bool = False
+    ) -> None:
         super().__init__(f"{actor} may not {action} run {run} of {owner}")
         self.actor = actor
         self.action = action
         self.run = run
         self.owner = owner
         self.admin = admin
+        #: The actor is a run's own token, which may do only ``RUN_TOKEN_ACTIONS``.
+        self.token = token
 
 
 def may(actor: str, action: Action, owner: str, *, all_users: bool, admin: bool) -> bool:
@@ -87,26 +109,45 @@ def check(
         raise AccessDenied(actor, action, run, owner, admin=admin)
 
 
-def visible(principal: Principal, owner: str) -> bool:
-    """True if a run submitted by ``owner`` exists for ``principal`` (listings, reads, and which
-    refusal they get): their own runs, and every run for an admin."""
+def visible(principal: Principal, owner: str, run_id: str) -> bool:
+    """True if run ``run_id``, submitted by ``owner``, exists for ``principal`` (listings,
+    reads, and which refusal they get): their own runs, and every run for an admin; for a run's
+    token, its own run alone."""
+    if principal.via is not None:
+        return run_id == principal.via.run_id
     return principal.name == owner or principal.admin
 
 
-def allowed(principal: Principal, action: Action, owner: str, *, all_users: bool) -> bool:
-    """``may`` for a principal."""
+def sees_runs_of(principal: Principal, user: str) -> bool:
+    """True if ``principal`` may list ``user``'s runs (which of them it sees is ``visible``)."""
+    return principal.name == user or principal.admin
+
+
+def allowed(
+    principal: Principal, action: Action, owner: str, run_id: str, *, all_users: bool
+) -> bool:
+    """``may`` for a principal; a run's token may do ``RUN_TOKEN_ACTIONS`` to its own run."""
+    if principal.via is not None:
+        return run_id == principal.via.run_id and action in RUN_TOKEN_ACTIONS
     return may(principal.name, action, owner, all_users=all_users, admin=principal.admin)
 
 
 def authorize(
-    principal: Principal, action: Action, run: str, owner: str, *, all_users: bool
+    principal: Principal, action: Action, run: str, owner: str, run_id: str, *, all_users: bool
 ) -> None:
-    """``RunNotFound`` unless the run is ``visible`` to ``principal``, then ``AccessDenied``
-    unless ``allowed``."""
-    if not visible(principal, owner):
+    """``RunNotFound`` unless run ``run`` (id ``run_id``) is ``visible`` to ``principal``,
+    then ``AccessDenied`` unless ``allowed``."""
+    if not visible(principal, owner, run_id):
         raise RunNotFound(run)
-    if not allowed(principal, action, owner, all_users=all_users):
-        raise AccessDenied(principal.name, action, run, owner, admin=principal.admin)
+    if not allowed(principal, action, owner, run_id, all_users=all_users):
+        raise AccessDenied(
+            str(principal),
+            action,
+            run,
+            owner,
+            admin=principal.admin,
+            token=principal.via is not None,
+        )
 
 
 class AdminOnly(EventsError):
@@ -121,4 +162,4 @@ class AdminOnly(EventsError):
 def administer(principal: Principal, what: str) -> None:
     """``AdminOnly`` unless ``principal`` is an admin."""
     if not principal.admin:
-        raise AdminOnly(principal.name, what)
+        raise AdminOnly(str(principal), what)

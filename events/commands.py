@@ -60,6 +60,7 @@ class SubmitRun(msgspec.Struct, kw_only=True, frozen=True):
     run_id: str
     name: str  # unique: the base name plus a random suffix
     spec: RunSpec
+    parent: str | None = None  # the name of the run it is submitted from
 
 
 class StopRun(msgspec.Struct, kw_only=True, frozen=True):
@@ -107,6 +108,7 @@ def decide(state: RunState | None, command: Command, new_id: NewId) -> list[AnyR
                 run_id=command.run_id,
                 name=command.name,
                 spec=command.spec,
+                parent=command.parent,
             )
         ]
     if state is None:

@@ -10,6 +10,8 @@ FAILED. An attempt that never held GPUs (PENDING or QUEUED) may end STOPPED or F
 one that did (STARTING, RUNNING) ends only through TERMINATING, and only when every rank has
 released its GPUs. Per run: a new attempt (restart or retry) opens only when the latest one is
 terminal; a stop of a terminal or terminating attempt is refused; a deleted run accepts nothing.
+A run token is issued only to a live rank of the current attempt (``events.tokens`` says when
+it works).
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class AttemptState(msgspec.Struct, kw_only=True):
     queue_reason: str = ""
     stop_requested_by: str | None = None
     opened_by: str = ""
+    #: The run tokens issued for this attempt's ranks: token id -> the SHA-256 of its secret.
+    tokens: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property
     def gpus(self) -> int:
@@ -185,6 +189,11 @@ def _apply(state: RunState, event: ev.AnyRunEvent) -> None:  # noqa: PLR0912, PL
         ):
             _current(attempt, event)
             _live_rank(attempt, event, event.rank, event.node)
+        case ev.RunTokenIssued():
+            _live_rank(attempt, event, event.rank, event.node)
+            if event.token_id in attempt.tokens:
+                _refuse(event, f"token {event.token_id} was issued already")
+            attempt.tokens[event.token_id] = event.token_hash
         case ev.RankRunning():
             rank = _live_rank(attempt, event, event.rank, event.node)
             if rank.running:

@@ -8,7 +8,9 @@ Invariants:
   event is appended, from the server's clock; a writer leaves ``time`` at 0.
 - Users and their API keys are an aggregate per user (``user:<name>``): a key's events live
   in its owner's history, so issuing and revoking append on the user's expected version.
-  Only a key's hash is ever in an event, never the key.
+  Only a key's hash is ever in an event, never the key; the same holds for a run's tokens
+  (``attempt.token_issued``), and what shows events to people leaves the hash out
+  (``SECRET_FIELDS``).
 - Events say what happened. What somebody asks for is a command (``events.commands``); the
   ``*Requested`` events record that a request was accepted, and by whom.
 """
@@ -48,6 +50,17 @@ class RankPlacement(msgspec.Struct, kw_only=True, frozen=True):
     gpus: list[int]
 
 
+class Via(msgspec.Struct, kw_only=True, frozen=True):
+    """The run attempt whose token made a request on behalf of its owner (``actor``)."""
+
+    run_id: str
+    run: str  # the run's name
+    attempt: int
+
+    def __str__(self) -> str:
+        return f"run {self.run} attempt {self.attempt}"
+
+
 class Event(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="type"):
     """The envelope every event carries."""
 
@@ -55,6 +68,7 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="type"):
 
     id: str
     actor: str  # a user, or ``service@host``
+    via: Via | None = None  # set when a run's own token asked, on behalf of ``actor``
     time: int = 0  # stamped by the log (ms since the epoch, the server's clock)
     causation_id: str | None = None  # the event that caused this one
     correlation_id: str | None = None  # the request this event belongs to
@@ -101,10 +115,12 @@ class UserEvent(Event, kw_only=True):
 
 
 class RunSubmitted(RunEvent, kw_only=True, tag="run.submitted"):
-    """A run was created; its attempt 0 is PENDING. ``actor`` is the user."""
+    """A run was created; its attempt 0 is PENDING. ``actor`` is the user. ``parent`` names the
+    run it was submitted from (mcli's ``parentName``), when it was."""
 
     name: str  # the unique run name, base name plus random suffix
     spec: RunSpec
+    parent: str | None = None
 
 
 class StopRequested(RunEvent, kw_only=True, tag="run.stop_requested"):
@@ -227,6 +243,18 @@ class RankRunning(RunEvent, kw_only=True, tag="rank.running"):
     pid: int | None = None
 
 
+class RunTokenIssued(RunEvent, kw_only=True, tag="attempt.token_issued"):
+    """A token for rank ``rank`` of the attempt, with which the rank's code speaks to the API as
+    its run (``events.tokens``): its id and the SHA-256 of its secret as lowercase hex. The
+    token works until the attempt ends; the node-agent that drew it wrote it to a file only the
+    rank reads, and it is stored nowhere else."""
+
+    rank: int
+    node: str
+    token_id: str
+    token_hash: str
+
+
 class AttemptRunning(RunEvent, kw_only=True, tag="attempt.running"):
     """Every rank runs its command: the attempt enters RUNNING."""
 
@@ -337,6 +365,7 @@ AnyRunEvent = (
     | IntegrationFinished
     | IntegrationFailed
     | RankRunning
+    | RunTokenIssued
     | AttemptRunning
     | RankExited
     | AttemptTerminating
@@ -351,6 +380,21 @@ AnyEvent = AnyRunEvent | AnyNodeEvent | AnyUserEvent
 ALL_EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__
 RUN_EVENT_TYPES: tuple[type[Event], ...] = AnyRunEvent.__args__
 USER_EVENT_TYPES: tuple[type[Event], ...] = AnyUserEvent.__args__
+
+
+#: Fields that hold a secret's hash: kept in the log, left out wherever events are shown.
+SECRET_FIELDS: dict[type[Event], frozenset[str]] = {
+    KeyIssued: frozenset({"key_hash"}),
+    RunTokenIssued: frozenset({"token_hash"}),
+}
+
+
+def redacted(event: AnyEvent) -> AnyEvent:
+    """``event`` with its secret hashes blanked (``SECRET_FIELDS``), as it may be shown."""
+    secret = SECRET_FIELDS.get(type(event))
+    if not secret:
+        return event
+    return msgspec.structs.replace(event, **dict.fromkeys(secret, ""))
 
 
 def tag_of(cls: type[Event]) -> str:

@@ -335,4 +335,6 @@ def _setup_step(event: Any, attempt: AttemptRow, actor: str) -> str | None:
 
 _SETUP_FAILURES = frozenset({ev.ImagePullFailed, ev.IntegrationFailed})
 _HANDLERS |= dict.fromkeys(_SETUP, _setup_step)
-AttemptsProjection.handles = frozenset(ev.RUN_EVENT_TYPES) - (set(_SETUP) - _SETUP_FAILURES)
+AttemptsProjection.handles = frozenset(ev.RUN_EVENT_TYPES) - (
+    set(_SETUP) - _SETUP_FAILURES | {ev.RunTokenIssued}
+)

@@ -47,6 +47,7 @@ from events.model import (
     RetryScheduled,
     RunEvent,
     RunSubmitted,
+    RunTokenIssued,
     StopRequested,
     UpdateRequested,
     UserAdded,
@@ -67,11 +68,12 @@ class Entry(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=T
     node: str | None = None
     user: str | None = None  # the user an identity event is about (the actor is who did it)
     detail: str = ""
+    via: str | None = None  # "run NAME attempt N": the run whose token acted for ``actor``
 
 
 class AuditProjection:
     name: ClassVar[str] = "audit"
-    version: ClassVar[int] = 5  # 5: refused requests
+    version: ClassVar[int] = 6  # 5: refused requests; 6: run tokens, and who acted via one
     handles: ClassVar[frozenset[type]]  # every event type but the quiet ones (below)
 
     def __init__(self) -> None:
@@ -139,6 +141,7 @@ def entry_of(record: Recorded, names: Mapping[str, str]) -> Entry | None:
         node=node,
         user=user,
         detail=detail(event) if detail else "",
+        via=None if event.via is None else str(event.via),
     )
 
 
@@ -185,6 +188,7 @@ _DETAILS: dict[type, Callable[[Any], str]] = {
     AttemptStopped: _reason,
     AttemptFailed: _reason,
     RankExited: lambda e: f"rank {e.rank} {e.ending}" + (f" ({e.reason.code})" if e.reason else ""),
+    RunTokenIssued: lambda e: f"rank {e.rank} on {e.node}, token {e.token_id}",
     NodeRegistered: lambda e: f"{e.gpus}x{e.gpu_type or 'cpu'}",
     NodeDrained: lambda e: e.reason,
     UserAdded: lambda e: e.role,

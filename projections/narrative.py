@@ -27,7 +27,7 @@ def describe(  # noqa: PLR0911, PLR0912
         case ev.RunSubmitted():
             return "Run created"
         case ev.RestartRequested():
-            return f"Run restarted by {event.actor}"
+            return f"Run restarted by {_who(event)}"
         case ev.RetryScheduled():
             return f"Run retried after {_CAUSES.get(event.cause, event.cause)}"
         case ev.AttemptQueued():
@@ -42,7 +42,7 @@ def describe(  # noqa: PLR0911, PLR0912
         case ev.AttemptRunning():
             return "Run started" if event.attempt == 0 else "Run resumed"
         case ev.StopRequested():
-            return f"Run stopped by {event.actor}"
+            return f"Run stopped by {_who(event)}"
         case ev.AttemptTerminating():
             reason = event.reason
             if reason is None or (reason.category == "stopped" and reason.code == "Stopped"):
@@ -61,11 +61,11 @@ def describe(  # noqa: PLR0911, PLR0912
             return f"Run failed: {_reason(reason)}"
         case ev.UpdateRequested():
             changes = ", ".join(f"{field}={value}" for field, value in event.changes().items())
-            return f"Run updated by {event.actor}: {changes or 'no change'}"
+            return f"Run updated by {_who(event)}: {changes or 'no change'}"
         case ev.MetadataUpdated():
-            return f"Metadata updated by {event.actor}: {', '.join(sorted(event.metadata))}"
+            return f"Metadata updated by {_who(event)}: {', '.join(sorted(event.metadata))}"
         case ev.DeleteRequested():
-            return f"Run deletion requested by {event.actor}"
+            return f"Run deletion requested by {_who(event)}"
         case ev.RunDeleted():
             return "Run deleted"
         case ev.ImagePullFailed():
@@ -85,10 +85,16 @@ def describe(  # noqa: PLR0911, PLR0912
             | ev.IntegrationStarted()
             | ev.IntegrationFinished()
             | ev.RankRunning()
+            | ev.RunTokenIssued()
         ):
             return None
         case _:
             assert_never(event)
+
+
+def _who(event: ev.Event) -> str:
+    """The actor, and the run attempt it acted through (a run's token), if any."""
+    return event.actor if event.via is None else f"{event.actor} ({event.via})"
 
 
 def _rank_end(event: ev.RankExited) -> str:

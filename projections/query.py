@@ -138,10 +138,12 @@ async def list_runs(
     after: int | None = None,
     before: int | None = None,
     include_deleted: bool = False,
+    parent: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> Page:
-    """Runs newest first (by created_at), filtered, ``limit`` per page.
+    """Runs newest first (by created_at), filtered, ``limit`` per page; ``parent``: the
+    children of the run of that name.
 
     ``names`` are globs (``hello-*``); ``after``/``before`` bound created_at (inclusive,
     exclusive). The cursor is ``<created_at>:<run_uid>`` of the last run of the previous page.
@@ -150,8 +152,10 @@ async def list_runs(
     if ns is None:
         return Page(runs=[])
     wanted = set(statuses) if statuses is not None else None
-    keep = _Filter(user, cluster, wanted, names, gpu_type, include_deleted)
-    if user is not None:
+    keep = _Filter(user, cluster, wanted, names, gpu_type, include_deleted, parent)
+    if parent is not None:
+        index = f"parent:{parent}"
+    elif user is not None:
         index = f"user:{user}"
     elif cluster is not None:
         index = f"cluster:{cluster}"
@@ -193,10 +197,12 @@ class _Filter:
     names: Sequence[str] | None
     gpu_type: str | None
     include_deleted: bool
+    parent: str | None
 
     def __call__(self, row: RunRow) -> bool:
         return (
             (self.include_deleted or not row.is_deleted)
+            and (self.parent is None or row.parent == self.parent)
             and (self.user is None or row.created_by == self.user)
             and (self.cluster is None or row.requested_cluster == self.cluster)
             and (self.statuses is None or row.status in self.statuses)

@@ -5,14 +5,16 @@ Invariants:
   ``node_count`` are the latest placement's once an attempt was placed, the request's before.
 - ``started_at`` is when the first attempt entered STARTING; ``completed_at`` when the latest
   attempt ended (None while it is open); ``updated_at`` the time of the run's latest event,
-  but for a rank's setup steps that went well (image pulls, integrations): they change nothing
-  a user reads here, and each would rewrite the row.
+  but for a rank's setup steps that went well (image pulls, integrations) and its token: they
+  change nothing a user reads here, and each would rewrite the row.
 - ``submitted_config`` is the RunSpec as submitted; the scheduling fields (priority,
   preemptible, max_retries, retry_on_system_failure, max_duration) follow updates.
 - A deleted run keeps its row (``is_deleted``) and its index entries; listings filter it out.
 - A second row kind, ``name``, maps each run name to its run_uid.
+- ``parent`` is the name of the run it was submitted from (mcli's ``parentName``), if any.
 - Indexes, every one scored by ``created_at``: ``created`` (every run), ``user:<user>``,
-  ``cluster:<cluster>`` (the requested cluster) and ``status:<STATUS>`` (exactly one: the fold
+  ``cluster:<cluster>`` (the requested cluster), ``parent:<run name>`` (a child run's, under
+  its parent) and ``status:<STATUS>`` (exactly one: the fold
   remembers which one each stored row is in, from its renders and, after a restart, from
   ``settled``, and moves it when the status changes).
 - An event for a run it does not know, or for an attempt that is not the latest, is logged and
@@ -62,6 +64,7 @@ class _RunFields(msgspec.Struct, kw_only=True, gc=False):
     is_deleted: bool = False
     resumption_count: int = 1
     requested_cluster: str = ""  # the submitted config's cluster (the index's)
+    parent: str | None = None
 
     @property
     def latest_resumption(self) -> int:
@@ -104,17 +107,19 @@ def new_row(event: ev.RunSubmitted) -> _RunState:
         metadata=spec.metadata,
         submitted_config=msgspec.Raw(encode(spec)),
         requested_cluster=compute.cluster,
+        parent=event.parent,
     )
 
 
 class RunStatusProjection:
     name: ClassVar[str] = "run_status"
-    version: ClassVar[int] = 2  # 2: metadata updated after the submit
+    version: ClassVar[int] = 3  # 2: metadata updated after the submit; 3: a run's parent
     handles: ClassVar[frozenset[type]] = frozenset(ev.RUN_EVENT_TYPES) - {
         ev.ImagePullStarted,
         ev.ImagePullFinished,
         ev.IntegrationStarted,
         ev.IntegrationFinished,
+        ev.RunTokenIssued,
     }
 
     def __init__(self) -> None:
@@ -163,6 +168,8 @@ class RunStatusProjection:
                     (f"cluster:{row.requested_cluster}", score),
                     (_STATUS_INDEX[row.status], score),
                 )
+                if row.parent is not None:
+                    index += ((f"parent:{row.parent}", score),)
                 unindex: tuple[str, ...] = ()
             elif before is not row.status:
                 index, unindex = ((_STATUS_INDEX[row.status], score),), (_STATUS_INDEX[before],)

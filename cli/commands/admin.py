@@ -29,7 +29,7 @@ from cli.render import make_console, plain_table, when
 from cli.stack import operator_settings
 from events.access import Action
 from events.codec import Recorded
-from events.model import tag_of
+from events.model import SECRET_FIELDS, tag_of
 from events.usage import HOUR_MS
 from projections import catalog, query
 from projections.billing import DIMENSIONS, Report
@@ -208,7 +208,7 @@ async def audit_trail(args: argparse.Namespace, client: Client) -> int:
     for entry in entries:
         table.add_row(
             when(to_datetime(entry.time)),
-            entry.actor,
+            entry.actor if entry.via is None else f"{entry.actor} ({entry.via})",
             entry.action,
             entry.run_name or entry.node or entry.user or "",
             "" if entry.attempt is None else str(entry.attempt),
@@ -221,7 +221,8 @@ async def audit_trail(args: argparse.Namespace, client: Client) -> int:
 def event_line(record: Recorded) -> str:
     event = record.event
     body = msgspec.to_builtins(event)
-    rest = {k: v for k, v in body.items() if k not in _ENVELOPE}
+    hidden = (*_ENVELOPE, *SECRET_FIELDS.get(type(event), ()))
+    rest = {k: v for k, v in body.items() if k not in hidden}
     moment_ = to_datetime(event.time)
     stamp = moment_.isoformat(timespec="milliseconds") if moment_ else "-"
     attempt = getattr(event, "attempt", "-")
@@ -234,9 +235,12 @@ def event_line(record: Recorded) -> str:
 def event_json(record: Recorded) -> dict[str, Any]:
     """One event of ``events -o json``: where the log holds it (``RECORD_KEYS``), its type,
     then every field of the event, defaults included (``attempt`` 0 too). An event's own
-    field named like a record key is shown under its own name (``_OWN_KEYS``)."""
+    field named like a record key is shown under its own name (``_OWN_KEYS``); a secret's hash
+    (``SECRET_FIELDS``) is not shown."""
     event = record.event
     fields = msgspec.to_builtins(msgspec.structs.asdict(event))
+    for secret in SECRET_FIELDS.get(type(event), ()):
+        del fields[secret]
     return {
         "position": record.position,
         "version": record.version,

@@ -55,7 +55,7 @@ from services.api.mutations import RESOLVERS as MUTATIONS
 from services.api.reads import RESOLVERS as READS
 from services.api.runs import RunRequests
 from services.api.settings import ApiSettings
-from services.api.users import Directory
+from services.api.users import Directory, presented_credential
 from services.api.websocket import GraphQLSockets
 from services.core.health import keep_alive
 from services.core.store import EventStore, connect_with
@@ -108,11 +108,7 @@ def format_error(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
 
 
 def presented_key(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header is None:
-        return None
-    scheme, _, rest = header.strip().partition(" ")
-    return rest.strip() if scheme.lower() == "bearer" else header.strip()
+    return presented_credential(request.headers.get("authorization"))
 
 
 async def read_body(request: Request, limit: int) -> bytes:

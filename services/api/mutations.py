@@ -35,7 +35,8 @@ async def create_run(_: object, info: GraphQLResolveInfo[Context], **args: Any) 
         spec, _ = to_spec(config, where="runInput")
     except ConfigError as error:
         raise BadRequest(f"Bad run request: {error}") from None
-    return [wire.run(*await context.runs.submit(context.principal, spec))]
+    parent = wire.parent_of_input(run_input)
+    return [wire.run(*await context.runs.submit(context.principal, spec, parent=parent))]
 
 
 async def stop_runs(_: object, info: GraphQLResolveInfo[Context], **args: Any) -> list[Json]:

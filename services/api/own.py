@@ -18,8 +18,9 @@ import msgspec
 from graphql import GraphQLResolveInfo
 
 from events import codec
-from events.access import Action, visible
+from events.access import Action, sees_runs_of, visible
 from events.codec import Recorded
+from events.model import redacted
 from events.status import RunStatus
 from projections import query
 from projections.billing import DIMENSIONS
@@ -56,7 +57,8 @@ class WireRecord(msgspec.Struct, kw_only=True):
 
     @classmethod
     def of(cls, record: Recorded) -> WireRecord:
-        fields = codec.encode(record.event)
+        """``record`` as it leaves the server: secret hashes blanked (``events.model.redacted``)."""
+        fields = codec.encode(redacted(record.event))
         return cls(
             position=record.position,
             version=record.version,
@@ -107,7 +109,7 @@ async def run_views(_: object, info: GraphQLResolveInfo[Context], **args: Any) -
     asked: RunSelection = _convert(args["selection"], RunSelection, "selection")
     principal = context.principal
     user = asked.user or (None if asked.all_users else principal.name)
-    if user is not None and not visible(principal, user):
+    if user is not None and not sees_runs_of(principal, user):
         return []
     found: list[Any] = []
     cursor: str | None = None
@@ -128,7 +130,7 @@ async def run_views(_: object, info: GraphQLResolveInfo[Context], **args: Any) -
         kept = [
             row
             for row in page.runs
-            if visible(principal, row.created_by)
+            if visible(principal, row.created_by, row.run_uid)
             and (asked.gpu_num is None or row.gpus == asked.gpu_num)
         ]
         attempts_of = await query.attempts_of(context.redis, [row.run_uid for row in kept])

@@ -20,7 +20,7 @@ from typing import Any
 
 from graphql import GraphQLResolveInfo
 
-from events.access import Principal, visible
+from events.access import Principal, sees_runs_of, visible
 from events.status import RunStatus
 from projections import query
 from projections.run_status import RunRow
@@ -133,7 +133,7 @@ class RunQuery:
     def keeps(self, row: RunRow) -> bool:
         after, before = self.created
         return (
-            visible(self.principal, row.created_by)
+            visible(self.principal, row.created_by, row.run_uid)
             and (self.owners is None or row.created_by in self.owners)
             and (self.include_deleted or not row.is_deleted)
             and (self.statuses is None or row.status.value in self.statuses)
@@ -192,7 +192,7 @@ async def _named_page(context: Context, asked: RunQuery) -> Json:
 async def _listed_page(context: Context, asked: RunQuery) -> Json:
     """From the projector's rows, through the narrowest index the filters allow."""
     user = asked.one(list(asked.owners) if asked.owners is not None else None)
-    if user is not None and not visible(asked.principal, user):
+    if user is not None and not sees_runs_of(asked.principal, user):
         return {"cursor": None, "hasNextPage": False, "runs": []}
     runs: list[Json] = []
     has_next = False

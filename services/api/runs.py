@@ -15,7 +15,10 @@ Invariants:
   submit is first checked against the cluster's registered nodes by the scheduler's own fit
   rule (``events.fit``), so a request that can never run is refused, not left to fail in the
   queue;
-- the actor of every event is the principal, never anything the client says;
+- the actor of every event is the principal, never anything the client says; a request made
+  with a run's token is recorded as its owner's, ``via`` that run's attempt;
+- a run submitted from inside a run (a run's token, or ``parentName``) records that run as its
+  parent; a parent must be a run the principal may submit children of (``events.access``);
 - a request refused for a run that exists (another user's, or an admin's without
   ``all_users``) is recorded (``request.refused``) before the answer, so the audit shows it.
 """
@@ -25,7 +28,9 @@ from __future__ import annotations
 import secrets
 import string
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+import msgspec
 
 from events import access, commands, keys
 from events.access import Action, Principal
@@ -48,7 +53,7 @@ _ACTIONS: dict[type[commands.Command], Action] = {  # a submit has no owner yet
     commands.RestartRun: Action.RESTART,
     commands.DeleteRun: Action.DELETE,
     commands.UpdateRun: Action.UPDATE,
-    commands.UpdateMetadata: Action.UPDATE,
+    commands.UpdateMetadata: Action.UPDATE_METADATA,
 }
 
 
@@ -57,6 +62,11 @@ def new_id() -> str:
 
 
 def forbidden(denied: access.AccessDenied) -> Forbidden:
+    if denied.token:
+        return Forbidden(
+            "A run's token may only read its own run, change its metadata and submit its "
+            f"children; to {denied.action} it, use an API key (`mcli set api-key`)"
+        )
     if denied.admin:
         hint = f"add --all-users to {denied.action} another user's run"
     else:
@@ -115,7 +125,9 @@ class RunRequests:
         if run_id is None or folded is None:
             raise NotFound(f"Run {run} not found")
         try:
-            self.authorize(principal, action, run, folded[0].created_by, all_users=all_users)
+            self.authorize(
+                principal, action, run, folded[0].created_by, run_id, all_users=all_users
+            )
         except ApiError as refusal:
             raise await self.refused(principal, action.name.lower(), run, refusal, run_id) from None
         return run_id, records, folded
@@ -139,12 +151,36 @@ class RunRequests:
 
     # --- submitting -------------------------------------------------------------------
 
-    async def submit(self, principal: Principal, spec: RunSpec) -> RunView:
-        """Check ``spec`` against its cluster, reserve a unique name, append the submit."""
+    async def submit(
+        self, principal: Principal, spec: RunSpec, *, parent: str | None = None
+    ) -> RunView:
+        """Check ``spec`` against its cluster and its ``parent`` (a run name), reserve a unique
+        name, append the submit."""
+        parent = await self.parent_of(principal, parent)
         await self.check_fits(spec.compute)
-        return await self._view_of(await self.append_submit(principal, spec))
+        return await self._view_of(await self.append_submit(principal, spec, parent=parent))
 
-    async def append_submit(self, principal: Principal, spec: RunSpec) -> str:
+    async def parent_of(self, principal: Principal, parent: str | None) -> str | None:
+        """The parent a submit records: the one asked for, once the principal may submit
+        children of it; a run's token submits children of its own run, asked or not."""
+        if parent is None:
+            return None if principal.via is None else principal.via.run
+        run_id = await self.resolve(parent)
+        state = await self.store.load_run(run_id) if run_id is not None else None
+        if run_id is None or state is None:
+            raise NotFound(f"Parent run {parent} not found")
+        try:
+            self.authorize(
+                principal, Action.SUBMIT_CHILD, state.name, state.created_by, run_id,
+                all_users=False,
+            )  # fmt: skip
+        except ApiError as refusal:
+            raise await self.refused(principal, "submit_child", parent, refusal, run_id) from None
+        return state.name
+
+    async def append_submit(
+        self, principal: Principal, spec: RunSpec, *, parent: str | None = None
+    ) -> str:
         """Reserve a unique name and append the submit of a ``spec`` checked already; its run
         id. (``submit`` checks first; a load generator that knows its fleet calls this.)"""
         run_id = new_id()
@@ -154,8 +190,10 @@ class RunRequests:
                 break
         else:  # pragma: no cover - 26^6 names per base name
             raise Conflict(f"could not find a free name for {spec.name}: try another name")
-        command = commands.SubmitRun(actor=principal.name, run_id=run_id, name=name, spec=spec)
-        await self.store.update_run(run_id, lambda state: commands.decide(state, command, new_id))
+        command = commands.SubmitRun(
+            actor=principal.name, run_id=run_id, name=name, spec=spec, parent=parent
+        )
+        await self.store.update_run(run_id, _stamped(principal, command))
         return run_id
 
     async def check_fits(self, compute: Compute) -> None:
@@ -194,7 +232,9 @@ class RunRequests:
             if run_id is None or state is None:
                 raise NotFound(f"Run {run} not found")
             try:
-                self.authorize(principal, action, state.name, state.created_by, all_users=all_users)
+                self.authorize(
+                    principal, action, state.name, state.created_by, run_id, all_users=all_users
+                )
             except ApiError as refusal:
                 raise await self.refused(
                     principal, action.name.lower(), state.name, refusal, run_id
@@ -218,10 +258,14 @@ class RunRequests:
         *,
         all_users: bool,
     ) -> None:
+        decided = _stamped(principal, command)
+
         def decide(state: RunState | None) -> list[AnyRunEvent]:
             if state is not None:
-                self.authorize(principal, action, name, state.created_by, all_users=all_users)
-            return commands.decide(state, command, new_id)
+                self.authorize(
+                    principal, action, name, state.created_by, run_id, all_users=all_users
+                )
+            return decided(state)
 
         try:
             await self.store.update_run(run_id, decide)
@@ -246,18 +290,33 @@ class RunRequests:
             code=int(refusal.code),
             why=refusal.message,
             run_id=run_id,
+            via=principal.via,
         )
         await self.store.append([event], expected_version=None)
         return refusal
 
     @staticmethod
     def authorize(
-        principal: Principal, action: Action, run: str, owner: str, *, all_users: bool
+        principal: Principal, action: Action, run: str, owner: str, run_id: str, *, all_users: bool
     ) -> None:
         """``events.access.authorize`` in the API's errors: 404 or 403."""
         try:
-            access.authorize(principal, action, run, owner, all_users=all_users)
+            access.authorize(principal, action, run, owner, run_id, all_users=all_users)
         except access.RunNotFound as missing:
             raise NotFound(str(missing)) from None
         except access.AccessDenied as denied:
             raise forbidden(denied) from None
+
+
+def _stamped(
+    principal: Principal, command: commands.Command
+) -> Callable[[RunState | None], list[AnyRunEvent]]:
+    """The decision of ``command``, its events marked ``via`` the run whose token asked."""
+
+    def decide(state: RunState | None) -> list[AnyRunEvent]:
+        events = commands.decide(state, command, new_id)
+        if principal.via is None:
+            return events
+        return [msgspec.structs.replace(event, via=principal.via) for event in events]
+
+    return decide

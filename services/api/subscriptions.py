@@ -78,7 +78,7 @@ class _Run:
         for record in records:
             assert isinstance(record.event, RunEvent)
             state = evolve(state, record.event)
-        if state is None or not visible(context.principal, state.created_by):
+        if state is None or not visible(context.principal, state.created_by, state.run_id):
             raise NotFound(str(RunNotFound(name)))
         return cls(context.store, state, records[-1].position)
 

@@ -7,6 +7,9 @@ requests share one catch-up (a lock). Only user events are decoded (by the kind 
 names): run and node events, and any entry that cannot be decoded, are passed over, so one bad
 entry never locks every user out.
 
+A run's token (``events.tokens``) is checked against its run's own history, read at each
+request, so a token stops working the moment its attempt ends.
+
 The key itself never leaves ``authenticate`` (``events.identity``): it is not logged, and a
 refusal says only "Invalid API key" to the client; why (missing, unknown, revoked, ...) and the
 key id go to the server's log.
@@ -18,10 +21,18 @@ import asyncio
 
 import structlog
 
-from events import codec
+from events import codec, tokens
 from events.access import Principal
 from events.errors import IllegalTransition, UndecodableEvent
-from events.identity import UserState, authenticate, copy_state, evolve, key_index
+from events.identity import (
+    Unauthenticated,
+    UserState,
+    Why,
+    authenticate,
+    copy_state,
+    evolve,
+    key_index,
+)
 from events.model import USER_EVENT_TYPES, AnyUserEvent, tag_of
 from services.core.store import EventStore
 
@@ -77,6 +88,19 @@ class Directory:
         return [copy_state(self._users[name]) for name in sorted(self._users)]
 
     async def principal(self, presented: str | None, now_ms: int) -> Principal:
-        """The owner of ``presented``; ``events.identity.Unauthenticated`` if none."""
+        """Who ``presented`` (an API key or a run's token) is; ``Unauthenticated`` if none."""
+        if presented is not None and tokens.is_token(presented):
+            token = tokens.parse_token(presented)
+            if token is None:
+                raise Unauthenticated(Why.MALFORMED)
+            return tokens.run_principal(await self._store.load_run(token.run_id), token)
         await self.catch_up()
         return authenticate(self._index, presented, now_ms)
+
+
+def presented_credential(header: str | None) -> str | None:
+    """The key or token in an ``Authorization`` value: raw, or after ``Bearer``."""
+    if header is None:
+        return None
+    scheme, _, rest = header.strip().partition(" ")
+    return rest.strip() if scheme.lower() == "bearer" else header.strip()

@@ -57,7 +57,7 @@ from events.identity import Unauthenticated
 from services.api.errors import BadRequest, Unauthorized, Unavailable
 from services.api.settings import ApiSettings
 from services.api.subscriptions import SubscriptionContext
-from services.api.users import Directory
+from services.api.users import Directory, presented_credential
 from services.core.store import EventStore
 
 Json = dict[str, Any]
@@ -94,12 +94,9 @@ def choose_protocol(offered: list[str], served: list[str]) -> str | None:
 
 
 def presented_key(payload: object) -> str | None:
-    """The key in a ``connection_init`` payload, without its ``Bearer`` scheme."""
+    """The key or token in a ``connection_init`` payload."""
     header = payload.get("Authorization") if isinstance(payload, dict) else None
-    if not isinstance(header, str):
-        return None
-    scheme, _, rest = header.strip().partition(" ")
-    return rest.strip() if scheme.lower() == "bearer" else header.strip()
+    return presented_credential(header if isinstance(header, str) else None)
 
 
 class GraphQLSockets:

@@ -193,6 +193,14 @@ _EMPTY_OK = {"cpus": 0, "dependentDeployment": {}, "parentName": None}
 _TOP_COMPUTE = {"cluster": "cluster", "gpuType": "gpu_type", "gpuNum": "gpus"}
 
 
+def parent_of_input(run_input: Json) -> str | None:
+    """The run a ``runInput`` says it is submitted from (``parentName``), if any."""
+    parent = run_input.get("parentName")
+    if parent is not None and (not isinstance(parent, str) or not parent.strip()):
+        raise BadRequest("Bad run request: parentName must be the name of a run")
+    return None if parent is None else parent.strip()
+
+
 def config_of_input(run_input: Json) -> Json:
     """``runInput`` (section 5.2, camelCase) as the run fields of a YAML (``events.config``),
     which validates them. ``BadRequest`` for a missing required field, in the words the client
@@ -206,8 +214,7 @@ def config_of_input(run_input: Json) -> Json:
     for key, empty in _EMPTY_OK.items():
         if key in fields and fields[key] == empty:
             del fields[key]
-    if fields.get("parentName") is not None:
-        raise BadRequest("runInput.parentName: child runs are not supported by this server")
+    fields.pop("parentName", None)  # not a run field: ``parent_of_input``
     if fields.get("dependentDeployment"):
         raise BadRequest("runInput.dependentDeployment: deployments are not supported here")
     compute = {_snake(k): v for k, v in _mapping(fields.pop("compute", None), "compute").items()}

@@ -7,6 +7,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from events.access import (
+    RUN_TOKEN_ACTIONS,
     AccessDenied,
     Action,
     AdminOnly,
@@ -17,11 +18,14 @@ from events.access import (
     authorize,
     check,
     may,
+    sees_runs_of,
     visible,
 )
+from events.model import Via
 from services.api.runs import forbidden
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
+RUN = "0123456789abcdef"
 
 
 @pytest.mark.parametrize("action", list(Action))
@@ -61,9 +65,9 @@ ACTIONS = st.sampled_from(list(Action))
 def test_own_runs_are_always_visible_and_allowed(
     principal: Principal, action: Action, all_users: bool
 ) -> None:
-    assert visible(principal, principal.name)
-    assert allowed(principal, action, principal.name, all_users=all_users)
-    authorize(principal, action, "run-x", principal.name, all_users=all_users)
+    assert visible(principal, principal.name, RUN)
+    assert allowed(principal, action, principal.name, RUN, all_users=all_users)
+    authorize(principal, action, "run-x", principal.name, RUN, all_users=all_users)
 
 
 @given(name=NAMES, owner=NAMES, action=ACTIONS, all_users=st.booleans())
@@ -72,10 +76,10 @@ def test_a_user_never_sees_nor_acts_on_another_users_run(
 ) -> None:
     assume(name != owner)
     principal = Principal(name=name, role="user")
-    assert not visible(principal, owner)
-    assert not allowed(principal, action, owner, all_users=all_users)
+    assert not visible(principal, owner, RUN)
+    assert not allowed(principal, action, owner, RUN, all_users=all_users)
     with pytest.raises(RunNotFound) as refusal:
-        authorize(principal, action, "hello-abcdef", owner, all_users=all_users)
+        authorize(principal, action, "hello-abcdef", owner, RUN, all_users=all_users)
     assert str(refusal.value) == "Run hello-abcdef not found"
     assert owner not in str(refusal.value), "another user's name never leaks"
 
@@ -86,13 +90,13 @@ def test_an_admin_sees_every_run_and_acts_on_anothers_exactly_with_all_users(
 ) -> None:
     assume(name != owner)
     principal = Principal(name=name, role="admin")
-    assert visible(principal, owner)
-    assert allowed(principal, action, owner, all_users=all_users) is all_users
+    assert visible(principal, owner, RUN)
+    assert allowed(principal, action, owner, RUN, all_users=all_users) is all_users
     if all_users:
-        authorize(principal, action, "hello-abcdef", owner, all_users=True)
+        authorize(principal, action, "hello-abcdef", owner, RUN, all_users=True)
     else:
         with pytest.raises(AccessDenied) as denied:
-            authorize(principal, action, "hello-abcdef", owner, all_users=False)
+            authorize(principal, action, "hello-abcdef", owner, RUN, all_users=False)
         assert denied.value.admin
         assert "add --all-users" in str(forbidden(denied.value))
 
@@ -101,11 +105,11 @@ def test_an_admin_sees_every_run_and_acts_on_anothers_exactly_with_all_users(
 def test_the_principal_rule_is_the_one_rule_the_cli_asks(
     principal: Principal, owner: str, action: Action, all_users: bool
 ) -> None:
-    assert allowed(principal, action, owner, all_users=all_users) == may(
+    assert allowed(principal, action, owner, RUN, all_users=all_users) == may(
         principal.name, action, owner, all_users=all_users, admin=principal.admin
     )
-    if allowed(principal, action, owner, all_users=all_users):
-        assert visible(principal, owner), "what one may act on, one sees"
+    if allowed(principal, action, owner, RUN, all_users=all_users):
+        assert visible(principal, owner, RUN), "what one may act on, one sees"
 
 
 @given(PRINCIPALS)
@@ -115,3 +119,51 @@ def test_only_an_admin_administers(principal: Principal) -> None:
     else:
         with pytest.raises(AdminOnly, match=f"only an admin may add users; {principal.name}"):
             administer(principal, "add users")
+
+
+# --- a run's own token (issue 19) ---------------------------------------------------------------
+
+RUN_IDS = st.sampled_from([RUN, "fedcba9876543210", "r-3"])
+TOKENS = st.builds(
+    Principal,
+    name=NAMES,
+    role=ROLES,
+    via=st.builds(Via, run_id=RUN_IDS, run=st.just("train-abcdef"), attempt=st.integers(0, 3)),
+)
+
+
+@given(token=TOKENS, action=ACTIONS, all_users=st.booleans())
+def test_a_run_token_may_do_its_few_things_to_its_own_run_only(
+    token: Principal, action: Action, all_users: bool
+) -> None:
+    assert token.via is not None
+    own = token.via.run_id
+    assert visible(token, token.name, own)
+    assert allowed(token, action, token.name, own, all_users=all_users) is (
+        action in RUN_TOKEN_ACTIONS
+    )
+    if action not in RUN_TOKEN_ACTIONS:
+        with pytest.raises(AccessDenied) as denied:
+            authorize(token, action, "train-abcdef", token.name, own, all_users=all_users)
+        assert denied.value.token
+        assert "use an API key" in str(forbidden(denied.value))
+
+
+@given(token=TOKENS, run_id=RUN_IDS, owner=NAMES, action=ACTIONS, all_users=st.booleans())
+def test_every_other_run_is_not_there_for_a_run_token_whoever_owns_it(
+    token: Principal, run_id: str, owner: str, action: Action, all_users: bool
+) -> None:
+    assert token.via is not None
+    assume(run_id != token.via.run_id)
+    assert not visible(token, owner, run_id)
+    assert not allowed(token, action, owner, run_id, all_users=all_users)
+    with pytest.raises(RunNotFound):
+        authorize(token, action, "other-abcdef", owner, run_id, all_users=all_users)
+
+
+@given(TOKENS)
+def test_a_run_token_is_never_an_admin_even_of_an_admins_run(token: Principal) -> None:
+    assert not token.admin
+    with pytest.raises(AdminOnly, match=r"only an admin may add users; .* \(run train-abcdef"):
+        administer(token, "add users")
+    assert sees_runs_of(token, token.name), "it lists its owner's runs, of which it sees one"

@@ -125,7 +125,7 @@ async def test_a_bad_run_request_is_400_in_the_clients_words_and_appends_nothing
         ({"scheduling": {"priority": "urgent"}}, "scheduling.priority"),
         ({"compute": {"cluster": "local", "gpus": 1000}}, "can hold it"),
         ({"compute": {"cluster": "elsewhere", "gpus": 1}}, "Cluster elsewhere not found"),
-        ({"parentName": "someone"}, "parentName"),
+        ({"parentName": 7}, "parentName must be the name of a run"),
         ({"envVariables": "FOO=bar"}, "runInput.envVariables: expected a list"),
     ]
     for changes, words in cases:
