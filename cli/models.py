@@ -136,6 +136,10 @@ class Run:
     reason_code: str | None = None
     first_failed_rank: int | None = None
     spec: RunSpec | None = field(default=None, repr=False)
+    #: The run it was submitted from (mcli's ``parentName``), and the runs submitted from it
+    #: (``describe`` fills them in).
+    parent: str | None = None
+    children: list[Run] = field(default_factory=list, repr=False)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Run) and (self.run_uid, self.updated_at, self.status) == (
@@ -336,6 +340,7 @@ def build_run(row: RunRow, attempts: Sequence[AttemptRow]) -> Run:
         submitted_config=config_of(spec),
         metadata=dict(row.metadata),
         is_deleted=row.is_deleted,
+        parent=row.parent,
         reason=str(row.reason) if row.reason is not None else None,
         reason_code=row.reason.code if row.reason is not None else None,
         resumptions=resumptions,

@@ -112,6 +112,12 @@ async def list_runs(client: Client, filters: RunFilters) -> list[Run]:
     return [build_run(row, attempts) for row, attempts in await client.views(selection)]
 
 
+async def children_of(client: Client, run: Run, limit: int = 100) -> list[Run]:
+    """The runs submitted from ``run`` that this user sees, newest first, at most ``limit``."""
+    selection = RunSelection(parent=run.name, all_users=True, include_deleted=True, limit=limit)
+    return [build_run(row, attempts) for row, attempts in await client.views(selection)]
+
+
 async def select_runs(
     client: Client,
     patterns: list[str],

@@ -202,6 +202,8 @@ def describe(run: Run) -> Group:
         details.append(("Reason", run.reason))
     if run.is_deleted:
         details.append(("Deleted", True))
+    if run.parent is not None:
+        details.append(("Parent Run", run.parent))
     compute = run.submitted_config.compute
     parts: list[RenderableType] = [
         title("Run Details"),
@@ -224,6 +226,11 @@ def describe(run: Run) -> Group:
         for key, value in run.metadata.items():
             metadata.add_row(str(key), str(value))
         parts += [title("Run Metadata"), metadata, ""]
+    if run.children:
+        children = plain_table("NAME", "STATUS", "CREATED")
+        for child in run.children:
+            children.add_row(child.name, child.status.display_name, when(child.created_at))
+        parts += [title("Child Runs"), children, ""]
     if run.nodes:
         nodes = plain_table("RANK", "NODE NAME", "STATUS", "REASON")
         for node in run.nodes:

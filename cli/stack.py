@@ -321,6 +321,7 @@ class LocalStack:
                 "RUNPLANE_CLUSTER": config.cluster,
                 "RUNPLANE_DATA_DIR": str(self.state_dir / "nodes" / name),
                 "RUNPLANE_GRACE_PERIOD_S": str(config.grace_period_s),
+                "RUNPLANE_API_URL": self.api_url,
                 **self._login(acl.NODE_AGENT),
             }
             if config.gpus_per_node is not None:

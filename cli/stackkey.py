@@ -29,8 +29,9 @@ from events.identity import (
     new_key,
     parse_key,
 )
-from services.api.accounts import Accounts, draw_key, load_user
+from services.api.accounts import Accounts, load_user
 from services.api.users import Directory
+from services.core.draw import draw_credential
 from services.core.passwords import write_private
 from services.core.settings import Settings
 from services.core.store import EventStore
@@ -73,7 +74,7 @@ async def ensure_admin(store: EventStore, state_dir: Path, user: str, now_ms: in
         assert state is not None
     if _holds(state, read_key(state_dir), now_ms):
         return False
-    key = new_key(*draw_key())
+    key = new_key(*draw_credential())
     issued = issue_key(state, key, SETUP_ACTOR, uuid.uuid4().hex, now_ms=now_ms)
     await store.append([issued], expected_version=state.version)
     write_private(key_path(state_dir), key.presented)

@@ -29,12 +29,11 @@ import re
 from typing import NamedTuple
 
 from events.access import Principal
-from events.identity import KEY_ID_ALPHABET, KEY_ID_LENGTH, Unauthenticated, Why, hash_secret
+from events.identity import Unauthenticated, Why, hash_secret
 from events.lifecycle import RunState
 from events.model import Via
 
 TOKEN_PREFIX = "rpt."  # noqa: S105 - the prefix that tells a token from a key, no secret
-TOKEN_ID_ALPHABET, TOKEN_ID_LENGTH = KEY_ID_ALPHABET, KEY_ID_LENGTH
 _RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TOKEN_ID = re.compile(r"[a-z0-9]{8,32}")
 _SECRET = re.compile(r"[A-Za-z0-9_-]{32,128}")

@@ -1,6 +1,7 @@
-"""``mcli describe run [RUN]``: details, compute, metadata, nodes, every resumption's event
-log and the submitted YAML; the newest run when none is named. Read from the run's own
-history, so it is current right after ``mcli run``."""
+"""``mcli describe run [RUN]``: details (its parent run among them), compute, metadata, child
+runs, nodes, every resumption's event log and the submitted YAML; the newest run when none is
+named. Read from the run's own history, so it is current right after ``mcli run``; its children
+from the projector's listing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from cli.client import Client
 from cli.commands.common import add_all_users, with_client
-from cli.reads import named_or_latest
+from cli.reads import children_of, named_or_latest
 from cli.render import describe, make_console
 from events.access import Action
 
@@ -25,5 +26,6 @@ def register(subparsers: Any) -> None:
 
 async def describe_run(args: argparse.Namespace, client: Client) -> int:
     run = await named_or_latest(client, args.run, Action.DESCRIBE, all_users=args.all_users)
+    run.children = await children_of(client, run)
     make_console().print(describe(run))
     return 0

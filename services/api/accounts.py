@@ -13,14 +13,11 @@ Invariants:
 
 from __future__ import annotations
 
-import secrets
 import time
 import uuid
 from collections.abc import Callable, Sequence
 
 from events.identity import (
-    KEY_ID_ALPHABET,
-    KEY_ID_LENGTH,
     IdentityRefused,
     KeyState,
     UserState,
@@ -33,6 +30,7 @@ from events.identity import (
 )
 from events.model import AnyUserEvent, Role, UserEvent
 from services.api.users import Directory
+from services.core.draw import draw_credential
 from services.core.errors import VersionConflict
 from services.core.store import EventStore
 
@@ -45,12 +43,6 @@ def _new_id() -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def draw_key() -> tuple[str, str]:
-    """A fresh key id and secret (``events.identity.new_key`` checks their shape)."""
-    key_id = "".join(secrets.choice(KEY_ID_ALPHABET) for _ in range(KEY_ID_LENGTH))
-    return key_id, secrets.token_urlsafe(32)
 
 
 async def load_user(store: EventStore, name: str) -> UserState | None:
@@ -87,7 +79,7 @@ class Accounts:
         self, actor: str, name: str, role: Role | None, expires_at: int | None
     ) -> tuple[UserState, str]:
         """A new key for user ``name``, added first (as ``role``) unless ``role`` is None."""
-        key = new_key(*draw_key())
+        key = new_key(*draw_credential())
         known = key_index(await self.users())
 
         def decide(state: UserState | None) -> list[AnyUserEvent]:

@@ -44,6 +44,7 @@ class RunSelection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     user: str | None = None  # None: the caller's runs, unless all_users
     all_users: bool = False
     include_deleted: bool = False
+    parent: str | None = None  # the children of the run of this name
     limit: int | None = 50
 
 
@@ -84,7 +85,13 @@ def _convert(value: Any, type_: type[Any], what: str) -> Any:
 
 async def whoami(_: object, info: GraphQLResolveInfo[Context], **__: Any) -> Json:
     principal = context_of(info).principal
-    return {"name": principal.name, "role": principal.role}
+    via = principal.via
+    return {
+        "name": principal.name,
+        "role": principal.role,
+        "run": None if via is None else via.run,
+        "attempt": None if via is None else via.attempt,
+    }
 
 
 async def run_history(_: object, info: GraphQLResolveInfo[Context], **args: Any) -> list[Any]:
@@ -124,6 +131,7 @@ async def run_views(_: object, info: GraphQLResolveInfo[Context], **args: Any) -
             after=asked.after,
             before=asked.before,
             include_deleted=asked.include_deleted,
+            parent=asked.parent,
             limit=_PAGE if asked.limit is None else max(asked.limit, 1),
             cursor=cursor,
         )

@@ -8,7 +8,10 @@ RESUMPTION_INDEX, PARAMETERS and CUDA_VISIBLE_DEVICES (the GPU indices of the pl
   process per rank: WORLD_SIZE is the number of ranks and LOCAL_WORLD_SIZE 1.
 - MASTER_PORT is derived from the run and attempt, so every rank computes the same port
   without talking to the others, and a retry gets a different one.
-- The node-agent's own settings (``RUNPLANE_*``) are not passed on.
+- The node-agent's own settings (``RUNPLANE_*``) are not passed on, nor the node's mcli
+  settings (``MOSAICML_*``, ``MCLI_*``: an operator's API key must not reach a run); the
+  platform's variables come last of all (``platform``: the rank's run token,
+  ``services.node_agent.runtoken``), so a run cannot point its token elsewhere.
 
 Pure: the caller passes the base environment and the paths.
 """
@@ -27,7 +30,7 @@ from services.node_agent.job import RankJob
 
 MASTER_PORT_BASE = 20_000
 MASTER_PORT_SPAN = 20_000
-_OWN_PREFIX = "RUNPLANE_"
+_NOT_PASSED = ("RUNPLANE_", "MOSAICML_", "MCLI_")
 
 
 def master_port(run_id: str, attempt: int) -> int:
@@ -44,8 +47,8 @@ def world_sizes(job: RankJob) -> tuple[int, int]:
 
 
 def base_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The node's environment without the agent's own settings."""
-    return {name: value for name, value in environ.items() if not name.startswith(_OWN_PREFIX)}
+    """The node's environment without the agent's own settings and the node's mcli ones."""
+    return {name: value for name, value in environ.items() if not name.startswith(_NOT_PASSED)}
 
 
 def rank_environment(
@@ -55,6 +58,7 @@ def rank_environment(
     master_addr: str,
     parameters_path: Path,
     venv: Path | None = None,
+    platform: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     world, local = world_sizes(job)
     env = base_environment(base)
@@ -73,6 +77,7 @@ def rank_environment(
     )
     if venv is not None:
         env.update(with_venv(env, venv))
+    env.update(platform or {})
     return env
 
 

@@ -89,6 +89,12 @@ class NodeAgentSettings(Settings):
         description="kubernetes: the image's interpreter that creates a rank's virtual "
         "environment (pip_packages, git_repo's pip_install).",
     )
+    api_url: str | None = Field(
+        default=None,
+        description="The API server's GraphQL URL as ranks reach it (http://HOST:PORT/graphql). "
+        "Set, each rank gets a run token and MOSAICML_PLATFORM, MOSAICML_ACCESS_TOKEN_FILE and "
+        "MOSAICML_API_ENDPOINT, so mcli and Composer inside it report back; unset, none.",
+    )
     output_buffer_lines: int = Field(
         default=50_000,
         ge=100,

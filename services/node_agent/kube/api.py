@@ -106,6 +106,26 @@ class KubeApi:
     def create_service(self, manifest: Json) -> None:
         self._create(self.core.create_namespaced_service, manifest)
 
+    def create_secret(self, manifest: Json) -> bool:
+        """True if the Secret was created; False if one of that name exists already. What the
+        API answers (the Secret, with its data) is dropped here, never logged."""
+        try:
+            self._call(self.core.create_namespaced_secret, self.namespace, manifest).release_conn()
+        except Refused as exc:
+            if exc.status == _CONFLICT:
+                return False
+            raise
+        return True
+
+    def secret_exists(self, name: str) -> bool:
+        try:
+            self._call(self.core.read_namespaced_secret, name, self.namespace).release_conn()
+        except Refused as exc:
+            if exc.status == _NOT_FOUND:
+                return False
+            raise
+        return True
+
     def get_pod(self, name: str) -> Json | None:
         try:
             return self._json(self.core.read_namespaced_pod, name, self.namespace)

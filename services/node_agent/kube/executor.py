@@ -35,7 +35,7 @@ import structlog
 from events import model as ev
 from events.lifecycle import AttemptState, RankState
 from services.core.aio import first_of
-from services.node_agent import integrations
+from services.node_agent import integrations, runtoken
 from services.node_agent.errors import RankEnded, RankGone
 from services.node_agent.executor import RankControl
 from services.node_agent.job import RankJob, RankKey
@@ -87,6 +87,7 @@ class KubeExecutor:
             grace_period_s=settings.grace_period_s,
             kube_node=settings.kube_node_name,
             python=settings.kube_python,
+            api_url=settings.api_url,
         )
         self.ledger = Ledger(settings.data_path)
         self.pods: dict[str, Json | None] = {}  # by Pod name; None: deleted
@@ -208,6 +209,7 @@ class _Rank:
                 await self._create()
         elif resume:
             log.info("rank.adopted")
+        await self._token()
         await self._service()
         while True:
             if self.control.killed:
@@ -282,6 +284,25 @@ class _Rank:
             await self.x.call(self.x.api.create_service, service, until=self._over)
         except Refused as exc:  # the ranks cannot find rank 0: they fail, and say so
             log.warning("service.refused", error=str(exc))
+
+    async def _token(self) -> None:
+        """The rank's run token in its Secret, owned by its Pod, unless it is there already
+        (a restarted agent); the Pod waits for it to mount."""
+        pod = self.x.pods.get(self.name)
+        if self.x.options.api_url is None or not pod:
+            return
+        secret = naming.token_secret_name(self.key)
+        if await self.x.call(self.x.api.secret_exists, secret, until=self._over):
+            return
+        token = await runtoken.issue(self.reporter, self.key)
+        uid = str((pod.get("metadata") or {}).get("uid", ""))
+        manifest = manifests.token_secret(self.key, self.x.options, token, owner_uid=uid)
+        try:
+            await self.x.call(self.x.api.create_secret, manifest, until=self._over)
+        except Refused as exc:  # its Pod would wait for the mount for ever
+            log.warning("secret.refused", error=str(exc))
+            await self.x.call(self.x.api.delete_pod, self.name, 0, until=lambda: False)
+            await self._end_now(rank_lost(f"the cluster refused its run token's Secret: {exc}"))
 
     def _over(self) -> bool:
         return self.control.killed

@@ -31,6 +31,11 @@ The Pod (invariants):
 - labels and annotations from ``naming``; ``terminationGracePeriodSeconds`` from settings;
   ``enableServiceLinks: false`` (a namespace's Services would add variables to every rank).
 
+With an API to report to (``PodOptions.api_url``), the rank's run token
+(``services.node_agent.runtoken``) is in a Secret of its own, owned by the rank's Pod (deleted
+with it), mounted read-only at ``/var/run/runplane/token`` (mode 0400) and named in the
+command's environment with the platform's variables; the token is never in the Pod's spec.
+
 The Service is headless (no cluster IP), selects the attempt's Pods, and publishes them before
 they are ready (ranks rendezvous before any readiness). Rank 0's agent creates it, owned by rank
 0's Pod, so it is deleted with that Pod.
@@ -47,10 +52,10 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from services.node_agent import integrations
+from services.node_agent import integrations, runtoken
 from services.node_agent.environment import master_port, rank_environment
 from services.node_agent.errors import IntegrationError, NodeAgentError
-from services.node_agent.job import RankJob
+from services.node_agent.job import RankJob, RankKey
 from services.node_agent.kube import naming
 
 SHARED = PurePosixPath("/runplane")
@@ -58,6 +63,8 @@ WORKSPACE = SHARED / "workspace"
 VENV = SHARED / "venv"
 PARAMETERS_DIR = PurePosixPath("/etc/runplane")
 PARAMETERS_FILE = PARAMETERS_DIR / "parameters.yaml"
+TOKEN_DIR = PurePosixPath("/var/run/runplane")
+TOKEN_FILE = TOKEN_DIR / "token"
 MAIN = "rank"
 
 #: The command's prelude: the rank's virtual environment first on the PATH when an integration
@@ -81,6 +88,7 @@ class PodOptions(NamedTuple):
     grace_period_s: float
     kube_node: str | None = None  # pin the Pod to this Kubernetes node
     python: str = "python3"
+    api_url: str | None = None  # ranks get a run token to report to it
 
 
 class BadIntegration(NodeAgentError):
@@ -132,6 +140,17 @@ def pod(job: RankJob, options: PodOptions) -> dict[str, Any]:
             },
         ],
     }
+    if options.api_url is not None:
+        spec["volumes"].append(
+            {
+                "name": "token",
+                "secret": {
+                    "secretName": naming.token_secret_name(job.key),
+                    "defaultMode": 0o400,
+                    "items": [{"key": TOKEN_FILE.name, "path": TOKEN_FILE.name}],
+                },
+            }
+        )
     if not spec["initContainers"]:
         del spec["initContainers"]
     if options.kube_node is not None:
@@ -152,11 +171,17 @@ def pod(job: RankJob, options: PodOptions) -> dict[str, Any]:
 def main_container(
     job: RankJob, options: PodOptions, mounts: list[dict[str, Any]]
 ) -> dict[str, Any]:
+    platform = (
+        None
+        if options.api_url is None
+        else runtoken.platform_environment(options.api_url, TOKEN_FILE)
+    )
     env = rank_environment(
         job,
         base={},
         master_addr=naming.master_addr(job.run_id, job.attempt, options.namespace),
         parameters_path=Path(PARAMETERS_FILE),
+        platform=platform,
     )
     del env["CUDA_VISIBLE_DEVICES"]
     env["RUNPLANE_COMMAND"] = job.spec.command
@@ -174,6 +199,10 @@ def main_container(
             {"name": "parameters", "mountPath": str(PARAMETERS_DIR), "readOnly": True},
         ],
     }
+    if options.api_url is not None:
+        container["volumeMounts"].append(
+            {"name": "token", "mountPath": str(TOKEN_DIR), "readOnly": True}
+        )
     if gpus:
         container["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
     return container
@@ -228,6 +257,24 @@ def script(steps: list[integrations.Step]) -> str:
             command = f"[ -e {shlex.quote(str(step.creates))} ] || {command}"
         lines += [f"cd {shlex.quote(str(step.cwd))}", command]
     return "\n".join(lines) + "\n"
+
+
+def token_secret(key: RankKey, options: PodOptions, token: str, owner_uid: str) -> dict[str, Any]:
+    """The Secret of rank ``key``'s run token, owned by its Pod (uid ``owner_uid``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": naming.token_secret_name(key),
+            "namespace": options.namespace,
+            "labels": {naming.MANAGED_BY: naming.MANAGER},
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Pod", "name": naming.pod_name(key), "uid": owner_uid}
+            ],
+        },
+        "stringData": {TOKEN_FILE.name: token},
+    }
 
 
 def service(job: RankJob, options: PodOptions, owner_uid: str) -> dict[str, Any]:

@@ -62,6 +62,11 @@ def pod_name(key: RankKey) -> str:
     return dns_label(f"rp-{key.run_id}-{key.attempt}-{key.rank}")
 
 
+def token_secret_name(key: RankKey) -> str:
+    """The Secret that holds a rank's run token (owned by its Pod)."""
+    return f"{pod_name(key)}-token"
+
+
 def service_name(run_id: str, attempt: int) -> str:
     return dns_label(f"rp-{run_id}-{attempt}")
 

@@ -32,6 +32,7 @@ import structlog
 from events.lifecycle import AttemptState, RankState
 from events.model import AnyRunEvent, RankRunning
 from services.core.aio import first_of
+from services.node_agent import runtoken
 from services.node_agent.environment import parameters_document, rank_environment
 from services.node_agent.errors import RankEnded, RankGone
 from services.node_agent.executor import RankControl
@@ -127,8 +128,9 @@ class ProcessExecutor:
             log.info("rank.setup_again", tries=tries)
         assert job is not None, "a new rank comes with its job"
         venv = await self.setup.run(rank_dir, job, control)
+        platform = await self._platform(rank_dir, key)
         try:
-            link = self._launch(rank_dir, job, venv)
+            link = self._launch(rank_dir, job, venv, platform)
         except OSError as exc:
             log.exception("rank.launch_failed")
             kill_group(rank_dir.command_pid())
@@ -139,7 +141,18 @@ class ProcessExecutor:
         finally:
             link.close()
 
-    def _launch(self, rank_dir: RankDir, job: RankJob, venv: Path | None) -> ShimLink:
+    async def _platform(self, rank_dir: RankDir, key: RankKey) -> dict[str, str]:
+        """The rank's run token in its file (0600), and the variables that name it; none
+        without an API to speak to (``api_url``)."""
+        if self.settings.api_url is None:
+            return {}
+        token = await runtoken.issue(self.reporter, key)
+        atomic_write(rank_dir.token_file, token.encode(), mode=0o600)
+        return runtoken.platform_environment(self.settings.api_url, rank_dir.token_file)
+
+    def _launch(
+        self, rank_dir: RankDir, job: RankJob, venv: Path | None, platform: dict[str, str]
+    ) -> ShimLink:
         parameters = rank_dir.workspace / "parameters.yaml"
         atomic_write(parameters, parameters_document(job.spec.parameters))
         env = rank_environment(
@@ -148,6 +161,7 @@ class ProcessExecutor:
             master_addr=self.master_addr,
             parameters_path=parameters,
             venv=venv,
+            platform=platform,
         )
         rank_dir.write_spec(
             ShimSpec(

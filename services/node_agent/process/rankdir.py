@@ -15,6 +15,8 @@
   be signalled), ``command.pid`` (the command's pid, which is also its process group).
 - ``exit.json``: how the command ended, written atomically by the shim once its output is sent.
 - ``done``: the exit was reported (or the log had moved on); nothing more to do here.
+- ``token``: the rank's run token (0600; ``services.node_agent.runtoken``), removed when the rank
+  is done.
 - ``workspace/`` (the command's cwd) and ``venv/`` (when an integration needed one).
 """
 
@@ -74,6 +76,7 @@ class RankDir:
         self.shim_log = root / ondisk.SHIM_LOG
         self.setup_pid_file = root / ondisk.SETUP_PID
         self.done_file = root / ondisk.DONE
+        self.token_file = root / "token"
         self.workspace = root / "workspace"
         self.venv = root / "venv"
 
@@ -156,7 +159,9 @@ class RankDir:
         return self.done_file.exists()
 
     def mark_done(self) -> None:
-        """Nothing more to do for this rank (its small state files stay, for a post-mortem)."""
+        """Nothing more to do for this rank (its small state files stay, for a post-mortem;
+        its token goes: it works no more, and is nobody's business)."""
+        self.token_file.unlink(missing_ok=True)
         atomic_write(self.done_file, b"")
 
     def free(self) -> None:

@@ -10,7 +10,7 @@ from hypothesis import given
 
 from cli.commands.admin import RECORD_KEYS, event_json
 from events.codec import Recorded
-from events.model import AnyEvent, AttemptQueued, Event
+from events.model import SECRET_FIELDS, AnyEvent, AttemptQueued, Event
 from tests.unit.test_codec import ANY_EVENT
 
 
@@ -41,4 +41,6 @@ def test_every_field_is_there_defaults_too() -> None:
 def test_no_event_field_takes_a_record_key(event: Event) -> None:
     data = event_json(Recorded("9-9", 42, cast(AnyEvent, event)))
     assert (data["position"], data["version"]) == ("9-9", 42)
-    assert len(data) == len(RECORD_KEYS) + len(type(event).__struct_fields__)
+    hidden = SECRET_FIELDS.get(type(event), frozenset())
+    assert len(data) == len(RECORD_KEYS) + len(type(event).__struct_fields__) - len(hidden)
+    assert not hidden & data.keys(), "a secret's hash is never shown"

@@ -1,0 +1,43 @@
+"""A rank's run token (``events.tokens``): drawn here, its hash on the log, the token itself in
+a file that only the rank reads, named in the rank's environment as MosaicML's platform names
+it, so that mcli and Composer inside the run speak to the API as the run.
+
+Invariants:
+- the token's hash is on the log (``attempt.token_issued``) before the file is written and
+  before the rank's command starts, so the token works from the command's first instant;
+- the token is never logged, never put in an event, in an environment variable or in the
+  shim's spec: only the file's path is;
+- the node's own mcli settings (``MOSAICML_*``, ``MCLI_*``: an operator's API key, say) never
+  reach a rank (``services.node_agent.environment``); the token is the rank's one credential.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+
+from events.model import RunTokenIssued
+from events.tokens import new_token
+from services.core.draw import draw_credential
+from services.node_agent.job import RankKey
+from services.node_agent.reporter import Reporter
+
+#: What mcli and Composer read inside a run (MosaicML's names).
+PLATFORM = "MOSAICML_PLATFORM"
+TOKEN_FILE = "MOSAICML_ACCESS_TOKEN_FILE"  # noqa: S105 - a variable's name
+ENDPOINT = "MOSAICML_API_ENDPOINT"
+
+
+async def issue(reporter: Reporter, key: RankKey) -> str:
+    """A new token for rank ``key``, once its hash is on the log."""
+    token = new_token(key.run_id, *draw_credential())
+    event = RunTokenIssued(
+        **reporter.fields(key), token_id=token.token_id, token_hash=token.token_hash
+    )
+    await reporter.report(key, lambda _attempt, _rank: [event])
+    return token.presented
+
+
+def platform_environment(api_url: str, token_file: PurePath | str) -> dict[str, str]:
+    """The variables that tell mcli and Composer they run on the platform, and how to reach
+    it as the run."""
+    return {PLATFORM: "true", TOKEN_FILE: str(token_file), ENDPOINT: api_url}

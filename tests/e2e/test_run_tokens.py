@@ -1,0 +1,146 @@
+"""A run talks back (issue 19): each rank gets a run token in a file only it reads, and with it
+the run's own code reads its run, changes its metadata and submits child runs, as its owner and
+nothing more; the token stops working when the attempt ends, and is never shown anywhere.
+
+One real stack, one run whose command (``tests/e2e/inrun/token_calls.py``, stdlib only) makes
+the calls from inside the rank and prints what it was answered."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from events.status import RunStatus
+from tests.e2e.mcli_helpers import ROOT, Mcli, running_stack, user_key, wait_for
+from tests.waiting import eventually
+
+S = RunStatus
+pytestmark = pytest.mark.e2e
+RUTH, BOB = "ruth@example.com", "bob@example.com"
+CALLS = ROOT / "tests" / "e2e" / "inrun" / "token_calls.py"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mcli]:
+    with running_stack(tmp_path_factory.mktemp("tokens") / "stack") as runner:
+        yield runner
+
+
+def submit(mcli: Mcli, tmp: Path, name: str, command: str, **env: str) -> str:
+    spec = {
+        "name": name,
+        "image": "python:3.11",
+        "command": command,
+        "compute": {"cluster": "local", "gpus": 1},
+        "env_variables": env,
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = mcli.ok("run", "-f", str(path))
+    return out.split("Run ", 1)[1].split(" ", 1)[0]
+
+
+def graphql(mcli: Mcli, credential: str, query: str) -> httpx.Response:
+    return httpx.post(
+        mcli.stack.api_url,
+        json={"query": query, "variables": {}},
+        headers={"Authorization": f"Bearer {credential}"},
+        timeout=30,
+    )
+
+
+def token_file(mcli: Mcli, run: str) -> Path:
+    [found] = (mcli.stack.state_dir / "nodes").glob(f"*/ranks/{run}/0/0/token")
+    return found
+
+
+async def test_a_runs_token_does_its_few_things_as_its_owner_then_stops_working(
+    stack: Mcli, tmp_path: Path
+) -> None:
+    ruth = Mcli(env={**stack.env, "MOSAICML_API_KEY": await user_key(stack.stack, RUTH)},
+                stack=stack.stack)  # fmt: skip
+    bob = Mcli(env={**stack.env, "MOSAICML_API_KEY": await user_key(stack.stack, BOB)},
+               stack=stack.stack)  # fmt: skip
+    others = submit(bob, tmp_path, "bobs", "sleep 600")
+    release = tmp_path / "release"
+    name = submit(
+        ruth,
+        tmp_path,
+        "talks-back",
+        f"{sys.executable} {CALLS}",
+        OTHER=others,
+        RELEASE=str(release),
+    )
+    run = await wait_for(stack.stack, name, S.RUNNING)
+
+    def said() -> dict[str, Any] | None:
+        out = ruth.ok("logs", name)
+        line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
+        return None if line is None else json.loads(line.removeprefix("RESULT "))
+
+    result = await eventually(said, what=f"{name} to print what it was answered", within=60)
+
+    # Who it is: its owner, through this run's attempt, never an admin.
+    assert result["whoami"]["data"]["whoami"] == {
+        "name": RUTH, "role": "user", "run": name, "attempt": 0,
+    }  # fmt: skip
+    assert [r["name"] for r in result["own"]["data"]["getRunsPaginated"]["runs"]] == [name]
+    # Its metadata: changed; another's run: not there; another request on its own: refused.
+    assert result["metadata"]["status"] == 200, result["metadata"]
+    assert result["other"]["data"]["getRunsPaginated"]["runs"] == []
+    assert (result["metadata_other"]["status"], result["metadata_other"]["error"]) == (
+        404, f"Run {others} not found",
+    )  # fmt: skip
+    assert result["stop_own"]["status"] == 403
+    assert "use an API key" in result["stop_own"]["error"]
+    assert result["users"]["status"] == 403
+    assert result["child_of_other"]["status"] == 404
+    # Its child: its owner's, with the run as its parent.
+    assert result["child"]["status"] == 200, result["child"]
+    [child] = [r["name"] for r in result["child"]["data"]["createRun"]]
+    described = ruth.ok("describe", "run", name)
+    assert "mosaicml/training_progress" in described
+    assert "[epoch=1/2]" in described
+    assert child in described, "describe lists the run's children"
+    assert f"Parent Run {name}" in " ".join(ruth.ok("describe", "run", child).split())
+    audit = json.loads(stack.ok("audit", "-r", name, "-o", "json", "--all-users"))
+    updated = next(e for e in audit if e["action"] == "run.metadata_updated")
+    assert (updated["actor"], updated["via"]) == (RUTH, f"run {name} attempt 0")
+    assert any(e["action"] == "request.refused" and e["via"] for e in audit), audit
+
+    # The token, read where the rank reads it: 0600; it works while the attempt lives...
+    path = token_file(stack, run.run_uid)
+    assert path.stat().st_mode & 0o777 == 0o600
+    token = path.read_text().strip()
+    assert graphql(stack, token, "{ whoami { name run } }").json()["data"]["whoami"] == {
+        "name": RUTH, "run": name,
+    }  # fmt: skip
+    # ... and not from the attempt's end on; its file is gone with the rank.
+    release.touch()
+    await wait_for(stack.stack, name, S.COMPLETED)
+    ended = graphql(stack, token, "{ whoami { name } }")
+    assert ended.status_code == 401, ended.text
+    await eventually(lambda: not path.exists(), what="the token file to be removed")
+
+    # Never shown: not in any service's log, the run's events, its description or its logs.
+    secret_hash = hashlib.sha256(token.rsplit(".", 1)[1].encode()).hexdigest()
+    shown = [
+        stack.ok("events", name, "--all-users", "-o", "json"),
+        stack.ok("events", name, "--all-users"),
+        ruth.ok("describe", "run", name),
+        ruth.ok("logs", name),
+        *(path.read_text(errors="replace") for path in (stack.stack.state_dir / "logs").glob("*")),
+    ]
+    for text in shown:
+        assert token not in text
+        assert token.rsplit(".", 1)[1] not in text
+        assert secret_hash not in text
+    assert "attempt.token_issued" in shown[0], "the token's issue is on the log, without its hash"
