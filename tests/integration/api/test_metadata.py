@@ -1,0 +1,126 @@
+"""A run's metadata against the real API (in-process, or a ``python -m services.api`` process
+with a projector beside it): updates merge, a resent flush appends nothing, the run's metadata
+is held to ``api_max_metadata_bytes`` (413, nothing appended)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from events import metadata as md
+from events.model import MetadataUpdated
+from services.core.store import EventStore
+from tests.integration.api.conftest import api_server
+from tests.integration.api.seed import ALICE, Seeded
+from tests.integration.api.test_reads import code_of, post
+from tests.integration.api.test_requests import METADATA, create, log_length, named
+from tests.services import ServiceProcess
+
+LIMIT = 2048
+
+
+@pytest.fixture
+async def served(redis_url: str, tmp_path: Path, seeded: Seeded) -> AsyncIterator[str]:
+    """The API as a process (metadata limit ``LIMIT``) with a projector beside it."""
+    env = os.environ | {"RUNPLANE_REDIS_URL": redis_url}
+    projector = await ServiceProcess("services.projector", env, tmp_path / "projector.log").start()
+    try:
+        async with api_server(
+            redis_url, tmp_path / "api.log", api_max_metadata_bytes=str(LIMIT)
+        ) as url:
+            yield url
+    finally:
+        assert await projector.stop() == 0, projector.output()
+
+
+@pytest.fixture
+async def http(served: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=served.removesuffix("/graphql"), timeout=30) as client:
+        yield client
+
+
+async def update(
+    api: httpx.AsyncClient, key: str, name: str, metadata: dict[str, Any]
+) -> dict[str, Any]:
+    variables = {"getRunsData": named(name), "updateRunMetadataData": {"metadata": metadata}}
+    return await post(api, key, {"query": METADATA, "variables": variables})
+
+
+async def new_run(api: httpx.AsyncClient, seeded: Seeded) -> tuple[str, str]:
+    """A run of alice's, submitted with metadata ``{"team": "nlp"}``: its name and id."""
+    created = await create(api, seeded.keys[ALICE])
+    [run] = created["data"]["createRun"]
+    return run["name"], run["id"]
+
+
+async def run_events(store: EventStore, run_id: str) -> list[Any]:
+    return [record.event for record in await store.history(f"run:{run_id}")]
+
+
+async def test_updates_merge_and_a_resent_flush_appends_nothing(
+    api: httpx.AsyncClient, seeded: Seeded, store: EventStore
+) -> None:
+    key = seeded.keys[ALICE]
+    name, run_id = await new_run(api, seeded)
+    flush = {"mosaicml/training_progress": "[epoch=1/10]", "loss": 0.5, "step": 1}
+    for _ in range(3):  # Composer's logger, flushing on its interval with nothing new
+        answer = await update(api, key, name, flush)
+        assert "errors" not in answer, answer
+        [run] = answer["data"]["updateRunMetadata"]
+        assert run["details"]["metadata"] == {"team": "nlp"} | flush
+    assert len(await run_events(store, run_id)) == 2  # the submit, one update
+
+    answer = await update(api, key, name, flush | {"step": 2, "loss": 0.5, "team": "nlp"})
+    [run] = answer["data"]["updateRunMetadata"]
+    assert run["details"]["metadata"] == {"team": "nlp"} | flush | {"step": 2}
+    *_, last = await run_events(store, run_id)
+    assert isinstance(last, MetadataUpdated)
+    assert last.metadata == {"step": 2}  # only the key whose value changed
+    assert len(await run_events(store, run_id)) == 3
+
+
+async def test_metadata_over_the_limit_is_413_naming_the_run_and_appends_nothing(
+    http: httpx.AsyncClient, seeded: Seeded, redis: aioredis.Redis
+) -> None:
+    key = seeded.keys[ALICE]
+    name, _ = await new_run(http, seeded)
+    first = {"blob": "x" * 1500}
+    assert "errors" not in await update(http, key, name, first)
+    before = await log_length(redis)
+
+    more = {"more": "y" * 1000}
+    refused = await update(http, key, name, more)
+    assert code_of(refused) == 413
+    size = md.size({"team": "nlp"} | first | more)
+    message = refused["errors"][0]["message"]
+    assert message == (
+        f"Run {name}: its metadata would be {size} bytes as JSON, over the limit of {LIMIT} "
+        "bytes; send fewer or smaller values"
+    )
+    too_big = await create(http, key, metadata={"blob": "z" * LIMIT})
+    assert code_of(too_big) == 413
+    assert "my-test-run" in too_big["errors"][0]["message"]
+    assert await log_length(redis) == before
+    assert "errors" not in await update(http, key, name, first)  # the same values: no change
+
+
+async def test_nan_from_a_lenient_client_is_stored_as_mclis_string(
+    api: httpx.AsyncClient, seeded: Seeded
+) -> None:
+    """JSON has no NaN, but the server's parser takes it: it is kept as the string mcli sends."""
+    key = seeded.keys[ALICE]
+    name, _ = await new_run(api, seeded)
+    variables = {"getRunsData": named(name), "updateRunMetadataData": {"metadata": {"x": math.nan}}}
+    body = json.dumps({"query": METADATA, "variables": variables})
+    assert "NaN" in body
+    response = await api.post("/graphql", content=body, headers={"Authorization": key})
+    [run] = response.json()["data"]["updateRunMetadata"]
+    assert run["details"]["metadata"] == {"team": "nlp", "x": "NaN"}
