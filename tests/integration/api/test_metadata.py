@@ -1,13 +1,19 @@
 """A run's metadata against the real API (in-process, or a ``python -m services.api`` process
 with a projector beside it): updates merge, a resent flush appends nothing, the run's metadata
-is held to ``api_max_metadata_bytes`` (413, nothing appended)."""
+is held to ``api_max_metadata_bytes`` (413, nothing appended); runplane's SDK sends NaN and the
+infinities as mcli's strings, returns a future or the Run, carries a protected update through
+a SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
+import signal
+import sys
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +21,13 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+import mcli
 from events import metadata as md
 from events.model import MetadataUpdated
 from services.core.store import EventStore
 from tests.integration.api.conftest import api_server
 from tests.integration.api.seed import ALICE, Seeded
+from tests.integration.api.test_admin_cli import ROOT_DIR
 from tests.integration.api.test_reads import code_of, post
 from tests.integration.api.test_requests import METADATA, create, log_length, named
 from tests.services import ServiceProcess
@@ -45,6 +53,15 @@ async def served(redis_url: str, tmp_path: Path, seeded: Seeded) -> AsyncIterato
 async def http(served: str) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=served.removesuffix("/graphql"), timeout=30) as client:
         yield client
+
+
+@pytest.fixture
+def sdk(served: str, seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    """runplane's SDK (``import mcli``) pointed at ``served`` with alice's key."""
+    for name in ("MCLI_TIMEOUT", "MCLI_CONFIG_PATH", "MOSAICML_ACCESS_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MOSAICML_API_ENDPOINT", served)
+    monkeypatch.setenv("MOSAICML_API_KEY", seeded.keys[ALICE])
 
 
 async def update(
@@ -124,3 +141,77 @@ async def test_nan_from_a_lenient_client_is_stored_as_mclis_string(
     response = await api.post("/graphql", content=body, headers={"Authorization": key})
     [run] = response.json()["data"]["updateRunMetadata"]
     assert run["details"]["metadata"] == {"team": "nlp", "x": "NaN"}
+
+
+async def test_the_sdk_sends_nan_and_infinities_as_strings_and_leaves_out_what_json_cannot(
+    http: httpx.AsyncClient, seeded: Seeded, sdk: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    name, _ = await new_run(http, seeded)
+    sent = {
+        "loss": math.nan,
+        "best": math.inf,
+        "worst": -math.inf,
+        "deep": {"xs": [math.nan, 1.5]},
+        "unsendable": object(),
+        "step": 1,
+    }
+    run = mcli.update_run_metadata(name, sent)
+    expected = {
+        "team": "nlp",
+        "loss": "NaN",
+        "best": "Infinity",
+        "worst": "-Infinity",
+        "deep": {"xs": ["NaN", 1.5]},
+        "step": 1,
+    }
+    assert isinstance(run, mcli.Run)
+    assert run.name == name
+    assert run.metadata == expected
+    assert "'unsendable'" in caplog.text
+    assert mcli.get_run(name).metadata == expected
+
+
+async def test_the_sdk_returns_a_future_with_future_and_runs_update_their_metadata(
+    http: httpx.AsyncClient, seeded: Seeded, sdk: None
+) -> None:
+    name, _ = await new_run(http, seeded)
+    pending = mcli.update_run_metadata(name, {"step": 2}, future=True)
+    assert isinstance(pending, Future)
+    assert pending.result(timeout=30).metadata == {"team": "nlp", "step": 2}
+
+    run = mcli.get_run(name)
+    updated = run.update_metadata({"step": 3, "loss": 0.25})
+    assert isinstance(updated, mcli.Run)
+    assert updated.metadata == {"team": "nlp", "step": 3, "loss": 0.25}
+
+    with pytest.raises(mcli.ClientError) as refused:
+        run.update_metadata({"blob": "x" * LIMIT})
+    assert refused.value.code == 413
+    assert mcli.get_run(name).metadata == updated.metadata
+
+
+PROTECTED = """
+import os, signal, sys
+import mcli
+mcli.update_run_metadata(sys.argv[1], {"last": "flush"}, future=True, protect=True)
+os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+async def test_a_protected_update_completes_before_sigterm_ends_the_process(
+    http: httpx.AsyncClient, served: str, seeded: Seeded, sdk: None
+) -> None:
+    name, _ = await new_run(http, seeded)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        PROTECTED,
+        name,
+        env=os.environ.copy(),  # the SDK's endpoint and key (``sdk``)
+        cwd=ROOT_DIR,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        _, err = await process.communicate()
+    assert process.returncode == -signal.SIGTERM, err.decode()  # ended by the signal it sent
+    assert mcli.get_run(name).metadata.get("last") == "flush"
