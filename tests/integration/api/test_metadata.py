@@ -2,7 +2,7 @@
 with a projector beside it): updates merge, a resent flush appends nothing, the run's metadata
 is held to ``api_max_metadata_bytes`` (413, nothing appended); runplane's SDK sends NaN and the
 infinities as mcli's strings, returns a future or the Run, carries a protected update through
-a SIGTERM."""
+a SIGTERM; ``mcli get runs -m KEY`` shows a column per key."""
 
 from __future__ import annotations
 
@@ -28,9 +28,11 @@ from services.core.store import EventStore
 from tests.integration.api.conftest import api_server
 from tests.integration.api.seed import ALICE, Seeded
 from tests.integration.api.test_admin_cli import ROOT_DIR
+from tests.integration.api.test_admin_cli import mcli as runplane_cli
 from tests.integration.api.test_reads import code_of, post
 from tests.integration.api.test_requests import METADATA, create, log_length, named
 from tests.services import ServiceProcess
+from tests.waiting import eventually
 
 LIMIT = 2048
 
@@ -188,6 +190,29 @@ async def test_the_sdk_returns_a_future_with_future_and_runs_update_their_metada
         run.update_metadata({"blob": "x" * LIMIT})
     assert refused.value.code == 413
     assert mcli.get_run(name).metadata == updated.metadata
+
+
+async def test_get_runs_m_shows_a_column_per_metadata_key(
+    http: httpx.AsyncClient, served: str, seeded: Seeded, sdk: None, tmp_path: Path
+) -> None:
+    name, _ = await new_run(http, seeded)
+    mcli.update_run_metadata(name, {"mosaicml/training_progress": "[epoch=3/10]", "loss": 0.25})
+
+    def listed() -> bool:
+        return any(run.metadata.get("loss") == 0.25 for run in mcli.get_runs(name))
+
+    await eventually(listed, what=f"{name}'s metadata in the projector's listing")
+    keys = ["mosaicml/training_progress", "loss", "absent"]
+    done = runplane_cli(
+        tmp_path, served, seeded.keys[ALICE], "get", "runs", name, *(f"-m{k}" for k in keys)
+    )
+    assert done.returncode == 0, done.stderr
+    header, row = done.stdout.splitlines()
+    shown = ["TRAINING_PROGRESS", "LOSS", "ABSENT"]
+    assert header.split()[-3:] == shown
+    starts = [header.index(label) for label in shown]
+    cells = [row[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+    assert cells == ["[epoch=3/10]", "0.25", "-"]
 
 
 PROTECTED = """
