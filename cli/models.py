@@ -241,6 +241,10 @@ class Run:
     def update(self, **changes: Any) -> Run:
         return _actions().update_run(self, **changes)
 
+    def update_metadata(self, metadata: dict[str, Any]) -> Run:
+        """Merge ``metadata`` into the run's (``update_run_metadata``); the updated Run."""
+        return _actions().update_run_metadata(self, metadata)
+
 
 def _shown(value: Any) -> Any:
     """``value`` as JSON builtins, a dataclass as the fields its ``repr`` shows."""
@@ -262,6 +266,7 @@ class RunActions(Protocol):
     start_run: Callable[..., Run]
     create_run: Callable[..., Run]
     update_run: Callable[..., Run]
+    update_run_metadata: Callable[..., Run]
 
 
 _bound: list[RunActions] = []

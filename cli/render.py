@@ -9,6 +9,7 @@ default), so pipes and files get whole lines rather than wrapped cells.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -131,19 +132,39 @@ def run_rows(
 
 
 def runs_table(
-    runs: Sequence[Run], *, users: bool = False, ids: bool = False, expanded: bool = False
+    runs: Sequence[Run],
+    *,
+    users: bool = False,
+    ids: bool = False,
+    expanded: bool = False,
+    metadata: Sequence[str] = (),
 ) -> Table:
+    """``get runs``'s table; a column for each key of ``metadata`` (``-m``), headed as mcli
+    heads it (the key's last ``/`` part, upper case): the run's value on its first row, ``-``
+    when the run has none."""
+    keys = list(dict.fromkeys(metadata))
     headers = ["NAME"]
     headers += ["ID"] if ids else []
     headers += ["USER"] if users else []
     headers += ["CLUSTER", "NODES", "INSTANCE", "RESUMPTION", "STATUS", "START TIME", "END TIME"]
+    headers += [key.split("/")[-1].upper() for key in keys]
     table = plain_table(*headers)
     for run in runs:
         for row in run_rows([run], users=users, ids=ids, expanded=expanded):
-            if run.is_deleted and row["name"]:
+            first = bool(row["name"])
+            if run.is_deleted and first:
                 row["name"] = f"{row['name']} (deleted)"  # only with --include-deleted
-            table.add_row(*(value for value in row.values() if value is not None))
+            values = [
+                (metadata_text(run.metadata[key]) if key in run.metadata else DASH) if first else ""
+                for key in keys
+            ]
+            table.add_row(*(value for value in row.values() if value is not None), *values)
     return table
+
+
+def metadata_text(value: object) -> str:
+    """A metadata value as a table shows it: a string as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 # --- describe run ----------------------------------------------------------------------------
@@ -224,7 +245,7 @@ def describe(run: Run) -> Group:
     if run.metadata:
         metadata = plain_table("KEY", "VALUE")
         for key, value in run.metadata.items():
-            metadata.add_row(str(key), str(value))
+            metadata.add_row(str(key), metadata_text(value))
         parts += [title("Run Metadata"), metadata, ""]
     if run.children:
         children = plain_table("NAME", "STATUS", "CREATED")

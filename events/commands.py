@@ -7,7 +7,10 @@ checks them against the lifecycle rules and appends them on the version that was
 A stop of an attempt that holds no GPUs (PENDING, QUEUED) ends it STOPPED at once; one that
 holds GPUs enters TERMINATING and the scheduler ends it when every rank has released them. A
 delete of a finished run records the deletion at once; of an active one it stops it first, and
-the scheduler records the deletion when the attempt has ended.
+the scheduler records the deletion when the attempt has ended. An update of the metadata
+carries only the keys whose value changes (``events.metadata``), and none is appended when
+nothing changes; the run's merged metadata is held to the server's limit
+(``check_metadata``), at submission as at each update.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, TypeVar, assert_never
 
 import msgspec
 
+from events import metadata as md
 from events.errors import EventsError
 from events.lifecycle import RunState
 from events.model import (
@@ -55,6 +59,26 @@ class RunIsDeleted(RequestRefused):
         super().__init__(run, "the run is deleted")
 
 
+class MetadataTooLarge(RequestRefused):
+    """The run's metadata would be over the server's limit: nothing of the request is kept."""
+
+    def __init__(self, run: str, size: int, limit: int) -> None:
+        super().__init__(
+            run,
+            f"its metadata would be {size} bytes as JSON, over the limit of {limit} bytes; "
+            "send fewer or smaller values",
+        )
+        self.size = size
+        self.limit = limit
+
+
+def check_metadata(run: str, metadata: dict[str, Any], limit: int) -> None:
+    """``MetadataTooLarge`` if ``metadata``, the whole of a run's, is over ``limit`` bytes."""
+    size = md.size(metadata)
+    if size > limit:
+        raise MetadataTooLarge(run, size, limit)
+
+
 class SubmitRun(msgspec.Struct, kw_only=True, frozen=True):
     actor: str
     run_id: str
@@ -88,6 +112,9 @@ class UpdateRun(msgspec.Struct, kw_only=True, frozen=True):
 class UpdateMetadata(msgspec.Struct, kw_only=True, frozen=True):
     actor: str
     metadata: dict[str, Any]
+    #: The server's limit on the run's merged metadata, in bytes of JSON (None: none). The
+    #: API sets it from its settings; it is never read from a client.
+    max_bytes: int | None = None
 
 
 Command = SubmitRun | StopRun | RestartRun | DeleteRun | UpdateRun | UpdateMetadata
@@ -135,33 +162,48 @@ def decide(state: RunState | None, command: Command, new_id: NewId) -> list[AnyR
                 events.append(_envelope(RunDeleted, state, command.actor, new_id))
             return events
         case UpdateRun() | UpdateMetadata():
-            return [_update(state, command, new_id)]
+            return _update(state, command, new_id)
         case _:
             assert_never(command)
 
 
 def _update(
     state: RunState, command: UpdateRun | UpdateMetadata, new_id: NewId
-) -> UpdateRequested | MetadataUpdated:
+) -> list[AnyRunEvent]:
     if isinstance(command, UpdateMetadata):
-        return MetadataUpdated(
+        return _update_metadata(state, command, new_id)
+    return [
+        UpdateRequested(
             id=new_id(),
             actor=command.actor,
             run_id=state.run_id,
             attempt=state.latest.index,
-            metadata=command.metadata,
+            priority=command.priority,
+            preemptible=command.preemptible,
+            max_retries=command.max_retries,
+            retry_on_system_failure=command.retry_on_system_failure,
+            max_duration=command.max_duration,
         )
-    return UpdateRequested(
-        id=new_id(),
-        actor=command.actor,
-        run_id=state.run_id,
-        attempt=state.latest.index,
-        priority=command.priority,
-        preemptible=command.preemptible,
-        max_retries=command.max_retries,
-        retry_on_system_failure=command.retry_on_system_failure,
-        max_duration=command.max_duration,
-    )
+    ]
+
+
+def _update_metadata(state: RunState, command: UpdateMetadata, new_id: NewId) -> list[AnyRunEvent]:
+    """The keys whose value changes, checked against the limit; nothing if none changes."""
+    current = state.spec.metadata
+    changed = md.changes(current, md.carried(command.metadata))
+    if not changed:
+        return []
+    if command.max_bytes is not None:
+        check_metadata(state.name, current | changed, command.max_bytes)
+    return [
+        MetadataUpdated(
+            id=new_id(),
+            actor=command.actor,
+            run_id=state.run_id,
+            attempt=state.latest.index,
+            metadata=changed,
+        )
+    ]
 
 
 def _stop(state: RunState, actor: str, why: str, new_id: NewId) -> list[AnyRunEvent]:

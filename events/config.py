@@ -168,7 +168,9 @@ class _RunIn(BaseModel):
         description="free-form; every rank reads them from the file in $PARAMETERS",
     )
     metadata: dict[str, Any] = Field(
-        default_factory=dict, description="free-form; `mcli describe run` shows it"
+        default_factory=dict,
+        description="free-form, at most the API's RUNPLANE_API_MAX_METADATA_BYTES as JSON; "
+        "`mcli describe run` shows it, `mcli get runs -m KEY` a key's column",
     )
 
     @field_validator("integrations")

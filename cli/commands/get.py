@@ -1,5 +1,6 @@
-"""``mcli get runs``: runs newest first, one row per resumption, filtered; ``-o`` table,
-name or json (the run objects, ``Run.to_dict()``: the SDK's ``Run``)."""
+"""``mcli get runs``: runs newest first, one row per resumption, filtered; ``-m KEY`` adds a
+column of a metadata key (repeatable, as in mcli); ``-o`` table, name or json (the run
+objects, ``Run.to_dict()``: the SDK's ``Run``, its metadata whole)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,14 @@ def register(subparsers: Any) -> None:
         )
         parser.add_argument("--ids", action="store_true", help="show run ids")
         parser.add_argument(
+            "-m",
+            "--metadata",
+            action="append",
+            default=[],
+            metavar="KEY",
+            help="a column of this metadata key (repeat for more)",
+        )
+        parser.add_argument(
             "-o", "--output", choices=("table", "name", "json"), default="table", help="format"
         )
         parser.set_defaults(handler=with_client(get_runs))
@@ -43,5 +52,8 @@ async def get_runs(args: argparse.Namespace, client: Client) -> int:
     elif not runs:
         echo("No runs found.")
     else:
-        make_console().print(runs_table(runs, users=users, ids=args.ids, expanded=args.expanded))
+        table = runs_table(
+            runs, users=users, ids=args.ids, expanded=args.expanded, metadata=args.metadata
+        )
+        make_console().print(table)
     return 0

@@ -25,6 +25,7 @@ from cli.sdk.runs import (
     stop_run,
     stop_runs,
     update_run,
+    update_run_metadata,
     wait_for_run_status,
     watch_run_status,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "stop_run",
     "stop_runs",
     "update_run",
+    "update_run_metadata",
     "wait_for_run_status",
     "watch_run_status",
 ]

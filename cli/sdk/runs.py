@@ -1,34 +1,45 @@
-"""mcli's run functions: create, get, list, stop, start, delete, update, wait and watch.
+"""mcli's run functions: create, get, list, stop, start, delete, update (scheduling or
+metadata), wait and watch.
 
-Synchronous like mcli's. A run is given as a ``Run`` or its name (or run_uid). Reads of one run
-fold its own history (never stale after a write); listings read the projector's rows. Errors
-are ``cli.client.ClientError`` (``NotFound``: "Run X not found"); arguments that cannot be
-right (an unknown status, a time that is none, nothing to update) are ``ValueError``, raised
-before anything is sent.
+Synchronous like mcli's (``update_run_metadata`` may return a future, as mcli's does). A run
+is given as a ``Run`` or its name (or run_uid). Reads of one run fold its own history (never
+stale after a write); listings read the projector's rows. Errors are
+``cli.client.ClientError`` (``NotFound``: "Run X not found"); arguments that cannot be right
+(an unknown status, a time that is none, nothing to update) are ``ValueError``, raised before
+anything is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, overload
 
 from cli.client import Client, ClientError
 from cli.criteria import moment_ms, status_set
 from cli.models import Run, bind_actions
 from cli.reads import RunFilters, fetch_run, list_runs
+from cli.sdk import background
 from cli.sdk.sync import call, iterate
 from cli.submit import submit_config
 from events import commands
 from events.config import RunConfig, load_file
+from events.metadata import carried
 from events.spec import PRIORITIES, Priority
 from events.status import RunStatus
 
 RunRef = Run | str
 _POLL_S = 0.25
+#: Set, it replaces the timeout of a call that waits for its answer (as in mcli).
+TIMEOUT_ENV = "MCLI_TIMEOUT"
+log = logging.getLogger(__name__)
 
 
 def _name(run: RunRef) -> str:
@@ -187,6 +198,100 @@ def update_run(
             commands.UpdateRun(actor=c.user, **changes),
         )
     )
+
+
+@overload
+def update_run_metadata(
+    run: RunRef,
+    metadata: Mapping[str, Any],
+    *,
+    timeout: float | None = 10,
+    future: Literal[False] = False,
+    protect: bool = False,
+) -> Run: ...
+
+
+@overload
+def update_run_metadata(
+    run: RunRef,
+    metadata: Mapping[str, Any],
+    *,
+    timeout: float | None = 10,
+    future: Literal[True],
+    protect: bool = False,
+) -> Future[Run]: ...
+
+
+@overload
+def update_run_metadata(
+    run: RunRef,
+    metadata: Mapping[str, Any],
+    *,
+    timeout: float | None = 10,
+    future: bool = False,
+    protect: bool = False,
+) -> Run | Future[Run]: ...
+
+
+def update_run_metadata(
+    run: RunRef,
+    metadata: Mapping[str, Any],
+    *,
+    timeout: float | None = 10,
+    future: bool = False,
+    protect: bool = False,
+) -> Run | Future[Run]:
+    """Merge ``metadata`` into the run's: the keys given take these values, the others stay.
+
+    As mcli's: NaN and the infinities are sent as the strings ``"NaN"``, ``"Infinity"`` and
+    ``"-Infinity"``; a value that cannot be sent as JSON is left out, with a warning naming its
+    key. The request runs on the SDK's threads (``cli.sdk.background``): with ``future`` this
+    returns at once with a ``concurrent.futures.Future`` of the updated Run; otherwise it waits
+    ``timeout`` seconds at most (``MCLI_TIMEOUT`` replaces it; None: no limit) for the Run,
+    else ``TimeoutError``. With ``protect`` the request is carried through a SIGTERM: the
+    process ends only once it is done (how a run's last flush reaches the server while the
+    run is being stopped)."""
+    sent = _sendable(metadata)
+    wait_s = None if future else _timeout(timeout)
+
+    async def work(client: Client) -> Run:
+        return await _request(
+            client, run, commands.UpdateMetadata(actor=client.user, metadata=sent)
+        )
+
+    pending = background.submit(lambda: call(work), protect=protect)
+    if future:
+        return pending
+    return pending.result(timeout=wait_s)
+
+
+def _sendable(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """``metadata`` as JSON can carry it: non-finite floats as strings, without the values
+    JSON cannot encode (as mcli's SDK leaves them out)."""
+    kept: dict[str, Any] = {}
+    left_out: list[str] = []
+    for key, value in metadata.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):  # not JSON, or a value that holds itself
+            left_out.append(str(key))
+        else:
+            kept[key] = carried(value)
+    if left_out:
+        log.warning(
+            "metadata of %s left out: its value cannot be sent as JSON",
+            ", ".join(repr(key) for key in left_out),
+        )
+    return kept
+
+
+def _timeout(given: float | None) -> float | None:
+    if configured := os.environ.get(TIMEOUT_ENV):
+        try:
+            return float(configured)
+        except ValueError:
+            raise ClientError(f"{TIMEOUT_ENV}={configured!r} is not a number of seconds") from None
+    return given
 
 
 def wait_for_run_status(run: RunRef, status: RunStatus | str, timeout: float | None = None) -> Run:

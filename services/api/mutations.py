@@ -21,6 +21,7 @@ from events.spec import PRIORITIES, Priority
 from services.api import wire
 from services.api.context import Context, context_of
 from services.api.errors import BadRequest
+from services.api.runs import refused
 
 Json = dict[str, Any]
 
@@ -35,6 +36,10 @@ async def create_run(_: object, info: GraphQLResolveInfo[Context], **args: Any) 
         spec, _ = to_spec(config, where="runInput")
     except ConfigError as error:
         raise BadRequest(f"Bad run request: {error}") from None
+    try:
+        commands.check_metadata(spec.name, spec.metadata, context.settings.api_max_metadata_bytes)
+    except commands.MetadataTooLarge as error:
+        raise refused(spec.name, error) from None
     parent = wire.parent_of_input(run_input)
     return [wire.run(*await context.runs.submit(context.principal, spec, parent=parent))]
 
@@ -81,12 +86,18 @@ async def update_run(_: object, info: GraphQLResolveInfo[Context], **args: Any) 
 async def update_run_metadata(
     _: object, info: GraphQLResolveInfo[Context], **args: Any
 ) -> list[Json]:
-    """Merge into the run's metadata: the keys given change, the others stay (section 5.7)."""
+    """Merge into the run's metadata: the keys given change, the others stay (section 5.7);
+    keys resent with the values they have append nothing, and the run's metadata is held to
+    ``api_max_metadata_bytes`` (413)."""
     context = context_of(info)
     metadata = args["updateRunMetadataData"]["metadata"]
     if not isinstance(metadata, dict):
         raise BadRequest("updateRunMetadataData.metadata must be an object of keys and values")
-    command = commands.UpdateMetadata(actor=context.principal.name, metadata=metadata)
+    command = commands.UpdateMetadata(
+        actor=context.principal.name,
+        metadata=metadata,
+        max_bytes=context.settings.api_max_metadata_bytes,
+    )
     return await _carry_out(context, args["getRunsData"], command)
 
 

@@ -43,7 +43,7 @@ from events.spec import Compute, RunSpec
 from projections import query
 from projections.attempts import AttemptRow
 from projections.run_status import RunRow
-from services.api.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound
+from services.api.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, TooLarge
 from services.core.store import EventStore
 
 RunView = tuple[RunRow, list[AttemptRow]]
@@ -82,9 +82,11 @@ def deleted(run: str) -> Conflict:
     )
 
 
-def refused(run: str, error: commands.RequestRefused | IllegalTransition) -> Conflict:
+def refused(run: str, error: commands.RequestRefused | IllegalTransition) -> ApiError:
     if isinstance(error, commands.RunIsDeleted):
         return deleted(error.run)
+    if isinstance(error, commands.MetadataTooLarge):
+        return TooLarge(f"Run {run}: {error.why}")
     return Conflict(f"Run {run}: {error.why}")
 
 

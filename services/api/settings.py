@@ -20,6 +20,12 @@ class ApiSettings(Settings):
         ge=1024,
         description="A request body (or a WebSocket message) over this is refused.",
     )
+    api_max_metadata_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="A run's metadata, as JSON, at most: a submission or a metadata update that"
+        " would make it larger is refused (413).",
+    )
     api_max_fields: int = Field(
         default=500, ge=100, description="Fields one request may resolve (fragments expanded)."
     )

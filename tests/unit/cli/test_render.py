@@ -195,6 +195,32 @@ def test_get_runs_shows_three_resumptions_unless_expanded() -> None:
     assert len(run_rows([run], expanded=True)) == 5
 
 
+def test_get_runs_shows_a_column_per_metadata_key_headed_by_its_last_part() -> None:
+    run = hello_world()
+    run.metadata = {
+        "team": "nlp",
+        "mosaicml/training_progress": "[epoch=3/10]",
+        "loss": 0.25,
+        "done": False,
+        "shape": {"a": [1, 2]},
+    }
+    other = hello_world()
+    other.name, other.metadata = "other-run", {}
+    keys = ["mosaicml/training_progress", "loss", "done", "shape", "missing", "loss"]
+    header, *rows = render(runs_table([run, other], metadata=keys)).splitlines()
+    shown = ["TRAINING_PROGRESS", "LOSS", "DONE", "SHAPE", "MISSING"]
+    assert header.split()[-5:] == shown  # a key given twice is one column
+    starts = [header.index(label) for label in shown]
+    ends = [*starts[1:], None]
+
+    def cells(row: str) -> list[str]:
+        return [row[a:b].strip() for a, b in zip(starts, ends, strict=True)]
+
+    assert cells(rows[0]) == ["[epoch=3/10]", "0.25", "false", '{"a": [1, 2]}', "-"]
+    assert cells(rows[1]) == [""] * 5  # the run's values on its first row only
+    assert cells(rows[2]) == ["-"] * 5  # a run without the keys
+
+
 def test_describe_run_has_mcli_shape() -> None:
     expected = (GOLDEN / "describe_run.out").read_text()
     shown = render(describe(hello_world()))
