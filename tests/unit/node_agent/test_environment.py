@@ -38,7 +38,13 @@ def job(placement: list[list[int]], rank: int = 0, **spec: Any) -> RankJob:
 
 
 def env_of(rank_job: RankJob, **kwargs: object) -> dict[str, str]:
-    base = {"PATH": "/usr/bin", "HOME": "/root", "RUNPLANE_REDIS_URL": "redis://secret"}
+    base = {
+        "PATH": "/usr/bin",
+        "HOME": "/root",
+        "RUNPLANE_REDIS_URL": "redis://secret",
+        "MOSAICML_API_KEY": "rpk_operators_own",
+        "MCLI_CONFIG_DIR": "/root/.mosaic",
+    }
     return rank_environment(
         rank_job,
         base=base,
@@ -76,6 +82,17 @@ def test_run_variables_are_passed_but_cannot_break_the_rendezvous() -> None:
 
 def test_the_agents_own_settings_are_not_passed_on() -> None:
     assert not any(name.startswith("RUNPLANE_") for name in env_of(job([[0]])))
+
+
+def test_the_nodes_mcli_settings_never_reach_a_rank_and_the_platforms_come_last() -> None:
+    plain = env_of(job([[0]]))
+    assert not [name for name in plain if name.startswith(("MOSAICML_", "MCLI_"))]
+    platform = {"MOSAICML_PLATFORM": "true", "MOSAICML_ACCESS_TOKEN_FILE": "/r/token"}
+    env = env_of(
+        job([[0]], env_variables={"MOSAICML_ACCESS_TOKEN_FILE": "/tmp/mine"}), platform=platform
+    )
+    assert env["MOSAICML_ACCESS_TOKEN_FILE"] == "/r/token", "a run cannot point its token away"
+    assert "MOSAICML_API_KEY" not in env
 
 
 def test_a_virtual_environment_comes_first_on_the_path() -> None:

@@ -191,3 +191,45 @@ def test_a_valid_name_stays_itself_and_an_altered_one_keeps_it_apart() -> None:
     assert naming.label_value("llm_v2.1-qwerty") == "llm_v2.1-qwerty"
     assert naming.dns_label("Train") != naming.dns_label("train")  # a checksum tells them apart
     assert naming.dns_label("x" * 64) != naming.dns_label("x" * 65)
+
+
+# --- the run token (issue 19) -------------------------------------------------------------------
+
+TOKEN = "rpt.0f3a9c1e5b7d4a2c8e6f1b3d5a7c9e0f.tokenaaa1." + "s" * 43
+WITH_API = OPTIONS._replace(api_url="http://runplane-api.ml.svc:8765/graphql")
+POD_UID = "6f0a3c2e-8f1b-4a55-9a54-2b1c0e7d9f11"
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_the_token_secret_and_its_pod_validate(strict: bool) -> None:
+    kubernetes_validate.validate(manifests.pod(job(), WITH_API), K8S, strict=strict)
+    secret = manifests.token_secret(job().key, WITH_API, TOKEN, owner_uid=POD_UID)
+    kubernetes_validate.validate(secret, K8S, strict=strict)
+
+
+def test_the_token_is_in_its_secret_owned_by_the_pod_and_mounted_read_only_for_the_rank() -> None:
+    pod = manifests.pod(job(), WITH_API)
+    secret = manifests.token_secret(job().key, WITH_API, TOKEN, owner_uid=POD_UID)
+    assert TOKEN not in json.dumps(pod), "the Pod's spec never holds the token"
+    assert secret["stringData"] == {"token": TOKEN}
+    [owner] = secret["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("Pod", pod["metadata"]["name"], POD_UID)
+    [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == "token"]
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert volume["secret"]["defaultMode"] == 0o400
+    main = pod["spec"]["containers"][0]
+    assert {"name": "token", "mountPath": "/var/run/runplane", "readOnly": True} in (
+        main["volumeMounts"]
+    )
+    env = env_of(main)
+    assert env["MOSAICML_PLATFORM"] == "true"
+    assert env["MOSAICML_ACCESS_TOKEN_FILE"] == "/var/run/runplane/token"
+    assert env["MOSAICML_API_ENDPOINT"] == WITH_API.api_url
+    for init in pod["spec"].get("initContainers", []):
+        assert "token" not in [m["name"] for m in init["volumeMounts"]], "integrations: no token"
+
+
+def test_without_an_api_a_pod_has_no_token_and_no_platform_variables() -> None:
+    pod = manifests.pod(job(), OPTIONS)
+    assert "token" not in [v["name"] for v in pod["spec"]["volumes"]]
+    assert not [name for name in env_of(pod["spec"]["containers"][0]) if "MOSAICML" in name]
