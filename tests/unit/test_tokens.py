@@ -83,7 +83,12 @@ def test_a_wrong_secret_an_unknown_token_or_run_are_all_unknown() -> None:
 
 
 def test_a_token_works_while_its_attempt_winds_down_and_not_from_its_end() -> None:
-    live = [issued("tokenaaa1"), rank_running(0), attempt_running(), rank_exited(0)]
+    live: list[ev.AnyRunEvent] = [
+        issued("tokenaaa1"),
+        rank_running(0),
+        attempt_running(),
+        rank_exited(0),
+    ]
     assert who(started(*live, terminating()), presented("tokenaaa1"))
     assert refusal(started(*live, terminating(), completed()), presented("tokenaaa1")) is (
         Why.EXPIRED
@@ -91,8 +96,13 @@ def test_a_token_works_while_its_attempt_winds_down_and_not_from_its_end() -> No
 
 
 def test_a_new_attempt_does_not_revive_the_old_attempts_token() -> None:
-    ended = [issued("tokenaaa1"), rank_running(0), attempt_running(), rank_exited(0)]
-    reopened = [*ended, terminating(), completed(), restart(1), queued(1)]
+    ended: list[ev.AnyRunEvent] = [
+        issued("tokenaaa1"),
+        rank_running(0),
+        attempt_running(),
+        rank_exited(0),
+    ]
+    reopened: list[ev.AnyRunEvent] = [*ended, terminating(), completed(), restart(1), queued(1)]
     assert refusal(started(*reopened), presented("tokenaaa1")) is Why.EXPIRED
     state = started(*reopened, scheduled(1, placement(1)), issued("tokenccc3", a=1))
     assert who(state, presented("tokenccc3")).endswith("attempt 1)")
@@ -100,7 +110,12 @@ def test_a_new_attempt_does_not_revive_the_old_attempts_token() -> None:
 
 
 def test_a_deleted_runs_token_is_refused() -> None:
-    ended = [issued("tokenaaa1"), rank_running(0), attempt_running(), rank_exited(0)]
+    ended: list[ev.AnyRunEvent] = [
+        issued("tokenaaa1"),
+        rank_running(0),
+        attempt_running(),
+        rank_exited(0),
+    ]
     state = started(*ended, terminating(), completed(), delete(), deleted())
     assert refusal(state, presented("tokenaaa1")) is Why.EXPIRED
 
