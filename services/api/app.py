@@ -5,14 +5,15 @@ A request is taken in this order, and the first failure is the whole answer, as 
 with an integer ``extensions.code`` and nothing else (``reference/mapi.md`` section 2.1):
 1. a body over ``api_max_body_bytes``: 413 (read no further);
 2. the ``Authorization`` header (the raw key, or ``Bearer <key>``) must be a valid key of a
-   user (``services.api.users``): else 401 ``Invalid API key``;
+   user, or a run's token whose attempt lives (``services.api.users``): else 401
+   ``Invalid API key``;
 3. the body must be a JSON object with a string ``query``: else 400;
 4. the document must parse, resolve at most ``api_max_fields`` fields (``services.api.limits``)
    and validate against the schema: else 400 (an unknown field, a document too large);
 5. a resolver's ``ApiError`` gives its code; the event store not answering 503 (the one code
    here the client retries, with backoff); anything else 500 "Internal Server Error", logged
    here with its traceback and never sent to the client.
-The key is never logged.
+The key (or token) is never logged.
 """
 
 from __future__ import annotations
