@@ -37,10 +37,9 @@ from websockets.exceptions import WebSocketException
 from cli.errors import ClientError, Forbidden, NotFound, Refused, Unreachable
 from cli.stack import LocalStack, state_dir
 from cli.stackkey import read_key
+from events.tokens import ENDPOINT, TOKEN_FILE
 
-ENDPOINT = "MOSAICML_API_ENDPOINT"
 KEY = "MOSAICML_API_KEY"
-TOKEN_FILE = "MOSAICML_ACCESS_TOKEN_FILE"  # noqa: S105 - a variable's name
 _TRIES = 4
 _CODES: dict[int, type[ClientError]] = {403: Forbidden, 404: NotFound, 409: Refused}
 _PROTOCOL = "graphql-transport-ws"

@@ -10,6 +10,7 @@ answers back into the read models' own structs, so folds and views are the proje
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from events import commands
 from events.access import Action
 from events.codec import Recorded
 from events.spec import RunSpec
+from events.tokens import PLATFORM
 from projections.attempts import AttemptRow
 from projections.audit import Entry
 from projections.billing import Report
@@ -31,10 +33,10 @@ from services.api.wire import run_input
 
 RunView = tuple[RunRow, list[AttemptRow]]
 _ANSWER = "{ id name status }"
-_CREATE = f"""
-mutation CreateRun($createRunData: CreateRunInput!) {{
-  createRun(createRunData: $createRunData) {_ANSWER}
-}}"""
+_CREATE = """
+mutation CreateRun($createRunData: CreateRunInput!) {
+  createRun(createRunData: $createRunData) { id name status view }
+}"""
 #: Each request's mutation: its field, and its argument besides getRunsData (name, type).
 _MUTATIONS: dict[type[commands.Command], tuple[str, tuple[str, str] | None]] = {
     commands.StopRun: ("stopRuns", ("stopRunsData", "StopRunsInput")),
@@ -97,6 +99,11 @@ def _mutation(command: commands.Command) -> tuple[str, dict[str, Any]]:
             return document, {}
 
 
+def _view(data: dict[str, Any]) -> RunView:
+    """A run as runplane's own reads give it (``services.api.wire.view``)."""
+    return msgspec.convert(data["row"], RunRow), msgspec.convert(data["attempts"], list[AttemptRow])
+
+
 class Client:
     def __init__(self, api: Api) -> None:
         self.api = api
@@ -118,11 +125,14 @@ class Client:
 
     # --- requests ---------------------------------------------------------------------
 
-    async def submit(self, spec: RunSpec) -> tuple[str, str]:
-        """Submit a new run; returns its run id and unique name."""
-        data = await self.api.call(_CREATE, {"createRunData": {"runInput": run_input(spec)}})
+    async def submit(self, spec: RunSpec) -> RunView:
+        """Submit a new run; the run as submitted (its row and its attempt 0)."""
+        submitted = run_input(spec)
+        if os.environ.get(PLATFORM, "").lower() == "true" and os.environ.get("RUN_NAME"):
+            submitted["parentName"] = os.environ["RUN_NAME"]  # from inside a run, as mcli does
+        data = await self.api.call(_CREATE, {"createRunData": {"runInput": submitted}})
         [run] = data["createRun"]
-        return run["id"], run["name"]
+        return _view(run["view"])
 
     async def request(self, run: str, command: commands.Command, *, all_users: bool = False) -> str:
         """Carry out a stop, restart, delete or update of ``run`` (another user's with
@@ -153,10 +163,7 @@ class Client:
     async def views(self, selection: RunSelection) -> list[RunView]:
         """Runs newest first with their attempts, as the projector has them."""
         data = await self.api.call(_VIEWS, {"selection": msgspec.to_builtins(selection)})
-        return [
-            (msgspec.convert(v["row"], RunRow), msgspec.convert(v["attempts"], list[AttemptRow]))
-            for v in data["runViews"]
-        ]
+        return [_view(v) for v in data["runViews"]]
 
     async def utilization(self, clusters: list[str] | None = None) -> list[ClusterUtilization]:
         data = await self.api.call(_UTILIZATION, {"clusters": clusters})

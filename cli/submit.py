@@ -11,6 +11,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from cli.client import Client
+from cli.models import Run, build_run
 from events.config import RunConfig, to_spec
 from events.spec import RunSpec
 
@@ -37,8 +38,7 @@ def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
 
 async def submit_config(
     client: Client, config: RunConfig, *, where: str = "config"
-) -> tuple[str, RunSpec, list[str]]:
-    """Validate, check and submit ``config``; its unique run name, spec and the warnings."""
+) -> tuple[Run, RunSpec, list[str]]:
+    """Validate, check and submit ``config``; the run as submitted, its spec and the warnings."""
     spec, warnings = to_spec(config, where=where)
-    _, name = await client.submit(spec)
-    return name, spec, warnings
+    return build_run(*await client.submit(spec)), spec, warnings

@@ -33,6 +33,11 @@ from events.identity import Unauthenticated, Why, hash_secret
 from events.lifecycle import RunState
 from events.model import Via
 
+#: The variables of a rank's environment that mcli and Composer read (MosaicML's names): the
+#: node-agent sets them, runplane's own client reads them as mcli does.
+PLATFORM = "MOSAICML_PLATFORM"
+TOKEN_FILE = "MOSAICML_ACCESS_TOKEN_FILE"  # noqa: S105 - a variable's name
+ENDPOINT = "MOSAICML_API_ENDPOINT"
 TOKEN_PREFIX = "rpt."  # noqa: S105 - the prefix that tells a token from a key, no secret
 _RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TOKEN_ID = re.compile(r"[a-z0-9]{8,32}")

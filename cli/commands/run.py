@@ -94,7 +94,8 @@ async def run_command(args: argparse.Namespace, client: Client) -> int:
             source = await named_run(client, args.clone, Action.CLONE, all_users=args.all_users)
             config, warnings = source.submitted_config, []
             where = f"run {args.clone}"
-        name, _, more = await submit_config(client, with_overrides(config, overrides), where=where)
+        run, _, more = await submit_config(client, with_overrides(config, overrides), where=where)
+        name = run.name
         for warning in warnings + more:
             warn(warning)
         success(f"Run {name} submitted.")

@@ -57,8 +57,8 @@ def create_run(run: RunConfig | dict[str, Any] | str, *, timeout: float | None =
         config = run
 
     async def work(client: Client) -> Run:
-        name, _, _ = await submit_config(client, config)
-        return await fetch_run(client, name)
+        run, _, _ = await submit_config(client, config)
+        return run
 
     return call(work)
 

@@ -24,6 +24,7 @@ from events.model import redacted
 from events.status import RunStatus
 from projections import query
 from projections.billing import DIMENSIONS
+from services.api import wire
 from services.api.context import Context, context_of, require_admin
 from services.api.errors import BadRequest
 
@@ -143,7 +144,7 @@ async def run_views(_: object, info: GraphQLResolveInfo[Context], **args: Any) -
         ]
         attempts_of = await query.attempts_of(context.redis, [row.run_uid for row in kept])
         for row in kept:
-            found.append(msgspec.to_builtins({"row": row, "attempts": attempts_of[row.run_uid]}))
+            found.append(wire.view(row, attempts_of[row.run_uid]))
             if asked.limit is not None and len(found) >= asked.limit:
                 return found
         cursor = page.next_cursor

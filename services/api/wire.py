@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -30,6 +30,11 @@ Json = dict[str, Any]
 
 def iso(ms: int | None) -> str | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
+
+
+def view(row: RunRow, attempts: Sequence[AttemptRow]) -> Json:
+    """runplane's own shape of a run: the projector's row and attempts, as JSON."""
+    return cast(Json, msgspec.to_builtins({"row": row, "attempts": list(attempts)}))
 
 
 def run(row: RunRow, attempts: Sequence[AttemptRow]) -> Json:
@@ -52,6 +57,7 @@ def run(row: RunRow, attempts: Sequence[AttemptRow]) -> Json:
         "isDeleted": row.is_deleted,
         "runType": RUN_TYPE,
         "resumptions": resumptions(row, attempts),
+        "view": lambda *_: view(row, attempts),  # resolved only when asked for
         "details": {
             "image": row.image,
             "originalRunInput": run_input(row.submitted_config),

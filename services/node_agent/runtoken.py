@@ -16,15 +16,10 @@ from __future__ import annotations
 from pathlib import PurePath
 
 from events.model import RunTokenIssued
-from events.tokens import new_token
+from events.tokens import ENDPOINT, PLATFORM, TOKEN_FILE, new_token
 from services.core.draw import draw_credential
 from services.node_agent.job import RankKey
 from services.node_agent.reporter import Reporter
-
-#: What mcli and Composer read inside a run (MosaicML's names).
-PLATFORM = "MOSAICML_PLATFORM"
-TOKEN_FILE = "MOSAICML_ACCESS_TOKEN_FILE"  # noqa: S105 - a variable's name
-ENDPOINT = "MOSAICML_API_ENDPOINT"
 
 
 async def issue(reporter: Reporter, key: RankKey) -> str:

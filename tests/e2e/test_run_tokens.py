@@ -144,3 +144,33 @@ async def test_a_runs_token_does_its_few_things_as_its_owner_then_stops_working(
         assert token.rsplit(".", 1)[1] not in text
         assert secret_hash not in text
     assert "attempt.token_issued" in shown[0], "the token's issue is on the log, without its hash"
+
+
+SDK_INSIDE = """
+import os
+from mcli import RunConfig, create_run, get_run, update_run_metadata
+name = os.environ["RUN_NAME"]
+update_run_metadata(name, {"loss": float("nan"), "step": 7}, future=True, protect=True).result()
+child = create_run(RunConfig(name="grandchild", image="python:3.11", command="true",
+                             compute={"cluster": "local", "gpus": 0}))
+print("CHILD", child.name, get_run(name).metadata["step"], flush=True)
+"""
+
+
+async def test_runplanes_own_sdk_inside_a_run_uses_the_token_and_makes_children(
+    stack: Mcli, tmp_path: Path
+) -> None:
+    script = tmp_path / "inside.py"
+    script.write_text(SDK_INSIDE)
+    name = submit(stack, tmp_path, "sdk-inside", f"{sys.executable} {script}")
+    run = await wait_for(stack.stack, name, S.COMPLETED, S.FAILED, S.STOPPED)
+    out = stack.ok("logs", name)
+    assert run.status is S.COMPLETED, out
+    [line] = [ln for ln in out.splitlines() if ln.startswith("CHILD ")]
+    _, child, step = line.split()
+    assert step == "7"
+    described = " ".join(stack.ok("describe", "run", child).split())
+    assert f"Parent Run {name}" in described
+    parent = stack.ok("describe", "run", name)
+    assert child in parent
+    assert "NaN" in parent
