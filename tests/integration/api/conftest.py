@@ -87,6 +87,18 @@ async def seeded(store: EventStore) -> Seeded:
 
 
 @pytest.fixture
+async def endpoint(redis_url: str, tmp_path: Path, seeded: Seeded) -> AsyncIterator[str]:
+    """A real API process with a projector beside it, over the seeded log: its URL."""
+    env = os.environ | {"RUNPLANE_REDIS_URL": redis_url}
+    projector = await ServiceProcess("services.projector", env, tmp_path / "projector.log").start()
+    try:
+        async with api_server(redis_url, tmp_path / "api.log") as url:
+            yield url
+    finally:
+        assert await projector.stop() == 0, projector.output()
+
+
+@pytest.fixture
 async def api(
     store: EventStore, redis_url: str, tmp_path: Path
 ) -> AsyncIterator[httpx.AsyncClient]:

@@ -5,48 +5,19 @@ the session's Valkey and a seeded log: ``get runs`` (a user's own, ``--all-users
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.api.conftest import api_server
-from tests.integration.api.real_client import client_env, mcli_bin
+from tests.integration.api.real_client import client_env, mcli_bin, run_mcli
 from tests.integration.api.seed import ALICE, BOB, ROOT, Seeded
-from tests.services import ServiceProcess
 from tests.waiting import eventually
 
 
 @pytest.fixture(scope="module")
 def mcli() -> Path:
     return mcli_bin()
-
-
-@pytest.fixture
-async def endpoint(redis_url: str, tmp_path: Path, seeded: Seeded) -> AsyncIterator[str]:
-    env = os.environ | {"RUNPLANE_REDIS_URL": redis_url}
-    projector = await ServiceProcess("services.projector", env, tmp_path / "projector.log").start()
-    try:
-        async with api_server(redis_url, tmp_path / "api.log") as url:
-            yield url
-    finally:
-        assert await projector.stop() == 0, projector.output()
-
-
-async def run_mcli(mcli: Path, home: Path, endpoint: str, key: str, *args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        str(mcli),
-        *args,
-        env=client_env(home, endpoint, key),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    async with asyncio.timeout(60):
-        out, _ = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode()
 
 
 async def test_get_runs_lists_the_callers_own_runs(
