@@ -20,6 +20,7 @@ import yaml
 
 from events.status import RunStatus
 from tests.e2e.mcli_helpers import ROOT, Mcli, running_stack, user_key, wait_for
+from tests.integration.api.real_client import COMPOSER_PIN, RealClient
 from tests.waiting import eventually
 
 S = RunStatus
@@ -174,3 +175,87 @@ async def test_runplanes_own_sdk_inside_a_run_uses_the_token_and_makes_children(
     parent = stack.ok("describe", "run", name)
     assert child in parent
     assert "NaN" in parent
+
+
+#: Inside a run, with the real mosaicml-cli 0.7.5 (Composer 0.32.1's pin) and no key: Composer's
+#: exact call, then a child run as mcli makes one from inside a run (parentName = RUN_NAME).
+REAL_INSIDE = """
+import os, sys
+import mcli
+name = os.environ["RUN_NAME"]
+metadata = {"mosaicml/training_progress": "[epoch=3/10]", "mosaicml/loss": float("nan")}
+mcli.update_run_metadata(name, metadata, future=True, protect=True).result()
+child = mcli.create_run(mcli.RunConfig(name="kid", image="python:3.11", command="true",
+                                       compute={"cluster": "local", "gpus": 0}))
+print("CHILD", child.name, flush=True)
+try:
+    mcli.get_run(os.environ["OTHER"])
+except mcli.MAPIException as error:
+    print("OTHER", error.status, flush=True)
+"""
+
+
+async def test_the_real_client_075_inside_a_run_reports_with_only_the_token(
+    stack: Mcli, tmp_path: Path
+) -> None:
+    real = RealClient(COMPOSER_PIN)
+    python, binary = real.python(), real.bin()
+    others = submit(stack, tmp_path, "someone-elses", "sleep 600")
+    script = tmp_path / "real_inside.py"
+    script.write_text(REAL_INSIDE)
+    home = tmp_path / "home"  # no mcli config: the token file is the client's one credential
+    home.mkdir()
+    command = f'{python} {script} && {binary} describe run "$RUN_NAME"'
+    name = submit(stack, tmp_path, "real-inside", command, OTHER=others, HOME=str(home),
+                  MCLI_DISABLE_UPGRADE_CHECK="true", NO_PROXY="127.0.0.1,localhost")  # fmt: skip
+    run = await wait_for(stack.stack, name, S.COMPLETED, S.FAILED, S.STOPPED)
+    out = stack.ok("logs", name)
+    assert run.status is S.COMPLETED, out
+    assert "mosaicml/training_progress" in out, "the real client's describe shows the keys"
+    assert "[epoch=3/10]" in out
+    [child] = [line.split()[1] for line in out.splitlines() if line.startswith("CHILD ")]
+    assert "OTHER 404" in out, "another user's run is not there for the token"
+    assert f"Parent Run {name}" in " ".join(stack.ok("describe", "run", child).split())
+    described = stack.ok("describe", "run", name)
+    assert "NaN" in described
+    assert child in described
+
+
+COMPOSER_VENV = ROOT / ".venv-composer"
+COMPOSER_PYTHON = COMPOSER_VENV / "bin" / "python"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (COMPOSER_VENV / ".installed-composer-0.32.1").exists(),
+    reason="Composer 0.32.1 is not installed: examples/composer/venv.sh makes .venv-composer "
+    "(5.5 GB: torch on the CPU), then this test runs",
+)
+async def test_composer_reports_its_progress_and_resumes_across_stop_and_restart(
+    stack: Mcli, tmp_path: Path
+) -> None:
+    name = submit(stack, tmp_path, "composer-tiny",
+                  f"{COMPOSER_PYTHON} {ROOT / 'examples' / 'composer' / 'train.py'}",
+                  SAVE_ROOT=str(tmp_path / "checkpoints"), EPOCH_SECONDS="1")  # fmt: skip
+    await wait_for(stack.stack, name, S.RUNNING)
+    saved = tmp_path / "checkpoints" / name
+    await eventually(lambda: list(saved.glob("ep4-*")), what="epoch 4's checkpoint", within=120)
+    stack.ok("stop", "run", name, "-y")
+    await wait_for(stack.stack, name, S.STOPPED)
+    progress = json.loads(stack.ok("get", "runs", "-o", "json"))
+    stack.ok("run", "-r", name)
+    run = await wait_for(stack.stack, name, S.COMPLETED, S.FAILED, resumption=1, within=180)
+    out = stack.ok("logs", name)
+    assert run.status is S.COMPLETED, out
+    assert f"{name}: starting at epoch" in out
+    assert f"{name}: finished at epoch 10" in out
+    started = [ln for ln in out.splitlines() if f"{name}: starting at epoch" in ln]
+    assert started[-1].split()[-1] != "0", "the restart resumed from its own checkpoint"
+    metadata = next(r for r in progress if r["name"] == name)["metadata"]
+    # The logger added itself and reported from the first attempt on (its progress comes at the
+    # end of fit, or each minute: this attempt was stopped before either).
+    assert metadata["mosaicml/composer_version"] == "0.32.1"
+    described = stack.ok("describe", "run", name)
+    assert "mosaicml/training_progress" in described
+    assert "[epoch=10/10]" in described
+    assert "mosaicml/train_finished_time" in described
