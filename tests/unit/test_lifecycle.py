@@ -668,7 +668,8 @@ BAD_PLACEMENTS = [
 
 
 def setup_events(rank: int, a: int) -> list[ev.AnyRunEvent]:
-    """A rank's image pull and integrations: allowed while the rank holds its GPUs."""
+    """A rank's image pull, integrations and run token: allowed while the rank holds its GPUs
+    (the token once per attempt: the same id again is refused)."""
     ids: dict[str, Any] = {
         "actor": AGENT,
         "run_id": RUN,
@@ -684,6 +685,7 @@ def setup_events(rank: int, a: int) -> list[ev.AnyRunEvent]:
         ev.IntegrationStarted(id=new_id(), **ids, **git),
         ev.IntegrationFinished(id=new_id(), **ids, **git),
         ev.IntegrationFailed(id=new_id(), error="clone failed", **ids, **git),
+        ev.RunTokenIssued(id=new_id(), token_id="tokenaaa1", token_hash="0" * 64, **ids),
     ]
 
 

@@ -114,3 +114,24 @@ async def run_mcli(mcli: Path, home: Path, endpoint: str, key: str, *args: str) 
         out, _ = await process.communicate()
     assert process.returncode is not None
     return process.returncode, out.decode()
+
+
+async def run_python(python: Path, home: Path, endpoint: str, key: str, *argv: str) -> str:
+    """The output of ``python -c ARGV`` with the real client's ``mcli`` importable, run in
+    ``home`` (not the repository's root, whose own ``mcli/`` would shadow the client's); it
+    must exit 0."""
+    process = await asyncio.create_subprocess_exec(
+        str(python),
+        "-c",
+        *argv,
+        env=client_env(home, endpoint, key),
+        cwd=home,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(60):
+        out, _ = await process.communicate()
+    text = out.decode()
+    print(text)
+    assert process.returncode == 0, text
+    return text

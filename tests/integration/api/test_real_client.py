@@ -4,13 +4,12 @@ the session's Valkey and a seeded log: ``get runs`` (a user's own, ``--all-users
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 
 import pytest
 
-from tests.integration.api.real_client import client_env, mcli_bin, run_mcli
+from tests.integration.api.real_client import mcli_bin, run_mcli, run_python
 from tests.integration.api.seed import ALICE, BOB, ROOT, Seeded
 from tests.waiting import eventually
 
@@ -175,20 +174,9 @@ except Exception as error:
 async def test_the_real_sdk_creates_gets_and_stops_a_run(
     mcli: Path, tmp_path: Path, endpoint: str, seeded: Seeded
 ) -> None:
-    process = await asyncio.create_subprocess_exec(
-        str(mcli.with_name("python")),
-        "-c",
-        SDK_SCRIPT,
-        env=client_env(tmp_path, endpoint, seeded.keys[ALICE]),
-        cwd=tmp_path,  # not the repository, whose own mcli package would shadow the client's
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+    text = await run_python(
+        mcli.with_name("python"), tmp_path, endpoint, seeded.keys[ALICE], SDK_SCRIPT
     )
-    async with asyncio.timeout(60):
-        out, _ = await process.communicate()
-    text = out.decode()
-    print(text)
-    assert process.returncode == 0, text
     assert re.search(r"created sdk-run-[a-z]+ PENDING", text)
     assert "stopped STOPPED" in text
     assert "metadata [('loss', 'NaN'), ('step', 2)]" in text

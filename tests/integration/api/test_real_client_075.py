@@ -6,7 +6,6 @@ run``, and the SDK calls Composer's ``MosaicMLLogger`` makes, its own exact
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import redis.asyncio as aioredis
 
 from services.core.store import EventStore
 from tests.integration.api.conftest import logs_api
-from tests.integration.api.real_client import COMPOSER_PIN, RealClient, client_env, run_mcli
+from tests.integration.api.real_client import COMPOSER_PIN, RealClient, run_mcli, run_python
 from tests.integration.api.runs import LiveRun
 from tests.integration.api.seed import ALICE, BOB, Seeded
 
@@ -52,24 +51,6 @@ def client() -> RealClient:
     return client
 
 
-async def python(client: RealClient, home: Path, url: str, key: str, *argv: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        str(client.python()),
-        "-c",
-        *argv,
-        env=client_env(home, url, key),
-        cwd=home,  # not the repository's root, whose mcli/ is runplane's own
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    async with asyncio.timeout(60):
-        out, _ = await process.communicate()
-    text = out.decode()
-    print(text)
-    assert process.returncode == 0, text
-    return text
-
-
 async def test_get_runs_and_describe_run(
     client: RealClient, tmp_path: Path, endpoint: str, seeded: Seeded
 ) -> None:
@@ -93,7 +74,7 @@ async def test_composers_calls_create_get_and_update_a_runs_metadata(
     client: RealClient, tmp_path: Path, endpoint: str, seeded: Seeded
 ) -> None:
     key = seeded.keys[ALICE]
-    out = await python(client, tmp_path, endpoint, key, SDK)
+    out = await run_python(client.python(), tmp_path, endpoint, key, SDK)
     [name] = re.findall(r"created (composer-[a-z]+) PENDING", out)
     assert f"got {name}" in out
     assert "('mosaicml/loss/train/total', 'NaN')" in out
@@ -125,5 +106,5 @@ async def test_get_run_logs_over_gql_3(
     await run.stored(0, 2)
     await run.finish()
     await run.project()
-    out = await python(client, tmp_path, logs_url, seeded.keys[ALICE], LOGS, run.name)
+    out = await run_python(client.python(), tmp_path, logs_url, seeded.keys[ALICE], LOGS, run.name)
     assert out == "step 1\nstep 2\n"
