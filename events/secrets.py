@@ -219,16 +219,22 @@ def check_path(field: str, path: str) -> None:
         )
 
 
-def destination(secret: Secret) -> str | None:
-    """Where ``secret`` lands in a run that two secrets may not share: an env secret's
-    variable (``env:KEY``), a file's or a directory's path (``path:/...``); None for docker."""
-    if secret.secret_type in ENV_TYPES:
-        return f"env:{secret.metadata['key']}"
-    if secret.secret_type in FILE_TYPES:
-        return f"path:{secret.metadata['mountPath']}"
-    if secret.secret_type in DIRECTORY_TYPES:
-        return f"path:{secret.metadata['mountDirectory']}"
-    return None
+def destination(secret_type: SecretType, metadata: Mapping[str, str]) -> str | None:
+    """Where a secret lands in a run, that two secrets may not share: an env secret's variable
+    (``env:KEY``), a file's or a directory's path (``path:/...``); None for docker (or for
+    metadata that lacks the field)."""
+    field = (
+        "key"
+        if secret_type in ENV_TYPES
+        else "mountPath"
+        if secret_type in FILE_TYPES
+        else "mountDirectory"
+        if secret_type in DIRECTORY_TYPES
+        else None
+    )
+    if field is None or not metadata.get(field):
+        return None
+    return f"{'env' if field == 'key' else 'path'}:{metadata[field]}"
 
 
 def overlaps(one: str, other: str) -> bool:
@@ -260,7 +266,7 @@ def create(
         raise SecretRefused(
             owner, secret.name, "a secret of this name exists; delete it first to replace it"
         )
-    mine = destination(secret)
+    mine = destination(secret.secret_type, secret.metadata)
     for name, theirs in sorted((taken or {}).items()):
         if mine is not None and name in secrets and overlaps(mine, theirs):
             where = theirs.partition(":")[2]

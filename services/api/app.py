@@ -47,7 +47,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
 from events.identity import Unauthenticated
-from services.api import admin, own, subscriptions
+from services.api import admin, own, secrets, subscriptions
 from services.api.accounts import Accounts
 from services.api.context import Context
 from services.api.errors import ApiError, BadRequest, TooLarge
@@ -57,8 +57,10 @@ from services.api.reads import RESOLVERS as READS
 from services.api.runs import RunRequests
 from services.api.settings import ApiSettings
 from services.api.users import Directory, presented_credential
+from services.api.vault import Vault
 from services.api.websocket import GraphQLSockets
 from services.core.health import keep_alive
+from services.core.sealing import KeyringFile
 from services.core.store import EventStore, connect_with
 
 SCHEMA_PATH = Path(__file__).with_name("schema.graphql")
@@ -70,9 +72,9 @@ log = structlog.get_logger("services.api")
 
 def schema() -> GraphQLSchema:
     query, mutation = QueryType(), MutationType()
-    for field, resolver in (READS | admin.QUERIES | own.QUERIES).items():
+    for field, resolver in (READS | admin.QUERIES | own.QUERIES | secrets.QUERIES).items():
         query.set_field(field, resolver)
-    for field, resolver in (MUTATIONS | admin.MUTATIONS).items():
+    for field, resolver in (MUTATIONS | admin.MUTATIONS | secrets.MUTATIONS).items():
         mutation.set_field(field, resolver)
     return make_executable_schema(
         load_schema_from_path(str(SCHEMA_PATH)),
@@ -164,6 +166,8 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
     directory = Directory(events)
     runs = RunRequests(events)
     accounts = Accounts(events, directory)
+    keyring = settings.secrets_keyring_file
+    vault = Vault(events, None if keyring is None else KeyringFile(keyring))
 
     async def endpoint(request: Request) -> JSONResponse:
         try:
@@ -193,6 +197,7 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
             settings=settings,
             runs=runs,
             accounts=accounts,
+            vault=vault,
         )
         _, result = await graphql(
             executable,
