@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from redis.exceptions import RedisError
 
-from cli.commands import accounts, admin, describe, dev, get, logs, manage, run, util
+from cli.commands import accounts, admin, describe, dev, get, logs, manage, run, secrets, util
 from cli.commands.common import error
 from cli.errors import ClientError, Unreachable
 from cli.logsel import UsageError
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="runplane's mcli: submit and watch GPU training runs.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (run, get, describe, logs, manage, util, admin, accounts, dev):
+    for module in (run, get, describe, logs, manage, secrets, util, admin, accounts, dev):
         module.register(subparsers)
     return parser
 

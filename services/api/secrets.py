@@ -109,6 +109,20 @@ def secret_of_input(data: Json) -> tuple[Secret, str]:
     return Secret(name=name, secret_type=kind, metadata=metadata, value=value), where
 
 
+def input_of(secret: Secret) -> Json:
+    """``createSecretData`` for ``secret``, as the real client shapes it (the inverse of
+    ``secret_of_input``): runplane's CLI and SDK send this."""
+    wire_kind = "env" if secret.secret_type in secrets.ENV_TYPES else secret.secret_type
+    key = next(k for k, kind in INPUT_KEYS.items() if kind == wire_kind)
+    body: Json = {"name": secret.name}
+    if secret.metadata:
+        body["metadata"] = dict(secret.metadata)
+    body["value"] = (
+        secret.value.get("value", "") if secret.secret_type in _ONE_VALUE else dict(secret.value)
+    )
+    return {key: body}
+
+
 def _strings(raw: object, where: str) -> dict[str, str]:
     """An object of strings; null fields dropped (mcli sends ``email: null``)."""
     if raw is None:

@@ -7,8 +7,6 @@ event, the API's log or, unsealed, in the store."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from events.codec import encode
 from services.core import sealing
 from services.core.secretstore import SecretValues
 from services.core.store import EventStore
-from tests.integration.api.conftest import api_server
+from tests.integration.api.conftest import Served
 from tests.integration.api.real_client import mcli_bin, run_mcli
 from tests.integration.api.seed import ALICE, BOB, ROOT, add_user_with_key
 
@@ -41,30 +39,9 @@ VALUES = (
 )
 
 
-@dataclass
-class Served:
-    url: str
-    keys: dict[str, str]
-    keyring: Path
-    log: Path
-
-
 @pytest.fixture(scope="module")
 def mcli() -> Path:
     return mcli_bin()
-
-
-@pytest.fixture
-async def served(store: EventStore, redis_url: str, tmp_path: Path) -> AsyncIterator[Served]:
-    users = {ALICE: "user", BOB: "user", ROOT: "admin"}
-    presented = {name: await add_user_with_key(store, name, role) for name, role in users.items()}  # type: ignore[arg-type]
-    keyring = sealing.provision(tmp_path / "secrets")
-    log = tmp_path / "api.log"
-    async with api_server(redis_url, log, secrets_keyring_file=str(keyring)) as url:
-        yield Served(url, presented, keyring, log)
-    text = log.read_text()
-    for value in (*VALUES, HF):
-        assert value not in text, "a secret's value in the API's log"
 
 
 async def call(served: Served, user: str, query: str, variables: dict[str, Any]) -> Any:
@@ -93,6 +70,7 @@ async def test_the_real_client_creates_lists_and_deletes_every_kind(
     mcli: Path, tmp_path: Path, served: Served, store: EventStore
 ) -> None:
     key = served.keys[ALICE]
+    served.values += [*VALUES, HF]
     files = tmp_path / "files"
     files.mkdir()
     (files / "creds.txt").write_text(FILE_TEXT)
