@@ -35,6 +35,9 @@ SECRET_TYPES: Final[tuple[SecretType, ...]] = get_args(SecretType)
 NAME: Final = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
 _ENV_KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 HF_KEY: Final = "HF_TOKEN"
+#: Where runplane keeps its own files in a rank (``services.node_agent``: the workspace, the
+#: parameters, the run token, git's credentials): no secret may be mounted there.
+RESERVED_PATHS: Final = ("/runplane", "/etc/runplane", "/var/run/runplane")
 #: The bytes one secret's value fields may hold together (a PEM key, a credentials file).
 MAX_VALUE_BYTES: Final = 128 * 1024
 
@@ -217,6 +220,9 @@ def check_path(field: str, path: str) -> None:
         raise BadSecret(
             field, "must be an absolute path like /secrets/NAME, without '.', '..' or '//'"
         )
+    for reserved in RESERVED_PATHS:
+        if path == reserved or path.startswith(reserved + "/") or reserved.startswith(path + "/"):
+            raise BadSecret(field, f"{reserved} is runplane's own in a run: mount elsewhere")
 
 
 def destination(secret_type: SecretType, metadata: Mapping[str, str]) -> str | None:

@@ -8,18 +8,24 @@ import contextlib
 import os
 from pathlib import Path
 
-__all__ = ["write_private"]
+__all__ = ["write_private", "write_private_bytes"]
 
 
 def write_private(path: Path, text: str, mode: int = 0o600) -> None:
-    """``text`` in ``path``, with ``mode`` from the first byte on, replacing it whole."""
+    """``text`` and a line end in ``path``, with ``mode`` from the first byte on, replacing it
+    whole."""
+    write_private_bytes(path, (text + "\n").encode(), mode)
+
+
+def write_private_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """``data`` in ``path``, with ``mode`` from the first byte on, replacing it whole."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "w") as file:
+    with os.fdopen(fd, "wb") as file:
         os.fchmod(file.fileno(), mode)  # the umask may have narrowed it
-        file.write(text + "\n")
+        file.write(data)
         file.flush()
         os.fsync(file.fileno())
     tmp.replace(path)
