@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -216,3 +217,81 @@ async def test_a_tampered_secret_fails_the_rank_and_says_which(
 async def _lines(redis: aioredis.Redis, run_id: str, n: int) -> list[str] | None:
     found = [line.decode() for line in await lines(redis, run_id)]
     return found if len(found) >= n else None
+
+
+#: ``ssh`` as git runs it (``GIT_SSH_COMMAND``): it checks the key it is given (-i) is a file of
+#: mode 0600 holding the git secret, then runs the remote command here: a real clone over it.
+FAKE_SSH = """#!/bin/sh
+key=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -i) key="$2"; shift 2 ;;
+    -o|-p) shift 2 ;;
+    -*) shift ;;
+    *) break ;;
+  esac
+done
+host="$1"; shift
+[ -n "$key" ] && [ "$(stat -c %a "$key")" = 600 ] || { echo "no 0600 key: $key" >&2; exit 9; }
+grep -q ssh-key-value "$key" || { echo "not the git secret" >&2; exit 9; }
+echo "$host" > "$FAKE_SSH_LOG"
+exec sh -c "$*"
+"""
+
+
+@pytest.fixture
+def ssh_origin(tmp_path: Path) -> tuple[Path, Path]:
+    """A bare repository with one commit, and a directory holding the fake ``ssh``."""
+    bare = tmp_path / "origin" / "project.git"
+    work = tmp_path / "work"
+    for directory in (bare, work):
+        directory.mkdir(parents=True)
+    git = ["git", "-c", "user.name=T", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "--bare", "-q"], cwd=bare, check=True)
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=work, check=True)
+    (work / "README").write_text("cloned over ssh\n")
+    subprocess.run([*git, "add", "README"], cwd=work, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "one"], cwd=work, check=True)
+    subprocess.run([*git, "push", "-q", str(bare), "main"], cwd=work, check=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(FAKE_SSH)
+    (bin_dir / "ssh").chmod(0o755)
+
+    return bare, bin_dir
+
+
+async def test_git_repo_clones_over_ssh_with_the_owners_git_key(
+    make_agent: AgentFactory,
+    scheduler: MiniScheduler,
+    store: EventStore,
+    tmp_path: Path,
+    ssh_origin: tuple[Path, Path],
+) -> None:
+    bare, bin_dir = ssh_origin
+    await add_user_with_key(store, ALICE, "user")
+    keyring = sealing.provision(tmp_path / "secrets")
+    key = Secret(
+        name="gitkey", secret_type="git", metadata={"mountPath": "/keys/git"},
+        value={"value": SSH_KEY},
+    )  # fmt: skip
+    await Vault(store, KeyringFile(keyring)).create(ALICE, ALICE, key)
+
+    agent = make_agent(secrets_keyring_file=str(keyring))
+    agent.env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    agent.env["FAKE_SSH_LOG"] = str(tmp_path / "ssh.log")
+    await agent.start()
+    repo = {
+        "integration_type": "git_repo",
+        "git_repo": f"ssh://git.example{bare}",
+        "git_branch": "main",
+    }
+    run_id = await scheduler.submit(
+        spec("cat project/README", gpus=0, integrations=[repo]), [("node-a", [])]
+    )
+    state = await scheduler.wait_status(run_id, RunStatus.COMPLETED)
+    assert state.latest.reason is None
+    assert (tmp_path / "ssh.log").read_text().strip() == "git.example"
+    output = await eventually(lambda: _lines(store.redis, run_id, 2), what="the clone's README")
+    assert output[-1] == "cloned over ssh"  # after git's own "Cloning into ..."
+    assert "ssh-key-value" not in agent.log_path.read_text()
