@@ -23,6 +23,7 @@ from cli.stack import StackError, logs_dir, state_dir
 from events.config import ConfigError
 from services.core.errors import StoreUnavailable
 from services.core.logging import configure_aside
+from services.core.sealing import SealingError
 
 USAGE_EXIT = 2
 
@@ -61,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
         error(400, str(exc))
         return 1
     except StackError as exc:
+        error(500, str(exc))
+        return 1
+    except SealingError as exc:  # the keyring of an operator's command
         error(500, str(exc))
         return 1
     except BrokenPipeError:  # `mcli ... | head`: the reader left; say nothing more

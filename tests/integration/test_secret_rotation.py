@@ -5,7 +5,10 @@ that does not open is left alone and named."""
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +26,7 @@ from services.core import sealing
 from services.core.secretstore import SecretValues
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
+from services.node_agent.secrets import run_secrets
 
 VALUE = "value-that-must-survive-rotation"
 
@@ -158,3 +162,42 @@ async def test_a_value_that_does_not_open_is_named_and_left_as_it_is(
     assert info.key_id in sealing.load_keyring(path).ids
     with pytest.raises(sealing.Tampered, match="secret bad of alice does not decrypt"):
         sealing.unseal(sealing.load_keyring(path), "alice", "bad", tampered)
+
+
+async def test_a_node_that_read_the_keyring_before_a_rotation_opens_values_after_it(
+    store: EventStore, tmp_path: Path
+) -> None:
+    path = sealing.provision(tmp_path)
+    await created(store, sealing.load_keyring(path), "alice", env("a1", "A1"))
+    node = sealing.KeyringFile(path)
+    node.current()  # read before the rotation, as a running node-agent has it
+    await rotate(store, path)
+    found = await run_secrets(SecretValues(store.redis), "alice", node)
+    assert found.environment()["A1"] == f"{VALUE}-a1"
+
+
+def test_the_operators_command_rotates_the_keyring_it_is_given(
+    redis_url: str, tmp_path: Path
+) -> None:
+    path = sealing.provision(tmp_path)
+    before = sealing.load_keyring(path).ids
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPLANE_", "MOSAICML_"))}
+    env |= {"RUNPLANE_REDIS_URL": redis_url, "RUNPLANE_HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "admin", "secrets", "rotate-key", "--keyring",
+         str(path)],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = sealing.load_keyring(path).ids
+    assert len(after) == 1
+    assert after != before
+    assert f"new key {after[0]}" in done.stdout
+    assert f"keys dropped: {before[0]}" in done.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "cli.main", "admin", "secrets", "rotate-key", "--keyring",
+         str(tmp_path / "nope.json")],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 1
+    assert "cannot read the secrets keyring" in missing.stderr
