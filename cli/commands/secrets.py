@@ -48,6 +48,7 @@ TYPE_NAMES: dict[str, SecretType] = {
     **{shown: kind for kind, shown in remote.SHOWN.items()},
     **{kind: kind for kind in secrets.SECRET_TYPES},
 }
+_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _KEY_VALUE = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)=(.*)", re.DOTALL)
 _MOUNT_PARENT = "/secrets"
 _HF_NAME = "hugging-face"
@@ -148,12 +149,18 @@ def secret_of(args: argparse.Namespace, ask: Asker) -> Secret:
 
 
 def _env(args: argparse.Namespace, ask: Asker, name: str | None) -> Secret:
-    if args.env_pair is not None:
-        matched = _KEY_VALUE.fullmatch(args.env_pair)
+    """``KEY=VALUE`` as mcli takes it; ``KEY`` alone (runplane's own) prompts for the value,
+    so it is in no command line; neither, prompts for both."""
+    given = args.env_pair
+    if given is not None and "=" not in given and _KEY.fullmatch(given):
+        key = given
+        value = ask.ask("What value would you like to store?", "VALUE", hidden=True)
+    elif given is not None:
+        matched = _KEY_VALUE.fullmatch(given)
         if matched is None:
             raise UsageError(
-                "KEY=VALUE: an environment variable is given as KEY=VALUE, KEY of [0-9A-Za-z_] "
-                "not starting with a digit"
+                "KEY=VALUE: an environment variable is given as KEY=VALUE (or KEY alone, the "
+                "value then asked for), KEY of [0-9A-Za-z_] not starting with a digit"
             )
         key, value = matched.groups()
     else:
@@ -320,7 +327,12 @@ _HELP: dict[SecretType, str] = {
 def _arguments(parser: argparse.ArgumentParser, kind: SecretType) -> None:
     mount = "where the file is in a run (default /secrets/<name>; the file is <it>/secret)"
     if kind == "env":
-        parser.add_argument("env_pair", nargs="?", metavar="KEY=VALUE", help="the variable")
+        parser.add_argument(
+            "env_pair",
+            nargs="?",
+            metavar="KEY=VALUE",
+            help="the variable (KEY alone: the value is asked for, hidden, or read from stdin)",
+        )
     elif kind in ("mounted", "ssh", "git"):
         what = "the file" if kind == "mounted" else "the private key"
         parser.add_argument("path", nargs="?", metavar="PATH", help=f"{what} to store")
