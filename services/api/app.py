@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -100,7 +101,7 @@ def format_error(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
         message, code = original.message, original.code
     elif original is None or isinstance(original, GraphQLError):
         # syntax, validation, variables that do not fit their types: the request's fault
-        message, code = error.message, HTTPStatus.BAD_REQUEST
+        message, code = unquoted(error.message), HTTPStatus.BAD_REQUEST
     else:
         log.error("resolver_failed", path=error.path, exc_info=original)
         message, code = "Internal Server Error", HTTPStatus.INTERNAL_SERVER_ERROR
@@ -108,6 +109,19 @@ def format_error(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
     if error.path:
         found["path"] = error.path
     return found
+
+
+#: Input types that may hold a secret's value: an error about one never quotes what was sent.
+_SEALED_INPUTS = ("CreateSecretInput",)
+_FOUND = re.compile(r"[,.]? [Ff]ound: ")
+
+
+def unquoted(message: str) -> str:
+    """``message`` without the value graphql-core quotes (``Found: {...}``) when the value is
+    of an input that may hold a secret."""
+    if not any(name in message for name in _SEALED_INPUTS):
+        return message
+    return _FOUND.split(message, maxsplit=1)[0].rstrip(".") + " (what was sent is not repeated)."
 
 
 def presented_key(request: Request) -> str | None:

@@ -197,8 +197,10 @@ async def _authorize(context: Context, action: SecretAction, owner: str) -> None
 
 
 def _refused(error: SecretRefused) -> ApiError:
+    if error.missing and error.name == "-":  # no such user (an admin named one)
+        return NotFound(f"User {error.owner} not found")
     if error.missing:
-        return NotFound(f"Secret {error.name} not found" if error.name != "-" else str(error))
+        return NotFound(f"Secret {error.name} not found")
     return Conflict(f"Secret {error.name}: {error.why}")
 
 

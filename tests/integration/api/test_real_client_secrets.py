@@ -268,3 +268,16 @@ async def test_without_a_keyring_secrets_cannot_be_created_and_the_listing_still
         "/graphql", json={"query": GET, "variables": {"d": {"filters": {}}}}, headers=headers
     )
     assert listed.json() == {"data": {"getSecrets": []}}
+
+
+async def test_an_input_that_does_not_fit_is_refused_without_repeating_it(served: Served) -> None:
+    for sent in ({"fooSecret": {"name": "x", "value": ENV_VALUE}}, ENV_VALUE):
+        code, message = error(await call(served, ALICE, CREATE, {"d": sent}))
+        assert code == 400
+        assert "CreateSecretInput" in message
+        assert ENV_VALUE not in message
+    nobody = {"filters": {}, "entity": {"userIds": ["nobody@example.com"]}}
+    assert error(await call(served, ROOT, GET, {"d": nobody})) == (
+        404,
+        "User nobody@example.com not found",
+    )
