@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from redis.exceptions import RedisError
 
-from cli.commands import accounts, admin, describe, dev, get, logs, manage, run, util
+from cli.commands import accounts, admin, describe, dev, get, logs, manage, run, secrets, util
 from cli.commands.common import error
 from cli.errors import ClientError, Unreachable
 from cli.logsel import UsageError
@@ -23,6 +23,7 @@ from cli.stack import StackError, logs_dir, state_dir
 from events.config import ConfigError
 from services.core.errors import StoreUnavailable
 from services.core.logging import configure_aside
+from services.core.sealing import SealingError
 
 USAGE_EXIT = 2
 
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="runplane's mcli: submit and watch GPU training runs.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (run, get, describe, logs, manage, util, admin, accounts, dev):
+    for module in (run, get, describe, logs, manage, secrets, util, admin, accounts, dev):
         module.register(subparsers)
     return parser
 
@@ -61,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
         error(400, str(exc))
         return 1
     except StackError as exc:
+        error(500, str(exc))
+        return 1
+    except SealingError as exc:  # the keyring of an operator's command
         error(500, str(exc))
         return 1
     except BrokenPipeError:  # `mcli ... | head`: the reader left; say nothing more

@@ -11,7 +11,8 @@ log-collector, the API server and one node-agent per simulated node. Invariants:
 - The server runs with ACL users (``services.core.acl``): each service logs in as its own,
   with its password's file (``secrets/``, drawn at the first ``up``, kept after), never the
   password itself in an environment or a command line; the CLI and the tests as the operator
-  (``operator_settings``).
+  (``operator_settings``). The keyring that seals users' secrets is drawn there too, and named
+  to the API server and the node-agents only.
 - Only the supervisor starts a process of the stack, so two copies of one never run. It is
   started detached (its own session) and outlives the command that started it, as the
   processes it starts do.
@@ -50,7 +51,7 @@ from cli.stackfiles import (
     release,
     secrets_dir,
 )
-from services.core import acl, passwords
+from services.core import acl, passwords, sealing
 from services.core.settings import Settings
 from services.core.valkey import HOST, free_port, server_binary
 from services.node_agent.job import RankKey
@@ -182,6 +183,7 @@ class LocalStack:
         while self.api_port == self.valkey_port:
             self.api_port = free_port()
         passwords.provision(secrets_dir(self.state_dir))  # kept if there: the server's data too
+        sealing.provision(secrets_dir(self.state_dir))  # kept too: the sealed values need it
         self.services = {spec.name: spec for spec in self._specs()}
         specs = list(self.services.values())
         binary = str(server_binary())
@@ -290,6 +292,12 @@ class LocalStack:
             ),
         }
 
+    def _keyring(self) -> dict[str, str]:
+        """The variable that gives the API server and the node-agents (and no other service)
+        the keyring that seals users' secrets."""
+        path = sealing.keyring_path(secrets_dir(self.state_dir))
+        return {"RUNPLANE_SECRETS_KEYRING_FILE": str(path)}
+
     def _specs(self) -> list[ServiceSpec]:
         config = self.config
         specs = [
@@ -310,6 +318,7 @@ class LocalStack:
                     "RUNPLANE_API_HOST": HOST,
                     "RUNPLANE_API_PORT": str(self.api_port),
                     "RUNPLANE_ARCHIVE_DIR": str(self.state_dir / "archive"),
+                    **self._keyring(),
                     **self._login(acl.API),
                 },
             ),
@@ -322,6 +331,7 @@ class LocalStack:
                 "RUNPLANE_DATA_DIR": str(self.state_dir / "nodes" / name),
                 "RUNPLANE_GRACE_PERIOD_S": str(config.grace_period_s),
                 "RUNPLANE_API_URL": self.api_url,
+                **self._keyring(),
                 **self._login(acl.NODE_AGENT),
             }
             if config.gpus_per_node is not None:

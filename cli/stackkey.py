@@ -32,7 +32,7 @@ from events.identity import (
 from services.api.accounts import Accounts, load_user
 from services.api.users import Directory
 from services.core.draw import draw_credential
-from services.core.passwords import write_private
+from services.core.private import write_private
 from services.core.settings import Settings
 from services.core.store import EventStore
 

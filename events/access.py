@@ -12,6 +12,12 @@ from the API key's owner and role, as a ``Principal`` (``events.identity.authent
 
 What is not about a run (users and keys) is an admin's alone (``administer``).
 
+A user's secrets (``may_manage_secrets``) are theirs to create, list and delete. An admin may
+list another user's (names and types: no value is ever shown to anyone) and delete them (a
+leaked credential, a departed user), naming the user as mcli's admin mode does (``entity``), but
+never create one in another's name: a secret is a credential its owner gives, and their runs
+use it. A run's token manages no secrets at all, not even its owner's.
+
 Visibility comes first: another user's run is not there for a user (``visible``), so a refusal
 to a user is "not found" (``RunNotFound``, 404) and never names the owner; an admin sees every
 run and is refused (``AccessDenied``, 403) only for acting on another's without ``all_users``.
@@ -163,3 +169,37 @@ def administer(principal: Principal, what: str) -> None:
     """``AdminOnly`` unless ``principal`` is an admin."""
     if not principal.admin:
         raise AdminOnly(str(principal), what)
+
+
+class SecretAction(StrEnum):
+    """What is asked of a user's secrets; the value reads as a verb ("may not <action> ...")."""
+
+    CREATE = "create secrets of"
+    LIST = "list the secrets of"
+    DELETE = "delete secrets of"
+
+
+class SecretsForbidden(EventsError):
+    """``actor`` may not ``action`` ``owner``; ``token``: the actor is a run's token."""
+
+    def __init__(self, actor: str, action: SecretAction, owner: str, *, token: bool) -> None:
+        super().__init__(f"{actor} may not {action} {owner}")
+        self.actor = actor
+        self.action = action
+        self.owner = owner
+        self.token = token
+
+
+def may_manage_secrets(principal: Principal, action: SecretAction, owner: str) -> bool:
+    """True if ``principal`` may ``action`` the secrets of user ``owner`` (see the module)."""
+    if principal.via is not None:
+        return False
+    if principal.name == owner:
+        return True
+    return principal.admin and action is not SecretAction.CREATE
+
+
+def authorize_secrets(principal: Principal, action: SecretAction, owner: str) -> None:
+    """``SecretsForbidden`` unless ``may_manage_secrets``."""
+    if not may_manage_secrets(principal, action, owner):
+        raise SecretsForbidden(str(principal), action, owner, token=principal.via is not None)

@@ -4,7 +4,8 @@ A user is an aggregate of its own (``user:<name>``): ``user.added`` opens it, an
 keys are issued and revoked in it, so every write appends on the user's expected version like a
 run's. ``evolve(state, event)`` refuses with ``IllegalTransition`` what the rules forbid:
 anything before the user is added, adding a user twice, a second key with a known id, a key
-hash that is not a SHA-256 hex digest, revoking a key that is unknown or revoked already.
+hash that is not a SHA-256 hex digest, revoking a key that is unknown or revoked already, and
+what ``events.secrets.apply`` refuses of a user's secrets.
 
 A key reads ``rpk_<key id>_<secret>``. The key id is public (listings, audit, revocation); the
 secret is ``secrets.token_urlsafe(32)`` (256 bits) and is shown once. The log keeps only
@@ -28,6 +29,7 @@ from typing import NamedTuple, NoReturn, assert_never
 
 import msgspec
 
+from events import secrets
 from events.access import Principal
 from events.errors import EventsError, IllegalTransition
 from events.model import (
@@ -36,10 +38,13 @@ from events.model import (
     KeyRevoked,
     RequestRefused,
     Role,
+    SecretCreated,
+    SecretDeleted,
     UserAdded,
     UserEvent,
     tag_of,
 )
+from events.secrets import SecretState
 
 #: The actor of the events that set up a deployment's first admin (no admin exists to do it).
 SETUP_ACTOR = "runplane@setup"
@@ -75,6 +80,8 @@ class UserState(msgspec.Struct, kw_only=True):
     #: Events folded so far; the expected version of the next append.
     version: int = 0
     keys: dict[str, KeyState] = msgspec.field(default_factory=dict)
+    #: The user's secrets by name, as the log has them: names and types, never values.
+    secrets: dict[str, SecretState] = msgspec.field(default_factory=dict)
 
     @property
     def principal(self) -> Principal:
@@ -98,6 +105,8 @@ def evolve(state: UserState | None, event: AnyUserEvent) -> UserState:
             _issue(state, event)
         case RequestRefused():
             pass  # a record of what was refused: the user's keys and role stay as they are
+        case SecretCreated() | SecretDeleted():
+            secrets.apply(state.secrets, event)
         case KeyRevoked():
             key = state.keys.get(event.key_id)
             if key is None:

@@ -145,3 +145,10 @@ def log_reply(request_id: str) -> str:
 def run_name(name: str) -> str:
     """The run id of a run name; names are unique (set once, at submission)."""
     return f"{PREFIX}:names:{name}"
+
+
+def secret_values(owner: str) -> str:
+    """A hash of ``owner``'s secrets: name -> the sealed value (``services.core.sealing``). The
+    API writes it; node-agents read it to deliver the owner's secrets to their runs; no other
+    service may touch it (``services.core.acl``)."""
+    return f"{PREFIX}:secrets:{owner}"

@@ -11,6 +11,10 @@ Invariants:
   Only a key's hash is ever in an event, never the key; the same holds for a run's tokens
   (``attempt.token_issued``), and what shows events to people leaves the hash out
   (``SECRET_FIELDS``).
+- A user's secrets are in their aggregate too, by name and type only (``secret.created``,
+  ``secret.deleted``): the log is immutable and a deleted secret's value must be gone, so no
+  value, no part of one and nothing derived from one (a hash, a length) is ever in an event;
+  the values live encrypted beside the log (``services.core.secretstore``).
 - Events say what happened. What somebody asks for is a command (``events.commands``); the
   ``*Requested`` events record that a request was accepted, and by whom.
 """
@@ -25,6 +29,8 @@ from events.spec import Priority, RunSpec
 
 ReasonCategory = Literal["user", "system", "preempted", "stopped"]
 Role = Literal["user", "admin"]
+#: The kinds of secret a user keeps (``events.secrets``; mcli's ``docker``, ``env``, ...).
+SecretType = Literal["docker", "env", "mounted", "ssh", "git", "s3", "gcp", "hf"]
 
 
 class Reason(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
@@ -347,6 +353,23 @@ class RequestRefused(UserEvent, kw_only=True, tag="request.refused"):
     run_id: str | None = None
 
 
+class SecretCreated(UserEvent, kw_only=True, tag="secret.created"):
+    """``user`` keeps a secret of this name and type from now on; ``actor`` is the user (their
+    key's owner). The event's ``id`` is the secret's id: its sealed value records it, so a value
+    is known for this secret's and no other's (``events.secrets``). Never a value."""
+
+    name: str
+    secret_type: SecretType
+
+
+class SecretDeleted(UserEvent, kw_only=True, tag="secret.deleted"):
+    """``user``'s secret ``name`` is gone, its value with it; ``actor`` is the user, or an admin
+    who named them."""
+
+    name: str
+    secret_type: SecretType
+
+
 AnyRunEvent = (
     RunSubmitted
     | StopRequested
@@ -374,7 +397,7 @@ AnyRunEvent = (
     | AttemptFailed
 )
 AnyNodeEvent = NodeRegistered | NodeLost | NodeDrained
-AnyUserEvent = UserAdded | KeyIssued | KeyRevoked | RequestRefused
+AnyUserEvent = UserAdded | KeyIssued | KeyRevoked | RequestRefused | SecretCreated | SecretDeleted
 AnyEvent = AnyRunEvent | AnyNodeEvent | AnyUserEvent
 
 ALL_EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__

@@ -48,6 +48,8 @@ from events.model import (
     RunEvent,
     RunSubmitted,
     RunTokenIssued,
+    SecretCreated,
+    SecretDeleted,
     StopRequested,
     UpdateRequested,
     UserAdded,
@@ -194,4 +196,6 @@ _DETAILS: dict[type, Callable[[Any], str]] = {
     UserAdded: lambda e: e.role,
     KeyIssued: _key,
     KeyRevoked: lambda e: f"key {e.key_id}",
+    SecretCreated: lambda e: f"secret {e.name} ({e.secret_type})",
+    SecretDeleted: lambda e: f"secret {e.name} ({e.secret_type})",
 }

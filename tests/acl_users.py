@@ -13,7 +13,8 @@ from typing import Any, cast
 import redis
 
 from services.core.acl import RULES
-from services.core.passwords import password_file, write_private
+from services.core.passwords import password_file
+from services.core.private import write_private
 
 _REFUSALS = ("command", "key", "channel")
 

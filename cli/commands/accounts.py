@@ -1,5 +1,7 @@
 """``mcli admin users ...`` and ``mcli admin keys ...``: users and API keys, through the API;
-``mcli admin bootstrap NAME``: a deployment's first admin, by its operator, on the log itself.
+``mcli admin bootstrap NAME``: a deployment's first admin, by its operator, on the log itself;
+``mcli admin secrets rotate-key``: the operator's key rotation of the secrets' keyring
+(``cli.rotation``), on the store and the keyring file themselves.
 
 A new key is printed alone on stdout, so ``KEY=$(mcli admin users add alice)`` keeps it and
 nothing else; every message goes to stderr. The server decides who may (admins only).
@@ -9,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from cli.api import Api
@@ -17,10 +21,16 @@ from cli.commands.common import echo, with_api
 from cli.criteria import duration_s
 from cli.errors import ClientError, Refused
 from cli.render import make_console, plain_table, when
-from cli.stack import operator_settings
+from cli.rotation import Rotated, rotate
+from cli.stack import LocalStack, operator_settings, state_dir
+from cli.stackfiles import secrets_dir
 from cli.stackkey import first_admin
 from events.errors import IllegalTransition
 from events.identity import IdentityRefused
+from services.core import sealing
+from services.core.store import EventStore
+
+KEYRING_VARIABLE = "RUNPLANE_SECRETS_KEYRING_FILE"
 
 _ACCOUNT = (
     "name role addedAt addedBy keys { keyId issuedAt issuedBy expiresAt revokedAt revokedBy }"
@@ -83,6 +93,21 @@ def register(subparsers: Any) -> None:
     revoke.add_argument("key_id", metavar="KEY_ID", help="the id (rpk_<KEY_ID>_...), not the key")
     revoke.set_defaults(handler=with_api(revoke_key))
 
+    vault = kinds.add_parser("secrets", help="the keyring that seals users' secrets")
+    actions = vault.add_subparsers(dest="action", metavar="ACTION", required=True)
+    rotation = actions.add_parser(
+        "rotate-key",
+        help="an operator's command: add a key to the keyring, seal every secret under it, "
+        "drop the keys no secret uses (safe to run again if cut short)",
+    )
+    rotation.add_argument(
+        "--keyring",
+        type=Path,
+        metavar="PATH",
+        help=f"the keyring file (default: ${KEYRING_VARIABLE}, else the local stack's)",
+    )
+    rotation.set_defaults(handler=rotate_key)
+
 
 def bootstrap(args: argparse.Namespace) -> int:
     """The first admin of a deployment, added on the log as its operator (no admin exists yet
@@ -96,6 +121,50 @@ def bootstrap(args: argparse.Namespace) -> int:
         raise ClientError(f"user {args.name}: {bad.why}") from None
     echo(f"✔ Added admin {args.name}; their key (shown once) is on stdout", err=True)
     echo(key)
+    return 0
+
+
+def keyring_file(given: Path | None) -> Path:
+    """The keyring to rotate: ``--keyring``, else ``RUNPLANE_SECRETS_KEYRING_FILE``, else the
+    local stack's."""
+    if given is not None:
+        return given
+    if named := os.environ.get(KEYRING_VARIABLE):
+        return Path(named)
+    stack = LocalStack.find(state_dir())
+    if stack is None:
+        raise ClientError(
+            f"which keyring? give --keyring PATH or set {KEYRING_VARIABLE} (the file the API "
+            "server and the node-agents read), or start a local stack with `mcli dev up`"
+        )
+    return sealing.keyring_path(secrets_dir(stack.state_dir))
+
+
+def rotate_key(args: argparse.Namespace) -> int:
+    """An operator's command: on the store (``RUNPLANE_REDIS_URL`` and the operator's login, or
+    the local stack's) and on the keyring file."""
+    path = keyring_file(args.keyring)
+    sealing.load_keyring(path)  # a keyring that cannot be read: said before anything is done
+    settings = operator_settings()
+
+    async def run() -> Rotated:
+        store = EventStore.from_settings(settings)
+        try:
+            return await rotate(store, path)
+        finally:
+            await store.close()
+
+    with make_console().status(f"Sealing every secret under a new key of {path}..."):
+        rotated = asyncio.run(run())
+    dropped = ", ".join(rotated.dropped) or "none"
+    echo(
+        f"✔ Rotated {path}: new key {rotated.new_key}; {rotated.resealed} secret(s) sealed "
+        f"again, {rotated.values} stored; keys dropped: {dropped}"
+    )
+    if rotated.removed:
+        echo(f"  {rotated.removed} value(s) of deleted secrets removed")
+    for refused in rotated.refused:
+        echo(f"⚠ {refused} does not open (changed or damaged): left as it is", err=True)
     return 0
 
 

@@ -9,14 +9,16 @@ import json
 from typing import Any
 
 from cli.client import Client
+from cli.commands import secrets
 from cli.commands.common import add_filters, echo, filters_from, positive, with_client
 from cli.reads import list_runs
 from cli.render import make_console, runs_table
 
 
 def register(subparsers: Any) -> None:
-    get = subparsers.add_parser("get", help="list objects (runs)")
-    kinds = get.add_subparsers(dest="kind", metavar="{runs}", required=True)
+    get = subparsers.add_parser("get", help="list objects (runs, secrets)")
+    kinds = get.add_subparsers(dest="kind", metavar="{runs,secrets}", required=True)
+    secrets.add_get(kinds)
     for alias in ("runs", "run"):
         parser = kinds.add_parser(alias, help="list runs" if alias == "runs" else argparse.SUPPRESS)
         add_filters(parser)

@@ -12,6 +12,7 @@ import argparse
 from typing import Any
 
 from cli.client import Client
+from cli.commands import secrets
 from cli.commands.common import (
     add_all_users,
     add_filters,
@@ -35,8 +36,13 @@ from services.api.runs import deleted
 
 def register(subparsers: Any) -> None:
     for verb, handler in (("stop", stop_runs), ("delete", delete_runs)):
-        parser = subparsers.add_parser(verb, help=f"{verb} runs")
-        kinds = parser.add_subparsers(dest="kind", metavar="{run,runs}", required=True)
+        parser = subparsers.add_parser(
+            verb, help=f"{verb} runs" + (", secrets" * (verb == "delete"))
+        )
+        shown = "{run,runs,secret}" if verb == "delete" else "{run,runs}"
+        kinds = parser.add_subparsers(dest="kind", metavar=shown, required=True)
+        if verb == "delete":
+            secrets.add_delete(kinds)
         for kind in ("run", "runs"):
             sub = kinds.add_parser(kind, help=f"{verb} runs by name, glob or filter")
             add_filters(sub, listing=False)

@@ -29,7 +29,10 @@ from cli.sdk.runs import (
     wait_for_run_status,
     watch_run_status,
 )
+from cli.sdk.secrets import create_secret, delete_secrets, get_secrets
+from cli.secrets import SecretInfo
 from events.config import RunConfig
+from events.secrets import Secret
 from events.status import RunStatus
 
 #: mcli's name for an error the API returned (status code in ``.code``).
@@ -50,15 +53,20 @@ __all__ = [
     "RunLifecycle",
     "RunStatus",
     "RunUtilization",
+    "Secret",
+    "SecretInfo",
     "create_run",
+    "create_secret",
     "delete_run",
     "delete_runs",
+    "delete_secrets",
     "follow_run_logs",
     "get_cluster",
     "get_clusters",
     "get_run",
     "get_run_logs",
     "get_runs",
+    "get_secrets",
     "start_run",
     "start_runs",
     "stop_run",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,7 +48,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
 from events.identity import Unauthenticated
-from services.api import admin, own, subscriptions
+from services.api import admin, own, secrets, subscriptions
 from services.api.accounts import Accounts
 from services.api.context import Context
 from services.api.errors import ApiError, BadRequest, TooLarge
@@ -57,8 +58,10 @@ from services.api.reads import RESOLVERS as READS
 from services.api.runs import RunRequests
 from services.api.settings import ApiSettings
 from services.api.users import Directory, presented_credential
+from services.api.vault import Vault
 from services.api.websocket import GraphQLSockets
 from services.core.health import keep_alive
+from services.core.sealing import KeyringFile
 from services.core.store import EventStore, connect_with
 
 SCHEMA_PATH = Path(__file__).with_name("schema.graphql")
@@ -70,9 +73,9 @@ log = structlog.get_logger("services.api")
 
 def schema() -> GraphQLSchema:
     query, mutation = QueryType(), MutationType()
-    for field, resolver in (READS | admin.QUERIES | own.QUERIES).items():
+    for field, resolver in (READS | admin.QUERIES | own.QUERIES | secrets.QUERIES).items():
         query.set_field(field, resolver)
-    for field, resolver in (MUTATIONS | admin.MUTATIONS).items():
+    for field, resolver in (MUTATIONS | admin.MUTATIONS | secrets.MUTATIONS).items():
         mutation.set_field(field, resolver)
     return make_executable_schema(
         load_schema_from_path(str(SCHEMA_PATH)),
@@ -98,7 +101,7 @@ def format_error(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
         message, code = original.message, original.code
     elif original is None or isinstance(original, GraphQLError):
         # syntax, validation, variables that do not fit their types: the request's fault
-        message, code = error.message, HTTPStatus.BAD_REQUEST
+        message, code = unquoted(error.message), HTTPStatus.BAD_REQUEST
     else:
         log.error("resolver_failed", path=error.path, exc_info=original)
         message, code = "Internal Server Error", HTTPStatus.INTERNAL_SERVER_ERROR
@@ -106,6 +109,19 @@ def format_error(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
     if error.path:
         found["path"] = error.path
     return found
+
+
+#: Input types that may hold a secret's value: an error about one never quotes what was sent.
+_SEALED_INPUTS = ("CreateSecretInput",)
+_FOUND = re.compile(r"[,.]? [Ff]ound: ")
+
+
+def unquoted(message: str) -> str:
+    """``message`` without the value graphql-core quotes (``Found: {...}``) when the value is
+    of an input that may hold a secret."""
+    if not any(name in message for name in _SEALED_INPUTS):
+        return message
+    return _FOUND.split(message, maxsplit=1)[0].rstrip(".") + " (what was sent is not repeated)."
 
 
 def presented_key(request: Request) -> str | None:
@@ -164,6 +180,8 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
     directory = Directory(events)
     runs = RunRequests(events)
     accounts = Accounts(events, directory)
+    keyring = settings.secrets_keyring_file
+    vault = Vault(events, None if keyring is None else KeyringFile(keyring))
 
     async def endpoint(request: Request) -> JSONResponse:
         try:
@@ -193,6 +211,7 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
             settings=settings,
             runs=runs,
             accounts=accounts,
+            vault=vault,
         )
         _, result = await graphql(
             executable,

@@ -12,18 +12,20 @@ from services.api.accounts import Accounts
 from services.api.errors import Forbidden
 from services.api.runs import RunRequests
 from services.api.settings import ApiSettings
+from services.api.vault import Vault
 
 
 @dataclass(frozen=True)
 class Context:
     """What every resolver is given: who asks, the read side of the store, the settings, the
-    requests on runs, and the users and keys."""
+    requests on runs, the users and keys, and the users' secrets."""
 
     principal: Principal
     redis: aioredis.Redis
     settings: ApiSettings
     runs: RunRequests
     accounts: Accounts
+    vault: Vault
 
 
 def context_of(info: GraphQLResolveInfo[Context]) -> Context:

@@ -42,3 +42,9 @@ class Unavailable(ApiError):
     """Busy now, fine later: the one code here a client retries."""
 
     code = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class NotSetUp(ApiError):
+    """A feature this server's operator has not set up (secrets without a keyring)."""
+
+    code = HTTPStatus.NOT_IMPLEMENTED

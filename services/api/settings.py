@@ -6,13 +6,13 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from services.core.settings import Settings
+from services.core.settings import KeyringSettings
 
 #: The WebSocket subprotocols served (``services.api.websocket``).
 WS_PROTOCOLS = ("graphql-transport-ws", "graphql-ws")
 
 
-class ApiSettings(Settings):
+class ApiSettings(KeyringSettings):
     api_host: str = Field(default="127.0.0.1", description="Address the API server listens on.")
     api_port: int = Field(default=8765, ge=0, le=65535, description="Its port (0: any free one).")
     api_max_body_bytes: int = Field(

@@ -21,6 +21,10 @@ Invariants:
   scheduler the append function (``services/core/append.lua``, at the start of each term),
   the projector its own (``projections/commit.lua``).
 
+Secret values (``keys.secret_values``: sealed, ``services.core.sealing``) are the API's to
+write and the node-agents' to read, read only; no other service may touch them. The operator's
+key rotation rewrites them with the operator's login.
+
 What is left open, on purpose: every service consuming the global log may write to it (a
 consumer group's reads are writes); a node-agent may append any run's or node's events, not
 only its own node's (the per-node inbox of the design would let it be narrowed).
@@ -166,14 +170,17 @@ RULES: dict[str, Rule] = {
         writes=(keys.dead_letter_stream(LOG_COLLECTOR),),
     ),
     # A node: its heartbeat, its ranks' events (the log, run and node histories), and its
-    # ranks' output into the ingest stream, which it never reads.
+    # ranks' output into the ingest stream, which it never reads; it reads (only) the sealed
+    # secrets of its runs' owners.
     NODE_AGENT: Rule(
-        commands=_commands(_CONNECTION, _APPEND, _CONSUME, ("pttl",)),
+        commands=_commands(_CONNECTION, _APPEND, _CONSUME, ("pttl", "hgetall")),
         both=(_LOG, _history("run"), _history("node"), _IDEMPOTENCY, keys.heartbeat(ANY)),
+        reads=(keys.secret_values(ANY),),
         writes=(keys.log_ingest(), keys.dead_letter_stream(f"agent:{ANY}")),
     ),
     # The front door: users and keys (user histories), submissions (names), requests on runs;
-    # reads the read models and run output, and asks a log-collector for archived output.
+    # reads the read models and run output, and asks a log-collector for archived output;
+    # stores users' sealed secrets (a value replaced or removed under WATCH).
     API: Rule(
         commands=_commands(
             _CONNECTION,
@@ -181,6 +188,7 @@ RULES: dict[str, Rule] = {
             _ALIVE,
             ("hget", "hmget", "hscan", "hkeys", "zrange", "zrangebyscore", "zrevrangebyscore"),
             ("xrevrange", "xinfo|groups", "xpending", "rpush", "blpop", "del", "exists"),
+            ("hset", "hdel", "hgetall", "watch", "unwatch", "multi", "exec", "discard"),
         ),
         both=(
             _LOG,
@@ -189,6 +197,7 @@ RULES: dict[str, Rule] = {
             _IDEMPOTENCY,
             keys.run_name(ANY),
             keys.log_reply(ANY),
+            keys.secret_values(ANY),
             _alive(API),
         ),
         reads=(_PROJECTIONS, _OUTPUT),

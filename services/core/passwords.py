@@ -1,7 +1,8 @@
 """The log's server's passwords on disk: one file per ACL user, and the server's ACL file.
 
 ``python -m services.core.passwords DIR`` writes them for a deployment (compose.yaml reads
-them as secrets: docs/deploying.md); ``mcli dev up`` writes them in the local stack's state
+them as secrets: docs/deploying.md), and the keyring that seals users' secrets
+(``services.core.sealing``) beside them; ``mcli dev up`` writes them in the local stack's state
 directory (``secrets/``).
 
 Invariants:
@@ -18,7 +19,6 @@ Invariants:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import secrets
@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from services.core import acl
+from services.core.private import write_private
 
 ACL_FILE = "users.acl"
 _SUFFIX = ".password"
@@ -62,20 +63,6 @@ def read_password(path: Path) -> str:
     return password
 
 
-def write_private(path: Path, text: str, mode: int = 0o600) -> None:
-    """``text`` in ``path``, with ``mode`` from the first byte on, replacing it whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "w") as file:
-        os.fchmod(file.fileno(), mode)  # the umask may have narrowed it
-        file.write(text + "\n")
-        file.flush()
-        os.fsync(file.fileno())
-    tmp.replace(path)
-
-
 def provision(directory: Path, *, acl_mode: int = 0o600, owner: int | None = None) -> Path:
     """A password file for every ACL user in ``directory`` (kept if it holds one, drawn if
     not) and the ACL file of their hashes; the ACL file's path. ``owner``: a uid to give each
@@ -100,16 +87,17 @@ def provision(directory: Path, *, acl_mode: int = 0o600, owner: int | None = Non
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m services.core.passwords",
-        description="Write a password file (0600) for each of the log's server's users and the "
-        f"server's ACL file ({ACL_FILE}, hashes only) in DIR; passwords already there are kept.",
+        description="Write a password file (0600) for each of the log's server's users, the "
+        f"server's ACL file ({ACL_FILE}, hashes only) and the keyring that seals users' secrets "
+        "(keyring.json, 0600) in DIR; passwords and a keyring already there are kept.",
     )
     parser.add_argument("directory", type=Path, metavar="DIR")
     parser.add_argument(
         "--owner",
         type=int,
         metavar="UID",
-        help="give each service's password file to this uid (the image's runplane user is "
-        "10001); needs root",
+        help="give each service's password file and the keyring to this uid (the image's "
+        "runplane user is 10001); needs root",
     )
     parser.add_argument(
         "--acl-readable",
@@ -117,15 +105,20 @@ def main(argv: list[str] | None = None) -> int:
         help=f"make {ACL_FILE} readable by all (0644), for a server that runs as another user",
     )
     args = parser.parse_args(argv)
+    # Here, not at the top: the supervisor and the launcher import this module and need no
+    # cryptography.
+    from services.core import sealing  # noqa: PLC0415
+
     try:
         written = provision(
             args.directory, acl_mode=0o644 if args.acl_readable else 0o600, owner=args.owner
         )
-    except OSError as exc:
+        keyring = sealing.provision(args.directory, owner=args.owner)
+    except (OSError, sealing.KeyringError) as exc:
         print(f"✗ {exc}", file=sys.stderr)  # noqa: T201
         return 1
     users = ", ".join(acl.USERS)
-    print(f"{written} and a password file for each of {users}")  # noqa: T201
+    print(f"{written}, a password file for each of {users}, and {keyring}")  # noqa: T201
     return 0
 
 

@@ -93,6 +93,18 @@ class Settings(BaseSettings):
         return env
 
 
+class KeyringSettings(Settings):
+    """The settings of a process that seals or opens users' secrets: the API server and the
+    node-agents, and no other (``services.core.sealing``)."""
+
+    secrets_keyring_file: Path | None = Field(
+        default=None,
+        description="The keyring (mode 0600) that seals users' secrets at rest: given to the API "
+        "server and the node-agents only (`mcli dev up` draws one in its secrets/). Unset, the "
+        "API refuses to create secrets and a node fails the ranks of a user who has some.",
+    )
+
+
 class Auth(NamedTuple):
     """A login on the server: ``username`` None is the ``default`` user."""
 

@@ -14,13 +14,13 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
-from services.core.settings import Settings
+from services.core.settings import KeyringSettings
 from services.node_agent.hardware import detect_gpus
 
 UNKNOWN_GPU_TYPE = "gpu"
 
 
-class NodeAgentSettings(Settings):
+class NodeAgentSettings(KeyringSettings):
     node: str = Field(default_factory=socket.gethostname, min_length=1, description="Node name.")
     cluster: str = Field(default="local", min_length=1, description="The cluster it joins.")
     gpus: int | None = Field(

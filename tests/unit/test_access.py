@@ -13,11 +13,15 @@ from events.access import (
     AdminOnly,
     Principal,
     RunNotFound,
+    SecretAction,
+    SecretsForbidden,
     administer,
     allowed,
     authorize,
+    authorize_secrets,
     check,
     may,
+    may_manage_secrets,
     sees_runs_of,
     visible,
 )
@@ -167,3 +171,41 @@ def test_a_run_token_is_never_an_admin_even_of_an_admins_run(token: Principal) -
     with pytest.raises(AdminOnly, match=r"only an admin may add users; .* \(run train-abcdef"):
         administer(token, "add users")
     assert sees_runs_of(token, token.name), "it lists its owner's runs, of which it sees one"
+
+
+# --- secrets (issue 21) -----------------------------------------------------------------------
+
+SECRET_ACTIONS = st.sampled_from(list(SecretAction))
+VIA = Via(run_id=RUN, run="hello-abcdef", attempt=0)
+
+
+@given(principal=PRINCIPALS, owner=NAMES, action=SECRET_ACTIONS)
+def test_secrets_are_their_owners_and_an_admin_only_lists_and_deletes_others(
+    principal: Principal, owner: str, action: SecretAction
+) -> None:
+    allowed_ = may_manage_secrets(principal, action, owner)
+    if principal.name == owner:
+        assert allowed_
+    elif principal.role == "admin":
+        assert allowed_ == (action is not SecretAction.CREATE)
+    else:
+        assert not allowed_
+
+
+@given(name=NAMES, role=ROLES, owner=NAMES, action=SECRET_ACTIONS)
+def test_a_runs_token_manages_no_secrets_not_even_its_owners(
+    name: str, role: str, owner: str, action: SecretAction
+) -> None:
+    principal = Principal(name=name, role=role, via=VIA)  # type: ignore[arg-type]
+    assert not may_manage_secrets(principal, action, owner)
+    with pytest.raises(SecretsForbidden) as refused:
+        authorize_secrets(principal, action, owner)
+    assert refused.value.token
+
+
+def test_no_one_creates_a_secret_in_another_users_name() -> None:
+    root = Principal(name="root", role="admin")
+    with pytest.raises(SecretsForbidden, match=f"root may not create secrets of {ALICE}"):
+        authorize_secrets(root, SecretAction.CREATE, ALICE)
+    authorize_secrets(root, SecretAction.LIST, ALICE)
+    authorize_secrets(root, SecretAction.DELETE, ALICE)

@@ -5,8 +5,11 @@ official synchronous client): creates and deletes through ``asyncio.to_thread``;
 and the log followers in daemon threads of their own, which hand what they read to the event
 loop (``call_soon_threadsafe``) and never keep the process from exiting.
 
-A rank's life (``run``): its Pod is created (a name taken already means it exists: adopted,
-never duplicated), rank 0 also creates the attempt's headless Service; then every change the
+A rank's life (``run``): the run owner's secrets are read (``services.node_agent.secrets``; a
+rank whose secrets cannot be opened fails before its Pod exists), its Pod is created (a name
+taken already means it exists: adopted, never duplicated), then its Secrets (the owner's
+secrets, its run token: ``secretobjects``, owned by the Pod), and rank 0 also creates the
+attempt's headless Service; then every change the
 watch delivers is observed (``podstatus``) and turned into events (``track``), reported in
 order through the ``Reporter`` as the ``process`` executor reports them; output is followed
 per container (``logs``) and drained before the exit is reported. A stop deletes the Pod with
@@ -27,7 +30,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
@@ -35,6 +38,8 @@ import structlog
 from events import model as ev
 from events.lifecycle import AttemptState, RankState
 from services.core.aio import first_of
+from services.core.sealing import KeyringFile
+from services.core.secretstore import SecretValues
 from services.node_agent import integrations, runtoken
 from services.node_agent.errors import RankEnded, RankGone
 from services.node_agent.executor import RankControl
@@ -45,10 +50,12 @@ from services.node_agent.kube.ledger import Ledger
 from services.node_agent.kube.logs import Follower
 from services.node_agent.kube.manifests import BadIntegration, PodOptions
 from services.node_agent.kube.podstatus import Init, Observation
+from services.node_agent.kube.secretobjects import Layout, layout, objects
 from services.node_agent.kube.watch import Json, PodWatch, WatchError
 from services.node_agent.plan import exited, rank_lost
 from services.node_agent.pump import OutputPump
 from services.node_agent.reporter import Reporter, new_id
+from services.node_agent.secrets import SecretsUnavailable, run_secrets
 from services.node_agent.settings import NodeAgentSettings
 
 log = structlog.get_logger(__name__)
@@ -90,6 +97,9 @@ class KubeExecutor:
             api_url=settings.api_url,
         )
         self.ledger = Ledger(settings.data_path)
+        self.values = SecretValues(client)
+        keyring = settings.secrets_keyring_file
+        self.keyring = None if keyring is None else KeyringFile(keyring)
         self.pods: dict[str, Json | None] = {}  # by Pod name; None: deleted
         self._changed: dict[str, asyncio.Event] = {}
         self._watch: PodWatch | None = None
@@ -198,6 +208,7 @@ class _Rank:
         self.pump = OutputPump(executor.client, key.run_id, key.attempt, key.rank)
         self.followers: dict[str, Follower] = {}
         self.deleting = False
+        self.secrets: Layout | None = None  # read at the Pod's creation (or again, adopted)
 
     async def run(self, *, resume: bool) -> None:
         self.pump.start()
@@ -210,6 +221,7 @@ class _Rank:
         elif resume:
             log.info("rank.adopted")
         await self._token()
+        await self._secret_objects()
         await self._service()
         while True:
             if self.control.killed:
@@ -252,8 +264,9 @@ class _Rank:
         if control.stop_reason is not None:
             await self._end_now(control.stop_reason)  # stopped before it began
         assert job is not None
+        self.secrets = await self._read_secrets(job)
         try:
-            manifest = manifests.pod(job, self.x.options)
+            manifest = manifests.pod(job, self.x.options, self.secrets)
         except BadIntegration as exc:
             log.info("rank.integration_refused", index=exc.index, error=str(exc))
             failed = ev.IntegrationFailed(
@@ -303,6 +316,35 @@ class _Rank:
             log.warning("secret.refused", error=str(exc))
             await self.x.call(self.x.api.delete_pod, self.name, 0, until=lambda: False)
             await self._end_now(rank_lost(f"the cluster refused its run token's Secret: {exc}"))
+
+    async def _read_secrets(self, job: RankJob) -> Layout:
+        """The owner's secrets laid out for the Pod; the rank fails if they cannot be opened."""
+        try:
+            found = await run_secrets(self.x.values, job.owner, self.x.keyring)
+        except SecretsUnavailable as exc:
+            log.warning("rank.secrets_unavailable", error=str(exc))
+            await self._end_now(
+                ev.Reason(category="system", code="SecretsUnavailable", message=str(exc))
+            )
+        if found:
+            log.info("rank.secrets", owner=job.owner, names=found.names)  # never a value
+        return layout(self.key, found, job.spec.image)
+
+    async def _secret_objects(self) -> None:
+        """The owner's secrets in the rank's Secrets, owned by its Pod, unless they are there
+        already (a restarted agent: read again); the Pod waits for them."""
+        pod = self.x.pods.get(self.name)
+        if self.job is None or not pod:
+            return
+        plan = self.secrets if self.secrets is not None else await self._read_secrets(self.job)
+        uid = str((pod.get("metadata") or {}).get("uid", ""))
+        for manifest in objects(self.key, self.x.options.namespace, plan, owner_uid=uid):
+            try:
+                await self.x.call(self.x.api.create_secret, manifest, until=self._over)
+            except Refused as exc:  # its Pod would wait for the mount for ever
+                log.warning("secret.refused", error=str(exc))
+                await self.x.call(self.x.api.delete_pod, self.name, 0, until=lambda: False)
+                await self._end_now(rank_lost(f"the cluster refused its secrets' Secret: {exc}"))
 
     def _over(self) -> bool:
         return self.control.killed
@@ -414,7 +456,7 @@ class _Rank:
         specs = self.job.spec.integrations if self.job is not None else []
         return integrations.integration_type(specs[index]) if index < len(specs) else "unknown"
 
-    async def _end_now(self, reason: ev.Reason, failure: ev.AnyRunEvent | None = None) -> None:
+    async def _end_now(self, reason: ev.Reason, failure: ev.AnyRunEvent | None = None) -> NoReturn:
         """Report the rank's exit before its Pod ran (and the failed step, in one append)."""
         gone = exited(
             self.key, self.reporter.node, self.reporter.actor, new_id,

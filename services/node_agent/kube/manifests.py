@@ -31,6 +31,10 @@ The Pod (invariants):
 - labels and annotations from ``naming``; ``terminationGracePeriodSeconds`` from settings;
   ``enableServiceLinks: false`` (a namespace's Services would add variables to every rank).
 
+The run owner's secrets (``secretobjects.Layout``) add, when there are any: their variables
+(by ``secretKeyRef``) and Secret volumes to the command's container and to each integration's,
+and ``imagePullSecrets`` for a docker secret of the image's registry; never a value.
+
 With an API to report to (``PodOptions.api_url``), the rank's run token
 (``services.node_agent.runtoken``) is in a Secret of its own, owned by the rank's Pod (deleted
 with it), mounted read-only at ``/var/run/runplane/token`` (mode 0400) and named in the
@@ -57,6 +61,7 @@ from services.node_agent.environment import master_port, rank_environment
 from services.node_agent.errors import IntegrationError, NodeAgentError
 from services.node_agent.job import RankJob, RankKey
 from services.node_agent.kube import naming
+from services.node_agent.kube.secretobjects import Layout
 
 SHARED = PurePosixPath("/runplane")
 WORKSPACE = SHARED / "workspace"
@@ -100,8 +105,9 @@ class BadIntegration(NodeAgentError):
         self.integration_type = integration_type
 
 
-def pod(job: RankJob, options: PodOptions) -> dict[str, Any]:
-    """The Pod of ``job``; raises ``BadIntegration`` for an integration it cannot run."""
+def pod(job: RankJob, options: PodOptions, secrets: Layout | None = None) -> dict[str, Any]:
+    """The Pod of ``job`` (with the owner's ``secrets``); raises ``BadIntegration`` for an
+    integration it cannot run."""
     name = naming.pod_name(job.key)
     labels = naming.attempt_labels(job.run_id, job.run_name, job.attempt, options.node)
     labels[naming.RANK] = str(job.rank)
@@ -121,8 +127,8 @@ def pod(job: RankJob, options: PodOptions) -> dict[str, Any]:
         "hostname": name,
         "subdomain": naming.service_name(job.run_id, job.attempt),
         "enableServiceLinks": False,
-        "initContainers": init_containers(job, options, mounts),
-        "containers": [main_container(job, options, mounts)],
+        "initContainers": init_containers(job, options, mounts, secrets),
+        "containers": [main_container(job, options, mounts, secrets)],
         "volumes": [
             {"name": "runplane", "emptyDir": {}},
             {
@@ -151,6 +157,10 @@ def pod(job: RankJob, options: PodOptions) -> dict[str, Any]:
                 },
             }
         )
+    if secrets is not None:
+        spec["volumes"] += secrets.volumes
+        if secrets.pull:
+            spec["imagePullSecrets"] = secrets.pull
     if not spec["initContainers"]:
         del spec["initContainers"]
     if options.kube_node is not None:
@@ -169,7 +179,7 @@ def pod(job: RankJob, options: PodOptions) -> dict[str, Any]:
 
 
 def main_container(
-    job: RankJob, options: PodOptions, mounts: list[dict[str, Any]]
+    job: RankJob, options: PodOptions, mounts: list[dict[str, Any]], secrets: Layout | None = None
 ) -> dict[str, Any]:
     platform = (
         None
@@ -192,11 +202,12 @@ def main_container(
         "name": MAIN,
         "image": job.spec.image,
         "command": ["/bin/sh", "-c", PRELUDE],
-        "env": _env_list(env),
+        "env": _with_secrets(_env_list(env), secrets, set(job.spec.env_variables)),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             *mounts,
             {"name": "parameters", "mountPath": str(PARAMETERS_DIR), "readOnly": True},
+            *(secrets.mounts if secrets is not None else []),
         ],
     }
     if options.api_url is not None:
@@ -209,7 +220,7 @@ def main_container(
 
 
 def init_containers(
-    job: RankJob, options: PodOptions, mounts: list[dict[str, Any]]
+    job: RankJob, options: PodOptions, mounts: list[dict[str, Any]], secrets: Layout | None = None
 ) -> list[dict[str, Any]]:
     ctx = integrations.Context(
         workspace=Path(WORKSPACE), venv=Path(VENV), python=options.python, euid=0
@@ -235,10 +246,10 @@ def init_containers(
                 "name": integration_container(index),
                 "image": job.spec.image,
                 "command": ["/bin/sh", "-c", script(steps)],
-                "env": _env_list(env),
+                "env": _with_secrets(_env_list(env), secrets, set(job.spec.env_variables)),
                 # A failed tool's last lines become its status message: the integration's error.
                 "terminationMessagePolicy": "FallbackToLogsOnError",
-                "volumeMounts": mounts,
+                "volumeMounts": [*mounts, *(secrets.mounts if secrets is not None else [])],
             }
         )
     return containers
@@ -307,5 +318,19 @@ def service(job: RankJob, options: PodOptions, owner_uid: str) -> dict[str, Any]
     }
 
 
-def _env_list(env: dict[str, str]) -> list[dict[str, str]]:
+def _env_list(env: dict[str, str]) -> list[dict[str, Any]]:
     return [{"name": name, "value": value} for name, value in env.items()]
+
+
+def _with_secrets(
+    env: list[dict[str, Any]], secrets: Layout | None, overridable: set[str]
+) -> list[dict[str, Any]]:
+    """``env`` and the secrets' variables, as ``environment.rank_environment`` orders them: a
+    secret's variable wins over a run's ``env_variables`` entry (``overridable``), and mcli's
+    own variables and the platform's win over a secret's (a secret cannot move NODE_RANK)."""
+    if secrets is None or not secrets.env:
+        return env
+    fixed = {item["name"] for item in env} - overridable
+    extra = [item for item in secrets.env if item["name"] not in fixed]
+    names = {item["name"] for item in extra}
+    return [*(item for item in env if item["name"] not in names), *extra]

@@ -1,6 +1,9 @@
 """The ``process`` executor: each rank's command runs under its own shim on this machine.
 
-A rank's life: its directory is created (``begin``), setup runs in the agent (``setup``), then
+A rank's life: its directory is created (``begin``), the run owner's secrets are read and their
+files written under it (``services.node_agent.secrets``: 0600, the variables naming where they
+are; a rank whose secrets cannot be opened fails, ``SecretsUnavailable``, before anything runs),
+setup runs in the agent (``setup``, its tools with git's key and token), then
 the shim is forked, in a session of its own, by the agent's fork server (``forkserver``: no
 interpreter start per rank) and holds the rank's lock (``rankdir``). The shim
 tells the agent through a pipe when the command runs (``rank.running``) and, by closing it,
@@ -24,14 +27,17 @@ import asyncio
 import fcntl
 import os
 import signal
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import redis.asyncio as aioredis
 import structlog
 
 from events.lifecycle import AttemptState, RankState
-from events.model import AnyRunEvent, RankRunning
+from events.model import AnyRunEvent, RankRunning, Reason
 from services.core.aio import first_of
+from services.core.private import write_private_bytes
+from services.core.sealing import KeyringFile
+from services.core.secretstore import SecretValues
 from services.node_agent import runtoken
 from services.node_agent.environment import parameters_document, rank_environment
 from services.node_agent.errors import RankEnded, RankGone
@@ -41,6 +47,7 @@ from services.node_agent.plan import exit_reason, exited, rank_lost
 from services.node_agent.process.rankdir import RankDir, ShimSpec, local_ranks
 from services.node_agent.process.setup import Setup
 from services.node_agent.reporter import Reporter, new_id
+from services.node_agent.secrets import RunSecrets, SecretsUnavailable, run_secrets
 from services.node_agent.settings import NodeAgentSettings
 from services.node_agent.shim.forkserver import ForkServer
 from services.node_agent.shim.ondisk import atomic_write, kill_group, signal_process
@@ -64,6 +71,9 @@ class ProcessExecutor:
         self.reporter = reporter
         self.setup = Setup(reporter, client)
         self.forks = ForkServer(settings.data_path / "forkserver.log")
+        self.values = SecretValues(client)
+        keyring = settings.secrets_keyring_file
+        self.keyring = None if keyring is None else KeyringFile(keyring)
 
     async def prepare(self) -> None:
         """Nothing to learn (the ranks' directories say it all); the fork server starts now,
@@ -127,10 +137,13 @@ class ProcessExecutor:
                 return
             log.info("rank.setup_again", tries=tries)
         assert job is not None, "a new rank comes with its job"
-        venv = await self.setup.run(rank_dir, job, control)
+        secret_env = await self._secrets(rank_dir, key, job)
+        if secret_env is None:
+            return
+        venv = await self.setup.run(rank_dir, job, control, secret_env)
         platform = await self._platform(rank_dir, key)
         try:
-            link = self._launch(rank_dir, job, venv, platform)
+            link = self._launch(rank_dir, job, venv, platform, secret_env)
         except OSError as exc:
             log.exception("rank.launch_failed")
             kill_group(rank_dir.command_pid())
@@ -140,6 +153,27 @@ class ProcessExecutor:
             await self._watch(rank_dir, key, control, link)
         finally:
             link.close()
+
+    async def _secrets(
+        self, rank_dir: RankDir, key: RankKey, job: RankJob
+    ) -> dict[str, str] | None:
+        """The owner's secrets' files under the rank's directory and the variables naming them;
+        None once the rank's failure is reported (they cannot be opened)."""
+        try:
+            found = await run_secrets(self.values, job.owner, self.keyring)
+        except SecretsUnavailable as exc:
+            log.warning("rank.secrets_unavailable", error=str(exc))
+            reason = Reason(category="system", code="SecretsUnavailable", message=str(exc))
+            gone = exited(
+                key, self.reporter.node, self.reporter.actor, new_id, exit_code=None, reason=reason
+            )
+            await self.reporter.report(key, lambda _a, _r: [gone])
+            return None
+        if found:
+            log.info("rank.secrets", owner=job.owner, names=found.names)  # names, never values
+        root = PurePosixPath(rank_dir.secrets_dir)
+        await asyncio.to_thread(write_files, found, root)
+        return found.environment(root, scratch=PurePosixPath(rank_dir.root))
 
     async def _platform(self, rank_dir: RankDir, key: RankKey) -> dict[str, str]:
         """The rank's run token in its file (0600), and the variables that name it; none
@@ -151,7 +185,12 @@ class ProcessExecutor:
         return runtoken.platform_environment(self.settings.api_url, rank_dir.token_file)
 
     def _launch(
-        self, rank_dir: RankDir, job: RankJob, venv: Path | None, platform: dict[str, str]
+        self,
+        rank_dir: RankDir,
+        job: RankJob,
+        venv: Path | None,
+        platform: dict[str, str],
+        secret_env: dict[str, str],
     ) -> ShimLink:
         parameters = rank_dir.workspace / "parameters.yaml"
         atomic_write(parameters, parameters_document(job.spec.parameters))
@@ -162,6 +201,7 @@ class ProcessExecutor:
             parameters_path=parameters,
             venv=venv,
             platform=platform,
+            secrets=secret_env,
         )
         rank_dir.write_spec(
             ShimSpec(
@@ -276,6 +316,18 @@ class ProcessExecutor:
             signal_process(shim_pid, signal.SIGUSR1)
         elif rank_dir.exit_status() is None:
             kill_group(rank_dir.command_pid())
+
+
+def write_files(found: RunSecrets, root: PurePosixPath) -> None:
+    """Each of ``found``'s files at its path under ``root``: 0600 (the askpass script 0700),
+    in directories 0700, written whole or not at all."""
+    base = Path(root)
+    for file in found.files(root):
+        path = Path(file.path)
+        base.mkdir(mode=0o700, exist_ok=True)
+        for parent in reversed(path.relative_to(base).parents[:-1]):  # 0700 each, from the top
+            (base / parent).mkdir(mode=0o700, exist_ok=True)
+        write_private_bytes(path, file.content, file.mode)
 
 
 class ShimLink:

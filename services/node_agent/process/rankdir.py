@@ -17,6 +17,9 @@
 - ``done``: the exit was reported (or the log had moved on); nothing more to do here.
 - ``token``: the rank's run token (0600; ``services.node_agent.runtoken``), removed when the rank
   is done.
+- ``secrets/``: the run owner's secret files (0600, directories 0700), each at its mount path
+  under it (``/secrets/db/secret`` is ``secrets/secrets/db/secret``;
+  ``services.node_agent.secrets``), written before setup and removed when the rank is done.
 - ``workspace/`` (the command's cwd) and ``venv/`` (when an integration needed one).
 """
 
@@ -77,6 +80,7 @@ class RankDir:
         self.setup_pid_file = root / ondisk.SETUP_PID
         self.done_file = root / ondisk.DONE
         self.token_file = root / "token"
+        self.secrets_dir = root / "secrets"
         self.workspace = root / "workspace"
         self.venv = root / "venv"
 
@@ -160,8 +164,9 @@ class RankDir:
 
     def mark_done(self) -> None:
         """Nothing more to do for this rank (its small state files stay, for a post-mortem;
-        its token goes: it works no more, and is nobody's business)."""
+        its token and its secrets go: they are nobody's business now)."""
         self.token_file.unlink(missing_ok=True)
+        shutil.rmtree(self.secrets_dir, ignore_errors=True)
         atomic_write(self.done_file, b"")
 
     def free(self) -> None:

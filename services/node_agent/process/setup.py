@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +59,20 @@ class Setup:
         self.python = sys.executable
         self.euid = os.geteuid()
 
-    async def run(self, rank_dir: RankDir, job: RankJob, control: RankControl) -> Path | None:
-        """Do the setup; the rank's virtual environment if it has one. Raises ``RankEnded``
-        when the rank's exit was reported, ``RankGone`` when the log says it is over."""
+    async def run(
+        self,
+        rank_dir: RankDir,
+        job: RankJob,
+        control: RankControl,
+        secrets: Mapping[str, str] | None = None,
+    ) -> Path | None:
+        """Do the setup (its tools get ``secrets``, the variables of the owner's secrets:
+        git's key and token); the rank's virtual environment if it has one. Raises
+        ``RankEnded`` when the rank's exit was reported, ``RankGone`` when the log says it is
+        over."""
         try:
             await self._image(job, control)
-            return await self._integrations(rank_dir, job, control)
+            return await self._integrations(rank_dir, job, control, secrets or {})
         except SetupAborted as exc:
             await self._end(job, None, reason=exc.reason)
         raise RankEnded
@@ -81,7 +90,7 @@ class Setup:
         await self._end(job, failed, reason=reason)
 
     async def _integrations(
-        self, rank_dir: RankDir, job: RankJob, control: RankControl
+        self, rank_dir: RankDir, job: RankJob, control: RankControl, secrets: Mapping[str, str]
     ) -> Path | None:
         ctx = integrations.Context(
             workspace=rank_dir.workspace, venv=rank_dir.venv, python=self.python, euid=self.euid
@@ -99,9 +108,8 @@ class Setup:
                     steps = integrations.steps_for(integration, ctx)
                     for step in steps:
                         if step.creates is None or not step.creates.exists():
-                            await self._step(
-                                rank_dir, step, self._env(job, ctx.venv), control, pump
-                            )
+                            env = self._env(job, ctx.venv, secrets)
+                            await self._step(rank_dir, step, env, control, pump)
                 except (IntegrationError, StepFailed) as exc:
                     message = str(exc)[-_MESSAGE_MAX:]
                     log.info("rank.integration_failed", index=index, kind=kind, error=message)
@@ -163,9 +171,10 @@ class Setup:
             how = f"exit code {code}" if code > 0 else f"signal {-code}"
             raise StepFailed(f"`{' '.join(step.argv[:4])}` failed ({how}): {detail}")
 
-    def _env(self, job: RankJob, venv: Path) -> dict[str, str]:
+    def _env(self, job: RankJob, venv: Path, secrets: Mapping[str, str]) -> dict[str, str]:
         env = base_environment(os.environ)
         env.update(job.spec.env_variables)
+        env.update(secrets)
         env["GIT_TERMINAL_PROMPT"] = "0"  # a private repository fails instead of waiting
         if venv.exists():
             env.update(with_venv(env, venv))

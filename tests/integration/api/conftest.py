@@ -8,18 +8,21 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from events.model import Role
 from services.api.app import create_app
 from services.api.settings import ApiSettings
+from services.core import sealing
 from services.core.acl import API
 from services.core.store import EventStore, connect
 from tests.acl_users import login_as, refused, server_ms
-from tests.integration.api.seed import Seeded, seed
+from tests.integration.api.seed import ALICE, BOB, ROOT, Seeded, add_user_with_key, seed
 from tests.integration.log_collector.helpers import collector
 from tests.services import ServiceProcess
 from tests.waiting import eventually
@@ -119,3 +122,30 @@ async def api(
     finally:
         await app_store.close()
     assert refused(redis_url, API, since) == []
+
+
+@dataclass
+class Served:
+    """An API process that keeps secrets (a keyring of its own), and a key of each of three
+    users (``ALICE`` and ``BOB``, users; ``ROOT``, an admin)."""
+
+    url: str
+    keys: dict[str, str]
+    keyring: Path
+    log: Path
+    #: Secret values the test used: none may be in the API's log (checked at teardown).
+    values: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+async def served(store: EventStore, redis_url: str, tmp_path: Path) -> AsyncIterator[Served]:
+    roles: dict[str, Role] = {ALICE: "user", BOB: "user", ROOT: "admin"}
+    presented = {name: await add_user_with_key(store, name, role) for name, role in roles.items()}
+    keyring = sealing.provision(tmp_path / "secrets")
+    log = tmp_path / "api.log"
+    async with api_server(redis_url, log, secrets_keyring_file=str(keyring)) as url:
+        served = Served(url, presented, keyring, log)
+        yield served
+    text = log.read_text()
+    for value in served.values:
+        assert value not in text, "a secret's value in the API's log"

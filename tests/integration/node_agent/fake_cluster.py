@@ -21,6 +21,7 @@ class FakeCluster:
         self.pods: dict[str, dict[str, Any]] = {}
         self.created: list[Json] = []
         self.services: list[Json] = []
+        self.secrets: dict[str, Json] = {}
         self.deleted: list[tuple[str, int | None]] = []
         self.logs: dict[tuple[str, str], list[bytes]] = {}
         self._version = 1000
@@ -73,6 +74,16 @@ class FakeCluster:
 
     def create_service(self, manifest: Json) -> None:
         self.services.append(manifest)
+
+    def create_secret(self, manifest: Json) -> bool:
+        name = str(manifest["metadata"]["name"])
+        if name in self.secrets:
+            return False
+        self.secrets[name] = copy.deepcopy(dict(manifest))
+        return True
+
+    def secret_exists(self, name: str) -> bool:
+        return name in self.secrets
 
     def get_pod(self, name: str) -> Json | None:
         with self._lock:

@@ -101,11 +101,17 @@ class MiniScheduler:
             await self._task
         await self.store.close()
 
-    async def submit(self, run_spec: RunSpec, placement: Sequence[tuple[str, list[int]]]) -> str:
-        """Submit, queue and place a run: rank i on ``placement[i]`` = (node, GPU indices)."""
+    async def submit(
+        self,
+        run_spec: RunSpec,
+        placement: Sequence[tuple[str, list[int]]],
+        owner: str = "alice@example.com",
+    ) -> str:
+        """Submit (as ``owner``), queue and place a run: rank i on ``placement[i]`` = (node, GPU
+        indices)."""
         run_id = f.new_id()
         submitted = ev.RunSubmitted(
-            id=f.new_id(), actor="alice@example.com", run_id=run_id,
+            id=f.new_id(), actor=owner, run_id=run_id,
             name=f"agent-test-{run_id[:6]}", spec=run_spec,
         )  # fmt: skip
         await self.store.append([submitted], expected_version=0)

@@ -5,6 +5,8 @@ deletes the Pod with the grace period; a restarted agent adopts the Pod it finds
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from events.model import RankExited
+from events.model import RankExited, UserAdded
+from events.secrets import Secret
 from events.status import RunStatus
+from services.api.vault import Vault
+from services.core import sealing
+from services.core.sealing import KeyringFile
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
 from services.node_agent.executor import RankControl
@@ -28,6 +34,7 @@ from tests.integration.node_agent.harness import MiniScheduler, ingest, spec
 from tests.waiting import eventually
 
 PIP = {"integration_type": "pip_packages", "packages": ["einops"]}
+ALICE = "alice@example.com"  # the harness submits as her
 
 
 @pytest.fixture
@@ -43,10 +50,13 @@ async def store(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[EventSto
     await events.close()
 
 
-def make_executor(store: EventStore, cluster: FakeCluster, data_dir: Path) -> KubeExecutor:
+def make_executor(
+    store: EventStore, cluster: FakeCluster, data_dir: Path, keyring: Path | None = None
+) -> KubeExecutor:
     settings = NodeAgentSettings(
         node="node-a", gpus=8, gpu_type="a100_80gb", data_dir=data_dir,
         executor="kubernetes", kube_namespace="ml", grace_period_s=20,
+        secrets_keyring_file=keyring,
     )  # fmt: skip
     reporter = Reporter(store, settings.node, settings.actor)
     api: Any = cluster  # the stand-in answers KubeApi's calls
@@ -149,3 +159,69 @@ async def test_a_restarted_agent_adopts_its_pod_instead_of_creating_another(
     assert cluster.created == []  # adopted, never duplicated
     assert state.latest.reason is not None
     assert (state.latest.reason.code, state.latest.reason.exit_code) == ("Error", 3)
+
+
+async def test_the_owners_secrets_become_secrets_of_the_pod_and_its_pull_secret(
+    scheduler: MiniScheduler, store: EventStore, tmp_path: Path
+) -> None:
+    keyring = sealing.provision(tmp_path / "keys")
+    vault = Vault(store, KeyringFile(keyring))
+    await store.append(
+        [UserAdded(id="u1", actor="setup", user=ALICE, role="user")], expected_version=0
+    )
+    await vault.create(ALICE, ALICE, Secret(
+        name="reg", secret_type="docker", metadata={},
+        value={"server": "reg.example:5000", "username": "u", "password": "reg-value-7"},
+    ))  # fmt: skip
+    await vault.create(ALICE, ALICE, Secret(
+        name="tok", secret_type="env", metadata={"key": "API_TOKEN"},
+        value={"value": "tok-value-8"},
+    ))  # fmt: skip
+    cluster = FakeCluster()
+    executor = make_executor(store, cluster, tmp_path / "agent", keyring)
+    await executor.prepare()
+    job, run_id = await placed(scheduler, image="reg.example:5000/team/trainer:1")
+    name = naming.pod_name(job.key)
+    executor.begin(job.key)
+    task = asyncio.create_task(executor.run(job.key, job, RankControl(job.key), resume=False))
+    await eventually(lambda: len(cluster.secrets) == 2, what="the Pod's two Secrets")
+    pod = cluster.pods[name]
+    assert pod["spec"]["imagePullSecrets"] == [{"name": f"{name}-pull"}]
+    assert "tok-value-8" not in json.dumps(pod)
+    assert "reg-value-7" not in json.dumps(pod)
+    for secret in cluster.secrets.values():
+        (owner,) = secret["metadata"]["ownerReferences"]
+        assert owner["uid"] == f"uid-{name}"
+    pull = cluster.secrets[f"{name}-pull"]
+    auths = json.loads(base64.b64decode(pull["data"][".dockerconfigjson"]))["auths"]
+    assert list(auths) == ["reg.example:5000"]
+    opaque = cluster.secrets[f"{name}-secrets"]
+    assert base64.b64decode(opaque["data"]["env.API_TOKEN"]) == b"tok-value-8"
+    cluster.move(name, "running")
+    await scheduler.wait_status(run_id, RunStatus.RUNNING)
+    cluster.move(name, "succeeded-exit-0")
+    await scheduler.wait_status(run_id, RunStatus.COMPLETED)
+    await asyncio.wait_for(task, 30)
+
+
+async def test_secrets_that_do_not_open_fail_the_rank_before_its_pod(
+    scheduler: MiniScheduler, store: EventStore, tmp_path: Path
+) -> None:
+    keyring = sealing.provision(tmp_path / "keys")
+    await store.append(
+        [UserAdded(id="u1", actor="setup", user=ALICE, role="user")], expected_version=0
+    )
+    await Vault(store, KeyringFile(keyring)).create(ALICE, ALICE, Secret(
+        name="tok", secret_type="env", metadata={"key": "T"}, value={"value": "v"},
+    ))  # fmt: skip
+    cluster = FakeCluster()
+    executor = make_executor(store, cluster, tmp_path / "agent", None)  # no keyring on this node
+    await executor.prepare()
+    job, run_id = await placed(scheduler)
+    executor.begin(job.key)
+    await asyncio.wait_for(executor.run(job.key, job, RankControl(job.key), resume=False), 30)
+    state = await scheduler.wait_status(run_id, RunStatus.FAILED)
+    assert state.latest.reason is not None
+    assert state.latest.reason.code == "SecretsUnavailable"
+    assert "no keyring" in state.latest.reason.message
+    assert cluster.created == []

@@ -120,3 +120,14 @@ def test_a_user_without_a_rule_is_an_error() -> None:
 def _patterns(user: str) -> list[str]:
     rule = acl.RULES[user]
     return [*rule.both, *rule.reads, *rule.writes]
+
+
+def test_only_the_api_writes_secret_values_and_only_node_agents_read_them_too() -> None:
+    values = keys.secret_values("alice")
+    assert may(acl.API, values, "write")
+    assert may(acl.API, values, "read")
+    assert may(acl.NODE_AGENT, values, "read")
+    assert not may(acl.NODE_AGENT, values, "write")
+    for user in (acl.SCHEDULER, acl.PROJECTOR, acl.LOG_COLLECTOR):
+        assert not may(user, values, "read"), user
+        assert not may(user, values, "write"), user

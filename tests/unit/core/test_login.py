@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from services.core.passwords import PasswordFileError, redacted, write_private
+from services.core.passwords import PasswordFileError, redacted
+from services.core.private import write_private
 from services.core.settings import Auth, Settings, invalid, login
 
 

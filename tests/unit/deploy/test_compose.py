@@ -21,6 +21,7 @@ from jsonschema.validators import validator_for
 from services.core import acl
 from services.core.health import SERVICES as PROBED
 from services.core.passwords import acl_path, password_file
+from services.core.sealing import keyring_path
 from tests.settings_table import SERVICES, env_name
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -177,7 +178,22 @@ def test_each_service_logs_in_as_its_own_user_with_its_password_from_a_secret(na
     environment = service["environment"]
     user = USERS[module_of(service)]
     assert environment["RUNPLANE_REDIS_USERNAME"] == user
-    (secret,) = service["secrets"]  # its own password, and no other
+    secret, *others = service["secrets"]  # its own password, and no other
+    assert [other for other in others if other != KEYRING] == []
     assert environment["RUNPLANE_REDIS_PASSWORD_FILE"] == f"/run/secrets/{secret}"
     assert secret_file(secret) == Path("secrets") / password_file(Path(), user).name
     assert "@" not in environment["RUNPLANE_REDIS_URL"]  # no password in the environment
+
+
+KEYRING = "secrets_keyring"
+
+
+@pytest.mark.parametrize("name", sorted(RUNPLANE))
+def test_only_the_api_and_the_node_agents_get_the_secrets_keyring(name: str) -> None:
+    service = RUNPLANE[name]
+    environment = service["environment"]
+    holds = module_of(service) in ("services.api", "services.node_agent")
+    assert (KEYRING in service["secrets"]) == holds
+    named = environment.get("RUNPLANE_SECRETS_KEYRING_FILE")
+    assert named == (f"/run/secrets/{KEYRING}" if holds else None)
+    assert secret_file(KEYRING) == Path("secrets") / keyring_path(Path()).name

@@ -3,6 +3,7 @@ schema, strict: no field it does not know), and carrying what the rank needs to 
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Any
@@ -13,10 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from events.model import RankPlacement
+from events.secrets import Secret
 from events.spec import Compute, RunSpec
 from services.node_agent.job import RankJob, RankKey
-from services.node_agent.kube import manifests, naming
+from services.node_agent.kube import manifests, naming, secretobjects
 from services.node_agent.kube.manifests import BadIntegration, PodOptions
+from services.node_agent.secrets import RunSecrets
 
 #: A recent Kubernetes release whose schema kubernetes-validate ships.
 K8S = "1.34"
@@ -233,3 +236,93 @@ def test_without_an_api_a_pod_has_no_token_and_no_platform_variables() -> None:
     pod = manifests.pod(job(), OPTIONS)
     assert "token" not in [v["name"] for v in pod["spec"]["volumes"]]
     assert not [name for name in env_of(pod["spec"]["containers"][0]) if "MOSAICML" in name]
+
+
+# --- the run owner's secrets (issue 21) ----------------------------------------------------------
+
+SECRETS = RunSecrets(
+    "alice",
+    [
+        Secret(name="tok", secret_type="env", metadata={"key": "API_TOKEN"},
+               value={"value": "tok-value-1"}),
+        Secret(name="clash", secret_type="env", metadata={"key": "NODE_RANK"},
+               value={"value": "99"}),
+        Secret(name="lr", secret_type="env", metadata={"key": "LR"}, value={"value": "1e-3"}),
+        Secret(name="db", secret_type="mounted", metadata={"mountPath": "/secrets/db"},
+               value={"value": "db-value-2"}),
+        Secret(name="aws", secret_type="s3", metadata={"mountDirectory": "/secrets/aws"},
+               value={"credentials": "[d]\nk=aws-value-3\n", "config": "[d]\n"}),
+        Secret(name="gitkey", secret_type="git", metadata={"mountPath": "/keys/git"},
+               value={"value": "git-value-4"}),
+        Secret(name="reg", secret_type="docker", metadata={},
+               value={"server": "reg.example:5000", "username": "u", "password": "reg-value-5"}),
+    ],
+)  # fmt: skip
+VALUES = ("tok-value-1", "db-value-2", "aws-value-3", "git-value-4", "reg-value-5")
+OWNER_UID = "6f0a3c2e-8f1b-4a55-9a54-2b1c0e7d9f11"
+
+
+def with_secrets(image: str = "reg.example:5000/team/trainer:1") -> tuple[dict[str, Any], Any]:
+    rank_job = job(image=image)
+    plan = secretobjects.layout(rank_job.key, SECRETS, image)
+    return manifests.pod(rank_job, OPTIONS, plan), plan
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_pod_with_secrets_and_its_secrets_validate(strict: bool) -> None:
+    pod, plan = with_secrets()
+    kubernetes_validate.validate(pod, K8S, strict=strict)
+    made = secretobjects.objects(job().key, "ml", plan, OWNER_UID)
+    assert [m["type"] for m in made] == ["Opaque", "kubernetes.io/dockerconfigjson"]
+    for manifest in made:
+        kubernetes_validate.validate(manifest, K8S, strict=strict)
+        (owner,) = manifest["metadata"]["ownerReferences"]
+        assert owner == {"apiVersion": "v1", "kind": "Pod", "name": pod["metadata"]["name"],
+                         "uid": OWNER_UID}  # fmt: skip
+
+
+def test_the_pod_names_its_secrets_and_holds_no_value() -> None:
+    pod, plan = with_secrets()
+    text = json.dumps(pod)
+    for value in VALUES:
+        assert value not in text
+    assert pod["spec"]["imagePullSecrets"] == [{"name": secretobjects.pull_name(job().key)}]
+    (main,) = pod["spec"]["containers"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in main["env"] if "valueFrom" in e}
+    assert set(refs) >= {"API_TOKEN", "LR", "SECRET_PATH_DB", "AWS_CONFIG_FILE", "GIT_SSH_COMMAND"}
+    for ref in refs.values():
+        assert ref["name"] == secretobjects.secrets_name(job().key)
+        assert ref["key"] in plan.data
+    assert (
+        base64.b64decode(
+            secretobjects.objects(job().key, "ml", plan, OWNER_UID)[0]["data"]["env.API_TOKEN"]
+        )
+        == b"tok-value-1"
+    )
+    plain = {e["name"]: e.get("value") for e in main["env"]}
+    assert plain["NODE_RANK"] == "1"  # mcli's own wins over a secret of its name
+    assert "LR" not in {e["name"] for e in main["env"] if "value" in e}  # the secret's LR wins
+    for init in pod["spec"]["initContainers"]:  # git_repo's clone gets the key too
+        assert "GIT_SSH_COMMAND" in {e["name"] for e in init["env"]}
+        assert {m["mountPath"] for m in init["volumeMounts"]} >= {"/keys/git"}
+
+
+def test_each_secret_directory_is_a_read_only_volume_of_its_files() -> None:
+    pod, plan = with_secrets()
+    (main,) = pod["spec"]["containers"]
+    mounts = {m["mountPath"]: m for m in main["volumeMounts"] if m["name"].startswith("secret-")}
+    assert set(mounts) == {"/secrets/db", "/secrets/aws", "/keys/git"}
+    assert all(m["readOnly"] for m in mounts.values())
+    volumes = {v["name"]: v["secret"] for v in pod["spec"]["volumes"] if "secret" in v}
+    aws = volumes[mounts["/secrets/aws"]["name"]]
+    assert sorted(item["path"] for item in aws["items"]) == ["config", "credentials"]
+    assert all(item["key"] in plan.data and item["mode"] == 0o600 for item in aws["items"])
+
+
+def test_no_secrets_no_change_and_another_registry_no_pull_secret() -> None:
+    empty = secretobjects.layout(job().key, RunSecrets("bob", []), "ubuntu")
+    assert empty.empty
+    assert manifests.pod(job(), OPTIONS, empty) == manifests.pod(job(), OPTIONS)
+    assert secretobjects.objects(job().key, "ml", empty, OWNER_UID) == []
+    pod, _ = with_secrets(image="ghcr.io/org/trainer")
+    assert "imagePullSecrets" not in pod["spec"]
