@@ -17,7 +17,9 @@ does not open: GCM refuses it as it refuses a changed byte (``Tampered``).
 Invariants: a value is never logged, never in an exception's message (errors name the owner,
 the secret and the key id); ``Secret.__repr__`` hides it. Reading the keyring re-reads the file
 when it changed (``KeyringFile``), and at once when a value names a key id it does not hold:
-another process may have rotated it.
+another process may have rotated it. The ``cryptography`` package (about 9 MiB a process) is
+imported at the first seal or open, not with this module: a node-agent whose runs have no
+secrets, and an API server no secret was asked of, never load it.
 """
 
 from __future__ import annotations
@@ -31,8 +33,6 @@ from pathlib import Path
 from typing import Final
 
 import msgspec
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from events.identity import KEY_ID_ALPHABET
 from events.model import SecretType
@@ -266,6 +266,8 @@ def seal(
     nonce = nonce if nonce is not None else secrets.token_bytes(NONCE_BYTES)
     aad = _aad(owner, secret.name, secret.secret_type, secret_id, secret.metadata)
     plaintext = msgspec.json.encode(secret.value)
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415 - see module
+
     ciphertext = AESGCM(key).encrypt(nonce, plaintext, aad)
     return Sealed(
         secret_id=secret_id,
@@ -285,6 +287,9 @@ def unseal(keyring: Keyring, owner: str, name: str, data: bytes) -> tuple[Secret
     if key is None:
         raise UnknownKey(owner, name, sealed.key_id)
     aad = _aad(owner, name, sealed.secret_type, sealed.secret_id, sealed.metadata)
+    from cryptography.exceptions import InvalidTag  # noqa: PLC0415 - see the module
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+
     try:
         nonce = base64.b64decode(sealed.nonce, validate=True)
         ciphertext = base64.b64decode(sealed.ciphertext, validate=True)

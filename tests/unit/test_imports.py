@@ -11,7 +11,9 @@ import sys
 import pytest
 
 # Imported by a service that does not use them, these cost memory in every process.
-EVERYWHERE = ("rich", "pygments", "kubernetes", "yaml")
+# (``cryptography`` itself is imported by redis-py to see whether it is there: its ciphers, about
+# 9 MiB, are what ``services.core.sealing`` imports only at its first seal or open.)
+EVERYWHERE = ("rich", "pygments", "kubernetes", "yaml", "cryptography.hazmat")
 
 # FastStream imports uvicorn (and click through it) for an ASGI app no service runs: a service on
 # the broker hides it (``services.core.imports.BROKER_UNUSED``).
