@@ -25,6 +25,7 @@ from services.node_agent.kube.api import KubeApi
 from services.node_agent.kube.watch import WatchError
 from services.node_agent.pump import OutputPump
 from services.node_agent.shim.lines import LineSplitter
+from services.node_agent.stamps import Stamp, parse_stamp, split_stamp
 from services.output import ingest
 
 log = structlog.get_logger(__name__)
@@ -32,27 +33,6 @@ log = structlog.get_logger(__name__)
 _STAMP_MAX = 40  # "2025-05-14T09:14:09.123456789Z " and then some
 _RECORD_EVERY = 1000  # lines between two records of progress (and at every stream's end)
 _RETRY_S = 1.0
-
-Stamp = tuple[str, int]  # (seconds, as "YYYY-MM-DDTHH:MM:SS"; nanoseconds)
-
-
-def parse_stamp(text: str) -> Stamp | None:
-    """The kubelet's RFC 3339 timestamp (UTC, ``Z``, fraction of 0 to 9 digits) as a pair
-    that sorts in time order (its text does not: trailing zeros are dropped)."""
-    if not text.endswith("Z") or len(text) < 20:
-        return None
-    seconds, _, fraction = text[:-1].partition(".")
-    if len(seconds) != 19 or not (fraction.isdigit() or not fraction):
-        return None
-    return seconds, int(fraction.ljust(9, "0")[:9] or 0)
-
-
-def split_stamp(line: bytes) -> tuple[Stamp | None, str, bytes]:
-    """(its time, the timestamp's text, the line without it)."""
-    head, _, rest = line.partition(b" ")
-    text = head.decode(errors="replace")
-    stamp = parse_stamp(text)
-    return (stamp, text, rest) if stamp is not None else (None, "", line)
 
 
 class Follower:
