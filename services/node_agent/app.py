@@ -261,6 +261,12 @@ def make_executor(settings: NodeAgentSettings, reporter: Reporter, store: EventS
             from services.node_agent.kube.executor import KubeExecutor  # noqa: PLC0415
 
             return KubeExecutor(settings, reporter, store.redis)
+        case "container":
+            from services.node_agent.container.executor import (  # noqa: PLC0415
+                ContainerExecutor,
+            )
+
+            return ContainerExecutor(settings, reporter, store.redis)
         case _:
             assert_never(settings.executor)
 

@@ -1,4 +1,5 @@
-"""The environment of a rank's command: the node's, the run's ``env_variables``, then mcli's.
+"""The environment of a rank's command: the node's, the run's ``env_variables``, the owner's
+env secrets (``secrets``), then mcli's.
 
 mcli's variables come last, so a run cannot break its own rendezvous by accident:
 MASTER_ADDR, MASTER_PORT, NODE_RANK, WORLD_SIZE, NUM_NODES, LOCAL_WORLD_SIZE, RUN_NAME,
@@ -59,10 +60,12 @@ def rank_environment(
     parameters_path: Path,
     venv: Path | None = None,
     platform: Mapping[str, str] | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     world, local = world_sizes(job)
     env = base_environment(base)
     env.update(job.spec.env_variables)
+    env.update(secrets or {})
     env.update(
         MASTER_ADDR=master_addr,
         MASTER_PORT=str(master_port(job.run_id, job.attempt)),

@@ -14,15 +14,22 @@ one to the other unchanged):
 The command runs under ``bash -c`` (``sh -c`` if the image has no bash), as on the ``process``
 executor, through ``exec``, so it receives SIGTERM itself and its exit is the container's.
 
+An integration runs in a container of its own, before the command's (an init container, an
+engine's container run to its end): ``apt_packages`` cannot carry over from one container to
+the next, so it is refused (``BadIntegration``): bake system packages into the image.
+
 Pure: no IO.
 """
 
 from __future__ import annotations
 
 import shlex
-from pathlib import PurePosixPath
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from services.node_agent import integrations
+from services.node_agent.errors import IntegrationError, NodeAgentError
 
 SHARED = PurePosixPath("/runplane")
 WORKSPACE = SHARED / "workspace"
@@ -44,6 +51,42 @@ fi
 if command -v bash >/dev/null 2>&1; then exec bash -c "${COMMAND_VARIABLE}"; fi
 exec sh -c "${COMMAND_VARIABLE}"
 """
+
+
+class BadIntegration(NodeAgentError):
+    """An integration this executor cannot carry out as written. Permanent."""
+
+    def __init__(self, index: int, integration_type: str, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+        self.integration_type = integration_type
+
+
+def integration_script(
+    index: int, integration: Mapping[str, Any], *, python: str, executor: str
+) -> str:
+    """The script of integration ``index`` in its own container, run by ``python`` (the
+    image's interpreter); raises ``BadIntegration`` for one that cannot run so."""
+    kind = integrations.integration_type(integration)
+    if kind == "apt_packages":
+        raise BadIntegration(
+            index,
+            kind,
+            f"apt_packages: on the {executor} executor an integration runs in a container "
+            "of its own, and system packages do not carry over to the command's: install "
+            "them in the image",
+        )
+    ctx = integrations.Context(workspace=Path(WORKSPACE), venv=Path(VENV), python=python, euid=0)
+    try:
+        return script(integrations.steps_for(integration, ctx))
+    except IntegrationError as exc:
+        raise BadIntegration(index, kind, str(exc)) from exc
+
+
+def integration_env(env_variables: Mapping[str, str]) -> dict[str, str]:
+    """An integration's environment: the run's variables; a private repository fails
+    instead of waiting for a password."""
+    return {**env_variables, "GIT_TERMINAL_PROMPT": "0"}
 
 
 def script(steps: list[integrations.Step]) -> str:

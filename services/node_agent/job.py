@@ -33,6 +33,8 @@ class RankJob(msgspec.Struct, kw_only=True, frozen=True):
     spec: RunSpec
     #: Every rank of the attempt, in rank order (NODE_RANK, WORLD_SIZE, MASTER_ADDR need them).
     placement: list[RankPlacement]
+    #: Who submitted the run: whose credentials (registry logins, secrets) the rank may use.
+    owner: str = ""
 
     @property
     def key(self) -> RankKey:
@@ -53,6 +55,7 @@ def job_of(state: RunState, attempt: AttemptState, rank: int) -> RankJob:
         node=placement[rank].node,
         spec=state.spec,
         placement=placement,
+        owner=state.created_by,
     )
 
 

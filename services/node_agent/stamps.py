@@ -2,7 +2,9 @@
 ``timestamps=true``, ``podman logs --timestamps``), each line after an RFC 3339 timestamp.
 
 A follower resumes after the last line it sent by comparing stamps, so the pair sorts in time
-order where the text would not (trailing zeros are dropped from the fraction). Pure.
+order where the text would not (trailing zeros are dropped from the fraction). Lines read in one
+go share a stamp, so where a stream stands is its last stamp and how many lines sent carry it
+(``Position``), and a follow that reads the log again skips exactly those (``Skip``). Pure.
 """
 
 from __future__ import annotations
@@ -27,3 +29,41 @@ def split_stamp(line: bytes) -> tuple[Stamp | None, str, bytes]:
     text = head.decode(errors="replace")
     stamp = parse_stamp(text)
     return (stamp, text, rest) if stamp is not None else (None, "", line)
+
+
+class Position:
+    """How far one stream was sent: the last stamp, and the lines sent with it."""
+
+    def __init__(self, recorded: str | None) -> None:
+        text, _, count = (recorded or "").partition(" ")
+        self.text = text
+        self.stamp = parse_stamp(text) if text else None
+        self.count = int(count) if count.isdigit() else 1
+
+    def __str__(self) -> str:
+        return f"{self.text} {self.count}"
+
+    def sent(self, stamp: Stamp, text: str) -> None:
+        if stamp == self.stamp:
+            self.count += 1
+        else:
+            self.stamp, self.text, self.count = stamp, text, 1
+
+
+class Skip:
+    """The lines of one follow that were sent already: those stamped before ``stamp``, and
+    the first ``count`` stamped ``stamp``."""
+
+    def __init__(self, stamp: Stamp | None, count: int) -> None:
+        self.stamp = stamp
+        self.left = count
+
+    def sent_before(self, stamp: Stamp) -> bool:
+        if self.stamp is None or stamp > self.stamp:
+            return False
+        if stamp < self.stamp:
+            return True
+        if self.left > 0:
+            self.left -= 1
+            return True
+        return False

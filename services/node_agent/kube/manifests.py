@@ -52,9 +52,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from services.node_agent import integrations, runtoken
+from services.node_agent import runtoken
 from services.node_agent.environment import master_port, rank_environment
-from services.node_agent.errors import IntegrationError, NodeAgentError
 from services.node_agent.incontainer import (
     COMMAND_VARIABLE,
     PARAMETERS_DIR,
@@ -63,9 +62,8 @@ from services.node_agent.incontainer import (
     SHARED,
     TOKEN_DIR,
     TOKEN_FILE,
-    VENV,
-    WORKSPACE,
-    script,
+    integration_env,
+    integration_script,
 )
 from services.node_agent.job import RankJob, RankKey
 from services.node_agent.kube import naming
@@ -83,15 +81,6 @@ class PodOptions(NamedTuple):
     kube_node: str | None = None  # pin the Pod to this Kubernetes node
     python: str = "python3"
     api_url: str | None = None  # ranks get a run token to report to it
-
-
-class BadIntegration(NodeAgentError):
-    """An integration this executor cannot carry out as written. Permanent."""
-
-    def __init__(self, index: int, integration_type: str, message: str) -> None:
-        super().__init__(message)
-        self.index = index
-        self.integration_type = integration_type
 
 
 def pod(job: RankJob, options: PodOptions) -> dict[str, Any]:
@@ -205,37 +194,25 @@ def main_container(
 def init_containers(
     job: RankJob, options: PodOptions, mounts: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    ctx = integrations.Context(
-        workspace=Path(WORKSPACE), venv=Path(VENV), python=options.python, euid=0
-    )
-    env = {**job.spec.env_variables, "GIT_TERMINAL_PROMPT": "0"}
-    containers = []
-    for index, integration in enumerate(job.spec.integrations):
-        kind = integrations.integration_type(integration)
-        if kind == "apt_packages":
-            raise BadIntegration(
-                index,
-                kind,
-                "apt_packages: on the kubernetes executor an integration runs in a container "
-                "of its own, and system packages do not carry over to the command's: install "
-                "them in the image",
-            )
-        try:
-            steps = integrations.steps_for(integration, ctx)
-        except IntegrationError as exc:
-            raise BadIntegration(index, kind, str(exc)) from exc
-        containers.append(
-            {
-                "name": integration_container(index),
-                "image": job.spec.image,
-                "command": ["/bin/sh", "-c", script(steps)],
-                "env": _env_list(env),
-                # A failed tool's last lines become its status message: the integration's error.
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "volumeMounts": mounts,
-            }
-        )
-    return containers
+    env = integration_env(job.spec.env_variables)
+    return [
+        {
+            "name": integration_container(index),
+            "image": job.spec.image,
+            "command": [
+                "/bin/sh",
+                "-c",
+                integration_script(
+                    index, integration, python=options.python, executor="kubernetes"
+                ),
+            ],
+            "env": _env_list(env),
+            # A failed tool's last lines become its status message: the integration's error.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": mounts,
+        }
+        for index, integration in enumerate(job.spec.integrations)
+    ]
 
 
 def integration_container(index: int) -> str:

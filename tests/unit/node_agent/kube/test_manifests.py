@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from events.model import RankPlacement
 from events.spec import Compute, RunSpec
 from services.node_agent import incontainer
+from services.node_agent.incontainer import BadIntegration
 from services.node_agent.job import RankJob, RankKey
 from services.node_agent.kube import manifests, naming
-from services.node_agent.kube.manifests import BadIntegration, PodOptions
+from services.node_agent.kube.manifests import PodOptions
 
 #: A recent Kubernetes release whose schema kubernetes-validate ships.
 K8S = "1.34"
