@@ -255,9 +255,10 @@ class _Rank:
         if seen.started and not seen.ended:
             await self._report_running(seen.pid)
         pump = OutputPump(self.x.client, self.key.run_id, self.key.attempt, self.key.rank)
-        pump.start()
         waiter = asyncio.ensure_future(self.engine.call("wait", self.name, within=None))
         follower = Follower(self.engine, self.name, pump, self.files, ended=waiter.done)
+        pump.on_settled = follower.record
+        pump.start()
         follower.start()
         stopper: asyncio.Task[None] | None = None
         try:

@@ -5,12 +5,13 @@ stderr lines to its stderr, each after the time the monitor read it; both go to 
 ``OutputPump`` (the same pump, buffer and ingest entries as every executor's), each line filed
 under its own stream.
 
-Where each stream stands is recorded (``RankFiles.sent``, every ``_RECORD_EVERY`` lines and at
-the end of each follow) as the stamp of its last line sent and how many lines sent carry that
-very stamp (the monitor stamps the lines of one read alike): a follow that breaks is started
-again from that point (``--since``, whole seconds; the rest is filtered here), and so is the log
-of a rank adopted after a restart, so no line is sent twice and none is skipped. The follower
-ends when a follow ends and ``ended()`` says the container is over.
+Where each stream stands is the stamp of its last line sent and how many lines sent carry that
+very stamp (the monitor stamps the lines of one read alike). A follow that breaks is started
+again from that point (``--since``, whole seconds; the rest is filtered here). It is recorded on
+disk (``RankFiles.sent``) each time the pump has sent every line put (``on_settled``): a rank
+adopted after a restart goes on from the last record, so no line is sent twice and none is
+skipped, unless the agent died in the instant between a send and its record.
+The follower ends when a follow ends and ``ended()`` says the container is over.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from services.output import ingest
 log = structlog.get_logger(__name__)
 
 _STAMP_MAX = 40  # "2025-05-14T09:14:09.123456789Z " and then some
-_RECORD_EVERY = 1000
 _RETRY_S = 1.0
 STREAMS = {"stdout": ingest.STDOUT, "stderr": ingest.STDERR}
 
@@ -53,6 +53,7 @@ class Follower:
         recorded = files.record().sent_until
         self.positions = {name: Position(recorded.get(name)) for name in STREAMS}
         self.lines = 0
+        self._recorded = {name: str(p) for name, p in self.positions.items() if p.stamp}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -102,7 +103,6 @@ class Follower:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
             await proc.wait()
-            self._record()
 
     async def _pipe(self, stream: asyncio.StreamReader, name: str) -> None:
         source = STREAMS[name]
@@ -126,13 +126,14 @@ class Follower:
             position.sent(stamp, text)
         self.pump.put(source, rest, cut)
         self.lines += 1
-        if self.lines % _RECORD_EVERY == 0:
-            self._record()
 
-    def _record(self) -> None:
+    def record(self) -> None:
+        """Record where each stream stands: call it when every line put was sent."""
         for name, position in self.positions.items():
-            if position.stamp is not None:
-                self.files.sent(name, str(position))
+            now = str(position)
+            if position.stamp is not None and self._recorded.get(name) != now:
+                self.files.sent(name, now)
+                self._recorded[name] = now
 
     def _since(self) -> list[str]:
         """``--since`` with the earliest stamp recorded (whole seconds): lines of that second
