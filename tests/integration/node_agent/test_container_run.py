@@ -5,6 +5,13 @@ the grace period, an exit code, and an OOM kill from the rank's memory limit."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 import redis.asyncio as aioredis
 
 from bench.podlab import MARKER, MARKER_TEXT, Podlab
@@ -181,3 +188,43 @@ async def test_a_rank_past_its_memory_limit_ends_oom_killed(
     assert (reason.category, reason.code, reason.exit_code) == ("user", "OOMKilled", 137)
     assert "32m" in reason.message
     await scheduler.wait_status(modest, RunStatus.COMPLETED)
+
+
+@pytest.fixture
+def podman_socket(podlab: Podlab, tmp_path: Path) -> Iterator[str]:
+    """The lab's podman as a service on a socket, as compose's containers profile reaches it."""
+    socket = tmp_path / "podman.sock"
+    service = subprocess.Popen(
+        ["podman", "system", "service", "--time=0", f"unix://{socket}"],
+        env=podlab.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not socket.exists():
+            assert service.poll() is None, "podman system service ended"
+            assert time.monotonic() < deadline, "podman's socket did not appear"
+            time.sleep(0.05)  # allowed: polling inside a deadline loop
+        yield f"unix://{socket}"
+    finally:
+        service.terminate()
+        service.wait()
+
+
+async def test_the_executor_drives_podman_through_its_socket(
+    container_agent: AgentFactory,
+    scheduler: MiniScheduler,
+    redis: aioredis.Redis,
+    busybox_image: str,
+    podman_socket: str,
+) -> None:
+    remote = json.dumps(["--remote", "--url", podman_socket])
+    agent = container_agent(container_engine_args=remote)
+    await agent.start()
+    run_id = await scheduler.submit(
+        spec(f"cat {MARKER}; exit 4", image=busybox_image), [("node-a", [0])]
+    )
+    state = await scheduler.wait_status(run_id, RunStatus.FAILED)
+    assert state.latest.ranks[0].exit_code == 4
+    await eventually(lambda: _says(redis, run_id, MARKER_TEXT.encode()), what="the marker")
+    pulled = next(e for e in await scheduler.events(run_id) if isinstance(e, ImagePullFinished))
+    assert pulled.size_bytes is not None
