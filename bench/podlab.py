@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -72,8 +73,6 @@ REGISTRY_CONFIG = """\
 version: 0.1
 log:
   level: error
-  accesslog:
-    disabled: true
 storage:
   filesystem:
     rootdirectory: {data}
@@ -82,6 +81,10 @@ storage:
 http:
   addr: {registry}
 """
+
+
+#: A line of the registry's access log: ``"GET /v2/x/manifests/1 HTTP/1.1" 200 348``.
+_ACCESS = re.compile(r'"(?P<request>[A-Z]+ \S+) HTTP/[\d.]+" \d{3} (?P<bytes>\d+)')
 
 
 class LabError(RuntimeError):
@@ -150,6 +153,15 @@ class Podlab:
         self.podman("push", "--quiet", local, remote)
         self.podman("rmi", "--force", local)
         return remote
+
+    def served(self) -> list[tuple[str, int]]:
+        """Every request the registry answered so far: (method and path, bytes sent)."""
+        found = []
+        for line in (self.base / "registry.log").read_text(errors="replace").splitlines():
+            match = _ACCESS.search(line)
+            if match:
+                found.append((match["request"], int(match["bytes"])))
+        return found
 
     def forget(self, reference: str) -> None:
         """Remove an image from the node's cache (the next pull fetches every layer)."""
