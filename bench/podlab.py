@@ -20,6 +20,7 @@ Images are made here, without any other registry:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -32,6 +33,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -95,12 +97,18 @@ class Podlab:
     """Podman and a registry under ``base``; ``close`` removes every container and stops the
     registry (the directory is the caller's)."""
 
-    def __init__(self, base: Path, *, registry: bool = True) -> None:
+    def __init__(
+        self, base: Path, *, registry: bool = True, login: tuple[str, str] | None = None
+    ) -> None:
+        """``login``: the registry asks for this user and password (htpasswd), and answers
+        nobody else."""
         self.base = base
         self.registry = ""
+        self.login = login
         self._registry_proc: subprocess.Popen[bytes] | None = None
-        run = base / "run"
-        run.mkdir(parents=True, exist_ok=True)
+        # Short: podman refuses a runroot of more than 50 characters (its container monitor's
+        # cleanup fails then, and every exit waits 20 s for it), and pytest's paths are long.
+        run = self.run = Path(tempfile.mkdtemp(prefix="podlab-", dir="/tmp"))
         self.conf = base / "containers.conf"
         self.conf.write_text(CONTAINERS_CONF.format(run=run))
         storage = base / "storage.conf"
@@ -150,7 +158,8 @@ class Podlab:
         else:
             self.podman("import", "--quiet", "-", local, stdin=tar)
         remote = f"{self.registry}/{name}"
-        self.podman("push", "--quiet", local, remote)
+        creds = ["--creds", ":".join(self.login)] if self.login else []
+        self.podman("push", "--quiet", *creds, local, remote)
         self.podman("rmi", "--force", local)
         return remote
 
@@ -170,6 +179,7 @@ class Podlab:
     def close(self) -> None:
         with contextlib.suppress(LabError):
             self.podman("rm", "--all", "--force", "--time", "0", timeout=120)
+        shutil.rmtree(self.run, ignore_errors=True)
         if self._registry_proc is not None:
             self._registry_proc.terminate()
             try:
@@ -186,9 +196,10 @@ class Podlab:
             raise LabError("docker-registry is not installed (apt-get install docker-registry)")
         self.registry = f"127.0.0.1:{free_port()}"
         config = self.base / "registry.yml"
-        config.write_text(
-            REGISTRY_CONFIG.format(data=self.base / "registry", registry=self.registry)
-        )
+        text = REGISTRY_CONFIG.format(data=self.base / "registry", registry=self.registry)
+        if self.login is not None:
+            text += self._htpasswd(*self.login)
+        config.write_text(text)
         registries = self.base / "registries.conf"
         registries.write_text(REGISTRIES_CONF.format(registry=self.registry))
         self.env["CONTAINERS_REGISTRIES_CONF"] = str(registries)
@@ -196,16 +207,46 @@ class Podlab:
             self._registry_proc = subprocess.Popen(
                 [binary, "serve", str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
             )
+        try:
+            self._until_registry_answers()
+        except LabError:
+            self.close()
+            raise
+
+    def _until_registry_answers(self) -> None:
+        assert self._registry_proc is not None
         deadline = time.monotonic() + 20
         while True:
             try:
                 with urllib.request.urlopen(f"http://{self.registry}/v2/", timeout=1):
                     return
+            except urllib.error.HTTPError as exc:
+                exc.close()
+                if exc.code == 401:  # it answers: with a login only
+                    return
+                raise LabError(f"docker-registry answered {exc.code} on {self.registry}") from None
             except OSError as exc:
                 if self._registry_proc.poll() is not None or time.monotonic() > deadline:
                     why = f"docker-registry did not answer on {self.registry}: {exc}"
                     raise LabError(why) from None
             time.sleep(0.05)  # allowed: polling inside a deadline loop
+
+    def _htpasswd(self, user: str, password: str) -> str:
+        """The registry's auth section, with its htpasswd file (bcrypt, as it requires)."""
+        if shutil.which("htpasswd") is None:
+            raise LabError("htpasswd is not installed (apt-get install apache2-utils)")
+        done = subprocess.run(
+            ["htpasswd", "-Bbn", user, password], capture_output=True, check=True, text=True
+        )
+        users = self.base / "htpasswd"
+        users.write_text(done.stdout)
+        return f"auth:\n  htpasswd:\n    realm: podlab\n    path: {users}\n"
+
+    def auths(self) -> bytes:
+        """A docker config.json with the registry's login (what a docker secret holds)."""
+        assert self.login is not None
+        token = base64.b64encode(":".join(self.login).encode()).decode()
+        return json.dumps({"auths": {self.registry: {"auth": token}}}).encode()
 
 
 def free_port() -> int:

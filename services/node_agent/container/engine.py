@@ -140,6 +140,12 @@ class Engine:
         if names:
             await self.check("rm", "--force", "--ignore", "--time", "0", *names)
 
+    async def wait(self, name: str) -> None:
+        """Until the container has ended (or is gone). podman learns of an exit from the
+        monitor's cleanup command; where that fails (a runroot of more than 50 characters),
+        ``wait`` gives up on it only after 20 s."""
+        await self.call("wait", name, within=None)
+
     async def stop(self, name: str, grace_s: int) -> None:
         """SIGTERM to the container's init, SIGKILL after ``grace_s`` seconds."""
         await self.call("stop", "--ignore", "--time", str(grace_s), name, within=grace_s + _CALL_S)

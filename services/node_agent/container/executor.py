@@ -255,7 +255,7 @@ class _Rank:
         if seen.started and not seen.ended:
             await self._report_running(seen.pid)
         pump = OutputPump(self.x.client, self.key.run_id, self.key.attempt, self.key.rank)
-        waiter = asyncio.ensure_future(self.engine.call("wait", self.name, within=None))
+        waiter = asyncio.ensure_future(self.engine.wait(self.name))
         follower = Follower(self.engine, self.name, pump, self.files, ended=waiter.done)
         pump.on_settled = follower.record
         pump.start()
@@ -297,7 +297,7 @@ class _Rank:
     async def _until_ended(self) -> outcome.Seen | None:
         """``wait`` answered while the container still runs (it was interrupted): its end."""
         while True:
-            await self.engine.call("wait", self.name, within=None)
+            await self.engine.wait(self.name)
             seen = await self._inspect()
             if seen is None or seen.ended:
                 return seen
