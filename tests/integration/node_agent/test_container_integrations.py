@@ -1,15 +1,18 @@
 """Integrations on the ``container`` executor, each in a container of the run's image sharing
 the rank's ``/runplane`` with the command's, without any network but loopback (the ranks share
 the node's): ``git_repo`` from a ``git daemon`` and ``pip_packages`` from a wheel served over
-HTTP, both on loopback; and a failing integration, which fails the rank with its last words."""
+HTTP, both on loopback; a failing integration, which fails the rank with its last words; and a
+stop during an integration, which ends its container."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import http.server
 import io
+import socket
 import subprocess
 import threading
 import time
@@ -20,7 +23,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from bench.podlab import free_port
+from bench.podlab import Podlab, free_port
 from events.model import IntegrationFailed, IntegrationFinished, IntegrationStarted
 from events.status import RunStatus
 from tests.integration.node_agent.conftest import AgentFactory
@@ -181,3 +184,58 @@ async def test_a_failing_integration_fails_the_rank_with_its_last_words(
     failed = next(e for e in await scheduler.events(run_id) if isinstance(e, IntegrationFailed))
     assert failed.index == 0
     assert "404" in failed.error
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A server on loopback that takes connections and never answers."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def hold() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=hold, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/{WHEEL}"
+    finally:
+        server.close()
+        for connection in held:
+            connection.close()
+
+
+async def test_a_stop_during_an_integration_ends_its_container(
+    container_agent: AgentFactory,
+    scheduler: MiniScheduler,
+    podlab: Podlab,
+    python_image: str,
+    silent_url: str,
+) -> None:
+    agent = container_agent()
+    await agent.start()
+    run = spec(
+        "echo never",
+        image=python_image,
+        env_variables=NO_PYPI,
+        integrations=[{"integration_type": "pip_packages", "packages": [silent_url]}],
+    )
+    run_id = await scheduler.submit(run, [("node-a", [0])])
+    await eventually(
+        lambda: _integrations(podlab) == 1, what="the integration's container", within=60
+    )
+
+    await scheduler.stop(run_id)
+
+    state = await scheduler.wait_status(run_id, RunStatus.STOPPED)
+    assert state.latest.reason is not None
+    assert state.latest.reason.code == "Stopped"
+    await eventually(lambda: _integrations(podlab) == 0, what="its container removed")
+    events = await scheduler.events(run_id)
+    assert not any(isinstance(e, IntegrationFinished | IntegrationFailed) for e in events)
+
+
+def _integrations(podlab: Podlab) -> int:
+    listed = podlab.podman("ps", "--filter", "label=runplane.dev/role=integration", "--quiet")
+    return len(listed.split())
