@@ -148,6 +148,8 @@ class AttemptsProjection:
             text = handler(event, latest, event.actor)
         except _Refused as refused:
             return skipped(self.name, record, str(refused))
+        if text is None and kind is ev.ImagePullFinished:
+            return ()  # a pull that measured nothing changes no row
         return self._line(record, latest, text)
 
     def _line(self, record: Recorded, attempt: AttemptRow, text: str | None) -> Collection[RowKey]:
