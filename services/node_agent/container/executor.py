@@ -1,5 +1,7 @@
 """The ``container`` executor: each rank in a container of the run's image, through podman's
-command line (``engine`` says why the CLI).
+command line. The CLI rather than the REST API (the Docker SDK against podman's socket): a node
+needs podman and nothing more, each container's monitor outlives the agent (no daemon), and the
+engine's own words (a registry's message) reach the user unchanged; ``engine`` says more.
 
 The IO edge of the component. A rank's life (``run``):
 1. its files on this node (``rankdir``) are created before anything is reported (``begin``);
