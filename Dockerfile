@@ -22,6 +22,22 @@ COPY cli/ cli/
 COPY mcli/ mcli/
 RUN /opt/runplane/bin/pip install .
 
+# A node-agent whose ranks run in podman containers on its host (RUNPLANE_EXECUTOR=container),
+# built only when asked for (--target container-agent; compose's `containers` profile): the
+# default image's runtime plus the podman client, which drives the host's podman through its
+# socket (`--remote`, docs/containers.md). Root: whoever has that socket is root on the host.
+FROM ${PYTHON_IMAGE} AS container-agent
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git ca-certificates podman \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /opt/runplane /opt/runplane
+ENV PATH=/opt/runplane/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /root
+CMD ["python", "-m", "services.node_agent"]
+
+# The default image: every service's.
 FROM ${PYTHON_IMAGE}
 # git: the node-agent's git_repo integration clones with it (bash, for run commands, is in
 # the base image already).

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import os
 import signal
 import subprocess
@@ -54,6 +55,7 @@ from cli.stackfiles import (
 from services.core import acl, passwords, sealing
 from services.core.settings import Settings
 from services.core.valkey import HOST, free_port, server_binary
+from services.node_agent.container import naming
 from services.node_agent.job import RankKey
 from services.node_agent.process.rankdir import local_ranks
 from services.node_agent.shim.ondisk import kill_group
@@ -332,6 +334,7 @@ class LocalStack:
                 "RUNPLANE_GRACE_PERIOD_S": str(config.grace_period_s),
                 "RUNPLANE_API_URL": self.api_url,
                 **self._keyring(),
+                "RUNPLANE_EXECUTOR": config.executor,
                 **self._login(acl.NODE_AGENT),
             }
             if config.gpus_per_node is not None:
@@ -396,12 +399,38 @@ class LocalStack:
             data_dir = spec.env.get("RUNPLANE_DATA_DIR")  # a node's, where its ranks live
             if data_dir is None:
                 continue
+            if spec.env.get("RUNPLANE_EXECUTOR") == "container":
+                killed += remove_containers(spec.env.get("RUNPLANE_NODE", spec.name))
+                continue
             for rank_dir in local_ranks(Path(data_dir)):
                 if rank_dir.shim_alive():
                     kill_group(rank_dir.command_pid())
                     kill_group(rank_dir.shim_pid())  # its own session: its group is its pid
                     killed.append(rank_dir.key)
         return killed
+
+
+def remove_containers(node: str, engine: str = "podman") -> list[RankKey]:
+    """Remove every container a node's agent ran (its ranks, their integrations); the ranks
+    whose command's container was running. The engine's settings are this process's
+    environment's (CONTAINERS_CONF), as they were the agents'."""
+    filters = [arg for value in naming.node_filters(node) for arg in ("--filter", value)]
+    try:
+        listed = subprocess.run(
+            [engine, "ps", "--all", *filters, "--format", "json"],
+            capture_output=True, check=True, timeout=60,
+        )  # fmt: skip
+        found = json.loads(listed.stdout or b"[]")
+        names = [str(c["Names"][0]) for c in found if c.get("Names")]
+        if names:
+            subprocess.run(
+                [engine, "rm", "--force", "--ignore", "--time", "0", *names],
+                capture_output=True, check=True, timeout=120,
+            )  # fmt: skip
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return []  # no engine to ask (the agents could not have run any)
+    running = [c for c in found if c.get("State") == "running" and naming.is_rank(c.get("Labels"))]
+    return [key for c in running if (key := naming.key_of(c.get("Labels"))) is not None]
 
 
 def _running(record: Record | None) -> Pid | None:

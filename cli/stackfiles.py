@@ -109,6 +109,8 @@ class StackConfig:
     cluster: str = "local"
     grace_period_s: float = 30.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: How the nodes run ranks: ``process`` or ``container`` (podman: docs/containers.md).
+    executor: str = "process"
 
 
 @dataclass

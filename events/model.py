@@ -210,6 +210,11 @@ class ImagePullFinished(RunEvent, kw_only=True, tag="image.pull_finished"):
     rank: int
     node: str
     image: str
+    #: What the pull measured, where the executor pulls itself (``container``): the image's
+    #: size as the engine stores it, and the pull's duration (a cached image: the manifest's
+    #: round trip). None where it is not known (``process``, ``kubernetes``).
+    size_bytes: int | None = None
+    duration_ms: int | None = None
 
 
 class ImagePullFailed(RunEvent, kw_only=True, tag="image.pull_failed"):

@@ -103,8 +103,10 @@ class AttemptsProjection:
     #: 2: a rank that exited before ``attempt.running`` no longer makes the fold skip it.
     #: 3: a rank's end names the signal that ended it ("ended by signal 15 (stopped by x)").
     #: 4: a waiting attempt's gpus, gpu_type and node_count are the shape it was queued with.
-    version: ClassVar[int] = 4
-    #: Run events but a setup step that went well (it changes no row: its rank is only checked).
+    #: 5: a measured image pull (its size and time) is a line of the event log.
+    version: ClassVar[int] = 5
+    #: Run events but a setup step that went well (it changes no row: its rank is only
+    #: checked), except a finished pull, which may say what it measured.
     handles: ClassVar[frozenset[type]]
 
     def __init__(self) -> None:
@@ -146,6 +148,8 @@ class AttemptsProjection:
             text = handler(event, latest, event.actor)
         except _Refused as refused:
             return skipped(self.name, record, str(refused))
+        if text is None and kind is ev.ImagePullFinished:
+            return ()  # a pull that measured nothing changes no row
         return self._line(record, latest, text)
 
     def _line(self, record: Recorded, attempt: AttemptRow, text: str | None) -> Collection[RowKey]:
@@ -330,11 +334,11 @@ _HANDLERS: dict[type, Handler] = {
 
 def _setup_step(event: Any, attempt: AttemptRow, actor: str) -> str | None:
     _rank(attempt, event.rank)
-    return describe(event) if type(event) in _SETUP_FAILURES else None
+    return describe(event) if type(event) in _SETUP_LINES else None
 
 
-_SETUP_FAILURES = frozenset({ev.ImagePullFailed, ev.IntegrationFailed})
+_SETUP_LINES = frozenset({ev.ImagePullFailed, ev.IntegrationFailed, ev.ImagePullFinished})
 _HANDLERS |= dict.fromkeys(_SETUP, _setup_step)
 AttemptsProjection.handles = frozenset(ev.RUN_EVENT_TYPES) - (
-    set(_SETUP) - _SETUP_FAILURES | {ev.RunTokenIssued}
+    set(_SETUP) - _SETUP_LINES | {ev.RunTokenIssued}
 )

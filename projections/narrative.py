@@ -70,6 +70,8 @@ def describe(  # noqa: PLR0911, PLR0912
             return "Run deleted"
         case ev.ImagePullFailed():
             return f"Image pull failed on rank {event.rank} ({event.node}): {event.error}"
+        case ev.ImagePullFinished():
+            return _pulled(event)
         case ev.IntegrationFailed():
             return (
                 f"Integration {event.index} ({event.integration_type}) failed on rank "
@@ -81,7 +83,6 @@ def describe(  # noqa: PLR0911, PLR0912
             return f"Rank {event.rank} on {event.node} {_rank_end(event)}"
         case (
             ev.ImagePullStarted()
-            | ev.ImagePullFinished()
             | ev.IntegrationStarted()
             | ev.IntegrationFinished()
             | ev.RankRunning()
@@ -90,6 +91,27 @@ def describe(  # noqa: PLR0911, PLR0912
             return None
         case _:
             assert_never(event)
+
+
+def _pulled(event: ev.ImagePullFinished) -> str | None:
+    """A pull that was measured (an executor that pulls itself): its size and time."""
+    if event.duration_ms is None:
+        return None
+    size = "" if event.size_bytes is None else f"{_size(event.size_bytes)} "
+    return (
+        f"Image {event.image} pulled on rank {event.rank} ({event.node}): "
+        f"{size}in {event.duration_ms / 1000:.2f}s"
+    )
+
+
+def _size(size: int) -> str:
+    """Bytes in the units docker prints (decimal: 1 MB = 1,000,000 bytes)."""
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
 
 
 def _who(event: ev.Event) -> str:

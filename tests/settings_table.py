@@ -47,6 +47,8 @@ FACTORY_DEFAULTS: dict[tuple[type[Settings], str], str] = {
     (LogCollectorSettings, "collector_name"): "the host name",
     (NodeAgentSettings, "node"): "the host name",
     (NodeAgentSettings, "cpus"): "the OS's CPU count",
+    (NodeAgentSettings, "container_engine_args"): "`[]`",
+    (NodeAgentSettings, "container_cdi_dirs"): '`["/etc/cdi", "/var/run/cdi"]`',
 }
 
 
@@ -75,6 +77,8 @@ def _type(annotation: object) -> str:
         return "JSON object" if annotation is dict else annotation.__name__
     if typing.get_origin(annotation) is dict:
         return "JSON object"
+    if typing.get_origin(annotation) is list:
+        return "JSON list"
     return str(annotation)
 
 

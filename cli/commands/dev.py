@@ -80,6 +80,13 @@ def register(subparsers: Any) -> None:
     up.add_argument("--gpu-type", dest="gpu_type", default="a100_80gb", help="GPU type")
     up.add_argument("--cluster", default="local", help="the cluster's name (default local)")
     up.add_argument(
+        "--executor",
+        choices=("process", "container"),
+        default="process",
+        help="how nodes run ranks: local processes (default), or a podman container per rank "
+        "(the engine's settings from this environment, e.g. CONTAINERS_CONF: docs/containers.md)",
+    )
+    up.add_argument(
         "--grace-period",
         dest="grace_period",
         type=float,
@@ -112,6 +119,7 @@ def dev_up(args: argparse.Namespace) -> int:
         gpu_type=args.gpu_type,
         cluster=args.cluster,
         grace_period_s=args.grace_period,
+        executor=args.executor,
     )
     console = make_console()
     with console.status("Starting the local stack...") as spinner:
@@ -123,9 +131,10 @@ def dev_up(args: argparse.Namespace) -> int:
         except BaseException:
             stack.down()
             raise
+    ranks = " (ranks in podman containers)" if args.executor == "container" else ""
     success(
         f"Local stack up: {args.nodes} nodes x {args.gpus_per_node} {args.gpu_type} GPUs on "
-        f"cluster {args.cluster}, log at {stack.url}, state in {home}"
+        f"cluster {args.cluster}{ranks}, log at {stack.url}, state in {home}"
     )
     _api_line(stack)
     echo("\nSubmit a run with:\n\nmcli run -f examples/hello.yaml")

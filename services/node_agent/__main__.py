@@ -25,6 +25,12 @@ from services.node_agent.settings import NodeAgentSettings
 def main() -> int:
     configure("node-agent")
     settings = load(NodeAgentSettings, "node-agent")
+    if settings.executor == "container":
+        from services.node_agent.container.preflight import problem  # noqa: PLC0415
+
+        if (why := problem(settings)) is not None:
+            print(f"node-agent: {why}", file=sys.stderr)  # noqa: T201
+            return 2
     structlog.contextvars.bind_contextvars(node=settings.node)
     first_beat(settings)
     # The broker logs two lines per log entry, and an agent reads every entry of the log.

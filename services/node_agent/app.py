@@ -39,6 +39,8 @@ from events.model import (
     RunEvent,
 )
 from services.core.consumer import LogConsumer, make_broker
+from services.core.sealing import KeyringFile
+from services.core.secretstore import SecretValues
 from services.core.store import EventStore
 from services.node_agent.errors import RankGone
 from services.node_agent.executor import Executor, RankControl
@@ -261,6 +263,17 @@ def make_executor(settings: NodeAgentSettings, reporter: Reporter, store: EventS
             from services.node_agent.kube.executor import KubeExecutor  # noqa: PLC0415
 
             return KubeExecutor(settings, reporter, store.redis)
+        case "container":
+            from services.node_agent.container.executor import (  # noqa: PLC0415
+                ContainerExecutor,
+            )
+            from services.node_agent.secrets import OwnerSecrets  # noqa: PLC0415
+
+            keyring = settings.secrets_keyring_file
+            secrets = OwnerSecrets(
+                SecretValues(store.redis), None if keyring is None else KeyringFile(keyring)
+            )
+            return ContainerExecutor(settings, reporter, store.redis, secrets=secrets)
         case _:
             assert_never(settings.executor)
 

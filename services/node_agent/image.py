@@ -1,4 +1,5 @@
-"""Image references: the Docker/OCI reference grammar, checked without a registry.
+"""Image references: the Docker/OCI reference grammar, checked without a registry, and a short
+name completed as Docker completes it (``normalized``).
 
 The ``process`` executor cannot pull images. It records the image and refuses a reference that
 no registry could ever serve, as Kubernetes does for ``InvalidImageName``. The grammar is the
@@ -84,3 +85,15 @@ def _repository(name: str) -> str:
     last_slash = path.rfind("/")
     colon = path.rfind(":")
     return path[:colon] if colon > last_slash else path
+
+
+def normalized(reference: str) -> str:
+    """``reference`` with its registry, as Docker and Kubernetes read a short name:
+    ``pytorch`` is ``docker.io/library/pytorch``, ``mosaicml/pytorch:tag`` is
+    ``docker.io/mosaicml/pytorch:tag``; a name whose first part is a host (a dot, a port, or
+    ``localhost``) is left as it is. (podman would otherwise ask, or try each registry of its
+    search list in turn.)"""
+    first, slash, _ = reference.partition("/")
+    if slash and (any(c in first for c in ".:") or first == "localhost"):
+        return reference
+    return f"docker.io/{reference}" if slash else f"docker.io/library/{reference}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 import structlog
@@ -38,6 +39,10 @@ class OutputPump:
         self.client = client
         self.batch = batch
         self.sent = 0
+        self.in_flight = 0  # entries of the batch being sent now
+        #: Called each time a send leaves nothing to send (``settled``): where a follower
+        #: records how far its output went.
+        self.on_settled: Callable[[], None] | None = None
 
         def make_line(source: bytes, line: bytes, cut: int) -> Entry:
             fields = ingest.ingest_fields(run_id, attempt, rank, source, line)
@@ -57,6 +62,11 @@ class OutputPump:
     @property
     def dropped(self) -> int:
         return self.buffer.dropped
+
+    @property
+    def settled(self) -> bool:
+        """Every line put so far is on the ingest stream (or was dropped, and counted)."""
+        return not self.buffer and not self.in_flight
 
     def start(self) -> None:
         self._sender = asyncio.create_task(self._run(), name="output-pump")
@@ -108,10 +118,12 @@ class OutputPump:
                 await self._wake.wait()
                 continue
             batch = self.buffer.take(self.batch)
+            self.in_flight = len(batch)
             try:
                 await ingest.send(self.client, batch)
             except (RedisError, OSError) as exc:
                 self.buffer.give_back(batch)
+                self.in_flight = 0
                 if time.monotonic() + backoff > self._deadline:
                     return
                 log.warning("ingest.send_failed", error=repr(exc), retry_in=backoff)
@@ -120,3 +132,6 @@ class OutputPump:
                 continue
             backoff = 0.05
             self.sent += len(batch)
+            self.in_flight = 0
+            if self.on_settled is not None and not self.buffer:
+                self.on_settled()

@@ -33,20 +33,24 @@ are (``RunSecrets.names``). Pure but for ``run_secrets``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
 import shlex
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Final
 
 from events import secrets
+from events.model import Reason
 from events.secrets import Secret
 from services.core import sealing
+from services.core.private import write_private_bytes
 from services.core.sealing import KeyringFile, SealingError, UnknownKey
 from services.core.secretstore import SecretValues
-from services.node_agent.errors import NodeAgentError
+from services.node_agent.errors import NodeAgentError, SetupAborted
+from services.node_agent.ranksecrets import RankSecrets
 
 GIT_DIR: Final = PurePosixPath("/var/run/runplane/git")
 ASKPASS: Final = GIT_DIR / "askpass"
@@ -260,3 +264,45 @@ def _open(keyring: KeyringFile, owner: str, name: str, data: bytes) -> Secret:
     except SealingError as exc:
         raise SecretsUnavailable(str(exc)) from None
     return secret
+
+
+def write_files(found: RunSecrets, root: PurePosixPath) -> None:
+    """Each of ``found``'s files at its path under ``root``: 0600 (the askpass script 0700),
+    in directories 0700, written whole or not at all."""
+    base = Path(root)
+    for file in found.files(root):
+        path = Path(file.path)
+        base.mkdir(mode=0o700, exist_ok=True)
+        for parent in reversed(path.relative_to(base).parents[:-1]):  # 0700 each, from the top
+            (base / parent).mkdir(mode=0o700, exist_ok=True)
+        write_private_bytes(path, file.content, file.mode)
+
+
+class OwnerSecrets:
+    """The ``container`` executor's provider (``services.node_agent.ranksecrets``) over the
+    store's sealed values and this node's keyring. A secret that cannot be opened ends the
+    rank's setup as a system failure (``SecretsUnavailable``, naming the secret)."""
+
+    def __init__(self, values: SecretValues, keyring: KeyringFile | None) -> None:
+        self.values = values
+        self.keyring = keyring
+
+    async def registry_auth(self, owner: str, image: str) -> bytes | None:
+        return (await self._open(owner)).docker_config(image)
+
+    async def rank_secrets(self, owner: str, into: Path) -> RankSecrets:
+        """The owner's files written under ``into`` (the paths the rank sees, rooted there),
+        each mounted read-only at the path the rank sees; the variables naming them."""
+        found = await self._open(owner)
+        root = PurePosixPath(into)
+        await asyncio.to_thread(write_files, found, root)
+        seen, written = found.files(), found.files(root)
+        mounts = [(file.path, Path(here.path)) for file, here in zip(seen, written, strict=True)]
+        return RankSecrets(env=found.environment(), mounts=mounts)
+
+    async def _open(self, owner: str) -> RunSecrets:
+        try:
+            return await run_secrets(self.values, owner, self.keyring)
+        except SecretsUnavailable as exc:
+            reason = Reason(category="system", code="SecretsUnavailable", message=str(exc))
+            raise SetupAborted(reason) from None

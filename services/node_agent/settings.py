@@ -49,8 +49,10 @@ class NodeAgentSettings(KeyringSettings):
     heartbeat_ttl_s: float = Field(
         default=10.0, gt=0, description="Expiry of the heartbeat key: silent this long, lost."
     )
-    executor: Literal["process", "kubernetes"] = Field(
-        default="process", description="How ranks run: local processes, or a Pod per rank."
+    executor: Literal["process", "kubernetes", "container"] = Field(
+        default="process",
+        description="How ranks run: local processes, a Pod per rank, or a container per rank "
+        "(podman: docs/containers.md).",
     )
     kube_namespace: str = Field(
         default="default", min_length=1, description="kubernetes: the namespace of the Pods."
@@ -88,6 +90,44 @@ class NodeAgentSettings(KeyringSettings):
         min_length=1,
         description="kubernetes: the image's interpreter that creates a rank's virtual "
         "environment (pip_packages, git_repo's pip_install).",
+    )
+    container_engine: str = Field(
+        default="podman",
+        min_length=1,
+        description="container: the engine's command (a name on the PATH, or a path).",
+    )
+    container_engine_args: list[str] = Field(
+        default_factory=list,
+        description="container: the engine's global flags, before every command, as a JSON "
+        'list (`["--runtime", "runc", "--cgroup-manager", "cgroupfs"]`, `["--root", DIR]`).',
+    )
+    container_conf: Path | None = Field(
+        default=None,
+        description="container: a containers.conf for the engine (its CONTAINERS_CONF); unset, "
+        "the engine's own (docs/containers.md: when podman's defaults do not run here).",
+    )
+    container_memory: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+[bkmgBKMG]?$",
+        description="container: each rank's memory limit (`64g`), swap included; past it the "
+        "kernel kills the command and the rank ends OOMKilled. Unset: no limit.",
+    )
+    container_network: str = Field(
+        default="host",
+        min_length=1,
+        description="container: the ranks' network; `host` shares the node's, as process ranks "
+        "do (MASTER_ADDR, MASTER_PORT).",
+    )
+    container_python: str = Field(
+        default="python3",
+        min_length=1,
+        description="container: the image's interpreter that creates a rank's virtual "
+        "environment (pip_packages, git_repo's pip_install).",
+    )
+    container_cdi_dirs: list[Path] = Field(
+        default_factory=lambda: [Path("/etc/cdi"), Path("/var/run/cdi")],
+        description="container: where the node's CDI specs are (GPUs are passed as "
+        "nvidia.com/gpu=<index> devices when one of kind nvidia.com/gpu is there).",
     )
     api_url: str | None = Field(
         default=None,

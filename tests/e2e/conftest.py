@@ -10,6 +10,9 @@ import pytest
 
 from cli.stack import LocalStack, StackConfig
 from tests.e2e.driver import Driver, driving, stack_up
+from tests.podlab_fixtures import busybox_image, podlab
+
+__all__ = ["busybox_image", "podlab"]  # fixtures, for the tests that run containers
 
 NODES = 4
 

@@ -43,12 +43,13 @@ from services.core.secretstore import SecretValues
 from services.node_agent import integrations, runtoken
 from services.node_agent.errors import RankEnded, RankGone
 from services.node_agent.executor import RankControl
+from services.node_agent.incontainer import BadIntegration
 from services.node_agent.job import RankJob, RankKey
 from services.node_agent.kube import manifests, naming, podstatus, track
 from services.node_agent.kube.api import KubeApi, Refused, connect
 from services.node_agent.kube.ledger import Ledger
 from services.node_agent.kube.logs import Follower
-from services.node_agent.kube.manifests import BadIntegration, PodOptions
+from services.node_agent.kube.manifests import PodOptions
 from services.node_agent.kube.podstatus import Init, Observation
 from services.node_agent.kube.secretobjects import Layout, layout, objects
 from services.node_agent.kube.watch import Json, PodWatch, WatchError

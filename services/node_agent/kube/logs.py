@@ -7,7 +7,8 @@ are followed in that order, as they run. Kubernetes merges a container's stdout 
 into one log: every line is filed as stdout.
 
 The log is asked for with timestamps. A line is sent only if it is newer than the last one
-sent for that container (``ledger``): a stream that breaks is followed again from that point
+sent for that container (``ledger``: its stamp, and how many lines sent carry it, since the
+lines of one read share a stamp): a stream that breaks is followed again from that point
 (``sinceTime``), and so is the log of a rank adopted after a restart, so no line is sent
 twice and none is skipped while the kubelet keeps the log. The follower ends when a stream
 ends and ``finished()`` says the container is over.
@@ -25,6 +26,7 @@ from services.node_agent.kube.api import KubeApi
 from services.node_agent.kube.watch import WatchError
 from services.node_agent.pump import OutputPump
 from services.node_agent.shim.lines import LineSplitter
+from services.node_agent.stamps import Position, Skip, split_stamp
 from services.output import ingest
 
 log = structlog.get_logger(__name__)
@@ -32,27 +34,6 @@ log = structlog.get_logger(__name__)
 _STAMP_MAX = 40  # "2025-05-14T09:14:09.123456789Z " and then some
 _RECORD_EVERY = 1000  # lines between two records of progress (and at every stream's end)
 _RETRY_S = 1.0
-
-Stamp = tuple[str, int]  # (seconds, as "YYYY-MM-DDTHH:MM:SS"; nanoseconds)
-
-
-def parse_stamp(text: str) -> Stamp | None:
-    """The kubelet's RFC 3339 timestamp (UTC, ``Z``, fraction of 0 to 9 digits) as a pair
-    that sorts in time order (its text does not: trailing zeros are dropped)."""
-    if not text.endswith("Z") or len(text) < 20:
-        return None
-    seconds, _, fraction = text[:-1].partition(".")
-    if len(seconds) != 19 or not (fraction.isdigit() or not fraction):
-        return None
-    return seconds, int(fraction.ljust(9, "0")[:9] or 0)
-
-
-def split_stamp(line: bytes) -> tuple[Stamp | None, str, bytes]:
-    """(its time, the timestamp's text, the line without it)."""
-    head, _, rest = line.partition(b" ")
-    text = head.decode(errors="replace")
-    stamp = parse_stamp(text)
-    return (stamp, text, rest) if stamp is not None else (None, "", line)
 
 
 class Follower:
@@ -73,7 +54,7 @@ class Follower:
         self.container = container
         self.pump = pump
         self.loop = loop
-        self.sent_until = sent_until
+        self.position = Position(sent_until)
         self.record = record
         self.finished = finished
         self.done = threading.Event()
@@ -103,37 +84,36 @@ class Follower:
             self.done.set()
 
     def _follow(self) -> None:
-        after = parse_stamp(self.sent_until) if self.sent_until else None
+        # Sent before the stream broke, or before the agent restarted: read again, not sent.
+        position = self.position
+        skip = Skip(position.stamp, position.count if position.stamp else 0)
         splitter = LineSplitter(ingest.MAX_LINE + _STAMP_MAX)
         count = 0
         try:
             for chunk in self.api.pod_log(self.pod, self.container, since_time=self._since()):
                 for line, cut in splitter.feed(chunk):
-                    after = self._line(line, cut, after)
+                    self._line(line, cut, skip)
                     count += 1
-                    if count % _RECORD_EVERY == 0 and self.sent_until:
-                        self.record(self.sent_until)
+                    if count % _RECORD_EVERY == 0 and position.stamp:
+                        self.record(str(position))
                 if self._stop.is_set():
                     return
             last = splitter.close()
             if last is not None:
-                self._line(*last, after)
+                self._line(*last, skip)
         finally:
-            if self.sent_until:
-                self.record(self.sent_until)
+            if position.stamp:
+                self.record(str(position))
 
-    def _line(self, line: bytes, cut: int, after: Stamp | None) -> Stamp | None:
+    def _line(self, line: bytes, cut: int, skip: Skip) -> None:
         stamp, text, rest = split_stamp(line)
         if stamp is not None:
-            if after is not None and stamp <= after:
-                return after  # sent before the stream broke, or before the agent restarted
-            after, self.sent_until = stamp, text
+            if skip.sent_before(stamp):
+                return
+            self.position.sent(stamp, text)
         self.loop.call_soon_threadsafe(self.pump.put, ingest.STDOUT, rest, cut)
-        return after
 
     def _since(self) -> str | None:
         """``sinceTime`` has whole seconds: the lines of that second are filtered here."""
-        if not self.sent_until:
-            return None
-        stamp = parse_stamp(self.sent_until)
+        stamp = self.position.stamp
         return f"{stamp[0]}Z" if stamp else None

@@ -17,9 +17,10 @@ The Pod (invariants):
   command. Init containers rather than a shell prelude: Kubernetes runs them in order and
   stops at the first that fails, and each one's state is in the Pod's status, so every
   integration's start, end and failure is observed, not guessed from output. What they make
-  must reach the command: they share an ``emptyDir`` at ``/runplane`` with it: clones in the
-  workspace, packages in the rank's virtual environment (as on the ``process`` executor), put
-  first on the PATH by the command's short prelude. ``apt_packages`` cannot carry over from
+  must reach the command: they share an ``emptyDir`` at ``/runplane`` with it (the layout is
+  ``services.node_agent.incontainer``'s): clones in the workspace, packages in the rank's
+  virtual environment (as on the ``process`` executor), put first on the PATH by the
+  command's short prelude. ``apt_packages`` cannot carry over from
   one container to another, so it is refused (``BadIntegration``): bake them into the image.
 - the command runs under ``bash -c`` (``sh -c`` if the image has no bash), as on the
   ``process`` executor, through ``exec`` so it receives SIGTERM itself;
@@ -50,38 +51,29 @@ Pure: no IO.
 from __future__ import annotations
 
 import math
-import shlex
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgspec
 
-from services.node_agent import integrations, runtoken
+from services.node_agent import runtoken
 from services.node_agent.environment import master_port, rank_environment
-from services.node_agent.errors import IntegrationError, NodeAgentError
+from services.node_agent.incontainer import (
+    COMMAND_VARIABLE,
+    PARAMETERS_DIR,
+    PARAMETERS_FILE,
+    PRELUDE,
+    SHARED,
+    TOKEN_DIR,
+    TOKEN_FILE,
+    integration_env,
+    integration_script,
+)
 from services.node_agent.job import RankJob, RankKey
 from services.node_agent.kube import naming
 from services.node_agent.kube.secretobjects import Layout
 
-SHARED = PurePosixPath("/runplane")
-WORKSPACE = SHARED / "workspace"
-VENV = SHARED / "venv"
-PARAMETERS_DIR = PurePosixPath("/etc/runplane")
-PARAMETERS_FILE = PARAMETERS_DIR / "parameters.yaml"
-TOKEN_DIR = PurePosixPath("/var/run/runplane")
-TOKEN_FILE = TOKEN_DIR / "token"
 MAIN = "rank"
-
-#: The command's prelude: the rank's virtual environment first on the PATH when an integration
-#: made one, then the command itself (``exec``: signals go to it, its exit is the container's).
-PRELUDE = f"""\
-mkdir -p {WORKSPACE} && cd {WORKSPACE} || exit 1
-if [ -x {VENV}/bin/python ]; then
-  export VIRTUAL_ENV={VENV} PATH="{VENV}/bin:$PATH"
-fi
-if command -v bash >/dev/null 2>&1; then exec bash -c "$RUNPLANE_COMMAND"; fi
-exec sh -c "$RUNPLANE_COMMAND"
-"""
 
 
 class PodOptions(NamedTuple):
@@ -94,15 +86,6 @@ class PodOptions(NamedTuple):
     kube_node: str | None = None  # pin the Pod to this Kubernetes node
     python: str = "python3"
     api_url: str | None = None  # ranks get a run token to report to it
-
-
-class BadIntegration(NodeAgentError):
-    """An integration this executor cannot carry out as written. Permanent."""
-
-    def __init__(self, index: int, integration_type: str, message: str) -> None:
-        super().__init__(message)
-        self.index = index
-        self.integration_type = integration_type
 
 
 def pod(job: RankJob, options: PodOptions, secrets: Layout | None = None) -> dict[str, Any]:
@@ -194,7 +177,7 @@ def main_container(
         platform=platform,
     )
     del env["CUDA_VISIBLE_DEVICES"]
-    env["RUNPLANE_COMMAND"] = job.spec.command
+    env[COMMAND_VARIABLE] = job.spec.command
     gpus = len(job.gpus)
     if gpus == 0:
         env["NVIDIA_VISIBLE_DEVICES"] = "void"
@@ -222,52 +205,29 @@ def main_container(
 def init_containers(
     job: RankJob, options: PodOptions, mounts: list[dict[str, Any]], secrets: Layout | None = None
 ) -> list[dict[str, Any]]:
-    ctx = integrations.Context(
-        workspace=Path(WORKSPACE), venv=Path(VENV), python=options.python, euid=0
-    )
-    env = {**job.spec.env_variables, "GIT_TERMINAL_PROMPT": "0"}
-    containers = []
-    for index, integration in enumerate(job.spec.integrations):
-        kind = integrations.integration_type(integration)
-        if kind == "apt_packages":
-            raise BadIntegration(
-                index,
-                kind,
-                "apt_packages: on the kubernetes executor an integration runs in a container "
-                "of its own, and system packages do not carry over to the command's: install "
-                "them in the image",
-            )
-        try:
-            steps = integrations.steps_for(integration, ctx)
-        except IntegrationError as exc:
-            raise BadIntegration(index, kind, str(exc)) from exc
-        containers.append(
-            {
-                "name": integration_container(index),
-                "image": job.spec.image,
-                "command": ["/bin/sh", "-c", script(steps)],
-                "env": _with_secrets(_env_list(env), secrets, set(job.spec.env_variables)),
-                # A failed tool's last lines become its status message: the integration's error.
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "volumeMounts": [*mounts, *(secrets.mounts if secrets is not None else [])],
-            }
-        )
-    return containers
+    env = integration_env(job.spec.env_variables)
+    return [
+        {
+            "name": integration_container(index),
+            "image": job.spec.image,
+            "command": [
+                "/bin/sh",
+                "-c",
+                integration_script(
+                    index, integration, python=options.python, executor="kubernetes"
+                ),
+            ],
+            "env": _with_secrets(_env_list(env), secrets, set(job.spec.env_variables)),
+            # A failed tool's last lines become its status message: the integration's error.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": [*mounts, *(secrets.mounts if secrets is not None else [])],
+        }
+        for index, integration in enumerate(job.spec.integrations)
+    ]
 
 
 def integration_container(index: int) -> str:
     return f"integration-{index}"
-
-
-def script(steps: list[integrations.Step]) -> str:
-    """The steps as one shell script that stops at the first failure."""
-    lines = ["set -e", f"mkdir -p {shlex.quote(str(WORKSPACE))}"]
-    for step in steps:
-        command = shlex.join(step.argv)
-        if step.creates is not None:
-            command = f"[ -e {shlex.quote(str(step.creates))} ] || {command}"
-        lines += [f"cd {shlex.quote(str(step.cwd))}", command]
-    return "\n".join(lines) + "\n"
 
 
 def token_secret(key: RankKey, options: PodOptions, token: str, owner_uid: str) -> dict[str, Any]:

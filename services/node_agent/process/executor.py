@@ -35,7 +35,6 @@ import structlog
 from events.lifecycle import AttemptState, RankState
 from events.model import AnyRunEvent, RankRunning, Reason
 from services.core.aio import first_of
-from services.core.private import write_private_bytes
 from services.core.sealing import KeyringFile
 from services.core.secretstore import SecretValues
 from services.node_agent import runtoken
@@ -47,7 +46,7 @@ from services.node_agent.plan import exit_reason, exited, rank_lost
 from services.node_agent.process.rankdir import RankDir, ShimSpec, local_ranks
 from services.node_agent.process.setup import Setup
 from services.node_agent.reporter import Reporter, new_id
-from services.node_agent.secrets import RunSecrets, SecretsUnavailable, run_secrets
+from services.node_agent.secrets import SecretsUnavailable, run_secrets, write_files
 from services.node_agent.settings import NodeAgentSettings
 from services.node_agent.shim.forkserver import ForkServer
 from services.node_agent.shim.ondisk import atomic_write, kill_group, signal_process
@@ -316,18 +315,6 @@ class ProcessExecutor:
             signal_process(shim_pid, signal.SIGUSR1)
         elif rank_dir.exit_status() is None:
             kill_group(rank_dir.command_pid())
-
-
-def write_files(found: RunSecrets, root: PurePosixPath) -> None:
-    """Each of ``found``'s files at its path under ``root``: 0600 (the askpass script 0700),
-    in directories 0700, written whole or not at all."""
-    base = Path(root)
-    for file in found.files(root):
-        path = Path(file.path)
-        base.mkdir(mode=0o700, exist_ok=True)
-        for parent in reversed(path.relative_to(base).parents[:-1]):  # 0700 each, from the top
-            (base / parent).mkdir(mode=0o700, exist_ok=True)
-        write_private_bytes(path, file.content, file.mode)
 
 
 class ShimLink:

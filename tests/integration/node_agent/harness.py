@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,16 @@ ACTOR = "scheduler@test"
 class Agent(ServiceProcess):
     """One ``python -m services.node_agent`` process with 8 simulated GPUs."""
 
-    def __init__(self, redis_url: str, data_dir: Path, node: str = "node-a", **settings: Any):
+    def __init__(
+        self,
+        redis_url: str,
+        data_dir: Path,
+        node: str = "node-a",
+        env: Mapping[str, str] | None = None,
+        **settings: Any,
+    ):
         env = {
-            **os.environ,
+            **(env or os.environ),
             "RUNPLANE_REDIS_URL": redis_url,
             "RUNPLANE_NODE": node,
             "RUNPLANE_GPUS": "8",

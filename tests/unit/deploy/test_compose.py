@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[3]
 SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
 RUNPLANE = {name: s for name, s in COMPOSE["services"].items() if name != "redis"}
+#: What ``docker compose up`` starts: the services of no profile.
+DEFAULT = {name: s for name, s in RUNPLANE.items() if not s.get("profiles")}
 
 
 def schema_errors(document: dict[str, Any]) -> list[str]:
@@ -81,7 +83,7 @@ def test_redis_keeps_every_write_in_an_aof_on_a_volume() -> None:
 
 
 def test_every_service_runs_and_two_node_agents() -> None:
-    modules = Counter(module_of(service) for service in RUNPLANE.values())
+    modules = Counter(module_of(service) for service in DEFAULT.values())
     assert modules == {
         "services.scheduler": 1,
         "services.projector": 1,
@@ -136,7 +138,7 @@ def test_every_setting_is_one_the_service_reads(name: str, monkeypatch: pytest.M
 
 
 def test_node_agents_are_distinct_simulated_nodes_on_the_process_executor() -> None:
-    agents = [s for s in RUNPLANE.values() if module_of(s) == "services.node_agent"]
+    agents = [s for s in DEFAULT.values() if module_of(s) == "services.node_agent"]
     nodes = [agent["environment"]["RUNPLANE_NODE"] for agent in agents]
     volumes = [agent["volumes"][0].partition(":")[0] for agent in agents]
     assert len(set(nodes)) == len(agents)
@@ -197,3 +199,25 @@ def test_only_the_api_and_the_node_agents_get_the_secrets_keyring(name: str) -> 
     named = environment.get("RUNPLANE_SECRETS_KEYRING_FILE")
     assert named == (f"/run/secrets/{KEYRING}" if holds else None)
     assert secret_file(KEYRING) == Path("secrets") / keyring_path(Path()).name
+
+
+def test_the_containers_profile_adds_a_node_on_the_hosts_podman() -> None:
+    agent = COMPOSE["services"]["node-agent-containers"]
+    assert agent["profiles"] == ["containers"]
+    assert agent["build"]["target"] == "container-agent"
+    environment = agent["environment"]
+    assert environment["RUNPLANE_EXECUTOR"] == "container"
+    args = json.loads(environment["RUNPLANE_CONTAINER_ENGINE_ARGS"])
+    assert args[0] == "--remote"
+    socket = args[args.index("--url") + 1].removeprefix("unix://")
+    mounts = dict(volume.split(":", 1) for volume in agent["volumes"])
+    assert mounts[socket] == socket  # the host's podman, through its socket
+    data = environment["RUNPLANE_DATA_DIR"]
+    assert mounts[data] == data  # the engine on the host mounts the ranks' files by this path
+    others = [
+        s["environment"]["RUNPLANE_NODE"]
+        for s in DEFAULT.values()
+        if "RUNPLANE_NODE" in s.get("environment", {})
+    ]
+    assert environment["RUNPLANE_NODE"] not in others
+    assert "AS container-agent" in (ROOT / "Dockerfile").read_text()

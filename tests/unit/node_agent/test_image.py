@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.node_agent.image import reference_error
+from services.node_agent.image import normalized, reference_error
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
@@ -77,3 +77,19 @@ def test_an_upper_case_letter_in_the_repository_is_refused(path: list[str]) -> N
     error = reference_error("/".join(path) + ":latest")
     assert error is not None
     assert "lowercase" in error
+
+
+@pytest.mark.parametrize(
+    ("reference", "full"),
+    [
+        ("ubuntu", "docker.io/library/ubuntu"),
+        ("ubuntu:22.04", "docker.io/library/ubuntu:22.04"),
+        ("mosaicml/pytorch:latest", "docker.io/mosaicml/pytorch:latest"),
+        ("ghcr.io/org/img:1", "ghcr.io/org/img:1"),
+        ("localhost/img", "localhost/img"),
+        ("127.0.0.1:5000/img:1", "127.0.0.1:5000/img:1"),
+        (f"busybox@{DIGEST}", f"docker.io/library/busybox@{DIGEST}"),
+    ],
+)
+def test_a_short_name_is_completed_as_docker_completes_it(reference: str, full: str) -> None:
+    assert normalized(reference) == full

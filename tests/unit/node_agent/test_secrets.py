@@ -14,7 +14,7 @@ import pytest
 
 from events import secrets
 from events.secrets import Secret
-from services.node_agent.kube import manifests
+from services.node_agent import incontainer
 from services.node_agent.secrets import (
     ASKPASS,
     TOKEN,
@@ -156,9 +156,9 @@ def test_a_repr_names_secrets_and_shows_no_value() -> None:
 
 def test_runplanes_own_paths_in_a_rank_are_reserved() -> None:
     own = [
-        manifests.SHARED,
-        manifests.PARAMETERS_DIR,
-        manifests.TOKEN_DIR,
+        incontainer.SHARED,
+        incontainer.PARAMETERS_DIR,
+        incontainer.TOKEN_DIR,
         ASKPASS.parent,
     ]
     for path in own:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from events.model import RankExited, Reason
+from events.model import ImagePullFinished, RankExited, Reason
 from projections.narrative import describe
 
 STOPPED = Reason(category="stopped", code="Stopped", message="stopped by root")
@@ -36,3 +36,23 @@ def test_a_rank_end_says_how_and_why(
     exit_code: int | None, signal: int | None, reason: Reason | None, line: str | None
 ) -> None:
     assert describe(exited(exit_code, signal, reason)) == line
+
+
+def pulled(size: int | None, duration_ms: int | None) -> ImagePullFinished:
+    return ImagePullFinished(
+        id="e", actor="agent@node-0", run_id="r", attempt=0, rank=1, node="node-0",
+        image="reg:5000/img:1", size_bytes=size, duration_ms=duration_ms,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("size", "duration_ms", "line"),
+    [
+        (2_048_000, 1234, "Image reg:5000/img:1 pulled on rank 1 (node-0): 2.0 MB in 1.23s"),
+        (512, 5, "Image reg:5000/img:1 pulled on rank 1 (node-0): 512 B in 0.01s"),
+        (None, 40, "Image reg:5000/img:1 pulled on rank 1 (node-0): in 0.04s"),
+        (None, None, None),  # an executor that does not pull itself measures nothing
+    ],
+)
+def test_a_measured_pull_is_a_line(size: int | None, duration_ms: int | None, line: str) -> None:
+    assert describe(pulled(size, duration_ms)) == line

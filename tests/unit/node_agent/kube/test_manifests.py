@@ -16,9 +16,11 @@ from hypothesis import strategies as st
 from events.model import RankPlacement
 from events.secrets import Secret
 from events.spec import Compute, RunSpec
+from services.node_agent import incontainer
+from services.node_agent.incontainer import BadIntegration
 from services.node_agent.job import RankJob, RankKey
 from services.node_agent.kube import manifests, naming, secretobjects
-from services.node_agent.kube.manifests import BadIntegration, PodOptions
+from services.node_agent.kube.manifests import PodOptions
 from services.node_agent.secrets import RunSecrets
 
 #: A recent Kubernetes release whose schema kubernetes-validate ships.
@@ -136,7 +138,7 @@ def test_integrations_run_in_order_as_init_containers_sharing_the_workspace() ->
     assert all(env_of(c)["GIT_TERMINAL_PROMPT"] == "0" for c in inits)
     shared = {"name": "runplane", "mountPath": "/runplane"}
     assert all(shared in c["volumeMounts"] for c in [*inits, *pod["spec"]["containers"]])
-    assert manifests.PRELUDE in pod["spec"]["containers"][0]["command"]
+    assert incontainer.PRELUDE in pod["spec"]["containers"][0]["command"]
     assert "initContainers" not in manifests.pod(job(integrations=[]), OPTIONS)["spec"]
 
 
