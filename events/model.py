@@ -322,7 +322,29 @@ class NodeLost(NodeEvent, kw_only=True, tag="node.lost"):
 
 
 class NodeDrained(NodeEvent, kw_only=True, tag="node.drained"):
+    """The node is out of service at once: its attempts are ended now (``NodeDrained``)."""
+
     reason: str = ""
+
+
+class NodeCordoned(NodeEvent, kw_only=True, tag="node.cordoned"):
+    """An admin (``actor``) took the node out of placement: nothing new goes there, what runs
+    on it runs on. Only ``node.uncordoned`` ends it (a re-registration does not)."""
+
+    reason: str
+
+
+class NodeDrainRequested(NodeEvent, kw_only=True, tag="node.drain_requested"):
+    """An admin asked the node to be emptied: cordoned, and every attempt still on it at
+    ``time + grace_ms`` (the log's clock) is ended with a system reason naming the drain
+    (``NodeDrained``); None waits for them to end by themselves."""
+
+    reason: str
+    grace_ms: int | None = None
+
+
+class NodeUncordoned(NodeEvent, kw_only=True, tag="node.uncordoned"):
+    """An admin put the node back into placement (ends a cordon, a drain or ``node.drained``)."""
 
 
 # --- users and their API keys ---------------------------------------------------------------
@@ -401,7 +423,9 @@ AnyRunEvent = (
     | AttemptStopped
     | AttemptFailed
 )
-AnyNodeEvent = NodeRegistered | NodeLost | NodeDrained
+AnyNodeEvent = (
+    NodeRegistered | NodeLost | NodeDrained | NodeCordoned | NodeDrainRequested | NodeUncordoned
+)
 AnyUserEvent = UserAdded | KeyIssued | KeyRevoked | RequestRefused | SecretCreated | SecretDeleted
 AnyEvent = AnyRunEvent | AnyNodeEvent | AnyUserEvent
 

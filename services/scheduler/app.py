@@ -14,7 +14,8 @@ Invariants:
   their version. Before appending a placement its GPUs are checked free once more.
 - Decisions are level-triggered (from the state, not from one event), so a restart at any
   moment (kill -9 included) decides again from the replayed state and double-acts nothing.
-- Deadlines (heartbeats, max_duration) use the server's clock (``TIME``), the log's clock.
+- Deadlines (heartbeats, max_duration, a drain's) use the server's clock (``TIME``), the
+  log's clock.
 """
 
 from __future__ import annotations

@@ -35,7 +35,6 @@ from events.lifecycle import RunState, evolve
 from events.model import (
     AnyNodeEvent,
     AnyRunEvent,
-    NodeDrained,
     NodeEvent,
     NodeLost,
     NodeRegistered,
@@ -45,6 +44,8 @@ from events.model import (
     RunEvent,
     UpdateRequested,
 )
+from events.nodes import NodeState
+from events.nodes import evolve as evolve_node
 from events.spec import PRIORITY_RANK
 from events.status import RunStatus
 from events.usage import HOUR_MS
@@ -70,7 +71,8 @@ class Node(msgspec.Struct, kw_only=True):
     cpus: int = 0
     registered: bool = False
     alive: bool = False
-    drained: bool = False
+    #: Cordon, drain and uncordon as admins set them (``events.nodes``), folded alike.
+    service: NodeState = msgspec.field(default_factory=lambda: NodeState(name=""))
     registered_at: int = 0  # log time of its latest node.registered
     last_seen: int = 0  # log time its heartbeat key was last seen (or its registration)
     version: int = 0
@@ -78,7 +80,12 @@ class Node(msgspec.Struct, kw_only=True):
     @property
     def usable(self) -> bool:
         """New placements may go here."""
-        return self.registered and self.alive and not self.drained
+        return self.registered and self.alive and self.service.service == "ready"
+
+    @property
+    def drained(self) -> bool:
+        """Its attempts are ended at once (``node.drained``)."""
+        return self.service.service == "drained"
 
 
 class Holding(NamedTuple):
@@ -111,6 +118,8 @@ class ClusterState:
         self.exit_order: dict[str, list[int]] = {}
         #: run id -> log time at which its RUNNING attempt exceeds max_duration.
         self.deadlines: dict[str, int] = {}
+        #: node -> log time at which the attempts still on it are ended (a drain's deadline).
+        self.drains: dict[str, int] = {}
         self.dirty_runs: set[str] = set()
         self.dirty_clusters: set[str] = set()
         self._settling: set[str] = set()
@@ -142,6 +151,7 @@ class ClusterState:
         kind, _, name = aggregate.partition(":")
         if kind == "node":
             self.nodes.pop(name, None)
+            self.drains.pop(name, None)
             for cluster in self.clusters.values():
                 cluster.pop(name, None)
             for record in history:
@@ -216,8 +226,13 @@ class ClusterState:
                 node.registered_at = node.last_seen = event.time
             case NodeLost():
                 node.alive = False
-            case NodeDrained():
-                node.drained = True  # until an operator says otherwise: there is no undrain yet
+        previous = node.service.deadline
+        evolve_node(node.service, event)
+        if previous != node.service.deadline:
+            if previous is not None:
+                self.drains.pop(node.name, None)
+            if node.service.deadline is not None:
+                self.drains[node.name] = node.service.deadline
         node.version = version or node.version + 1
         self.dirty_clusters.add(node.cluster)
         self.dirty_runs.update(self.on_node.get(node.name, ()))
@@ -343,6 +358,19 @@ class ClusterState:
     def overdue(self, now_ms: int) -> list[str]:
         """Runs whose RUNNING attempt has run past its max_duration."""
         return [run_id for run_id, deadline in self.deadlines.items() if deadline <= now_ms]
+
+    def drain_due(self, now_ms: int) -> set[str]:
+        """Runs holding GPUs on a node whose drain deadline has passed."""
+        due: set[str] = set()
+        for name, deadline in self.drains.items():
+            if deadline <= now_ms:
+                due.update(self.on_node.get(name, ()))
+        return due
+
+    def drain_past(self, node: Node, now_ms: int) -> bool:
+        """Whether the attempts on ``node`` must end now: drained, or its drain is due."""
+        deadline = node.service.deadline
+        return node.drained or (deadline is not None and deadline <= now_ms)
 
     def watched_nodes(self, now_ms: int, timeout_ms: int) -> list[str]:
         """Nodes whose heartbeat must exist by now: alive, and past their grace."""

@@ -7,8 +7,10 @@ Rules, in this order, for an attempt holding GPUs:
   ``NodeFailure``): nobody else is left to report them.
 - STARTING or RUNNING, the first rank exit (in the order the log holds them) starts TERMINATING
   with its reason: None for exit code 0 without a reason, else the rank's own reason or
-  ``Error`` with the exit code, ``failed_rank`` set. Else a rank on a drained node ends it
-  (``NodeDrained``), a RUNNING attempt past ``max_duration`` (hours, from its RUNNING entry on
+  ``Error`` with the exit code, ``failed_rank`` set. Else a rank on a drained node, or on a
+  draining node past its drain deadline (the log's clock), ends it (``NodeDrained``, naming the
+  drain's admin and reason; a system failure, so retried with ``retry_on_system_failure``),
+  a RUNNING attempt past ``max_duration`` (hours, from its RUNNING entry on
   the log's clock) ends it (``MaxDurationExceeded``), and STARTING with every rank running
   becomes RUNNING.
 - TERMINATING once every rank has exited: stopped for a stopped/preempted reason, failed for a
@@ -134,11 +136,15 @@ def _ending(
         return True, next(iter(reasons.values()))
     for rank in attempt.ranks:
         node = state.nodes.get(rank.node)
-        if node is not None and node.drained:
+        if node is not None and state.drain_past(node, ctx.now_ms):
+            service = node.service
+            why = f": {service.reason}" if service.reason else ""
+            by = f" by {service.by}" if service.by else ""
+            past = " (its drain deadline passed)" if service.service == "draining" else ""
             return True, Reason(
                 category="system",
                 code="NodeDrained",
-                message=f"node {rank.node} was drained",
+                message=f"node {rank.node} was drained{by}{why}{past}",
                 failed_rank=rank.rank,
             )
     deadline = state.deadlines.get(run.run_id)

@@ -16,7 +16,8 @@ Invariants:
 - Every placement of a pass comes out of one ``Capacity`` scratch copy of the free GPUs, so
   placements never overlap each other or any GPU held (an attempt holds its GPUs until it
   leaves TERMINATING).
-- Nothing is placed on a node that is lost, drained or silent (heartbeat missing this round).
+- Nothing is placed on a node that is lost, cordoned, draining, drained or silent (heartbeat
+  missing this round); a request that only cordoned nodes could hold says so in its reason.
 - A waiting attempt gets ``attempt.queued`` when it enters the queue (PENDING), and again only
   when the kind of its reason (the text before ':') changes: a queue of 10,000 must not write
   10,000 events whenever a count or a position moves. It carries the shape the request was
@@ -27,10 +28,11 @@ Invariants:
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Collection
 from typing import NamedTuple
 
-from events.fit import Refusal, Shape, fleet, nodes, shapes
+from events.fit import InstanceType, Refusal, Shape, fleet, nodes, shapes
 from events.lifecycle import RunState
 from events.model import (
     AnyRunEvent,
@@ -100,9 +102,13 @@ class _Pass:
         here = state.clusters.get(cluster, {}).values()
         self.fleet = fleet((node.gpu_type, node.gpus) for node in here if node.registered)
         self.now = Capacity()
+        #: Nodes up but cordoned or draining: they could hold what waits, an admin says no.
+        self.cordoned: Counter[InstanceType] = Counter()
         for node in here:
             if node.usable and node.name not in silent:
                 self.now.add_node(node.name, node.gpu_type, node.gpus, state.free_gpus(node))
+            elif node.registered and node.alive and not node.usable:
+                self.cordoned[InstanceType(node.gpu_type, node.gpus)] += 1
         self._future: Capacity | None = None
         self._victims: list[_Victim] | None = None
         self.chosen: set[str] = set()
@@ -211,7 +217,7 @@ class _Pass:
             return f"{RELEASING}: preempting {victims} lower-priority run(s)"
         shape = found[0]
         if shape not in self.reasons:
-            self.reasons[shape] = why_waiting(shape, self.now)
+            self.reasons[shape] = why_waiting(shape, self.now, self.cordoned)
         return self.reasons[shape]
 
     def _releasing(self) -> Capacity | None:

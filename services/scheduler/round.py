@@ -2,10 +2,10 @@
 
 Pure: the caller passes the log's time, an id factory, who writes, and which nodes' heartbeat
 keys were found missing (``silent``). Incremental: only nodes found silent, runs marked dirty
-(or past their max_duration) and the queues of dirty clusters are looked at, so a round on a
-quiet cluster with 10,000 waiting runs costs next to nothing. The caller clears the dirty marks
-right after deciding (``ClusterState.clear_dirty``) and applies each successful append to the
-state before the next round.
+(or past their max_duration, or on a node past its drain deadline) and the queues of dirty
+clusters are looked at, so a round on a quiet cluster with 10,000 waiting runs costs next to
+nothing. The caller clears the dirty marks right after deciding (``ClusterState.clear_dirty``)
+and applies each successful append to the state before the next round.
 
 Order inside a round: silent nodes are declared lost (their attempts are handled in the next
 round, once ``node.lost`` is folded); then each dirty run's progress (``progress``); then each
@@ -42,7 +42,7 @@ def decide(
             )
             decisions.append(decision([lost], node.version))
     busy: set[str] = set()
-    for run_id in sorted(state.dirty_runs.union(state.overdue(now_ms))):
+    for run_id in sorted(state.dirty_runs.union(state.overdue(now_ms), state.drain_due(now_ms))):
         run = state.runs.get(run_id)
         if run is None:
             continue

@@ -19,8 +19,11 @@ from events.codec import Recorded
 from events.lifecycle import RunState, evolve
 from events.model import (
     AnyEvent,
+    NodeCordoned,
     NodeDrained,
+    NodeDrainRequested,
     NodeRegistered,
+    NodeUncordoned,
     RankExited,
     RankRunning,
     Reason,
@@ -121,6 +124,32 @@ class World:
     def drain(self, node: str) -> None:
         cluster = self.state.nodes[node].cluster
         self.record([NodeDrained(id=self.new_id(), actor="ops", node=node, cluster=cluster)])
+
+    def cordon(self, node: str, reason: str = "bad fan") -> None:
+        cluster = self.state.nodes[node].cluster
+        self.record(
+            [
+                NodeCordoned(
+                    id=self.new_id(), actor="admin", node=node, cluster=cluster, reason=reason
+                )
+            ]
+        )
+
+    def drain_request(self, node: str, reason: str = "kernel", grace_ms: int | None = None) -> None:
+        cluster = self.state.nodes[node].cluster
+        event = NodeDrainRequested(
+            id=self.new_id(),
+            actor="admin",
+            node=node,
+            cluster=cluster,
+            reason=reason,
+            grace_ms=grace_ms,
+        )
+        self.record([event])
+
+    def uncordon(self, node: str) -> None:
+        cluster = self.state.nodes[node].cluster
+        self.record([NodeUncordoned(id=self.new_id(), actor="admin", node=node, cluster=cluster)])
 
     def running(self, run_id: str) -> None:
         """Every rank of the run's latest attempt starts its command."""
