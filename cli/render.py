@@ -282,8 +282,16 @@ def event_log(run: Run) -> Table:
 def utilization(clusters: Sequence[Cluster], now: datetime, *, hide_users: bool) -> Group:
     several = len(clusters) > 1
     suffix = " by Cluster" if several else ""
+    # Cordoned GPUs get a column of their own only while there are any (mcli's table else).
+    cordoned = any(u.gpus_cordoned for c in clusters for u in c.utilization.cluster_instance_utils)
     instances = plain_table(
-        "NAME", "INSTANCE_NAME", "NODE_INFO", "GPUS_AVAILABLE", "GPUS_USED", "GPUS_TOTAL"
+        "NAME",
+        "INSTANCE_NAME",
+        "NODE_INFO",
+        "GPUS_AVAILABLE",
+        *(["GPUS_CORDONED"] if cordoned else []),
+        "GPUS_USED",
+        "GPUS_TOTAL",
     )
     for cluster in clusters:
         for n, util in enumerate(cluster.utilization.cluster_instance_utils):
@@ -292,6 +300,7 @@ def utilization(clusters: Sequence[Cluster], now: datetime, *, hide_users: bool)
                 util.instance.name,
                 util.node_info,
                 str(util.gpus_available),
+                *([str(util.gpus_cordoned)] if cordoned else []),
                 str(util.gpus_used),
                 str(util.gpus_total),
             )

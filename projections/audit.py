@@ -10,8 +10,9 @@ every entry would double what a rebuild writes.
 
 Audited: requests (submitted, stop, restart, update, delete), the scheduler's and agents'
 decisions on attempts (queued, scheduled, running, terminating, ended, retried, deleted), node
-events, and users and their keys (added, issued, revoked: the key's id and expiry, never its
-hash); not the per-rank setup chatter (image pulls, integrations, a rank's start).
+events (cordon, drain, uncordon: the admin as actor, the reason as detail), and users and
+their keys (added, issued, revoked: the key's id and expiry, never its hash); not the per-rank
+setup chatter (image pulls, integrations, a rank's start).
 Invariants: nothing is ever removed (deleted runs stay); entries are in log order.
 """
 
@@ -38,7 +39,9 @@ from events.model import (
     KeyIssued,
     KeyRevoked,
     MetadataUpdated,
+    NodeCordoned,
     NodeDrained,
+    NodeDrainRequested,
     NodeEvent,
     NodeRegistered,
     RankExited,
@@ -75,7 +78,9 @@ class Entry(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=T
 
 class AuditProjection:
     name: ClassVar[str] = "audit"
-    version: ClassVar[int] = 6  # 5: refused requests; 6: run tokens, and who acted via one
+    version: ClassVar[int] = (
+        7  # 5: refused requests; 6: run tokens, and who acted via one; 7: cordon, drain
+    )
     handles: ClassVar[frozenset[type]]  # every event type but the quiet ones (below)
 
     def __init__(self) -> None:
@@ -193,6 +198,10 @@ _DETAILS: dict[type, Callable[[Any], str]] = {
     RunTokenIssued: lambda e: f"rank {e.rank} on {e.node}, token {e.token_id}",
     NodeRegistered: lambda e: f"{e.gpus}x{e.gpu_type or 'cpu'}",
     NodeDrained: lambda e: e.reason,
+    NodeCordoned: lambda e: e.reason,
+    NodeDrainRequested: lambda e: (
+        e.reason + ("" if e.grace_ms is None else f" (deadline in {e.grace_ms // 1000} s)")
+    ),
     UserAdded: lambda e: e.role,
     KeyIssued: _key,
     KeyRevoked: lambda e: f"key {e.key_id}",

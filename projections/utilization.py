@@ -9,10 +9,11 @@ An instance type is (cluster, gpu_type, GPUs per node). Rows:
   scheduler's last reason, in ``queued:<cluster>``; gone when it is placed or ends.
 
 Invariants: a node counts from its ``node.registered`` (again after each restart) until
-``node.lost``; a drained node counts in the total but has nothing available. A GPU is used from
-the placement that took it until its rank's ``rank.exited``. Queue positions are not stored
-(they change whenever anyone joins or leaves): ``queue_order`` sorts the queued rows the
-scheduler's way, priority (auto > low > lowest) and then age.
+``node.lost``; a cordoned, draining or drained node counts in the total, and its free GPUs
+count as cordoned, not available, until ``node.uncordoned`` (a re-registration keeps them
+so). A GPU is used from the placement that took it until its rank's ``rank.exited``. Queue
+positions are not stored (they change whenever anyone joins or leaves): ``queue_order`` sorts
+the queued rows the scheduler's way, priority (auto > low > lowest) and then age.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ from events.model import (
     AttemptQueued,
     AttemptScheduled,
     AttemptStopped,
+    NodeCordoned,
     NodeDrained,
+    NodeDrainRequested,
     NodeLost,
     NodeRegistered,
+    NodeUncordoned,
     RankExited,
     RestartRequested,
     RetryScheduled,
@@ -42,8 +46,10 @@ from events.model import (
 from events.spec import PRIORITY_RANK
 from projections.base import Row, RowKey, encode, skipped
 
-NodeState = Literal["up", "lost", "drained"]
-_NODE_EVENTS = frozenset({NodeRegistered, NodeLost, NodeDrained})
+NodeState = Literal["up", "lost"]
+_NODE_EVENTS = frozenset(
+    {NodeRegistered, NodeLost, NodeDrained, NodeCordoned, NodeDrainRequested, NodeUncordoned}
+)
 _ENDS = frozenset({AttemptCompleted, AttemptStopped, AttemptFailed})
 _CONCERNED = _ENDS | {
     UpdateRequested,
@@ -67,6 +73,8 @@ class Instance(msgspec.Struct, kw_only=True, gc=False):
     gpus_total: int = 0
     gpus_used: int = 0
     gpus_available: int = 0
+    #: GPUs free on nodes up but cordoned, draining or drained by an admin: not available.
+    gpus_cordoned: int = 0
 
     @property
     def node_info(self) -> str:
@@ -93,6 +101,7 @@ class _Node(msgspec.Struct, kw_only=True, gc=False):
     gpu_type: str | None
     gpus: int
     state: NodeState = "up"
+    in_service: bool = True  # not cordoned, draining nor drained (``events.nodes``)
     used: int = 0
 
 
@@ -106,8 +115,8 @@ class _Run(msgspec.Struct, kw_only=True, gc=False):
 
 class UtilizationProjection:
     name: ClassVar[str] = "utilization"
-    #: 2: instance rows count ``registered`` nodes.
-    version: ClassVar[int] = 2
+    #: 2: instance rows count ``registered`` nodes; 3: cordoned GPUs apart from available.
+    version: ClassVar[int] = 3
     handles: ClassVar[frozenset[type]] = _NODE_EVENTS | _CONCERNED | {RunSubmitted}
 
     def __init__(self) -> None:
@@ -176,7 +185,7 @@ class UtilizationProjection:
         self.runs.setdefault(event.run_id, _Run(line=line, requested_gpus=compute.gpus))
         return (("queued", event.run_id),)
 
-    def _node(self, event: NodeRegistered | NodeLost | NodeDrained) -> Collection[RowKey]:
+    def _node(self, event: Any) -> Collection[RowKey]:
         node = self.nodes.get(event.node)
         changed: list[RowKey] = []
         if isinstance(event, NodeRegistered):
@@ -190,8 +199,10 @@ class UtilizationProjection:
                 )
         elif node is None:
             return ()
-        else:
-            node.state = "lost" if isinstance(event, NodeLost) else "drained"
+        elif isinstance(event, NodeLost):
+            node.state = "lost"
+        else:  # an admin's: a re-registration leaves it as it is
+            node.in_service = isinstance(event, NodeUncordoned)
         changed.append(("instance", _instance_id(node)))
         return changed
 
@@ -247,8 +258,11 @@ class UtilizationProjection:
             instance.nodes += 1
             instance.gpus_total += node.gpus
             instance.gpus_used += node.used
-            if node.state == "up":
-                instance.gpus_available += max(0, node.gpus - node.used)
+            free = max(0, node.gpus - node.used)
+            if node.in_service:
+                instance.gpus_available += free
+            else:
+                instance.gpus_cordoned += free
         return Row(
             kind="instance",
             id=key,

@@ -32,6 +32,7 @@ class InstanceUtilization:
     gpus_used: int
     gpus_available: int
     gpus_total: int
+    gpus_cordoned: int = 0  # free, but on nodes an admin cordoned or drains: not available
 
     @property
     def node_info(self) -> str:
@@ -95,6 +96,7 @@ def cluster_of(util: query.ClusterUtilization) -> Cluster:
                     gpus_used=i.gpus_used,
                     gpus_available=i.gpus_available,
                     gpus_total=i.gpus_total,
+                    gpus_cordoned=i.gpus_cordoned,
                 )
                 for i in util.instances
             ],

@@ -21,6 +21,8 @@ from events.model import (
     AttemptTerminating,
     KeyIssued,
     KeyRevoked,
+    NodeCordoned,
+    NodeUncordoned,
     RankExited,
     RankRunning,
     Reason,
@@ -372,6 +374,7 @@ def test_utilization_counts_gpus_and_orders_the_queue() -> None:
     assert isinstance(instance, Instance)
     assert (instance.name, instance.node_info, instance.nodes) == ("a100x8", "8xa100", 3)
     assert (instance.gpus_total, instance.gpus_used, instance.gpus_available) == (24, 12, 4)
+    assert instance.gpus_cordoned == 8  # n3's, drained: apart from the available ones
     active = decode_rows(rows, "active", RunLine)
     assert list(active) == ["big"]
     queued = decode_rows(rows, "queued", RunLine)
@@ -391,9 +394,27 @@ def test_utilization_counts_gpus_and_orders_the_queue() -> None:
         8,
     )
     assert instance.registered == 3  # the lost node may come back: the fit rules count it
+    assert instance.gpus_cordoned == 8
     assert [row for row in rows if row.kind == "active"] == [
         Row(kind="active", id="big", body=None, unindex=("active:c1",))
     ]
+
+
+def test_utilization_shows_cordoned_gpus_until_uncordoned_whatever_the_agent_does() -> None:
+    h = History()
+    h.node("2026-11-24 09:00:00", "n1")
+    h.node("2026-11-24 09:00:00", "n2")
+    common: dict[str, Any] = {"actor": "root", "node": "n2", "cluster": "c1"}
+    h.add("2026-11-24 09:01:00", NodeCordoned(id=h.new_id(), reason="fan", **common))
+    h.node("2026-11-24 09:02:00", "n2")  # its agent restarted and registered again
+    projection = UtilizationProjection()
+    [instance] = decode_rows(fold(projection, h.records), "instance", Instance).values()
+    assert isinstance(instance, Instance)
+    assert (instance.gpus_available, instance.gpus_cordoned) == (8, 8)
+    h.add("2026-11-24 09:03:00", NodeUncordoned(id=h.new_id(), **common))
+    [instance] = decode_rows(fold(projection, h.records[-1:]), "instance", Instance).values()
+    assert isinstance(instance, Instance)
+    assert (instance.gpus_available, instance.gpus_cordoned) == (16, 0)
 
 
 @settings(
