@@ -28,7 +28,7 @@ from projections.audit import Entry, entry_of
 from projections.billing import BilledAttempt, GroupBy, Report, Total
 from projections.run_status import KIND, RunRow, RunStatusProjection
 from projections.runner import RedisLogReader
-from projections.utilization import Instance, RunLine, queue_order
+from projections.utilization import Instance, NodeLine, RunLine, queue_order
 
 T = TypeVar("T")
 _CHUNK = 200
@@ -388,6 +388,15 @@ async def utilization(
             )
         )
     return result
+
+
+async def nodes(client: aioredis.Redis) -> list[NodeLine]:
+    """Every node that registered, by cluster and name: up or lost, cordoned or drained."""
+    ns = await _active(client, "utilization")
+    if ns is None:
+        return []
+    found = await ns.many("node", await ns.members("nodes"), NodeLine)
+    return sorted(found, key=lambda n: (n.cluster, n.name))
 
 
 def _by_user(runs: Iterable[RunLine]) -> dict[str, list[RunLine]]:

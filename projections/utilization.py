@@ -5,6 +5,8 @@ An instance type is (cluster, gpu_type, GPUs per node). Rows:
   indexes ``instances:<cluster>`` and ``instances`` (every cluster's).
 - ``active`` ``<run_id>``: a run whose latest attempt holds GPUs (STARTING, RUNNING,
   TERMINATING), in ``active:<cluster>``; gone when the attempt ends.
+- ``node`` ``<node>``: a node, up or lost, and its cordon or drain (``NodeLine``), in the
+  index ``nodes``.
 - ``queued`` ``<run_id>``: a run whose latest attempt waits (PENDING, QUEUED), with the
   scheduler's last reason, in ``queued:<cluster>``; gone when it is placed or ends.
 
@@ -43,6 +45,9 @@ from events.model import (
     RunSubmitted,
     UpdateRequested,
 )
+from events.nodes import NodeState as AdminState
+from events.nodes import Service
+from events.nodes import evolve as evolve_node
 from events.spec import PRIORITY_RANK
 from projections.base import Row, RowKey, encode, skipped
 
@@ -96,13 +101,54 @@ class RunLine(msgspec.Struct, kw_only=True, gc=False):
     reason: str = ""
 
 
+class NodeLine(msgspec.Struct, kw_only=True, gc=False):
+    """A node as ``mcli admin nodes list`` shows it (``sinfo -R``): up or lost, its service
+    state as admins set it (``events.nodes``), who set it, why and since when."""
+
+    name: str
+    cluster: str
+    gpu_type: str | None
+    gpus: int
+    gpus_used: int
+    state: NodeState
+    service: Service
+    reason: str = ""
+    by: str = ""
+    since: int = 0
+    deadline: int | None = None  # draining: when what still runs there is ended
+
+
 class _Node(msgspec.Struct, kw_only=True, gc=False):
     cluster: str
     gpu_type: str | None
     gpus: int
-    state: NodeState = "up"
-    in_service: bool = True  # not cordoned, draining nor drained (``events.nodes``)
     used: int = 0
+    #: Liveness and the admins' cordon, drain, uncordon, folded by the one rule (``events.nodes``).
+    admin: AdminState = msgspec.field(default_factory=lambda: AdminState(name=""))
+
+    @property
+    def state(self) -> NodeState:
+        return "up" if self.admin.alive else "lost"
+
+    @property
+    def in_service(self) -> bool:
+        return self.admin.service == "ready"
+
+    def line(self) -> NodeLine:
+        admin = self.admin
+        return NodeLine(
+            name=admin.name,
+            cluster=self.cluster,
+            gpu_type=self.gpu_type,
+            gpus=self.gpus,
+            gpus_used=self.used,
+            state=self.state,
+            service=admin.service,
+            reason=admin.reason,
+            by=admin.by,
+            since=admin.since,
+            deadline=admin.deadline,
+        )
 
 
 class _Run(msgspec.Struct, kw_only=True, gc=False):
@@ -115,7 +161,8 @@ class _Run(msgspec.Struct, kw_only=True, gc=False):
 
 class UtilizationProjection:
     name: ClassVar[str] = "utilization"
-    #: 2: instance rows count ``registered`` nodes; 3: cordoned GPUs apart from available.
+    #: 2: instance rows count ``registered`` nodes; 3: cordoned GPUs apart from available,
+    #: and a ``node`` row per node.
     version: ClassVar[int] = 3
     handles: ClassVar[frozenset[type]] = _NODE_EVENTS | _CONCERNED | {RunSubmitted}
 
@@ -188,22 +235,18 @@ class UtilizationProjection:
     def _node(self, event: Any) -> Collection[RowKey]:
         node = self.nodes.get(event.node)
         changed: list[RowKey] = []
-        if isinstance(event, NodeRegistered):
-            if node is not None:
-                changed.append(("instance", _instance_id(node)))
-                node.cluster, node.gpu_type, node.gpus = event.cluster, event.gpu_type, event.gpus
-                node.state = "up"
-            else:
-                node = self.nodes[event.node] = _Node(
-                    cluster=event.cluster, gpu_type=event.gpu_type, gpus=event.gpus
-                )
-        elif node is None:
-            return ()
-        elif isinstance(event, NodeLost):
-            node.state = "lost"
-        else:  # an admin's: a re-registration leaves it as it is
-            node.in_service = isinstance(event, NodeUncordoned)
-        changed.append(("instance", _instance_id(node)))
+        if node is None:
+            if not isinstance(event, NodeRegistered):
+                return ()
+            node = self.nodes[event.node] = _Node(
+                cluster=event.cluster, gpu_type=event.gpu_type, gpus=event.gpus
+            )
+            node.admin.name = event.node
+        elif isinstance(event, NodeRegistered):
+            changed.append(("instance", _instance_id(node)))
+            node.cluster, node.gpu_type, node.gpus = event.cluster, event.gpu_type, event.gpus
+        evolve_node(node.admin, event)
+        changed += [("instance", _instance_id(node)), ("node", event.node)]
         return changed
 
     def _place(self, run: _Run, event: AttemptScheduled) -> Collection[RowKey]:
@@ -216,7 +259,7 @@ class UtilizationProjection:
             node = self.nodes.get(rank.node)
             if node is not None:
                 node.used += len(rank.gpus)
-                changed.append(("instance", _instance_id(node)))
+                changed += [("instance", _instance_id(node)), ("node", rank.node)]
         return changed
 
     def _release(self, run: _Run, rank: int) -> list[RowKey]:
@@ -225,12 +268,16 @@ class UtilizationProjection:
         if held is None or node is None:
             return [("active", run.line.run_id)]
         node.used = max(0, node.used - held[1])
-        return [("instance", _instance_id(node))]
+        return [("instance", _instance_id(node)), ("node", held[0])]
 
     def rows(self, keys: Iterable[RowKey]) -> Iterable[Row]:
         for kind, key in keys:
             if kind == "instance":
                 yield self._instance_row(key)
+                continue
+            if kind == "node":
+                body = encode(self.nodes[key].line())
+                yield Row(kind=kind, id=key, body=body, index=(("nodes", 0),))
                 continue
             run = self.runs.get(key)
             if run is None:

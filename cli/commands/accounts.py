@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.api import Api
+from cli.commands import nodes
 from cli.commands.common import echo, with_api
 from cli.criteria import duration_s
 from cli.errors import ClientError, Refused
@@ -60,8 +61,9 @@ def span(text: str) -> int:
 
 
 def register(subparsers: Any) -> None:
-    admin = subparsers.add_parser("admin", help="users and API keys (admins only)")
+    admin = subparsers.add_parser("admin", help="users, API keys and nodes (admins only)")
     kinds = admin.add_subparsers(dest="kind", metavar="WHAT", required=True)
+    nodes.register(kinds)
 
     first = kinds.add_parser(
         "bootstrap",

@@ -48,7 +48,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
 from events.identity import Unauthenticated
-from services.api import admin, own, secrets, subscriptions
+from services.api import admin, nodes, own, secrets, subscriptions
 from services.api.accounts import Accounts
 from services.api.context import Context
 from services.api.errors import ApiError, BadRequest, TooLarge
@@ -73,9 +73,11 @@ log = structlog.get_logger("services.api")
 
 def schema() -> GraphQLSchema:
     query, mutation = QueryType(), MutationType()
-    for field, resolver in (READS | admin.QUERIES | own.QUERIES | secrets.QUERIES).items():
+    queries = READS | admin.QUERIES | nodes.QUERIES | own.QUERIES | secrets.QUERIES
+    for field, resolver in queries.items():
         query.set_field(field, resolver)
-    for field, resolver in (MUTATIONS | admin.MUTATIONS | secrets.MUTATIONS).items():
+    mutations = MUTATIONS | admin.MUTATIONS | nodes.MUTATIONS | secrets.MUTATIONS
+    for field, resolver in mutations.items():
         mutation.set_field(field, resolver)
     return make_executable_schema(
         load_schema_from_path(str(SCHEMA_PATH)),

@@ -194,6 +194,7 @@ RULES: dict[str, Rule] = {
             _LOG,
             _history("run"),
             _history("user"),
+            _history("node"),  # an admin's cordon, drain, uncordon
             _IDEMPOTENCY,
             keys.run_name(ANY),
             keys.log_reply(ANY),

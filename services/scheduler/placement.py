@@ -12,7 +12,7 @@ Invariants:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from events.fit import InstanceType, Shape, holds, label, nodes
 
@@ -107,19 +107,16 @@ def place(shape: Shape, capacity: Capacity) -> Placement | None:
     return None
 
 
-def why_waiting(
-    shape: Shape, capacity: Capacity, cordoned: Mapping[InstanceType, int] | None = None
-) -> str:
-    """The reason a user reads for a shape that does not fit ``capacity`` now; ``cordoned``
-    counts the nodes up but taken out of placement by an admin, per instance type."""
+def why_waiting(shape: Shape, capacity: Capacity, cordoned: int = 0) -> str:
+    """The reason a user reads for a shape that does not fit ``capacity`` now; ``cordoned``:
+    the nodes that an admin cordoned or drains that a placement now would need."""
     k, per, gpu_type = shape.ranks, shape.per_rank, shape.gpu_type
-    holding = capacity.nodes_holding(shape)
-    fenced = sum(n for kind, n in (cordoned or {}).items() if holds(shape, kind))
-    if holding < k <= holding + fenced:
+    if cordoned:
         return (
             f"Waiting for cordoned nodes: needs {nodes(k)} with {label(per, gpu_type)}, "
-            f"{holding} usable, {fenced} cordoned or draining by an admin"
+            f"free now only with {nodes(cordoned)} that an admin cordoned or drains"
         )
+    holding = capacity.nodes_holding(shape)
     if holding < k:  # the cluster's registered nodes could hold it (``events.fit``): some are down
         return (
             f"Waiting for nodes: needs {nodes(k)} with {label(per, gpu_type)}, {holding} up "

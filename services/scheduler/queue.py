@@ -17,7 +17,8 @@ Invariants:
   placements never overlap each other or any GPU held (an attempt holds its GPUs until it
   leaves TERMINATING).
 - Nothing is placed on a node that is lost, cordoned, draining, drained or silent (heartbeat
-  missing this round); a request that only cordoned nodes could hold says so in its reason.
+  missing this round); a request that would fit now on the free GPUs of cordoned nodes says
+  so in its reason.
 - A waiting attempt gets ``attempt.queued`` when it enters the queue (PENDING), and again only
   when the kind of its reason (the text before ':') changes: a queue of 10,000 must not write
   10,000 events whenever a count or a position moves. It carries the shape the request was
@@ -28,11 +29,10 @@ Invariants:
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from collections.abc import Collection
 from typing import NamedTuple
 
-from events.fit import InstanceType, Refusal, Shape, fleet, nodes, shapes
+from events.fit import Refusal, Shape, fleet, nodes, shapes
 from events.lifecycle import RunState
 from events.model import (
     AnyRunEvent,
@@ -102,13 +102,15 @@ class _Pass:
         here = state.clusters.get(cluster, {}).values()
         self.fleet = fleet((node.gpu_type, node.gpus) for node in here if node.registered)
         self.now = Capacity()
-        #: Nodes up but cordoned or draining: they could hold what waits, an admin says no.
-        self.cordoned: Counter[InstanceType] = Counter()
+        #: Nodes up but cordoned, draining or drained: what waits may name them as the reason.
+        self.cordoned = [
+            node
+            for node in here
+            if node.registered and node.alive and not node.usable and node.name not in silent
+        ]
         for node in here:
             if node.usable and node.name not in silent:
                 self.now.add_node(node.name, node.gpu_type, node.gpus, state.free_gpus(node))
-            elif node.registered and node.alive and not node.usable:
-                self.cordoned[InstanceType(node.gpu_type, node.gpus)] += 1
         self._future: Capacity | None = None
         self._victims: list[_Victim] | None = None
         self.chosen: set[str] = set()
@@ -217,8 +219,22 @@ class _Pass:
             return f"{RELEASING}: preempting {victims} lower-priority run(s)"
         shape = found[0]
         if shape not in self.reasons:
-            self.reasons[shape] = why_waiting(shape, self.now, self.cordoned)
+            self.reasons[shape] = why_waiting(shape, self.now, self._cordoned_fit(shape))
         return self.reasons[shape]
+
+    def _cordoned_fit(self, shape: Shape) -> int:
+        """The cordoned nodes a placement of ``shape`` would need now, or that it needs at all
+        (too few usable nodes hold it); 0: it needs none, or even they would not do."""
+        if not self.cordoned:
+            return 0
+        hypothetical = self.now.copy()
+        for node in self.cordoned:
+            hypothetical.add_node(node.name, node.gpu_type, node.gpus, self.state.free_gpus(node))
+        placement = place(shape, hypothetical)
+        if placement is not None:
+            return sum(node not in self.now.free for node, _ in placement)
+        usable, with_cordoned = self.now.nodes_holding(shape), hypothetical.nodes_holding(shape)
+        return with_cordoned - usable if usable < shape.ranks <= with_cordoned else 0
 
     def _releasing(self) -> Capacity | None:
         """Free GPUs plus those TERMINATING attempts are about to release; None if none are."""

@@ -36,7 +36,13 @@ from projections.audit import AuditProjection, Entry, entry_of
 from projections.base import Row, takes
 from projections.billing import BillingProjection
 from projections.run_status import RunRow, RunStatusProjection
-from projections.utilization import Instance, RunLine, UtilizationProjection, queue_order
+from projections.utilization import (
+    Instance,
+    NodeLine,
+    RunLine,
+    UtilizationProjection,
+    queue_order,
+)
 from tests.unit.projections.history import SCHEDULER, History, at, fold
 from tests.unit.projections.simulator import Simulator
 
@@ -408,9 +414,14 @@ def test_utilization_shows_cordoned_gpus_until_uncordoned_whatever_the_agent_doe
     h.add("2026-11-24 09:01:00", NodeCordoned(id=h.new_id(), reason="fan", **common))
     h.node("2026-11-24 09:02:00", "n2")  # its agent restarted and registered again
     projection = UtilizationProjection()
-    [instance] = decode_rows(fold(projection, h.records), "instance", Instance).values()
+    rows = fold(projection, h.records)
+    [instance] = decode_rows(rows, "instance", Instance).values()
     assert isinstance(instance, Instance)
     assert (instance.gpus_available, instance.gpus_cordoned) == (8, 8)
+    line = decode_rows(rows, "node", NodeLine)["n2"]
+    assert isinstance(line, NodeLine)
+    assert (line.state, line.service, line.reason, line.by) == ("up", "cordoned", "fan", "root")
+    assert line.since == at("2026-11-24 09:01:00")
     h.add("2026-11-24 09:03:00", NodeUncordoned(id=h.new_id(), **common))
     [instance] = decode_rows(fold(projection, h.records[-1:]), "instance", Instance).values()
     assert isinstance(instance, Instance)

@@ -122,3 +122,23 @@ def test_uncordon_ends_a_drain_before_its_deadline() -> None:
     assert world.settle() == []
     assert world.status(run) is S.RUNNING
     assert world.state.drains == {}
+
+
+def test_a_run_that_fits_only_on_a_cordoned_nodes_free_gpus_says_so() -> None:
+    world = _world("n1", "n2")
+    world.cordon("n2")
+    busy = world.submit(8)
+    world.settle()
+    assert world.placement(busy)[0][0] == "n1"
+    waits = world.submit(8)
+    world.settle()
+    [queued] = world.events_of(waits, AttemptQueued)
+    assert queued.reason.startswith("Waiting for cordoned nodes: needs 1 node with 8 x a100")
+    both = world.submit(16)  # needs both nodes: n2 is cordoned, not down
+    world.settle()
+    [queued] = world.events_of(both, AttemptQueued)
+    assert queued.reason.startswith("Waiting for cordoned nodes: needs 2 nodes with 8 x a100")
+    world.uncordon("n2")
+    world.settle()
+    [*_, queued] = world.events_of(both, AttemptQueued)
+    assert queued.reason.startswith("Insufficient resources")
