@@ -65,6 +65,8 @@ class AttemptState(msgspec.Struct, kw_only=True):
     ranks: list[RankState] = msgspec.field(default_factory=list)
     reason: ev.Reason | None = None
     queue_reason: str = ""
+    #: Its latest ``attempt.queued`` carried the shape it was judged by (``nodes`` > 0).
+    judged: bool = False
     stop_requested_by: str | None = None
     opened_by: str = ""
     #: The run tokens issued for this attempt's ranks: token id -> the SHA-256 of its secret.
@@ -177,6 +179,7 @@ def _apply(state: RunState, event: ev.AnyRunEvent) -> None:  # noqa: PLR0912, PL
         case ev.AttemptQueued():
             _phase(attempt, event, S.QUEUED)
             attempt.queue_reason = event.reason
+            attempt.judged = event.nodes > 0
         case ev.AttemptScheduled():
             _schedule(attempt, event)
         case (

@@ -22,7 +22,10 @@ Invariants:
 - A waiting attempt gets ``attempt.queued`` when it enters the queue (PENDING), and again only
   when the kind of its reason (the text before ':') changes: a queue of 10,000 must not write
   10,000 events whenever a count or a position moves. It carries the shape the request was
-  judged by (nodes, GPUs, gpu_type), so views show what the request means before it is placed.
+  judged by (nodes, GPUs, gpu_type: the cluster's type when the request names none), so views
+  show what the request means before it is placed; an attempt queued without one (before any
+  node of its cluster registered, or by an older scheduler) is queued again once it has one,
+  else `get runs` falls back to the request and shows ``2x gpu``.
 - A request that no registered node could ever hold fails at once (user, ``Unschedulable``).
 """
 
@@ -156,9 +159,13 @@ class _Pass:
                         self.waits[memo] = (generation, reason_text)
             position += 1
             attempt = run.latest
-            if attempt.status is S.PENDING or (
-                reason_text != attempt.queue_reason
-                and kind(reason_text) != kind(attempt.queue_reason)
+            if (
+                attempt.status is S.PENDING
+                or (not attempt.judged and not isinstance(found, Refusal))
+                or (
+                    reason_text != attempt.queue_reason
+                    and kind(reason_text) != kind(attempt.queue_reason)
+                )
             ):
                 self._decide(
                     run, AttemptQueued, reason=reason_text, position=position, **_judged(found)

@@ -80,6 +80,8 @@ async def test_cordon_drain_uncordon_through_mcli(mcli: Mcli, tmp_path: Path) ->
     # A run that only the cordoned node could take says so.
     second = _submit(mcli, tmp_path, "waits")
     await wait_for(stack, second, S.QUEUED)
+    [row] = [line for line in mcli.ok("get", "runs").splitlines() if line.startswith(second)]
+    assert "8x a100_80gb" in row, row  # the cluster's GPU type, not `8x gpu` (item 6)
     await eventually(
         lambda: "Waiting for cordoned nodes" in mcli.ok("util"),
         what="the queued run's reason to name the cordoned node",

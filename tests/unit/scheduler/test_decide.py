@@ -434,3 +434,26 @@ def test_deleting_while_terminating_deletes_after_the_attempt_ends() -> None:
     world.command(run, commands.DeleteRun(actor=USER))
     world.exit(run, 0, 143)
     assert [type(e) for e in world.settle()] == [AttemptStopped, RunDeleted]
+
+
+def test_a_queued_attempt_without_its_judged_shape_is_queued_again_with_the_clusters_type() -> None:
+    # Issue 18 item 6: an attempt queued without a shape (by an older scheduler, or before a node
+    # of its cluster registered) showed the request, `2x gpu`, in `get runs` for as long as the
+    # kind of its reason stayed the same.
+    world = _world("n1", gpus=2)
+    busy = world.submit(2)
+    world.settle()
+    run = world.submit(2)
+    old = AttemptQueued(
+        id=world.new_id(),
+        actor="scheduler@old",
+        run_id=run,
+        reason="Insufficient resources: needs 2 GPUs, 0 free",
+        position=1,
+    )
+    world.record([old])
+    [again] = world.settle()
+    assert isinstance(again, AttemptQueued)
+    assert (again.nodes, again.gpus, again.gpu_type) == (1, 2, "a100")
+    assert world.settle() == []  # once judged, told again only when its reason's kind changes
+    assert world.status(busy) is S.STARTING
