@@ -294,3 +294,31 @@ def test_ages_read_like_mcli() -> None:
         "5hr",
         "2d",
     ]
+
+
+def test_util_shows_cordoned_gpus_apart_only_while_there_are_any() -> None:
+    plain = cluster("c1")
+    fenced = InstanceUtilization("c1", Instance("h100x8", "h100_80gb", 8, 1), 0, 0, 8, 8)
+    utils = plain.utilization
+    cordoned = Cluster(
+        name="c1",
+        utilization=ClusterUtilization(
+            cluster_instance_utils=[fenced, utils.cluster_instance_utils[1]],
+            active_runs_by_user=utils.active_runs_by_user,
+            queued_runs_by_user=utils.queued_runs_by_user,
+        ),
+    )
+    shown = render(utilization([cordoned], NOW, hide_users=True))
+    header, first, second = shown.splitlines()[1:4]
+    assert header.split() == [
+        "NAME",
+        "INSTANCE_NAME",
+        "NODE_INFO",
+        "GPUS_AVAILABLE",
+        "GPUS_CORDONED",
+        "GPUS_USED",
+        "GPUS_TOTAL",
+    ]
+    assert first.split()[-4:] == ["0", "8", "0", "8"]
+    assert second.split()[-4:] == ["16", "0", "16", "32"]
+    assert "GPUS_CORDONED" not in render(utilization([plain], NOW, hide_users=True))

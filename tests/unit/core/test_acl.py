@@ -92,6 +92,8 @@ def test_each_service_touches_only_its_own_keys() -> None:
     assert not may(acl.API, projection, "write")
     assert not may(acl.API, output, "write")
     assert may(acl.API, user_history, "write")
+    assert may(acl.API, keys.aggregate_stream("node:node-0", 0), "write")  # cordon, drain
+    assert not may(acl.API, keys.heartbeat("node-0"), "write")
     assert not may(acl.API, keys.scheduler_lease(0), "write")
     assert not may(acl.SCHEDULER, user_history, "write")
     assert may(acl.SCHEDULER, keys.scheduler_lease(0), "write")
