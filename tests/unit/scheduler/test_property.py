@@ -1,5 +1,6 @@
-"""Property: whatever users, node-agents and nodes do, decide never puts two active attempts on
-one GPU, never gives a node more GPUs than it has, and never writes what the rules refuse."""
+"""Property: whatever users, node-agents, nodes and admins do, decide never puts two active
+attempts on one GPU, never gives a node more GPUs than it has, never places on a node that is
+lost, cordoned, draining or drained, and never writes what the rules refuse."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from events import commands
 from events.commands import RequestRefused
+from events.model import AttemptScheduled
 from events.status import RunStatus as S
 from tests.unit.scheduler.world import USER, World
 
@@ -40,6 +42,11 @@ _BY_KIND: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
     "delete": st.tuples(st.just("delete"), st.integers(0, 50)),
     "lose": st.tuples(st.just("lose"), st.sampled_from(NODES)),
     "drain": st.tuples(st.just("drain"), st.sampled_from(NODES)),
+    "cordon": st.tuples(st.just("cordon"), st.sampled_from(NODES)),
+    "drain_request": st.tuples(
+        st.just("drain_request"), st.sampled_from(NODES), st.sampled_from([None, 0, 60_000])
+    ),
+    "uncordon": st.tuples(st.just("uncordon"), st.sampled_from(NODES)),
 }
 #: How often each kind is drawn: mostly submissions and rank events, some node trouble.
 _WEIGHTS = {"submit": 6, "running": 5, "exit": 4, "register": 3, "later": 2}
@@ -90,6 +97,12 @@ def _apply(world: World, op: tuple[Any, ...], silent: set[str]) -> None:  # noqa
         case ("drain", node):
             if node in world.state.nodes and not world.state.nodes[node].drained:
                 world.drain(node)
+        case ("cordon" | "uncordon" as what, node):
+            if node in world.state.nodes:
+                (world.cordon if what == "cordon" else world.uncordon)(node)
+        case ("drain_request", node, grace_ms):
+            if node in world.state.nodes:
+                world.drain_request(node, grace_ms=grace_ms)
         case ("later", ms):
             world.now += ms
         case _:
@@ -125,5 +138,8 @@ def test_decide_never_double_books_a_gpu(ops: list[tuple[Any, ...]]) -> None:
     for op in ops:
         silent: set[str] = set()
         _apply(world, op, silent)
-        world.settle(silent=silent)
+        closed = {name for name, node in world.state.nodes.items() if not node.usable}
+        appended = world.settle(silent=silent)
+        placed = {r.node for e in appended if isinstance(e, AttemptScheduled) for r in e.ranks}
+        assert not placed & closed, (placed, closed)  # nothing placed on a cordoned node
         _check(world)
