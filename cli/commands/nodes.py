@@ -99,6 +99,8 @@ async def list_nodes(_: argparse.Namespace, api: Api) -> int:
     )
     for node in nodes:
         state = "up" if node["service"] == "ready" else node["service"]
+        if state == "draining" and not node["gpus_used"]:
+            state = "drained"  # emptied: nothing left to wait for (Slurm's DRAINED)
         if node["state"] == "lost":
             state = "lost" if state == "up" else f"lost, {state}"
         deadline = node.get("deadline")

@@ -68,6 +68,10 @@ async def test_cordon_drain_uncordon_through_mcli(mcli: Mcli, tmp_path: Path) ->
     assert refused.returncode == 1
     assert refused.stderr.startswith("✗ Error 403: "), refused.stderr
 
+    ghost = mcli("admin", "nodes", "cordon", "node-9", "--reason", "x")
+    no_traceback(ghost)
+    assert ghost.stderr.startswith("✗ Error 404: node node-9: no such node"), ghost.stderr
+
     # Cordoned: the new run goes to the other node; util shows the cordoned GPUs apart.
     assert "Cordoned node" in mcli.ok("admin", "nodes", "cordon", a, "--reason", "bad fan")
     assert _listed(mcli)[a] == "cordoned"
@@ -99,6 +103,7 @@ async def test_cordon_drain_uncordon_through_mcli(mcli: Mcli, tmp_path: Path) ->
     assert _listed(mcli)[b] == "draining"
     retried = await wait_for(stack, first, S.RUNNING, resumption=1, within=90)
     assert [node.name for node in retried.nodes] == [a]
+    await eventually(lambda: _listed(mcli)[b] == "drained", what=f"{b} to be drained (empty)")
     assert retried.resumptions[0].reason_code == "NodeDrained"
     history = mcli.ok("events", first)
     assert "kernel upgrade" in history, history
