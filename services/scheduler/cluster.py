@@ -212,7 +212,9 @@ class ClusterState:
         if (verdict := self._check(version, node.version if node else 0)) is not None:
             return verdict
         if node is None:
-            node = self.nodes[event.node] = Node(name=event.node, cluster=event.cluster)
+            node = self.nodes[event.node] = Node(
+                name=event.node, cluster=event.cluster, service=NodeState(name=event.node)
+            )
             self.clusters.setdefault(event.cluster, {})[event.node] = node
         match event:
             case NodeRegistered():
