@@ -88,6 +88,8 @@ class Node:
     reason: str | None = None
     gpus: tuple[int, ...] = ()
     exit_code: int | None = None
+    #: The physical GPUs, by UUID, in the order of ``gpus`` (empty: the placement named none).
+    gpu_uuids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -358,6 +360,7 @@ def build_run(row: RunRow, attempts: Sequence[AttemptRow]) -> Run:
                 reason=rank.reason or None,
                 gpus=tuple(rank.gpus),
                 exit_code=rank.exit_code,
+                gpu_uuids=tuple(rank.gpu_uuids),
             )
             for rank in (latest.ranks if latest is not None else [])
         ],

@@ -253,13 +253,26 @@ def describe(run: Run) -> Group:
             children.add_row(child.name, child.status.display_name, when(child.created_at))
         parts += [title("Child Runs"), children, ""]
     if run.nodes:
-        nodes = plain_table("RANK", "NODE NAME", "STATUS", "REASON")
+        # mcli's columns; and the physical GPUs, where the placement named them (RMA triage)
+        physical = any(node.gpu_uuids for node in run.nodes)
+        nodes = plain_table("RANK", "NODE NAME", "STATUS", "REASON", *(["GPUS"] * physical))
         for node in run.nodes:
-            nodes.add_row(str(node.rank), node.name, node.status.display_name, node.reason or "")
+            row = [str(node.rank), node.name, node.status.display_name, node.reason or ""]
+            if physical:
+                row.append(physical_gpus(node.gpus, node.gpu_uuids))
+            nodes.add_row(*row)
         parts += [title("Run Nodes"), nodes, ""]
     parts += [title("Run Event Log"), event_log(run), ""]
     parts += [title("Submitted Run Configuration"), submitted_yaml(run)]
     return Group(*parts)
+
+
+def physical_gpus(gpus: Sequence[int], uuids: Sequence[str]) -> str:
+    """``0 GPU-8f2c..., 1 GPU-1b7e...``: each GPU's index on its node and its UUID, the
+    physical GPU an RMA is about; the indices alone where the placement named no UUID."""
+    if len(uuids) != len(gpus):
+        return ", ".join(str(gpu) for gpu in gpus)
+    return ", ".join(f"{gpu} {uuid}" for gpu, uuid in zip(gpus, uuids, strict=True))
 
 
 def event_log(run: Run) -> Table:

@@ -48,12 +48,15 @@ class Reason(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
         return self.code
 
 
-class RankPlacement(msgspec.Struct, kw_only=True, frozen=True):
-    """One rank of an attempt: the node it runs on and the GPU indices it holds there."""
+class RankPlacement(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """One rank of an attempt: the node it runs on and the GPU indices it holds there, and
+    (placed since GPUs have UUIDs in the log) those GPUs' UUIDs, in the same order: which
+    physical GPUs an attempt used, for RMA triage. Empty in placements recorded before."""
 
     rank: int
     node: str
     gpus: list[int]
+    gpu_uuids: list[str] = msgspec.field(default_factory=list)
 
 
 class Via(msgspec.Struct, kw_only=True, frozen=True):
@@ -315,6 +318,9 @@ class NodeRegistered(NodeEvent, kw_only=True, tag="node.registered"):
     gpu_type: str | None
     gpus: int
     cpus: int = 0
+    #: The GPUs' UUIDs by index (``GPU-simulated-...`` for simulated ones); empty in
+    #: registrations recorded before.
+    gpu_uuids: list[str] = msgspec.field(default_factory=list)
 
 
 class NodeLost(NodeEvent, kw_only=True, tag="node.lost"):

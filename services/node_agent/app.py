@@ -102,6 +102,7 @@ class NodeAgent:
             gpu_type=settings.gpu_type,
             gpus=settings.gpu_count,
             cpus=settings.cpus,
+            gpu_uuids=settings.uuids,
         )
         appended = await self.store.append([event], expected_version=None)
         self.registered_at = _position(appended.positions[0])

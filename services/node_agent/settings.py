@@ -1,8 +1,8 @@
 """Settings of one node-agent, from ``RUNPLANE_*`` environment variables.
 
 Unset hardware fields are filled from the machine once, when the settings are read: the node
-name from the hostname, GPUs from ``nvidia-smi`` (none without it; tests and the local stack
-simulate GPUs with ``RUNPLANE_GPUS``), CPUs from the OS.
+name from the hostname, GPUs from NVML (none without it; tests and the local stack
+simulate GPUs with ``RUNPLANE_GPUS``, and get UUIDs marked simulated), CPUs from the OS.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 
 from services.core.settings import KeyringSettings
-from services.node_agent.hardware import detect_gpus
+from services.node_agent.hardware import detect_gpus, simulated
 
 UNKNOWN_GPU_TYPE = "gpu"
 
@@ -24,11 +24,16 @@ class NodeAgentSettings(KeyringSettings):
     node: str = Field(default_factory=socket.gethostname, min_length=1, description="Node name.")
     cluster: str = Field(default="local", min_length=1, description="The cluster it joins.")
     gpus: int | None = Field(
-        default=None, ge=0, description="GPUs of the node (default: from nvidia-smi, else 0)."
+        default=None, ge=0, description="GPUs of the node (default: from NVML, else 0)."
     )
     gpu_type: str | None = Field(
         default=None,
-        description="e.g. a100_80gb (default: from nvidia-smi, else 'gpu'; None without GPUs).",
+        description="e.g. a100_80gb (default: from NVML, else 'gpu'; None without GPUs).",
+    )
+    gpu_uuids: list[str] | None = Field(
+        default=None,
+        description="The GPUs' UUIDs, by index, as a JSON list (default: from NVML; with "
+        "RUNPLANE_GPUS set, simulated ones: GPU-simulated-<node>-<index>).",
     )
     cpus: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPUs of the node."
@@ -149,6 +154,13 @@ class NodeAgentSettings(KeyringSettings):
             self.gpus = detected.gpus
             if self.gpu_type is None:
                 self.gpu_type = detected.gpu_type
+            if self.gpu_uuids is None:
+                self.gpu_uuids = detected.uuids
+        if self.gpu_uuids is None:
+            self.gpu_uuids = simulated(self.node, self.gpus)
+        elif len(self.gpu_uuids) != self.gpus:
+            msg = f"gpu_uuids names {len(self.gpu_uuids)} GPUs, the node has {self.gpus}"
+            raise ValueError(msg)
         if self.gpus == 0:
             self.gpu_type = None
         elif self.gpu_type is None:
@@ -167,6 +179,11 @@ class NodeAgentSettings(KeyringSettings):
     def gpu_count(self) -> int:
         assert self.gpus is not None, "filled in by the validator"
         return self.gpus
+
+    @property
+    def uuids(self) -> list[str]:
+        assert self.gpu_uuids is not None, "filled in by the validator"
+        return self.gpu_uuids
 
     @property
     def data_path(self) -> Path:

@@ -67,6 +67,7 @@ class Node(msgspec.Struct, kw_only=True):
     cluster: str
     gpu_type: str | None = None
     gpus: int = 0
+    gpu_uuids: list[str] = msgspec.field(default_factory=list)
     cpus: int = 0
     registered: bool = False
     alive: bool = False
@@ -212,6 +213,7 @@ class ClusterState:
                     node.cluster = event.cluster
                     self.clusters.setdefault(event.cluster, {})[node.name] = node
                 node.gpu_type, node.gpus, node.cpus = event.gpu_type, event.gpus, event.cpus
+                node.gpu_uuids = event.gpu_uuids
                 node.registered = node.alive = True
                 node.registered_at = node.last_seen = event.time
             case NodeLost():
@@ -335,6 +337,13 @@ class ClusterState:
             waiting = self.waiting.get(cluster, {})
             order = self._order[cluster] = sorted(waiting, key=waiting.__getitem__)
         return order
+
+    def uuids_of(self, node: str, gpus: Iterable[int]) -> list[str]:
+        """The UUIDs of ``node``'s GPUs ``gpus``; none where its registration names none."""
+        known = self.nodes[node].gpu_uuids if node in self.nodes else []
+        if not known:
+            return []
+        return [known[gpu] if gpu < len(known) else "" for gpu in gpus]
 
     def free_gpus(self, node: Node) -> list[int]:
         used = self.used.get(node.name, {})

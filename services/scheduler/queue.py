@@ -179,7 +179,9 @@ class _Pass:
         if run.latest.status is S.PENDING:
             events.append(self._event(AttemptQueued, run, reason="", position=position))
         ranks = [
-            RankPlacement(rank=index, node=node, gpus=gpus)
+            RankPlacement(
+                rank=index, node=node, gpus=gpus, gpu_uuids=self.state.uuids_of(node, gpus)
+            )
             for index, (node, gpus) in enumerate(placement)
         ]
         events.append(

@@ -434,3 +434,15 @@ def test_deleting_while_terminating_deletes_after_the_attempt_ends() -> None:
     world.command(run, commands.DeleteRun(actor=USER))
     world.exit(run, 0, 143)
     assert [type(e) for e in world.settle()] == [AttemptStopped, RunDeleted]
+
+
+def test_a_placement_names_the_physical_gpus_by_uuid() -> None:
+    world = World()
+    world.register("n1", 4, gpu_uuids=[f"GPU-{i}" for i in range(4)])
+    world.register("n0", 4)  # registered before GPUs had UUIDs in the log
+    run = world.submit(8, nodes=2)
+    world.settle()
+    (scheduled,) = world.events_of(run, AttemptScheduled)
+    by_node = {rank.node: rank for rank in scheduled.ranks}
+    assert by_node["n1"].gpu_uuids == [f"GPU-{gpu}" for gpu in by_node["n1"].gpus]
+    assert by_node["n0"].gpu_uuids == []

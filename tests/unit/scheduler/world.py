@@ -104,7 +104,12 @@ class World:
     # --- node-agents and operators --------------------------------------------------------
 
     def register(
-        self, node: str, gpus: int = 8, gpu_type: str | None = "a100", cluster: str | None = None
+        self,
+        node: str,
+        gpus: int = 8,
+        gpu_type: str | None = "a100",
+        cluster: str | None = None,
+        gpu_uuids: list[str] | None = None,
     ) -> None:
         self.node_gpus[node] = gpus
         event = NodeRegistered(
@@ -115,6 +120,7 @@ class World:
             gpu_type=gpu_type,
             gpus=gpus,
             cpus=32,
+            gpu_uuids=gpu_uuids or [],
         )
         self.record([event])
 
