@@ -331,6 +331,22 @@ class NodeDrained(NodeEvent, kw_only=True, tag="node.drained"):
     reason: str = ""
 
 
+class NodeGpuFailed(NodeEvent, kw_only=True, tag="node.gpu_failed"):
+    """The node's agent saw GPU ``gpu`` fail (NVML: a critical Xid, uncorrectable ECC errors,
+    retired pages pending, the GPU lost). Nothing is placed on it until the node registers
+    again (an agent restarted after the GPU was reset or replaced, which watches it anew);
+    an attempt holding it ends, a system failure."""
+
+    gpu: int
+    gpu_uuid: str
+    error: str  # "Xid 79", "uncorrectable ECC errors: 2", "retired pages pending", "GPU lost"
+
+    @property
+    def what(self) -> str:
+        """``Xid 79 on GPU 3 (GPU-...)``."""
+        return f"{self.error} on GPU {self.gpu} ({self.gpu_uuid})"
+
+
 # --- users and their API keys ---------------------------------------------------------------
 
 
@@ -407,7 +423,7 @@ AnyRunEvent = (
     | AttemptStopped
     | AttemptFailed
 )
-AnyNodeEvent = NodeRegistered | NodeLost | NodeDrained
+AnyNodeEvent = NodeRegistered | NodeLost | NodeDrained | NodeGpuFailed
 AnyUserEvent = UserAdded | KeyIssued | KeyRevoked | RequestRefused | SecretCreated | SecretDeleted
 AnyEvent = AnyRunEvent | AnyNodeEvent | AnyUserEvent
 

@@ -33,6 +33,7 @@ from events.lifecycle import RunState, evolve
 from events.model import (
     AttemptScheduled,
     NodeEvent,
+    NodeGpuFailed,
     NodeLost,
     NodeRegistered,
     Reason,
@@ -44,6 +45,7 @@ from services.core.secretstore import SecretValues
 from services.core.store import EventStore
 from services.node_agent.errors import RankGone
 from services.node_agent.executor import Executor, RankControl
+from services.node_agent.gpuhealth import GpuFault, GpuWatcher
 from services.node_agent.job import RankJob, RankKey, job_of
 from services.node_agent.plan import Kill, Release, Start, Stop, exited, plan
 from services.node_agent.process.executor import ProcessExecutor
@@ -69,6 +71,8 @@ class NodeAgent:
         self.registered_at: tuple[int, int] | None = None
         self._lock = asyncio.Lock()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._watcher: GpuWatcher | None = None
+        self._health: list[asyncio.Task[None]] = []
 
     # --- life -------------------------------------------------------------------------
 
@@ -78,13 +82,18 @@ class NodeAgent:
         await self._beat_once()
         self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
         await self.register()
+        if self.settings.physical_gpus:
+            self._watch_gpus()
         await self.executor.prepare()
         await self.reconcile()
 
     async def stop(self) -> None:
         """Stop watching; the ranks' shims run on and a restarted agent adopts them."""
         self.executor.close()
+        if self._watcher is not None:
+            self._watcher.stopping.set()
         tasks = {*self.tasks.values(), *([self._heartbeat] if self._heartbeat else [])}
+        tasks.update(self._health)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -107,6 +116,44 @@ class NodeAgent:
         appended = await self.store.append([event], expected_version=None)
         self.registered_at = _position(appended.positions[0])
         log.info("node.registered", gpus=event.gpus, gpu_type=event.gpu_type, cluster=event.cluster)
+
+    # --- GPU health ---------------------------------------------------------------------
+
+    def _watch_gpus(self) -> None:
+        """NVML's watcher in a thread (its calls block); each fault it sees becomes one
+        ``node.gpu_failed`` on the log, which the scheduler acts on."""
+        loop = asyncio.get_running_loop()
+        faults: asyncio.Queue[GpuFault] = asyncio.Queue()
+        watcher = self._watcher = GpuWatcher(self.settings.uuids, self.settings.gpu_health_poll_s)
+
+        def report(fault: GpuFault) -> None:
+            loop.call_soon_threadsafe(faults.put_nowait, fault)
+
+        async def append() -> None:
+            while True:
+                fault = await faults.get()
+                event = NodeGpuFailed(
+                    id=new_id(),
+                    actor=self.settings.actor,
+                    node=self.node,
+                    cluster=self.settings.cluster,
+                    gpu=fault.gpu,
+                    gpu_uuid=fault.uuid,
+                    error=fault.error,
+                )
+                log.warning("node.gpu_failed", gpu=fault.gpu, uuid=fault.uuid, error=fault.error)
+                while True:
+                    try:
+                        await self.store.append([event], expected_version=None)
+                        break
+                    except RedisError:
+                        log.warning("node.gpu_failed_unsaved", gpu=fault.gpu, exc_info=True)
+                        await asyncio.sleep(self.settings.beat_every_s)
+
+        self._health = [
+            asyncio.create_task(asyncio.to_thread(watcher.run, report), name="gpu-watcher"),
+            asyncio.create_task(append(), name="gpu-failures"),
+        ]
 
     async def _beat(self) -> None:
         while True:

@@ -15,7 +15,7 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 
 from services.core.settings import KeyringSettings
-from services.node_agent.hardware import detect_gpus, simulated
+from services.node_agent.hardware import SIMULATED_PREFIX, detect_gpus, simulated
 
 UNKNOWN_GPU_TYPE = "gpu"
 
@@ -34,6 +34,12 @@ class NodeAgentSettings(KeyringSettings):
         default=None,
         description="The GPUs' UUIDs, by index, as a JSON list (default: from NVML; with "
         "RUNPLANE_GPUS set, simulated ones: GPU-simulated-<node>-<index>).",
+    )
+    gpu_health_poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Between NVML's health checks of the GPUs (ECC, retired pages, lost); Xid "
+        "errors are seen as they happen. Simulated GPUs are not watched.",
     )
     cpus: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPUs of the node."
@@ -184,6 +190,11 @@ class NodeAgentSettings(KeyringSettings):
     def uuids(self) -> list[str]:
         assert self.gpu_uuids is not None, "filled in by the validator"
         return self.gpu_uuids
+
+    @property
+    def physical_gpus(self) -> bool:
+        """The GPUs are NVML's, not simulated: there is hardware to watch."""
+        return bool(self.uuids) and not any(u.startswith(SIMULATED_PREFIX) for u in self.uuids)
 
     @property
     def data_path(self) -> Path:

@@ -37,6 +37,7 @@ from events.model import (
     AnyRunEvent,
     NodeDrained,
     NodeEvent,
+    NodeGpuFailed,
     NodeLost,
     NodeRegistered,
     RankExited,
@@ -72,6 +73,8 @@ class Node(msgspec.Struct, kw_only=True):
     registered: bool = False
     alive: bool = False
     drained: bool = False
+    #: GPU index -> what failed it (``Xid 79 on GPU 3 (GPU-...)``), until it registers again.
+    failed_gpus: dict[int, str] = msgspec.field(default_factory=dict)
     registered_at: int = 0  # log time of its latest node.registered
     last_seen: int = 0  # log time its heartbeat key was last seen (or its registration)
     version: int = 0
@@ -214,12 +217,15 @@ class ClusterState:
                     self.clusters.setdefault(event.cluster, {})[node.name] = node
                 node.gpu_type, node.gpus, node.cpus = event.gpu_type, event.gpus, event.cpus
                 node.gpu_uuids = event.gpu_uuids
+                node.failed_gpus = {}  # a new agent watches its GPUs anew, and says again
                 node.registered = node.alive = True
                 node.registered_at = node.last_seen = event.time
             case NodeLost():
                 node.alive = False
             case NodeDrained():
                 node.drained = True  # until an operator says otherwise: there is no undrain yet
+            case NodeGpuFailed():
+                node.failed_gpus[event.gpu] = event.what
         node.version = version or node.version + 1
         self.dirty_clusters.add(node.cluster)
         self.dirty_runs.update(self.on_node.get(node.name, ()))
@@ -347,7 +353,8 @@ class ClusterState:
 
     def free_gpus(self, node: Node) -> list[int]:
         used = self.used.get(node.name, {})
-        return [gpu for gpu in range(node.gpus) if gpu not in used]
+        failed = node.failed_gpus
+        return [gpu for gpu in range(node.gpus) if gpu not in used and gpu not in failed]
 
     def overdue(self, now_ms: int) -> list[str]:
         """Runs whose RUNNING attempt has run past its max_duration."""

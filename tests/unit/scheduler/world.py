@@ -20,6 +20,7 @@ from events.lifecycle import RunState, evolve
 from events.model import (
     AnyEvent,
     NodeDrained,
+    NodeGpuFailed,
     NodeRegistered,
     RankExited,
     RankRunning,
@@ -127,6 +128,20 @@ class World:
     def drain(self, node: str) -> None:
         cluster = self.state.nodes[node].cluster
         self.record([NodeDrained(id=self.new_id(), actor="ops", node=node, cluster=cluster)])
+
+    def gpu_failed(self, node: str, gpu: int, error: str = "Xid 79") -> None:
+        cluster = self.state.nodes[node].cluster
+        uuid = f"GPU-{node}-{gpu}"
+        failed = NodeGpuFailed(
+            id=self.new_id(),
+            actor=f"node-agent@{node}",
+            node=node,
+            cluster=cluster,
+            gpu=gpu,
+            gpu_uuid=uuid,
+            error=error,
+        )
+        self.record([failed])
 
     def running(self, run_id: str) -> None:
         """Every rank of the run's latest attempt starts its command."""
