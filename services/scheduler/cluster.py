@@ -351,6 +351,11 @@ class ClusterState:
             return []
         return [known[gpu] if gpu < len(known) else "" for gpu in gpus]
 
+    def healthy(self, node: str, gpus: Iterable[int]) -> list[int]:
+        """Those of ``gpus`` that ``node`` has not reported failed: what a release gives back."""
+        failed = self.nodes[node].failed_gpus if node in self.nodes else {}
+        return [gpu for gpu in gpus if gpu not in failed]
+
     def free_gpus(self, node: Node) -> list[int]:
         used = self.used.get(node.name, {})
         failed = node.failed_gpus
