@@ -281,6 +281,11 @@ class RankExited(RunEvent, kw_only=True, tag="rank.exited"):
     exit_code: int | None = None
     signal: int | None = None
     reason: Reason | None = None
+    #: How busy its GPUs were, as the node's NVML samples saw them while it ran: mean
+    #: utilization (%) and peak memory used (MiB, the most of any one of its GPUs). None where
+    #: nothing was sampled (simulated GPUs, a rank shorter than one sample, an adopted rank).
+    gpu_utilization: int | None = None
+    gpu_memory_peak_mib: int | None = None
 
     @property
     def ending(self) -> str:

@@ -66,6 +66,20 @@ class RankRow(msgspec.Struct, kw_only=True, gc=False):
     signal: int | None = None
     reason: str = ""
     exited_at: int | None = None
+    #: Its GPUs' mean utilization (%) and peak memory (MiB) while it ran, as its node sampled.
+    gpu_utilization: int | None = None
+    gpu_memory_peak_mib: int | None = None
+
+
+def gpu_usage(ranks: list[RankRow]) -> tuple[int, int] | None:
+    """The attempt's mean GPU utilization (%, each rank weighted by its GPUs) and peak memory
+    of any one GPU (MiB), over the ranks that reported them; None where none did."""
+    sampled = [r for r in ranks if r.gpu_utilization is not None and r.gpus]
+    if not sampled:
+        return None
+    weight = sum(len(r.gpus) for r in sampled)
+    util = sum((r.gpu_utilization or 0) * len(r.gpus) for r in sampled)
+    return round(util / weight), max(r.gpu_memory_peak_mib or 0 for r in sampled)
 
 
 class AttemptRow(msgspec.Struct, kw_only=True, gc=False):
@@ -107,7 +121,8 @@ class AttemptsProjection:
     #: 4: a waiting attempt's gpus, gpu_type and node_count are the shape it was queued with.
     #: 5: a measured image pull (its size and time) is a line of the event log.
     #: 6: a rank names its physical GPUs by UUID.
-    version: ClassVar[int] = 6
+    #: 7: a rank's GPU usage (mean utilization, peak memory) from its rank.exited.
+    version: ClassVar[int] = 7
     #: Run events but a setup step that went well (it changes no row: its rank is only
     #: checked), except a finished pull, which may say what it measured.
     handles: ClassVar[frozenset[type]]
@@ -270,6 +285,10 @@ def _rank_exited(event: ev.RankExited, attempt: AttemptRow, actor: str) -> str |
     rank = _rank(attempt, event.rank)
     reason = event.reason
     rank.exit_code, rank.signal, rank.exited_at = event.exit_code, event.signal, event.time
+    rank.gpu_utilization, rank.gpu_memory_peak_mib = (
+        event.gpu_utilization,
+        event.gpu_memory_peak_mib,
+    )
     rank.reason = str(reason) if reason is not None else ""
     if reason is not None and reason.category in ("stopped", "preempted"):
         rank.status = S.STOPPED

@@ -40,6 +40,7 @@ from events.model import (
     RunEvent,
 )
 from services.core.consumer import LogConsumer, make_broker
+from services.core.metrics import serve as serve_metrics
 from services.core.sealing import KeyringFile
 from services.core.secretstore import SecretValues
 from services.core.store import EventStore
@@ -51,6 +52,7 @@ from services.node_agent.plan import Kill, Release, Start, Stop, exited, plan
 from services.node_agent.process.executor import ProcessExecutor
 from services.node_agent.reporter import Reporter, new_id
 from services.node_agent.settings import NodeAgentSettings
+from services.node_agent.telemetry import Sampler, Telemetry
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +75,9 @@ class NodeAgent:
         self._heartbeat: asyncio.Task[None] | None = None
         self._watcher: GpuWatcher | None = None
         self._health: list[asyncio.Task[None]] = []
+        self.telemetry = Telemetry(settings.node, settings.uuids, settings.gpu_type or "")
+        self._sampler: Sampler | None = None
+        self._metrics: asyncio.Server | None = None
 
     # --- life -------------------------------------------------------------------------
 
@@ -84,6 +89,11 @@ class NodeAgent:
         await self.register()
         if self.settings.physical_gpus:
             self._watch_gpus()
+            self._sample_gpus()
+        if self.settings.metrics_port is not None:
+            self._metrics = await serve_metrics(
+                self.settings.metrics_host, self.settings.metrics_port, self.telemetry.exposition
+            )
         await self.executor.prepare()
         await self.reconcile()
 
@@ -92,6 +102,10 @@ class NodeAgent:
         self.executor.close()
         if self._watcher is not None:
             self._watcher.stopping.set()
+        if self._sampler is not None:
+            self._sampler.stopping.set()
+        if self._metrics is not None:
+            self._metrics.close()
         tasks = {*self.tasks.values(), *([self._heartbeat] if self._heartbeat else [])}
         tasks.update(self._health)
         for task in tasks:
@@ -154,6 +168,12 @@ class NodeAgent:
             asyncio.create_task(asyncio.to_thread(watcher.run, report), name="gpu-watcher"),
             asyncio.create_task(append(), name="gpu-failures"),
         ]
+
+    def _sample_gpus(self) -> None:
+        """NVML's samples in a thread; each rank's summary goes on its ``rank.exited``."""
+        sampler = self._sampler = Sampler(self.telemetry, self.settings.gpu_sample_interval_s)
+        self.reporter.usage = self.telemetry.finish
+        self._health.append(asyncio.create_task(asyncio.to_thread(sampler.run), name="sampler"))
 
     async def _beat(self) -> None:
         while True:
@@ -282,6 +302,8 @@ class NodeAgent:
                     self.ranks[key].kill()
 
     def _launch(self, key: RankKey, job: RankJob | None, *, resume: bool) -> None:
+        if job is not None and self._sampler is not None:
+            self.telemetry.track(key, job.gpus)  # until its rank.exited takes the summary
         control = self.ranks[key] = RankControl(key)
         self._spawn(key, self.executor.run(key, job, control, resume=resume))
 

@@ -41,6 +41,24 @@ class NodeAgentSettings(KeyringSettings):
         description="Between NVML's health checks of the GPUs (ECC, retired pages, lost); Xid "
         "errors are seen as they happen. Simulated GPUs are not watched.",
     )
+    gpu_sample_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Between NVML samples of each GPU's utilization, memory used and power: "
+        "the metrics' gauges, and each rank's summary on rank.exited.",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus metrics (DCGM_FI_DEV_GPU_UTIL, DCGM_FI_DEV_FB_USED, "
+        "DCGM_FI_DEV_POWER_USAGE per GPU) at http://HOST:PORT/metrics; unset, none.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="The address metrics_port listens on (0.0.0.0: every interface).",
+    )
     cpus: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPUs of the node."
     )

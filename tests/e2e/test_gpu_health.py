@@ -1,23 +1,43 @@
-"""A GPU that fails under a running attempt, end to end: NVML faked at the library boundary
-(``tests/fakes/pynvml``, first on the node-agent's path), everything above it real: the agent
-registers NVML's GPUs by UUID, sees the injected Xid and appends ``node.gpu_failed``; the
-scheduler ends the attempt (``GpuFailure`` naming the GPU) and places the retry elsewhere."""
+"""NVML's GPUs end to end, NVML faked at the library boundary (``tests/fakes/pynvml``, first on
+the node-agent's path), everything above it real. The agent registers NVML's GPUs by UUID; an
+injected Xid becomes ``node.gpu_failed``, the scheduler ends the attempt (``GpuFailure`` naming
+the GPU) and places the retry elsewhere. The agent's samples become gauges on its metrics port,
+and each rank's summary on its ``rank.exited``: ``describe run`` and ``billing --by run``."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cli.stack import LocalStack, StackConfig
-from events.model import NodeGpuFailed
+from events.model import NodeGpuFailed, RankExited
 from events.status import RunStatus as S
 from tests.e2e.driver import Driver, driving, spec, stack_up
+from tests.e2e.mcli_helpers import USER, Mcli, client_env, make_admin
 from tests.fakes import PATH_ENTRY
 from tests.fakes import pynvml as fake
+from tests.waiting import eventually
 
 GPUS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def metrics_port() -> int:
+    return free_port()
 
 
 @pytest.fixture
@@ -28,7 +48,7 @@ def machine(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, machine: Path) -> Iterator[LocalStack]:
+def stack(tmp_path: Path, machine: Path, metrics_port: int) -> Iterator[LocalStack]:
     config = StackConfig(
         nodes=1,
         gpus_per_node=None,  # the agent asks NVML (the fake)
@@ -37,6 +57,8 @@ def stack(tmp_path: Path, machine: Path) -> Iterator[LocalStack]:
             "PYTHONPATH": PATH_ENTRY,
             fake.ENV: str(machine),
             "RUNPLANE_GPU_HEALTH_POLL_S": "0.5",
+            "RUNPLANE_GPU_SAMPLE_INTERVAL_S": "0.2",
+            "RUNPLANE_METRICS_PORT": str(metrics_port),
         },
     )
     with stack_up(tmp_path / "stack", config) as local:
@@ -77,3 +99,55 @@ async def test_an_xid_fails_the_attempt_and_the_retry_avoids_the_gpu(
     assert bad not in retried.latest.ranks[0].gpus
     reports = [r.event async for r in driver.store.replay() if isinstance(r.event, NodeGpuFailed)]
     assert [(e.gpu, e.error) for e in reports] == [(bad, "Xid 79")]
+
+
+async def test_usage_is_exported_summarised_described_and_billed(
+    driver: Driver, stack: LocalStack, machine: Path, metrics_port: int
+) -> None:
+    busy = [
+        {**fake.gpu(i), "util": 73, "memory_used_mib": 2048 * (i + 1), "power_mw": 400_500}
+        for i in range(GPUS)
+    ]
+    fake.machine(machine, busy)
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+    async def scraped() -> str:
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(url)).text
+        return text if "} 8192\n" in text else ""  # GPU 3's memory: the busy machine seen
+
+    text = await eventually(scraped, what="the gauges of the busy GPUs", within=30)
+    uuid = fake.gpu(3)["uuid"]
+    assert f'DCGM_FI_DEV_GPU_UTIL{{gpu="3",UUID="{uuid}",' in text
+    assert f'DCGM_FI_DEV_FB_USED{{gpu="3",UUID="{uuid}",' in text
+    assert "} 400.5\n" in text
+
+    run_id = await driver.submit(spec("sleep 2", gpus=2, name="busy"), user=USER)  # mcli's
+    state = await driver.wait_for(run_id, S.COMPLETED, within=60)
+    [rank] = state.latest.ranks
+    exits = [r.event async for r in driver.store.replay() if isinstance(r.event, RankExited)]
+    [exit_] = [e for e in exits if e.run_id == run_id]
+    assert exit_.gpu_utilization == 73
+    assert exit_.gpu_memory_peak_mib == 2048 * (max(rank.gpus) + 1)
+
+    await make_admin(stack)
+    mcli = Mcli(env={**os.environ, **client_env(stack)}, stack=stack)
+
+    def described() -> str:
+        done = mcli("describe", "run", run_id)  # by id: the driver's submit names no run key
+        return done.stdout if "73%" in done.stdout else ""
+
+    shown = await eventually(lambda: asyncio.to_thread(described), what="describe", within=30)
+    assert "GPU UTIL" in shown
+    assert "PEAK GPU MEM" in shown
+    assert all(fake.gpu(g)["uuid"] in shown for g in rank.gpus)
+
+    def billed() -> list[dict[str, object]]:
+        lines = json.loads(mcli.ok("billing", "--by", "run", "-o", "json"))["lines"]
+        return [line for line in lines if line["run"] == state.name and line["gpu_utilization"]]
+
+    [line] = await eventually(lambda: asyncio.to_thread(billed), what="billing", within=30)
+    assert line["gpu_utilization"] == 73
+    table = mcli.ok("billing", "--by", "run")
+    assert "GPU_UTIL" in table
+    assert "73%" in table

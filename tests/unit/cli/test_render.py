@@ -173,6 +173,8 @@ def test_get_runs_json_is_the_sdk_s_run_objects() -> None:
         "gpus": [],
         "exit_code": None,
         "gpu_uuids": [],
+        "gpu_utilization": None,
+        "gpu_memory_peak_mib": None,
     }
     assert data["events"][0]["text"] == "Run created"
     assert datetime.fromisoformat(data["events"][0]["time"]) == local(12, 59)
