@@ -47,6 +47,7 @@ from services.core.store import EventStore
 from services.node_agent.errors import RankGone
 from services.node_agent.executor import Executor, RankControl
 from services.node_agent.gpuhealth import GpuFault, GpuWatcher
+from services.node_agent.healthcheck import keep_checking
 from services.node_agent.job import RankJob, RankKey, job_of
 from services.node_agent.plan import Kill, Release, Start, Stop, exited, plan
 from services.node_agent.process.executor import ProcessExecutor
@@ -78,6 +79,7 @@ class NodeAgent:
         self.telemetry = Telemetry(settings.node, settings.uuids, settings.gpu_type or "")
         self._sampler: Sampler | None = None
         self._metrics: asyncio.Server | None = None
+        self.health_failures: list[str] = []  # the health check's failures, newest last
 
     # --- life -------------------------------------------------------------------------
 
@@ -90,6 +92,14 @@ class NodeAgent:
         if self.settings.physical_gpus:
             self._watch_gpus()
             self._sample_gpus()
+        if (command := self.settings.health_check_command) is not None:
+            checking = keep_checking(
+                command,
+                self.settings.health_check_interval_s,
+                self.settings.health_check_timeout_s,
+                self.health_check_failed,
+            )
+            self._health.append(asyncio.create_task(checking, name="health-check"))
         if self.settings.metrics_port is not None:
             self._metrics = await serve_metrics(
                 self.settings.metrics_host, self.settings.metrics_port, self.telemetry.exposition
@@ -168,6 +178,17 @@ class NodeAgent:
             asyncio.create_task(asyncio.to_thread(watcher.run, report), name="gpu-watcher"),
             asyncio.create_task(append(), name="gpu-failures"),
         ]
+
+    async def health_check_failed(self, reason: str) -> None:
+        """The node's health check failed: the node is to be cordoned with ``reason``.
+
+        SEAM (issue 18 item 4): ``node.cordoned`` is the cordon helper's event (branch
+        ``cordon``, not in this tree yet). Once merged, append here
+        ``NodeCordoned(id=new_id(), actor=self.settings.actor, node=self.node,
+        cluster=self.settings.cluster, reason=reason)``; until then the failure is only logged.
+        """
+        self.health_failures.append(reason)
+        log.error("node.cordon_wanted", reason=reason)
 
     def _sample_gpus(self) -> None:
         """NVML's samples in a thread; each rank's summary goes on its ``rank.exited``."""

@@ -59,6 +59,18 @@ class NodeAgentSettings(KeyringSettings):
         min_length=1,
         description="The address metrics_port listens on (0.0.0.0: every interface).",
     )
+    health_check_command: str | None = Field(
+        default=None,
+        description="A shell command that checks the node (Slurm's HealthCheckProgram), run at "
+        "start and every health_check_interval_s; a non-zero exit or a timeout cordons the "
+        "node with its output as the reason. Unset: none.",
+    )
+    health_check_interval_s: float = Field(
+        default=300.0, gt=0, description="Between runs of health_check_command."
+    )
+    health_check_timeout_s: float = Field(
+        default=60.0, gt=0, description="How long health_check_command may run: past it, failed."
+    )
     cpus: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPUs of the node."
     )
