@@ -71,17 +71,6 @@ class RankRow(msgspec.Struct, kw_only=True, gc=False):
     gpu_memory_peak_mib: int | None = None
 
 
-def gpu_usage(ranks: list[RankRow]) -> tuple[int, int] | None:
-    """The attempt's mean GPU utilization (%, each rank weighted by its GPUs) and peak memory
-    of any one GPU (MiB), over the ranks that reported them; None where none did."""
-    sampled = [r for r in ranks if r.gpu_utilization is not None and r.gpus]
-    if not sampled:
-        return None
-    weight = sum(len(r.gpus) for r in sampled)
-    util = sum((r.gpu_utilization or 0) * len(r.gpus) for r in sampled)
-    return round(util / weight), max(r.gpu_memory_peak_mib or 0 for r in sampled)
-
-
 class AttemptRow(msgspec.Struct, kw_only=True, gc=False):
     run_id: str
     run_name: str
