@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 _MODELS = ("gh200", "h200", "h100", "a100", "a10g", "a800", "h800", "l40s", "l40", "a40")
 _MODELS_SHORT = ("v100", "a10", "t4", "l4", "p100", "k80", "a30", "a6000")
 SIMULATED_PREFIX = "GPU-simulated-"
+UNREADABLE_PREFIX = "GPU-unreadable-"
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,20 @@ def simulated(node: str, count: int) -> list[str]:
     return [f"{SIMULATED_PREFIX}{node}-{index}" for index in range(count)]
 
 
+def unreadable(index: int) -> Gpu:
+    """A GPU NVML counts but cannot describe (lost, fallen off the bus): kept in its place so
+    the others keep their indices, with a UUID that says so; the health watcher fails it."""
+    return Gpu(
+        index=index, name="", memory_mib=0, uuid=f"{UNREADABLE_PREFIX}{index}", pci_bus_id=""
+    )
+
+
 def of_devices(devices: list[Gpu]) -> Gpus:
-    """The node's GPUs, typed by the first (a node's GPUs are of one kind)."""
-    if not devices:
+    """The node's GPUs, typed by the first readable one (a node's GPUs are of one kind)."""
+    readable = [gpu for gpu in devices if not gpu.uuid.startswith(UNREADABLE_PREFIX)]
+    if not readable:
         return Gpus(0, None)
-    first = devices[0]
+    first = readable[0]
     return Gpus(len(devices), gpu_type_of(first.name, first.memory_mib), tuple(devices))
 
 
@@ -96,7 +106,13 @@ def detect_gpus() -> Gpus:
     except pynvml.NVMLError:
         return Gpus(0, None)
     try:
-        return of_devices([describe(pynvml, i) for i in range(pynvml.nvmlDeviceGetCount())])
+        devices = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            try:
+                devices.append(describe(pynvml, index))
+            except pynvml.NVMLError:
+                devices.append(unreadable(index))
+        return of_devices(devices)
     except pynvml.NVMLError:
         return Gpus(0, None)
     finally:

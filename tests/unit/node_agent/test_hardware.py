@@ -58,11 +58,15 @@ def test_no_nvml_is_no_gpus(nvml: Path) -> None:
     assert detect_gpus() == Gpus(0, None)
 
 
-def test_a_lost_gpu_at_start_up_is_no_gpus_rather_than_a_crash(nvml: Path) -> None:
+def test_a_lost_gpu_at_start_up_keeps_its_place_and_says_so(nvml: Path) -> None:
     from tests.fakes import pynvml  # noqa: PLC0415
 
-    pynvml.machine(nvml, [pynvml.gpu(0), {**pynvml.gpu(1), "lost": True}])
-    assert detect_gpus() == Gpus(0, None)
+    pynvml.machine(nvml, [pynvml.gpu(0), {**pynvml.gpu(1), "lost": True}, pynvml.gpu(2)])
+    found = detect_gpus()
+    assert (found.gpus, found.gpu_type) == (3, "h100_80gb")
+    assert found.uuids == [pynvml.gpu(0)["uuid"], "GPU-unreadable-1", pynvml.gpu(2)["uuid"]]
+    pynvml.machine(nvml, [{**pynvml.gpu(0), "lost": True}])
+    assert detect_gpus() == Gpus(0, None)  # nothing readable: nothing to place on
 
 
 def test_the_agent_registers_nvml_uuids_or_simulated_ones(
