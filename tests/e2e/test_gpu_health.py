@@ -54,7 +54,8 @@ def stack(tmp_path: Path, machine: Path, metrics_port: int) -> Iterator[LocalSta
         gpus_per_node=None,  # the agent asks NVML (the fake)
         grace_period_s=2.0,
         extra_env={
-            "PYTHONPATH": PATH_ENTRY,
+            # first, so ``import pynvml`` finds the fake; what was there stays after it
+            "PYTHONPATH": os.pathsep.join(filter(None, [PATH_ENTRY, os.environ.get("PYTHONPATH")])),
             fake.ENV: str(machine),
             "RUNPLANE_GPU_HEALTH_POLL_S": "0.5",
             "RUNPLANE_GPU_SAMPLE_INTERVAL_S": "0.2",
