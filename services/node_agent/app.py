@@ -80,6 +80,10 @@ class NodeAgent:
         self._sampler: Sampler | None = None
         self._metrics: asyncio.Server | None = None
         self.health_failures: list[str] = []  # the health check's failures, newest last
+        #: The GPU failures this agent put on the log: said again after a registration, which
+        #: makes the scheduler forget them (the watcher reports each GPU once).
+        self.gpu_faults: list[GpuFault] = []
+        self._faults: asyncio.Queue[GpuFault] = asyncio.Queue()
 
     # --- life -------------------------------------------------------------------------
 
@@ -147,7 +151,7 @@ class NodeAgent:
         """NVML's watcher in a thread (its calls block); each fault it sees becomes one
         ``node.gpu_failed`` on the log, which the scheduler acts on."""
         loop = asyncio.get_running_loop()
-        faults: asyncio.Queue[GpuFault] = asyncio.Queue()
+        faults = self._faults
         watcher = self._watcher = GpuWatcher(self.settings.uuids, self.settings.gpu_health_poll_s)
 
         def report(fault: GpuFault) -> None:
@@ -169,6 +173,8 @@ class NodeAgent:
                 while True:
                     try:
                         await self.store.append([event], expected_version=None)
+                        if fault not in self.gpu_faults:
+                            self.gpu_faults.append(fault)
                         break
                     except RedisError:
                         log.warning("node.gpu_failed_unsaved", gpu=fault.gpu, exc_info=True)
@@ -293,6 +299,8 @@ class NodeAgent:
             return  # a loss from before this agent registered: that registration answered it
         log.warning("node.lost_while_alive", position=record.position)
         await self.register()
+        for fault in self.gpu_faults:  # a registration clears them: its GPUs are still failed
+            self._faults.put_nowait(fault)
 
     def _forget_if_finished(self, state: RunState) -> None:
         if not state.latest.status.is_terminal():
