@@ -33,6 +33,10 @@ Role = Literal["user", "admin"]
 SecretType = Literal["docker", "env", "mounted", "ssh", "git", "s3", "gcp", "hf"]
 
 
+#: Codes whose message is part of the reason's one line: which GPU, and what failed it.
+SELF_EXPLAINED = frozenset({"GpuFailure"})
+
+
 class Reason(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     """Why an attempt ended (or is ending): a category, a code and the details."""
 
@@ -45,6 +49,8 @@ class Reason(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     def __str__(self) -> str:
         if self.code == "Error" and self.exit_code is not None:
             return f"Error (exit code {self.exit_code})"
+        if self.code in SELF_EXPLAINED and self.message:
+            return f"{self.code}: {self.message}"  # GpuFailure: Xid 79 on GPU 3 (GPU-...)
         return self.code
 
 

@@ -97,6 +97,7 @@ async def test_an_xid_fails_the_attempt_and_the_retry_avoids_the_gpu(
     assert failed.reason is not None
     assert (failed.reason.category, failed.reason.code) == ("system", "GpuFailure")
     assert failed.reason.message == f"Xid 79 on GPU {bad} ({fake.gpu(bad)['uuid']})"
+    assert str(failed.reason) == f"GpuFailure: Xid 79 on GPU {bad} ({fake.gpu(bad)['uuid']})"
     assert bad not in retried.latest.ranks[0].gpus
     reports = [r.event async for r in driver.store.replay() if isinstance(r.event, NodeGpuFailed)]
     assert [(e.gpu, e.error) for e in reports] == [(bad, "Xid 79")]
