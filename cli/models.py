@@ -88,6 +88,11 @@ class Node:
     reason: str | None = None
     gpus: tuple[int, ...] = ()
     exit_code: int | None = None
+    #: The physical GPUs, by UUID, in the order of ``gpus`` (empty: the placement named none).
+    gpu_uuids: tuple[str, ...] = ()
+    #: Its GPUs' mean utilization (%) and peak memory (MiB) once it ended; None: not sampled.
+    gpu_utilization: int | None = None
+    gpu_memory_peak_mib: int | None = None
 
 
 @dataclass(frozen=True)
@@ -358,6 +363,9 @@ def build_run(row: RunRow, attempts: Sequence[AttemptRow]) -> Run:
                 reason=rank.reason or None,
                 gpus=tuple(rank.gpus),
                 exit_code=rank.exit_code,
+                gpu_uuids=tuple(rank.gpu_uuids),
+                gpu_utilization=rank.gpu_utilization,
+                gpu_memory_peak_mib=rank.gpu_memory_peak_mib,
             )
             for rank in (latest.ranks if latest is not None else [])
         ],

@@ -253,13 +253,38 @@ def describe(run: Run) -> Group:
             children.add_row(child.name, child.status.display_name, when(child.created_at))
         parts += [title("Child Runs"), children, ""]
     if run.nodes:
-        nodes = plain_table("RANK", "NODE NAME", "STATUS", "REASON")
+        # mcli's columns; and the physical GPUs, where the placement named them (RMA triage),
+        # and how busy they were, where the node sampled them
+        physical = any(node.gpu_uuids for node in run.nodes)
+        sampled = any(node.gpu_utilization is not None for node in run.nodes)
+        extra = ["GPUS"] * physical + ["GPU UTIL", "PEAK GPU MEM"] * sampled
+        nodes = plain_table("RANK", "NODE NAME", "STATUS", "REASON", *extra)
         for node in run.nodes:
-            nodes.add_row(str(node.rank), node.name, node.status.display_name, node.reason or "")
+            row = [str(node.rank), node.name, node.status.display_name, node.reason or ""]
+            if physical:
+                row.append(physical_gpus(node.gpus, node.gpu_uuids))
+            if sampled:
+                row += usage_cells(node.gpu_utilization, node.gpu_memory_peak_mib)
+            nodes.add_row(*row)
         parts += [title("Run Nodes"), nodes, ""]
     parts += [title("Run Event Log"), event_log(run), ""]
     parts += [title("Submitted Run Configuration"), submitted_yaml(run)]
     return Group(*parts)
+
+
+def physical_gpus(gpus: Sequence[int], uuids: Sequence[str]) -> str:
+    """``0 GPU-8f2c..., 1 GPU-1b7e...``: each GPU's index on its node and its UUID, the
+    physical GPU an RMA is about; the indices alone where the placement named no UUID."""
+    if len(uuids) != len(gpus):
+        return ", ".join(str(gpu) for gpu in gpus)
+    return ", ".join(f"{gpu} {uuid}" for gpu, uuid in zip(gpus, uuids, strict=True))
+
+
+def usage_cells(utilization: int | None, peak_mib: int | None) -> list[str]:
+    """``["87%", "61.2 GiB"]``; dashes where the rank was not sampled."""
+    if utilization is None:
+        return ["-", "-"]
+    return [f"{utilization}%", f"{(peak_mib or 0) / 1024:.1f} GiB"]
 
 
 def event_log(run: Run) -> Table:

@@ -33,6 +33,10 @@ Role = Literal["user", "admin"]
 SecretType = Literal["docker", "env", "mounted", "ssh", "git", "s3", "gcp", "hf"]
 
 
+#: Codes whose message is part of the reason's one line: which GPU, and what failed it.
+SELF_EXPLAINED = frozenset({"GpuFailure"})
+
+
 class Reason(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     """Why an attempt ended (or is ending): a category, a code and the details."""
 
@@ -45,15 +49,20 @@ class Reason(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     def __str__(self) -> str:
         if self.code == "Error" and self.exit_code is not None:
             return f"Error (exit code {self.exit_code})"
+        if self.code in SELF_EXPLAINED and self.message:
+            return f"{self.code}: {self.message}"  # GpuFailure: Xid 79 on GPU 3 (GPU-...)
         return self.code
 
 
-class RankPlacement(msgspec.Struct, kw_only=True, frozen=True):
-    """One rank of an attempt: the node it runs on and the GPU indices it holds there."""
+class RankPlacement(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """One rank of an attempt: the node it runs on and the GPU indices it holds there, and
+    (placed since GPUs have UUIDs in the log) those GPUs' UUIDs, in the same order: which
+    physical GPUs an attempt used, for RMA triage. Empty in placements recorded before."""
 
     rank: int
     node: str
     gpus: list[int]
+    gpu_uuids: list[str] = msgspec.field(default_factory=list)
 
 
 class Via(msgspec.Struct, kw_only=True, frozen=True):
@@ -278,6 +287,11 @@ class RankExited(RunEvent, kw_only=True, tag="rank.exited"):
     exit_code: int | None = None
     signal: int | None = None
     reason: Reason | None = None
+    #: How busy its GPUs were, as the node's NVML samples saw them while it ran: mean
+    #: utilization (%) and peak memory used (MiB, the most of any one of its GPUs). None where
+    #: nothing was sampled (simulated GPUs, a rank shorter than one sample, an adopted rank).
+    gpu_utilization: int | None = None
+    gpu_memory_peak_mib: int | None = None
 
     @property
     def ending(self) -> str:
@@ -315,6 +329,9 @@ class NodeRegistered(NodeEvent, kw_only=True, tag="node.registered"):
     gpu_type: str | None
     gpus: int
     cpus: int = 0
+    #: The GPUs' UUIDs by index (``GPU-simulated-...`` for simulated ones); empty in
+    #: registrations recorded before.
+    gpu_uuids: list[str] = msgspec.field(default_factory=list)
 
 
 class NodeLost(NodeEvent, kw_only=True, tag="node.lost"):
@@ -345,6 +362,22 @@ class NodeDrainRequested(NodeEvent, kw_only=True, tag="node.drain_requested"):
 
 class NodeUncordoned(NodeEvent, kw_only=True, tag="node.uncordoned"):
     """An admin put the node back into placement (ends a cordon, a drain or ``node.drained``)."""
+
+
+class NodeGpuFailed(NodeEvent, kw_only=True, tag="node.gpu_failed"):
+    """The node's agent saw GPU ``gpu`` fail (NVML: a critical Xid, uncorrectable ECC errors,
+    retired pages pending, the GPU lost). Nothing is placed on it until the node registers
+    again (an agent restarted after the GPU was reset or replaced, which watches it anew);
+    an attempt holding it ends, a system failure."""
+
+    gpu: int
+    gpu_uuid: str
+    error: str  # "Xid 79", "uncorrectable ECC errors: 2", "retired pages pending", "GPU lost"
+
+    @property
+    def what(self) -> str:
+        """``Xid 79 on GPU 3 (GPU-...)``."""
+        return f"{self.error} on GPU {self.gpu} ({self.gpu_uuid})"
 
 
 # --- users and their API keys ---------------------------------------------------------------
@@ -424,7 +457,13 @@ AnyRunEvent = (
     | AttemptFailed
 )
 AnyNodeEvent = (
-    NodeRegistered | NodeLost | NodeDrained | NodeCordoned | NodeDrainRequested | NodeUncordoned
+    NodeRegistered
+    | NodeLost
+    | NodeDrained
+    | NodeCordoned
+    | NodeDrainRequested
+    | NodeUncordoned
+    | NodeGpuFailed
 )
 AnyUserEvent = UserAdded | KeyIssued | KeyRevoked | RequestRefused | SecretCreated | SecretDeleted
 AnyEvent = AnyRunEvent | AnyNodeEvent | AnyUserEvent

@@ -57,6 +57,8 @@ class RankRow(msgspec.Struct, kw_only=True, gc=False):
     rank: int
     node: str
     gpus: list[int]
+    #: The physical GPUs by UUID, in the order of ``gpus``; empty where the placement named none.
+    gpu_uuids: list[str] = msgspec.field(default_factory=list)
     status: RunStatus = S.STARTING
     #: When its command started (``rank.running``); kept after it exits, as the rules keep it.
     started_at: int | None = None
@@ -64,6 +66,9 @@ class RankRow(msgspec.Struct, kw_only=True, gc=False):
     signal: int | None = None
     reason: str = ""
     exited_at: int | None = None
+    #: Its GPUs' mean utilization (%) and peak memory (MiB) while it ran, as its node sampled.
+    gpu_utilization: int | None = None
+    gpu_memory_peak_mib: int | None = None
 
 
 class AttemptRow(msgspec.Struct, kw_only=True, gc=False):
@@ -104,7 +109,9 @@ class AttemptsProjection:
     #: 3: a rank's end names the signal that ended it ("ended by signal 15 (stopped by x)").
     #: 4: a waiting attempt's gpus, gpu_type and node_count are the shape it was queued with.
     #: 5: a measured image pull (its size and time) is a line of the event log.
-    version: ClassVar[int] = 5
+    #: 6: a rank names its physical GPUs by UUID.
+    #: 7: a rank's GPU usage (mean utilization, peak memory) from its rank.exited.
+    version: ClassVar[int] = 7
     #: Run events but a setup step that went well (it changes no row: its rank is only
     #: checked), except a finished pull, which may say what it measured.
     handles: ClassVar[frozenset[type]]
@@ -229,7 +236,10 @@ def _scheduled(event: ev.AttemptScheduled, attempt: AttemptRow, actor: str) -> s
         raise _Refused("ranks must be numbered 0..n-1")
     _enter(attempt, S.STARTING, event.time)
     attempt.cluster, attempt.gpu_type = event.cluster, event.gpu_type
-    attempt.ranks = [RankRow(rank=r.rank, node=r.node, gpus=list(r.gpus)) for r in ranks]
+    attempt.ranks = [
+        RankRow(rank=r.rank, node=r.node, gpus=list(r.gpus), gpu_uuids=list(r.gpu_uuids))
+        for r in ranks
+    ]
     attempt.gpus = sum(len(r.gpus) for r in ranks)
     attempt.node_count, attempt.started_at = len(ranks), event.time
     return describe(event)
@@ -264,6 +274,10 @@ def _rank_exited(event: ev.RankExited, attempt: AttemptRow, actor: str) -> str |
     rank = _rank(attempt, event.rank)
     reason = event.reason
     rank.exit_code, rank.signal, rank.exited_at = event.exit_code, event.signal, event.time
+    rank.gpu_utilization, rank.gpu_memory_peak_mib = (
+        event.gpu_utilization,
+        event.gpu_memory_peak_mib,
+    )
     rank.reason = str(reason) if reason is not None else ""
     if reason is not None and reason.category in ("stopped", "preempted"):
         rank.status = S.STOPPED

@@ -43,8 +43,10 @@ from events.model import (
     NodeDrained,
     NodeDrainRequested,
     NodeEvent,
+    NodeGpuFailed,
     NodeRegistered,
     RankExited,
+    RankPlacement,
     RankRunning,
     RequestRefused,
     RetryScheduled,
@@ -78,9 +80,9 @@ class Entry(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=T
 
 class AuditProjection:
     name: ClassVar[str] = "audit"
-    version: ClassVar[int] = (
-        7  # 5: refused requests; 6: run tokens, and who acted via one; 7: cordon, drain
-    )
+    #: 5: refused requests; 6: run tokens, and who acted via one; 7: cordon, drain; 8: the GPUs
+    #: of a placement by UUID, and failed GPUs.
+    version: ClassVar[int] = 8
     handles: ClassVar[frozenset[type]]  # every event type but the quiet ones (below)
 
     def __init__(self) -> None:
@@ -172,6 +174,12 @@ def _reason(event: AttemptTerminating | AttemptStopped | AttemptFailed) -> str:
     return str(event.reason) if event.reason is not None else ""
 
 
+def _placed(rank: RankPlacement) -> str:
+    """``n1:2`` and, where the placement named them, the physical GPUs: ``n1:2 (GPU-a GPU-b)``."""
+    uuids = f" ({' '.join(rank.gpu_uuids)})" if rank.gpu_uuids else ""
+    return f"{rank.node}:{len(rank.gpus)}{uuids}"
+
+
 def _key(event: KeyIssued) -> str:
     expiry = f", expires at {event.expires_at}" if event.expires_at is not None else ""
     return f"key {event.key_id}{expiry}"
@@ -190,7 +198,7 @@ _DETAILS: dict[type, Callable[[Any], str]] = {
     RequestRefused: lambda e: f"{e.request} {e.target}: {e.code} {e.why}",
     RetryScheduled: lambda e: e.cause,
     AttemptQueued: lambda e: e.reason,
-    AttemptScheduled: lambda e: ", ".join(f"{r.node}:{len(r.gpus)}" for r in e.ranks),
+    AttemptScheduled: lambda e: ", ".join(_placed(r) for r in e.ranks),
     AttemptTerminating: _reason,
     AttemptStopped: _reason,
     AttemptFailed: _reason,
@@ -202,6 +210,7 @@ _DETAILS: dict[type, Callable[[Any], str]] = {
     NodeDrainRequested: lambda e: (
         e.reason + ("" if e.grace_ms is None else f" (deadline in {e.grace_ms // 1000} s)")
     ),
+    NodeGpuFailed: lambda e: e.what,
     UserAdded: lambda e: e.role,
     KeyIssued: _key,
     KeyRevoked: lambda e: f"key {e.key_id}",

@@ -31,6 +31,7 @@ from events.model import (
     AttemptFailed,
     AttemptScheduled,
     AttemptStopped,
+    RankExited,
     RunDeleted,
     RunEvent,
     RunSubmitted,
@@ -60,6 +61,12 @@ class BilledAttempt(msgspec.Struct, kw_only=True, gc=False):
     gpu_ms: int | None = None
     days: dict[str, int] = msgspec.field(default_factory=dict)
     run_deleted: bool = False
+    #: GPUs per rank, and of the ranks whose rank.exited says how busy their GPUs were: the
+    #: sum of utilization (%) x GPUs, and their GPUs. The attempt's mean utilization is
+    #: ``util_weight / util_gpus``, over the GPUs that were sampled.
+    rank_gpus: list[int] = msgspec.field(default_factory=list)
+    util_weight: int = 0
+    util_gpus: int = 0
 
 
 class Total(msgspec.Struct, kw_only=True, gc=False):
@@ -78,8 +85,14 @@ class _Run(msgspec.Struct, gc=False):
 
 class BillingProjection:
     name: ClassVar[str] = "billing"
-    version: ClassVar[int] = 1
-    handles: ClassVar[frozenset[type]] = _ENDS | {AttemptScheduled, RunSubmitted, RunDeleted}
+    #: 2: the GPUs of each rank, and how busy the sampled ones were (rank.exited).
+    version: ClassVar[int] = 2
+    handles: ClassVar[frozenset[type]] = _ENDS | {
+        AttemptScheduled,
+        RankExited,
+        RunSubmitted,
+        RunDeleted,
+    }
 
     def __init__(self) -> None:
         self.runs: dict[str, _Run] = {}
@@ -93,6 +106,8 @@ class BillingProjection:
             return self._start(record, event)
         if kind in _ENDS:
             return self._end(event)
+        if kind is RankExited:
+            return self._usage(event)
         if kind is RunSubmitted:
             if event.run_id not in self.runs:
                 self.runs[event.run_id] = _Run(event.actor, event.name, [])
@@ -119,7 +134,20 @@ class BillingProjection:
             gpu_type=event.gpu_type,
             gpus=sum(len(rank.gpus) for rank in event.ranks),
             started_at=event.time,
+            rank_gpus=[len(rank.gpus) for rank in event.ranks],
         )
+        return (("attempt", key),)
+
+    def _usage(self, event: RankExited) -> Collection[RowKey]:
+        key = f"{event.run_id}:{event.attempt}"
+        billed = self.attempts.get(key)
+        if billed is None or event.gpu_utilization is None or billed.ended_at is not None:
+            return ()
+        if not 0 <= event.rank < len(billed.rank_gpus):
+            return ()
+        gpus = billed.rank_gpus[event.rank]
+        billed.util_weight += event.gpu_utilization * gpus
+        billed.util_gpus += gpus
         return (("attempt", key),)
 
     def _end(self, event: RunEvent) -> Collection[RowKey]:
@@ -179,9 +207,17 @@ def split_by_day(gpus: int, start: int, end: int) -> dict[str, int]:
 # --- reports -----------------------------------------------------------------------------
 
 
+def mean_utilization(sampled_gpu_ms: int, busy_gpu_ms: int) -> int | None:
+    """Busy over sampled GPU-ms, in %; None when nothing was sampled."""
+    return round(busy_gpu_ms * 100 / sampled_gpu_ms) if sampled_gpu_ms else None
+
+
 class Line(msgspec.Struct, kw_only=True):
     key: str
     gpu_ms: int = 0
+    #: Of ``gpu_ms``, those of sampled GPUs, and those GPU-ms x their mean utilization / 100.
+    sampled_gpu_ms: int = 0
+    busy_gpu_ms: int = 0
     open: bool = False  # an attempt still holding GPUs counted up to ``now``
     #: The cost of the GPU-ms whose gpu_type has a price; None without prices, or when none
     #: of the line's GPU-ms has one.
@@ -193,6 +229,11 @@ class Line(msgspec.Struct, kw_only=True):
     def gpu_hours(self) -> Decimal:
         return Decimal(self.gpu_ms) / HOUR_MS
 
+    @property
+    def gpu_utilization(self) -> int | None:
+        """Mean GPU utilization (%) over the line's sampled GPU-ms; None: nothing sampled."""
+        return mean_utilization(self.sampled_gpu_ms, self.busy_gpu_ms)
+
 
 class Report(msgspec.Struct, kw_only=True):
     group_by: str
@@ -203,6 +244,12 @@ class Report(msgspec.Struct, kw_only=True):
     cost: Decimal | None  # the lines' costs summed; None without prices
     unpriced_ms: int = 0
     unpriced_types: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def gpu_utilization(self) -> int | None:
+        """Mean GPU utilization (%) over every line's sampled GPU-ms; None: nothing sampled."""
+        sampled = sum(line.sampled_gpu_ms for line in self.lines)
+        return mean_utilization(sampled, sum(line.busy_gpu_ms for line in self.lines))
 
     @property
     def open(self) -> bool:
@@ -237,6 +284,9 @@ def report(
                 line = lines[key] = Line(key=key)
             line.gpu_ms += part
             line.open |= billed.ended_at is None
+            if billed.util_gpus and billed.gpus:
+                line.sampled_gpu_ms += part * billed.util_gpus // billed.gpus
+                line.busy_gpu_ms += part * billed.util_weight // (billed.gpus * 100)
             if price is not None:
                 line.cost = (line.cost or Decimal(0)) + Decimal(part) * price / HOUR_MS
             elif prices is not None and part:

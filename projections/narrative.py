@@ -138,4 +138,4 @@ def _rank_end(event: ev.RankExited) -> str:
 
 def _reason(reason: ev.Reason) -> str:
     text = str(reason)
-    return f"{text} ({reason.message})" if reason.message else text
+    return f"{text} ({reason.message})" if reason.message and reason.message not in text else text

@@ -116,6 +116,7 @@ async def billing_report(args: argparse.Namespace, client: Client) -> int:
             "cost": None if line.cost is None else str(_money(line.cost)),
             "open": line.open,
             "unpriced_gpu_ms": line.unpriced_ms,
+            "gpu_utilization": line.gpu_utilization,
         }
         for line in report.lines
     ]
@@ -130,7 +131,15 @@ async def billing_report(args: argparse.Namespace, client: Client) -> int:
         echo(json.dumps({"group_by": args.by, "lines": rows, **total}))
         return 0
     if args.output == "csv":
-        fields = [args.by, "gpu_hours", "gpu_ms", "cost", "open", "unpriced_gpu_ms"]
+        fields = [
+            args.by,
+            "gpu_hours",
+            "gpu_ms",
+            "cost",
+            "open",
+            "unpriced_gpu_ms",
+            "gpu_utilization",
+        ]
         writer = csv.DictWriter(sys.stdout, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
@@ -146,6 +155,10 @@ def _hours(ms: int) -> Decimal:
     return (Decimal(ms) / HOUR_MS).quantize(Decimal("0.001"))
 
 
+def _percent(utilization: int | None) -> str:
+    return "-" if utilization is None else f"{utilization}%"
+
+
 def _money(cost: Decimal) -> Decimal:
     return cost.quantize(Decimal("0.01"))
 
@@ -156,7 +169,9 @@ def billing_table(report: Report, by: str, names: dict[str, str]) -> Group:
     unpriced GPU-hours get their own column; if the rounded lines do not add up to the
     rounded TOTAL, a note says so."""
     unpriced = report.unpriced_ms > 0
+    sampled = any(line.sampled_gpu_ms for line in report.lines)
     headers = [by.upper(), "GPU_HOURS", "COST"] + (["UNPRICED_GPU_HOURS"] if unpriced else [])
+    headers += ["GPU_UTIL"] if sampled else []  # mean, over the GPU-hours NVML sampled
     table = plain_table(*headers)
     columns: list[list[Decimal]] = [[], [], []]
     for line in report.lines:
@@ -168,6 +183,7 @@ def billing_table(report: Report, by: str, names: dict[str, str]) -> Group:
             f"{cells[0]}{' *' if line.open else ''}",
             "-" if line.cost is None else str(cells[1]),
             *([str(cells[2])] if unpriced else []),
+            *([_percent(line.gpu_utilization)] if sampled else []),
         )
     totals = [_hours(report.gpu_ms), _money(report.cost or Decimal(0)), _hours(report.unpriced_ms)]
     table.add_row(
@@ -175,6 +191,7 @@ def billing_table(report: Report, by: str, names: dict[str, str]) -> Group:
         f"{totals[0]}{' *' if report.open else ''}",
         "-" if report.cost is None else str(totals[1]),
         *([str(totals[2])] if unpriced else []),
+        *([_percent(report.gpu_utilization)] if sampled else []),
     )
     notes: list[str] = []
     if report.open:

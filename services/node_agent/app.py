@@ -26,29 +26,35 @@ import structlog
 from faststream import FastStream
 from redis.exceptions import RedisError
 
-from events import codec, keys
+from events import codec, keys, nodes
 from events.codec import Order, Recorded
 from events.errors import IllegalTransition, UndecodableEvent
 from events.lifecycle import RunState, evolve
 from events.model import (
     AttemptScheduled,
     NodeEvent,
+    NodeGpuFailed,
     NodeLost,
     NodeRegistered,
     Reason,
     RunEvent,
 )
 from services.core.consumer import LogConsumer, make_broker
+from services.core.errors import VersionConflict
+from services.core.metrics import serve as serve_metrics
 from services.core.sealing import KeyringFile
 from services.core.secretstore import SecretValues
 from services.core.store import EventStore
 from services.node_agent.errors import RankGone
 from services.node_agent.executor import Executor, RankControl
+from services.node_agent.gpuhealth import GpuFault, GpuWatcher
+from services.node_agent.healthcheck import keep_checking
 from services.node_agent.job import RankJob, RankKey, job_of
 from services.node_agent.plan import Kill, Release, Start, Stop, exited, plan
 from services.node_agent.process.executor import ProcessExecutor
 from services.node_agent.reporter import Reporter, new_id
 from services.node_agent.settings import NodeAgentSettings
+from services.node_agent.telemetry import Sampler, Telemetry
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +75,16 @@ class NodeAgent:
         self.registered_at: tuple[int, int] | None = None
         self._lock = asyncio.Lock()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._watcher: GpuWatcher | None = None
+        self._health: list[asyncio.Task[None]] = []
+        self.telemetry = Telemetry(settings.node, settings.uuids, settings.gpu_type or "")
+        self._sampler: Sampler | None = None
+        self._metrics: asyncio.Server | None = None
+        self.health_failures: list[str] = []  # the health check's failures, newest last
+        #: The GPU failures this agent put on the log: said again after a registration, which
+        #: makes the scheduler forget them (the watcher reports each GPU once).
+        self.gpu_faults: list[GpuFault] = []
+        self._faults: asyncio.Queue[GpuFault] = asyncio.Queue()
 
     # --- life -------------------------------------------------------------------------
 
@@ -78,13 +94,35 @@ class NodeAgent:
         await self._beat_once()
         self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
         await self.register()
+        if self.settings.physical_gpus:
+            self._watch_gpus()
+            self._sample_gpus()
+        if (command := self.settings.health_check_command) is not None:
+            checking = keep_checking(
+                command,
+                self.settings.health_check_interval_s,
+                self.settings.health_check_timeout_s,
+                self.health_check_failed,
+            )
+            self._health.append(asyncio.create_task(checking, name="health-check"))
+        if self.settings.metrics_port is not None:
+            self._metrics = await serve_metrics(
+                self.settings.metrics_host, self.settings.metrics_port, self.telemetry.exposition
+            )
         await self.executor.prepare()
         await self.reconcile()
 
     async def stop(self) -> None:
         """Stop watching; the ranks' shims run on and a restarted agent adopts them."""
         self.executor.close()
+        if self._watcher is not None:
+            self._watcher.stopping.set()
+        if self._sampler is not None:
+            self._sampler.stopping.set()
+        if self._metrics is not None:
+            self._metrics.close()
         tasks = {*self.tasks.values(), *([self._heartbeat] if self._heartbeat else [])}
+        tasks.update(self._health)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -102,10 +140,79 @@ class NodeAgent:
             gpu_type=settings.gpu_type,
             gpus=settings.gpu_count,
             cpus=settings.cpus,
+            gpu_uuids=settings.uuids,
         )
         appended = await self.store.append([event], expected_version=None)
         self.registered_at = _position(appended.positions[0])
         log.info("node.registered", gpus=event.gpus, gpu_type=event.gpu_type, cluster=event.cluster)
+
+    # --- GPU health ---------------------------------------------------------------------
+
+    def _watch_gpus(self) -> None:
+        """NVML's watcher in a thread (its calls block); each fault it sees becomes one
+        ``node.gpu_failed`` on the log, which the scheduler acts on."""
+        loop = asyncio.get_running_loop()
+        faults = self._faults
+        watcher = self._watcher = GpuWatcher(self.settings.uuids, self.settings.gpu_health_poll_s)
+
+        def report(fault: GpuFault) -> None:
+            loop.call_soon_threadsafe(faults.put_nowait, fault)
+
+        async def append() -> None:
+            while True:
+                fault = await faults.get()
+                event = NodeGpuFailed(
+                    id=new_id(),
+                    actor=self.settings.actor,
+                    node=self.node,
+                    cluster=self.settings.cluster,
+                    gpu=fault.gpu,
+                    gpu_uuid=fault.uuid,
+                    error=fault.error,
+                )
+                log.warning("node.gpu_failed", gpu=fault.gpu, uuid=fault.uuid, error=fault.error)
+                while True:
+                    try:
+                        await self.store.append([event], expected_version=None)
+                        if fault not in self.gpu_faults:
+                            self.gpu_faults.append(fault)
+                        break
+                    except RedisError:
+                        log.warning("node.gpu_failed_unsaved", gpu=fault.gpu, exc_info=True)
+                        await asyncio.sleep(self.settings.beat_every_s)
+
+        self._health = [
+            asyncio.create_task(asyncio.to_thread(watcher.run, report), name="gpu-watcher"),
+            asyncio.create_task(append(), name="gpu-failures"),
+        ]
+
+    async def health_check_failed(self, reason: str) -> None:
+        """The node's health check failed: the node is cordoned with ``reason`` (as an admin's
+        ``mcli admin nodes cordon`` does: nothing new is placed here, what runs runs on; an
+        admin uncordons it once it is fixed). Decided on the node's own history by
+        ``events.nodes`` and appended on its version."""
+        self.health_failures.append(reason)
+        log.error("node.health_check_failed", reason=reason)
+        aggregate = f"node:{self.settings.node}"
+        for _ in range(10):
+            history = await self.store.history(aggregate)
+            state = nodes.fold(
+                self.settings.node, [r.event for r in history if isinstance(r.event, NodeEvent)]
+            )
+            event = nodes.decide(
+                state, "cordon", actor=self.settings.actor, event_id=new_id(), reason=reason
+            )
+            try:
+                await self.store.append([event], expected_version=state.version)
+            except VersionConflict:
+                continue
+            return
+
+    def _sample_gpus(self) -> None:
+        """NVML's samples in a thread; each rank's summary goes on its ``rank.exited``."""
+        sampler = self._sampler = Sampler(self.telemetry, self.settings.gpu_sample_interval_s)
+        self.reporter.usage = self.telemetry.finish
+        self._health.append(asyncio.create_task(asyncio.to_thread(sampler.run), name="sampler"))
 
     async def _beat(self) -> None:
         while True:
@@ -204,6 +311,8 @@ class NodeAgent:
             return  # a loss from before this agent registered: that registration answered it
         log.warning("node.lost_while_alive", position=record.position)
         await self.register()
+        for fault in self.gpu_faults:  # a registration clears them: its GPUs are still failed
+            self._faults.put_nowait(fault)
 
     def _forget_if_finished(self, state: RunState) -> None:
         if not state.latest.status.is_terminal():
@@ -234,6 +343,8 @@ class NodeAgent:
                     self.ranks[key].kill()
 
     def _launch(self, key: RankKey, job: RankJob | None, *, resume: bool) -> None:
+        if job is not None and self._sampler is not None:
+            self.telemetry.track(key, job.gpus)  # until its rank.exited takes the summary
         control = self.ranks[key] = RankControl(key)
         self._spawn(key, self.executor.run(key, job, control, resume=resume))
 

@@ -18,11 +18,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
 import structlog
 
 from events.errors import IllegalTransition
 from events.lifecycle import AttemptState, RankState, RunState
-from events.model import AnyRunEvent
+from events.model import AnyRunEvent, RankExited
 from services.core.errors import TemporaryStoreError
 from services.core.store import EventStore
 from services.node_agent.errors import RankGone, SetupAborted
@@ -32,6 +33,8 @@ from services.node_agent.plan import locate, stop_reason
 log = structlog.get_logger(__name__)
 
 Build = Callable[[AttemptState, RankState], Sequence[AnyRunEvent]]
+#: A rank's GPU usage summary when it ends: (mean utilization %, peak memory MiB), or None.
+UsageOf = Callable[[RankKey], "tuple[int, int] | None"]
 
 
 def new_id() -> str:
@@ -43,6 +46,7 @@ class Reporter:
         self.store = store
         self.node = node
         self.actor = actor
+        self.usage: UsageOf | None = None  # set by an agent that samples its GPUs
 
     def fields(self, key: RankKey) -> dict[str, Any]:
         """The envelope of an event about ``key``, with a fresh id."""
@@ -56,11 +60,23 @@ class Reporter:
         }
 
     async def report(self, key: RankKey, build: Build, *, setup: bool = False) -> None:
+        usage: list[tuple[int, int] | None] = []  # asked once: a retried append keeps it
+
+        def with_usage(event: AnyRunEvent) -> AnyRunEvent:
+            if not isinstance(event, RankExited) or self.usage is None:
+                return event
+            if not usage:
+                usage.append(self.usage(key))
+            if usage[0] is None:
+                return event
+            util, peak = usage[0]
+            return msgspec.structs.replace(event, gpu_utilization=util, gpu_memory_peak_mib=peak)
+
         def decide(state: RunState | None) -> Sequence[AnyRunEvent]:
             attempt, rank = locate(state, key)
             if setup and (reason := stop_reason(attempt)) is not None:
                 raise SetupAborted(reason)
-            return build(attempt, rank)
+            return [with_usage(event) for event in build(attempt, rank)]
 
         backoff = 0.1
         while True:

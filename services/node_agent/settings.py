@@ -1,8 +1,8 @@
 """Settings of one node-agent, from ``RUNPLANE_*`` environment variables.
 
 Unset hardware fields are filled from the machine once, when the settings are read: the node
-name from the hostname, GPUs from ``nvidia-smi`` (none without it; tests and the local stack
-simulate GPUs with ``RUNPLANE_GPUS``), CPUs from the OS.
+name from the hostname, GPUs from NVML (none without it; tests and the local stack
+simulate GPUs with ``RUNPLANE_GPUS``, and get UUIDs marked simulated), CPUs from the OS.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 
 from services.core.settings import KeyringSettings
-from services.node_agent.hardware import detect_gpus
+from services.node_agent.hardware import SIMULATED_PREFIX, detect_gpus, simulated
 
 UNKNOWN_GPU_TYPE = "gpu"
 
@@ -24,11 +24,52 @@ class NodeAgentSettings(KeyringSettings):
     node: str = Field(default_factory=socket.gethostname, min_length=1, description="Node name.")
     cluster: str = Field(default="local", min_length=1, description="The cluster it joins.")
     gpus: int | None = Field(
-        default=None, ge=0, description="GPUs of the node (default: from nvidia-smi, else 0)."
+        default=None, ge=0, description="GPUs of the node (default: from NVML, else 0)."
     )
     gpu_type: str | None = Field(
         default=None,
-        description="e.g. a100_80gb (default: from nvidia-smi, else 'gpu'; None without GPUs).",
+        description="e.g. a100_80gb (default: from NVML, else 'gpu'; None without GPUs).",
+    )
+    gpu_uuids: list[str] | None = Field(
+        default=None,
+        description="The GPUs' UUIDs, by index, as a JSON list (default: from NVML; with "
+        "RUNPLANE_GPUS set, simulated ones: GPU-simulated-<node>-<index>).",
+    )
+    gpu_health_poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Between NVML's health checks of the GPUs (ECC, retired pages, lost); Xid "
+        "errors are seen as they happen. Simulated GPUs are not watched.",
+    )
+    gpu_sample_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Between NVML samples of each GPU's utilization, memory used and power: "
+        "the metrics' gauges, and each rank's summary on rank.exited.",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus metrics (DCGM_FI_DEV_GPU_UTIL, DCGM_FI_DEV_FB_USED, "
+        "DCGM_FI_DEV_POWER_USAGE per GPU) at http://HOST:PORT/metrics; unset, none.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="The address metrics_port listens on (0.0.0.0: every interface).",
+    )
+    health_check_command: str | None = Field(
+        default=None,
+        description="A shell command that checks the node (Slurm's HealthCheckProgram), run at "
+        "start and every health_check_interval_s; a non-zero exit or a timeout cordons the "
+        "node with its output as the reason. Unset: none.",
+    )
+    health_check_interval_s: float = Field(
+        default=300.0, gt=0, description="Between runs of health_check_command."
+    )
+    health_check_timeout_s: float = Field(
+        default=60.0, gt=0, description="How long health_check_command may run: past it, failed."
     )
     cpus: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPUs of the node."
@@ -149,6 +190,13 @@ class NodeAgentSettings(KeyringSettings):
             self.gpus = detected.gpus
             if self.gpu_type is None:
                 self.gpu_type = detected.gpu_type
+            if self.gpu_uuids is None:
+                self.gpu_uuids = detected.uuids
+        if self.gpu_uuids is None:
+            self.gpu_uuids = simulated(self.node, self.gpus)
+        elif len(self.gpu_uuids) != self.gpus:
+            msg = f"gpu_uuids names {len(self.gpu_uuids)} GPUs, the node has {self.gpus}"
+            raise ValueError(msg)
         if self.gpus == 0:
             self.gpu_type = None
         elif self.gpu_type is None:
@@ -167,6 +215,16 @@ class NodeAgentSettings(KeyringSettings):
     def gpu_count(self) -> int:
         assert self.gpus is not None, "filled in by the validator"
         return self.gpus
+
+    @property
+    def uuids(self) -> list[str]:
+        assert self.gpu_uuids is not None, "filled in by the validator"
+        return self.gpu_uuids
+
+    @property
+    def physical_gpus(self) -> bool:
+        """The GPUs are NVML's, not simulated: there is hardware to watch."""
+        return bool(self.uuids) and not any(u.startswith(SIMULATED_PREFIX) for u in self.uuids)
 
     @property
     def data_path(self) -> Path:

@@ -36,6 +36,7 @@ from events.model import (
     AnyNodeEvent,
     AnyRunEvent,
     NodeEvent,
+    NodeGpuFailed,
     NodeLost,
     NodeRegistered,
     RankExited,
@@ -68,11 +69,14 @@ class Node(msgspec.Struct, kw_only=True):
     cluster: str
     gpu_type: str | None = None
     gpus: int = 0
+    gpu_uuids: list[str] = msgspec.field(default_factory=list)
     cpus: int = 0
     registered: bool = False
     alive: bool = False
     #: Cordon, drain and uncordon as admins set them (``events.nodes``), folded alike.
     service: NodeState = msgspec.field(default_factory=lambda: NodeState(name=""))
+    #: GPU index -> what failed it (``Xid 79 on GPU 3 (GPU-...)``), until it registers again.
+    failed_gpus: dict[int, str] = msgspec.field(default_factory=dict)
     registered_at: int = 0  # log time of its latest node.registered
     last_seen: int = 0  # log time its heartbeat key was last seen (or its registration)
     version: int = 0
@@ -224,10 +228,14 @@ class ClusterState:
                     node.cluster = event.cluster
                     self.clusters.setdefault(event.cluster, {})[node.name] = node
                 node.gpu_type, node.gpus, node.cpus = event.gpu_type, event.gpus, event.cpus
+                node.gpu_uuids = event.gpu_uuids
+                node.failed_gpus = {}  # a new agent watches its GPUs anew, and says again
                 node.registered = node.alive = True
                 node.registered_at = node.last_seen = event.time
             case NodeLost():
                 node.alive = False
+            case NodeGpuFailed():
+                node.failed_gpus[event.gpu] = event.what
         previous = node.service.deadline
         evolve_node(node.service, event)
         if previous != node.service.deadline:
@@ -353,9 +361,22 @@ class ClusterState:
             order = self._order[cluster] = sorted(waiting, key=waiting.__getitem__)
         return order
 
+    def uuids_of(self, node: str, gpus: Iterable[int]) -> list[str]:
+        """The UUIDs of ``node``'s GPUs ``gpus``; none where its registration names none."""
+        known = self.nodes[node].gpu_uuids if node in self.nodes else []
+        if not known:
+            return []
+        return [known[gpu] if gpu < len(known) else "" for gpu in gpus]
+
+    def healthy(self, node: str, gpus: Iterable[int]) -> list[int]:
+        """Those of ``gpus`` that ``node`` has not reported failed: what a release gives back."""
+        failed = self.nodes[node].failed_gpus if node in self.nodes else {}
+        return [gpu for gpu in gpus if gpu not in failed]
+
     def free_gpus(self, node: Node) -> list[int]:
         used = self.used.get(node.name, {})
-        return [gpu for gpu in range(node.gpus) if gpu not in used]
+        failed = node.failed_gpus
+        return [gpu for gpu in range(node.gpus) if gpu not in used and gpu not in failed]
 
     def overdue(self, now_ms: int) -> list[str]:
         """Runs whose RUNNING attempt has run past its max_duration."""

@@ -7,12 +7,13 @@ Rules, in this order, for an attempt holding GPUs:
   ``NodeFailure``): nobody else is left to report them.
 - STARTING or RUNNING, the first rank exit (in the order the log holds them) starts TERMINATING
   with its reason: None for exit code 0 without a reason, else the rank's own reason or
-  ``Error`` with the exit code, ``failed_rank`` set. Else a rank on a drained node, or on a
-  draining node past its drain deadline (the log's clock), ends it (``NodeDrained``, naming the
-  drain's admin and reason; a system failure, so retried with ``retry_on_system_failure``),
-  a RUNNING attempt past ``max_duration`` (hours, from its RUNNING entry on
-  the log's clock) ends it (``MaxDurationExceeded``), and STARTING with every rank running
-  becomes RUNNING.
+  ``Error`` with the exit code, ``failed_rank`` set. Else a rank on a GPU its node reported
+  failed ends it (system, ``GpuFailure``, naming the GPU and the error; retried with
+  retry_on_system_failure), a rank on a drained node, or on a draining node past its drain
+  deadline (the log's clock), ends it (``NodeDrained``, naming the drain's admin and reason; a
+  system failure, so retried with ``retry_on_system_failure``), a RUNNING attempt past
+  ``max_duration`` (hours, from its RUNNING entry on the log's clock) ends it
+  (``MaxDurationExceeded``), and STARTING with every rank running becomes RUNNING.
 - TERMINATING once every rank has exited: stopped for a stopped/preempted reason, failed for a
   user/system reason or any failing rank (the first failure wins), else completed. The same
   append carries what follows: ``run.deleted`` for a run being deleted, else the retry (a user
@@ -136,6 +137,16 @@ def _ending(
         return True, next(iter(reasons.values()))
     for rank in attempt.ranks:
         node = state.nodes.get(rank.node)
+        failed = (
+            [node.failed_gpus[gpu] for gpu in rank.gpus if gpu in node.failed_gpus] if node else []
+        )
+        if failed:
+            return True, Reason(
+                category="system",
+                code="GpuFailure",
+                message=failed[0],
+                failed_rank=rank.rank,
+            )
         if node is not None and state.drain_past(node, ctx.now_ms):
             service = node.service
             why = f": {service.reason}" if service.reason else ""

@@ -194,7 +194,9 @@ class _Pass:
         if run.latest.status is S.PENDING:
             events.append(self._event(AttemptQueued, run, reason="", position=position))
         ranks = [
-            RankPlacement(rank=index, node=node, gpus=gpus)
+            RankPlacement(
+                rank=index, node=node, gpus=gpus, gpu_uuids=self.state.uuids_of(node, gpus)
+            )
             for index, (node, gpus) in enumerate(placement)
         ]
         events.append(
@@ -253,7 +255,7 @@ class _Pass:
             for run_id in ending:
                 if (holding := self.state.holdings.get(run_id)) is not None:
                     for node, gpus in holding.ranks:
-                        self._future.give(node, gpus)
+                        self._future.give(node, self.state.healthy(node, gpus))
         return self._future
 
     def _preempt(self, run: RunState, found: list[Shape]) -> int:
@@ -270,7 +272,7 @@ class _Pass:
             hypothetical = base.copy()
             for victim in victims:
                 for node, gpus in victim.holding.ranks:
-                    hypothetical.give(node, gpus)
+                    hypothetical.give(node, self.state.healthy(node, gpus))
             for shape in found:
                 placement = place(shape, hypothetical)
                 if placement is not None:
@@ -301,7 +303,7 @@ class _Pass:
                 self._decide(victim.run, AttemptTerminating, reason=reason)
                 self.chosen.add(victim.run.run_id)
                 for node, gpus in victim.holding.ranks:
-                    self._future.give(node, gpus)
+                    self._future.give(node, self.state.healthy(node, gpus))
                 stopped += 1
         self.no_future_fit.clear()  # more is being released now
         self._take(placement)

@@ -1,12 +1,14 @@
 """The GPU suite: runplane on a machine with NVIDIA GPUs, found the way a node-agent finds them.
 
 Every test under ``tests/gpu`` is marked ``gpu`` and is skipped, with the reason, where
-``nvidia-smi -L`` lists no GPU (CI, laptops): ``pytest`` over the whole tree passes there.
-Run it on a GPU machine with ``pytest tests/gpu`` (``tests/gpu/device.sh`` does, offline).
+``nvidia-smi -L`` lists no GPU or NVML finds none (CI, laptops): ``pytest`` over the whole tree
+passes there. Run it on a GPU machine with ``pytest tests/gpu`` (``tests/gpu/device.sh`` does,
+offline).
 
-The stack here has one node-agent and no ``RUNPLANE_GPUS``: it counts the machine's GPUs with
-``nvidia-smi``, as in production. Runs still going at the end of a test are stopped, and
-waited for, before the stack goes down, so no test leaves a process on a GPU.
+The stack here has one node-agent and no ``RUNPLANE_GPUS``: it finds the machine's GPUs through
+NVML, as in production, samples them every second and serves its gauges on ``METRICS_PORT``.
+Runs still going at the end of a test are stopped, and waited for, before the stack goes down,
+so no test leaves a process on a GPU.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from tests.e2e.driver import Driver, driving, stack_up
 from tests.gpu import nvidia
 
 HERE = Path(__file__).parent
+METRICS_PORT = 9471  # the node-agent's gauges (DCGM_FI_DEV_*), on 127.0.0.1
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     ours = [item for item in items if item.path.is_relative_to(HERE)]
     if not ours:
         return
-    reason = nvidia.no_gpu_reason()
+    reason = nvidia.no_gpu_reason() or nvidia.nvml_missing_reason()
     for item in ours:
         item.add_marker(pytest.mark.gpu)
         if reason is not None:
@@ -44,10 +47,12 @@ def torch_on_gpu() -> None:
 
 @pytest.fixture
 def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalStack]:
-    # Nothing may tell the node-agent what it has: it must ask nvidia-smi.
+    # Nothing may tell the node-agent what it has: it must ask NVML.
     monkeypatch.delenv("RUNPLANE_GPUS", raising=False)
     monkeypatch.delenv("RUNPLANE_GPU_TYPE", raising=False)
-    config = StackConfig(nodes=1, gpus_per_node=None, grace_period_s=2.0)
+    monkeypatch.delenv("RUNPLANE_GPU_UUIDS", raising=False)
+    telemetry = {"RUNPLANE_GPU_SAMPLE_INTERVAL_S": "1", "RUNPLANE_METRICS_PORT": str(METRICS_PORT)}
+    config = StackConfig(nodes=1, gpus_per_node=None, grace_period_s=2.0, extra_env=telemetry)
     with stack_up(tmp_path / "stack", config) as local:
         yield local
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU suite on a GPU machine that has no network (the device machine): python3 there holds
 # torch, pytest and pytest-timeout but none of runplane's runtime dependencies, so they come
-# along as cp312 wheels in .whl/ (ignored by git) and are installed into /tmp/site first.
+# along as cp312 wheels in .whl/ (ignored by git) and are installed into /tmp/site first;
+# nvidia-ml-py (pure Python, py3-none-any) among them: the agent finds its GPUs through NVML.
 #
 # From the repo root: bash tests/gpu/device.sh; the log is written to $OUT/gpu.log.
 # Exits with pytest's code.

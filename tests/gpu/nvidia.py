@@ -35,6 +35,23 @@ def no_gpu_reason() -> str | None:
     return None
 
 
+def nvml_missing_reason() -> str | None:
+    """Why NVML (``nvidia-ml-py``, as the node-agent asks it) finds no GPU here, or None."""
+    try:
+        import pynvml  # noqa: PLC0415 - only where the GPU suite runs
+    except ImportError as exc:
+        return f"no NVIDIA GPU: nvidia-ml-py is not installed ({exc})"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return f"no NVIDIA GPU: NVML did not start ({exc})"
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+    finally:
+        pynvml.nvmlShutdown()
+    return None if count else "no NVIDIA GPU: NVML finds none"
+
+
 def gpu_lines(listing: str) -> list[str]:
     """The ``GPU <i>: <name> (UUID: ...)`` lines of ``nvidia-smi -L`` (MIG devices, indented
     under their GPU, are not GPUs of their own)."""

@@ -106,7 +106,7 @@ def test_the_strategies_cover_every_field_of_every_event() -> None:
         assert fields_of(info) == set(cls.__struct_fields__)
         strategy_for(info)  # raises for a type the strategies do not know
     # The nested structs are generated field by field too.
-    assert fields_of(mi.type_info(RankPlacement)) == {"rank", "node", "gpus"}
+    assert fields_of(mi.type_info(RankPlacement)) == {"rank", "node", "gpus", "gpu_uuids"}
 
 
 # --- round trip ---------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import pytest
 # Imported by a service that does not use them, these cost memory in every process.
 # (``cryptography`` itself is imported by redis-py to see whether it is there: its ciphers, about
 # 9 MiB, are what ``services.core.sealing`` imports only at its first seal or open.)
-EVERYWHERE = ("rich", "pygments", "kubernetes", "yaml", "cryptography.hazmat")
+# NVML (``pynvml``) is loaded by a node-agent's settings when they ask the machine for its GPUs.
+EVERYWHERE = ("rich", "pygments", "kubernetes", "yaml", "cryptography.hazmat", "pynvml")
 
 # FastStream imports uvicorn (and click through it) for an ASGI app no service runs: a service on
 # the broker hides it (``services.core.imports.BROKER_UNUSED``).

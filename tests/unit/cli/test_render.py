@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -172,6 +172,9 @@ def test_get_runs_json_is_the_sdk_s_run_objects() -> None:
         "reason": "Error",
         "gpus": [],
         "exit_code": None,
+        "gpu_uuids": [],
+        "gpu_utilization": None,
+        "gpu_memory_peak_mib": None,
     }
     assert data["events"][0]["text"] == "Run created"
     assert datetime.fromisoformat(data["events"][0]["time"]) == local(12, 59)
@@ -322,3 +325,17 @@ def test_util_shows_cordoned_gpus_apart_only_while_there_are_any() -> None:
     assert first.split()[-4:] == ["0", "8", "0", "8"]
     assert second.split()[-4:] == ["16", "0", "16", "32"]
     assert "GPUS_CORDONED" not in render(utilization([plain], NOW, hide_users=True))
+
+
+def test_describe_run_names_the_physical_gpus_where_the_placement_did() -> None:
+    run = hello_world()
+    uuids = ("GPU-8f2c0000-0000-0000-0000-000000000000", "GPU-1b7e0000-0000-0000-0000-000000000000")
+    nodes = [
+        Node(rank=0, name="node-a", status=S.RUNNING, gpus=(2, 3), gpu_uuids=uuids),
+        Node(rank=1, name="node-b", status=S.FAILED, reason="Error", gpus=(0,)),
+    ]
+    shown = render(describe(replace(run, nodes=nodes)))
+    header = next(line for line in shown.splitlines() if line.startswith("RANK"))
+    assert header.split() == ["RANK", "NODE", "NAME", "STATUS", "REASON", "GPUS"]
+    assert f"2 {uuids[0]}, 3 {uuids[1]}" in shown
+    assert re.search(r"node-b\s+Failed\s+Error\s+0\s*$", shown, re.MULTILINE)

@@ -168,10 +168,13 @@ class History:
         *,
         fail: bool = False,
         end: int | str | None = None,
+        usage: dict[int, tuple[int, int]] | None = None,
     ) -> None:
-        """Every rank exits (rank 1 with 1 if ``fail``) at ``when``; the attempt ends at ``end``."""
+        """Every rank exits (rank 1 with 1 if ``fail``) at ``when``; the attempt ends at ``end``.
+        ``usage``: rank -> (mean GPU utilization %, peak MiB) its node sampled."""
         ranks = self.states[run].latest.ranks
         reason = USER_ERROR if fail else None
+        sampled = usage or {}
         exits: list[ev.AnyEvent] = [
             self._exited(
                 run,
@@ -179,6 +182,14 @@ class History:
                 attempt,
                 1 if fail and r.rank == 1 else 0,
                 reason=reason if fail and r.rank == 1 else None,
+                **(
+                    {
+                        "gpu_utilization": sampled[r.rank][0],
+                        "gpu_memory_peak_mib": sampled[r.rank][1],
+                    }
+                    if r.rank in sampled
+                    else {}
+                ),
             )
             for r in ranks
         ]

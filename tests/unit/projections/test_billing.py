@@ -215,3 +215,27 @@ def test_an_unpriced_gpu_type_is_counted_apart_and_the_rest_is_priced() -> None:
     unpriced_none = report(attempts[2:3], "gpu_type", prices={"a100": Decimal(1)})
     assert (unpriced_none.cost, unpriced_none.unpriced_types) == (Decimal(0), [])
     assert report(attempts, "user").cost is None  # no prices at all: no cost anywhere
+
+
+def test_a_run_s_mean_gpu_utilization_weights_its_sampled_gpu_hours() -> None:
+    h = History()
+    h.submit("2026-11-24 09:58:00", "r1")
+    h.queue("2026-11-24 09:59:00", "r1")
+    h.schedule("2026-11-24 10:00:00", "r1", nodes=("n1", "n2"), gpus=8)
+    h.start("2026-11-24 10:02:00", "r1")
+    h.finish("2026-11-24 11:00:00", "r1", usage={0: (90, 70_000), 1: (30, 20_000)})
+    h.submit("2026-11-24 09:58:00", "r2")  # simulated GPUs: nothing sampled
+    h.queue("2026-11-24 09:59:00", "r2")
+    h.schedule("2026-11-24 10:00:00", "r2", nodes=("n3",), gpus=8)
+    h.start("2026-11-24 10:02:00", "r2")
+    h.finish("2026-11-24 11:00:00", "r2")
+    projection = billed(h)
+    assert (projection.attempts["r1:0"].util_weight, projection.attempts["r1:0"].util_gpus) == (
+        90 * 8 + 30 * 8,
+        16,
+    )
+    result = report(projection.attempts.values(), "run")
+    by_run = {line.key: line for line in result.lines}
+    assert by_run["r1"].gpu_utilization == 60
+    assert by_run["r2"].gpu_utilization is None
+    assert result.gpu_utilization == 60  # r2's unsampled GPU-hours do not dilute the mean

@@ -400,6 +400,37 @@ def test_a_drained_node_ends_its_attempts_and_takes_no_new_ones() -> None:
     assert all(world.placement(r)[0][0] != node for r in others if world.status(r) is S.STARTING)
 
 
+def test_a_failed_gpu_ends_its_attempt_and_the_retry_avoids_it() -> None:
+    world = _world("n1", gpus=4)
+    run = world.submit(2, retry_on_system_failure=True)
+    bystander = world.submit(2)
+    world.settle()
+    world.running(run)
+    world.running(bystander)
+    world.settle()
+    [(node, gpus)] = world.placement(run)
+    world.gpu_failed(node, gpus[1])
+    [terminating] = world.settle()
+    assert isinstance(terminating, AttemptTerminating)
+    assert terminating.run_id == run
+    assert terminating.reason == Reason(
+        category="system",
+        code="GpuFailure",
+        message=f"Xid 79 on GPU {gpus[1]} (GPU-n1-{gpus[1]})",
+        failed_rank=0,
+    )
+    world.exit(run, 0, 143)
+    world.settle()
+    assert world.events_of(run, RetryScheduled)
+    # The retry waits: two GPUs are the bystander's, one failed; the healthy one is not enough.
+    assert world.status(run) is S.QUEUED
+    world.exit_all(bystander)
+    world.settle()
+    assert world.status(run) is S.STARTING
+    assert gpus[1] not in world.placement(run)[0][1]
+    assert world.status(bystander) is S.COMPLETED
+
+
 def test_a_silent_node_takes_no_placement_in_the_round_it_is_declared_lost() -> None:
     world = _world("n1")
     run = world.submit(1)
@@ -457,3 +488,15 @@ def test_a_queued_attempt_without_its_judged_shape_is_queued_again_with_the_clus
     assert (again.nodes, again.gpus, again.gpu_type) == (1, 2, "a100")
     assert world.settle() == []  # once judged, told again only when its reason's kind changes
     assert world.status(busy) is S.STARTING
+
+
+def test_a_placement_names_the_physical_gpus_by_uuid() -> None:
+    world = World()
+    world.register("n1", 4, gpu_uuids=[f"GPU-{i}" for i in range(4)])
+    world.register("n0", 4)  # registered before GPUs had UUIDs in the log
+    run = world.submit(8, nodes=2)
+    world.settle()
+    (scheduled,) = world.events_of(run, AttemptScheduled)
+    by_node = {rank.node: rank for rank in scheduled.ranks}
+    assert by_node["n1"].gpu_uuids == [f"GPU-{gpu}" for gpu in by_node["n1"].gpus]
+    assert by_node["n0"].gpu_uuids == []

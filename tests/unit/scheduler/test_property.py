@@ -1,6 +1,7 @@
 """Property: whatever users, node-agents, nodes and admins do, decide never puts two active
 attempts on one GPU, never gives a node more GPUs than it has, never places on a node that is
-lost, cordoned, draining or drained, and never writes what the rules refuse."""
+lost, cordoned, draining or drained, never leaves an attempt starting or running on a GPU its
+node reported failed, and never writes what the rules refuse."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ _BY_KIND: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
         st.just("drain_request"), st.sampled_from(NODES), st.sampled_from([None, 0, 60_000])
     ),
     "uncordon": st.tuples(st.just("uncordon"), st.sampled_from(NODES)),
+    "gpu_failed": st.tuples(st.just("gpu_failed"), st.sampled_from(NODES), st.integers(0, 7)),
 }
 #: How often each kind is drawn: mostly submissions and rank events, some node trouble.
 _WEIGHTS = {"submit": 6, "running": 5, "exit": 4, "register": 3, "later": 2}
@@ -103,6 +105,9 @@ def _apply(world: World, op: tuple[Any, ...], silent: set[str]) -> None:  # noqa
         case ("drain_request", node, grace_ms):
             if node in world.state.nodes:
                 world.drain_request(node, grace_ms=grace_ms)
+        case ("gpu_failed", node, gpu):
+            if node in world.state.nodes and gpu < SIZES[node]:
+                world.gpu_failed(node, gpu)
         case ("later", ms):
             world.now += ms
         case _:
@@ -128,6 +133,10 @@ def _check(world: World) -> None:
         attempt = run.latest
         if attempt.status is S.STARTING:
             assert all(world.state.nodes[rank.node].registered for rank in attempt.ranks)
+        if attempt.status in (S.STARTING, S.RUNNING):  # one on a failed GPU is ending
+            for rank in attempt.ranks:
+                failed = world.state.nodes[rank.node].failed_gpus
+                assert not failed.keys() & set(rank.gpus), (rank, failed)
 
 
 @settings(max_examples=150, deadline=None)

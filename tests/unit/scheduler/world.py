@@ -22,6 +22,7 @@ from events.model import (
     NodeCordoned,
     NodeDrained,
     NodeDrainRequested,
+    NodeGpuFailed,
     NodeRegistered,
     NodeUncordoned,
     RankExited,
@@ -107,7 +108,12 @@ class World:
     # --- node-agents and operators --------------------------------------------------------
 
     def register(
-        self, node: str, gpus: int = 8, gpu_type: str | None = "a100", cluster: str | None = None
+        self,
+        node: str,
+        gpus: int = 8,
+        gpu_type: str | None = "a100",
+        cluster: str | None = None,
+        gpu_uuids: list[str] | None = None,
     ) -> None:
         self.node_gpus[node] = gpus
         event = NodeRegistered(
@@ -118,6 +124,7 @@ class World:
             gpu_type=gpu_type,
             gpus=gpus,
             cpus=32,
+            gpu_uuids=gpu_uuids or [],
         )
         self.record([event])
 
@@ -150,6 +157,20 @@ class World:
     def uncordon(self, node: str) -> None:
         cluster = self.state.nodes[node].cluster
         self.record([NodeUncordoned(id=self.new_id(), actor="admin", node=node, cluster=cluster)])
+
+    def gpu_failed(self, node: str, gpu: int, error: str = "Xid 79") -> None:
+        cluster = self.state.nodes[node].cluster
+        uuid = f"GPU-{node}-{gpu}"
+        failed = NodeGpuFailed(
+            id=self.new_id(),
+            actor=f"node-agent@{node}",
+            node=node,
+            cluster=cluster,
+            gpu=gpu,
+            gpu_uuid=uuid,
+            error=error,
+        )
+        self.record([failed])
 
     def running(self, run_id: str) -> None:
         """Every rank of the run's latest attempt starts its command."""
