@@ -49,6 +49,7 @@ from services.node_agent.plan import Kill, Release, Start, Stop, exited, plan
 from services.node_agent.process.executor import ProcessExecutor
 from services.node_agent.reporter import Reporter, new_id
 from services.node_agent.settings import NodeAgentSettings
+from services.node_agent.shim import lease
 
 log = structlog.get_logger(__name__)
 
@@ -113,13 +114,22 @@ class NodeAgent:
             await self._beat_once()
 
     async def _beat_once(self) -> None:
-        ttl_ms = int(self.settings.heartbeat_ttl_s * 1000)
+        """Renew the heartbeat key, then the node's fence lease (``shim.lease``) with the time
+        taken before the key was sent: the lease is never younger than the key. Without Valkey
+        the lease is renewed only when ``fence_on_disconnect`` is off."""
+        settings = self.settings
+        ttl_ms = int(settings.heartbeat_ttl_s * 1000)
+        began = lease.now()
         try:
-            await self.store.redis.set(
-                keys.heartbeat(self.node), int(time.time() * 1000), px=ttl_ms
+            await asyncio.wait_for(
+                self.store.redis.set(keys.heartbeat(self.node), int(time.time() * 1000), px=ttl_ms),
+                timeout=settings.beat_every_s,
             )
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, TimeoutError) as exc:
             log.warning("heartbeat.failed", error=repr(exc))
+            if settings.fence_on_disconnect:
+                return
+        lease.renew(settings.lease_path, began)
 
     async def reconcile(self) -> None:
         """Resume every rank found on disk, then act on what the log says of its run."""

@@ -41,7 +41,7 @@ from services.core.lease import Lease, LeaseLost
 from services.core.store import EventStore, Fence
 from services.scheduler.cluster import Applied, ClusterState
 from services.scheduler.decision import Decision
-from services.scheduler.round import decide
+from services.scheduler.round import decide, shared_outage
 from services.scheduler.settings import SchedulerSettings
 
 log = structlog.get_logger("runplane.scheduler")
@@ -240,11 +240,20 @@ class Session:
             self.wake.clear()
             now = await self.server_ms()
             silent: Collection[str] = ()
+            watched = 0
             if now >= next_watch:
-                silent = await self.silent_nodes(now)
+                silent, watched = await self.silent_nodes(now)
                 next_watch = now + watch_ms
+                if shared_outage(len(silent), watched, self.settings.silent_share):
+                    log.warning("scheduler.shared_silence", silent=len(silent), watched=watched)
             decisions = decide(
-                self.state, now, new_id, actor=self.settings.scheduler_id, silent=silent
+                self.state,
+                now,
+                new_id,
+                actor=self.settings.scheduler_id,
+                silent=silent,
+                watched=watched,
+                silent_share=self.settings.silent_share,
             )
             self.state.clear_dirty()
             progressed = await self.execute(decisions) if decisions else False
@@ -252,17 +261,19 @@ class Session:
             if not progressed:
                 await wait_event(self.wake, tick_s)
 
-    async def silent_nodes(self, now: int) -> frozenset[str]:
+    async def silent_nodes(self, now: int) -> tuple[frozenset[str], int]:
+        """The watched nodes whose heartbeat key is missing, and how many were watched."""
         timeout_ms = int(self.settings.node_timeout_s * 1000)
         names = self.state.watched_nodes(now, timeout_ms)
         if not names:
-            return frozenset()
+            return frozenset(), 0
         async with self.store.redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.exists(keys.heartbeat(name))
             found = await pipe.execute()
         self.state.saw([name for name, alive in zip(names, found, strict=True) if alive], now)
-        return frozenset(name for name, alive in zip(names, found, strict=True) if not alive)
+        silent = frozenset(name for name, alive in zip(names, found, strict=True) if not alive)
+        return silent, len(names)
 
     async def execute(self, decisions: list[Decision]) -> bool:
         """Append every decision (concurrently: each is one aggregate); True if any landed."""

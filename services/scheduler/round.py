@@ -7,6 +7,11 @@ quiet cluster with 10,000 waiting runs costs next to nothing. The caller clears 
 right after deciding (``ClusterState.clear_dirty``) and applies each successful append to the
 state before the next round.
 
+A silence shared by a large share of the watched nodes at once (``silent_share`` of them, two
+or more) is taken for an outage of the log server or the network, not of the nodes: none is
+declared lost (as Kubernetes' node lifecycle controller stops evicting in a disrupted zone); the
+silent nodes still get no placement. docs/fencing.md says why.
+
 Order inside a round: silent nodes are declared lost (their attempts are handled in the next
 round, once ``node.lost`` is folded); then each dirty run's progress (``progress``); then each
 dirty cluster's queue (``queue``), which places nothing on a silent node. A run appears in at
@@ -31,10 +36,14 @@ def decide(
     *,
     actor: str = "scheduler",
     silent: Collection[str] = (),
+    watched: int = 0,
+    silent_share: float = 1.0,
 ) -> list[Decision]:
+    """``watched``: how many nodes' heartbeats were looked at to find ``silent``."""
     ctx = Context(now_ms, new_id, actor)
     decisions: list[Decision] = []
-    for name in sorted(silent):
+    losing = () if shared_outage(len(silent), watched, silent_share) else silent
+    for name in sorted(losing):
         node = state.nodes.get(name)
         if node is not None and node.registered and node.alive:
             lost = NodeLost(
@@ -52,3 +61,8 @@ def decide(
     for cluster in sorted(state.dirty_clusters):
         decisions += queue_pass(state, cluster, ctx, busy=busy, silent=silent)
     return decisions
+
+
+def shared_outage(silent: int, watched: int, silent_share: float) -> bool:
+    """So many nodes went silent at once that the silence is not theirs."""
+    return watched >= 2 and silent >= silent_share * watched

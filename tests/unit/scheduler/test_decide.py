@@ -400,6 +400,31 @@ def test_a_drained_node_ends_its_attempts_and_takes_no_new_ones() -> None:
     assert all(world.placement(r)[0][0] != node for r in others if world.status(r) is S.STARTING)
 
 
+def test_a_silence_most_nodes_share_declares_none_lost_and_places_nothing_on_them() -> None:
+    world = _world("n1", "n2", "n3")
+    run = world.submit(8, retry_on_system_failure=True)
+    world.settle()
+    world.running(run)
+    world.settle()
+    assert world.step(silent={"n1", "n2"}, watched=3, silent_share=0.55) == []
+    assert world.status(run) is S.RUNNING
+    other = world.submit(8)
+    world.step(silent={"n1", "n2", "n3"}, watched=3, silent_share=0.55)
+    assert world.status(other) is S.QUEUED  # placed on no silent node either
+
+
+def test_one_silent_node_among_many_is_declared_lost() -> None:
+    world = _world("n1", "n2", "n3")
+    [lost] = world.step(silent={"n1"}, watched=3, silent_share=0.55)
+    assert isinstance(lost, NodeLost)
+
+
+def test_the_only_watched_node_silent_is_lost() -> None:
+    world = _world("n1")
+    [lost] = world.step(silent={"n1"}, watched=1, silent_share=0.55)
+    assert isinstance(lost, NodeLost)
+
+
 def test_a_silent_node_takes_no_placement_in_the_round_it_is_declared_lost() -> None:
     world = _world("n1")
     run = world.submit(1)
