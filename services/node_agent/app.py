@@ -127,8 +127,11 @@ class NodeAgent:
             )
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("heartbeat.failed", error=repr(exc))
-            if settings.fence_on_disconnect:
-                return
+            if not settings.fence_on_disconnect:
+                # Alive, only cut off: renewed as of now (a beat that waited for its timeout
+                # must not age the lease by that wait; docs/fencing.md).
+                lease.renew(settings.lease_path, lease.now())
+            return
         lease.renew(settings.lease_path, began)
 
     async def reconcile(self) -> None:

@@ -39,6 +39,7 @@ def first_beat(settings: NodeAgentSettings) -> None:
         log.warning("heartbeat.failed", error=repr(exc))
         if settings.fence_on_disconnect:
             return
+        began = lease.now()  # alive, only cut off (see ``NodeAgent._beat_once``)
     finally:
         client.close()
     # The ranks a restarted agent adopts keep running: the lease is renewed at once.
