@@ -21,6 +21,7 @@ from events.model import NodeLost, RankExited, Reason
 from events.status import RunStatus
 from services.node_agent.shim import lease
 from tests import factories as f
+from tests.integration.dropping_proxy import DroppingProxy
 from tests.integration.node_agent.conftest import AgentFactory
 from tests.integration.node_agent.harness import Agent, MiniScheduler, spec
 from tests.waiting import eventually
@@ -170,3 +171,28 @@ async def test_without_valkey_the_lease_is_renewed_unless_fence_on_disconnect(
         assert lease.renewed_at(path) is None
     else:
         await eventually(renewed_since_a_second, what="the lease renewed")
+
+
+async def test_an_agent_cut_off_alone_fences_its_rank_when_fence_on_disconnect(
+    make_agent: AgentFactory, scheduler: MiniScheduler, redis: aioredis.Redis, redis_url: str
+) -> None:
+    """A single-node partition: only this agent (and its shims) lose Valkey, through a proxy
+    that cuts them off; the rank is gone before the node's key expires."""
+    host, _, port = redis_url.removeprefix("redis://").partition("/")[0].partition(":")
+    async with DroppingProxy(host, int(port)) as proxy:
+        agent = make_agent(fence_on_disconnect=True)
+        agent.env["RUNPLANE_REDIS_URL"] = proxy.url
+        await agent.start()
+        run_id, command = await _running(agent, scheduler)
+        proxy.cut()
+        expired = await _key_gone_at(redis, "node-a")
+        await eventually(lambda: not _group_alive(command), what="the fenced command gone")
+        assert max(_beats(agent, run_id)) < expired
+        assert _exit(agent, run_id)["fenced"] is True
+        last = _beats(agent, run_id)
+        proxy.heal()
+        state = await scheduler.wait_status(run_id, RunStatus.FAILED)
+        reason = state.latest.ranks[0].reason
+        assert reason is not None
+        assert (reason.category, reason.code) == ("system", "NodeFenced")
+        assert _beats(agent, run_id) == last
