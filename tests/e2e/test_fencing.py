@@ -1,7 +1,8 @@
-"""Fencing on a whole stack (docs/fencing.md): an agent killed (kill -9) or hung (SIGSTOP)
-under a running attempt with ``retry_on_system_failure``; the retry starts on the other node,
-and the old rank's last sign of life comes before the retry's first, nothing after the agent
-wakes. And Valkey down for longer than the node timeout: every run goes on, no resumption.
+"""Fencing on a whole stack (docs/fencing.md): an agent killed (kill -9), hung (SIGSTOP), or
+cut off from Valkey alone (with ``fence_on_disconnect``) under a running attempt with
+``retry_on_system_failure``; the retry starts on the other node, and the old rank's last sign of
+life comes before the retry's first, nothing after the agent wakes. And Valkey down for longer
+than the node timeout: every run goes on, no resumption.
 
 Each rank's command appends ``<resumption index> <time>`` to a file every 100 ms."""
 
@@ -19,6 +20,7 @@ from cli.stack import LocalStack, StackConfig
 from events.model import NodeLost
 from events.status import RunStatus
 from tests.e2e.driver import Driver, driving, spec, stack_up
+from tests.integration.dropping_proxy import DroppingProxy
 from tests.waiting import eventually
 
 S = RunStatus
@@ -28,14 +30,12 @@ NODES = 2
 TTL_S = 3  # the heartbeat expiry: fence at 1.5 s, SIGKILL 0.6 s later (services.core.timeouts)
 
 
+ENV = {"RUNPLANE_NODE_TIMEOUT_S": str(TTL_S), "RUNPLANE_HEARTBEAT_TTL_S": str(TTL_S)}
+
+
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[LocalStack]:
-    config = StackConfig(
-        nodes=NODES,
-        gpus_per_node=1,
-        grace_period_s=2.0,
-        extra_env={"RUNPLANE_NODE_TIMEOUT_S": str(TTL_S), "RUNPLANE_HEARTBEAT_TTL_S": str(TTL_S)},
-    )
+    config = StackConfig(nodes=NODES, gpus_per_node=1, grace_period_s=2.0, extra_env=ENV)
     with stack_up(tmp_path / "stack", config) as local:
         yield local
 
@@ -147,3 +147,45 @@ async def test_valkey_down_longer_than_the_node_timeout_stops_no_run(
         assert (state.latest.index, state.status) == (0, S.RUNNING)
     assert all(set(beats(path)) == {0} for path in paths)
     assert not [r async for r in driver.store.replay() if isinstance(r.event, NodeLost)]
+
+
+async def test_an_agent_cut_off_alone_fences_its_rank_before_its_retry_starts(
+    tmp_path: Path,
+) -> None:
+    """Each node reaches Valkey through a proxy of its own (``redis_urls``); the one under the
+    run is cut off, the rest of the stack is not: a single-node partition."""
+    async with (
+        DroppingProxy("127.0.0.1", 0) as proxy_0,
+        DroppingProxy("127.0.0.1", 0) as proxy_1,
+    ):
+        proxies = {"node-0": proxy_0, "node-1": proxy_1}
+        config = StackConfig(
+            nodes=NODES,
+            gpus_per_node=1,
+            grace_period_s=2.0,
+            extra_env={**ENV, "RUNPLANE_FENCE_ON_DISCONNECT": "true"},
+            redis_urls={name: proxy.url for name, proxy in proxies.items()},
+        )
+        with stack_up(tmp_path / "stack", config) as stack:
+            for proxy in proxies.values():
+                proxy.upstream = ("127.0.0.1", stack.valkey_port)
+            async with driving(stack, NODES) as driver:
+                try:
+                    path = tmp_path / "beats"
+                    run_id, service = await start_beating(driver, path)
+                    proxies[service].cut()
+                    await retried(driver, run_id, path)
+                    seen = beats(path)
+                    assert max(seen[0]) < min(seen[1])
+                    node = stack.node_of(service)
+                    assert node is not None
+                    before = await registered(driver, node)
+                    proxies[service].heal()
+                    await eventually(
+                        lambda: registered(driver, node), equals=before + 1, what="re-registered"
+                    )
+                    await driver.settled(f"agent:{node}")
+                    assert beats(path)[0] == seen[0]
+                    assert (await driver.run(run_id)).latest.index == 1
+                finally:
+                    await driver.stop_all()

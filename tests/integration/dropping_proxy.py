@@ -45,7 +45,7 @@ class DroppingProxy:
         self.cut_off = False
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.cut_off:
+        if self.cut_off or not self.upstream[1]:  # no upstream yet: as if cut off
             writer.close()
             return
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
