@@ -189,3 +189,52 @@ async def test_an_agent_cut_off_alone_fences_its_rank_before_its_retry_starts(
                     assert (await driver.run(run_id)).latest.index == 1
                 finally:
                     await driver.stop_all()
+
+
+@pytest.fixture
+def fencing_stack(tmp_path: Path) -> Iterator[LocalStack]:
+    env = {**ENV, "RUNPLANE_FENCE_ON_DISCONNECT": "true"}
+    config = StackConfig(nodes=NODES, gpus_per_node=1, grace_period_s=2.0, extra_env=env)
+    with stack_up(tmp_path / "stack", config) as local:
+        yield local
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def command_pgid(stack: LocalStack, service: str, run_id: str) -> int:
+    data_dir = Path(stack.services[service].env["RUNPLANE_DATA_DIR"])
+    return int((data_dir / "ranks" / run_id / "0" / "0" / "command.pid").read_text())
+
+
+async def test_with_fence_on_disconnect_a_valkey_outage_fences_every_run_and_retries_it(
+    fencing_stack: LocalStack, tmp_path: Path
+) -> None:
+    """The other side of the trade-off (docs/fencing.md): every rank is fenced during the
+    outage, each fenced exit is reported once Valkey is back, and the runs are retried."""
+    stack = fencing_stack
+    async with driving(stack, NODES) as driver:
+        try:
+            paths = [tmp_path / f"beats-{i}" for i in range(NODES)]
+            runs = [await start_beating(driver, path) for path in paths]
+            groups = [command_pgid(stack, service, run_id) for run_id, service in runs]
+            stack.kill("valkey")
+            await eventually(
+                lambda: not any(_group_alive(g) for g in groups), what="every rank fenced"
+            )
+            fenced = [beats(path)[0] for path in paths]
+            await asyncio.to_thread(stack.start, "valkey")
+            for (run_id, _), path, before in zip(runs, paths, fenced, strict=True):
+                state = await driver.wait_for(run_id, S.RUNNING, attempt=1, within=60)
+                [old] = state.attempts[0].ranks
+                assert old.reason is not None
+                assert (old.reason.category, old.reason.code) == ("system", "NodeFenced")
+                assert beats(path)[0] == before
+            assert not [r async for r in driver.store.replay() if isinstance(r.event, NodeLost)]
+        finally:
+            await driver.stop_all()
