@@ -9,8 +9,10 @@ Each rank's command appends ``<resumption index> <time>`` to a file every 100 ms
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -149,11 +151,12 @@ async def test_valkey_down_longer_than_the_node_timeout_stops_no_run(
     assert not [r async for r in driver.store.replay() if isinstance(r.event, NodeLost)]
 
 
-async def test_an_agent_cut_off_alone_fences_its_rank_before_its_retry_starts(
-    tmp_path: Path,
-) -> None:
-    """Each node reaches Valkey through a proxy of its own (``redis_urls``); the one under the
-    run is cut off, the rest of the stack is not: a single-node partition."""
+@contextlib.asynccontextmanager
+async def proxied_stack(
+    tmp_path: Path, **env: str
+) -> AsyncIterator[tuple[LocalStack, Driver, dict[str, DroppingProxy]]]:
+    """A stack whose nodes each reach Valkey through a proxy of their own (``redis_urls``),
+    which the test can cut; the other services reach it directly."""
     async with (
         DroppingProxy("127.0.0.1", 0) as proxy_0,
         DroppingProxy("127.0.0.1", 0) as proxy_1,
@@ -163,7 +166,7 @@ async def test_an_agent_cut_off_alone_fences_its_rank_before_its_retry_starts(
             nodes=NODES,
             gpus_per_node=1,
             grace_period_s=2.0,
-            extra_env={**ENV, "RUNPLANE_FENCE_ON_DISCONNECT": "true"},
+            extra_env={**ENV, **env},
             redis_urls={name: proxy.url for name, proxy in proxies.items()},
         )
         with stack_up(tmp_path / "stack", config) as stack:
@@ -171,24 +174,61 @@ async def test_an_agent_cut_off_alone_fences_its_rank_before_its_retry_starts(
                 proxy.upstream = ("127.0.0.1", stack.valkey_port)
             async with driving(stack, NODES) as driver:
                 try:
-                    path = tmp_path / "beats"
-                    run_id, service = await start_beating(driver, path)
-                    proxies[service].cut()
-                    await retried(driver, run_id, path)
-                    seen = beats(path)
-                    assert max(seen[0]) < min(seen[1])
-                    node = stack.node_of(service)
-                    assert node is not None
-                    before = await registered(driver, node)
-                    proxies[service].heal()
-                    await eventually(
-                        lambda: registered(driver, node), equals=before + 1, what="re-registered"
-                    )
-                    await driver.settled(f"agent:{node}")
-                    assert beats(path)[0] == seen[0]
-                    assert (await driver.run(run_id)).latest.index == 1
+                    yield stack, driver, proxies
                 finally:
+                    for proxy in proxies.values():
+                        proxy.heal()
                     await driver.stop_all()
+
+
+async def test_an_agent_cut_off_alone_fences_its_rank_before_its_retry_starts(
+    tmp_path: Path,
+) -> None:
+    """The node under the run is cut off, the rest of the stack is not: a single-node
+    partition, with ``fence_on_disconnect``."""
+    async with proxied_stack(tmp_path, RUNPLANE_FENCE_ON_DISCONNECT="true") as (
+        stack,
+        driver,
+        proxies,
+    ):
+        path = tmp_path / "beats"
+        run_id, service = await start_beating(driver, path)
+        proxies[service].cut()
+        await retried(driver, run_id, path)
+        seen = beats(path)
+        assert max(seen[0]) < min(seen[1])
+        node = stack.node_of(service)
+        assert node is not None
+        before = await registered(driver, node)
+        proxies[service].heal()
+        await eventually(lambda: registered(driver, node), equals=before + 1, what="re-registered")
+        await driver.settled(f"agent:{node}")
+        assert beats(path)[0] == seen[0]
+        assert (await driver.run(run_id)).latest.index == 1
+
+
+async def test_every_agent_cut_off_while_the_scheduler_is_not_declares_no_node_lost(
+    tmp_path: Path,
+) -> None:
+    """A silence every node shares, the scheduler still connected (a network fault between
+    the nodes and Valkey): no node is declared lost (``silent_share``), no rank fenced (the
+    default ``fence_on_disconnect``), every run goes on once the nodes are back."""
+    async with proxied_stack(tmp_path) as (_, driver, proxies):
+        paths = [tmp_path / f"beats-{i}" for i in range(NODES)]
+        runs = [await start_beating(driver, path) for path in paths]
+        for proxy in proxies.values():
+            proxy.cut()
+        silent_at = time.time()
+        await asyncio.sleep(TTL_S * 2)  # allowed: the cut itself, not a wait for a condition
+        for proxy in proxies.values():
+            proxy.heal()
+        for path in paths:  # beating all along: through the cut and after it
+            await eventually(lambda p=path: max(beats(p)[0]) > silent_at + TTL_S * 2, what="on")  # type: ignore[misc]
+            assert set(beats(path)) == {0}
+        for run_id, _ in runs:
+            state = await driver.run(run_id)
+            assert (state.latest.index, state.status) == (0, S.RUNNING)
+        assert not [r async for r in driver.store.replay() if isinstance(r.event, NodeLost)]
 
 
 @pytest.fixture
