@@ -413,6 +413,14 @@ def test_a_silence_most_nodes_share_declares_none_lost_and_places_nothing_on_the
     assert world.status(other) is S.QUEUED  # placed on no silent node either
 
 
+def test_one_silent_node_is_not_lost_while_most_others_are_about_to_be() -> None:
+    # A shared outage stops every beat at once; the keys expire a beat interval apart.
+    world = _world("n1", "n2", "n3")
+    assert world.step(silent={"n1"}, watched=3, quiet=2, silent_share=0.55) == []
+    [lost] = world.step(silent={"n1"}, watched=3, quiet=1, silent_share=0.55)
+    assert isinstance(lost, NodeLost)
+
+
 def test_one_silent_node_among_many_is_declared_lost() -> None:
     world = _world("n1", "n2", "n3")
     [lost] = world.step(silent={"n1"}, watched=3, silent_share=0.55)

@@ -77,7 +77,12 @@ class World:
         return records
 
     def step(
-        self, silent: Collection[str] = (), *, watched: int = 0, silent_share: float = 1.0
+        self,
+        silent: Collection[str] = (),
+        *,
+        watched: int = 0,
+        quiet: int | None = None,
+        silent_share: float = 1.0,
     ) -> list[AnyEvent]:
         """One round: decide, clear the dirty marks, append every decision."""
         decisions = decide(
@@ -87,6 +92,7 @@ class World:
             actor=ACTOR,
             silent=silent,
             watched=watched,
+            quiet=quiet,
             silent_share=silent_share,
         )
         self.state.clear_dirty()
