@@ -109,30 +109,36 @@ class NodeAgent:
         log.info("node.registered", gpus=event.gpus, gpu_type=event.gpu_type, cluster=event.cluster)
 
     async def _beat(self) -> None:
+        """Beats at a fixed rate: a slow or failed beat must not delay the next one (the lease
+        would age by the wait)."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
         while True:
-            await asyncio.sleep(self.settings.beat_every_s)
+            next_at = max(next_at + self.settings.beat_every_s, loop.time())
+            await asyncio.sleep(next_at - loop.time())
             await self._beat_once()
 
     async def _beat_once(self) -> None:
-        """Renew the heartbeat key, then the node's fence lease (``shim.lease``) with the time
-        taken before the key was sent: the lease is never younger than the key. Without Valkey
-        the lease is renewed only when ``fence_on_disconnect`` is off."""
+        """Renew the heartbeat key and the node's fence lease (``shim.lease``). With
+        ``fence_on_disconnect``, the lease only after the key, with the time taken before the
+        key was sent: never younger than the key. Without it, the lease at every beat, Valkey
+        or not (docs/fencing.md)."""
         settings = self.settings
         ttl_ms = int(settings.heartbeat_ttl_s * 1000)
         began = lease.now()
+        if not settings.fence_on_disconnect:
+            # The lease stands for "this agent's loop runs", whatever Valkey does.
+            lease.renew(settings.lease_path, began)
         try:
             await asyncio.wait_for(
                 self.store.redis.set(keys.heartbeat(self.node), int(time.time() * 1000), px=ttl_ms),
-                timeout=settings.beat_every_s,
+                timeout=settings.beat_every_s / 2,
             )
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("heartbeat.failed", error=repr(exc))
-            if not settings.fence_on_disconnect:
-                # Alive, only cut off: renewed as of now (a beat that waited for its timeout
-                # must not age the lease by that wait; docs/fencing.md).
-                lease.renew(settings.lease_path, lease.now())
             return
-        lease.renew(settings.lease_path, began)
+        if settings.fence_on_disconnect:
+            lease.renew(settings.lease_path, began)
 
     async def reconcile(self) -> None:
         """Resume every rank found on disk, then act on what the log says of its run."""
