@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) -m bench.api
 	$(PY) -m bench.projections --events 100000
 	$(PY) -m bench.scale --nodes 500 --runs 5000
+	$(PY) -m bench.fencing
 	@if command -v podman >/dev/null; then $(PY) -m bench.containers; \
 	else echo "bench.containers: skipped: no podman (apt-get install podman runc docker-registry)"; fi
 

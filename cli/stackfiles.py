@@ -111,6 +111,9 @@ class StackConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     #: How the nodes run ranks: ``process`` or ``container`` (podman: docs/containers.md).
     executor: str = "process"
+    #: Per service, the Valkey URL it is given in place of the stack's (tests: a proxy that can
+    #: cut one node off, docs/fencing.md).
+    redis_urls: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

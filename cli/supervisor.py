@@ -227,7 +227,7 @@ class Supervisor:
             **{k: v for k, v in os.environ.items() if not k.startswith(_CLIENT_PREFIXES)},
             **self.stack.config.extra_env,
             **spec.env,
-            "RUNPLANE_REDIS_URL": self.url,
+            "RUNPLANE_REDIS_URL": self.stack.config.redis_urls.get(name, self.url),
         }
         log_file: IO[bytes]
         with (logs_dir(self.state_dir) / f"{name}.log").open("ab") as log_file:

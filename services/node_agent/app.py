@@ -54,6 +54,7 @@ from services.node_agent.plan import Kill, Release, Start, Stop, exited, plan
 from services.node_agent.process.executor import ProcessExecutor
 from services.node_agent.reporter import Reporter, new_id
 from services.node_agent.settings import NodeAgentSettings
+from services.node_agent.shim import lease
 from services.node_agent.telemetry import Sampler, Telemetry
 
 log = structlog.get_logger(__name__)
@@ -215,18 +216,36 @@ class NodeAgent:
         self._health.append(asyncio.create_task(asyncio.to_thread(sampler.run), name="sampler"))
 
     async def _beat(self) -> None:
+        """Beats at a fixed rate: a slow or failed beat must not delay the next one (the lease
+        would age by the wait)."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
         while True:
-            await asyncio.sleep(self.settings.beat_every_s)
+            next_at = max(next_at + self.settings.beat_every_s, loop.time())
+            await asyncio.sleep(next_at - loop.time())
             await self._beat_once()
 
     async def _beat_once(self) -> None:
-        ttl_ms = int(self.settings.heartbeat_ttl_s * 1000)
+        """Renew the heartbeat key and the node's fence lease (``shim.lease``). With
+        ``fence_on_disconnect``, the lease only after the key, with the time taken before the
+        key was sent: never younger than the key. Without it, the lease at every beat, Valkey
+        or not (docs/fencing.md)."""
+        settings = self.settings
+        ttl_ms = int(settings.heartbeat_ttl_s * 1000)
+        began = lease.now()
+        if not settings.fence_on_disconnect:
+            # The lease stands for "this agent's loop runs", whatever Valkey does.
+            lease.renew(settings.lease_path, began)
         try:
-            await self.store.redis.set(
-                keys.heartbeat(self.node), int(time.time() * 1000), px=ttl_ms
+            await asyncio.wait_for(
+                self.store.redis.set(keys.heartbeat(self.node), int(time.time() * 1000), px=ttl_ms),
+                timeout=settings.beat_every_s / 2,
             )
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, TimeoutError) as exc:
             log.warning("heartbeat.failed", error=repr(exc))
+            return
+        if settings.fence_on_disconnect:
+            lease.renew(settings.lease_path, began)
 
     async def reconcile(self) -> None:
         """Resume every rank found on disk, then act on what the log says of its run."""

@@ -64,6 +64,7 @@ class ExitStatus(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     exit_code: int | None = None  # None when the command was killed by a signal or never ran
     signal: int | None = None
     stopped: bool = False  # the shim signalled the command because it was told to stop
+    fenced: bool = False  # the shim stopped it because the node's lease expired (docs/fencing.md)
     error: str | None = None  # the command could not be started
     lines: int = 0
     dropped: int = 0

@@ -117,10 +117,18 @@ def locate(state: RunState | None, key: RankKey) -> tuple[AttemptState, RankStat
     return attempt, rank
 
 
+FENCED = Reason(
+    category="system",
+    code="NodeFenced",
+    message="the node's agent was silent past the fence timeout: the rank was stopped",
+)
+
+
 def exit_reason(status: ExitStatus, attempt: AttemptState) -> Reason | None:
     """Why a rank ended, from how its command ended; None for exit code 0."""
-    if status.error is not None:
-        return Reason(category="system", code="RankLost", message=status.error)
+    if status.fenced or status.error is not None:
+        lost = Reason(category="system", code="RankLost", message=status.error or "")
+        return FENCED if status.fenced else lost
     if status.exit_code == 0:
         return None
     stopping = stop_reason(attempt)

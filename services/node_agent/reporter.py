@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 import structlog
+from redis import exceptions as redis_errors
 
 from events.errors import IllegalTransition
 from events.lifecycle import AttemptState, RankState, RunState
@@ -84,7 +85,13 @@ class Reporter:
                 await self.store.update_run(key.run_id, decide)
             except IllegalTransition as exc:
                 raise RankGone(exc.why) from exc
-            except TemporaryStoreError as exc:
+            except (
+                TemporaryStoreError,
+                redis_errors.ConnectionError,
+                redis_errors.TimeoutError,
+            ) as exc:
+                # Valkey down or unreachable (its reads raise redis' own errors, not the
+                # store's): an exit that happened is reported once it is back.
                 log.warning("report.retry", rank=str(key), error=str(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -14,8 +14,10 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
+from services.core import timeouts
 from services.core.settings import KeyringSettings
 from services.node_agent.hardware import SIMULATED_PREFIX, detect_gpus, simulated
+from services.node_agent.shim.lease import LEASE
 
 UNKNOWN_GPU_TYPE = "gpu"
 
@@ -88,7 +90,29 @@ class NodeAgentSettings(KeyringSettings):
         default=2.0, gt=0, description="Between heartbeats (at least 4 per heartbeat_ttl_s)."
     )
     heartbeat_ttl_s: float = Field(
-        default=10.0, gt=0, description="Expiry of the heartbeat key: silent this long, lost."
+        default=timeouts.HEARTBEAT_TTL_S,
+        gt=0,
+        description="Expiry of the heartbeat key: silent this long, lost.",
+    )
+    fence_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="A rank whose agent has not renewed the node's lease for this long is "
+        "stopped by its shim (docs/fencing.md). Default: half of heartbeat_ttl_s. The agent "
+        "refuses a fence that could end after the node can be declared lost.",
+    )
+    fence_grace_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Between SIGTERM and SIGKILL of a fenced rank. Default: a fifth of "
+        "heartbeat_ttl_s.",
+    )
+    fence_on_disconnect: bool = Field(
+        default=False,
+        description="Stop renewing the lease (so the ranks are fenced) while Valkey cannot be "
+        "reached. On: a node cut off alone never runs beside its retry; a Valkey outage longer "
+        "than the fence stops every run. Off (default): runs outlive an outage; a node cut off "
+        "alone is ended when it reconnects (docs/fencing.md).",
     )
     executor: Literal["process", "kubernetes", "container"] = Field(
         default="process",
@@ -203,6 +227,11 @@ class NodeAgentSettings(KeyringSettings):
             self.gpu_type = UNKNOWN_GPU_TYPE  # GPUs of no known kind (simulated ones, say)
         if self.data_dir is None:
             self.data_dir = Path.home() / ".runplane" / "node-agent" / self.node
+        if self.fence_timeout_s is None:
+            self.fence_timeout_s = timeouts.fence_timeout_default(self.heartbeat_ttl_s)
+        if self.fence_grace_s is None:
+            self.fence_grace_s = timeouts.fence_grace_default(self.heartbeat_ttl_s)
+        timeouts.check_order(self.fence_timeout_s, self.fence_grace_s, self.heartbeat_ttl_s)
         return self
 
     @property
@@ -210,6 +239,17 @@ class NodeAgentSettings(KeyringSettings):
         """At least four beats per expiry: a slow round trip, or a restarted agent's start-up,
         must not let the key expire while the node is fine."""
         return min(self.heartbeat_interval_s, self.heartbeat_ttl_s / 4)
+
+    @property
+    def fence_s(self) -> tuple[float, float]:
+        """The fence timeout and grace (filled in by the validator)."""
+        assert self.fence_timeout_s is not None, "filled in by the validator"
+        assert self.fence_grace_s is not None, "filled in by the validator"
+        return self.fence_timeout_s, self.fence_grace_s
+
+    @property
+    def lease_path(self) -> Path:
+        return self.data_path / LEASE
 
     @property
     def gpu_count(self) -> int:

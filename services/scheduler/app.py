@@ -42,10 +42,11 @@ from services.core.lease import Lease, LeaseLost
 from services.core.store import EventStore, Fence
 from services.scheduler.cluster import Applied, ClusterState
 from services.scheduler.decision import Decision
-from services.scheduler.round import decide
+from services.scheduler.round import decide, shared_outage
 from services.scheduler.settings import SchedulerSettings
 
 log = structlog.get_logger("runplane.scheduler")
+_MISSING = -2  # PTTL of a key that does not exist
 
 GROUP = "scheduler"
 _CONCURRENT_APPENDS = 32
@@ -241,11 +242,23 @@ class Session:
             self.wake.clear()
             now = await self.server_ms()
             silent: Collection[str] = ()
+            watched = quiet = 0
             if now >= next_watch:
-                silent = await self.silent_nodes(now)
+                silent, quiet, watched = await self.silent_nodes(now)
                 next_watch = now + watch_ms
+                if silent and shared_outage(quiet, watched, self.settings.silent_share):
+                    log.warning(
+                        "scheduler.shared_silence", silent=len(silent), quiet=quiet, watched=watched
+                    )
             decisions = decide(
-                self.state, now, new_id, actor=self.settings.scheduler_id, silent=silent
+                self.state,
+                now,
+                new_id,
+                actor=self.settings.scheduler_id,
+                silent=silent,
+                watched=watched,
+                quiet=quiet,
+                silent_share=self.settings.silent_share,
             )
             self.state.clear_dirty()
             progressed = await self.execute(decisions) if decisions else False
@@ -253,17 +266,23 @@ class Session:
             if not progressed:
                 await wait_event(self.wake, tick_s)
 
-    async def silent_nodes(self, now: int) -> frozenset[str]:
+    async def silent_nodes(self, now: int) -> tuple[frozenset[str], int, int]:
+        """The watched nodes whose heartbeat key is missing; how many are quiet (missing, or
+        with less than half the node timeout left: not renewed for a while); how many were
+        watched. A beating node's key has at least 3/4 of its expiry left (four beats an
+        expiry), so "quiet" takes in the nodes that stopped beating with the silent ones."""
         timeout_ms = int(self.settings.node_timeout_s * 1000)
         names = self.state.watched_nodes(now, timeout_ms)
         if not names:
-            return frozenset()
+            return frozenset(), 0, 0
         async with self.store.redis.pipeline(transaction=False) as pipe:
             for name in names:
-                pipe.exists(keys.heartbeat(name))
-            found = await pipe.execute()
-        self.state.saw([name for name, alive in zip(names, found, strict=True) if alive], now)
-        return frozenset(name for name, alive in zip(names, found, strict=True) if not alive)
+                pipe.pttl(keys.heartbeat(name))
+            left: list[int] = await pipe.execute()
+        self.state.saw([name for name, ms in zip(names, left, strict=True) if ms != _MISSING], now)
+        silent = frozenset(name for name, ms in zip(names, left, strict=True) if ms == _MISSING)
+        quiet = sum(ms == _MISSING or 0 <= ms < timeout_ms // 2 for ms in left)
+        return silent, quiet, len(names)
 
     async def execute(self, decisions: list[Decision]) -> bool:
         """Append every decision (concurrently: each is one aggregate); True if any landed."""

@@ -7,6 +7,13 @@ clusters are looked at, so a round on a quiet cluster with 10,000 waiting runs c
 nothing. The caller clears the dirty marks right after deciding (``ClusterState.clear_dirty``)
 and applies each successful append to the state before the next round.
 
+A silence shared by a large share of the watched nodes at once (``silent_share`` of them, two
+or more, counting as ``quiet`` the silent ones and those whose key is about to expire: a shared
+outage stops every beat at once, but the keys expire one beat interval apart) is taken for an
+outage of the log server or the network, not of the nodes: none is declared lost (as
+Kubernetes' node lifecycle controller stops evicting in a disrupted zone); the silent nodes
+still get no placement. docs/fencing.md says why.
+
 Order inside a round: silent nodes are declared lost (their attempts are handled in the next
 round, once ``node.lost`` is folded); then each dirty run's progress (``progress``); then each
 dirty cluster's queue (``queue``), which places nothing on a silent node. A run appears in at
@@ -31,10 +38,17 @@ def decide(
     *,
     actor: str = "scheduler",
     silent: Collection[str] = (),
+    watched: int = 0,
+    quiet: int | None = None,
+    silent_share: float = 1.0,
 ) -> list[Decision]:
+    """``watched``: how many nodes' heartbeats were looked at to find ``silent``; ``quiet``:
+    how many of them were silent or about to be (default: the silent ones)."""
     ctx = Context(now_ms, new_id, actor)
     decisions: list[Decision] = []
-    for name in sorted(silent):
+    quiet = len(silent) if quiet is None else quiet
+    losing = () if shared_outage(quiet, watched, silent_share) else silent
+    for name in sorted(losing):
         node = state.nodes.get(name)
         if node is not None and node.registered and node.alive:
             lost = NodeLost(
@@ -52,3 +66,8 @@ def decide(
     for cluster in sorted(state.dirty_clusters):
         decisions += queue_pass(state, cluster, ctx, busy=busy, silent=silent)
     return decisions
+
+
+def shared_outage(quiet: int, watched: int, silent_share: float) -> bool:
+    """So many nodes went quiet at once that the silence is not theirs."""
+    return watched >= 2 and quiet >= silent_share * watched

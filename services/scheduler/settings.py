@@ -6,6 +6,7 @@ import socket
 
 from pydantic import Field
 
+from services.core import timeouts
 from services.core.settings import Settings
 
 
@@ -15,12 +16,20 @@ def _default_id() -> str:
 
 class SchedulerSettings(Settings):
     node_timeout_s: float = Field(
-        default=10.0,
+        default=timeouts.NODE_TIMEOUT_S,
         gt=0,
         description=(
             "Grace before a node's missing heartbeat key counts: after its registration, and "
             "after this instance became active (for nodes registered before)."
         ),
+    )
+    silent_share: float = Field(
+        default=timeouts.SILENT_SHARE,
+        gt=0,
+        le=1,
+        description="When at least this share of the watched nodes (two or more) is silent at "
+        "once, none is declared lost: a shared outage (Valkey down or failing over), not the "
+        "nodes (docs/fencing.md). 1: only when every node is silent.",
     )
     lease_ttl_ms: int = Field(
         default=5000, ge=200, description="Expiry of the active scheduler's lease; renewed at 1/3."

@@ -34,6 +34,7 @@ import structlog
 
 from events.lifecycle import AttemptState, RankState
 from events.model import AnyRunEvent, RankRunning, Reason
+from services.core import timeouts
 from services.core.aio import first_of
 from services.core.sealing import KeyringFile
 from services.core.secretstore import SecretValues
@@ -202,6 +203,7 @@ class ProcessExecutor:
             platform=platform,
             secrets=secret_env,
         )
+        fence_timeout_s, fence_grace_s = self.settings.fence_s
         rank_dir.write_spec(
             ShimSpec(
                 run_id=job.run_id,
@@ -218,6 +220,10 @@ class ProcessExecutor:
                     else str(self.settings.redis_password_file)
                 ),
                 grace_period_s=self.settings.grace_period_s,
+                lease_file=str(self.settings.lease_path),
+                fence_timeout_s=fence_timeout_s,
+                fence_grace_s=fence_grace_s,
+                fence_poll_s=timeouts.fence_poll_s(fence_timeout_s),
                 max_lines=self.settings.output_buffer_lines,
                 max_line=ingest.MAX_LINE,
             )

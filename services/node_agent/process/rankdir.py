@@ -52,6 +52,11 @@ class ShimSpec(msgspec.Struct, kw_only=True, frozen=True):
     redis_username: str | None = None
     redis_password_file: str | None = None
     grace_period_s: float
+    #: The node's lease and the fence (``shim.lease``, docs/fencing.md); None: no fencing.
+    lease_file: str | None = None
+    fence_timeout_s: float | None = None
+    fence_grace_s: float | None = None
+    fence_poll_s: float | None = None
     max_lines: int = 50_000  # lines in flight before lines are dropped (and counted)
     max_line: int = 64 * 1024  # bytes kept of one line
 

@@ -29,10 +29,12 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from events import keys
 from services.node_agent.errors import RespError
+from services.node_agent.shim import lease
 from services.node_agent.shim.buffer import Entry, LineBuffer
 from services.node_agent.shim.entries import STDERR, STDOUT, Entries
 from services.node_agent.shim.lines import LineSplitter
@@ -155,6 +157,27 @@ def _flat(entry: dict[bytes, bytes]) -> list[bytes]:
     return [part for field in entry.items() for part in field]
 
 
+def _fence_watch(supervisor: Supervisor, spec: dict[str, Any]) -> threading.Event | None:
+    """Watch the node's lease until the returned event is set; fence the command once the
+    lease is older than the fence timeout. None when the spec names no lease (a shim started
+    by an agent that did not fence)."""
+    path, timeout_s = spec.get("lease_file"), spec.get("fence_timeout_s")
+    if path is None or timeout_s is None:
+        return None
+    done = threading.Event()
+    poll_s = float(spec["fence_poll_s"])
+
+    def watch() -> None:
+        while not done.wait(poll_s):
+            if lease.expired(Path(path), float(timeout_s), lease.now()):
+                log("shim.fenced", "warning", lease=lease.renewed_at(Path(path)), at=lease.now())
+                supervisor.fence()
+                return
+
+    threading.Thread(target=watch, name="fence", daemon=True).start()
+    return done
+
+
 def follow(supervisor: Supervisor, spec: dict[str, Any]) -> dict[str, Any]:
     """Follow the started command to its end; the exit status, as ``exit.json`` holds it."""
     proc = supervisor.proc
@@ -176,8 +199,11 @@ def follow(supervisor: Supervisor, spec: dict[str, Any]) -> dict[str, Any]:
     for reader in readers:
         reader.daemon = True
         reader.start()
+    fence = _fence_watch(supervisor, spec)
     returncode = proc.wait()  # the signal handlers run here, in the main thread
     supervisor.ended()
+    if fence is not None:
+        fence.set()
     signal_group(proc.pid, signal.SIGKILL)  # what the command left behind ends with it
     until = time.monotonic() + _READERS_AFTER_EXIT_S
     for reader in readers:
@@ -190,6 +216,7 @@ def follow(supervisor: Supervisor, spec: dict[str, Any]) -> dict[str, Any]:
         "exit_code": returncode if returncode >= 0 else None,
         "signal": -returncode if returncode < 0 else None,
         "stopped": supervisor.stopped,
+        "fenced": supervisor.fenced,
         "lines": pump.sent,
         "dropped": pump.buffer.dropped,
     }

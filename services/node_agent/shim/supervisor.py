@@ -27,6 +27,7 @@ class Supervisor:
         self.proc: subprocess.Popen[bytes] | None = None
         self.error: str | None = None
         self.stopped = False
+        self.fenced = False  # its agent went silent: stopped by the shim (``fence``)
         self.exited = False
         self._killer: threading.Timer | None = None
 
@@ -42,7 +43,15 @@ class Supervisor:
             return
         self.stopped = True
         if self.proc is not None:
-            self._terminate(self.proc.pid)
+            self._terminate(self.proc.pid, float(self.spec["grace_period_s"]))
+
+    def fence(self) -> None:
+        """The lease expired: SIGTERM now, SIGKILL after the fence's grace (shorter than the
+        grace of a stop, which may be under way: the fence overtakes it)."""
+        if self.fenced or self.exited or self.proc is None:
+            return
+        self.fenced = self.stopped = True
+        self._terminate(self.proc.pid, float(self.spec["fence_grace_s"]))
 
     def kill(self) -> None:
         self.stopped = True
@@ -52,9 +61,11 @@ class Supervisor:
     def told_to_stop(self) -> bool:
         return self.stopped  # set by a signal handler, at any moment
 
-    def _terminate(self, pgid: int) -> None:
+    def _terminate(self, pgid: int, grace_s: float) -> None:
         signal_group(pgid, signal.SIGTERM)
-        self._killer = threading.Timer(float(self.spec["grace_period_s"]), self.kill)
+        if self._killer is not None:
+            self._killer.cancel()
+        self._killer = threading.Timer(grace_s, self.kill)
         self._killer.daemon = True
         self._killer.start()
 
@@ -76,7 +87,7 @@ class Supervisor:
             return
         atomic_write(self.root / ondisk.COMMAND_PID, b"%d" % self.proc.pid)
         if self.told_to_stop():  # the stop came while the command was being started
-            self._terminate(self.proc.pid)
+            self._terminate(self.proc.pid, float(self.spec["grace_period_s"]))
 
     def ended(self) -> None:
         self.exited = True

@@ -113,10 +113,11 @@ class MiniScheduler:
         run_spec: RunSpec,
         placement: Sequence[tuple[str, list[int]]],
         owner: str = "alice@example.com",
+        run_id: str | None = None,
     ) -> str:
         """Submit (as ``owner``), queue and place a run: rank i on ``placement[i]`` = (node, GPU
         indices)."""
-        run_id = f.new_id()
+        run_id = run_id or f.new_id()
         submitted = ev.RunSubmitted(
             id=f.new_id(), actor=owner, run_id=run_id,
             name=f"agent-test-{run_id[:6]}", spec=run_spec,

@@ -431,6 +431,39 @@ def test_a_failed_gpu_ends_its_attempt_and_the_retry_avoids_it() -> None:
     assert world.status(bystander) is S.COMPLETED
 
 
+def test_a_silence_most_nodes_share_declares_none_lost_and_places_nothing_on_them() -> None:
+    world = _world("n1", "n2", "n3")
+    run = world.submit(8, retry_on_system_failure=True)
+    world.settle()
+    world.running(run)
+    world.settle()
+    assert world.step(silent={"n1", "n2"}, watched=3, silent_share=0.55) == []
+    assert world.status(run) is S.RUNNING
+    other = world.submit(8)
+    world.step(silent={"n1", "n2", "n3"}, watched=3, silent_share=0.55)
+    assert world.status(other) is S.QUEUED  # placed on no silent node either
+
+
+def test_one_silent_node_is_not_lost_while_most_others_are_about_to_be() -> None:
+    # A shared outage stops every beat at once; the keys expire a beat interval apart.
+    world = _world("n1", "n2", "n3")
+    assert world.step(silent={"n1"}, watched=3, quiet=2, silent_share=0.55) == []
+    [lost] = world.step(silent={"n1"}, watched=3, quiet=1, silent_share=0.55)
+    assert isinstance(lost, NodeLost)
+
+
+def test_one_silent_node_among_many_is_declared_lost() -> None:
+    world = _world("n1", "n2", "n3")
+    [lost] = world.step(silent={"n1"}, watched=3, silent_share=0.55)
+    assert isinstance(lost, NodeLost)
+
+
+def test_the_only_watched_node_silent_is_lost() -> None:
+    world = _world("n1")
+    [lost] = world.step(silent={"n1"}, watched=1, silent_share=0.55)
+    assert isinstance(lost, NodeLost)
+
+
 def test_a_silent_node_takes_no_placement_in_the_round_it_is_declared_lost() -> None:
     world = _world("n1")
     run = world.submit(1)

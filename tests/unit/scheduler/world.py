@@ -80,9 +80,25 @@ class World:
             assert applied is Applied.APPLIED, record
         return records
 
-    def step(self, silent: Collection[str] = ()) -> list[AnyEvent]:
+    def step(
+        self,
+        silent: Collection[str] = (),
+        *,
+        watched: int = 0,
+        quiet: int | None = None,
+        silent_share: float = 1.0,
+    ) -> list[AnyEvent]:
         """One round: decide, clear the dirty marks, append every decision."""
-        decisions = decide(self.state, self.now, self.new_id, actor=ACTOR, silent=silent)
+        decisions = decide(
+            self.state,
+            self.now,
+            self.new_id,
+            actor=ACTOR,
+            silent=silent,
+            watched=watched,
+            quiet=quiet,
+            silent_share=silent_share,
+        )
         self.state.clear_dirty()
         appended: list[AnyEvent] = []
         seen: set[str] = set()
