@@ -4,18 +4,20 @@ one line saying what to install: no engine, or real GPUs and no CDI spec for the
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
+from tests.fakes import PATH_ENTRY
+from tests.fakes import pynvml as fake
 from tests.integration.node_agent.conftest import AgentFactory
 
 
-def _fake_nvidia_smi(bin_dir: Path) -> None:
-    """An ``nvidia-smi`` that lists one H100, as a node with a real GPU would."""
-    bin_dir.mkdir()
-    tool = bin_dir / "nvidia-smi"
-    tool.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559'\n")
-    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+def _one_real_gpu(tmp_path: Path) -> dict[str, str]:
+    """The environment of an agent whose NVML finds one H100, as a node with a real GPU
+    would (NVML faked at the library boundary: ``tests/fakes/pynvml``)."""
+    machine = tmp_path / "nvml.json"
+    fake.machine(machine, [fake.gpu(0)])
+    path = os.pathsep.join(filter(None, [PATH_ENTRY, os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, fake.ENV: str(machine)}
 
 
 async def test_an_agent_without_its_engine_refuses_to_start(
@@ -32,10 +34,8 @@ async def test_an_agent_without_its_engine_refuses_to_start(
 async def test_real_gpus_without_a_cdi_spec_refuse_to_start_naming_the_toolkit(
     make_agent: AgentFactory, tmp_path: Path
 ) -> None:
-    _fake_nvidia_smi(tmp_path / "bin")
-    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
     agent = make_agent(
-        env=env,
+        env=_one_real_gpu(tmp_path),
         executor="container",
         container_engine="true",
         container_cdi_dirs=f'["{tmp_path / "cdi"}"]',
