@@ -37,14 +37,14 @@ from services.node_agent.container import naming, spec
 from services.node_agent.container.engine import Engine
 from services.node_agent.container.outcome import engine_error
 from services.node_agent.container.rankdir import RankFiles
-from services.node_agent.errors import RankEnded, RankGone, SetupAborted
+from services.node_agent.errors import SetupAborted
 from services.node_agent.executor import RankControl
 from services.node_agent.incontainer import BadIntegration
 from services.node_agent.job import RankJob
-from services.node_agent.plan import exited
 from services.node_agent.pump import OutputPump
 from services.node_agent.ranksecrets import RankSecrets, SecretsProvider
-from services.node_agent.reporter import Reporter, new_id
+from services.node_agent.reporter import Reporter
+from services.node_agent.setupsteps import SetupSteps
 from services.node_agent.shim.ondisk import atomic_write
 from services.output import ingest
 
@@ -60,7 +60,7 @@ class Prepared(NamedTuple):
     secrets: RankSecrets
 
 
-class Setup:
+class Setup(SetupSteps):
     def __init__(
         self,
         engine: Engine,
@@ -254,26 +254,3 @@ class Setup:
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await work
-
-    def _check(self, control: RankControl) -> None:
-        if control.killed:
-            raise RankGone("the log says the rank is over")
-        if control.stop_reason is not None:
-            raise SetupAborted(control.stop_reason)
-
-    def _fields(self, job: RankJob) -> dict[str, Any]:
-        return self.reporter.fields(job.key)
-
-    async def _report(self, job: RankJob, control: RankControl, event: ev.AnyRunEvent) -> None:
-        self._check(control)
-        await self.reporter.report(job.key, lambda _a, _r: [event], setup=True)
-
-    async def _end(
-        self, job: RankJob, failure: ev.AnyRunEvent | None, *, reason: ev.Reason
-    ) -> None:
-        """Report the failed step (if any) and the rank's exit, in one append."""
-        reporter = self.reporter
-        gone = exited(job.key, reporter.node, reporter.actor, new_id, exit_code=None, reason=reason)
-        events: list[ev.AnyRunEvent] = [failure, gone] if failure is not None else [gone]
-        await reporter.report(job.key, lambda _a, _r: events)
-        raise RankEnded

@@ -32,16 +32,15 @@ from services.node_agent.environment import base_environment, with_venv
 from services.node_agent.errors import (
     IntegrationError,
     RankEnded,
-    RankGone,
     SetupAborted,
     StepFailed,
 )
 from services.node_agent.executor import RankControl
 from services.node_agent.job import RankJob
-from services.node_agent.plan import exited
 from services.node_agent.process.rankdir import RankDir
 from services.node_agent.pump import OutputPump
-from services.node_agent.reporter import Reporter, new_id
+from services.node_agent.reporter import Reporter
+from services.node_agent.setupsteps import SetupSteps
 from services.node_agent.shim.ondisk import atomic_write, signal_group
 from services.output import ingest
 
@@ -52,7 +51,7 @@ _TAIL_LINES = 20
 _MESSAGE_MAX = 2000
 
 
-class Setup:
+class Setup(SetupSteps):
     def __init__(self, reporter: Reporter, client: aioredis.Redis) -> None:
         self.reporter = reporter
         self.client = client
@@ -179,26 +178,3 @@ class Setup:
         if venv.exists():
             env.update(with_venv(env, venv))
         return env
-
-    def _check(self, control: RankControl) -> None:
-        if control.killed:
-            raise RankGone("the log says the rank is over")
-        if control.stop_reason is not None:
-            raise SetupAborted(control.stop_reason)
-
-    def _fields(self, job: RankJob) -> dict[str, Any]:
-        return self.reporter.fields(job.key)
-
-    async def _report(self, job: RankJob, control: RankControl, event: ev.AnyRunEvent) -> None:
-        self._check(control)
-        await self.reporter.report(job.key, lambda _a, _r: [event], setup=True)
-
-    async def _end(
-        self, job: RankJob, failure: ev.AnyRunEvent | None, *, reason: ev.Reason
-    ) -> None:
-        """Report the failed step (if any) and the rank's exit, in one append."""
-        reporter = self.reporter
-        gone = exited(job.key, reporter.node, reporter.actor, new_id, exit_code=None, reason=reason)
-        events: list[ev.AnyRunEvent] = [failure, gone] if failure is not None else [gone]
-        await reporter.report(job.key, lambda _a, _r: events)
-        raise RankEnded
