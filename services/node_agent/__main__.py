@@ -12,6 +12,7 @@ hide_unused(*BROKER_UNUSED)  # first, before anything imports structlog or FastS
 
 import asyncio
 import logging
+import os
 import sys
 
 import structlog
@@ -29,6 +30,12 @@ def main() -> int:
         from services.node_agent.container.preflight import problem  # noqa: PLC0415
 
         if (why := problem(settings)) is not None:
+            print(f"node-agent: {why}", file=sys.stderr)  # noqa: T201
+            return 2
+    elif settings.executor == "process" and os.geteuid() == 0:
+        from services.node_agent.isolation import traversable  # noqa: PLC0415
+
+        if (why := traversable(settings.homes_path)) is not None:
             print(f"node-agent: {why}", file=sys.stderr)  # noqa: T201
             return 2
     structlog.contextvars.bind_contextvars(node=settings.node)

@@ -9,6 +9,7 @@ RESUMPTION_INDEX, PARAMETERS and CUDA_VISIBLE_DEVICES (the GPU indices of the pl
   process per rank: WORLD_SIZE is the number of ranks and LOCAL_WORLD_SIZE 1.
 - MASTER_PORT is derived from the run and attempt, so every rank computes the same port
   without talking to the others, and a retry gets a different one.
+- A rank that runs as a user of its own (``isolation``) gets its home as ``HOME``.
 - The node-agent's own settings (``RUNPLANE_*``) are not passed on, nor the node's mcli
   settings (``MOSAICML_*``, ``MCLI_*``: an operator's API key must not reach a run); the
   platform's variables come last of all (``platform``: the rank's run token,
@@ -47,9 +48,15 @@ def world_sizes(job: RankJob) -> tuple[int, int]:
     return total, len(job.gpus)
 
 
-def base_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The node's environment without the agent's own settings and the node's mcli ones."""
-    return {name: value for name, value in environ.items() if not name.startswith(_NOT_PASSED)}
+def base_environment(environ: Mapping[str, str], home: Path | None = None) -> dict[str, str]:
+    """The node's environment without the agent's own settings and the node's mcli ones;
+    ``home``: the rank's own (it runs as a user of its own: the agent's is not its to write)."""
+    env = {name: value for name, value in environ.items() if not name.startswith(_NOT_PASSED)}
+    if home is not None:
+        env["HOME"] = str(home)
+        env.pop("XDG_CACHE_HOME", None)
+        env.pop("XDG_CONFIG_HOME", None)
+    return env
 
 
 def rank_environment(
@@ -61,9 +68,10 @@ def rank_environment(
     venv: Path | None = None,
     platform: Mapping[str, str] | None = None,
     secrets: Mapping[str, str] | None = None,
+    home: Path | None = None,
 ) -> dict[str, str]:
     world, local = world_sizes(job)
-    env = base_environment(base)
+    env = base_environment(base, home)
     env.update(job.spec.env_variables)
     env.update(secrets or {})
     env.update(

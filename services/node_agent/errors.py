@@ -55,3 +55,8 @@ class RespError(NodeAgentError):
     @property
     def transient(self) -> bool:
         return str(self).split(" ", 1)[0] in TRANSIENT_ERRORS
+
+
+class IsolationError(NodeAgentError):
+    """A rank cannot be given a user of its own on this node (``isolation``); the message says
+    what the platform team can do. Permanent for that rank."""

@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 from services.core import timeouts
 from services.core.settings import KeyringSettings
 from services.node_agent.hardware import SIMULATED_PREFIX, detect_gpus, simulated
+from services.node_agent.isolation import DEFAULT_UIDS, parse_uid_range
 from services.node_agent.shim.lease import LEASE
 
 UNKNOWN_GPU_TYPE = "gpu"
@@ -79,6 +80,29 @@ class NodeAgentSettings(KeyringSettings):
     data_dir: Path | None = Field(
         default=None,
         description="Workspaces and per-rank state (default ~/.runplane/node-agent/<node>).",
+    )
+    rank_users: Literal["dynamic", "owner"] = Field(
+        default="dynamic",
+        description="process, agent as root: whom a run's ranks run as. `dynamic`: a uid of "
+        "its own per run, from rank_uids; `owner`: the run owner's account on the node (by "
+        "name). An agent that is not root runs them as itself (no isolation).",
+    )
+    rank_uids: str = Field(
+        default=DEFAULT_UIDS,
+        description="process: the uids (FIRST-LAST) handed to runs with rank_users=dynamic; "
+        "none of the node's accounts is ever handed out.",
+    )
+    ranks_dir: Path | None = Field(
+        default=None,
+        description="process: where each rank's own files are (its HOME: workspace, virtual "
+        "environment, run token, secrets). Default: /var/lib/runplane/ranks when the agent is "
+        "root (a rank must reach it), else <data_dir>/ranks.",
+    )
+    cgroup_parent: Path | None = Field(
+        default=None,
+        description="process: the cgroup v2 directory under which each rank gets a cgroup "
+        "(default: runplane-ranks under the agent's own). Where none can be made, stop and "
+        "fence reach a rank's process group only (said at start).",
     )
     grace_period_s: float = Field(
         default=30.0,
@@ -227,6 +251,7 @@ class NodeAgentSettings(KeyringSettings):
             self.gpu_type = UNKNOWN_GPU_TYPE  # GPUs of no known kind (simulated ones, say)
         if self.data_dir is None:
             self.data_dir = Path.home() / ".runplane" / "node-agent" / self.node
+        parse_uid_range(self.rank_uids)  # a bad range is refused at start, naming itself
         if self.fence_timeout_s is None:
             self.fence_timeout_s = timeouts.fence_timeout_default(self.heartbeat_ttl_s)
         if self.fence_grace_s is None:
@@ -265,6 +290,15 @@ class NodeAgentSettings(KeyringSettings):
     def physical_gpus(self) -> bool:
         """The GPUs are NVML's, not simulated: there is hardware to watch."""
         return bool(self.uuids) and not any(u.startswith(SIMULATED_PREFIX) for u in self.uuids)
+
+    @property
+    def homes_path(self) -> Path:
+        """Where the ranks' homes are (``ranks_dir``, or its default)."""
+        if self.ranks_dir is not None:
+            return self.ranks_dir
+        if os.geteuid() == 0:
+            return Path("/var/lib/runplane/ranks")
+        return self.data_path / "ranks"
 
     @property
     def data_path(self) -> Path:

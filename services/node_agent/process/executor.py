@@ -38,17 +38,19 @@ from services.core import timeouts
 from services.core.aio import first_of
 from services.core.sealing import KeyringFile
 from services.core.secretstore import SecretValues
-from services.node_agent import runtoken
+from services.node_agent import isolation, runtoken
 from services.node_agent.environment import parameters_document, rank_environment
-from services.node_agent.errors import RankEnded, RankGone
+from services.node_agent.errors import IsolationError, RankEnded, RankGone
 from services.node_agent.executor import RankControl
+from services.node_agent.isolation import Homes, RankUser, parse_uid_range
 from services.node_agent.job import ExitStatus, RankJob, RankKey
 from services.node_agent.plan import exit_reason, exited, rank_lost
-from services.node_agent.process.rankdir import RankDir, ShimSpec, local_ranks
+from services.node_agent.process.rankdir import RankDir, ShimSpec, ended_ranks, local_ranks
 from services.node_agent.process.setup import Setup
 from services.node_agent.reporter import Reporter, new_id
 from services.node_agent.secrets import SecretsUnavailable, run_secrets, write_files
 from services.node_agent.settings import NodeAgentSettings
+from services.node_agent.shim.cgroup import Cgroup
 from services.node_agent.shim.forkserver import ForkServer
 from services.node_agent.shim.ondisk import atomic_write, kill_group, signal_process
 from services.output import ingest
@@ -69,6 +71,10 @@ class ProcessExecutor:
         self.settings = settings
         self.data_dir = settings.data_path
         self.reporter = reporter
+        self.isolation = isolation.probe(
+            settings.rank_users, parse_uid_range(settings.rank_uids), settings.cgroup_parent
+        )
+        self.homes = Homes(settings.homes_path, self.isolation)
         self.setup = Setup(reporter, client)
         self.forks = ForkServer(settings.data_path / "forkserver.log")
         self.values = SecretValues(client)
@@ -76,8 +82,20 @@ class ProcessExecutor:
         self.keyring = None if keyring is None else KeyringFile(keyring)
 
     async def prepare(self) -> None:
-        """Nothing to learn (the ranks' directories say it all); the fork server starts now,
+        """Nothing to learn (the ranks' directories say it all). With ranks as their own
+        users, the agent's files become its own alone (umask 077, its data directory 0700).
+        The homes of ranks that ended while no agent watched go. The fork server starts now,
         so the first rank placed here does not wait for its imports."""
+        if self.isolation.users:
+            if (problem := isolation.traversable(self.homes.root)) is not None:
+                raise IsolationError(problem)
+            os.umask(0o077)  # everything the agent, its fork server and its shims write
+            self.data_dir.chmod(0o700)
+            log.info("agent.isolation", isolation=self.isolation.describe())
+        else:
+            log.warning("agent.isolation", isolation=self.isolation.describe())
+        for rank_dir in ended_ranks(self.data_dir):
+            await asyncio.to_thread(self._free, rank_dir)
         try:
             self.forks.start()
         except OSError as exc:  # each launch tries again, and fails its rank if it cannot
@@ -91,12 +109,12 @@ class ProcessExecutor:
         self.forks.close()
 
     def begin(self, key: RankKey) -> None:
-        RankDir.of(self.data_dir, key).create(key)
+        RankDir.of(self.data_dir, key, self.homes.root).create(key)
 
     async def run(
         self, key: RankKey, job: RankJob | None, control: RankControl, *, resume: bool
     ) -> None:
-        rank_dir = RankDir.of(self.data_dir, key)
+        rank_dir = RankDir.of(self.data_dir, key, self.homes.root)
         with structlog.contextvars.bound_contextvars(
             run=key.run_id, attempt=key.attempt, rank=key.rank
         ):
@@ -108,7 +126,12 @@ class ProcessExecutor:
                 log.info("rank.gone", why=str(exc))
                 self._kill(rank_dir)
             rank_dir.mark_done()
-            await asyncio.to_thread(rank_dir.free)  # a clone or a venv: not on the event loop
+            await asyncio.to_thread(self._free, rank_dir)  # a clone, a venv: not on the loop
+
+    def _free(self, rank_dir: RankDir) -> None:
+        rank_dir.free()
+        if rank_dir.home != rank_dir.root:  # not a rank of the layout before homes
+            self.homes.close(rank_dir.home, rank_dir.key.run_id)
 
     async def _run(
         self,
@@ -137,11 +160,22 @@ class ProcessExecutor:
                 return
             log.info("rank.setup_again", tries=tries)
         assert job is not None, "a new rank comes with its job"
+        try:
+            user = self._user(rank_dir, key, job)
+        except IsolationError as exc:
+            await self._report_failed(key, "NoRankUser", str(exc))
+            return
+        cgroup = self._cgroup(rank_dir, key)
+        # Root's alone until ``give``: nothing of the rank runs yet, nothing can be planted.
+        await asyncio.to_thread(rank_dir.new_home)
         secret_env = await self._secrets(rank_dir, key, job)
         if secret_env is None:
             return
-        venv = await self.setup.run(rank_dir, job, control, secret_env)
         platform = await self._platform(rank_dir, key)
+        parameters = rank_dir.workspace / "parameters.yaml"
+        atomic_write(parameters, parameters_document(job.spec.parameters))
+        await asyncio.to_thread(rank_dir.give, user)
+        venv = await self.setup.run(rank_dir, job, control, secret_env, user=user, cgroup=cgroup)
         try:
             link = self._launch(rank_dir, job, venv, platform, secret_env)
         except OSError as exc:
@@ -154,6 +188,38 @@ class ProcessExecutor:
         finally:
             link.close()
 
+    def _user(self, rank_dir: RankDir, key: RankKey, job: RankJob) -> RankUser | None:
+        """Whom the rank runs as (recorded: a setup that begins again keeps it); its home is
+        created, root's, on the way."""
+        record = rank_dir.record()
+        if record.user is not None:
+            return record.user
+        user = self.homes.open(rank_dir.home, key.run_id, job.owner)
+        if user is not None:
+            rank_dir.update(uid=user.uid, gid=user.gid)
+            log.info("rank.user", uid=user.uid)
+        return user
+
+    def _cgroup(self, rank_dir: RankDir, key: RankKey) -> Cgroup | None:
+        """The rank's cgroup (recorded), created; None where the node makes none."""
+        recorded = rank_dir.record().cgroup
+        parent = self.isolation.cgroup_parent
+        if recorded is None and parent is None:
+            return None
+        cgroup = Cgroup(recorded) if recorded else Cgroup.for_rank(parent, *key)  # type: ignore[arg-type]
+        cgroup.create()
+        if recorded is None:
+            rank_dir.update(cgroup=str(cgroup.path))
+        return cgroup
+
+    async def _report_failed(self, key: RankKey, code: str, message: str) -> None:
+        log.warning("rank.failed_to_start", code=code, error=message)
+        reason = Reason(category="system", code=code, message=message)
+        gone = exited(
+            key, self.reporter.node, self.reporter.actor, new_id, exit_code=None, reason=reason
+        )
+        await self.reporter.report(key, lambda _a, _r: [gone])
+
     async def _secrets(
         self, rank_dir: RankDir, key: RankKey, job: RankJob
     ) -> dict[str, str] | None:
@@ -162,12 +228,7 @@ class ProcessExecutor:
         try:
             found = await run_secrets(self.values, job.owner, self.keyring)
         except SecretsUnavailable as exc:
-            log.warning("rank.secrets_unavailable", error=str(exc))
-            reason = Reason(category="system", code="SecretsUnavailable", message=str(exc))
-            gone = exited(
-                key, self.reporter.node, self.reporter.actor, new_id, exit_code=None, reason=reason
-            )
-            await self.reporter.report(key, lambda _a, _r: [gone])
+            await self._report_failed(key, "SecretsUnavailable", str(exc))
             return None
         if found:
             log.info("rank.secrets", owner=job.owner, names=found.names)  # names, never values
@@ -192,16 +253,16 @@ class ProcessExecutor:
         platform: dict[str, str],
         secret_env: dict[str, str],
     ) -> ShimLink:
-        parameters = rank_dir.workspace / "parameters.yaml"
-        atomic_write(parameters, parameters_document(job.spec.parameters))
+        record = rank_dir.record()
         env = rank_environment(
             job,
             base=os.environ,
             master_addr=self.master_addr,
-            parameters_path=parameters,
+            parameters_path=rank_dir.workspace / "parameters.yaml",
             venv=venv,
             platform=platform,
             secrets=secret_env,
+            home=None if record.user is None else rank_dir.home,
         )
         fence_timeout_s, fence_grace_s = self.settings.fence_s
         rank_dir.write_spec(
@@ -213,6 +274,9 @@ class ProcessExecutor:
                 cwd=str(rank_dir.workspace),
                 env=env,
                 redis_url=self.settings.redis_url,
+                uid=record.uid,
+                gid=record.gid,
+                cgroup=record.cgroup,
                 redis_username=self.settings.redis_username,
                 redis_password_file=(
                     None

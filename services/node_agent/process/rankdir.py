@@ -15,12 +15,23 @@
   be signalled), ``command.pid`` (the command's pid, which is also its process group).
 - ``exit.json``: how the command ended, written atomically by the shim once its output is sent.
 - ``done``: the exit was reported (or the log had moved on); nothing more to do here.
+
+What belongs to the rank itself is in its *home*, ``<homes>/<run_id>/<attempt>/<rank>/``
+(``homes``: ``RUNPLANE_RANKS_DIR``; the rank's ``HOME``), owned by the rank's user
+(``isolation``) with mode 0700, so that another run's ranks cannot read it:
+
 - ``token``: the rank's run token (0600; ``services.node_agent.runtoken``), removed when the rank
   is done.
 - ``secrets/``: the run owner's secret files (0600, directories 0700), each at its mount path
   under it (``/secrets/db/secret`` is ``secrets/secrets/db/secret``;
-  ``services.node_agent.secrets``), written before setup and removed when the rank is done.
-- ``workspace/`` (the command's cwd) and ``venv/`` (when an integration needed one).
+  ``services.node_agent.secrets``), removed when the rank is done.
+- ``workspace/`` (the command's cwd, with ``parameters.yaml``) and ``venv/`` (when an
+  integration needed one).
+
+The agent writes everything in a home (token, secrets, parameters) while only root's processes
+can reach it, *then* gives the tree to the rank's user: the agent never writes where a rank's
+process could have put a symbolic link. A setup that begins again starts from a new home.
+The whole home goes when the rank is done.
 """
 
 from __future__ import annotations
@@ -32,11 +43,14 @@ from pathlib import Path
 
 import msgspec
 
+from services.node_agent.isolation import RankUser
 from services.node_agent.job import ExitStatus, RankKey
 from services.node_agent.shim import ondisk
+from services.node_agent.shim.cgroup import Cgroup
 from services.node_agent.shim.ondisk import atomic_write, kill_group, read_pid
 
 RANKS = "ranks"
+HOMES = "homes"  # the ranks' homes in the data directory, when no other place is set
 
 
 class ShimSpec(msgspec.Struct, kw_only=True, frozen=True):
@@ -47,6 +61,10 @@ class ShimSpec(msgspec.Struct, kw_only=True, frozen=True):
     cwd: str
     env: dict[str, str]
     redis_url: str
+    #: Who the command runs as, and the cgroup it joins before it execs (``isolation``).
+    uid: int | None = None
+    gid: int | None = None
+    cgroup: str | None = None
     #: The agent's login, the password as its file's name (the spec is on disk, and read by
     #: the shim only when it connects): never the password itself.
     redis_username: str | None = None
@@ -66,6 +84,17 @@ class RankRecord(msgspec.Struct, kw_only=True):
     attempt: int
     rank: int
     setup_tries: int = 1
+    #: The rank's own files (``home``); None in records written before homes existed.
+    home: str | None = None
+    #: Who the rank's processes run as (``isolation``); None: as the agent's user.
+    uid: int | None = None
+    gid: int | None = None
+    #: The rank's cgroup (``shim.cgroup``); None: none could be made.
+    cgroup: str | None = None
+
+    @property
+    def user(self) -> RankUser | None:
+        return None if self.uid is None or self.gid is None else RankUser(self.uid, self.gid)
 
     @property
     def key(self) -> RankKey:
@@ -73,7 +102,7 @@ class RankRecord(msgspec.Struct, kw_only=True):
 
 
 class RankDir:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, home: Path | None = None) -> None:
         self.root = root
         self.record_file = root / ondisk.RECORD
         self.spec_file = root / ondisk.SPEC
@@ -84,23 +113,67 @@ class RankDir:
         self.shim_log = root / ondisk.SHIM_LOG
         self.setup_pid_file = root / ondisk.SETUP_PID
         self.done_file = root / ondisk.DONE
-        self.token_file = root / "token"
-        self.secrets_dir = root / "secrets"
-        self.workspace = root / "workspace"
-        self.venv = root / "venv"
+        if home is None:
+            recorded = self.record().home
+            home = root if recorded is None else Path(recorded)  # None: the layout before homes
+        self.home = home
+        self.token_file = home / "token"
+        self.secrets_dir = home / "secrets"
+        self.workspace = home / "workspace"
+        self.venv = home / "venv"
 
     @classmethod
-    def of(cls, data_dir: Path, key: RankKey) -> RankDir:
+    def of(cls, data_dir: Path, key: RankKey, homes: Path | None = None) -> RankDir:
+        """Rank ``key``'s directory; its home under ``homes`` (default ``<data_dir>/homes``)
+        for a new rank, where its record says for one begun before."""
         if "/" in key.run_id or key.run_id in ("", ".", ".."):
             raise ValueError(f"not a run id: {key.run_id!r}")
-        return cls(data_dir / RANKS / key.run_id / str(key.attempt) / str(key.rank))
+        root = data_dir / RANKS / key.run_id / str(key.attempt) / str(key.rank)
+        if (root / ondisk.RECORD).exists():
+            return cls(root)
+        homes = data_dir / HOMES if homes is None else homes
+        return cls(root, homes / key.run_id / str(key.attempt) / str(key.rank))
 
     # --- the record ------------------------------------------------------------------
 
     def create(self, key: RankKey) -> None:
-        self.workspace.mkdir(parents=True, exist_ok=True)
-        record = RankRecord(run_id=key.run_id, attempt=key.attempt, rank=key.rank)
+        self.root.mkdir(parents=True, exist_ok=True)
+        record = RankRecord(
+            run_id=key.run_id, attempt=key.attempt, rank=key.rank, home=str(self.home)
+        )
         atomic_write(self.record_file, msgspec.json.encode(record))
+
+    def update(self, **fields: object) -> RankRecord:
+        """The record with ``fields`` changed, written whole."""
+        record = msgspec.structs.replace(self.record(), **fields)
+        atomic_write(self.record_file, msgspec.json.encode(record))
+        return record
+
+    # --- the home --------------------------------------------------------------------
+
+    def new_home(self) -> None:
+        """An empty home with its workspace, root's and 0700 until ``give``: whatever an
+        earlier setup left in it is gone, and no process of the rank can reach it yet."""
+        if self.home.exists():
+            os.chmod(self.home, 0o700)
+            os.chown(self.home, os.geteuid(), os.getegid())  # back from an earlier setup's user
+            for entry in os.scandir(self.home):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)  # never follows a link in the tree
+                else:
+                    os.unlink(entry.path)
+        else:
+            self.home.mkdir(mode=0o700, parents=True)
+        self.workspace.mkdir(mode=0o700)
+
+    def give(self, user: RankUser | None) -> None:
+        """The home to the rank's user (nothing to do when the rank runs as the agent's)."""
+        if user is None:
+            return
+        for top, dirs, files in os.walk(self.home):
+            for name in (*dirs, *files):
+                os.lchown(os.path.join(top, name), user.uid, user.gid)
+        os.lchown(self.home, user.uid, user.gid)
 
     @property
     def key(self) -> RankKey:
@@ -117,13 +190,10 @@ class RankDir:
 
     def begin_setup_again(self) -> int:
         """Wipe what an interrupted setup left; the number of setups begun, this one included."""
-        record = self.record()
-        record.setup_tries += 1
-        atomic_write(self.record_file, msgspec.json.encode(record))
+        record = self.update(setup_tries=self.record().setup_tries + 1)
         kill_group(read_pid(self.setup_pid_file))  # a tool the interrupted setup left running
-        for path in (self.workspace, self.venv):
-            shutil.rmtree(path, ignore_errors=True)
-        self.workspace.mkdir(parents=True, exist_ok=True)
+        if record.cgroup is not None:
+            Cgroup(record.cgroup).kill()  # and whatever that tool started
         return record.setup_tries
 
     # --- the shim --------------------------------------------------------------------
@@ -169,15 +239,17 @@ class RankDir:
 
     def mark_done(self) -> None:
         """Nothing more to do for this rank (its small state files stay, for a post-mortem;
-        its token and its secrets go: they are nobody's business now)."""
+        what is left of its processes is killed; its token and its secrets go: they are
+        nobody's business now)."""
+        if (cgroup := self.record().cgroup) is not None:
+            Cgroup(cgroup).remove()
         self.token_file.unlink(missing_ok=True)
         shutil.rmtree(self.secrets_dir, ignore_errors=True)
         atomic_write(self.done_file, b"")
 
     def free(self) -> None:
-        """Remove the workspace and the virtual environment of a rank that is done."""
-        for path in (self.workspace, self.venv):
-            shutil.rmtree(path, ignore_errors=True)
+        """Remove the home of a rank that is done (its workspace, its virtual environment)."""
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def local_ranks(data_dir: Path) -> list[RankDir]:
@@ -189,3 +261,11 @@ def local_ranks(data_dir: Path) -> list[RankDir]:
     ]
     pending = [rank_dir for rank_dir in found if not rank_dir.is_done()]
     return sorted(pending, key=lambda rank_dir: rank_dir.record_file.stat().st_mtime)
+
+
+def ended_ranks(data_dir: Path) -> list[RankDir]:
+    """Ranks done whose home is still there (the agent died before it removed it)."""
+    found = (RankDir(path.parent) for path in (data_dir / RANKS).glob(f"*/*/*/{ondisk.DONE}"))
+    return [
+        rank_dir for rank_dir in found if rank_dir.home != rank_dir.root and rank_dir.home.exists()
+    ]

@@ -21,7 +21,7 @@ import sys
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 import structlog
@@ -36,11 +36,13 @@ from services.node_agent.errors import (
     StepFailed,
 )
 from services.node_agent.executor import RankControl
+from services.node_agent.isolation import RankUser
 from services.node_agent.job import RankJob
 from services.node_agent.process.rankdir import RankDir
 from services.node_agent.pump import OutputPump
 from services.node_agent.reporter import Reporter
 from services.node_agent.setupsteps import SetupSteps
+from services.node_agent.shim.cgroup import Cgroup
 from services.node_agent.shim.ondisk import atomic_write, signal_group
 from services.output import ingest
 
@@ -49,6 +51,15 @@ log = structlog.get_logger(__name__)
 _POLL_S = 0.1
 _TAIL_LINES = 20
 _MESSAGE_MAX = 2000
+
+
+class AsRank(NamedTuple):
+    """Whom a setup tool runs as, and where its processes go: the rank's user, cgroup and
+    home (None each: the agent's)."""
+
+    user: RankUser | None
+    cgroup: Cgroup | None
+    home: Path | None
 
 
 class Setup(SetupSteps):
@@ -64,6 +75,9 @@ class Setup(SetupSteps):
         job: RankJob,
         control: RankControl,
         secrets: Mapping[str, str] | None = None,
+        *,
+        user: RankUser | None = None,
+        cgroup: Cgroup | None = None,
     ) -> Path | None:
         """Do the setup (its tools get ``secrets``, the variables of the owner's secrets:
         git's key and token); the rank's virtual environment if it has one. Raises
@@ -71,7 +85,8 @@ class Setup(SetupSteps):
         over."""
         try:
             await self._image(job, control)
-            return await self._integrations(rank_dir, job, control, secrets or {})
+            as_rank = AsRank(user, cgroup, rank_dir.home if user is not None else None)
+            return await self._integrations(rank_dir, job, control, secrets or {}, as_rank)
         except SetupAborted as exc:
             await self._end(job, None, reason=exc.reason)
         raise RankEnded
@@ -89,10 +104,16 @@ class Setup(SetupSteps):
         await self._end(job, failed, reason=reason)
 
     async def _integrations(
-        self, rank_dir: RankDir, job: RankJob, control: RankControl, secrets: Mapping[str, str]
+        self,
+        rank_dir: RankDir,
+        job: RankJob,
+        control: RankControl,
+        secrets: Mapping[str, str],
+        as_rank: AsRank,
     ) -> Path | None:
+        euid = self.euid if as_rank.user is None else as_rank.user.uid
         ctx = integrations.Context(
-            workspace=rank_dir.workspace, venv=rank_dir.venv, python=self.python, euid=self.euid
+            workspace=rank_dir.workspace, venv=rank_dir.venv, python=self.python, euid=euid
         )
         pump = OutputPump(self.client, job.run_id, job.attempt, job.rank)
         pump.start()
@@ -107,8 +128,8 @@ class Setup(SetupSteps):
                     steps = integrations.steps_for(integration, ctx)
                     for step in steps:
                         if step.creates is None or not step.creates.exists():
-                            env = self._env(job, ctx.venv, secrets)
-                            await self._step(rank_dir, step, env, control, pump)
+                            env = self._env(job, ctx.venv, secrets, as_rank.home)
+                            await self._step(rank_dir, step, env, control, pump, as_rank=as_rank)
                 except (IntegrationError, StepFailed) as exc:
                     message = str(exc)[-_MESSAGE_MAX:]
                     log.info("rank.integration_failed", index=index, kind=kind, error=message)
@@ -129,17 +150,29 @@ class Setup(SetupSteps):
         env: dict[str, str],
         control: RankControl,
         pump: OutputPump,
+        *,
+        as_rank: AsRank,
     ) -> None:
         self._check(control)
         log.info("rank.setup_step", argv=list(step.argv), cwd=str(step.cwd))
+        user = as_rank.user
         try:
             proc = await asyncio.create_subprocess_exec(
                 *step.argv, cwd=step.cwd, env=env, start_new_session=True,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                user=None if user is None else user.uid,
+                group=None if user is None else user.gid,
+                extra_groups=None if user is None else [],
+                umask=-1 if user is None else 0o077,
             )  # fmt: skip
         except OSError as exc:
             raise StepFailed(f"{step.argv[0]} could not start: {exc}") from exc
+        if as_rank.cgroup is not None:
+            # At once, before the tool forks anything it could leave behind (a tool's first
+            # child comes after its own start-up, far later than this).
+            with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+                as_rank.cgroup.join(proc.pid)
         # A restarted agent kills what an interrupted setup left running (``begin_setup_again``).
         atomic_write(rank_dir.setup_pid_file, b"%d" % proc.pid)
         assert proc.stdout is not None
@@ -170,8 +203,10 @@ class Setup(SetupSteps):
             how = f"exit code {code}" if code > 0 else f"signal {-code}"
             raise StepFailed(f"`{' '.join(step.argv[:4])}` failed ({how}): {detail}")
 
-    def _env(self, job: RankJob, venv: Path, secrets: Mapping[str, str]) -> dict[str, str]:
-        env = base_environment(os.environ)
+    def _env(
+        self, job: RankJob, venv: Path, secrets: Mapping[str, str], home: Path | None
+    ) -> dict[str, str]:
+        env = base_environment(os.environ, home)
         env.update(job.spec.env_variables)
         env.update(secrets)
         env["GIT_TERMINAL_PROMPT"] = "0"  # a private repository fails instead of waiting

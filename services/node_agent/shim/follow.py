@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -38,7 +37,6 @@ from services.node_agent.shim import lease
 from services.node_agent.shim.buffer import Entry, LineBuffer
 from services.node_agent.shim.entries import STDERR, STDOUT, Entries
 from services.node_agent.shim.lines import LineSplitter
-from services.node_agent.shim.ondisk import signal_group
 from services.node_agent.shim.resp import Client
 
 if TYPE_CHECKING:
@@ -204,7 +202,7 @@ def follow(supervisor: Supervisor, spec: dict[str, Any]) -> dict[str, Any]:
     supervisor.ended()
     if fence is not None:
         fence.set()
-    signal_group(proc.pid, signal.SIGKILL)  # what the command left behind ends with it
+    supervisor.end_leftovers()  # what the command left behind ends with it
     until = time.monotonic() + _READERS_AFTER_EXIT_S
     for reader in readers:
         reader.join(max(0.0, until - time.monotonic()))

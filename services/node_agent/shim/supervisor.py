@@ -7,6 +7,7 @@ Signal handlers call ``stop`` and ``kill`` at any moment; ``follow`` reads ``pro
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -15,6 +16,7 @@ from types import FrameType
 from typing import Any
 
 from services.node_agent.shim import ondisk
+from services.node_agent.shim.cgroup import Cgroup
 from services.node_agent.shim.ondisk import atomic_write, signal_group
 
 
@@ -43,7 +45,7 @@ class Supervisor:
             return
         self.stopped = True
         if self.proc is not None:
-            self._terminate(self.proc.pid, float(self.spec["grace_period_s"]))
+            self._terminate(float(self.spec["grace_period_s"]))
 
     def fence(self) -> None:
         """The lease expired: SIGTERM now, SIGKILL after the fence's grace (shorter than the
@@ -51,18 +53,18 @@ class Supervisor:
         if self.fenced or self.exited or self.proc is None:
             return
         self.fenced = self.stopped = True
-        self._terminate(self.proc.pid, float(self.spec["fence_grace_s"]))
+        self._terminate(float(self.spec["fence_grace_s"]))
 
     def kill(self) -> None:
         self.stopped = True
         if self.proc is not None and not self.exited:
-            signal_group(self.proc.pid, signal.SIGKILL)
+            self._group(signal.SIGKILL)
 
     def told_to_stop(self) -> bool:
         return self.stopped  # set by a signal handler, at any moment
 
-    def _terminate(self, pgid: int, grace_s: float) -> None:
-        signal_group(pgid, signal.SIGTERM)
+    def _terminate(self, grace_s: float) -> None:
+        self._group(signal.SIGTERM)
         if self._killer is not None:
             self._killer.cancel()
         self._killer = threading.Timer(grace_s, self.kill)
@@ -81,13 +83,51 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
+                preexec_fn=self._enter if self._entering() else None,  # noqa: PLW1509
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             self.error = f"the command could not start: {exc}"
             return
         atomic_write(self.root / ondisk.COMMAND_PID, b"%d" % self.proc.pid)
         if self.told_to_stop():  # the stop came while the command was being started
-            self._terminate(self.proc.pid, float(self.spec["grace_period_s"]))
+            self._terminate(float(self.spec["grace_period_s"]))
+
+    def _entering(self) -> bool:
+        return self.spec.get("cgroup") is not None or self.spec.get("uid") is not None
+
+    def _enter(self) -> None:
+        """In the command's process, before it execs: into the rank's cgroup (while still
+        root), then the rank's user, for good (no supplementary group, umask 077).
+
+        A ``preexec_fn`` is safe here: the shim has no other thread yet (they start once the
+        command runs), and this calls no Python code that takes a lock.
+        """
+        if (cgroup := self.spec.get("cgroup")) is not None:
+            fd = os.open(os.path.join(cgroup, "cgroup.procs"), os.O_WRONLY)
+            os.write(fd, b"0")
+            os.close(fd)
+        uid, gid = self.spec.get("uid"), self.spec.get("gid")
+        if uid is not None and gid is not None:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            os.umask(0o077)
+
+    def _group(self, signum: int) -> None:
+        """``signum`` to the command's process group and to every process of its cgroup
+        (a daemon that left the group is still in the cgroup)."""
+        if self.proc is None:
+            return
+        signal_group(self.proc.pid, signum)
+        if (cgroup := self.spec.get("cgroup")) is not None:
+            if signum == signal.SIGKILL:
+                Cgroup(cgroup).kill()
+            else:
+                Cgroup(cgroup).signal(signum)
+
+    def end_leftovers(self) -> None:
+        """The command has exited: SIGKILL to what is left of it (its group, its cgroup)."""
+        self._group(signal.SIGKILL)
 
     def ended(self) -> None:
         self.exited = True
