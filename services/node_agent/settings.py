@@ -180,6 +180,13 @@ class NodeAgentSettings(KeyringSettings):
         description="kubernetes: the image's interpreter that creates a rank's virtual "
         "environment (pip_packages, git_repo's pip_install).",
     )
+    kube_run_as_user: int = Field(
+        default=1000,
+        ge=0,
+        description="kubernetes: the uid (and gid, and fsGroup) every container of a rank runs "
+        "as, so the Pods meet the `restricted` Pod Security Standard (runAsNonRoot). 0: root, "
+        "for an image that needs it; its Pods then meet `baseline` only (docs/kubernetes.md).",
+    )
     container_engine: str = Field(
         default="podman",
         min_length=1,

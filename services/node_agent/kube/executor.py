@@ -68,6 +68,20 @@ _SYNC_WARN_S = 10.0
 _MISSING: Json = {}
 
 
+def pod_options(settings: NodeAgentSettings) -> PodOptions:
+    """What the agent's ``settings`` add to every Pod it makes."""
+    return PodOptions(
+        namespace=settings.kube_namespace,
+        node=settings.node,
+        actor=settings.actor,
+        grace_period_s=settings.grace_period_s,
+        run_as_user=settings.kube_run_as_user,
+        kube_node=settings.kube_node_name,
+        python=settings.kube_python,
+        api_url=settings.api_url,
+    )
+
+
 class KubeExecutor:
     def __init__(
         self,
@@ -88,15 +102,7 @@ class KubeExecutor:
             settings.kube_namespace,
             naming.node_selector(settings.node),
         )
-        self.options = PodOptions(
-            namespace=settings.kube_namespace,
-            node=settings.node,
-            actor=settings.actor,
-            grace_period_s=settings.grace_period_s,
-            kube_node=settings.kube_node_name,
-            python=settings.kube_python,
-            api_url=settings.api_url,
-        )
+        self.options = pod_options(settings)
         self.ledger = Ledger(settings.data_path)
         self.values = SecretValues(client)
         keyring = settings.secrets_keyring_file

@@ -30,7 +30,19 @@ The Pod (invariants):
   API writes from the Pod's parameters annotation. CUDA_VISIBLE_DEVICES is left out: in a
   container the device plugin's GPUs are numbered from 0, whatever their index on the node;
 - labels and annotations from ``naming``; ``terminationGracePeriodSeconds`` from settings;
-  ``enableServiceLinks: false`` (a namespace's Services would add variables to every rank).
+  ``enableServiceLinks: false`` (a namespace's Services would add variables to every rank);
+- the rank cannot act as anything but itself (issue 20): no service-account token
+  (``automountServiceAccountToken: false``: the namespace's account is the agent's business,
+  never a run's), and every container under the "restricted" Pod Security Standard: the
+  uid, gid and ``fsGroup`` of ``PodOptions.run_as_user`` with ``runAsNonRoot``, no privilege
+  escalation, every capability dropped, the runtime's default seccomp profile. Its volumes
+  (``emptyDir``, ``downwardAPI``, ``secret``) are all of kinds "restricted" allows. The
+  ``fsGroup`` is what lets that uid read its Secret volumes (the token's mode 0400 becomes
+  0440, group ``fsGroup``) and write the shared ``emptyDir``. A uid the image does not know
+  has no home directory, so ``HOME`` is ``/runplane`` (caches land in the rank's own
+  ``emptyDir``) unless the run sets it. ``run_as_user`` 0 runs the rank as root, for an
+  image that needs it: the same Pod with ``runAsNonRoot: false``, which meets "baseline"
+  only (docs/kubernetes.md says what a platform team does then).
 
 The run owner's secrets (``secretobjects.Layout``) add, when there are any: their variables
 (by ``secretKeyRef``) and Secret volumes to the command's container and to each integration's,
@@ -74,6 +86,7 @@ from services.node_agent.kube import naming
 from services.node_agent.kube.secretobjects import Layout
 
 MAIN = "rank"
+_SECCOMP = "RuntimeDefault"  # the container runtime's own profile
 
 
 class PodOptions(NamedTuple):
@@ -83,6 +96,7 @@ class PodOptions(NamedTuple):
     node: str  # the node-agent's node
     actor: str
     grace_period_s: float
+    run_as_user: int  # every container's uid, gid and fsGroup; 0: root (not "restricted")
     kube_node: str | None = None  # pin the Pod to this Kubernetes node
     python: str = "python3"
     api_url: str | None = None  # ranks get a run token to report to it
@@ -110,6 +124,8 @@ def pod(job: RankJob, options: PodOptions, secrets: Layout | None = None) -> dic
         "hostname": name,
         "subdomain": naming.service_name(job.run_id, job.attempt),
         "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security(options),
         "initContainers": init_containers(job, options, mounts, secrets),
         "containers": [main_container(job, options, mounts, secrets)],
         "volumes": [
@@ -171,7 +187,7 @@ def main_container(
     )
     env = rank_environment(
         job,
-        base={},
+        base=_home(options),
         master_addr=naming.master_addr(job.run_id, job.attempt, options.namespace),
         parameters_path=Path(PARAMETERS_FILE),
         platform=platform,
@@ -185,8 +201,9 @@ def main_container(
         "name": MAIN,
         "image": job.spec.image,
         "command": ["/bin/sh", "-c", PRELUDE],
-        "env": _with_secrets(_env_list(env), secrets, set(job.spec.env_variables)),
+        "env": _with_secrets(_env_list(env), secrets, _overridable(job, options)),
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security(options),
         "volumeMounts": [
             *mounts,
             {"name": "parameters", "mountPath": str(PARAMETERS_DIR), "readOnly": True},
@@ -205,7 +222,7 @@ def main_container(
 def init_containers(
     job: RankJob, options: PodOptions, mounts: list[dict[str, Any]], secrets: Layout | None = None
 ) -> list[dict[str, Any]]:
-    env = integration_env(job.spec.env_variables)
+    env = {**_home(options), **integration_env(job.spec.env_variables)}
     return [
         {
             "name": integration_container(index),
@@ -217,13 +234,37 @@ def init_containers(
                     index, integration, python=options.python, executor="kubernetes"
                 ),
             ],
-            "env": _with_secrets(_env_list(env), secrets, set(job.spec.env_variables)),
+            "env": _with_secrets(_env_list(env), secrets, _overridable(job, options)),
             # A failed tool's last lines become its status message: the integration's error.
             "terminationMessagePolicy": "FallbackToLogsOnError",
+            "securityContext": container_security(options),
             "volumeMounts": [*mounts, *(secrets.mounts if secrets is not None else [])],
         }
         for index, integration in enumerate(job.spec.integrations)
     ]
+
+
+def pod_security(options: PodOptions) -> dict[str, Any]:
+    """The Pod's securityContext: who every container runs as, and its seccomp profile."""
+    uid = options.run_as_user
+    return {
+        "runAsNonRoot": uid != 0,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": _SECCOMP},
+    }
+
+
+def container_security(options: PodOptions) -> dict[str, Any]:
+    """Each container's securityContext. ``runAsNonRoot`` and the seccomp profile repeat the
+    Pod's, so each container holds to "restricted" on its own."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": options.run_as_user != 0,
+        "seccompProfile": {"type": _SECCOMP},
+    }
 
 
 def integration_container(index: int) -> str:
@@ -276,6 +317,16 @@ def service(job: RankJob, options: PodOptions, owner_uid: str) -> dict[str, Any]
             "ports": [{"name": "rendezvous", "port": port, "targetPort": port}],
         },
     }
+
+
+def _home(options: PodOptions) -> dict[str, str]:
+    """``HOME`` for a uid the image does not know (root has its own)."""
+    return {} if options.run_as_user == 0 else {"HOME": str(SHARED)}
+
+
+def _overridable(job: RankJob, options: PodOptions) -> set[str]:
+    """The variables a secret of the same name replaces: the run's own, and ``HOME``."""
+    return set(job.spec.env_variables) | set(_home(options))
 
 
 def _env_list(env: dict[str, str]) -> list[dict[str, Any]]:

@@ -2,7 +2,9 @@
 
 Runs only when ``KUBECONFIG`` names a cluster this test may create Pods in (namespace
 ``RUNPLANE_KUBE_NAMESPACE``, default ``default``); Pods are tiny (busybox, no GPU) and deleted
-at the end. The event store is the session's real server, as everywhere.
+at the end. The event store is the session's real server, as everywhere. busybox runs as any
+uid, so the agent keeps its default ``kube_run_as_user`` (not root: the Pods meet the
+"restricted" Pod Security Standard, and a namespace that enforces it admits them).
 """
 
 from __future__ import annotations
@@ -69,7 +71,10 @@ async def executor(
 async def test_a_rank_runs_to_its_end_on_a_real_cluster(
     scheduler: MiniScheduler, executor: KubeExecutor, redis: aioredis.Redis
 ) -> None:
-    command = "echo hello from kubernetes; echo rank $NODE_RANK of $WORLD_SIZE"
+    command = (
+        "echo hello from kubernetes; echo rank $NODE_RANK of $WORLD_SIZE; echo uid $(id -u); "
+        "[ -e /var/run/secrets/kubernetes.io/serviceaccount/token ] || echo no token"
+    )
     run_id = await scheduler.submit(
         spec(command, image=IMAGE, gpus=0), [(executor.settings.node, [])]
     )
@@ -80,7 +85,8 @@ async def test_a_rank_runs_to_its_end_on_a_real_cluster(
     await scheduler.wait_status(run_id, RunStatus.COMPLETED, within=300)
     await asyncio.wait_for(task, 60)
     lines = [entry[b"l"] for entry in await ingest(redis, run_id)]
-    assert lines == [b"hello from kubernetes", b"rank 0 of 1"]
+    uid = str(executor.settings.kube_run_as_user).encode()
+    assert lines == [b"hello from kubernetes", b"rank 0 of 1", b"uid " + uid, b"no token"]
 
 
 async def test_a_stop_deletes_the_pod_on_a_real_cluster(

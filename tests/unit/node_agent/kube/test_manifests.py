@@ -27,7 +27,7 @@ from services.node_agent.secrets import RunSecrets
 K8S = "1.34"
 RUN = "0f3a9c1e5b7d4a2c8e6f1b3d5a7c9e0f"
 OPTIONS = PodOptions(namespace="ml", node="gpu-node-7", actor="node-agent@gpu-node-7",
-                     grace_period_s=29.5)  # fmt: skip
+                     grace_period_s=29.5, run_as_user=1000)  # fmt: skip
 GIT = {"integration_type": "git_repo", "git_repo": "org/trainer", "git_commit": "abc123",
        "pip_install": "-e ."}  # fmt: skip
 PIP = {"integration_type": "pip_packages", "packages": ["numpy", "einops"]}
@@ -59,6 +59,8 @@ def test_the_pod_and_the_service_validate_against_the_kubernetes_schema(strict: 
         kubernetes_validate.validate(manifests.pod(job(rank), OPTIONS), K8S, strict=strict)
     pinned = OPTIONS._replace(kube_node="ip-10-0-3-7.ec2.internal")
     kubernetes_validate.validate(manifests.pod(job(integrations=[]), pinned), K8S, strict=strict)
+    as_root = OPTIONS._replace(run_as_user=0)
+    kubernetes_validate.validate(manifests.pod(job(), as_root), K8S, strict=strict)
     service = manifests.service(job(0), OPTIONS, owner_uid="6f0a3c2e-8f1b-4a55-9a54-2b1c0e7d9f11")
     kubernetes_validate.validate(service, K8S, strict=strict)
 
