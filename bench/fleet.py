@@ -89,6 +89,9 @@ class SimulatedExecutor:
     async def prepare(self) -> None:
         """Nothing to learn: a simulated node starts empty."""
 
+    def isolation(self) -> str:
+        return "none (simulated ranks)"
+
     def close(self) -> None:
         """Nothing to let go of."""
 

@@ -179,6 +179,7 @@ class LocalStack:
             raise StackError(f"a local stack is already running in {self.state_dir}")
         self.config = config
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.chmod(0o700)  # the stack's secrets, logs and nodes: its user's alone
         logs_dir(self.state_dir).mkdir(exist_ok=True)
         self.valkey_port = free_port()
         self.api_port = free_port()
@@ -407,6 +408,7 @@ class LocalStack:
                     kill_group(rank_dir.command_pid())
                     kill_group(rank_dir.shim_pid())  # its own session: its group is its pid
                     killed.append(rank_dir.key)
+                rank_dir.discard()  # what left the group (a daemon) goes too, and its home
         return killed
 
 

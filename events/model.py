@@ -332,6 +332,9 @@ class NodeRegistered(NodeEvent, kw_only=True, tag="node.registered"):
     #: The GPUs' UUIDs by index (``GPU-simulated-...`` for simulated ones); empty in
     #: registrations recorded before.
     gpu_uuids: list[str] = msgspec.field(default_factory=list)
+    #: How the node keeps ranks from itself and from each other (its executor's one line);
+    #: empty in registrations recorded before.
+    isolation: str = ""
 
 
 class NodeLost(NodeEvent, kw_only=True, tag="node.lost"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import socket
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -20,6 +21,23 @@ from services.core.valkey import ValkeyProcess
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Run as root, the node-agents run ranks as uids of their own (``isolation``), and the
+    ranks of the tests run this interpreter: it must be within their reach, or nothing would
+    say why half the tests fail."""
+    if os.geteuid() != 0:
+        return
+    from services.node_agent.isolation import runnable_by_ranks  # noqa: PLC0415
+
+    if (why := runnable_by_ranks(sys.executable)) is not None:
+        pytest.exit(
+            f"as root, the tests' ranks run as uids of their own and cannot run this Python: "
+            f"{why}. Let others pass through it (chmod o+x, as .ci/run does), or run the tests "
+            "as a user who is not root.",
+            returncode=4,
+        )
 
 
 def _docker_answers() -> bool:

@@ -30,6 +30,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from cli.api import Api
 from cli.client import Client
 from cli.commands.common import echo, error, positive, success, warn
@@ -137,6 +139,7 @@ def dev_up(args: argparse.Namespace) -> int:
         f"cluster {args.cluster}{ranks}, log at {stack.url}, state in {home}"
     )
     _api_line(stack)
+    _say_isolation(stack)
     echo("\nSubmit a run with:\n\nmcli run -f examples/hello.yaml")
     return 0
 
@@ -332,9 +335,36 @@ def dev_status(args: argparse.Namespace) -> int:
             record.last_exit or "-",
         )
     make_console().print(table)
+    _say_isolation(stack)
     if supervisor is None:
         warn("The stack's supervisor is not running: `mcli dev up` starts it again")
     return 0
+
+
+def _say_isolation(stack: LocalStack) -> None:
+    """``isolation: ...`` as the nodes registered it; a warning where runs share the stack's
+    user (``services.node_agent.isolation``)."""
+    for line in asyncio.run(_isolation(stack)):
+        (warn if line.startswith("none") else echo)(f"isolation: {line}")
+
+
+async def _isolation(stack: LocalStack) -> list[str]:
+    """How the nodes keep runs apart, as their last registrations say (each way once);
+    nothing while the log cannot be read."""
+    nodes = [node for name in stack.services if (node := stack.node_of(name)) is not None]
+    store = operator_store(stack)
+    found: dict[str, None] = {}
+    try:
+        for node in nodes:
+            said = [r.event for r in await store.history(f"node:{node}")]
+            registered = [e for e in said if isinstance(e, NodeRegistered) and e.isolation]
+            if registered:
+                found[registered[-1].isolation] = None
+    except (RedisError, OSError):
+        return []
+    finally:
+        await store.close()
+    return list(found)
 
 
 def dev_env(args: argparse.Namespace) -> int:

@@ -142,6 +142,7 @@ class NodeAgent:
             gpus=settings.gpu_count,
             cpus=settings.cpus,
             gpu_uuids=settings.uuids,
+            isolation=self.executor.isolation(),
         )
         appended = await self.store.append([event], expected_version=None)
         self.registered_at = _position(appended.positions[0])

@@ -53,6 +53,11 @@ class Executor(Protocol):
         """Before ``local_ranks``: learn what runs (the kubernetes executor lists its Pods)."""
         ...
 
+    def isolation(self) -> str:
+        """How ranks are kept from the node and from each other, in one line (the agent's
+        start, its registration, ``mcli dev status``)."""
+        ...
+
     def close(self) -> None:
         """The agent stops: stop watching (the ranks run on, a restarted agent adopts them)."""
         ...

@@ -30,7 +30,15 @@ from typing import Literal, NamedTuple
 from services.node_agent.errors import IsolationError
 from services.node_agent.shim.cgroup import CgroupUnavailable, ranks_parent
 
-__all__ = ["Homes", "Isolation", "RankUser", "parse_uid_range", "probe", "traversable"]
+__all__ = [
+    "Homes",
+    "Isolation",
+    "RankUser",
+    "parse_uid_range",
+    "probe",
+    "runnable_by_ranks",
+    "traversable",
+]
 
 RankUsers = Literal["dynamic", "owner"]
 DEFAULT_UIDS = "61184-65519"  # systemd's range for dynamic users
@@ -167,6 +175,19 @@ def traversable(path: Path) -> str | None:
     return None
 
 
+def runnable_by_ranks(program: str) -> str | None:
+    """Why a rank running as a uid of its own could not run ``program`` (the agent's Python, a
+    tool), or None: every directory on the way to it (links resolved) must let others pass,
+    the file must let others execute it."""
+    path = Path(os.path.realpath(program))
+    for parent in reversed(path.parents):
+        if not parent.stat().st_mode & 0o001:
+            return f"{program} is under {parent}, mode {parent.stat().st_mode & 0o777:o}"
+    if not path.stat().st_mode & 0o001:
+        return f"{program} is mode {path.stat().st_mode & 0o777:o}"
+    return None
+
+
 class Homes:
     """The ranks' homes under ``root`` (``<root>/<run_id>/<attempt>/<rank>``) and, for dynamic
     uids, which run holds which uid on this machine: ``<root>/.uids/<uid>`` holds the run's id
@@ -175,9 +196,9 @@ class Homes:
     agent placed them. Both change under one lock (``flock`` on ``.uids/.lock``): "the run's
     directory exists" and "the run holds its uid" are one fact."""
 
-    def __init__(self, root: Path, isolation: Isolation) -> None:
+    def __init__(self, root: Path, isolation: Isolation | None = None) -> None:
         self.root = root
-        self.isolation = isolation
+        self.isolation = isolation or Isolation.none("only closing homes")
         self.leases = root / ".uids"
 
     def home(self, run_id: str, attempt: int, rank: int) -> Path:

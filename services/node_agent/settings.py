@@ -23,6 +23,13 @@ from services.node_agent.shim.lease import LEASE
 UNKNOWN_GPU_TYPE = "gpu"
 
 
+def default_homes(data_dir: Path) -> Path:
+    """Where an agent with ``data_dir`` puts the ranks' homes unless ``ranks_dir`` says: a
+    place every uid can pass through when the ranks run as uids of their own (root), else
+    beside its own files."""
+    return Path("/var/lib/runplane/ranks") if os.geteuid() == 0 else data_dir / "homes"
+
+
 class NodeAgentSettings(KeyringSettings):
     node: str = Field(default_factory=socket.gethostname, min_length=1, description="Node name.")
     cluster: str = Field(default="local", min_length=1, description="The cluster it joins.")
@@ -96,7 +103,7 @@ class NodeAgentSettings(KeyringSettings):
         default=None,
         description="process: where each rank's own files are (its HOME: workspace, virtual "
         "environment, run token, secrets). Default: /var/lib/runplane/ranks when the agent is "
-        "root (a rank must reach it), else <data_dir>/ranks.",
+        "root (a rank must reach it), else <data_dir>/homes.",
     )
     cgroup_parent: Path | None = Field(
         default=None,
@@ -301,11 +308,7 @@ class NodeAgentSettings(KeyringSettings):
     @property
     def homes_path(self) -> Path:
         """Where the ranks' homes are (``ranks_dir``, or its default)."""
-        if self.ranks_dir is not None:
-            return self.ranks_dir
-        if os.geteuid() == 0:
-            return Path("/var/lib/runplane/ranks")
-        return self.data_path / "ranks"
+        return self.ranks_dir if self.ranks_dir is not None else default_homes(self.data_path)
 
     @property
     def data_path(self) -> Path:

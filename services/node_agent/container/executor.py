@@ -116,6 +116,9 @@ class ContainerExecutor:
             if (key := naming.key_of(container.get("Labels"))) is not None
         }
 
+    def isolation(self) -> str:
+        return "a container per rank (namespaces of its own, its own cgroup)"
+
     def close(self) -> None:
         """Nothing to stop: the containers run on under their monitors."""
 

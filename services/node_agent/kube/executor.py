@@ -125,6 +125,9 @@ class KubeExecutor:
         while not await asyncio.to_thread(self._watch.synced.wait, _SYNC_WARN_S):
             log.warning("kube.waiting_for_api", namespace=self.settings.kube_namespace)
 
+    def isolation(self) -> str:
+        return "a Pod per rank (restricted Pod Security Standard, no service-account token)"
+
     def close(self) -> None:
         if self._watch is not None:
             self._watch.stop()

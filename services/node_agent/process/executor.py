@@ -27,6 +27,7 @@ import asyncio
 import fcntl
 import os
 import signal
+import sys
 from pathlib import Path, PurePosixPath
 
 import redis.asyncio as aioredis
@@ -71,10 +72,10 @@ class ProcessExecutor:
         self.settings = settings
         self.data_dir = settings.data_path
         self.reporter = reporter
-        self.isolation = isolation.probe(
+        self.isolated = isolation.probe(
             settings.rank_users, parse_uid_range(settings.rank_uids), settings.cgroup_parent
         )
-        self.homes = Homes(settings.homes_path, self.isolation)
+        self.homes = Homes(settings.homes_path, self.isolated)
         self.setup = Setup(reporter, client)
         self.forks = ForkServer(settings.data_path / "forkserver.log")
         self.values = SecretValues(client)
@@ -86,14 +87,21 @@ class ProcessExecutor:
         users, the agent's files become its own alone (umask 077, its data directory 0700).
         The homes of ranks that ended while no agent watched go. The fork server starts now,
         so the first rank placed here does not wait for its imports."""
-        if self.isolation.users:
+        if self.isolated.users:
             if (problem := isolation.traversable(self.homes.root)) is not None:
                 raise IsolationError(problem)
             os.umask(0o077)  # everything the agent, its fork server and its shims write
             self.data_dir.chmod(0o700)
-            log.info("agent.isolation", isolation=self.isolation.describe())
+            log.info("agent.isolation", isolation=self.isolation())
+            if (why := isolation.runnable_by_ranks(sys.executable)) is not None:
+                log.warning(
+                    "agent.python_out_of_reach",
+                    why=why,
+                    what="ranks cannot create virtual environments (pip_packages) with it, "
+                    "nor run it: install Python where every user can run it",
+                )
         else:
-            log.warning("agent.isolation", isolation=self.isolation.describe())
+            log.warning("agent.isolation", isolation=self.isolation())
         for rank_dir in ended_ranks(self.data_dir):
             await asyncio.to_thread(self._free, rank_dir)
         try:
@@ -103,6 +111,9 @@ class ProcessExecutor:
 
     def local_ranks(self) -> list[RankKey]:
         return [rank_dir.key for rank_dir in local_ranks(self.data_dir)]
+
+    def isolation(self) -> str:
+        return self.isolated.describe()
 
     def close(self) -> None:
         """The fork server ends; the shims it forked run on."""
@@ -203,7 +214,7 @@ class ProcessExecutor:
     def _cgroup(self, rank_dir: RankDir, key: RankKey) -> Cgroup | None:
         """The rank's cgroup (recorded), created; None where the node makes none."""
         recorded = rank_dir.record().cgroup
-        parent = self.isolation.cgroup_parent
+        parent = self.isolated.cgroup_parent
         if recorded is None and parent is None:
             return None
         cgroup = Cgroup(recorded) if recorded else Cgroup.for_rank(parent, *key)  # type: ignore[arg-type]

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import msgspec
 
-from services.node_agent.isolation import RankUser
+from services.node_agent.isolation import Homes, RankUser
 from services.node_agent.job import ExitStatus, RankKey
 from services.node_agent.shim import ondisk
 from services.node_agent.shim.cgroup import Cgroup
@@ -246,6 +246,15 @@ class RankDir:
         self.token_file.unlink(missing_ok=True)
         shutil.rmtree(self.secrets_dir, ignore_errors=True)
         atomic_write(self.done_file, b"")
+
+    def discard(self) -> None:
+        """A rank nobody will watch again (its stack is going down): what is left of its
+        processes, its home, and with the run's last home here its uid's lease."""
+        if (cgroup := self.record().cgroup) is not None:
+            Cgroup(cgroup).remove()
+        self.free()
+        if self.home != self.root:
+            Homes(self.home.parents[2]).close(self.home, self.key.run_id)
 
     def free(self) -> None:
         """Remove the home of a rank that is done (its workspace, its virtual environment)."""

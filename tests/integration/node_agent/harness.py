@@ -30,6 +30,9 @@ from events.spec import Compute, RunSpec
 from events.status import RunStatus
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
+from services.node_agent.job import RankKey
+from services.node_agent.process.rankdir import RankDir
+from services.node_agent.shim import ondisk
 from tests import factories as f
 from tests import raw
 from tests.services import ServiceProcess
@@ -65,6 +68,13 @@ class Agent(ServiceProcess):
         self.node = node
         self.data_dir = data_dir
 
+    def rank_dir(self, run_id: str, attempt: int = 0, rank: int = 0) -> RankDir:
+        """The rank's directory (its record says where its home is)."""
+        return RankDir.of(self.data_dir, RankKey(run_id, attempt, rank))
+
+    def workspace(self, run_id: str, attempt: int = 0, rank: int = 0) -> Path:
+        return self.rank_dir(run_id, attempt, rank).workspace
+
     async def cleanup(self) -> None:
         """Kill the agent, every shim and every command it left on the machine."""
         if self.proc is not None and self.proc.returncode is None:
@@ -76,6 +86,8 @@ class Agent(ServiceProcess):
         for pid_file in self.data_dir.glob("ranks/*/*/*/command.pid"):
             with contextlib.suppress(ValueError, ProcessLookupError):
                 os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        for record in self.data_dir.glob(f"ranks/*/*/*/{ondisk.RECORD}"):
+            RankDir(record.parent).discard()  # a home out of the data dir (as root), a lease
 
 
 def spec(command: str, **fields: Any) -> RunSpec:

@@ -24,6 +24,7 @@ from tests import factories as f
 from tests.integration.dropping_proxy import DroppingProxy
 from tests.integration.node_agent.conftest import AgentFactory
 from tests.integration.node_agent.harness import Agent, MiniScheduler, spec
+from tests.ranks import open_to_ranks
 from tests.waiting import eventually
 
 
@@ -37,8 +38,12 @@ def _rank_dir(agent: Agent, run_id: str) -> Path:
     return agent.data_dir / "ranks" / run_id / "0" / "0"
 
 
+def _beats_file(agent: Agent, run_id: str) -> Path:
+    return open_to_ranks(agent.data_dir.parent / "beats", writable=True) / run_id
+
+
 def _beats(agent: Agent, run_id: str) -> list[float]:
-    path = agent.data_dir.parent / f"beats-{run_id}"
+    path = _beats_file(agent, run_id)
     text = path.read_text() if path.exists() else ""
     return [float(line) for line in text.splitlines() if line.strip()]
 
@@ -54,7 +59,7 @@ def _group_alive(pgid: int) -> bool:
 async def _running(agent: Agent, scheduler: MiniScheduler) -> tuple[str, int]:
     run_id = f.new_id()
     await scheduler.submit(
-        spec(_beating(agent.data_dir.parent / f"beats-{run_id}")), [("node-a", [0])], run_id=run_id
+        spec(_beating(_beats_file(agent, run_id))), [("node-a", [0])], run_id=run_id
     )
     await scheduler.wait_status(run_id, RunStatus.RUNNING)
     await eventually(lambda: len(_beats(agent, run_id)) >= 3, what="the command beating")

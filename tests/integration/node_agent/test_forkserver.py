@@ -63,7 +63,7 @@ async def test_a_shim_runs_in_its_own_session_outside_the_agent_and_survives_its
     assert state.latest.ranks[0].exit_code == 0
     assert b"second" in await lines(redis, second)
 
-    (_rank_dir(agent, first) / "workspace" / "go").touch()
+    (agent.workspace(first) / "go").touch()
     state = await scheduler.wait_status(first, RunStatus.FAILED)
     assert state.latest.ranks[0].exit_code == 6
     assert b"done" in await lines(redis, first)

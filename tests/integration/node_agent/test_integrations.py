@@ -14,6 +14,7 @@ from events.model import IntegrationFailed, IntegrationFinished, IntegrationStar
 from events.status import RunStatus
 from tests.integration.node_agent.conftest import AgentFactory
 from tests.integration.node_agent.harness import MiniScheduler, lines, spec
+from tests.ranks import open_to_ranks
 
 _BACKEND = '''"""A PEP 517 backend of a few lines: builds the tinypkg wheel, downloading nothing."""
 import base64, hashlib, pathlib, zipfile
@@ -68,6 +69,7 @@ def bare_repo(tmp_path: Path) -> tuple[Path, str]:
     (work / "hello.txt").write_text("version two\n")
     _git("commit", "-q", "-am", "two", cwd=work)
     _git("push", "-q", str(bare), "main", cwd=work)
+    open_to_ranks(bare.parent)  # the ranks clone it as their own users
     return bare, first
 
 
@@ -78,7 +80,7 @@ def package_dir(tmp_path: Path) -> Path:
     (package / "pyproject.toml").write_text(_PYPROJECT)
     (package / "backend.py").write_text(_BACKEND)
     (package / "tinypkg" / "__init__.py").write_text('GREETING = "hi from tinypkg"\n')
-    return package
+    return open_to_ranks(package, writable=True)  # pip builds in the tree, as the rank's user
 
 
 async def test_git_repo_and_pip_packages_from_local_sources(
@@ -106,7 +108,15 @@ async def test_git_repo_and_pip_packages_from_local_sources(
         'python -c "import tinypkg; print(tinypkg.GREETING)"; '
         'test "$(command -v python)" = "$VIRTUAL_ENV/bin/python" && echo venv first'
     )
-    run_spec = spec(command, integrations=integrations, env_variables={"PIP_NO_INDEX": "1"})
+    # The repository is the test's (root's, in CI) and the rank runs as a user of its own:
+    # git refuses another user's repository unless told it is safe, as it would a user's.
+    gitconfig = open_to_ranks(bare.parent) / "gitconfig"
+    gitconfig.write_text("[safe]\n\tdirectory = *\n")
+    gitconfig.chmod(0o644)
+    trust = {"GIT_CONFIG_GLOBAL": str(gitconfig)}
+    run_spec = spec(
+        command, integrations=integrations, env_variables={"PIP_NO_INDEX": "1", **trust}
+    )
     run_id = await scheduler.submit(run_spec, [("node-a", [0])])
 
     await scheduler.wait_status(run_id, RunStatus.COMPLETED, within=60)

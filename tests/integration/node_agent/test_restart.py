@@ -51,7 +51,7 @@ async def test_ranks_survive_a_kill_9_of_the_agent_and_are_reconciled_on_restart
 
     await agent.kill()
     # While the agent is down: one command ends (its shim records the exit), one shim dies.
-    (_rank_dir(agent, ended) / "workspace" / "go").touch()
+    (agent.workspace(ended) / "go").touch()
     await eventually((_rank_dir(agent, ended) / "exit.json").exists, what="exit.json")
     lost_shim = int((_rank_dir(agent, lost) / "shim.pid").read_text())
     lost_command = int((_rank_dir(agent, lost) / "command.pid").read_text())
@@ -60,7 +60,7 @@ async def test_ranks_survive_a_kill_9_of_the_agent_and_are_reconciled_on_restart
 
     await agent.start()
     await eventually(lambda: _registrations(scheduler, "node-a"), equals=2, what="re-registered")
-    (_rank_dir(agent, adopted) / "workspace" / "go").touch()  # ends under the new agent
+    (agent.workspace(adopted) / "go").touch()  # ends under the new agent
 
     state = await scheduler.wait_status(adopted, RunStatus.FAILED)
     assert state.latest.ranks[0].exit_code == 7  # the real exit code, of an adopted rank
@@ -136,7 +136,7 @@ async def test_a_graceful_stop_of_the_agent_leaves_ranks_running_for_the_next_on
 
     await agent.start()
     await eventually(lambda: _registrations(scheduler, "node-a"), equals=2, what="re-registered")
-    (_rank_dir(agent, run_id) / "workspace" / "go").touch()
+    (agent.workspace(run_id) / "go").touch()
     state = await scheduler.wait_status(run_id, RunStatus.FAILED)
     assert state.latest.ranks[0].exit_code == 4
 

@@ -36,12 +36,14 @@ from services.core.sealing import KeyringFile
 from services.core.secretstore import SecretValues
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
+from services.node_agent.process.rankdir import RankDir
 from tests.acl_users import login_as, refused, server_ms
 from tests.integration.api.conftest import api_server
 from tests.integration.api.real_client import mcli_bin, run_mcli
 from tests.integration.api.seed import add_user_with_key
 from tests.integration.node_agent.conftest import AgentFactory
 from tests.integration.node_agent.harness import MiniScheduler, lines, spec
+from tests.ranks import open_to_ranks
 from tests.waiting import eventually
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
@@ -144,10 +146,10 @@ async def test_secrets_reach_their_owners_ranks_only_and_no_value_leaks(
         assert peeked == ["token:absent", "path:absent", "askpass:absent"]
 
         # Gone with the rank: no secret file is left on the node.
-        rank_dirs = list((tmp_path / "node-a" / "ranks").glob("*/*/*"))
-        assert rank_dirs
+        secrets = [RankDir(d).secrets_dir for d in (tmp_path / "node-a" / "ranks").glob("*/*/*")]
+        assert secrets
         await eventually(
-            lambda: not any((d / "secrets").exists() for d in rank_dirs),
+            lambda: not any(path.exists() for path in secrets),
             what="the ranks' secret files removed",
         )
 
@@ -257,7 +259,11 @@ def ssh_origin(tmp_path: Path) -> tuple[Path, Path]:
     bin_dir.mkdir()
     (bin_dir / "ssh").write_text(FAKE_SSH)
     (bin_dir / "ssh").chmod(0o755)
-
+    # The ranks, and so git and this ssh, run as a uid of their own when the tests run as root:
+    # the repository and the tool are theirs to read, git trusts the test's repository.
+    (bin_dir / "gitconfig").write_text("[safe]\n\tdirectory = *\n")
+    open_to_ranks(bare.parent)
+    open_to_ranks(bin_dir)
     return bare, bin_dir
 
 
@@ -279,7 +285,8 @@ async def test_git_repo_clones_over_ssh_with_the_owners_git_key(
 
     agent = make_agent(secrets_keyring_file=str(keyring))
     agent.env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
-    agent.env["FAKE_SSH_LOG"] = str(tmp_path / "ssh.log")
+    agent.env["FAKE_SSH_LOG"] = str(open_to_ranks(tmp_path / "log", writable=True) / "ssh.log")
+    agent.env["GIT_CONFIG_GLOBAL"] = str(bin_dir / "gitconfig")
     await agent.start()
     repo = {
         "integration_type": "git_repo",
@@ -291,7 +298,7 @@ async def test_git_repo_clones_over_ssh_with_the_owners_git_key(
     )
     state = await scheduler.wait_status(run_id, RunStatus.COMPLETED)
     assert state.latest.reason is None
-    assert (tmp_path / "ssh.log").read_text().strip() == "git.example"
+    assert (tmp_path / "log" / "ssh.log").read_text().strip() == "git.example"
     output = await eventually(lambda: _lines(store.redis, run_id, 2), what="the clone's README")
     assert output[-1] == "cloned over ssh"  # after git's own "Cloning into ..."
     assert "ssh-key-value" not in agent.log_path.read_text()

@@ -13,6 +13,7 @@ from events.model import IntegrationStarted, RankExited, RankRunning
 from events.status import RunStatus
 from tests.integration.node_agent.conftest import AgentFactory
 from tests.integration.node_agent.harness import MiniScheduler, lines, spec
+from tests.ranks import open_to_ranks
 from tests.waiting import eventually
 
 
@@ -103,7 +104,7 @@ async def test_a_rank_exiting_zero_does_not_stop_the_others(
     agents = [make_agent("node-a"), make_agent("node-b")]
     for agent in agents:
         await agent.start()
-    gate = tmp_path / "go"
+    gate = open_to_ranks(tmp_path / "gate") / "go"
     command = f'if [ "$NODE_RANK" = 1 ]; then while [ ! -e {gate} ]; do sleep 0.05; done; fi'
     run_id = await scheduler.submit(spec(command), [("node-a", [0]), ("node-b", [0])])
 
