@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["open_to_ranks"]
+__all__ = ["open_to_ranks", "trusting_git"]
 
 
 def open_to_ranks(path: Path, *, writable: bool = False) -> Path:
@@ -36,3 +36,13 @@ def open_to_ranks(path: Path, *, writable: bool = False) -> Path:
 def _add(path: Path, bits: int) -> None:
     if not path.is_symlink():
         path.chmod((path.stat().st_mode & 0o7777) | bits)
+
+
+def trusting_git(directory: Path) -> dict[str, str]:
+    """The variables that make a rank's git trust the test's repositories (root's, in CI),
+    which git refuses to read as another user ("dubious ownership") unless told: a git config
+    in ``directory`` (opened to ranks) named by ``GIT_CONFIG_GLOBAL``."""
+    config = open_to_ranks(directory) / "gitconfig"
+    config.write_text("[safe]\n\tdirectory = *\n")
+    config.chmod(0o644)
+    return {"GIT_CONFIG_GLOBAL": str(config)}

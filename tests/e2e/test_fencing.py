@@ -23,6 +23,7 @@ from events.model import NodeLost
 from events.status import RunStatus
 from tests.e2e.driver import Driver, driving, spec, stack_up
 from tests.integration.dropping_proxy import DroppingProxy
+from tests.ranks import open_to_ranks
 from tests.waiting import eventually
 
 S = RunStatus
@@ -88,7 +89,7 @@ async def registered(driver: Driver, node: str) -> int:
 async def test_a_killed_agent_s_rank_is_gone_before_its_retry_starts(
     driver: Driver, stack: LocalStack, tmp_path: Path
 ) -> None:
-    path = tmp_path / "beats"
+    path = open_to_ranks(tmp_path / "out", writable=True) / "beats"
     run_id, service = await start_beating(driver, path)
     stack.kill(service)
     await retried(driver, run_id, path)
@@ -107,7 +108,7 @@ async def test_a_killed_agent_s_rank_is_gone_before_its_retry_starts(
 async def test_a_hung_agent_s_rank_is_gone_before_its_retry_starts_and_stays_gone(
     driver: Driver, stack: LocalStack, tmp_path: Path
 ) -> None:
-    path = tmp_path / "beats"
+    path = open_to_ranks(tmp_path / "out", writable=True) / "beats"
     run_id, service = await start_beating(driver, path)
     pid = stack.records()[service].pid
     assert pid is not None
@@ -135,7 +136,7 @@ async def test_a_hung_agent_s_rank_is_gone_before_its_retry_starts_and_stays_gon
 async def test_valkey_down_longer_than_the_node_timeout_stops_no_run(
     driver: Driver, stack: LocalStack, tmp_path: Path
 ) -> None:
-    paths = [tmp_path / f"beats-{i}" for i in range(NODES)]
+    paths = [open_to_ranks(tmp_path / "out", writable=True) / f"beats-{i}" for i in range(NODES)]
     runs = [await start_beating(driver, path) for path in paths]
     assert len({service for _, service in runs}) == NODES  # one GPU a node: one run on each
     stack.kill("valkey")
@@ -191,7 +192,7 @@ async def test_an_agent_cut_off_alone_fences_its_rank_before_its_retry_starts(
         driver,
         proxies,
     ):
-        path = tmp_path / "beats"
+        path = open_to_ranks(tmp_path / "out", writable=True) / "beats"
         run_id, service = await start_beating(driver, path)
         proxies[service].cut()
         await retried(driver, run_id, path)
@@ -214,7 +215,9 @@ async def test_every_agent_cut_off_while_the_scheduler_is_not_declares_no_node_l
     the nodes and Valkey): no node is declared lost (``silent_share``), no rank fenced (the
     default ``fence_on_disconnect``), every run goes on once the nodes are back."""
     async with proxied_stack(tmp_path) as (_, driver, proxies):
-        paths = [tmp_path / f"beats-{i}" for i in range(NODES)]
+        paths = [
+            open_to_ranks(tmp_path / "out", writable=True) / f"beats-{i}" for i in range(NODES)
+        ]
         runs = [await start_beating(driver, path) for path in paths]
         for proxy in proxies.values():
             proxy.cut()
@@ -260,7 +263,9 @@ async def test_with_fence_on_disconnect_a_valkey_outage_fences_every_run_and_ret
     stack = fencing_stack
     async with driving(stack, NODES) as driver:
         try:
-            paths = [tmp_path / f"beats-{i}" for i in range(NODES)]
+            paths = [
+                open_to_ranks(tmp_path / "out", writable=True) / f"beats-{i}" for i in range(NODES)
+            ]
             runs = [await start_beating(driver, path) for path in paths]
             groups = [command_pgid(stack, service, run_id) for run_id, service in runs]
             stack.kill("valkey")

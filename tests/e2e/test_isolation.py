@@ -53,8 +53,8 @@ def submit(mcli: Mcli, tmp: Path, name: str, command: str, **env: str) -> str:
     return out.split("Run ", 1)[1].split(" ", 1)[0]
 
 
-def home_of(mcli: Mcli, run: str) -> Path:
-    return default_homes(mcli.stack.state_dir / "nodes" / "node-0") / run / "0" / "0"
+def home_of(mcli: Mcli, run_uid: str) -> Path:
+    return default_homes(mcli.stack.state_dir / "nodes" / "node-0") / run_uid / "0" / "0"
 
 
 @needs_root
@@ -62,8 +62,8 @@ async def test_a_hostile_run_finds_no_credential_of_the_node_and_still_completes
     stack: Mcli, tmp_path: Path
 ) -> None:
     held = submit(stack, tmp_path, "holder", "echo mine > $HOME/workspace/note; sleep 600")
-    await wait_for(stack.stack, held, S.RUNNING)
-    note = home_of(stack, held) / "workspace" / "note"
+    holder = home_of(stack, (await wait_for(stack.stack, held, S.RUNNING)).run_uid)
+    note = holder / "workspace" / "note"
     await eventually(note.exists, what="the holder's note")
     name = submit(
         stack,
@@ -71,7 +71,7 @@ async def test_a_hostile_run_finds_no_credential_of_the_node_and_still_completes
         "snoop",
         f"{sys.executable} {SNOOP}",
         STATE_DIR=str(stack.stack.state_dir),
-        OTHER_HOME=str(home_of(stack, held)),
+        OTHER_HOME=str(holder),
         VALKEY_PORT=str(stack.stack.valkey_port),
     )
     await wait_for(stack.stack, name, S.COMPLETED, within=120)
@@ -79,7 +79,7 @@ async def test_a_hostile_run_finds_no_credential_of_the_node_and_still_completes
     report = json.loads(line.removeprefix("SNOOP "))
 
     assert report["uid"] != 0
-    assert report["uid"] != home_of(stack, held).stat().st_uid  # two runs, two uids
+    assert report["uid"] != holder.stat().st_uid  # two runs, two uids
     assert report["processes"]["environs_read"] == []  # no other process's environment
     assert report["processes"]["secrets"] == []  # no URL, no password on a command line
     assert report["own_runplane"] == []
@@ -91,7 +91,7 @@ async def test_a_hostile_run_finds_no_credential_of_the_node_and_still_completes
         assert answer.startswith(("-NOAUTH", "-WRONGPASS", "-ERR", "-NOPERM")), answer
     stack.ok("stop", "run", held, "-y")
     await wait_for(stack.stack, held, S.STOPPED)
-    await eventually(lambda: not home_of(stack, held).exists(), what="the holder's home gone")
+    await eventually(lambda: not holder.exists(), what="the holder's home gone")
 
 
 def _sleeping(marker: str) -> list[int]:

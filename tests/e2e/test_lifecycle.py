@@ -14,6 +14,7 @@ from events import commands
 from events.lifecycle import AttemptState
 from events.status import RunStatus
 from tests.e2e.driver import USER, Driver, gpu_overlaps, spec
+from tests.ranks import open_to_ranks, trusting_git
 
 S = RunStatus
 pytestmark = pytest.mark.e2e
@@ -146,6 +147,7 @@ async def test_integrations_run_in_order_before_the_command(driver: Driver, tmp_
         "python e2e-repo/train.py && python -c 'import tinypkg; print(tinypkg.VALUE)'",
         gpus=0,
     )
+    run_spec.env_variables.update(trusting_git(tmp_path / "git"))
     run_spec.integrations.extend(
         [
             {"integration_type": "git_repo", "git_repo": str(repo), "path": "e2e-repo"},
@@ -190,7 +192,7 @@ def _bare_repo_with(tmp_path: Path, name: str, text: str) -> Path:
     subprocess.run([*git, "-C", str(work), "add", "."], check=True)
     subprocess.run([*git, "-C", str(work), "commit", "-qm", "init"], check=True)
     subprocess.run([*git, "clone", "-q", "--bare", str(work), str(bare)], check=True)
-    return bare
+    return open_to_ranks(bare)  # the rank clones it as its own user
 
 
 def _local_package(tmp_path: Path, name: str, text: str) -> Path:
@@ -202,4 +204,4 @@ def _local_package(tmp_path: Path, name: str, text: str) -> Path:
         f"[project]\nname = '{name}'\nversion = '0.1'\n"
     )
     assert sys.executable  # the rank's venv inherits this interpreter's site-packages
-    return root
+    return open_to_ranks(root, writable=True)  # pip builds in the tree, as the rank's user

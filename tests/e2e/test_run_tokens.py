@@ -19,8 +19,10 @@ import pytest
 import yaml
 
 from events.status import RunStatus
+from services.node_agent.settings import default_homes
 from tests.e2e.mcli_helpers import ROOT, Mcli, running_stack, user_key, wait_for
 from tests.integration.api.real_client import COMPOSER_PIN, RealClient
+from tests.ranks import open_to_ranks
 from tests.waiting import eventually
 
 S = RunStatus
@@ -59,7 +61,8 @@ def graphql(mcli: Mcli, credential: str, query: str) -> httpx.Response:
 
 
 def token_file(mcli: Mcli, run: str) -> Path:
-    [found] = (mcli.stack.state_dir / "nodes").glob(f"*/ranks/{run}/0/0/token")
+    nodes = (mcli.stack.state_dir / "nodes").iterdir()
+    [found] = [p for n in nodes if (p := default_homes(n) / run / "0" / "0" / "token").exists()]
     return found
 
 
@@ -71,7 +74,7 @@ async def test_a_runs_token_does_its_few_things_as_its_owner_then_stops_working(
     bob = Mcli(env={**stack.env, "MOSAICML_API_KEY": await user_key(stack.stack, BOB)},
                stack=stack.stack)  # fmt: skip
     others = submit(bob, tmp_path, "bobs", "sleep 600")
-    release = tmp_path / "release"
+    release = open_to_ranks(tmp_path / "gate") / "release"
     name = submit(
         ruth,
         tmp_path,
@@ -161,7 +164,7 @@ print("CHILD", child.name, get_run(name).metadata["step"], flush=True)
 async def test_runplanes_own_sdk_inside_a_run_uses_the_token_and_makes_children(
     stack: Mcli, tmp_path: Path
 ) -> None:
-    script = tmp_path / "inside.py"
+    script = open_to_ranks(tmp_path / "scripts") / "inside.py"
     script.write_text(SDK_INSIDE)
     name = submit(stack, tmp_path, "sdk-inside", f"{sys.executable} {script}")
     run = await wait_for(stack.stack, name, S.COMPLETED, S.FAILED, S.STOPPED)
@@ -201,10 +204,10 @@ async def test_the_real_client_075_inside_a_run_reports_with_only_the_token(
     real = RealClient(COMPOSER_PIN)
     python, binary = real.python(), real.bin()
     others = submit(stack, tmp_path, "someone-elses", "sleep 600")
-    script = tmp_path / "real_inside.py"
+    script = open_to_ranks(tmp_path / "scripts") / "real_inside.py"
     script.write_text(REAL_INSIDE)
-    home = tmp_path / "home"  # no mcli config: the token file is the client's one credential
-    home.mkdir()
+    # No mcli config: the token file is the client's one credential.
+    home = open_to_ranks(tmp_path / "home", writable=True)
     command = f'{python} {script} && {binary} describe run "$RUN_NAME"'
     name = submit(stack, tmp_path, "real-inside", command, OTHER=others, HOME=str(home),
                   MCLI_DISABLE_UPGRADE_CHECK="true", NO_PROXY="127.0.0.1,localhost")  # fmt: skip
@@ -236,7 +239,8 @@ async def test_composer_reports_its_progress_and_resumes_across_stop_and_restart
 ) -> None:
     name = submit(stack, tmp_path, "composer-tiny",
                   f"{COMPOSER_PYTHON} {ROOT / 'examples' / 'composer' / 'train.py'}",
-                  SAVE_ROOT=str(tmp_path / "checkpoints"), EPOCH_SECONDS="1")  # fmt: skip
+                  SAVE_ROOT=str(open_to_ranks(tmp_path / "checkpoints", writable=True)),
+                  EPOCH_SECONDS="1")  # fmt: skip
     await wait_for(stack.stack, name, S.RUNNING)
     saved = tmp_path / "checkpoints" / name
     await eventually(lambda: list(saved.glob("ep4-*")), what="epoch 4's checkpoint", within=120)

@@ -14,7 +14,7 @@ from events.model import IntegrationFailed, IntegrationFinished, IntegrationStar
 from events.status import RunStatus
 from tests.integration.node_agent.conftest import AgentFactory
 from tests.integration.node_agent.harness import MiniScheduler, lines, spec
-from tests.ranks import open_to_ranks
+from tests.ranks import open_to_ranks, trusting_git
 
 _BACKEND = '''"""A PEP 517 backend of a few lines: builds the tinypkg wheel, downloading nothing."""
 import base64, hashlib, pathlib, zipfile
@@ -108,12 +108,7 @@ async def test_git_repo_and_pip_packages_from_local_sources(
         'python -c "import tinypkg; print(tinypkg.GREETING)"; '
         'test "$(command -v python)" = "$VIRTUAL_ENV/bin/python" && echo venv first'
     )
-    # The repository is the test's (root's, in CI) and the rank runs as a user of its own:
-    # git refuses another user's repository unless told it is safe, as it would a user's.
-    gitconfig = open_to_ranks(bare.parent) / "gitconfig"
-    gitconfig.write_text("[safe]\n\tdirectory = *\n")
-    gitconfig.chmod(0o644)
-    trust = {"GIT_CONFIG_GLOBAL": str(gitconfig)}
+    trust = trusting_git(bare.parent)  # the test's repository, read by the rank's user
     run_spec = spec(
         command, integrations=integrations, env_variables={"PIP_NO_INDEX": "1", **trust}
     )

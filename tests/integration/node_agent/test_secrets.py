@@ -43,7 +43,7 @@ from tests.integration.api.real_client import mcli_bin, run_mcli
 from tests.integration.api.seed import add_user_with_key
 from tests.integration.node_agent.conftest import AgentFactory
 from tests.integration.node_agent.harness import MiniScheduler, lines, spec
-from tests.ranks import open_to_ranks
+from tests.ranks import open_to_ranks, trusting_git
 from tests.waiting import eventually
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
@@ -261,7 +261,6 @@ def ssh_origin(tmp_path: Path) -> tuple[Path, Path]:
     (bin_dir / "ssh").chmod(0o755)
     # The ranks, and so git and this ssh, run as a uid of their own when the tests run as root:
     # the repository and the tool are theirs to read, git trusts the test's repository.
-    (bin_dir / "gitconfig").write_text("[safe]\n\tdirectory = *\n")
     open_to_ranks(bare.parent)
     open_to_ranks(bin_dir)
     return bare, bin_dir
@@ -286,7 +285,7 @@ async def test_git_repo_clones_over_ssh_with_the_owners_git_key(
     agent = make_agent(secrets_keyring_file=str(keyring))
     agent.env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
     agent.env["FAKE_SSH_LOG"] = str(open_to_ranks(tmp_path / "log", writable=True) / "ssh.log")
-    agent.env["GIT_CONFIG_GLOBAL"] = str(bin_dir / "gitconfig")
+    agent.env.update(trusting_git(tmp_path / "git"))
     await agent.start()
     repo = {
         "integration_type": "git_repo",
