@@ -61,8 +61,8 @@ def graphql(mcli: Mcli, credential: str, query: str) -> httpx.Response:
 
 
 def token_file(mcli: Mcli, run: str) -> Path:
-    nodes = (mcli.stack.state_dir / "nodes").iterdir()
-    [found] = [p for n in nodes if (p := default_homes(n) / run / "0" / "0" / "token").exists()]
+    nodes = (mcli.stack.state_dir / "nodes").iterdir()  # as root, the nodes share their homes
+    [found] = {p for n in nodes if (p := default_homes(n) / run / "0" / "0" / "token").exists()}
     return found
 
 

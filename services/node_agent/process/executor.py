@@ -213,14 +213,19 @@ class ProcessExecutor:
 
     def _cgroup(self, rank_dir: RankDir, key: RankKey) -> Cgroup | None:
         """The rank's cgroup (recorded), created; None where the node makes none."""
-        recorded = rank_dir.record().cgroup
-        parent = self.isolated.cgroup_parent
-        if recorded is None and parent is None:
-            return None
-        cgroup = Cgroup(recorded) if recorded else Cgroup.for_rank(parent, *key)  # type: ignore[arg-type]
-        cgroup.create()
-        if recorded is None:
+        if (recorded := rank_dir.record().cgroup) is not None:
+            cgroup = Cgroup(recorded)
+        elif (parent := self.isolated.cgroup_parent) is not None:
+            cgroup = Cgroup.for_rank(parent, *key)
             rank_dir.update(cgroup=str(cgroup.path))
+        else:
+            return None
+        try:
+            cgroup.create()
+        except OSError as exc:  # the parent went away since the start, say
+            log.warning("rank.no_cgroup", cgroup=str(cgroup.path), error=exc.strerror)
+            rank_dir.update(cgroup=None)
+            return None
         return cgroup
 
     async def _report_failed(self, key: RankKey, code: str, message: str) -> None:
