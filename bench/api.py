@@ -37,7 +37,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -374,7 +376,10 @@ async def _probe(admin: Caller, into: Followed) -> None:
 async def _followed(
     admin: Caller, api: Api, stack: LocalStack, config: Config, followers: int
 ) -> Followed:
-    go = stack.state_dir / f"go-{new_id()}"
+    # Where the run sees it: not the stack's state (0700; ranks run as their own uids as root).
+    gates = Path(tempfile.mkdtemp(prefix="runplane-bench-"))
+    os.chmod(gates, 0o755)
+    go = gates / f"go-{new_id()}"
     script = _BUSY.format(
         wait_s=_WAIT_S, go=str(go), lines=config.lines, interval_s=config.interval_ms / 1000
     )
@@ -393,6 +398,7 @@ async def _followed(
     go.touch()
     due = config.lines * config.interval_ms / 1000 + _DRAIN_S
     _, late = await asyncio.wait(tasks, timeout=due)
+    shutil.rmtree(gates, ignore_errors=True)
     for task in [*late, probing]:
         task.cancel()
     await asyncio.gather(*late, probing, return_exceptions=True)
