@@ -79,18 +79,20 @@ def test_homes_lease_a_uid_per_run_and_give_it_back_with_the_runs_last_home(
     a = homes.open(first, "run-a", "alice")
     assert homes.open(second, "run-a", "alice") == a  # the run's ranks share it
     b = homes.open(other, "run-b", "bob")
+    assert a is not None
+    assert b is not None
     assert a != b
-    assert homes.held() == {a.uid: "run-a", b.uid: "run-b"}  # type: ignore[union-attr]
+    assert homes.held() == {a.uid: "run-a", b.uid: "run-b"}
     assert first.is_dir()
     assert oct(first.stat().st_mode & 0o777) == "0o700"
     assert oct(first.parent.stat().st_mode & 0o777) == "0o711"  # passed through, not listed
 
     first.rmdir()
     homes.close(first, "run-a")
-    assert a.uid in homes.held()  # type: ignore[union-attr] - rank 1 still has its home
+    assert a.uid in homes.held()  # rank 1 still has its home
     second.rmdir()
     homes.close(second, "run-a")
-    assert homes.held() == {b.uid: "run-b"}  # type: ignore[union-attr]
+    assert homes.held() == {b.uid: "run-b"}
     assert not (tmp_path / "homes" / "run-a").exists()
 
 
