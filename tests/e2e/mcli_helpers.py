@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cli.api import Api
 from cli.client import Client
@@ -179,3 +180,18 @@ async def wait_for(
         return found
     finally:
         await client.close()
+
+
+def submit(mcli: Mcli, tmp: Path, name: str, command: str, **env: str) -> str:
+    """Submit a 1-GPU run of ``command`` with ``env`` from a YAML file in ``tmp``; its name."""
+    spec = {
+        "name": name,
+        "image": "python:3.11",
+        "command": command,
+        "compute": {"cluster": "local", "gpus": 1},
+        "env_variables": env,
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = mcli.ok("run", "-f", str(path))
+    return out.split("Run ", 1)[1].split(" ", 1)[0]

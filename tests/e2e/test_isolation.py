@@ -16,12 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from events.status import RunStatus
 from services.node_agent.settings import default_homes
 from services.node_agent.shim.cgroup import CgroupUnavailable, own_cgroup
-from tests.e2e.mcli_helpers import ROOT, Mcli, running_stack, wait_for
+from tests.e2e.mcli_helpers import ROOT, Mcli, running_stack, submit, wait_for
 from tests.waiting import eventually
 
 S = RunStatus
@@ -37,20 +36,6 @@ needs_root = pytest.mark.skipif(
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mcli]:
     with running_stack(tmp_path_factory.mktemp("isolation") / "stack", nodes=1) as runner:
         yield runner
-
-
-def submit(mcli: Mcli, tmp: Path, name: str, command: str, **env: str) -> str:
-    spec = {
-        "name": name,
-        "image": "python:3.11",
-        "command": command,
-        "compute": {"cluster": "local", "gpus": 1},
-        "env_variables": env,
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    out = mcli.ok("run", "-f", str(path))
-    return out.split("Run ", 1)[1].split(" ", 1)[0]
 
 
 def home_of(mcli: Mcli, run_uid: str) -> Path:

@@ -16,11 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from events.status import RunStatus
 from services.node_agent.settings import default_homes
-from tests.e2e.mcli_helpers import ROOT, Mcli, running_stack, user_key, wait_for
+from tests.e2e.mcli_helpers import ROOT, Mcli, running_stack, submit, user_key, wait_for
 from tests.integration.api.real_client import COMPOSER_PIN, RealClient
 from tests.ranks import open_to_ranks
 from tests.waiting import eventually
@@ -35,20 +34,6 @@ CALLS = ROOT / "tests" / "e2e" / "inrun" / "token_calls.py"
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mcli]:
     with running_stack(tmp_path_factory.mktemp("tokens") / "stack") as runner:
         yield runner
-
-
-def submit(mcli: Mcli, tmp: Path, name: str, command: str, **env: str) -> str:
-    spec = {
-        "name": name,
-        "image": "python:3.11",
-        "command": command,
-        "compute": {"cluster": "local", "gpus": 1},
-        "env_variables": env,
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    out = mcli.ok("run", "-f", str(path))
-    return out.split("Run ", 1)[1].split(" ", 1)[0]
 
 
 def graphql(mcli: Mcli, credential: str, query: str) -> httpx.Response:
