@@ -20,6 +20,9 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 # nobody pinned, stay out of a run whose warnings are errors.
 export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 
+# As root, the agents run ranks as uids of their own: they must reach python3 and this copy.
+bash .ci/ranks-reach "$(python3 -c "import sys; print(sys.executable)")" "$PWD/Makefile" /tmp/site
+
 nvidia-smi -L
 python3 -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__)'
 python3 -m pytest -q -p no:cacheprovider -p pytest_asyncio.plugin -p pytest_timeout \
