@@ -22,6 +22,8 @@ import contextlib
 import fcntl
 import os
 import pwd
+import signal
+import time
 import zlib
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -34,6 +36,7 @@ __all__ = [
     "Homes",
     "Isolation",
     "RankUser",
+    "end_processes_of",
     "parse_uid_range",
     "probe",
     "runnable_by_ranks",
@@ -42,6 +45,8 @@ __all__ = [
 
 RankUsers = Literal["dynamic", "owner"]
 DEFAULT_UIDS = "61184-65519"  # systemd's range for dynamic users
+_KILL_ROUNDS = 50
+_KILL_PAUSE_S = 0.01
 
 
 class RankUser(NamedTuple):
@@ -188,6 +193,38 @@ def runnable_by_ranks(program: str) -> str | None:
     return None
 
 
+def end_processes_of(uid: int) -> int:
+    """SIGKILL every process running as ``uid`` (a dynamic uid: only a run's processes ever
+    do), until none is left or a bound passes; how many were signalled. Never for uid 0."""
+    if uid == 0:
+        raise ValueError("not a rank's uid: 0")
+    killed = 0
+    for _ in range(_KILL_ROUNDS):
+        found = [pid for pid in _pids() if _owner(pid) == uid]
+        if not found:
+            break
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+        time.sleep(_KILL_PAUSE_S)  # allowed: the kernel reaps what was killed
+    return killed
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _owner(pid: int) -> int | None:
+    """The process's effective uid; None once it is gone, or a zombie (nothing left to kill)."""
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return None if state in {"Z", "X"} else uid
+
+
 class Homes:
     """The ranks' homes under ``root`` (``<root>/<run_id>/<attempt>/<rank>``) and, for dynamic
     uids, which run holds which uid on this machine: ``<root>/.uids/<uid>`` holds the run's id
@@ -244,6 +281,7 @@ class Homes:
             if holder == run_id:
                 return RankUser(uid, uid)
         user = self.isolation.user_for(run_id, owner, set(held))
+        end_processes_of(user.uid)  # nothing of a run that held it before may meet this one
         (self.leases / str(user.uid)).write_text(run_id)
         return user
 
@@ -260,4 +298,5 @@ class Homes:
                     return  # another rank of the run still has its home here
             for uid, holder in self.held().items():
                 if holder == run_id:
+                    end_processes_of(uid)  # what escaped its cgroup, or had none to be in
                     (self.leases / str(uid)).unlink(missing_ok=True)

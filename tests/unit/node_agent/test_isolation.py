@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from services.node_agent.errors import IsolationError
 from services.node_agent.isolation import (
     Homes,
     Isolation,
+    end_processes_of,
     parse_uid_range,
     runnable_by_ranks,
     traversable,
@@ -127,3 +130,23 @@ def test_the_cgroup2_mount_is_found_in_mountinfo() -> None:
     )
     assert _cgroup2_mount(hybrid) == Path("/sys/fs/cgroup/unified")
     assert _cgroup2_mount("35 25 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw\n") is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a process as another uid needs root")
+def test_every_process_of_a_uid_is_ended_and_no_other() -> None:
+    uid = 70_003
+    started = [
+        subprocess.Popen(["sleep", "600"], user=uid, group=uid, start_new_session=True)
+        for _ in range(2)
+    ]
+    mine = subprocess.Popen(["sleep", "600"])
+    try:
+        assert end_processes_of(uid) == 2
+        assert [proc.wait(timeout=10) for proc in started] == [-9, -9]
+        assert mine.poll() is None
+        assert end_processes_of(uid) == 0
+    finally:
+        mine.kill()
+        mine.wait()
+    with pytest.raises(ValueError, match="not a rank's uid"):
+        end_processes_of(0)
