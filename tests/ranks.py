@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["open_to_ranks", "trusting_git"]
+__all__ = ["open_to_ranks", "running", "trusting_git"]
 
 
 def open_to_ranks(path: Path, *, writable: bool = False) -> Path:
@@ -46,3 +46,21 @@ def trusting_git(directory: Path) -> dict[str, str]:
     config.write_text("[safe]\n\tdirectory = *\n")
     config.chmod(0o644)
     return {"GIT_CONFIG_GLOBAL": str(config)}
+
+
+def running(*argv: str) -> list[int]:
+    """The pids of the live processes whose command line starts with ``argv`` (a rank's
+    daemon, found by the marker in its arguments)."""
+    wanted = [arg.encode() for arg in argv]
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if args[: len(wanted)] == wanted and state != "Z":
+            found.append(int(proc.name))
+    return found

@@ -19,8 +19,8 @@ import pytest
 
 from events.status import RunStatus
 from services.node_agent.settings import default_homes
-from services.node_agent.shim.cgroup import CgroupUnavailable, own_cgroup
 from tests.e2e.mcli_helpers import ROOT, Mcli, running_stack, submit, wait_for
+from tests.ranks import running
 from tests.waiting import eventually
 
 S = RunStatus
@@ -79,35 +79,14 @@ async def test_a_hostile_run_finds_no_credential_of_the_node_and_still_completes
     await eventually(lambda: not holder.exists(), what="the holder's home gone")
 
 
-def _sleeping(marker: str) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if (proc / "cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", marker.encode()]:
-                    found.append(int(proc.name))
-            except OSError:
-                continue
-    return found
-
-
-def _cgroups_here() -> bool:
-    try:
-        parent = own_cgroup()
-    except CgroupUnavailable:
-        return False
-    return os.access(parent, os.W_OK)
-
-
-@pytest.mark.skipif(not _cgroups_here(), reason="no cgroup v2 this user can create here")
 async def test_a_daemon_a_rank_started_is_stopped_with_it(stack: Mcli, tmp_path: Path) -> None:
     marker = str(random.randrange(10**6, 10**7))
     name = submit(stack, tmp_path, "daemon", f"setsid sleep {marker} & sleep 600")
     await wait_for(stack.stack, name, S.RUNNING)
-    await eventually(lambda: _sleeping(marker), what="the daemon running")
+    await eventually(lambda: running("sleep", marker), what="the daemon running")
     stack.ok("stop", "run", name, "-y")
     await wait_for(stack.stack, name, S.STOPPED)
-    await eventually(lambda: not _sleeping(marker), what="the daemon gone", within=30)
+    await eventually(lambda: not running("sleep", marker), what="the daemon gone", within=30)
 
 
 def test_dev_status_says_how_runs_are_kept_apart(stack: Mcli) -> None:

@@ -11,13 +11,17 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from services.node_agent.shim import ondisk
+from services.node_agent.shim import ondisk, subreaper
 from services.node_agent.shim.cgroup import Cgroup
 from services.node_agent.shim.ondisk import atomic_write, signal_group
+
+_KILL_ROUNDS = 50
+_KILL_PAUSE_S = 0.01
 
 
 class Supervisor:
@@ -31,6 +35,8 @@ class Supervisor:
         self.stopped = False
         self.fenced = False  # its agent went silent: stopped by the shim (``fence``)
         self.exited = False
+        #: No cgroup holds the command's processes: the shim is their subreaper instead.
+        self.subreaper = False
         self._killer: threading.Timer | None = None
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -74,6 +80,8 @@ class Supervisor:
     def start(self) -> None:
         if self.stopped:
             return  # told to stop before the command began: it never runs
+        if self.spec.get("cgroup") is None:
+            self.subreaper = subreaper.adopt()
         try:
             self.proc = subprocess.Popen(
                 ["bash", "-c", self.spec["command"]],
@@ -124,6 +132,12 @@ class Supervisor:
                 Cgroup(cgroup).kill()
             else:
                 Cgroup(cgroup).signal(signum)
+        elif self.subreaper:
+            rounds = _KILL_ROUNDS if signum == signal.SIGKILL else 1
+            # A process may fork while it is being killed: again, until none is left.
+            while subreaper.signal_all(os.getpid(), signum) and (rounds := rounds - 1):
+                time.sleep(_KILL_PAUSE_S)  # allowed: bounded, while the kernel delivers
+            subreaper.reap(keep=self.proc.pid)
 
     def end_leftovers(self) -> None:
         """The command has exited: SIGKILL to what is left of it (its group, its cgroup)."""

@@ -4,6 +4,7 @@ a rank still in setup is aborted; a rank exiting 0 does not stop the others."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from events.model import IntegrationStarted, RankExited, RankRunning
 from events.status import RunStatus
 from tests.integration.node_agent.conftest import AgentFactory
 from tests.integration.node_agent.harness import MiniScheduler, lines, spec
-from tests.ranks import open_to_ranks
+from tests.ranks import open_to_ranks, running
 from tests.waiting import eventually
 
 
@@ -118,3 +119,19 @@ async def test_a_rank_exiting_zero_does_not_stop_the_others(
 
     state = await scheduler.wait_status(run_id, RunStatus.COMPLETED)
     assert [rank.exit_code for rank in state.latest.ranks] == [0, 0]
+
+
+async def test_a_daemon_the_command_started_is_ended_by_the_stop(
+    make_agent: AgentFactory, scheduler: MiniScheduler
+) -> None:
+    """``setsid`` leaves the command's process group: its cgroup (as root) or the shim as its
+    subreaper (no cgroup) still reaches it."""
+    agent = make_agent()
+    await agent.start()
+    marker = str(random.randrange(10**6, 10**7))
+    run_id = await scheduler.submit(spec(f"setsid sleep {marker} & sleep 600"), [("node-a", [0])])
+    await scheduler.wait_status(run_id, RunStatus.RUNNING)
+    await eventually(lambda: running("sleep", marker), what="the daemon running")
+    await scheduler.stop(run_id)
+    await scheduler.wait_status(run_id, RunStatus.STOPPED)
+    await eventually(lambda: not running("sleep", marker), what="the daemon ended")
