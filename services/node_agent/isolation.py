@@ -92,7 +92,7 @@ class Isolation(NamedTuple):
         cgroups = (
             "a cgroup per rank"
             if self.cgroup_parent is not None
-            else f"no cgroups ({self.cgroup_problem}): a stop reaches the rank's process group only"
+            else f"no cgroups ({self.cgroup_problem}): each rank's shim is its subreaper"
         )
         return f"{users}; {cgroups}"
 

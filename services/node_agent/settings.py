@@ -109,7 +109,7 @@ class NodeAgentSettings(KeyringSettings):
         default=None,
         description="process: the cgroup v2 directory under which each rank gets a cgroup "
         "(default: runplane-ranks under the agent's own). Where none can be made, stop and "
-        "fence reach a rank's process group only (said at start).",
+        "the shim is each command's subreaper instead (said at start).",
     )
     grace_period_s: float = Field(
         default=30.0,
