@@ -108,8 +108,8 @@ class NodeAgentSettings(KeyringSettings):
     cgroup_parent: Path | None = Field(
         default=None,
         description="process: the cgroup v2 directory under which each rank gets a cgroup "
-        "(default: runplane-ranks under the agent's own). Where none can be made, stop and "
-        "the shim is each command's subreaper instead (said at start).",
+        "(default: runplane-ranks under the agent's own). Where none can be made, each "
+        "command's shim is its subreaper instead (said at start).",
     )
     grace_period_s: float = Field(
         default=30.0,
