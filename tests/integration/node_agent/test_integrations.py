@@ -15,6 +15,7 @@ from events.status import RunStatus
 from tests.integration.node_agent.conftest import AgentFactory
 from tests.integration.node_agent.harness import MiniScheduler, lines, spec
 from tests.ranks import open_to_ranks, trusting_git
+from tests.waiting import eventually
 
 _BACKEND = '''"""A PEP 517 backend of a few lines: builds the tinypkg wheel, downloading nothing."""
 import base64, hashlib, pathlib, zipfile
@@ -38,6 +39,17 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
         wheel.writestr(f"{DIST}/RECORD", record + f"{DIST}/RECORD,,\\n")
     return name
 '''
+#: The same backend, but its build waits for the file ``GATE`` names, having said it began (a
+#: file named by its pid in ``BEGUN``): a setup that is under way when the agent is killed.
+_SLOW_BACKEND = _BACKEND.replace(
+    "def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):\n",
+    "def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):\n"
+    "    import os, time\n"
+    "    pathlib.Path(os.environ['BEGUN'], str(os.getpid())).touch()\n"
+    "    deadline = time.monotonic() + 120\n"
+    "    while not os.path.exists(os.environ['GATE']) and time.monotonic() < deadline:\n"
+    "        time.sleep(0.05)  # allowed: the build waits for the test, within a deadline\n",
+)
 _PYPROJECT = """[build-system]
 requires = []
 build-backend = "backend"
@@ -152,3 +164,38 @@ async def test_a_failing_integration_fails_the_rank_with_the_tools_last_words(
     assert "does not exist" in exited.reason.message
     assert state.latest.reason is not None
     assert state.latest.reason.code == "IntegrationFailed"
+
+
+async def test_a_setup_cut_short_by_a_kill_9_of_the_agent_begins_again_as_the_same_user(
+    make_agent: AgentFactory, scheduler: MiniScheduler, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    package = tmp_path / "slowpkg"
+    (package / "tinypkg").mkdir(parents=True)
+    (package / "pyproject.toml").write_text(_PYPROJECT)
+    (package / "backend.py").write_text(_SLOW_BACKEND)
+    (package / "tinypkg" / "__init__.py").write_text('GREETING = "hi from tinypkg"\n')
+    open_to_ranks(package, writable=True)
+    begun = open_to_ranks(tmp_path / "begun", writable=True)
+    gate = open_to_ranks(tmp_path / "gate") / "go"
+    agent = make_agent()
+    await agent.start()
+    integrations = [{"integration_type": "pip_packages", "packages": [str(package)]}]
+    env = {"PIP_NO_INDEX": "1", "BEGUN": str(begun), "GATE": str(gate)}
+    command = 'python -c "import tinypkg; print(tinypkg.GREETING)"'
+    run_spec = spec(command, integrations=integrations, env_variables=env)
+    run_id = await scheduler.submit(run_spec, [("node-a", [0])])
+    [first] = await eventually(lambda: [int(p.name) for p in begun.iterdir()], what="a build")
+    first_user = agent.rank_dir(run_id).record().user
+
+    await agent.kill()
+    await agent.start()
+    # The new agent ends what the first setup left running, then sets up again from scratch.
+    await eventually(lambda: not Path(f"/proc/{first}").exists(), what="the first build gone")
+    await eventually(lambda: len(list(begun.iterdir())) == 2, what="the second build")
+    assert agent.rank_dir(run_id).record().setup_tries == 2
+    assert agent.rank_dir(run_id).record().user == first_user  # the same uid: the run's
+    gate.touch()
+
+    state = await scheduler.wait_status(run_id, RunStatus.COMPLETED, within=60)
+    assert len(state.attempts) == 1
+    assert b"hi from tinypkg" in await lines(redis, run_id)
