@@ -307,14 +307,17 @@ def event_log(run: Run) -> Table:
 def utilization(clusters: Sequence[Cluster], now: datetime, *, hide_users: bool) -> Group:
     several = len(clusters) > 1
     suffix = " by Cluster" if several else ""
-    # Cordoned GPUs get a column of their own only while there are any (mcli's table else).
-    cordoned = any(u.gpus_cordoned for c in clusters for u in c.utilization.cluster_instance_utils)
+    # Cordoned and failed GPUs get a column each only while there are any (mcli's table else).
+    utils = [u for c in clusters for u in c.utilization.cluster_instance_utils]
+    cordoned = any(u.gpus_cordoned for u in utils)
+    failed = any(u.gpus_failed for u in utils)
     instances = plain_table(
         "NAME",
         "INSTANCE_NAME",
         "NODE_INFO",
         "GPUS_AVAILABLE",
         *(["GPUS_CORDONED"] if cordoned else []),
+        *(["GPUS_FAILED"] if failed else []),
         "GPUS_USED",
         "GPUS_TOTAL",
     )
@@ -326,6 +329,7 @@ def utilization(clusters: Sequence[Cluster], now: datetime, *, hide_users: bool)
                 util.node_info,
                 str(util.gpus_available),
                 *([str(util.gpus_cordoned)] if cordoned else []),
+                *([str(util.gpus_failed)] if failed else []),
                 str(util.gpus_used),
                 str(util.gpus_total),
             )

@@ -29,6 +29,7 @@ from events.model import (
     NodeCordoned,
     NodeDrained,
     NodeDrainRequested,
+    NodeGpuFailed,
     NodeLost,
     NodeRegistered,
     NodeUncordoned,
@@ -57,6 +58,9 @@ class NodeState(msgspec.Struct, kw_only=True):
     by: str = ""  # the admin who set ``service`` (empty while ready)
     since: int = 0  # log time of the latest change of ``service``
     deadline: int | None = None  # draining: log time its attempts are ended
+    #: GPU index -> what failed it (``Xid 79 on GPU 3 (GPU-...)``), until the node registers
+    #: again (a new agent watches its GPUs anew, and says again).
+    failed_gpus: dict[int, str] = msgspec.field(default_factory=dict)
     version: int = 0
 
     @property
@@ -72,6 +76,9 @@ def evolve(state: NodeState, event: AnyNodeEvent) -> NodeState:
         case NodeRegistered():
             state.gpu_type, state.gpus = event.gpu_type, event.gpus
             state.registered = state.alive = True
+            state.failed_gpus = {}
+        case NodeGpuFailed():
+            state.failed_gpus[event.gpu] = event.what
         case NodeLost():
             state.alive = False
         case NodeDrained():

@@ -13,7 +13,9 @@ An instance type is (cluster, gpu_type, GPUs per node). Rows:
 Invariants: a node counts from its ``node.registered`` (again after each restart) until
 ``node.lost``; a cordoned, draining or drained node counts in the total, and its free GPUs
 count as cordoned, not available, until ``node.uncordoned`` (a re-registration keeps them
-so). A GPU is used from the placement that took it until its rank's ``rank.exited``. Queue
+so). A GPU its node reported failed (``node.gpu_failed``) counts as failed, not available nor
+cordoned, until the node registers again; one still held counts as used until its rank's
+end. A GPU is used from the placement that took it until its rank's ``rank.exited``. Queue
 positions are not stored (they change whenever anyone joins or leaves): ``queue_order`` sorts
 the queued rows the scheduler's way, priority (auto > low > lowest) and then age.
 """
@@ -36,6 +38,7 @@ from events.model import (
     NodeCordoned,
     NodeDrained,
     NodeDrainRequested,
+    NodeGpuFailed,
     NodeLost,
     NodeRegistered,
     NodeUncordoned,
@@ -53,7 +56,15 @@ from projections.base import Row, RowKey, encode, skipped
 
 NodeState = Literal["up", "lost"]
 _NODE_EVENTS = frozenset(
-    {NodeRegistered, NodeLost, NodeDrained, NodeCordoned, NodeDrainRequested, NodeUncordoned}
+    {
+        NodeRegistered,
+        NodeLost,
+        NodeDrained,
+        NodeCordoned,
+        NodeDrainRequested,
+        NodeUncordoned,
+        NodeGpuFailed,
+    }
 )
 _ENDS = frozenset({AttemptCompleted, AttemptStopped, AttemptFailed})
 _CONCERNED = _ENDS | {
@@ -80,6 +91,9 @@ class Instance(msgspec.Struct, kw_only=True, gc=False):
     gpus_available: int = 0
     #: GPUs free on nodes up but cordoned, draining or drained by an admin: not available.
     gpus_cordoned: int = 0
+    #: GPUs their node reported failed (an Xid, ECC errors, lost): neither available nor
+    #: cordoned, until the node registers again.
+    gpus_failed: int = 0
 
     @property
     def node_info(self) -> str:
@@ -162,8 +176,8 @@ class _Run(msgspec.Struct, kw_only=True, gc=False):
 class UtilizationProjection:
     name: ClassVar[str] = "utilization"
     #: 2: instance rows count ``registered`` nodes; 3: cordoned GPUs apart from available,
-    #: and a ``node`` row per node.
-    version: ClassVar[int] = 3
+    #: and a ``node`` row per node; 4: failed GPUs apart from both.
+    version: ClassVar[int] = 4
     handles: ClassVar[frozenset[type]] = _NODE_EVENTS | _CONCERNED | {RunSubmitted}
 
     def __init__(self) -> None:
@@ -305,7 +319,10 @@ class UtilizationProjection:
             instance.nodes += 1
             instance.gpus_total += node.gpus
             instance.gpus_used += node.used
-            free = max(0, node.gpus - node.used)
+            # A failed GPU an attempt still holds is used until that attempt ends (it will).
+            failed = min(len(node.admin.failed_gpus), max(0, node.gpus - node.used))
+            instance.gpus_failed += failed
+            free = max(0, node.gpus - node.used - failed)
             if node.in_service:
                 instance.gpus_available += free
             else:

@@ -33,6 +33,7 @@ class InstanceUtilization:
     gpus_available: int
     gpus_total: int
     gpus_cordoned: int = 0  # free, but on nodes an admin cordoned or drains: not available
+    gpus_failed: int = 0  # reported failed by their node (an Xid, ECC errors): not available
 
     @property
     def node_info(self) -> str:
@@ -97,6 +98,7 @@ def cluster_of(util: query.ClusterUtilization) -> Cluster:
                     gpus_available=i.gpus_available,
                     gpus_total=i.gpus_total,
                     gpus_cordoned=i.gpus_cordoned,
+                    gpus_failed=i.gpus_failed,
                 )
                 for i in util.instances
             ],

@@ -36,7 +36,6 @@ from events.model import (
     AnyNodeEvent,
     AnyRunEvent,
     NodeEvent,
-    NodeGpuFailed,
     NodeLost,
     NodeRegistered,
     RankExited,
@@ -75,11 +74,14 @@ class Node(msgspec.Struct, kw_only=True):
     alive: bool = False
     #: Cordon, drain and uncordon as admins set them (``events.nodes``), folded alike.
     service: NodeState = msgspec.field(default_factory=lambda: NodeState(name=""))
-    #: GPU index -> what failed it (``Xid 79 on GPU 3 (GPU-...)``), until it registers again.
-    failed_gpus: dict[int, str] = msgspec.field(default_factory=dict)
     registered_at: int = 0  # log time of its latest node.registered
     last_seen: int = 0  # log time its heartbeat key was last seen (or its registration)
     version: int = 0
+
+    @property
+    def failed_gpus(self) -> dict[int, str]:
+        """GPU index -> what failed it, as the node's events say (``events.nodes``)."""
+        return self.service.failed_gpus
 
     @property
     def usable(self) -> bool:
@@ -229,13 +231,10 @@ class ClusterState:
                     self.clusters.setdefault(event.cluster, {})[node.name] = node
                 node.gpu_type, node.gpus, node.cpus = event.gpu_type, event.gpus, event.cpus
                 node.gpu_uuids = event.gpu_uuids
-                node.failed_gpus = {}  # a new agent watches its GPUs anew, and says again
                 node.registered = node.alive = True
                 node.registered_at = node.last_seen = event.time
             case NodeLost():
                 node.alive = False
-            case NodeGpuFailed():
-                node.failed_gpus[event.gpu] = event.what
         previous = node.service.deadline
         evolve_node(node.service, event)
         if previous != node.service.deadline:

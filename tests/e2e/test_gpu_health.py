@@ -102,6 +102,19 @@ async def test_an_xid_fails_the_attempt_and_the_retry_avoids_the_gpu(
     reports = [r.event async for r in driver.store.replay() if isinstance(r.event, NodeGpuFailed)]
     assert [(e.gpu, e.error) for e in reports] == [(bad, "Xid 79")]
 
+    # `mcli util` counts it apart: neither available nor cordoned.
+    await make_admin(driver.stack)
+    mcli = Mcli(env={**os.environ, **client_env(driver.stack)}, stack=driver.stack)
+
+    def util() -> str | None:
+        shown = mcli.ok("util")
+        return shown if "GPUS_FAILED" in shown else None
+
+    header, row = (await eventually(util, what="the failed GPU in util")).splitlines()[1:3]
+    cells = dict(zip(header.split(), row.split(), strict=True))
+    assert (cells["GPUS_FAILED"], cells["GPUS_USED"], cells["GPUS_TOTAL"]) == ("1", "2", "4")
+    assert cells["GPUS_AVAILABLE"] == "1"
+
 
 async def test_usage_is_exported_summarised_described_and_billed(
     driver: Driver, stack: LocalStack, machine: Path, metrics_port: int

@@ -22,6 +22,7 @@ from events.model import (
     KeyIssued,
     KeyRevoked,
     NodeCordoned,
+    NodeGpuFailed,
     NodeUncordoned,
     RankExited,
     RankRunning,
@@ -461,3 +462,26 @@ def test_the_folds_agree_with_the_lifecycle_rules(rng: random.Random, steps: int
         assert (run.status, run.resumption_count) == (state.status, len(state.attempts))
         assert run.is_deleted == state.deleted
         assert run.priority == state.spec.scheduling.priority
+
+
+def test_utilization_shows_failed_gpus_apart_until_the_node_registers_again() -> None:
+    h = History()
+    h.node("2026-11-24 09:00:00", "n1")
+    h.submit("2026-11-24 09:00:01", "big", gpus=2, nodes=1)
+    h.queue("2026-11-24 09:00:02", "big")
+    h.schedule("2026-11-24 09:00:03", "big", nodes=("n1",), gpus=2)
+    common: dict[str, Any] = {"actor": "node-agent@n1", "node": "n1", "cluster": "c1"}
+    for gpu in (0, 5):  # GPU 0 is held by big's rank, GPU 5 is free
+        failed = NodeGpuFailed(
+            id=h.new_id(), gpu=gpu, gpu_uuid=f"GPU-{gpu}", error="Xid 79", **common
+        )
+        h.add("2026-11-24 09:01:00", failed)
+    projection = UtilizationProjection()
+    [instance] = decode_rows(fold(projection, h.records), "instance", Instance).values()
+    assert isinstance(instance, Instance)
+    assert (instance.gpus_used, instance.gpus_failed, instance.gpus_available) == (2, 2, 4)
+    assert instance.gpus_cordoned == 0
+    h.node("2026-11-24 09:02:00", "n1")  # its agent restarted: it watches its GPUs anew
+    [instance] = decode_rows(fold(projection, h.records[-1:]), "instance", Instance).values()
+    assert isinstance(instance, Instance)
+    assert (instance.gpus_failed, instance.gpus_available) == (0, 6)
