@@ -96,13 +96,6 @@ class Isolation(NamedTuple):
         )
         return f"{users}; {cgroups}"
 
-    @property
-    def short(self) -> str:
-        """``uid`` or ``none (not root)``, the column ``mcli dev status`` shows."""
-        if not self.users:
-            return f"none ({self.why_not})"
-        return "owner uid" if self.mode == "owner" else "uid per run"
-
     def user_for(self, run_id: str, owner: str, taken: Collection[int]) -> RankUser:
         """The uid a new run's ranks get on this node; ``taken``: the uids of the other runs
         with ranks here. ``IsolationError`` when there is none to give."""
