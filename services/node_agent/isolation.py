@@ -13,7 +13,9 @@ An agent that is not root cannot change uids: its ranks run as its own user and 
 (``Isolation.none``); the agent says so at start, in its registration, and ``mcli dev status``
 shows it.
 
-Pure but for ``probe`` (reads the machine) and the passwd lookups.
+The uid leases and the homes are on disk (``Homes``); ``probe``, ``traversable``,
+``runnable_by_ranks`` and ``end_processes_of`` act on the machine; choosing a uid is pure but
+for the passwd lookups.
 """
 
 from __future__ import annotations
