@@ -17,18 +17,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client import ProcessCollector as _ProcessCollector
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: What ``generate_latest`` writes, in every prometheus-client since 0.20 (its own
+#: CONTENT_TYPE_LATEST says 1.0.0 in newer ones, which an older Prometheus does not expect).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _READ_S = 5.0
 
 #: The process's metrics: each module registers its own here (``registry=REGISTRY``).
 REGISTRY = CollectorRegistry()
-_ProcessCollector(registry=REGISTRY)  # CPU seconds, resident memory, open files, start time
-
-#: Buckets of a wait that lasts from milliseconds (an idle cluster) to hours (a busy one).
-WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+ProcessCollector(registry=REGISTRY)  # CPU seconds, resident memory, open files, start time
 
 
 def render(registry: CollectorRegistry = REGISTRY, *extra: Callable[[], str]) -> str:
