@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from cli.stackfiles import (
@@ -135,6 +136,14 @@ class LocalStack:
         """Where the API server answers (GraphQL over HTTP POST)."""
         return f"http://{HOST}:{self.api_port}/graphql"
 
+    def metrics_url(self, name: str) -> str | None:
+        """Where service ``name`` serves its Prometheus metrics; None: nowhere (a stack of an
+        older runplane)."""
+        spec = self.services.get(name)
+        if spec is None or spec.metrics_port is None:
+            return None
+        return f"http://{HOST}:{spec.metrics_port}/metrics"
+
     def records(self) -> dict[str, Record]:
         """Each supervised process (``valkey`` first, then each service) as the supervisor
         last recorded it; empty before the supervisor wrote anything."""
@@ -181,10 +190,7 @@ class LocalStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)  # the stack's secrets, logs and nodes: its user's alone
         logs_dir(self.state_dir).mkdir(exist_ok=True)
-        self.valkey_port = free_port()
-        self.api_port = free_port()
-        while self.api_port == self.valkey_port:
-            self.api_port = free_port()
+        self.valkey_port, self.api_port = free_ports(2)
         passwords.provision(secrets_dir(self.state_dir))  # kept if there: the server's data too
         sealing.provision(secrets_dir(self.state_dir))  # kept too: the sealed values need it
         self.services = {spec.name: spec for spec in self._specs()}
@@ -342,6 +348,10 @@ class LocalStack:
                 env["RUNPLANE_GPUS"] = str(config.gpus_per_node)
                 env["RUNPLANE_GPU_TYPE"] = config.gpu_type
             specs.append(ServiceSpec(name, "services.node_agent", env))
+        ports = free_ports(len(specs), taken={self.valkey_port, self.api_port})
+        for spec, port in zip(specs, ports, strict=True):
+            spec.metrics_port = port
+            spec.env |= {"RUNPLANE_METRICS_HOST": HOST, "RUNPLANE_METRICS_PORT": str(port)}
         return specs
 
     def _wait_started(self, supervisor: subprocess.Popen[bytes]) -> None:
@@ -433,6 +443,16 @@ def remove_containers(node: str, engine: str = "podman") -> list[RankKey]:
         return []  # no engine to ask (the agents could not have run any)
     running = [c for c in found if c.get("State") == "running" and naming.is_rank(c.get("Labels"))]
     return [key for c in running if (key := naming.key_of(c.get("Labels"))) is not None]
+
+
+def free_ports(count: int, taken: Collection[int] = ()) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 now, none of them in ``taken``."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports and port not in taken:
+            ports.append(port)
+    return ports
 
 
 def _running(record: Record | None) -> Pid | None:

@@ -98,6 +98,8 @@ class ServiceSpec:
     name: str  # unique within the stack: "scheduler", "node-0", ...
     module: str  # python -m <module>
     env: dict[str, str] = field(default_factory=dict)
+    #: Where it serves its Prometheus metrics (on 127.0.0.1), chosen at ``up``; None: nowhere.
+    metrics_port: int | None = None
 
 
 @dataclass

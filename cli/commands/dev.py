@@ -335,6 +335,9 @@ def dev_status(args: argparse.Namespace) -> int:
             record.last_exit or "-",
         )
     make_console().print(table)
+    for name in stack.services:
+        if (url := stack.metrics_url(name)) is not None:
+            echo(f"metrics: {name} at {url}")
     _say_isolation(stack)
     if supervisor is None:
         warn("The stack's supervisor is not running: `mcli dev up` starts it again")

@@ -23,7 +23,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from pathlib import Path
@@ -49,6 +49,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from events.identity import Unauthenticated
 from services.api import admin, nodes, own, secrets, subscriptions
+from services.api import metrics as api_metrics
 from services.api.accounts import Accounts
 from services.api.context import Context
 from services.api.errors import ApiError, BadRequest, TooLarge
@@ -60,6 +61,7 @@ from services.api.settings import ApiSettings
 from services.api.users import Directory, presented_credential
 from services.api.vault import Vault
 from services.api.websocket import GraphQLSockets
+from services.core import metrics
 from services.core.health import keep_alive
 from services.core.sealing import KeyringFile
 from services.core.store import EventStore, connect_with
@@ -166,6 +168,18 @@ def document(query: str, max_fields: int) -> DocumentNode:
     return parsed
 
 
+async def _guarded(answering: Awaitable[JSONResponse]) -> JSONResponse:
+    """The answer, or the failure that an exception out of it is."""
+    try:
+        return await answering
+    except STORE_DOWN as error:
+        log.warning("store_unavailable", error=str(error))
+        return failure(HTTPStatus.SERVICE_UNAVAILABLE, UNAVAILABLE)
+    except Exception:
+        log.exception("request_failed")
+        return failure(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal Server Error")
+
+
 def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starlette:
     """The app; it opens the event store on ``settings`` unless given one, and closes only the
     one it opened."""
@@ -186,16 +200,14 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
     vault = Vault(events, None if keyring is None else KeyringFile(keyring))
 
     async def endpoint(request: Request) -> JSONResponse:
-        try:
-            return await answer(request)
-        except STORE_DOWN as error:
-            log.warning("store_unavailable", error=str(error))
-            return failure(HTTPStatus.SERVICE_UNAVAILABLE, UNAVAILABLE)
-        except Exception:
-            log.exception("request_failed")
-            return failure(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal Server Error")
+        started = time.perf_counter()
+        parsed: list[DocumentNode] = []  # the request's document, once it parsed
+        response = await _guarded(answer(request, parsed))
+        operation = api_metrics.operation_of(parsed[0] if parsed else None, executable)
+        api_metrics.observe(operation, response.status_code, time.perf_counter() - started)
+        return response
 
-    async def answer(request: Request) -> JSONResponse:
+    async def answer(request: Request, parsed_into: list[DocumentNode]) -> JSONResponse:
         try:
             body = await read_body(request, settings.api_max_body_bytes)
             try:
@@ -205,6 +217,7 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
                 return failure(HTTPStatus.UNAUTHORIZED, INVALID_KEY)
             data = parse(body)
             parsed = document(data["query"], settings.api_max_fields)
+            parsed_into.append(parsed)
         except ApiError as error:
             return failure(error.code, error.message)
         context = Context(
@@ -233,7 +246,8 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         beat = asyncio.create_task(keep_alive(settings, "api"), name="liveness:api")
         try:
-            yield
+            async with metrics.serving(settings.metrics_host, settings.metrics_port):
+                yield
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

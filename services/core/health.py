@@ -33,6 +33,7 @@ from pydantic import Field, ValidationError
 from redis.exceptions import RedisError
 
 from events import keys
+from services.core import metrics
 from services.core.passwords import PasswordFileError, redacted
 from services.core.settings import Settings, invalid, login
 from services.core.store import connect_with
@@ -75,10 +76,12 @@ async def keep_alive(settings: Settings, service: str, instance: str | None = No
 
 
 async def run_alive(app: Coroutine[Any, Any, None], settings: Settings, *, service: str) -> None:
-    """Run ``app`` (a service's main coroutine) while keeping its liveness key."""
+    """Run ``app`` (a service's main coroutine) while keeping its liveness key and serving its
+    metrics (on ``metrics_port``, if set)."""
     beat = asyncio.create_task(keep_alive(settings, service), name=f"liveness:{service}")
     try:
-        await app
+        async with metrics.serving(settings.metrics_host, settings.metrics_port):
+            await app
     finally:
         beat.cancel()
         with contextlib.suppress(asyncio.CancelledError):

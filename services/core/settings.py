@@ -53,6 +53,19 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(
         default=5, ge=1, description="Deliveries of one entry before it goes to the dead letters."
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve the process's Prometheus metrics at http://HOST:PORT/metrics (a "
+        "node-agent's include DCGM_FI_DEV_GPU_UTIL, DCGM_FI_DEV_FB_USED and "
+        "DCGM_FI_DEV_POWER_USAGE per GPU); unset, none.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="The address metrics_port listens on (0.0.0.0: every interface).",
+    )
 
     @field_validator("partitions")
     @classmethod

@@ -10,6 +10,8 @@ Invariants:
   after a dropped connection stores the events once and returns the original positions.
 - Events are checked against the lifecycle rules before they are sent (``update_run``); a lost
   race re-reads and re-decides.
+- ``runplane_events_appended_total{type}`` counts the events this process stored, by tag: a
+  retried append that had landed already (a duplicate) is not counted again.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, NamedTuple, Self, cast
 
 import redis.asyncio as aioredis
 import structlog
+from prometheus_client import Counter
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -37,9 +40,10 @@ from tenacity import (
 from events import codec, keys
 from events.codec import Recorded
 from events.lifecycle import RunState, copy_state, evolve
-from events.model import AnyRunEvent, Event, RunEvent
+from events.model import AnyRunEvent, Event, RunEvent, tag_of
 from services.core import acl
 from services.core.errors import Fenced, MixedAggregates, StoreUnavailable, VersionConflict
+from services.core.metrics import REGISTRY
 from services.core.settings import Auth, Settings, login
 
 log = structlog.get_logger(__name__)
@@ -65,6 +69,14 @@ class Fence(NamedTuple):
 
     key: str
     token: str
+
+
+APPENDED = Counter(
+    "runplane_events_appended",
+    "Events this process appended to the log, by type (their tag: attempt.scheduled, ...).",
+    ["type"],
+    registry=REGISTRY,
+)
 
 
 class Appended(NamedTuple):
@@ -204,6 +216,8 @@ class EventStore:
         if status == b"dup":
             log.info("append.duplicate", aggregate=aggregate, positions=positions)
             return Appended(positions, None, duplicate=True)
+        for event in events:
+            APPENDED.labels(tag_of(type(event))).inc()
         return Appended(positions, int(reply[2]), duplicate=False)
 
     async def update_run(

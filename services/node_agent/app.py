@@ -109,7 +109,7 @@ class NodeAgent:
         if self.settings.metrics_port is not None:
             self._metrics = await serve_metrics(
                 self.settings.metrics_host, self.settings.metrics_port, self.telemetry.exposition
-            )
+            )  # the process's metrics, then the GPUs' gauges
         await self.executor.prepare()
         await self.reconcile()
 

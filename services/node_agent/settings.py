@@ -57,18 +57,6 @@ class NodeAgentSettings(KeyringSettings):
         description="Between NVML samples of each GPU's utilization, memory used and power: "
         "the metrics' gauges, and each rank's summary on rank.exited.",
     )
-    metrics_port: int | None = Field(
-        default=None,
-        ge=0,
-        le=65535,
-        description="Serve Prometheus metrics (DCGM_FI_DEV_GPU_UTIL, DCGM_FI_DEV_FB_USED, "
-        "DCGM_FI_DEV_POWER_USAGE per GPU) at http://HOST:PORT/metrics; unset, none.",
-    )
-    metrics_host: str = Field(
-        default="127.0.0.1",
-        min_length=1,
-        description="The address metrics_port listens on (0.0.0.0: every interface).",
-    )
     health_check_command: str | None = Field(
         default=None,
         description="A shell command that checks the node (Slurm's HealthCheckProgram), run at "

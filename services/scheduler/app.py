@@ -16,6 +16,8 @@ Invariants:
   moment (kill -9 included) decides again from the replayed state and double-acts nothing.
 - Deadlines (heartbeats, max_duration, a drain's) use the server's clock (``TIME``), the
   log's clock.
+- Metrics (``services.scheduler.metrics``) count what this instance appended, once each; the
+  gauges read the active term's state.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from services.core.consumer import LogConsumer
 from services.core.errors import Fenced, StoreError, VersionConflict
 from services.core.lease import Lease, LeaseLost
 from services.core.store import EventStore, Fence
+from services.scheduler import metrics
 from services.scheduler.cluster import Applied, ClusterState
 from services.scheduler.decision import Decision
 from services.scheduler.round import decide, shared_outage
@@ -139,6 +142,7 @@ class Session:
         self.consumer = f"{self.settings.scheduler_id}-{scheduler.token[:8]}"
 
     async def serve(self) -> None:
+        metrics.CLUSTER.state = self.state  # the gauges read the active term's view
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.scheduler.lease.keep())
@@ -149,6 +153,8 @@ class Session:
                 await self.consume()
                 tasks.create_task(self.decide_forever())
         finally:
+            if metrics.CLUSTER.state is self.state:
+                metrics.CLUSTER.state = None
             await self.stop_consuming()
 
     # --- the state --------------------------------------------------------------------
@@ -321,6 +327,7 @@ class Session:
                 break
         for event in decision.events:
             _log_event(event)
+        metrics.appended(decision.events, self.state)
         return True
 
     def still_valid(self, decision: Decision) -> bool:

@@ -72,7 +72,7 @@ def status_rows(dev: Mcli) -> dict[str, tuple[str, str, str, str]]:
     """``mcli dev status``'s table: each process's pid, status, restarts and last exit."""
     rows = {}
     for line in dev.ok("dev", "status").splitlines()[2:]:
-        if line.startswith("isolation: "):  # below the table (tests/e2e/test_isolation.py)
+        if line.startswith(("metrics: ", "isolation: ")):  # below the table
             continue
         match = _ROW.match(line)
         assert match, line

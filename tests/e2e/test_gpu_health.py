@@ -36,11 +36,6 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def metrics_port() -> int:
-    return free_port()
-
-
-@pytest.fixture
 def machine(tmp_path: Path) -> Path:
     path = tmp_path / "nvml.json"
     fake.machine(path, [fake.gpu(i) for i in range(GPUS)])
@@ -48,7 +43,7 @@ def machine(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, machine: Path, metrics_port: int) -> Iterator[LocalStack]:
+def stack(tmp_path: Path, machine: Path) -> Iterator[LocalStack]:
     config = StackConfig(
         nodes=1,
         gpus_per_node=None,  # the agent asks NVML (the fake)
@@ -59,7 +54,6 @@ def stack(tmp_path: Path, machine: Path, metrics_port: int) -> Iterator[LocalSta
             fake.ENV: str(machine),
             "RUNPLANE_GPU_HEALTH_POLL_S": "0.5",
             "RUNPLANE_GPU_SAMPLE_INTERVAL_S": "0.2",
-            "RUNPLANE_METRICS_PORT": str(metrics_port),
         },
     )
     with stack_up(tmp_path / "stack", config) as local:
@@ -117,14 +111,15 @@ async def test_an_xid_fails_the_attempt_and_the_retry_avoids_the_gpu(
 
 
 async def test_usage_is_exported_summarised_described_and_billed(
-    driver: Driver, stack: LocalStack, machine: Path, metrics_port: int
+    driver: Driver, stack: LocalStack, machine: Path
 ) -> None:
     busy = [
         {**fake.gpu(i), "util": 73, "memory_used_mib": 2048 * (i + 1), "power_mw": 400_500}
         for i in range(GPUS)
     ]
     fake.machine(machine, busy)
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    url = stack.metrics_url("node-0")  # every service's, chosen at `mcli dev up`
+    assert url is not None
 
     async def scraped() -> str:
         async with httpx.AsyncClient() as client:

@@ -6,7 +6,8 @@ passes there. Run it on a GPU machine with ``pytest tests/gpu`` (``tests/gpu/dev
 offline).
 
 The stack here has one node-agent and no ``RUNPLANE_GPUS``: it finds the machine's GPUs through
-NVML, as in production, samples them every second and serves its gauges on ``METRICS_PORT``.
+NVML, as in production, samples them every second and serves its gauges on the metrics port
+the stack chose for it (``LocalStack.metrics_url``).
 Runs still going at the end of a test are stopped, and waited for, before the stack goes down,
 so no test leaves a process on a GPU.
 """
@@ -23,7 +24,6 @@ from tests.e2e.driver import Driver, driving, stack_up
 from tests.gpu import nvidia
 
 HERE = Path(__file__).parent
-METRICS_PORT = 9471  # the node-agent's gauges (DCGM_FI_DEV_*), on 127.0.0.1
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -51,7 +51,7 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalStac
     monkeypatch.delenv("RUNPLANE_GPUS", raising=False)
     monkeypatch.delenv("RUNPLANE_GPU_TYPE", raising=False)
     monkeypatch.delenv("RUNPLANE_GPU_UUIDS", raising=False)
-    telemetry = {"RUNPLANE_GPU_SAMPLE_INTERVAL_S": "1", "RUNPLANE_METRICS_PORT": str(METRICS_PORT)}
+    telemetry = {"RUNPLANE_GPU_SAMPLE_INTERVAL_S": "1"}
     config = StackConfig(nodes=1, gpus_per_node=None, grace_period_s=2.0, extra_env=telemetry)
     with stack_up(tmp_path / "stack", config) as local:
         yield local

@@ -8,10 +8,10 @@ import re
 import httpx
 import pytest
 
+from cli.stack import LocalStack
 from events.model import RankExited
 from events.status import RunStatus
 from tests.e2e.driver import ENDED, Driver, spec
-from tests.gpu.conftest import METRICS_PORT
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.e2e
@@ -28,14 +28,18 @@ _UTIL = re.compile(r'^DCGM_FI_DEV_GPU_UTIL\{gpu="(\d+)",[^}]*\} (\d+)$', re.MULT
 
 
 @pytest.mark.usefixtures("torch_on_gpu")
-async def test_utilization_is_above_zero_during_a_matmul_loop(driver: Driver) -> None:
+async def test_utilization_is_above_zero_during_a_matmul_loop(
+    driver: Driver, stack: LocalStack
+) -> None:
+    url = stack.metrics_url("node-0")
+    assert url is not None
     run_id = await driver.submit(spec(MATMUL_LOOP, gpus=1, name="matmul"))
     state = await driver.wait_for(run_id, RunStatus.RUNNING, within=120)
     [rank] = state.latest.ranks
 
     async def busy() -> int:
         async with httpx.AsyncClient() as client:
-            text = (await client.get(f"http://127.0.0.1:{METRICS_PORT}/metrics")).text
+            text = (await client.get(url)).text
         utils = {int(gpu): int(util) for gpu, util in _UTIL.findall(text)}
         return utils.get(rank.gpus[0], 0)
 

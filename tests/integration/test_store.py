@@ -13,8 +13,9 @@ import redis.asyncio as aioredis
 from events import codec, keys
 from events.errors import IllegalTransition
 from events.lifecycle import RunState
-from events.model import AnyRunEvent, AttemptQueued, UpdateRequested
+from events.model import AnyRunEvent, AttemptQueued, UpdateRequested, tag_of
 from services.core.errors import StoreUnavailable, VersionConflict
+from services.core.metrics import REGISTRY
 from services.core.settings import Settings
 from services.core.store import Decide, EventStore, connect
 from services.core.valkey import ValkeyProcess
@@ -235,3 +236,21 @@ async def test_a_command_loop_cancelled_at_any_instant_ends(redis_url: str) -> N
             assert done, f"a command loop cancelled after {steps} loop steps never ended"
     finally:
         await client.aclose()
+
+
+async def test_each_stored_event_is_counted_once_by_type_a_duplicate_not_again(
+    store: EventStore,
+) -> None:
+    def counted(event: AnyRunEvent) -> float:
+        labels = {"type": tag_of(type(event))}
+        return REGISTRY.get_sample_value("runplane_events_appended_total", labels) or 0.0
+
+    submitted = f.submitted()
+    queued = f.queued(submitted.run_id)
+    before = counted(submitted), counted(queued)
+    await store.append([submitted, queued], expected_version=0)
+    again = await store.append([submitted, queued], expected_version=0)  # the same key: a retry
+    assert again.duplicate
+    with pytest.raises(VersionConflict):
+        await store.append([f.queued(submitted.run_id)], expected_version=0)
+    assert (counted(submitted), counted(queued)) == (before[0] + 1, before[1] + 1)
