@@ -68,13 +68,20 @@ def stack_up(state_dir: Path, config: StackConfig) -> Iterator[LocalStack]:
 
 
 @contextlib.asynccontextmanager
-async def driving(stack: LocalStack, nodes: int) -> AsyncIterator[Driver]:
-    """A driver of ``stack``, once its ``nodes`` node-agents have registered."""
+async def driving(
+    stack: LocalStack, nodes: int, *, stop_all: bool = False
+) -> AsyncIterator[Driver]:
+    """A driver of ``stack``, once its ``nodes`` node-agents have registered; ``stop_all``:
+    every run it submitted is stopped at the end."""
     store = EventStore.from_settings(stack.operator_settings())
     try:
         drive = Driver(store, stack)
         await drive.wait_for_nodes(nodes)
-        yield drive
+        try:
+            yield drive
+        finally:
+            if stop_all:
+                await drive.stop_all()
     finally:
         await store.close()
 

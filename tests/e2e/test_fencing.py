@@ -45,11 +45,8 @@ def stack(tmp_path: Path) -> Iterator[LocalStack]:
 
 @pytest.fixture
 async def driver(stack: LocalStack) -> AsyncIterator[Driver]:
-    async with driving(stack, NODES) as drive:
-        try:
-            yield drive
-        finally:
-            await drive.stop_all()
+    async with driving(stack, NODES, stop_all=True) as drive:
+        yield drive
 
 
 def beating(path: Path) -> str:

@@ -62,11 +62,8 @@ def stack(tmp_path: Path, machine: Path) -> Iterator[LocalStack]:
 
 @pytest.fixture
 async def driver(stack: LocalStack) -> AsyncIterator[Driver]:
-    async with driving(stack, 1) as drive:
-        try:
-            yield drive
-        finally:
-            await drive.stop_all()
+    async with driving(stack, 1, stop_all=True) as drive:
+        yield drive
 
 
 async def test_an_xid_fails_the_attempt_and_the_retry_avoids_the_gpu(

@@ -42,11 +42,8 @@ def stack(tmp_path: Path) -> Iterator[LocalStack]:
 
 @pytest.fixture
 async def driver(stack: LocalStack) -> AsyncIterator[Driver]:
-    async with driving(stack, 1) as drive:
-        try:
-            yield drive
-        finally:
-            await drive.stop_all()
+    async with driving(stack, 1, stop_all=True) as drive:
+        yield drive
 
 
 async def scrape(stack: LocalStack, name: str) -> Samples:

@@ -59,8 +59,5 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalStac
 
 @pytest.fixture
 async def driver(stack: LocalStack) -> AsyncIterator[Driver]:
-    async with driving(stack, 1) as drive:
-        try:
-            yield drive
-        finally:
-            await drive.stop_all()
+    async with driving(stack, 1, stop_all=True) as drive:
+        yield drive
