@@ -9,7 +9,7 @@
   environment, created with ``--system-site-packages`` the first time one is needed.
 - ``apt_packages``: ``apt-get install -y`` as root; refused with a clear reason otherwise.
 
-Pure: the caller passes the workspace, the interpreter and the effective user id; a bad
+Pure: the caller passes the workspace, the interpreter and the uid the tools run as; a bad
 integration raises ``IntegrationError`` with a message the user can act on.
 """
 
@@ -32,7 +32,7 @@ class Context(NamedTuple):
     workspace: Path
     venv: Path  # the rank's virtual environment (created by the first step that needs it)
     python: str  # the interpreter that creates it
-    euid: int
+    euid: int  # the uid its tools run as
 
 
 class Step(NamedTuple):
@@ -112,7 +112,7 @@ def _apt_packages(integration: Mapping[str, Any], ctx: Context) -> list[Step]:
     packages = _packages(integration)
     if ctx.euid != 0:
         raise IntegrationError(
-            f"apt_packages needs root, and this node-agent runs as uid {ctx.euid}: install "
+            f"apt_packages needs root, and this rank runs as uid {ctx.euid}: install "
             f"{' '.join(packages)} on the node, or use pip_packages"
         )
     return [
