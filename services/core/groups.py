@@ -1,20 +1,34 @@
-"""Consumer groups on Redis streams: created at position 0, and their dead letters.
+"""Consumer groups on Redis streams: created at position 0, their lag, and their dead letters.
 
 A group that a consumer library creates by itself (FastStream does) starts at ``$`` and skips
 everything written before it existed; every group runplane reads is created here first, at 0.
 Free of FastStream: the projector and the log-collector's ingester read their groups with
 plain redis-py and need not load the broker to create one.
+
+A process that ensures a group exports its lag, ``runplane_consumer_lag_events{group}``: the
+entries of the stream the group has not finished, those not yet delivered (the server's
+``lag``) and those delivered but not yet acknowledged, asked of the server at each scrape.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import NamedTuple
 
+from prometheus_client import Gauge
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from events import keys
+from services.core import metrics
+
+CONSUMER_LAG = Gauge(
+    "runplane_consumer_lag_events",
+    "Entries a consumer group has not finished: not yet delivered, or not yet acknowledged.",
+    ["group"],
+    registry=metrics.REGISTRY,
+)
 
 
 async def ensure_group(client: Redis, stream: str, group: str) -> None:
@@ -24,6 +38,18 @@ async def ensure_group(client: Redis, stream: str, group: str) -> None:
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+    metrics.refresh_with(f"lag:{stream}:{group}", partial(measure_lag, client, stream, group))
+
+
+async def measure_lag(client: Redis, stream: str, group: str) -> None:
+    """Set ``group``'s lag on ``stream`` from the server (left as it was where the server cannot
+    tell: a stream trimmed past what the group read)."""
+    for info in await client.xinfo_groups(stream):
+        name = info["name"]
+        if (name.decode() if isinstance(name, bytes) else name) != group:
+            continue
+        if info.get("lag") is not None:
+            CONSUMER_LAG.labels(group=group).set(int(info["lag"]) + int(info["pending"]))
 
 
 class Delivery(NamedTuple):

@@ -8,25 +8,51 @@ cluster view) on the thread that changes it, between two steps, never half-way t
 
 HTTP/1.0 (one request per connection, as Prometheus scrapes). ``extra`` renderers append text
 that is already in the exposition format (the node-agent's DCGM gauges, integers as NVIDIA's
-exporter writes them).
+exporter writes them). What only the server knows (a consumer group's lag) is asked for at each
+scrape by the ``refresh_with`` hooks, each within a bound; one that fails or is late leaves its
+gauges as they were and is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import structlog
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+
+log = structlog.get_logger(__name__)
 
 #: What ``generate_latest`` writes, in every prometheus-client since 0.20 (its own
 #: CONTENT_TYPE_LATEST says 1.0.0 in newer ones, which an older Prometheus does not expect).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _READ_S = 5.0
+_REFRESH_S = 2.0
+
+Refresher = Callable[[], Awaitable[None]]
+#: What is asked of the server before each scrape, by key (a later hook of a key replaces one
+#: made before: a consumer that connected again).
+_REFRESHERS: dict[str, Refresher] = {}
 
 #: The process's metrics: each module registers its own here (``registry=REGISTRY``).
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)  # CPU seconds, resident memory, open files, start time
+
+
+def refresh_with(key: str, refresher: Refresher) -> None:
+    """Have ``refresher`` run before each scrape (it sets gauges from the server)."""
+    _REFRESHERS[key] = refresher
+
+
+async def refresh() -> None:
+    """Run every hook, each within a bound; a failure is logged, never raised."""
+    for key, refresher in list(_REFRESHERS.items()):
+        try:
+            async with asyncio.timeout(_REFRESH_S):
+                await refresher()
+        except Exception as exc:  # noqa: BLE001 - a scrape must answer whatever a hook does
+            log.warning("metrics.refresh_failed", hook=key, error=repr(exc))
 
 
 def render(registry: CollectorRegistry = REGISTRY, *extra: Callable[[], str]) -> str:
@@ -45,6 +71,7 @@ async def serve(
                 request = await reader.readuntil(b"\r\n\r\n")
             target = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
             if target.split(b"?")[0] == b"/metrics":
+                await refresh()
                 body, status = render(registry, *extra).encode(), "200 OK"
             else:
                 body, status = b"not found: try /metrics\n", "404 Not Found"

@@ -124,6 +124,15 @@ async def test_every_service_s_metrics_agree_with_the_log_and_the_runs(
     assert total(samples, "runplane_gpus", cluster="local", gpu_type="a100_80gb") == 2
     assert total(samples, "runplane_evicted_attempts_total") == 0
 
+    # Its consumer group has caught up with the log: nothing undelivered or unacknowledged.
+    async def caught_up() -> bool:
+        lags = by_label(await scrape(stack, "scheduler"), "runplane_consumer_lag_events", "group")
+        return "scheduler" in lags and lags["scheduler"] == 0
+
+    await eventually(caught_up, what="the scheduler's group to catch up")
+    lags = by_label(await scrape(stack, "projector"), "runplane_consumer_lag_events", "group")
+    assert list(lags) == ["projector"], lags  # each process its own groups
+
     # The API: the request answered and the one refused, each timed.
     api = await scrape(stack, "api")
     assert total(api, "runplane_api_requests_total", operation="whoami", outcome="ok") >= 1
