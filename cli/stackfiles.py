@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from services.core.acl import OPERATOR
 from services.core.passwords import password_file
+from services.core.procstat import stat
 
 STACK_FILE = "stack.json"
 SUPERVISION_FILE = "supervisor.json"
@@ -83,11 +84,8 @@ class Pid:
 
 def start_time(pid: int) -> int | None:
     """When process ``pid`` started, or None if it is gone or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
-    return None if fields[0] == "Z" else int(fields[19])
+    fields = stat(pid)
+    return None if fields is None or fields[0] == "Z" else int(fields[19])
 
 
 # --- stack.json --------------------------------------------------------------------------------

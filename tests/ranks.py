@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from services.core.procstat import ENDED, stat
+
 __all__ = ["open_to_ranks", "running", "trusting_git"]
 
 
@@ -58,9 +60,9 @@ def running(*argv: str) -> list[int]:
             continue
         try:
             args = (proc / "cmdline").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
+        except OSError:
             continue
-        if args[: len(wanted)] == wanted and state != "Z":
+        fields = stat(proc.name)
+        if args[: len(wanted)] == wanted and fields is not None and fields[0] not in ENDED:
             found.append(int(proc.name))
     return found

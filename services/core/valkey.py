@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 from services.core.passwords import PasswordFileError, read_password
+from services.core.procstat import stat
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -74,10 +75,8 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie still takes signals; on Linux /proc tells it apart
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    fields = stat(pid)  # a zombie still takes signals; on Linux /proc tells it apart
+    return fields is None or fields[0] != "Z"
 
 
 def _server_pid(port: int, login: Login | None = None) -> int | None:

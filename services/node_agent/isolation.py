@@ -31,6 +31,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from services.core.procstat import ENDED, stat
 from services.node_agent.errors import IsolationError
 from services.node_agent.shim.cgroup import CgroupUnavailable, ranks_parent
 
@@ -214,10 +215,10 @@ def _owner(pid: int) -> int | None:
     """The process's effective uid; None once it is gone, or a zombie (nothing left to kill)."""
     try:
         uid = os.stat(f"/proc/{pid}").st_uid
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+    except FileNotFoundError:
         return None
-    return None if state in {"Z", "X"} else uid
+    fields = stat(pid)
+    return None if fields is None or fields[0] in ENDED else uid
 
 
 class Homes:

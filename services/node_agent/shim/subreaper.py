@@ -19,6 +19,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from services.core.procstat import ENDED, stat
+
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -35,12 +37,8 @@ def descendants(pid: int) -> list[int]:
     """Every live process under ``pid`` (children first, then theirs)."""
     children: dict[int, list[int]] = defaultdict(list)
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if fields[0] not in {"Z", "X"}:
-                children[int(fields[1])].append(int(entry.name))
+        if entry.name.isdigit() and (fields := stat(entry.name)) and fields[0] not in ENDED:
+            children[int(fields[1])].append(int(entry.name))
     found: list[int] = []
     frontier = [pid]
     while frontier:
@@ -62,10 +60,11 @@ def signal_all(pid: int, signum: int) -> int:
 
 def reap(keep: int | None) -> None:
     """Collect this process's ended children, but ``keep`` (its caller waits for that one)."""
+    me = str(os.getpid())
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == keep:
             continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if fields[0] == "Z" and int(fields[1]) == os.getpid():
+        fields = stat(entry.name)
+        if fields is not None and fields[0] == "Z" and fields[1] == me:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(int(entry.name), os.WNOHANG)

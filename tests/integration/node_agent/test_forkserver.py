@@ -11,6 +11,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from events.status import RunStatus
+from services.core.procstat import stat
 from tests.integration.node_agent.conftest import AgentFactory
 from tests.integration.node_agent.harness import Agent, MiniScheduler, lines, spec
 from tests.waiting import eventually
@@ -20,23 +21,15 @@ def _rank_dir(agent: Agent, run_id: str) -> Path:
     return agent.data_dir / "ranks" / run_id / "0" / "0"
 
 
-def _stat(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name; None once the process is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return None
-
-
 def _parent(pid: int) -> int:
-    stat = _stat(pid)
-    assert stat is not None, f"process {pid} is gone"
-    return int(stat[1])
+    fields = stat(pid)
+    assert fields is not None, f"process {pid} is gone"
+    return int(fields[1])
 
 
 def _alive(pid: int) -> bool:
-    stat = _stat(pid)
-    return stat is not None and stat[0] != "Z"  # a zombie has ended; its parent reaps it later
+    fields = stat(pid)
+    return fields is not None and fields[0] != "Z"  # a zombie has ended; its parent reaps it later
 
 
 async def test_a_shim_runs_in_its_own_session_outside_the_agent_and_survives_its_fork_server(
