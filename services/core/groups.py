@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from prometheus_client import Gauge
 from redis.asyncio import Redis
@@ -41,15 +41,21 @@ async def ensure_group(client: Redis, stream: str, group: str) -> None:
     metrics.refresh_with(f"lag:{stream}:{group}", partial(measure_lag, client, stream, group))
 
 
+async def group_info(client: Redis, stream: str, group: str) -> dict[str, Any] | None:
+    """What ``XINFO GROUPS`` says of ``group`` on ``stream`` (None: no such group)."""
+    for info in await client.xinfo_groups(stream):
+        name = info["name"]
+        if (name.decode() if isinstance(name, bytes) else name) == group:
+            return dict(info)
+    return None
+
+
 async def measure_lag(client: Redis, stream: str, group: str) -> None:
     """Set ``group``'s lag on ``stream`` from the server (left as it was where the server cannot
     tell: a stream trimmed past what the group read)."""
-    for info in await client.xinfo_groups(stream):
-        name = info["name"]
-        if (name.decode() if isinstance(name, bytes) else name) != group:
-            continue
-        if info.get("lag") is not None:
-            CONSUMER_LAG.labels(group=group).set(int(info["lag"]) + int(info["pending"]))
+    info = await group_info(client, stream, group)
+    if info is not None and info.get("lag") is not None:
+        CONSUMER_LAG.labels(group=group).set(int(info["lag"]) + int(info["pending"]))
 
 
 class Delivery(NamedTuple):

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from events import keys
 from projections.runner import Entry
-from services.core.groups import Delivery, dead_letter, ensure_group
+from services.core.groups import Delivery, dead_letter, ensure_group, group_info
 
 
 def _entries(raw: Any) -> list[Entry]:
@@ -68,11 +68,10 @@ class RedisGroup:
 
     async def advance(self, position: str) -> None:
         """Move the group's delivery point up to ``position`` (never back)."""
-        for group in await self.redis.xinfo_groups(self.stream):
-            name = group["name"]
-            if (name.decode() if isinstance(name, bytes) else name) != self.group:
-                continue
-            last = group["last-delivered-id"]
-            last_text = last.decode() if isinstance(last, bytes) else str(last)
-            if _after(position, last_text):
-                await self.redis.xgroup_setid(self.stream, self.group, position)
+        info = await group_info(self.redis, self.stream, self.group)
+        if info is None:
+            return
+        last = info["last-delivered-id"]
+        last_text = last.decode() if isinstance(last, bytes) else str(last)
+        if _after(position, last_text):
+            await self.redis.xgroup_setid(self.stream, self.group, position)

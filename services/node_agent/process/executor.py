@@ -103,7 +103,7 @@ class ProcessExecutor:
         else:
             log.warning("agent.isolation", isolation=self.isolation())
         for rank_dir in ended_ranks(self.data_dir):
-            await asyncio.to_thread(self._free, rank_dir)
+            await asyncio.to_thread(rank_dir.discard)
         try:
             self.forks.start()
         except OSError as exc:  # each launch tries again, and fails its rank if it cannot
@@ -137,12 +137,7 @@ class ProcessExecutor:
                 log.info("rank.gone", why=str(exc))
                 self._kill(rank_dir)
             rank_dir.mark_done()
-            await asyncio.to_thread(self._free, rank_dir)  # a clone, a venv: not on the loop
-
-    def _free(self, rank_dir: RankDir) -> None:
-        rank_dir.free()
-        if rank_dir.home != rank_dir.root:  # not a rank of the layout before homes
-            self.homes.close(rank_dir.home, rank_dir.key.run_id)
+            await asyncio.to_thread(rank_dir.discard)  # a clone, a venv: not on the loop
 
     async def _run(
         self,
@@ -188,7 +183,7 @@ class ProcessExecutor:
         await asyncio.to_thread(rank_dir.give, user)
         venv = await self.setup.run(rank_dir, job, control, secret_env, user=user, cgroup=cgroup)
         try:
-            link = self._launch(rank_dir, job, venv, platform, secret_env)
+            link = self._launch(rank_dir, job, venv, platform, secret_env, user=user, cgroup=cgroup)
         except OSError as exc:
             log.exception("rank.launch_failed")
             kill_group(rank_dir.command_pid())
@@ -268,8 +263,10 @@ class ProcessExecutor:
         venv: Path | None,
         platform: dict[str, str],
         secret_env: dict[str, str],
+        *,
+        user: RankUser | None,
+        cgroup: Cgroup | None,
     ) -> ShimLink:
-        record = rank_dir.record()
         env = rank_environment(
             job,
             base=os.environ,
@@ -278,7 +275,7 @@ class ProcessExecutor:
             venv=venv,
             platform=platform,
             secrets=secret_env,
-            home=None if record.user is None else rank_dir.home,
+            home=None if user is None else rank_dir.home,
         )
         fence_timeout_s, fence_grace_s = self.settings.fence_s
         rank_dir.write_spec(
@@ -290,9 +287,9 @@ class ProcessExecutor:
                 cwd=str(rank_dir.workspace),
                 env=env,
                 redis_url=self.settings.redis_url,
-                uid=record.uid,
-                gid=record.gid,
-                cgroup=record.cgroup,
+                uid=None if user is None else user.uid,
+                gid=None if user is None else user.gid,
+                cgroup=None if cgroup is None else str(cgroup.path),
                 redis_username=self.settings.redis_username,
                 redis_password_file=(
                     None

@@ -248,8 +248,8 @@ class RankDir:
         atomic_write(self.done_file, b"")
 
     def discard(self) -> None:
-        """A rank nobody will watch again (its stack is going down): what is left of its
-        processes, its home, and with the run's last home here its uid's lease."""
+        """A rank done, or nobody will watch again (its stack is going down): what is left of
+        its processes, its home, and with the run's last home here its uid's lease."""
         if (cgroup := self.record().cgroup) is not None:
             Cgroup(cgroup).remove()
         self.free()
