@@ -473,6 +473,7 @@ AnyEvent = AnyRunEvent | AnyNodeEvent | AnyUserEvent
 
 ALL_EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__
 RUN_EVENT_TYPES: tuple[type[Event], ...] = AnyRunEvent.__args__
+NODE_EVENT_TYPES: tuple[type[Event], ...] = AnyNodeEvent.__args__
 USER_EVENT_TYPES: tuple[type[Event], ...] = AnyUserEvent.__args__
 
 

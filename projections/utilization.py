@@ -30,18 +30,13 @@ import msgspec
 from events.codec import Recorded
 from events.fit import InstanceType
 from events.model import (
+    NODE_EVENT_TYPES,
     AttemptCompleted,
     AttemptFailed,
     AttemptQueued,
     AttemptScheduled,
     AttemptStopped,
-    NodeCordoned,
-    NodeDrained,
-    NodeDrainRequested,
-    NodeGpuFailed,
-    NodeLost,
     NodeRegistered,
-    NodeUncordoned,
     RankExited,
     RestartRequested,
     RetryScheduled,
@@ -55,17 +50,7 @@ from events.spec import PRIORITY_RANK
 from projections.base import Row, RowKey, encode, skipped
 
 NodeState = Literal["up", "lost"]
-_NODE_EVENTS = frozenset(
-    {
-        NodeRegistered,
-        NodeLost,
-        NodeDrained,
-        NodeCordoned,
-        NodeDrainRequested,
-        NodeUncordoned,
-        NodeGpuFailed,
-    }
-)
+_NODE_EVENTS = frozenset(NODE_EVENT_TYPES)  # every one changes a node's state
 _ENDS = frozenset({AttemptCompleted, AttemptStopped, AttemptFailed})
 _CONCERNED = _ENDS | {
     UpdateRequested,
