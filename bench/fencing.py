@@ -32,6 +32,7 @@ from events.spec import Compute, RunSpec, Scheduling
 from events.status import RunStatus
 from services.core import timeouts
 from services.core.store import EventStore
+from services.node_agent.shim.ondisk import signal_group
 
 NODES = 2
 _POLL_S = 0.01
@@ -62,14 +63,6 @@ def _beats(path: Path, index: int) -> list[float]:
         if at and int(attempt) == index:
             found.append(float(at))
     return found
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def _until(probe: Callable[[], object], what: str) -> None:
@@ -120,7 +113,7 @@ async def one_round(stack: LocalStack, store: EventStore, path: Path) -> Round:
     hung = time.time()
     os.kill(agent, signal.SIGSTOP)
     try:
-        await _until(lambda: not _group_alive(pgid), "the old rank's end")
+        await _until(lambda: not signal_group(pgid, 0), "the old rank's end")
         gone = time.time()
         await _until(lambda: _beats(path, 1), "the retry's first beat")
     finally:

@@ -21,6 +21,7 @@ import pytest
 from cli.stack import LocalStack, StackConfig
 from events.model import NodeLost
 from events.status import RunStatus
+from services.node_agent.shim.ondisk import signal_group
 from tests.e2e.driver import Driver, driving, spec, stack_up
 from tests.integration.dropping_proxy import DroppingProxy
 from tests.ranks import open_to_ranks
@@ -239,14 +240,6 @@ def fencing_stack(tmp_path: Path) -> Iterator[LocalStack]:
         yield local
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def command_pgid(stack: LocalStack, service: str, run_id: str) -> int:
     data_dir = Path(stack.services[service].env["RUNPLANE_DATA_DIR"])
     return int((data_dir / "ranks" / run_id / "0" / "0" / "command.pid").read_text())
@@ -267,7 +260,7 @@ async def test_with_fence_on_disconnect_a_valkey_outage_fences_every_run_and_ret
             groups = [command_pgid(stack, service, run_id) for run_id, service in runs]
             stack.kill("valkey")
             await eventually(
-                lambda: not any(_group_alive(g) for g in groups), what="every rank fenced"
+                lambda: not any(signal_group(g, 0) for g in groups), what="every rank fenced"
             )
             fenced = [beats(path)[0] for path in paths]
             await asyncio.to_thread(stack.start, "valkey")

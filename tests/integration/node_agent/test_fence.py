@@ -20,6 +20,7 @@ from events import keys
 from events.model import NodeLost, RankExited, Reason
 from events.status import RunStatus
 from services.node_agent.shim import lease
+from services.node_agent.shim.ondisk import signal_group
 from tests import factories as f
 from tests.integration.dropping_proxy import DroppingProxy
 from tests.integration.node_agent.conftest import AgentFactory
@@ -46,14 +47,6 @@ def _beats(agent: Agent, run_id: str) -> list[float]:
     path = _beats_file(agent, run_id)
     text = path.read_text() if path.exists() else ""
     return [float(line) for line in text.splitlines() if line.strip()]
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def _running(agent: Agent, scheduler: MiniScheduler) -> tuple[str, int]:
@@ -92,7 +85,7 @@ async def test_a_hung_agent_fences_its_rank_before_its_key_expires_and_reports_i
     os.kill(agent.proc.pid, signal.SIGSTOP)
     try:
         expired = await _key_gone_at(redis, "node-a")
-        await eventually(lambda: not _group_alive(command), what="the fenced command gone")
+        await eventually(lambda: not signal_group(command, 0), what="the fenced command gone")
         assert max(_beats(agent, run_id)) < expired
         assert _exit(agent, run_id)["fenced"] is True
         last = _beats(agent, run_id)
@@ -114,7 +107,7 @@ async def test_a_killed_agent_fences_its_rank_before_its_key_expires(
     run_id, command = await _running(agent, scheduler)
     await agent.kill()
     expired = await _key_gone_at(redis, "node-a")
-    await eventually(lambda: not _group_alive(command), what="the fenced command gone")
+    await eventually(lambda: not signal_group(command, 0), what="the fenced command gone")
     assert max(_beats(agent, run_id)) < expired
     assert _exit(agent, run_id)["fenced"] is True
 
@@ -140,7 +133,7 @@ async def test_an_agent_woken_after_its_node_was_lost_reports_nothing_and_revive
             reason=failure,
         )  # fmt: skip
         await scheduler.store.append([released], expected_version=None)
-        await eventually(lambda: not _group_alive(command), what="the fenced command gone")
+        await eventually(lambda: not signal_group(command, 0), what="the fenced command gone")
         last = _beats(agent, run_id)
     finally:
         os.kill(agent.proc.pid, signal.SIGCONT)
@@ -191,7 +184,7 @@ async def test_an_agent_cut_off_alone_fences_its_rank_when_fence_on_disconnect(
         run_id, command = await _running(agent, scheduler)
         proxy.cut()
         expired = await _key_gone_at(redis, "node-a")
-        await eventually(lambda: not _group_alive(command), what="the fenced command gone")
+        await eventually(lambda: not signal_group(command, 0), what="the fenced command gone")
         assert max(_beats(agent, run_id)) < expired
         assert _exit(agent, run_id)["fenced"] is True
         last = _beats(agent, run_id)
