@@ -129,6 +129,12 @@ def sees_runs_of(principal: Principal, user: str) -> bool:
     return principal.name == user or principal.admin
 
 
+def may_open_session(principal: Principal) -> bool:
+    """True if ``principal`` may sign in to the web console: a user's key may, for a session of
+    that user; a run's token may not (it acts for its run alone)."""
+    return principal.via is None
+
+
 def allowed(
     principal: Principal, action: Action, owner: str, run_id: str, *, all_users: bool
 ) -> bool:

@@ -212,6 +212,20 @@ def mean_utilization(sampled_gpu_ms: int, busy_gpu_ms: int) -> int | None:
     return round(busy_gpu_ms * 100 / sampled_gpu_ms) if sampled_gpu_ms else None
 
 
+#: The columns of a report's rows (``Report.rows``), after the one of its grouping.
+ROW_FIELDS = ("gpu_hours", "gpu_ms", "cost", "open", "unpriced_gpu_ms", "gpu_utilization")
+
+
+def shown_hours(ms: int) -> Decimal:
+    """GPU-ms as the reports show GPU-hours: to three places."""
+    return (Decimal(ms) / HOUR_MS).quantize(Decimal("0.001"))
+
+
+def shown_cost(cost: Decimal) -> Decimal:
+    """A cost as the reports show it: to the cent."""
+    return cost.quantize(Decimal("0.01"))
+
+
 class Line(msgspec.Struct, kw_only=True):
     key: str
     gpu_ms: int = 0
@@ -255,6 +269,29 @@ class Report(msgspec.Struct, kw_only=True):
     def open(self) -> bool:
         """Some line counts an attempt still holding GPUs up to ``now``."""
         return any(line.open for line in self.lines)
+
+    def rows(self, names: Mapping[str, str]) -> list[dict[str, Any]]:
+        """A row per line as every report shows it (``mcli admin billing --output csv|json``,
+        the web console): the grouping's value (a run by its name in ``names``), then
+        ``ROW_FIELDS``."""
+        return [
+            {self.group_by: names.get(line.key, line.key), **_shown(line)} for line in self.lines
+        ]
+
+    def total_row(self) -> dict[str, Any]:
+        """The TOTAL as a row: the exact sums, rounded once."""
+        return {self.group_by: "TOTAL", **_shown(self)}
+
+
+def _shown(line: Line | Report) -> dict[str, Any]:
+    return {
+        "gpu_hours": str(shown_hours(line.gpu_ms)),
+        "gpu_ms": line.gpu_ms,
+        "cost": None if line.cost is None else str(shown_cost(line.cost)),
+        "open": line.open,
+        "unpriced_gpu_ms": line.unpriced_ms,
+        "gpu_utilization": line.gpu_utilization,
+    }
 
 
 def report(

@@ -127,6 +127,12 @@ def fold_run(run_id: str, records: Iterable[Recorded]) -> tuple[RunRow, list[Att
     return msgspec.json.decode(rows[0].body or b"", type=RunRow), attempts.runs.get(run_id, [])
 
 
+def valid_cursor(cursor: str) -> bool:
+    """True if ``cursor`` has the shape ``list_runs`` gives (``<created_at>:<run_uid>``)."""
+    score, sep, run_uid = cursor.partition(":")
+    return bool(sep and score.isdigit() and run_uid)
+
+
 async def list_runs(
     client: aioredis.Redis,
     *,

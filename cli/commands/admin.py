@@ -30,9 +30,8 @@ from cli.stack import operator_settings
 from events.access import Action
 from events.codec import Recorded
 from events.model import SECRET_FIELDS, tag_of
-from events.usage import HOUR_MS
 from projections import catalog, query
-from projections.billing import DIMENSIONS, Report
+from projections.billing import DIMENSIONS, ROW_FIELDS, Report, shown_cost, shown_hours
 from projections.lanes import LaneFailed
 from services.projector.lanes import rebuild_many
 
@@ -108,22 +107,11 @@ async def billing_report(args: argparse.Namespace, client: Client) -> int:
     report, names = await client.billing(
         args.by, window=_window(args, now), now=now, prices=prices() or None
     )
-    rows = [
-        {
-            args.by: names.get(line.key, line.key),
-            "gpu_hours": str(_hours(line.gpu_ms)),
-            "gpu_ms": line.gpu_ms,
-            "cost": None if line.cost is None else str(_money(line.cost)),
-            "open": line.open,
-            "unpriced_gpu_ms": line.unpriced_ms,
-            "gpu_utilization": line.gpu_utilization,
-        }
-        for line in report.lines
-    ]
+    rows = report.rows(names)
     if args.output == "json":
         total = {
             "gpu_ms": report.gpu_ms,
-            "cost": None if report.cost is None else str(_money(report.cost)),
+            "cost": None if report.cost is None else str(shown_cost(report.cost)),
             "open": report.open,
             "unpriced_gpu_ms": report.unpriced_ms,
             "unpriced_gpu_types": report.unpriced_types,
@@ -131,15 +119,7 @@ async def billing_report(args: argparse.Namespace, client: Client) -> int:
         echo(json.dumps({"group_by": args.by, "lines": rows, **total}))
         return 0
     if args.output == "csv":
-        fields = [
-            args.by,
-            "gpu_hours",
-            "gpu_ms",
-            "cost",
-            "open",
-            "unpriced_gpu_ms",
-            "gpu_utilization",
-        ]
+        fields = [args.by, *ROW_FIELDS]
         writer = csv.DictWriter(sys.stdout, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
@@ -151,16 +131,8 @@ async def billing_report(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
-def _hours(ms: int) -> Decimal:
-    return (Decimal(ms) / HOUR_MS).quantize(Decimal("0.001"))
-
-
 def _percent(utilization: int | None) -> str:
     return "-" if utilization is None else f"{utilization}%"
-
-
-def _money(cost: Decimal) -> Decimal:
-    return cost.quantize(Decimal("0.01"))
 
 
 def billing_table(report: Report, by: str, names: dict[str, str]) -> Group:
@@ -175,7 +147,11 @@ def billing_table(report: Report, by: str, names: dict[str, str]) -> Group:
     table = plain_table(*headers)
     columns: list[list[Decimal]] = [[], [], []]
     for line in report.lines:
-        cells = [_hours(line.gpu_ms), _money(line.cost or Decimal(0)), _hours(line.unpriced_ms)]
+        cells = [
+            shown_hours(line.gpu_ms),
+            shown_cost(line.cost or Decimal(0)),
+            shown_hours(line.unpriced_ms),
+        ]
         for column, cell in zip(columns, cells, strict=True):
             column.append(cell)
         table.add_row(
@@ -185,7 +161,11 @@ def billing_table(report: Report, by: str, names: dict[str, str]) -> Group:
             *([str(cells[2])] if unpriced else []),
             *([_percent(line.gpu_utilization)] if sampled else []),
         )
-    totals = [_hours(report.gpu_ms), _money(report.cost or Decimal(0)), _hours(report.unpriced_ms)]
+    totals = [
+        shown_hours(report.gpu_ms),
+        shown_cost(report.cost or Decimal(0)),
+        shown_hours(report.unpriced_ms),
+    ]
     table.add_row(
         "TOTAL",
         f"{totals[0]}{' *' if report.open else ''}",

@@ -5,7 +5,8 @@ A request is taken in this order, and the first failure is the whole answer, as 
 with an integer ``extensions.code`` and nothing else (``reference/mapi.md`` section 2.1):
 1. a body over ``api_max_body_bytes``: 413 (read no further);
 2. the ``Authorization`` header (the raw key, or ``Bearer <key>``) must be a valid key of a
-   user, or a run's token whose attempt lives (``services.api.users``): else 401
+   user, or a run's token whose attempt lives (``services.api.users``); without one, the web
+   console's session cookie with its CSRF token (``services.api.console``): else 401
    ``Invalid API key``;
 3. the body must be a JSON object with a string ``query``: else 400;
 4. the document must parse, resolve at most ``api_max_fields`` fields (``services.api.limits``)
@@ -48,7 +49,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
 from events.identity import Unauthenticated
-from services.api import admin, nodes, own, secrets, subscriptions
+from services.api import admin, console, nodes, own, secrets, subscriptions
 from services.api import metrics as api_metrics
 from services.api.accounts import Accounts
 from services.api.context import Context
@@ -211,7 +212,8 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
         try:
             body = await read_body(request, settings.api_max_body_bytes)
             try:
-                principal = await directory.principal(presented_key(request), _now_ms())
+                credential = console.presented(request, presented_key(request))
+                principal = await directory.principal(credential, _now_ms())
             except Unauthenticated as refused:
                 log.info("unauthenticated", why=str(refused.why), key_id=refused.key_id)
                 return failure(HTTPStatus.UNAUTHORIZED, INVALID_KEY)
@@ -268,6 +270,7 @@ def create_app(settings: ApiSettings, store: EventStore | None = None) -> Starle
     routes = [
         Route("/graphql", endpoint, methods=["POST"]),
         WebSocketRoute("/graphql", sockets.serve),
+        *console.Console(settings, directory, accounts).routes(),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

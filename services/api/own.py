@@ -47,6 +47,8 @@ class RunSelection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     include_deleted: bool = False
     parent: str | None = None  # the children of the run of this name
     limit: int | None = 50
+    #: ``<created_at>:<run_uid>`` of the last run of the page before (the web console's pages).
+    cursor: str | None = None
 
 
 class WireRecord(msgspec.Struct, kw_only=True):
@@ -116,11 +118,13 @@ async def run_views(_: object, info: GraphQLResolveInfo[Context], **args: Any) -
     context = context_of(info)
     asked: RunSelection = _convert(args["selection"], RunSelection, "selection")
     principal = context.principal
+    if asked.cursor is not None and not query.valid_cursor(asked.cursor):
+        raise BadRequest("selection.cursor is not one this server gave")
     user = asked.user or (None if asked.all_users else principal.name)
     if user is not None and not sees_runs_of(principal, user):
         return []
     found: list[Any] = []
-    cursor: str | None = None
+    cursor = asked.cursor
     while True:
         page = await query.list_runs(
             context.redis,
@@ -175,7 +179,12 @@ async def billing(_: object, info: GraphQLResolveInfo[Context], **args: Any) -> 
         for line in report.lines:
             if (row := await query.get_run(context.redis, line.key)) is not None:
                 names[line.key] = row.name
-    return {"report": msgspec.to_builtins(report), "names": names}
+    return {
+        "report": msgspec.to_builtins(report),
+        "names": names,
+        "rows": report.rows(names),
+        "total": report.total_row(),
+    }
 
 
 def _prices(raw: Any) -> dict[str, Decimal] | None:

@@ -112,7 +112,7 @@ class RunQuery:
         if limit < 1:
             raise BadRequest("limit must be at least 1")
         cursor = data.get("cursor")
-        if cursor is not None and not _valid_cursor(cursor):
+        if cursor is not None and not query.valid_cursor(cursor):
             raise BadRequest("cursor is not one this server gave")
         return cls(
             principal=principal,
@@ -227,11 +227,6 @@ async def _listed_page(context: Context, asked: RunQuery) -> Json:
         cursor = page.next_cursor
     next_cursor = f"{last.created_at}:{last.run_uid}" if has_next and last is not None else None
     return {"cursor": next_cursor, "hasNextPage": has_next, "runs": runs}
-
-
-def _valid_cursor(cursor: str) -> bool:
-    score, sep, run_uid = cursor.partition(":")
-    return bool(sep and score.isdigit() and run_uid)
 
 
 # --- clusters ---------------------------------------------------------------------------------

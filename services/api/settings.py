@@ -55,6 +55,11 @@ class ApiSettings(KeyringSettings):
         ge=10,
         description="How long one wait for new output or run events blocks before looking again.",
     )
+    api_console_session_seconds: int = Field(
+        default=12 * 3600,
+        ge=60,
+        description="How long a web console sign-in lasts: its session key expires then.",
+    )
     archive_dir: Path | None = Field(
         default=None,
         description="The log-collector's archive, where this host can read it (else archived"

@@ -14,7 +14,9 @@ Invariants:
   offers, echoed; a client offering none speaks ``graphql-ws`` (what the real client assumes
   then), one offering only others is refused.
 - ``connection_init`` is always acknowledged. The key it carries (``payload.Authorization``, raw
-  or ``Bearer <key>``) is checked at each subscribe, so a key revoked meanwhile counts.
+  or ``Bearer <key>``; else the web console's session cookie, when ``payload.csrf`` is its
+  token: ``services.api.console``) is checked at each subscribe, so a key revoked meanwhile
+  counts.
 - A subscription's failure is its own: one result with ``errors`` (integer codes as over HTTP:
   401 ``Invalid API key``, 400 bad input, 404 a run not found or not the caller's, 503 the
   event store not answering, 500 anything else, logged here and never sent), then
@@ -54,6 +56,7 @@ from graphql import (
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from events.identity import Unauthenticated
+from services.api import console
 from services.api.errors import BadRequest, Unauthorized, Unavailable
 from services.api.settings import ApiSettings
 from services.api.subscriptions import SubscriptionContext
@@ -254,6 +257,13 @@ class _Connection:
         if self.initialised and self.dialect.strict_init:
             return await self.close(4429, "Too many initialisation requests")
         self.key = presented_key(payload)
+        if self.key is None and isinstance(payload, dict):
+            csrf = payload.get("csrf")
+            self.key = console.cookie_credential(
+                self.websocket.headers,
+                self.websocket.cookies,
+                csrf if isinstance(csrf, str) else None,
+            )
         self.initialised = True
         await self.send({"type": "connection_ack"})
         return True
