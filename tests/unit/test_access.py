@@ -22,6 +22,7 @@ from events.access import (
     check,
     may,
     may_manage_secrets,
+    may_open_session,
     sees_runs_of,
     visible,
 )
@@ -209,3 +210,11 @@ def test_no_one_creates_a_secret_in_another_users_name() -> None:
         authorize_secrets(root, SecretAction.CREATE, ALICE)
     authorize_secrets(root, SecretAction.LIST, ALICE)
     authorize_secrets(root, SecretAction.DELETE, ALICE)
+
+
+@given(principal=st.builds(Principal, name=NAMES, role=ROLES), token=TOKENS)
+def test_a_users_key_may_open_a_console_session_and_a_run_token_may_not(
+    principal: Principal, token: Principal
+) -> None:
+    assert may_open_session(principal)
+    assert not may_open_session(token)
