@@ -271,7 +271,7 @@ class Report(msgspec.Struct, kw_only=True):
         return any(line.open for line in self.lines)
 
     def rows(self, names: Mapping[str, str]) -> list[dict[str, Any]]:
-        """A row per line as every report shows it (``mcli admin billing --output csv|json``,
+        """A row per line as every report shows it (``mcli billing --output csv|json``,
         the web console): the grouping's value (a run by its name in ``names``), then
         ``ROW_FIELDS``."""
         return [

@@ -1,5 +1,5 @@
 // Audit (admins): who did what to which run, newest last, filtered by actor, run and time:
-// what `mcli admin audit` shows.
+// what `mcli audit` shows.
 
 import { gql } from "./api.js";
 import { errorBox, h, replace, row, runLink, table, when } from "./ui.js";

@@ -1,5 +1,5 @@
 // Billing (admins): GPU-hours by user, cluster, GPU type, run and day over a date range, as
-// charts and tables, each downloadable as CSV: the rows of `mcli admin billing --output csv`,
+// charts and tables, each downloadable as CSV: the rows of `mcli billing --output csv`,
 // made by the same code on the server (projections.billing.Report.rows).
 
 import { gql } from "./api.js";
