@@ -64,17 +64,23 @@ async def measure_lag(
             PROJECTION_LAG.labels(projection=name).set(0)
         return
     first = await _end(client, stream, newest=False) or newest
-    actives = await client.mget([keys.projection_active(name) for name in names])
-    checkpoint_keys = [
-        keys.projection_checkpoint(name, namespace)
-        for name, active in zip(names, actives, strict=True)
-        if (namespace := _text(active)) is not None
-    ]
-    stored = iter(await client.mget(checkpoint_keys) if checkpoint_keys else [])
-    for name, active in zip(names, actives, strict=True):
-        value = _text(next(stored)) if active is not None else None
+    found = await _get(client, [keys.projection_active(name) for name in names])
+    builds = {name: active for name, active in zip(names, found, strict=True) if active}
+    checkpoints = [keys.projection_checkpoint(name, active) for name, active in builds.items()]
+    stored = dict(zip(builds, await _get(client, checkpoints), strict=True))
+    for name in names:
+        value = stored.get(name)
         checkpoint = parse_position(value) if value else ZERO
         PROJECTION_LAG.labels(projection=name).set(lag_seconds(newest, first, checkpoint))
+
+
+async def _get(client: aioredis.Redis, names: Sequence[str]) -> list[str | None]:
+    """The values of the keys ``names``, in one round trip (GETs: what the projector's ACL
+    user may run, ``services.core.acl``)."""
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.get(name)
+    return [_text(value) for value in await pipe.execute()]
 
 
 def export_lag(client: aioredis.Redis, partition: int = 0) -> None:

@@ -3,19 +3,21 @@ log's newest entry, asked of a real server at each scrape."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from events import codec, keys
 from projections.catalog import NAMES
-from services.core import metrics
+from services.core import acl, metrics
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
 from services.projector.app import build_projector
 from services.projector.metrics import export_lag
 from services.projector.settings import ProjectorSettings
+from tests.acl_users import login_as, refused, server_ms
 from tests.integration.projector.test_projector_process import (
     LOG,
     append_all,
@@ -31,6 +33,26 @@ def lag(projection: str) -> float | None:
 
 
 @pytest.fixture
+def projector_password(redis_url: str, tmp_path: Path) -> str:
+    """The projector's ACL user, made on the server: its password."""
+    login = login_as(redis_url, acl.PROJECTOR, tmp_path)
+    return Path(login["RUNPLANE_REDIS_PASSWORD_FILE"]).read_text().strip()
+
+
+@pytest.fixture
+async def projector_user(
+    redis: aioredis.Redis, redis_url: str, projector_password: str
+) -> AsyncIterator[aioredis.Redis]:
+    """A client logged in as the projector's ACL user, as the projector process is."""
+    password = projector_password
+    client = aioredis.Redis.from_url(redis_url, username=acl.PROJECTOR, password=password)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
 def exported(redis: aioredis.Redis) -> Iterator[None]:
     export_lag(redis)
     try:
@@ -39,10 +61,19 @@ def exported(redis: aioredis.Redis) -> Iterator[None]:
         metrics._REFRESHERS.pop("projection-lag")  # its client closes with the test
 
 
-@pytest.mark.usefixtures("exported")
 async def test_the_lag_is_the_log_time_from_the_checkpoint_to_the_newest_entry(
-    redis: aioredis.Redis,
+    redis: aioredis.Redis, redis_url: str, projector_user: aioredis.Redis
 ) -> None:
+    since = server_ms(redis_url)
+    export_lag(projector_user)  # asked as the projector asks: its ACL user's rights suffice
+    try:
+        await _measured(redis)
+    finally:
+        metrics._REFRESHERS.pop("projection-lag")
+    assert refused(redis_url, acl.PROJECTOR, since) == []
+
+
+async def _measured(redis: aioredis.Redis) -> None:
     await metrics.refresh()
     assert {name: lag(name) for name in NAMES} == dict.fromkeys(NAMES, 0.0)  # an empty log
 
