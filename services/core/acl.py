@@ -150,6 +150,7 @@ RULES: dict[str, Rule] = {
             _ALIVE,
             ("xrange", "xgroup|setid", "fcall", "function|load", "scan", "unlink"),
             ("hset", "hdel", "zadd", "zrem"),
+            ("xrevrange",),  # the log's newest entry: the projections' lag (their metrics)
         ),
         both=(_LOG, _PROJECTIONS, _alive(PROJECTOR)),
         writes=(keys.dead_letter_stream(PROJECTOR),),

@@ -31,6 +31,7 @@ from services.core.aio import stop_on_signals, wait_event
 from services.core.lease import Lease, LeaseLost
 from services.core.store import connect_with
 from services.projector.group import RedisGroup
+from services.projector.metrics import export_lag
 from services.projector.projector import Projector
 from services.projector.settings import ProjectorSettings
 
@@ -61,6 +62,7 @@ async def serve(settings: ProjectorSettings, stop: asyncio.Event) -> None:
     """Stand by until this instance holds the projector lease, then project until ``stop`` is
     set or the lease is lost (then stand by again); after a failure, start again."""
     client = connect_with(settings)
+    export_lag(client)  # standing by too: the lag is read from the store, not this one's memory
     token = f"{settings.projector_consumer}/{uuid.uuid4().hex[:8]}"
     lease = Lease(client, keys.projector_lease(), token, settings.projector_lease_ttl_ms)
     try:

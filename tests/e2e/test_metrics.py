@@ -21,6 +21,7 @@ from cli.stackkey import read_key
 from events.codec import Recorded
 from events.model import AttemptScheduled, tag_of
 from events.status import RunStatus
+from projections.catalog import NAMES
 from services.core.store import APPENDED
 from tests.e2e.driver import Driver, driving, spec, stack_up
 from tests.e2e.mcli_helpers import make_admin
@@ -132,6 +133,15 @@ async def test_every_service_s_metrics_agree_with_the_log_and_the_runs(
     await eventually(caught_up, what="the scheduler's group to catch up")
     lags = by_label(await scrape(stack, "projector"), "runplane_consumer_lag_events", "group")
     assert list(lags) == ["projector"], lags  # each process its own groups
+
+    # Every projection has folded the log up to its newest entry, in log time.
+    async def projected() -> bool:
+        samples = await scrape(stack, "projector")
+        lag = "runplane_projection_lag_seconds"
+        named = {dict(labels)["projection"] for (n, labels) in samples if n == lag}
+        return named == set(NAMES) and total(samples, lag) == 0
+
+    await eventually(projected, what="every projection to catch up with the log")
 
     # The API: the request answered and the one refused, each timed.
     api = await scrape(stack, "api")

@@ -1,0 +1,88 @@
+"""The projector's metrics: how far each projection is behind the log, in log time.
+
+``runplane_projection_lag_seconds{projection}``: the log time of the newest entry on the global
+log minus the log time of the entry the projection's active build has checkpointed (what its
+readers read is current up to there), 0 when it stands at the newest entry. Log time is the
+millisecond part of an entry's position, which the server stamps as it appends. A projection
+with no build yet, or one that has stored nothing, counts from the log's first entry: it is
+behind by all of it.
+
+Asked of the server at each scrape (``services.core.metrics.refresh_with``), so every projector
+process, active or standing by, tells the same: the store's checkpoints, not its own memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from prometheus_client import Gauge
+
+from events import keys
+from projections.base import ZERO, Position, parse_position
+from projections.catalog import NAMES
+from services.core import metrics
+
+PROJECTION_LAG = Gauge(
+    "runplane_projection_lag_seconds",
+    "Log time from the entry a projection has checkpointed to the newest entry on the log.",
+    ["projection"],
+    registry=metrics.REGISTRY,
+)
+
+
+def lag_seconds(newest: Position, first: Position, checkpoint: Position) -> float:
+    """How far ``checkpoint`` is behind ``newest`` in log time (``first``: the log's first
+    entry, where a projection that stored nothing stands)."""
+    if checkpoint >= newest:
+        return 0.0
+    since = checkpoint if checkpoint != ZERO else first
+    return max(0, newest[0] - since[0]) / 1000
+
+
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _end(client: aioredis.Redis, stream: str, newest: bool) -> Position | None:
+    read = client.xrevrange(stream, count=1) if newest else client.xrange(stream, count=1)
+    entries = cast(list[tuple[bytes | str, Any]], await read)
+    return parse_position(cast(str, _text(entries[0][0]))) if entries else None
+
+
+async def measure_lag(
+    client: aioredis.Redis, names: Sequence[str] = NAMES, partition: int = 0
+) -> None:
+    """Set each projection's lag from the server: the log's ends, the active builds and their
+    checkpoints."""
+    stream = keys.log_stream(partition)
+    newest = await _end(client, stream, newest=True)
+    if newest is None:  # an empty log: nothing to be behind
+        for name in names:
+            PROJECTION_LAG.labels(projection=name).set(0)
+        return
+    first = await _end(client, stream, newest=False) or newest
+    found = await _get(client, [keys.projection_active(name) for name in names])
+    builds = {name: active for name, active in zip(names, found, strict=True) if active}
+    checkpoints = [keys.projection_checkpoint(name, active) for name, active in builds.items()]
+    stored = dict(zip(builds, await _get(client, checkpoints), strict=True))
+    for name in names:
+        value = stored.get(name)
+        checkpoint = parse_position(value) if value else ZERO
+        PROJECTION_LAG.labels(projection=name).set(lag_seconds(newest, first, checkpoint))
+
+
+async def _get(client: aioredis.Redis, names: Sequence[str]) -> list[str | None]:
+    """The values of the keys ``names``, in one round trip (GETs: what the projector's ACL
+    user may run, ``services.core.acl``)."""
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.get(name)
+    return [_text(value) for value in await pipe.execute()]
+
+
+def export_lag(client: aioredis.Redis, partition: int = 0) -> None:
+    """Have every scrape of this process set the projections' lag, asked of ``client``."""
+    metrics.refresh_with("projection-lag", partial(measure_lag, client, NAMES, partition))
