@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from playwright.async_api import Page, async_playwright, expect
 
 from cli.stackkey import read_key
 from tests.e2e.mcli_helpers import ROOT, Mcli, running_stack, user_key
@@ -27,7 +28,6 @@ from tests.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
-playwright = pytest.importorskip("playwright.async_api", reason="Playwright is not installed")
 CHROMIUM = os.environ.get("RUNPLANE_CHROMIUM") or shutil.which("chromium")
 if CHROMIUM is None:
     pytest.skip(
@@ -56,9 +56,9 @@ def keys(mcli: Mcli) -> dict[str, str]:
 
 
 @pytest.fixture
-async def page(mcli: Mcli) -> AsyncIterator[playwright.Page]:
+async def page(mcli: Mcli) -> AsyncIterator[Page]:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    async with playwright.async_playwright() as driver:
+    async with async_playwright() as driver:
         browser = await driver.chromium.launch(executable_path=CHROMIUM)
         try:
             opened = await browser.new_page(viewport={"width": 1280, "height": 900})
@@ -88,24 +88,23 @@ def submit(mcli: Mcli, tmp_path: Path, name: str, command: str) -> str:
     return match[1]
 
 
-async def sign_in(page: playwright.Page, key: str) -> None:
+async def sign_in(page: Page, key: str) -> None:
     await page.fill("#key", key)
     await page.click("form.sign-in button[type=submit]")
     await page.wait_for_selector("header nav")
 
 
-async def shot(page: playwright.Page, name: str) -> None:
+async def shot(page: Page, name: str) -> None:
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 async def test_a_user_finds_a_run_reads_it_and_stops_it_and_sees_no_one_elses(
-    page: playwright.Page, mcli: Mcli, keys: dict[str, str], tmp_path: Path
+    page: Page, mcli: Mcli, keys: dict[str, str], tmp_path: Path
 ) -> None:
     ana, ben = as_user(mcli, keys["ana"]), as_user(mcli, keys["ben"])
     theirs = submit(ben, tmp_path, "bens", "sleep 600")
     mine = submit(ana, tmp_path, "anas", f'echo "{SAID}"; sleep 600')
     await sign_in(page, keys["ana"])
-    expect = playwright.expect
     runs = page.locator("table.runs")
     await expect(runs.get_by_role("link", name=mine)).to_be_visible()
     await expect(runs.locator("tr", has_text=mine)).to_contain_text("RUNNING", timeout=WAIT_MS)
@@ -135,16 +134,16 @@ async def test_a_user_finds_a_run_reads_it_and_stops_it_and_sees_no_one_elses(
     mcli.ok("stop", "run", theirs, "--all-users", "-y")
 
 
-async def test_a_wrong_key_is_refused(page: playwright.Page, keys: dict[str, str]) -> None:
+async def test_a_wrong_key_is_refused(page: Page, keys: dict[str, str]) -> None:
     await page.fill("#key", keys["ana"][:-3] + "xyz")
     await page.click("form.sign-in button[type=submit]")
-    await playwright.expect(page.locator("form.sign-in .error")).to_contain_text("refused")
-    await playwright.expect(page.locator("header nav")).to_have_count(0)
+    await expect(page.locator("form.sign-in .error")).to_contain_text("refused")
+    await expect(page.locator("header nav")).to_have_count(0)
     await shot(page, "wrong-key")
 
 
 async def test_an_admin_sees_everyones_runs_and_the_bill_of_mcli(
-    page: playwright.Page, mcli: Mcli, keys: dict[str, str], tmp_path: Path
+    page: Page, mcli: Mcli, keys: dict[str, str], tmp_path: Path
 ) -> None:
     done = submit(as_user(mcli, keys["ben"]), tmp_path, "short", "echo done")
     # every run ends (none is counted up to now), so the bill holds still
@@ -154,7 +153,6 @@ async def test_an_admin_sees_everyones_runs_and_the_bill_of_mcli(
         interval=0.5,
     )
     await sign_in(page, keys["admin"])
-    expect = playwright.expect
     await expect(page.locator("table.runs")).to_contain_text(done)
     await expect(page.locator("table.runs tr", has_text=done)).to_contain_text("COMPLETED")
     for name in ("runs", "utilization", "billing", "audit"):
