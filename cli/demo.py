@@ -5,8 +5,10 @@ the runs in ``examples/`` (one that completes, one that fails on rank 1 of 2, on
 restarted, one retried by ``max_retries``, one queued behind a larger run), shows ``get runs``,
 ``describe run`` with several resumptions, ``logs --failed``, ``util`` and ``billing``; adds a
 second user with a key of their own, who sees only their own runs; shows the real
-``mosaicml-cli`` pointed at the stack's API (when it is installed: ``.venv-mcli``); and stops
-the stack, whatever happened. Keys are never printed.
+``mosaicml-cli`` pointed at the stack's API (when it is installed: ``.venv-mcli``); ends with
+the web console's address and a key to sign in with (the one key shown: the admin's, issued for
+an hour); and stops the stack, whatever happened: at once, or when Enter is pressed if the demo
+runs in a terminal, so that the console can be looked at first.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from cli.main import log_aside
 from cli.models import Run
 from cli.sdk import get_run
+from cli.stack import current_user
 from events.status import RunStatus
 
 S = RunStatus
@@ -144,6 +147,21 @@ def real_client() -> None:
     mcli("util", env=env, program=(str(real),))
 
 
+def console() -> None:
+    """The web console's address, and a key to sign in with: the admin's, for an hour."""
+    endpoint = dict(
+        shlex.split(line)[1].split("=", 1) for line in mcli("dev", "env", quiet=True).splitlines()
+    )["MOSAICML_API_ENDPOINT"]  # the console is at the root of the API's origin
+    whoami = current_user()  # the stack's admin: who ran ``mcli dev up``
+    key = mcli("admin", "keys", "issue", whoami, "--expires", "1h", quiet=True).strip()
+    sys.stdout.write(
+        f"\nWeb console: {endpoint.removesuffix('/graphql')}/\n"
+        f"Sign in with this key of {whoami}'s (it expires in an hour): {key}\n"
+    )
+    if sys.stdin.isatty():
+        input("\nThe stack stays up while you look: press Enter to stop it. ")
+
+
 def main() -> int:
     home = os.environ.get("RUNPLANE_DEMO_HOME") or tempfile.mkdtemp(prefix="runplane-demo-")
     os.environ["RUNPLANE_HOME"] = home
@@ -154,6 +172,7 @@ def main() -> int:
     mcli("dev", "up", "--nodes", "2", "--gpus-per-node", "8", "--grace-period", "5")
     try:
         scenario()
+        console()
     finally:
         mcli("dev", "down")
     return 0

@@ -136,6 +136,11 @@ class LocalStack:
         """Where the API server answers (GraphQL over HTTP POST)."""
         return f"http://{HOST}:{self.api_port}/graphql"
 
+    @property
+    def console_url(self) -> str:
+        """Where the API server serves the web console."""
+        return f"http://{HOST}:{self.api_port}/"
+
     def metrics_url(self, name: str) -> str | None:
         """Where service ``name`` serves its Prometheus metrics; None: nowhere (a stack of an
         older runplane)."""

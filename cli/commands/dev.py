@@ -149,6 +149,7 @@ def _api_line(stack: LocalStack) -> None:
         f"API: {stack.api_url} (as admin {current_user()}: "
         '`eval "$(mcli dev env)"` points mosaicml-cli at it)'
     )
+    echo(f"console: {stack.console_url} (sign in with an API key: `mcli dev env` shows yours)")
 
 
 async def _admin(stack: LocalStack) -> None:
@@ -335,6 +336,7 @@ def dev_status(args: argparse.Namespace) -> int:
             record.last_exit or "-",
         )
     make_console().print(table)
+    echo(f"console: {stack.console_url}")
     for name in stack.services:
         if (url := stack.metrics_url(name)) is not None:
             echo(f"metrics: {name} at {url}")

@@ -72,7 +72,7 @@ def status_rows(dev: Mcli) -> dict[str, tuple[str, str, str, str]]:
     """``mcli dev status``'s table: each process's pid, status, restarts and last exit."""
     rows = {}
     for line in dev.ok("dev", "status").splitlines()[2:]:
-        if line.startswith(("metrics: ", "isolation: ")):  # below the table
+        if line.startswith(("metrics: ", "isolation: ", "console: ")):  # below the table
             continue
         match = _ROW.match(line)
         assert match, line
@@ -251,6 +251,7 @@ def test_dev_env_points_at_the_api_as_the_stacks_admin(dev: Mcli) -> None:
     assert up.returncode == 0, up.stderr
     stack = running(dev)
     assert f"API: {stack.api_url}" in up.stdout
+    assert f"console: {stack.console_url}" in up.stdout
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/graphql", stack.api_url)
     exports = _exports(dev)
     endpoint, key = exports["MOSAICML_API_ENDPOINT"], exports["MOSAICML_API_KEY"]
