@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) -m bench.lifecycle
 	$(PY) -m bench.memory
 	$(PY) -m bench.api
+	$(PY) -m bench.console
 	$(PY) -m bench.projections --events 100000
 	$(PY) -m bench.scale --nodes 500 --runs 5000
 	$(PY) -m bench.fencing
