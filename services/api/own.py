@@ -50,6 +50,16 @@ class RunSelection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: ``<created_at>:<run_uid>`` of the last run of the page before (the web console's pages).
     cursor: str | None = None
 
+    def by_name_only(self) -> bool:
+        """Exact names and no other filter but whose runs: a lookup, not a search."""
+        exact = self.names and not any(c in name for name in self.names for c in "*?[")
+        others = (self.cluster, self.before, self.after, self.gpu_type, self.gpu_num)
+        return (
+            bool(exact)
+            and all(value is None for value in others)
+            and (self.statuses is None and self.parent is None and self.cursor is None)
+        )
+
 
 class WireRecord(msgspec.Struct, kw_only=True):
     """A recorded event as it crosses the API: the log's fields, decoded again on arrival."""
@@ -123,6 +133,20 @@ async def run_views(_: object, info: GraphQLResolveInfo[Context], **args: Any) -
     user = asked.user or (None if asked.all_users else principal.name)
     if user is not None and not sees_runs_of(principal, user):
         return []
+    if asked.by_name_only():
+        # Runs named exactly (a run's page, describe): looked up by name and folded from their
+        # histories, as MAPI's name filter is, rather than searched for in the listing.
+        named = [
+            wire.view(row, attempts)
+            for row, attempts in await context.runs.named(asked.names)
+            if visible(principal, row.created_by, row.run_uid)
+            and (user is None or row.created_by == user)
+            and (asked.include_deleted or not row.is_deleted)
+        ]
+        named.sort(
+            key=lambda view: (view["row"]["created_at"], view["row"]["run_uid"]), reverse=True
+        )
+        return named[: asked.limit] if asked.limit is not None else named
     found: list[Any] = []
     cursor = asked.cursor
     while True:
