@@ -38,6 +38,24 @@ def idempotency_key(key: str, partition: int | str) -> str:
     return f"{PREFIX}:{{p{partition}}}:idem:{key}"
 
 
+def inbox(node: str, partition: int | str) -> str:
+    """What one node's agent is told from one partition: a copy of every event of the runs with
+    a rank on it (from their placement to their attempt's end) and of the node itself, under
+    the id it has on the partition's global stream (``events.inbox``)."""
+    return f"{inbox_prefix(partition)}{node}"
+
+
+def inbox_prefix(partition: int | str) -> str:
+    """What every inbox of a partition starts with (the append function adds the node)."""
+    return f"{PREFIX}:{{p{partition}}}:inbox:"
+
+
+def told_nodes(aggregate: str, partition: int | str) -> str:
+    """The set of nodes whose inboxes get a run's events: its latest attempt's, while it holds
+    them (``events.inbox``)."""
+    return f"{PREFIX}:{{p{partition}}}:tell:{aggregate}"
+
+
 def dead_letter_stream(group: str) -> str:
     """Entries a consumer group could not decode, each with the error and where it was."""
     return f"{PREFIX}:dlq:{group}"

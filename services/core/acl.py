@@ -27,7 +27,7 @@ key rotation rewrites them with the operator's login.
 
 What is left open, on purpose: every service consuming the global log may write to it (a
 consumer group's reads are writes); a node-agent may append any run's or node's events, not
-only its own node's (the per-node inbox of the design would let it be narrowed).
+only its own node's, and read any node's inbox (one ACL user serves every agent).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ _CONNECTION = ("auth", "hello", "ping", "client|setinfo", "client|setname", "sel
 _LEASE = ("get", "set", "pexpire", "del", "eval", "evalsha", "script|load", "script|exists")
 #: Appending (``services.core.store``: the append function's own commands) and reading
 #: histories.
-_APPEND = ("fcall", "get", "set", "xlen", "xadd", "xrange", "xread")
+_APPEND = ("fcall", "get", "set", "xlen", "xadd", "xrange", "xread", "sadd", "smembers", "del")
 #: A consumer group on a stream (``services.core.consumer``, FastStream), with its dead letters.
 _CONSUME = (
     "xreadgroup",
@@ -80,6 +80,10 @@ def _commands(*groups: tuple[str, ...]) -> tuple[str, ...]:
 
 _LOG = keys.log_stream(ANY)
 _IDEMPOTENCY = keys.idempotency_key(ANY, ANY)
+#: What an append touches beside the log (``events.inbox``): the runs' told nodes (read and
+#: written) and the nodes' inboxes (written; a node-agent also reads them).
+_TOLD = keys.told_nodes(ANY, ANY)
+_INBOXES = keys.inbox(ANY, ANY)
 
 
 def _history(kind: str) -> str:
@@ -134,11 +138,12 @@ RULES: dict[str, Rule] = {
             _history("run"),
             _history("node"),
             _IDEMPOTENCY,
+            _TOLD,
             keys.scheduler_lease(ANY),
             _alive(SCHEDULER),
         ),
         reads=(keys.heartbeat(ANY),),
-        writes=(keys.dead_letter_stream(SCHEDULER),),
+        writes=(keys.dead_letter_stream(SCHEDULER), _INBOXES),
     ),
     # The read models: folds the log into projection keys (its own namespace, its lease among
     # them) through its own function; appends nothing.
@@ -175,7 +180,15 @@ RULES: dict[str, Rule] = {
     # secrets of its runs' owners.
     NODE_AGENT: Rule(
         commands=_commands(_CONNECTION, _APPEND, _CONSUME, ("pttl", "hgetall")),
-        both=(_LOG, _history("run"), _history("node"), _IDEMPOTENCY, keys.heartbeat(ANY)),
+        both=(
+            _LOG,
+            _history("run"),
+            _history("node"),
+            _IDEMPOTENCY,
+            _TOLD,
+            _INBOXES,  # its own, read through its group; the others' written by its appends
+            keys.heartbeat(ANY),
+        ),
         reads=(keys.secret_values(ANY),),
         writes=(keys.log_ingest(), keys.dead_letter_stream(f"agent:{ANY}")),
     ),
@@ -197,13 +210,14 @@ RULES: dict[str, Rule] = {
             _history("user"),
             _history("node"),  # an admin's cordon, drain, uncordon
             _IDEMPOTENCY,
+            _TOLD,
             keys.run_name(ANY),
             keys.log_reply(ANY),
             keys.secret_values(ANY),
             _alive(API),
         ),
         reads=(_PROJECTIONS, _OUTPUT),
-        writes=(keys.log_requests(),),
+        writes=(keys.log_requests(), _INBOXES),
     ),
 }
 

@@ -3,10 +3,13 @@
 -- written.
 --
 -- KEYS[1] the partition's global stream, KEYS[2] the aggregate's own stream,
--- KEYS[3] the idempotency key, KEYS[4] the fencing key (only with a fencing token).
+-- KEYS[3] the idempotency key, KEYS[4] the aggregate's told nodes (events.keys.told_nodes),
+-- KEYS[5] the fencing key (only with a fencing token).
 -- ARGV[1] expected version of the aggregate (-1: any), ARGV[2] idempotency TTL in ms,
 -- ARGV[3] the fencing token ("" for none: the fencing key is then not read),
--- ARGV[4..] the entries, as (kind, body) pairs.
+-- ARGV[4] the partition's inbox prefix (events.keys.inbox_prefix), ARGV[5] an inbox's
+-- length at most (approximate trimming), ARGV[6..] the entries, as (kind, body, route)
+-- triples; the route says which node inboxes get a copy (events/inbox.py).
 --
 -- Returns {"ok", positions, version} with positions space-separated and version the
 -- aggregate's new version; {"dup", positions} when the key was seen (nothing is written);
@@ -14,7 +17,23 @@
 -- when a fencing token is given and the fencing key holds another (a deposed scheduler).
 -- The entry id of the global stream is the log's clock: the server's, never the writer's.
 -- Each entry also carries ``n``, the aggregate's version once the event is applied (1 for its
--- first event), so any consumer can tell an event it already folded from a gap.
+-- first event), so any consumer can tell an event it already folded from a gap. An inbox's
+-- copy has the global entry's id and fields. The inboxes share the partition's hash tag, so
+-- the one slot of KEYS holds them.
+
+local function tell(prefix, maxlen, nodes, id, kind, body, n)
+  for _, node in ipairs(nodes) do
+    redis.call('XADD', prefix .. node, 'MAXLEN', '~', maxlen, id, 'k', kind, 'e', body, 'n', n)
+  end
+end
+
+local function words(text)
+  local found = {}
+  for word in string.gmatch(text, '%S+') do
+    found[#found + 1] = word
+  end
+  return found
+end
 
 local function append(keys, args)
   local seen = redis.call('GET', keys[3])
@@ -22,7 +41,7 @@ local function append(keys, args)
     return {'dup', seen}
   end
   if args[3] ~= '' then
-    local holder = redis.call('GET', keys[4])
+    local holder = redis.call('GET', keys[5])
     if holder ~= args[3] then
       return {'fenced', holder or ''}
     end
@@ -33,15 +52,32 @@ local function append(keys, args)
     return {'conflict', tostring(version)}
   end
   local positions = {}
-  for i = 4, #args, 2 do
+  for i = 6, #args, 3 do
+    local kind, body, route = args[i], args[i + 1], args[i + 2]
     local n = tostring(version + #positions + 1)
-    local id = redis.call('XADD', keys[1], '*', 'k', args[i], 'e', args[i + 1], 'n', n)
-    redis.call('XADD', keys[2], id, 'k', args[i], 'e', args[i + 1], 'n', n)
+    local id = redis.call('XADD', keys[1], '*', 'k', kind, 'e', body, 'n', n)
+    redis.call('XADD', keys[2], id, 'k', kind, 'e', body, 'n', n)
     positions[#positions + 1] = id
+    local first = string.sub(route, 1, 1)
+    if first == '@' then
+      tell(args[4], args[5], {string.sub(route, 2)}, id, kind, body, n)
+    elseif first ~= '!' then
+      if first == '=' then
+        redis.call('DEL', keys[4])
+        local nodes = words(string.sub(route, 2))
+        if #nodes > 0 then
+          redis.call('SADD', keys[4], unpack(nodes))
+        end
+      end
+      tell(args[4], args[5], redis.call('SMEMBERS', keys[4]), id, kind, body, n)
+      if first == '-' then
+        redis.call('DEL', keys[4])
+      end
+    end
   end
   local joined = table.concat(positions, ' ')
   redis.call('SET', keys[3], joined, 'PX', args[2])
   return {'ok', joined, tostring(version + #positions)}
 end
 
-redis.register_function('runplane_append', append)
+redis.register_function('runplane_append2', append)

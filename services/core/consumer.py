@@ -62,7 +62,8 @@ async def _raw(msg: Any, original: Any) -> None:
 
 
 class LogConsumer:
-    """Feeds every event of one partition's global log to ``handler``, once in effect."""
+    """Feeds every event of one partition's global log (or of ``stream``: a node's inbox, whose
+    entries are copies of the log's) to ``handler``, once in effect."""
 
     def __init__(
         self,
@@ -73,6 +74,7 @@ class LogConsumer:
         handler: Handler,
         settings: Settings,
         partition: int = 0,
+        stream: str | None = None,
         poll_ms: int = 100,
         batch: int = 100,
     ) -> None:
@@ -81,7 +83,7 @@ class LogConsumer:
         self.consumer = consumer
         self.handler = handler
         self.settings = settings
-        self.stream = keys.log_stream(partition)
+        self.stream = stream if stream is not None else keys.log_stream(partition)
         self._client: Redis | None = None
         common: dict[str, Any] = {"group": group, "consumer": consumer, "polling_interval": poll_ms}
         options: dict[str, Any] = {

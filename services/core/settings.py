@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = Field(
         default=7 * 24 * 3600, ge=60, description="How long a retried append is recognised."
     )
+    inbox_max_len: int = Field(
+        default=100_000,
+        ge=1000,
+        description="A node's inbox (one per partition: the events of the runs placed on it) "
+        "keeps about this many entries; an agent further behind than that recovers its runs "
+        "from their histories (docs/scale.md).",
+    )
     claim_idle_ms: int = Field(
         default=30_000,
         ge=100,

@@ -37,7 +37,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from events import codec, keys
+from events import codec, inbox, keys
 from events.codec import Recorded
 from events.lifecycle import RunState, copy_state, evolve
 from events.model import AnyRunEvent, Event, RunEvent, tag_of
@@ -196,16 +196,19 @@ class EventStore:
             keys.log_stream(partition),
             keys.aggregate_stream(aggregate, partition),
             keys.idempotency_key(idempotency_key or events[0].id, partition),
+            keys.told_nodes(aggregate, partition),
             *((fence.key,) if fence else ()),
         )
         args: _Args = [
             -1 if expected_version is None else expected_version,
             self.settings.idempotency_ttl_s * 1000,
             fence.token if fence else "",
+            keys.inbox_prefix(partition),
+            self.settings.inbox_max_len,
         ]
         for event in events:
             fields = codec.encode(event)
-            args += (fields[codec.KIND], fields[codec.BODY])
+            args += (fields[codec.KIND], fields[codec.BODY], inbox.route(event))
         reply = await self._call(fcall_keys, args, retry_for_s)
         status = reply[0]
         if status == b"conflict":
@@ -281,7 +284,7 @@ class EventStore:
 
     async def _fcall(self, fcall_keys: _Keys, args: _Args) -> list[bytes]:
         try:
-            reply = await self.redis.fcall("runplane_append", len(fcall_keys), *fcall_keys, *args)
+            reply = await self.redis.fcall("runplane_append2", len(fcall_keys), *fcall_keys, *args)
         except ResponseError as exc:
             if "Function not found" not in str(exc):
                 raise
@@ -289,7 +292,7 @@ class EventStore:
             if not acl.loads_append_function(self.settings.redis_username):
                 raise _NotLoaded(str(exc)) from None
             await self.load_function()
-            reply = await self.redis.fcall("runplane_append", len(fcall_keys), *fcall_keys, *args)
+            reply = await self.redis.fcall("runplane_append2", len(fcall_keys), *fcall_keys, *args)
         return list(reply)
 
     async def load_function(self) -> None:

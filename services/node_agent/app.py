@@ -255,13 +255,25 @@ class NodeAgent:
             by_run[key.run_id].append(key)
         async with self._lock:
             for run_id, run_keys in by_run.items():
-                state = await self.store.load_run(run_id)
+                state = await self._tell_me(run_id)
                 for key in run_keys:
                     log.info("rank.found", rank=str(key))
                     self._launch(key, _job(state, key), resume=True)
                 if state is not None:
                     self.runs[run_id] = state
                     self._act(state)
+
+    async def _tell_me(self, run_id: str) -> RunState | None:
+        """The run's state, once this node is among its told nodes (``events.inbox``) while it
+        goes on: what a previous life of this agent was told may not be told again (an inbox
+        trimmed, a log from before the inboxes)."""
+        state = await self.store.load_run(run_id)
+        if state is None or state.latest.status.is_terminal():
+            return state
+        aggregate = f"run:{run_id}"
+        told = keys.told_nodes(aggregate, keys.partition_of(aggregate, self.settings.partitions))
+        await self.store.redis.sadd(told, self.node)
+        return await self.store.load_run(run_id)  # with what was appended before the SADD
 
     # --- the log ----------------------------------------------------------------------
 
@@ -434,7 +446,7 @@ def build_app(settings: NodeAgentSettings) -> FastStream:
             consumer=settings.node,
             handler=agent.on_record,
             settings=settings,
-            partition=partition,
+            stream=keys.inbox(settings.node, partition),
         )
         for partition in range(settings.partitions)
     ]

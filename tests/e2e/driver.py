@@ -158,17 +158,24 @@ class Driver:
         return [line.text for line in lines]
 
     async def settled(self, group: str) -> None:
-        """Wait until consumer group ``group`` has taken and acknowledged the whole log."""
-        stream = keys.log_stream(0)
+        """Wait until consumer group ``group`` has taken and acknowledged the whole log (a
+        node-agent's, ``agent:<node>``: the whole of its inbox, where the log's events for it
+        are copied as they are appended)."""
+        node = group.removeprefix("agent:") if group.startswith("agent:") else None
+        stream = keys.log_stream(0) if node is None else keys.inbox(node, 0)
 
         async def caught_up() -> bool:
-            end = await self.store.read_log(after=self._last_seen, count=1_000_000)
-            if end:
-                self._last_seen = end[-1].position
+            if node is None:
+                end = await self.store.read_log(after=self._last_seen, count=1_000_000)
+                if end:
+                    self._last_seen = end[-1].position
+                newest = self._last_seen
+            else:
+                newest = (await self.store.redis.xinfo_stream(stream))["last-generated-id"].decode()
             for info in await self.store.redis.xinfo_groups(stream):
                 if info["name"].decode() == group:
                     delivered = info["last-delivered-id"].decode()
-                    return bool(info["pending"] == 0 and delivered == self._last_seen)
+                    return bool(info["pending"] == 0 and delivered == newest)
             return False
 
         await eventually(caught_up, what=f"group {group} to catch up with the log")

@@ -146,7 +146,7 @@ async def test_entries_a_killed_agent_read_but_did_not_acknowledge_are_handled_a
 ) -> None:
     run_id = await scheduler.submit(spec("echo placed while it died"), [("node-a", [0])])
     # A previous life of the agent read everything and died before acknowledging anything.
-    log = keys.log_stream(0)
+    log = keys.inbox("node-a", 0)
     await redis.xgroup_create(log, "agent:node-a", id="0", mkstream=True)
     await redis.xreadgroup("agent:node-a", "node-a", {log: ">"}, count=100)
     # The group would redeliver them only after this long: the restart must not wait for it.
