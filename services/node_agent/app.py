@@ -4,9 +4,14 @@ Invariants:
 - The heartbeat key (``keys.heartbeat(node)``) is renewed every ``heartbeat_interval_s`` with
   an expiry of ``heartbeat_ttl_s``; ``node.registered`` is appended at every start, and again
   when the log says the node was lost while this agent lives (it was partitioned away).
-- Runs are folded from the global log with the lifecycle rules, each event applied once by the
-  aggregate version the log stamped on it; a gap (or an event the fold refuses) reloads the
-  run's history. Only runs with a rank placed on this node are kept.
+- The agent reads its node's inboxes (``keys.inbox``, one per partition), never the global log:
+  copies of the log's entries for the runs placed on this node and for the node itself
+  (``events.inbox``), so its work grows with its own runs, not with the fleet. Runs are folded
+  from them with the lifecycle rules, each event applied once by the aggregate version the log
+  stamped on it; a gap (or an event the fold refuses) reloads the run's history. Only runs
+  with a rank placed on this node are kept.
+- At start, for each run with ranks on disk, the agent puts its node among the run's told
+  nodes before it reads the run's history, so nothing appended after that read is missed.
 - Every decision comes from ``plan`` over the folded state; a rank is recorded on disk
   (``Executor.begin``) before the entry that placed it is acknowledged, so after a kill -9 it
   is either redelivered or found on disk (``reconcile``), never forgotten.
