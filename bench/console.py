@@ -47,9 +47,10 @@ from typing import Any
 import httpx
 import msgspec
 
+from bench.api import Figure
 from bench.mapi import RUNS
 from bench.processes import stop
-from bench.projections import NODES, percentile, run_events
+from bench.projections import NODES, run_events
 from bench.workload import new_id
 from cli.stackkey import ensure_admin, read_key
 from events import keys
@@ -104,15 +105,6 @@ class Config:
     running: float = 0.03  # share of runs left RUNNING
     failed: float = 0.3  # share of the runs whose first attempt failed left FAILED, not retried
     seed: int = 14
-
-
-@dataclass
-class Figure:
-    label: str
-    values: list[float]  # ms
-
-    def p(self, q: float) -> float:
-        return percentile(self.values, q)
 
 
 @dataclass(frozen=True)
