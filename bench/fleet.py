@@ -11,12 +11,15 @@ things are replaced:
   simulated runtime. A stop (the attempt is terminating with a reason) ends setup or the
   command and reports the exit with the attempt's reason, as a SIGTERM'd command is reported;
   a kill (the log says the rank is over) reports nothing. No process runs, no output is written.
-- the reading of the log. A real agent reads the whole partition through a consumer group of
-  its own (``agent:<node>``); here one reader reads the log once and hands each entry, in log
-  order, to the agents it concerns (the nodes of the run's placements, a node its own
-  events). Each agent handles its entries one at a time in a task of its own, as its consumer
-  would, so agents work concurrently and each sees its runs' events in order. What a fleet of
-  real consumer groups costs the server is not simulated (``bench.scale`` estimates it).
+- the reading of the log. A real agent reads its own inbox (``events.keys.inbox``) through a
+  consumer group of its own (``agent:<node>``); here one reader reads the global log once and
+  hands each entry, in log order, to the agents it concerns (the nodes of the run's
+  placements, a node its own events). Each agent handles its entries one at a time in a task
+  of its own, as its consumer would, so agents work concurrently and each sees its runs'
+  events in order. This simulates what the agents do, not how their events reach them: the
+  appends do copy each event into the inboxes (``events.inbox``), so the server pays for
+  the copies, but nothing reads them; what the deliveries would cost, ``bench.scale``
+  measures and estimates.
 
 Heartbeats: one task renews every node's key (``keys.heartbeat``) at the agent's interval, in
 pipelines: the server sees the same writes, the client shares the round trips.

@@ -5,8 +5,9 @@
 empty database), then:
 
 1. baselines, in the same run: ``XADD`` of an encoded event by 32 writers on the same server
-   (entries/s), and the scheduler's pure ``decide`` in this process on the same workload and
-   sizes (placements per second of decide time in steady state, as ``bench.placement``);
+   (entries/s), the server's CPU per node told of an append (below), and the scheduler's
+   pure ``decide`` in this process on the same workload and sizes (placements per second of
+   decide time in steady state, as ``bench.placement``);
 2. a fleet of N node-agents (``bench.fleet``: the real agent's fold, plan and reporter over a
    simulated executor) registers its nodes and keeps their heartbeat keys;
 3. the real scheduler starts as its own process, ``python -m services.scheduler``, as ``mcli
@@ -28,10 +29,19 @@ the span in which placements happened, with the busiest second, as a ratio to th
 the scheduler's own events/s; queue wait and placement -> RUNNING latencies, the latter split
 into the agents' part and the scheduler's reaction; CPU seconds of each process, and the
 scheduler's per run (it is one thread: on a machine where everything is busy, that is the
-figure that says what it would do alone). Then an estimate of what the simulation leaves out:
-every real agent reads the whole log through its own consumer group, so one delivery
-(XREADGROUP + XACK in batches of 100, as ``LogConsumer`` reads) is measured on this log and
-multiplied by the fleet. ``--profile FILE`` runs the scheduler under cProfile.
+figure that says what it would do alone). ``--profile FILE`` runs the scheduler under cProfile.
+
+Then the agents' server cost, which the simulation leaves half out: every append already copies
+its event into the inboxes of the nodes concerned (``events.inbox``), so the copies are in the
+server's CPU above, but the simulated agents are fed from one reader of the global log
+(``bench.fleet``), not each through its group on its inbox. So two costs are measured on this
+server: what an append pays per node told (``EventStore.append`` of a run event whose run has
+``COPY_TOLD`` told nodes against one with none, baseline step 1) and one inbox delivery
+(XREADGROUP + XACK in batches of 100, as ``LogConsumer`` reads, through a new group on each
+inbox the run left). The server's cost per run is then (inbox copies per run) x (copy +
+delivery): what each run's own nodes are told, the same whatever the fleet's size. Beside it,
+the model it replaces, each agent reading the whole log (a delivery measured the same way on
+the global log, x events per run x agents), at this fleet and at the default one.
 
 The bench checks what it measures: it exits 1 unless every run COMPLETED by the rules, with
 no GPU double-booked and no node lost (heartbeat keys live 30 s here, not the agents' 10 s: a
@@ -87,6 +97,8 @@ SCHEDULER = "scheduler@bench"
 WRITERS = 32  # baseline XADD writers, as bench.log's
 USERS = 32  # concurrent submitters
 FANOUT_BATCH = 100  # LogConsumer's batch
+COPY_TOLD = 4  # told nodes of the copy baseline's run: the most nodes a bench run has
+COPY_ROUNDS = 4  # the copy baseline alternates runs with and without told nodes this often
 POOL = 128  # connections of the fleet's store; all but 32 for the agents' reads and appends
 Gpu = tuple[str, int]
 Attempt = tuple[str, int]
@@ -102,6 +114,7 @@ class Config:
     baseline_entries: int = 20_000
     pure_rounds: int = 20
     fanout_sample: int = 20_000
+    copy_sample: int = 4_000  # appends of each kind (with and without told nodes)
     heartbeat_ttl_s: float = 30.0
     timeout_s: float = 3_600.0
     #: Run the scheduler under cProfile, keep its stats in this file and print a summary.
@@ -151,7 +164,16 @@ class Report:
     wall_s: float = 0.0
     cpu_s: dict[str, float] = field(default_factory=dict)
     scheduler_terms: int = 0
+    #: server CPU us: one entry of the global log delivered to one more group (each agent
+    #: reading the whole log, the model before the inboxes)
     fanout_us_per_delivery: float | None = None
+    #: server CPU us: an append of one run event, and what each node told adds to it
+    append_us: float = 0.0
+    copy_us_per_node: float = 0.0
+    #: server CPU us: one inbox entry delivered to its node's group
+    inbox_us_per_delivery: float | None = None
+    inboxes: int = 0
+    inbox_copies: int = 0  # every copy the appends made into the inboxes during the run
     scheduler_profile: str | None = None
 
     @property
@@ -196,6 +218,7 @@ async def _run(config: Config, url: str, tmp: Path) -> Report:
         await _serve(config, url, store, tmp, report)
         await _analyse(store, report)
         report.fanout_us_per_delivery = await _fanout_cost(store, config.fanout_sample)
+        await _inbox_cost(store, config.fanout_sample, report)
     finally:
         await store.close()
     for line in lines(report):
@@ -208,8 +231,9 @@ async def _baselines(config: Config, store: EventStore, report: Report) -> None:
     started = time.perf_counter()
     written = await append_xadd(store.redis, keys.log_stream(0), sample, WRITERS)
     report.xadd_per_s = written / (time.perf_counter() - started)
-    await store.redis.flushdb()  # functions survive FLUSHDB; the log starts empty
     _say(f"baseline: raw XADD, {WRITERS} writers: {report.xadd_per_s:,.0f} entries/s")
+    await _copy_cost(store, config.copy_sample, report)
+    await store.redis.flushdb()  # functions survive FLUSHDB; the log starts empty
     pure = placement.figures(
         config.nodes, config.gpus, config.runs, config.pure_rounds, config.seed
     )
@@ -442,6 +466,83 @@ def _busiest_second(times: list[int]) -> int:
     return best
 
 
+async def _copy_cost(store: EventStore, sample: int, report: Report) -> None:
+    """Server CPU of ``EventStore.append`` of one run event (``workload.rank_exited``), and
+    what each of ``COPY_TOLD`` told nodes adds to it: appends to a run with told nodes against
+    appends to one without, in alternating rounds so that both see the same machine."""
+    quiet, told = workload.new_id(), workload.new_id()
+    nodes = [f"bench-copy-{index}" for index in range(COPY_TOLD)]
+    await store.redis.sadd(keys.told_nodes(workload.rank_exited(told).aggregate, 0), *nodes)
+    spent = {quiet: 0.0, told: 0.0}
+    per_round = max(1, sample // COPY_ROUNDS)
+    for _ in range(COPY_ROUNDS):
+        for run_id in (quiet, told):
+            events = [workload.rank_exited(run_id) for _ in range(per_round)]
+            before = await _server_cpu_s(store.redis)
+            await _append_each(store, events)
+            spent[run_id] += await _server_cpu_s(store.redis) - before
+    appends = per_round * COPY_ROUNDS
+    report.append_us = spent[quiet] / appends * 1e6
+    report.copy_us_per_node = (spent[told] - spent[quiet]) / (appends * COPY_TOLD) * 1e6
+    _say(
+        f"baseline: append of a run event (EventStore.append): {report.append_us:.1f} us of "
+        f"server CPU with no node told, +{report.copy_us_per_node:.1f} us per node told "
+        f"({COPY_TOLD} told vs none, {appends:,} appends each)"
+    )
+
+
+async def _append_each(store: EventStore, events: Sequence[ev.Event]) -> None:
+    pending = iter(events)
+
+    async def appends() -> None:
+        for event in pending:
+            await store.append([event], expected_version=None)
+
+    await asyncio.gather(*(appends() for _ in range(WRITERS)))
+
+
+async def _inbox_cost(store: EventStore, sample: int, report: Report) -> None:
+    """Count the copies the run's appends made into the inboxes, and the server CPU of one
+    inbox delivery: each inbox read through a new group of its own, as each agent reads its
+    inbox (``LogConsumer``: XREADGROUP and XACK in batches), until ``sample`` were delivered."""
+    client, group = store.redis, "bench:inbox"
+    streams = [key async for key in client.scan_iter(match=keys.inbox_prefix(0) + "*")]
+    report.inboxes = len(streams)
+    for stream in streams:
+        info = await client.xinfo_stream(stream)
+        report.inbox_copies += int(info.get("entries-added", info["length"]))
+        await client.xgroup_create(stream, group, id="0")
+    try:
+        before = await _server_cpu_s(client)
+        delivered = 0
+        for stream in streams:
+            delivered += await _deliver(client, stream, group, sample - delivered)
+            if delivered >= sample:
+                break
+        spent = await _server_cpu_s(client) - before
+    finally:
+        for stream in streams:
+            await client.xgroup_destroy(stream, group)
+    report.inbox_us_per_delivery = spent / delivered * 1e6 if delivered else None
+
+
+async def _deliver(client: aioredis.Redis, stream: str | bytes, group: str, most: int) -> int:
+    """Reads ``stream`` through ``group`` as ``LogConsumer`` does, to its end or ``most``
+    entries; how many were delivered."""
+    delivered = 0
+    while delivered < most:
+        reply = cast(
+            list[tuple[bytes, list[tuple[bytes, Any]]]],
+            await client.xreadgroup(group, "agent", {stream: ">"}, count=FANOUT_BATCH),
+        )
+        entries = reply[0][1] if reply else []
+        if not entries:
+            break
+        await client.xack(stream, group, *(entry_id for entry_id, _ in entries))
+        delivered += len(entries)
+    return delivered
+
+
 async def _fanout_cost(store: EventStore, sample: int) -> float | None:
     """Server CPU microseconds to deliver one entry of this log to one more consumer group
     (XREADGROUP and XACK in batches, as each real agent's ``LogConsumer`` reads)."""
@@ -449,17 +550,7 @@ async def _fanout_cost(store: EventStore, sample: int) -> float | None:
     await client.xgroup_create(stream, group, id="0")
     try:
         before = await _server_cpu_s(client)
-        delivered = 0
-        while delivered < sample:
-            reply = cast(
-                list[tuple[bytes, list[tuple[bytes, Any]]]],
-                await client.xreadgroup(group, "agent", {stream: ">"}, count=FANOUT_BATCH),
-            )
-            entries = reply[0][1] if reply else []
-            if not entries:
-                break
-            await client.xack(stream, group, *(entry_id for entry_id, _ in entries))
-            delivered += len(entries)
+        delivered = await _deliver(client, stream, group, sample)
         spent = await _server_cpu_s(client) - before
     finally:
         await client.xgroup_destroy(stream, group)
@@ -540,19 +631,49 @@ def lines(report: Report) -> list[str]:
             f"{r.placements / scheduler_cpu:,.0f} placements and "
             f"{r.run_events / scheduler_cpu:,.0f} log events per CPU-second of the scheduler"
         )
-    if r.fanout_us_per_delivery is not None:
-        cores = r.fanout_us_per_delivery * 1e-6 * r.events_per_s * c.nodes
-        out.append(
-            f"not simulated: each real agent reads the whole log through its own group; one "
-            f"delivery costs the server {r.fanout_us_per_delivery:.1f} us, so {c.nodes:,} agents "
-            f"at {r.events_per_s:,.0f} events/s would need ~{cores:,.1f} server cores"
-        )
+    out += _agents_cost(r)
     if r.refused:
         out.append(f"first refused: {r.refused[0]}")
     if r.double_booked:
         out.append(f"first double-booked: {r.double_booked[0]}")
     if r.scheduler_profile is not None:
         out.append(f"the scheduler's cProfile ({c.profile}):\n{r.scheduler_profile}")
+    return out
+
+
+def _agents_cost(r: Report) -> list[str]:
+    """The agents' server cost per run: the inbox model, and the whole-log one it replaced."""
+    if r.inbox_us_per_delivery is None or not r.run_events:
+        return []
+    c = r.config
+    runs_per_s = c.runs / r.span_s if r.span_s else 0.0
+    copies, events = r.inbox_copies / c.runs, r.run_events / c.runs
+    inbox_ms = copies * (r.copy_us_per_node + r.inbox_us_per_delivery) / 1000
+    out = [
+        (
+            f"agents' inboxes: {r.inbox_copies:,} copies into {r.inboxes:,} inboxes = "
+            f"{copies:.1f} per run ({events:.1f} run events, {copies / events:.2f} copies each"
+            f", the nodes' own events counted in); a copy costs the server "
+            f"{r.copy_us_per_node:.1f} us to write (paid by the appends above) + "
+            f"{r.inbox_us_per_delivery:.1f} us to deliver to its node's group"
+        ),
+        (
+            f"  not simulated, the deliveries (bench.fleet feeds its agents from one reader of "
+            f"the global log): server CPU {inbox_ms:.2f} ms per run for writing and delivering "
+            f"its copies = ~{inbox_ms / 1000 * runs_per_s:.2f} cores at {runs_per_s:,.1f} "
+            f"runs/s, whatever the fleet's size"
+        ),
+    ]
+    if r.fanout_us_per_delivery is not None:
+        for agents in sorted({c.nodes, Config().nodes}):
+            whole_ms = events * agents * r.fanout_us_per_delivery / 1000
+            ratio = f"{whole_ms / inbox_ms:,.1f}x" if inbox_ms > 0 else "n/a"
+            out.append(
+                f"  the model it replaced, {agents:,} agents each reading the whole log "
+                f"({r.fanout_us_per_delivery:.1f} us a delivery): {whole_ms:,.1f} ms per run = "
+                f"~{whole_ms / 1000 * runs_per_s:,.1f} cores at {runs_per_s:,.1f} runs/s, "
+                f"{ratio} the inboxes'"
+            )
     return out
 
 

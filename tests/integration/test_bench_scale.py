@@ -34,6 +34,7 @@ async def test_every_run_completes_and_no_gpu_is_double_booked(
         baseline_entries=1_000,
         pure_rounds=3,
         fanout_sample=1_000,
+        copy_sample=400,
         timeout_s=200,
     )
     report = await scale.run(config, valkey_server.url)
@@ -46,6 +47,10 @@ async def test_every_run_completes_and_no_gpu_is_double_booked(
     assert report.run_events > 0
     assert report.events_per_s > 0
     assert report.placements_per_s > 0
+    # The appends copied the runs' events into their nodes' inboxes (counted, not timed).
+    assert 0 < report.inboxes <= config.nodes
+    assert report.inbox_copies > 0
+    assert report.inbox_us_per_delivery is not None
 
     store = EventStore(connect(valkey_server.url), Settings(redis_url=valkey_server.url))
     try:
