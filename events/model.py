@@ -93,6 +93,11 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="type"):
         raise NotImplementedError
 
 
+def run_aggregate(run_id: str) -> str:
+    """The aggregate of run ``run_id``: what names its history and its keys."""
+    return f"run:{run_id}"
+
+
 class RunEvent(Event, kw_only=True):
     """An event of one run; ``attempt`` is the attempt (mcli: resumption) index, from 0."""
 
@@ -101,7 +106,7 @@ class RunEvent(Event, kw_only=True):
 
     @property
     def aggregate(self) -> str:
-        return f"run:{self.run_id}"
+        return run_aggregate(self.run_id)
 
 
 class NodeEvent(Event, kw_only=True):

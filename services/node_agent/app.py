@@ -43,6 +43,7 @@ from events.model import (
     NodeRegistered,
     Reason,
     RunEvent,
+    run_aggregate,
 )
 from services.core.consumer import LogConsumer, make_broker
 from services.core.errors import VersionConflict
@@ -275,7 +276,7 @@ class NodeAgent:
         state = await self.store.load_run(run_id)
         if state is None or state.latest.status.is_terminal():
             return state
-        aggregate = f"run:{run_id}"
+        aggregate = run_aggregate(run_id)
         told = keys.told_nodes(aggregate, keys.partition_of(aggregate, self.settings.partitions))
         await self.store.redis.sadd(told, self.node)
         return await self.store.load_run(run_id)  # with what was appended before the SADD
