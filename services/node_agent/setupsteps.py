@@ -30,9 +30,10 @@ class SetupSteps:
     def _fields(self, job: RankJob) -> dict[str, Any]:
         return self.reporter.fields(job.key)
 
-    async def _report(self, job: RankJob, control: RankControl, event: ev.AnyRunEvent) -> None:
+    async def _report(self, job: RankJob, control: RankControl, *events: ev.AnyRunEvent) -> None:
+        """Report ``events`` of one step, in one append."""
         self._check(control)
-        await self.reporter.report(job.key, lambda _a, _r: [event], setup=True)
+        await self.reporter.report(job.key, lambda _a, _r: list(events), setup=True)
 
     async def _end(
         self, job: RankJob, failure: ev.AnyRunEvent | None, *, reason: ev.Reason

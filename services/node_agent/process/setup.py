@@ -92,12 +92,16 @@ class Setup(SetupSteps):
         raise RankEnded
 
     async def _image(self, job: RankJob, control: RankControl) -> None:
+        """A process rank pulls nothing: its image is only checked, at once, so the pull's start
+        and end are one append (one fewer on the way from submit to RUNNING)."""
         ref = job.spec.image
-        await self._report(job, control, ev.ImagePullStarted(**self._fields(job), image=ref))
+        started = ev.ImagePullStarted(**self._fields(job), image=ref)
         error = image.reference_error(ref)
         if error is None:
-            await self._report(job, control, ev.ImagePullFinished(**self._fields(job), image=ref))
+            finished = ev.ImagePullFinished(**self._fields(job), image=ref)
+            await self._report(job, control, started, finished)
             return
+        await self._report(job, control, started)
         log.info("rank.invalid_image", image=ref, error=error)
         reason = ev.Reason(category="user", code="FailedImagePull", message=error)
         failed = ev.ImagePullFailed(**self._fields(job), image=ref, error=error)
