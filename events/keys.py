@@ -34,6 +34,12 @@ def aggregate_stream(aggregate: str, partition: int | str) -> str:
     return f"{PREFIX}:{{p{partition}}}:agg:{aggregate}"
 
 
+def log_archive(partition: int | str) -> str:
+    """Where a partition's global stream was archived and up to which position it may be
+    trimmed (``services.core.archive.Pointer``): set before every trim, read with the stream."""
+    return f"{PREFIX}:{{p{partition}}}:archived"
+
+
 def idempotency_key(key: str, partition: int | str) -> str:
     return f"{PREFIX}:{{p{partition}}}:idem:{key}"
 

@@ -27,7 +27,7 @@ from projections.attempts import AttemptRow, AttemptsProjection
 from projections.audit import Entry, entry_of
 from projections.billing import BilledAttempt, GroupBy, Report, Total
 from projections.run_status import KIND, RunRow, RunStatusProjection
-from projections.runner import RedisLogReader
+from projections.runner import LogReader, RedisLogReader
 from projections.utilization import Instance, NodeLine, RunLine, queue_order
 
 T = TypeVar("T")
@@ -288,10 +288,11 @@ async def audit(
     run: str | None = None,
     window: tuple[int, int] | None = None,
     limit: int = 1000,
+    log: LogReader | None = None,
 ) -> list[Entry]:
     """Who did what, oldest first: of one actor (user or ``service@host``), of one run (name or
-    run_uid, deleted runs too), or of everyone (from the log itself); within ``window``
-    ([start, end) ms)."""
+    run_uid, deleted runs too), or of everyone (from the log itself: ``log``, by default the
+    stream without its archive); within ``window`` ([start, end) ms)."""
     ns = await _active(client, "audit")
     if ns is None:
         return []
@@ -309,7 +310,9 @@ async def audit(
             entries = [e for e in entries if window[0] <= e.time < window[1]]
         return [e for e in entries if user is None or e.actor == user][:limit]
     if user is None:
-        return await _audit_of_everyone(client, window, limit)
+        return await _audit_of_everyone(
+            log if log is not None else RedisLogReader(client), client, window, limit
+        )
     low, high = (window[0], f"({window[1]}") if window is not None else ("-inf", "+inf")
     index = ns.index_key(f"actor:{user}")
     members = cast(list[bytes], await client.zrangebyscore(index, low, high, start=0, num=limit))
@@ -322,11 +325,10 @@ class _Named(msgspec.Struct):
 
 
 async def _audit_of_everyone(
-    client: aioredis.Redis, window: tuple[int, int] | None, limit: int
+    reader: LogReader, client: aioredis.Redis, window: tuple[int, int] | None, limit: int
 ) -> list[Entry]:
     """The audit entries of the log's events in ``window``, in log order (what the audit fold
     makes of them; entries that cannot be decoded are skipped, as the fold skips them)."""
-    reader = RedisLogReader(client)
     after = "0-0" if window is None or window[0] <= 0 else f"{window[0] - 1}-{_MAX_SEQ}"
     runs = await _active(client, "run_status")
     names: dict[str, str] = {}

@@ -218,15 +218,21 @@ class Runner:
 
 
 async def rebuild(
-    client: aioredis.Redis, names: Sequence[str], *, now_ms: int, switch: bool = True
+    client: aioredis.Redis,
+    names: Sequence[str],
+    *,
+    now_ms: int,
+    switch: bool = True,
+    reader: LogReader | None = None,
 ) -> dict[str, str]:
     """Rebuild the projections ``names`` from position zero on ``client``'s server, in one pass
-    over the log: each into a fresh namespace, switched to when caught up unless ``switch`` is
-    False. ``now_ms`` names the builds. Returns each one's namespace, by name.
+    over the log (``reader``; default: the stream itself, without its archive): each into a
+    fresh namespace, switched to when caught up unless ``switch`` is False. ``now_ms`` names the
+    builds. Returns each one's namespace, by name.
     (``services.projector.lanes`` spreads them over several processes.)"""
     return await rebuild_into(
         RedisStore(client),
-        RedisLogReader(client),
+        reader if reader is not None else RedisLogReader(client),
         [make(n) for n in names],
         now_ms=now_ms,
         switch=switch,

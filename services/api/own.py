@@ -27,6 +27,7 @@ from projections.billing import DIMENSIONS
 from services.api import wire
 from services.api.context import Context, context_of, require_admin
 from services.api.errors import BadRequest
+from services.core.archive import ArchivedLog
 
 Json = dict[str, Any]
 _PAGE = 200
@@ -236,7 +237,12 @@ async def audit(_: object, info: GraphQLResolveInfo[Context], **args: Any) -> li
     if limit < 1:
         raise BadRequest("limit must be at least 1")
     entries = await query.audit(
-        context.redis, user=args.get("user"), run=run_uid, window=window, limit=limit
+        context.redis,
+        user=args.get("user"),
+        run=run_uid,
+        window=window,
+        limit=limit,
+        log=ArchivedLog(context.redis),
     )
     return [msgspec.to_builtins(entry) for entry in entries]
 

@@ -79,6 +79,9 @@ def _commands(*groups: tuple[str, ...]) -> tuple[str, ...]:
 # --- keys ----------------------------------------------------------------------------------------
 
 _LOG = keys.log_stream(ANY)
+#: Where the log's archive is (``services.core.archive``): read with the log by whoever replays
+#: it from its start (the scheduler, the projector, the API's users and audit).
+_ARCHIVED = keys.log_archive(ANY)
 _IDEMPOTENCY = keys.idempotency_key(ANY, ANY)
 #: What an append touches beside the log (``events.inbox``): the runs' told nodes (read and
 #: written) and the nodes' inboxes (written; a node-agent also reads them).
@@ -142,7 +145,7 @@ RULES: dict[str, Rule] = {
             keys.scheduler_lease(ANY),
             _alive(SCHEDULER),
         ),
-        reads=(keys.heartbeat(ANY),),
+        reads=(keys.heartbeat(ANY), _ARCHIVED),
         writes=(keys.dead_letter_stream(SCHEDULER), _INBOXES),
     ),
     # The read models: folds the log into projection keys (its own namespace, its lease among
@@ -158,6 +161,7 @@ RULES: dict[str, Rule] = {
             ("xrevrange",),  # the log's newest entry: the projections' lag (their metrics)
         ),
         both=(_LOG, _PROJECTIONS, _alive(PROJECTOR)),
+        reads=(_ARCHIVED,),
         writes=(keys.dead_letter_stream(PROJECTOR),),
     ),
     # Run output: the ingest stream and every rank's lines, their archive queue and requests
@@ -216,7 +220,7 @@ RULES: dict[str, Rule] = {
             keys.secret_values(ANY),
             _alive(API),
         ),
-        reads=(_PROJECTIONS, _OUTPUT),
+        reads=(_PROJECTIONS, _OUTPUT, _ARCHIVED),
         writes=(keys.log_requests(), _INBOXES),
     ),
 }

@@ -42,6 +42,7 @@ from events.codec import Recorded
 from events.lifecycle import RunState, copy_state, evolve
 from events.model import AnyRunEvent, Event, RunEvent, tag_of
 from services.core import acl
+from services.core.archive import ArchivedLog, raw_entries
 from services.core.errors import Fenced, MixedAggregates, StoreUnavailable, VersionConflict
 from services.core.metrics import REGISTRY
 from services.core.settings import Auth, Settings, login
@@ -156,6 +157,7 @@ class EventStore:
         # The same pool, without reply callbacks for XRANGE (see ``_range``).
         self._raw = aioredis.Redis(connection_pool=client.connection_pool)
         self._raw.set_response_callback("XRANGE", lambda response, **_: response)
+        self._logs: dict[int, ArchivedLog] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -334,20 +336,35 @@ class EventStore:
     async def read_log(
         self, partition: int = 0, after: str = "0", count: int = 1000
     ) -> list[Recorded]:
-        """Up to ``count`` events of the global log after position ``after`` (exclusive)."""
-        entries = await self._xrange(keys.log_stream(partition), _after(after), count)
-        return [_recorded(position, fields) for position, fields in entries]
+        """Up to ``count`` events of the global log after position ``after`` (exclusive),
+        archived ones (``services.core.archive``) included."""
+        entries = await self._log(partition).read(after, count)
+        return [codec.recorded_from(position, flat) for position, flat in entries]
 
     async def read_log_entries(
         self, partition: int = 0, after: str = "0", count: int = 1000
     ) -> list[RawEntry]:
         """``read_log`` undecoded: for a reader that wants a few kinds of event among many
         (``codec.KIND`` names each entry's) and decodes only those."""
-        return await self._xrange(keys.log_stream(partition), _after(after), count)
+        return raw_entries(await self._log(partition).read(after, count))
 
-    def replay(self, partition: int = 0, after: str = "0") -> AsyncIterator[Recorded]:
-        """The global log of a partition from ``after`` (exclusive) to its current end."""
-        return self._range(keys.log_stream(partition), _after(after))
+    async def replay(self, partition: int = 0, after: str = "0") -> AsyncIterator[Recorded]:
+        """The global log of a partition from ``after`` (exclusive) to its current end,
+        archived entries first."""
+        reader = self._log(partition)
+        while True:
+            entries = await reader.read(after, _PAGE)
+            for position, flat in entries:
+                yield codec.recorded_from(position, flat)
+            if len(entries) < _PAGE:
+                return
+            after = entries[-1][0]
+
+    def _log(self, partition: int) -> ArchivedLog:
+        log = self._logs.get(partition)
+        if log is None:
+            log = self._logs[partition] = ArchivedLog(self.redis, partition)
+        return log
 
     async def _range(self, stream: str, start: str) -> AsyncIterator[Recorded]:
         # Pages come as the server sends them (no per-entry tuple and dict from redis-py's
@@ -362,18 +379,8 @@ class EventStore:
                 return
             start = f"({entries[-1][0].decode()}"
 
-    async def _xrange(self, stream: str, start: str, count: int) -> list[RawEntry]:
-        entries: list[RawEntry] = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-            "XRANGE", stream, start, "+", "COUNT", count
-        )
-        return entries
-
 
 RawEntry = tuple[bytes, dict[bytes, bytes]]
-
-
-def _after(position: str) -> str:
-    return "-" if position in ("0", "0-0") else f"({position}"
 
 
 def _recorded(raw_position: bytes, fields: dict[bytes, bytes]) -> Recorded:

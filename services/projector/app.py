@@ -25,9 +25,9 @@ from redis.exceptions import RedisError
 from events import keys
 from projections.catalog import make_all
 from projections.errors import Superseded
-from projections.runner import RedisLogReader
 from projections.storage import RedisStore
 from services.core.aio import stop_on_signals, wait_event
+from services.core.archive import ArchivedLog
 from services.core.lease import Lease, LeaseLost
 from services.core.store import connect_with
 from services.projector.group import RedisGroup
@@ -47,7 +47,7 @@ def build_projector(
     only while ``fence`` (lease key, token) holds."""
     return Projector(
         RedisStore(client, fence),
-        RedisLogReader(client),
+        ArchivedLog(client),
         RedisGroup(client, settings.projector_group, settings.projector_consumer),
         make_all,
         batch=settings.projector_batch,

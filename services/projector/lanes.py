@@ -20,6 +20,7 @@ import structlog
 from projections.catalog import make
 from projections.lanes import LaneFailed, default_lanes, drop_unfinished, plan
 from projections.runner import rebuild
+from services.core.archive import ArchivedLog
 from services.core.settings import Settings
 from services.core.store import connect_with
 
@@ -107,7 +108,9 @@ async def _rebuild(
 ) -> dict[str, str]:
     client = connect_with(settings)
     try:
-        return await rebuild(client, names, now_ms=now_ms, switch=switch)
+        return await rebuild(
+            client, names, now_ms=now_ms, switch=switch, reader=ArchivedLog(client)
+        )
     finally:
         await client.aclose()
 

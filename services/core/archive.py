@@ -1,0 +1,296 @@
+"""The global log's archive: Parquet segments in a directory, listed in a manifest, and the
+reader that shows archive + live log as one log.
+
+Layout of an archive directory (``RUNPLANE_EVENT_ARCHIVE``)::
+
+    manifest.json                             the segments, in log order (rewritten atomically)
+    day=2026-12-05/<first>_<last>.parquet     one segment: entries of one day (UTC, log time)
+
+Invariants:
+- A segment is written to a temporary file in its directory, fsynced, renamed into place and
+  its directory fsynced; only then is it listed in the manifest (also written that way). A file
+  the manifest does not list is a leftover of a crash: readers never open it, the archiver
+  deletes it (``Archive.forget_unlisted``).
+- Listed segments follow each other: each one's first position is after the previous one's last.
+- The server holds a pointer (``keys.log_archive``: the directory and the last position the
+  global stream was trimmed to, at most), set before each trim. A reader reads the pointer after
+  the stream in one round trip, so whatever the stream lacks is in the archive, and it takes
+  entries up to the pointer's position from the archive and the rest from the stream: no entry
+  is missed or seen twice while the archiver trims.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import msgspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import redis.asyncio as aioredis
+
+from events import codec, keys
+
+#: A log position as numbers: (milliseconds, sequence).
+Position = tuple[int, int]
+#: An entry of the global log as the server sends it: position and ``[field, value, ...]``.
+Entry = tuple[str, list[bytes]]
+MAX_SEQ = 2**64 - 1
+ZERO: Position = (0, 0)
+MANIFEST = "manifest.json"
+
+SCHEMA = pa.schema(
+    [
+        ("position", pa.string()),
+        ("ms", pa.int64()),
+        ("seq", pa.uint64()),
+        ("aggregate", pa.string()),
+        ("kind", pa.binary()),
+        ("body", pa.binary()),
+        ("version", pa.int64()),
+    ]
+)
+
+
+def parse(position: str) -> Position:
+    ms, _, seq = position.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def show(position: Position) -> str:
+    return f"{position[0]}-{position[1]}"
+
+
+def before(position: Position) -> Position:
+    """The greatest position that comes before ``position``."""
+    ms, seq = position
+    return (ms, seq - 1) if seq > 0 else (ms - 1, MAX_SEQ)
+
+
+def after(position: Position) -> Position:
+    """The least position that comes after ``position``."""
+    ms, seq = position
+    return (ms, seq + 1) if seq < MAX_SEQ else (ms + 1, 0)
+
+
+def day_of(position: Position) -> str:
+    return dt.datetime.fromtimestamp(position[0] / 1000, dt.UTC).date().isoformat()
+
+
+class Segment(msgspec.Struct, frozen=True):
+    path: str  # relative to the archive's directory
+    first: str
+    last: str
+    events: int
+
+
+class Manifest(msgspec.Struct):
+    segments: list[Segment] = msgspec.field(default_factory=list)
+
+    @property
+    def last(self) -> Position:
+        return parse(self.segments[-1].last) if self.segments else ZERO
+
+
+class Pointer(msgspec.Struct, frozen=True):
+    """What the server knows of the archive: where it is and how far the stream was trimmed."""
+
+    dir: str
+    last: str
+
+
+class Archive:
+    """One archive directory: its manifest, its segments, reading and writing them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._cached: tuple[str, list[Position], list[Entry]] | None = None
+
+    def manifest(self) -> Manifest:
+        path = self.root / MANIFEST
+        if not path.exists():
+            return Manifest()
+        return msgspec.json.decode(path.read_bytes(), type=Manifest)
+
+    def write(self, entries: Sequence[Entry]) -> Segment:
+        """Write ``entries`` (in order, one day's) as a segment, atomically; not listed yet."""
+        first, last = entries[0][0], entries[-1][0]
+        relative = f"day={day_of(parse(first))}/{first}_{last}.parquet"
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        columns: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
+        for position, flat in entries:
+            fields = codec.fields_of(flat)
+            record = codec.recorded(position, fields)
+            ms, seq = parse(position)
+            columns["position"].append(position)
+            columns["ms"].append(ms)
+            columns["seq"].append(seq)
+            columns["aggregate"].append(record.event.aggregate)
+            columns["kind"].append(fields[codec.KIND])
+            columns["body"].append(fields[codec.BODY])
+            columns["version"].append(int(fields.get(codec.VERSION, 0)))
+        table = pa.table(columns, schema=SCHEMA)
+        _atomically(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        return Segment(relative, first, last, len(entries))
+
+    def add(self, segment: Segment) -> Manifest:
+        """Add ``segment`` to the manifest (atomically); a no-op if it is listed already."""
+        manifest = self.manifest()
+        if segment in manifest.segments:
+            return manifest
+        if manifest.segments and parse(segment.first) <= manifest.last:
+            raise ValueError(f"segment {segment.path} overlaps the archive (up to {manifest.last})")
+        manifest.segments.append(segment)
+        encoded = msgspec.json.encode(manifest)
+        _atomically(self.root / MANIFEST, lambda tmp: Path(tmp).write_bytes(encoded))
+        return manifest
+
+    def forget_unlisted(self) -> list[Path]:
+        """Delete segment files the manifest does not list (a crash's leftovers)."""
+        listed = {self.root / s.path for s in self.manifest().segments}
+        gone = []
+        for path in [*self.root.glob("day=*/*.parquet"), *self.root.glob("**/.*.tmp")]:
+            if path not in listed:
+                path.unlink()
+                gone.append(path)
+        return gone
+
+    def read(self, start: Position, upto: Position, count: int) -> list[Entry]:
+        """Up to ``count`` archived entries after ``start`` (exclusive), up to ``upto``."""
+        found: list[Entry] = []
+        for segment in self.manifest().segments:
+            if parse(segment.last) <= start:
+                continue
+            if parse(segment.first) > upto or len(found) >= count:
+                break
+            positions, entries = self._entries(segment)
+            low = bisect.bisect_right(positions, start)
+            high = bisect.bisect_right(positions, upto, lo=low)
+            found += entries[low : min(high, low + count - len(found))]
+        return found
+
+    def _entries(self, segment: Segment) -> tuple[list[Position], list[Entry]]:
+        # A rebuild reads a segment page by page: keep the last one read.
+        if self._cached is not None and self._cached[0] == segment.path:
+            return self._cached[1], self._cached[2]
+        table = pq.read_table(
+            self.root / segment.path, columns=["position", "ms", "seq", "kind", "body", "version"]
+        )
+        rows = table.to_pydict()
+        positions = list(zip(rows["ms"], rows["seq"], strict=True))
+        entries = [
+            (
+                position,
+                [codec.KIND, kind, codec.BODY, body, codec.VERSION, str(version).encode()],
+            )
+            for position, kind, body, version in zip(
+                rows["position"], rows["kind"], rows["body"], rows["version"], strict=True
+            )
+        ]
+        self._cached = (segment.path, positions, entries)
+        return positions, entries
+
+
+def _atomically(path: Path, write: Any) -> None:
+    """Write ``path`` through a temporary file beside it: fsynced, renamed, directory fsynced."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(str(tmp))
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- the server's pointer --------------------------------------------------------------------
+
+
+async def pointer(client: aioredis.Redis, partition: int = 0) -> Pointer | None:
+    value = await client.get(keys.log_archive(partition))
+    return _pointer(value)
+
+
+def _pointer(value: object) -> Pointer | None:
+    if value is None:
+        return None
+    return msgspec.json.decode(cast(bytes, value), type=Pointer)
+
+
+async def set_pointer(client: aioredis.Redis, partition: int, value: Pointer) -> None:
+    await client.set(keys.log_archive(partition), msgspec.json.encode(value))
+
+
+class ArchivedLog:
+    """One partition's global log, archive and stream as one: a ``projections.runner.LogReader``.
+
+    ``root`` names the archive's directory as this host sees it; None takes the pointer's.
+    """
+
+    def __init__(
+        self, client: aioredis.Redis, partition: int = 0, root: Path | None = None
+    ) -> None:
+        self.redis = aioredis.Redis(connection_pool=client.connection_pool)
+        self.redis.set_response_callback("XRANGE", lambda response, **_: response)
+        self.stream = keys.log_stream(partition)
+        self.key = keys.log_archive(partition)
+        self.root = root
+        self._archive: Archive | None = None
+        self._known: Pointer | None = None  # the latest pointer seen
+
+    async def read(self, after: str, count: int) -> list[Entry]:
+        """Up to ``count`` entries after ``after`` (exclusive), in order."""
+        start = ZERO if after in ("0", "") else parse(after)
+        found = self._known
+        if found is None or start >= parse(found.last):
+            live, found = await self._live(start, count)
+            if found is None or start >= parse(found.last):
+                return live
+        # The pointer only moves on: what comes before it is in the archive, the stream not
+        # asked (a replay from zero reads the archive without a page of the stream each time).
+        last = parse(found.last)
+        old = self._open(found).read(start, last, count)
+        while len(old) < count:
+            live, again = await self._live(last, count - len(old))
+            if again is None or parse(again.last) <= last:
+                return old + live
+            # The archiver moved on meanwhile: its new part first, then the stream again.
+            old += self._open(again).read(last, parse(again.last), count - len(old))
+            last = parse(again.last)
+        return old
+
+    async def _live(self, start: Position, count: int) -> tuple[list[Entry], Pointer | None]:
+        begin = "-" if start == ZERO else f"({show(start)}"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.execute_command("XRANGE", self.stream, begin, "+", "COUNT", count)
+        pipe.get(self.key)
+        raw, value = await pipe.execute()
+        found = self._known = _pointer(value)
+        last = parse(found.last) if found is not None else ZERO
+        live = [
+            (p.decode(), flat)
+            for p, flat in cast(list[list[Any]], raw)
+            if found is None or parse(p.decode()) > last
+        ]
+        return live, found
+
+    def _open(self, found: Pointer) -> Archive:
+        root = self.root if self.root is not None else Path(found.dir)
+        if self._archive is None or self._archive.root != root:
+            self._archive = Archive(root)
+        return self._archive
+
+
+def raw_entries(entries: Iterable[Entry]) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """``entries`` in the shape redis-py's XRANGE gives (``EventStore.read_log_entries``)."""
+    return [(position.encode(), codec.fields_of(flat)) for position, flat in entries]

@@ -1,0 +1,197 @@
+"""Archiving the global log: what may go, writing it to the archive, and only then trimming.
+
+One pass (``archive_log``):
+1. forget segment files the manifest does not list (a crashed pass's leftovers);
+2. the safe point: the least of the cut-off, every consumer group's progress (its last
+   delivered entry, and nothing pending before it) and every projection's active checkpoint;
+3. the entries after the manifest's last position up to the safe point, a segment per day
+   (UTC, log time), each written atomically and then listed in the manifest;
+4. the server's pointer set to the manifest's last position, then the stream trimmed up to it.
+
+A kill -9 anywhere loses nothing and duplicates nothing: a segment written but not listed is
+deleted and written again; a listed one is never written again (the next pass starts after
+it); the pointer and the trim go to the manifest's last position, whatever that pass archived.
+Running it again is harmless.
+
+Runs' own streams (their histories) are kept whole in this increment: the append function
+takes a run's version from its stream's length, so a run whose stream went would start again
+at version 0 when restarted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import structlog
+from pydantic import Field
+
+from events import codec, keys
+from projections import catalog
+from services.core.archive import (
+    ZERO,
+    Archive,
+    ArchivedLog,
+    Entry,
+    Pointer,
+    Position,
+    after,
+    before,
+    day_of,
+    parse,
+    pointer,
+    set_pointer,
+    show,
+)
+from services.core.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+#: Named steps of a pass, for a test that kills the process at one of them.
+WRITTEN, LISTED, POINTED, TRIMMED = "written", "listed", "pointed", "trimmed"
+Hook = Callable[[str], None]
+_PAGE = 10_000
+
+
+class ArchiveSettings(Settings):
+    event_archive: Path | None = Field(
+        default=None,
+        description="The directory the global log is archived to (Parquet segments and their "
+        "manifest) by `mcli admin archive`; the local stack's default is event-archive/ in its "
+        "state directory. Readers find it through the server (the path archived to).",
+    )
+
+
+class ArchiveMoved(Exception):
+    """The log was archived to another directory than the one given."""
+
+    def __init__(self, archived_to: str, given: Path) -> None:
+        super().__init__(
+            f"the log is archived in {archived_to}, not {given}: archive there "
+            "(RUNPLANE_EVENT_ARCHIVE or --dir), or move that directory there first"
+        )
+        self.archived_to = archived_to
+        self.given = given
+
+
+@dataclass(frozen=True)
+class Archived:
+    """What one pass moved."""
+
+    events: int
+    runs: int
+    segments: int
+    trimmed: int  # entries removed from the stream
+    upto: str  # the archive's last position ("0-0": nothing archived yet)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One limit on the safe point, and who sets it."""
+
+    position: Position
+    why: str
+
+
+async def safe_point(client: aioredis.Redis, partition: int, cutoff_ms: int) -> Bound:
+    """The last position every reader is done with, and that is older than ``cutoff_ms``."""
+    stream = keys.log_stream(partition)
+    bounds = [Bound(before((cutoff_ms, 0)), "cut-off")]
+    if await client.exists(stream):
+        for info in await client.xinfo_groups(stream):
+            name = _text(info["name"])
+            progress = parse(_text(info["last-delivered-id"]))
+            pending = await client.xpending(stream, name)
+            if pending["pending"]:
+                progress = min(progress, before(parse(_text(pending["min"]))))
+            bounds.append(Bound(progress, f"consumer group {name}"))
+    for name in catalog.NAMES:
+        active = await client.get(keys.projection_active(name))
+        if active is None:
+            continue
+        checkpoint = await client.get(keys.projection_checkpoint(name, _text(active)))
+        bounds.append(Bound(parse(_text(checkpoint)) if checkpoint else ZERO, f"projection {name}"))
+    return min(bounds, key=lambda b: b.position)
+
+
+async def archive_log(
+    client: aioredis.Redis,
+    archive: Archive,
+    *,
+    cutoff_ms: int,
+    partition: int = 0,
+    segment_events: int = 100_000,
+    hook: Hook | None = None,
+) -> Archived:
+    """One pass: archive what is safe and older than ``cutoff_ms``, then trim it (see above).
+    ``hook`` is called with each step's name once it is done (tests kill the process there)."""
+    step = hook or (lambda _: None)
+    root = archive.root.resolve()
+    found = await pointer(client, partition)
+    if found is not None and Path(found.dir) != root:
+        raise ArchiveMoved(found.dir, root)
+    archive.root.mkdir(parents=True, exist_ok=True)
+    for path in archive.forget_unlisted():
+        log.info("archive.leftover_removed", path=str(path))
+    bound = await safe_point(client, partition, cutoff_ms)
+    start = archive.manifest().last
+    reader = ArchivedLog(client, partition, archive.root)
+    events, segments = 0, 0
+    runs: set[str] = set()
+    day: list[Entry] = []
+
+    def flush() -> None:
+        nonlocal segments
+        segment = archive.write(day)
+        step(WRITTEN)
+        archive.add(segment)
+        step(LISTED)
+        segments += 1
+        day.clear()
+
+    position = start
+    while position < bound.position:
+        page = await reader.read(show(position), _PAGE)
+        page = [entry for entry in page if parse(entry[0]) <= bound.position]
+        if not page:
+            break
+        for entry in page:
+            if day and (
+                len(day) >= segment_events or day_of(parse(entry[0])) != day_of(parse(day[0][0]))
+            ):
+                flush()
+            day.append(entry)
+            aggregate = codec.recorded_from(*entry).event.aggregate
+            if aggregate.startswith("run:"):
+                runs.add(aggregate)
+        events += len(page)
+        position = parse(page[-1][0])
+    if day:
+        flush()
+    upto = archive.manifest().last
+    trimmed = 0
+    if upto != ZERO:
+        await set_pointer(client, partition, Pointer(str(root), show(upto)))
+        step(POINTED)
+        trimmed = int(
+            await client.xtrim(
+                keys.log_stream(partition), minid=show(after(upto)), approximate=False
+            )
+        )
+        step(TRIMMED)
+    log.info(
+        "archive.done",
+        events=events,
+        runs=len(runs),
+        segments=segments,
+        trimmed=trimmed,
+        upto=show(upto),
+        bound=bound.why,
+    )
+    return Archived(events, len(runs), segments, trimmed, show(upto))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

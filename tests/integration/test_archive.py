@@ -1,0 +1,299 @@
+"""The global log's archive on a real server: after archiving, every reader sees the log it saw
+before; a rebuild equals the incremental rows; an archiver killed -9 at any step and run again
+loses nothing and duplicates nothing; a second pass is harmless; consumer groups and
+projections hold the archive back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
+
+import pyarrow.parquet as pq
+import pytest
+import redis.asyncio as aioredis
+
+from events import keys
+from events.codec import Recorded
+from events.model import RunEvent
+from projections import query
+from projections.catalog import NAMES, make
+from projections.runner import Runner
+from projections.storage import RedisStore
+from services.core.archive import Archive, ArchivedLog, parse, pointer
+from services.core.archiver import (
+    LISTED,
+    POINTED,
+    TRIMMED,
+    WRITTEN,
+    ArchiveMoved,
+    archive_log,
+)
+from services.core.settings import Settings
+from services.core.store import EventStore, connect
+from services.projector.lanes import rebuild_many
+from tests import factories as f
+from tests.integration.projector.test_projector_process import append_all, dump, simulated_events
+
+LOG = keys.log_stream(0)
+EVERYTHING = 2**62  # a cut-off after every entry
+
+
+@pytest.fixture
+async def store(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[EventStore]:
+    store = EventStore(connect(redis_url), Settings(redis_url=redis_url))
+    yield store
+    await store.close()
+
+
+async def a_log(store: EventStore, *, seed: int = 5, steps: int = 600, runs: int = 12) -> None:
+    await append_all(store, simulated_events(seed=seed, steps=steps, runs=runs))
+
+
+async def whole_log(store: EventStore) -> list[Recorded]:
+    return [record async for record in store.replay()]
+
+
+async def paged(store: EventStore, count: int) -> list[str]:
+    """Every position of the log, read ``count`` at a time (``read_log_entries``, as the API's
+    users fold reads it)."""
+    found: list[str] = []
+    after = "0"
+    while True:
+        page = await store.read_log_entries(after=after, count=count)
+        found += [position.decode() for position, _ in page]
+        if len(page) < count:
+            return found
+        after = found[-1]
+
+
+async def histories(store: EventStore, records: list[Recorded]) -> dict[str, list[Recorded]]:
+    aggregates = sorted({r.event.aggregate for r in records})
+    return {a: await store.history(a) for a in aggregates}
+
+
+async def middle_ms(records: list[Recorded]) -> int:
+    """A cut-off that leaves about half the log live (entries from that millisecond on)."""
+    return parse(records[len(records) // 2].position)[0]
+
+
+def archived_positions(root: Path) -> list[str]:
+    found: list[str] = []
+    for segment in Archive(root).manifest().segments:
+        found += pq.read_table(root / segment.path, columns=["position"])["position"].to_pylist()
+    return found
+
+
+def files(root: Path) -> list[str]:
+    """Every file of an archive but its manifest (a crash's leftovers included)."""
+    found = [p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json"]
+    return sorted(str(p.relative_to(root)) for p in found)
+
+
+async def assert_whole(
+    store: EventStore, redis: aioredis.Redis, root: Path, before: list[Recorded]
+) -> None:
+    """The log reads as ``before``; each entry is in the archive or the stream, never both."""
+    assert await whole_log(store) == before
+    assert await paged(store, 7) == [r.position for r in before]
+    archived = archived_positions(root)
+    live = [p.decode() for p, _ in cast(list[tuple[bytes, object]], await redis.xrange(LOG))]
+    assert archived + live == [r.position for r in before]
+
+
+async def test_after_archiving_every_reader_reads_what_it_read_before(
+    store: EventStore, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    await a_log(store)
+    before = await whole_log(store)
+    their_histories = await histories(store, before)
+    await rebuild_many(Settings(redis_url=_url(store)), NAMES, now_ms=1, lanes=1)
+    audit = await query.audit(redis, limit=100_000)
+
+    done = await archive_log(
+        redis, Archive(tmp_path), cutoff_ms=await middle_ms(before), segment_events=50
+    )
+
+    assert 0 < done.events < len(before)
+    assert done.trimmed == done.events
+    assert done.segments >= -(-done.events // 50)  # ceiling: at most 50 events a segment
+    assert done.runs > 0
+    assert await redis.xlen(LOG) == len(before) - done.events
+    await assert_whole(store, redis, tmp_path, before)
+    assert await histories(store, before) == their_histories
+    assert await query.audit(redis, limit=100_000, log=ArchivedLog(redis)) == audit
+    found = await pointer(redis)
+    assert found is not None
+    assert found.last == done.upto
+    assert found.dir == str(tmp_path.resolve())  # noqa: ASYNC240 - no IO: tmp_path is absolute
+
+
+async def test_a_rebuild_after_archiving_ends_with_the_incremental_rows(
+    store: EventStore, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    settings = Settings(redis_url=_url(store))
+    events = simulated_events(seed=8, steps=900, runs=15)
+    await append_all(store, events[:600])
+    await rebuild_many(settings, NAMES, now_ms=1, lanes=1)  # the projector's rows, caught up
+    done = await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING, segment_events=100)
+    assert done.events > 0
+    assert await redis.xlen(LOG) == 0
+    await append_all(store, events[600:])
+    # The projector after a restart: its active builds, caught up over archive + stream.
+    runner = Runner(RedisStore(redis), ArchivedLog(redis), [make(n) for n in NAMES])
+    await runner.start()
+    fresh = await rebuild_many(settings, NAMES, now_ms=2, switch=False, lanes=1)
+    for name in NAMES:
+        active = cast(bytes, await redis.get(keys.projection_active(name))).decode()
+        rows = await dump(redis, name, active)
+        assert rows, f"{name} is empty"
+        assert rows == await dump(redis, name, fresh[name]), f"{name} differs from its rebuild"
+
+
+@pytest.mark.parametrize(
+    "crash",
+    [(WRITTEN, 1), (WRITTEN, 3), (LISTED, 1), (LISTED, 4), (POINTED, 1), (TRIMMED, 1)],
+    ids=lambda crash: f"{crash[0]}-{crash[1]}",
+)
+async def test_an_archiver_killed_at_any_step_loses_and_doubles_nothing(
+    store: EventStore, redis: aioredis.Redis, redis_url: str, tmp_path: Path, crash: tuple[str, int]
+) -> None:
+    step, nth = crash
+    await a_log(store, seed=9, steps=500, runs=10)
+    before = await whole_log(store)
+    cutoff = await middle_ms(before)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.integration.archive_proc",
+        redis_url,
+        str(tmp_path),
+        str(cutoff),
+        "40",
+        step,
+        str(nth),
+    )
+    assert await asyncio.wait_for(process.wait(), timeout=120) == -9
+    # Mid-way, what is listed may still be in the stream too: readers see each entry once.
+    assert await whole_log(store) == before
+    assert await paged(store, 7) == [r.position for r in before]
+
+    again = await archive_log(redis, Archive(tmp_path), cutoff_ms=cutoff, segment_events=40)
+    await assert_whole(store, redis, tmp_path, before)
+    archived = archived_positions(tmp_path)
+    assert archived == [r.position for r in before if parse(r.position)[0] < cutoff]
+    assert await redis.xlen(LOG) == len(before) - len(archived)
+    assert files(tmp_path) == sorted(s.path for s in Archive(tmp_path).manifest().segments)
+    assert again.upto == archived[-1]
+
+    third = await archive_log(redis, Archive(tmp_path), cutoff_ms=cutoff, segment_events=40)
+    assert (third.events, third.segments, third.trimmed) == (0, 0, 0)
+    await assert_whole(store, redis, tmp_path, before)
+
+
+async def test_consumer_groups_and_projections_hold_the_archive_back(
+    store: EventStore, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    await a_log(store, seed=2, steps=200, runs=5)
+    before = await whole_log(store)
+    await redis.xgroup_create(LOG, "slow", id="0")
+    taken = cast(list[Any], await redis.xreadgroup("slow", "c1", {LOG: ">"}, count=30))
+    delivered = [position.decode() for position, _ in taken[0][1]]
+    await redis.xack(LOG, "slow", *delivered[:10])  # the 11th is still pending
+
+    done = await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING)
+    assert done.upto == delivered[9]
+    await assert_whole(store, redis, tmp_path, before)
+
+    await redis.xack(LOG, "slow", *delivered[10:])
+    await redis.set(keys.projection_active("billing"), "v1")
+    await redis.set(keys.projection_checkpoint("billing", "v1"), before[20].position)
+    done = await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING)
+    assert done.upto == before[20].position
+    await assert_whole(store, redis, tmp_path, before)
+
+
+async def test_leftovers_of_a_crash_are_removed_and_another_directory_is_refused(
+    store: EventStore, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    await a_log(store, seed=3, steps=100, runs=3)
+    before = await whole_log(store)
+    stray = tmp_path / "day=2020-01-01" / ".1-0_2-0.parquet.tmp"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"half a file")
+    await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING)
+    assert not stray.exists()
+    await assert_whole(store, redis, tmp_path, before)
+    with pytest.raises(ArchiveMoved, match="archived in"):
+        await archive_log(redis, Archive(tmp_path / "elsewhere"), cutoff_ms=EVERYTHING)
+
+
+def _url(store: EventStore) -> str:
+    return store.settings.redis_url
+
+
+def mcli_archive(
+    tmp_path: Path, *args: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", "admin", "archive", *args],
+        env={k: v for k, v in os.environ.items() if not k.startswith("RUNPLANE_")}
+        | {"HOME": str(tmp_path), "RUNPLANE_HOME": str(tmp_path / "state")}
+        | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_the_operator_archives_with_mcli_admin_archive(
+    store: EventStore, redis: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    await a_log(store, seed=6, steps=150, runs=4)
+    before = await whole_log(store)
+    runs = len({r.event.aggregate for r in before if r.event.aggregate.startswith("run:")})
+    root = tmp_path / "archive"
+    operator = {"RUNPLANE_REDIS_URL": redis_url, "RUNPLANE_EVENT_ARCHIVE": str(root)}
+
+    first = await asyncio.to_thread(mcli_archive, tmp_path, "--before", "0.001s", env=operator)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == (
+        f"archived {len(before)} events of {runs} runs; trimmed {len(before)} entries from the "
+        f"log (up to {before[-1].position})\n"
+    )
+    await assert_whole(store, redis, root, before)
+    again = await asyncio.to_thread(mcli_archive, tmp_path, "--before", "1s", env=operator)
+    assert (again.returncode, again.stdout) == (0, "archived 0 events of 0 runs\n")
+
+    nowhere = await asyncio.to_thread(
+        mcli_archive, tmp_path, "--before", "1d", env={"RUNPLANE_REDIS_URL": redis_url}
+    )
+    assert nowhere.returncode == 1
+    assert "Set RUNPLANE_EVENT_ARCHIVE" in nowhere.stderr
+
+
+async def test_an_archived_runs_next_events_continue_its_history(
+    store: EventStore, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    await a_log(store, seed=7, steps=150, runs=3)
+    before = await whole_log(store)
+    run = next(r.event for r in before if isinstance(r.event, RunEvent))
+    history = await store.history(run.aggregate)
+    await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING)
+    assert await redis.xlen(LOG) == 0
+
+    appended = await store.append([f.updated(run.run_id, 3)], expected_version=len(history))
+
+    assert appended.version == len(history) + 1
+    after = await store.history(run.aggregate)
+    assert after[:-1] == history
+    assert after[-1].version == len(history) + 1
+    assert [r.position for r in await whole_log(store)] == [
+        *(r.position for r in before),
+        *appended.positions,
+    ]
