@@ -146,7 +146,7 @@ async def test_a_rebuild_after_archiving_ends_with_the_incremental_rows(
     # The projector after a restart: its active builds, caught up over archive + stream.
     runner = Runner(RedisStore(redis), ArchivedLog(redis), [make(n) for n in NAMES])
     await runner.start()
-    fresh = await rebuild_many(settings, NAMES, now_ms=2, switch=False, lanes=1)
+    fresh = await rebuild_many(settings, NAMES, now_ms=2, switch=False, lanes=2)
     for name in NAMES:
         active = cast(bytes, await redis.get(keys.projection_active(name))).decode()
         rows = await dump(redis, name, active)

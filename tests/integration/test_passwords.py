@@ -118,6 +118,8 @@ def test_a_wrong_password_gets_wrongpass(server: ValkeyProcess, secrets: Path) -
         (acl.PROJECTOR, ("FUNCTION", "FLUSH")),
         (acl.LOG_COLLECTOR, ("SET", keys.run_name("hello-abcdef"), "r1")),
         (acl.LOG_COLLECTOR, ("SUBSCRIBE", "anything")),
+        (acl.API, ("SET", keys.log_archive(0), "{}")),  # the archive's pointer: the operator's
+        (acl.SCHEDULER, ("XTRIM", keys.log_stream(0), "MINID", "1-0")),
     ],
 )
 def test_a_service_is_refused_what_its_rule_lacks(
@@ -134,6 +136,10 @@ def test_what_a_service_needs_it_may_do(server: ValkeyProcess, secrets: Path) ->
     with as_user(server, secrets, acl.OPERATOR) as operator:
         assert operator.acl_whoami() == acl.OPERATOR
         assert operator.xlen(keys.log_ingest()) == 1
+        operator.set(keys.log_archive(0), '{"dir": "/a", "last": "1-0"}')
+    for replaying in (acl.SCHEDULER, acl.PROJECTOR, acl.API):  # the log from its start
+        with as_user(server, secrets, replaying) as client:
+            assert client.get(keys.log_archive(0)) is not None
     with (
         pytest.raises(AuthenticationError),
         redis.Redis(
