@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import redis.asyncio as aioredis
 
 from events import codec, keys
+from events.errors import UndecodableEvent
 
 #: A log position as numbers: (milliseconds, sequence).
 Position = tuple[int, int]
@@ -52,8 +53,12 @@ SCHEMA = pa.schema(
         ("kind", pa.binary()),
         ("body", pa.binary()),
         ("version", pa.int64()),
+        # The whole entry (msgpack of [field, value, ...]) when it is not of the layout the
+        # append function writes (k, e, n): kept as it was, whatever it is.
+        ("entry", pa.binary()),
     ]
 )
+_LAYOUT = (codec.KIND, codec.BODY, codec.VERSION)
 
 
 def parse(position: str) -> Position:
@@ -125,15 +130,21 @@ class Archive:
         columns: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
         for position, flat in entries:
             fields = codec.fields_of(flat)
-            record = codec.recorded(position, fields)
             ms, seq = parse(position)
             columns["position"].append(position)
             columns["ms"].append(ms)
             columns["seq"].append(seq)
-            columns["aggregate"].append(record.event.aggregate)
-            columns["kind"].append(fields[codec.KIND])
-            columns["body"].append(fields[codec.BODY])
-            columns["version"].append(int(fields.get(codec.VERSION, 0)))
+            columns["aggregate"].append(aggregate_of(position, flat))
+            if tuple(flat[0::2]) == _LAYOUT:
+                columns["kind"].append(fields[codec.KIND])
+                columns["body"].append(fields[codec.BODY])
+                columns["version"].append(int(fields[codec.VERSION]))
+                columns["entry"].append(None)
+            else:
+                columns["kind"].append(fields.get(codec.KIND))
+                columns["body"].append(fields.get(codec.BODY))
+                columns["version"].append(None)
+                columns["entry"].append(msgspec.msgpack.encode(flat))
         table = pa.table(columns, schema=SCHEMA)
         _atomically(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
         return Segment(relative, first, last, len(entries))
@@ -179,21 +190,38 @@ class Archive:
         if self._cached is not None and self._cached[0] == segment.path:
             return self._cached[1], self._cached[2]
         table = pq.read_table(
-            self.root / segment.path, columns=["position", "ms", "seq", "kind", "body", "version"]
+            self.root / segment.path,
+            columns=["position", "ms", "seq", "kind", "body", "version", "entry"],
         )
         rows = table.to_pydict()
         positions = list(zip(rows["ms"], rows["seq"], strict=True))
         entries = [
             (
                 position,
-                [codec.KIND, kind, codec.BODY, body, codec.VERSION, str(version).encode()],
+                [codec.KIND, kind, codec.BODY, body, codec.VERSION, str(version).encode()]
+                if entry is None
+                else msgspec.msgpack.decode(entry, type=list[bytes]),
             )
-            for position, kind, body, version in zip(
-                rows["position"], rows["kind"], rows["body"], rows["version"], strict=True
+            for position, kind, body, version, entry in zip(
+                rows["position"],
+                rows["kind"],
+                rows["body"],
+                rows["version"],
+                rows["entry"],
+                strict=True,
             )
         ]
         self._cached = (segment.path, positions, entries)
         return positions, entries
+
+
+def aggregate_of(position: str, flat: list[bytes]) -> str:
+    """The aggregate of an entry ("" for one that is not an event: it is archived all the
+    same, as consumers dead-letter it and go on)."""
+    try:
+        return codec.recorded_from(position, flat).event.aggregate
+    except UndecodableEvent:
+        return ""
 
 
 def _atomically(path: Path, write: Any) -> None:

@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 import structlog
 from pydantic import Field
 
-from events import codec, keys
+from events import keys
 from projections import catalog
 from services.core.archive import (
     ZERO,
@@ -38,6 +38,7 @@ from services.core.archive import (
     Pointer,
     Position,
     after,
+    aggregate_of,
     before,
     day_of,
     parse,
@@ -163,7 +164,7 @@ async def archive_log(
             ):
                 flush()
             day.append(entry)
-            aggregate = codec.recorded_from(*entry).event.aggregate
+            aggregate = aggregate_of(*entry)
             if aggregate.startswith("run:"):
                 runs.add(aggregate)
         events += len(page)

@@ -297,3 +297,30 @@ async def test_an_archived_runs_next_events_continue_its_history(
         *(r.position for r in before),
         *appended.positions,
     ]
+
+
+async def test_entries_that_are_no_events_are_archived_as_they_were(
+    store: EventStore, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    await a_log(store, seed=4, steps=40, runs=2)
+    await redis.xadd(LOG, {"x": "not an event"})
+    await redis.xadd(LOG, {"k": "no.such@1", "e": b"\xff{", "n": "7"})
+    await a_log(store, seed=5, steps=40, runs=2)
+    log = ArchivedLog(redis, root=tmp_path)
+    before = await log.read("0", 100_000)
+
+    done = await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING, segment_events=9)
+
+    assert done.events == len(before)
+    assert await ArchivedLog(redis).read("0", 100_000) == before
+    assert [e for page in await pages(log, 5) for e in page] == before
+
+
+async def pages(log: ArchivedLog, count: int) -> list[list[tuple[str, list[bytes]]]]:
+    found: list[list[tuple[str, list[bytes]]]] = []
+    after = "0"
+    while True:
+        found.append(await log.read(after, count))
+        if len(found[-1]) < count:
+            return found
+        after = found[-1][-1][0]
