@@ -315,8 +315,22 @@ class ArchivedLog:
     def _open(self, found: Pointer) -> Archive:
         root = self.root if self.root is not None else Path(found.dir)
         if self._archive is None or self._archive.root != root:
+            if not (root / MANIFEST).exists():
+                raise ArchiveMissing(root, found)
             self._archive = Archive(root)
         return self._archive
+
+
+class ArchiveMissing(Exception):
+    """The stream was trimmed after archiving, and this host cannot read the archive: reading
+    on would skip entries, so nothing is read."""
+
+    def __init__(self, root: Path, found: Pointer) -> None:
+        super().__init__(
+            f"the global log up to {found.last} is archived in {found.dir}, and {root / MANIFEST} "
+            "cannot be read here: mount the archive at that path"
+        )
+        self.root = root
 
 
 def raw_entries(entries: Iterable[Entry]) -> list[tuple[bytes, dict[bytes, bytes]]]:

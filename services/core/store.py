@@ -10,6 +10,10 @@ Invariants:
   after a dropped connection stores the events once and returns the original positions.
 - Events are checked against the lifecycle rules before they are sent (``update_run``); a lost
   race re-reads and re-decides.
+- Reads of the global log (``read_log``, ``read_log_entries``, ``replay``) go through
+  ``services.core.archive.ArchivedLog``: the archived part first, then the stream, each entry
+  once. A run's own stream is never trimmed (its length is its version), so ``history`` reads
+  it alone.
 - ``runplane_events_appended_total{type}`` counts the events this process stored, by tag: a
   retried append that had landed already (a duplicate) is not counted again.
 """

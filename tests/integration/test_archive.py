@@ -24,7 +24,7 @@ from projections import query
 from projections.catalog import NAMES, make
 from projections.runner import Runner
 from projections.storage import RedisStore
-from services.core.archive import Archive, ArchivedLog, parse, pointer
+from services.core.archive import Archive, ArchivedLog, ArchiveMissing, parse, pointer
 from services.core.archiver import (
     LISTED,
     POINTED,
@@ -324,3 +324,13 @@ async def pages(log: ArchivedLog, count: int) -> list[list[tuple[str, list[bytes
         if len(found[-1]) < count:
             return found
         after = found[-1][-1][0]
+
+
+async def test_a_reader_that_cannot_read_the_archive_reads_nothing(
+    store: EventStore, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    await a_log(store, seed=4, steps=40, runs=2)
+    await archive_log(redis, Archive(tmp_path / "here"), cutoff_ms=EVERYTHING)
+    await asyncio.to_thread((tmp_path / "here").rename, tmp_path / "gone")
+    with pytest.raises(ArchiveMissing, match="mount the archive at that path"):
+        await whole_log(store)
