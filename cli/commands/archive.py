@@ -20,7 +20,7 @@ from cli.commands.common import echo
 from cli.criteria import duration_s
 from cli.errors import ClientError
 from cli.stack import operator_settings, state_dir
-from services.core.archive import Archive
+from services.core.archive import Archive, ArchiveBusy, ArchiveMissing
 from services.core.archiver import Archived, ArchiveMoved, ArchiveSettings, archive_log
 from services.core.settings import Settings
 from services.core.store import connect_with
@@ -75,8 +75,8 @@ def archive_events(args: argparse.Namespace) -> int:
     root = archive_dir(args.dir)
     try:
         done = asyncio.run(_archive(operator_settings(), root, args.before))
-    except ArchiveMoved as moved:
-        raise ClientError(str(moved)) from None
+    except (ArchiveMoved, ArchiveBusy, ArchiveMissing) as refused:
+        raise ClientError(str(refused)) from None
     echo(summary(done))
     return 0
 

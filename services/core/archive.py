@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import fcntl
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -43,6 +45,7 @@ Entry = tuple[str, list[bytes]]
 MAX_SEQ = 2**64 - 1
 ZERO: Position = (0, 0)
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 
 SCHEMA = pa.schema(
     [
@@ -114,6 +117,20 @@ class Archive:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._cached: tuple[str, list[Position], list[Entry]] | None = None
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Held by the one archiver writing here (on this host); another gets ``ArchiveBusy``
+        at once: two would write the same segments and list them twice."""
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ArchiveBusy(self.root) from None
+            yield
+        finally:
+            os.close(fd)  # and the lock with it
 
     def manifest(self) -> Manifest:
         path = self.root / MANIFEST
@@ -319,6 +336,14 @@ class ArchivedLog:
                 raise ArchiveMissing(root, found)
             self._archive = Archive(root)
         return self._archive
+
+
+class ArchiveBusy(Exception):
+    """Another archiver is writing to this archive."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(f"another archiver is writing to {root}: try again once it is done")
+        self.root = root
 
 
 class ArchiveMissing(Exception):

@@ -134,6 +134,21 @@ async def archive_log(
     if found is not None and Path(found.dir) != root:
         raise ArchiveMoved(found.dir, root)
     archive.root.mkdir(parents=True, exist_ok=True)
+    with archive.locked():
+        return await _archive_pass(
+            client, archive, root, cutoff_ms, partition, segment_events, step
+        )
+
+
+async def _archive_pass(  # noqa: PLR0917 - archive_log's own arguments, checked
+    client: aioredis.Redis,
+    archive: Archive,
+    root: Path,
+    cutoff_ms: int,
+    partition: int,
+    segment_events: int,
+    step: Hook,
+) -> Archived:
     for path in archive.forget_unlisted():
         log.info("archive.leftover_removed", path=str(path))
     bound = await safe_point(client, partition, cutoff_ms)

@@ -24,7 +24,16 @@ from projections import query
 from projections.catalog import NAMES, make
 from projections.runner import Runner
 from projections.storage import RedisStore
-from services.core.archive import Archive, ArchivedLog, ArchiveMissing, parse, pointer
+from services.core.archive import (
+    LOCK,
+    MANIFEST,
+    Archive,
+    ArchiveBusy,
+    ArchivedLog,
+    ArchiveMissing,
+    parse,
+    pointer,
+)
 from services.core.archiver import (
     LISTED,
     POINTED,
@@ -90,7 +99,7 @@ def archived_positions(root: Path) -> list[str]:
 
 def files(root: Path) -> list[str]:
     """Every file of an archive but its manifest (a crash's leftovers included)."""
-    found = [p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json"]
+    found = [p for p in root.rglob("*") if p.is_file() and p.name not in {MANIFEST, LOCK}]
     return sorted(str(p.relative_to(root)) for p in found)
 
 
@@ -334,3 +343,12 @@ async def test_a_reader_that_cannot_read_the_archive_reads_nothing(
     await asyncio.to_thread((tmp_path / "here").rename, tmp_path / "gone")
     with pytest.raises(ArchiveMissing, match="mount the archive at that path"):
         await whole_log(store)
+
+
+async def test_one_archiver_at_a_time(
+    store: EventStore, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    await a_log(store, seed=4, steps=40, runs=2)
+    with Archive(tmp_path).locked(), pytest.raises(ArchiveBusy, match="another archiver"):
+        await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING)
+    assert (await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING)).events > 0
