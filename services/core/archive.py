@@ -6,6 +6,9 @@ Layout of an archive directory (``RUNPLANE_EVENT_ARCHIVE``)::
     manifest.json                             the segments, in log order (rewritten atomically)
     day=2026-12-05/<first>_<last>.parquet     one segment: entries of one day (UTC, log time)
 
+The Parquet side is ``services.core.segments``, imported only when a segment is written or
+read: every service reads the log through this module, and pyarrow would cost each tens of MiB.
+
 Invariants:
 - A segment is written to a temporary file in its directory, fsynced, renamed into place and
   its directory fsynced; only then is it listed in the manifest (also written that way). A file
@@ -31,8 +34,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import msgspec
-import pyarrow as pa
-import pyarrow.parquet as pq
 import redis.asyncio as aioredis
 
 from events import codec, keys
@@ -46,22 +47,6 @@ MAX_SEQ = 2**64 - 1
 ZERO: Position = (0, 0)
 MANIFEST = "manifest.json"
 LOCK = ".lock"
-
-SCHEMA = pa.schema(
-    [
-        ("position", pa.string()),
-        ("ms", pa.int64()),
-        ("seq", pa.uint64()),
-        ("aggregate", pa.string()),
-        ("kind", pa.binary()),
-        ("body", pa.binary()),
-        ("version", pa.int64()),
-        # The whole entry (msgpack of [field, value, ...]) when it is not of the layout the
-        # append function writes (k, e, n): kept as it was, whatever it is.
-        ("entry", pa.binary()),
-    ]
-)
-_LAYOUT = (codec.KIND, codec.BODY, codec.VERSION)
 
 
 def parse(position: str) -> Position:
@@ -138,32 +123,24 @@ class Archive:
             return Manifest()
         return msgspec.json.decode(path.read_bytes(), type=Manifest)
 
+    def dataset(self) -> Any:
+        """The listed segments as one ``pyarrow.dataset.Dataset`` with a ``day`` column (for
+        reports over the archive, with pyarrow or DuckDB): never a file the manifest does not
+        list."""
+        from services.core import segments  # noqa: PLC0415 - pyarrow only where it is used
+
+        return segments.dataset(self.root, [s.path for s in self.manifest().segments])
+
     def write(self, entries: Sequence[Entry]) -> Segment:
         """Write ``entries`` (in order, one day's) as a segment, atomically; not listed yet."""
         first, last = entries[0][0], entries[-1][0]
         relative = f"day={day_of(parse(first))}/{first}_{last}.parquet"
         path = self.root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        columns: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
-        for position, flat in entries:
-            fields = codec.fields_of(flat)
-            ms, seq = parse(position)
-            columns["position"].append(position)
-            columns["ms"].append(ms)
-            columns["seq"].append(seq)
-            columns["aggregate"].append(aggregate_of(position, flat))
-            if tuple(flat[0::2]) == _LAYOUT:
-                columns["kind"].append(fields[codec.KIND])
-                columns["body"].append(fields[codec.BODY])
-                columns["version"].append(int(fields[codec.VERSION]))
-                columns["entry"].append(None)
-            else:
-                columns["kind"].append(fields.get(codec.KIND))
-                columns["body"].append(fields.get(codec.BODY))
-                columns["version"].append(None)
-                columns["entry"].append(msgspec.msgpack.encode(flat))
-        table = pa.table(columns, schema=SCHEMA)
-        _atomically(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        from services.core import segments  # noqa: PLC0415 - pyarrow only where it is used
+
+        table = segments.table(entries, [aggregate_of(*entry) for entry in entries])
+        _atomically(path, lambda tmp: segments.write(table, tmp))
         return Segment(relative, first, last, len(entries))
 
     def add(self, segment: Segment) -> Manifest:
@@ -206,28 +183,9 @@ class Archive:
         # A rebuild reads a segment page by page: keep the last one read.
         if self._cached is not None and self._cached[0] == segment.path:
             return self._cached[1], self._cached[2]
-        table = pq.read_table(
-            self.root / segment.path,
-            columns=["position", "ms", "seq", "kind", "body", "version", "entry"],
-        )
-        rows = table.to_pydict()
-        positions = list(zip(rows["ms"], rows["seq"], strict=True))
-        entries = [
-            (
-                position,
-                [codec.KIND, kind, codec.BODY, body, codec.VERSION, str(version).encode()]
-                if entry is None
-                else msgspec.msgpack.decode(entry, type=list[bytes]),
-            )
-            for position, kind, body, version, entry in zip(
-                rows["position"],
-                rows["kind"],
-                rows["body"],
-                rows["version"],
-                rows["entry"],
-                strict=True,
-            )
-        ]
+        from services.core import segments  # noqa: PLC0415 - pyarrow only where it is used
+
+        positions, entries = segments.read(self.root / segment.path)
         self._cached = (segment.path, positions, entries)
         return positions, entries
 

@@ -31,6 +31,7 @@ from services.core.archive import (
     ArchiveBusy,
     ArchivedLog,
     ArchiveMissing,
+    day_of,
     parse,
     pointer,
 )
@@ -352,3 +353,20 @@ async def test_one_archiver_at_a_time(
     with Archive(tmp_path).locked(), pytest.raises(ArchiveBusy, match="another archiver"):
         await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING)
     assert (await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING)).events > 0
+
+
+async def test_reports_read_the_listed_segments_as_one_dataset_by_day(
+    store: EventStore, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    await a_log(store, seed=4, steps=60, runs=2)
+    before = await whole_log(store)
+    await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING, segment_events=10)
+    (tmp_path / "day=2020-01-01").mkdir()
+    stray = tmp_path / "day=2020-01-01" / "1-0_2-0.parquet"  # a crash's, not listed
+    await asyncio.to_thread(stray.write_bytes, (tmp_path / MANIFEST).read_bytes())
+
+    table = Archive(tmp_path).dataset().to_table()
+
+    assert table["position"].to_pylist() == [r.position for r in before]
+    assert set(table["day"].to_pylist()) == {day_of(parse(r.position)) for r in before}
+    assert table["aggregate"].to_pylist() == [r.event.aggregate for r in before]

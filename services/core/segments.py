@@ -1,0 +1,98 @@
+"""The Parquet side of the log's archive (``services.core.archive``): a segment's columns,
+writing one, reading one back entry for entry, and the listed ones as a dataset.
+
+Imported only where segments are written or read: pyarrow costs a process tens of MiB, and
+most processes that read the log never open the archive (``services.core.imports``).
+
+Invariant: reading a segment gives back each entry's fields byte for byte as the stream held
+them: the ``k``, ``e``, ``n`` layout from its columns, any other layout from ``entry``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from events import codec
+
+#: A log position as numbers: (milliseconds, sequence).
+Position = tuple[int, int]
+Entry = tuple[str, list[bytes]]
+
+SCHEMA = pa.schema(
+    [
+        ("position", pa.string()),
+        ("ms", pa.int64()),
+        ("seq", pa.uint64()),
+        ("aggregate", pa.string()),  # "" for an entry that is no event
+        ("kind", pa.binary()),
+        ("body", pa.binary()),
+        ("version", pa.int64()),
+        # The whole entry (msgpack of [field, value, ...]) when it is not of the layout the
+        # append function writes (k, e, n): kept as it was, whatever it is.
+        ("entry", pa.binary()),
+    ]
+)
+_LAYOUT = (codec.KIND, codec.BODY, codec.VERSION)
+_READ = ["position", "ms", "seq", "kind", "body", "version", "entry"]
+
+
+def table(entries: Sequence[Entry], aggregates: Sequence[str]) -> pa.Table:
+    columns: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
+    for (position, flat), aggregate in zip(entries, aggregates, strict=True):
+        fields = codec.fields_of(flat)
+        ms, _, seq = position.partition("-")
+        columns["position"].append(position)
+        columns["ms"].append(int(ms))
+        columns["seq"].append(int(seq or 0))
+        columns["aggregate"].append(aggregate)
+        standard = tuple(flat[0::2]) == _LAYOUT
+        columns["kind"].append(fields.get(codec.KIND))
+        columns["body"].append(fields.get(codec.BODY))
+        columns["version"].append(int(fields[codec.VERSION]) if standard else None)
+        columns["entry"].append(None if standard else msgspec.msgpack.encode(flat))
+    return pa.table(columns, schema=SCHEMA)
+
+
+def write(data: pa.Table, path: str) -> None:
+    pq.write_table(data, path, compression="zstd")
+
+
+def read(path: Path) -> tuple[list[Position], list[Entry]]:
+    """A segment's positions and its entries as the stream held them, in order."""
+    rows = pq.read_table(path, columns=_READ).to_pydict()
+    positions = list(zip(rows["ms"], rows["seq"], strict=True))
+    entries = [
+        (
+            position,
+            [codec.KIND, kind, codec.BODY, body, codec.VERSION, str(version).encode()]
+            if entry is None
+            else msgspec.msgpack.decode(entry, type=list[bytes]),
+        )
+        for position, kind, body, version, entry in zip(
+            rows["position"],
+            rows["kind"],
+            rows["body"],
+            rows["version"],
+            rows["entry"],
+            strict=True,
+        )
+    ]
+    return positions, entries
+
+
+def dataset(root: Path, paths: Sequence[str]) -> ds.Dataset:
+    """The segments ``paths`` (relative to ``root``) as one dataset, ``day`` from their folder."""
+    return ds.dataset(
+        [str(root / path) for path in paths],
+        schema=SCHEMA.append(pa.field("day", pa.string())),
+        format="parquet",
+        partitioning=ds.partitioning(pa.schema([("day", pa.string())]), flavor="hive"),
+        partition_base_dir=str(root),
+    )
