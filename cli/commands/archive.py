@@ -21,7 +21,13 @@ from cli.criteria import duration_s
 from cli.errors import ClientError
 from cli.stack import operator_settings, state_dir
 from services.core.archive import Archive, ArchiveBusy, ArchiveMissing
-from services.core.archiver import Archived, ArchiveMoved, ArchiveSettings, archive_log
+from services.core.archiver import (
+    CUT_OFF,
+    Archived,
+    ArchiveMoved,
+    ArchiveSettings,
+    archive_log,
+)
 from services.core.settings import Settings
 from services.core.store import connect_with
 
@@ -85,6 +91,8 @@ def summary(done: Archived) -> str:
     line = f"archived {done.events} events of {done.runs} runs"
     if done.trimmed:
         line += f"; trimmed {done.trimmed} entries from the log (up to {done.upto})"
+    if done.held_by != CUT_OFF:
+        line += f"; newer entries wait for {done.held_by}"
     return line
 
 

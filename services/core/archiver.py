@@ -53,6 +53,7 @@ log = structlog.get_logger(__name__)
 #: Named steps of a pass, for a test that kills the process at one of them.
 WRITTEN, LISTED, POINTED, TRIMMED = "written", "listed", "pointed", "trimmed"
 Hook = Callable[[str], None]
+CUT_OFF = "the cut-off"
 _PAGE = 10_000
 
 
@@ -86,6 +87,7 @@ class Archived:
     segments: int
     trimmed: int  # entries removed from the stream
     upto: str  # the archive's last position ("0-0": nothing archived yet)
+    held_by: str  # what set the safe point: "cut-off", or the reader still behind it
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class Bound:
 async def safe_point(client: aioredis.Redis, partition: int, cutoff_ms: int) -> Bound:
     """The last position every reader is done with, and that is older than ``cutoff_ms``."""
     stream = keys.log_stream(partition)
-    bounds = [Bound(before((cutoff_ms, 0)), "cut-off")]
+    bounds = [Bound(before((cutoff_ms, 0)), CUT_OFF)]
     if await client.exists(stream):
         for info in await client.xinfo_groups(stream):
             name = _text(info["name"])
@@ -206,7 +208,7 @@ async def _archive_pass(  # noqa: PLR0917 - archive_log's own arguments, checked
         upto=show(upto),
         bound=bound.why,
     )
-    return Archived(events, len(runs), segments, trimmed, show(upto))
+    return Archived(events, len(runs), segments, trimmed, show(upto), bound.why)
 
 
 def _text(value: bytes | str) -> str:

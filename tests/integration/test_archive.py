@@ -217,6 +217,7 @@ async def test_consumer_groups_and_projections_hold_the_archive_back(
 
     done = await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING)
     assert done.upto == delivered[9]
+    assert done.held_by == "consumer group slow"
     await assert_whole(store, redis, tmp_path, before)
 
     await redis.xack(LOG, "slow", *delivered[10:])
@@ -224,6 +225,7 @@ async def test_consumer_groups_and_projections_hold_the_archive_back(
     await redis.set(keys.projection_checkpoint("billing", "v1"), before[20].position)
     done = await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING)
     assert done.upto == before[20].position
+    assert done.held_by == "projection billing"
     await assert_whole(store, redis, tmp_path, before)
 
 
