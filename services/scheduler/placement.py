@@ -3,8 +3,12 @@
 Pure: no IO.
 
 Invariants:
-- ``place`` takes GPUs only from a ``Capacity`` (the free GPUs of usable nodes) and returns
-  distinct nodes with distinct, free GPU indices; it never half-places.
+- ``place`` takes GPUs only from a ``Capacity`` (the free GPUs of usable nodes) or a
+  ``Scratch`` view of one, and returns distinct nodes with distinct, free GPU indices; it never
+  half-places.
+- A ``Scratch`` never writes its base: what it takes, gives, hides or adds lives in its own
+  copies of the nodes it touched, so a pass costs what it touches and leaves the cluster's
+  persistent capacity exactly as it found it.
 - Best fit: the node with the fewest free GPUs that still holds a rank is chosen first, so large
   holes stay open for large requests and CPU-only ranks go to full nodes.
 """
@@ -22,9 +26,11 @@ Placement = list[tuple[str, list[int]]]  # (node, GPU indices) per rank, in rank
 class Capacity:
     """Free GPUs of one cluster's usable nodes, bucketed by (gpu_type, free count).
 
-    A scratch copy for one queue pass: ``take`` what a placement uses, ``give`` what is about
-    to be released. Free lists keep their order: given GPUs go last, so a placement prefers
-    GPUs that are free now.
+    ``ClusterState`` keeps one per cluster, changed node by node as the log moves it; a queue
+    pass never writes it but works on a ``Scratch`` over it. Standalone (tests, benches) it is
+    its own scratch: ``take`` what a placement uses, ``give`` what is about to be released. Free
+    lists keep their order: given GPUs go last, so a placement prefers GPUs that are free now.
+    Within a bucket, nodes come in the order they came to that count.
     """
 
     def __init__(self) -> None:
@@ -40,6 +46,14 @@ class Capacity:
         self.type_of[name] = gpu_type
         self.kinds[InstanceType(gpu_type, size)] += 1
         self._file(name)
+
+    def remove_node(self, name: str) -> None:
+        self._unfile(name)
+        kind = self.instance_of(name)
+        self.kinds[kind] -= 1
+        if not self.kinds[kind]:
+            del self.kinds[kind]
+        del self.free[name], self.size[name], self.type_of[name]
 
     def copy(self) -> Capacity:
         other = Capacity()
@@ -69,6 +83,27 @@ class Capacity:
         have += [gpu for gpu in gpus if gpu not in have]
         self._file(node)
 
+    # --- reading (``Scratch`` reads the same way) ---------------------------------------
+
+    def has(self, node: str) -> bool:
+        return node in self.free
+
+    def free_of(self, node: str) -> list[int]:
+        return self.free[node]
+
+    def instance_of(self, node: str) -> InstanceType:
+        return InstanceType(self.type_of[node], self.size[node])
+
+    def types(self) -> list[str | None]:
+        return list(self.buckets)
+
+    def counts(self, gpu_type: str | None) -> Iterable[int]:
+        return self.buckets.get(gpu_type, {}).keys()
+
+    def at(self, gpu_type: str | None, count: int) -> Iterable[str]:
+        """The nodes of ``gpu_type`` with ``count`` free GPUs."""
+        return self.buckets.get(gpu_type, {}).get(count, {}).keys()
+
     def total_free(self, gpu_type: str | None) -> int:
         return sum(count * len(nodes) for count, nodes in self.buckets.get(gpu_type, {}).items())
 
@@ -88,26 +123,121 @@ class Capacity:
             del by_count[count]
 
 
-def place(shape: Shape, capacity: Capacity) -> Placement | None:
+class Scratch:
+    """A queue pass's copy-on-write view of a ``Capacity``, which it never writes.
+
+    A node the pass takes from, gives to, hides (silent this round) or adds (a cordoned node,
+    hypothetically) is copied into ``own`` and masked in the base; every other node is read
+    from the base. So a view costs what the pass touches, not the fleet, and the base is left
+    exactly as it was found. ``fork`` is a second view from this one (the GPUs about to be
+    released, a preemption tried): it copies only what this one touched.
+    """
+
+    def __init__(self, base: Capacity) -> None:
+        self.base = base
+        self.own = Capacity()
+        self.masked: set[str] = set()  # base nodes hidden, or held in ``own`` instead
+        self.hidden_kinds: Counter[InstanceType] = Counter()  # the masked base nodes' kinds
+
+    def fork(self) -> Scratch:
+        other = Scratch(self.base)
+        other.own = self.own.copy()
+        other.masked = set(self.masked)
+        other.hidden_kinds = self.hidden_kinds.copy()
+        return other
+
+    def add_node(self, name: str, gpu_type: str | None, size: int, free: Iterable[int]) -> None:
+        self.hide(name)
+        self.own.add_node(name, gpu_type, size, free)
+
+    def hide(self, name: str) -> None:
+        """Leave ``name`` out of this view."""
+        if name in self.own.free:
+            self.own.remove_node(name)
+        self._mask(name)
+
+    def take(self, node: str, gpus: Iterable[int]) -> None:
+        if self._own(node):
+            self.own.take(node, gpus)
+
+    def give(self, node: str, gpus: Iterable[int]) -> None:
+        if self._own(node):
+            self.own.give(node, gpus)
+
+    def has(self, node: str) -> bool:
+        return node in self.own.free or (node in self.base.free and node not in self.masked)
+
+    def free_of(self, node: str) -> list[int]:
+        return self.own.free[node] if node in self.own.free else self.base.free[node]
+
+    def instance_of(self, node: str) -> InstanceType:
+        return (self.own if node in self.own.free else self.base).instance_of(node)
+
+    def types(self) -> list[str | None]:
+        return list(dict.fromkeys([*self.base.buckets, *self.own.buckets]))
+
+    def counts(self, gpu_type: str | None) -> Iterable[int]:
+        return {*self.base.counts(gpu_type), *self.own.counts(gpu_type)}
+
+    def at(self, gpu_type: str | None, count: int) -> Iterable[str]:
+        masked = self.masked
+        for node in self.base.at(gpu_type, count):
+            if node not in masked:
+                yield node
+        yield from self.own.at(gpu_type, count)
+
+    def total_free(self, gpu_type: str | None) -> int:
+        base = self.base
+        hidden = sum(len(base.free[n]) for n in self.masked if base.type_of[n] == gpu_type)
+        return base.total_free(gpu_type) - hidden + self.own.total_free(gpu_type)
+
+    def nodes_holding(self, shape: Shape) -> int:
+        hidden = sum(count for kind, count in self.hidden_kinds.items() if holds(shape, kind))
+        return self.base.nodes_holding(shape) - hidden + self.own.nodes_holding(shape)
+
+    def _mask(self, name: str) -> bool:
+        """Mask base node ``name``; False if it is not there, or masked already."""
+        if name not in self.base.free or name in self.masked:
+            return False
+        self.masked.add(name)
+        self.hidden_kinds[self.base.instance_of(name)] += 1
+        return True
+
+    def _own(self, name: str) -> bool:
+        """Make ``name`` this view's own copy; False if the view does not have it."""
+        if name in self.own.free:
+            return True
+        if not self._mask(name):
+            return False
+        kind = self.base.instance_of(name)
+        self.own.add_node(name, kind.gpu_type, kind.gpus, self.base.free[name])
+        return True
+
+
+#: Where placements are looked for: a capacity, or a pass's view of one.
+Free = Capacity | Scratch
+
+
+def place(shape: Shape, capacity: Free) -> Placement | None:
     """``shape.ranks`` distinct nodes with ``shape.per_rank`` free GPUs each, or None."""
-    if shape.gpu_type is None:
-        tables = list(capacity.buckets.values())
-    else:
-        tables = [capacity.buckets.get(shape.gpu_type, {})]
-    counts = sorted({count for table in tables for count in table if count >= shape.per_rank})
+    types = capacity.types() if shape.gpu_type is None else [shape.gpu_type]
+    counts = sorted({n for t in types for n in capacity.counts(t) if n >= shape.per_rank})
     chosen: list[str] = []
     for count in counts:
-        for table in tables:
-            for node in table.get(count, ()):
-                if shape.node_gpus is not None and capacity.size[node] != shape.node_gpus:
+        for gpu_type in types:
+            for node in capacity.at(gpu_type, count):
+                if (
+                    shape.node_gpus is not None
+                    and capacity.instance_of(node).gpus != shape.node_gpus
+                ):
                     continue
                 chosen.append(node)
                 if len(chosen) == shape.ranks:
-                    return [(name, capacity.free[name][: shape.per_rank]) for name in chosen]
+                    return [(name, capacity.free_of(name)[: shape.per_rank]) for name in chosen]
     return None
 
 
-def why_waiting(shape: Shape, capacity: Capacity, cordoned: int = 0) -> str:
+def why_waiting(shape: Shape, capacity: Free, cordoned: int = 0) -> str:
     """The reason a user reads for a shape that does not fit ``capacity`` now; ``cordoned``:
     the nodes that an admin cordoned or drains that a placement now would need."""
     k, per, gpu_type = shape.ranks, shape.per_rank, shape.gpu_type

@@ -1,11 +1,14 @@
 """Property: whatever users, node-agents, nodes and admins do, decide never puts two active
 attempts on one GPU, never gives a node more GPUs than it has, never places on a node that is
 lost, cordoned, draining or drained, never leaves an attempt starting or running on a GPU its
-node reported failed, and never writes what the rules refuse."""
+node reported failed, and never writes what the rules refuse; and that the free capacity the
+state keeps node by node is the one rebuilt from every node, which no pass changes."""
 
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
 from hypothesis import given, settings
@@ -13,9 +16,15 @@ from hypothesis import strategies as st
 
 from events import commands
 from events.commands import RequestRefused
+from events.fit import Shape, fleet
 from events.model import AttemptScheduled
 from events.status import RunStatus as S
-from tests.unit.scheduler.world import USER, World
+from services.scheduler.cluster import ClusterState
+from services.scheduler.decision import Context
+from services.scheduler.placement import Capacity, Free
+from services.scheduler.queue import _Pass
+from services.scheduler.round import decide
+from tests.unit.scheduler.world import ACTOR, USER, World
 
 NODES = [f"n{i}" for i in range(5)]
 SIZES = {"n0": 8, "n1": 8, "n2": 4, "n3": 8, "n4": 2}
@@ -152,3 +161,81 @@ def test_decide_never_double_books_a_gpu(ops: list[tuple[Any, ...]]) -> None:
         placed = {r.node for e in appended if isinstance(e, AttemptScheduled) for r in e.ranks}
         assert not placed & closed, (placed, closed)  # nothing placed on a cordoned node
         _check(world)
+
+
+def _view(capacity: Free) -> dict[str, tuple[str | None, int, tuple[int, ...]]]:
+    """node -> (gpu_type, GPUs, free GPUs) as ``place`` reads them, each node filed once and
+    under its free count."""
+    view: dict[str, tuple[str | None, int, tuple[int, ...]]] = {}
+    for gpu_type in capacity.types():
+        for count in capacity.counts(gpu_type):
+            for node in capacity.at(gpu_type, count):
+                assert node not in view, node
+                assert capacity.has(node)
+                kind, free = capacity.instance_of(node), capacity.free_of(node)
+                assert (kind.gpu_type, len(free)) == (gpu_type, count)
+                view[node] = (kind.gpu_type, kind.gpus, tuple(sorted(free)))
+    return view
+
+
+def _exact(capacity: Capacity) -> object:
+    """Everything a capacity holds, orders included."""
+    buckets = [
+        (t, [(n, list(nodes)) for n, nodes in b.items()]) for t, b in capacity.buckets.items()
+    ]
+    free = list(capacity.free.items())
+    return free, capacity.size, capacity.type_of, buckets, sorted(capacity.kinds.items(), key=str)
+
+
+def _rebuilt(state: ClusterState, cluster: str, silent: Collection[str] = ()) -> Capacity:
+    """The free GPUs of ``cluster``'s usable nodes, from every node (as a pass once built it)."""
+    capacity = Capacity()
+    for node in state.clusters.get(cluster, {}).values():
+        if node.usable and node.name not in silent:
+            capacity.add_node(node.name, node.gpu_type, node.gpus, state.free_gpus(node))
+    return capacity
+
+
+def _check_incremental(world: World, silent: Collection[str]) -> None:
+    state = world.state
+    for cluster, here in state.clusters.items():
+        rebuilt = _rebuilt(state, cluster)
+        kept = state.capacity.get(cluster, Capacity())
+        assert _view(kept) == _view(rebuilt)
+        assert kept.free.keys() == rebuilt.free.keys()
+        assert +kept.kinds == +rebuilt.kinds
+        assert +state.fleets.get(cluster, Counter()) == +Counter(
+            fleet((node.gpu_type, node.gpus) for node in here.values() if node.registered)
+        )
+        cordoned = {n for n, node in here.items() if node.registered and node.alive}
+        cordoned -= {n for n, node in here.items() if node.usable}
+        assert set(state.cordoned.get(cluster, {})) == cordoned
+        # What a pass places from: the kept capacity less the silent nodes, as rebuilt.
+        scratch = _Pass(state, cluster, Context(world.now, world.new_id, ACTOR), (), silent).now
+        with_silent = _rebuilt(state, cluster, silent)
+        assert _view(scratch) == _view(with_silent)
+        for gpus, gpu_type in [(0, None), (1, "a100"), (4, "a100"), (8, "h100"), (2, None)]:
+            shape = Shape(1, gpus, gpu_type)
+            assert scratch.nodes_holding(shape) == with_silent.nodes_holding(shape)
+            assert scratch.total_free(gpu_type) == with_silent.total_free(gpu_type)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(operations, min_size=10, max_size=80))
+def test_the_kept_capacity_is_the_rebuilt_one_and_a_pass_leaves_it_as_found(
+    ops: list[tuple[Any, ...]],
+) -> None:
+    world = World()
+    world.register("n0", SIZES["n0"], TYPES["n0"])
+    for op in ops:
+        silent: set[str] = set()
+        _apply(world, op, silent)
+        for _ in range(20):
+            _check_incremental(world, silent)
+            before = {c: _exact(capacity) for c, capacity in world.state.capacity.items()}
+            decide(world.state, world.now, world.new_id, actor=ACTOR, silent=silent)
+            after = {c: _exact(capacity) for c, capacity in world.state.capacity.items()}
+            assert after == before
+            if not world.step(silent):
+                break
+        _check_incremental(world, silent)
