@@ -12,7 +12,8 @@ Invariants:
 - GPU allocations are derived from the runs, never stored apart: an attempt holds the GPUs of
   its placement from ``attempt.scheduled`` until it leaves TERMINATING, whatever its ranks
   report. ``used`` maps (node, GPU index) to that attempt; ``double_booked`` lists any GPU the
-  log itself gave twice (it must stay empty).
+  log itself gave twice (it must stay empty). ``active``, ``terminating`` and ``preemptible``
+  (holding, not TERMINATING, preemptible: what a preemption may stop) are indexed alike.
 - A settled run (latest attempt terminal, nothing left for the scheduler) is dropped from
   memory by ``drop_settled`` (the edge calls it between batches, never inside one append's
   events); its version stays in ``settled`` so its old events are skipped when they come back,
@@ -135,6 +136,9 @@ class ClusterState:
         #: cluster -> run ids of attempts holding GPUs there; and the subset TERMINATING.
         self.active: dict[str, set[str]] = {}
         self.terminating: dict[str, set[str]] = {}
+        #: cluster -> run ids of attempts holding GPUs there that a preemption may stop:
+        #: preemptible, and not TERMINATING already.
+        self.preemptible: dict[str, set[str]] = {}
         #: node -> run ids of attempts holding GPUs on it.
         self.on_node: dict[str, set[str]] = {}
         self.waiting: dict[str, dict[str, QueueKey]] = {}
@@ -312,6 +316,15 @@ class ClusterState:
             self.dirty_clusters.add(cluster)  # its GPUs are about to be released
         elif attempt.status is not S.TERMINATING:
             ending.discard(run_id)
+        stoppable = self.preemptible.setdefault(cluster, set())
+        if (
+            holding is not None
+            and attempt.status is not S.TERMINATING
+            and run.spec.scheduling.preemptible
+        ):
+            stoppable.add(run_id)
+        else:
+            stoppable.discard(run_id)
         if updated and holding is not None:
             self.dirty_clusters.add(cluster)  # its priority or preemptible may have changed
 
@@ -411,6 +424,7 @@ class ClusterState:
             self._release(run_id, cluster)
             self.dirty_clusters.add(cluster)
         self.terminating.get(cluster, set()).discard(run_id)
+        self.preemptible.get(cluster, set()).discard(run_id)
         if self.waiting.get(cluster, {}).pop(run_id, None) is not None:
             self._order.pop(cluster, None)
             self.dirty_clusters.add(cluster)

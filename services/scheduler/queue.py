@@ -19,9 +19,9 @@ Invariants:
   never writes the state: the placements take their GPUs when the edge applies their events.
 - A pass costs what it touches (the nodes it takes from or hides, the queue it walks), not the
   fleet: the capacity, the fleet and the cordoned nodes are read as the state keeps them.
-  Only the rare paths walk more: the GPUs of TERMINATING attempts (``_releasing``) and the
-  preemptible attempts of the cluster (``_candidates``), once a pass each, when an attempt does
-  not fit.
+  Only the paths taken when an attempt does not fit walk more, once a pass each: the GPUs of
+  TERMINATING attempts (``_releasing``) and the cluster's preemptible attempts
+  (``_candidates``, from ``ClusterState.preemptible``).
 - Nothing is placed on a node that is lost, cordoned, draining, drained or silent (heartbeat
   missing this round); a request that would fit now on the free GPUs of cordoned nodes says
   so in its reason.
@@ -314,15 +314,14 @@ class _Pass:
         return stopped
 
     def _candidates(self) -> list[_Victim]:
-        """The attempts that could be preempted, lowest priority first: walks every attempt
-        holding GPUs in the cluster, once a pass, and only when an attempt does not fit."""
+        """The attempts that could be preempted, lowest priority first: walks the cluster's
+        preemptible attempts, once a pass, and only when an attempt does not fit."""
         if self._victims is None:
-            ending = self.state.terminating.get(self.cluster, set())
             victims = []
-            for run_id in self.state.active.get(self.cluster, set()):
+            for run_id in self.state.preemptible.get(self.cluster, set()):
                 run = self.state.runs[run_id]
                 holding = self.state.holdings[run_id]
-                if run_id in ending or run_id in self.busy or not run.spec.scheduling.preemptible:
+                if run_id in self.busy:
                     continue
                 started = next(t for s, t in reversed(run.latest.timeline) if s is S.STARTING)
                 priority = PRIORITY_RANK[run.spec.scheduling.priority]

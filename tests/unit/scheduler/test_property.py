@@ -198,6 +198,10 @@ def _rebuilt(state: ClusterState, cluster: str, silent: Collection[str] = ()) ->
 
 def _check_incremental(world: World, silent: Collection[str]) -> None:
     state = world.state
+    for cluster, active in state.active.items():
+        ending = state.terminating.get(cluster, set())
+        stoppable = {r for r in active - ending if state.runs[r].spec.scheduling.preemptible}
+        assert state.preemptible.get(cluster, set()) == stoppable
     for cluster, here in state.clusters.items():
         rebuilt = _rebuilt(state, cluster)
         kept = state.capacity.get(cluster, Capacity())
