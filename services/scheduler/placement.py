@@ -6,17 +6,21 @@ Invariants:
 - ``place`` takes GPUs only from a ``Capacity`` (the free GPUs of usable nodes) or a
   ``Scratch`` view of one, and returns distinct nodes with distinct, free GPU indices; it never
   half-places.
-- A ``Scratch`` never writes its base: what it takes, gives, hides or adds lives in its own
-  copies of the nodes it touched, so a pass costs what it touches and leaves the cluster's
-  persistent capacity exactly as it found it.
+- Inside ``Capacity.trial`` every change is journaled once per node and undone at its end:
+  a queue pass places on the cluster's kept capacity directly and leaves it as it found it
+  (the same nodes, free GPUs and buckets; ties within a bucket may come back in another
+  order), at a cost of the nodes it touched.
+- A ``Scratch`` never writes its base: what it gives or adds lives in its own copies of the
+  nodes it touched; the rest it reads from the base, live.
 - Best fit: the node with the fewest free GPUs that still holds a rank is chosen first, so large
   holes stay open for large requests and CPU-only ranks go to full nodes.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from events.fit import InstanceType, Shape, holds, label, nodes
 
@@ -27,10 +31,10 @@ class Capacity:
     """Free GPUs of one cluster's usable nodes, bucketed by (gpu_type, free count).
 
     ``ClusterState`` keeps one per cluster, changed node by node as the log moves it; a queue
-    pass never writes it but works on a ``Scratch`` over it. Standalone (tests, benches) it is
-    its own scratch: ``take`` what a placement uses, ``give`` what is about to be released. Free
-    lists keep their order: given GPUs go last, so a placement prefers GPUs that are free now.
-    Within a bucket, nodes come in the order they came to that count.
+    pass takes from it inside a ``trial``, which undoes what the pass did. ``take`` what a
+    placement uses, ``give`` what is about to be released. Free lists keep their order: given
+    GPUs go last, so a placement prefers GPUs that are free now. Within a bucket, nodes come in
+    the order they came to that count.
     """
 
     def __init__(self) -> None:
@@ -39,8 +43,32 @@ class Capacity:
         self.type_of: dict[str, str | None] = {}
         self.buckets: dict[str | None, dict[int, dict[str, None]]] = {}
         self.kinds: Counter[InstanceType] = Counter()  # the nodes of each instance type
+        #: Inside a trial: node -> what it was before the trial first changed it (None: absent).
+        self._undo: dict[str, tuple[str | None, int, list[int]] | None] | None = None
+
+    @contextlib.contextmanager
+    def trial(self) -> Iterator[Capacity]:
+        """Every change made inside is undone at its end, at a cost of the nodes changed."""
+        self._undo = {}
+        try:
+            yield self
+        finally:
+            undo, self._undo = self._undo, None
+            for name, before in undo.items():
+                if name in self.free:
+                    self.remove_node(name)
+                if before is not None:
+                    self.add_node(name, *before)
+
+    def _journal(self, name: str) -> None:
+        if self._undo is not None and name not in self._undo:
+            known = name in self.free
+            self._undo[name] = (
+                (self.type_of[name], self.size[name], list(self.free[name])) if known else None
+            )
 
     def add_node(self, name: str, gpu_type: str | None, size: int, free: Iterable[int]) -> None:
+        self._journal(name)
         self.free[name] = list(free)
         self.size[name] = size
         self.type_of[name] = gpu_type
@@ -48,6 +76,7 @@ class Capacity:
         self._file(name)
 
     def remove_node(self, name: str) -> None:
+        self._journal(name)
         self._unfile(name)
         kind = self.instance_of(name)
         self.kinds[kind] -= 1
@@ -70,6 +99,7 @@ class Capacity:
     def take(self, node: str, gpus: Iterable[int]) -> None:
         if node not in self.free:
             return
+        self._journal(node)
         self._unfile(node)
         gone = set(gpus)
         self.free[node] = [gpu for gpu in self.free[node] if gpu not in gone]
@@ -78,6 +108,7 @@ class Capacity:
     def give(self, node: str, gpus: Iterable[int]) -> None:
         if node not in self.free:
             return  # not a usable node: nothing released there can be placed on
+        self._journal(node)
         self._unfile(node)
         have = self.free[node]
         have += [gpu for gpu in gpus if gpu not in have]
@@ -124,13 +155,13 @@ class Capacity:
 
 
 class Scratch:
-    """A queue pass's copy-on-write view of a ``Capacity``, which it never writes.
+    """A copy-on-write view of a ``Capacity`` (the GPUs about to be released, a preemption or
+    cordoned nodes tried), which it never writes.
 
-    A node the pass takes from, gives to, hides (silent this round) or adds (a cordoned node,
-    hypothetically) is copied into ``own`` and masked in the base; every other node is read
-    from the base. So a view costs what the pass touches, not the fleet, and the base is left
-    exactly as it was found. ``fork`` is a second view from this one (the GPUs about to be
-    released, a preemption tried): it copies only what this one touched.
+    A node the view gives to, hides or adds is copied into ``own`` and masked in the base;
+    every other node is read from the base, live. So a view costs what it touches, not the
+    fleet. Its ``take`` changes only its own nodes: whoever takes from the base while the view
+    lives takes from both (``queue._Pass._take``). ``fork`` copies only what this one touched.
     """
 
     def __init__(self, base: Capacity) -> None:
@@ -157,8 +188,8 @@ class Scratch:
         self._mask(name)
 
     def take(self, node: str, gpus: Iterable[int]) -> None:
-        if self._own(node):
-            self.own.take(node, gpus)
+        """Take from its own copy of ``node``, if it has one (the base is taken from apart)."""
+        self.own.take(node, gpus)
 
     def give(self, node: str, gpus: Iterable[int]) -> None:
         if self._own(node):

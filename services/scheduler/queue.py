@@ -13,10 +13,11 @@ a large request can wait long on a busy cluster. Two rules bound it:
   The victims are the holders of the GPUs one placement needs, not a minimal set.
 
 Invariants:
-- Every placement of a pass comes out of one ``Scratch`` view of the cluster's free GPUs
-  (``ClusterState.capacity``, kept up to date as the log moves), so placements never overlap
-  each other or any GPU held (an attempt holds its GPUs until it leaves TERMINATING). The pass
-  never writes the state: the placements take their GPUs when the edge applies their events.
+- Every placement of a pass comes out of the cluster's free GPUs as the state keeps them
+  (``ClusterState.capacity``), taken inside one ``Capacity.trial``, so placements never
+  overlap each other or any GPU held (an attempt holds its GPUs until it leaves TERMINATING).
+  The trial is undone when the pass ends: the placements take their GPUs for real when the
+  edge applies their events.
 - A pass costs what it touches (the nodes it takes from or hides, the queue it walks), not the
   fleet: the capacity, the fleet and the cordoned nodes are read as the state keeps them.
   Only the paths taken when an attempt does not fit walk more, once a pass each: the GPUs of
@@ -95,7 +96,8 @@ def queue_pass(
     order = state.queue(cluster)
     if not order:
         return []
-    return _Pass(state, cluster, ctx, busy, silent).run(order)
+    with (state.capacity.get(cluster) or Capacity()).trial() as capacity:
+        return _Pass(state, cluster, ctx, capacity, busy=busy, silent=silent).run(order)
 
 
 class _Pass:
@@ -104,19 +106,22 @@ class _Pass:
         state: ClusterState,
         cluster: str,
         ctx: Context,
+        capacity: Capacity,
+        *,
         busy: Collection[str],
         silent: Collection[str],
     ) -> None:
+        """``capacity``: the cluster's, inside a trial (what the pass takes is undone)."""
         self.state, self.cluster, self.ctx, self.busy = state, cluster, ctx, busy
         self.fleet: Fleet = state.fleets.get(cluster, {})
-        self.now = Scratch(state.capacity.get(cluster) or Capacity())
+        self.now = capacity
         #: Nodes up but cordoned, draining or drained: what waits may name them as the reason.
         self.cordoned = [
             state.nodes[name] for name in state.cordoned.get(cluster, ()) if name not in silent
         ]
         for name in silent:  # usually few: a silent node gets nothing this round
-            if (node := state.nodes.get(name)) is not None and node.cluster == cluster:
-                self.now.hide(name)
+            if self.now.has(name):
+                self.now.remove_node(name)
         self._future: Scratch | None = None
         self._victims: list[_Victim] | None = None
         self.chosen: set[str] = set()
@@ -239,7 +244,7 @@ class _Pass:
         (too few usable nodes hold it); 0: it needs none, or even they would not do."""
         if not self.cordoned:
             return 0
-        hypothetical = self.now.fork()
+        hypothetical = Scratch(self.now)
         for node in self.cordoned:
             hypothetical.add_node(node.name, node.gpu_type, node.gpus, self.state.free_gpus(node))
         placement = place(shape, hypothetical)
@@ -255,7 +260,7 @@ class _Pass:
             ending = self.state.terminating.get(self.cluster, set())
             if not ending:
                 return None
-            self._future = self.now.fork()
+            self._future = Scratch(self.now)
             for run_id in ending:
                 if (holding := self.state.holdings.get(run_id)) is not None:
                     for node, gpus in holding.ranks:
@@ -273,7 +278,7 @@ class _Pass:
         ]
         base = self._future if self._future is not None else self.now
         if victims:
-            hypothetical = base.fork()
+            hypothetical = base.fork() if isinstance(base, Scratch) else Scratch(base)
             for victim in victims:
                 for node, gpus in victim.holding.ranks:
                     hypothetical.give(node, self.state.healthy(node, gpus))
@@ -299,7 +304,7 @@ class _Pass:
             message=f"preempted by {run.name} (priority {run.spec.scheduling.priority})",
         )
         if self._future is None:
-            self._future = self.now.fork()
+            self._future = Scratch(self.now)
         stopped = 0
         self.generation += 1
         for victim in victims:
