@@ -48,7 +48,9 @@ class Capacity:
 
     @contextlib.contextmanager
     def trial(self) -> Iterator[Capacity]:
-        """Every change made inside is undone at its end, at a cost of the nodes changed."""
+        """Every change made inside is undone at its end, at a cost of the nodes changed. The
+        state does not refresh it meanwhile (a pass applies nothing: the edge applies its
+        events after deciding)."""
         self._undo = {}
         try:
             yield self
