@@ -12,11 +12,19 @@ Invariants:
 - GPU allocations are derived from the runs, never stored apart: an attempt holds the GPUs of
   its placement from ``attempt.scheduled`` until it leaves TERMINATING, whatever its ranks
   report. ``used`` maps (node, GPU index) to that attempt; ``double_booked`` lists any GPU the
-  log itself gave twice (it must stay empty).
+  log itself gave twice (it must stay empty). ``active``, ``terminating`` and ``preemptible``
+  (holding, not TERMINATING, preemptible: what a preemption may stop) are indexed alike.
 - A settled run (latest attempt terminal, nothing left for the scheduler) is dropped from
   memory by ``drop_settled`` (the edge calls it between batches, never inside one append's
   events); its version stays in ``settled`` so its old events are skipped when they come back,
   and a new event of it (a restart) is a gap that reloads it.
+- Per cluster, ``capacity`` (the free GPUs of its usable nodes), ``fleets`` (its registered
+  nodes per instance type, what ``events.fit`` judges by) and ``cordoned`` (its nodes up but
+  cordoned, draining or drained) are kept up to date node by node: every change of a node or
+  of the GPUs held on it (``_apply_node``, ``reload``, ``_hold``, ``_release``) refreshes that
+  one node by the rules that say what is usable and free (``Node.usable``, ``Node.cordoned``,
+  ``free_gpus``), so they always equal what a rebuild from every node would give, and a queue
+  pass reads them without walking the fleet.
 - Every change the scheduler must look at marks its run (``dirty_runs``) or its cluster's queue
   (``dirty_clusters``) dirty; ``decide`` reads only those, the edge clears them after deciding.
 """
@@ -24,6 +32,7 @@ Invariants:
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -31,6 +40,7 @@ import msgspec
 
 from events.codec import Order, Recorded, order
 from events.errors import IllegalTransition
+from events.fit import InstanceType
 from events.lifecycle import RunState, evolve
 from events.model import (
     AnyNodeEvent,
@@ -49,6 +59,7 @@ from events.nodes import evolve as evolve_node
 from events.spec import PRIORITY_RANK
 from events.status import RunStatus
 from events.usage import HOUR_MS
+from services.scheduler.placement import Capacity
 
 S = RunStatus
 
@@ -89,6 +100,15 @@ class Node(msgspec.Struct, kw_only=True):
         return self.registered and self.alive and self.service.service == "ready"
 
     @property
+    def cordoned(self) -> bool:
+        """Up, but an admin keeps placements off it (cordoned, draining or drained)."""
+        return self.registered and self.alive and not self.usable
+
+    @property
+    def instance(self) -> InstanceType:
+        return InstanceType(self.gpu_type, self.gpus)
+
+    @property
     def drained(self) -> bool:
         """Its attempts are ended at once (``node.drained``)."""
         return self.service.service == "drained"
@@ -116,6 +136,9 @@ class ClusterState:
         #: cluster -> run ids of attempts holding GPUs there; and the subset TERMINATING.
         self.active: dict[str, set[str]] = {}
         self.terminating: dict[str, set[str]] = {}
+        #: cluster -> run ids of attempts holding GPUs there that a preemption may stop:
+        #: preemptible, and not TERMINATING already.
+        self.preemptible: dict[str, set[str]] = {}
         #: node -> run ids of attempts holding GPUs on it.
         self.on_node: dict[str, set[str]] = {}
         self.waiting: dict[str, dict[str, QueueKey]] = {}
@@ -131,6 +154,14 @@ class ClusterState:
         self._settling: set[str] = set()
         #: log time this instance became active (the grace of nodes registered before).
         self.active_since = 0
+        #: cluster -> the free GPUs of its usable nodes (a pass reads it through a Scratch).
+        self.capacity: dict[str, Capacity] = {}
+        #: cluster -> its registered nodes per instance type (``events.fit.Fleet``).
+        self.fleets: dict[str, Counter[InstanceType]] = {}
+        #: cluster -> its nodes up but cordoned, draining or drained (``Node.cordoned``).
+        self.cordoned: dict[str, dict[str, None]] = {}
+        #: node -> where it is counted in ``fleets`` (registered nodes only): its cluster, kind.
+        self._counted: dict[str, tuple[str, InstanceType]] = {}
 
     # --- applying the log ---------------------------------------------------------------
 
@@ -160,6 +191,7 @@ class ClusterState:
             self.drains.pop(name, None)
             for cluster in self.clusters.values():
                 cluster.pop(name, None)
+            self._refresh(name)
             for record in history:
                 self.apply(record)
             return
@@ -243,6 +275,7 @@ class ClusterState:
             if node.service.deadline is not None:
                 self.drains[node.name] = node.service.deadline
         node.version = version or node.version + 1
+        self._refresh(node.name)
         self.dirty_clusters.add(node.cluster)
         self.dirty_runs.update(self.on_node.get(node.name, ()))
         return Applied.APPLIED
@@ -283,6 +316,15 @@ class ClusterState:
             self.dirty_clusters.add(cluster)  # its GPUs are about to be released
         elif attempt.status is not S.TERMINATING:
             ending.discard(run_id)
+        stoppable = self.preemptible.setdefault(cluster, set())
+        if (
+            holding is not None
+            and attempt.status is not S.TERMINATING
+            and run.spec.scheduling.preemptible
+        ):
+            stoppable.add(run_id)
+        else:
+            stoppable.discard(run_id)
         if updated and holding is not None:
             self.dirty_clusters.add(cluster)  # its priority or preemptible may have changed
 
@@ -321,6 +363,7 @@ class ClusterState:
                     self.double_booked.append((node, gpu))
                 else:
                     used[gpu] = (run_id, holding.attempt)
+            self._refresh(node)
 
     def _release(self, run_id: str, cluster: str) -> None:
         holding = self.holdings.pop(run_id, None)
@@ -333,6 +376,44 @@ class ClusterState:
             for gpu in gpus:
                 if used.get(gpu, ("", 0))[0] == run_id:
                     del used[gpu]
+            self._refresh(node)
+
+    def _refresh(self, name: str) -> None:
+        """Bring ``capacity``, ``fleets`` and ``cordoned`` in line with node ``name`` (its cost:
+        that node's GPUs), after anything that may change it or the GPUs held on it."""
+        node = self.nodes.get(name)
+        counted = (node.cluster, node.instance) if node is not None and node.registered else None
+        was = self._counted.get(name)
+        if was != counted:
+            if was is not None:
+                cluster, kind = was
+                del self._counted[name]
+                fleet = self.fleets[cluster]
+                fleet[kind] -= 1
+                if not fleet[kind]:
+                    del fleet[kind]
+                if self.capacity[cluster].has(name):
+                    self.capacity[cluster].remove_node(name)
+                self.cordoned[cluster].pop(name, None)
+            if counted is not None:
+                self._counted[name] = counted
+                self.fleets.setdefault(counted[0], Counter())[counted[1]] += 1
+        if node is None or counted is None:
+            return
+        capacity = self.capacity.setdefault(node.cluster, Capacity())
+        cordoned = self.cordoned.setdefault(node.cluster, {})
+        if node.usable:
+            free = self.free_gpus(node)
+            if capacity.free.get(name) != free:
+                if capacity.has(name):
+                    capacity.remove_node(name)
+                capacity.add_node(name, node.gpu_type, node.gpus, free)
+        elif capacity.has(name):
+            capacity.remove_node(name)
+        if node.cordoned:
+            cordoned[name] = None
+        else:
+            cordoned.pop(name, None)
 
     def _forget(self, run_id: str) -> None:
         run = self.runs.pop(run_id, None)
@@ -343,6 +424,7 @@ class ClusterState:
             self._release(run_id, cluster)
             self.dirty_clusters.add(cluster)
         self.terminating.get(cluster, set()).discard(run_id)
+        self.preemptible.get(cluster, set()).discard(run_id)
         if self.waiting.get(cluster, {}).pop(run_id, None) is not None:
             self._order.pop(cluster, None)
             self.dirty_clusters.add(cluster)

@@ -13,9 +13,16 @@ a large request can wait long on a busy cluster. Two rules bound it:
   The victims are the holders of the GPUs one placement needs, not a minimal set.
 
 Invariants:
-- Every placement of a pass comes out of one ``Capacity`` scratch copy of the free GPUs, so
-  placements never overlap each other or any GPU held (an attempt holds its GPUs until it
-  leaves TERMINATING).
+- Every placement of a pass comes out of the cluster's free GPUs as the state keeps them
+  (``ClusterState.capacity``), taken inside one ``Capacity.trial``, so placements never
+  overlap each other or any GPU held (an attempt holds its GPUs until it leaves TERMINATING).
+  The trial is undone when the pass ends: the placements take their GPUs for real when the
+  edge applies their events.
+- A pass costs what it touches (the nodes it takes from or hides, the queue it walks), not the
+  fleet: the capacity, the fleet and the cordoned nodes are read as the state keeps them.
+  Only the paths taken when an attempt does not fit walk more, once a pass each: the GPUs of
+  TERMINATING attempts (``_releasing``) and the cluster's preemptible attempts
+  (``_candidates``, from ``ClusterState.preemptible``).
 - Nothing is placed on a node that is lost, cordoned, draining, drained or silent (heartbeat
   missing this round); a request that would fit now on the free GPUs of cordoned nodes says
   so in its reason.
@@ -35,7 +42,7 @@ import functools
 from collections.abc import Collection
 from typing import NamedTuple
 
-from events.fit import Refusal, Shape, fleet, nodes, shapes
+from events.fit import Fleet, Refusal, Shape, nodes, shapes
 from events.lifecycle import RunState
 from events.model import (
     AnyRunEvent,
@@ -50,7 +57,7 @@ from events.spec import PRIORITY_RANK
 from events.status import RunStatus
 from services.scheduler.cluster import ClusterState, Holding
 from services.scheduler.decision import Context, Decision, decision
-from services.scheduler.placement import Capacity, Placement, place, why_waiting
+from services.scheduler.placement import Capacity, Free, Placement, Scratch, place, why_waiting
 
 S = RunStatus
 RELEASING = "Waiting for GPUs being released"
@@ -89,7 +96,8 @@ def queue_pass(
     order = state.queue(cluster)
     if not order:
         return []
-    return _Pass(state, cluster, ctx, busy, silent).run(order)
+    with (state.capacity.get(cluster) or Capacity()).trial() as capacity:
+        return _Pass(state, cluster, ctx, capacity, busy=busy, silent=silent).run(order)
 
 
 class _Pass:
@@ -98,23 +106,23 @@ class _Pass:
         state: ClusterState,
         cluster: str,
         ctx: Context,
+        capacity: Capacity,
+        *,
         busy: Collection[str],
         silent: Collection[str],
     ) -> None:
+        """``capacity``: the cluster's, inside a trial (what the pass takes is undone)."""
         self.state, self.cluster, self.ctx, self.busy = state, cluster, ctx, busy
-        here = state.clusters.get(cluster, {}).values()
-        self.fleet = fleet((node.gpu_type, node.gpus) for node in here if node.registered)
-        self.now = Capacity()
+        self.fleet: Fleet = state.fleets.get(cluster, {})
+        self.now = capacity
         #: Nodes up but cordoned, draining or drained: what waits may name them as the reason.
         self.cordoned = [
-            node
-            for node in here
-            if node.registered and node.alive and not node.usable and node.name not in silent
+            state.nodes[name] for name in state.cordoned.get(cluster, ()) if name not in silent
         ]
-        for node in here:
-            if node.usable and node.name not in silent:
-                self.now.add_node(node.name, node.gpu_type, node.gpus, state.free_gpus(node))
-        self._future: Capacity | None = None
+        for name in silent:  # usually few: a silent node gets nothing this round
+            if self.now.has(name):
+                self.now.remove_node(name)
+        self._future: Scratch | None = None
         self._victims: list[_Victim] | None = None
         self.chosen: set[str] = set()
         self.decisions: list[Decision] = []
@@ -189,7 +197,7 @@ class _Pass:
     def _schedule(self, run: RunState, position: int, shape: Shape, placement: Placement) -> None:
         gpu_type = shape.gpu_type
         if gpu_type is None and shape.per_rank:
-            gpu_type = self.now.type_of[placement[0][0]]
+            gpu_type = self.now.instance_of(placement[0][0]).gpu_type
         events: list[AnyRunEvent] = []
         if run.latest.status is S.PENDING:
             events.append(self._event(AttemptQueued, run, reason="", position=position))
@@ -236,22 +244,23 @@ class _Pass:
         (too few usable nodes hold it); 0: it needs none, or even they would not do."""
         if not self.cordoned:
             return 0
-        hypothetical = self.now.copy()
+        hypothetical = Scratch(self.now)
         for node in self.cordoned:
             hypothetical.add_node(node.name, node.gpu_type, node.gpus, self.state.free_gpus(node))
         placement = place(shape, hypothetical)
         if placement is not None:
-            return sum(node not in self.now.free for node, _ in placement)
+            return sum(not self.now.has(node) for node, _ in placement)
         usable, with_cordoned = self.now.nodes_holding(shape), hypothetical.nodes_holding(shape)
         return with_cordoned - usable if usable < shape.ranks <= with_cordoned else 0
 
-    def _releasing(self) -> Capacity | None:
-        """Free GPUs plus those TERMINATING attempts are about to release; None if none are."""
+    def _releasing(self) -> Scratch | None:
+        """Free GPUs plus those TERMINATING attempts are about to release; None if none are.
+        Costs the GPUs those attempts hold (few, usually), once a pass."""
         if self._future is None:
             ending = self.state.terminating.get(self.cluster, set())
             if not ending:
                 return None
-            self._future = self.now.copy()
+            self._future = Scratch(self.now)
             for run_id in ending:
                 if (holding := self.state.holdings.get(run_id)) is not None:
                     for node, gpus in holding.ranks:
@@ -269,7 +278,7 @@ class _Pass:
         ]
         base = self._future if self._future is not None else self.now
         if victims:
-            hypothetical = base.copy()
+            hypothetical = base.fork() if isinstance(base, Scratch) else Scratch(base)
             for victim in victims:
                 for node, gpus in victim.holding.ranks:
                     hypothetical.give(node, self.state.healthy(node, gpus))
@@ -281,13 +290,13 @@ class _Pass:
         return 0
 
     def _stop_for(
-        self, run: RunState, placement: Placement, base: Capacity, victims: list[_Victim]
+        self, run: RunState, placement: Placement, base: Free, victims: list[_Victim]
     ) -> int:
         holders = {
             self.state.used[node][gpu][0]
             for node, gpus in placement
             for gpu in gpus
-            if gpu not in base.free[node]
+            if gpu not in base.free_of(node)
         }
         reason = Reason(
             category="preempted",
@@ -295,7 +304,7 @@ class _Pass:
             message=f"preempted by {run.name} (priority {run.spec.scheduling.priority})",
         )
         if self._future is None:
-            self._future = self.now.copy()
+            self._future = Scratch(self.now)
         stopped = 0
         self.generation += 1
         for victim in victims:
@@ -310,13 +319,14 @@ class _Pass:
         return stopped
 
     def _candidates(self) -> list[_Victim]:
+        """The attempts that could be preempted, lowest priority first: walks the cluster's
+        preemptible attempts, once a pass, and only when an attempt does not fit."""
         if self._victims is None:
-            ending = self.state.terminating.get(self.cluster, set())
             victims = []
-            for run_id in self.state.active.get(self.cluster, set()):
+            for run_id in self.state.preemptible.get(self.cluster, set()):
                 run = self.state.runs[run_id]
                 holding = self.state.holdings[run_id]
-                if run_id in ending or run_id in self.busy or not run.spec.scheduling.preemptible:
+                if run_id in self.busy:
                     continue
                 started = next(t for s, t in reversed(run.latest.timeline) if s is S.STARTING)
                 priority = PRIORITY_RANK[run.spec.scheduling.priority]

@@ -4,7 +4,8 @@ Pure: the caller passes the log's time, an id factory, who writes, and which nod
 keys were found missing (``silent``). Incremental: only nodes found silent, runs marked dirty
 (or past their max_duration, or on a node past its drain deadline) and the queues of dirty
 clusters are looked at, so a round on a quiet cluster with 10,000 waiting runs costs next to
-nothing. The caller clears the dirty marks right after deciding (``ClusterState.clear_dirty``)
+nothing, and a queue pass reads the free GPUs the state keeps node by node, never the whole
+fleet. The caller clears the dirty marks right after deciding (``ClusterState.clear_dirty``)
 and applies each successful append to the state before the next round.
 
 A silence shared by a large share of the watched nodes at once (``silent_share`` of them, two

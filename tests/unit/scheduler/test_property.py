@@ -1,11 +1,15 @@
 """Property: whatever users, node-agents, nodes and admins do, decide never puts two active
 attempts on one GPU, never gives a node more GPUs than it has, never places on a node that is
 lost, cordoned, draining or drained, never leaves an attempt starting or running on a GPU its
-node reported failed, and never writes what the rules refuse."""
+node reported failed, and never writes what the rules refuse; and that the free capacity the
+state keeps node by node is the one rebuilt from every node, which no pass changes."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
+from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
 from hypothesis import given, settings
@@ -13,9 +17,15 @@ from hypothesis import strategies as st
 
 from events import commands
 from events.commands import RequestRefused
+from events.fit import Shape, fleet
 from events.model import AttemptScheduled
 from events.status import RunStatus as S
-from tests.unit.scheduler.world import USER, World
+from services.scheduler.cluster import ClusterState
+from services.scheduler.decision import Context
+from services.scheduler.placement import Capacity, Free, Scratch
+from services.scheduler.queue import _Pass
+from services.scheduler.round import decide
+from tests.unit.scheduler.world import ACTOR, USER, World
 
 NODES = [f"n{i}" for i in range(5)]
 SIZES = {"n0": 8, "n1": 8, "n2": 4, "n3": 8, "n4": 2}
@@ -152,3 +162,90 @@ def test_decide_never_double_books_a_gpu(ops: list[tuple[Any, ...]]) -> None:
         placed = {r.node for e in appended if isinstance(e, AttemptScheduled) for r in e.ranks}
         assert not placed & closed, (placed, closed)  # nothing placed on a cordoned node
         _check(world)
+
+
+def _view(capacity: Free) -> dict[str, tuple[str | None, int, tuple[int, ...]]]:
+    """node -> (gpu_type, GPUs, free GPUs) as ``place`` reads them, each node filed once and
+    under its free count."""
+    view: dict[str, tuple[str | None, int, tuple[int, ...]]] = {}
+    for gpu_type in capacity.types():
+        for count in capacity.counts(gpu_type):
+            for node in capacity.at(gpu_type, count):
+                assert node not in view, node
+                assert capacity.has(node)
+                kind, free = capacity.instance_of(node), capacity.free_of(node)
+                assert (kind.gpu_type, len(free)) == (gpu_type, count)
+                view[node] = (kind.gpu_type, kind.gpus, tuple(sorted(free)))
+    return view
+
+
+def _found(capacity: Capacity) -> object:
+    """What a pass must leave as it found it: the nodes, their free GPUs in order, the buckets
+    (the order of ties within one aside), the kinds; and no trial left open."""
+    buckets = {
+        t: {count: set(nodes) for count, nodes in by_count.items()}
+        for t, by_count in capacity.buckets.items()
+    }
+    return capacity.free, capacity.size, capacity.type_of, buckets, capacity.kinds, capacity._undo
+
+
+def _rebuilt(state: ClusterState, cluster: str, silent: Collection[str] = ()) -> Capacity:
+    """The free GPUs of ``cluster``'s usable nodes, from every node (as a pass once built it)."""
+    capacity = Capacity()
+    for node in state.clusters.get(cluster, {}).values():
+        if node.usable and node.name not in silent:
+            capacity.add_node(node.name, node.gpu_type, node.gpus, state.free_gpus(node))
+    return capacity
+
+
+def _check_incremental(world: World, silent: Collection[str]) -> None:
+    state = world.state
+    for cluster, active in state.active.items():
+        ending = state.terminating.get(cluster, set())
+        stoppable = {r for r in active - ending if state.runs[r].spec.scheduling.preemptible}
+        assert state.preemptible.get(cluster, set()) == stoppable
+    for cluster, here in state.clusters.items():
+        rebuilt = _rebuilt(state, cluster)
+        kept = state.capacity.get(cluster, Capacity())
+        assert _view(kept) == _view(rebuilt)
+        assert kept.free.keys() == rebuilt.free.keys()
+        assert +kept.kinds == +rebuilt.kinds
+        assert +state.fleets.get(cluster, Counter()) == +Counter(
+            fleet((node.gpu_type, node.gpus) for node in here.values() if node.registered)
+        )
+        cordoned = {n for n, node in here.items() if node.registered and node.alive}
+        cordoned -= {n for n, node in here.items() if node.usable}
+        assert set(state.cordoned.get(cluster, {})) == cordoned
+        # What a pass places from: the kept capacity less the silent nodes, as rebuilt.
+        ctx = Context(world.now, world.new_id, ACTOR)
+        with_silent = _rebuilt(state, cluster, silent)
+        with kept.trial():
+            now = _Pass(state, cluster, ctx, kept, busy=(), silent=silent).now
+            assert _view(now) == _view(with_silent)
+            for gpus, gpu_type in [(0, None), (1, "a100"), (4, "a100"), (8, "h100"), (2, None)]:
+                shape = Shape(1, gpus, gpu_type)
+                assert now.nodes_holding(shape) == with_silent.nodes_holding(shape)
+                assert now.total_free(gpu_type) == with_silent.total_free(gpu_type)
+            # A view of it with nothing given reads the same.
+            assert _view(Scratch(now)) == _view(with_silent)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(operations, min_size=10, max_size=80))
+def test_the_kept_capacity_is_the_rebuilt_one_and_a_pass_leaves_it_as_found(
+    ops: list[tuple[Any, ...]],
+) -> None:
+    world = World()
+    world.register("n0", SIZES["n0"], TYPES["n0"])
+    for op in ops:
+        silent: set[str] = set()
+        _apply(world, op, silent)
+        for _ in range(20):
+            _check_incremental(world, silent)
+            kept = world.state.capacity
+            before = {c: copy.deepcopy(_found(capacity)) for c, capacity in kept.items()}
+            decide(world.state, world.now, world.new_id, actor=ACTOR, silent=silent)
+            assert {c: _found(capacity) for c, capacity in kept.items()} == before
+            if not world.step(silent):
+                break
+        _check_incremental(world, silent)
