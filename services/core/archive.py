@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 
 from events import codec, keys
 from events.errors import UndecodableEvent
+from services.core.durable import fsync_path
 
 #: A log position as numbers: (milliseconds, sequence).
 Position = tuple[int, int]
@@ -203,17 +204,9 @@ def _atomically(path: Path, write: Any) -> None:
     """Write ``path`` through a temporary file beside it: fsynced, renamed, directory fsynced."""
     tmp = path.with_name(f".{path.name}.tmp")
     write(str(tmp))
-    _fsync(tmp)
+    fsync_path(tmp)
     os.replace(tmp, path)
-    _fsync(path.parent)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path.parent)
 
 
 # --- the server's pointer --------------------------------------------------------------------

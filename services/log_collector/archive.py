@@ -31,6 +31,7 @@ import structlog
 from redis.exceptions import RedisError, ResponseError
 
 from events import keys
+from services.core.durable import fsync_path
 from services.log_collector.ingest import pause
 from services.log_collector.settings import LogCollectorSettings
 from services.output import reading
@@ -81,7 +82,7 @@ async def write_archive(path: Path, pages: Pages) -> tuple[int, str | None]:
             last = page[-1].id
         await asyncio.to_thread(_flush, out)
     tmp.replace(path)
-    await asyncio.to_thread(_fsync_dir, path.parent)
+    await asyncio.to_thread(fsync_path, path.parent)
     return count, last
 
 
@@ -97,14 +98,6 @@ def _copy(path: Path, out: BinaryIO) -> tuple[int, str | None]:
 def _flush(out: BinaryIO) -> None:
     out.flush()
     os.fsync(out.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _next_id(entry_id: str | None) -> str:
