@@ -38,7 +38,7 @@ from events.codec import Recorded
 from events.errors import IllegalTransition
 from events.fit import InstanceType, Refusal, shapes, unknown_cluster
 from events.lifecycle import RunState
-from events.model import AnyRunEvent, RequestRefused
+from events.model import AnyRunEvent, RequestRefused, run_aggregate
 from events.spec import Compute, RunSpec
 from projections import query
 from projections.attempts import AttemptRow
@@ -101,7 +101,7 @@ class RunRequests:
         run_id = await self.store.redis.get(keys.run_name(run))
         if isinstance(run_id, bytes):
             return run_id.decode()
-        if await self.store.history(f"run:{run}"):
+        if await self.store.history(run_aggregate(run)):
             return run
         return None
 
@@ -122,7 +122,7 @@ class RunRequests:
     ) -> tuple[str, list[Recorded], RunView]:
         """``run``'s id, history and fold, once ``principal`` may ``action`` it."""
         run_id = await self.resolve(run)
-        records = await self.store.history(f"run:{run_id}") if run_id is not None else []
+        records = await self.store.history(run_aggregate(run_id)) if run_id is not None else []
         folded = query.fold_run(run_id, records) if run_id is not None else None
         if run_id is None or folded is None:
             raise NotFound(f"Run {run} not found")
@@ -141,13 +141,13 @@ class RunRequests:
         for name in dict.fromkeys(names):
             run_id = await self.resolve(name)
             if run_id is not None and run_id not in found:
-                records = await self.store.history(f"run:{run_id}")
+                records = await self.store.history(run_aggregate(run_id))
                 if (folded := query.fold_run(run_id, records)) is not None:
                     found[run_id] = folded
         return list(found.values())
 
     async def _view_of(self, run_id: str) -> RunView:
-        folded = query.fold_run(run_id, await self.store.history(f"run:{run_id}"))
+        folded = query.fold_run(run_id, await self.store.history(run_aggregate(run_id)))
         assert folded is not None, f"run {run_id} has no history after an append"
         return folded
 

@@ -34,7 +34,7 @@ from graphql import GraphQLResolveInfo, IntValueNode, ValueNode
 
 from events.access import Principal, RunNotFound, visible
 from events.lifecycle import RunState, evolve
-from events.model import RunEvent
+from events.model import RunEvent, run_aggregate
 from events.status import RunStatus
 from services.api.errors import BadRequest, NotFound
 from services.api.runs import RunRequests
@@ -73,7 +73,7 @@ class _Run:
     async def find(cls, context: SubscriptionContext, name: str) -> _Run:
         """The run named ``name`` (or with that id), if the caller may see it."""
         run_id = await RunRequests(context.store).resolve(name)
-        records = await context.store.history(f"run:{run_id}") if run_id is not None else []
+        records = await context.store.history(run_aggregate(run_id)) if run_id is not None else []
         state: RunState | None = None
         for record in records:
             assert isinstance(record.event, RunEvent)
@@ -85,7 +85,9 @@ class _Run:
     async def catch_up(self, block_ms: int | None = None) -> list[RunStatus]:
         """Fold the events appended since, waiting up to ``block_ms`` for one; the statuses
         after each, in order."""
-        records = await self.store.wait_history(f"run:{self.state.run_id}", self.position, block_ms)
+        records = await self.store.wait_history(
+            run_aggregate(self.state.run_id), self.position, block_ms
+        )
         statuses: list[RunStatus] = []
         for record in records:
             assert isinstance(record.event, RunEvent)

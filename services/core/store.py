@@ -44,7 +44,7 @@ from tenacity import (
 from events import codec, inbox, keys
 from events.codec import Recorded
 from events.lifecycle import RunState, copy_state, evolve
-from events.model import AnyRunEvent, Event, RunEvent, tag_of
+from events.model import AnyRunEvent, Event, RunEvent, run_aggregate, tag_of
 from services.core import acl
 from services.core.archive import ArchivedLog, raw_entries
 from services.core.errors import Fenced, MixedAggregates, StoreUnavailable, VersionConflict
@@ -262,7 +262,7 @@ class EventStore:
             except VersionConflict:
                 continue
             return after, appended
-        raise VersionConflict(f"run:{run_id}", -1, -1)
+        raise VersionConflict(run_aggregate(run_id), -1, -1)
 
     async def _call(
         self,
@@ -330,7 +330,7 @@ class EventStore:
 
     async def load_run(self, run_id: str) -> RunState | None:
         state: RunState | None = None
-        for record in await self.history(f"run:{run_id}"):
+        for record in await self.history(run_aggregate(run_id)):
             event = record.event
             if not isinstance(event, RunEvent):
                 raise TypeError(f"{event.aggregate} event {event.id} in the history of {run_id}")
