@@ -3,8 +3,11 @@ a file that only the rank reads, named in the rank's environment as MosaicML's p
 it, so that mcli and Composer inside the run speak to the API as the run.
 
 Invariants:
-- the token's hash is on the log (``attempt.token_issued``) before the file is written and
-  before the rank's command starts, so the token works from the command's first instant;
+- the token's hash is on the log (``attempt.token_issued``) before the rank's command starts,
+  so the token works from the command's first instant: ``issue`` appends it at once, ``draw``
+  leaves it to the rank's setup, whose first append carries it (the process executor: one
+  append fewer before RUNNING; the file is written meanwhile, while the rank's home is still
+  root's and nothing of the rank runs);
 - the token is never logged, never put in an event, in an environment variable or in the
   shim's spec: only the file's path is;
 - the node's own mcli settings (``MOSAICML_*``, ``MCLI_*``: an operator's API key, say) never
@@ -22,14 +25,20 @@ from services.node_agent.job import RankKey
 from services.node_agent.reporter import Reporter
 
 
-async def issue(reporter: Reporter, key: RankKey) -> str:
-    """A new token for rank ``key``, once its hash is on the log."""
+def draw(reporter: Reporter, key: RankKey) -> tuple[RunTokenIssued, str]:
+    """A new token for rank ``key``: the event that puts its hash on the log, and the token."""
     token = new_token(key.run_id, *draw_credential())
     event = RunTokenIssued(
         **reporter.fields(key), token_id=token.token_id, token_hash=token.token_hash
     )
+    return event, token.presented
+
+
+async def issue(reporter: Reporter, key: RankKey) -> str:
+    """A new token for rank ``key``, once its hash is on the log."""
+    event, presented = draw(reporter, key)
     await reporter.report(key, lambda _attempt, _rank: [event])
-    return token.presented
+    return presented
 
 
 def platform_environment(api_url: str, token_file: PurePath | str) -> dict[str, str]:

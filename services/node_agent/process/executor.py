@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from events.lifecycle import AttemptState, RankState
-from events.model import AnyRunEvent, RankRunning, Reason
+from events.model import AnyRunEvent, RankRunning, Reason, RunTokenIssued
 from services.core import timeouts
 from services.core.aio import first_of
 from services.core.sealing import KeyringFile
@@ -177,11 +177,13 @@ class ProcessExecutor:
         secret_env = await self._secrets(rank_dir, key, job)
         if secret_env is None:
             return
-        platform = await self._platform(rank_dir, key)
+        platform, issued = self._platform(rank_dir, key)
         parameters = rank_dir.workspace / "parameters.yaml"
         atomic_write(parameters, parameters_document(job.spec.parameters))
         await asyncio.to_thread(rank_dir.give, user)
-        venv = await self.setup.run(rank_dir, job, control, secret_env, user=user, cgroup=cgroup)
+        venv = await self.setup.run(
+            rank_dir, job, control, secret_env, user=user, cgroup=cgroup, first=issued
+        )
         try:
             link = self._launch(rank_dir, job, venv, platform, secret_env, user=user, cgroup=cgroup)
         except OSError as exc:
@@ -247,14 +249,18 @@ class ProcessExecutor:
         await asyncio.to_thread(write_files, found, root)
         return found.environment(root, scratch=PurePosixPath(rank_dir.root))
 
-    async def _platform(self, rank_dir: RankDir, key: RankKey) -> dict[str, str]:
-        """The rank's run token in its file (0600), and the variables that name it; none
-        without an API to speak to (``api_url``)."""
+    def _platform(
+        self, rank_dir: RankDir, key: RankKey
+    ) -> tuple[dict[str, str], tuple[RunTokenIssued, ...]]:
+        """The rank's run token in its file (0600), the variables that name it, and the event
+        that puts its hash on the log, which the setup's first append carries (before the
+        command starts: ``services.node_agent.runtoken``); none without an API to speak to
+        (``api_url``)."""
         if self.settings.api_url is None:
-            return {}
-        token = await runtoken.issue(self.reporter, key)
+            return {}, ()
+        issued, token = runtoken.draw(self.reporter, key)
         atomic_write(rank_dir.token_file, token.encode(), mode=0o600)
-        return runtoken.platform_environment(self.settings.api_url, rank_dir.token_file)
+        return runtoken.platform_environment(self.settings.api_url, rank_dir.token_file), (issued,)
 
     def _launch(
         self,

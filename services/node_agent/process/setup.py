@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -78,30 +78,34 @@ class Setup(SetupSteps):
         *,
         user: RankUser | None = None,
         cgroup: Cgroup | None = None,
+        first: Sequence[ev.AnyRunEvent] = (),
     ) -> Path | None:
         """Do the setup (its tools get ``secrets``, the variables of the owner's secrets:
         git's key and token); the rank's virtual environment if it has one. Raises
         ``RankEnded`` when the rank's exit was reported, ``RankGone`` when the log says it is
-        over."""
+        over. ``first``: events that go on the log with the setup's first append."""
         try:
-            await self._image(job, control)
+            await self._image(job, control, first)
             as_rank = AsRank(user, cgroup, rank_dir.home if user is not None else None)
             return await self._integrations(rank_dir, job, control, secrets or {}, as_rank)
         except SetupAborted as exc:
             await self._end(job, None, reason=exc.reason)
         raise RankEnded
 
-    async def _image(self, job: RankJob, control: RankControl) -> None:
+    async def _image(
+        self, job: RankJob, control: RankControl, first: Sequence[ev.AnyRunEvent]
+    ) -> None:
         """A process rank pulls nothing: its image is only checked, at once, so the pull's start
-        and end are one append (one fewer on the way from submit to RUNNING)."""
+        and end are one append, with ``first`` (fewer appends on the way from submit to
+        RUNNING)."""
         ref = job.spec.image
         started = ev.ImagePullStarted(**self._fields(job), image=ref)
         error = image.reference_error(ref)
         if error is None:
             finished = ev.ImagePullFinished(**self._fields(job), image=ref)
-            await self._report(job, control, started, finished)
+            await self._report(job, control, *first, started, finished)
             return
-        await self._report(job, control, started)
+        await self._report(job, control, *first, started)
         log.info("rank.invalid_image", image=ref, error=error)
         reason = ev.Reason(category="user", code="FailedImagePull", message=error)
         failed = ev.ImagePullFailed(**self._fields(job), image=ref, error=error)
