@@ -82,11 +82,12 @@ _LOG = keys.log_stream(ANY)
 #: Where the log's archive is (``services.core.archive``): read with the log by whoever replays
 #: it from its start (the scheduler, the projector, the API's users and audit).
 _ARCHIVED = keys.log_archive(ANY)
-_IDEMPOTENCY = keys.idempotency_key(ANY, ANY)
-#: What an append touches beside the log (``events.inbox``): the runs' told nodes (read and
-#: written) and the nodes' inboxes (written; a node-agent also reads them).
-_TOLD = keys.told_nodes(ANY, ANY)
 _INBOXES = keys.inbox(ANY, ANY)
+#: The keys the append function reads and writes beside the aggregates' histories: the log,
+#: the idempotency keys and the runs' told nodes (``events.inbox``); it only writes the nodes'
+#: inboxes (``_APPENDED_TO``). Every writer of the log has both.
+_APPENDING = (_LOG, keys.idempotency_key(ANY, ANY), keys.told_nodes(ANY, ANY))
+_APPENDED_TO = (_INBOXES,)
 
 
 def _history(kind: str) -> str:
@@ -137,16 +138,14 @@ RULES: dict[str, Rule] = {
             ("xinfo|consumers", "xgroup|delconsumer", "exists", "time", "function|load"),
         ),
         both=(
-            _LOG,
+            *_APPENDING,
             _history("run"),
             _history("node"),
-            _IDEMPOTENCY,
-            _TOLD,
             keys.scheduler_lease(ANY),
             _alive(SCHEDULER),
         ),
         reads=(keys.heartbeat(ANY), _ARCHIVED),
-        writes=(keys.dead_letter_stream(SCHEDULER), _INBOXES),
+        writes=(keys.dead_letter_stream(SCHEDULER), *_APPENDED_TO),
     ),
     # The read models: folds the log into projection keys (its own namespace, its lease among
     # them) through its own function; appends nothing.
@@ -185,11 +184,9 @@ RULES: dict[str, Rule] = {
     NODE_AGENT: Rule(
         commands=_commands(_CONNECTION, _APPEND, _CONSUME, ("pttl", "hgetall")),
         both=(
-            _LOG,
+            *_APPENDING,
             _history("run"),
             _history("node"),
-            _IDEMPOTENCY,
-            _TOLD,
             _INBOXES,  # its own, read through its group; the others' written by its appends
             keys.heartbeat(ANY),
         ),
@@ -209,19 +206,17 @@ RULES: dict[str, Rule] = {
             ("hset", "hdel", "hgetall", "watch", "unwatch", "multi", "exec", "discard"),
         ),
         both=(
-            _LOG,
+            *_APPENDING,
             _history("run"),
             _history("user"),
             _history("node"),  # an admin's cordon, drain, uncordon
-            _IDEMPOTENCY,
-            _TOLD,
             keys.run_name(ANY),
             keys.log_reply(ANY),
             keys.secret_values(ANY),
             _alive(API),
         ),
         reads=(_PROJECTIONS, _OUTPUT, _ARCHIVED),
-        writes=(keys.log_requests(), _INBOXES),
+        writes=(keys.log_requests(), *_APPENDED_TO),
     ),
 }
 
