@@ -68,12 +68,11 @@ function section(by, title, answer, range) {
     "Download CSV",
   );
   const priced = rows.some((r) => r.cost !== null);
-  const lines = rows.map((r) => row(r[by], `${r.gpu_hours}${r.open ? " *" : ""}`, priced ? r.cost ?? "-" : null, r.gpu_utilization === null ? "-" : `${r.gpu_utilization}%`));
-  const total = answer.total;
-  lines.push(row(h("strong", {}, "TOTAL"), `${total.gpu_hours}${total.open ? " *" : ""}`, priced ? total.cost ?? "-" : null, total.gpu_utilization === null ? "-" : `${total.gpu_utilization}%`));
-  for (const tr of lines) if (!priced) tr.children[2].remove();
-  const headers = [title, "GPU-hours", "Cost", "GPU util"];
-  if (!priced) headers.splice(2, 1);
+  // One line: the group's name, then its GPU-hours, cost (when any line is priced) and GPU util.
+  const line = (name, r) =>
+    row(name, `${r.gpu_hours}${r.open ? " *" : ""}`, ...(priced ? [r.cost ?? "-"] : []), r.gpu_utilization === null ? "-" : `${r.gpu_utilization}%`);
+  const lines = [...rows.map((r) => line(r[by], r)), line(h("strong", {}, "TOTAL"), answer.total)];
+  const headers = [title, "GPU-hours", ...(priced ? ["Cost"] : []), "GPU util"];
   return h(
     "section",
     { class: "billing", "data-by": by },
