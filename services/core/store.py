@@ -328,6 +328,12 @@ class EventStore:
         entries = cast(list[list[Any]], reply)[0][1]
         return [_recorded(position, fields) for position, fields in entries]
 
+    async def tell(self, aggregate: str, node: str) -> None:
+        """Add ``node`` to the nodes told of ``aggregate``'s events (``events.inbox``) until its
+        next placement or attempt's end."""
+        partition = keys.partition_of(aggregate, self.settings.partitions)
+        await self.redis.sadd(keys.told_nodes(aggregate, partition), node)
+
     async def load_run(self, run_id: str) -> RunState | None:
         state: RunState | None = None
         for record in await self.history(run_aggregate(run_id)):

@@ -276,9 +276,7 @@ class NodeAgent:
         state = await self.store.load_run(run_id)
         if state is None or state.latest.status.is_terminal():
             return state
-        aggregate = run_aggregate(run_id)
-        told = keys.told_nodes(aggregate, keys.partition_of(aggregate, self.settings.partitions))
-        await self.store.redis.sadd(told, self.node)
+        await self.store.tell(run_aggregate(run_id), self.node)
         return await self.store.load_run(run_id)  # with what was appended before the SADD
 
     # --- the log ----------------------------------------------------------------------
