@@ -59,9 +59,10 @@ from projections import query
 from projections.catalog import NAMES
 from projections.runner import rebuild
 from services.api.console import CSRF_HEADER, SESSION_COOKIE
+from services.core.client import connect
 from services.core.logging import configure
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from services.core.valkey import ValkeyProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]

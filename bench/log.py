@@ -56,8 +56,9 @@ from bench import replay_variants as rv
 from bench import workload
 from events import codec, keys
 from events.model import AnyEvent, Event
+from services.core.client import connect
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from services.core.valkey import ValkeyProcess
 
 FULL_EVENTS = 1_000_000

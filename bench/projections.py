@@ -47,8 +47,9 @@ from projections.catalog import NAMES, make_all
 from projections.lanes import default_lanes, plan
 from projections.runner import RedisLogReader
 from projections.storage import RedisStore
+from services.core.client import connect
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from services.core.valkey import ValkeyProcess
 from services.projector.lanes import rebuild_many
 

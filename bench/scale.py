@@ -87,9 +87,10 @@ from events.spec import RunSpec
 from events.status import RunStatus
 from services.api.runs import RunRequests
 from services.core.aio import wait_event
+from services.core.client import connect
 from services.core.logging import configure
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from services.core.valkey import ValkeyProcess
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -72,8 +72,12 @@ class RedisLogReader:
     """
 
     def __init__(self, client: aioredis.Redis, partition: int = 0) -> None:
-        self.redis = aioredis.Redis(connection_pool=client.connection_pool)
-        self.redis.set_response_callback("XRANGE", _raw)
+        pool = getattr(client, "connection_pool", None)
+        # A cluster client (no one pool) keeps its reply callbacks: its pages are flattened.
+        self.flatten = pool is None
+        self.redis = client if pool is None else aioredis.Redis(connection_pool=pool)
+        if pool is not None:
+            self.redis.set_response_callback("XRANGE", _raw)
         self.stream = keys.log_stream(partition)
 
     async def read(self, after: str, count: int) -> Sequence[Entry]:
@@ -81,6 +85,11 @@ class RedisLogReader:
         entries = cast(
             list[list[Any]], await self.redis.xrange(self.stream, start, "+", count=count)
         )
+        if self.flatten:
+            return [
+                (position.decode(), [item for pair in fields.items() for item in pair])
+                for position, fields in entries
+            ]
         return [(position.decode(), flat) for position, flat in entries]
 
 

@@ -28,8 +28,8 @@ from services.core.archiver import (
     ArchiveSettings,
     archive_log,
 )
+from services.core.client import connect_with
 from services.core.settings import Settings
-from services.core.store import connect_with
 
 
 def register(kinds: Any) -> None:

@@ -63,9 +63,10 @@ from services.api.users import Directory, presented_credential
 from services.api.vault import Vault
 from services.api.websocket import GraphQLSockets
 from services.core import metrics
+from services.core.client import connect_with
 from services.core.health import keep_alive
 from services.core.sealing import KeyringFile
-from services.core.store import EventStore, connect_with
+from services.core.store import EventStore
 
 SCHEMA_PATH = Path(__file__).with_name("schema.graphql")
 INVALID_KEY = "Invalid API key"

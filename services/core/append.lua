@@ -12,7 +12,7 @@
 -- triples; the route says which node inboxes get a copy (events/inbox.py).
 --
 -- Returns {"ok", positions, version} with positions space-separated and version the
--- aggregate's new version; {"dup", positions} when the key was seen (nothing is written);
+-- aggregate's new version; {"dup", positions} when the key was seen (no event is written);
 -- {"conflict", version} when the aggregate is not at the expected version; {"fenced", holder}
 -- when a fencing token is given and the fencing key holds another (a deposed scheduler).
 -- The entry id of the global stream is the log's clock: the server's, never the writer's.
@@ -38,6 +38,9 @@ end
 local function append(keys, args)
   local seen = redis.call('GET', keys[3])
   if seen then
+    -- A write all the same (the key's expiry renewed): a WAIT after this call then covers
+    -- the first call's events, which came before it.
+    redis.call('PEXPIRE', keys[3], args[2])
     return {'dup', seen}
   end
   if args[3] ~= '' then

@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 
 from events import codec, keys
 from events.errors import UndecodableEvent
+from services.core.client import raw_ranges
 from services.core.durable import fsync_path
 
 #: A log position as numbers: (milliseconds, sequence).
@@ -236,8 +237,7 @@ class ArchivedLog:
     def __init__(
         self, client: aioredis.Redis, partition: int = 0, root: Path | None = None
     ) -> None:
-        self.redis = aioredis.Redis(connection_pool=client.connection_pool)
-        self.redis.set_response_callback("XRANGE", lambda response, **_: response)
+        self.redis = raw_ranges(client)
         self.stream = keys.log_stream(partition)
         self.key = keys.log_archive(partition)
         self.root = root

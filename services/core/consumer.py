@@ -22,16 +22,16 @@ from typing import Any, cast
 
 import structlog
 from faststream.middlewares import AckPolicy
-from faststream.redis import RedisBroker, StreamSub
+from faststream.redis import RedisBroker, RedisClusterBroker, StreamSub
 from faststream.redis.annotations import RedisBatchStreamMessage, RedisStreamMessage
 from redis.asyncio import Connection, Redis
 
 from events import codec, keys
 from events.codec import Recorded
 from events.errors import UndecodableEvent
+from services.core.client import connection_class
 from services.core.groups import Delivery, dead_letter, ensure_group
 from services.core.settings import Settings, login
-from services.core.store import connection_class
 
 log = structlog.get_logger(__name__)
 
@@ -39,13 +39,22 @@ Handler = Callable[[Recorded], Awaitable[None]]
 
 
 def make_broker(settings: Settings, max_connections: int = 256) -> RedisBroker:
-    """A broker on the server ``settings`` name, logged in as their user, that logs through
-    the standard logging tree (structlog renders it).
+    """A broker on the server (or cluster) ``settings`` name, logged in as their user, that
+    logs through the standard logging tree (structlog renders it).
 
     FastStream's pool fails, rather than waits, past ``max_connections``: keep it well above
     the subscribers and concurrent handlers one process runs.
     """
     url = settings.redis_url
+    if settings.redis_cluster:
+        return RedisClusterBroker(
+            url,
+            **login(settings.redis_auth()),  # type: ignore[arg-type]  # redis-py's own keywords
+            logger=logging.getLogger("runplane.faststream"),
+            # Per node, as in ``services.core.client.connect_cluster``.
+            max_connections=max(max_connections, 1024),
+            health_check_interval=10,
+        )
     return RedisBroker(
         url,
         **login(settings.redis_auth()),  # type: ignore[arg-type]  # redis-py's own keywords

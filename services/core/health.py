@@ -27,16 +27,15 @@ import sys
 from collections.abc import Coroutine
 from typing import Any, NamedTuple
 
-import redis
 import structlog
 from pydantic import Field, ValidationError
 from redis.exceptions import RedisError
 
 from events import keys
 from services.core import metrics
+from services.core.client import connect_sync, connect_with
 from services.core.passwords import PasswordFileError, redacted
-from services.core.settings import Settings, invalid, login
-from services.core.store import connect_with
+from services.core.settings import Settings, invalid
 
 SERVICES = ("scheduler", "projector", "log-collector", "node-agent", "api")
 
@@ -110,22 +109,16 @@ def probe(settings: Settings, key: str, timeout_s: float = _ROUND_TRIP_S) -> Ver
     """Healthy while ``key`` exists on the log's server."""
     redis_url = settings.redis_url
     try:
-        auth = settings.redis_auth()
+        with connect_sync(settings, timeout_s) as client:
+            ttl_ms = client.pttl(key)
     except PasswordFileError as exc:
         return Verdict(False, f"unhealthy: {exc}")
-    client = redis.Redis.from_url(
-        redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **login(auth)
-    )
-    try:
-        ttl_ms = client.pttl(key)
     except (RedisError, OSError) as exc:
         return Verdict(
             False,
             f"unhealthy: the log's server at {redacted(redis_url)} did not answer ({exc}); "
             "check RUNPLANE_REDIS_URL and that the server runs",
         )
-    finally:
-        client.close()
     if ttl_ms == -2:  # no such key
         return Verdict(
             False,

@@ -37,6 +37,25 @@ class Settings(BaseSettings):
         description="A file (mode 0600) holding the password of RUNPLANE_REDIS_USERNAME (its first "
         "line); read when connecting, so no environment or command line shows the password.",
     )
+    redis_cluster: bool = Field(
+        default=False,
+        description="RUNPLANE_REDIS_URL names one node of a Valkey (or Redis) Cluster: the "
+        "processes discover the others and follow failovers and slot moves "
+        "(`mcli dev up --shards N`; docs/scale.md).",
+    )
+    append_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Replicas that must hold an append before it is acknowledged (WAIT): with "
+        "1, a primary killed at any moment loses no acknowledged event once its replica takes "
+        "over. 0: the primary's own AOF (fsync'd) acknowledges it.",
+    )
+    append_replica_timeout_ms: int = Field(
+        default=2000,
+        ge=10,
+        description="How long one append waits for RUNPLANE_APPEND_REPLICAS replicas before it "
+        "is retried (with its idempotency key: stored once) until the store counts as away.",
+    )
     partitions: int = Field(
         default=1,
         ge=1,
@@ -106,6 +125,8 @@ class Settings(BaseSettings):
         """The variables that give a child process this process's server and login (the
         password's file, never the password)."""
         env = {"RUNPLANE_REDIS_URL": self.redis_url}
+        if self.redis_cluster:
+            env["RUNPLANE_REDIS_CLUSTER"] = "true"
         if self.redis_username is not None:
             env["RUNPLANE_REDIS_USERNAME"] = self.redis_username
         if self.redis_password_file is not None:

@@ -20,19 +20,20 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib.resources import files
 from typing import Any, NamedTuple, Self, cast
 
 import redis.asyncio as aioredis
 import structlog
 from prometheus_client import Counter
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import (
     AsyncRetrying,
@@ -47,9 +48,10 @@ from events.lifecycle import RunState, copy_state, evolve
 from events.model import AnyRunEvent, Event, RunEvent, run_aggregate, tag_of
 from services.core import acl
 from services.core.archive import ArchivedLog, raw_entries
+from services.core.client import connect_with, is_cluster, raw_ranges
 from services.core.errors import Fenced, MixedAggregates, StoreUnavailable, VersionConflict
 from services.core.metrics import REGISTRY
-from services.core.settings import Auth, Settings, login
+from services.core.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +63,27 @@ class _NotLoaded(Exception):
     scheduler does, at its start: ``services.core.acl``): wait for it as for a server away."""
 
 
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, _NotLoaded)
+class NotReplicated(Exception):
+    """An append is on the primary but not on ``append_replicas`` replicas yet: not
+    acknowledged; retried with its idempotency key."""
+
+    def __init__(self, wanted: int, got: object) -> None:
+        super().__init__(f"the append reached {got} replicas of the {wanted} it waits for")
+
+
+#: What a retry (with the append's idempotency key) may cure: a server or connection away, a
+#: cluster failing over (CLUSTERDOWN, TRYAGAIN, a slot not covered yet), a replica behind.
+_TRANSIENT = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+    _NotLoaded,
+    NotReplicated,
+    ClusterDownError,
+    TryAgainError,
+    RedisClusterException,
+)
 _PAGE = 10_000
 
 _Keys = tuple[str, ...]
@@ -90,77 +112,12 @@ class Appended(NamedTuple):
     duplicate: bool
 
 
-class _CancelSafeWrite(aioredis.connection.AbstractConnection):
-    """redis-py bounds a write with ``asyncio.wait_for``, which on Python 3.11 swallows a
-    cancellation that arrives as the write completes (gh-86296; see ``services.core.aio``). A
-    reader loop cancelled at that instant carried on forever, and whoever awaited its end hung.
-    Here the write is bounded by ``asyncio.timeout``, which lets the cancellation through."""
-
-    async def send_packed_command(
-        self, command: bytes | str | Iterable[bytes], check_health: bool = True
-    ) -> None:
-        timeout = self.socket_timeout
-        if sys.version_info >= (3, 12) or not timeout:
-            return await super().send_packed_command(command, check_health)
-        self.socket_timeout = None  # no wait_for inside; the timeout below bounds it all
-        try:
-            async with asyncio.timeout(timeout):
-                await super().send_packed_command(command, check_health)
-        except TimeoutError:
-            await self.disconnect(nowait=True)
-            raise RedisTimeoutError("Timeout writing to socket") from None
-        finally:
-            self.socket_timeout = timeout
-
-
-class _Connection(_CancelSafeWrite, aioredis.Connection):
-    pass
-
-
-class _SSLConnection(_CancelSafeWrite, aioredis.SSLConnection):
-    pass
-
-
-class _UnixConnection(_CancelSafeWrite, aioredis.UnixDomainSocketConnection):
-    pass
-
-
-def connection_class(url: str) -> type[aioredis.connection.AbstractConnection]:
-    """The connection class for ``url``'s scheme, with the cancel-safe write."""
-    scheme = url.partition("://")[0]
-    return {"rediss": _SSLConnection, "unix": _UnixConnection}.get(scheme, _Connection)
-
-
-def connect(url: str, max_connections: int = 64, *, auth: Auth | None = None) -> aioredis.Redis:
-    """A client whose pool waits for a free connection instead of failing past its size, and
-    that retries a command on a new connection when the server dropped the old one (every
-    command runnable twice: reads, and appends with their idempotency key). It logs in as
-    ``auth`` when given (else as the URL says)."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        **login(auth),
-        connection_class=connection_class(url),
-        max_connections=max_connections,
-        timeout=30,
-        health_check_interval=10,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=5),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
-    return aioredis.Redis.from_pool(pool)
-
-
-def connect_with(settings: Settings, max_connections: int = 64) -> aioredis.Redis:
-    """``connect`` to the server ``settings`` name, as the user they name."""
-    return connect(settings.redis_url, max_connections, auth=settings.redis_auth())
-
-
 class EventStore:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
         # The same pool, without reply callbacks for XRANGE (see ``_range``).
-        self._raw = aioredis.Redis(connection_pool=client.connection_pool)
-        self._raw.set_response_callback("XRANGE", lambda response, **_: response)
+        self._raw = raw_ranges(client)
         self._logs: dict[int, ArchivedLog] = {}
 
     @classmethod
@@ -169,6 +126,8 @@ class EventStore:
 
     async def close(self) -> None:
         await self.redis.aclose()
+        if is_cluster(self._raw):
+            await self._raw.aclose()
 
     # --- writing ----------------------------------------------------------------------
 
@@ -290,7 +249,7 @@ class EventStore:
 
     async def _fcall(self, fcall_keys: _Keys, args: _Args) -> list[bytes]:
         try:
-            reply = await self.redis.fcall("runplane_append2", len(fcall_keys), *fcall_keys, *args)
+            return await self._send(fcall_keys, args)
         except ResponseError as exc:
             if "Function not found" not in str(exc):
                 raise
@@ -298,7 +257,33 @@ class EventStore:
             if not acl.loads_append_function(self.settings.redis_username):
                 raise _NotLoaded(str(exc)) from None
             await self.load_function()
+            return await self._send(fcall_keys, args)
+
+    async def _send(self, fcall_keys: _Keys, args: _Args) -> list[bytes]:
+        """One call of the append function. With ``append_replicas``, answered only once that
+        many replicas hold what it wrote: WAIT on the same connection, right after it. A
+        duplicate writes too (it renews its idempotency key), so WAIT then covers the first
+        call's events as well: a retry after a lost WAIT is acknowledged only once they are
+        replicated."""
+        wanted = self.settings.append_replicas
+        if not wanted:
             reply = await self.redis.fcall("runplane_append2", len(fcall_keys), *fcall_keys, *args)
+            return list(reply)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.fcall("runplane_append2", len(fcall_keys), *fcall_keys, *args)
+        wait = ("WAIT", wanted, self.settings.append_replica_timeout_ms)
+        if is_cluster(self.redis):
+            # WAIT names no key: sent to the primary of the log's slot, where the call ran.
+            cluster = cast(Any, self.redis)
+            await cluster.initialize()
+            pipe.execute_command(*wait, target_nodes=cluster.get_node_from_key(fcall_keys[0]))
+        else:
+            pipe.execute_command(*wait)
+        reply, replicas = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, Exception):
+            raise reply
+        if reply[0] in (b"ok", b"dup") and (isinstance(replicas, Exception) or replicas < wanted):
+            raise NotReplicated(wanted, replicas)
         return list(reply)
 
     async def load_function(self) -> None:

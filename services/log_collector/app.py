@@ -20,10 +20,10 @@ from faststream.redis.annotations import RedisListMessage
 from redis.exceptions import RedisError
 
 from events import keys
+from services.core.client import connect_with
 from services.core.consumer import LogConsumer, make_broker
 from services.core.groups import ensure_group
 from services.core.lease import Lease
-from services.core.store import connect_with
 from services.log_collector.archive import Archiver
 from services.log_collector.events import EventHandler
 from services.log_collector.ingest import Ingester, pause

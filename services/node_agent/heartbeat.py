@@ -15,7 +15,7 @@ import redis
 import structlog
 
 from events import keys
-from services.core.settings import login
+from services.core.client import connect_sync
 from services.node_agent.settings import NodeAgentSettings
 from services.node_agent.shim import lease
 
@@ -25,23 +25,16 @@ log = structlog.get_logger(__name__)
 def first_beat(settings: NodeAgentSettings) -> None:
     """Set the node's heartbeat key once, synchronously; a failure is logged and left to the
     agent's own loop."""
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=2,
-        socket_connect_timeout=2,
-        **login(settings.redis_auth()),
-    )
     began = lease.now()
     try:
-        ttl_ms = int(settings.heartbeat_ttl_s * 1000)
-        client.set(keys.heartbeat(settings.node), int(time.time() * 1000), px=ttl_ms)
+        with connect_sync(settings, timeout_s=2) as client:
+            ttl_ms = int(settings.heartbeat_ttl_s * 1000)
+            client.set(keys.heartbeat(settings.node), int(time.time() * 1000), px=ttl_ms)
     except (redis.RedisError, OSError) as exc:  # the agent's own loop retries
         log.warning("heartbeat.failed", error=repr(exc))
         if settings.fence_on_disconnect:
             return
         began = lease.now()  # alive, only cut off (see ``NodeAgent._beat_once``)
-    finally:
-        client.close()
     # The ranks a restarted agent adopts keep running: the lease is renewed at once.
     settings.data_path.mkdir(parents=True, exist_ok=True)
     lease.renew(settings.lease_path, began)

@@ -28,8 +28,8 @@ from projections.errors import Superseded
 from projections.storage import RedisStore
 from services.core.aio import stop_on_signals, wait_event
 from services.core.archive import ArchivedLog
+from services.core.client import connect_with
 from services.core.lease import Lease, LeaseLost
-from services.core.store import connect_with
 from services.projector.group import RedisGroup
 from services.projector.metrics import export_lag
 from services.projector.projector import Projector

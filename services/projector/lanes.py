@@ -21,8 +21,8 @@ from projections.catalog import make
 from projections.lanes import LaneFailed, default_lanes, drop_unfinished, plan
 from projections.runner import rebuild
 from services.core.archive import ArchivedLog
+from services.core.client import connect_with
 from services.core.settings import Settings
-from services.core.store import connect_with
 
 log = structlog.get_logger("services.projector.lanes")
 

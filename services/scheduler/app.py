@@ -38,6 +38,7 @@ from events.errors import IllegalTransition
 from events.lifecycle import copy_state, evolve
 from events.model import AnyEvent, AttemptScheduled, NodeEvent, RunEvent, tag_of
 from services.core.aio import wait_event
+from services.core.client import disconnect
 from services.core.consumer import LogConsumer
 from services.core.errors import Fenced, StoreError, VersionConflict
 from services.core.lease import Lease, LeaseLost
@@ -109,10 +110,9 @@ class Scheduler:
         """After a server restart every pooled connection is stale: drop them all at once,
         the store's and the broker's, rather than meet them one failed session at a time."""
         with contextlib.suppress(RedisError, OSError):
-            await self.store.redis.connection_pool.disconnect()
+            await disconnect(self.store.redis)
             if self.broker_started.is_set():
-                broker_client = await self.broker.connect()
-                await broker_client.connection_pool.disconnect()
+                await disconnect(await self.broker.connect())
 
     async def _stand_by(self) -> None:
         told = False

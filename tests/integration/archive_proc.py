@@ -11,7 +11,7 @@ from pathlib import Path
 
 from services.core.archive import Archive
 from services.core.archiver import archive_log
-from services.core.store import connect
+from services.core.client import connect
 
 
 async def main(

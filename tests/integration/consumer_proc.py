@@ -7,9 +7,9 @@ import asyncio
 import sys
 
 from events.codec import Recorded
+from services.core.client import connect
 from services.core.consumer import LogConsumer, make_broker
 from services.core.settings import Settings
-from services.core.store import connect
 
 
 async def main(url: str, group: str, consumer: str) -> None:

@@ -43,8 +43,9 @@ from services.core.archiver import (
     ArchiveMoved,
     archive_log,
 )
+from services.core.client import connect
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from services.projector.lanes import rebuild_many
 from tests import factories as f
 from tests.integration.projector.test_projector_process import append_all, dump, simulated_events

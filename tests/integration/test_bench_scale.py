@@ -17,8 +17,9 @@ from events.model import (
     RunEvent,
     RunSubmitted,
 )
+from services.core.client import connect
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from services.core.valkey import ValkeyProcess
 
 RUNS = 200

@@ -17,8 +17,9 @@ from events import codec, keys
 from events.access import Action, Principal
 from events.model import RankRunning
 from services.api.runs import RunRequests
+from services.core.client import connect
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from tests import factories
 from tests.integration.api.conftest import api_server
 from tests.integration.api.seed import add_user_with_key

@@ -14,9 +14,10 @@ from redis.exceptions import ResponseError
 
 from events import keys
 from events.codec import Recorded
+from services.core.client import connect
 from services.core.consumer import LogConsumer, make_broker
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from tests import factories as f
 from tests import raw
 from tests.waiting import eventually

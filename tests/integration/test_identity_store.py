@@ -28,9 +28,10 @@ from events.identity import (
     revoke_key,
 )
 from events.model import AnyUserEvent, UserEvent
+from services.core.client import connect
 from services.core.errors import VersionConflict
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from tests import raw
 
 

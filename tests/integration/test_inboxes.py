@@ -23,8 +23,9 @@ from events.model import (
     StopRequested,
     UserAdded,
 )
+from services.core.client import connect
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from tests import factories as f
 
 NODES = ("node-a", "node-b", "node-c")

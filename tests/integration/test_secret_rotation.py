@@ -23,9 +23,10 @@ from events.identity import SETUP_ACTOR
 from events.model import UserAdded
 from events.secrets import Secret
 from services.core import sealing
+from services.core.client import connect
 from services.core.secretstore import SecretValues
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from services.node_agent.secrets import run_secrets
 
 VALUE = "value-that-must-survive-rotation"

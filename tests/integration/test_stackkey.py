@@ -16,8 +16,9 @@ from cli.stackkey import ensure_admin, key_path, read_key
 from events import keys
 from events.identity import authenticate, fold, key_index
 from events.model import KeyIssued, UserAdded, UserEvent
+from services.core.client import connect
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from tests import raw
 
 NOW = 1_800_000_000_000

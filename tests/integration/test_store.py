@@ -14,10 +14,11 @@ from events import codec, keys
 from events.errors import IllegalTransition
 from events.lifecycle import RunState
 from events.model import AnyRunEvent, AttemptQueued, UpdateRequested, tag_of
+from services.core.client import connect
 from services.core.errors import StoreUnavailable, VersionConflict
 from services.core.metrics import REGISTRY
 from services.core.settings import Settings
-from services.core.store import Decide, EventStore, connect
+from services.core.store import Decide, EventStore
 from services.core.valkey import ValkeyProcess
 from tests import factories as f
 from tests import raw

@@ -20,7 +20,8 @@ from services.api.app import create_app
 from services.api.settings import ApiSettings
 from services.core import sealing
 from services.core.acl import API
-from services.core.store import EventStore, connect
+from services.core.client import connect
+from services.core.store import EventStore
 from tests.acl_users import login_as, refused, server_ms
 from tests.integration.api.seed import ALICE, BOB, ROOT, Seeded, add_user_with_key, seed
 from tests.integration.log_collector.helpers import collector

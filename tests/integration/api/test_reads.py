@@ -14,7 +14,8 @@ from bench.mapi import RUNS
 from events import codec, keys
 from services.api.app import create_app
 from services.api.settings import ApiSettings
-from services.core.store import EventStore, connect
+from services.core.client import connect
+from services.core.store import EventStore
 from tests.integration.api.seed import (
     ALICE,
     BOB,

@@ -13,8 +13,9 @@ import redis.asyncio as aioredis
 
 from events import keys
 from events.model import AttemptCompleted, AttemptFailed, Event, RankExited, Reason
+from services.core.client import connect
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from services.output import ingest
 from services.output.reading import INGEST_GROUP
 from tests import factories as f

@@ -28,8 +28,9 @@ from events import model as ev
 from events.lifecycle import RunState
 from events.spec import Compute, RunSpec
 from events.status import RunStatus
+from services.core.client import connect
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from services.node_agent.job import RankKey
 from services.node_agent.process.rankdir import RankDir
 from services.node_agent.shim import ondisk

@@ -16,8 +16,9 @@ import redis.asyncio as aioredis
 
 from bench.podlab import MARKER, MARKER_TEXT, LabError, Podlab, busybox_tar
 from events.status import RunStatus
+from services.core.client import connect
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from services.node_agent.container.engine import Engine
 from services.node_agent.container.executor import ContainerExecutor
 from services.node_agent.container.rankdir import RankFiles

@@ -19,9 +19,10 @@ from events.secrets import Secret
 from events.status import RunStatus
 from services.api.vault import Vault
 from services.core import sealing
+from services.core.client import connect
 from services.core.sealing import KeyringFile
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from services.node_agent.executor import RankControl
 from services.node_agent.job import RankJob, RankKey, job_of
 from services.node_agent.kube import manifests, naming

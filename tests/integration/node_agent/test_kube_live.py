@@ -20,8 +20,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from events.status import RunStatus
+from services.core.client import connect
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from services.node_agent.executor import RankControl
 from services.node_agent.job import job_of
 from services.node_agent.kube import naming

@@ -32,10 +32,11 @@ from events.status import RunStatus
 from services.api.vault import Vault
 from services.core import sealing
 from services.core.acl import NODE_AGENT
+from services.core.client import connect
 from services.core.sealing import KeyringFile
 from services.core.secretstore import SecretValues
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from services.node_agent.process.rankdir import RankDir
 from tests.acl_users import login_as, refused, server_ms
 from tests.integration.api.conftest import api_server

@@ -14,8 +14,9 @@ from bench.projections import fill
 from events import keys
 from projections.catalog import NAMES, make
 from projections.lanes import LaneFailed, drop_unfinished
+from services.core.client import connect
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from services.projector.lanes import rebuild_many
 from tests.integration.projector.test_projector_process import append_all, dump, simulated_events
 from tests.waiting import eventually

@@ -12,8 +12,9 @@ import redis.asyncio as aioredis
 from events import codec, keys
 from projections.catalog import NAMES
 from services.core import acl, metrics
+from services.core.client import connect
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from services.projector.app import build_projector
 from services.projector.metrics import export_lag
 from services.projector.settings import ProjectorSettings

@@ -16,8 +16,9 @@ from projections.base import Row
 from projections.engine import Batch, Part
 from projections.errors import Superseded
 from projections.storage import RedisStore
+from services.core.client import connect
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from tests.integration.projector.test_projector_process import (
     append_all,
     assert_rows_of_a_rebuild,

@@ -22,8 +22,9 @@ from projections import query
 from projections.catalog import NAMES
 from projections.run_status import RunRow, RunStatusProjection
 from projections.runner import rebuild
+from services.core.client import connect
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from tests.unit.projections.simulator import Simulator
 from tests.waiting import eventually
 

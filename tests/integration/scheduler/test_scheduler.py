@@ -23,8 +23,9 @@ from events.model import (
     RetryScheduled,
 )
 from events.status import RunStatus as S
+from services.core.client import connect
 from services.core.settings import Settings
-from services.core.store import EventStore, connect
+from services.core.store import EventStore
 from services.core.valkey import ValkeyProcess
 from tests.integration.scheduler.harness import (
     Agents,
