@@ -286,18 +286,24 @@ class ValkeyCluster:
         raise ClusterError(f"shard {shard} has no primary")
 
     def kill_primary(self, shard: int, timeout: float = _FORM_TIMEOUT_S) -> int:
-        """SIGKILL shard ``shard``'s primary and wait until its replica took over and the
-        cluster is ok again; the index of the node killed."""
+        """SIGKILL shard ``shard``'s primary (a node this handle started) and wait until its
+        replica took over and the cluster is ok again; the index of the node killed."""
         index = self.primary(shard)
         self.nodes[index].kill()
+        self.wait_failed_over(shard, index, timeout)
+        return index
+
+    def wait_failed_over(self, shard: int, killed: int, timeout: float = _FORM_TIMEOUT_S) -> None:
+        """Until shard ``shard``'s primary is another node than ``killed`` (an index), and
+        every other node is ok (see ``wait_ok``)."""
         deadline = time.monotonic() + timeout
         while True:
-            if _ok(self.layout, self.login, down={index}) and self.primary(shard) != index:
-                return index
+            if _ok(self.layout, self.login, down={killed}) and self.primary(shard) != killed:
+                return
             if time.monotonic() >= deadline:
                 raise ClusterError(
-                    f"shard {shard} was not failed over within {timeout:g}s of killing node "
-                    f"{index} ({self.nodes[index].url})"
+                    f"shard {shard} was not failed over within {timeout:g}s of node {killed} "
+                    f"({self.nodes[killed].url}) going down"
                 )
             time.sleep(_POLL_SECONDS)  # allowed: polling inside a deadline loop
 
