@@ -72,14 +72,14 @@ _CLUSTER = (
 #: What every client runs to open and keep a connection (redis-py, FastStream, the shim), on
 #: one server or a cluster.
 _CONNECTION = ("auth", "hello", "ping", "client|setinfo", "client|setname", "select", *_CLUSTER)
+#: On a cluster, an appender waits until replicas hold (``WAIT``) and fsynced (``WAITAOF``)
+#: what it appended (``RUNPLANE_APPEND_REPLICAS``).
+_REPLICATED = ("wait", "waitaof")
 #: A lease (``services.core.lease``): scripts, which run GET, SET, PEXPIRE and DEL as the caller.
 _LEASE = ("get", "set", "pexpire", "del", "eval", "evalsha", "script|load", "script|exists")
-#: Appending (``services.core.store``: the append function's own commands, and on a cluster
-#: the wait until replicas hold an append: ``WAIT``, ``WAITAOF``) and reading histories.
-_APPEND = (
-    *("fcall", "get", "set", "xlen", "xadd", "xrange", "xread", "sadd", "smembers", "del"),
-    *("wait", "waitaof"),
-)
+#: Appending (``services.core.store``: the append function's own commands) and reading
+#: histories.
+_APPEND = ("fcall", "get", "set", "xlen", "xadd", "xrange", "xread", "sadd", "smembers", "del")
 #: A consumer group on a stream (``services.core.consumer``, FastStream), with its dead letters.
 _CONSUME = (
     "xreadgroup",
@@ -156,6 +156,7 @@ RULES: dict[str, Rule] = {
             _CONNECTION,
             _LEASE,
             _APPEND,
+            _REPLICATED,
             _CONSUME,
             _ALIVE,
             ("xinfo|consumers", "xgroup|delconsumer", "exists", "time", "function|load"),
@@ -205,7 +206,7 @@ RULES: dict[str, Rule] = {
     # ranks' output into the ingest stream, which it never reads; it reads (only) the sealed
     # secrets of its runs' owners.
     NODE_AGENT: Rule(
-        commands=_commands(_CONNECTION, _APPEND, _CONSUME, ("pttl", "hgetall")),
+        commands=_commands(_CONNECTION, _APPEND, _REPLICATED, _CONSUME, ("pttl", "hgetall")),
         both=(
             *_APPENDING,
             _history("run"),
@@ -223,6 +224,7 @@ RULES: dict[str, Rule] = {
         commands=_commands(
             _CONNECTION,
             _APPEND,
+            _REPLICATED,
             _ALIVE,
             ("hget", "hmget", "hscan", "hkeys", "zrange", "zrangebyscore", "zrevrangebyscore"),
             ("xrevrange", "xinfo|groups", "xpending", "rpush", "blpop", "del", "exists"),
