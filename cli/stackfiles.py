@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from services.core.acl import OPERATOR
-from services.core.passwords import password_file
+from services.core.passwords import REPLICATION_CONF, password_file
 from services.core.procstat import stat
 
 STACK_FILE = "stack.json"
@@ -65,7 +65,7 @@ def cluster_dir(state_dir: Path) -> Path:
 
 def replication_conf(state_dir: Path) -> Path:
     """The replicas' login to their primaries, as a Valkey config file (0600)."""
-    return secrets_dir(state_dir) / "replication.conf"
+    return secrets_dir(state_dir) / REPLICATION_CONF
 
 
 def operator_login(state_dir: Path) -> tuple[str, Path]:

@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from services.core import acl
-from services.core.passwords import acl_path, password_file, provision, read_password
+from services.core.passwords import (
+    REPLICATION_CONF,
+    acl_path,
+    password_file,
+    provision,
+    read_password,
+)
 from services.core.valkey import HOST
 from services.core.valkey_cluster import Layout, ValkeyCluster
 
@@ -64,6 +70,6 @@ def start_cluster(directory: Path, shards: int = SHARDS, replicas: int = REPLICA
         acl_file=acl_path(secrets),
         login=(acl.OPERATOR, password_file(secrets, acl.OPERATOR)),
         replication=(acl.REPLICATION, password_file(secrets, acl.REPLICATION)),
-        replication_conf=secrets / "replication.conf",
+        replication_conf=secrets / REPLICATION_CONF,
     )
     return LocalCluster(cluster.start(), secrets)

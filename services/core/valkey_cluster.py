@@ -34,8 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
-from services.core.passwords import PasswordFileError, read_password
-from services.core.private import write_private
+from services.core.passwords import REPLICATION_CONF, PasswordFileError, write_replication_conf
 from services.core.valkey import (
     HOST,
     Login,
@@ -56,7 +55,6 @@ SLOTS = 16384
 #: out), and a failover then takes about twice this; Valkey's default, 15 s, is for networks.
 NODE_TIMEOUT_MS = 2000
 LAYOUT_FILE = "cluster.json"
-REPLICATION_CONF = "replication.conf"
 _POLL_SECONDS = 0.05
 _FORM_TIMEOUT_S = 60.0
 
@@ -249,9 +247,7 @@ class ValkeyCluster:
         """Write the layout and the replicas' login (0600) before any node starts."""
         self.layout.save(self.directory)
         if self.replication is not None:
-            user, password_file = self.replication
-            password = read_password(password_file)
-            write_private(self.replication_conf, f"masteruser {user}\nmasterauth {password}")
+            write_replication_conf(self.replication_conf, *self.replication)
 
     def start(self, timeout: float = _FORM_TIMEOUT_S) -> Self:
         """Start every node and form the cluster; on failure, leave nothing running."""
