@@ -179,7 +179,9 @@ def dev_up(args: argparse.Namespace) -> int:
 def _shape(config: StackConfig) -> str:
     if config.shards is None:
         return "one server"
-    return f"a Valkey Cluster of {config.shards} shards x {config.replicas} replicas"
+    shards = f"{config.shards} shard{'s' if config.shards != 1 else ''}"
+    replicas = f"{config.replicas} replica{'s' if config.replicas != 1 else ''}"
+    return f"a Valkey Cluster of {shards} with {replicas} each"
 
 
 def _api_line(stack: LocalStack) -> None:
