@@ -108,11 +108,11 @@ def test_the_supervisor_forms_the_cluster_restarts_a_dead_node_and_up_keeps_it(
 
     with pytest.raises(StackError, match="running"):
         LocalStack(home).up(config)
-    other = mcli(home, stack)("dev", "up", "--shards", "2")
-    assert other.returncode == 1
+    refused = mcli(home, stack)("dev", "up", "--shards", "2")
+    assert refused.returncode == 1
     shape = "a Valkey Cluster of 3 shards with 1 replica each"
     said = f"✗ Error 409: the local stack in {home} runs {shape}: `mcli dev down` first"
-    assert other.stderr.splitlines() == [f"{said} to start another"]
+    assert refused.stderr.splitlines() == [f"{said} to start another"]
     nodes = [record.process for name, record in stack.records().items() if name in stack.servers]
     stack.down()
     assert LocalStack.find(home) is None
