@@ -11,14 +11,16 @@ import re
 import signal
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
+import redis
 from redis.crc import key_slot
 
 from cli.stack import LocalStack, StackConfig, StackError
 from cli.stackfiles import operator_login
-from services.core.valkey import call
+from services.core.passwords import read_password
+from services.core.valkey import HOST, call
 from services.core.valkey_cluster import ValkeyCluster
 from tests.e2e.mcli_helpers import USER, Mcli
 
@@ -57,6 +59,24 @@ def stack(tmp_path: Path) -> Iterator[LocalStack]:
     finally:
         if LocalStack.find(stack.state_dir) is not None:
             stack.down()
+
+
+def refusals(stack: LocalStack) -> list[str]:
+    """What any node's ACL LOG says it refused a user of the stack (a command or key its rule
+    lacks): one line each."""
+    user, password_file = operator_login(stack.state_dir)
+    found = []
+    for port in cluster_of(stack).ports:
+        with redis.Redis(
+            host=HOST, port=port, username=user, password=read_password(password_file)
+        ) as client:
+            entries = cast(list[dict[str, Any]], client.acl_log(count=1000))
+        found += [
+            f"{port}: {e['username']}: no {e['reason']} {e['object']}"
+            for e in entries
+            if e["reason"] in ("command", "key", "channel")
+        ]
+    return found
 
 
 def cluster_of(stack: LocalStack) -> ValkeyCluster:
@@ -167,5 +187,8 @@ def test_dev_up_runs_the_whole_stack_on_a_cluster_and_status_lists_every_node(
         assert {shard for _, shard, *_ in rows.values()} == {"0", "1", "2"}
         name = dev.submit("hello")
         assert dev.ok("get", "runs").count(name) == 1
+        running = LocalStack.find(stack.state_dir)
+        assert running is not None
+        assert refusals(running) == []
     finally:
         dev("dev", "down", timeout=120)
