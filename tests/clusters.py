@@ -16,7 +16,6 @@ from services.core.passwords import (
     provision,
     read_password,
 )
-from services.core.valkey import HOST
 from services.core.valkey_cluster import Layout, ValkeyCluster
 
 if TYPE_CHECKING:
@@ -53,10 +52,6 @@ class LocalCluster:
 
     def password(self, user: str) -> str:
         return read_password(password_file(self.secrets, user))
-
-    @property
-    def host(self) -> str:
-        return HOST
 
 
 def start_cluster(directory: Path, shards: int = SHARDS, replicas: int = REPLICAS) -> LocalCluster:

@@ -140,8 +140,11 @@ def dev_up(args: argparse.Namespace) -> int:
             shards,
             replicas,
         ):
-            error(409, f"the local stack in {home} runs {_shape(running.config)}: "
-                  "`mcli dev down` first to start another")  # fmt: skip
+            shape = _shape(running.config)
+            error(
+                409,
+                f"the local stack in {home} runs {shape}: `mcli dev down` first to start another",
+            )
             return 1
         return _start_missing(running)
     stack = LocalStack(home)

@@ -81,8 +81,8 @@ class Layout:
     def new(cls, shards: int, replicas: int, taken: Collection[int] = ()) -> Self:
         """A layout on ports free now (two per node), none of them in ``taken``."""
         if shards < 1 or replicas < 0:
-            raise ValueError(f"a cluster needs 1 shard or more and 0 replicas or more: "
-                             f"{shards} shards, {replicas} replicas")  # fmt: skip
+            shape = f"{shards} shards, {replicas} replicas"
+            raise ValueError(f"a cluster needs 1 shard or more and 0 replicas or more: {shape}")
         size = shards * (1 + replicas)
         ports: list[int] = []
         while len(ports) < 2 * size:
