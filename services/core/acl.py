@@ -14,6 +14,9 @@ Invariants:
 - No service may run an administrative command (``ACL``, ``CONFIG``, ``FLUSHALL``, ``DEBUG``,
   ``SHUTDOWN``, ``KEYS``, ``MONITOR``, ...), nor subscribe to any channel. The operator (the
   admin: ``mcli dev``, ``mcli projections rebuild``, the benchmarks, the tests) may do all.
+  On a cluster, a service may ask where slots are (``CLUSTER SLOTS``, ...), never change it;
+  the operator forms it (``services.core.valkey_cluster``), and each replica logs in to its
+  primary as ``replication``, which may only replicate (no key, no other command).
 - A function runs every command it calls with the caller's rights, so a writer of the log
   needs ``XADD``, ``SET``, ``GET`` and ``XLEN`` on the log's keys: the append function is the
   way to write, not a wall (a user who may append may also ``XADD`` to the log itself).
@@ -44,14 +47,34 @@ LOG_COLLECTOR = "log-collector"
 NODE_AGENT = "node-agent"
 API = "api"
 OPERATOR = "operator"
+#: A cluster's replica, logging in to its primary (``masteruser``: services.core.valkey_cluster).
+REPLICATION = "replication"
 #: Every service's user; each node-agent logs in as ``node-agent``.
 SERVICES = (SCHEDULER, PROJECTOR, LOG_COLLECTOR, NODE_AGENT, API)
-USERS = (*SERVICES, OPERATOR)
+USERS = (*SERVICES, OPERATOR, REPLICATION)
 
 # --- commands ------------------------------------------------------------------------------------
 
-#: What every client runs to open and keep a connection (redis-py, FastStream, the shim).
-_CONNECTION = ("auth", "hello", "ping", "client|setinfo", "client|setname", "select")
+#: What a cluster client (redis-py's ``RedisCluster``, FastStream's ``RedisClusterBroker``) runs
+#: beside: the slots' owners (``CLUSTER SLOTS``; the others for tools), the commands' key
+#: positions (``COMMAND``, ``COMMAND GETKEYS``), a slot being moved (``ASKING``) and reads from
+#: replicas (``READONLY``). None changes the cluster.
+_CLUSTER = (
+    "cluster|slots",
+    "cluster|shards",
+    "cluster|nodes",
+    "cluster|myid",
+    "asking",
+    "readonly",
+    "readwrite",
+    "command",
+)
+#: What every client runs to open and keep a connection (redis-py, FastStream, the shim), on
+#: one server or a cluster.
+_CONNECTION = ("auth", "hello", "ping", "client|setinfo", "client|setname", "select", *_CLUSTER)
+#: On a cluster, an appender waits until replicas hold (``WAIT``) and fsynced (``WAITAOF``)
+#: what it appended (``RUNPLANE_APPEND_REPLICAS``).
+_REPLICATED = ("wait", "waitaof")
 #: A lease (``services.core.lease``): scripts, which run GET, SET, PEXPIRE and DEL as the caller.
 _LEASE = ("get", "set", "pexpire", "del", "eval", "evalsha", "script|load", "script|exists")
 #: Appending (``services.core.store``: the append function's own commands, and WAIT for its
@@ -136,6 +159,7 @@ RULES: dict[str, Rule] = {
             _CONNECTION,
             _LEASE,
             _APPEND,
+            _REPLICATED,
             _CONSUME,
             _ALIVE,
             ("xinfo|consumers", "xgroup|delconsumer", "exists", "time", "function|load"),
@@ -185,7 +209,7 @@ RULES: dict[str, Rule] = {
     # ranks' output into the ingest stream, which it never reads; it reads (only) the sealed
     # secrets of its runs' owners.
     NODE_AGENT: Rule(
-        commands=_commands(_CONNECTION, _APPEND, _CONSUME, ("pttl", "hgetall")),
+        commands=_commands(_CONNECTION, _APPEND, _REPLICATED, _CONSUME, ("pttl", "hgetall")),
         both=(
             *_APPENDING,
             _history("run"),
@@ -203,6 +227,7 @@ RULES: dict[str, Rule] = {
         commands=_commands(
             _CONNECTION,
             _APPEND,
+            _REPLICATED,
             _ALIVE,
             ("hget", "hmget", "hscan", "hkeys", "zrange", "zrangebyscore", "zrevrangebyscore"),
             ("xrevrange", "xinfo|groups", "xpending", "rpush", "blpop", "del", "exists"),
@@ -223,6 +248,8 @@ RULES: dict[str, Rule] = {
     ),
 }
 
+#: A replica's login to its primary: the replication handshake and stream, no key.
+REPLICATION_RULE = Rule(commands=("ping", "psync", "replconf"))
 #: The admin: every command, key and channel.
 OPERATOR_WORDS = ["~*", "&*", "+@all"]
 #: The user a client that does not log in would be: none.
@@ -231,9 +258,9 @@ DEFAULT_LINE = "user default off resetkeys resetchannels -@all"
 
 def loads_append_function(user: str | None) -> bool:
     """Whether ``user`` loads the append function on a server without it: the scheduler, and
-    whoever is not a service (the operator, a login of a deployment's own); a service waits
-    for the scheduler to."""
-    return user == SCHEDULER or user not in SERVICES
+    whoever is not a service nor a replica (the operator, a login of a deployment's own); a
+    service waits for the scheduler to."""
+    return user == SCHEDULER or user not in (*SERVICES, REPLICATION)
 
 
 def password_hash(password: str) -> str:
@@ -243,7 +270,12 @@ def password_hash(password: str) -> str:
 
 def user_line(user: str, password_hash_hex: str) -> str:
     """One line of the ACL file: ``user``, on, its password's hash, its rule."""
-    words = OPERATOR_WORDS if user == OPERATOR else RULES[user].words()
+    if user == OPERATOR:
+        words = OPERATOR_WORDS
+    elif user == REPLICATION:
+        words = REPLICATION_RULE.words()
+    else:
+        words = RULES[user].words()
     return " ".join(["user", user, "on", f"#{password_hash_hex}", *words])
 
 

@@ -12,6 +12,9 @@ Invariants:
   holds a password already is kept: writing again reuses every password.
 - The ACL file (``users.acl``, ``services.core.acl``) holds only the passwords' SHA-256, so
   it may be readable by the server's own user (mode 0644 with ``--acl-readable``).
+- A cluster's replicas log in to their primary as the replication user with a config file of
+  its password (``replication.conf``: ``masteruser``, ``masterauth``), written only for a
+  cluster (``--cluster``, ``services.core.valkey_cluster``), mode 0600 like a password file.
 - Nothing here prints or logs a password. Standard library only (with ``services.core.acl``):
   the local stack's supervisor and the Valkey launcher read passwords too, and stay small.
 """
@@ -29,6 +32,7 @@ from services.core import acl
 from services.core.private import write_private
 
 ACL_FILE = "users.acl"
+REPLICATION_CONF = "replication.conf"
 _SUFFIX = ".password"
 
 
@@ -61,6 +65,12 @@ def read_password(path: Path) -> str:
     if not password:
         raise PasswordFileError(f"the password file {path} is empty")
     return password
+
+
+def write_replication_conf(path: Path, user: str, password_file: Path) -> None:
+    """The replicas' login to their primary (``user``, whose password is in
+    ``password_file``), as a Valkey config file given as the server's first argument."""
+    write_private(path, f"masteruser {user}\nmasterauth {read_password(password_file)}")
 
 
 def provision(directory: Path, *, acl_mode: int = 0o600, owner: int | None = None) -> Path:
@@ -100,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         "runplane user is 10001); needs root",
     )
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help=f"also write {REPLICATION_CONF} (0600): the replication user's login, which each "
+        "replica of a Valkey Cluster gives its primary (compose.yaml's cluster profile)",
+    )
+    parser.add_argument(
         "--acl-readable",
         action="store_true",
         help=f"make {ACL_FILE} readable by all (0644), for a server that runs as another user",
@@ -114,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             args.directory, acl_mode=0o644 if args.acl_readable else 0o600, owner=args.owner
         )
         keyring = sealing.provision(args.directory, owner=args.owner)
+        if args.cluster:
+            user = acl.REPLICATION
+            conf = args.directory / REPLICATION_CONF
+            write_replication_conf(conf, user, password_file(args.directory, user))
     except (OSError, sealing.KeyringError) as exc:
         print(f"✗ {exc}", file=sys.stderr)  # noqa: T201
         return 1

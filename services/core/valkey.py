@@ -2,21 +2,26 @@
 
 Invariants:
 
-- The server listens on 127.0.0.1 only, and is configured only by command-line arguments
-  (no config file): ``valkey-server --port N --dir D ...``; with an ACL file
-  (``--aclfile``, ``services.core.acl``: hashes only), its users are that file's, the
-  ``default`` user off, and the launcher logs in as ``login`` (a user and its password's file)
-  to ask the server its pid. No password is ever on a command line.
+- The server listens on 127.0.0.1 only, and is configured by command-line arguments: ``valkey-
+  server --port N --dir D ...``, and ``extra_args`` (a cluster's node: ``services.core.
+  valkey_cluster``); the one file of settings it may be given (``config_file``, its first
+  argument) holds what must not be on a command line (a replica's login to its primary), mode
+  0600. With an ACL file (``--aclfile``, ``services.core.acl``: hashes only), its users are that
+  file's, the ``default`` user off, and the launcher logs in as ``login`` (a user and its
+  password's file) to ask the server its pid. No password is ever on a command line.
 - Every acknowledged write is on disk: ``appendonly yes`` with ``appendfsync always`` fsyncs the
   AOF before replying, so data survives SIGKILL and comes back on restart. No RDB snapshots
   (``save ""``): the AOF is the only persistence.
 - All state of a server lives in its data dir: the AOF (``appendonlydir/``), ``valkey.pid``
   (written by the server, removed on clean shutdown), ``valkey.log`` (the server log and its
-  stderr) and ``valkey.port`` (written by us before start). One server per data dir.
+  stderr) and ``valkey.port`` (written by us before start); a cluster's node adds its
+  ``nodes.conf``. One server per data dir.
 - A ``ValkeyProcess`` is ready only when the server answering on its port reports its own pid
   (``INFO server``), so a port taken by another server is an error, never a silent success.
 - A detached server (``detach=True``, its own session) outlives the Python process that started
   it; ``ValkeyProcess.adopt(data_dir)`` finds it again from the pidfile and the port file.
+- The launcher loads no client library: ``call`` speaks the protocol over a plain socket, one
+  command per connection (the local stack's supervisor uses it and stays small).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, BinaryIO, Self, TypeAlias
 
 from services.core.passwords import PasswordFileError, read_password
 from services.core.procstat import stat
@@ -79,29 +84,51 @@ def _pid_alive(pid: int) -> bool:
     return fields is None or fields[0] != "Z"
 
 
+#: A reply: a simple or bulk string, an integer, an array of replies, or None (a null).
+Reply: TypeAlias = bytes | int | list["Reply"] | None
+
+
+class ReplyError(ValkeyError):
+    """The server answered a command with an error (``-ERR ...``, ``-NOPERM ...``)."""
+
+
+def call(port: int, login: Login | None, *args: str, timeout: float = 5.0) -> Reply:
+    """Run one command on the server at 127.0.0.1:port, logged in as ``login``; its reply.
+    Raises ``ReplyError`` for an error reply (a refused login included), ``OSError`` when no
+    server answers, ``PasswordFileError`` when the login's password cannot be read."""
+    with (
+        socket.create_connection((HOST, port), timeout=timeout) as sock,
+        sock.makefile("rb") as replies,
+    ):
+        if login is not None:
+            user, password_file = login
+            sock.sendall(_command(b"AUTH", user.encode(), read_password(password_file).encode()))
+            _reply(replies)
+        sock.sendall(_command(*(arg.encode() for arg in args)))
+        return _reply(replies)
+
+
+def info(port: int, login: Login | None, section: str) -> dict[str, str]:
+    """One section of ``INFO`` (``server``, ``replication``, ...) as its fields."""
+    reply = call(port, login, "INFO", section)
+    text = reply.decode(errors="replace") if isinstance(reply, bytes) else ""
+    return fields(text)
+
+
+def fields(text: str) -> dict[str, str]:
+    """``key:value`` lines (``INFO``, ``CLUSTER INFO``) as a dict; other lines skipped."""
+    pairs = (line.partition(":") for line in text.splitlines() if ":" in line)
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
 def _server_pid(port: int, login: Login | None = None) -> int | None:
     """The pid of the server answering on 127.0.0.1:port, or None if none answers (or it is
-    still loading its AOF, or refuses ``login``). One ``INFO server`` over a plain socket,
-    after an ``AUTH`` with ``login``: the launcher loads no client library (the local stack's
-    supervisor uses it and stays small)."""
+    still loading its AOF, or refuses ``login``)."""
     try:
-        with socket.create_connection((HOST, port), timeout=0.5) as sock:
-            if login is not None:
-                user, password_file = login
-                sock.sendall(
-                    _command(b"AUTH", user.encode(), read_password(password_file).encode())
-                )
-                if _line(sock) != b"+OK":
-                    return None
-            sock.sendall(b"INFO server\r\n")
-            reply = _bulk_reply(sock)
-    except (OSError, PasswordFileError):
+        pid = info(port, login, "server").get("process_id", "")
+    except (OSError, ValkeyError, PasswordFileError):
         return None
-    for line in (reply or b"").splitlines():
-        key, _, value = line.partition(b":")
-        if key == b"process_id" and value.strip().isdigit():
-            return int(value)
-    return None
+    return int(pid) if pid.isdigit() else None
 
 
 def _command(*args: bytes) -> bytes:
@@ -109,36 +136,25 @@ def _command(*args: bytes) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
 
 
-def _line(sock: socket.socket) -> bytes:
-    """One simple reply line (``+OK``, ``-WRONGPASS ...``), read byte by byte: nothing after it
-    is consumed."""
-    received = b""
-    while not received.endswith(b"\r\n"):
-        byte = sock.recv(1)
-        if not byte:
-            return received
-        received += byte
-    return received[:-2]
-
-
-def _bulk_reply(sock: socket.socket) -> bytes | None:
-    """A bulk string reply (``$<length>\\r\\n<bytes>\\r\\n``); None for any other reply."""
-    received = b""
-    while b"\r\n" not in received:
-        chunk = sock.recv(4096)
-        if not chunk:
-            return None
-        received += chunk
-    head, _, body = received.partition(b"\r\n")
-    if not head.startswith(b"$") or not head[1:].isdigit():
-        return None  # an error (-LOADING ...) or a reply of another kind
-    length = int(head[1:])
-    while len(body) < length:
-        chunk = sock.recv(max(length - len(body), 4096))
-        if not chunk:
-            return None
-        body += chunk
-    return body[:length]
+def _reply(replies: BinaryIO) -> Reply:
+    """One reply (RESP2) read from ``replies``."""
+    line = replies.readline()
+    if not line.endswith(b"\r\n"):
+        raise ValkeyError("the server closed the connection before replying")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise ReplyError(rest.decode(errors="replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        length = int(rest)
+        return None if length < 0 else replies.read(length + 2)[:-2]
+    if kind == b"*":
+        count = int(rest)
+        return None if count < 0 else [_reply(replies) for _ in range(count)]
+    raise ValkeyError(f"a reply of an unknown kind: {line[:40]!r}")
 
 
 class ValkeyProcess:
@@ -153,6 +169,8 @@ class ValkeyProcess:
         binary: Path | None = None,
         acl_file: Path | None = None,
         login: Login | None = None,
+        config_file: Path | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port if port is not None else free_port()
@@ -160,6 +178,8 @@ class ValkeyProcess:
         self.binary = binary  # None: ``server_binary()``
         self.acl_file = acl_file
         self.login = login
+        self.config_file = config_file
+        self.extra_args = extra_args
         self._popen: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
 
@@ -205,11 +225,13 @@ class ValkeyProcess:
         (self.data_dir / PORTFILE).write_text(f"{self.port}\n")
         args = [
             str(self.binary or server_binary()),
+            *((str(self.config_file),) if self.config_file is not None else ()),
             *("--bind", HOST, "--port", str(self.port), "--dir", str(self.data_dir)),
             *("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
             *("--protected-mode", "no", "--daemonize", "no"),
             *("--pidfile", str(self.data_dir / PIDFILE), "--logfile", str(self.logfile)),
             *(("--aclfile", str(self.acl_file)) if self.acl_file is not None else ()),
+            *self.extra_args,
         ]
         with self.logfile.open("ab") as log:
             self._popen = subprocess.Popen(

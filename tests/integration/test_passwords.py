@@ -17,7 +17,13 @@ from redis.exceptions import AuthenticationError, NoPermissionError
 
 from events import keys
 from services.core import acl
-from services.core.passwords import acl_path, password_file, provision, read_password
+from services.core.passwords import (
+    REPLICATION_CONF,
+    acl_path,
+    password_file,
+    provision,
+    read_password,
+)
 from services.core.valkey import HOST, ValkeyProcess
 
 
@@ -79,6 +85,26 @@ def test_the_command_line_writes_them_and_prints_no_password(tmp_path: Path) -> 
     for user in acl.USERS:
         password = read_password(password_file(out, user))
         assert password not in done.stdout + done.stderr
+
+
+def test_a_replicas_login_is_written_only_for_a_cluster(tmp_path: Path) -> None:
+    out = tmp_path / "compose-secrets"
+    command = [sys.executable, "-m", "services.core.passwords", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    conf = out / REPLICATION_CONF
+    assert not conf.exists()
+    done = subprocess.run(
+        [*command, "--cluster"], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+    password = read_password(password_file(out, acl.REPLICATION))
+    assert conf.read_text().splitlines() == [
+        f"masteruser {acl.REPLICATION}",
+        f"masterauth {password}",
+    ]
+    assert password not in done.stdout + done.stderr
 
 
 def test_a_client_that_does_not_log_in_gets_noauth(server: ValkeyProcess) -> None:

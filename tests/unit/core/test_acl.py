@@ -133,3 +133,34 @@ def test_only_the_api_writes_secret_values_and_only_node_agents_read_them_too() 
     for user in (acl.SCHEDULER, acl.PROJECTOR, acl.LOG_COLLECTOR):
         assert not may(user, values, "read"), user
         assert not may(user, values, "write"), user
+
+
+#: What a cluster client runs beside its commands (redis-py's ``RedisCluster``: ``CLUSTER
+#: SLOTS`` and ``COMMAND`` at start, ``ASKING``, ``READONLY``).
+CLUSTER_CLIENT = {"cluster|slots", "cluster|shards", "cluster|nodes", "cluster|myid", "asking"}
+CLUSTER_CLIENT |= {"readonly", "readwrite", "command"}
+#: What changes a cluster: the operator's alone.
+CLUSTER_ADMIN = {"cluster|addslots", "cluster|addslotsrange", "cluster|meet", "cluster|forget"}
+CLUSTER_ADMIN |= {"cluster|replicate", "cluster|failover", "cluster|reset", "cluster|setslot"}
+
+
+@pytest.mark.parametrize("user", acl.SERVICES)
+def test_every_service_may_ask_a_cluster_where_slots_are_and_never_change_it(user: str) -> None:
+    commands = set(acl.RULES[user].commands)
+    assert commands >= CLUSTER_CLIENT
+    assert not commands & CLUSTER_ADMIN
+
+
+@pytest.mark.parametrize("user", [acl.SCHEDULER, acl.NODE_AGENT, acl.API])
+def test_who_appends_may_wait_for_replicas_to_hold_it(user: str) -> None:
+    assert {"fcall", "wait", "waitaof"} <= set(acl.RULES[user].commands)
+
+
+def test_the_replication_user_only_replicates() -> None:
+    line = acl.user_line(acl.REPLICATION, acl.password_hash("x"))
+    words = line.split()
+    assert words[:3] == ["user", acl.REPLICATION, "on"]
+    assert sorted(w for w in words if w.startswith("+")) == ["+ping", "+psync", "+replconf"]
+    assert "-@all" in words
+    assert not any(w.startswith(("~", "%", "&")) for w in words)  # no key, no channel
+    assert not acl.loads_append_function(acl.REPLICATION)
