@@ -77,10 +77,10 @@ _CONNECTION = ("auth", "hello", "ping", "client|setinfo", "client|setname", "sel
 _REPLICATED = ("wait", "waitaof")
 #: A lease (``services.core.lease``): scripts, which run GET, SET, PEXPIRE and DEL as the caller.
 _LEASE = ("get", "set", "pexpire", "del", "eval", "evalsha", "script|load", "script|exists")
-#: Appending (``services.core.store``: the append function's own commands, and WAIT for its
-#: replicas) and reading histories.
+#: Appending (``services.core.store``: the append function's own commands) and reading
+#: histories.
 _APPEND = (
-    *("fcall", "wait", "get", "set", "pexpire", "xlen", "xadd", "xrange", "xread"),
+    *("fcall", "get", "set", "pexpire", "xlen", "xadd", "xrange", "xread"),
     *("sadd", "smembers", "del"),
 )
 #: A consumer group on a stream (``services.core.consumer``, FastStream), with its dead letters.

@@ -160,7 +160,6 @@ def _until_restarted(stack: LocalStack, name: str) -> None:
         time.sleep(0.05)  # allowed: polling inside a deadline loop
 
 
-@pytest.mark.xfail(reason="services' cluster clients land separately", strict=False)
 def test_dev_up_runs_the_whole_stack_on_a_cluster_and_status_lists_every_node(
     stack: LocalStack,
 ) -> None:

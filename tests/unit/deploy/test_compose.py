@@ -26,7 +26,6 @@ from services.core import acl
 from services.core.health import SERVICES as PROBED
 from services.core.passwords import REPLICATION_CONF, acl_path, password_file
 from services.core.sealing import keyring_path
-from services.core.settings import Settings
 from tests.settings_table import SERVICES, env_name
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -149,13 +148,6 @@ def test_services_start_once_redis_is_healthy(name: str) -> None:
     assert depends_on[INIT] == {"condition": "service_completed_successfully", "required": False}
 
 
-# Until the services read RUNPLANE_REDIS_CLUSTER and RUNPLANE_APPEND_REPLICAS (their cluster
-# clients, merged separately): then this marker goes.
-@pytest.mark.xfail(
-    "redis_cluster" not in Settings.model_fields,
-    reason="services' cluster settings land separately",
-    strict=True,
-)
 @pytest.mark.parametrize("variables", [{}, CLUSTER_ENV], ids=["one-server", "cluster"])
 @pytest.mark.parametrize("name", sorted(RUNPLANE))
 def test_every_setting_is_one_the_service_reads(
