@@ -196,6 +196,7 @@ RULES: dict[str, Rule] = {
         commands=_commands(
             _CONNECTION,
             _LEASE,
+            _REPLICATED,
             _CONSUME,
             _ALIVE,
             ("xrange", "xrevrange", "xtrim", "hget", "hmget", "hset", "hincrby", "hkeys"),

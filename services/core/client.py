@@ -17,6 +17,7 @@ import asyncio
 import sys
 from collections.abc import Iterable
 from typing import Any, cast
+from weakref import WeakKeyDictionary
 
 import redis
 import redis.asyncio as aioredis
@@ -24,7 +25,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.core.settings import Auth, Settings, login
@@ -126,13 +127,15 @@ async def disconnect(client: aioredis.Redis) -> None:
 
 
 def connect_with(settings: Settings, max_connections: int = 64) -> aioredis.Redis:
-    """``connect`` (or ``connect_cluster``) to the server ``settings`` name, as their user."""
-    if settings.redis_cluster:
-        client: aioredis.Redis = connect_cluster(
-            settings.redis_url, max_connections, auth=settings.redis_auth()
-        )
-        return client
-    return connect(settings.redis_url, max_connections, auth=settings.redis_auth())
+    """``connect`` (or ``connect_cluster``) to the server ``settings`` name, as their user,
+    its writes waiting for the replicas they name (``wait_after``)."""
+    client: aioredis.Redis = (
+        connect_cluster(settings.redis_url, max_connections, auth=settings.redis_auth())
+        if settings.redis_cluster
+        else connect(settings.redis_url, max_connections, auth=settings.redis_auth())
+    )
+    replicate(client, settings.append_replicas, settings.append_replica_timeout_ms)
+    return client
 
 
 def connect_sync(settings: Settings, timeout_s: float) -> redis.Redis:
@@ -173,3 +176,60 @@ def raw_ranges(client: aioredis.Redis) -> aioredis.Redis:
 
 def _as_sent(response: Any, **_: Any) -> Any:
     return response
+
+
+# --- replicas -------------------------------------------------------------------------------
+
+
+class NotReplicated(RedisError):
+    """Writes are on their primary but not yet on the replicas they must reach
+    (``RUNPLANE_APPEND_REPLICAS``): not acknowledged. Whoever retries writes them again (an
+    append with its idempotency key, output lines by their ids or at least once)."""
+
+    def __init__(self, wanted: int, got: object) -> None:
+        super().__init__(f"the writes reached {got} replicas of the {wanted} they wait for")
+
+
+_REPLICAS: WeakKeyDictionary[object, tuple[int, int]] = WeakKeyDictionary()
+
+
+def replicate(client: object, replicas: int, timeout_ms: int) -> None:
+    """Make the writes ``client`` sends through ``wait_after`` wait for ``replicas`` replicas,
+    ``timeout_ms`` at most each time (``connect_with`` does, from the settings)."""
+    if replicas:
+        _REPLICAS[client] = (replicas, timeout_ms)
+    else:
+        _REPLICAS.pop(client, None)
+
+
+def replicas_of(client: object) -> int:
+    """How many replicas the writes of ``client`` wait for (``replicate``)."""
+    return _REPLICAS.get(client, (0, 0))[0]
+
+
+async def wait_after(pipe: Any, client: object, written: Iterable[str]) -> int:
+    """Queue on ``pipe``, after what it holds, a WAIT for the replicas ``client`` waits for
+    (``replicate``) on each connection that sent writes to the keys ``written``: one per
+    server (on a cluster, per primary of their slots; WAIT names no key). How many WAITs were
+    queued: their replies end ``pipe``'s, for ``check_replicated``."""
+    wanted, timeout_ms = _REPLICAS.get(client, (0, 0))
+    if not wanted:
+        return 0
+    if not is_cluster(client):
+        pipe.execute_command("WAIT", wanted, timeout_ms)
+        return 1
+    cluster = cast(Any, client)
+    await cluster.initialize()  # its slots known (at once when they are)
+    nodes = {cluster.get_node_from_key(key).name: cluster.get_node_from_key(key) for key in written}
+    for node in nodes.values():
+        pipe.execute_command("WAIT", wanted, timeout_ms, target_nodes=node)
+    return len(nodes)
+
+
+def check_replicated(client: object, waited: Iterable[object]) -> None:
+    """Raise ``NotReplicated`` unless every WAIT reply in ``waited`` (``wait_after``'s) says
+    enough replicas hold the writes before it."""
+    wanted, _ = _REPLICAS.get(client, (0, 0))
+    for got in waited:
+        if isinstance(got, Exception) or not isinstance(got, int) or got < wanted:
+            raise NotReplicated(wanted, got)

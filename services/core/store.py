@@ -48,7 +48,16 @@ from events.lifecycle import RunState, copy_state, evolve
 from events.model import AnyRunEvent, Event, RunEvent, run_aggregate, tag_of
 from services.core import acl
 from services.core.archive import ArchivedLog, raw_entries
-from services.core.client import connect_with, is_cluster, raw_ranges
+from services.core.client import (
+    NotReplicated,
+    check_replicated,
+    connect_with,
+    is_cluster,
+    raw_ranges,
+    replicas_of,
+    replicate,
+    wait_after,
+)
 from services.core.errors import Fenced, MixedAggregates, StoreUnavailable, VersionConflict
 from services.core.metrics import REGISTRY
 from services.core.settings import Settings
@@ -61,14 +70,6 @@ _FUNCTION = files("services.core").joinpath("append.lua").read_text()
 class _NotLoaded(Exception):
     """The append function is not on the server, and this user may not load it (the
     scheduler does, at its start: ``services.core.acl``): wait for it as for a server away."""
-
-
-class NotReplicated(Exception):
-    """An append is on the primary but not on ``append_replicas`` replicas yet: not
-    acknowledged; retried with its idempotency key."""
-
-    def __init__(self, wanted: int, got: object) -> None:
-        super().__init__(f"the append reached {got} replicas of the {wanted} it waits for")
 
 
 #: What a retry (with the append's idempotency key) may cure: a server or connection away, a
@@ -116,6 +117,7 @@ class EventStore:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
+        replicate(client, settings.append_replicas, settings.append_replica_timeout_ms)
         # The same pool, without reply callbacks for XRANGE (see ``_range``).
         self._raw = raw_ranges(client)
         self._logs: dict[int, ArchivedLog] = {}
@@ -261,29 +263,21 @@ class EventStore:
 
     async def _send(self, fcall_keys: _Keys, args: _Args) -> list[bytes]:
         """One call of the append function. With ``append_replicas``, answered only once that
-        many replicas hold what it wrote: WAIT on the same connection, right after it. A
-        duplicate writes too (it renews its idempotency key), so WAIT then covers the first
-        call's events as well: a retry after a lost WAIT is acknowledged only once they are
-        replicated."""
-        wanted = self.settings.append_replicas
-        if not wanted:
+        many replicas hold what it wrote (``client.wait_after``: WAIT on the same connection,
+        right after it). A duplicate writes too (it renews its idempotency key), so WAIT then
+        covers the first call's events as well: a retry after a lost WAIT is acknowledged only
+        once they are replicated."""
+        if not replicas_of(self.redis):
             reply = await self.redis.fcall("runplane_append2", len(fcall_keys), *fcall_keys, *args)
             return list(reply)
         pipe = self.redis.pipeline(transaction=False)
         pipe.fcall("runplane_append2", len(fcall_keys), *fcall_keys, *args)
-        wait = ("WAIT", wanted, self.settings.append_replica_timeout_ms)
-        if is_cluster(self.redis):
-            # WAIT names no key: sent to the primary of the log's slot, where the call ran.
-            cluster = cast(Any, self.redis)
-            await cluster.initialize()
-            pipe.execute_command(*wait, target_nodes=cluster.get_node_from_key(fcall_keys[0]))
-        else:
-            pipe.execute_command(*wait)
-        reply, replicas = await pipe.execute(raise_on_error=False)
+        waits = await wait_after(pipe, self.redis, fcall_keys[:1])
+        reply, *waited = await pipe.execute(raise_on_error=False)
         if isinstance(reply, Exception):
             raise reply
-        if reply[0] in (b"ok", b"dup") and (isinstance(replicas, Exception) or replicas < wanted):
-            raise NotReplicated(wanted, replicas)
+        if reply[0] in (b"ok", b"dup"):  # a conflict or a fence wrote nothing to wait for
+            check_replicated(self.redis, waited[:waits])
         return list(reply)
 
     async def load_function(self) -> None:

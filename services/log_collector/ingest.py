@@ -25,10 +25,11 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from events import keys
 from services.core.aio import wait_event
+from services.core.client import check_replicated, wait_after
 from services.core.groups import ensure_group
 from services.log_collector.batch import Plan, RawEntry, Where, Write, plan
 from services.log_collector.settings import LogCollectorSettings
@@ -172,7 +173,18 @@ class Ingester:
         for (run_id, attempt), ranks in attempts:  # after the lines: were they too late?
             fields = [reading.archive_field(rank) for rank in ranks]
             pipe.hmget(keys.attempt_logs(run_id, attempt), fields)
-        results = await pipe.execute()
+        # On the replicas before the batch is acknowledged (a copy again is harmless).
+        waits = await wait_after(pipe, self.client, [chunk[0].stream for chunk in chunks])
+        try:
+            results = await pipe.execute()
+        except NoScriptError:
+            # A cluster's pipeline does not load scripts as a server's does, and a node started
+            # again or a replica promoted has none: load it on every primary; the batch is
+            # taken again.
+            await self.client.script_load(_APPEND)
+            raise
+        check_replicated(self.client, results[len(results) - waits :])
+        del results[len(results) - waits :]
         marks = sum(len(ranks) for _, ranks in attempts)
         appended = results[marks : marks + len(chunks)]
         archived = results[marks + len(chunks) :]

@@ -54,7 +54,17 @@ class RespError(NodeAgentError):
 
     @property
     def transient(self) -> bool:
-        return str(self).split(" ", 1)[0] in TRANSIENT_ERRORS
+        return str(self).split(" ", 1)[0] in TRANSIENT_ERRORS or self.moved_to is not None
+
+    @property
+    def moved_to(self) -> tuple[str, int] | None:
+        """The node a cluster's ``MOVED <slot> <host>:<port>`` names (the command was not
+        carried out: send it there)."""
+        words = str(self).split(" ")
+        if len(words) != 3 or words[0] != "MOVED":
+            return None
+        host, _, port = words[2].rpartition(":")
+        return (host, int(port)) if port.isdigit() else None
 
 
 class IsolationError(NodeAgentError):

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 
 from events import keys
+from services.core.client import check_replicated, wait_after
 
 MAX_LINE = 64 * 1024
 STDOUT, STDERR = b"o", b"e"
@@ -57,9 +58,13 @@ def dropped_fields(run_id: str, attempt: int, rank: int, count: int) -> dict[byt
 
 
 async def send(client: aioredis.Redis, entries: Sequence[dict[bytes, bytes]]) -> None:
-    """Append lines to the ingest stream in one round trip, in order."""
+    """Append lines to the ingest stream in one round trip, in order; acknowledged once the
+    replicas ``client`` waits for hold them (``services.core.client.wait_after``), else
+    ``NotReplicated`` (a ``RedisError``: sent again, at least once)."""
     pipe = client.pipeline(transaction=False)
     stream = keys.log_ingest()
     for fields in entries:
         pipe.xadd(stream, fields)  # type: ignore[arg-type]
-    await pipe.execute()
+    waits = await wait_after(pipe, client, [stream])
+    replies = await pipe.execute()
+    check_replicated(client, replies[len(replies) - waits :])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cli.stack import LocalStack, StackConfig
-from tests.e2e.driver import Driver, driving, stack_up
+from tests.e2e.driver import SHAPES, Driver, driving, stack_up
 from tests.podlab_fixtures import busybox_image, podlab
 
 __all__ = ["busybox_image", "podlab"]  # fixtures, for the tests that run containers
@@ -18,12 +18,15 @@ NODES = 4
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[LocalStack]:
+def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalStack]:
+    shards, replicas = SHAPES[getattr(request, "param", "one-server")]
     config = StackConfig(
         nodes=NODES,
         gpus_per_node=8,
         grace_period_s=2.0,
         extra_env={"RUNPLANE_NODE_TIMEOUT_S": "3", "RUNPLANE_HEARTBEAT_TTL_S": "3"},
+        shards=shards,
+        replicas=replicas,
     )
     with stack_up(tmp_path / "stack", config) as local:
         yield local

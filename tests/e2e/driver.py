@@ -50,6 +50,12 @@ def spec(
     )
 
 
+#: The log's servers a stack may run on; a module runs on a shape other than one server with
+#: ``pytest.mark.parametrize("stack", [...], indirect=True)``.
+#: Each is (shards, replicas) of ``StackConfig``.
+SHAPES: dict[str, tuple[int | None, int]] = {"one-server": (None, 0), "cluster": (3, 1)}
+
+
 @contextlib.contextmanager
 def stack_up(state_dir: Path, config: StackConfig) -> Iterator[LocalStack]:
     """A local stack, always taken down after; the tail of each service's log is printed then

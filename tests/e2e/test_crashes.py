@@ -1,5 +1,7 @@
 """kill -9 of any service, or of the server, in the middle of runs: every run still ends in
-the right state, no GPU is double-booked, no acknowledged output line is lost (issue 3)."""
+the right state, no GPU is double-booked, no acknowledged output line is lost (issue 3). On a
+Valkey Cluster, kill -9 of the primary holding the log: its replica takes over, no
+acknowledged event is lost, billing is what the log says (issue 15)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,14 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from redis.crc import key_slot
 
 from cli.stack import LocalStack
+from events import keys
+from events.model import run_aggregate
 from events.status import RunStatus
+from events.usage import gpu_ms
+from projections import query
 from services.output import reading
 from tests.e2e.driver import Driver, gpu_overlaps, spec
 from tests.e2e.test_lifecycle import span
@@ -87,3 +94,55 @@ async def test_kill_9_of_the_server_mid_burst(driver: Driver, stack: LocalStack)
         if '"shim.output_refused"' in line or '"shim.output_lost"' in line
     ]
     assert complaints == []
+
+
+@pytest.mark.parametrize("stack", ["cluster"], indirect=True)
+async def test_kill_9_of_the_logs_primary_mid_burst_fails_over_and_loses_nothing(
+    driver: Driver, stack: LocalStack
+) -> None:
+    cluster = stack.valkey_cluster()
+    assert cluster is not None
+    log_slot = key_slot(keys.log_stream(0).encode())
+    shard = next(
+        s.shard
+        for s in cluster.status()
+        if s.role == "primary" and any(lo <= log_slot <= hi for lo, hi in s.slots)
+    )
+    assert shard is not None
+    run_ids = await _burst(driver, 16)
+    await driver.wait_for(run_ids[0], S.RUNNING, S.TERMINATING, S.COMPLETED)
+    acknowledged = {r.position for r in await driver.store.read_log(count=1_000_000)}
+
+    primary = cluster.primary(shard)
+    stack.kill(stack.servers[primary])
+    # Submitted while the replica takes over: each append waits for the cluster, and for a
+    # replica of the new primary (the old one, started again, rejoins as that replica).
+    later = asyncio.create_task(_burst(driver, 8))
+    await asyncio.to_thread(cluster.wait_failed_over, shard, primary)
+    await asyncio.to_thread(stack.start, stack.servers[primary])
+    run_ids += await later
+
+    await _check_all_completed(driver, stack, run_ids, resent_ok=True)
+    log = {r.position: r for r in await driver.store.read_log(count=1_000_000)}
+    assert acknowledged - log.keys() == set()
+    for run_id in run_ids:  # each run's history is in the log, entry for entry
+        history = await driver.store.history(run_aggregate(run_id))
+        assert [r.position for r in history if r.position not in log] == []
+    await _billing_is_the_logs(driver, run_ids)
+
+
+async def _billing_is_the_logs(driver: Driver, run_ids: list[str]) -> None:
+    """The billing projection's GPU-ms per run equal the attempts' spans in the runs' own
+    histories (``events.usage.gpu_ms``): nothing lost, nothing counted twice."""
+    states = [await driver.run(run_id) for run_id in run_ids]
+    expected = {
+        s.run_id: sum(gpu_ms(a.gpus, *span(a)) for a in s.attempts if a.status.is_terminal())
+        for s in states
+    }
+
+    async def billed() -> dict[str, int] | None:
+        totals = await query.billing_totals(driver.store.redis, "run")
+        found = {run_id: totals.get(run_id, 0) for run_id in run_ids}
+        return found if found == expected else None
+
+    await eventually(billed, what="the billing projection to bill every attempt")

@@ -13,11 +13,14 @@ import pytest
 from events import commands
 from events.lifecycle import AttemptState
 from events.status import RunStatus
-from tests.e2e.driver import USER, Driver, gpu_overlaps, spec
+from tests.e2e.driver import SHAPES, USER, Driver, gpu_overlaps, spec
 from tests.ranks import open_to_ranks, trusting_git
 
 S = RunStatus
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.parametrize("stack", list(SHAPES), indirect=True),
+]
 
 
 def span(attempt: AttemptState) -> tuple[int, int]:

@@ -297,6 +297,8 @@ class ProcessExecutor:
                 gid=None if user is None else user.gid,
                 cgroup=None if cgroup is None else str(cgroup.path),
                 redis_username=self.settings.redis_username,
+                replicas=self.settings.append_replicas,
+                replica_timeout_ms=self.settings.append_replica_timeout_ms,
                 redis_password_file=(
                     None
                     if self.settings.redis_password_file is None

@@ -69,6 +69,10 @@ class ShimSpec(msgspec.Struct, kw_only=True, frozen=True):
     #: the shim only when it connects): never the password itself.
     redis_username: str | None = None
     redis_password_file: str | None = None
+    #: Replicas that must hold an output line before it counts as sent, and how long one
+    #: wait for them lasts (``RUNPLANE_APPEND_REPLICAS``).
+    replicas: int = 0
+    replica_timeout_ms: int = 2000
     grace_period_s: float
     #: The node's lease and the fence (``shim.lease``, docs/fencing.md); None: no fencing.
     lease_file: str | None = None

@@ -60,8 +60,21 @@ def log(event: str, level: str = "info", **fields: Any) -> None:
 
 
 class ShimPump:
-    def __init__(self, client: Client, run_id: str, attempt: int, rank: int, max_lines: int):
+    def __init__(
+        self,
+        client: Client,
+        run_id: str,
+        attempt: int,
+        rank: int,
+        max_lines: int,
+        *,
+        replicas: int = 0,
+        replica_timeout_ms: int = 2000,
+    ):
         self.client = client
+        #: Replicas that must hold a line before it counts as sent (``RUNPLANE_APPEND_REPLICAS``).
+        self.replicas = replicas
+        self.replica_timeout_ms = replica_timeout_ms
         self.stream = keys.log_ingest().encode()
         entries = Entries(run_id, attempt, rank)
         self.buffer = LineBuffer(
@@ -127,13 +140,22 @@ class ShimPump:
 
     def _send(self, batch: list[Entry]) -> tuple[list[Entry], str]:
         """Send one batch; the entries to send again (in order), and why."""
-        commands = [[b"XADD", self.stream, b"*", *_flat(entry)] for entry in batch]
+        commands: list[list[bytes | int]] = [
+            [b"XADD", self.stream, b"*", *_flat(entry)] for entry in batch
+        ]
+        if self.replicas:
+            commands.append(self._wait)
         replies: list[object] = []
         why = ""
         try:
             self.client.send(commands, replies)
         except OSError as exc:  # the replies read so far were acknowledged; the rest were not
             why = repr(exc)
+        if self.replicas and not self._replicated(replies[len(batch) :]):
+            # Stored on the primary only, and the connection that could tell is gone: send
+            # them again (a line may then be stored twice, never lost with a primary).
+            return batch, why or "the lines did not reach a replica"
+        replies = replies[: len(batch)]
         retry: list[Entry] = []
         refused: list[str] = []
         for entry, reply in zip(batch, replies, strict=False):
@@ -149,6 +171,29 @@ class ShimPump:
             log("shim.output_refused", "error", lines=len(refused), error=refused[0])
             self.lost += len(refused)
         return retry, why
+
+    @property
+    def _wait(self) -> list[bytes | int]:
+        return [b"WAIT", self.replicas, self.replica_timeout_ms]
+
+    def _replicated(self, waited: list[object]) -> bool:
+        """Whether ``replicas`` replicas hold what this connection wrote: WAIT's reply, or WAIT
+        again on the same connection until they do, the connection breaks, or ``close``'s
+        deadline passes (a replica away for a while delays lines, never doubles them)."""
+        count = waited[0] if waited else None
+        while not (isinstance(count, int) and count >= self.replicas):
+            if count is None or (isinstance(count, RespError) and not count.transient):
+                return False  # no reply (the connection broke), or WAIT refused
+            if time.monotonic() > self._deadline:
+                return False
+            log("shim.output_unreplicated", "warning", replicas=count, wanted=self.replicas)
+            again: list[object] = []
+            try:
+                self.client.send([self._wait], again)
+            except OSError:
+                return False
+            count = again[0] if again else None
+        return True
 
 
 def _flat(entry: dict[bytes, bytes]) -> list[bytes]:
@@ -188,7 +233,15 @@ def follow(supervisor: Supervisor, spec: dict[str, Any]) -> dict[str, Any]:
         username=spec.get("redis_username"),
         password_file=spec.get("redis_password_file"),
     )
-    pump = ShimPump(client, spec["run_id"], spec["attempt"], spec["rank"], spec["max_lines"])
+    pump = ShimPump(
+        client,
+        spec["run_id"],
+        spec["attempt"],
+        spec["rank"],
+        spec["max_lines"],
+        replicas=spec.get("replicas", 0),
+        replica_timeout_ms=spec.get("replica_timeout_ms", 2000),
+    )
     pump.start()
     readers = [
         threading.Thread(target=pump.pipe, args=(pipe.fileno(), source, spec["max_line"]))

@@ -16,6 +16,10 @@ Invariants:
   acknowledged; the others may be sent again. (A command whose reply was lost with the
   connection may have been carried out: such a resend is the only way a line is stored twice.)
 - ``execute`` raises the first error reply (``RespError``) after the whole batch was read.
+- On a Valkey Cluster, a ``MOVED`` reply names the node that serves the stream's slot now: the
+  connection moves there (the commands it refused were not carried out: the caller sends them
+  again). A node that cannot be reached sends the next connection to the next address known
+  (the URL's, then those ``MOVED`` named), so a primary killed does not strand the shim.
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ class Client:
         self.password_file = password_file
         self._sock: socket.socket | None = None
         self._stream: BinaryIO | None = None
+        seed = urlsplit(url)
+        #: Where to connect: the URL's node first, then the nodes ``MOVED`` named (a cluster).
+        self._addresses: list[tuple[str, int]] = [(seed.hostname or "localhost", seed.port or 6379)]
 
     def execute(self, commands: Sequence[Command]) -> list[object]:
         """Send ``commands`` in one write, read every reply; raise the first error reply."""
@@ -94,7 +101,18 @@ class Client:
         replies of the commands acknowledged before the connection broke, in order."""
         if self._stream is None:
             self._connect()
+        start = len(replies)
         self._send(commands, replies)
+        moved = next((r for r in replies[start:] if isinstance(r, RespError) and r.moved_to), None)
+        if moved is not None and moved.moved_to is not None:
+            self._move(moved.moved_to)
+
+    def _move(self, address: tuple[str, int]) -> None:
+        """Connect to ``address`` next (the node a ``MOVED`` named), and remember it."""
+        if address in self._addresses:
+            self._addresses.remove(address)
+        self._addresses.insert(0, address)
+        self.close()
 
     def _send(self, commands: Sequence[Command], replies: list[object]) -> None:
         assert self._sock is not None
@@ -126,8 +144,12 @@ class Client:
             sock.settimeout(self.timeout)
             sock.connect(url.path)
         elif url.scheme in ("redis", "rediss"):
-            address = (url.hostname or "localhost", url.port or 6379)
-            sock = socket.create_connection(address, timeout=self.timeout)
+            address = self._addresses[0]
+            try:
+                sock = socket.create_connection(address, timeout=self.timeout)
+            except OSError:
+                self._addresses.append(self._addresses.pop(0))  # the next one, next time
+                raise
             if url.scheme == "rediss":
                 # Imported here: ssl maps OpenSSL (5 MiB in every shim and fork server) and only
                 # a TLS server needs it.
