@@ -135,7 +135,8 @@ def projection_index(name: str, namespace: str, index: str) -> str:
 
 
 def projection_checkpoint(name: str, namespace: str) -> str:
-    """The last log position folded into a projection build (written with its rows)."""
+    """The last log position of each partition folded into a projection build (written with
+    its rows): ``<p0>,<p1>,...`` (``projections.base.format_checkpoint``)."""
     return f"{projection_prefix(name, namespace)}checkpoint"
 
 
