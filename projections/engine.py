@@ -21,7 +21,9 @@ Invariants:
   dirty. With several partitions an entry before the checkpoint may come after one past it (of
   another partition): from then on a build marks what such entries change dirty too (and
   still tells ``settled``), since a row made of several partitions' facts may have been
-  reported changed only by the entry that came last. So the stored rows are always those of
+  reported changed only by the entry that came last. A build is stored only once it stands at
+  or past its checkpoint on every partition: rows are rendered from the state at the new
+  checkpoint, never from one that lacks what is stored. So the stored rows are always those of
   the state at the stored checkpoint.
 - A fold that raises is logged and the event skipped for that fold: nothing stops the engine.
 - An entry that cannot be decoded is logged and skipped by every build, the same way on every
@@ -30,6 +32,7 @@ Invariants:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -279,7 +282,12 @@ class Engine:
         self._level_up()
         parts = []
         for build in self.builds:
-            positions = tuple(map(max, build.applied, build.stored))
+            positions = tuple(build.applied)
+            if any(map(operator.lt, positions, build.stored)):
+                # Behind its checkpoint on some partition (a restart folding up to it): its
+                # rows would be rendered from less than is stored. Only once it stands at or
+                # past its checkpoint on every partition (the same with one partition).
+                continue
             if positions == tuple(build.stored) and not build.activate:
                 continue
             rows = tuple(build.projection.rows(build.dirty))

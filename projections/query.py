@@ -24,7 +24,7 @@ from events.model import RunEvent
 from events.status import RunStatus
 from projections import billing
 from projections.attempts import AttemptRow, AttemptsProjection
-from projections.audit import Entry, entry_of
+from projections.audit import Entry, entry_of, refusals_index
 from projections.billing import BilledAttempt, GroupBy, Report, Total
 from projections.run_status import KIND, RunRow, RunStatusProjection
 from projections.runner import LogReader, RedisLogReader
@@ -306,6 +306,11 @@ async def audit(
             entries += found_entries
             if len(found_entries) < _CHUNK:
                 break
+        refusals = cast(
+            list[bytes], await client.zrange(ns.index_key(refusals_index(run_id)), 0, -1)
+        )
+        if refusals:  # on their users' partitions: placed by time (sorted is stable)
+            entries = sorted(entries + await ns.many("entry", refusals, Entry), key=_time)
         if window is not None:
             entries = [e for e in entries if window[0] <= e.time < window[1]]
         return [e for e in entries if user is None or e.actor == user][:limit]
@@ -318,6 +323,10 @@ async def audit(
     members = cast(list[bytes], await client.zrangebyscore(index, low, high, start=0, num=limit))
     entries = await ns.many("entry", members, Entry)
     return sorted(entries, key=lambda e: (e.time, e.position))
+
+
+def _time(entry: Entry) -> int:
+    return entry.time
 
 
 class _Named(msgspec.Struct):
