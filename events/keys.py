@@ -68,8 +68,15 @@ def dead_letter_stream(group: str) -> str:
 
 
 def scheduler_lease(partition: int | str = 0) -> str:
-    """Held by the active scheduler; its value is the fencing token its appends carry."""
+    """The fence of the scheduler's appends to one partition: partition 0's is the lease the
+    active scheduler holds (its value the token), each other's holds the latest term's
+    ``<term>/<token>`` (``services.scheduler.fences``)."""
     return f"{PREFIX}:{{p{partition}}}:scheduler:lease"
+
+
+def scheduler_term() -> str:
+    """The last term number drawn by an elected scheduler (beside the lease, in its slot)."""
+    return f"{PREFIX}:{{p0}}:scheduler:term"
 
 
 def heartbeat(node: str) -> str:

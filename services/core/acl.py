@@ -136,12 +136,14 @@ RULES: dict[str, Rule] = {
             _CONSUME,
             _ALIVE,
             ("xinfo|consumers", "xgroup|delconsumer", "exists", "time", "function|load"),
+            ("incr",),  # its term (services.scheduler.fences)
         ),
         both=(
             *_APPENDING,
             _history("run"),
             _history("node"),
             keys.scheduler_lease(ANY),
+            keys.scheduler_term(),
             _alive(SCHEDULER),
         ),
         reads=(keys.heartbeat(ANY), _ARCHIVED),
