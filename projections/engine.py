@@ -50,6 +50,7 @@ from projections.base import (
     Row,
     RowKey,
     format_checkpoint,
+    parse_checkpoint,
     takes,
 )
 from projections.base import parse_position as parse
@@ -105,8 +106,6 @@ class Part:
     namespace: str
     expected_checkpoint: str
     checkpoint: str
-    #: ``checkpoint`` per partition.
-    positions: Positions
     expect_active: str
     activate: bool
     rows: tuple[Row, ...]
@@ -298,7 +297,6 @@ class Engine:
                     namespace=build.namespace,
                     expected_checkpoint=format_checkpoint(build.stored),
                     checkpoint=format_checkpoint(positions),
-                    positions=positions,
                     expect_active=build.expect_active,
                     activate=build.activate,
                     rows=rows,
@@ -311,7 +309,7 @@ class Engine:
         by_name = {build.name: build for build in self.builds}
         for part in batch.parts:
             build = by_name[part.name]
-            build.stored = list(part.positions)
+            build.stored = _padded(parse_checkpoint(part.checkpoint), self.partitions)
             self._stored_last = list(map(max, self._stored_last, build.stored))
             if part.activate:
                 build.activate = False
