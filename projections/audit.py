@@ -125,7 +125,7 @@ class AuditProjection:
             actor_index = self._actor_index.get(entry.actor)
             if actor_index is None:
                 actor_index = self._actor_index[entry.actor] = f"actor:{entry.actor}"
-            index = ((actor_index, entry.time),)
+            index: tuple[tuple[str, int], ...] = ((actor_index, entry.time),)
             if entry.action == _REFUSED and entry.run_id is not None:
                 index += ((refusals_index(entry.run_id), entry.time),)
             yield Row(kind=kind, id=key, body=encode(entry), index=index)

@@ -319,9 +319,9 @@ async def audit(
         return [e for e in entries if user is None or e.actor == user][:limit]
     if user is None:
         readers = each(log) if log is not None else [RedisLogReader(client)]
-        found = [await _audit_of_everyone(r, client, window, limit) for r in readers]
+        pages = [await _audit_of_everyone(r, client, window, limit) for r in readers]
         # Each partition's in its log order (its time order); across them, by time.
-        return list(itertools.islice(heapq.merge(*found, key=_time), limit))
+        return list(itertools.islice(heapq.merge(*pages, key=_time), limit))
     low, high = (window[0], f"({window[1]}") if window is not None else ("-inf", "+inf")
     index = ns.index_key(f"actor:{user}")
     members = cast(list[bytes], await client.zrangebyscore(index, low, high, start=0, num=limit))

@@ -131,11 +131,13 @@ class Agents:
 
     async def _react(self) -> None:
         """Follow every partition's log (one server here: one XREAD of them all)."""
-        last = {keys.log_stream(p): "0" for p in range(self.store.settings.partitions)}
+        last: dict[bytes | str | memoryview, int | bytes | str | memoryview] = {
+            keys.log_stream(p): "0" for p in range(self.store.settings.partitions)
+        }
         while True:
             reply = cast(
                 list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
-                await self.store.redis.xread(dict(last), count=200, block=100),
+                await self.store.redis.xread(last, count=200, block=100),
             )
             for stream, entries in reply or []:
                 for raw_position, fields in entries:
