@@ -29,6 +29,11 @@ def log_stream(partition: int | str) -> str:
     return f"{PREFIX}:{{p{partition}}}:log"
 
 
+def log_partitions() -> str:
+    """The number of partitions the log was made with (``services.core.partitions``)."""
+    return f"{PREFIX}:partitions"
+
+
 def aggregate_stream(aggregate: str, partition: int | str) -> str:
     """The history of one run, node or user (``Event.aggregate``)."""
     return f"{PREFIX}:{{p{partition}}}:agg:{aggregate}"

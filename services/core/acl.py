@@ -144,6 +144,7 @@ RULES: dict[str, Rule] = {
             _history("node"),
             keys.scheduler_lease(ANY),
             keys.scheduler_term(),
+            keys.log_partitions(),
             _alive(SCHEDULER),
         ),
         reads=(keys.heartbeat(ANY), _ARCHIVED),
@@ -162,7 +163,7 @@ RULES: dict[str, Rule] = {
             ("xrevrange",),  # the log's newest entry: the projections' lag (their metrics)
         ),
         both=(_LOG, _PROJECTIONS, _alive(PROJECTOR)),
-        reads=(_ARCHIVED,),
+        reads=(_ARCHIVED, keys.log_partitions()),
         writes=(keys.dead_letter_stream(PROJECTOR),),
     ),
     # Run output: the ingest stream and every rank's lines, their archive queue and requests

@@ -26,6 +26,7 @@ from events import keys
 from projections.catalog import make_all
 from projections.errors import Superseded
 from projections.storage import RedisStore
+from services.core import partitions
 from services.core.aio import stop_on_signals, wait_event
 from services.core.archive import ArchivedLog
 from services.core.lease import Lease, LeaseLost
@@ -107,6 +108,7 @@ async def _term(
     settings: ProjectorSettings, client: aioredis.Redis, lease: Lease, stop: asyncio.Event
 ) -> None:
     """One term as the active projector: until ``stop``, or the lease is lost (raises)."""
+    await partitions.check(client, settings.partitions)
     projector = build_projector(settings, client, (lease.key, lease.token))
     async with asyncio.TaskGroup() as tasks:
         keeper = tasks.create_task(lease.keep())

@@ -38,6 +38,7 @@ from events.codec import Recorded
 from events.errors import IllegalTransition
 from events.lifecycle import copy_state, evolve
 from events.model import AnyEvent, AttemptScheduled, NodeEvent, RunEvent, tag_of
+from services.core import partitions
 from services.core.aio import wait_event
 from services.core.consumer import LogConsumer
 from services.core.errors import Fenced, StoreError, VersionConflict
@@ -150,6 +151,7 @@ class Session:
                 # The scheduler is the one user that may load the append function
                 # (services.core.acl): the other writers wait for it on a server without it.
                 await self.store.load_function()
+                await partitions.check(self.store.redis, self.settings.partitions, record=True)
                 # Before the replay: what a deposed instance appended is in the log by then.
                 self.fences = await fences.claim(
                     self.store.redis, self.scheduler.token, self.settings.partitions

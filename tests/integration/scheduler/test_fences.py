@@ -131,6 +131,7 @@ async def test_a_paused_scheduler_woken_after_its_successor_appended_appends_not
                 more = await submit(store, gpus=1)
                 await running(store, [more])
 
+    assert await store.redis.get(keys.log_partitions()) == str(P).encode()  # recorded
     for partition in range(P):  # on each partition: a's appends, then b's, never a's again
         actors = [
             r.event.actor
