@@ -293,9 +293,13 @@ class LocalStack:
         """How the CLI, the benchmarks and the tests reach the stack's server (at ``url``, by
         default the one ``stack.json`` names): as its operator."""
         user, password_file = operator_login(self.state_dir)
-        return Settings(
+        settings = Settings(
             redis_url=url or self.url, redis_username=user, redis_password_file=password_file
         )
+        # The stack's services may have been given their log's partitions apart (tests).
+        if (partitions := self.config.extra_env.get("RUNPLANE_PARTITIONS")) is not None:
+            settings = settings.model_copy(update={"partitions": int(partitions)})
+        return settings
 
     def _login(self, user: str) -> dict[str, str]:
         """The variables that log a service in as ``user``: its name and its password's file."""
