@@ -1,7 +1,8 @@
 """The projector over a log of three partitions, a real process over a real server: killed -9
 while a writer appends to every partition, then started again, it ends with each projection's
 checkpoint at every partition's end and exactly the rows of a rebuild from zero (which reads
-the partitions one after another); and the lag it exports counts every partition."""
+the partitions one after another), also one over two lanes (processes); and the lag it exports
+counts every partition."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from projections.runner import rebuild
 from services.core import metrics
 from services.core.settings import Settings
 from services.core.store import EventStore, connect
+from services.projector.lanes import rebuild_many
 from services.projector.metrics import measure_lag
 from tests.integration.projector.test_projector_process import (
     _stored_some,
@@ -91,6 +93,12 @@ async def test_a_projector_over_three_partitions_killed_mid_stream_ends_with_a_r
                 lambda: checkpoints(redis), equals={end}, what=f"every projection at {end}"
             )
         await assert_rows_of_a_rebuild(redis)
+        # Over two lanes, the second a process of its own: it reads the three partitions too.
+        settings = Settings(redis_url=redis_url, partitions=P)
+        laned = await rebuild_many(settings, NAMES, now_ms=2, switch=False, lanes=2)
+        for name in NAMES:
+            active = cast(bytes, await redis.get(keys.projection_active(name))).decode()
+            assert await dump(redis, name, laned[name]) == await dump(redis, name, active), name
         await measure_lag(redis, NAMES, P)
         for name in NAMES:
             assert lag(name) == 0
