@@ -25,6 +25,7 @@ from projections.engine import Build, Engine
 from projections.runner import Entry, Runner
 from services.projector.projector import Projector
 from tests.unit.projections.fakes import Chaos, Crash, FakeGroup, FakeLog, FakeStore
+from tests.unit.projections.history import History
 from tests.unit.projections.simulator import USERS, Simulator, encoded
 
 Partitions = list[list[Entry]]
@@ -140,6 +141,30 @@ def test_the_partitions_folded_last_to_first_store_the_rows_of_first_to_last() -
     reference = asyncio.run(fold(one_after_another(split), 3, random.Random(0)))
     backwards = [(p, entry) for p in reversed(range(3)) for entry in split[p]]
     assert_same_rows(asyncio.run(fold(backwards, 3, random.Random(0))), reference)
+
+
+def test_a_restart_folding_past_its_checkpoint_first_stores_what_earlier_entries_change() -> None:
+    """A node registered (the nodes' partition) and a run queued (the runs') are stored; then
+    the run is placed on the node. A restart reads the runs' partition first: the placement
+    (past the checkpoint) is folded before the registration (before it), which only then
+    makes the node's instance row count the placement: it must be stored again."""
+    history = History()
+    history.node("2026-11-24 10:00:00.000", "n1")
+    history.submit("2026-11-24 10:00:01.000", "r1", gpus=8, nodes=1)
+    history.queue("2026-11-24 10:00:02.000", "r1")
+    history.schedule("2026-11-24 10:00:03.000", "r1", nodes=["n1"])
+    runs = [r for r in history.records if isinstance(r.event, ev.RunEvent)]
+    split = [encoded(runs), encoded([r for r in history.records if r not in runs])]
+    store = FakeStore()
+    logs = [FakeLog(entries) for entries in split]
+    logs[0].reveal(2)  # submitted, queued
+    logs[1].reveal(1)  # registered
+    asyncio.run(Runner(store, logs, make_all()).start())
+    logs[0].reveal(1)  # placed
+    asyncio.run(Runner(store, logs, make_all(), page=3).start())  # the runs' partition first
+    assert_same_rows(store, asyncio.run(rebuilt(split)))
+    [instance] = store.hashes[keys.projection_rows("utilization", "v4", "instance")].values()
+    assert b'"gpus_used":8' in instance
 
 
 async def crashing_projector(split: Partitions, rng: random.Random, rate: float) -> FakeStore:
