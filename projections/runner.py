@@ -34,6 +34,7 @@ from events import keys
 from projections.base import ZERO, Positions, Projection, format_checkpoint
 from projections.catalog import make
 from projections.engine import Batch, Build, Engine, Fields
+from projections.errors import OtherPartitions
 from projections.storage import RedisStore, namespace_version
 
 log = structlog.get_logger("projections.runner")
@@ -155,10 +156,7 @@ class Runner:
             chosen = f"v{version}"
         stored = await self.store.checkpoint(name, chosen)
         if len(stored) > len(self.readers):
-            raise ValueError(
-                f"the build {name} {chosen} folded {len(stored)} partitions and the log has "
-                f"{len(self.readers)}: the partitions of a log never change"
-            )
+            raise OtherPartitions(name, chosen, len(stored), len(self.readers))
         if all(position == ZERO for position in stored) and chosen != active:
             await self.store.drop(name, chosen)  # leftovers of an unfinished drop or build
         log.info("projection.plan", projection=name, namespace=chosen, active=active, stored=stored)
@@ -258,9 +256,8 @@ async def rebuild(
 ) -> dict[str, str]:
     """Rebuild the projections ``names`` from position zero on ``client``'s server, in one pass
     over the log (``reader``, one per partition; default: the ``partitions`` streams themselves,
-    without their archive): each into a
-    fresh namespace, switched to when caught up unless ``switch`` is False. ``now_ms`` names the
-    builds. Returns each one's namespace, by name.
+    without their archive): each into a fresh namespace, switched to when caught up unless
+    ``switch`` is False. ``now_ms`` names the builds. Returns each one's namespace, by name.
     (``services.projector.lanes`` spreads them over several processes.)"""
     return await rebuild_into(
         RedisStore(client),

@@ -14,6 +14,7 @@ import asyncio
 import random
 from collections.abc import Sequence
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +23,7 @@ from events import model as ev
 from events.codec import Recorded
 from projections.catalog import NAMES, make_all
 from projections.engine import Build, Engine
+from projections.errors import OtherPartitions
 from projections.runner import Entry, Runner
 from services.projector.projector import Projector
 from tests.unit.projections.fakes import Chaos, Crash, FakeGroup, FakeLog, FakeStore
@@ -165,6 +167,14 @@ def test_a_restart_folding_past_its_checkpoint_first_stores_what_earlier_entries
     assert_same_rows(store, asyncio.run(rebuilt(split)))
     [instance] = store.hashes[keys.projection_rows("utilization", "v4", "instance")].values()
     assert b'"gpus_used":8' in instance
+
+
+def test_a_build_of_more_partitions_than_the_log_has_is_refused() -> None:
+    split = partitioned(random.Random(5), 100, 3)
+    store = asyncio.run(rebuilt(split))
+    fewer = [FakeLog(entries) for entries in split[:2]]
+    with pytest.raises(OtherPartitions, match="folded 3 partitions and the log has 2"):
+        asyncio.run(Runner(store, fewer, make_all()).start())
 
 
 async def crashing_projector(split: Partitions, rng: random.Random, rate: float) -> FakeStore:
