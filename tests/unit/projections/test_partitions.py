@@ -155,8 +155,9 @@ def test_a_restart_folding_past_its_checkpoint_first_stores_what_earlier_entries
     history.submit("2026-11-24 10:00:01.000", "r1", gpus=8, nodes=1)
     history.queue("2026-11-24 10:00:02.000", "r1")
     history.schedule("2026-11-24 10:00:03.000", "r1", nodes=["n1"])
-    runs = [r for r in history.records if isinstance(r.event, ev.RunEvent)]
-    split = [encoded(runs), encoded([r for r in history.records if r not in runs])]
+    split: Partitions = [[], []]  # the runs', then the nodes'
+    for record in history.records:
+        split[0 if isinstance(record.event, ev.RunEvent) else 1] += encoded([record])
     store = FakeStore()
     logs = [FakeLog(entries) for entries in split]
     logs[0].reveal(2)  # submitted, queued
