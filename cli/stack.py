@@ -354,12 +354,16 @@ class LocalStack:
         """How the CLI, the benchmarks and the tests reach the stack's server (at ``url``, by
         default the one ``stack.json`` names): as its operator."""
         user, password_file = operator_login(self.state_dir)
-        return Settings(
+        settings = Settings(
             redis_url=url or self.url,
             redis_username=user,
             redis_password_file=password_file,
             **self._cluster_settings(),
         )
+        # The stack's services may have been given their log's partitions apart (tests).
+        if (partitions := self.config.extra_env.get("RUNPLANE_PARTITIONS")) is not None:
+            settings = settings.model_copy(update={"partitions": int(partitions)})
+        return settings
 
     def _cluster_settings(self) -> dict[str, Any]:
         """On a cluster, the settings that say so (``RUNPLANE_REDIS_CLUSTER``,

@@ -29,6 +29,11 @@ def log_stream(partition: int | str) -> str:
     return f"{PREFIX}:{{p{partition}}}:log"
 
 
+def log_partitions() -> str:
+    """The number of partitions the log was made with (``services.core.partitions``)."""
+    return f"{PREFIX}:partitions"
+
+
 def aggregate_stream(aggregate: str, partition: int | str) -> str:
     """The history of one run, node or user (``Event.aggregate``)."""
     return f"{PREFIX}:{{p{partition}}}:agg:{aggregate}"
@@ -68,8 +73,15 @@ def dead_letter_stream(group: str) -> str:
 
 
 def scheduler_lease(partition: int | str = 0) -> str:
-    """Held by the active scheduler; its value is the fencing token its appends carry."""
+    """The fence of the scheduler's appends to one partition: partition 0's is the lease the
+    active scheduler holds (its value the token), each other's holds the latest term's
+    ``<term>/<token>`` (``services.scheduler.fences``)."""
     return f"{PREFIX}:{{p{partition}}}:scheduler:lease"
+
+
+def scheduler_term() -> str:
+    """The last term number drawn by an elected scheduler (beside the lease, in its slot)."""
+    return f"{PREFIX}:{{p0}}:scheduler:term"
 
 
 def heartbeat(node: str) -> str:
@@ -135,7 +147,8 @@ def projection_index(name: str, namespace: str, index: str) -> str:
 
 
 def projection_checkpoint(name: str, namespace: str) -> str:
-    """The last log position folded into a projection build (written with its rows)."""
+    """The last log position of each partition folded into a projection build (written with
+    its rows): ``<p0>,<p1>,...`` (``projections.base.format_checkpoint``)."""
     return f"{projection_prefix(name, namespace)}checkpoint"
 
 

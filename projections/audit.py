@@ -13,7 +13,15 @@ decisions on attempts (queued, scheduled, running, terminating, ended, retried, 
 events (cordon, drain, uncordon: the admin as actor, the reason as detail), and users and
 their keys (added, issued, revoked: the key's id and expiry, never its hash); not the per-rank
 setup chatter (image pulls, integrations, a rank's start).
-Invariants: nothing is ever removed (deleted runs stay); entries are in log order.
+A refused request about a run (``request.refused`` with a run id) is its user's event, on the
+user's partition of the log, not the run's: the projector may fold it before or after any of
+the run's events, and refusals by two users in either order (``projections.engine``). So it is
+not numbered in the run's trail but keyed by its event id, ``<run_id>!<event id>``, in the
+index ``refused:<run_id>`` scored by the log's time; a run's trail is its numbered entries and
+those, by time.
+
+Invariants: nothing is ever removed (deleted runs stay); each trail's numbered entries are in
+the order of its partition's log.
 """
 
 from __future__ import annotations
@@ -81,8 +89,8 @@ class Entry(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=T
 class AuditProjection:
     name: ClassVar[str] = "audit"
     #: 5: refused requests; 6: run tokens, and who acted via one; 7: cordon, drain; 8: the GPUs
-    #: of a placement by UUID, and failed GPUs.
-    version: ClassVar[int] = 8
+    #: of a placement by UUID, and failed GPUs; 9: a run's refusals keyed by event id.
+    version: ClassVar[int] = 9
     handles: ClassVar[frozenset[type]]  # every event type but the quiet ones (below)
 
     def __init__(self) -> None:
@@ -98,6 +106,10 @@ class AuditProjection:
         entry = entry_of(record, self.names)
         if entry is None:
             return ()
+        if type(event) is RequestRefused and event.run_id is not None:
+            key = refusal_key(event.run_id, event.id)
+            self.pending[key] = entry
+            return (("entry", key),)
         owner = owner_of(entry)
         seq = self.counts.get(owner, 0)
         self.counts[owner] = seq + 1
@@ -113,7 +125,10 @@ class AuditProjection:
             actor_index = self._actor_index.get(entry.actor)
             if actor_index is None:
                 actor_index = self._actor_index[entry.actor] = f"actor:{entry.actor}"
-            yield Row(kind=kind, id=key, body=encode(entry), index=((actor_index, entry.time),))
+            index: tuple[tuple[str, int], ...] = ((actor_index, entry.time),)
+            if entry.action == _REFUSED and entry.run_id is not None:
+                index += ((refusals_index(entry.run_id), entry.time),)
+            yield Row(kind=kind, id=key, body=encode(entry), index=index)
 
     def settled(self, keys: Iterable[RowKey]) -> None:
         """These rows are stored as they are (folded again after a restart): forget them."""
@@ -133,7 +148,9 @@ def entry_of(record: Recorded, names: Mapping[str, str]) -> Entry | None:
         run_id, run_name, attempt = event.run_id, names.get(event.run_id), event.attempt
         node = getattr(event, "node", None)
     elif isinstance(event, RequestRefused) and event.run_id is not None:  # the run's trail
-        run_id, run_name = event.run_id, names.get(event.run_id, event.target)
+        # The run as the user named it: whether its submission was folded yet depends on the
+        # interleaving of the partitions (see above).
+        run_id, run_name = event.run_id, event.target
     elif isinstance(event, UserEvent):
         user = event.user
     else:
@@ -152,6 +169,16 @@ def entry_of(record: Recorded, names: Mapping[str, str]) -> Entry | None:
         detail=detail(event) if detail else "",
         via=None if event.via is None else str(event.via),
     )
+
+
+def refusal_key(run_id: str, event_id: str) -> str:
+    """The row of a refused request about run ``run_id`` (``event_id``: its event's)."""
+    return f"{run_id}!{event_id}"
+
+
+def refusals_index(run_id: str) -> str:
+    """The index of the refused requests about run ``run_id``."""
+    return f"refused:{run_id}"
 
 
 def owner_of(entry: Entry) -> str:
@@ -190,6 +217,7 @@ _QUIET = frozenset(
 )
 AuditProjection.handles = frozenset(ALL_EVENT_TYPES) - _QUIET
 _TAGS = {cls: tag_of(cls) for cls in ALL_EVENT_TYPES}
+_REFUSED = _TAGS[RequestRefused]
 _DETAILS: dict[type, Callable[[Any], str]] = {
     RunSubmitted: lambda e: f"{e.name} on {e.spec.compute.cluster}, {e.spec.compute.gpus} GPUs",
     StopRequested: lambda e: e.reason,

@@ -20,7 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -34,9 +34,11 @@ log = structlog.get_logger("projections")
 #: (kind, id): which hash the row lives in, and its field there.
 RowKey = tuple[str, str]
 
-#: A log position (``"<ms>-<seq>"``) as a comparable pair.
+#: A log position (``"<ms>-<seq>"``) as a comparable pair: on one partition's global stream.
 Position = tuple[int, int]
 ZERO: Position = (0, 0)
+#: A position on every partition (index: the partition), as a checkpoint: what a build folded.
+Positions = tuple[Position, ...]
 
 _encoder = msgspec.json.Encoder()
 
@@ -89,6 +91,22 @@ def parse_position(position: str) -> Position:
 
 def format_position(position: Position) -> str:
     return f"{position[0]}-{position[1]}"
+
+
+def format_checkpoint(positions: Sequence[Position]) -> str:
+    """A checkpoint as stored: each partition's position, comma-separated, without the zeros
+    at the end (``12-0,0-0,0-0`` is ``12-0``): with one partition it is that partition's
+    position, and a build that folded nothing is ``0-0`` whatever the partitions."""
+    last = len(positions)
+    while last > 1 and positions[last - 1] == ZERO:
+        last -= 1
+    return ",".join(format_position(p) for p in positions[:last]) if last else "0-0"
+
+
+def parse_checkpoint(text: str) -> Positions:
+    """A stored checkpoint (``format_checkpoint``): the partitions it names (the others, at
+    the end, stand at zero)."""
+    return tuple(parse_position(part) for part in text.split(","))
 
 
 def skipped(projection: str, record: Recorded, why: str) -> tuple[()]:

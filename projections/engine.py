@@ -3,17 +3,28 @@
 Pure: no IO. The runner reads the log, feeds the entries here, stores ``batch()`` in one
 transaction and then calls ``committed(batch)``.
 
-Each build tracks two positions: ``applied`` (the last event folded into its memory) and
-``stored`` (its checkpoint in the store, written in the same transaction as its rows).
+The log is split into partitions, each with its own global stream: an entry is fed with its
+partition, and positions are compared only within one partition (each stream is a total order;
+across partitions there is none). Each build tracks two positions per partition: ``applied``
+(the last entry folded into its memory) and ``stored`` (its checkpoint in the store, written
+in the same transaction as its rows).
 
 Invariants:
-- The duplicate guard: an entry at or before a build's ``applied`` position is skipped for that
-  build (``is_new``). Redelivered entries, and the overlap between catch-up and the consumer
-  group, are therefore folded once.
+- The duplicate guard: an entry at or before a build's ``applied`` position of its partition is
+  skipped for that build (``is_new``). Redelivered entries, and the overlap between catch-up and
+  the consumer group, are therefore folded once.
+- Folds reach the same rows whatever the interleaving of the partitions (each partition's order
+  kept): tested in ``tests/unit/projections/test_partitions.py``.
 - After a restart the memory is rebuilt by folding the log from zero; entries at or before
   ``stored`` change memory only (their rows are stored already, and the rows stored are those
   of the state at ``stored``; a fold with ``settled`` is told which), later ones mark rows
-  dirty. So the stored rows are always those of the state at the stored checkpoint.
+  dirty. With several partitions an entry before the checkpoint may come after one past it (of
+  another partition): from then on a build marks what such entries change dirty too (and
+  still tells ``settled``), since a row made of several partitions' facts may have been
+  reported changed only by the entry that came last. A build is stored only once it stands at
+  or past its checkpoint on every partition: rows are rendered from the state at the new
+  checkpoint, never from one that lacks what is stored. So the stored rows are always those of
+  the state at the stored checkpoint.
 - A fold that raises is logged and the event skipped for that fold: nothing stops the engine.
 - An entry that cannot be decoded is logged and skipped by every build, the same way on every
   replay; the ones no build had stored past are kept in ``undecodable`` for the dead letters.
@@ -21,6 +32,7 @@ Invariants:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -30,7 +42,17 @@ import structlog
 from events import codec
 from events.codec import Recorded
 from events.errors import UndecodableEvent
-from projections.base import ZERO, Position, Projection, Row, RowKey, format_position, takes
+from projections.base import (
+    ZERO,
+    Position,
+    Positions,
+    Projection,
+    Row,
+    RowKey,
+    format_checkpoint,
+    parse_checkpoint,
+    takes,
+)
 from projections.base import parse_position as parse
 
 log = structlog.get_logger("projections.engine")
@@ -51,14 +73,17 @@ class Build:
 
     projection: Projection
     namespace: str
-    stored: Position = ZERO
-    applied: Position = ZERO
+    #: Per partition (the engine pads them with zeros to its partitions).
+    stored: list[Position] = field(default_factory=list)
+    applied: list[Position] = field(default_factory=list)
     #: What the active pointer must hold when this build commits ("" for nothing): readers
     #: moved to another build means this one must stop writing.
     expect_active: str = ""
     #: Make this build the one readers read, at the next commit.
     activate: bool = False
     dirty: set[RowKey] = field(default_factory=set)
+    #: It folded an entry past its checkpoint: entries before it change rows to store too.
+    beyond: bool = False
 
     @property
     def name(self) -> str:
@@ -96,18 +121,24 @@ class Batch:
 
 
 class Engine:
-    def __init__(self, builds: Sequence[Build]) -> None:
+    def __init__(self, builds: Sequence[Build], partitions: int = 1) -> None:
         if len({build.name for build in builds}) != len(builds):
             raise ValueError("one build per projection")
+        self.partitions = partitions
         self.builds = list(builds)
-        #: Entries that could not be decoded and were not stored past yet: for dead letters.
-        self.undecodable: list[tuple[str, Mapping[bytes, bytes], str]] = []
-        #: The latest position any build folded, and the latest any build stored.
-        self._last = max((build.applied for build in self.builds), default=ZERO)
-        self._stored_last = max((build.stored for build in self.builds), default=ZERO)
-        #: Every build has folded up to ``_last`` (their ``applied`` is written only when read:
-        #: see ``_level_up``), the usual case once the builds have caught up with each other.
-        self._level = all(build.applied == self._last for build in self.builds)
+        for build in self.builds:
+            build.stored = _padded(build.stored, partitions)
+            build.applied = _padded(build.applied, partitions)
+        #: Entries that could not be decoded and were not stored past yet, for dead letters:
+        #: (partition, position, fields, error).
+        self.undecodable: list[tuple[int, str, Mapping[bytes, bytes], str]] = []
+        each = range(partitions)
+        #: Per partition, the latest position any build folded, and the latest any stored.
+        self._last = [max((b.applied[p] for b in self.builds), default=ZERO) for p in each]
+        self._stored_last = [max((b.stored[p] for b in self.builds), default=ZERO) for p in each]
+        #: Per partition, every build has folded up to ``_last`` (their ``applied`` is written
+        #: only when read: see ``_level_up``), the usual case once the builds caught up.
+        self._level = [all(b.applied[p] == self._last[p] for b in self.builds) for p in each]
         self._folds: list[Fold] = [
             (build, build.projection.apply, getattr(build.projection, "settled", None))
             for build in self.builds
@@ -118,20 +149,26 @@ class Engine:
         self._kinds: dict[bytes, bool] = {}
 
     @property
-    def applied(self) -> Position:
-        """Every build has folded the log up to here."""
+    def applied(self) -> Positions:
+        """Every build has folded each partition up to here."""
         self._level_up()
-        return min((build.applied for build in self.builds), default=ZERO)
+        return tuple(
+            min((build.applied[p] for build in self.builds), default=ZERO)
+            for p in range(self.partitions)
+        )
 
     @property
-    def stored(self) -> Mapping[str, Position]:
-        return {build.name: build.stored for build in self.builds}
+    def stored(self) -> Mapping[str, Positions]:
+        return {build.name: tuple(build.stored) for build in self.builds}
 
-    def feed_entry(self, position: str, fields: Fields) -> None:
-        """Fold one raw log entry, decoding it only if some build has not folded it yet."""
+    def feed_entry(self, position: str, fields: Fields, partition: int = 0) -> None:
+        """Fold one raw entry of ``partition``'s stream, decoding it only if some build has not
+        folded it yet."""
         pos = parse(position)
-        if not is_new(pos, self._last):
-            if self._level or not any(is_new(pos, b.applied) for b in self.builds):
+        if not is_new(pos, self._last[partition]):
+            if self._level[partition] or not any(
+                is_new(pos, b.applied[partition]) for b in self.builds
+            ):
                 return
         elif (
             type(fields) is list
@@ -139,7 +176,8 @@ class Engine:
             and fields[0] == codec.KIND
             and not self._wanted(fields[1])
         ):
-            self._last, self._level = pos, True  # no build takes this kind: nothing to decode
+            # No build takes this kind: nothing to decode.
+            self._last[partition], self._level[partition] = pos, True
             return
         try:
             if type(fields) is list:
@@ -148,65 +186,73 @@ class Engine:
                 record = codec.recorded(position, cast(Mapping[bytes, bytes], fields))
         except UndecodableEvent as exc:
             log.error("projection.undecodable", position=position, error=exc.why)  # noqa: TRY400
-            if any(pos > build.stored for build in self.builds):  # new to some build
+            if any(pos > build.stored[partition] for build in self.builds):  # new to some build
                 mapping = codec.fields_of(fields) if isinstance(fields, list) else fields
-                self.undecodable.append((position, mapping, exc.why))
+                self.undecodable.append((partition, position, mapping, exc.why))
             self._level_up()
             for build in self.builds:
-                build.applied = max(build.applied, pos)
-            self._last = max(self._last, pos)
-            self._level = all(build.applied == self._last for build in self.builds)
+                build.applied[partition] = max(build.applied[partition], pos)
+            self._last[partition] = max(self._last[partition], pos)
+            self._level[partition] = all(
+                build.applied[partition] == self._last[partition] for build in self.builds
+            )
             return
-        self._feed(pos, record)
+        self._feed(pos, record, partition)
 
-    def feed(self, record: Recorded) -> None:
-        self._feed(parse(record.position), record)
+    def feed(self, record: Recorded, partition: int = 0) -> None:
+        self._feed(parse(record.position), record, partition)
 
-    def _feed(self, pos: Position, record: Recorded) -> None:
-        if is_new(pos, self._last):  # after everything any build folded: the usual case
+    def _feed(self, pos: Position, record: Recorded, partition: int) -> None:
+        if is_new(pos, self._last[partition]):  # after everything any build folded: usual
             kind = type(record.event)
             route = self._routes.get(kind)
             if route is None:
                 route = self._routes[kind] = [
                     f for f in self._folds if takes(f[0].projection, kind)
                 ]
-            self._last, self._level = pos, True  # every build is at ``pos`` now
-            if pos > self._stored_last:  # new to every build: what changes is to be stored
+            self._last[partition], self._level[partition] = pos, True  # every build is here
+            if pos > self._stored_last[partition]:  # new to every build: changes are to store
                 for build, apply, _ in route:
                     try:
                         changed = apply(record)
                     except Exception:  # noqa: BLE001 - a fold must never stop the projector
                         changed = _failed(build, record)
+                    build.beyond = True
                     if changed:
                         build.dirty.update(changed)
                 return
-            self._fold(route, pos, record)  # a restart, folding up to its checkpoints
+            self._fold(route, pos, record, partition)  # a restart, folding up to checkpoints
             return
         self._level_up()  # behind some build (they started from different checkpoints)
         kind = type(record.event)
         behind = []
         for fold in self._folds:
             build = fold[0]
-            if is_new(pos, build.applied):
-                build.applied = pos
+            if is_new(pos, build.applied[partition]):
+                build.applied[partition] = pos
                 if takes(build.projection, kind):
                     behind.append(fold)
-        self._fold(behind, pos, record)
+        self._fold(behind, pos, record, partition)
 
-    def _fold(self, folds: list[Fold], pos: Position, record: Recorded) -> None:
+    def _fold(self, folds: list[Fold], pos: Position, record: Recorded, partition: int) -> None:
         """Fold ``record`` into ``folds``: what changes after a build's checkpoint is to be
-        stored, what changes before it is stored already (``settled``)."""
+        stored, what changes before it is stored already (``settled``) and, once the build
+        folded an entry past its checkpoint, to be stored again (see the invariants)."""
         for build, apply, settle in folds:
             try:
                 changed = apply(record)
             except Exception:  # noqa: BLE001 - a fold must never stop the projector
                 changed = _failed(build, record)
+            if pos > build.stored[partition]:
+                build.beyond = True
+                build.dirty.update(changed)
+                continue
             if not changed:
                 continue
-            if pos > build.stored:
-                build.dirty.update(changed)
-            elif settle is not None:
+            if settle is not None:
                 settle(changed)
+            if build.beyond:
+                build.dirty.update(changed)
 
     def _wanted(self, kind: bytes) -> bool:
         """Whether some build takes events of ``kind`` (a ``k`` field); unknown kinds are."""
@@ -219,9 +265,11 @@ class Engine:
 
     def _level_up(self) -> None:
         """Write down every build's ``applied`` (the fast path only moves ``_last``)."""
-        if self._level:
-            for build in self.builds:
-                build.applied = self._last
+        for partition, level in enumerate(self._level):
+            if level:
+                last = self._last[partition]
+                for build in self.builds:
+                    build.applied[partition] = last
 
     def batch(self) -> Batch | None:
         """What to store now (None: nothing): every build's changed rows and checkpoint.
@@ -233,7 +281,13 @@ class Engine:
         self._level_up()
         parts = []
         for build in self.builds:
-            if build.applied <= build.stored and not build.activate:
+            positions = tuple(build.applied)
+            if any(map(operator.lt, positions, build.stored)):
+                # Behind its checkpoint on some partition (a restart folding up to it): its
+                # rows would be rendered from less than is stored. Only once it stands at or
+                # past its checkpoint on every partition (the same with one partition).
+                continue
+            if positions == tuple(build.stored) and not build.activate:
                 continue
             rows = tuple(build.projection.rows(build.dirty))
             build.dirty = set()
@@ -241,8 +295,8 @@ class Engine:
                 Part(
                     name=build.name,
                     namespace=build.namespace,
-                    expected_checkpoint=format_position(build.stored),
-                    checkpoint=format_position(max(build.applied, build.stored)),
+                    expected_checkpoint=format_checkpoint(build.stored),
+                    checkpoint=format_checkpoint(positions),
                     expect_active=build.expect_active,
                     activate=build.activate,
                     rows=rows,
@@ -255,11 +309,17 @@ class Engine:
         by_name = {build.name: build for build in self.builds}
         for part in batch.parts:
             build = by_name[part.name]
-            build.stored = parse(part.checkpoint)
-            self._stored_last = max(self._stored_last, build.stored)
+            build.stored = _padded(parse_checkpoint(part.checkpoint), self.partitions)
+            self._stored_last = list(map(max, self._stored_last, build.stored))
             if part.activate:
                 build.activate = False
                 build.expect_active = build.namespace
+
+
+def _padded(positions: Sequence[Position], partitions: int) -> list[Position]:
+    if len(positions) > partitions:
+        raise ValueError(f"{len(positions)} positions for {partitions} partitions")
+    return [*positions, *[ZERO] * (partitions - len(positions))]
 
 
 def _failed(build: Build, record: Recorded) -> Collection[RowKey]:

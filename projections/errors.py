@@ -1,4 +1,5 @@
-"""The projections' errors: one root, and the two ways a commit can be refused."""
+"""The projections' errors: one root, the two ways a commit can be refused, and a build of a
+log with another number of partitions."""
 
 from __future__ import annotations
 
@@ -23,3 +24,18 @@ class Superseded(ProjectionsError):
         self.what = what
         self.key = key
         self.found = found
+
+
+class OtherPartitions(ProjectionsError):
+    """A build stored positions of more partitions than the log it is to fold has: the log's
+    partitions were changed (they never may: ``events.keys.partition_of``)."""
+
+    def __init__(self, name: str, namespace: str, stored: int, partitions: int) -> None:
+        super().__init__(
+            f"the build {namespace} of {name} folded {stored} partitions and the log has "
+            f"{partitions}: a log's partitions never change (RUNPLANE_PARTITIONS)"
+        )
+        self.name = name
+        self.namespace = namespace
+        self.stored = stored
+        self.partitions = partitions

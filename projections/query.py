@@ -9,6 +9,8 @@ in by the caller (the CLI's clock), never read here.
 from __future__ import annotations
 
 import fnmatch
+import heapq
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -24,10 +26,10 @@ from events.model import RunEvent
 from events.status import RunStatus
 from projections import billing
 from projections.attempts import AttemptRow, AttemptsProjection
-from projections.audit import Entry, entry_of
+from projections.audit import Entry, entry_of, refusals_index
 from projections.billing import BilledAttempt, GroupBy, Report, Total
 from projections.run_status import KIND, RunRow, RunStatusProjection
-from projections.runner import LogReader, RedisLogReader
+from projections.runner import LogReader, RedisLogReader, each
 from projections.utilization import Instance, NodeLine, RunLine, queue_order
 
 T = TypeVar("T")
@@ -288,11 +290,12 @@ async def audit(
     run: str | None = None,
     window: tuple[int, int] | None = None,
     limit: int = 1000,
-    log: LogReader | None = None,
+    log: LogReader | Sequence[LogReader] | None = None,
 ) -> list[Entry]:
     """Who did what, oldest first: of one actor (user or ``service@host``), of one run (name or
-    run_uid, deleted runs too), or of everyone (from the log itself: ``log``, by default the
-    stream without its archive); within ``window`` ([start, end) ms)."""
+    run_uid, deleted runs too), or of everyone (from the log itself: ``log``, one reader per
+    partition, by default partition 0's stream without its archive); within ``window``
+    ([start, end) ms)."""
     ns = await _active(client, "audit")
     if ns is None:
         return []
@@ -306,18 +309,28 @@ async def audit(
             entries += found_entries
             if len(found_entries) < _CHUNK:
                 break
+        refusals = cast(
+            list[bytes], await client.zrange(ns.index_key(refusals_index(run_id)), 0, -1)
+        )
+        if refusals:  # on their users' partitions: placed by time (sorted is stable)
+            entries = sorted(entries + await ns.many("entry", refusals, Entry), key=_time)
         if window is not None:
             entries = [e for e in entries if window[0] <= e.time < window[1]]
         return [e for e in entries if user is None or e.actor == user][:limit]
     if user is None:
-        return await _audit_of_everyone(
-            log if log is not None else RedisLogReader(client), client, window, limit
-        )
+        readers = each(log) if log is not None else [RedisLogReader(client)]
+        pages = [await _audit_of_everyone(r, client, window, limit) for r in readers]
+        # Each partition's in its log order (its time order); across them, by time.
+        return list(itertools.islice(heapq.merge(*pages, key=_time), limit))
     low, high = (window[0], f"({window[1]}") if window is not None else ("-inf", "+inf")
     index = ns.index_key(f"actor:{user}")
     members = cast(list[bytes], await client.zrangebyscore(index, low, high, start=0, num=limit))
     entries = await ns.many("entry", members, Entry)
     return sorted(entries, key=lambda e: (e.time, e.position))
+
+
+def _time(entry: Entry) -> int:
+    return entry.time
 
 
 class _Named(msgspec.Struct):

@@ -11,6 +11,10 @@ A projection's build is named by its namespace: ``v<version>`` for the projector
 It then folds the log from position zero to its end (memory only up to each checkpoint), storing
 a batch every ``commit_every`` entries, and switches the builds that caught up.
 
+The log is read through one reader per partition (a single reader: one partition), a page of
+each in turn: the folds reach the same rows whatever the interleaving of the partitions
+(``projections.engine``), so any turn order will do.
+
 Invariants: see ``projections.engine``. A ``Superseded`` commit (another writer, or readers
 switched by a rebuild) means this runner's plan is stale: its owner starts a new one.
 """
@@ -27,14 +31,17 @@ import redis.asyncio as aioredis
 import structlog
 
 from events import keys
-from projections.base import ZERO, Position, Projection, format_position
+from projections.base import ZERO, Positions, Projection, format_checkpoint
 from projections.catalog import make
 from projections.engine import Batch, Build, Engine, Fields
+from projections.errors import OtherPartitions
 from projections.storage import RedisStore, namespace_version
 
 log = structlog.get_logger("projections.runner")
 
 Entry = tuple[str, Fields]
+#: A page of one partition's entries (the partition, then its entries in order).
+Page = tuple[int, Sequence[Entry]]
 READ_AHEAD = 24  # pages: enough to go on folding while the server stores a batch
 SLICE = 50  # entries folded between two turns of the event loop
 
@@ -48,7 +55,9 @@ class LogReader(Protocol):
 class BuildStore(Protocol):
     async def active(self, name: str) -> str | None: ...
 
-    async def checkpoint(self, name: str, namespace: str) -> Position: ...
+    async def checkpoint(self, name: str, namespace: str) -> Positions:
+        """Per partition (the ones at the end that are not named stand at zero)."""
+        ...
 
     async def commit(self, batch: Batch) -> None: ...
 
@@ -97,18 +106,24 @@ def _raw(response: Any, **_: Any) -> Any:
     return response
 
 
+def each(reader: LogReader | Sequence[LogReader]) -> list[LogReader]:
+    """One reader per partition (a single reader is partition 0's, of one)."""
+    return list(reader) if isinstance(reader, Sequence) else [reader]
+
+
 class Runner:
     def __init__(
         self,
         store: BuildStore,
-        reader: LogReader,
+        reader: LogReader | Sequence[LogReader],
         projections: Sequence[Projection],
         *,
         page: int = 5000,
         commit_every: int = 100_000,
     ) -> None:
+        """``reader``: one per partition of the log, in partition order."""
         self.store = store
-        self.reader = reader
+        self.readers = each(reader)
         self.projections = list(projections)
         self.page = page
         self.commit_every = commit_every
@@ -121,7 +136,7 @@ class Runner:
         ``namespace`` forces a fresh build (a rebuild) instead of the planned one.
         """
         builds = [await self._plan(p, namespace) for p in self.projections]
-        self.engine = Engine(builds)
+        self.engine = Engine(builds, len(self.readers))
         await self.catch_up()
         for build in builds:
             if not build.active:
@@ -134,7 +149,7 @@ class Runner:
                 "projection.ready",
                 projection=build.name,
                 namespace=build.namespace,
-                checkpoint=format_position(build.stored),
+                checkpoint=format_checkpoint(build.stored),
             )
 
     async def _plan(
@@ -149,19 +164,21 @@ class Runner:
         else:
             chosen = f"v{version}"
         stored = await self.store.checkpoint(name, chosen)
-        if stored == ZERO and chosen != active:
+        if len(stored) > len(self.readers):
+            raise OtherPartitions(name, chosen, len(stored), len(self.readers))
+        if all(position == ZERO for position in stored) and chosen != active:
             await self.store.drop(name, chosen)  # leftovers of an unfinished drop or build
         log.info("projection.plan", projection=name, namespace=chosen, active=active, stored=stored)
-        return Build(projection, chosen, stored=stored, expect_active=active or "")
+        return Build(projection, chosen, stored=list(stored), expect_active=active or "")
 
     async def catch_up(self) -> None:
         """Fold the log from zero to its current end, storing a batch every so often.
 
-        Pages are read ahead (up to ``READ_AHEAD``) and batches stored while the next pages
-        are folded, so the server (busy for a while with a large batch) works on one core
-        while the folds run on the other.
+        Pages are read ahead (up to ``READ_AHEAD``), a page of each partition in turn, and
+        batches stored while the next pages are folded, so the server (busy for a while with a
+        large batch) works on one core while the folds run on the other.
         """
-        pages: asyncio.Queue[Sequence[Entry] | Exception] = asyncio.Queue(READ_AHEAD)
+        pages: asyncio.Queue[Page | Exception | None] = asyncio.Queue(READ_AHEAD)
         reading = asyncio.ensure_future(self._read_ahead(pages))
         storing: asyncio.Future[None] | None = None
         since_commit = 0
@@ -172,21 +189,22 @@ class Runner:
         gc.disable()
         try:
             while True:
-                entries = await pages.get()
-                if isinstance(entries, BaseException):
-                    raise entries
+                page = await pages.get()
+                if page is None:
+                    return
+                if isinstance(page, BaseException):
+                    raise page
+                partition, entries = page
                 feed = self.engine.feed_entry
                 for start in range(0, len(entries), SLICE):
                     for position, fields in entries[start : start + SLICE]:
-                        feed(position, fields)
+                        feed(position, fields, partition)
                     # Let the read-ahead and the store move on: each loop turn moves one
                     # socket buffer's worth of a page or of a batch (a page yielding only once
                     # starved them, and the folds then waited on the server).
                     await asyncio.sleep(0)
                 gc.freeze()  # and no later collection walks it either
                 since_commit += len(entries)
-                if len(entries) < self.page:
-                    return
                 if since_commit >= self.commit_every:
                     if storing is not None:
                         await storing
@@ -199,25 +217,35 @@ class Runner:
             if storing is not None:
                 await storing
 
-    async def _read_ahead(self, pages: asyncio.Queue[Sequence[Entry] | Exception]) -> None:
-        after = "0-0"
-        while True:
-            try:
-                entries = await self.reader.read(after, self.page)
-            except Exception as exc:  # noqa: BLE001 - handed over: the folding loop raises it
-                await pages.put(exc)
-                return
-            await pages.put(entries)
-            if len(entries) < self.page:
-                return
-            after = entries[-1][0]
+    async def _read_ahead(self, pages: asyncio.Queue[Page | Exception | None]) -> None:
+        """A page of each partition in turn, until each one's end; then None."""
+        after = ["0-0"] * len(self.readers)
+        reading = list(range(len(self.readers)))
+        while reading:
+            for partition in list(reading):
+                try:
+                    entries = await self.readers[partition].read(after[partition], self.page)
+                except Exception as exc:  # noqa: BLE001 - handed over: the folding loop raises it
+                    await pages.put(exc)
+                    return
+                if entries:
+                    await pages.put((partition, entries))
+                    after[partition] = entries[-1][0]
+                if len(entries) < self.page:
+                    reading.remove(partition)
+        await pages.put(None)
 
-    async def process(self, entries: Sequence[Entry]) -> None:
-        """Fold ``entries`` (the guard skips what is folded already) and store the batch."""
+    async def process(self, entries: Sequence[Entry], partition: int = 0) -> None:
+        """Fold ``entries`` of ``partition`` (the guard skips what is folded already) and store
+        the batch."""
+        self.fold(entries, partition)
+        await self.commit()
+
+    def fold(self, entries: Sequence[Entry], partition: int) -> None:
+        """Fold ``entries`` of ``partition`` (the guard skips what is folded already)."""
         feed = self.engine.feed_entry
         for position, fields in entries:
-            feed(position, fields)
-        await self.commit()
+            feed(position, fields, partition)
 
     async def commit(self) -> None:
         batch = self.engine.batch()
@@ -232,16 +260,17 @@ async def rebuild(
     *,
     now_ms: int,
     switch: bool = True,
-    reader: LogReader | None = None,
+    reader: LogReader | Sequence[LogReader] | None = None,
+    partitions: int = 1,
 ) -> dict[str, str]:
     """Rebuild the projections ``names`` from position zero on ``client``'s server, in one pass
-    over the log (``reader``; default: the stream itself, without its archive): each into a
-    fresh namespace, switched to when caught up unless ``switch`` is False. ``now_ms`` names the
-    builds. Returns each one's namespace, by name.
+    over the log (``reader``, one per partition; default: the ``partitions`` streams themselves,
+    without their archive): each into a fresh namespace, switched to when caught up unless
+    ``switch`` is False. ``now_ms`` names the builds. Returns each one's namespace, by name.
     (``services.projector.lanes`` spreads them over several processes.)"""
     return await rebuild_into(
         RedisStore(client),
-        reader if reader is not None else RedisLogReader(client),
+        reader if reader is not None else [RedisLogReader(client, p) for p in range(partitions)],
         [make(n) for n in names],
         now_ms=now_ms,
         switch=switch,
@@ -255,7 +284,7 @@ def rebuild_namespace(projection: Projection, now_ms: int) -> str:
 
 async def rebuild_into(
     store: BuildStore,
-    reader: LogReader,
+    reader: LogReader | Sequence[LogReader],
     projections: Sequence[Projection],
     *,
     now_ms: int,
@@ -279,7 +308,7 @@ async def rebuild_into(
         build = await runner._plan(projection, lambda p: fresh[p.name])
         build.expect_active = (await store.active(projection.name)) or ""
         builds.append(build)
-    runner.engine = Engine(builds)
+    runner.engine = Engine(builds, len(runner.readers))
     await runner.catch_up()
     await runner.commit()
     return fresh

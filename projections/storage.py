@@ -2,7 +2,9 @@
 
 Layout (``events.keys``): rows of a kind in a hash, listing indexes in sorted sets, a
 checkpoint per build, and per projection an active pointer naming the build readers read.
-Every key carries the hash tag ``{proj}``.
+Every key carries the hash tag ``{proj}``. A checkpoint is one string holding the build's
+position on every partition of the log (``projections.base.format_checkpoint``): one key, so
+the commit checks and moves all of them at once, in the slot of the rows.
 
 Invariants:
 - ``commit`` writes every build's rows and checkpoint of a batch in one server-side function
@@ -24,7 +26,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from events import keys
-from projections.base import ZERO, Position, Row, parse_position
+from projections.base import ZERO, Positions, Row, parse_checkpoint
 from projections.engine import Batch
 from projections.errors import Superseded
 
@@ -119,11 +121,12 @@ class RedisStore:
         value = await self.redis.get(keys.projection_active(name))
         return value.decode() if isinstance(value, bytes) else value
 
-    async def checkpoint(self, name: str, namespace: str) -> Position:
+    async def checkpoint(self, name: str, namespace: str) -> Positions:
+        """Where a build stands on each partition (those not named, at the end, at zero)."""
         value = await self.redis.get(keys.projection_checkpoint(name, namespace))
         if value is None:
-            return ZERO
-        return parse_position(value.decode() if isinstance(value, bytes) else value)
+            return (ZERO,)
+        return parse_checkpoint(value.decode() if isinstance(value, bytes) else value)
 
     async def commit(self, batch: Batch) -> None:
         call_keys, args = to_call(batch, self.fence)

@@ -18,6 +18,12 @@ cordoned, until the node registers again; one still held counts as used until it
 end. A GPU is used from the placement that took it until its rank's ``rank.exited``. Queue
 positions are not stored (they change whenever anyone joins or leaves): ``queue_order`` sorts
 the queued rows the scheduler's way, priority (auto > low > lowest) and then age.
+
+A node's events are on its partition of the log and a run's on the run's: the projector may
+fold them in any interleaving (``projections.engine``). So what a node holds is kept as the
+runs' ranks on it (``holds``, whether the node is known yet or not), never as a count the
+placement and the rank's exit move: a placement folded before its node's registration, or an
+exit after the node's loss, counts the same as in the order they happened.
 """
 
 from __future__ import annotations
@@ -121,6 +127,7 @@ class _Node(msgspec.Struct, kw_only=True, gc=False):
     cluster: str
     gpu_type: str | None
     gpus: int
+    #: GPUs held on it: the sum of its ``holds`` (kept beside them, not recounted per row).
     used: int = 0
     #: Liveness and the admins' cordon, drain, uncordon, folded by the one rule (``events.nodes``).
     admin: AdminState = msgspec.field(default_factory=lambda: AdminState(name=""))
@@ -168,6 +175,8 @@ class UtilizationProjection:
     def __init__(self) -> None:
         self.nodes: dict[str, _Node] = {}
         self.runs: dict[str, _Run] = {}
+        #: Per node (known or not yet), the GPUs each run's rank holds there: (run, rank) -> GPUs.
+        self.holds: dict[str, dict[tuple[str, int], int]] = {}
 
     def apply(self, record: Recorded) -> Collection[RowKey]:  # noqa: PLR0911
         event: Any = record.event  # dispatched on its exact type below
@@ -241,6 +250,7 @@ class UtilizationProjection:
                 cluster=event.cluster, gpu_type=event.gpu_type, gpus=event.gpus
             )
             node.admin.name = event.node
+            node.used = sum(self.holds.get(event.node, {}).values())  # placed before it came
         elif isinstance(event, NodeRegistered):
             changed.append(("instance", _instance_id(node)))
             node.cluster, node.gpu_type, node.gpus = event.cluster, event.gpu_type, event.gpus
@@ -255,6 +265,7 @@ class UtilizationProjection:
         run.line.gpus = sum(len(rank.gpus) for rank in event.ranks)
         for rank in event.ranks:
             run.held[rank.rank] = (rank.node, len(rank.gpus))
+            self.holds.setdefault(rank.node, {})[run.line.run_id, rank.rank] = len(rank.gpus)
             node = self.nodes.get(rank.node)
             if node is not None:
                 node.used += len(rank.gpus)
@@ -263,10 +274,14 @@ class UtilizationProjection:
 
     def _release(self, run: _Run, rank: int) -> list[RowKey]:
         held = run.held.pop(rank, None)
-        node = self.nodes.get(held[0]) if held else None
-        if held is None or node is None:
+        if held is None:
             return [("active", run.line.run_id)]
-        node.used = max(0, node.used - held[1])
+        on = self.holds.get(held[0], {})
+        gpus = on.pop((run.line.run_id, rank), 0)
+        node = self.nodes.get(held[0])
+        if node is None:
+            return [("active", run.line.run_id)]
+        node.used -= gpus
         return [("instance", _instance_id(node)), ("node", held[0])]
 
     def rows(self, keys: Iterable[RowKey]) -> Iterable[Row]:

@@ -20,13 +20,13 @@ from cli.commands.common import echo
 from cli.criteria import duration_s
 from cli.errors import ClientError
 from cli.stack import operator_settings, state_dir
-from services.core.archive import Archive, ArchiveBusy, ArchiveMissing
+from services.core.archive import ArchiveBusy, ArchiveMissing
 from services.core.archiver import (
     CUT_OFF,
     Archived,
     ArchiveMoved,
     ArchiveSettings,
-    archive_log,
+    archive_partitions,
 )
 from services.core.client import connect_with
 from services.core.settings import Settings
@@ -101,6 +101,9 @@ async def _archive(settings: Settings, root: Path, before_s: float) -> Archived:
     try:
         seconds, micros = await client.time()  # the log's clock, not this host's
         now_ms = int(seconds) * 1000 + int(micros) // 1000
-        return await archive_log(client, Archive(root), cutoff_ms=now_ms - int(before_s * 1000))
+        cutoff_ms = now_ms - int(before_s * 1000)
+        return await archive_partitions(
+            client, root, cutoff_ms=cutoff_ms, partitions=settings.partitions
+        )
     finally:
         await client.aclose()

@@ -242,7 +242,7 @@ async def audit(_: object, info: GraphQLResolveInfo[Context], **args: Any) -> li
         run=run_uid,
         window=window,
         limit=limit,
-        log=ArchivedLog(context.redis),
+        log=[ArchivedLog(context.redis, p) for p in range(context.settings.partitions)],
     )
     return [msgspec.to_builtins(entry) for entry in entries]
 

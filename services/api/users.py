@@ -1,7 +1,9 @@
 """Who an API key belongs to: the users and keys folded from the log, kept up to date.
 
 The directory follows the global log: on each request it reads the entries appended since the
-last one it saw (one XRANGE, usually empty) and folds the user events among them, so a key
+last one it saw (one XRANGE per partition, usually empty) and folds the user events among them
+(a user's events are all on the user's partition, in order, so the partitions may be read in any
+order), so a key
 issued or revoked a moment ago counts at once; there is no cache to go stale. Concurrent
 requests share one catch-up (a lock). Only user events are decoded (by the kind each entry
 names): run and node events, and any entry that cannot be decoded, are passed over, so one bad
@@ -44,7 +46,7 @@ _USER_KINDS = frozenset(tag_of(kind).encode() for kind in USER_EVENT_TYPES)
 class Directory:
     def __init__(self, store: EventStore) -> None:
         self._store = store
-        self._after = "0"
+        self._after = ["0"] * store.settings.partitions  # per partition
         self._users: dict[str, UserState] = {}
         self._index: dict[str, UserState] = {}
         self._lock = asyncio.Lock()
@@ -53,15 +55,17 @@ class Directory:
         """Fold the user events appended since the last catch-up."""
         async with self._lock:
             changed = False
-            while True:
-                entries = await self._store.read_log_entries(after=self._after, count=_PAGE)
-                for raw_position, fields in entries:
-                    if fields.get(codec.KIND, b"").partition(b"@")[0] in _USER_KINDS:
-                        changed |= self._fold(raw_position.decode(), fields)
-                if entries:
-                    self._after = entries[-1][0].decode()
-                if len(entries) < _PAGE:
-                    break
+            for partition in range(len(self._after)):
+                while True:
+                    after = self._after[partition]
+                    entries = await self._store.read_log_entries(partition, after, _PAGE)
+                    for raw_position, fields in entries:
+                        if fields.get(codec.KIND, b"").partition(b"@")[0] in _USER_KINDS:
+                            changed |= self._fold(raw_position.decode(), fields)
+                    if entries:
+                        self._after[partition] = entries[-1][0].decode()
+                    if len(entries) < _PAGE:
+                        break
             if changed:
                 self._index = key_index(self._users.values())
 

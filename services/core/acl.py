@@ -163,12 +163,15 @@ RULES: dict[str, Rule] = {
             _CONSUME,
             _ALIVE,
             ("xinfo|consumers", "xgroup|delconsumer", "exists", "time", "function|load"),
+            ("incr",),  # its term (services.scheduler.fences)
         ),
         both=(
             *_APPENDING,
             _history("run"),
             _history("node"),
             keys.scheduler_lease(ANY),
+            keys.scheduler_term(),
+            keys.log_partitions(),
             _alive(SCHEDULER),
         ),
         reads=(keys.heartbeat(ANY), _ARCHIVED),
@@ -187,7 +190,7 @@ RULES: dict[str, Rule] = {
             ("xrevrange",),  # the log's newest entry: the projections' lag (their metrics)
         ),
         both=(_LOG, _PROJECTIONS, _alive(PROJECTOR)),
-        reads=(_ARCHIVED,),
+        reads=(_ARCHIVED, keys.log_partitions()),
         writes=(keys.dead_letter_stream(PROJECTOR),),
     ),
     # Run output: the ingest stream and every rank's lines, their archive queue and requests

@@ -5,6 +5,10 @@ Layout of an archive directory (``RUNPLANE_EVENT_ARCHIVE``)::
 
     manifest.json                             the segments, in log order (rewritten atomically)
     day=2026-12-05/<first>_<last>.parquet     one segment: entries of one day (UTC, log time)
+    partition=1/manifest.json ...             each other partition's archive, laid out the same
+
+Each partition of the log is archived on its own (``partition_root``): its own manifest,
+segments, lock and pointer; partition 0's is the directory itself, as with one partition.
 
 The Parquet side is ``services.core.segments``, imported only when a segment is written or
 read: every service reads the log through this module, and pyarrow would cost each tens of MiB.
@@ -161,7 +165,9 @@ class Archive:
         """Delete segment files the manifest does not list (a crash's leftovers)."""
         listed = {self.root / s.path for s in self.manifest().segments}
         gone = []
-        for path in [*self.root.glob("day=*/*.parquet"), *self.root.glob("**/.*.tmp")]:
+        # Temporary files lie beside what they become (never in another partition's archive).
+        leftovers = [*self.root.glob("day=*/.*.tmp"), *self.root.glob(".*.tmp")]
+        for path in [*self.root.glob("day=*/*.parquet"), *leftovers]:
             if path not in listed:
                 path.unlink()
                 gone.append(path)
@@ -190,6 +196,11 @@ class Archive:
         positions, entries = segments.read(self.root / segment.path)
         self._cached = (segment.path, positions, entries)
         return positions, entries
+
+
+def partition_root(root: Path, partition: int) -> Path:
+    """The archive of one partition of the log in the archive directory ``root``."""
+    return root if partition == 0 else root / f"partition={partition}"
 
 
 def aggregate_of(position: str, flat: list[bytes]) -> str:
@@ -231,7 +242,8 @@ async def set_pointer(client: aioredis.Redis, partition: int, value: Pointer) ->
 class ArchivedLog:
     """One partition's global log, archive and stream as one: a ``projections.runner.LogReader``.
 
-    ``root`` names the archive's directory as this host sees it; None takes the pointer's.
+    ``root`` names the partition's archive directory (``partition_root``) as this host sees it;
+    None takes the pointer's.
     """
 
     def __init__(

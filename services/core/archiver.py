@@ -8,6 +8,9 @@ One pass (``archive_log``):
    (UTC, log time), each written atomically and then listed in the manifest;
 4. the server's pointer set to the manifest's last position, then the stream trimmed up to it.
 
+Each partition of the log is archived on its own, one after another (``archive_partitions``),
+to its own archive in the directory (``services.core.archive.partition_root``).
+
 A kill -9 anywhere loses nothing and duplicates nothing: a segment written but not listed is
 deleted and written again; a listed one is never written again (the next pass starts after
 it); the pointer and the trim go to the manifest's last position, whatever that pass archived.
@@ -30,6 +33,7 @@ from pydantic import Field
 
 from events import keys
 from projections import catalog
+from projections.base import parse_checkpoint
 from services.core.archive import (
     ZERO,
     Archive,
@@ -42,6 +46,7 @@ from services.core.archive import (
     before,
     day_of,
     parse,
+    partition_root,
     pointer,
     set_pointer,
     show,
@@ -115,8 +120,32 @@ async def safe_point(client: aioredis.Redis, partition: int, cutoff_ms: int) -> 
         if active is None:
             continue
         checkpoint = await client.get(keys.projection_checkpoint(name, _text(active)))
-        bounds.append(Bound(parse(_text(checkpoint)) if checkpoint else ZERO, f"projection {name}"))
+        stood = parse_checkpoint(_text(checkpoint)) if checkpoint else ()
+        at = stood[partition] if partition < len(stood) else ZERO
+        bounds.append(Bound(at, f"projection {name}"))
     return min(bounds, key=lambda b: b.position)
+
+
+async def archive_partitions(
+    client: aioredis.Redis, root: Path, *, cutoff_ms: int, partitions: int
+) -> Archived:
+    """``archive_log`` of every partition, each to its archive in ``root``; what they moved,
+    together (``upto``: each partition's, comma-separated)."""
+    done = [
+        await archive_log(
+            client, Archive(partition_root(root, p)), cutoff_ms=cutoff_ms, partition=p
+        )
+        for p in range(partitions)
+    ]
+    held = [d.held_by for d in done if d.held_by != CUT_OFF]
+    return Archived(
+        events=sum(d.events for d in done),
+        runs=sum(d.runs for d in done),  # a run's events are all on one partition
+        segments=sum(d.segments for d in done),
+        trimmed=sum(d.trimmed for d in done),
+        upto=",".join(d.upto for d in done),
+        held_by=held[0] if held else CUT_OFF,
+    )
 
 
 async def archive_log(

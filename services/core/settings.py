@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NamedTuple, Self, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.core.passwords import PasswordFileError, read_password
@@ -59,7 +59,11 @@ class Settings(BaseSettings):
     partitions: int = Field(
         default=1,
         ge=1,
-        description="Partitions of the global log (only 1 for now: docs/scale.md).",
+        le=1024,
+        description="Partitions of the global log (docs/scale.md): on a Valkey Cluster they "
+        "spread over its shards. Never change it for an existing log: a run's partition is a "
+        "hash of its id modulo this number, and the services refuse to start on a log created "
+        "with another.",
     )
     idempotency_ttl_s: int = Field(
         default=7 * 24 * 3600, ge=60, description="How long a retried append is recognised."
@@ -93,18 +97,6 @@ class Settings(BaseSettings):
         description="The address metrics_port listens on (0.0.0.0: every interface).",
     )
 
-    @field_validator("partitions")
-    @classmethod
-    def _one_partition(cls, value: int) -> int:
-        # The key layout and most consumers take P partitions, but the projector reads
-        # partition 0 only: with more, runs would be missing from every listing and report.
-        if value != 1:
-            raise ValueError(
-                "more than 1 partition is not supported yet (the projector reads partition 0 "
-                "only); unset RUNPLANE_PARTITIONS"
-            )
-        return value
-
     @model_validator(mode="after")
     def _one_password(self) -> Self:
         if self.redis_password_file is not None and urlsplit(self.redis_url).password:
@@ -122,9 +114,9 @@ class Settings(BaseSettings):
         return Auth(self.redis_username, read_password(self.redis_password_file))
 
     def redis_env(self) -> dict[str, str]:
-        """The variables that give a child process this process's server and login (the
-        password's file, never the password)."""
-        env = {"RUNPLANE_REDIS_URL": self.redis_url}
+        """The variables that give a child process this process's server, its log's partitions
+        and login (the password's file, never the password)."""
+        env = {"RUNPLANE_REDIS_URL": self.redis_url, "RUNPLANE_PARTITIONS": str(self.partitions)}
         if self.redis_cluster:
             env["RUNPLANE_REDIS_CLUSTER"] = "true"
         if self.redis_username is not None:

@@ -26,6 +26,7 @@ from events import keys
 from projections.catalog import make_all
 from projections.errors import Superseded
 from projections.storage import RedisStore
+from services.core import partitions
 from services.core.aio import stop_on_signals, wait_event
 from services.core.archive import ArchivedLog
 from services.core.client import connect_with
@@ -45,10 +46,15 @@ def build_projector(
 ) -> Projector:
     """The projector of every projection, on ``client`` (bytes replies); its commits are taken
     only while ``fence`` (lease key, token) holds."""
+    group, consumer, each = (
+        settings.projector_group,
+        settings.projector_consumer,
+        range(settings.partitions),
+    )
     return Projector(
         RedisStore(client, fence),
-        ArchivedLog(client),
-        RedisGroup(client, settings.projector_group, settings.projector_consumer),
+        [ArchivedLog(client, p) for p in each],
+        [RedisGroup(client, group, consumer, p) for p in each],
         make_all,
         batch=settings.projector_batch,
         page=settings.projector_page,
@@ -62,7 +68,8 @@ async def serve(settings: ProjectorSettings, stop: asyncio.Event) -> None:
     """Stand by until this instance holds the projector lease, then project until ``stop`` is
     set or the lease is lost (then stand by again); after a failure, start again."""
     client = connect_with(settings)
-    export_lag(client)  # standing by too: the lag is read from the store, not this one's memory
+    # Standing by too: the lag is read from the store, not this one's memory.
+    export_lag(client, settings.partitions)
     token = f"{settings.projector_consumer}/{uuid.uuid4().hex[:8]}"
     lease = Lease(client, keys.projector_lease(), token, settings.projector_lease_ttl_ms)
     try:
@@ -101,6 +108,7 @@ async def _term(
     settings: ProjectorSettings, client: aioredis.Redis, lease: Lease, stop: asyncio.Event
 ) -> None:
     """One term as the active projector: until ``stop``, or the lease is lost (raises)."""
+    await partitions.check(client, settings.partitions)
     projector = build_projector(settings, client, (lease.key, lease.token))
     async with asyncio.TaskGroup() as tasks:
         keeper = tasks.create_task(lease.keep())

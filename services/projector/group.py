@@ -1,4 +1,5 @@
-"""The projector's consumer group on the global log: read, claim, acknowledge, advance."""
+"""The projector's consumer group on one partition's global stream: read, claim, acknowledge,
+advance (the projector has one per partition, each on its own stream: no command names two)."""
 
 from __future__ import annotations
 
@@ -37,11 +38,12 @@ class RedisGroup:
         await ensure_group(self.redis, self.stream, self.group)
 
     async def read(self, count: int, block_ms: int) -> Sequence[Entry]:
-        """New entries for this consumer (waiting up to ``block_ms`` for the first)."""
+        """New entries for this consumer (waiting up to ``block_ms`` for the first; 0: not)."""
+        block = block_ms if block_ms > 0 else None  # the server's BLOCK 0 waits forever
         reply = cast(
             list[tuple[bytes, Any]],
             await self.redis.xreadgroup(
-                self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+                self.group, self.consumer, {self.stream: ">"}, count=count, block=block
             ),
         )
         found: list[Entry] = []

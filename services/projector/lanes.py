@@ -108,9 +108,8 @@ async def _rebuild(
 ) -> dict[str, str]:
     client = connect_with(settings)
     try:
-        return await rebuild(
-            client, names, now_ms=now_ms, switch=switch, reader=ArchivedLog(client)
-        )
+        readers = [ArchivedLog(client, p) for p in range(settings.partitions)]
+        return await rebuild(client, names, now_ms=now_ms, switch=switch, reader=readers)
     finally:
         await client.aclose()
 

@@ -1,10 +1,11 @@
 """The projector's metrics: how far each projection is behind the log, in log time.
 
-``runplane_projection_lag_seconds{projection}``: the log time of the newest entry on the global
-log minus the log time of the entry the projection's active build has checkpointed (what its
-readers read is current up to there), 0 when it stands at the newest entry. Log time is the
-millisecond part of an entry's position, which the server stamps as it appends. A projection
-with no build yet, or one that has stored nothing, counts from the log's first entry: it is
+``runplane_projection_lag_seconds{projection}``: the log time of the newest entry on a
+partition's global stream minus the log time of the entry of that partition the projection's
+active build has checkpointed (what its readers read is current up to there), 0 when it stands
+at the newest entry; the most of that over the partitions. Log time is the millisecond part of
+an entry's position, which the server stamps as it appends. A projection with no build yet, or
+one that has stored nothing of a partition, counts from that partition's first entry: it is
 behind by all of it.
 
 Asked of the server at each scrape (``services.core.metrics.refresh_with``), so every projector
@@ -21,7 +22,7 @@ import redis.asyncio as aioredis
 from prometheus_client import Gauge
 
 from events import keys
-from projections.base import ZERO, Position, parse_position
+from projections.base import ZERO, Position, parse_checkpoint, parse_position
 from projections.catalog import NAMES
 from services.core import metrics
 
@@ -53,25 +54,29 @@ async def _end(client: aioredis.Redis, stream: str, newest: bool) -> Position | 
 
 
 async def measure_lag(
-    client: aioredis.Redis, names: Sequence[str] = NAMES, partition: int = 0
+    client: aioredis.Redis, names: Sequence[str] = NAMES, partitions: int = 1
 ) -> None:
-    """Set each projection's lag from the server: the log's ends, the active builds and their
-    checkpoints."""
-    stream = keys.log_stream(partition)
-    newest = await _end(client, stream, newest=True)
-    if newest is None:  # an empty log: nothing to be behind
-        for name in names:
-            PROJECTION_LAG.labels(projection=name).set(0)
-        return
-    first = await _end(client, stream, newest=False) or newest
+    """Set each projection's lag from the server: each partition's ends, the active builds and
+    their checkpoints."""
+    ends: list[tuple[Position, Position] | None] = []
+    for partition in range(partitions):  # one stream at a time: each in its own slot
+        stream = keys.log_stream(partition)
+        newest = await _end(client, stream, newest=True)
+        first = await _end(client, stream, newest=False) if newest is not None else None
+        ends.append(None if newest is None else (newest, first or newest))
     found = await _get(client, [keys.projection_active(name) for name in names])
     builds = {name: active for name, active in zip(names, found, strict=True) if active}
     checkpoints = [keys.projection_checkpoint(name, active) for name, active in builds.items()]
     stored = dict(zip(builds, await _get(client, checkpoints), strict=True))
     for name in names:
         value = stored.get(name)
-        checkpoint = parse_position(value) if value else ZERO
-        PROJECTION_LAG.labels(projection=name).set(lag_seconds(newest, first, checkpoint))
+        checkpoint = parse_checkpoint(value) if value else ()
+        lag = 0.0
+        for partition, end in enumerate(ends):
+            if end is not None:  # an empty partition: nothing to be behind
+                at = checkpoint[partition] if partition < len(checkpoint) else ZERO
+                lag = max(lag, lag_seconds(end[0], end[1], at))
+        PROJECTION_LAG.labels(projection=name).set(lag)
 
 
 async def _get(client: aioredis.Redis, names: Sequence[str]) -> list[str | None]:
@@ -83,6 +88,7 @@ async def _get(client: aioredis.Redis, names: Sequence[str]) -> list[str | None]
     return [_text(value) for value in await pipe.execute()]
 
 
-def export_lag(client: aioredis.Redis, partition: int = 0) -> None:
-    """Have every scrape of this process set the projections' lag, asked of ``client``."""
-    metrics.refresh_with("projection-lag", partial(measure_lag, client, NAMES, partition))
+def export_lag(client: aioredis.Redis, partitions: int = 1) -> None:
+    """Have every scrape of this process set the projections' lag, asked of ``client`` (a log
+    of ``partitions``)."""
+    metrics.refresh_with("projection-lag", partial(measure_lag, client, NAMES, partitions))

@@ -1,5 +1,12 @@
 """The projector's loop: catch up, then follow the consumer group, one transaction per batch.
 
+The log has a global stream per partition, each with the projector's consumer group: the
+projector reads every partition's group (a batch of each in turn, waiting on one of them only
+when none had anything), folds what it read into one engine, stores it in one transaction and
+acknowledges each partition's entries on that partition's group. The checkpoints hold a
+position per partition, so every step below is per partition: the delivery point, the claim of
+pending entries, the dead letters.
+
 Entries that cannot be decoded are skipped by every fold and written to the group's dead
 letters (``events.keys.dead_letter_stream``) with the error, like every consumer's.
 
@@ -29,7 +36,7 @@ import structlog
 
 from projections.base import Projection
 from projections.errors import Superseded
-from projections.runner import BuildStore, Entry, LogReader, Retired, Runner
+from projections.runner import BuildStore, Entry, LogReader, Retired, Runner, each
 
 log = structlog.get_logger("services.projector")
 
@@ -54,8 +61,8 @@ class Projector:
     def __init__(
         self,
         store: BuildStore,
-        reader: LogReader,
-        group: GroupLog,
+        reader: LogReader | Sequence[LogReader],
+        group: GroupLog | Sequence[GroupLog],
         projections: Callable[[], list[Projection]],
         *,
         batch: int = 1000,
@@ -64,9 +71,12 @@ class Projector:
         claim_idle_ms: int = 30_000,
         retire_after_s: float = 60.0,
     ) -> None:
+        """``reader`` and ``group``: one per partition of the log, in partition order."""
         self.store = store
-        self.reader = reader
-        self.group = group
+        self.readers = each(reader)
+        self.groups = list(group) if isinstance(group, Sequence) else [group]
+        if len(self.groups) != len(self.readers):
+            raise ValueError("one reader and one group per partition")
         self.projections = projections
         self.batch = batch
         self.page = page
@@ -76,6 +86,7 @@ class Projector:
         self.runner: Runner | None = None
         self.retiring: list[tuple[float, Retired]] = []
         self._acking: asyncio.Future[None] | None = None
+        self._turn = 0  # the partition whose group a step waits on when none had anything
 
     async def start(self) -> None:
         with contextlib.suppress(Exception):  # a failed ack is a redelivery: the guard skips it
@@ -83,7 +94,7 @@ class Projector:
         previous = self.runner
         runner = Runner(
             self.store,
-            self.reader,
+            self.readers,
             self.projections(),
             page=self.page,
             commit_every=self.commit_every,
@@ -101,19 +112,31 @@ class Projector:
             ]
         due = time.monotonic() + self.retire_after_s
         self.retiring += [(due, retired) for retired in left]
-        await self.group.ensure()
+        for group in self.groups:
+            await group.ensure()
         await self._dead_letters()
-        await self.group.advance(_text(runner.engine.applied))
+        for group, position in zip(self.groups, runner.engine.applied, strict=True):
+            await group.advance(_text(position))
         await self.reap(0)
 
     async def step(self, block_ms: int) -> int:
-        """Fold, store and acknowledge one batch of new entries; how many there were."""
-        entries = await self.group.read(self.batch, block_ms)
-        if entries:
-            await self._process(entries)
+        """Fold, store and acknowledge one batch of new entries of every partition; how many
+        there were. Waits up to ``block_ms`` on one partition (each in turn) if none had any."""
+        read: list[tuple[int, Sequence[Entry]]] = []
+        for partition, group in enumerate(self.groups):
+            entries = await group.read(self.batch, 0) if len(self.groups) > 1 else ()
+            if entries:
+                read.append((partition, entries))
+        if not read:
+            self._turn = (self._turn + 1) % len(self.groups)
+            entries = await self.groups[self._turn].read(self.batch, block_ms)
+            if entries:
+                read.append((self._turn, entries))
+        if read:
+            await self._process(read)
         else:
             await self.flush()
-        return len(entries)
+        return sum(len(entries) for _, entries in read)
 
     async def flush(self) -> None:
         """Wait for the last acknowledgement to be sent."""
@@ -123,31 +146,40 @@ class Projector:
 
     async def reap(self, min_idle_ms: int) -> int:
         """Take over entries pending for ``min_idle_ms`` (of dead consumers); fold and ack."""
-        start, taken = "0-0", 0
-        while True:
-            start, entries = await self.group.claim(min_idle_ms, start, self.batch)
-            if entries:
-                await self._process(entries)
-                taken += len(entries)
-            if start in ("0-0", "0") or not entries:
-                return taken
+        taken = 0
+        for partition, group in enumerate(self.groups):
+            start = "0-0"
+            while True:
+                start, entries = await group.claim(min_idle_ms, start, self.batch)
+                if entries:
+                    await self._process([(partition, entries)])
+                    taken += len(entries)
+                if start in ("0-0", "0") or not entries:
+                    break
+        return taken
 
-    async def _process(self, entries: Sequence[Entry]) -> None:
+    async def _process(self, read: Sequence[tuple[int, Sequence[Entry]]]) -> None:
+        """Fold what was read of each partition, store it in one transaction, then ack."""
         assert self.runner is not None, "start() first"
-        await self.runner.process(entries)
+        for partition, entries in read:
+            self.runner.fold(entries, partition)
+        await self.runner.commit()
         await self._dead_letters()
         # Acknowledged once stored; the next read need not wait for it (a lost ack is only a
         # redelivery, which the guard skips), but one ack at a time.
         await self.flush()
-        positions = [position for position, _ in entries]
-        self._acking = asyncio.ensure_future(self.group.ack(positions))
+        self._acking = asyncio.ensure_future(self._ack(read))
+
+    async def _ack(self, read: Sequence[tuple[int, Sequence[Entry]]]) -> None:
+        for partition, entries in read:
+            await self.groups[partition].ack([position for position, _ in entries])
 
     async def _dead_letters(self) -> None:
         """Entries nobody can decode go to the group's dead letters (once stored past)."""
         assert self.runner is not None
         engine = self.runner.engine
-        for position, fields, why in engine.undecodable:
-            await self.group.dead_letter(position, fields, why)
+        for partition, position, fields, why in engine.undecodable:
+            await self.groups[partition].dead_letter(position, fields, why)
         engine.undecodable.clear()
 
     async def retire_due(self, now: float) -> None:

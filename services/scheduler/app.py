@@ -6,9 +6,10 @@ the log, consumes the log (consumer group ``scheduler``) from there, and runs de
 soon as it loses the lease (renewal refused, or an append ``Fenced``).
 
 Invariants:
-- Every append carries the lease token as its fencing token and the version the decision was
-  made on: a deposed instance writes nothing, a decision on stale state loses the race (the run
-  is reloaded and decided again next round).
+- Every append carries its partition's fence (``services.scheduler.fences``: the lease token on
+  partition 0, the term's claim on the others) and the version the decision was made on: a
+  deposed instance writes nothing once its successor claimed the fences, a decision on stale
+  state loses the race (the run is reloaded and decided again next round).
 - A successful append is applied to the state at once, before the next round places anything,
   so a GPU is never given twice; the same events coming back through the log are skipped by
   their version. Before appending a placement its GPUs are checked free once more.
@@ -37,13 +38,14 @@ from events.codec import Recorded
 from events.errors import IllegalTransition
 from events.lifecycle import copy_state, evolve
 from events.model import AnyEvent, AttemptScheduled, NodeEvent, RunEvent, tag_of
+from services.core import partitions
 from services.core.aio import wait_event
 from services.core.client import disconnect
 from services.core.consumer import LogConsumer
 from services.core.errors import Fenced, StoreError, VersionConflict
 from services.core.lease import Lease, LeaseLost
-from services.core.store import EventStore, Fence
-from services.scheduler import metrics
+from services.core.store import EventStore
+from services.scheduler import fences, metrics
 from services.scheduler.cluster import Applied, ClusterState
 from services.scheduler.decision import Decision
 from services.scheduler.round import decide, shared_outage
@@ -70,7 +72,6 @@ class Scheduler:
         self.lease = Lease(
             self.store.redis, keys.scheduler_lease(), self.token, settings.lease_ttl_ms
         )
-        self.fence = Fence(keys.scheduler_lease(), self.token)
         self.broker_started = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -140,6 +141,7 @@ class Session:
         self.wake = asyncio.Event()
         self.subscribers: list[Any] = []
         self.consumer = f"{self.settings.scheduler_id}-{scheduler.token[:8]}"
+        self.fences: fences.Fences | None = None
 
     async def serve(self) -> None:
         metrics.CLUSTER.state = self.state  # the gauges read the active term's view
@@ -149,6 +151,12 @@ class Session:
                 # The scheduler is the one user that may load the append function
                 # (services.core.acl): the other writers wait for it on a server without it.
                 await self.store.load_function()
+                await partitions.check(self.store.redis, self.settings.partitions, record=True)
+                # Before the replay: what a deposed instance appended is in the log by then.
+                self.fences = await fences.claim(
+                    self.store.redis, self.scheduler.token, self.settings.partitions
+                )
+                log.info("scheduler.term", term=self.fences.term)
                 await self.rebuild()
                 await self.consume()
                 tasks.create_task(self.decide_forever())
@@ -305,11 +313,12 @@ class Session:
     async def append(self, decision: Decision) -> bool:
         if not self.still_valid(decision):
             return False
+        assert self.fences is not None, "serve() claims the fences first"
         try:
             appended = await self.store.append(
                 decision.events,
                 expected_version=decision.expected_version,
-                fence=self.scheduler.fence,
+                fence=self.fences.of(decision.aggregate),
             )
         except VersionConflict:
             await self.reload(decision.aggregate)  # somebody else wrote: decide again

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cli.stack import LocalStack, StackConfig
 from events import commands, keys
+from events.codec import Recorded
 from events.lifecycle import RunState
 from events.model import AttemptScheduled, NodeRegistered
 from events.spec import Compute, RunSpec, Scheduling
@@ -104,7 +105,7 @@ class Driver:
     def __init__(self, store: EventStore, stack: LocalStack) -> None:
         self.store = store
         self.stack = stack
-        self._last_seen = "0"
+        self._last_seen = ["0"] * store.settings.partitions  # per partition
         self.submitted: list[str] = []
 
     async def submit(self, run_spec: RunSpec, user: str = USER) -> str:
@@ -155,7 +156,13 @@ class Driver:
 
     async def registrations(self) -> list[NodeRegistered]:
         """Every ``node.registered`` in the log, in order (an agent registers at each start)."""
-        return [r.event async for r in self.store.replay() if isinstance(r.event, NodeRegistered)]
+        return [r.event async for r in self.replay() if isinstance(r.event, NodeRegistered)]
+
+    async def replay(self) -> AsyncIterator[Recorded]:
+        """Every event of the log: each partition's in its order, one partition after another."""
+        for partition in range(self.store.settings.partitions):
+            async for record in self.store.replay(partition):
+                yield record
 
     async def output(self, run_id: str, attempt: int = 0, rank: int = 0) -> list[str]:
         """The lines the rank has printed so far (stdout and stderr), live or archived."""
@@ -164,30 +171,36 @@ class Driver:
         return [line.text for line in lines]
 
     async def settled(self, group: str) -> None:
-        """Wait until consumer group ``group`` has taken and acknowledged the whole log (a
-        node-agent's, ``agent:<node>``: the whole of its inbox, where the log's events for it
-        are copied as they are appended)."""
+        """Wait until consumer group ``group`` has taken and acknowledged the whole log, every
+        partition's (a node-agent's, ``agent:<node>``: the whole of its inboxes, where the log's
+        events for it are copied as they are appended)."""
         node = group.removeprefix("agent:") if group.startswith("agent:") else None
-        stream = keys.log_stream(0) if node is None else keys.inbox(node, 0)
 
-        async def caught_up() -> bool:
+        async def caught_up(partition: int) -> bool:
+            stream = keys.log_stream(partition) if node is None else keys.inbox(node, partition)
             if node is None:
-                end = await self.store.read_log(after=self._last_seen, count=1_000_000)
+                after = self._last_seen[partition]
+                end = await self.store.read_log(partition, after=after, count=1_000_000)
                 if end:
-                    self._last_seen = end[-1].position
-                newest = self._last_seen
+                    self._last_seen[partition] = end[-1].position
+                newest = self._last_seen[partition]
+            elif not await self.store.redis.exists(stream):
+                return True  # nothing was ever told to this node from this partition
             else:
                 newest = (await self.store.redis.xinfo_stream(stream))["last-generated-id"].decode()
-            for info in await self.store.redis.xinfo_groups(stream):
+            for info in await self.store.redis.xinfo_groups(stream) if newest != "0" else []:
                 if info["name"].decode() == group:
                     delivered = info["last-delivered-id"].decode()
                     return bool(info["pending"] == 0 and delivered == newest)
-            return False
+            return newest == "0"  # an empty partition: nothing to catch up with
 
-        await eventually(caught_up, what=f"group {group} to catch up with the log")
+        async def every_partition() -> bool:
+            return all([await caught_up(p) for p in range(self.store.settings.partitions)])
+
+        await eventually(every_partition, what=f"group {group} to catch up with the log")
 
     async def placements(self) -> list[AttemptScheduled]:
-        return [r.event async for r in self.store.replay() if isinstance(r.event, AttemptScheduled)]
+        return [r.event async for r in self.replay() if isinstance(r.event, AttemptScheduled)]
 
 
 def gpu_overlaps(

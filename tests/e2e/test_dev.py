@@ -96,7 +96,8 @@ async def registrations(stack: LocalStack, node: str) -> int:
 async def whole_log(stack: LocalStack) -> list[Recorded]:
     store = operator_store(stack)
     try:
-        return await store.read_log(count=1_000_000)
+        partitions = range(store.settings.partitions)
+        return [r for p in partitions for r in await store.read_log(p, count=1_000_000)]
     finally:
         await store.close()
 

@@ -147,7 +147,7 @@ async def test_valkey_down_longer_than_the_node_timeout_stops_no_run(
         state = await driver.run(run_id)
         assert (state.latest.index, state.status) == (0, S.RUNNING)
     assert all(set(beats(path)) == {0} for path in paths)
-    assert not [r async for r in driver.store.replay() if isinstance(r.event, NodeLost)]
+    assert not [r async for r in driver.replay() if isinstance(r.event, NodeLost)]
 
 
 @contextlib.asynccontextmanager
@@ -229,7 +229,7 @@ async def test_every_agent_cut_off_while_the_scheduler_is_not_declares_no_node_l
         for run_id, _ in runs:
             state = await driver.run(run_id)
             assert (state.latest.index, state.status) == (0, S.RUNNING)
-        assert not [r async for r in driver.store.replay() if isinstance(r.event, NodeLost)]
+        assert not [r async for r in driver.replay() if isinstance(r.event, NodeLost)]
 
 
 @pytest.fixture
@@ -270,6 +270,6 @@ async def test_with_fence_on_disconnect_a_valkey_outage_fences_every_run_and_ret
                 assert old.reason is not None
                 assert (old.reason.category, old.reason.code) == ("system", "NodeFenced")
                 assert beats(path)[0] == before
-            assert not [r async for r in driver.store.replay() if isinstance(r.event, NodeLost)]
+            assert not [r async for r in driver.replay() if isinstance(r.event, NodeLost)]
         finally:
             await driver.stop_all()

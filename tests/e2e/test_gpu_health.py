@@ -90,7 +90,7 @@ async def test_an_xid_fails_the_attempt_and_the_retry_avoids_the_gpu(
     assert failed.reason.message == f"Xid 79 on GPU {bad} ({fake.gpu(bad)['uuid']})"
     assert str(failed.reason) == f"GpuFailure: Xid 79 on GPU {bad} ({fake.gpu(bad)['uuid']})"
     assert bad not in retried.latest.ranks[0].gpus
-    reports = [r.event async for r in driver.store.replay() if isinstance(r.event, NodeGpuFailed)]
+    reports = [r.event async for r in driver.replay() if isinstance(r.event, NodeGpuFailed)]
     assert [(e.gpu, e.error) for e in reports] == [(bad, "Xid 79")]
 
     # `mcli util` counts it apart: neither available nor cordoned.
@@ -132,7 +132,7 @@ async def test_usage_is_exported_summarised_described_and_billed(
     run_id = await driver.submit(spec("sleep 2", gpus=2, name="busy"), user=USER)  # mcli's
     state = await driver.wait_for(run_id, S.COMPLETED, within=60)
     [rank] = state.latest.ranks
-    exits = [r.event async for r in driver.store.replay() if isinstance(r.event, RankExited)]
+    exits = [r.event async for r in driver.replay() if isinstance(r.event, RankExited)]
     [exit_] = [e for e in exits if e.run_id == run_id]
     assert exit_.gpu_utilization == 73
     assert exit_.gpu_memory_peak_mib == 2048 * (max(rank.gpus) + 1)

@@ -76,7 +76,7 @@ def by_label(samples: Samples, name: str, label: str) -> Counter[str]:
 
 
 async def log_of(driver: Driver) -> list[Recorded]:
-    return [record async for record in driver.store.replay()]
+    return [record async for record in driver.replay()]
 
 
 async def test_every_service_s_metrics_agree_with_the_log_and_the_runs(

@@ -46,7 +46,7 @@ async def test_utilization_is_above_zero_during_a_matmul_loop(
     assert await eventually(busy, what="the gauge to show the GPU busy", within=60) > 0
     ended = await driver.wait_for(run_id, *ENDED, within=180)
     assert ended.status is RunStatus.COMPLETED, await driver.output(run_id)
-    exits = [r.event async for r in driver.store.replay() if isinstance(r.event, RankExited)]
+    exits = [r.event async for r in driver.replay() if isinstance(r.event, RankExited)]
     [exit_] = [e for e in exits if e.run_id == run_id]
     assert exit_.gpu_utilization is not None
     assert exit_.gpu_utilization > 0

@@ -33,6 +33,7 @@ from services.core.archive import (
     ArchiveMissing,
     day_of,
     parse,
+    partition_root,
     pointer,
 )
 from services.core.archiver import (
@@ -42,6 +43,7 @@ from services.core.archiver import (
     WRITTEN,
     ArchiveMoved,
     archive_log,
+    archive_partitions,
 )
 from services.core.client import connect
 from services.core.settings import Settings
@@ -373,3 +375,36 @@ async def test_reports_read_the_listed_segments_as_one_dataset_by_day(
     assert table["position"].to_pylist() == [r.position for r in before]
     assert set(table["day"].to_pylist()) == {day_of(parse(r.position)) for r in before}
     assert table["aggregate"].to_pylist() == [r.event.aggregate for r in before]
+
+
+async def test_every_partition_is_archived_to_its_own_archive_and_read_back_whole(
+    redis: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    partitions = 3
+    store = EventStore(connect(redis_url), Settings(redis_url=redis_url, partitions=partitions))
+    try:
+        await a_log(store)
+        before = [[r async for r in store.replay(p)] for p in range(partitions)]
+        assert all(before), "every partition has events"
+        done = await archive_partitions(
+            redis, tmp_path, cutoff_ms=EVERYTHING, partitions=partitions
+        )
+        assert done.events == sum(map(len, before))
+        assert done.trimmed == done.events
+        for p in range(partitions):
+            assert await redis.xlen(keys.log_stream(p)) == 0
+            found = await pointer(redis, p)
+            assert found is not None
+            assert found.dir == str(partition_root(tmp_path, p).resolve())
+            assert [r.position async for r in store.replay(p)] == [r.position for r in before[p]]
+        fresh = EventStore(connect(redis_url), Settings(redis_url=redis_url, partitions=partitions))
+        try:  # a new reader (its own archive readers) reads each partition whole
+            assert [[r async for r in fresh.replay(p)] for p in range(partitions)] == before
+        finally:
+            await fresh.close()
+        again = await archive_partitions(
+            redis, tmp_path, cutoff_ms=EVERYTHING, partitions=partitions
+        )
+        assert (again.events, again.trimmed) == (0, 0)  # a second pass is harmless
+    finally:
+        await store.close()

@@ -130,17 +130,20 @@ class Agents:
                 await self._task
 
     async def _react(self) -> None:
-        stream = keys.log_stream(0)
-        last = "0"
+        """Follow every partition's log (one server here: one XREAD of them all)."""
+        last: dict[bytes | str | memoryview, int | bytes | str | memoryview] = {
+            keys.log_stream(p): "0" for p in range(self.store.settings.partitions)
+        }
         while True:
             reply = cast(
                 list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
-                await self.store.redis.xread({stream: last}, count=200, block=100),
+                await self.store.redis.xread(last, count=200, block=100),
             )
-            for _, entries in reply or []:
+            for stream, entries in reply or []:
                 for raw_position, fields in entries:
-                    last = raw_position.decode()
-                    event = codec.decode(last, fields)
+                    position = raw_position.decode()
+                    last[stream.decode()] = position
+                    event = codec.decode(position, fields)
                     if isinstance(event, AttemptScheduled):
                         self.placed.append(event)
                         for rank in event.ranks:

@@ -22,6 +22,7 @@ def test_the_password_is_read_from_its_file_when_connecting(tmp_path: Path) -> N
     assert "s3cret" not in repr(settings) + repr(settings.redis_auth())
     assert settings.redis_env() == {
         "RUNPLANE_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "RUNPLANE_PARTITIONS": "1",
         "RUNPLANE_REDIS_USERNAME": "scheduler",
         "RUNPLANE_REDIS_PASSWORD_FILE": str(path),
     }

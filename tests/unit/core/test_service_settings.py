@@ -20,7 +20,7 @@ SERVICES = {
 @pytest.mark.parametrize("module", sorted(SERVICES))
 def test_bad_settings_end_the_service_with_one_line_and_exit_2(module: str) -> None:
     env = os.environ | {
-        "RUNPLANE_PARTITIONS": "2",
+        "RUNPLANE_PARTITIONS": "0",
         "RUNPLANE_REDIS_URL": "redis://127.0.0.1:1/0",  # never reached
     }
     done = subprocess.run(
@@ -35,5 +35,5 @@ def test_bad_settings_end_the_service_with_one_line_and_exit_2(module: str) -> N
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"{SERVICES[module]}: invalid settings: RUNPLANE_PARTITIONS: ")
-    assert "not supported yet" in lines[0]
+    assert "greater than or equal to 1" in lines[0]
     assert "Traceback" not in done.stderr

@@ -12,7 +12,7 @@ import random
 from collections.abc import Mapping, Sequence
 
 from events import keys
-from projections.base import ZERO, Position, parse_position
+from projections.base import ZERO, Position, Positions, parse_checkpoint, parse_position
 from projections.engine import Batch, Fields
 from projections.errors import Superseded
 from projections.runner import Entry
@@ -47,9 +47,9 @@ class FakeStore:
     async def active(self, name: str) -> str | None:
         return self.strings.get(keys.projection_active(name))
 
-    async def checkpoint(self, name: str, namespace: str) -> Position:
+    async def checkpoint(self, name: str, namespace: str) -> Positions:
         value = self.strings.get(keys.projection_checkpoint(name, namespace))
-        return ZERO if value is None else parse_position(value)
+        return (ZERO,) if value is None else parse_checkpoint(value)
 
     async def commit(self, batch: Batch) -> None:
         if self.chaos:

@@ -42,7 +42,7 @@ def test_a_build_moves_past_what_its_fold_does_not_take(shape: str) -> None:
     engine = Engine([Build(BillingProjection(), "v1")])
     for position, fields in entries:
         engine.feed_entry(position, fields if shape == "mapping" else flat(fields))
-    assert engine.applied == tuple(int(p) for p in entries[-1][0].split("-"))
+    assert engine.applied == (tuple(int(p) for p in entries[-1][0].split("-")),)
     batch = engine.batch()
     assert batch is not None
     assert batch.parts[0].checkpoint == entries[-1][0]
@@ -53,13 +53,13 @@ def test_an_entry_no_fold_takes_is_not_decoded_one_some_fold_takes_is() -> None:
     billing = Engine([Build(BillingProjection(), "v1")])
     billing.feed_entry("5-0", broken)
     assert billing.undecodable == []  # billing takes no image pulls: never decoded
-    assert billing.applied == (5, 0)
+    assert billing.applied == ((5, 0),)
     audit = Engine([Build(AuditProjection(), "v1")])
     audit.feed_entry("5-0", [*broken[:1], b"run.stop_requested@1", *broken[2:]])
-    assert [(position, why[:11]) for position, _, why in audit.undecodable] == [
+    assert [(position, why[:11]) for _, position, _, why in audit.undecodable] == [
         ("5-0", "broken JSON")
     ]
-    assert audit.applied == (5, 0)
+    assert audit.applied == ((5, 0),)
 
 
 def test_folds_sharing_an_engine_store_what_each_stores_alone() -> None:
