@@ -19,12 +19,16 @@ NODES = 4
 
 @pytest.fixture
 def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalStack]:
-    shards, replicas = SHAPES[getattr(request, "param", "one-server")]
+    shards, replicas, partitions = SHAPES[getattr(request, "param", "one-server")]
     config = StackConfig(
         nodes=NODES,
         gpus_per_node=8,
         grace_period_s=2.0,
-        extra_env={"RUNPLANE_NODE_TIMEOUT_S": "3", "RUNPLANE_HEARTBEAT_TTL_S": "3"},
+        extra_env={
+            "RUNPLANE_NODE_TIMEOUT_S": "3",
+            "RUNPLANE_HEARTBEAT_TTL_S": "3",
+            **({"RUNPLANE_PARTITIONS": str(partitions)} if partitions > 1 else {}),
+        },
         shards=shards,
         replicas=replicas,
     )

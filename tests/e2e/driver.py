@@ -53,8 +53,12 @@ def spec(
 
 #: The log's servers a stack may run on; a module runs on a shape other than one server with
 #: ``pytest.mark.parametrize("stack", [...], indirect=True)``.
-#: Each is (shards, replicas) of ``StackConfig``.
-SHAPES: dict[str, tuple[int | None, int]] = {"one-server": (None, 0), "cluster": (3, 1)}
+#: Each is (shards, replicas) of ``StackConfig`` and the log's partitions: on the cluster,
+#: four, whose slots fall on all three shards.
+SHAPES: dict[str, tuple[int | None, int, int]] = {
+    "one-server": (None, 0, 1),
+    "cluster": (3, 1, 4),
+}
 
 
 @contextlib.contextmanager
