@@ -221,6 +221,13 @@ class LocalStack:
         """Start the supervisor of a new stack; return once it has started every process."""
         if LocalStack.find(self.state_dir) is not None:
             raise StackError(f"a local stack is already running in {self.state_dir}")
+        kept = kept_partitions(self.state_dir)
+        if kept is not None and kept != config.partitions:
+            raise StackError(
+                f"the log kept in {self.state_dir} has {kept} partitions, and a log's partitions "
+                f"never change: start it with `mcli dev up --partitions {kept}`, or remove "
+                f"{self.state_dir} (its data) for another number"
+            )
         self.config = config
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)  # the stack's secrets, logs and nodes: its user's alone
@@ -354,31 +361,31 @@ class LocalStack:
         """How the CLI, the benchmarks and the tests reach the stack's server (at ``url``, by
         default the one ``stack.json`` names): as its operator."""
         user, password_file = operator_login(self.state_dir)
-        settings = Settings(
+        return Settings(
             redis_url=url or self.url,
             redis_username=user,
             redis_password_file=password_file,
-            **self._cluster_settings(),
+            **self._log_settings(),
         )
-        # The stack's services may have been given their log's partitions apart (tests).
-        if (partitions := self.config.extra_env.get("RUNPLANE_PARTITIONS")) is not None:
-            settings = settings.model_copy(update={"partitions": int(partitions)})
-        return settings
 
-    def _cluster_settings(self) -> dict[str, Any]:
-        """On a cluster, the settings that say so (``RUNPLANE_REDIS_CLUSTER``,
-        ``RUNPLANE_APPEND_REPLICAS``); nothing on one server."""
-        if not self.config.is_cluster:
-            return {}
-        return {"redis_cluster": True, "append_replicas": self.config.append_replicas}
+    def _log_settings(self) -> dict[str, Any]:
+        """The settings of the log's layout that are not the defaults: on a cluster,
+        ``RUNPLANE_REDIS_CLUSTER`` and ``RUNPLANE_APPEND_REPLICAS``; ``RUNPLANE_PARTITIONS``."""
+        config = self.config
+        found: dict[str, Any] = {}
+        if config.is_cluster:
+            found |= {"redis_cluster": True, "append_replicas": config.append_replicas}
+        if config.partitions != 1:
+            found["partitions"] = config.partitions
+        return found
 
-    def _cluster_env(self) -> dict[str, str]:
+    def _log_env(self) -> dict[str, str]:
         """The same, as every service's variables."""
         return {
             f"RUNPLANE_{name.upper()}": str(value).lower()
             if isinstance(value, bool)
             else str(value)
-            for name, value in self._cluster_settings().items()
+            for name, value in self._log_settings().items()
         }
 
     def _login(self, user: str) -> dict[str, str]:
@@ -444,7 +451,7 @@ class LocalStack:
         for spec, port in zip(specs, ports, strict=True):
             spec.metrics_port = port
             spec.env |= {"RUNPLANE_METRICS_HOST": HOST, "RUNPLANE_METRICS_PORT": str(port)}
-            spec.env |= self._cluster_env()
+            spec.env |= self._log_env()
         return specs
 
     def _wait_started(self, supervisor: subprocess.Popen[bytes]) -> None:
@@ -537,6 +544,12 @@ def remove_containers(node: str, engine: str = "podman") -> list[RankKey]:
         return []  # no engine to ask (the agents could not have run any)
     running = [c for c in found if c.get("State") == "running" and naming.is_rank(c.get("Labels"))]
     return [key for c in running if (key := naming.key_of(c.get("Labels"))) is not None]
+
+
+def kept_partitions(state_dir: Path) -> int | None:
+    """The partitions of the log an earlier stack left in ``state_dir``; None if none did."""
+    saved = StackFile.load(state_dir)
+    return None if saved is None else saved.config.partitions
 
 
 def free_ports(count: int, taken: Collection[int] = ()) -> list[int]:

@@ -135,6 +135,8 @@ class StackConfig:
     shards: int | None = None
     #: Each primary's replicas, on a cluster.
     replicas: int = 0
+    #: The log's partitions (``RUNPLANE_PARTITIONS``): set once for a log.
+    partitions: int = 1
 
     @property
     def is_cluster(self) -> bool:

@@ -18,6 +18,10 @@ PREFIX = "rp"
 ANY = "*"
 
 
+#: The most partitions a log may have (``RUNPLANE_PARTITIONS``).
+MAX_PARTITIONS = 1024
+
+
 def partition_of(aggregate: str, partitions: int) -> int:
     """The partition of an aggregate (``run:<id>``, ``node:<name>`` or ``user:<name>``, a user
     and their API keys); stable forever."""

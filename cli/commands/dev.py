@@ -45,7 +45,14 @@ from cli.errors import Refused
 from cli.models import Run, now_ms
 from cli.reads import RunFilters, fetch_run, list_runs
 from cli.render import make_console, plain_table
-from cli.stack import LocalStack, StackConfig, StackError, current_user, state_dir
+from cli.stack import (
+    LocalStack,
+    StackConfig,
+    StackError,
+    current_user,
+    kept_partitions,
+    state_dir,
+)
 from cli.stackfiles import SUPERVISOR, Record
 from cli.stackkey import ensure_admin, key_path, read_key
 from events import commands, keys
@@ -116,6 +123,13 @@ def register(subparsers: Any) -> None:
         help="each primary's replicas, on a cluster (default 0); 1 or more: a primary that "
         "dies is failed over (with 3 shards or more)",
     )
+    up.add_argument(
+        "--partitions",
+        type=_partitions,
+        default=None,
+        help="the log's partitions (default 1, or the kept log's): on a cluster, the shards "
+        "share the log only with several; fixed once the log exists (docs/scale.md)",
+    )
     up.set_defaults(handler=dev_up)
     actions.add_parser(
         "status", help="the stack's processes: pid, status, restarts, last exit"
@@ -128,6 +142,13 @@ def register(subparsers: Any) -> None:
     actions.add_parser(
         "down", help="stop the unfinished runs, then the supervisor and every process"
     ).set_defaults(handler=dev_down)
+
+
+def _partitions(text: str) -> int:
+    value = positive(text)
+    if value > keys.MAX_PARTITIONS:
+        raise argparse.ArgumentTypeError(f"must be at most {keys.MAX_PARTITIONS}, got {value}")
+    return value
 
 
 def dev_up(args: argparse.Namespace) -> int:
@@ -157,6 +178,7 @@ def dev_up(args: argparse.Namespace) -> int:
         executor=args.executor,
         shards=shards,
         replicas=replicas,
+        partitions=args.partitions or kept_partitions(home) or 1,
     )
     console = make_console()
     with console.status("Starting the local stack...") as spinner:
@@ -180,11 +202,12 @@ def dev_up(args: argparse.Namespace) -> int:
 
 
 def _shape(config: StackConfig) -> str:
+    parts = "" if config.partitions == 1 else f", {config.partitions} partitions"
     if config.shards is None:
-        return "one server"
+        return f"one server{parts}"
     shards = f"{config.shards} shard{'s' if config.shards != 1 else ''}"
     replicas = f"{config.replicas} replica{'s' if config.replicas != 1 else ''}"
-    return f"a Valkey Cluster of {shards} with {replicas} each"
+    return f"a Valkey Cluster of {shards} with {replicas} each{parts}"
 
 
 def _api_line(stack: LocalStack) -> None:

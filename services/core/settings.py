@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from events import keys
 from services.core.passwords import PasswordFileError, read_password
 
 S = TypeVar("S", bound="Settings")
@@ -59,7 +60,7 @@ class Settings(BaseSettings):
     partitions: int = Field(
         default=1,
         ge=1,
-        le=1024,
+        le=keys.MAX_PARTITIONS,
         description="Partitions of the global log (docs/scale.md): on a Valkey Cluster they "
         "spread over its shards. Never change it for an existing log: a run's partition is a "
         "hash of its id modulo this number, and the services refuse to start on a log created "

@@ -27,10 +27,10 @@ def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalStack
         extra_env={
             "RUNPLANE_NODE_TIMEOUT_S": "3",
             "RUNPLANE_HEARTBEAT_TTL_S": "3",
-            **({"RUNPLANE_PARTITIONS": str(partitions)} if partitions > 1 else {}),
         },
         shards=shards,
         replicas=replicas,
+        partitions=partitions,
     )
     with stack_up(tmp_path / "stack", config) as local:
         yield local

@@ -1,6 +1,6 @@
-"""The whole stack on a log of three partitions (``RUNPLANE_PARTITIONS=3`` in every service's
-environment): runs on every partition go through the lifecycle, stop and restart, and each is
-projected (the projector follows every partition)."""
+"""The whole stack on a log of three partitions (``mcli dev up --partitions 3``: every service
+has ``RUNPLANE_PARTITIONS=3``): runs on every partition go through the lifecycle, stop and
+restart, and each is projected (the projector follows every partition)."""
 
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ def stack(tmp_path: Path) -> Iterator[LocalStack]:
         nodes=4,
         gpus_per_node=8,
         grace_period_s=2.0,
+        partitions=P,
         extra_env={
             "RUNPLANE_NODE_TIMEOUT_S": "3",
             "RUNPLANE_HEARTBEAT_TTL_S": "3",
-            "RUNPLANE_PARTITIONS": str(P),
         },
     )
     with stack_up(tmp_path / "stack", config) as local:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from cli.main import build_parser
-from cli.stack import LocalStack
+from cli.stack import LocalStack, StackError, kept_partitions
 from cli.stackfiles import STACK_FILE, StackConfig, StackFile
 from services.core.valkey_cluster import SLOTS, Layout, ranges_text, slot_ranges
 
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
         (["--shards", "-2"], "--shards: must be at least 1, got -2"),
         (["--replicas", "-1"], "--replicas: must not be negative, got -1"),
         (["--shards", "two"], "--shards"),
+        (["--partitions", "0"], "--partitions: must be at least 1, got 0"),
+        (["--partitions", "1025"], "--partitions: must be at most 1024, got 1025"),
     ],
 )
 def test_a_bad_shape_is_a_usage_error_in_one_line(
@@ -74,6 +76,25 @@ def test_every_service_of_a_cluster_stack_is_told_so(tmp_path: Path) -> None:
         assert spec.env["RUNPLANE_APPEND_REPLICAS"] == "1"
     stack.config = StackConfig(nodes=1)
     assert not any("RUNPLANE_REDIS_CLUSTER" in spec.env for spec in stack._specs())
+    assert not any("RUNPLANE_PARTITIONS" in spec.env for spec in stack._specs())
+
+
+def test_every_service_and_the_operator_get_the_logs_partitions(tmp_path: Path) -> None:
+    stack = LocalStack(tmp_path)
+    stack.config = StackConfig(nodes=1, shards=3, replicas=1, partitions=4)
+    assert {spec.env["RUNPLANE_PARTITIONS"] for spec in stack._specs()} == {"4"}
+    settings = stack.operator_settings()
+    assert (settings.partitions, settings.redis_cluster, settings.append_replicas) == (4, True, 1)
+
+
+def test_a_kept_log_of_other_partitions_is_refused_in_one_line(tmp_path: Path) -> None:
+    StackFile(StackConfig(partitions=4), "valkey-server", 7000, 8000, []).save(tmp_path)
+    assert kept_partitions(tmp_path) == 4
+    with pytest.raises(StackError) as refused:
+        LocalStack(tmp_path).up(StackConfig(partitions=2))
+    assert "has 4 partitions" in str(refused.value)
+    assert "`mcli dev up --partitions 4`" in str(refused.value)
+    assert kept_partitions(tmp_path / "elsewhere") is None
 
 
 @pytest.mark.parametrize("shards", [1, 2, 3, 5, 16])
