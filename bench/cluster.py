@@ -268,7 +268,8 @@ async def measure_shape(args: argparse.Namespace, shards: int) -> Shape:
                 await xadd_spread(client, entries, args.writers, wait=bool(args.replicas))
                 for round_ in range(args.rounds):
                     events = submissions(args.appends)
-                    entries = raw_entries(submissions(args.appends), args.partitions)
+                    # the same events raw: the XADDs fall on the shards as the appends do
+                    entries = raw_entries(events, args.partitions)
                     if round_ == 0:
                         shape.partitions, shape.shares = spread(
                             events, args.partitions, bench.primaries()
