@@ -30,6 +30,7 @@ format: $(STAMP)
 # `python -m bench.scale`) takes several minutes on a 2-core machine, this one about half a minute.
 bench: $(STAMP)
 	$(PY) -m bench.log
+	$(PY) -m bench.cluster
 	$(PY) -m bench.placement
 	$(PY) -m bench.logs
 	$(PY) -m bench.lifecycle

@@ -2,7 +2,8 @@
 
 The replay log is a sequence of whole run lifecycles (submit, queue, schedule on four nodes,
 pull, run, exit, complete): 22 events per run, JSON bodies of ~190 to ~590 bytes (~290 on
-average). Appends are single ``RankExited`` events, the most frequent write.
+average). Appends are single ``RankExited`` events, the most frequent write; ``bench.cluster``
+appends new runs' ``RunSubmitted`` (one new aggregate each, spread over the partitions).
 """
 
 from __future__ import annotations
@@ -43,12 +44,9 @@ def _node(run_index: int, rank: int) -> str:
     return f"gpu-node-{(run_index * RANKS + rank) % 512:03d}"
 
 
-def run_lifecycle(run_index: int) -> list[RunEvent]:
-    """The 22 events of one successful four-node run, as the services write them."""
+def run_submitted(run_index: int) -> RunSubmitted:
+    """A new run's submission, as the API appends it: the first event of its history."""
     run_id = new_id()
-    user = f"user{run_index % 97}@example.com"
-    submitted = new_id()
-    nodes = [_node(run_index, rank) for rank in range(RANKS)]
     spec = RunSpec(
         name=f"llama-8b-pretrain-{run_index % 50}",
         image=IMAGE,
@@ -58,15 +56,25 @@ def run_lifecycle(run_index: int) -> list[RunEvent]:
         env_variables={"WANDB_PROJECT": "pretrain", "NCCL_DEBUG": "WARN"},
         parameters={"max_duration": "10000ba", "global_train_batch_size": 1024},
     )
+    return RunSubmitted(
+        id=new_id(),
+        actor=f"user{run_index % 97}@example.com",
+        run_id=run_id,
+        name=f"{spec.name}-{run_id[:6]}",
+        spec=spec,
+    )
+
+
+def run_lifecycle(run_index: int) -> list[RunEvent]:
+    """The 22 events of one successful four-node run, as the services write them."""
+    first = run_submitted(run_index)
+    run_id, submitted = first.run_id, first.id
+    nodes = [_node(run_index, rank) for rank in range(RANKS)]
 
     def ids() -> tuple[str, str]:
         return new_id(), submitted
 
-    events: list[RunEvent] = [
-        RunSubmitted(
-            id=submitted, actor=user, run_id=run_id, name=f"{spec.name}-{run_id[:6]}", spec=spec
-        )
-    ]
+    events: list[RunEvent] = [first]
     eid, cid = ids()
     events.append(
         AttemptQueued(

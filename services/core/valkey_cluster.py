@@ -402,8 +402,12 @@ def _all_known(layout: Layout, login: Login | None) -> bool:
 
 def _replicate(layout: Layout, login: Login | None) -> bool:
     """Make each primary without slots a replica of the primary with the fewest replicas;
-    whether none is left to make (the cluster's view may lag: asked again until then)."""
+    whether none is left to make (the cluster's view may lag: asked again until then). A node
+    still in its handshake shows no role yet: not done until the view holds every node, each
+    known (a 1-shard cluster was once left with its replica a primary without slots)."""
     view = cluster_nodes(layout.ports[0], login)
+    if len(view) != layout.size or any(node.failed for node in view):
+        return False
     holders = [node for node in view if node.is_primary and node.slots]
     order = {port: index for index, port in enumerate(layout.ports)}
     idle = sorted(

@@ -21,10 +21,11 @@ from events import keys
 from services.core import acl
 from services.core.valkey import HOST, ReplyError, call
 from services.core.valkey_cluster import SLOTS, cluster_info
-from tests.clusters import REPLICAS, SHARDS
+from tests.clusters import REPLICAS, SHARDS, start_cluster
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
     from tests.clusters import LocalCluster
 
@@ -96,6 +97,17 @@ def test_every_slot_is_covered_and_each_primary_has_a_replica(
         assert found["cluster_state"] == "ok"
         assert found["cluster_slots_ok"] == str(SLOTS)
     assert refused(valkey_cluster, acl.REPLICATION) == []  # each replica logged in
+
+
+def test_a_one_shard_cluster_has_its_replica(tmp_path: Path) -> None:
+    """Formed before the replica's handshake with the primary ends (as soon as it is met), a
+    1-shard cluster once left its replica a primary without slots."""
+    one = start_cluster(tmp_path, shards=1, replicas=1)
+    try:
+        statuses = one.cluster.status()
+    finally:
+        one.cluster.stop()
+    assert [(s.role, s.shard) for s in statuses] == [("primary", 0), ("replica", 0)]
 
 
 async def test_a_service_reads_and_writes_every_shard_through_a_cluster_client(
