@@ -240,6 +240,9 @@ class ValkeyCluster:
                 # A replica whose link was down long (the whole stack stopped) may still
                 # take over: on one machine its data is as fresh as any.
                 *("--cluster-replica-validity-factor", "0"),
+                # A replica's first sync (forming, rejoining) at once: the primary would wait
+                # 5 s for other replicas to share its transfer, and it has one or two.
+                *("--repl-diskless-sync-delay", "0"),
             ),
         )
 
