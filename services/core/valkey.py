@@ -33,10 +33,11 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Self, TypeAlias
+from typing import TYPE_CHECKING, BinaryIO, Self, TypeAlias, cast
 
 from services.core.passwords import PasswordFileError, read_password
 from services.core.procstat import stat
+from services.core.resp import encode, read_reply
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -102,9 +103,9 @@ def call(port: int, login: Login | None, *args: str, timeout: float = 5.0) -> Re
     ):
         if login is not None:
             user, password_file = login
-            sock.sendall(_command(b"AUTH", user.encode(), read_password(password_file).encode()))
+            sock.sendall(encode([b"AUTH", user.encode(), read_password(password_file).encode()]))
             _reply(replies)
-        sock.sendall(_command(*(arg.encode() for arg in args)))
+        sock.sendall(encode(args))
         return _reply(replies)
 
 
@@ -131,30 +132,12 @@ def _server_pid(port: int, login: Login | None = None) -> int | None:
     return int(pid) if pid.isdigit() else None
 
 
-def _command(*args: bytes) -> bytes:
-    """One command in the protocol's array form (any byte in an argument is safe)."""
-    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
-
-
 def _reply(replies: BinaryIO) -> Reply:
-    """One reply (RESP2) read from ``replies``."""
-    line = replies.readline()
-    if not line.endswith(b"\r\n"):
-        raise ValkeyError("the server closed the connection before replying")
-    kind, rest = line[:1], line[1:-2]
-    if kind == b"+":
-        return rest
-    if kind == b"-":
-        raise ReplyError(rest.decode(errors="replace"))
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        length = int(rest)
-        return None if length < 0 else replies.read(length + 2)[:-2]
-    if kind == b"*":
-        count = int(rest)
-        return None if count < 0 else [_reply(replies) for _ in range(count)]
-    raise ValkeyError(f"a reply of an unknown kind: {line[:40]!r}")
+    """One reply; ``ReplyError`` raised for an error reply."""
+    reply = read_reply(replies, ReplyError)
+    if isinstance(reply, ReplyError):
+        raise reply
+    return cast(Reply, reply)
 
 
 class ValkeyProcess:

@@ -29,42 +29,14 @@ from collections.abc import Sequence
 from typing import BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from services.core import resp
+from services.core.resp import Command, encode
 from services.node_agent.errors import RespError
-
-Command = Sequence[bytes | str | int]
-
-
-def encode(command: Command) -> bytes:
-    parts = [b"*%d\r\n" % len(command)]
-    for arg in command:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
-    return b"".join(parts)
 
 
 def read_reply(stream: BinaryIO) -> object:
-    line = stream.readline()
-    if not line.endswith(b"\r\n"):
-        raise ConnectionError("the server closed the connection")
-    kind, rest = line[:1], line[1:-2]
-    if kind == b"+":
-        return rest
-    if kind == b"-":
-        return RespError(rest.decode(errors="replace"))
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        size = int(rest)
-        if size < 0:
-            return None
-        data = stream.read(size + 2)
-        if len(data) != size + 2:
-            raise ConnectionError("the server closed the connection")
-        return data[:-2]
-    if kind == b"*":
-        count = int(rest)
-        return None if count < 0 else [read_reply(stream) for _ in range(count)]
-    raise ConnectionError(f"not a RESP reply: {line[:40]!r}")
+    """One reply, a ``RespError`` for an error reply (``services.core.resp``)."""
+    return resp.read_reply(stream, RespError)
 
 
 class Client:

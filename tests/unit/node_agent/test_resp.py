@@ -6,8 +6,9 @@ import io
 
 import pytest
 
+from services.core.resp import encode
 from services.node_agent.errors import RespError
-from services.node_agent.shim.resp import encode, read_reply
+from services.node_agent.shim.resp import read_reply
 
 
 def test_encode() -> None:
