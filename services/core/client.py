@@ -108,6 +108,12 @@ def connect_cluster(url: str, max_connections: int = 64, *, auth: Auth | None = 
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=10),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    # The cluster client takes no connection class: the cancel-safe one (``_CancelSafeWrite``)
+    # goes where it builds its nodes (the startup node, and every node it finds later).
+    connection = connection_class(url)
+    client.connection_kwargs["connection_class"] = connection
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = connection
     client.runplane_origin = (url, max_connections, auth)  # for ``raw_ranges``
     return client
 

@@ -19,6 +19,8 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from events import keys
 from services.core import acl
+from services.core.client import _CancelSafeWrite, connect_with
+from services.core.settings import Settings
 from services.core.valkey import HOST, ReplyError, call
 from services.core.valkey_cluster import SLOTS, cluster_info
 from tests.clusters import REPLICAS, SHARDS, start_cluster
@@ -154,3 +156,28 @@ async def test_a_primary_killed_fails_over_and_comes_back_as_a_replica(
     assert statuses[killed].shard == 1
     assert statuses[killed].keys == statuses[cluster.primary(1)].keys
     assert (await ids(api, key))[-2:] == [entry, after]
+
+
+async def test_the_services_cluster_client_writes_cancel_safely_on_every_node(
+    valkey_cluster: LocalCluster,
+) -> None:
+    """``connect_with`` on a cluster: a client of every shard, whose every connection (on
+    each node it found) is the cancel-safe one of ``services.core.client``."""
+    settings = Settings(
+        redis_url=valkey_cluster.url,
+        redis_cluster=True,
+        redis_username=acl.API,
+        redis_password_file=valkey_cluster.login(acl.API)[1],
+    )
+    client = cast(Any, connect_with(settings))
+    try:
+        for shard, key in one_key_per_shard(valkey_cluster).items():
+            await client.xadd(key, {"shard": str(shard)})
+        primaries = client.get_primaries()
+        assert len(primaries) == SHARDS
+        for node in primaries:
+            assert node.connection_class is client.connection_kwargs["connection_class"]
+            assert node._connections, node.name  # used: the set above went to each
+            assert all(isinstance(c, _CancelSafeWrite) for c in node._connections)
+    finally:
+        await client.aclose()
