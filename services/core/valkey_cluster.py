@@ -295,16 +295,12 @@ class ValkeyCluster:
     def wait_failed_over(self, shard: int, killed: int, timeout: float = _FORM_TIMEOUT_S) -> None:
         """Until shard ``shard``'s primary is another node than ``killed`` (an index), and
         every other node is ok (see ``wait_ok``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if _ok(self.layout, self.login, down={killed}) and self.primary(shard) != killed:
-                return
-            if time.monotonic() >= deadline:
-                raise ClusterError(
-                    f"shard {shard} was not failed over within {timeout:g}s of node {killed} "
-                    f"({self.nodes[killed].url}) going down"
-                )
-            time.sleep(_POLL_SECONDS)  # allowed: polling inside a deadline loop
+        _until(
+            time.monotonic() + timeout,
+            f"shard {shard} failed over from node {killed} ({self.nodes[killed].url})",
+            lambda: _ok(self.layout, self.login, down={killed}) and self.primary(shard) != killed,
+            failing="the cluster did not recover",
+        )
 
     def restart_node(self, index: int, timeout: float = _FORM_TIMEOUT_S) -> None:
         """Start node ``index`` again (from its AOF and ``nodes.conf``) and wait until it is
@@ -452,7 +448,15 @@ def _ok(layout: Layout, login: Login | None, down: Collection[int] = ()) -> bool
     return True
 
 
-def _until(deadline: float, what: str, done: Callable[[], bool]) -> None:
+def _until(
+    deadline: float,
+    what: str,
+    done: Callable[[], bool],
+    *,
+    failing: str = "the cluster did not form",
+) -> None:
+    """Until ``done()``; past ``deadline``, ``ClusterError`` saying ``failing``: not yet
+    ``what``."""
     while True:
         try:
             if done():
@@ -463,5 +467,5 @@ def _until(deadline: float, what: str, done: Callable[[], bool]) -> None:
             last = None
         if time.monotonic() >= deadline:
             why = f" (last: {last})" if last is not None else ""
-            raise ClusterError(f"the cluster did not form: not yet {what}{why}")
+            raise ClusterError(f"{failing}: not yet {what}{why}")
         time.sleep(_POLL_SECONDS)  # allowed: polling inside a deadline loop
