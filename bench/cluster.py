@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import gc
 import os
 import platform
 import sys
@@ -50,9 +49,9 @@ from bench.log import (
     _best,
     append_store,
     machine_busy,
-    machine_cpu_seconds,
     server_banner,
     table,
+    timed,
 )
 from events import codec, keys
 from events.model import Event
@@ -127,7 +126,7 @@ class Cluster:
         found = [n for n in self.cluster.status() if n.role == "primary" and n.slots]
         return sorted(found, key=lambda node: node.slots[0][0])
 
-    def counters(self) -> tuple[float, int]:
+    async def counters(self) -> tuple[float, int]:
         """CPU seconds every node used so far, and the primaries' AOF bytes."""
         cpu, aof = 0.0, 0
         for port in self.cluster.ports:
@@ -167,21 +166,7 @@ class Cluster:
     async def measure(self, ops: int, work: Work) -> Sample:
         """Run ``work`` once, timed; it returns how many writes it did (checked)."""
         await self.quiet()
-        gc.collect()
-        server0, aof0 = self.counters()
-        busy0 = machine_cpu_seconds()
-        cpu0 = time.process_time()
-        t0 = time.perf_counter()
-        done = await work()
-        seconds = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
-        busy = machine_cpu_seconds() - busy0
-        server, aof = self.counters()
-        if done != ops:
-            raise AssertionError(f"expected {ops:,} writes, counted {done:,}")
-        server -= server0
-        others = max(busy - cpu - server, 0.0) / seconds
-        return Sample(ops, seconds, cpu, server, aof - aof0, others)
+        return await timed(ops, work, self.counters)
 
 
 async def xadd_spread(

@@ -162,21 +162,7 @@ class Bench:
     async def measure(self, ops: int, work: Work) -> Sample:
         """Run ``work`` once, timed; it returns how many operations it did (checked)."""
         await self.quiet()
-        gc.collect()
-        server0, aof0 = await self.server_counters()
-        busy0 = machine_cpu_seconds()
-        cpu0 = time.process_time()
-        t0 = time.perf_counter()
-        done = await work()
-        seconds = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
-        busy = machine_cpu_seconds() - busy0
-        server, aof = await self.server_counters()
-        if done != ops:
-            raise AssertionError(f"expected {ops:,} operations, counted {done:,}")
-        server -= server0
-        others = max(busy - cpu - server, 0.0) / seconds
-        return Sample(ops, seconds, cpu, server, aof - aof0, others)
+        return await timed(ops, work, self.server_counters)
 
     async def pair(
         self, figure: Figure, ops: int, subject: Work, baseline: Work, round_: int
@@ -507,6 +493,29 @@ def _progress(figure: Figure) -> None:
         f"  {figure.name}: {figure.value:,.0f}/s vs {figure.base:,.0f}/s ({figure.ratio:.2f})",
         flush=True,
     )
+
+
+async def timed(
+    ops: int, work: Work, server_counters: Callable[[], Awaitable[tuple[float, int]]]
+) -> Sample:
+    """Run ``work`` once, timed: this process's CPU, the server's (``server_counters``: its
+    CPU seconds and AOF bytes so far) and the machine's other load meanwhile; ``work`` returns
+    how many operations it did (checked against ``ops``)."""
+    gc.collect()
+    server0, aof0 = await server_counters()
+    busy0 = machine_cpu_seconds()
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    done = await work()
+    seconds = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    busy = machine_cpu_seconds() - busy0
+    server, aof = await server_counters()
+    if done != ops:
+        raise AssertionError(f"expected {ops:,} operations, counted {done:,}")
+    server -= server0
+    others = max(busy - cpu - server, 0.0) / seconds
+    return Sample(ops, seconds, cpu, server, aof - aof0, others)
 
 
 async def _profiled(work: Awaitable[int]) -> str:
