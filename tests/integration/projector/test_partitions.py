@@ -17,7 +17,6 @@ from events import keys
 from events.model import AnyEvent
 from projections.base import format_checkpoint, parse_position
 from projections.catalog import NAMES
-from projections.runner import rebuild
 from services.core import metrics
 from services.core.client import connect
 from services.core.settings import Settings
@@ -27,6 +26,7 @@ from services.projector.metrics import measure_lag
 from tests.integration.projector.test_projector_process import (
     _stored_some,
     append_all,
+    assert_rows_of_a_rebuild,
     checkpoints,
     dump,
     projector_process,
@@ -62,15 +62,6 @@ async def ends(client: aioredis.Redis) -> str:
     return format_checkpoint(found)
 
 
-async def assert_rows_of_a_rebuild(client: aioredis.Redis) -> None:
-    for name in NAMES:
-        active = cast(bytes, await client.get(keys.projection_active(name))).decode()
-        fresh = (await rebuild(client, [name], now_ms=1, switch=False, partitions=P))[name]
-        live = await dump(client, name, active)
-        assert live == await dump(client, name, fresh), f"{name} differs from its rebuild"
-        assert live, f"{name} is empty"
-
-
 async def test_a_projector_over_three_partitions_killed_mid_stream_ends_with_a_rebuild(
     redis: aioredis.Redis, redis_url: str
 ) -> None:
@@ -93,7 +84,7 @@ async def test_a_projector_over_three_partitions_killed_mid_stream_ends_with_a_r
             await eventually(
                 lambda: checkpoints(redis), equals={end}, what=f"every projection at {end}"
             )
-        await assert_rows_of_a_rebuild(redis)
+        await assert_rows_of_a_rebuild(redis, P)
         # Over two lanes, the second a process of its own: it reads the three partitions too.
         settings = Settings(redis_url=redis_url, partitions=P)
         laned = await rebuild_many(settings, NAMES, now_ms=2, switch=False, lanes=2)

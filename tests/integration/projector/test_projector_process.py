@@ -116,11 +116,12 @@ async def caught_up(client: aioredis.Redis) -> None:
     await eventually(lambda: checkpoints(client), equals={end}, what=f"every projection at {end}")
 
 
-async def assert_rows_of_a_rebuild(client: aioredis.Redis) -> None:
-    """Every projection's active rows are those a rebuild from zero stores, and not empty."""
+async def assert_rows_of_a_rebuild(client: aioredis.Redis, partitions: int = 1) -> None:
+    """Every projection's active rows are those a rebuild from zero (of a log of
+    ``partitions``) stores, and not empty."""
     for name in NAMES:
         active = cast(bytes, await client.get(keys.projection_active(name))).decode()
-        fresh = (await rebuild(client, [name], now_ms=1, switch=False))[name]
+        fresh = (await rebuild(client, [name], now_ms=1, switch=False, partitions=partitions))[name]
         live = await dump(client, name, active)
         assert live == await dump(client, name, fresh), f"{name} differs from its rebuild"
         assert live, f"{name} is empty"

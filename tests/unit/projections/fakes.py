@@ -13,10 +13,12 @@ from collections.abc import Mapping, Sequence
 
 from events import keys
 from projections.base import ZERO, Position, Positions, parse_checkpoint, parse_position
+from projections.catalog import make_all
 from projections.engine import Batch, Fields
 from projections.errors import Superseded
-from projections.runner import Entry
+from projections.runner import Entry, Runner
 from projections.storage import to_call, writes_of
+from services.projector.projector import Projector
 
 
 class Crash(Exception):
@@ -184,3 +186,51 @@ class FakeGroup:
 
     async def advance(self, position: str) -> None:
         self.delivered = max(self.delivered, parse_position(position))
+
+
+# --- a projector that crashes, and a rebuild, over fake partitions --------------------------
+
+
+async def crashing_projector(
+    split: Sequence[Sequence[Entry]], rng: random.Random, rate: float
+) -> FakeStore:
+    """A projector following each partition's group (one or several) while they grow unevenly,
+    dying at random points; a new one starts from the stored checkpoints."""
+    chaos = Chaos(rng, rate)
+    store = FakeStore(chaos)
+    logs = [FakeLog(entries) for entries in split]
+    groups = [FakeGroup(log, chaos) for log in logs]
+    projector: Projector | None = None
+    while True:
+        rng.choice(logs).reveal(rng.randint(0, 15))
+        try:
+            if projector is None:
+                projector = Projector(
+                    store,
+                    logs,
+                    groups,
+                    make_all,
+                    batch=rng.randint(1, 25),
+                    page=rng.randint(1, 40),
+                    commit_every=rng.randint(1, 120),
+                )
+                await projector.start()
+            if rng.random() < 0.1:
+                await projector.reap(1)
+            read = await projector.step(0)
+        except Crash:
+            projector = None  # kill -9: everything in memory is gone
+            continue
+        done = all(log.complete for log in logs) and not any(g.pending for g in groups)
+        if read == 0 and done:
+            return store
+
+
+async def rebuilt(split: Sequence[Sequence[Entry]]) -> FakeStore:
+    store = FakeStore()
+    logs = [FakeLog(entries) for entries in split]
+    for log in logs:
+        log.reveal(len(log.entries))
+    page = max(len(entries) for entries in split) + 1  # each partition whole, one after another
+    await Runner(store, logs, make_all(), page=page).start()
+    return store

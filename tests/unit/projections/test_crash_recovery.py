@@ -21,50 +21,17 @@ from hypothesis import strategies as st
 
 from projections import engine
 from projections.catalog import NAMES, make_all
-from projections.runner import Runner
 from services.projector.projector import Projector
-from tests.unit.projections.fakes import Chaos, Crash, FakeGroup, FakeLog, FakeStore
+from tests.unit.projections.fakes import (
+    Chaos,
+    Crash,
+    FakeGroup,
+    FakeLog,
+    FakeStore,
+    crashing_projector,
+    rebuilt,
+)
 from tests.unit.projections.simulator import history
-
-Entries = list[tuple[str, dict[bytes, bytes]]]
-
-
-async def crashing_projector(entries: Entries, rng: random.Random, rate: float) -> FakeStore:
-    chaos = Chaos(rng, rate)
-    store = FakeStore(chaos)
-    log = FakeLog(entries)
-    group = FakeGroup(log, chaos)
-    projector: Projector | None = None
-    while True:
-        log.reveal(rng.randint(0, 15))
-        try:
-            if projector is None:
-                projector = Projector(
-                    store,
-                    log,
-                    group,
-                    make_all,
-                    batch=rng.randint(1, 25),
-                    page=rng.randint(1, 40),
-                    commit_every=rng.randint(1, 120),
-                )
-                await projector.start()
-            if rng.random() < 0.1:
-                await projector.reap(1)
-            read = await projector.step(0)
-        except Crash:
-            projector = None  # kill -9: everything in memory is gone
-            continue
-        if read == 0 and log.complete and not group.pending:
-            return store
-
-
-async def rebuilt(entries: Entries) -> FakeStore:
-    store = FakeStore()
-    log = FakeLog(entries)
-    log.reveal(len(entries))
-    await Runner(store, log, make_all(), page=len(entries) + 1).start()
-    return store
 
 
 def assert_same_rows(crashed: FakeStore, rebuild: FakeStore) -> None:
@@ -74,9 +41,9 @@ def assert_same_rows(crashed: FakeStore, rebuild: FakeStore) -> None:
 
 def check(rng: random.Random, steps: int, rate: float) -> Chaos:
     entries = history(rng, steps, runs=8)
-    crashed = asyncio.run(crashing_projector(entries, rng, rate))
+    crashed = asyncio.run(crashing_projector([entries], rng, rate))
     assert crashed.chaos is not None
-    assert_same_rows(crashed, asyncio.run(rebuilt(entries)))
+    assert_same_rows(crashed, asyncio.run(rebuilt([entries])))
     return crashed.chaos
 
 
@@ -143,7 +110,7 @@ def test_without_the_duplicate_guard_a_crash_before_the_ack_double_counts(
         await second.step(0)
         return store
 
-    rebuild = asyncio.run(rebuilt(raw))
+    rebuild = asyncio.run(rebuilt([raw]))
     assert_same_rows(asyncio.run(scenario()), rebuild)  # with the guard: same rows
     monkeypatch.setattr(engine, "is_new", lambda position, applied: True)
     with pytest.raises(AssertionError, match="differs"):

@@ -25,8 +25,12 @@ from projections.catalog import NAMES, make_all
 from projections.engine import Build, Engine
 from projections.errors import OtherPartitions
 from projections.runner import Entry, Runner
-from services.projector.projector import Projector
-from tests.unit.projections.fakes import Chaos, Crash, FakeGroup, FakeLog, FakeStore
+from tests.unit.projections.fakes import (
+    FakeLog,
+    FakeStore,
+    crashing_projector,
+    rebuilt,
+)
 from tests.unit.projections.history import History
 from tests.unit.projections.simulator import USERS, Simulator, encoded
 
@@ -176,49 +180,6 @@ def test_a_build_of_more_partitions_than_the_log_has_is_refused() -> None:
     fewer = [FakeLog(entries) for entries in split[:2]]
     with pytest.raises(OtherPartitions, match="folded 3 partitions and the log has 2"):
         asyncio.run(Runner(store, fewer, make_all()).start())
-
-
-async def crashing_projector(split: Partitions, rng: random.Random, rate: float) -> FakeStore:
-    """A projector following each partition's group while the partitions grow unevenly,
-    dying at random points; a new one starts from the stored checkpoints."""
-    chaos = Chaos(rng, rate)
-    store = FakeStore(chaos)
-    logs = [FakeLog(entries) for entries in split]
-    groups = [FakeGroup(log, chaos) for log in logs]
-    projector: Projector | None = None
-    while True:
-        rng.choice(logs).reveal(rng.randint(0, 15))
-        try:
-            if projector is None:
-                projector = Projector(
-                    store,
-                    logs,
-                    groups,
-                    make_all,
-                    batch=rng.randint(1, 25),
-                    page=rng.randint(1, 40),
-                    commit_every=rng.randint(1, 120),
-                )
-                await projector.start()
-            if rng.random() < 0.1:
-                await projector.reap(1)
-            read = await projector.step(0)
-        except Crash:
-            projector = None  # kill -9: everything in memory is gone
-            continue
-        done = all(log.complete for log in logs) and not any(g.pending for g in groups)
-        if read == 0 and done:
-            return store
-
-
-async def rebuilt(split: Partitions) -> FakeStore:
-    store = FakeStore()
-    logs = [FakeLog(entries) for entries in split]
-    for log in logs:
-        log.reveal(len(log.entries))
-    page = max(len(entries) for entries in split) + 1  # each partition whole, one after another
-    await Runner(store, logs, make_all(), page=page).start()
-    return store
 
 
 @EXAMPLES
