@@ -9,12 +9,21 @@ over three readings a second apart; at most a minute), and prints per process it
 pages divided among the processes mapping them: the column sums to what the stack takes), then
 the totals against the figure of issue 12 before its imports were cut: 330 MiB RSS for 2 nodes
 (57 MiB per service).
+
+Then the floor under those figures: what an interpreter holds once it has imported each layer a
+service is built on (Python with its site, asyncio, redis-py, pydantic with pydantic-settings,
+structlog with prometheus_client, FastStream), each layer on top of the ones before it, in a
+fresh interpreter, with what ``services.core.imports`` hides hidden as a service hides it; and
+what the stack's processes would hold at that floor alone, before any of runplane's own code.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +36,20 @@ BEFORE_MIB = 330  # issue 12, item 6: `mcli dev up --nodes 2` at 3660576, all of
 BEFORE_NODES = 2
 _REST_WITHIN_S = 60.0
 _STILL_KIB = 256
+
+# The layers a service is built on, in the order a service imports them: a name, the modules.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("python (site, the editable install)", ()),
+    ("asyncio (with ssl, subprocess)", ("asyncio",)),
+    ("redis-py (asyncio client)", ("redis.asyncio",)),
+    ("pydantic, pydantic-settings", ("pydantic", "pydantic_settings")),
+    ("structlog, prometheus_client", ("structlog", "prometheus_client")),
+    ("faststream (redis)", ("faststream", "faststream.redis")),
+)
+# How many of the stack's processes stand on each layer (2 nodes): every service stands on
+# redis-py, pydantic, structlog and prometheus_client; the scheduler, the log-collector and
+# each node-agent on FastStream too; the supervisor and the fork servers on the standard
+# library alone (the supervisor on asyncio).
 
 
 def processes(stack: LocalStack) -> dict[str, int]:
@@ -72,6 +95,45 @@ async def at_rest(stack: LocalStack) -> tuple[dict[str, int], bool]:
         await asyncio.sleep(1.0)
 
 
+def layers() -> list[tuple[str, float]]:
+    """Each layer's name and the RSS (MiB) of a fresh interpreter that has imported it and the
+    layers before it, hiding what a service on the broker hides."""
+    code = (
+        "import importlib, json, sys\n"
+        "from services.core.imports import BROKER_UNUSED, hide_unused\n"
+        "hide_unused(*BROKER_UNUSED)\n"
+        "def rss():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmRSS:'):\n"
+        "            return int(line.split()[1])\n"
+        "held = []\n"
+        f"for modules in {[modules for _, modules in LAYERS]!r}:\n"
+        "    for name in modules:\n"
+        "        importlib.import_module(name)\n"
+        "    held.append(rss())\n"
+        "print(json.dumps(held))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120
+    )
+    held: list[int] = json.loads(done.stdout)
+    return [(name, kib / 1024) for (name, _), kib in zip(LAYERS, held, strict=True)]
+
+
+def floor(found: dict[str, float], held: list[tuple[str, float]], nodes: int) -> float:
+    """What the stack's processes would hold at the floor of the layers each stands on (MiB):
+    the supervisor and the fork servers on the standard library (Python alone), the projector
+    and the API server on every layer but FastStream, the scheduler, the log-collector and
+    each node-agent on FastStream too; Valkey as it is."""
+    python, *_, below_broker, broker = (mib for _, mib in held)
+    return (
+        found.get("valkey", 0.0)
+        + python * (1 + nodes)  # the supervisor, each node's fork server
+        + below_broker * 2  # the projector, the API server
+        + broker * (2 + nodes)  # the scheduler, the log-collector, each node-agent
+    )
+
+
 async def main(nodes: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stack = LocalStack(Path(tmp) / "stack")
@@ -96,6 +158,19 @@ async def main(nodes: int) -> None:
             f"RSS in all: {rss_mib:.0f} MiB against {BEFORE_MIB} MiB before the cuts "
             f"({rss_mib / BEFORE_MIB:.2f}x)"
         )
+    held = layers()
+    print("\nthe floor: a fresh interpreter holding each layer and the ones above it:")
+    print(f"  {'layer':<38} {'RSS MiB':>8} {'added':>8}")
+    before = 0.0
+    for name, mib in held:
+        print(f"  {name:<38} {mib:8.1f} {mib - before:+8.1f}")
+        before = mib
+    least = floor({name: rss / 1024 for name, (rss, _) in figures.items()}, held, nodes)
+    print(
+        f"the stack's {len(figures)} processes at that floor alone: {least:.0f} MiB RSS, "
+        f"before any of runplane's code ({rss_mib - least:.0f} MiB of the {rss_mib:.0f} is "
+        "runplane's own)"
+    )
 
 
 if __name__ == "__main__":
