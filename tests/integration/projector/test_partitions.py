@@ -6,7 +6,6 @@ counts every partition."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import signal
 from typing import cast
@@ -24,8 +23,8 @@ from services.core.store import EventStore
 from services.projector.lanes import rebuild_many
 from services.projector.metrics import measure_lag
 from tests.integration.projector.test_projector_process import (
+    HeldWriter,
     _stored_some,
-    append_all,
     assert_rows_of_a_rebuild,
     checkpoints,
     dump,
@@ -70,15 +69,15 @@ async def test_a_projector_over_three_partitions_killed_mid_stream_ends_with_a_r
     store = EventStore(connect(redis_url), Settings(redis_url=redis_url, partitions=P))
     env = {"RUNPLANE_PARTITIONS": str(P)}
     try:
-        writer = asyncio.create_task(append_all(store, events))
+        writer = HeldWriter(store, events)
         async with projector_process(redis_url, **env) as first:
             await eventually(
                 lambda: _stored_some(redis), what="the first projector stored some batches"
             )
-            assert not writer.done(), "the writer should still be appending"
             first.send_signal(signal.SIGKILL)
+        writer.release()
         async with projector_process(redis_url, **env):
-            await writer
+            await writer.done()
             end = await ends(redis)
             assert "," in end  # positions of several partitions
             await eventually(

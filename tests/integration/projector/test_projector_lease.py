@@ -4,7 +4,6 @@ lost its lease is refused whole."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from typing import cast
 
@@ -20,7 +19,7 @@ from services.core.client import connect
 from services.core.settings import Settings
 from services.core.store import EventStore
 from tests.integration.projector.test_projector_process import (
-    append_all,
+    HeldWriter,
     assert_rows_of_a_rebuild,
     caught_up,
     checkpoints,
@@ -44,7 +43,7 @@ async def test_one_projector_is_active_and_a_standby_takes_over_after_a_kill_9(
     store = EventStore(connect(redis_url), Settings(redis_url=redis_url))
     fast = {"RUNPLANE_PROJECTOR_LEASE_TTL_MS": "1000"}
     try:
-        writer = asyncio.create_task(append_all(store, events))
+        writer = HeldWriter(store, events)
         async with (
             projector_process(redis_url, RUNPLANE_PROJECTOR_CONSUMER="projector@a", **fast) as a,
             projector_process(redis_url, RUNPLANE_PROJECTOR_CONSUMER="projector@b", **fast) as b,
@@ -52,10 +51,10 @@ async def test_one_projector_is_active_and_a_standby_takes_over_after_a_kill_9(
             first = await eventually(lambda: _holder(redis), what="a projector holding the lease")
             active, standby = (a, "projector@b") if first == "projector@a" else (b, "projector@a")
             await eventually(lambda: checkpoints(redis), what="some rows stored")
-            assert not writer.done(), "the writer should still be appending"
             active.send_signal(signal.SIGKILL)
+            writer.release()
             await eventually(lambda: _holder(redis), equals=standby, what="the standby took over")
-            await writer
+            await writer.done()
             await caught_up(redis)
         await assert_rows_of_a_rebuild(redis)
     finally:

@@ -77,6 +77,32 @@ async def append_all(store: EventStore, events: Sequence[AnyEvent]) -> None:
         i = j
 
 
+class HeldWriter:
+    """Appends ``events`` in log order in the background (``append_all``), holding the second
+    half back until ``release()``: a projector killed before the release is killed mid-stream,
+    with events still to come, however fast the first half went."""
+
+    def __init__(self, store: EventStore, events: Sequence[AnyEvent]) -> None:
+        half = len(events) // 2
+        self._released = asyncio.Event()
+        self._task = asyncio.create_task(self._write(store, events[:half], events[half:]))
+
+    async def _write(
+        self, store: EventStore, first: Sequence[AnyEvent], rest: Sequence[AnyEvent]
+    ) -> None:
+        await append_all(store, first)
+        await self._released.wait()
+        await append_all(store, rest)
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def done(self) -> None:
+        """Released, every event appended."""
+        self.release()
+        await self._task
+
+
 async def last_position(client: aioredis.Redis) -> str:
     entries = cast(list[tuple[bytes, object]], await client.xrevrange(LOG, count=1))
     return entries[0][0].decode()
@@ -133,15 +159,15 @@ async def test_a_projector_killed_mid_stream_ends_with_the_rows_of_a_rebuild(
     events = simulated_events(seed=11, steps=4000, runs=60)
     store = EventStore(connect(redis_url), Settings(redis_url=redis_url))
     try:
-        writer = asyncio.create_task(append_all(store, events))
+        writer = HeldWriter(store, events)
         async with projector_process(redis_url) as first:
             await eventually(
                 lambda: _stored_some(redis), what="the first projector stored some batches"
             )
-            assert not writer.done(), "the writer should still be appending"
             first.send_signal(signal.SIGKILL)
+        writer.release()
         async with projector_process(redis_url):
-            await writer
+            await writer.done()
             await caught_up(redis)
         await assert_rows_of_a_rebuild(redis)
     finally:
