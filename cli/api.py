@@ -35,8 +35,6 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
 from cli.errors import ClientError, Forbidden, NotFound, Refused, Unreachable
-from cli.stack import LocalStack, state_dir
-from cli.stackkey import read_key
 from events.tokens import ENDPOINT, TOKEN_FILE
 
 KEY = "MOSAICML_API_KEY"
@@ -195,6 +193,10 @@ def find_api() -> Api:
                 "(`mcli admin keys issue YOUR_NAME`)"
             )
         return Api(endpoint, key)
+    # The local stack's, its admin's key: loaded only here, as most commands never need them.
+    from cli.stack import LocalStack, state_dir  # noqa: PLC0415
+    from cli.stackkey import read_key  # noqa: PLC0415
+
     stack = LocalStack.find(state_dir())
     if stack is None:
         raise Unreachable(

@@ -26,10 +26,9 @@ from events.tokens import PLATFORM
 from projections.attempts import AttemptRow
 from projections.audit import Entry
 from projections.billing import Report
-from projections.query import ClusterUtilization
 from projections.run_status import RunRow
-from services.api.own import RunSelection, WireRecord
-from services.api.wire import run_input
+from projections.utilization import ClusterUtilization
+from services.api.wire import RunSelection, WireRecord, run_input
 
 RunView = tuple[RunRow, list[AttemptRow]]
 _ANSWER = "{ id name status }"

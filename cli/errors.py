@@ -30,3 +30,13 @@ class Unreachable(ClientError):
     """runplane cannot be reached (no local stack, a server that does not answer)."""
 
     code = 503
+
+
+class UsageError(ClientError):
+    """Arguments that contradict each other (``--rank`` with ``--failed``)."""
+
+    code = 400
+
+
+class StackError(RuntimeError):
+    """The local stack could not be started, found or stopped; the message says what to do."""

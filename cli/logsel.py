@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from cli.client import Client
-from cli.errors import ClientError
+from cli.errors import ClientError, UsageError
 from cli.models import Run
 from cli.reads import fetch_run
 from events.status import RunStatus
@@ -31,12 +31,6 @@ class NoLogs(ClientError):
     """There are no logs to show, for a reason the user should read (not a failure)."""
 
     code = 200
-
-
-class UsageError(ClientError):
-    """Arguments that contradict each other (``--rank`` with ``--failed``)."""
-
-    code = 400
 
 
 @dataclass(frozen=True)

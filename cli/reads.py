@@ -19,7 +19,8 @@ from events.access import Action
 from events.fit import unknown_cluster
 from events.status import RunStatus
 from projections import query
-from services.api.own import RunSelection
+from projections.utilization import ClusterUtilization
+from services.api.wire import RunSelection
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -164,9 +165,7 @@ async def latest_run(client: Client) -> Run:
     return await fetch_run(client, runs[0].run_uid)
 
 
-async def clusters(
-    client: Client, names: list[str] | None = None
-) -> list[query.ClusterUtilization]:
+async def clusters(client: Client, names: list[str] | None = None) -> list[ClusterUtilization]:
     """Utilization of every cluster with registered nodes (or of ``names``; unknown ones are
     an error that lists the known ones)."""
     known = [c for c in await client.utilization() if c.instances]

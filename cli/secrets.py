@@ -16,7 +16,7 @@ import msgspec
 from cli.api import Api
 from events.model import SecretType
 from events.secrets import Secret
-from services.api.secrets import MAPI_TYPES, input_of
+from services.api.wire import MAPI_TYPES, input_of
 
 _FIELDS = "id name type metadata createdAt kind owner stored"
 CREATE: Final = f"""

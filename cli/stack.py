@@ -44,6 +44,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from cli.errors import StackError
 from cli.stackfiles import (
     SERVER,
     STACK_FILE,
@@ -61,6 +62,7 @@ from cli.stackfiles import (
     release,
     replication_conf,
     secrets_dir,
+    state_dir,
 )
 from services.core import acl, passwords, sealing
 from services.core.settings import Settings
@@ -71,24 +73,10 @@ from services.node_agent.job import RankKey
 from services.node_agent.process.rankdir import local_ranks
 from services.node_agent.shim.ondisk import kill_group
 
-__all__ = ["LocalStack", "ServiceSpec", "StackConfig", "StackError", "logs_dir"]
+__all__ = ["LocalStack", "ServiceSpec", "StackConfig", "StackError", "logs_dir", "state_dir"]
 
 _STARTED_S = 60.0
 _POLL_S = 0.02
-
-
-class StackError(RuntimeError):
-    """The stack could not be started, found or stopped; the message says what to do."""
-
-
-def state_dir() -> Path:
-    """The local stack's state directory: ``RUNPLANE_HOME``, else ``runplane`` under
-    ``XDG_STATE_HOME`` (default ``~/.local/state``)."""
-    home = os.environ.get("RUNPLANE_HOME")
-    if home:
-        return Path(home)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "runplane"
 
 
 def current_user() -> str:

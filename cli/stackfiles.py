@@ -47,6 +47,16 @@ CLUSTER_DIR = "valkey-cluster"
 SUPERVISOR = "supervisor"
 
 
+def state_dir() -> Path:
+    """The local stack's state directory: ``RUNPLANE_HOME``, else ``runplane`` under
+    ``XDG_STATE_HOME`` (default ``~/.local/state``)."""
+    home = os.environ.get("RUNPLANE_HOME")
+    if home:
+        return Path(home)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "runplane"
+
+
 def logs_dir(state_dir: Path) -> Path:
     """Where the stack's processes write their logs: ``<service>.log``, ``supervisor.log``, and
     ``mcli.log`` for what library code logs in the mcli command (never on the user's terminal)."""

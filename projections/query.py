@@ -30,7 +30,14 @@ from projections.audit import Entry, entry_of, refusals_index
 from projections.billing import BilledAttempt, GroupBy, Report, Total
 from projections.run_status import KIND, RunRow, RunStatusProjection
 from projections.runner import LogReader, RedisLogReader, each
-from projections.utilization import Instance, NodeLine, RunLine, queue_order
+from projections.utilization import (
+    ClusterUtilization,
+    Instance,
+    NodeLine,
+    QueuedRun,
+    RunLine,
+    queue_order,
+)
 
 T = TypeVar("T")
 _CHUNK = 200
@@ -41,27 +48,6 @@ class Page(msgspec.Struct, kw_only=True):
     runs: list[RunRow]
     #: Pass back as ``cursor`` for the next page; None when this is the last one.
     next_cursor: str | None = None
-
-
-class QueuedRun(msgspec.Struct, kw_only=True):
-    position: int  # from 1, in the scheduler's order
-    run: RunLine
-
-
-class ClusterUtilization(msgspec.Struct, kw_only=True):
-    cluster: str
-    instances: list[Instance]
-    active_runs: list[RunLine]
-    queued_runs: list[QueuedRun]
-
-    def active_runs_by_user(self) -> dict[str, list[RunLine]]:
-        return _by_user(self.active_runs)
-
-    def queued_runs_by_user(self) -> dict[str, list[QueuedRun]]:
-        grouped: dict[str, list[QueuedRun]] = {}
-        for queued in self.queued_runs:
-            grouped.setdefault(queued.run.user, []).append(queued)
-        return grouped
 
 
 class _Namespace:
@@ -418,13 +404,6 @@ async def nodes(client: aioredis.Redis) -> list[NodeLine]:
         return []
     found = await ns.many("node", await ns.members("nodes"), NodeLine)
     return sorted(found, key=lambda n: (n.cluster, n.name))
-
-
-def _by_user(runs: Iterable[RunLine]) -> dict[str, list[RunLine]]:
-    grouped: dict[str, list[RunLine]] = {}
-    for run in runs:
-        grouped.setdefault(run.user, []).append(run)
-    return grouped
 
 
 def to_builtins(value: Any) -> Any:

@@ -342,3 +342,34 @@ def _instance_id(node: _Node) -> str:
 def queue_order(queued: Iterable[RunLine]) -> list[RunLine]:
     """The scheduler's order: higher priority first, then older runs, then by id."""
     return sorted(queued, key=lambda r: (-PRIORITY_RANK.get(r.priority, 0), r.created_at, r.run_id))
+
+
+# --- as readers get it (projections.query, the API, the CLI) ---------------------------------
+
+
+class QueuedRun(msgspec.Struct, kw_only=True):
+    position: int  # from 1, in the scheduler's order
+    run: RunLine
+
+
+class ClusterUtilization(msgspec.Struct, kw_only=True):
+    cluster: str
+    instances: list[Instance]
+    active_runs: list[RunLine]
+    queued_runs: list[QueuedRun]
+
+    def active_runs_by_user(self) -> dict[str, list[RunLine]]:
+        return _by_user(self.active_runs)
+
+    def queued_runs_by_user(self) -> dict[str, list[QueuedRun]]:
+        grouped: dict[str, list[QueuedRun]] = {}
+        for queued in self.queued_runs:
+            grouped.setdefault(queued.run.user, []).append(queued)
+        return grouped
+
+
+def _by_user(runs: Iterable[RunLine]) -> dict[str, list[RunLine]]:
+    grouped: dict[str, list[RunLine]] = {}
+    for run in runs:
+        grouped.setdefault(run.user, []).append(run)
+    return grouped

@@ -25,8 +25,7 @@ from cli.commands.common import (
     with_client,
 )
 from cli.commands.options import add_scheduling, scheduling_of
-from cli.errors import NotFound, Refused
-from cli.logsel import UsageError
+from cli.errors import NotFound, Refused, UsageError
 from cli.models import Run
 from cli.reads import select_runs
 from events import commands

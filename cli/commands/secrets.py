@@ -25,8 +25,7 @@ from typing import Any
 from cli import secrets as remote
 from cli.api import Api
 from cli.commands.common import confirm, echo, success, with_api
-from cli.errors import ClientError, NotFound
-from cli.logsel import UsageError
+from cli.errors import ClientError, NotFound, UsageError
 from cli.render import make_console, plain_table, when
 from events import secrets
 from events.model import SecretType

@@ -13,7 +13,7 @@ from cli.client import Client
 from cli.models import to_datetime
 from cli.reads import clusters
 from cli.sdk.sync import call
-from projections import query
+from projections.utilization import ClusterUtilization as Utilization
 from projections.utilization import RunLine
 
 
@@ -84,7 +84,7 @@ def _run(line: RunLine, position: int | None = None) -> RunUtilization:
     )
 
 
-def cluster_of(util: query.ClusterUtilization) -> Cluster:
+def cluster_of(util: Utilization) -> Cluster:
     return Cluster(
         name=util.cluster,
         utilization=ClusterUtilization(

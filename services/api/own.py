@@ -12,82 +12,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from graphql import GraphQLResolveInfo
 
-from events import codec
 from events.access import Action, sees_runs_of, visible
-from events.codec import Recorded
-from events.model import redacted
-from events.status import RunStatus
 from projections import query
 from projections.billing import DIMENSIONS
 from services.api import wire
+from services.api.wire import RunSelection, WireRecord
+
+if TYPE_CHECKING:  # the CLI imports this module's wire types: it need not load graphql-core
+    from graphql import GraphQLResolveInfo
 from services.api.context import Context, context_of, require_admin
 from services.api.errors import BadRequest
 from services.core.archive import ArchivedLog
 
 Json = dict[str, Any]
 _PAGE = 200
-
-
-class RunSelection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Which runs a listing asks for (``mcli get runs``'s filters); times are ms."""
-
-    names: list[str] = msgspec.field(default_factory=list)  # globs
-    cluster: str | None = None
-    before: int | None = None
-    after: int | None = None
-    gpu_type: str | None = None
-    gpu_num: int | None = None
-    statuses: list[RunStatus] | None = None
-    user: str | None = None  # None: the caller's runs, unless all_users
-    all_users: bool = False
-    include_deleted: bool = False
-    parent: str | None = None  # the children of the run of this name
-    limit: int | None = 50
-    #: ``<created_at>:<run_uid>`` of the last run of the page before (the web console's pages).
-    cursor: str | None = None
-
-    def by_name_only(self) -> bool:
-        """Exact names and no other filter but whose runs: a lookup, not a search."""
-        exact = self.names and not any(c in name for name in self.names for c in "*?[")
-        others = (self.cluster, self.before, self.after, self.gpu_type, self.gpu_num)
-        return (
-            bool(exact)
-            and all(value is None for value in others)
-            and (self.statuses is None and self.parent is None and self.cursor is None)
-        )
-
-
-class WireRecord(msgspec.Struct, kw_only=True):
-    """A recorded event as it crosses the API: the log's fields, decoded again on arrival."""
-
-    position: str
-    version: int
-    kind: str
-    body: str
-
-    @classmethod
-    def of(cls, record: Recorded) -> WireRecord:
-        """``record`` as it leaves the server: secret hashes blanked (``events.model.redacted``)."""
-        fields = codec.encode(redacted(record.event))
-        return cls(
-            position=record.position,
-            version=record.version,
-            kind=fields[codec.KIND].decode(),
-            body=fields[codec.BODY].decode(),
-        )
-
-    def recorded(self) -> Recorded:
-        fields = {
-            codec.KIND: self.kind.encode(),
-            codec.BODY: self.body.encode(),
-            codec.VERSION: str(self.version).encode(),
-        }
-        return codec.recorded(self.position, fields)
 
 
 def _convert(value: Any, type_: type[Any], what: str) -> Any:

@@ -24,6 +24,7 @@ from events.access import Principal, sees_runs_of, visible
 from events.status import RunStatus
 from projections import query
 from projections.run_status import RunRow
+from projections.utilization import ClusterUtilization
 from services.api import wire
 from services.api.context import Context, context_of
 from services.api.errors import BadRequest
@@ -243,7 +244,7 @@ async def get_clusters(_: object, info: GraphQLResolveInfo[Context], **args: Any
     return [_cluster(c) for c in found if names is None or c.cluster in names]
 
 
-def _cluster(cluster: query.ClusterUtilization) -> Json:
+def _cluster(cluster: ClusterUtilization) -> Json:
     gpu_type = cluster.instances[0].gpu_type if cluster.instances else None
     instances = [wire.instance(i) for i in cluster.instances]
     return {

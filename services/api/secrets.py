@@ -31,37 +31,11 @@ from events.secrets import BadSecret, Secret, SecretRefused
 from services.api.context import Context, context_of
 from services.api.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, NotSetUp
 from services.api.vault import Listed, NotConfigured
+from services.api.wire import INPUT_KEYS, MAPI_TYPES, NOT_KEPT, ONE_VALUE
 from services.core.sealing import SealingError
 
 Json = dict[str, Any]
 
-#: MAPI's type of each of runplane's (``MAPI_TO_MCLI_SECRET_TYPE`` read the other way).
-MAPI_TYPES: Final[dict[SecretType, str]] = {
-    "env": "ENV_VAR",
-    "hf": "ENV_VAR",
-    "mounted": "MOUNTED",
-    "docker": "DOCKER_REGISTRY",
-    "ssh": "SSH",
-    "git": "GIT_SSH",
-    "s3": "S3",
-    "gcp": "GCP",
-}
-#: ``createSecretData``'s key of each type (``Secret.mapi_data``).
-INPUT_KEYS: Final[dict[str, SecretType]] = {
-    "envVarSecret": "env",  # or hf: an envVarSecret of the variable HF_TOKEN
-    "mountedSecret": "mounted",
-    "dockerRegistrySecret": "docker",
-    "sshSecret": "ssh",
-    "gitSSHSecret": "git",
-    "s3Secret": "s3",
-    "gcpSecret": "gcp",
-}
-NOT_KEPT: Final = {
-    "sftpSSHSecret": "sftp-ssh",
-    "ociSecret": "oci",
-    "databricksSecret": "databricks",
-}
-_ONE_VALUE: Final[frozenset[SecretType]] = frozenset({"env", "hf", "mounted", "ssh", "git", "gcp"})
 NO_KEYRING: Final = (
     "Secrets are not set up on this server: its operator gives the API server a keyring "
     "(RUNPLANE_SECRETS_KEYRING_FILE; `mcli dev up` draws one)"
@@ -100,27 +74,13 @@ def secret_of_input(data: Json) -> tuple[Secret, str]:
     if kind == "env" and metadata.get("key") == secrets.HF_KEY:
         kind = "hf"  # as the client reads it back (``from_mapi_response``)
     raw = body.get("value")
-    if kind in _ONE_VALUE:
+    if kind in ONE_VALUE:
         if not isinstance(raw, str):
             raise BadRequest(f"{where}.value: is required (a string)")
         value = {"value": raw}
     else:
         value = _strings(raw, f"{where}.value")
     return Secret(name=name, secret_type=kind, metadata=metadata, value=value), where
-
-
-def input_of(secret: Secret) -> Json:
-    """``createSecretData`` for ``secret``, as the real client shapes it (the inverse of
-    ``secret_of_input``): runplane's CLI and SDK send this."""
-    wire_kind = "env" if secret.secret_type in secrets.ENV_TYPES else secret.secret_type
-    key = next(k for k, kind in INPUT_KEYS.items() if kind == wire_kind)
-    body: Json = {"name": secret.name}
-    if secret.metadata:
-        body["metadata"] = dict(secret.metadata)
-    body["value"] = (
-        secret.value.get("value", "") if secret.secret_type in _ONE_VALUE else dict(secret.value)
-    )
-    return {key: body}
 
 
 def _strings(raw: object, where: str) -> dict[str, str]:

@@ -4,17 +4,22 @@ lifecycle, nodes and events; clusters and their utilization.
 Pure: rows in, JSON-ready dicts out, keyed by the schema's field names (ariadne's default
 resolvers read them). Every datetime is ISO 8601 in UTC with its offset; statuses and run types
 are upper-case names; lists the client indexes are never empty or null (a run's resumptions,
-which the attempts' rows may lag, fall back to the one the run asked for).
+which the attempts' rows may lag, fall back to the one the run asked for). And runplane's own
+wire types, which the CLI shares: a listing's selection, a recorded event as it crosses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import msgspec
 
+from events import codec, secrets
+from events.codec import Recorded
+from events.model import SecretType, redacted
+from events.secrets import Secret
 from events.spec import RunSpec
 from events.status import RunStatus
 from projections.attempts import AttemptRow
@@ -322,3 +327,105 @@ def run_line(line: RunLine, gpu_type: str | None) -> Json:
 
 def status_names() -> frozenset[str]:
     return frozenset(s.value for s in RunStatus)
+
+
+class RunSelection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Which runs a listing asks for (``mcli get runs``'s filters); times are ms."""
+
+    names: list[str] = msgspec.field(default_factory=list)  # globs
+    cluster: str | None = None
+    before: int | None = None
+    after: int | None = None
+    gpu_type: str | None = None
+    gpu_num: int | None = None
+    statuses: list[RunStatus] | None = None
+    user: str | None = None  # None: the caller's runs, unless all_users
+    all_users: bool = False
+    include_deleted: bool = False
+    parent: str | None = None  # the children of the run of this name
+    limit: int | None = 50
+    #: ``<created_at>:<run_uid>`` of the last run of the page before (the web console's pages).
+    cursor: str | None = None
+
+    def by_name_only(self) -> bool:
+        """Exact names and no other filter but whose runs: a lookup, not a search."""
+        exact = self.names and not any(c in name for name in self.names for c in "*?[")
+        others = (self.cluster, self.before, self.after, self.gpu_type, self.gpu_num)
+        return (
+            bool(exact)
+            and all(value is None for value in others)
+            and (self.statuses is None and self.parent is None and self.cursor is None)
+        )
+
+
+class WireRecord(msgspec.Struct, kw_only=True):
+    """A recorded event as it crosses the API: the log's fields, decoded again on arrival."""
+
+    position: str
+    version: int
+    kind: str
+    body: str
+
+    @classmethod
+    def of(cls, record: Recorded) -> WireRecord:
+        """``record`` as it leaves the server: secret hashes blanked (``events.model.redacted``)."""
+        fields = codec.encode(redacted(record.event))
+        return cls(
+            position=record.position,
+            version=record.version,
+            kind=fields[codec.KIND].decode(),
+            body=fields[codec.BODY].decode(),
+        )
+
+    def recorded(self) -> Recorded:
+        fields = {
+            codec.KIND: self.kind.encode(),
+            codec.BODY: self.body.encode(),
+            codec.VERSION: str(self.version).encode(),
+        }
+        return codec.recorded(self.position, fields)
+
+
+# --- secrets as createSecretData and getSecrets carry them ------------------------------------
+
+#: MAPI's type of each of runplane's (``MAPI_TO_MCLI_SECRET_TYPE`` read the other way).
+MAPI_TYPES: Final[dict[SecretType, str]] = {
+    "env": "ENV_VAR",
+    "hf": "ENV_VAR",
+    "mounted": "MOUNTED",
+    "docker": "DOCKER_REGISTRY",
+    "ssh": "SSH",
+    "git": "GIT_SSH",
+    "s3": "S3",
+    "gcp": "GCP",
+}
+#: ``createSecretData``'s key of each type (``Secret.mapi_data``).
+INPUT_KEYS: Final[dict[str, SecretType]] = {
+    "envVarSecret": "env",  # or hf: an envVarSecret of the variable HF_TOKEN
+    "mountedSecret": "mounted",
+    "dockerRegistrySecret": "docker",
+    "sshSecret": "ssh",
+    "gitSSHSecret": "git",
+    "s3Secret": "s3",
+    "gcpSecret": "gcp",
+}
+NOT_KEPT: Final = {
+    "sftpSSHSecret": "sftp-ssh",
+    "ociSecret": "oci",
+    "databricksSecret": "databricks",
+}
+ONE_VALUE: Final[frozenset[SecretType]] = frozenset({"env", "hf", "mounted", "ssh", "git", "gcp"})
+
+
+def input_of(secret: Secret) -> Json:
+    """``createSecretData`` for ``secret``, as the real client shapes it (the inverse of
+    ``secret_of_input``): runplane's CLI and SDK send this."""
+    wire_kind = "env" if secret.secret_type in secrets.ENV_TYPES else secret.secret_type
+    key = next(k for k, kind in INPUT_KEYS.items() if kind == wire_kind)
+    body: Json = {"name": secret.name}
+    if secret.metadata:
+        body["metadata"] = dict(secret.metadata)
+    body["value"] = (
+        secret.value.get("value", "") if secret.secret_type in ONE_VALUE else dict(secret.value)
+    )
+    return {key: body}

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,8 +15,9 @@ import pytest
 
 from cli.commands.common import hours, moment, non_negative, statuses
 from cli.criteria import moment_ms, status_set
-from cli.logsel import UsageError, check_args
-from cli.main import build_parser, main
+from cli.errors import UsageError
+from cli.logsel import check_args
+from cli.main import COMMANDS, build_parser, main
 from cli.submit import with_overrides
 from events.config import RunConfig
 from events.status import RunStatus
@@ -85,6 +90,32 @@ def test_rank_and_failed_are_mutually_exclusive() -> None:
     with pytest.raises(UsageError, match="mutually exclusive"):
         check_args(rank=None, failed=False, resumption=1, prev=True)
     check_args(rank=None, failed=True, resumption=0, prev=False)
+
+
+def test_each_command_is_registered_by_the_group_the_table_names() -> None:
+    for group in dict.fromkeys(COMMANDS.values()):
+        subparsers = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(f"cli.commands.{group}").register(subparsers)
+        assert list(subparsers.choices) == [w for w, g in COMMANDS.items() if g == group], group
+    every = build_parser(["--help"])._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert list(every or ()) == list(COMMANDS)
+
+
+def test_a_command_loads_its_own_group_only() -> None:
+    code = (
+        "import json, sys\n"
+        "from cli.main import build_parser\n"
+        "build_parser(['get', 'runs']).parse_args(['get', 'runs'])\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('cli.commands.'))))\n"
+        "print(json.dumps([m for m in ('graphql', 'redis', 'cli.stack') if m in sys.modules]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
+    )
+    groups, heavy = (json.loads(line) for line in done.stdout.splitlines())
+    # get registers `get secrets` too; common is every group's helpers
+    assert groups == ["cli.commands.common", "cli.commands.get", "cli.commands.secrets"]
+    assert heavy == ["redis"]  # projections.query's client, for now; not graphql, not the stack
 
 
 @pytest.mark.parametrize(
