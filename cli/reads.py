@@ -18,7 +18,7 @@ from cli.models import Run, build_run
 from events.access import Action
 from events.fit import unknown_cluster
 from events.status import RunStatus
-from projections import query
+from projections.runview import fold_run
 from projections.utilization import ClusterUtilization
 from services.api.wire import RunSelection
 
@@ -83,7 +83,7 @@ async def fetch_run(
     """The run named ``run`` (name or run_uid), folded now from its own history; the server
     refuses it unless this user may ``action`` it (another user's takes ``all_users``)."""
     run_id, records = await client.history(run, action, all_users=all_users)
-    folded = query.fold_run(run_id, records)
+    folded = fold_run(run_id, records)
     if folded is None:
         raise NotFound(f"Run {run} not found")
     return build_run(*folded)

@@ -20,15 +20,14 @@ import msgspec
 import redis.asyncio as aioredis
 
 from events import codec, keys
-from events.codec import Recorded
 from events.errors import UndecodableEvent
 from events.model import RunEvent
 from events.status import RunStatus
 from projections import billing
-from projections.attempts import AttemptRow, AttemptsProjection
+from projections.attempts import AttemptRow
 from projections.audit import Entry, entry_of, refusals_index
 from projections.billing import BilledAttempt, GroupBy, Report, Total
-from projections.run_status import KIND, RunRow, RunStatusProjection
+from projections.run_status import RunRow
 from projections.runner import LogReader, RedisLogReader, each
 from projections.utilization import (
     ClusterUtilization,
@@ -99,20 +98,6 @@ async def get_run(client: aioredis.Redis, run: str) -> RunRow | None:
     if row is None and (uid := await ns.get("name", run, str)) is not None:
         row = await ns.get("run", uid, RunRow)
     return row
-
-
-def fold_run(run_id: str, records: Iterable[Recorded]) -> tuple[RunRow, list[AttemptRow]] | None:
-    """A run's row and attempts folded now from its own history, with the projector's own folds:
-    never stale right after a request (read-your-writes), and exactly as the stored rows read.
-    None if the history holds no run."""
-    status, attempts = RunStatusProjection(), AttemptsProjection()
-    for record in records:
-        status.apply(record)
-        attempts.apply(record)
-    rows = [row for row in status.rows([(KIND, run_id)]) if row.body is not None]
-    if not rows:
-        return None
-    return msgspec.json.decode(rows[0].body or b"", type=RunRow), attempts.runs.get(run_id, [])
 
 
 def valid_cursor(cursor: str) -> bool:

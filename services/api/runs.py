@@ -43,6 +43,7 @@ from events.spec import Compute, RunSpec
 from projections import query
 from projections.attempts import AttemptRow
 from projections.run_status import RunRow
+from projections.runview import fold_run
 from services.api.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, TooLarge
 from services.core.store import EventStore
 
@@ -123,7 +124,7 @@ class RunRequests:
         """``run``'s id, history and fold, once ``principal`` may ``action`` it."""
         run_id = await self.resolve(run)
         records = await self.store.history(run_aggregate(run_id)) if run_id is not None else []
-        folded = query.fold_run(run_id, records) if run_id is not None else None
+        folded = fold_run(run_id, records) if run_id is not None else None
         if run_id is None or folded is None:
             raise NotFound(f"Run {run} not found")
         try:
@@ -142,12 +143,12 @@ class RunRequests:
             run_id = await self.resolve(name)
             if run_id is not None and run_id not in found:
                 records = await self.store.history(run_aggregate(run_id))
-                if (folded := query.fold_run(run_id, records)) is not None:
+                if (folded := fold_run(run_id, records)) is not None:
                     found[run_id] = folded
         return list(found.values())
 
     async def _view_of(self, run_id: str) -> RunView:
-        folded = query.fold_run(run_id, await self.store.history(run_aggregate(run_id)))
+        folded = fold_run(run_id, await self.store.history(run_aggregate(run_id)))
         assert folded is not None, f"run {run_id} has no history after an append"
         return folded
 
