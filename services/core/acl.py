@@ -113,6 +113,9 @@ _INBOXES = keys.inbox(ANY, ANY)
 #: the idempotency keys and the runs' told nodes (``events.inbox``); it only writes the nodes'
 #: inboxes (``_APPENDED_TO``). Every writer of the log has both.
 _APPENDING = (_LOG, keys.idempotency_key(ANY, ANY), keys.told_nodes(ANY, ANY))
+#: The number of partitions the log was made with: read by every process that appends to or
+#: reads it (``services.core.partitions``), recorded by the scheduler.
+_RECORDED_P = keys.log_partitions()
 _APPENDED_TO = (_INBOXES,)
 
 
@@ -171,7 +174,7 @@ RULES: dict[str, Rule] = {
             _history("node"),
             keys.scheduler_lease(ANY),
             keys.scheduler_term(),
-            keys.log_partitions(),
+            _RECORDED_P,
             _alive(SCHEDULER),
         ),
         reads=(keys.heartbeat(ANY), _ARCHIVED),
@@ -190,7 +193,7 @@ RULES: dict[str, Rule] = {
             ("xrevrange",),  # the log's newest entry: the projections' lag (their metrics)
         ),
         both=(_LOG, _PROJECTIONS, _alive(PROJECTOR)),
-        reads=(_ARCHIVED, keys.log_partitions()),
+        reads=(_ARCHIVED, _RECORDED_P),
         writes=(keys.dead_letter_stream(PROJECTOR),),
     ),
     # Run output: the ingest stream and every rank's lines, their archive queue and requests
@@ -207,6 +210,7 @@ RULES: dict[str, Rule] = {
             ("rpush", "blpop", "lpop", "llen", "expire"),
         ),
         both=(_LOG, _OUTPUT, _alive(LOG_COLLECTOR)),
+        reads=(_RECORDED_P,),
         writes=(keys.dead_letter_stream(LOG_COLLECTOR),),
     ),
     # A node: its heartbeat, its ranks' events (the log, run and node histories), and its
@@ -221,7 +225,7 @@ RULES: dict[str, Rule] = {
             _INBOXES,  # its own, read through its group; the others' written by its appends
             keys.heartbeat(ANY),
         ),
-        reads=(keys.secret_values(ANY),),
+        reads=(keys.secret_values(ANY), _RECORDED_P),
         writes=(keys.log_ingest(), keys.dead_letter_stream(f"agent:{ANY}")),
     ),
     # The front door: users and keys (user histories), submissions (names), requests on runs;
@@ -247,7 +251,7 @@ RULES: dict[str, Rule] = {
             keys.secret_values(ANY),
             _alive(API),
         ),
-        reads=(_PROJECTIONS, _OUTPUT, _ARCHIVED),
+        reads=(_PROJECTIONS, _OUTPUT, _ARCHIVED, _RECORDED_P),
         writes=(keys.log_requests(), *_APPENDED_TO),
     ),
 }

@@ -46,7 +46,7 @@ from events import codec, inbox, keys
 from events.codec import Recorded
 from events.lifecycle import RunState, copy_state, evolve
 from events.model import AnyRunEvent, Event, RunEvent, run_aggregate, tag_of
-from services.core import acl
+from services.core import acl, partitions
 from services.core.archive import ArchivedLog, raw_entries
 from services.core.client import (
     NotReplicated,
@@ -121,6 +121,7 @@ class EventStore:
         # The same pool, without reply callbacks for XRANGE (see ``_range``).
         self._raw = raw_ranges(client)
         self._logs: dict[int, ArchivedLog] = {}
+        self._partitions_checked = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -250,6 +251,7 @@ class EventStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _fcall(self, fcall_keys: _Keys, args: _Args) -> list[bytes]:
+        await self._check_partitions()
         try:
             return await self._send(fcall_keys, args)
         except ResponseError as exc:
@@ -279,6 +281,14 @@ class EventStore:
         if reply[0] in (b"ok", b"dup"):  # a conflict or a fence wrote nothing to wait for
             check_replicated(self.redis, waited[:waits])
         return list(reply)
+
+    async def _check_partitions(self) -> None:
+        """Refuse (``PartitionsChanged``) a log recorded with another number of partitions, at
+        this store's first append or read: with another P, a run's events would be appended to,
+        and looked for in, the wrong partition (``services.core.partitions``)."""
+        if not self._partitions_checked:
+            await partitions.check(self.redis, self.settings.partitions)
+            self._partitions_checked = True
 
     async def load_function(self) -> None:
         await self.redis.function_load(_FUNCTION, replace=True)
@@ -358,6 +368,7 @@ class EventStore:
     async def _range(self, stream: str, start: str) -> AsyncIterator[Recorded]:
         # Pages come as the server sends them (no per-entry tuple and dict from redis-py's
         # reply callback): half of a replay's cost, measured in bench/log.py.
+        await self._check_partitions()
         while True:
             entries: list[list[Any]] = await self._raw.execute_command(  # type: ignore[no-untyped-call]
                 "XRANGE", stream, start, "+", "COUNT", _PAGE

@@ -20,6 +20,7 @@ from faststream.redis.annotations import RedisListMessage
 from redis.exceptions import RedisError
 
 from events import keys
+from services.core import partitions
 from services.core.client import connect_with
 from services.core.consumer import LogConsumer, make_broker
 from services.core.groups import ensure_group
@@ -86,7 +87,9 @@ class Collector:
         await self.server.handle(msg.body)
 
     async def _prepare(self) -> None:
-        """Before the broker starts: groups at position 0, so nothing written before is skipped."""
+        """Before the broker starts: a log of as many partitions as this collector reads, and
+        groups at position 0, so nothing written before is skipped."""
+        await partitions.check(self.client, self.settings.partitions)
         await ensure_group(self.client, keys.log_ingest(), INGEST_GROUP)
         for consumer in self.consumers:
             await consumer.prepare(self.client)
