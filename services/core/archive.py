@@ -203,6 +203,15 @@ def partition_root(root: Path, partition: int) -> Path:
     return root if partition == 0 else root / f"partition={partition}"
 
 
+def log_dataset(root: Path, partitions: int) -> Any:
+    """The whole archived log, every partition's listed segments (``Archive.dataset``), as one
+    ``pyarrow.dataset.Dataset``: what reports over the archive read (an aggregate's events are
+    in its partition's, in order)."""
+    from services.core import segments  # noqa: PLC0415 - pyarrow only where it is used
+
+    return segments.union([Archive(partition_root(root, p)).dataset() for p in range(partitions)])
+
+
 def aggregate_of(position: str, flat: list[bytes]) -> str:
     """The aggregate of an entry ("" for one that is not an event: it is archived all the
     same, as consumers dead-letter it and go on)."""

@@ -96,3 +96,8 @@ def dataset(root: Path, paths: Sequence[str]) -> ds.Dataset:
         partitioning=ds.partitioning(pa.schema([("day", pa.string())]), flavor="hive"),
         partition_base_dir=str(root),
     )
+
+
+def union(datasets: Sequence[ds.Dataset]) -> ds.Dataset:
+    """``datasets`` (of one schema) read as one."""
+    return ds.dataset(list(datasets))

@@ -32,6 +32,7 @@ from services.core.archive import (
     ArchivedLog,
     ArchiveMissing,
     day_of,
+    log_dataset,
     parse,
     partition_root,
     pointer,
@@ -391,6 +392,10 @@ async def test_every_partition_is_archived_to_its_own_archive_and_read_back_whol
         )
         assert done.events == sum(map(len, before))
         assert done.trimmed == done.events
+        table = log_dataset(tmp_path, partitions).to_table()  # reports read every partition's
+        assert sorted(table["position"].to_pylist()) == sorted(
+            r.position for records in before for r in records
+        )
         for p in range(partitions):
             assert await redis.xlen(keys.log_stream(p)) == 0
             found = await pointer(redis, p)
