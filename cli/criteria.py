@@ -10,14 +10,13 @@ value is a ``ValueError`` that says what is accepted; the CLI shows it as a usag
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
+from events.spans import RELATIVE, UNITS, duration_s
 from events.status import RunStatus
 
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|min|h|hr|d|w)$")
-_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400, "w": 604800}
+__all__ = ["duration_s", "moment_ms", "status_set"]
 
 
 def moment_ms(value: str | datetime, now: datetime | None = None) -> int:
@@ -25,9 +24,9 @@ def moment_ms(value: str | datetime, now: datetime | None = None) -> int:
     if isinstance(value, datetime):
         return int(value.timestamp() * 1000)
     text = value.strip()
-    match = _RELATIVE.match(text)
+    match = RELATIVE.match(text)
     if match:
-        ago = timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+        ago = timedelta(seconds=float(match[1]) * UNITS[match[2]])
         return int(((now or datetime.now(tz=UTC)) - ago).timestamp() * 1000)
     try:
         parsed = datetime.fromisoformat(text)
@@ -37,14 +36,6 @@ def moment_ms(value: str | datetime, now: datetime | None = None) -> int:
             f"got {value!r}"
         ) from None
     return int(parsed.timestamp() * 1000)  # naive: local time
-
-
-def duration_s(value: str) -> float:
-    """Seconds of a span typed as a time ago is (``30m``, ``2h``, ``30d``, ``1w``)."""
-    match = _RELATIVE.match(value.strip())
-    if not match or float(match[1]) <= 0:
-        raise ValueError(f"expected a positive span such as 30m, 12h, 30d or 1w, got {value!r}")
-    return float(match[1]) * _UNITS[match[2]]
 
 
 def status_set(value: str | Iterable[str]) -> frozenset[RunStatus]:

@@ -56,6 +56,7 @@ from cli.stackfiles import (
     StackFile,
     Supervision,
     cluster_dir,
+    event_archive_dir,
     hold,
     logs_dir,
     operator_login,
@@ -401,6 +402,10 @@ class LocalStack:
                 "services.log_collector",
                 {
                     "RUNPLANE_ARCHIVE_DIR": str(self.state_dir / "archive"),
+                    # where RUNPLANE_RETAIN archives the log, unless the user names a place
+                    "RUNPLANE_EVENT_ARCHIVE": os.environ.get(
+                        "RUNPLANE_EVENT_ARCHIVE", str(event_archive_dir(self.state_dir))
+                    ),
                     **self._login(acl.LOG_COLLECTOR),
                 },
             ),

@@ -63,6 +63,12 @@ def logs_dir(state_dir: Path) -> Path:
     return state_dir / "logs"
 
 
+def event_archive_dir(state_dir: Path) -> Path:
+    """The local stack's archive of the log (``RUNPLANE_EVENT_ARCHIVE`` unset): beside run
+    output's ``archive/``, not inside it (those are run names)."""
+    return state_dir / "event-archive"
+
+
 def secrets_dir(state_dir: Path) -> Path:
     """The Valkey server's ACL file and each user's password file (``cli.stackfiles``)."""
     return state_dir / SECRETS_DIR

@@ -20,14 +20,9 @@ from cli.commands.common import echo
 from cli.criteria import duration_s
 from cli.errors import ClientError
 from cli.stack import operator_settings, state_dir
-from services.core.archive import ArchiveBusy, ArchiveMissing
-from services.core.archiver import (
-    CUT_OFF,
-    Archived,
-    ArchiveMoved,
-    ArchiveSettings,
-    archive_partitions,
-)
+from cli.stackfiles import event_archive_dir
+from services.core.archive import ArchiveBusy, ArchiveMissing, ArchiveSettings
+from services.core.archiver import CUT_OFF, Archived, ArchiveMoved, archive_older
 from services.core.client import connect_with
 from services.core.settings import Settings
 
@@ -74,7 +69,7 @@ def archive_dir(given: Path | None) -> Path:
             "where to archive to? Set RUNPLANE_EVENT_ARCHIVE (or --dir) to a directory that "
             "stays with this deployment"
         )
-    return state_dir() / "event-archive"
+    return event_archive_dir(state_dir())
 
 
 def archive_events(args: argparse.Namespace) -> int:
@@ -99,11 +94,8 @@ def summary(done: Archived) -> str:
 async def _archive(settings: Settings, root: Path, before_s: float) -> Archived:
     client = connect_with(settings)
     try:
-        seconds, micros = await client.time()  # the log's clock, not this host's
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
-        cutoff_ms = now_ms - int(before_s * 1000)
-        return await archive_partitions(
-            client, root, cutoff_ms=cutoff_ms, partitions=settings.partitions
+        return await archive_older(
+            client, root, older_than_s=before_s, partitions=settings.partitions
         )
     finally:
         await client.aclose()

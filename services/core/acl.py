@@ -208,9 +208,12 @@ RULES: dict[str, Rule] = {
             ("xrange", "xrevrange", "xtrim", "hget", "hmget", "hset", "hincrby", "hkeys"),
             ("zadd", "zrem", "zrange", "zscore", "exists", "unlink"),
             ("rpush", "blpop", "lpop", "llen", "expire"),
+            ("time",),  # the log's clock: RUNPLANE_RETAIN's cut-off
         ),
-        both=(_LOG, _OUTPUT, _alive(LOG_COLLECTOR)),
-        reads=(_RECORDED_P,),
+        # With RUNPLANE_RETAIN, it archives the log (services.core.archiver): reads what the
+        # groups and projections are done with, sets the archive's pointer, trims the log.
+        both=(_LOG, _OUTPUT, _ARCHIVED, _alive(LOG_COLLECTOR)),
+        reads=(_RECORDED_P, _PROJECTIONS),
         writes=(keys.dead_letter_stream(LOG_COLLECTOR),),
     ),
     # A node: its heartbeat, its ranks' events (the log, run and node histories), and its

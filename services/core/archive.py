@@ -39,11 +39,14 @@ from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
+from pydantic import Field, field_validator
 
 from events import codec, keys
 from events.errors import UndecodableEvent
+from events.spans import duration_s
 from services.core.client import raw_ranges
 from services.core.durable import fsync_path
+from services.core.settings import Settings
 
 #: A log position as numbers: (milliseconds, sequence).
 Position = tuple[int, int]
@@ -78,6 +81,37 @@ def after(position: Position) -> Position:
 
 def day_of(position: Position) -> str:
     return dt.datetime.fromtimestamp(position[0] / 1000, dt.UTC).date().isoformat()
+
+
+class ArchiveSettings(Settings):
+    event_archive: Path | None = Field(
+        default=None,
+        description="The directory the global log is archived to (Parquet segments and their "
+        "manifest) by `mcli admin archive`; the local stack's default is event-archive/ in its "
+        "state directory. Readers find it through the server (the path archived to).",
+    )
+    retain: str | None = Field(
+        default=None,
+        description="Keep this long of the log in Valkey (`7d`, `12h`): the active "
+        "log-collector archives what is older, as `mcli admin archive --before` does, every "
+        "`RUNPLANE_RETAIN_EVERY_S`, to RUNPLANE_EVENT_ARCHIVE. Unset: the log stays whole.",
+    )
+    retain_every_s: float = Field(
+        default=300.0, gt=0, description="Between two archive passes under RUNPLANE_RETAIN."
+    )
+
+    @field_validator("retain", mode="before")
+    @classmethod
+    def _a_span(cls, value: str | None) -> str | None:
+        if not value:  # unset, or empty (compose's ${RUNPLANE_RETAIN:-})
+            return None
+        duration_s(value)  # one line that says what it takes
+        return value
+
+    @property
+    def retain_s(self) -> float | None:
+        """RUNPLANE_RETAIN in seconds; None where the log stays whole."""
+        return duration_s(self.retain) if self.retain is not None else None
 
 
 class Segment(msgspec.Struct, frozen=True):

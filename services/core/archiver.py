@@ -29,7 +29,6 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 import structlog
-from pydantic import Field
 
 from events import keys
 from projections import catalog
@@ -51,7 +50,6 @@ from services.core.archive import (
     set_pointer,
     show,
 )
-from services.core.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -60,15 +58,6 @@ WRITTEN, LISTED, POINTED, TRIMMED = "written", "listed", "pointed", "trimmed"
 Hook = Callable[[str], None]
 CUT_OFF = "the cut-off"
 _PAGE = 10_000
-
-
-class ArchiveSettings(Settings):
-    event_archive: Path | None = Field(
-        default=None,
-        description="The directory the global log is archived to (Parquet segments and their "
-        "manifest) by `mcli admin archive`; the local stack's default is event-archive/ in its "
-        "state directory. Readers find it through the server (the path archived to).",
-    )
 
 
 class ArchiveMoved(Exception):
@@ -124,6 +113,18 @@ async def safe_point(client: aioredis.Redis, partition: int, cutoff_ms: int) -> 
         at = stood[partition] if partition < len(stood) else ZERO
         bounds.append(Bound(at, f"projection {name}"))
     return min(bounds, key=lambda b: b.position)
+
+
+async def archive_older(
+    client: aioredis.Redis, root: Path, *, older_than_s: float, partitions: int
+) -> Archived:
+    """``archive_partitions`` of what is older than ``older_than_s`` on the log's own clock
+    (the server's ``TIME``, not this host's): ``mcli admin archive --before`` and the
+    log-collector's ``RUNPLANE_RETAIN``."""
+    seconds, micros = await client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    cutoff_ms = now_ms - int(older_than_s * 1000)
+    return await archive_partitions(client, root, cutoff_ms=cutoff_ms, partitions=partitions)
 
 
 async def archive_partitions(

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from events import keys
 from services.core import partitions
+from services.core.archive import ArchiveBusy
 from services.core.client import connect_with
 from services.core.consumer import LogConsumer, make_broker
 from services.core.groups import ensure_group
@@ -124,11 +125,41 @@ class Collector:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self.ingester.run(active))
                     group.create_task(self.archiver.run(active))
+                    if self.settings.retain_s is not None:
+                        group.create_task(self._retain(active, self.settings.retain_s))
                     await self._keep_lease(active, renew_s)
             except* Exception:  # a bug must not stop the collector for good
                 log.exception("collector.crashed")
                 await pause(self._stop, 1.0)
             log.info("collector.standby")
+
+    async def _retain(self, active: asyncio.Event, retain_s: float) -> None:
+        """Under ``RUNPLANE_RETAIN``, while active: every ``retain_every_s``, archive what of
+        the log is older (``services.core.archiver``, as ``mcli admin archive --before`` does).
+        A pass that fails is logged and made again at the next; one cut short by a kill is
+        finished by the next (the archiver's own guarantee)."""
+        from services.core import archiver  # noqa: PLC0415 - only where the log is retained
+
+        assert self.settings.event_archive is not None, "checked by the settings"
+        while not active.is_set():
+            try:
+                done = await archiver.archive_older(
+                    self.client,
+                    self.settings.event_archive,
+                    older_than_s=retain_s,
+                    partitions=self.settings.partitions,
+                )
+                log.info(
+                    "collector.retained",
+                    events=done.events,
+                    runs=done.runs,
+                    trimmed=done.trimmed,
+                    upto=done.upto,
+                    held_by=done.held_by,
+                )
+            except (RedisError, OSError, archiver.ArchiveMoved, ArchiveBusy) as exc:
+                log.warning("collector.retain_failed", error=repr(exc))
+            await pause(active, self.settings.retain_every_s)
 
     async def _keep_lease(self, active: asyncio.Event, renew_s: float) -> None:
         renewed = time.monotonic()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from services.core.settings import Settings
+from services.core.archive import ArchiveSettings
 
 
-class LogCollectorSettings(Settings):
+class LogCollectorSettings(ArchiveSettings):
     archive_dir: Path = Field(
         default=Path("runplane-logs"),
         description="Where finished attempts' output is archived: <run>/<attempt>/rank-<k>.log.",
@@ -42,3 +43,12 @@ class LogCollectorSettings(Settings):
     reply_ttl_s: int = Field(
         default=60, ge=1, description="A reply nobody reads expires after this long."
     )
+
+    @model_validator(mode="after")
+    def _retained_somewhere(self) -> Self:
+        if self.retain is not None and self.event_archive is None:
+            raise ValueError(
+                "RUNPLANE_RETAIN needs RUNPLANE_EVENT_ARCHIVE: the directory the log is "
+                "archived to (the local stack sets it)"
+            )
+        return self

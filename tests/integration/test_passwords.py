@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, NoPermissionError
 
 from events import keys
 from services.core import acl
+from services.core.archiver import archive_older
 from services.core.passwords import (
     REPLICATION_CONF,
     acl_path,
@@ -173,3 +175,31 @@ def test_what_a_service_needs_it_may_do(server: ValkeyProcess, secrets: Path) ->
         ) as default,
     ):
         default.ping()  # off, whatever the password
+
+
+async def test_the_log_collector_may_archive_the_log_under_retain(
+    server: ValkeyProcess, secrets: Path, tmp_path: Path
+) -> None:
+    # RUNPLANE_RETAIN: its pass reads the groups and projections, writes the archive's pointer
+    # and trims the log, on its own login; a service without the rule may not (above).
+    with as_user(server, secrets, acl.OPERATOR) as operator:
+        for n in range(3):
+            operator.xadd(keys.log_stream(0), {"n": str(n)})
+        operator.xgroup_create(keys.log_stream(0), "scheduler", id="$")
+        operator.set(keys.projection_active("run_status"), "v1")
+    login = acl.LOG_COLLECTOR, read_password(password_file(secrets, acl.LOG_COLLECTOR))
+    client = aioredis.Redis(host=HOST, port=server.port, username=login[0], password=login[1])
+    try:
+        done = await archive_older(client, tmp_path / "archive", older_than_s=0, partitions=1)
+    finally:
+        await client.aclose()
+    assert (done.events, done.trimmed) == (0, 0)  # the projection holds it back: nothing yet
+    assert done.held_by == "projection run_status"
+    with as_user(server, secrets, acl.OPERATOR) as operator:
+        operator.set(keys.projection_checkpoint("run_status", "v1"), "9999999999999-0")
+    client = aioredis.Redis(host=HOST, port=server.port, username=login[0], password=login[1])
+    try:
+        done = await archive_older(client, tmp_path / "archive", older_than_s=0, partitions=1)
+    finally:
+        await client.aclose()
+    assert (done.events, done.trimmed) == (3, 3)

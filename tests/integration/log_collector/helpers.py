@@ -26,7 +26,7 @@ from tests.waiting import eventually
 class CollectorProcess(ServiceProcess):
     """One ``python -m services.log_collector`` process; its stderr goes to ``log``."""
 
-    def __init__(self, url: str, archive_dir: Path, name: str, log: Path) -> None:
+    def __init__(self, url: str, archive_dir: Path, name: str, log: Path, **extra: str) -> None:
         env = {
             **os.environ,
             "RUNPLANE_REDIS_URL": url,
@@ -36,6 +36,7 @@ class CollectorProcess(ServiceProcess):
             "RUNPLANE_INGEST_BLOCK_MS": "100",
             "RUNPLANE_LEASE_TTL_MS": "3000",
             "RUNPLANE_CLAIM_IDLE_MS": "1000",
+            **extra,
         }
         super().__init__("services.log_collector", env, log)
         self.url = url
@@ -52,11 +53,12 @@ class CollectorProcess(ServiceProcess):
 
 @asynccontextmanager
 async def collector(
-    url: str, client: aioredis.Redis, archive_dir: Path, name: str = "c1"
+    url: str, client: aioredis.Redis, archive_dir: Path, name: str = "c1", **extra: str
 ) -> AsyncIterator[CollectorProcess]:
-    """A running collector holding the lease; stopped (SIGTERM) at the end."""
+    """A running collector holding the lease (``extra``: more of its environment); stopped
+    (SIGTERM) at the end."""
     proc = await CollectorProcess(
-        url, archive_dir, name, archive_dir.parent / f"{name}.log"
+        url, archive_dir, name, archive_dir.parent / f"{name}.log", **extra
     ).start()
     try:
         await proc.wait_active(client)
