@@ -123,11 +123,15 @@ def sdk_env(stack: LocalStack) -> Iterator[None]:
 
 
 @contextmanager
-def running_stack(state_dir: Path, nodes: int = NODES) -> Iterator[Mcli]:
+def running_stack(
+    state_dir: Path, nodes: int = NODES, extra_env: dict[str, str] | None = None
+) -> Iterator[Mcli]:
     """A local stack of ``nodes`` nodes x 8 GPUs, ready (nodes registered, services
-    answering)."""
+    answering); ``extra_env``: more of its services' environment."""
     stack = LocalStack(state_dir)
-    config = StackConfig(nodes=nodes, gpus_per_node=GPUS, grace_period_s=2.0)
+    config = StackConfig(
+        nodes=nodes, gpus_per_node=GPUS, grace_period_s=2.0, extra_env=extra_env or {}
+    )
     stack.up(config)
     try:
         asyncio.run(make_admin(stack))

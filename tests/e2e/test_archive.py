@@ -1,7 +1,8 @@
 """``mcli admin archive`` on a local stack: what every view shows of a finished run is what it
 showed before; the scheduler, the API and the projector, restarted, read the archive (the
 admin's key is an archived event); the run is restarted and its new resumption joins its
-history; a rebuild shows it (issue 16). No ACL denial on the way."""
+history; a rebuild shows it (issue 16). Under ``RUNPLANE_RETAIN``, the log-collector archives
+the log by itself, and every view is as before. No ACL denial on the way."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from events import keys
 from events.status import RunStatus
+from services.core.client import connect_with
 from tests.e2e.mcli_helpers import Mcli, running_stack, wait_for
 from tests.waiting import eventually
 
@@ -60,3 +63,27 @@ async def test_an_archived_run_reads_as_before_and_restarts(mcli: Mcli) -> None:
     listed = json.loads(mcli.ok("get", "runs", name, "-o", "json"))
     assert [(r["status"], len(r["resumptions"])) for r in listed] == [(S.COMPLETED, 2)]
     assert mcli.ok("admin", "archive", "--before", "0.001s").startswith("archived ")
+
+
+@pytest.fixture
+def retained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mcli]:
+    """A stack whose log-collector keeps 1 s of the log in Valkey, a pass every 0.5 s."""
+    retain = {"RUNPLANE_RETAIN": "1s", "RUNPLANE_RETAIN_EVERY_S": "0.5"}
+    with running_stack(tmp_path_factory.mktemp("retain") / "stack", 1, retain) as runner:
+        yield runner
+
+
+async def test_under_retain_the_collector_archives_the_log_and_views_stay(retained: Mcli) -> None:
+    mcli = retained
+    name = mcli.submit("hello")
+    await wait_for(mcli.stack, name, S.COMPLETED)
+    described = mcli.ok("describe", "run", name)
+    events = json.loads(mcli.ok("events", name, "-o", "json"))
+    client = connect_with(mcli.stack.operator_settings())
+    try:
+        await eventually(lambda: client.xlen(keys.log_stream(0)), equals=0, what="the log archived")
+    finally:
+        await client.aclose()
+    assert list((mcli.stack.state_dir / "event-archive").glob("day=*/*.parquet"))
+    assert mcli.ok("describe", "run", name) == described
+    assert json.loads(mcli.ok("events", name, "-o", "json")) == events
