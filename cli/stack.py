@@ -6,7 +6,8 @@ log-collector, the API server and one node-agent per simulated node; the log on 
 on a local Valkey Cluster (``StackConfig.shards``, ``.replicas``: ``services.core.
 valkey_cluster``), whose every service is told so (``RUNPLANE_REDIS_CLUSTER``, with its first
 node as ``RUNPLANE_REDIS_URL`` and ``RUNPLANE_APPEND_REPLICAS``). Invariants:
-- Everything lives under one state directory (its files: ``cli.stackfiles``): the server's
+- Everything lives under one state directory (its files: ``cli.stackfiles``; what each
+  service is started with: ``cli.stackenv``): the server's
   data (AOF on), each process's log, each node's data directory, ``stack.json`` (what the stack
   runs, with the ports chosen at ``up``) and ``supervisor.json`` (each process's pid, restarts
   and last exit), so any later command (or a second ``dev up``) finds a running stack by
@@ -40,11 +41,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Collection
 from pathlib import Path
-from typing import Any
 
 from cli.errors import StackError
+from cli.stackenv import free_ports, log_settings, service_specs
 from cli.stackfiles import (
     SERVER,
     STACK_FILE,
@@ -56,7 +56,6 @@ from cli.stackfiles import (
     StackFile,
     Supervision,
     cluster_dir,
-    event_archive_dir,
     hold,
     logs_dir,
     operator_login,
@@ -67,7 +66,7 @@ from cli.stackfiles import (
 )
 from services.core import acl, passwords, sealing
 from services.core.settings import Settings
-from services.core.valkey import HOST, free_port, server_binary
+from services.core.valkey import HOST, server_binary
 from services.core.valkey_cluster import Layout, ValkeyCluster
 from services.node_agent.container import naming
 from services.node_agent.job import RankKey
@@ -226,7 +225,7 @@ class LocalStack:
         sealing.provision(secrets_dir(self.state_dir))  # kept too: the sealed values need it
         if config.is_cluster:
             self.valkey_port = self._lay_out_cluster(config).ports[0]
-        self.services = {spec.name: spec for spec in self._specs()}
+        self.services = {spec.name: spec for spec in service_specs(self)}
         specs = list(self.services.values())
         binary = str(server_binary())
         StackFile(config, binary, self.valkey_port, self.api_port, specs).save(self.state_dir)
@@ -354,98 +353,8 @@ class LocalStack:
             redis_url=url or self.url,
             redis_username=user,
             redis_password_file=password_file,
-            **self._log_settings(),
+            **log_settings(self.config),
         )
-
-    def _log_settings(self) -> dict[str, Any]:
-        """The settings of the log's layout that are not the defaults: on a cluster,
-        ``RUNPLANE_REDIS_CLUSTER`` and ``RUNPLANE_APPEND_REPLICAS``; ``RUNPLANE_PARTITIONS``."""
-        config = self.config
-        found: dict[str, Any] = {}
-        if config.is_cluster:
-            found |= {"redis_cluster": True, "append_replicas": config.append_replicas}
-        if config.partitions != 1:
-            found["partitions"] = config.partitions
-        return found
-
-    def _log_env(self) -> dict[str, str]:
-        """The same, as every service's variables."""
-        return {
-            f"RUNPLANE_{name.upper()}": str(value).lower()
-            if isinstance(value, bool)
-            else str(value)
-            for name, value in self._log_settings().items()
-        }
-
-    def _login(self, user: str) -> dict[str, str]:
-        """The variables that log a service in as ``user``: its name and its password's file."""
-        return {
-            "RUNPLANE_REDIS_USERNAME": user,
-            "RUNPLANE_REDIS_PASSWORD_FILE": str(
-                passwords.password_file(secrets_dir(self.state_dir), user)
-            ),
-        }
-
-    def _keyring(self) -> dict[str, str]:
-        """The variable that gives the API server and the node-agents (and no other service)
-        the keyring that seals users' secrets."""
-        path = sealing.keyring_path(secrets_dir(self.state_dir))
-        return {"RUNPLANE_SECRETS_KEYRING_FILE": str(path)}
-
-    def _specs(self) -> list[ServiceSpec]:
-        config = self.config
-        specs = [
-            ServiceSpec("scheduler", "services.scheduler", self._login(acl.SCHEDULER)),
-            ServiceSpec("projector", "services.projector", self._login(acl.PROJECTOR)),
-            ServiceSpec(
-                "log-collector",
-                "services.log_collector",
-                {
-                    "RUNPLANE_ARCHIVE_DIR": str(self.state_dir / "archive"),
-                    # where RUNPLANE_RETAIN archives the log, unless the user names a place
-                    "RUNPLANE_EVENT_ARCHIVE": os.environ.get(
-                        "RUNPLANE_EVENT_ARCHIVE", str(event_archive_dir(self.state_dir))
-                    ),
-                    **self._login(acl.LOG_COLLECTOR),
-                },
-            ),
-            ServiceSpec(
-                "api",
-                "services.api",
-                {
-                    "RUNPLANE_API_HOST": HOST,
-                    "RUNPLANE_API_PORT": str(self.api_port),
-                    "RUNPLANE_ARCHIVE_DIR": str(self.state_dir / "archive"),
-                    **self._keyring(),
-                    **self._login(acl.API),
-                },
-            ),
-        ]
-        for n in range(config.nodes):
-            name = f"node-{n}"
-            env = {
-                "RUNPLANE_NODE": name,
-                "RUNPLANE_CLUSTER": config.cluster,
-                "RUNPLANE_DATA_DIR": str(self.state_dir / "nodes" / name),
-                "RUNPLANE_GRACE_PERIOD_S": str(config.grace_period_s),
-                "RUNPLANE_API_URL": self.api_url,
-                **self._keyring(),
-                "RUNPLANE_EXECUTOR": config.executor,
-                **self._login(acl.NODE_AGENT),
-            }
-            if config.gpus_per_node is not None:
-                env["RUNPLANE_GPUS"] = str(config.gpus_per_node)
-                env["RUNPLANE_GPU_TYPE"] = config.gpu_type
-            specs.append(ServiceSpec(name, "services.node_agent", env))
-        taken = {self.valkey_port, self.api_port}
-        if (layout := Layout.load(cluster_dir(self.state_dir))) and config.is_cluster:
-            taken |= {*layout.ports, *layout.buses}
-        ports = free_ports(len(specs), taken=taken)
-        for spec, port in zip(specs, ports, strict=True):
-            spec.metrics_port = port
-            spec.env |= {"RUNPLANE_METRICS_HOST": HOST, "RUNPLANE_METRICS_PORT": str(port)}
-            spec.env |= self._log_env()
-        return specs
 
     def _wait_started(self, supervisor: subprocess.Popen[bytes]) -> None:
         """Until the supervisor has recorded every process that is not held as running."""
@@ -543,16 +452,6 @@ def kept_partitions(state_dir: Path) -> int | None:
     """The partitions of the log an earlier stack left in ``state_dir``; None if none did."""
     saved = StackFile.load(state_dir)
     return None if saved is None else saved.config.partitions
-
-
-def free_ports(count: int, taken: Collection[int] = ()) -> list[int]:
-    """``count`` distinct ports free on 127.0.0.1 now, none of them in ``taken``."""
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in ports and port not in taken:
-            ports.append(port)
-    return ports
 
 
 def _running(record: Record | None) -> Pid | None:

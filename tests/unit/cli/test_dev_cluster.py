@@ -12,6 +12,7 @@ import pytest
 
 from cli.main import build_parser
 from cli.stack import LocalStack, StackError, kept_partitions
+from cli.stackenv import service_specs
 from cli.stackfiles import STACK_FILE, StackConfig, StackFile
 from services.core.valkey_cluster import SLOTS, Layout, ranges_text, slot_ranges
 
@@ -69,20 +70,20 @@ def test_a_stack_json_of_before_clusters_reads_as_one_server(tmp_path: Path) -> 
 def test_every_service_of_a_cluster_stack_is_told_so(tmp_path: Path) -> None:
     stack = LocalStack(tmp_path)
     stack.config = StackConfig(nodes=1, shards=3, replicas=1)
-    specs = stack._specs()
+    specs = service_specs(stack)
     assert {spec.name for spec in specs} >= {"scheduler", "api", "node-0"}
     for spec in specs:
         assert spec.env["RUNPLANE_REDIS_CLUSTER"] == "true"
         assert spec.env["RUNPLANE_APPEND_REPLICAS"] == "1"
     stack.config = StackConfig(nodes=1)
-    assert not any("RUNPLANE_REDIS_CLUSTER" in spec.env for spec in stack._specs())
-    assert not any("RUNPLANE_PARTITIONS" in spec.env for spec in stack._specs())
+    assert not any("RUNPLANE_REDIS_CLUSTER" in spec.env for spec in service_specs(stack))
+    assert not any("RUNPLANE_PARTITIONS" in spec.env for spec in service_specs(stack))
 
 
 def test_every_service_and_the_operator_get_the_logs_partitions(tmp_path: Path) -> None:
     stack = LocalStack(tmp_path)
     stack.config = StackConfig(nodes=1, shards=3, replicas=1, partitions=4)
-    assert {spec.env["RUNPLANE_PARTITIONS"] for spec in stack._specs()} == {"4"}
+    assert {spec.env["RUNPLANE_PARTITIONS"] for spec in service_specs(stack)} == {"4"}
     settings = stack.operator_settings()
     assert (settings.partitions, settings.redis_cluster, settings.append_replicas) == (4, True, 1)
 
