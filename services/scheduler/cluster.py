@@ -63,7 +63,7 @@ from events.spec import PRIORITY_RANK
 from events.status import RunStatus
 from events.usage import HOUR_MS
 from services.scheduler.placement import Capacity
-from services.scheduler.waiting import Waiting, kind
+from services.scheduler.waiting import Waiting, mark_of
 
 S = RunStatus
 
@@ -341,7 +341,7 @@ class ClusterState:
                 run_id,
                 (-priority, attempt.timeline[0][1], run_id),
                 ((compute.gpus, compute.nodes, compute.gpu_type, compute.instance), priority),
-                (kind(attempt.queue_reason), attempt.status is S.PENDING, attempt.judged),
+                mark_of(attempt),
             )
         else:
             moved = queue.discard(run_id)

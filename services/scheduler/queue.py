@@ -32,12 +32,12 @@ Invariants:
   missing this round); a request that would fit now on the free GPUs of cordoned nodes says
   so in its reason.
 - A waiting attempt gets ``attempt.queued`` when it enters the queue (PENDING), and again only
-  when the kind of its reason (the text before ':') changes: a queue of 10,000 must not write
-  10,000 events whenever a count or a position moves. It carries the shape the request was
-  judged by (nodes, GPUs, gpu_type: the cluster's type when the request names none), so views
-  show what the request means before it is placed; an attempt queued without one (before any
-  node of its cluster registered, or by an older scheduler) is queued again once it has one,
-  else `get runs` falls back to the request and shows ``2x gpu``.
+  when the kind of its reason (the text before ':') changes (``waiting.needs_entry``): a queue
+  of 10,000 must not write 10,000 events whenever a count or a position moves. It carries the
+  shape the request was judged by (nodes, GPUs, gpu_type: the cluster's type when the request
+  names none), so views show what the request means before it is placed; an attempt queued
+  without one (before any node of its cluster registered, or by an older scheduler) is queued
+  again once it has one, else `get runs` falls back to the request and shows ``2x gpu``.
 - A request that no registered node could ever hold fails at once (user, ``Unschedulable``).
 """
 
@@ -65,7 +65,7 @@ from events.status import RunStatus
 from services.scheduler.cluster import ClusterState, Holding
 from services.scheduler.decision import Context, Decision, decision
 from services.scheduler.placement import Capacity, Free, Placement, Scratch, place, why_waiting
-from services.scheduler.waiting import Class, QueueKey, Request, Waiting, kind
+from services.scheduler.waiting import Class, QueueKey, Request, Waiting, mark_of, needs_entry
 
 S = RunStatus
 RELEASING = "Waiting for GPUs being released"
@@ -202,15 +202,7 @@ class _Pass:
                 self.gone.append(self.at)
                 return None
             reason_text = self._wait(run, found)
-        attempt = run.latest
-        if (
-            attempt.status is S.PENDING
-            or (not attempt.judged and not isinstance(found, Refusal))
-            or (
-                reason_text != attempt.queue_reason
-                and kind(reason_text) != kind(attempt.queue_reason)
-            )
-        ):
+        if needs_entry(mark_of(run.latest), reason_text, not isinstance(found, Refusal)):
             self._queued(run, reason_text, found)
         return reason_text, found
 
@@ -223,11 +215,11 @@ class _Pass:
         until: QueueKey | None,
     ) -> None:
         """The attempts of parked class ``cls`` after ``since`` (and before ``until``) wait for
-        ``reason``: write the entries of those whose latest one does not say so (``_judge``'s
-        rule, read from their marks)."""
-        judging = not isinstance(found, Refusal)
-        for (was, pending, judged), runs in self.waiting.marked.get(cls, {}).items():
-            if not (pending or (judging and not judged) or was != kind(reason)):
+        ``reason``: write the entries of those whose latest one does not say so, found by
+        their marks."""
+        shaped = not isinstance(found, Refusal)
+        for mark, runs in self.waiting.marked.get(cls, {}).items():
+            if not needs_entry(mark, reason, shaped):
                 continue
             for run_id in runs:
                 key = self.waiting.key_of(run_id)

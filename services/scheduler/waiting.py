@@ -22,6 +22,9 @@ import bisect
 import functools
 from collections.abc import Iterator
 
+from events.lifecycle import AttemptState
+from events.status import RunStatus
+
 #: (-priority rank, time the attempt entered PENDING, run id): the queue's order.
 QueueKey = tuple[int, int, str]
 #: What a request asks for: GPUs, nodes, gpu_type, instance.
@@ -36,6 +39,20 @@ Mark = tuple[str, bool, bool]
 def kind(reason: str) -> str:
     """The kind of a waiting reason: the text before ':' (what a new entry is written for)."""
     return reason.partition(":")[0]
+
+
+def mark_of(attempt: AttemptState) -> Mark:
+    return kind(attempt.queue_reason), attempt.status is RunStatus.PENDING, attempt.judged
+
+
+def needs_entry(mark: Mark, reason: str, shaped: bool) -> bool:
+    """Whether an attempt whose latest ``attempt.queued`` says ``mark`` gets a new one to wait
+    for ``reason`` (``shaped``: judged by a shape, which the entry carries): when it enters
+    the queue (PENDING), when its entry lacks the shape it has now, and when the kind of its
+    reason changes; a queue of 10,000 must not write 10,000 events whenever a count or a
+    position moves."""
+    was, pending, judged = mark
+    return pending or (shaped and not judged) or was != kind(reason)
 
 
 class Waiting:

@@ -29,7 +29,7 @@ from services.scheduler.decision import Context, Decision
 from services.scheduler.placement import Capacity, Free, Scratch
 from services.scheduler.queue import _Pass, queue_pass
 from services.scheduler.round import decide
-from services.scheduler.waiting import Waiting, kind
+from services.scheduler.waiting import Waiting, mark_of
 from tests.unit.scheduler.world import ACTOR, USER, World
 
 NODES = [f"n{i}" for i in range(5)]
@@ -279,7 +279,7 @@ def _check_waiting(state: ClusterState) -> None:
                 run_id,
                 (-priority, attempt.timeline[0][1], run_id),
                 ((c.gpus, c.nodes, c.gpu_type, c.instance), priority),
-                (kind(attempt.queue_reason), attempt.status is S.PENDING, attempt.judged),
+                mark_of(attempt),
             )
         assert waiting.keys == rebuilt.keys
         assert waiting.entries == rebuilt.entries
