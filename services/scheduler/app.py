@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Collection
 from typing import Any
 
@@ -323,20 +325,25 @@ class Session:
 
         async with asyncio.TaskGroup() as tasks:
             sent = [tasks.create_task(send(batch)) for batch in batches]
-        progressed = False
+        stored: Counter[str] = Counter()
+        conflicts = 0
         fenced: Fenced | None = None
         for batch, task in zip(batches, sent, strict=True):
             for decision, outcome in zip(batch, task.result(), strict=True):
                 if isinstance(outcome, Fenced):
                     fenced = fenced or outcome
                 elif isinstance(outcome, VersionConflict):
+                    conflicts += 1
                     await self.reload(decision.aggregate)  # somebody else wrote: decide again
                 else:
                     await self.applied(decision, outcome)
-                    progressed = True
+                    stored.update(tag_of(type(event)) for event in decision.events)
+        if stored or conflicts:
+            # One line a round; each event on its own at debug (the log holds them all).
+            log.info("scheduler.appended", events=dict(stored), conflicts=conflicts)
         if fenced is not None:
             raise fenced
-        return progressed
+        return bool(stored)
 
     async def applied(self, decision: Decision, appended: Appended) -> None:
         """Fold what an append stored into the state, at once (the same events coming back
@@ -352,8 +359,9 @@ class Session:
             if self.state.apply(Recorded(position, first + offset, event)) is Applied.GAP:
                 await self.reload(decision.aggregate)
                 break
-        for event in decision.events:
-            _log_event(event)
+        if log.is_enabled_for(logging.DEBUG):
+            for event in decision.events:
+                _log_event(event)
         metrics.appended(decision.events, self.state)
 
     def still_valid(self, decision: Decision) -> bool:
@@ -401,4 +409,4 @@ def _log_event(event: AnyEvent) -> None:
             fields[name] = str(value) if name == "reason" else value
     if isinstance(event, AttemptScheduled):
         fields["ranks"] = [f"{r.rank}:{r.node}:{','.join(map(str, r.gpus))}" for r in event.ranks]
-    log.info("scheduler.appended", **fields)
+    log.debug("scheduler.appended_event", **fields)
