@@ -260,8 +260,11 @@ class Session:
         # still declared within 1.2 timeouts.
         watch_ms = max(self.settings.tick_ms, int(self.settings.node_timeout_s * 1000) // 5)
         next_watch = 0
+        pace_s = self.settings.round_min_ms / 1000
+        loop = asyncio.get_running_loop()
         while True:
             self.wake.clear()
+            started = loop.time()
             now = await self.server_ms()
             silent: Collection[str] = ()
             watched = quiet = 0
@@ -287,6 +290,8 @@ class Session:
             self.state.drop_settled()
             if not progressed:
                 await wait_event(self.wake, tick_s)
+            if (rest := pace_s - (loop.time() - started)) > 0:
+                await asyncio.sleep(rest)  # what arrives meanwhile is decided together
 
     async def silent_nodes(self, now: int) -> tuple[frozenset[str], int, int]:
         """The watched nodes whose heartbeat key is missing; how many are quiet (missing, or
