@@ -23,7 +23,7 @@ from typing import Any, cast
 import structlog
 from faststream.middlewares import AckPolicy
 from faststream.redis import RedisBroker, RedisClusterBroker, StreamSub
-from faststream.redis.annotations import RedisBatchStreamMessage, RedisStreamMessage
+from faststream.redis.annotations import RedisStreamMessage
 from redis.asyncio import Connection, Redis
 
 from events import codec, keys
@@ -70,6 +70,12 @@ async def _raw(msg: Any, original: Any) -> None:
     """Skip FastStream's body decoding: handlers read the entry's fields themselves."""
 
 
+async def _batch(msg: Any, original: Any) -> Any:
+    """A batch's body is the raw reply (ids and fields): its handler takes it as its argument,
+    not through FastStream's ``Context``, which it resolves in a worker thread each time."""
+    return msg.raw_message
+
+
 class LogConsumer:
     """Feeds every event of one partition's global log (or of ``stream``: a node's inbox, whose
     entries are copies of the log's) to ``handler``, once in effect."""
@@ -105,7 +111,8 @@ class LogConsumer:
         # what a dead consumer or a failed batch left pending, one entry at a time, counting
         # deliveries.
         broker.subscriber(
-            stream=StreamSub(self.stream, batch=True, max_records=batch, **common), **options
+            stream=StreamSub(self.stream, batch=True, max_records=batch, **common),
+            **(options | {"decoder": _batch}),
         )(self._on_batch)
         broker.subscriber(
             stream=StreamSub(self.stream, min_idle_time=settings.claim_idle_ms, **common),
@@ -117,8 +124,7 @@ class LogConsumer:
         self._client = client
         await ensure_group(client, self.stream, self.group)
 
-    async def _on_batch(self, msg: RedisBatchStreamMessage) -> None:
-        raw = msg.raw_message
+    async def _on_batch(self, raw: Any) -> None:
         done: list[bytes] = []
         for raw_position, fields in zip(raw["message_ids"], raw["data"], strict=True):
             position = raw_position.decode()

@@ -8,6 +8,11 @@ Invariants:
   with the server's clock, after the expected-version check and the idempotency check.
 - An append always carries an idempotency key (the first event's id unless given), so retrying
   after a dropped connection stores the events once and returns the original positions.
+- ``append_all`` sends several aggregates' appends in one round trip (a pipeline): each is
+  still its own call of the function, with its own expected version, fence and idempotency
+  key, so each lands or fails alone, exactly as ``append`` would; what the server answers
+  comes after it stored them all (with ``appendfsync always``, after its fsync), and a retry
+  resends them all (those that had landed come back as duplicates).
 - Events are checked against the lifecycle rules before they are sent (``update_run``); a lost
   race re-reads and re-decides.
 - Reads of the global log (``read_log``, ``read_log_entries``, ``replay``) go through
@@ -20,9 +25,9 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib.resources import files
-from typing import Any, NamedTuple, Self, cast
+from typing import Any, NamedTuple, Self, TypeVar, cast
 
 import redis.asyncio as aioredis
 import structlog
@@ -88,6 +93,7 @@ _TRANSIENT = (
 _PAGE = 10_000
 
 _Keys = tuple[str, ...]
+_R = TypeVar("_R")
 _Args = list[bytes | int | str]
 Decide = Callable[[RunState | None], Sequence[AnyRunEvent]]
 
@@ -111,6 +117,29 @@ class Appended(NamedTuple):
     positions: list[str]
     version: int | None  # the aggregate's new version; None for a duplicate
     duplicate: bool
+
+
+class Append(NamedTuple):
+    """One aggregate's append, as ``EventStore.append`` takes it, for ``append_all``."""
+
+    events: Sequence[Event]
+    expected_version: int | None
+    fence: Fence | None = None
+    idempotency_key: str | None = None
+
+
+#: What one append of ``append_all`` came to: stored, or refused (nothing of it written).
+Outcome = Appended | VersionConflict | Fenced
+
+
+class _Request(NamedTuple):
+    """One call of the append function, and what its reply is read against."""
+
+    keys: _Keys
+    args: _Args
+    aggregate: str
+    expected_version: int | None
+    events: Sequence[Event]
 
 
 class EventStore:
@@ -150,6 +179,27 @@ class EventStore:
         ``Fenced`` if ``fence`` is given and its key no longer holds its token, and
         ``StoreUnavailable`` if the server stays unreachable for ``retry_for_s`` seconds.
         """
+        request = self._request(Append(events, expected_version, fence, idempotency_key))
+        reply = await self._call(lambda: self._fcall(request.keys, request.args), retry_for_s)
+        outcome = _outcome(request, reply)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def append_all(
+        self, appends: Sequence[Append], *, retry_for_s: float = 30.0
+    ) -> list[Outcome]:
+        """Several appends in one round trip, each what ``append`` would make of it: the
+        outcomes in the order of ``appends``, a conflict or a fence as its error (the others
+        landed all the same). Raises ``StoreUnavailable`` as ``append`` does."""
+        requests = [self._request(one) for one in appends]
+        if not requests:
+            return []
+        replies = await self._call(lambda: self._fcall_all(requests), retry_for_s)
+        return [_outcome(request, reply) for request, reply in zip(requests, replies, strict=True)]
+
+    def _request(self, append: Append) -> _Request:
+        events, fence = append.events, append.fence
         if not events:
             raise ValueError("nothing to append")
         aggregate = events[0].aggregate
@@ -163,12 +213,13 @@ class EventStore:
         fcall_keys = (
             keys.log_stream(partition),
             keys.aggregate_stream(aggregate, partition),
-            keys.idempotency_key(idempotency_key or events[0].id, partition),
+            keys.idempotency_key(append.idempotency_key or events[0].id, partition),
             keys.told_nodes(aggregate, partition),
             *((fence.key,) if fence else ()),
         )
+        expected = append.expected_version
         args: _Args = [
-            -1 if expected_version is None else expected_version,
+            -1 if expected is None else expected,
             self.settings.idempotency_ttl_s * 1000,
             fence.token if fence else "",
             keys.inbox_prefix(partition),
@@ -177,19 +228,7 @@ class EventStore:
         for event in events:
             fields = codec.encode(event)
             args += (fields[codec.KIND], fields[codec.BODY], inbox.route(event))
-        reply = await self._call(fcall_keys, args, retry_for_s)
-        status = reply[0]
-        if status == b"conflict":
-            raise VersionConflict(aggregate, expected_version or 0, int(reply[1]))
-        if status == b"fenced":
-            raise Fenced(aggregate, reply[1].decode())
-        positions = reply[1].decode().split(" ")
-        if status == b"dup":
-            log.info("append.duplicate", aggregate=aggregate, positions=positions)
-            return Appended(positions, None, duplicate=True)
-        for event in events:
-            APPENDED.labels(tag_of(type(event))).inc()
-        return Appended(positions, int(reply[2]), duplicate=False)
+        return _Request(fcall_keys, args, aggregate, expected, events)
 
     async def update_run(
         self,
@@ -226,14 +265,11 @@ class EventStore:
             return after, appended
         raise VersionConflict(run_aggregate(run_id), -1, -1)
 
-    async def _call(
-        self,
-        fcall_keys: _Keys,
-        args: list[bytes | int | str],
-        retry_for_s: float,
-    ) -> list[bytes]:
+    async def _call(self, send: Callable[[], Awaitable[_R]], retry_for_s: float) -> _R:
+        """``send()``, retried with back-off while the server is away (the idempotency keys
+        make that safe), for ``retry_for_s`` seconds at most."""
         try:
-            return await self._fcall(fcall_keys, args)
+            return await send()
         except _TRANSIENT:
             pass  # retried below, with back-off; the idempotency key makes that safe
         retrying = AsyncRetrying(
@@ -245,7 +281,7 @@ class EventStore:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._fcall(fcall_keys, args)
+                    return await send()
         except _TRANSIENT as exc:
             raise StoreUnavailable(self.settings.redis_url, str(exc) or type(exc).__name__) from exc
         raise AssertionError("unreachable")  # pragma: no cover
@@ -255,13 +291,28 @@ class EventStore:
         try:
             return await self._send(fcall_keys, args)
         except ResponseError as exc:
-            if "Function not found" not in str(exc):
+            if not _not_found(exc):
                 raise
-            # A server that never saw runplane (or lost its data): load the function, once more.
-            if not acl.loads_append_function(self.settings.redis_username):
-                raise _NotLoaded(str(exc)) from None
-            await self.load_function()
+            await self._load_missing(str(exc))
             return await self._send(fcall_keys, args)
+
+    async def _fcall_all(self, requests: Sequence[_Request]) -> list[list[bytes]]:
+        await self._check_partitions()
+        replies = await self._send_all(requests)
+        if missing := next((reply for reply in replies if _not_found(reply)), None):
+            await self._load_missing(str(missing))
+            replies = await self._send_all(requests)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return cast(list[list[bytes]], replies)
+
+    async def _load_missing(self, why: str) -> None:
+        """A server that never saw runplane (or lost its data): load the function, if this
+        user may (else wait for the scheduler to, as for a server away)."""
+        if not acl.loads_append_function(self.settings.redis_username):
+            raise _NotLoaded(why) from None
+        await self.load_function()
 
     async def _send(self, fcall_keys: _Keys, args: _Args) -> list[bytes]:
         """One call of the append function. With ``append_replicas``, answered only once that
@@ -289,6 +340,19 @@ class EventStore:
         if not self._partitions_checked:
             await partitions.check(self.redis, self.settings.partitions)
             self._partitions_checked = True
+
+    async def _send_all(self, requests: Sequence[_Request]) -> list[Any]:
+        """One pipeline of calls (``_send`` for each, the WAITs once after them all); the
+        replies, a failed call's as its error."""
+        pipe = self.redis.pipeline(transaction=False)
+        for request in requests:
+            pipe.fcall("runplane_append2", len(request.keys), *request.keys, *request.args)
+        waits = await wait_after(pipe, self.redis, {request.keys[0] for request in requests})
+        answered = await pipe.execute(raise_on_error=False)
+        replies, waited = answered[: len(requests)], answered[len(requests) :]
+        if any(not isinstance(r, Exception) and r[0] in (b"ok", b"dup") for r in replies):
+            check_replicated(self.redis, waited[:waits])
+        return replies
 
     async def load_function(self) -> None:
         await self.redis.function_load(_FUNCTION, replace=True)
@@ -385,3 +449,23 @@ RawEntry = tuple[bytes, dict[bytes, bytes]]
 
 def _recorded(raw_position: bytes, fields: dict[bytes, bytes]) -> Recorded:
     return codec.recorded(raw_position.decode(), fields)
+
+
+def _not_found(reply: object) -> bool:
+    return isinstance(reply, ResponseError) and "Function not found" in str(reply)
+
+
+def _outcome(request: _Request, reply: list[bytes]) -> Outcome:
+    """What the append function's ``reply`` to ``request`` says (counted once if stored)."""
+    status = reply[0]
+    if status == b"conflict":
+        return VersionConflict(request.aggregate, request.expected_version or 0, int(reply[1]))
+    if status == b"fenced":
+        return Fenced(request.aggregate, reply[1].decode())
+    positions = reply[1].decode().split(" ")
+    if status == b"dup":
+        log.info("append.duplicate", aggregate=request.aggregate, positions=positions)
+        return Appended(positions, None, duplicate=True)
+    for event in request.events:
+        APPENDED.labels(tag_of(type(event))).inc()
+    return Appended(positions, int(reply[2]), duplicate=False)

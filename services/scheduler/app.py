@@ -10,6 +10,10 @@ Invariants:
   partition 0, the term's claim on the others) and the version the decision was made on: a
   deposed instance writes nothing once its successor claimed the fences, a decision on stale
   state loses the race (the run is reloaded and decided again next round).
+- A round's decisions are appended in batches, one round trip each (``EventStore.append_all``),
+  each decision still its own append with its own version check and fence; the scheduler
+  takes one as done only once the server answered for it (after its fsync, with AOF
+  ``always``).
 - A successful append is applied to the state at once, before the next round places anything,
   so a GPU is never given twice; the same events coming back through the log are skipped by
   their version. Before appending a placement its GPUs are checked free once more.
@@ -25,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Collection
 from typing import Any
 
@@ -44,7 +50,7 @@ from services.core.client import disconnect
 from services.core.consumer import LogConsumer
 from services.core.errors import Fenced, StoreError, VersionConflict
 from services.core.lease import Lease, LeaseLost
-from services.core.store import EventStore
+from services.core.store import Append, Appended, EventStore, Outcome
 from services.scheduler import fences, metrics
 from services.scheduler.cluster import Applied, ClusterState
 from services.scheduler.decision import Decision
@@ -55,7 +61,9 @@ log = structlog.get_logger("runplane.scheduler")
 _MISSING = -2  # PTTL of a key that does not exist
 
 GROUP = "scheduler"
-_CONCURRENT_APPENDS = 32
+#: Appends sent in one round trip, and such round trips in flight at once.
+_BATCH = 200
+_CONCURRENT_BATCHES = 4
 _RETRY_S = 0.5
 
 
@@ -252,8 +260,11 @@ class Session:
         # still declared within 1.2 timeouts.
         watch_ms = max(self.settings.tick_ms, int(self.settings.node_timeout_s * 1000) // 5)
         next_watch = 0
+        pace_s = self.settings.round_min_ms / 1000
+        loop = asyncio.get_running_loop()
         while True:
             self.wake.clear()
+            started = loop.time()
             now = await self.server_ms()
             silent: Collection[str] = ()
             watched = quiet = 0
@@ -279,6 +290,8 @@ class Session:
             self.state.drop_settled()
             if not progressed:
                 await wait_event(self.wake, tick_s)
+            if (rest := pace_s - (loop.time() - started)) > 0:
+                await asyncio.sleep(rest)  # what arrives meanwhile is decided together
 
     async def silent_nodes(self, now: int) -> tuple[frozenset[str], int, int]:
         """The watched nodes whose heartbeat key is missing; how many are quiet (missing, or
@@ -299,33 +312,50 @@ class Session:
         return silent, quiet, len(names)
 
     async def execute(self, decisions: list[Decision]) -> bool:
-        """Append every decision (concurrently: each is one aggregate); True if any landed."""
-        limit = asyncio.Semaphore(_CONCURRENT_APPENDS)
+        """Append every decision still valid, ``_BATCH`` at a time in one round trip each
+        (``EventStore.append_all``: each still its own append, with its own version check and
+        fence), then apply what landed; True if any did. A conflict reloads its aggregate (it
+        is decided again next round), a fence refused ends the term (``Fenced``)."""
+        valid = [decision for decision in decisions if self.still_valid(decision)]
+        assert self.fences is not None, "serve() claims the fences first"
+        fence = self.fences.of
+        batches = [valid[start : start + _BATCH] for start in range(0, len(valid), _BATCH)]
+        limit = asyncio.Semaphore(_CONCURRENT_BATCHES)
 
-        async def one(decision: Decision) -> bool:
+        async def send(batch: list[Decision]) -> list[Outcome]:
             async with limit:
-                return await self.append(decision)
+                return await self.store.append_all(
+                    [Append(d.events, d.expected_version, fence(d.aggregate)) for d in batch]
+                )
 
         async with asyncio.TaskGroup() as tasks:
-            results = [tasks.create_task(one(decision)) for decision in decisions]
-        return any(result.result() for result in results)
+            sent = [tasks.create_task(send(batch)) for batch in batches]
+        stored: Counter[str] = Counter()
+        conflicts = 0
+        fenced: Fenced | None = None
+        for batch, task in zip(batches, sent, strict=True):
+            for decision, outcome in zip(batch, task.result(), strict=True):
+                if isinstance(outcome, Fenced):
+                    fenced = fenced or outcome
+                elif isinstance(outcome, VersionConflict):
+                    conflicts += 1
+                    await self.reload(decision.aggregate)  # somebody else wrote: decide again
+                else:
+                    await self.applied(decision, outcome)
+                    stored.update(tag_of(type(event)) for event in decision.events)
+        if stored or conflicts:
+            # One line a round; each event on its own at debug (the log holds them all).
+            log.info("scheduler.appended", events=dict(stored), conflicts=conflicts)
+        if fenced is not None:
+            raise fenced
+        return bool(stored)
 
-    async def append(self, decision: Decision) -> bool:
-        if not self.still_valid(decision):
-            return False
-        assert self.fences is not None, "serve() claims the fences first"
-        try:
-            appended = await self.store.append(
-                decision.events,
-                expected_version=decision.expected_version,
-                fence=self.fences.of(decision.aggregate),
-            )
-        except VersionConflict:
-            await self.reload(decision.aggregate)  # somebody else wrote: decide again
-            return False
+    async def applied(self, decision: Decision, appended: Appended) -> None:
+        """Fold what an append stored into the state, at once (the same events coming back
+        through the log are skipped by their version)."""
         if appended.version is None:  # a retried append that had landed: read what it wrote
             await self.reload(decision.aggregate)
-            return True
+            return
         first = appended.version - len(decision.events) + 1
         for offset, (position, event) in enumerate(
             zip(appended.positions, decision.events, strict=True)
@@ -334,10 +364,10 @@ class Session:
             if self.state.apply(Recorded(position, first + offset, event)) is Applied.GAP:
                 await self.reload(decision.aggregate)
                 break
-        for event in decision.events:
-            _log_event(event)
+        if log.is_enabled_for(logging.DEBUG):
+            for event in decision.events:
+                _log_event(event)
         metrics.appended(decision.events, self.state)
-        return True
 
     def still_valid(self, decision: Decision) -> bool:
         """The state did not move since the decision, the rules accept it, its GPUs are free."""
@@ -384,4 +414,4 @@ def _log_event(event: AnyEvent) -> None:
             fields[name] = str(value) if name == "reason" else value
     if isinstance(event, AttemptScheduled):
         fields["ranks"] = [f"{r.rank}:{r.node}:{','.join(map(str, r.gpus))}" for r in event.ranks]
-    log.info("scheduler.appended", **fields)
+    log.debug("scheduler.appended_event", **fields)

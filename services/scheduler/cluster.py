@@ -25,6 +25,9 @@ Invariants:
   one node by the rules that say what is usable and free (``Node.usable``, ``Node.cordoned``,
   ``free_gpus``), so they always equal what a rebuild from every node would give, and a queue
   pass reads them without walking the fleet.
+- Per cluster, ``waiting`` (``services.scheduler.waiting.Waiting``) keeps the waiting attempts
+  in queue order, by class and by what their latest ``attempt.queued`` says, changed run by
+  run (``_index_queue``, ``_forget``).
 - Every change the scheduler must look at marks its run (``dirty_runs``) or its cluster's queue
   (``dirty_clusters``) dirty; ``decide`` reads only those, the edge clears them after deciding.
 """
@@ -60,6 +63,7 @@ from events.spec import PRIORITY_RANK
 from events.status import RunStatus
 from events.usage import HOUR_MS
 from services.scheduler.placement import Capacity
+from services.scheduler.waiting import Waiting, mark_of
 
 S = RunStatus
 
@@ -121,9 +125,6 @@ class Holding(NamedTuple):
     ranks: tuple[tuple[str, tuple[int, ...]], ...]
 
 
-QueueKey = tuple[int, int, str]  # (-priority rank, time the attempt entered PENDING, run id)
-
-
 class ClusterState:
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {}
@@ -141,8 +142,8 @@ class ClusterState:
         self.preemptible: dict[str, set[str]] = {}
         #: node -> run ids of attempts holding GPUs on it.
         self.on_node: dict[str, set[str]] = {}
-        self.waiting: dict[str, dict[str, QueueKey]] = {}
-        self._order: dict[str, list[str]] = {}
+        #: cluster -> its waiting attempts, in queue order (``services.scheduler.waiting``).
+        self.waiting: dict[str, Waiting] = {}
         #: run id -> rank indices of its latest attempt, in the order they exited.
         self.exit_order: dict[str, list[int]] = {}
         #: run id -> log time at which its RUNNING attempt exceeds max_duration.
@@ -330,17 +331,21 @@ class ClusterState:
 
     def _index_queue(self, run: RunState) -> None:
         run_id, cluster, attempt = run.run_id, run.spec.compute.cluster, run.latest
-        queue = self.waiting.setdefault(cluster, {})
-        key = None
+        queue = self.waiting.get(cluster)
+        if queue is None:
+            queue = self.waiting[cluster] = Waiting()
         if attempt.status.is_waiting() and not (run.deleted or run.delete_requested):
             priority = PRIORITY_RANK[run.spec.scheduling.priority]
-            key = (-priority, attempt.timeline[0][1], run_id)
-        if queue.get(run_id) != key:
-            if key is None:
-                del queue[run_id]
-            else:
-                queue[run_id] = key
-            self._order.pop(cluster, None)
+            compute = run.spec.compute
+            moved = queue.put(
+                run_id,
+                (-priority, attempt.timeline[0][1], run_id),
+                ((compute.gpus, compute.nodes, compute.gpu_type, compute.instance), priority),
+                mark_of(attempt),
+            )
+        else:
+            moved = queue.discard(run_id)
+        if moved:
             self.dirty_clusters.add(cluster)
 
     def drop_settled(self) -> None:
@@ -425,8 +430,7 @@ class ClusterState:
             self.dirty_clusters.add(cluster)
         self.terminating.get(cluster, set()).discard(run_id)
         self.preemptible.get(cluster, set()).discard(run_id)
-        if self.waiting.get(cluster, {}).pop(run_id, None) is not None:
-            self._order.pop(cluster, None)
+        if (queue := self.waiting.get(cluster)) is not None and queue.discard(run_id):
             self.dirty_clusters.add(cluster)
         self.deadlines.pop(run_id, None)
         self.exit_order.pop(run_id, None)
@@ -436,11 +440,8 @@ class ClusterState:
 
     def queue(self, cluster: str) -> list[str]:
         """Run ids of the attempts waiting in ``cluster``: priority first, then age."""
-        order = self._order.get(cluster)
-        if order is None:
-            waiting = self.waiting.get(cluster, {})
-            order = self._order[cluster] = sorted(waiting, key=waiting.__getitem__)
-        return order
+        queue = self.waiting.get(cluster)
+        return queue.order() if queue is not None else []
 
     def uuids_of(self, node: str, gpus: Iterable[int]) -> list[str]:
         """The UUIDs of ``node``'s GPUs ``gpus``; none where its registration names none."""

@@ -22,7 +22,7 @@ from events.model import AnyEvent, AttemptScheduled, AttemptTerminating
 from events.status import RunStatus
 from services.core.metrics import REGISTRY
 from services.scheduler.cluster import ClusterState
-from services.scheduler.queue import kind
+from services.scheduler.waiting import kind
 
 #: A wait lasts from milliseconds (an idle cluster) to hours (a busy one).
 WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)

@@ -18,8 +18,13 @@ Invariants:
   overlap each other or any GPU held (an attempt holds its GPUs until it leaves TERMINATING).
   The trial is undone when the pass ends: the placements take their GPUs for real when the
   edge applies their events.
-- A pass costs what it touches (the nodes it takes from or hides, the queue it walks), not the
-  fleet: the capacity, the fleet and the cordoned nodes are read as the state keeps them.
+- A pass costs what it touches (the nodes it takes from or hides, the attempts it judges), not
+  the fleet: the capacity, the fleet and the cordoned nodes are read as the state keeps them.
+  Nor the whole queue: the attempts are walked class by class (request and priority,
+  ``services.scheduler.waiting``), and a class whose attempt waited without taking anything
+  is parked until a preemption, its other attempts judged alike without a walk (``run``).
+  The decisions come out in queue order all the same, and equal those of a walk of every
+  attempt (``park=False``, held to it by the property test).
   Only the paths taken when an attempt does not fit walk more, once a pass each: the GPUs of
   TERMINATING attempts (``_releasing``) and the cluster's preemptible attempts
   (``_candidates``, from ``ClusterState.preemptible``).
@@ -27,18 +32,20 @@ Invariants:
   missing this round); a request that would fit now on the free GPUs of cordoned nodes says
   so in its reason.
 - A waiting attempt gets ``attempt.queued`` when it enters the queue (PENDING), and again only
-  when the kind of its reason (the text before ':') changes: a queue of 10,000 must not write
-  10,000 events whenever a count or a position moves. It carries the shape the request was
-  judged by (nodes, GPUs, gpu_type: the cluster's type when the request names none), so views
-  show what the request means before it is placed; an attempt queued without one (before any
-  node of its cluster registered, or by an older scheduler) is queued again once it has one,
-  else `get runs` falls back to the request and shows ``2x gpu``.
+  when the kind of its reason (the text before ':') changes (``waiting.needs_entry``): a queue
+  of 10,000 must not write 10,000 events whenever a count or a position moves. It carries the
+  shape the request was judged by (nodes, GPUs, gpu_type: the cluster's type when the request
+  names none), so views show what the request means before it is placed; an attempt queued
+  without one (before any node of its cluster registered, or by an older scheduler) is queued
+  again once it has one, else `get runs` falls back to the request and shows ``2x gpu``.
 - A request that no registered node could ever hold fails at once (user, ``Unschedulable``).
 """
 
 from __future__ import annotations
 
-import functools
+import bisect
+import heapq
+import operator
 from collections.abc import Collection
 from typing import NamedTuple
 
@@ -58,10 +65,10 @@ from events.status import RunStatus
 from services.scheduler.cluster import ClusterState, Holding
 from services.scheduler.decision import Context, Decision, decision
 from services.scheduler.placement import Capacity, Free, Placement, Scratch, place, why_waiting
+from services.scheduler.waiting import Class, QueueKey, Request, Waiting, mark_of, needs_entry
 
 S = RunStatus
 RELEASING = "Waiting for GPUs being released"
-Request = tuple[int, int | None, str | None, str | None]  # gpus, nodes, gpu_type, instance
 
 
 class _Victim(NamedTuple):
@@ -80,11 +87,6 @@ def _judged(found: list[Shape] | Refusal) -> dict[str, object]:
     return {"nodes": first.ranks, "gpus": first.ranks * first.per_rank, "gpu_type": first.gpu_type}
 
 
-@functools.lru_cache(maxsize=4096)
-def kind(reason: str) -> str:
-    return reason.partition(":")[0]
-
-
 def queue_pass(
     state: ClusterState,
     cluster: str,
@@ -92,12 +94,15 @@ def queue_pass(
     *,
     busy: Collection[str] = (),
     silent: Collection[str] = (),
+    park: bool = True,
 ) -> list[Decision]:
-    order = state.queue(cluster)
-    if not order:
+    """``park``: leave out a class once its outcome is fixed (False: walk every attempt, the
+    reference the property test holds the parked pass to)."""
+    waiting = state.waiting.get(cluster)
+    if not waiting:
         return []
     with (state.capacity.get(cluster) or Capacity()).trial() as capacity:
-        return _Pass(state, cluster, ctx, capacity, busy=busy, silent=silent).run(order)
+        return _Pass(state, cluster, ctx, capacity, busy=busy, silent=silent).run(park)
 
 
 class _Pass:
@@ -114,6 +119,7 @@ class _Pass:
         """``capacity``: the cluster's, inside a trial (what the pass takes is undone)."""
         self.state, self.cluster, self.ctx, self.busy = state, cluster, ctx, busy
         self.fleet: Fleet = state.fleets.get(cluster, {})
+        self.waiting = state.waiting.get(cluster) or Waiting()
         self.now = capacity
         #: Nodes up but cordoned, draining or drained: what waits may name them as the reason.
         self.cordoned = [
@@ -125,60 +131,110 @@ class _Pass:
         self._future: Scratch | None = None
         self._victims: list[_Victim] | None = None
         self.chosen: set[str] = set()
-        self.decisions: list[Decision] = []
+        #: Each decision with the queue key of the attempt walked when it was made.
+        self.decisions: list[tuple[QueueKey, Decision]] = []
+        self.at: QueueKey = (0, 0, "")
         self.shapes: dict[Request, list[Shape] | Refusal] = {}
         self.no_fit: set[tuple[Shape, ...]] = set()
         self.no_future_fit: set[tuple[Shape, ...]] = set()
         self.no_preempt: set[tuple[tuple[Shape, ...], int]] = set()
         self.reasons: dict[Shape, str] = {}
-        #: Bumped whenever the pass takes or gives GPUs; a wait decided at the same generation
-        #: for the same request and priority has the same outcome, so it is not decided again.
+        #: Bumped whenever the pass takes or gives GPUs: an attempt that waited with it
+        #: unchanged took nothing.
         self.generation = 0
-        self.waits: dict[tuple[Request, int], tuple[int, str]] = {}
+        #: Bumped by each preemption: what every parked class's attempts get may change.
+        self.preemptions = 0
+        #: The keys of the attempts placed or failed so far, in queue order (positions).
+        self.gone: list[QueueKey] = []
 
-    def run(self, order: list[str]) -> list[Decision]:
-        position = 0
-        for run_id in order:
-            run = self.state.runs[run_id]
-            compute = run.spec.compute
-            key = (compute.gpus, compute.nodes, compute.gpu_type, compute.instance)
-            found = self.shapes.get(key)
-            if found is None:
-                found = self.shapes[key] = shapes(compute, self.fleet)
-            if isinstance(found, Refusal) and found.permanent:
-                reason = Reason(category="user", code="Unschedulable", message=found.message)
-                self._decide(run, AttemptFailed, reason=reason)
+    def run(self, park: bool = True) -> list[Decision]:
+        """Walk the waiting attempts in queue order, the classes side by side. An attempt
+        that waits without taking anything (no placement, reservation or preemption) fixes
+        what the rest of its class gets until a preemption: every later attempt of the class
+        would find its placement, its reservation and its preemption refused as this one
+        did (``no_fit``, ``no_future_fit``, ``no_preempt``; what a pass takes only shrinks
+        what is free) and wait for the same reason. So the class is parked there: its
+        attempts are not walked, and the few whose entry must be written again are read from
+        ``Waiting.marked`` (``_settle``) when a preemption unparks it or the pass ends."""
+        waiting = self.waiting
+        heap = [(keys[0], cls, 0) for cls, keys in waiting.by_class.items()]
+        heapq.heapify(heap)
+        parked: dict[Class, tuple[QueueKey, str, list[Shape] | Refusal]] = {}
+        while heap:
+            key, cls, index = heapq.heappop(heap)
+            generation, preemptions = self.generation, self.preemptions
+            self.at = key
+            waited = self._judge(self.state.runs[key[2]], cls[0])
+            if waited is not None and park and self.generation == generation:
+                parked[cls] = (key, *waited)
+            elif index + 1 < len(keys := waiting.by_class[cls]):
+                heapq.heappush(heap, (keys[index + 1], cls, index + 1))
+            if self.preemptions != preemptions:
+                for was, (since, reason, found) in parked.items():
+                    self._settle(was, found, reason, since, key)
+                    keys = waiting.by_class[was]
+                    after = bisect.bisect_right(keys, key)
+                    if after < len(keys):
+                        heapq.heappush(heap, (keys[after], was, after))
+                parked.clear()
+        for cls, (since, reason, found) in parked.items():
+            self._settle(cls, found, reason, since, None)
+        self.decisions.sort(key=operator.itemgetter(0))
+        return [decision for _, decision in self.decisions]
+
+    def _judge(self, run: RunState, key: Request) -> tuple[str, list[Shape] | Refusal] | None:
+        """Place, fail or queue one attempt; why it waits (and the shapes it was judged by),
+        or None if it was placed or failed."""
+        found = self.shapes.get(key)
+        if found is None:
+            found = self.shapes[key] = shapes(run.spec.compute, self.fleet)
+        if isinstance(found, Refusal) and found.permanent:
+            reason = Reason(category="user", code="Unschedulable", message=found.message)
+            self._decide(run, AttemptFailed, reason=reason)
+            self.gone.append(self.at)
+            return None
+        if isinstance(found, Refusal):
+            reason_text = found.message
+        else:
+            placed = self._place(found)
+            if placed is not None:
+                self._schedule(run, self._position(self.at), *placed)
+                self.gone.append(self.at)
+                return None
+            reason_text = self._wait(run, found)
+        if needs_entry(mark_of(run.latest), reason_text, not isinstance(found, Refusal)):
+            self._queued(run, reason_text, found)
+        return reason_text, found
+
+    def _settle(
+        self,
+        cls: Class,
+        found: list[Shape] | Refusal,
+        reason: str,
+        since: QueueKey,
+        until: QueueKey | None,
+    ) -> None:
+        """The attempts of parked class ``cls`` after ``since`` (and before ``until``) wait for
+        ``reason``: write the entries of those whose latest one does not say so, found by
+        their marks."""
+        shaped = not isinstance(found, Refusal)
+        for mark, runs in self.waiting.marked.get(cls, {}).items():
+            if not needs_entry(mark, reason, shaped):
                 continue
-            if isinstance(found, Refusal):
-                reason_text = found.message
-            else:
-                memo = (key, PRIORITY_RANK[run.spec.scheduling.priority])
-                seen = self.waits.get(memo)
-                if seen is not None and seen[0] == self.generation:
-                    reason_text = seen[1]
-                else:
-                    placed = self._place(found)
-                    if placed is not None:
-                        self._schedule(run, position + 1, *placed)
-                        continue
-                    generation = self.generation
-                    reason_text = self._wait(run, found)
-                    if generation == self.generation:
-                        self.waits[memo] = (generation, reason_text)
-            position += 1
-            attempt = run.latest
-            if (
-                attempt.status is S.PENDING
-                or (not attempt.judged and not isinstance(found, Refusal))
-                or (
-                    reason_text != attempt.queue_reason
-                    and kind(reason_text) != kind(attempt.queue_reason)
-                )
-            ):
-                self._decide(
-                    run, AttemptQueued, reason=reason_text, position=position, **_judged(found)
-                )
-        return self.decisions
+            for run_id in runs:
+                key = self.waiting.key_of(run_id)
+                if since < key and (until is None or key < until):
+                    self.at = key
+                    self._queued(self.state.runs[run_id], reason, found)
+
+    def _queued(self, run: RunState, reason: str, found: list[Shape] | Refusal) -> None:
+        position = self._position(self.at)
+        self._decide(run, AttemptQueued, reason=reason, position=position, **_judged(found))
+
+    def _position(self, key: QueueKey) -> int:
+        """``key``'s place in the queue (from 1) once the attempts placed or failed before it
+        in this pass are gone."""
+        return self.waiting.position(key) - bisect.bisect_left(self.gone, key) + 1
 
     # --- placing ------------------------------------------------------------------------
 
@@ -210,7 +266,7 @@ class _Pass:
         events.append(
             self._event(AttemptScheduled, run, cluster=self.cluster, gpu_type=gpu_type, ranks=ranks)
         )
-        self.decisions.append(decision(events, run.version))
+        self.decisions.append((self.at, decision(events, run.version)))
 
     def _take(self, placement: Placement) -> None:
         self.generation += 1
@@ -307,6 +363,7 @@ class _Pass:
             self._future = Scratch(self.now)
         stopped = 0
         self.generation += 1
+        self.preemptions += 1
         for victim in victims:
             if victim.run.run_id in holders:
                 self._decide(victim.run, AttemptTerminating, reason=reason)
@@ -339,7 +396,7 @@ class _Pass:
     # --- events -------------------------------------------------------------------------
 
     def _decide(self, run: RunState, cls: type[AnyRunEvent], **fields: object) -> None:
-        self.decisions.append(decision([self._event(cls, run, **fields)], run.version))
+        self.decisions.append((self.at, decision([self._event(cls, run, **fields)], run.version)))
 
     def _event(self, cls: type[AnyRunEvent], run: RunState, **fields: object) -> AnyRunEvent:
         return cls(

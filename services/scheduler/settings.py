@@ -39,6 +39,13 @@ class SchedulerSettings(Settings):
         ge=10,
         description="Longest wait between two decision rounds (heartbeats, max_duration).",
     )
+    round_min_ms: int = Field(
+        default=20,
+        ge=0,
+        description="Shortest time from the start of one decision round to the next: what "
+        "arrives meanwhile is decided together, so a busy log does not pay each round's fixed "
+        "cost (the log's clock, a queue pass, a round trip of appends) for every few events.",
+    )
     scheduler_id: str = Field(
         default_factory=_default_id,
         description="The actor of the scheduler's events (`scheduler@host`).",

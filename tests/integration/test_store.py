@@ -15,10 +15,10 @@ from events.errors import IllegalTransition
 from events.lifecycle import RunState
 from events.model import AnyRunEvent, AttemptQueued, UpdateRequested, tag_of
 from services.core.client import connect
-from services.core.errors import StoreUnavailable, VersionConflict
+from services.core.errors import Fenced, StoreUnavailable, VersionConflict
 from services.core.metrics import REGISTRY
 from services.core.settings import Settings
-from services.core.store import Decide, EventStore
+from services.core.store import Append, Appended, Decide, EventStore, Fence
 from services.core.valkey import ValkeyProcess
 from tests import factories as f
 from tests import raw
@@ -132,6 +132,74 @@ async def test_a_retried_append_after_a_lost_reply_is_stored_once(
     log = await raw.xrange(redis, keys.log_stream(0))
     assert [position for position, _ in log][1:] == appended.positions
     assert len(log) == 2
+
+
+async def test_append_all_sends_several_runs_appends_each_checked_alone(
+    store: EventStore, redis: aioredis.Redis
+) -> None:
+    first, second, third = f.submitted(), f.submitted(), f.submitted()
+    await store.append([first], expected_version=0)
+    await store.append([second], expected_version=0)
+    await store.append([f.queued(second.run_id)], expected_version=1)  # second moved on
+
+    outcomes = await store.append_all(
+        [
+            Append([f.queued(first.run_id), f.updated(first.run_id, 2)], 1),
+            Append([f.updated(second.run_id, 2)], 1),  # decided on a stale version
+            Append([third], 0),
+        ]
+    )
+
+    landed, conflict, new = outcomes
+    assert isinstance(landed, Appended)
+    assert landed.version == 3
+    assert isinstance(conflict, VersionConflict)
+    assert (conflict.expected, conflict.actual) == (1, 2)
+    assert isinstance(new, Appended)
+    assert new.version == 1
+    assert [r.position for r in await store.history(first.aggregate)][1:] == landed.positions
+    assert len(await store.history(second.aggregate)) == 2  # the stale one wrote nothing
+    assert [r.position for r in await store.history(third.aggregate)] == new.positions
+    log = [position for position, _ in await raw.xrange(redis, keys.log_stream(0))]
+    assert log[3:] == landed.positions + new.positions
+    assert await store.append_all([]) == []
+
+
+async def test_append_all_refuses_a_stale_fence_and_stores_the_others(
+    store: EventStore, redis: aioredis.Redis
+) -> None:
+    await redis.set("test:fence", "holder")
+    current, stale = Fence("test:fence", "holder"), Fence("test:fence", "deposed")
+    one, other = f.submitted(), f.submitted()
+
+    outcomes = await store.append_all([Append([one], 0, stale), Append([other], 0, current)])
+
+    assert isinstance(outcomes[0], Fenced)
+    assert outcomes[0].holder == "holder"
+    assert isinstance(outcomes[1], Appended)
+    assert outcomes[1].version == 1
+    assert await store.history(one.aggregate) == []
+
+
+async def test_append_all_retried_after_a_lost_reply_stores_each_append_once(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    host, port = _host_port(redis_url)
+    runs = [f.submitted() for _ in range(5)]
+    async with DroppingProxy(host, port) as proxy:
+        store = EventStore(connect(proxy.url), Settings(redis_url=proxy.url))
+        try:
+            await store.append_all([Append([runs[0]], 0)])  # the connection is up
+            proxy.drop_next_reply = True
+            outcomes = await store.append_all([Append([run], 0) for run in runs])
+        finally:
+            await store.close()
+    assert proxy.dropped == 1
+    assert [isinstance(o, Appended) and o.duplicate for o in outcomes] == [True] * len(runs)
+    log = await raw.xrange(redis, keys.log_stream(0))
+    assert len(log) == len(runs)
+    streams = [keys.aggregate_stream(run.aggregate, 0) for run in runs]
+    assert [await redis.xlen(stream) for stream in streams] == [1] * len(runs)
 
 
 @pytest.mark.slow

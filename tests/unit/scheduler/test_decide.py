@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from events import commands
 from events.model import (
     AttemptCompleted,
@@ -18,7 +20,9 @@ from events.model import (
     RunDeleted,
 )
 from events.status import RunStatus as S
-from tests.unit.scheduler.world import USER, World
+from services.scheduler.decision import Context
+from services.scheduler.queue import queue_pass
+from tests.unit.scheduler.world import ACTOR, USER, World
 
 HOUR_MS = 3_600_000
 
@@ -185,6 +189,40 @@ def test_a_higher_priority_run_preempts_a_lower_preemptible_one_which_is_retried
     assert (retry.cause, retry.attempt) == ("preempted", 1)
     assert world.status(urgent) is S.STARTING
     assert world.status(victim) is S.QUEUED  # attempt 1 waits for the GPUs
+
+
+def test_a_preemption_unparks_the_classes_whose_outcome_it_may_change() -> None:
+    world = _world("n1", "n2")
+    victim = world.submit(8, priority="low", preemptible=True)
+    world.submit(8)  # not preemptible
+    world.settle()
+    # One pass: the 16-GPU class waits (parked), the 8-GPU run preempts, the class is
+    # walked again after it; every one of them is PENDING, so every one gets its entry.
+    wide = [world.submit(16), world.submit(16)]
+    urgent = world.submit(8)
+    wide.append(world.submit(16))
+    ctx = Context(world.now, world.new_id, ACTOR)
+    same = copy.deepcopy(world.state)
+    parked = queue_pass(world.state, "c1", ctx)
+    walked = queue_pass(same, "c1", ctx, park=False)
+
+    assert [(d.aggregate, [type(e) for e in d.events]) for d in parked] == [
+        (f"run:{wide[0]}", [AttemptQueued]),
+        (f"run:{wide[1]}", [AttemptQueued]),
+        (f"run:{victim}", [AttemptTerminating]),
+        (f"run:{urgent}", [AttemptQueued]),
+        (f"run:{wide[2]}", [AttemptQueued]),
+    ]
+    queued = [e for d in parked for e in d.events if isinstance(e, AttemptQueued)]
+    assert [(e.run_id, e.position) for e in queued] == [
+        (wide[0], 1),
+        (wide[1], 2),
+        (urgent, 3),
+        (wide[2], 4),
+    ]
+    assert queued[2].reason == "Waiting for GPUs being released: preempting 1 lower-priority run(s)"
+    reasons = [[getattr(e, "reason", None) for e in d.events] for d in parked]
+    assert reasons == [[getattr(e, "reason", None) for e in d.events] for d in walked]
 
 
 def test_no_preemption_of_equal_priority_or_non_preemptible_runs() -> None:
