@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from cli.stackfiles import (
     ServiceSpec,
@@ -21,8 +21,17 @@ from services.core import acl, passwords, sealing
 from services.core.valkey import HOST, free_port
 from services.core.valkey_cluster import Layout
 
-if TYPE_CHECKING:
-    from cli.stack import LocalStack
+
+class Stack(Protocol):
+    """What of a local stack (``cli.stack.LocalStack``) its services' environments take."""
+
+    state_dir: Path
+    config: StackConfig
+    valkey_port: int
+    api_port: int
+
+    @property
+    def api_url(self) -> str: ...
 
 
 def log_settings(config: StackConfig) -> dict[str, Any]:
@@ -59,7 +68,7 @@ def _keyring(state_dir: Path) -> dict[str, str]:
     return {"RUNPLANE_SECRETS_KEYRING_FILE": str(path)}
 
 
-def service_specs(stack: LocalStack) -> list[ServiceSpec]:
+def service_specs(stack: Stack) -> list[ServiceSpec]:
     """What the supervisor starts for ``stack`` beside its servers: each service's module and
     environment (its login, its ports, the log's layout), and a metrics port each."""
     config, state_dir = stack.config, stack.state_dir
