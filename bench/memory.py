@@ -46,10 +46,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("structlog, prometheus_client", ("structlog", "prometheus_client")),
     ("faststream (redis)", ("faststream", "faststream.redis")),
 )
-# How many of the stack's processes stand on each layer (2 nodes): every service stands on
-# redis-py, pydantic, structlog and prometheus_client; the scheduler, the log-collector and
-# each node-agent on FastStream too; the supervisor and the fork servers on the standard
-# library alone (the supervisor on asyncio).
 
 
 def processes(stack: LocalStack) -> dict[str, int]:
@@ -102,6 +98,8 @@ def layers() -> list[tuple[str, float]]:
         "import importlib, json, sys\n"
         "from services.core.imports import BROKER_UNUSED, hide_unused\n"
         "hide_unused(*BROKER_UNUSED)\n"
+        # its own reading of VmRSS, not bench.processes.rss_kib: that module imports asyncio,
+        # which would count in the first layer
         "def rss():\n"
         "    for line in open('/proc/self/status'):\n"
         "        if line.startswith('VmRSS:'):\n"

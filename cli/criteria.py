@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from events.spans import RELATIVE, UNITS, duration_s
+from events.spans import duration_s, seconds_of
 from events.status import RunStatus
 
 __all__ = ["duration_s", "moment_ms", "status_set"]
@@ -24,9 +24,9 @@ def moment_ms(value: str | datetime, now: datetime | None = None) -> int:
     if isinstance(value, datetime):
         return int(value.timestamp() * 1000)
     text = value.strip()
-    match = RELATIVE.match(text)
-    if match:
-        ago = timedelta(seconds=float(match[1]) * UNITS[match[2]])
+    ago_s = seconds_of(text)
+    if ago_s is not None:
+        ago = timedelta(seconds=ago_s)
         return int(((now or datetime.now(tz=UTC)) - ago).timestamp() * 1000)
     try:
         parsed = datetime.fromisoformat(text)
