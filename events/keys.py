@@ -49,6 +49,13 @@ def log_archive(partition: int | str) -> str:
     return f"{PREFIX}:{{p{partition}}}:archived"
 
 
+def retired(partition: int | str) -> str:
+    """The histories of a partition whose streams went to the archive: a hash from an
+    aggregate's stream (``aggregate_stream``) to its version then and the archive's segments that
+    hold it (``services.core.archiver.Retired``), read by the append function and ``history``."""
+    return f"{PREFIX}:{{p{partition}}}:retired"
+
+
 def idempotency_key(key: str, partition: int | str) -> str:
     return f"{PREFIX}:{{p{partition}}}:idem:{key}"
 

@@ -327,6 +327,11 @@ class AttemptFailed(RunEvent, kw_only=True, tag="attempt.failed"):
     reason: Reason
 
 
+#: The events that end an attempt: it holds no GPU after one.
+ATTEMPT_ENDS: frozenset[type[RunEvent]] = frozenset(
+    {AttemptCompleted, AttemptStopped, AttemptFailed}
+)
+
 # --- nodes --------------------------------------------------------------------------------
 
 

@@ -27,10 +27,8 @@ import msgspec
 
 from events.codec import Recorded
 from events.model import (
-    AttemptCompleted,
-    AttemptFailed,
+    ATTEMPT_ENDS,
     AttemptScheduled,
-    AttemptStopped,
     RankExited,
     RunDeleted,
     RunEvent,
@@ -45,7 +43,7 @@ GroupBy = Literal["user", "cluster", "gpu_type", "run", "day", "attempt"]
 NO_GPU_TYPE = "none"
 
 
-_ENDS = frozenset({AttemptCompleted, AttemptStopped, AttemptFailed})
+_ENDS = ATTEMPT_ENDS
 
 
 class BilledAttempt(msgspec.Struct, kw_only=True, gc=False):

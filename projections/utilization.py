@@ -36,12 +36,10 @@ import msgspec
 from events.codec import Recorded
 from events.fit import InstanceType
 from events.model import (
+    ATTEMPT_ENDS,
     NODE_EVENT_TYPES,
-    AttemptCompleted,
-    AttemptFailed,
     AttemptQueued,
     AttemptScheduled,
-    AttemptStopped,
     NodeRegistered,
     RankExited,
     RestartRequested,
@@ -57,7 +55,7 @@ from projections.base import Row, RowKey, encode, skipped
 
 NodeState = Literal["up", "lost"]
 _NODE_EVENTS = frozenset(NODE_EVENT_TYPES)  # every one changes a node's state
-_ENDS = frozenset({AttemptCompleted, AttemptStopped, AttemptFailed})
+_ENDS = ATTEMPT_ENDS
 _CONCERNED = _ENDS | {
     UpdateRequested,
     RestartRequested,

@@ -86,6 +86,8 @@ def summary(done: Archived) -> str:
     line = f"archived {done.events} events of {done.runs} runs"
     if done.trimmed:
         line += f"; trimmed {done.trimmed} entries from the log (up to {done.upto})"
+    if done.retired:
+        line += f"; {done.retired} runs at rest now read from the archive"
     if done.held_by != CUT_OFF:
         line += f"; newer entries wait for {done.held_by}"
     return line

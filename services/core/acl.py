@@ -81,7 +81,7 @@ _LEASE = ("get", "set", "pexpire", "del", "eval", "evalsha", "script|load", "scr
 #: histories.
 _APPEND = (
     *("fcall", "get", "set", "pexpire", "xlen", "xadd", "xrange", "xread"),
-    *("sadd", "smembers", "del"),
+    *("sadd", "smembers", "del", "hget"),
 )
 #: A consumer group on a stream (``services.core.consumer``, FastStream), with its dead letters.
 _CONSUME = (
@@ -112,7 +112,11 @@ _INBOXES = keys.inbox(ANY, ANY)
 #: The keys the append function reads and writes beside the aggregates' histories: the log,
 #: the idempotency keys and the runs' told nodes (``events.inbox``); it only writes the nodes'
 #: inboxes (``_APPENDED_TO``). Every writer of the log has both.
-_APPENDING = (_LOG, keys.idempotency_key(ANY, ANY), keys.told_nodes(ANY, ANY))
+#: The histories whose streams went to the archive (``services.core.archiver``): read by the
+#: append function (a key named in FCALL needs both rights) and by every reader of histories,
+#: written by the archiver.
+_RETIRED = keys.retired(ANY)
+_APPENDING = (_LOG, keys.idempotency_key(ANY, ANY), keys.told_nodes(ANY, ANY), _RETIRED)
 #: The number of partitions the log was made with: read by every process that appends to or
 #: reads it (``services.core.partitions``), recorded by the scheduler.
 _RECORDED_P = keys.log_partitions()
@@ -209,10 +213,12 @@ RULES: dict[str, Rule] = {
             ("zadd", "zrem", "zrange", "zscore", "exists", "unlink"),
             ("rpush", "blpop", "lpop", "llen", "expire"),
             ("time",),  # the log's clock: RUNPLANE_RETAIN's cut-off
+            ("fcall",),  # a run's stream retired (runplane_retire)
         ),
         # With RUNPLANE_RETAIN, it archives the log (services.core.archiver): reads what the
-        # groups and projections are done with, sets the archive's pointer, trims the log.
-        both=(_LOG, _OUTPUT, _ARCHIVED, _alive(LOG_COLLECTOR)),
+        # groups and projections are done with, sets the archive's pointer, trims the log,
+        # and retires the histories of runs at rest that the archive holds.
+        both=(_LOG, _OUTPUT, _ARCHIVED, _RETIRED, _history("run"), _alive(LOG_COLLECTOR)),
         reads=(_RECORDED_P, _PROJECTIONS),
         writes=(keys.dead_letter_stream(LOG_COLLECTOR),),
     ),
@@ -228,7 +234,7 @@ RULES: dict[str, Rule] = {
             _INBOXES,  # its own, read through its group; the others' written by its appends
             keys.heartbeat(ANY),
         ),
-        reads=(keys.secret_values(ANY), _RECORDED_P),
+        reads=(keys.secret_values(ANY), _RECORDED_P, _ARCHIVED),
         writes=(keys.log_ingest(), keys.dead_letter_stream(f"agent:{ANY}")),
     ),
     # The front door: users and keys (user histories), submissions (names), requests on runs;

@@ -4,7 +4,8 @@
 --
 -- KEYS[1] the partition's global stream, KEYS[2] the aggregate's own stream,
 -- KEYS[3] the idempotency key, KEYS[4] the aggregate's told nodes (events.keys.told_nodes),
--- KEYS[5] the fencing key (only with a fencing token).
+-- KEYS[5] the partition's retired histories (events.keys.retired), KEYS[6] the fencing key
+-- (only with a fencing token).
 -- ARGV[1] expected version of the aggregate (-1: any), ARGV[2] idempotency TTL in ms,
 -- ARGV[3] the fencing token ("" for none: the fencing key is then not read),
 -- ARGV[4] the partition's inbox prefix (events.keys.inbox_prefix), ARGV[5] an inbox's
@@ -15,6 +16,8 @@
 -- aggregate's new version; {"dup", positions} when the key was seen (no event is written);
 -- {"conflict", version} when the aggregate is not at the expected version; {"fenced", holder}
 -- when a fencing token is given and the fencing key holds another (a deposed scheduler).
+-- An aggregate's version is the length of its stream, plus the version its history had when
+-- it was archived and its stream deleted (runplane_retire), if it was.
 -- The entry id of the global stream is the log's clock: the server's, never the writer's.
 -- Each entry also carries ``n``, the aggregate's version once the event is applied (1 for its
 -- first event), so any consumer can tell an event it already folded from a gap. An inbox's
@@ -35,6 +38,15 @@ local function words(text)
   return found
 end
 
+-- The version an aggregate's history had when its stream went to the archive (0: never).
+local function retired_version(retired, stream)
+  local value = redis.call('HGET', retired, stream)
+  if not value then
+    return 0
+  end
+  return tonumber(string.match(value, '^%d+'))
+end
+
 local function append(keys, args)
   local seen = redis.call('GET', keys[3])
   if seen then
@@ -44,12 +56,12 @@ local function append(keys, args)
     return {'dup', seen}
   end
   if args[3] ~= '' then
-    local holder = redis.call('GET', keys[5])
+    local holder = redis.call('GET', keys[6])
     if holder ~= args[3] then
       return {'fenced', holder or ''}
     end
   end
-  local version = redis.call('XLEN', keys[2])
+  local version = redis.call('XLEN', keys[2]) + retired_version(keys[5], keys[2])
   local expected = tonumber(args[1])
   if expected >= 0 and version ~= expected then
     return {'conflict', tostring(version)}
@@ -83,4 +95,30 @@ local function append(keys, args)
   return {'ok', joined, tostring(version + #positions)}
 end
 
-redis.register_function('runplane_append2', append)
+-- The one way a history leaves the server, once the archive holds every entry of it
+-- (services.core.archiver): the aggregate's stream is deleted and its field in the partition's
+-- retired histories set, together.
+--
+-- KEYS[1] the aggregate's own stream, KEYS[2] the partition's retired histories.
+-- ARGV[1] the stream's last entry as the archiver read it, ARGV[2] the field as it read it
+-- ("" for none), ARGV[3] the field's new value: "<version> <segment> <segment> ...", the
+-- aggregate's version and the archive's segments that hold its events (their places in the
+-- manifest, which only ever grows).
+--
+-- Returns 1, or 0 (nothing done) if either moved since it was read: an event appended meanwhile
+-- is not archived yet.
+local function retire(keys, args)
+  local last = redis.call('XREVRANGE', keys[1], '+', '-', 'COUNT', 1)
+  if #last == 0 or last[1][1] ~= args[1] then
+    return 0
+  end
+  if (redis.call('HGET', keys[2], keys[1]) or '') ~= args[2] then
+    return 0
+  end
+  redis.call('HSET', keys[2], keys[1], args[3])
+  redis.call('DEL', keys[1])
+  return 1
+end
+
+redis.register_function('runplane_append3', append)
+redis.register_function('runplane_retire', retire)

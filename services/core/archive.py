@@ -35,7 +35,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import msgspec
 import redis.asyncio as aioredis
@@ -130,10 +130,31 @@ class Manifest(msgspec.Struct):
 
 
 class Pointer(msgspec.Struct, frozen=True):
-    """What the server knows of the archive: where it is and how far the stream was trimmed."""
+    """What the server knows of the archive: where it is and how far the stream was trimmed;
+    ``retired``: how far the archiver has looked for runs at rest whose streams may go (the
+    entries after it are looked at again by the next pass)."""
 
     dir: str
     last: str
+    retired: str = "0-0"
+
+
+class Retired(NamedTuple):
+    """A history whose stream went to the archive (a field of ``keys.retired``): the
+    aggregate's version then, and the segments holding its events, by their place in the
+    manifest (which only ever grows). Stored as ``"<version> <segment> ..."``, which the append
+    function reads the version of."""
+
+    version: int
+    segments: tuple[int, ...]
+
+    def encode(self) -> str:
+        return " ".join(str(n) for n in (self.version, *self.segments))
+
+    @classmethod
+    def decode(cls, value: bytes | str) -> Retired:
+        version, *segments = (value.decode() if isinstance(value, bytes) else value).split()
+        return cls(int(version), tuple(int(n) for n in segments))
 
 
 class Archive:
@@ -219,6 +240,17 @@ class Archive:
             low = bisect.bisect_right(positions, start)
             high = bisect.bisect_right(positions, upto, lo=low)
             found += entries[low : min(high, low + count - len(found))]
+        return found
+
+    def history(self, segments: Iterable[int], aggregate: str) -> list[Entry]:
+        """``aggregate``'s entries in the listed segments ``segments`` (places in the
+        manifest), in order."""
+        from services.core import segments as parquet  # noqa: PLC0415 - see above
+
+        listed = self.manifest().segments
+        found: list[Entry] = []
+        for n in sorted(segments):
+            found += parquet.read_aggregate(self.root / listed[n].path, aggregate)
         return found
 
     def _entries(self, segment: Segment) -> tuple[list[Position], list[Entry]]:
@@ -319,6 +351,13 @@ class ArchivedLog:
             old += self._open(again).read(last, parse(again.last), count - len(old))
             last = parse(again.last)
         return old
+
+    async def history(self, aggregate: str, retired: Retired) -> list[Entry]:
+        """The archived part of ``aggregate``'s history, whose stream went (``retired``)."""
+        found = _pointer(await self.redis.get(self.key))
+        if found is None:  # set before any stream is trimmed or deleted
+            raise RuntimeError(f"{aggregate} was archived, and {self.key} names no archive")
+        return self._open(found).history(retired.segments, aggregate)
 
     async def _live(self, start: Position, count: int) -> tuple[list[Entry], Pointer | None]:
         begin = "-" if start == ZERO else f"({show(start)}"

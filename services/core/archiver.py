@@ -6,7 +6,7 @@ One pass (``archive_log``):
    delivered entry, and nothing pending before it) and every projection's active checkpoint;
 3. the entries after the manifest's last position up to the safe point, a segment per day
    (UTC, log time), each written atomically and then listed in the manifest;
-4. the server's pointer set to the manifest's last position, then the stream trimmed up to it.
+4. the server's pointer set to the manifest's last position, then the stream trimmed up to it;
 
 Each partition of the log is archived on its own, one after another (``archive_partitions``),
 to its own archive in the directory (``services.core.archive.partition_root``).
@@ -16,13 +16,21 @@ deleted and written again; a listed one is never written again (the next pass st
 it); the pointer and the trim go to the manifest's last position, whatever that pass archived.
 Running it again is harmless.
 
-Runs' own streams (their histories) are kept whole in this increment: the append function
-takes a run's version from its stream's length, so a run whose stream went would start again
-at version 0 when restarted.
+5. runs' own streams, once the archive holds all of a run's and the run is at rest (its last
+   event ends an attempt, or deletes it): each deleted, and its version and segments kept in the
+   partition's retired histories, together (``retire_runs``; ``runplane_retire`` in
+   ``append.lua``). The pointer's ``retired`` says how far the archived entries were looked at.
+
+A run's history then reads its segments, then its stream for what came after (a restart, a
+deletion); its version goes on from the one kept (``services.core.store``). A run appended to
+between the archiver's read and its retirement keeps its stream (the function checks the
+stream's last entry), as does one still at work: a stream deleted too early would cost only
+reads of the archive.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +38,8 @@ from pathlib import Path
 import redis.asyncio as aioredis
 import structlog
 
-from events import keys
+from events import codec, keys
+from events.model import ATTEMPT_ENDS, RunDeleted, tag_of
 from projections import catalog
 from projections.base import parse_checkpoint
 from services.core.archive import (
@@ -40,6 +49,7 @@ from services.core.archive import (
     Entry,
     Pointer,
     Position,
+    Retired,
     after,
     aggregate_of,
     before,
@@ -50,11 +60,12 @@ from services.core.archive import (
     set_pointer,
     show,
 )
+from services.core.client import raw_ranges
 
 log = structlog.get_logger(__name__)
 
 #: Named steps of a pass, for a test that kills the process at one of them.
-WRITTEN, LISTED, POINTED, TRIMMED = "written", "listed", "pointed", "trimmed"
+WRITTEN, LISTED, POINTED, TRIMMED, RETIRED = "written", "listed", "pointed", "trimmed", "retired"
 Hook = Callable[[str], None]
 CUT_OFF = "the cut-off"
 _PAGE = 10_000
@@ -82,6 +93,7 @@ class Archived:
     trimmed: int  # entries removed from the stream
     upto: str  # the archive's last position ("0-0": nothing archived yet)
     held_by: str  # what set the safe point: "cut-off", or the reader still behind it
+    retired: int = 0  # runs' own streams that went (their histories are in the archive)
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,7 @@ async def archive_partitions(
         trimmed=sum(d.trimmed for d in done),
         upto=",".join(d.upto for d in done),
         held_by=held[0] if held else CUT_OFF,
+        retired=sum(d.retired for d in done),
     )
 
 
@@ -168,7 +181,7 @@ async def archive_log(
     archive.root.mkdir(parents=True, exist_ok=True)
     with archive.locked():
         return await _archive_pass(
-            client, archive, root, cutoff_ms, partition, segment_events, step
+            client, archive, root, cutoff_ms, partition, segment_events, step, found
         )
 
 
@@ -180,6 +193,7 @@ async def _archive_pass(  # noqa: PLR0917 - archive_log's own arguments, checked
     partition: int,
     segment_events: int,
     step: Hook,
+    found: Pointer | None,
 ) -> Archived:
     for path in archive.forget_unlisted():
         log.info("archive.leftover_removed", path=str(path))
@@ -189,6 +203,7 @@ async def _archive_pass(  # noqa: PLR0917 - archive_log's own arguments, checked
     events, segments = 0, 0
     runs: set[str] = set()
     day: list[Entry] = []
+    resting: set[str] = set()  # runs whose archived entries left them at rest
 
     def flush() -> None:
         nonlocal segments
@@ -214,14 +229,17 @@ async def _archive_pass(  # noqa: PLR0917 - archive_log's own arguments, checked
             aggregate = aggregate_of(*entry)
             if aggregate.startswith("run:"):
                 runs.add(aggregate)
+                if _rests(entry):
+                    resting.add(aggregate)
         events += len(page)
         position = parse(page[-1][0])
     if day:
         flush()
     upto = archive.manifest().last
-    trimmed = 0
+    trimmed, retired = 0, 0
     if upto != ZERO:
-        await set_pointer(client, partition, Pointer(str(root), show(upto)))
+        looked = parse(found.retired) if found is not None else ZERO
+        await set_pointer(client, partition, Pointer(str(root), show(upto), show(looked)))
         step(POINTED)
         trimmed = int(
             await client.xtrim(
@@ -229,16 +247,78 @@ async def _archive_pass(  # noqa: PLR0917 - archive_log's own arguments, checked
             )
         )
         step(TRIMMED)
+        while looked < start:  # a pass cut short before it looked at what it archived
+            page = archive.read(looked, start, _PAGE)
+            resting |= {aggregate_of(*entry) for entry in page if _rests(entry)}
+            looked = parse(page[-1][0]) if page else start
+        retired = await retire_runs(client, archive, partition, sorted(resting), upto)
+        await set_pointer(client, partition, Pointer(str(root), show(upto), show(upto)))
+        step(RETIRED)
     log.info(
         "archive.done",
         events=events,
         runs=len(runs),
         segments=segments,
         trimmed=trimmed,
+        retired=retired,
         upto=show(upto),
         bound=bound.why,
     )
-    return Archived(events, len(runs), segments, trimmed, show(upto), bound.why)
+    return Archived(events, len(runs), segments, trimmed, show(upto), bound.why, retired)
+
+
+#: The tags of the events after which a run is at rest (of any version): an attempt's end, or
+#: the run's deletion.
+_RESTING = frozenset(tag_of(kind).encode() for kind in ATTEMPT_ENDS | {RunDeleted})
+_RETIRE_BATCH = 500
+
+
+def _rests(entry: Entry) -> bool:
+    flat = entry[1]
+    return len(flat) > 1 and flat[0] == codec.KIND and flat[1].partition(b"@")[0] in _RESTING
+
+
+async def retire_runs(
+    client: aioredis.Redis, archive: Archive, partition: int, runs: list[str], upto: Position
+) -> int:
+    """Delete the streams of ``runs`` (their aggregates) that the archive holds all of, up to
+    ``upto``, and whose last event left them at rest, keeping each one's version and segments
+    (``Retired``); how many went. One that moved meanwhile keeps its stream."""
+    raw = raw_ranges(client)
+    retired_key = keys.retired(partition)
+    listed = [parse(segment.last) for segment in archive.manifest().segments]
+    gone = 0
+    for at in range(0, len(runs), _RETIRE_BATCH):
+        batch = [keys.aggregate_stream(run, partition) for run in runs[at : at + _RETIRE_BATCH]]
+        pipe = raw.pipeline(transaction=False)
+        for stream in batch:
+            pipe.execute_command("XRANGE", stream, "-", "+")
+            pipe.hget(retired_key, stream)
+        read = await pipe.execute()
+        pipe = raw.pipeline(transaction=False)
+        for stream, entries, field in zip(batch, read[0::2], read[1::2], strict=True):
+            if not entries:
+                continue  # gone already
+            last_position, last = entries[-1][0].decode(), entries[-1][1]
+            if parse(last_position) > upto or not _rests((last_position, last)):
+                continue  # not all archived yet, or still at work
+            before = Retired.decode(field) if field is not None else Retired(0, ())
+            held = {bisect.bisect_left(listed, parse(p.decode())) for p, _ in entries}
+            kept = Retired(
+                int(codec.fields_of(last)[codec.VERSION]),
+                tuple(sorted(set(before.segments) | held)),
+            )
+            pipe.fcall(
+                "runplane_retire",
+                2,
+                stream,
+                retired_key,
+                last_position,
+                field or "",
+                kept.encode(),
+            )
+        gone += sum(int(done) for done in await pipe.execute())
+    return gone
 
 
 def _text(value: bytes | str) -> str:

@@ -66,7 +66,10 @@ def write(data: pa.Table, path: str) -> None:
 
 def read(path: Path) -> tuple[list[Position], list[Entry]]:
     """A segment's positions and its entries as the stream held them, in order."""
-    rows = pq.read_table(path, columns=_READ).to_pydict()
+    return _entries(pq.read_table(path, columns=_READ).to_pydict())
+
+
+def _entries(rows: dict[str, list[Any]]) -> tuple[list[Position], list[Entry]]:
     positions = list(zip(rows["ms"], rows["seq"], strict=True))
     entries = [
         (
@@ -85,6 +88,12 @@ def read(path: Path) -> tuple[list[Position], list[Entry]]:
         )
     ]
     return positions, entries
+
+
+def read_aggregate(path: Path, aggregate: str) -> list[Entry]:
+    """The entries of one aggregate in a segment, in order, as the stream held them."""
+    rows = pq.read_table(path, columns=_READ, filters=[("aggregate", "=", aggregate)])
+    return _entries(rows.to_pydict())[1]
 
 
 def dataset(root: Path, paths: Sequence[str]) -> ds.Dataset:

@@ -17,8 +17,9 @@ Invariants:
   race re-reads and re-decides.
 - Reads of the global log (``read_log``, ``read_log_entries``, ``replay``) go through
   ``services.core.archive.ArchivedLog``: the archived part first, then the stream, each entry
-  once. A run's own stream is never trimmed (its length is its version), so ``history`` reads
-  it alone.
+  once. A run's own stream goes once the archive holds all of it and the run is at rest
+  (``services.core.archiver``); ``history`` then reads its archived part from the segments the
+  partition's retired histories name, and the stream for what came after.
 - ``runplane_events_appended_total{type}`` counts the events this process stored, by tag: a
   retried append that had landed already (a duplicate) is not counted again.
 """
@@ -52,7 +53,7 @@ from events.codec import Recorded
 from events.lifecycle import RunState, copy_state, evolve
 from events.model import AnyRunEvent, Event, RunEvent, run_aggregate, tag_of
 from services.core import acl, partitions
-from services.core.archive import ArchivedLog, raw_entries
+from services.core.archive import ArchivedLog, Retired, raw_entries
 from services.core.client import (
     NotReplicated,
     check_replicated,
@@ -70,6 +71,9 @@ from services.core.settings import Settings
 log = structlog.get_logger(__name__)
 
 _FUNCTION = files("services.core").joinpath("append.lua").read_text()
+#: The append function's name in ``append.lua``; a new layout of its keys or arguments gets a
+#: new name, so a server still holding the old one answers "not found" and is given the new.
+APPEND_FUNCTION = "runplane_append3"
 
 
 class _NotLoaded(Exception):
@@ -215,6 +219,7 @@ class EventStore:
             keys.aggregate_stream(aggregate, partition),
             keys.idempotency_key(append.idempotency_key or events[0].id, partition),
             keys.told_nodes(aggregate, partition),
+            keys.retired(partition),
             *((fence.key,) if fence else ()),
         )
         expected = append.expected_version
@@ -321,10 +326,10 @@ class EventStore:
         covers the first call's events as well: a retry after a lost WAIT is acknowledged only
         once they are replicated."""
         if not replicas_of(self.redis):
-            reply = await self.redis.fcall("runplane_append2", len(fcall_keys), *fcall_keys, *args)
+            reply = await self.redis.fcall(APPEND_FUNCTION, len(fcall_keys), *fcall_keys, *args)
             return list(reply)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.fcall("runplane_append2", len(fcall_keys), *fcall_keys, *args)
+        pipe.fcall(APPEND_FUNCTION, len(fcall_keys), *fcall_keys, *args)
         waits = await wait_after(pipe, self.redis, fcall_keys[:1])
         reply, *waited = await pipe.execute(raise_on_error=False)
         if isinstance(reply, Exception):
@@ -346,7 +351,7 @@ class EventStore:
         replies, a failed call's as its error."""
         pipe = self.redis.pipeline(transaction=False)
         for request in requests:
-            pipe.fcall("runplane_append2", len(request.keys), *request.keys, *request.args)
+            pipe.fcall(APPEND_FUNCTION, len(request.keys), *request.keys, *request.args)
         waits = await wait_after(pipe, self.redis, {request.keys[0] for request in requests})
         answered = await pipe.execute(raise_on_error=False)
         replies, waited = answered[: len(requests)], answered[len(requests) :]
@@ -360,11 +365,29 @@ class EventStore:
     # --- reading ----------------------------------------------------------------------
 
     async def history(self, aggregate: str) -> list[Recorded]:
-        """Every event of one run (``run:<id>``) or node (``node:<name>``), in order."""
-        stream = keys.aggregate_stream(
-            aggregate, keys.partition_of(aggregate, self.settings.partitions)
-        )
-        return [record async for record in self._range(stream, "-")]
+        """Every event of one run (``run:<id>``) or node (``node:<name>``), in order: the
+        archived part first where its stream went to the archive (``Retired``)."""
+        partition = keys.partition_of(aggregate, self.settings.partitions)
+        stream, retired = keys.aggregate_stream(aggregate, partition), keys.retired(partition)
+        await self._check_partitions()
+        while True:
+            # The field before and after the stream: the archiver deletes the stream and sets
+            # the field at once, so the same field on both sides means neither moved between.
+            pipe = self._raw.pipeline(transaction=False)
+            pipe.hget(retired, stream)
+            pipe.execute_command("XRANGE", stream, "-", "+", "COUNT", _PAGE)
+            pipe.hget(retired, stream)
+            gone, page, again = await pipe.execute()
+            live = [codec.recorded_flat(position, flat) for position, flat in page]
+            if gone == again and len(page) == _PAGE:
+                live += [r async for r in self._range(stream, f"({page[-1][0].decode()}")]
+                again = await self._raw.hget(retired, stream)
+            if gone != again:
+                continue  # archived meanwhile: read it again
+            if gone is None:
+                return live
+            old = await self._log(partition).history(aggregate, Retired.decode(gone))
+            return [codec.recorded_from(position, flat) for position, flat in old] + live
 
     async def wait_history(
         self, aggregate: str, after: str, block_ms: int | None = None

@@ -40,6 +40,8 @@ async def test_an_archived_run_reads_as_before_and_restarts(mcli: Mcli) -> None:
     match = re.fullmatch(r"archived (\d+) events of (\d+) runs(;.*)?\n", moved)
     assert match, moved
     assert int(match[1]) > 0
+    assert "1 runs at rest now read from the archive" in moved
+    assert not await history_kept(mcli, events[0]["run_id"])
     assert mcli.ok("describe", "run", name) == described_before
     assert json.loads(mcli.ok("events", name, "-o", "json")) == events
 
@@ -65,6 +67,15 @@ async def test_an_archived_run_reads_as_before_and_restarts(mcli: Mcli) -> None:
     assert mcli.ok("admin", "archive", "--before", "0.001s").startswith("archived ")
 
 
+async def history_kept(mcli: Mcli, run_id: str) -> bool:
+    """Whether the server still holds the run's own stream."""
+    client = connect_with(mcli.stack.operator_settings())
+    try:
+        return bool(await client.exists(keys.aggregate_stream(f"run:{run_id}", 0)))
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture
 def retained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mcli]:
     """A stack whose log-collector keeps 1 s of the log in Valkey, a pass every 0.5 s."""
@@ -85,5 +96,8 @@ async def test_under_retain_the_collector_archives_the_log_and_views_stay(retain
     finally:
         await client.aclose()
     assert list((mcli.stack.state_dir / "event-archive").glob("day=*/*.parquet"))
+    await eventually(
+        lambda: history_kept(mcli, events[0]["run_id"]), equals=False, what="its stream gone"
+    )
     assert mcli.ok("describe", "run", name) == described
     assert json.loads(mcli.ok("events", name, "-o", "json")) == events

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from events import keys
 from events.codec import Recorded
-from events.model import RunEvent
+from events.model import ATTEMPT_ENDS, RunDeleted, RunEvent
 from projections import query
 from projections.catalog import NAMES, make
 from projections.runner import Runner
@@ -31,11 +31,14 @@ from services.core.archive import (
     ArchiveBusy,
     ArchivedLog,
     ArchiveMissing,
+    Pointer,
+    Retired,
     day_of,
     log_dataset,
     parse,
     partition_root,
     pointer,
+    set_pointer,
 )
 from services.core.archiver import (
     LISTED,
@@ -45,8 +48,10 @@ from services.core.archiver import (
     ArchiveMoved,
     archive_log,
     archive_partitions,
+    retire_runs,
 )
 from services.core.client import connect
+from services.core.errors import VersionConflict
 from services.core.settings import Settings
 from services.core.store import EventStore
 from services.projector.lanes import rebuild_many
@@ -119,6 +124,34 @@ async def assert_whole(
     assert archived + live == [r.position for r in before]
 
 
+def runs_of(records: list[Recorded]) -> dict[str, list[Recorded]]:
+    found: dict[str, list[Recorded]] = {}
+    for record in records:
+        if record.event.aggregate.startswith("run:"):
+            found.setdefault(record.event.aggregate, []).append(record)
+    return found
+
+
+async def retired_as_due(redis: aioredis.Redis, root: Path, before: list[Recorded]) -> int:
+    """Each run at rest that the archive holds all of has no stream left, its version kept in
+    the retired histories; every other run keeps its whole stream. How many went."""
+    archived = set(archived_positions(root))
+    gone = 0
+    for aggregate, mine in runs_of(before).items():
+        stream = keys.aggregate_stream(aggregate, 0)
+        field = await redis.hget(keys.retired(0), stream)
+        at_rest = type(mine[-1].event) in ATTEMPT_ENDS | {RunDeleted}
+        if at_rest and all(r.position in archived for r in mine):
+            assert not await redis.exists(stream), aggregate
+            assert field is not None, aggregate
+            assert Retired.decode(field).version == mine[-1].version
+            gone += 1
+        else:
+            assert await redis.xlen(stream) == len(mine), aggregate
+            assert field is None, aggregate
+    return gone
+
+
 async def test_after_archiving_every_reader_reads_what_it_read_before(
     store: EventStore, redis: aioredis.Redis, tmp_path: Path
 ) -> None:
@@ -138,6 +171,7 @@ async def test_after_archiving_every_reader_reads_what_it_read_before(
     assert done.runs > 0
     assert await redis.xlen(LOG) == len(before) - done.events
     await assert_whole(store, redis, tmp_path, before)
+    assert done.retired == await retired_as_due(redis, tmp_path, before) > 0
     assert await histories(store, before) == their_histories
     assert await query.audit(redis, limit=100_000, log=ArchivedLog(redis)) == audit
     found = await pointer(redis)
@@ -203,9 +237,10 @@ async def test_an_archiver_killed_at_any_step_loses_and_doubles_nothing(
     assert await redis.xlen(LOG) == len(before) - len(archived)
     assert files(tmp_path) == sorted(s.path for s in Archive(tmp_path).manifest().segments)
     assert again.upto == archived[-1]
+    assert await retired_as_due(redis, tmp_path, before) > 0
 
     third = await archive_log(redis, Archive(tmp_path), cutoff_ms=cutoff, segment_events=40)
-    assert (third.events, third.segments, third.trimmed) == (0, 0, 0)
+    assert (third.events, third.segments, third.trimmed, third.retired) == (0, 0, 0, 0)
     await assert_whole(store, redis, tmp_path, before)
 
 
@@ -280,7 +315,8 @@ async def test_the_operator_archives_with_mcli_admin_archive(
     assert first.returncode == 0, first.stderr
     assert first.stdout == (
         f"archived {len(before)} events of {runs} runs; trimmed {len(before)} entries from the "
-        f"log (up to {before[-1].position})\n"
+        f"log (up to {before[-1].position}); {await retired_as_due(redis, root, before)} runs "
+        "at rest now read from the archive\n"
     )
     await assert_whole(store, redis, root, before)
     again = await asyncio.to_thread(mcli_archive, tmp_path, "--before", "1s", env=operator)
@@ -313,6 +349,71 @@ async def test_an_archived_runs_next_events_continue_its_history(
         *(r.position for r in before),
         *appended.positions,
     ]
+
+
+async def test_a_run_at_rest_leaves_the_server_and_goes_on_from_its_archived_version(
+    store: EventStore, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    await a_log(store, seed=7, steps=300, runs=4)
+    before = await whole_log(store)
+    used = await redis.memory_usage(keys.aggregate_stream(next(iter(runs_of(before))), 0))
+    await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING, segment_events=20)
+    assert await retired_as_due(redis, tmp_path, before) == len(runs_of(before))
+    aggregate, mine = next(iter(runs_of(before).items()))
+    stream = keys.aggregate_stream(aggregate, 0)
+    kept = Retired.decode(cast(bytes, await redis.hget(keys.retired(0), stream)))
+    assert len(kept.segments) > 1  # 20 events a segment: the run's are in several
+    kept_bytes = await redis.memory_usage(keys.retired(0))
+    assert kept_bytes is not None
+    assert used is not None
+    assert kept_bytes < used  # every run's field, less than one run's stream
+    run_id = aggregate.removeprefix("run:")
+
+    with pytest.raises(VersionConflict):  # a writer that takes it for a new run
+        await store.append([f.updated(run_id, 1)], expected_version=0)
+    updated = await store.append([f.updated(run_id, 2)], expected_version=len(mine))
+    assert updated.version == len(mine) + 1
+    deleted = RunDeleted(id=f.new_id(), actor="alice@example.com", run_id=run_id)
+    await store.append([deleted], expected_version=len(mine) + 1)
+    later = await store.history(aggregate)
+    assert later[:-2] == mine
+    assert [r.version for r in later[-2:]] == [len(mine) + 1, len(mine) + 2]
+
+    # Its second life archived: its stream goes again, its segments named together.
+    again = await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING, segment_events=20)
+    assert again.retired == 1
+    assert not await redis.exists(stream)
+    both = Retired.decode(cast(bytes, await redis.hget(keys.retired(0), stream)))
+    assert both.version == len(mine) + 2
+    assert set(kept.segments) < set(both.segments)
+    assert await store.history(aggregate) == later
+
+
+async def test_a_run_appended_to_meanwhile_keeps_its_stream(
+    store: EventStore, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    await a_log(store, seed=3, steps=200, runs=3)
+    before = await whole_log(store)
+    archive = Archive(tmp_path)
+    archive.add(archive.write(await ArchivedLog(redis).read("0", 100_000)))
+    upto = parse(before[-1].position)
+    await set_pointer(redis, 0, Pointer(str(tmp_path), before[-1].position))
+    (aggregate, mine), *others = runs_of(before).items()
+    # What the archiver read is no longer the stream's end once the run is appended to.
+    update = f.updated(aggregate.removeprefix("run:"), 2)
+    await store.append([update], expected_version=len(mine))
+
+    assert await retire_runs(redis, archive, 0, [aggregate], upto) == 0
+    assert await retire_runs(redis, archive, 0, [a for a, _ in others], upto) == len(others)
+
+    assert await redis.xlen(keys.aggregate_stream(aggregate, 0)) == len(mine) + 1
+    assert [r.event.id for r in await store.history(aggregate)] == [
+        *(r.event.id for r in mine),
+        update.id,
+    ]
+    for other, theirs in others:
+        assert not await redis.exists(keys.aggregate_stream(other, 0))
+        assert await store.history(other) == theirs
 
 
 async def test_entries_that_are_no_events_are_archived_as_they_were(

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, NoPermissionError
 
 from events import keys
+from events.model import RunDeleted
 from services.core import acl
 from services.core.archiver import archive_older
 from services.core.passwords import (
@@ -26,7 +27,10 @@ from services.core.passwords import (
     provision,
     read_password,
 )
+from services.core.settings import Settings
+from services.core.store import EventStore
 from services.core.valkey import HOST, ValkeyProcess
+from tests import factories as f
 
 
 @pytest.fixture
@@ -203,3 +207,37 @@ async def test_the_log_collector_may_archive_the_log_under_retain(
     finally:
         await client.aclose()
     assert (done.events, done.trimmed) == (3, 3)
+
+
+def login_as(server: ValkeyProcess, secrets: Path, user: str) -> aioredis.Redis:
+    password = read_password(password_file(secrets, user))
+    return aioredis.Redis(host=HOST, port=server.port, username=user, password=password)
+
+
+async def test_under_retain_a_run_at_rest_leaves_the_server_and_the_api_still_reads_it(
+    server: ValkeyProcess, secrets: Path, tmp_path: Path
+) -> None:
+    # The log-collector's login retires a run's history (runplane_retire); the API's reads it
+    # back from the archive, and a node-agent's appends go on from its version.
+    url = f"redis://{HOST}:{server.port}"
+    run = f.submitted()
+    deleted = RunDeleted(id=f.new_id(), actor=run.actor, run_id=run.run_id)
+    operator = EventStore(login_as(server, secrets, acl.OPERATOR), Settings(redis_url=url))
+    api = EventStore(login_as(server, secrets, acl.API), Settings(redis_url=url))
+    agent = EventStore(login_as(server, secrets, acl.NODE_AGENT), Settings(redis_url=url))
+    collector = login_as(server, secrets, acl.LOG_COLLECTOR)
+    try:
+        await operator.load_function()
+        await api.append([run], expected_version=0)
+        await api.append([deleted], expected_version=1)
+        history = await api.history(run.aggregate)
+        done = await archive_older(collector, tmp_path / "archive", older_than_s=0, partitions=1)
+        assert (done.events, done.retired) == (2, 1)
+        assert not await collector.exists(keys.aggregate_stream(run.aggregate, 0))
+        assert await api.history(run.aggregate) == history
+        appended = await agent.append([f.updated(run.run_id, 1)], expected_version=2)
+        assert appended.version == 3
+    finally:
+        for store in (operator, api, agent):
+            await store.close()
+        await collector.aclose()

@@ -82,7 +82,11 @@ def test_each_service_touches_only_its_own_keys() -> None:
     assert not may(acl.NODE_AGENT, keys.run_name("hello-abcdef"), "write")
     assert may(acl.NODE_AGENT, keys.log_ingest(), "write")
     assert not may(acl.NODE_AGENT, keys.log_ingest(), "read")  # its ranks' output, write-only
-    assert not may(acl.LOG_COLLECTOR, run, "write")
+    # The archiver's: it trims the log and retires runs' histories the archive holds.
+    assert may(acl.LOG_COLLECTOR, run, "write")
+    assert not may(acl.LOG_COLLECTOR, user_history, "write")
+    assert may(acl.LOG_COLLECTOR, keys.retired(0), "write")
+    assert not may(acl.PROJECTOR, keys.retired(0), "write")
     assert not may(acl.LOG_COLLECTOR, projection, "write")
     assert may(acl.LOG_COLLECTOR, output, "write")
     assert not may(acl.PROJECTOR, run, "write")
