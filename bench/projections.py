@@ -184,35 +184,21 @@ def run_events(rng: random.Random, index: int) -> list[ev.AnyEvent]:
     return events
 
 
-def workload(total: int, seed: int = 1) -> Iterator[tuple[str, dict[bytes, bytes]]]:
-    """``total`` log entries (position, fields): nodes first, then runs interleaved."""
+def interleaved(total: int, seed: int = 1) -> Iterator[ev.AnyEvent]:
+    """``total`` events as the log holds them: nodes first, then runs interleaved
+    (``IN_FLIGHT`` at a time), each run's in its order."""
     rng = random.Random(seed)
-    clock, seq, emitted = START_MS, 0, 0
-    versions: dict[str, int] = {}
-    runs = 0
+    emitted, runs = 0, 0
     flight: list[list[ev.AnyEvent]] = []
-
-    def entry(event: ev.AnyEvent) -> tuple[str, dict[bytes, bytes]]:
-        nonlocal clock, seq
-        step = rng.randrange(0, 40)
-        clock, seq = (clock + step, 0) if step else (clock, seq + 1)
-        version = versions.get(event.aggregate, 0) + 1
-        versions[event.aggregate] = version
-        fields = codec.encode(event)
-        fields[codec.VERSION] = str(version).encode()
-        return f"{clock}-{seq}", fields
-
     for n in range(min(NODES, total)):
         node = f"gpu-node-{n:03d}"
-        yield entry(
-            ev.NodeRegistered(
-                id=f"reg-{n}",
-                actor=f"agent@{node}",
-                node=node,
-                cluster="r1z1",
-                gpu_type="h100_80gb",
-                gpus=8,
-            )
+        yield ev.NodeRegistered(
+            id=f"reg-{n}",
+            actor=f"agent@{node}",
+            node=node,
+            cluster="r1z1",
+            gpu_type="h100_80gb",
+            gpus=8,
         )
         emitted += 1
     while emitted < total:
@@ -220,11 +206,27 @@ def workload(total: int, seed: int = 1) -> Iterator[tuple[str, dict[bytes, bytes
             flight.append(run_events(rng, runs)[::-1])
             runs += 1
         i = rng.randrange(len(flight))
-        yield entry(flight[i].pop())
+        yield flight[i].pop()
         emitted += 1
         if not flight[i]:
             flight[i] = flight[-1]
             flight.pop()
+
+
+def workload(total: int, seed: int = 1) -> Iterator[tuple[str, dict[bytes, bytes]]]:
+    """``interleaved`` as log entries (position, fields), the log's clock moving 0 to 40 ms
+    an event."""
+    rng = random.Random(seed)
+    clock, seq = START_MS, 0
+    versions: dict[str, int] = {}
+    for event in interleaved(total, seed):
+        step = rng.randrange(0, 40)
+        clock, seq = (clock + step, 0) if step else (clock, seq + 1)
+        version = versions.get(event.aggregate, 0) + 1
+        versions[event.aggregate] = version
+        fields = codec.encode(event)
+        fields[codec.VERSION] = str(version).encode()
+        yield f"{clock}-{seq}", fields
 
 
 async def fill(client: aioredis.Redis, total: int) -> int:

@@ -214,11 +214,15 @@ RULES: dict[str, Rule] = {
             ("rpush", "blpop", "lpop", "llen", "expire"),
             ("time",),  # the log's clock: RUNPLANE_RETAIN's cut-off
             ("fcall",),  # a run's stream retired (runplane_retire)
+            ("scan",),  # the nodes' inboxes, to trim
         ),
         # With RUNPLANE_RETAIN, it archives the log (services.core.archiver): reads what the
         # groups and projections are done with, sets the archive's pointer, trims the log,
-        # and retires the histories of runs at rest that the archive holds.
-        both=(_LOG, _OUTPUT, _ARCHIVED, _RETIRED, _history("run"), _alive(LOG_COLLECTOR)),
+        # retires the histories of runs at rest that the archive holds, trims the inboxes.
+        both=(
+            *(_LOG, _OUTPUT, _ARCHIVED, _RETIRED, _history("run"), _INBOXES),
+            _alive(LOG_COLLECTOR),
+        ),
         reads=(_RECORDED_P, _PROJECTIONS),
         writes=(keys.dead_letter_stream(LOG_COLLECTOR),),
     ),

@@ -19,7 +19,8 @@ Running it again is harmless.
 5. runs' own streams, once the archive holds all of a run's and the run is at rest (its last
    event ends an attempt, or deletes it): each deleted, and its version and segments kept in the
    partition's retired histories, together (``retire_runs``; ``runplane_retire`` in
-   ``append.lua``). The pointer's ``retired`` says how far the archived entries were looked at.
+   ``append.lua``). The pointer's ``retired`` says how far the archived entries were looked at;
+6. the nodes' inboxes trimmed of their copies older than the cut-off (``trim_inboxes``).
 
 A run's history then reads its segments, then its stream for what came after (a restart, a
 deletion); its version goes on from the one kept (``services.core.store``). A run appended to
@@ -94,6 +95,7 @@ class Archived:
     upto: str  # the archive's last position ("0-0": nothing archived yet)
     held_by: str  # what set the safe point: "cut-off", or the reader still behind it
     retired: int = 0  # runs' own streams that went (their histories are in the archive)
+    inbox_entries: int = 0  # copies trimmed from the nodes' inboxes
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,7 @@ async def archive_partitions(
         upto=",".join(d.upto for d in done),
         held_by=held[0] if held else CUT_OFF,
         retired=sum(d.retired for d in done),
+        inbox_entries=sum(d.inbox_entries for d in done),
     )
 
 
@@ -247,13 +250,11 @@ async def _archive_pass(  # noqa: PLR0917 - archive_log's own arguments, checked
             )
         )
         step(TRIMMED)
-        while looked < start:  # a pass cut short before it looked at what it archived
-            page = archive.read(looked, start, _PAGE)
-            resting |= {aggregate_of(*entry) for entry in page if _rests(entry)}
-            looked = parse(page[-1][0]) if page else start
+        resting |= _resting_before(archive, looked, start)
         retired = await retire_runs(client, archive, partition, sorted(resting), upto)
         await set_pointer(client, partition, Pointer(str(root), show(upto), show(upto)))
         step(RETIRED)
+    told = await trim_inboxes(client, partition, cutoff_ms)
     log.info(
         "archive.done",
         events=events,
@@ -261,10 +262,11 @@ async def _archive_pass(  # noqa: PLR0917 - archive_log's own arguments, checked
         segments=segments,
         trimmed=trimmed,
         retired=retired,
+        inbox_entries=told,
         upto=show(upto),
         bound=bound.why,
     )
-    return Archived(events, len(runs), segments, trimmed, show(upto), bound.why, retired)
+    return Archived(events, len(runs), segments, trimmed, show(upto), bound.why, retired, told)
 
 
 #: The tags of the events after which a run is at rest (of any version): an attempt's end, or
@@ -273,9 +275,39 @@ _RESTING = frozenset(tag_of(kind).encode() for kind in ATTEMPT_ENDS | {RunDelete
 _RETIRE_BATCH = 500
 
 
+def _resting_before(archive: Archive, looked: Position, start: Position) -> set[str]:
+    """The runs left at rest by archived entries after ``looked`` up to ``start``: what a pass
+    cut short before it retired runs had archived (none where ``looked`` is ``start``)."""
+    resting: set[str] = set()
+    while looked < start:
+        page = archive.read(looked, start, _PAGE)
+        resting |= {aggregate_of(*entry) for entry in page if _rests(entry)}
+        looked = parse(page[-1][0]) if page else start
+    return resting
+
+
 def _rests(entry: Entry) -> bool:
     flat = entry[1]
     return len(flat) > 1 and flat[0] == codec.KIND and flat[1].partition(b"@")[0] in _RESTING
+
+
+async def trim_inboxes(client: aioredis.Redis, partition: int, cutoff_ms: int) -> int:
+    """Trim the nodes' inboxes of ``partition`` (``events.inbox``) of their copies older than
+    ``cutoff_ms``; how many went. They are copies of the log's entries: an agent that had not
+    read them by then recovers its runs from their histories (``NodeAgent.reconcile``)."""
+    inboxes = [
+        key
+        async for key in client.scan_iter(
+            match=keys.inbox(keys.ANY, partition), count=1000, _type="stream"
+        )
+    ]
+    trimmed = 0
+    for at in range(0, len(inboxes), _RETIRE_BATCH):
+        pipe = client.pipeline(transaction=False)
+        for inbox in inboxes[at : at + _RETIRE_BATCH]:
+            pipe.xtrim(inbox, minid=f"{cutoff_ms}-0", approximate=False)
+        trimmed += sum(int(n) for n in await pipe.execute())
+    return trimmed
 
 
 async def retire_runs(

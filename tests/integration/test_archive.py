@@ -514,3 +514,21 @@ async def test_every_partition_is_archived_to_its_own_archive_and_read_back_whol
         assert (again.events, again.trimmed) == (0, 0)  # a second pass is harmless
     finally:
         await store.close()
+
+
+async def test_the_nodes_inboxes_keep_only_their_copies_newer_than_the_cut_off(
+    store: EventStore, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    await a_log(store, seed=7, steps=300, runs=4)
+    before = await whole_log(store)
+    inboxes = [key async for key in redis.scan_iter(match=keys.inbox(keys.ANY, 0))]
+    assert inboxes, "the runs were placed on nodes"
+    held = sum([await redis.xlen(inbox) for inbox in inboxes])
+    cutoff = await middle_ms(before)
+
+    done = await archive_log(redis, Archive(tmp_path), cutoff_ms=cutoff)
+
+    left = [p for inbox in inboxes for p, _ in await redis.xrange(inbox)]
+    assert all(parse(p.decode())[0] >= cutoff for p in left)
+    assert 0 < done.inbox_entries == held - len(left)
+    assert left, "the newer copies stay"

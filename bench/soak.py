@@ -1,0 +1,274 @@
+"""The log over time under retention (issue 16): what stays in Valkey, and in the projector.
+
+``python -m bench.soak`` (10,000,000 events; ``--events N`` for fewer). It starts its own
+``valkey-server`` (AOF on, ``appendfsync always``) and a projector process, then:
+
+- appends a realistic mix of runs' events (``bench.projections.interleaved``: 1 to 4 nodes a
+  run, setup and exits per rank, retries, stops, deletions) through the append function,
+  ``--batch`` aggregates' appends a round trip (``EventStore.append_all``);
+- every ``--every`` seconds, archives what is older than ``--retain`` and what every reader is
+  done with (``archiver.archive_older``, the log-collector's ``RUNPLANE_RETAIN`` pass): the log
+  goes to Parquet, the streams of runs at rest go with it;
+- samples Valkey's ``used_memory`` and the projector's RSS every second, and prints start, peak
+  and end, with what the server holds at the end, key family by key family;
+- prints bytes per event in Valkey (a run's own stream and its global entries, measured over
+  the first ``--calibrate`` events before any archiving) against bytes per event in Parquet
+  (the archive's files over the events they hold), and the ratio.
+
+The idempotency keys live ``--idempotency-ttl-s`` (the store's window for a retried append;
+7 days by default in a deployment): they are bounded by appends/s x that window, so the soak
+shortens it as it shortens retention. The year-long billing report over Parquet against the same
+report over the live log is ``bench.report``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from bench.processes import rss_kib, stop
+from bench.projections import interleaved, start_projector, wait_caught_up
+from events import keys
+from events import model as ev
+from events.spans import duration_s
+from services.core.archive import Archive
+from services.core.archiver import Archived, archive_older
+from services.core.client import connect
+from services.core.settings import Settings
+from services.core.store import Append, EventStore
+from services.core.valkey import ValkeyProcess
+
+MIB = 1024 * 1024
+LOG = keys.log_stream(0)
+
+
+@dataclass
+class Gauge:
+    """A figure sampled over the soak: its first, highest and last value."""
+
+    name: str
+    unit: float = MIB
+    samples: list[int] = field(default_factory=list)
+
+    def add(self, value: int) -> None:
+        self.samples.append(value)
+
+    def line(self) -> str:
+        start, peak, end = self.samples[0], max(self.samples), self.samples[-1]
+        return (
+            f"  {self.name:<22} start {start / self.unit:8,.1f}  peak {peak / self.unit:8,.1f}"
+            f"  end {end / self.unit:8,.1f} MiB"
+        )
+
+
+@dataclass
+class Totals:
+    appended: int = 0
+    archived: int = 0
+    retired: int = 0
+    passes: int = 0
+    pass_s: list[float] = field(default_factory=list)
+
+    def add(self, done: Archived, seconds: float) -> None:
+        self.archived += done.events
+        self.retired += done.retired
+        self.passes += 1
+        self.pass_s.append(seconds)
+
+
+async def used_memory(client: aioredis.Redis) -> int:
+    return int((await client.info("memory"))["used_memory"])
+
+
+def batches(events: Iterator[ev.AnyEvent], size: int) -> Iterator[list[Append]]:
+    """Appends of ``size`` aggregates at most, one event each, each aggregate's in its order:
+    an aggregate seen twice in a batch ends it."""
+    batch: list[Append] = []
+    seen: set[str] = set()
+    for event in events:
+        if event.aggregate in seen or len(batch) == size:
+            yield batch
+            batch, seen = [], set()
+        batch.append(Append([event], expected_version=None))
+        seen.add(event.aggregate)
+    if batch:
+        yield batch
+
+
+async def stream_bytes(client: aioredis.Redis, pattern: str) -> tuple[int, int]:
+    """The keys matching ``pattern`` and their ``MEMORY USAGE`` together."""
+    count, total = 0, 0
+    async for key in client.scan_iter(match=pattern, count=1000):
+        count += 1
+        total += int(await client.memory_usage(key, samples=0) or 0)
+    return count, total
+
+
+async def families(client: aioredis.Redis) -> list[tuple[str, int, int]]:
+    """What the server holds, by key family: (family, keys, bytes)."""
+    found: dict[str, list[int]] = {}
+    async for raw in client.scan_iter(count=1000):
+        key = raw.decode()
+        family = _family(key)
+        entry = found.setdefault(family, [0, 0])
+        entry[0] += 1
+        entry[1] += int(await client.memory_usage(raw, samples=0) or 0)
+    return sorted(((f, n, b) for f, (n, b) in found.items()), key=lambda row: -row[2])
+
+
+def _family(key: str) -> str:
+    if key.startswith(keys.projection_keys()):
+        return "projections " + key.removeprefix(keys.projection_keys()).split(":")[0]
+    parts = key.split(":")
+    if len(parts) > 3 and parts[2] == "agg":
+        return f"histories ({parts[3]})"
+    if len(parts) > 2 and parts[1].startswith("{p"):
+        return "idempotency keys" if parts[2] == "idem" else parts[2]
+    return parts[1] if len(parts) > 1 else key
+
+
+async def soak(args: argparse.Namespace, url: str, workdir: Path) -> int:
+    client = connect(url)
+    settings = Settings(redis_url=url, idempotency_ttl_s=args.idempotency_ttl_s)
+    store = EventStore(connect(url), settings)
+    await store.load_function()
+    root = workdir / "event-archive"
+    projector = await start_projector(url, workdir / "projector.log")
+    memory, rss = Gauge("valkey used_memory"), Gauge("projector RSS", unit=1024)
+    totals = Totals()
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while True:
+            memory.add(await used_memory(client))
+            rss.add(rss_kib(projector.pid))
+            if done.is_set():
+                return
+            await asyncio.sleep(1.0)
+
+    async def archive_every() -> None:
+        while not done.is_set():
+            await asyncio.sleep(args.every)
+            t0 = time.perf_counter()
+            moved = await archive_older(client, root, older_than_s=args.retain_s, partitions=1)
+            totals.add(moved, time.perf_counter() - t0)
+
+    await asyncio.sleep(2.0)  # the projector up, its builds made
+    print(
+        f"soak: {args.events:,} events, retain {args.retain}, a pass every {args.every:g} s, "
+        f"idempotency keys {args.idempotency_ttl_s} s, {args.batch} appends a round trip",
+        flush=True,
+    )
+    sampler = asyncio.create_task(sample())
+    archiver: asyncio.Task[None] | None = None
+    valkey_per_event = 0.0
+    t0 = last_print = time.perf_counter()
+    for batch in batches(interleaved(args.events, seed=args.seed), args.batch):
+        await store.append_all(batch)
+        totals.appended += len(batch)
+        if archiver is None and totals.appended >= args.calibrate:
+            valkey_per_event = await calibrate(client, totals.appended)
+            archiver = asyncio.create_task(archive_every())
+        if time.perf_counter() - last_print >= 10:
+            last_print = time.perf_counter()
+            print(
+                f"  {totals.appended:>12,} events  {totals.appended / (last_print - t0):7,.0f}/s"
+                f"  archived {totals.archived:>12,}  runs retired {totals.retired:>9,}"
+                f"  used_memory {memory.samples[-1] / MIB:7,.1f} MiB"
+                f"  projector {rss.samples[-1] / 1024:6,.1f} MiB",
+                flush=True,
+            )
+    append_s = time.perf_counter() - t0
+    caught_up_s = await wait_caught_up(client, projector)
+    if archiver is None:
+        valkey_per_event = await calibrate(client, totals.appended)
+    else:
+        archiver.cancel()
+    # What is older than the retention once the writing stops: the last passes.
+    await asyncio.sleep(args.retain_s)
+    t1 = time.perf_counter()
+    totals.add(
+        await archive_older(client, root, older_than_s=args.retain_s, partitions=1),
+        time.perf_counter() - t1,
+    )
+    done.set()
+    await sampler
+
+    parquet = sum(p.stat().st_size for p in root.rglob("*.parquet"))
+    in_archive = sum(s.events for s in Archive(root).manifest().segments)
+    print(
+        f"appended {totals.appended:,} events in {append_s:,.0f} s "
+        f"({totals.appended / append_s:,.0f}/s); the projector caught up {caught_up_s:.1f} s "
+        "after the last",
+        flush=True,
+    )
+    print(
+        f"archived {totals.archived:,} events in {totals.passes} passes "
+        f"(median {statistics.median(totals.pass_s):.2f} s, longest {max(totals.pass_s):.2f} s);"
+        f" {totals.retired:,} runs' streams retired; {await client.xlen(LOG):,} entries live",
+        flush=True,
+    )
+    print("memory:", flush=True)
+    print(memory.line(), flush=True)
+    print(rss.line(), flush=True)
+    print("what the server holds at the end, by key family:", flush=True)
+    for family, count, size in await families(client):
+        print(f"  {family:<28} {count:>10,} keys {size / MIB:10,.1f} MiB", flush=True)
+    per_parquet = parquet / max(in_archive, 1)
+    print(
+        f"bytes per event: {valkey_per_event:,.0f} in Valkey (global entry + own stream), "
+        f"{per_parquet:,.0f} in Parquet: {valkey_per_event / per_parquet:.1f}x smaller",
+        flush=True,
+    )
+    await stop(projector)
+    await store.close()
+    await client.aclose()
+    return 0
+
+
+async def calibrate(client: aioredis.Redis, events: int) -> float:
+    """Bytes per event in Valkey: the global stream and every history, over ``events``."""
+    log_bytes = int(await client.memory_usage(LOG, samples=0) or 0)
+    _, histories = await stream_bytes(client, keys.aggregate_stream(keys.ANY, 0))
+    per_event = (log_bytes + histories) / events
+    print(f"  calibrated over {events:,} events: {per_event:,.0f} bytes an event", flush=True)
+    return per_event
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
+    parser.add_argument("--events", type=int, default=10_000_000, help="events to append")
+    parser.add_argument("--retain", default="20s", help="RUNPLANE_RETAIN (a span: 20s, 1m)")
+    parser.add_argument("--every", type=float, default=5.0, help="seconds between passes")
+    parser.add_argument("--batch", type=int, default=400, help="appends a round trip")
+    parser.add_argument("--calibrate", type=int, default=100_000, help="events before passes")
+    parser.add_argument("--idempotency-ttl-s", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        args.retain_s = duration_s(args.retain)
+    except ValueError as exc:
+        parser.error(f"--retain: {exc}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
+        workdir = Path(tmp)
+        with ValkeyProcess(workdir / "valkey") as server:
+            print(f"valkey at {server.url} (appendonly yes, appendfsync always)", flush=True)
+            return asyncio.run(soak(args, server.url, workdir))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
