@@ -35,7 +35,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from bench.processes import rss_kib, stop
+from bench.processes import cpu_s, rss_kib, stop
 from bench.projections import interleaved, start_projector, wait_caught_up
 from events import keys
 from events import model as ev
@@ -136,7 +136,8 @@ def _family(key: str) -> str:
     return parts[1] if len(parts) > 1 else key
 
 
-async def soak(args: argparse.Namespace, url: str, workdir: Path) -> int:
+async def soak(args: argparse.Namespace, server: ValkeyProcess, workdir: Path) -> int:
+    url = server.url
     client = connect(url)
     settings = Settings(redis_url=url, idempotency_ttl_s=args.idempotency_ttl_s)
     store = EventStore(connect(url), settings)
@@ -188,6 +189,11 @@ async def soak(args: argparse.Namespace, url: str, workdir: Path) -> int:
                 flush=True,
             )
     append_s = time.perf_counter() - t0
+    cpu = {
+        "valkey": cpu_s(server.pid),
+        "projector": cpu_s(projector.pid),
+        "this process (writer, archiver)": time.process_time(),
+    }
     caught_up_s = await wait_caught_up(client, projector)
     if archiver is None:
         valkey_per_event = await calibrate(client, totals.appended)
@@ -209,6 +215,11 @@ async def soak(args: argparse.Namespace, url: str, workdir: Path) -> int:
         f"appended {totals.appended:,} events in {append_s:,.0f} s "
         f"({totals.appended / append_s:,.0f}/s); the projector caught up {caught_up_s:.1f} s "
         "after the last",
+        flush=True,
+    )
+    print(
+        "CPU while appending: "
+        + ", ".join(f"{name} {seconds:,.0f} s" for name, seconds in cpu.items()),
         flush=True,
     )
     print(
@@ -267,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tmp)
         with ValkeyProcess(workdir / "valkey") as server:
             print(f"valkey at {server.url} (appendonly yes, appendfsync always)", flush=True)
-            return asyncio.run(soak(args, server.url, workdir))
+            return asyncio.run(soak(args, server, workdir))
 
 
 if __name__ == "__main__":
