@@ -20,12 +20,12 @@ from events import codec, keys
 from events.codec import Recorded
 from events.model import ALL_EVENT_TYPES
 from projections import billing, query
-from projections.audit import Entry
+from projections.audit import AuditProjection, Entry
 from projections.billing import BillingProjection, GroupBy
 from projections.catalog import NAMES
 from services.core import reports
 from services.core.archive import Archive, ArchivedLog, parse
-from services.core.archiver import archive_log
+from services.core.archiver import archive_log, archive_partitions
 from services.core.client import connect
 from services.core.settings import Settings
 from services.core.store import EventStore
@@ -235,3 +235,37 @@ async def test_the_operator_reports_with_mcli_admin_report(
     assert moved.returncode == 1
     assert "cannot be read here" in moved.stderr
     assert len(moved.stderr.splitlines()) == 1
+
+
+async def test_every_partition_is_reported_once(
+    redis: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    partitions = 3
+    settings = Settings(redis_url=redis_url, partitions=partitions)
+    store = EventStore(connect(redis_url), settings)
+    try:
+        await append_all(store, simulated_events(seed=17, steps=700, runs=12))
+        whole = [[r async for r in store.replay(p)] for p in range(partitions)]
+        assert all(whole), "every partition has events"
+        await rebuild_many(settings, NAMES, now_ms=1, lanes=1)
+        times = sorted(parse(r.position)[0] for records in whole for r in records)
+        done = await archive_partitions(
+            redis, tmp_path, cutoff_ms=times[len(times) // 2], partitions=partitions
+        )
+        assert 0 < done.trimmed < len(times)
+    finally:
+        await store.close()
+    now = times[-1] + 1000
+    for group_by in GROUPINGS:
+        expected = await query.billing_report(redis, group_by, now=now)
+        found, _, tally = await reports.billing_report(
+            redis, tmp_path, partitions=partitions, group_by=group_by, now=now
+        )
+        assert found == expected, group_by
+        assert len(tally.archived_upto) == partitions
+    readers = [ArchivedLog(redis, p) for p in range(partitions)]
+    everyone = await query.audit(redis, limit=1_000_000, log=readers)
+    found_entries, tally = await reports.audit_entries(redis, tmp_path, partitions=partitions)
+    assert found_entries == everyone
+    audited = [r for records in whole for r in records if type(r.event) in AuditProjection.handles]
+    assert tally.archived + tally.live == len(audited) < sum(map(len, whole))
