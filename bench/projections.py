@@ -184,8 +184,11 @@ def run_events(rng: random.Random, index: int) -> list[ev.AnyEvent]:
     return events
 
 
-def workload(total: int, seed: int = 1) -> Iterator[tuple[str, dict[bytes, bytes]]]:
-    """``total`` log entries (position, fields): nodes first, then runs interleaved."""
+def workload(
+    total: int, seed: int = 1, step_ms: int = 40
+) -> Iterator[tuple[str, dict[bytes, bytes]]]:
+    """``total`` log entries (position, fields): nodes first, then runs interleaved; the log's
+    clock moves 0 to ``step_ms`` ms from one to the next."""
     rng = random.Random(seed)
     clock, seq, emitted = START_MS, 0, 0
     versions: dict[str, int] = {}
@@ -194,7 +197,7 @@ def workload(total: int, seed: int = 1) -> Iterator[tuple[str, dict[bytes, bytes
 
     def entry(event: ev.AnyEvent) -> tuple[str, dict[bytes, bytes]]:
         nonlocal clock, seq
-        step = rng.randrange(0, 40)
+        step = rng.randrange(0, step_ms)
         clock, seq = (clock + step, 0) if step else (clock, seq + 1)
         version = versions.get(event.aggregate, 0) + 1
         versions[event.aggregate] = version

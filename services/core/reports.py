@@ -139,19 +139,23 @@ async def _live(  # noqa: PLR0917 - one partition's reader and the report's own
     since = _least(w.since_ms for w in wants)
     until = _most(w.until_ms for w in wants)
     start = archived if since is None else max(archived, before((since, 0)))
+    kinds = frozenset().union(*(want.kinds for want in wants))
     reader = ArchivedLog(client, partition, root)
     after = show(start)
     while True:
         page = await reader.read(after, _PAGE)
+        # The hot loop: most entries are of kinds not wanted, told by one set lookup.
         for position, flat in page:
+            kind = flat[1] if flat[0] == codec.KIND else codec.fields_of(flat).get(codec.KIND)
+            if kind not in kinds:
+                continue
             ms = int(position[: position.index("-")])
             if until is not None and ms >= until:
                 return
-            kind = flat[1] if flat[:1] == [codec.KIND] else codec.fields_of(flat).get(codec.KIND)
             wanted = any(want.takes(kind, ms) for want in wants)
             if wanted and (record := _decoded(position, flat, tally)) is not None:
                 yield record
-        if len(page) < _PAGE:
+        if len(page) < _PAGE or (until is not None and parse(page[-1][0])[0] >= until):
             return
         after = page[-1][0]
 
