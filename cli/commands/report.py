@@ -54,15 +54,16 @@ def register(kinds: Any) -> None:
     billing.add_argument(
         "--per", choices=PERIODS, help="a line per day or month (UTC) of each group, too"
     )
-    _add_dir(billing)
+    _add_where(billing)
     billing.set_defaults(handler=billing_report)
     audit = which.add_parser("audit", help="who did what, and when, over any span")
     add_audit(audit)
-    _add_dir(audit)
+    _add_where(audit)
     audit.set_defaults(handler=audit_report)
 
 
-def _add_dir(parser: argparse.ArgumentParser) -> None:
+def _add_where(parser: argparse.ArgumentParser) -> None:
+    """``--dir``, where the archive is, and ``--quiet``, not to say what was read there."""
     parser.add_argument(
         "--dir",
         type=Path,

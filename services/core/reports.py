@@ -20,6 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -51,8 +52,9 @@ from services.core.archive import (
 
 _PAGE = 10_000
 #: Where an attempt's billing starts: one that starts after a window bills nothing in it, so
-#: these are read up to the window's end only (its end and usage events are read whole: an
-#: attempt that ended before the window must not look open, nor one used after it unused).
+#: these are read up to the window's end only. The other kinds are read whole: an attempt that
+#: ended before the window must not look open, nor one that ended after it, and usage reported
+#: after the window still weighs its mean utilization.
 _STARTS = frozenset({RunSubmitted, AttemptScheduled})
 
 
@@ -74,7 +76,8 @@ class Want:
 
 @dataclass
 class Tally:
-    """What a report read: entries decoded from the archive and from the log, and skipped."""
+    """What a report read: entries decoded from the archive as first read, from the log after
+    it (``ArchivedLog``: what was archived meanwhile included), and those skipped."""
 
     archived: int = 0
     live: int = 0
@@ -92,7 +95,7 @@ async def records(
         here = partition_root(root, partition)
         manifest = _manifest(root, here)
         tally.archived_upto.append(show(manifest.last))
-        for position, flat in _archived(here, manifest, wants):
+        for position, flat in await asyncio.to_thread(_archived, here, manifest, wants):
             if (record := _decoded(position, flat, tally)) is not None:
                 tally.archived += 1
                 yield partition, record
