@@ -15,11 +15,14 @@ the best of ``--repeat`` rounds:
 - live, replayed: the projections' way, the baseline: ``EventStore.replay`` (every entry
   decoded) folded by ``BillingProjection``, then ``billing.report``.
 
-The three reports must be equal (checked). The workload's runs are those of
-``bench.projections``, interleaved 400 at a time, so with its clock stretched each lasts days
-to weeks: the GPU-hours are large, the shape (attempts across days and months) is the point. It prints each time, the ratios against the
-replayed baseline, and bytes per event: the stream's ``MEMORY USAGE`` over its entries against
-the segments' file bytes over theirs. Also an audit of the year's last 30 days both ways.
+The three reports must be equal (checked). It prints each time, the ratios against the
+replayed baseline, the fold and report alone (the floor of all three), and bytes per event:
+the stream's ``MEMORY USAGE`` over its entries against the segments' file bytes over theirs.
+Also an audit of the year's last 30 days both ways.
+
+The workload's runs are those of ``bench.projections``, interleaved 400 at a time, so with its
+clock stretched each lasts days to weeks: the GPU-hours are large; the shape (attempts across
+days and months) is the point.
 """
 
 from __future__ import annotations
