@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) -m bench.api
 	$(PY) -m bench.console
 	$(PY) -m bench.projections --events 100000
+	$(PY) -m bench.report
 	$(PY) -m bench.scale --nodes 500 --runs 5000
 	$(PY) -m bench.fencing
 	@if command -v podman >/dev/null; then $(PY) -m bench.containers; \

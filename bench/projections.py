@@ -213,14 +213,16 @@ def interleaved(total: int, seed: int = 1) -> Iterator[ev.AnyEvent]:
             flight.pop()
 
 
-def workload(total: int, seed: int = 1) -> Iterator[tuple[str, dict[bytes, bytes]]]:
-    """``interleaved`` as log entries (position, fields), the log's clock moving 0 to 40 ms
-    an event."""
+def workload(
+    total: int, seed: int = 1, step_ms: int = 40
+) -> Iterator[tuple[str, dict[bytes, bytes]]]:
+    """``interleaved`` as log entries (position, fields), the log's clock moving 0 to
+    ``step_ms`` ms from one to the next."""
     rng = random.Random(seed)
     clock, seq = START_MS, 0
     versions: dict[str, int] = {}
     for event in interleaved(total, seed):
-        step = rng.randrange(0, 40)
+        step = rng.randrange(0, step_ms)
         clock, seq = (clock + step, 0) if step else (clock, seq + 1)
         version = versions.get(event.aggregate, 0) + 1
         versions[event.aggregate] = version

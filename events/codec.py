@@ -13,7 +13,7 @@ by the log itself. Invariants:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, NamedTuple
 
 import msgspec
@@ -117,6 +117,17 @@ def fields_of(flat: list[bytes]) -> dict[bytes, bytes]:
 
 def kind_of(event: Event) -> bytes:
     return _KIND_OF[type(event)]
+
+
+def kinds_of(types: Collection[type]) -> frozenset[bytes]:
+    """Every ``k`` an entry of one of ``types`` may hold: its current version's and each older
+    one's (upcast when decoded), for a reader that picks entries by kind before decoding."""
+    return frozenset(
+        f"{tag_of(cls)}@{version}".encode()
+        for cls in ALL_EVENT_TYPES
+        if cls in types
+        for version in range(1, cls.VERSION + 1)
+    )
 
 
 def current_type(kind: bytes) -> type[Event] | None:

@@ -14,7 +14,8 @@ Rows:
 Invariants: for every dimension the totals add up to the same number, the sum of the closed
 attempts' GPU-ms, to the millisecond (a day's share of an attempt is an integer, and the shares
 add up to the attempt). Deleted runs keep billing. ``report`` computes any grouping over any
-window from the attempt rows, counting an open attempt up to ``now`` (marked open).
+window from the attempt rows, counting an open attempt up to ``now`` (marked open), per
+day or month if asked (``split_by``: the day shares summed, so still exact).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ from projections.base import Row, RowKey, day_of, encode, skipped
 Dimension = Literal["user", "cluster", "gpu_type", "run", "day"]
 DIMENSIONS: tuple[Dimension, ...] = ("user", "cluster", "gpu_type", "run", "day")
 GroupBy = Literal["user", "cluster", "gpu_type", "run", "day", "attempt"]
+#: A report's lines may be split per period too (``report(per=...)``): a day or a month, UTC.
+Period = Literal["day", "month"]
+PERIODS: tuple[Period, ...] = ("day", "month")
 NO_GPU_TYPE = "none"
 
 
@@ -202,6 +206,18 @@ def split_by_day(gpus: int, start: int, end: int) -> dict[str, int]:
     return days
 
 
+def split_by(period: Period, gpus: int, start: int, end: int) -> dict[str, int]:
+    """GPU-ms of ``[start, end)`` per UTC ``period`` (``YYYY-MM-DD`` or ``YYYY-MM``): its days'
+    shares (``split_by_day``) summed, so they too add up to ``gpu_ms(gpus, start, end)``."""
+    days = split_by_day(gpus, start, end)
+    if period == "day":
+        return days
+    months: dict[str, int] = {}
+    for day, part in days.items():
+        months[day[:7]] = months.get(day[:7], 0) + part
+    return months
+
+
 # --- reports -----------------------------------------------------------------------------
 
 
@@ -226,6 +242,7 @@ def shown_cost(cost: Decimal) -> Decimal:
 
 class Line(msgspec.Struct, kw_only=True):
     key: str
+    period: str | None = None  # the day or month of the line, in a report ``per`` one
     gpu_ms: int = 0
     #: Of ``gpu_ms``, those of sampled GPUs, and those GPU-ms x their mean utilization / 100.
     sampled_gpu_ms: int = 0
@@ -249,6 +266,7 @@ class Line(msgspec.Struct, kw_only=True):
 
 class Report(msgspec.Struct, kw_only=True):
     group_by: str
+    per: str | None = None  # lines split per day or month (``Line.period``), or not
     window: tuple[int, int] | None
     now: int | None
     lines: list[Line]
@@ -271,14 +289,23 @@ class Report(msgspec.Struct, kw_only=True):
     def rows(self, names: Mapping[str, str]) -> list[dict[str, Any]]:
         """A row per line as every report shows it (``mcli billing --output csv|json``,
         the web console): the grouping's value (a run by its name in ``names``), then
-        ``ROW_FIELDS``."""
+        ``ROW_FIELDS``; in a report ``per`` a period, the period first."""
         return [
-            {self.group_by: names.get(line.key, line.key), **_shown(line)} for line in self.lines
+            {
+                **({} if self.per is None else {self.per: line.period}),
+                self.group_by: names.get(line.key, line.key),
+                **_shown(line),
+            }
+            for line in self.lines
         ]
 
     def total_row(self) -> dict[str, Any]:
         """The TOTAL as a row: the exact sums, rounded once."""
-        return {self.group_by: "TOTAL", **_shown(self)}
+        return {
+            **({} if self.per is None else {self.per: ""}),
+            self.group_by: "TOTAL",
+            **_shown(self),
+        }
 
 
 def _shown(line: Line | Report) -> dict[str, Any]:
@@ -299,24 +326,26 @@ def report(
     window: tuple[int, int] | None = None,
     now: int | None = None,
     prices: Mapping[str, Decimal] | None = None,
+    per: Period | None = None,
 ) -> Report:
-    """GPU-ms per ``group_by`` value within ``window`` ([start, end) in ms; None: all time).
+    """GPU-ms per ``group_by`` value within ``window`` ([start, end) in ms; None: all time),
+    and per day or month (UTC) with ``per``: a line per (period, value) that has GPU-ms.
 
     An open attempt counts up to ``now`` (not at all if ``now`` is None). With ``prices`` (per
     GPU-hour, by gpu_type), what has a price is priced and the GPU-ms of gpu_types without one
     are counted apart (``unpriced_ms``, ``unpriced_types``): one unpriced type never hides the
     cost of the rest. Usage of no GPU-ms (a CPU-only run) costs nothing, priced or not.
     """
-    lines: dict[str, Line] = {}
+    lines: dict[tuple[str, str], Line] = {}
     unpriced: set[str] = set()
     for billed in attempts:
-        parts = _parts(billed, group_by, window, now)
+        parts = _parts(billed, group_by, window, now, per)
         gpu_type = billed.gpu_type or NO_GPU_TYPE
         price = None if prices is None else prices.get(gpu_type)
-        for key, part in parts:
-            line = lines.get(key)
+        for key, period, part in parts:
+            line = lines.get((period, key))
             if line is None:
-                line = lines[key] = Line(key=key)
+                line = lines[period, key] = Line(key=key, period=period or None)
             line.gpu_ms += part
             line.open |= billed.ended_at is None
             if billed.util_gpus and billed.gpus:
@@ -327,7 +356,7 @@ def report(
             elif prices is not None and part:
                 line.unpriced_ms += part
                 unpriced.add(gpu_type)
-    ordered = sorted(lines.values(), key=lambda line: line.key)
+    ordered = [lines[both] for both in sorted(lines)]
     total_cost = None
     if prices is not None:
         for line in ordered:
@@ -336,6 +365,7 @@ def report(
         total_cost = sum((line.cost or Decimal(0) for line in ordered), Decimal(0))
     return Report(
         group_by=group_by,
+        per=per,
         window=window,
         now=now,
         lines=ordered,
@@ -347,9 +377,14 @@ def report(
 
 
 def _parts(
-    billed: BilledAttempt, group_by: GroupBy, window: tuple[int, int] | None, now: int | None
-) -> list[tuple[str, int]]:
-    """The attempt's GPU-ms within ``window`` (an open one up to ``now``), per group key."""
+    billed: BilledAttempt,
+    group_by: GroupBy,
+    window: tuple[int, int] | None,
+    now: int | None,
+    per: Period | None,
+) -> list[tuple[str, str, int]]:
+    """The attempt's GPU-ms within ``window`` (an open one up to ``now``), per group key and
+    period ("" without ``per``)."""
     end = billed.ended_at if billed.ended_at is not None else now
     if end is None:
         return []
@@ -359,8 +394,14 @@ def _parts(
     if end <= start:
         return []
     if group_by == "day":
-        return list(split_by_day(billed.gpus, start, end).items())
-    return [(_group_key(billed, group_by), gpu_ms(billed.gpus, start, end))]
+        days = split_by_day(billed.gpus, start, end)
+        if per is None:
+            return [(day, "", part) for day, part in days.items()]
+        return [(day, day if per == "day" else day[:7], part) for day, part in days.items()]
+    key = _group_key(billed, group_by)
+    if per is None:
+        return [(key, "", gpu_ms(billed.gpus, start, end))]
+    return [(key, period, part) for period, part in split_by(per, billed.gpus, start, end).items()]
 
 
 def _group_key(billed: BilledAttempt, group_by: GroupBy) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.api import Api
-from cli.commands import archive, nodes
+from cli.commands import archive, nodes, report
 from cli.commands.common import echo, with_api
 from cli.criteria import duration_s
 from cli.errors import ClientError, Refused
@@ -65,6 +65,7 @@ def register(subparsers: Any) -> None:
     kinds = admin.add_subparsers(dest="kind", metavar="WHAT", required=True)
     nodes.register(kinds)
     archive.register(kinds)
+    report.register(kinds)
 
     first = kinds.add_parser(
         "bootstrap",

@@ -403,6 +403,17 @@ class ArchiveMissing(Exception):
         self.root = root
 
 
+class NoArchive(Exception):
+    """The archive's directory is not there (a report over the archive cannot be made)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(
+            f"no archive in {root}: no such directory; give the archive's directory with "
+            "--dir (or RUNPLANE_EVENT_ARCHIVE)"
+        )
+        self.root = root
+
+
 def raw_entries(entries: Iterable[Entry]) -> list[tuple[bytes, dict[bytes, bytes]]]:
     """``entries`` in the shape redis-py's XRANGE gives (``EventStore.read_log_entries``)."""
     return [(position.encode(), codec.fields_of(flat)) for position, flat in entries]

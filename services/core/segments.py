@@ -10,12 +10,13 @@ them: the ``k``, ``e``, ``n`` layout from its columns, any other layout from ``e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -66,10 +67,38 @@ def write(data: pa.Table, path: str) -> None:
 
 def read(path: Path) -> tuple[list[Position], list[Entry]]:
     """A segment's positions and its entries as the stream held them, in order."""
-    return _entries(pq.read_table(path, columns=_READ).to_pydict())
+    return _entries(pq.read_table(path, columns=_READ))
 
 
-def _entries(rows: dict[str, list[Any]]) -> tuple[list[Position], list[Entry]]:
+def selection(
+    kinds: Collection[bytes], since_ms: int | None = None, until_ms: int | None = None
+) -> ds.Expression:
+    """The rows of one of ``kinds`` (``codec.KIND``'s values) logged in [since, until) (None:
+    no bound): a filter a scan pushes down, to the row groups and columns it reads."""
+    where = pc.field("kind").isin(pa.array(sorted(kinds), pa.binary()))
+    if since_ms is not None:
+        where &= pc.field("ms") >= since_ms
+    if until_ms is not None:
+        where &= pc.field("ms") < until_ms
+    return where
+
+
+def scan(root: Path, paths: Sequence[str], where: ds.Expression) -> list[Entry]:
+    """The entries of the segments ``paths`` (relative to ``root``, in log order) that
+    ``where`` selects (``selection``), in log order, as the stream held them."""
+    if not paths:
+        return []
+    found = dataset(root, paths).to_table(columns=_READ, filter=where)
+    # A threaded scan need not hand the files' batches back in order: the log's is by position.
+    # Its order is mostly kept, and taking every row again costs more than checking.
+    order = pc.sort_indices(found, sort_keys=[("ms", "ascending"), ("seq", "ascending")])
+    if not order.equals(pa.array(range(len(order)), order.type)):
+        found = found.take(order)
+    return _entries(found)[1]
+
+
+def _entries(data: pa.Table) -> tuple[list[Position], list[Entry]]:
+    rows = data.to_pydict()
     positions = list(zip(rows["ms"], rows["seq"], strict=True))
     entries = [
         (
@@ -92,8 +121,7 @@ def _entries(rows: dict[str, list[Any]]) -> tuple[list[Position], list[Entry]]:
 
 def read_aggregate(path: Path, aggregate: str) -> list[Entry]:
     """The entries of one aggregate in a segment, in order, as the stream held them."""
-    rows = pq.read_table(path, columns=_READ, filters=[("aggregate", "=", aggregate)])
-    return _entries(rows.to_pydict())[1]
+    return _entries(pq.read_table(path, columns=_READ, filters=[("aggregate", "=", aggregate)]))[1]
 
 
 def dataset(root: Path, paths: Sequence[str]) -> ds.Dataset:

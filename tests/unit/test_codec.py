@@ -26,6 +26,7 @@ from events.codec import (
     decode,
     encode,
     kind_of,
+    kinds_of,
     recorded,
     recorded_flat,
 )
@@ -35,6 +36,7 @@ from events.model import (
     AttemptScheduled,
     Event,
     RankPlacement,
+    RunSubmitted,
     tag_of,
 )
 
@@ -359,3 +361,13 @@ def test_the_fast_path_falls_back_for_old_and_broken_entries() -> None:
     ):
         with pytest.raises(UndecodableEvent, match=POSITION):
             recorded_flat(POSITION.encode(), flat(broken))
+
+
+def test_a_reader_that_picks_entries_by_kind_takes_every_version_of_it() -> None:
+    assert kinds_of({AttemptScheduled, RunSubmitted}) == {
+        b"attempt.scheduled@1",  # upcast to 2 when decoded (UPCASTERS)
+        b"attempt.scheduled@2",
+        f"run.submitted@{RunSubmitted.VERSION}".encode(),
+        *(f"run.submitted@{v}".encode() for v in range(1, RunSubmitted.VERSION)),
+    }
+    assert kinds_of(set()) == frozenset()

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from rich.console import Console, RenderableType
 
-from cli.commands.admin import billing_table
+from cli.commands.reportview import billing_table
 from projections.billing import BilledAttempt, report
 
 HOUR = 3_600_000

@@ -17,6 +17,7 @@ from projections.billing import (
     BillingProjection,
     Total,
     report,
+    split_by,
     split_by_day,
 )
 from tests.unit.projections.history import History, at, fold
@@ -110,6 +111,32 @@ def test_split_by_day_adds_up_for_leap_days_and_year_ends() -> None:
     assert len(days) == 1 + 1 + 306 + 1  # Feb 28, Feb 29, March to December, New Year
     first = datetime(2028, 2, 28, tzinfo=UTC)
     assert list(days) == [(first + timedelta(days=n)).strftime("%Y-%m-%d") for n in range(309)]
+
+
+def test_a_report_per_month_splits_at_midnight_utc_of_the_first_and_adds_up() -> None:
+    h = History()
+    h.submit("2026-10-31 20:00:00", "r1")
+    h.queue("2026-10-31 20:00:00", "r1")
+    h.schedule("2026-10-31 22:00:00.000", "r1")  # 16 GPUs
+    h.start("2026-10-31 22:01:00", "r1")
+    h.finish("2026-11-01 02:59:00", "r1", end="2026-11-01 03:00:00.000")
+    attempts = billed(h).attempts.values()
+    result = report(attempts, "user", per="month")
+    assert [(line.period, line.key, line.gpu_ms) for line in result.lines] == [
+        ("2026-10", "alice@example.com", 32 * HOUR),
+        ("2026-11", "alice@example.com", 48 * HOUR),
+    ]
+    assert result.gpu_ms == report(attempts, "user").gpu_ms == 80 * HOUR
+    window = (at("2026-11-01 01:00:00"), at("2026-12-01 00:00:00"))
+    per_day = report(attempts, "run", per="day", window=window)
+    assert [(line.period, line.gpu_ms) for line in per_day.lines] == [("2026-11-01", 32 * HOUR)]
+    [row] = per_day.rows({"r1": "first"})
+    assert list(row)[:3] == ["day", "run", "gpu_hours"]
+    assert (row["day"], row["run"], row["gpu_ms"]) == ("2026-11-01", "first", 32 * HOUR)
+    months = split_by("month", 3, at("2028-02-28 12:00:00"), at("2029-01-01 00:00:00.001"))
+    assert len(months) == 12
+    assert sum(months.values()) == 3 * (at("2029-01-01 00:00:00.001") - at("2028-02-28 12:00:00"))
+    assert months["2029-01"] == 3
 
 
 def test_a_deleted_run_still_bills() -> None:
