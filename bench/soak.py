@@ -5,7 +5,8 @@
 
 - appends a realistic mix of runs' events (``bench.projections.interleaved``: 1 to 4 nodes a
   run, setup and exits per rank, retries, stops, deletions) through the append function,
-  ``--batch`` aggregates' appends a round trip (``EventStore.append_all``);
+  ``--batch`` aggregates' appends a round trip (``EventStore.append_all``), ``--lanes`` round
+  trips in flight (a run's events in one lane, in order);
 - every ``--every`` seconds, archives what is older than ``--retain`` and what every reader is
   done with (``archiver.archive_older``, the log-collector's ``RUNPLANE_RETAIN`` pass): the log
   goes to Parquet, the streams of runs at rest go with it;
@@ -29,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,7 @@ from services.core.store import Append, EventStore
 from services.core.valkey import ValkeyProcess
 
 MIB = 1024 * 1024
+Batch = list[Append]
 LOG = keys.log_stream(0)
 
 
@@ -73,6 +76,7 @@ class Gauge:
 @dataclass
 class Totals:
     appended: int = 0
+    runs: int = 0
     archived: int = 0
     retired: int = 0
     passes: int = 0
@@ -89,19 +93,22 @@ async def used_memory(client: aioredis.Redis) -> int:
     return int((await client.info("memory"))["used_memory"])
 
 
-def batches(events: Iterator[ev.AnyEvent], size: int) -> Iterator[list[Append]]:
-    """Appends of ``size`` aggregates at most, one event each, each aggregate's in its order:
-    an aggregate seen twice in a batch ends it."""
-    batch: list[Append] = []
-    seen: set[str] = set()
+def batches(events: Iterator[ev.AnyEvent], size: int, lanes: int) -> Iterator[tuple[int, Batch]]:
+    """Appends of ``size`` aggregates at most, one event each, in ``lanes`` lanes by aggregate
+    (each aggregate's in its order, in its lane): (lane, batch). An aggregate seen twice in a
+    lane's batch ends it."""
+    pending: list[Batch] = [[] for _ in range(lanes)]
+    seen: list[set[str]] = [set() for _ in range(lanes)]
     for event in events:
-        if event.aggregate in seen or len(batch) == size:
-            yield batch
-            batch, seen = [], set()
-        batch.append(Append([event], expected_version=None))
-        seen.add(event.aggregate)
-    if batch:
-        yield batch
+        lane = zlib.crc32(event.aggregate.encode()) % lanes
+        if event.aggregate in seen[lane] or len(pending[lane]) == size:
+            yield lane, pending[lane]
+            pending[lane], seen[lane] = [], set()
+        pending[lane].append(Append([event], expected_version=None))
+        seen[lane].add(event.aggregate)
+    for lane, batch in enumerate(pending):
+        if batch:
+            yield lane, batch
 
 
 async def stream_bytes(client: aioredis.Redis, pattern: str) -> tuple[int, int]:
@@ -166,16 +173,27 @@ async def soak(args: argparse.Namespace, server: ValkeyProcess, workdir: Path) -
     await asyncio.sleep(2.0)  # the projector up, its builds made
     print(
         f"soak: {args.events:,} events, retain {args.retain}, a pass every {args.every:g} s, "
-        f"idempotency keys {args.idempotency_ttl_s} s, {args.batch} appends a round trip",
+        f"idempotency keys {args.idempotency_ttl_s} s, {args.batch} appends a round trip, "
+        f"{args.lanes} in flight",
         flush=True,
     )
     sampler = asyncio.create_task(sample())
     archiver: asyncio.Task[None] | None = None
     valkey_per_event = 0.0
     t0 = last_print = time.perf_counter()
-    for batch in batches(interleaved(args.events, seed=args.seed), args.batch):
-        await store.append_all(batch)
-        totals.appended += len(batch)
+    # One writer a lane, each lane's batches in order: the appends of several lanes in flight
+    # together (each waits for its fsync), a run's in its order.
+    queues: list[asyncio.Queue[Batch | None]] = [asyncio.Queue(2) for _ in range(args.lanes)]
+
+    async def write(queue: asyncio.Queue[Batch | None]) -> None:
+        while (batch := await queue.get()) is not None:
+            await store.append_all(batch)
+            totals.appended += len(batch)
+
+    writers = [asyncio.create_task(write(queue)) for queue in queues]
+    for lane, batch in batches(interleaved(args.events, seed=args.seed), args.batch, args.lanes):
+        totals.runs += sum(isinstance(a.events[0], ev.RunSubmitted) for a in batch)
+        await queues[lane].put(batch)
         if archiver is None and totals.appended >= args.calibrate:
             valkey_per_event = await calibrate(client, totals.appended)
             archiver = asyncio.create_task(archive_every())
@@ -188,6 +206,9 @@ async def soak(args: argparse.Namespace, server: ValkeyProcess, workdir: Path) -
                 f"  projector {rss.samples[-1] / 1024:6,.1f} MiB",
                 flush=True,
             )
+    for queue in queues:
+        await queue.put(None)
+    await asyncio.gather(*writers)
     append_s = time.perf_counter() - t0
     cpu = {
         "valkey": cpu_s(server.pid),
@@ -232,8 +253,17 @@ async def soak(args: argparse.Namespace, server: ValkeyProcess, workdir: Path) -
     print(memory.line(), flush=True)
     print(rss.line(), flush=True)
     print("what the server holds at the end, by key family:", flush=True)
-    for family, count, size in await families(client):
+    held = await families(client)
+    for family, count, size in held:
         print(f"  {family:<28} {count:>10,} keys {size / MIB:10,.1f} MiB", flush=True)
+    projections = sum(size for family, _, size in held if family.startswith("projections"))
+    grown = (rss.samples[-1] - rss.samples[0]) * 1024
+    print(
+        f"per run ({totals.runs:,} runs): {projections / totals.runs:,.0f} bytes of projection "
+        f"rows in Valkey, {grown / totals.runs:,.0f} bytes of the projector's RSS: both grow "
+        "with every run ever, archived or not",
+        flush=True,
+    )
     per_parquet = parquet / max(in_archive, 1)
     print(
         f"bytes per event: {valkey_per_event:,.0f} in Valkey (global entry + own stream), "
@@ -261,6 +291,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--retain", default="20s", help="RUNPLANE_RETAIN (a span: 20s, 1m)")
     parser.add_argument("--every", type=float, default=5.0, help="seconds between passes")
     parser.add_argument("--batch", type=int, default=400, help="appends a round trip")
+    parser.add_argument("--lanes", type=int, default=4, help="round trips in flight")
     parser.add_argument("--calibrate", type=int, default=100_000, help="events before passes")
     parser.add_argument("--idempotency-ttl-s", type=int, default=60)
     parser.add_argument("--seed", type=int, default=1)
