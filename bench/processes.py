@@ -4,7 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
+
+from services.core.valkey import ValkeyProcess
+
+Work = Callable[[ValkeyProcess, Path], Coroutine[Any, Any, int]]
+
+
+def on_a_server(name: str, work: Work) -> int:
+    """``work(server, workdir)`` on a fresh ``valkey-server`` (AOF on, ``appendfsync
+    always``) in a temporary directory, both gone after it: what a bench returns."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+        workdir = Path(tmp)
+        with ValkeyProcess(workdir / "valkey") as server:
+            print(f"valkey at {server.url} (appendonly yes, appendfsync always)", flush=True)
+            return asyncio.run(work(server, workdir))
 
 
 def cpu_s(pid: int | None) -> float:

@@ -30,7 +30,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
-from bench.processes import stop
+from bench.processes import on_a_server, stop
 from events import codec, keys
 from events import model as ev
 from events.spec import Compute, RunSpec, Scheduling
@@ -50,7 +49,6 @@ from projections.storage import RedisStore
 from services.core.client import connect
 from services.core.settings import Settings
 from services.core.store import EventStore
-from services.core.valkey import ValkeyProcess
 from services.projector.lanes import rebuild_many
 
 START_MS = 1_795_550_400_000
@@ -498,11 +496,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-projections-") as tmp:
-        workdir = Path(tmp)
-        with ValkeyProcess(workdir / "valkey") as server:
-            print(f"valkey at {server.url} (appendonly yes, appendfsync always)", flush=True)
-            return asyncio.run(run(args, server.url, workdir))
+    return on_a_server("projections", lambda server, workdir: run(args, server.url, workdir))
 
 
 if __name__ == "__main__":

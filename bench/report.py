@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from itertools import groupby
@@ -39,6 +38,7 @@ from typing import TypeVar
 
 import redis.asyncio as aioredis
 
+from bench.processes import on_a_server
 from bench.projections import START_MS, workload
 from events import codec, keys
 from events.codec import Recorded
@@ -50,7 +50,6 @@ from services.core.archive import Archive, Entry, day_of, parse
 from services.core.client import connect
 from services.core.settings import Settings
 from services.core.store import EventStore
-from services.core.valkey import ValkeyProcess
 
 LOG = keys.log_stream(0)
 YEAR_MS = 365 * DAY_MS
@@ -189,11 +188,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
-        workdir = Path(tmp)
-        with ValkeyProcess(workdir / "valkey") as server:
-            print(f"valkey at {server.url}", flush=True)
-            return asyncio.run(run(args, server.url, workdir))
+    return on_a_server("report", lambda server, workdir: run(args, server.url, workdir))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from bench.processes import cpu_s, rss_kib, stop
+from bench.processes import cpu_s, on_a_server, rss_kib, stop
 from bench.projections import interleaved, start_projector, wait_caught_up
 from events import keys
 from events import model as ev
@@ -305,11 +304,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
-        workdir = Path(tmp)
-        with ValkeyProcess(workdir / "valkey") as server:
-            print(f"valkey at {server.url} (appendonly yes, appendfsync always)", flush=True)
-            return asyncio.run(soak(args, server, workdir))
+    return on_a_server("soak", lambda server, workdir: soak(args, server, workdir))
 
 
 if __name__ == "__main__":
