@@ -28,6 +28,7 @@ format: $(STAMP)
 
 # bench.scale at a tenth of the issue's 5,000 nodes x 50,000 runs: the full size (plain
 # `python -m bench.scale`) takes several minutes on a 2-core machine, this one about half a minute.
+# bench.soak at a tenth of its 10,000,000 events: the full soak takes about 25 minutes here.
 bench: $(STAMP)
 	$(PY) -m bench.log
 	$(PY) -m bench.cluster
@@ -39,6 +40,7 @@ bench: $(STAMP)
 	$(PY) -m bench.console
 	$(PY) -m bench.projections --events 100000
 	$(PY) -m bench.report
+	$(PY) -m bench.soak --events 1000000
 	$(PY) -m bench.scale --nodes 500 --runs 5000
 	$(PY) -m bench.fencing
 	@if command -v podman >/dev/null; then $(PY) -m bench.containers; \
