@@ -81,7 +81,7 @@ _LEASE = ("get", "set", "pexpire", "del", "eval", "evalsha", "script|load", "scr
 #: histories.
 _APPEND = (
     *("fcall", "get", "set", "pexpire", "xlen", "xadd", "xrange", "xread"),
-    *("sadd", "smembers", "del", "hget"),
+    *("sadd", "smembers", "del", "hget", "hdel"),  # hget, hdel: a history restored
 )
 #: A consumer group on a stream (``services.core.consumer``, FastStream), with its dead letters.
 _CONSUME = (

@@ -13,11 +13,11 @@
 -- triples; the route says which node inboxes get a copy (events/inbox.py).
 --
 -- Returns {"ok", positions, version} with positions space-separated and version the
--- aggregate's new version; {"dup", positions} when the key was seen (no event is written);
+-- aggregate's new version; {"retired", field} for an aggregate whose history is archived; {"dup", positions} when the key was seen (no event is written);
 -- {"conflict", version} when the aggregate is not at the expected version; {"fenced", holder}
 -- when a fencing token is given and the fencing key holds another (a deposed scheduler).
--- An aggregate's version is the length of its stream, plus the version its history had when
--- it was archived and its stream deleted (runplane_retire), if it was.
+-- An aggregate whose history went to the archive (runplane_retire) takes no event until its
+-- stream is restored (runplane_restore): {"retired", field} says so, and nothing is written.
 -- The entry id of the global stream is the log's clock: the server's, never the writer's.
 -- Each entry also carries ``n``, the aggregate's version once the event is applied (1 for its
 -- first event), so any consumer can tell an event it already folded from a gap. An inbox's
@@ -38,15 +38,6 @@ local function words(text)
   return found
 end
 
--- The version an aggregate's history had when its stream went to the archive (0: never).
-local function retired_version(retired, stream)
-  local value = redis.call('HGET', retired, stream)
-  if not value then
-    return 0
-  end
-  return tonumber(string.match(value, '^%d+'))
-end
-
 local function append(keys, args)
   local seen = redis.call('GET', keys[3])
   if seen then
@@ -61,7 +52,13 @@ local function append(keys, args)
       return {'fenced', holder or ''}
     end
   end
-  local version = redis.call('XLEN', keys[2]) + retired_version(keys[5], keys[2])
+  local version = redis.call('XLEN', keys[2])
+  if version == 0 then
+    local retired = redis.call('HGET', keys[5], keys[2])
+    if retired then
+      return {'retired', retired}
+    end
+  end
   local expected = tonumber(args[1])
   if expected >= 0 and version ~= expected then
     return {'conflict', tostring(version)}
@@ -100,25 +97,44 @@ end
 -- retired histories set, together.
 --
 -- KEYS[1] the aggregate's own stream, KEYS[2] the partition's retired histories.
--- ARGV[1] the stream's last entry as the archiver read it, ARGV[2] the field as it read it
--- ("" for none), ARGV[3] the field's new value: "<version> <segment> <segment> ...", the
--- aggregate's version and the archive's segments that hold its events (their places in the
--- manifest, which only ever grows).
+-- ARGV[1] the stream's last entry as the archiver read it, ARGV[2] the field's value:
+-- "<version> <segment> <segment> ...", the aggregate's version and the archive's segments that
+-- hold its events (their places in the manifest, which only ever grows).
 --
--- Returns 1, or 0 (nothing done) if either moved since it was read: an event appended meanwhile
--- is not archived yet.
+-- Returns 1, or 0 (nothing done) if the stream moved since it was read: an event appended
+-- meanwhile is not archived yet.
 local function retire(keys, args)
   local last = redis.call('XREVRANGE', keys[1], '+', '-', 'COUNT', 1)
   if #last == 0 or last[1][1] ~= args[1] then
     return 0
   end
-  if (redis.call('HGET', keys[2], keys[1]) or '') ~= args[2] then
-    return 0
-  end
-  redis.call('HSET', keys[2], keys[1], args[3])
+  redis.call('HSET', keys[2], keys[1], args[2])
   redis.call('DEL', keys[1])
   return 1
 end
 
+-- A retired history's stream back, entry for entry as it was (ids, fields), from the archive,
+-- and its field gone: the aggregate then takes events as before (services.core.store).
+--
+-- KEYS[1] the aggregate's own stream, KEYS[2] the partition's retired histories.
+-- ARGV[1] the field as the restorer read it, then each entry as (id, number of field words,
+-- field, value, ...), in order.
+--
+-- Returns 1, or 0 (nothing done) if the field moved since it was read or the stream exists.
+local function restore(keys, args)
+  if redis.call('HGET', keys[2], keys[1]) ~= args[1] or redis.call('XLEN', keys[1]) > 0 then
+    return 0
+  end
+  local i = 2
+  while i <= #args do
+    local count = tonumber(args[i + 1])
+    redis.call('XADD', keys[1], args[i], unpack(args, i + 2, i + 1 + count))
+    i = i + 2 + count
+  end
+  redis.call('HDEL', keys[2], keys[1])
+  return 1
+end
+
 redis.register_function('runplane_append3', append)
+redis.register_function('runplane_restore', restore)
 redis.register_function('runplane_retire', retire)

@@ -7,26 +7,26 @@ One pass (``archive_log``):
 3. the entries after the manifest's last position up to the safe point, a segment per day
    (UTC, log time), each written atomically and then listed in the manifest;
 4. the server's pointer set to the manifest's last position, then the stream trimmed up to it;
-
-Each partition of the log is archived on its own, one after another (``archive_partitions``),
-to its own archive in the directory (``services.core.archive.partition_root``).
-
-A kill -9 anywhere loses nothing and duplicates nothing: a segment written but not listed is
-deleted and written again; a listed one is never written again (the next pass starts after
-it); the pointer and the trim go to the manifest's last position, whatever that pass archived.
-Running it again is harmless.
-
 5. runs' own streams, once the archive holds all of a run's and the run is at rest (its last
    event ends an attempt, or deletes it): each deleted, and its version and segments kept in the
    partition's retired histories, together (``retire_runs``; ``runplane_retire`` in
    ``append.lua``). The pointer's ``retired`` says how far the archived entries were looked at;
 6. the nodes' inboxes trimmed of their copies older than the cut-off (``trim_inboxes``).
 
-A run's history then reads its segments, then its stream for what came after (a restart, a
-deletion); its version goes on from the one kept (``services.core.store``). A run appended to
-between the archiver's read and its retirement keeps its stream (the function checks the
-stream's last entry), as does one still at work: a stream deleted too early would cost only
-reads of the archive.
+Each partition of the log is archived on its own, one after another (``archive_partitions``),
+to its own archive in the directory (``services.core.archive.partition_root``).
+
+A kill -9 anywhere loses nothing and duplicates nothing: a segment written but not listed is
+deleted and written again; a listed one is never written again (the next pass starts after
+it); the pointer and the trim go to the manifest's last position, whatever that pass archived;
+runs whose ends a pass archived but did not look at are retired by the next. Running it again
+is harmless.
+
+A retired run's history reads its segments (``services.core.store``); an event for it first
+restores its stream from them (``runplane_restore``), so the nodes, which may not see the
+archive, only ever read live streams. A run appended to between the archiver's read and its
+retirement keeps its stream (the function checks the stream's last entry), as does one still
+at work.
 """
 
 from __future__ import annotations
@@ -325,30 +325,17 @@ async def retire_runs(
         pipe = raw.pipeline(transaction=False)
         for stream in batch:
             pipe.execute_command("XRANGE", stream, "-", "+")
-            pipe.hget(retired_key, stream)
         read = await pipe.execute()
         pipe = raw.pipeline(transaction=False)
-        for stream, entries, field in zip(batch, read[0::2], read[1::2], strict=True):
+        for stream, entries in zip(batch, read, strict=True):
             if not entries:
                 continue  # gone already
             last_position, last = entries[-1][0].decode(), entries[-1][1]
             if parse(last_position) > upto or not _rests((last_position, last)):
                 continue  # not all archived yet, or still at work
-            before = Retired.decode(field) if field is not None else Retired(0, ())
             held = {bisect.bisect_left(listed, parse(p.decode())) for p, _ in entries}
-            kept = Retired(
-                int(codec.fields_of(last)[codec.VERSION]),
-                tuple(sorted(set(before.segments) | held)),
-            )
-            pipe.fcall(
-                "runplane_retire",
-                2,
-                stream,
-                retired_key,
-                last_position,
-                field or "",
-                kept.encode(),
-            )
+            kept = Retired(int(codec.fields_of(last)[codec.VERSION]), tuple(sorted(held)))
+            pipe.fcall("runplane_retire", 2, stream, retired_key, last_position, kept.encode())
         gone += sum(int(done) for done in await pipe.execute())
     return gone
 

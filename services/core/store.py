@@ -27,6 +27,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from importlib.resources import files
 from typing import Any, NamedTuple, Self, TypeVar, cast
 
@@ -95,6 +96,9 @@ _TRANSIENT = (
     RedisClusterException,
 )
 _PAGE = 10_000
+#: How many times an append restores its aggregate's archived stream before it gives up (the
+#: archiver may retire it again in between, once).
+_RESTORES = 3
 
 _Keys = tuple[str, ...]
 _R = TypeVar("_R")
@@ -184,7 +188,13 @@ class EventStore:
         ``StoreUnavailable`` if the server stays unreachable for ``retry_for_s`` seconds.
         """
         request = self._request(Append(events, expected_version, fence, idempotency_key))
-        reply = await self._call(lambda: self._fcall(request.keys, request.args), retry_for_s)
+        send = partial(self._fcall, request.keys, request.args)
+        reply = await self._call(send, retry_for_s)
+        for _ in range(_RESTORES):
+            if reply[0] != b"retired":
+                break
+            await self._restore(request.aggregate, reply[1])
+            reply = await self._call(send, retry_for_s)
         outcome = _outcome(request, reply)
         if isinstance(outcome, Exception):
             raise outcome
@@ -199,8 +209,34 @@ class EventStore:
         requests = [self._request(one) for one in appends]
         if not requests:
             return []
-        replies = await self._call(lambda: self._fcall_all(requests), retry_for_s)
+        replies = await self._call(partial(self._fcall_all, requests), retry_for_s)
+        for _ in range(_RESTORES):
+            retired = [n for n, reply in enumerate(replies) if reply[0] == b"retired"]
+            if not retired:
+                break
+            for n in retired:
+                await self._restore(requests[n].aggregate, replies[n][1])
+            again = [requests[n] for n in retired]
+            for n, reply in zip(
+                retired, await self._call(partial(self._fcall_all, again), retry_for_s), strict=True
+            ):
+                replies[n] = reply
         return [_outcome(request, reply) for request, reply in zip(requests, replies, strict=True)]
+
+    async def _restore(self, aggregate: str, field: bytes) -> None:
+        """Put back the stream of a history that went to the archive (``runplane_restore``),
+        entry for entry from its segments, so that it takes events again; nothing if another
+        writer restored it first. Raises ``ArchiveMissing`` where the archive cannot be read."""
+        partition = keys.partition_of(aggregate, self.settings.partitions)
+        entries = await self._log(partition).history(aggregate, Retired.decode(field))
+        args: _Args = [field]
+        for position, flat in entries:
+            args += [position, len(flat), *flat]
+        stream, retired = keys.aggregate_stream(aggregate, partition), keys.retired(partition)
+        restored = await self._call(
+            partial(self.redis.fcall, "runplane_restore", 2, stream, retired, *args), 30.0
+        )
+        log.info("append.restored", aggregate=aggregate, events=len(entries), done=restored)
 
     def _request(self, append: Append) -> _Request:
         events, fence = append.events, append.fence
@@ -481,6 +517,8 @@ def _not_found(reply: object) -> bool:
 def _outcome(request: _Request, reply: list[bytes]) -> Outcome:
     """What the append function's ``reply`` to ``request`` says (counted once if stored)."""
     status = reply[0]
+    if status == b"retired":  # restored _RESTORES times, and archived again each time
+        return VersionConflict(request.aggregate, request.expected_version or 0, -1)
     if status == b"conflict":
         return VersionConflict(request.aggregate, request.expected_version or 0, int(reply[1]))
     if status == b"fenced":

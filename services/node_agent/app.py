@@ -45,6 +45,7 @@ from events.model import (
     RunEvent,
     run_aggregate,
 )
+from services.core.archive import ArchiveMissing
 from services.core.consumer import LogConsumer, make_broker
 from services.core.errors import VersionConflict
 from services.core.metrics import serve as serve_metrics
@@ -261,7 +262,15 @@ class NodeAgent:
             by_run[key.run_id].append(key)
         async with self._lock:
             for run_id, run_keys in by_run.items():
-                state = await self._tell_me(run_id)
+                try:
+                    state = await self._tell_me(run_id)
+                except ArchiveMissing as exc:
+                    # Only a run at rest goes to the archive, and this node cannot read it:
+                    # its ranks here are long over; left on disk as they are.
+                    log.warning(
+                        "rank.run_archived", run=run_id, ranks=len(run_keys), error=str(exc)
+                    )
+                    continue
                 for key in run_keys:
                     log.info("rank.found", rank=str(key))
                     self._launch(key, _job(state, key), resume=True)

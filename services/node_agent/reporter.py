@@ -25,6 +25,7 @@ from redis import exceptions as redis_errors
 from events.errors import IllegalTransition
 from events.lifecycle import AttemptState, RankState, RunState
 from events.model import AnyRunEvent, RankExited
+from services.core.archive import ArchiveMissing
 from services.core.errors import TemporaryStoreError
 from services.core.store import EventStore
 from services.node_agent.errors import RankGone, SetupAborted
@@ -85,6 +86,9 @@ class Reporter:
                 await self.store.update_run(key.run_id, decide)
             except IllegalTransition as exc:
                 raise RankGone(exc.why) from exc
+            except ArchiveMissing as exc:
+                # Only a run at rest goes to the archive: its ranks are long over.
+                raise RankGone(f"the run is archived ({exc})") from exc
             except (
                 TemporaryStoreError,
                 redis_errors.ConnectionError,

@@ -373,6 +373,9 @@ async def test_a_run_at_rest_leaves_the_server_and_goes_on_from_its_archived_ver
         await store.append([f.updated(run_id, 1)], expected_version=0)
     updated = await store.append([f.updated(run_id, 2)], expected_version=len(mine))
     assert updated.version == len(mine) + 1
+    # Restored first: the stream whole again, entry for entry, and the field gone.
+    assert await redis.xlen(stream) == len(mine) + 1
+    assert await redis.hget(keys.retired(0), stream) is None
     deleted = RunDeleted(id=f.new_id(), actor="alice@example.com", run_id=run_id)
     await store.append([deleted], expected_version=len(mine) + 1)
     later = await store.history(aggregate)
@@ -534,3 +537,20 @@ async def test_the_nodes_inboxes_keep_only_their_copies_newer_than_the_cut_off(
     assert all(parse(p)[0] >= cutoff for p in left)
     assert 0 < done.inbox_entries == held - len(left)
     assert left, "the newer copies stay"
+
+
+async def test_a_writer_that_cannot_read_the_archive_writes_nothing_to_a_retired_run(
+    store: EventStore, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    # A node that does not mount the archive: the run's stream cannot be restored there.
+    await a_log(store, seed=7, steps=150, runs=2)
+    before = await whole_log(store)
+    await archive_log(redis, Archive(tmp_path / "here"), cutoff_ms=EVERYTHING)
+    aggregate, _ = next(iter(runs_of(before).items()))
+    await asyncio.to_thread((tmp_path / "here").rename, tmp_path / "gone")
+
+    with pytest.raises(ArchiveMissing, match="mount the archive at that path"):
+        await store.append([f.updated(aggregate.removeprefix("run:"), 2)], expected_version=None)
+
+    assert not await redis.exists(keys.aggregate_stream(aggregate, 0))
+    assert await redis.hget(keys.retired(0), keys.aggregate_stream(aggregate, 0)) is not None

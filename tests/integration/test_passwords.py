@@ -218,7 +218,7 @@ async def test_under_retain_a_run_at_rest_leaves_the_server_and_the_api_still_re
     server: ValkeyProcess, secrets: Path, tmp_path: Path
 ) -> None:
     # The log-collector's login retires a run's history (runplane_retire); the API's reads it
-    # back from the archive, and a node-agent's appends go on from its version.
+    # back from the archive and restores it when it takes an event again.
     url = f"redis://{HOST}:{server.port}"
     run = f.submitted()
     deleted = RunDeleted(id=f.new_id(), actor=run.actor, run_id=run.run_id)
@@ -235,8 +235,14 @@ async def test_under_retain_a_run_at_rest_leaves_the_server_and_the_api_still_re
         assert (done.events, done.retired) == (2, 1)
         assert not await collector.exists(keys.aggregate_stream(run.aggregate, 0))
         assert await api.history(run.aggregate) == history
-        appended = await agent.append([f.updated(run.run_id, 1)], expected_version=2)
+        # The API restores it (reading the archive) when it is appended to again.
+        appended = await api.append([f.updated(run.run_id, 1)], expected_version=2)
         assert appended.version == 3
+        assert await agent.history(run.aggregate) == [
+            *history,
+            *(await api.history(run.aggregate))[2:],
+        ]
+        assert len(await agent.history(run.aggregate)) == 3
     finally:
         for store in (operator, api, agent):
             await store.close()
