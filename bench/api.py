@@ -57,9 +57,9 @@ from bench.processes import cpu_s
 from bench.projections import percentile
 from cli.api import Api
 from cli.client import Client
-from cli.commands.dev import wait_ready
 from cli.stack import LocalStack, StackConfig
 from cli.stackkey import ensure_admin, read_key
+from cli.stackready import wait_ready
 from events import keys
 from events.access import Principal
 from events.lifecycle import RunState, evolve

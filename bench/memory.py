@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 from bench.processes import children, pss_kib, rss_kib
-from cli.commands.dev import wait_ready
 from cli.stack import LocalStack, StackConfig
+from cli.stackready import wait_ready
 
 BEFORE_MIB = 330  # issue 12, item 6: `mcli dev up --nodes 2` at 3660576, all of it
 BEFORE_NODES = 2

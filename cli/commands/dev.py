@@ -29,11 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shlex
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -48,22 +45,24 @@ from cli.render import make_console, plain_table
 from cli.stack import (
     LocalStack,
     StackConfig,
-    StackError,
     current_user,
     kept_partitions,
     state_dir,
 )
 from cli.stackfiles import SUPERVISOR, Record
 from cli.stackkey import ensure_admin, key_path, read_key
+from cli.stackready import (
+    POLL_S,
+    operator_store,
+    registrations_before,
+    until_running,
+    wait_ready,
+)
 from events import commands, keys
 from events.model import NodeRegistered
 from events.status import RunStatus
-from projections import query
-from services.core.store import EventStore
 from services.core.valkey_cluster import ranges_text
 
-_READY_S = 90.0
-_POLL_S = 0.2
 _END_SLACK_S = 30.0
 _UNFINISHED = frozenset(s for s in RunStatus if s.is_waiting() or s.is_active())
 _WHY = "the local stack was shut down (mcli dev down)"
@@ -229,7 +228,7 @@ async def _admin(stack: LocalStack) -> None:
 
 def _start_missing(stack: LocalStack) -> int:
     missing = stack.missing()
-    seen = asyncio.run(_registrations_before(stack, missing))
+    seen = asyncio.run(registrations_before(stack, missing))
     revived = stack.supervise()
     if revived:
         success("Started the stack's supervisor again (it had stopped running)")
@@ -252,119 +251,13 @@ def _start_missing(stack: LocalStack) -> int:
     return 0
 
 
-async def _registrations_before(stack: LocalStack, names: list[str]) -> dict[str, int]:
-    """How often each node among ``names`` has registered so far (none while the log is down:
-    readiness is then the whole wait)."""
-    nodes = [node for name in names if (node := stack.node_of(name)) is not None]
-    if not nodes or set(stack.servers) & set(names):
-        return {}
-    store = operator_store(stack)
-    try:
-        return {node: await _registrations(store, node) for node in nodes}
-    finally:
-        await store.close()
-
-
 async def _restart(stack: LocalStack, seen: dict[str, int]) -> None:
     """Have the supervisor start at once whatever is down, and wait until the stack is ready
     and each node of ``seen`` has registered once more."""
     stack.start_down()
-    await _until_running(stack)
+    await until_running(stack)
     await _admin(stack)
     await wait_ready(stack, stack.config, registered_again=seen)
-
-
-async def _until_running(stack: LocalStack) -> None:
-    deadline = time.monotonic() + _READY_S
-    while missing := stack.missing():
-        if time.monotonic() > deadline:
-            raise StackError(f"{', '.join(missing)} did not start again within {_READY_S:g}s")
-        await asyncio.sleep(_POLL_S)
-
-
-async def _registered(store: EventStore, seen: dict[str, int]) -> bool:
-    """Each node of ``seen`` registered more often than ``seen`` says."""
-    for node, count in seen.items():
-        if await _registrations(store, node) <= count:
-            return False
-    return True
-
-
-async def _registrations(store: EventStore, node: str) -> int:
-    return sum(isinstance(r.event, NodeRegistered) for r in await store.history(f"node:{node}"))
-
-
-async def wait_ready(
-    stack: LocalStack, config: StackConfig, *, registered_again: dict[str, int] | None = None
-) -> None:
-    """Until the stack is ready (see the module), and each node of ``registered_again`` has
-    registered more often than the count given."""
-    store = operator_store(stack)
-    deadline = time.monotonic() + _READY_S
-    restarts = {name: record.restarts for name, record in stack.records().items()}
-    key = read_key(stack.state_dir)
-    try:
-        while True:
-            records = stack.records()
-            exited = [n for n, r in records.items() if r.restarts > restarts.get(n, r.restarts)]
-            if exited:
-                raise StackError(
-                    f"{', '.join(exited)} exited while starting; its log ends with:\n"
-                    + "\n".join(_tail(stack, exited[0]))
-                )
-            if (
-                await ready(store, config)
-                and await _registered(store, registered_again or {})
-                and await asyncio.to_thread(api_answers, stack.api_url, key)
-            ):
-                return
-            if time.monotonic() > deadline:
-                raise StackError(
-                    f"the stack was not ready within {_READY_S:g}s: see the logs in "
-                    f"{stack.state_dir / 'logs'}"
-                )
-            await asyncio.sleep(_POLL_S)
-    finally:
-        await store.close()
-
-
-def operator_store(stack: LocalStack) -> EventStore:
-    """The stack's log, as its operator works on it (readiness, the admin's key)."""
-    return EventStore.from_settings(stack.operator_settings())
-
-
-def _tail(stack: LocalStack, name: str) -> list[str]:
-    return stack.log_of(name).read_text(errors="replace").splitlines()[-5:]
-
-
-async def ready(store: EventStore, config: StackConfig) -> bool:
-    leases = await store.redis.exists(keys.scheduler_lease(), keys.log_collector_lease())
-    if leases != 2:
-        return False
-    clusters = await query.utilization(store.redis, [config.cluster])
-    nodes = sum(i.nodes for c in clusters for i in c.instances)
-    return nodes >= config.nodes
-
-
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def api_answers(url: str, key: str | None) -> bool:
-    """The API server at ``url`` answers a POST of ``{ __typename }``: with ``key``, as that
-    key's user (200); without one, a refusal (401) is its answer."""
-    request = urllib.request.Request(  # noqa: S310 - the stack's own http:// URL
-        url,
-        data=json.dumps({"query": "{ __typename }"}).encode(),
-        headers={"Content-Type": "application/json", **({"Authorization": key} if key else {})},
-        method="POST",
-    )
-    try:
-        with _NO_PROXY.open(request, timeout=2.0) as response:
-            return bool(response.status == 200)
-    except urllib.error.HTTPError as refused:
-        return key is None and refused.code == 401
-    except (OSError, ValueError):
-        return False
 
 
 def dev_status(args: argparse.Namespace) -> int:
@@ -525,7 +418,7 @@ async def stop_runs(stack: LocalStack) -> tuple[list[Run], list[Run]]:
                 r for r in going if not (await fetch_run(client, r.run_uid)).status.is_terminal()
             ]
             if going:
-                await asyncio.sleep(_POLL_S)
+                await asyncio.sleep(POLL_S)
         return stopped, going
     finally:
         await client.close()

@@ -22,11 +22,11 @@ import yaml
 
 from cli.api import Api
 from cli.client import Client
-from cli.commands.dev import operator_store, wait_ready
 from cli.models import Run, now_ms
 from cli.reads import fetch_run
 from cli.stack import LocalStack, StackConfig
 from cli.stackkey import ensure_admin, read_key
+from cli.stackready import operator_store, wait_ready
 from events.status import RunStatus
 from services.api.accounts import Accounts
 from services.api.users import Directory

@@ -19,10 +19,10 @@ import httpx
 import pytest
 
 from bench.processes import children
-from cli.commands.dev import operator_store
 from cli.stack import LocalStack
 from cli.stackfiles import Pid, Record
 from cli.stackkey import key_path
+from cli.stackready import operator_store
 from events.codec import Recorded
 from events.model import NodeRegistered
 from events.status import RunStatus
