@@ -143,13 +143,26 @@ def _family(key: str) -> str:
 
 
 async def soak(args: argparse.Namespace, server: ValkeyProcess, workdir: Path) -> int:
-    url = server.url
-    client = connect(url)
-    settings = Settings(redis_url=url, idempotency_ttl_s=args.idempotency_ttl_s)
-    store = EventStore(connect(url), settings)
+    settings = Settings(redis_url=server.url, idempotency_ttl_s=args.idempotency_ttl_s)
+    store = EventStore(connect(server.url), settings)
+    projector = await start_projector(server.url, workdir / "projector.log")
+    try:
+        return await _soak(args, server, workdir, store, projector)
+    finally:  # never a projector left behind: it would take a later server on the same port
+        await stop(projector)
+        await store.close()
+
+
+async def _soak(
+    args: argparse.Namespace,
+    server: ValkeyProcess,
+    workdir: Path,
+    store: EventStore,
+    projector: asyncio.subprocess.Process,
+) -> int:
+    client = store.redis
     await store.load_function()
     root = workdir / "event-archive"
-    projector = await start_projector(url, workdir / "projector.log")
     memory, rss = Gauge("valkey used_memory"), Gauge("projector RSS", unit=1024)
     totals = Totals()
     done = asyncio.Event()
@@ -269,9 +282,6 @@ async def soak(args: argparse.Namespace, server: ValkeyProcess, workdir: Path) -
         f"{per_parquet:,.0f} in Parquet: {valkey_per_event / per_parquet:.1f}x smaller",
         flush=True,
     )
-    await stop(projector)
-    await store.close()
-    await client.aclose()
     return 0
 
 
