@@ -256,7 +256,7 @@ async def _soak(
         flush=True,
     )
     print(
-        f"archived {totals.archived:,} events in {totals.passes} passes "
+        f"archived {in_archive:,} events in {totals.passes} passes "
         f"(median {statistics.median(totals.pass_s):.2f} s, longest {max(totals.pass_s):.2f} s);"
         f" {totals.retired:,} runs' streams retired; {await client.xlen(LOG):,} entries live",
         flush=True,
