@@ -79,6 +79,7 @@ class Totals:
     archived: int = 0
     retired: int = 0
     passes: int = 0
+    stall_s: float = 0.0
     pass_s: list[float] = field(default_factory=list)
 
     def add(self, done: Archived, seconds: float) -> None:
@@ -175,6 +176,14 @@ async def _soak(
                 return
             await asyncio.sleep(1.0)
 
+    async def watch_loop() -> None:
+        """The event loop's longest stall: what the archiver's passes leave to the rest of a
+        process that runs them (the log-collector's ingest, its lease)."""
+        while not done.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            totals.stall_s = max(totals.stall_s, time.perf_counter() - t - 0.01)
+
     async def archive_every() -> None:
         while not done.is_set():
             await asyncio.sleep(args.every)
@@ -190,6 +199,7 @@ async def _soak(
         flush=True,
     )
     sampler = asyncio.create_task(sample())
+    watcher = asyncio.create_task(watch_loop())
     archiver: asyncio.Task[None] | None = None
     valkey_per_event = 0.0
     t0 = last_print = time.perf_counter()
@@ -241,6 +251,7 @@ async def _soak(
     )
     done.set()
     await sampler
+    await watcher
 
     parquet = sum(p.stat().st_size for p in root.rglob("*.parquet"))
     in_archive = sum(s.events for s in Archive(root).manifest().segments)
@@ -258,7 +269,8 @@ async def _soak(
     print(
         f"archived {in_archive:,} events in {totals.passes} passes "
         f"(median {statistics.median(totals.pass_s):.2f} s, longest {max(totals.pass_s):.2f} s);"
-        f" {totals.retired:,} runs' streams retired; {await client.xlen(LOG):,} entries live",
+        f" {totals.retired:,} runs' streams retired; {await client.xlen(LOG):,} entries live;"
+        f" the event loop's longest stall {totals.stall_s * 1000:,.0f} ms",
         flush=True,
     )
     print("memory:", flush=True)

@@ -31,6 +31,7 @@ at work.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -217,12 +218,7 @@ async def _archive_pass(  # noqa: PLR0917 - archive_log's own arguments, checked
         segments += 1
         day.clear()
 
-    position = start
-    while position < bound.position:
-        page = await reader.read(show(position), _PAGE)
-        page = [entry for entry in page if parse(entry[0]) <= bound.position]
-        if not page:
-            break
+    def take(page: list[Entry]) -> None:
         for entry in page:
             if day and (
                 len(day) >= segment_events or day_of(parse(entry[0])) != day_of(parse(day[0][0]))
@@ -234,10 +230,20 @@ async def _archive_pass(  # noqa: PLR0917 - archive_log's own arguments, checked
                 runs.add(aggregate)
                 if _rests(entry):
                     resting.add(aggregate)
+
+    # Decoding and Parquet in a worker thread, a page at a time: the event loop of the process
+    # that archives (the log-collector, under RUNPLANE_RETAIN) goes on serving meanwhile.
+    position = start
+    while position < bound.position:
+        page = await reader.read(show(position), _PAGE)
+        page = [entry for entry in page if parse(entry[0]) <= bound.position]
+        if not page:
+            break
+        await asyncio.to_thread(take, page)
         events += len(page)
         position = parse(page[-1][0])
     if day:
-        flush()
+        await asyncio.to_thread(flush)
     upto = archive.manifest().last
     trimmed, retired = 0, 0
     if upto != ZERO:
@@ -250,7 +256,7 @@ async def _archive_pass(  # noqa: PLR0917 - archive_log's own arguments, checked
             )
         )
         step(TRIMMED)
-        resting |= _resting_before(archive, looked, start)
+        resting |= await asyncio.to_thread(_resting_before, archive, looked, start)
         retired = await retire_runs(client, archive, partition, sorted(resting), upto)
         await set_pointer(client, partition, Pointer(str(root), show(upto), show(upto)))
         step(RETIRED)
