@@ -287,11 +287,11 @@ def _url(store: EventStore) -> str:
     return store.settings.redis_url
 
 
-def mcli_archive(
-    tmp_path: Path, *args: str, env: dict[str, str]
-) -> subprocess.CompletedProcess[str]:
+def mcli_admin(tmp_path: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``mcli admin ARGS`` as an operator on this host runs it: no RUNPLANE_ setting of the
+    tests' own, a home and a state directory of its own, then ``env``."""
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", "admin", "archive", *args],
+        [sys.executable, "-m", "cli.main", "admin", *args],
         env={k: v for k, v in os.environ.items() if not k.startswith("RUNPLANE_")}
         | {"HOME": str(tmp_path), "RUNPLANE_HOME": str(tmp_path / "state")}
         | env,
@@ -300,6 +300,12 @@ def mcli_archive(
         timeout=60,
         check=False,
     )
+
+
+def mcli_archive(
+    tmp_path: Path, *args: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    return mcli_admin(tmp_path, "archive", *args, env=env)
 
 
 async def test_the_operator_archives_with_mcli_admin_archive(

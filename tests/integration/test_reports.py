@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from services.core.settings import Settings
 from services.core.store import EventStore
 from services.projector.lanes import rebuild_many
 from tests.integration.projector.test_projector_process import append_all, simulated_events
+from tests.integration.test_archive import mcli_admin
 
 LOG = keys.log_stream(0)
 EVERYTHING = 2**62  # a cut-off after every entry
@@ -188,16 +187,7 @@ async def test_an_audit_over_the_archive_and_the_live_log_is_the_projections(
 
 
 def mcli_report(tmp_path: Path, *args: str, url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", "admin", "report", *args],
-        env={k: v for k, v in os.environ.items() if not k.startswith("RUNPLANE_")}
-        | {"HOME": str(tmp_path), "RUNPLANE_HOME": str(tmp_path / "state")}
-        | {"RUNPLANE_REDIS_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return mcli_admin(tmp_path, "report", *args, env={"RUNPLANE_REDIS_URL": url})
 
 
 async def test_the_operator_reports_with_mcli_admin_report(
