@@ -17,15 +17,7 @@ concerned, in the same atomic call and under the same entry id:
 
 from __future__ import annotations
 
-from events.model import (
-    AttemptCompleted,
-    AttemptFailed,
-    AttemptScheduled,
-    AttemptStopped,
-    Event,
-    NodeEvent,
-    RunEvent,
-)
+from events.model import ATTEMPT_ENDS, AttemptScheduled, Event, NodeEvent, RunEvent
 
 #: Routes as the append function reads them.
 TELL = ""  # the run's told nodes
@@ -39,7 +31,7 @@ def route(event: Event) -> str:
     """The route of ``event`` for the append function."""
     if isinstance(event, AttemptScheduled):
         return PLACE + " ".join(sorted({rank.node for rank in event.ranks}))
-    if isinstance(event, AttemptCompleted | AttemptStopped | AttemptFailed):
+    if type(event) in ATTEMPT_ENDS:
         return END
     if isinstance(event, RunEvent):
         return TELL

@@ -13,7 +13,7 @@
 -- triples; the route says which node inboxes get a copy (events/inbox.py).
 --
 -- Returns {"ok", positions, version} with positions space-separated and version the
--- aggregate's new version; {"retired", field} for an aggregate whose history is archived; {"dup", positions} when the key was seen (no event is written);
+-- aggregate's new version; {"dup", positions} when the key was seen (no event is written);
 -- {"conflict", version} when the aggregate is not at the expected version; {"fenced", holder}
 -- when a fencing token is given and the fencing key holds another (a deposed scheduler).
 -- An aggregate whose history went to the archive (runplane_retire) takes no event until its

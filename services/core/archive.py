@@ -142,8 +142,7 @@ class Pointer(msgspec.Struct, frozen=True):
 class Retired(NamedTuple):
     """A history whose stream went to the archive (a field of ``keys.retired``): the
     aggregate's version then, and the segments holding its events, by their place in the
-    manifest (which only ever grows). Stored as ``"<version> <segment> ..."``, which the append
-    function reads the version of."""
+    manifest (which only ever grows). Stored as ``"<version> <segment> ..."``."""
 
     version: int
     segments: tuple[int, ...]

@@ -278,7 +278,8 @@ async def _archive_pass(  # noqa: PLR0917 - archive_log's own arguments, checked
 #: The tags of the events after which a run is at rest (of any version): an attempt's end, or
 #: the run's deletion.
 _RESTING = frozenset(tag_of(kind).encode() for kind in ATTEMPT_ENDS | {RunDeleted})
-_RETIRE_BATCH = 500
+#: Keys a pipeline of the pass names at most (runs retired, inboxes trimmed).
+_BATCH = 500
 
 
 def _resting_before(archive: Archive, looked: Position, start: Position) -> set[str]:
@@ -308,9 +309,9 @@ async def trim_inboxes(client: aioredis.Redis, partition: int, cutoff_ms: int) -
         )
     ]
     trimmed = 0
-    for at in range(0, len(inboxes), _RETIRE_BATCH):
+    for at in range(0, len(inboxes), _BATCH):
         pipe = client.pipeline(transaction=False)
-        for inbox in inboxes[at : at + _RETIRE_BATCH]:
+        for inbox in inboxes[at : at + _BATCH]:
             pipe.xtrim(inbox, minid=f"{cutoff_ms}-0", approximate=False)
         trimmed += sum(int(n) for n in await pipe.execute())
     return trimmed
@@ -326,8 +327,8 @@ async def retire_runs(
     retired_key = keys.retired(partition)
     listed = [parse(segment.last) for segment in archive.manifest().segments]
     gone = 0
-    for at in range(0, len(runs), _RETIRE_BATCH):
-        batch = [keys.aggregate_stream(run, partition) for run in runs[at : at + _RETIRE_BATCH]]
+    for at in range(0, len(runs), _BATCH):
+        batch = [keys.aggregate_stream(run, partition) for run in runs[at : at + _BATCH]]
         pipe = raw.pipeline(transaction=False)
         for stream in batch:
             pipe.execute_command("XRANGE", stream, "-", "+")

@@ -18,8 +18,8 @@ Invariants:
 - Reads of the global log (``read_log``, ``read_log_entries``, ``replay``) go through
   ``services.core.archive.ArchivedLog``: the archived part first, then the stream, each entry
   once. A run's own stream goes once the archive holds all of it and the run is at rest
-  (``services.core.archiver``); ``history`` then reads its archived part from the segments the
-  partition's retired histories name, and the stream for what came after.
+  (``services.core.archiver``); ``history`` then reads it from the segments the partition's
+  retired histories name, and an append to it first restores the stream from them.
 - ``runplane_events_appended_total{type}`` counts the events this process stored, by tag: a
   retried append that had landed already (a duplicate) is not counted again.
 """
@@ -188,13 +188,8 @@ class EventStore:
         ``StoreUnavailable`` if the server stays unreachable for ``retry_for_s`` seconds.
         """
         request = self._request(Append(events, expected_version, fence, idempotency_key))
-        send = partial(self._fcall, request.keys, request.args)
-        reply = await self._call(send, retry_for_s)
-        for _ in range(_RESTORES):
-            if reply[0] != b"retired":
-                break
-            await self._restore(request.aggregate, reply[1])
-            reply = await self._call(send, retry_for_s)
+        reply = await self._call(partial(self._fcall, request.keys, request.args), retry_for_s)
+        [reply] = await self._restoring([request], [reply], retry_for_s)
         outcome = _outcome(request, reply)
         if isinstance(outcome, Exception):
             raise outcome
@@ -210,20 +205,28 @@ class EventStore:
         if not requests:
             return []
         replies = await self._call(partial(self._fcall_all, requests), retry_for_s)
+        replies = await self._restoring(requests, replies, retry_for_s)
+        return [_outcome(request, reply) for request, reply in zip(requests, replies, strict=True)]
+
+    async def _restoring(
+        self, requests: Sequence[_Request], replies: list[list[bytes]], retry_for_s: float
+    ) -> list[list[bytes]]:
+        """``replies`` with each ``retired`` one replaced by the reply to its request sent
+        again once its aggregate's stream is restored (``_restore``), ``_RESTORES`` times at
+        most."""
         for _ in range(_RESTORES):
             retired = [n for n, reply in enumerate(replies) if reply[0] == b"retired"]
             if not retired:
                 break
             for n in retired:
-                await self._restore(requests[n].aggregate, replies[n][1])
+                await self._restore(requests[n].aggregate, replies[n][1], retry_for_s)
             again = [requests[n] for n in retired]
-            for n, reply in zip(
-                retired, await self._call(partial(self._fcall_all, again), retry_for_s), strict=True
-            ):
+            answered = await self._call(partial(self._fcall_all, again), retry_for_s)
+            for n, reply in zip(retired, answered, strict=True):
                 replies[n] = reply
-        return [_outcome(request, reply) for request, reply in zip(requests, replies, strict=True)]
+        return replies
 
-    async def _restore(self, aggregate: str, field: bytes) -> None:
+    async def _restore(self, aggregate: str, field: bytes, retry_for_s: float) -> None:
         """Put back the stream of a history that went to the archive (``runplane_restore``),
         entry for entry from its segments, so that it takes events again; nothing if another
         writer restored it first. Raises ``ArchiveMissing`` where the archive cannot be read."""
@@ -234,7 +237,7 @@ class EventStore:
             args += [position, len(flat), *flat]
         stream, retired = keys.aggregate_stream(aggregate, partition), keys.retired(partition)
         restored = await self._call(
-            partial(self.redis.fcall, "runplane_restore", 2, stream, retired, *args), 30.0
+            partial(self.redis.fcall, "runplane_restore", 2, stream, retired, *args), retry_for_s
         )
         log.info("append.restored", aggregate=aggregate, events=len(entries), done=restored)
 
@@ -401,8 +404,8 @@ class EventStore:
     # --- reading ----------------------------------------------------------------------
 
     async def history(self, aggregate: str) -> list[Recorded]:
-        """Every event of one run (``run:<id>``) or node (``node:<name>``), in order: the
-        archived part first where its stream went to the archive (``Retired``)."""
+        """Every event of one run (``run:<id>``) or node (``node:<name>``), in order: from the
+        archive where its stream went there (``Retired``: it has no stream until restored)."""
         partition = keys.partition_of(aggregate, self.settings.partitions)
         stream, retired = keys.aggregate_stream(aggregate, partition), keys.retired(partition)
         await self._check_partitions()
@@ -423,7 +426,7 @@ class EventStore:
             if gone is None:
                 return live
             old = await self._log(partition).history(aggregate, Retired.decode(gone))
-            return [codec.recorded_from(position, flat) for position, flat in old] + live
+            return [codec.recorded_from(position, flat) for position, flat in old]
 
     async def wait_history(
         self, aggregate: str, after: str, block_ms: int | None = None

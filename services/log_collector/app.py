@@ -154,6 +154,8 @@ class Collector:
                     events=done.events,
                     runs=done.runs,
                     trimmed=done.trimmed,
+                    retired=done.retired,
+                    inbox_entries=done.inbox_entries,
                     upto=done.upto,
                     held_by=done.held_by,
                 )

@@ -15,7 +15,7 @@ import structlog
 
 from events import keys
 from events.codec import Recorded
-from events.model import AttemptCompleted, AttemptFailed, AttemptStopped, RankExited
+from events.model import ATTEMPT_ENDS, RankExited, RunEvent
 from services.output import reading
 
 log = structlog.get_logger(__name__)
@@ -72,7 +72,7 @@ class EventHandler:
                     rank=event.rank,
                     exit_code=event.exit_code,
                 )
-        elif isinstance(event, AttemptCompleted | AttemptStopped | AttemptFailed):
+        elif isinstance(event, RunEvent) and type(event) in ATTEMPT_ENDS:
             meta = keys.attempt_logs(event.run_id, event.attempt)
             pipe = self.client.pipeline(transaction=False)
             pipe.hset(meta, reading.TERMINAL_AT, recorded.position)
