@@ -82,6 +82,15 @@ class AttemptState(msgspec.Struct, kw_only=True):
     def all_released(self) -> bool:
         return all(rank.exited for rank in self.ranks)
 
+    def runs_with(self, starting: int | None = None) -> bool:
+        """Whether the attempt is RUNNING now (``attempt.running`` follows): STARTING with
+        every rank's command started, ``starting``'s by the event that goes with this one.
+        Even if a rank has ended since (a run of `true`): the attempt ran, so its timeline
+        shows RUNNING before TERMINATING."""
+        return self.status is S.STARTING and all(
+            rank.running or rank.rank == starting for rank in self.ranks
+        )
+
 
 class RunState(msgspec.Struct, kw_only=True):
     run_id: str

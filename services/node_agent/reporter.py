@@ -8,7 +8,10 @@ version it read (``EventStore.update_run``). So:
   scheduler released a lost node's ranks): the caller stops working on that rank;
 - a setup report while the attempt is stopping raises ``SetupAborted`` with the reason;
 - a log server that does not answer is waited for (with back-off), never skipped: an exit
-  that happened is always reported.
+  that happened is always reported;
+- the ``rank.running`` of the attempt's last rank to start carries the attempt's
+  ``attempt.running`` in the same append (``AttemptState.runs_with``): RUNNING comes one
+  append after the command starts, not a scheduler's round trip later.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from redis import exceptions as redis_errors
 
 from events.errors import IllegalTransition
 from events.lifecycle import AttemptState, RankState, RunState
-from events.model import AnyRunEvent, RankExited
+from events.model import AnyRunEvent, AttemptRunning, RankExited, RankRunning
 from services.core.archive import ArchiveMissing
 from services.core.errors import TemporaryStoreError
 from services.core.store import EventStore
@@ -78,7 +81,7 @@ class Reporter:
             attempt, rank = locate(state, key)
             if setup and (reason := stop_reason(attempt)) is not None:
                 raise SetupAborted(reason)
-            return [with_usage(event) for event in build(attempt, rank)]
+            return _with_running(attempt, [with_usage(event) for event in build(attempt, rank)])
 
         backoff = 0.1
         while True:
@@ -101,3 +104,16 @@ class Reporter:
                 backoff = min(backoff * 2, 5.0)
                 continue
             return
+
+
+def _with_running(attempt: AttemptState, events: list[AnyRunEvent]) -> list[AnyRunEvent]:
+    """``events``, with the attempt's ``attempt.running`` after a ``rank.running`` that
+    makes every rank of it run (the version check of the append makes "last" exact: of two
+    ranks' reports racing, the second re-reads and sees the first)."""
+    for index, event in enumerate(events):
+        if isinstance(event, RankRunning) and attempt.runs_with(event.rank):
+            running = AttemptRunning(
+                id=new_id(), actor=event.actor, run_id=event.run_id, attempt=event.attempt
+            )
+            return [*events[: index + 1], running, *events[index + 1 :]]
+    return events

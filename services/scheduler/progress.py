@@ -13,7 +13,9 @@ Rules, in this order, for an attempt holding GPUs:
   deadline (the log's clock), ends it (``NodeDrained``, naming the drain's admin and reason; a
   system failure, so retried with ``retry_on_system_failure``), a RUNNING attempt past
   ``max_duration`` (hours, from its RUNNING entry on the log's clock) ends it
-  (``MaxDurationExceeded``), and STARTING with every rank running becomes RUNNING.
+  (``MaxDurationExceeded``), and STARTING with every rank running becomes RUNNING
+  (``AttemptState.runs_with``; the report of the last rank to start carries it, so this is
+  for an attempt whose ranks' reports did not, an older agent's).
 - TERMINATING once every rank has exited: stopped for a stopped/preempted reason, failed for a
   user/system reason or any failing rank (the first failure wins), else completed. The same
   append carries what follows: ``run.deleted`` for a run being deleted, else the retry (a user
@@ -79,9 +81,7 @@ def progress(state: ClusterState, run: RunState, ctx: Context) -> list[AnyRunEve
 
     status, reason = attempt.status, attempt.reason
     if status is not S.TERMINATING:
-        if status is S.STARTING and all(rank.running for rank in attempt.ranks):
-            # Every command started: the attempt ran, even if a rank has ended already (a
-            # run of `true`), so its timeline shows RUNNING before TERMINATING.
+        if attempt.runs_with():  # usually told by the last rank's own report (the agent's)
             events.append(_event(AttemptRunning, run, ctx))
         ends, reason = _ending(state, run, attempt, reasons, ctx)
         if not ends:

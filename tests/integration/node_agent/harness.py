@@ -5,9 +5,9 @@
 
 ``MiniScheduler`` writes exactly what the protocol gives the scheduler (``docs/architecture.md``,
 "Services and who writes what"): a submitted run is queued and placed (``attempt.scheduled``,
-ranks on given nodes and GPUs); when every rank runs, ``attempt.running``; at the first rank
-exit, ``attempt.terminating`` (with that rank's reason, or None for exit 0); when every rank has
-released its GPUs, the terminal event.
+ranks on given nodes and GPUs); when every rank runs and no rank's report said so,
+``attempt.running``; at the first rank exit, ``attempt.terminating`` (with that rank's reason,
+or None for exit 0); when every rank has released its GPUs, the terminal event.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def _next(state: RunState | None) -> list[ev.AnyRunEvent]:
         "id": f.new_id(), "actor": ACTOR, "run_id": state.run_id, "attempt": attempt.index,
     }  # fmt: skip
     exits = [rank for rank in attempt.ranks if rank.exited]
-    if attempt.status is RunStatus.STARTING and all(rank.running for rank in attempt.ranks):
+    if attempt.runs_with():
         return [ev.AttemptRunning(**envelope)]
     if attempt.status in (RunStatus.STARTING, RunStatus.RUNNING) and exits:
         first = exits[0]

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from events import keys
 from events.model import (
+    AttemptRunning,
     Event,
     ImagePullFailed,
     ImagePullFinished,
@@ -71,6 +72,34 @@ async def test_a_rank_runs_and_reports_its_exit_code_and_output(
     assert isinstance(registered, NodeRegistered)
     assert (registered.gpus, registered.gpu_type, registered.cluster) == (8, "a100_80gb", "local")
     assert await redis.pttl(keys.heartbeat("node-a")) > 0
+
+
+async def test_the_last_rank_to_start_carries_the_attempts_running(
+    make_agent: AgentFactory, scheduler: MiniScheduler
+) -> None:
+    """RUNNING is one append after the last command starts, not a scheduler's round trip
+    later: the agent whose rank starts last writes ``attempt.running`` with its
+    ``rank.running``, and nobody writes it again."""
+    for node in ("node-a", "node-b"):
+        await make_agent(node).start()
+    run_id = await scheduler.submit(spec("sleep 0.5"), [("node-a", [0]), ("node-b", [0])])
+
+    await scheduler.wait_status(run_id, RunStatus.COMPLETED)
+
+    records = await scheduler.store.history(f"run:{run_id}")
+    tags = [tag_of(type(record.event)) for record in records]
+    assert tags.count("rank.running") == 2
+    assert tags.count("attempt.running") == 1
+    at = tags.index("attempt.running")
+    last_started = max(i for i, tag in enumerate(tags) if tag == "rank.running")
+    assert at == last_started + 1
+    running, started = records[at], records[last_started]
+    assert isinstance(running.event, AttemptRunning)
+    assert running.event.actor == started.event.actor  # the agent of that rank
+    assert running.event.actor.startswith("node-agent@")
+    # One append: its entries share the log's millisecond and follow each other.
+    ms, seq = started.position.split("-")
+    assert running.position == f"{ms}-{int(seq) + 1}"
 
 
 async def _lines(redis: aioredis.Redis, run_id: str, n: int) -> list[tuple[bytes, bytes]] | None:
