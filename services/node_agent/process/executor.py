@@ -167,7 +167,7 @@ class ProcessExecutor:
             log.info("rank.setup_again", tries=tries)
         assert job is not None, "a new rank comes with its job"
         try:
-            user = self._user(rank_dir, key, job)
+            user = await self._user(rank_dir, key, job)
         except IsolationError as exc:
             await self._report_failed(key, "NoRankUser", str(exc))
             return
@@ -196,13 +196,15 @@ class ProcessExecutor:
         finally:
             link.close()
 
-    def _user(self, rank_dir: RankDir, key: RankKey, job: RankJob) -> RankUser | None:
+    async def _user(self, rank_dir: RankDir, key: RankKey, job: RankJob) -> RankUser | None:
         """Whom the rank runs as (recorded: a setup that begins again keeps it); its home is
-        created, root's, on the way."""
+        created, root's, on the way. In a worker thread: the homes' lock is the machine's,
+        held by every agent of it for each new and each finished run, and a wait for it must
+        not stop this agent's other ranks."""
         record = rank_dir.record()
         if record.user is not None:
             return record.user
-        user = self.homes.open(rank_dir.home, key.run_id, job.owner)
+        user = await asyncio.to_thread(self.homes.open, rank_dir.home, key.run_id, job.owner)
         if user is not None:
             rank_dir.update(uid=user.uid, gid=user.gid)
             log.info("rank.user", uid=user.uid)
