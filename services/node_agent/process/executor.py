@@ -3,7 +3,9 @@
 A rank's life: its directory is created (``begin``), the run owner's secrets are read and their
 files written under it (``services.node_agent.secrets``: 0600, the variables naming where they
 are; a rank whose secrets cannot be opened fails, ``SecretsUnavailable``, before anything runs),
-setup runs in the agent (``setup``, its tools with git's key and token), then
+setup runs in the agent (``setup``, its tools with git's key and token; its first append, the
+run token's hash and the image's check, is sent while the rank's user, home and secrets are
+made, so that its round trip to the log is not one more step before RUNNING), then
 the shim is forked, in a session of its own, by the agent's fork server (``forkserver``: no
 interpreter start per rank) and holds the rank's lock (``rankdir``). The shim
 tells the agent through a pipe when the command runs (``rank.running``) and, by closing it,
@@ -29,6 +31,7 @@ import os
 import signal
 import sys
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 import structlog
@@ -166,26 +169,11 @@ class ProcessExecutor:
                 return
             log.info("rank.setup_again", tries=tries)
         assert job is not None, "a new rank comes with its job"
-        try:
-            user = await self._user(rank_dir, key, job)
-        except IsolationError as exc:
-            await self._report_failed(key, "NoRankUser", str(exc))
+        set_up = await self._set_up(rank_dir, key, job, control)
+        if set_up is None:
             return
-        cgroup = self._cgroup(rank_dir, key)
-        # Root's alone until ``give``: nothing of the rank runs yet, nothing can be planted.
-        await asyncio.to_thread(rank_dir.new_home)
-        secret_env = await self._secrets(rank_dir, key, job)
-        if secret_env is None:
-            return
-        platform, issued = self._platform(rank_dir, key)
-        parameters = rank_dir.workspace / "parameters.yaml"
-        atomic_write(parameters, parameters_document(job.spec.parameters))
-        await asyncio.to_thread(rank_dir.give, user)
-        venv = await self.setup.run(
-            rank_dir, job, control, secret_env, user=user, cgroup=cgroup, first=issued
-        )
         try:
-            link = self._launch(rank_dir, job, venv, platform, secret_env, user=user, cgroup=cgroup)
+            link = self._launch(rank_dir, job, *set_up)
         except OSError as exc:
             log.exception("rank.launch_failed")
             kill_group(rank_dir.command_pid())
@@ -195,6 +183,32 @@ class ProcessExecutor:
             await self._watch(rank_dir, key, control, link)
         finally:
             link.close()
+
+    async def _set_up(
+        self, rank_dir: RankDir, key: RankKey, job: RankJob, control: RankControl
+    ) -> tuple[Path | None, _Prepared] | None:
+        """The rank's setup: its virtual environment (if any) and what its shim needs; None
+        once the rank's end is reported.
+
+        The setup's first append (the run token's hash, the image's check) goes at once: its
+        round trip to the log runs while the rank's user, home, cgroup and secrets are made,
+        which it needs none of. Nothing of the rank runs before both are done."""
+        issued, token = self._draw(key)
+        first = asyncio.create_task(self.setup.begin(job, control, issued), name="setup-first")
+        try:
+            prepared = await self._prepare(rank_dir, key, job, token)
+        except BaseException:
+            first.cancel()
+            await asyncio.wait({first})
+            raise
+        await first  # RankEnded: the image was refused and the rank's end reported
+        if isinstance(prepared, _Refused):
+            await self._report_failed(key, prepared.code, prepared.message)
+            return None
+        venv = await self.setup.finish(
+            rank_dir, job, control, prepared.secrets, user=prepared.user, cgroup=prepared.cgroup
+        )
+        return venv, prepared
 
     async def _user(self, rank_dir: RankDir, key: RankKey, job: RankJob) -> RankUser | None:
         """Whom the rank runs as (recorded: a setup that begins again keeps it); its home is
@@ -235,46 +249,58 @@ class ProcessExecutor:
         )
         await self.reporter.report(key, lambda _a, _r: [gone])
 
-    async def _secrets(
-        self, rank_dir: RankDir, key: RankKey, job: RankJob
-    ) -> dict[str, str] | None:
-        """The owner's secrets' files under the rank's directory and the variables naming them;
-        None once the rank's failure is reported (they cannot be opened)."""
+    async def _prepare(
+        self, rank_dir: RankDir, key: RankKey, job: RankJob, token: str | None
+    ) -> _Prepared | _Refused:
+        """The rank's user, cgroup, home (its secrets' files, its run token's file, its
+        parameters), given to the user; or why the rank cannot start."""
         try:
-            found = await run_secrets(self.values, job.owner, self.keyring)
+            user = await self._user(rank_dir, key, job)
+        except IsolationError as exc:
+            return _Refused("NoRankUser", str(exc))
+        cgroup = self._cgroup(rank_dir, key)
+        # Root's alone until ``give``: nothing of the rank runs yet, nothing can be planted.
+        await asyncio.to_thread(rank_dir.new_home)
+        try:
+            secret_env = await self._secrets(rank_dir, job)
         except SecretsUnavailable as exc:
-            await self._report_failed(key, "SecretsUnavailable", str(exc))
-            return None
+            return _Refused("SecretsUnavailable", str(exc))
+        platform = self._platform(rank_dir, token)
+        parameters = rank_dir.workspace / "parameters.yaml"
+        atomic_write(parameters, parameters_document(job.spec.parameters))
+        await asyncio.to_thread(rank_dir.give, user)
+        return _Prepared(user, cgroup, secret_env, platform)
+
+    async def _secrets(self, rank_dir: RankDir, job: RankJob) -> dict[str, str]:
+        """The owner's secrets' files under the rank's directory and the variables naming them.
+        ``SecretsUnavailable``: they cannot be opened."""
+        found = await run_secrets(self.values, job.owner, self.keyring)
         if found:
             log.info("rank.secrets", owner=job.owner, names=found.names)  # names, never values
         root = PurePosixPath(rank_dir.secrets_dir)
         await asyncio.to_thread(write_files, found, root)
         return found.environment(root, scratch=PurePosixPath(rank_dir.root))
 
-    def _platform(
-        self, rank_dir: RankDir, key: RankKey
-    ) -> tuple[dict[str, str], tuple[RunTokenIssued, ...]]:
-        """The rank's run token in its file (0600), the variables that name it, and the event
-        that puts its hash on the log, which the setup's first append carries (before the
-        command starts: ``services.node_agent.runtoken``); none without an API to speak to
-        (``api_url``)."""
+    def _draw(self, key: RankKey) -> tuple[tuple[RunTokenIssued, ...], str | None]:
+        """The rank's run token and the event that puts its hash on the log, which the
+        setup's first append carries (before the command starts: ``runtoken``); none
+        without an API to speak to (``api_url``)."""
         if self.settings.api_url is None:
-            return {}, ()
+            return (), None
         issued, token = runtoken.draw(self.reporter, key)
+        return (issued,), token
+
+    def _platform(self, rank_dir: RankDir, token: str | None) -> dict[str, str]:
+        """The run token in its file (0600) and the variables that name it."""
+        if token is None or self.settings.api_url is None:
+            return {}
         atomic_write(rank_dir.token_file, token.encode(), mode=0o600)
-        return runtoken.platform_environment(self.settings.api_url, rank_dir.token_file), (issued,)
+        return runtoken.platform_environment(self.settings.api_url, rank_dir.token_file)
 
     def _launch(
-        self,
-        rank_dir: RankDir,
-        job: RankJob,
-        venv: Path | None,
-        platform: dict[str, str],
-        secret_env: dict[str, str],
-        *,
-        user: RankUser | None,
-        cgroup: Cgroup | None,
+        self, rank_dir: RankDir, job: RankJob, venv: Path | None, prepared: _Prepared
     ) -> ShimLink:
+        user, cgroup, secret_env, platform = prepared
         env = rank_environment(
             job,
             base=os.environ,
@@ -408,6 +434,20 @@ class ProcessExecutor:
             signal_process(shim_pid, signal.SIGUSR1)
         elif rank_dir.exit_status() is None:
             kill_group(rank_dir.command_pid())
+
+
+class _Prepared(NamedTuple):
+    user: RankUser | None
+    cgroup: Cgroup | None
+    secrets: dict[str, str]
+    platform: dict[str, str]
+
+
+class _Refused(NamedTuple):
+    """Why a rank cannot start (a system failure of the rank: ``code`` and ``message``)."""
+
+    code: str
+    message: str
 
 
 class ShimLink:

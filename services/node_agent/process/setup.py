@@ -69,7 +69,19 @@ class Setup(SetupSteps):
         self.python = sys.executable
         self.euid = os.geteuid()
 
-    async def run(
+    async def begin(
+        self, job: RankJob, control: RankControl, first: Sequence[ev.AnyRunEvent] = ()
+    ) -> None:
+        """The setup's first append: ``first`` and the image's check. It needs nothing of the
+        rank's user, home or secrets, so the executor sends it while it makes them. Raises
+        ``RankEnded`` when the rank's exit was reported (the image refused, a stop), ``RankGone``
+        when the log says it is over."""
+        try:
+            await self._image(job, control, first)
+        except SetupAborted as exc:
+            await self._end(job, None, reason=exc.reason)
+
+    async def finish(
         self,
         rank_dir: RankDir,
         job: RankJob,
@@ -78,14 +90,11 @@ class Setup(SetupSteps):
         *,
         user: RankUser | None = None,
         cgroup: Cgroup | None = None,
-        first: Sequence[ev.AnyRunEvent] = (),
     ) -> Path | None:
-        """Do the setup (its tools get ``secrets``, the variables of the owner's secrets:
-        git's key and token); the rank's virtual environment if it has one. Raises
-        ``RankEnded`` when the rank's exit was reported, ``RankGone`` when the log says it is
-        over. ``first``: events that go on the log with the setup's first append."""
+        """The rest of the setup, after ``begin``: the integrations, in order (their tools get
+        ``secrets``, the variables of the owner's secrets: git's key and token). The rank's
+        virtual environment if it has one. Raises as ``begin``."""
         try:
-            await self._image(job, control, first)
             as_rank = AsRank(user, cgroup, rank_dir.home if user is not None else None)
             return await self._integrations(rank_dir, job, control, secrets or {}, as_rank)
         except SetupAborted as exc:
@@ -123,6 +132,8 @@ class Setup(SetupSteps):
         ctx = integrations.Context(
             workspace=rank_dir.workspace, venv=rank_dir.venv, python=self.python, euid=euid
         )
+        if not job.spec.integrations:
+            return ctx.venv if ctx.venv.exists() else None
         pump = OutputPump(self.client, job.run_id, job.attempt, job.rank)
         pump.start()
         try:
