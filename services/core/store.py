@@ -282,21 +282,35 @@ class EventStore:
         idempotency_key: str | None = None,
         fence: Fence | None = None,
         tries: int = 20,
+        known: RunState | None = None,
     ) -> tuple[RunState | None, Appended | None]:
         """Read the run, decide what happens, check it against the rules, append it.
 
         A lost race re-reads and re-decides, up to ``tries`` times. ``decide`` may raise a
         domain error (nothing is written) or return no events (nothing to do). Returns the
         state after the append and what was appended.
+
+        ``known``: the run as the caller folded it from the log itself (a node-agent, from its
+        inbox), decided on first instead of a read. It may lag the log: the append's version
+        check then refuses it, and so does any other outcome on it (no events, a refusal)
+        stand only once decided again on the run as read.
         """
-        for _ in range(tries):
-            state = await self.load_run(run_id)
-            events = decide(state)
-            if not events:
-                return state, None
-            after = copy_state(state) if state is not None else None
-            for event in events:
-                after = evolve(after, event)
+        for attempt in range(tries):
+            guess = attempt == 0 and known is not None
+            state = known if guess else await self.load_run(run_id)
+            try:
+                events = decide(state)
+                if not events:
+                    if guess:
+                        continue
+                    return state, None
+                after = copy_state(state) if state is not None else None
+                for event in events:
+                    after = evolve(after, event)
+            except Exception:
+                if guess:
+                    continue  # decided on what may be stale: the run as read says
+                raise
             try:
                 appended = await self.append(
                     events,

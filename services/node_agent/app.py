@@ -78,6 +78,7 @@ class NodeAgent:
         self.reporter = Reporter(store, settings.node, settings.actor)
         self.executor = make_executor(settings, self.reporter, store)
         self.runs: dict[str, RunState] = {}
+        self.reporter.known = self.runs.get
         self.ranks: dict[RankKey, RankControl] = {}
         self.tasks: dict[RankKey, asyncio.Task[None]] = {}
         self.registered_at: tuple[int, int] | None = None

@@ -1,8 +1,9 @@
 """Reporting what happens to a rank: events appended through the lifecycle rules.
 
-Every report reads the run, checks that the rank still holds its GPUs (``plan.locate``),
-builds the events from that state, checks them against the rules and appends them on the
-version it read (``EventStore.update_run``). So:
+Every report reads the run (or takes it as the agent folded it from its inbox, which the
+append's version check holds to the log's), checks that the rank still holds its GPUs
+(``plan.locate``), builds the events from that state, checks them against the rules and
+appends them on the version it read (``EventStore.update_run``). So:
 
 - a report about a rank the log says is over raises ``RankGone`` (the attempt moved on, the
   scheduler released a lost node's ranks): the caller stops working on that rank;
@@ -52,6 +53,9 @@ class Reporter:
         self.node = node
         self.actor = actor
         self.usage: UsageOf | None = None  # set by an agent that samples its GPUs
+        #: The run as the agent folded it from its inbox (``EventStore.update_run``'s
+        #: ``known``): a report decided on it saves a read of the run's history.
+        self.known: Callable[[str], RunState | None] | None = None
 
     def fields(self, key: RankKey) -> dict[str, Any]:
         """The envelope of an event about ``key``, with a fresh id."""
@@ -86,7 +90,8 @@ class Reporter:
         backoff = 0.1
         while True:
             try:
-                await self.store.update_run(key.run_id, decide)
+                known = None if self.known is None else self.known(key.run_id)
+                await self.store.update_run(key.run_id, decide, known=known)
             except IllegalTransition as exc:
                 raise RankGone(exc.why) from exc
             except ArchiveMissing as exc:

@@ -113,6 +113,49 @@ async def test_update_run_refuses_what_the_rules_forbid_and_writes_nothing(
     assert len(await store.history(submitted.aggregate)) == 1
 
 
+async def test_update_run_on_a_known_state_that_lags_decides_again_on_the_run_as_read(
+    store: EventStore,
+) -> None:
+    """A node-agent decides on the run as its inbox told it: when that lags the log, the
+    version check refuses the append, and whatever it decided (events, nothing, a refusal)
+    stands only once decided again on the run as read."""
+    submitted = f.submitted()
+    await store.append([submitted], expected_version=0)
+    stale = await store.load_run(submitted.run_id)
+    assert stale is not None
+    await store.append([f.queued(submitted.run_id)], expected_version=1)
+    seen: list[int] = []
+
+    def decide(state: RunState | None) -> Sequence[AnyRunEvent]:
+        assert state is not None
+        seen.append(state.version)
+        if state.version == 1:  # the lagging state: a refusal
+            raise IllegalTransition(submitted.aggregate, "run.update_requested", "stale")
+        return [UpdateRequested(id=f.new_id(), actor="u", run_id=submitted.run_id, max_retries=7)]
+
+    after, appended = await store.update_run(submitted.run_id, decide, known=stale)
+    assert seen == [1, 2]
+    assert appended is not None
+    assert after is not None
+    assert after.version == 3
+
+    def nothing(state: RunState | None) -> Sequence[AnyRunEvent]:
+        assert state is not None
+        seen.append(state.version)
+        return []
+
+    seen.clear()
+    after, appended = await store.update_run(submitted.run_id, nothing, known=stale)
+    assert seen == [1, 3]  # "nothing to do" on the stale state is asked again
+    assert appended is None
+
+    seen.clear()
+    known = await store.load_run(submitted.run_id)  # up to date: decided once, no read
+    after, appended = await store.update_run(submitted.run_id, decide, known=known)
+    assert seen == [3]
+    assert appended is not None
+
+
 async def test_a_retried_append_after_a_lost_reply_is_stored_once(
     redis_url: str, redis: aioredis.Redis
 ) -> None:
