@@ -259,27 +259,28 @@ class ProcessExecutor:
         except IsolationError as exc:
             return _Refused("NoRankUser", str(exc))
         cgroup = self._cgroup(rank_dir, key)
-        # Root's alone until ``give``: nothing of the rank runs yet, nothing can be planted.
-        await asyncio.to_thread(rank_dir.new_home)
         try:
-            secret_env = await self._secrets(rank_dir, job)
+            found = await run_secrets(self.values, job.owner, self.keyring)
         except SecretsUnavailable as exc:
             return _Refused("SecretsUnavailable", str(exc))
-        platform = self._platform(rank_dir, token)
-        parameters = rank_dir.workspace / "parameters.yaml"
-        atomic_write(parameters, parameters_document(job.spec.parameters))
-        await asyncio.to_thread(rank_dir.give, user)
-        return _Prepared(user, cgroup, secret_env, platform)
-
-    async def _secrets(self, rank_dir: RankDir, job: RankJob) -> dict[str, str]:
-        """The owner's secrets' files under the rank's directory and the variables naming them.
-        ``SecretsUnavailable``: they cannot be opened."""
-        found = await run_secrets(self.values, job.owner, self.keyring)
         if found:
             log.info("rank.secrets", owner=job.owner, names=found.names)  # names, never values
-        root = PurePosixPath(rank_dir.secrets_dir)
-        await asyncio.to_thread(write_files, found, root)
-        return found.environment(root, scratch=PurePosixPath(rank_dir.root))
+        secrets_root = PurePosixPath(rank_dir.secrets_dir)
+        parameters = parameters_document(job.spec.parameters)
+
+        def home() -> None:
+            """Root's alone until ``give``: nothing of the rank runs yet, nothing can be
+            planted. One trip to a worker thread for all of it."""
+            rank_dir.new_home()
+            write_files(found, secrets_root)
+            if token is not None:
+                atomic_write(rank_dir.token_file, token.encode(), mode=0o600)
+            atomic_write(rank_dir.workspace / "parameters.yaml", parameters)
+            rank_dir.give(user)
+
+        await asyncio.to_thread(home)
+        secret_env = found.environment(secrets_root, scratch=PurePosixPath(rank_dir.root))
+        return _Prepared(user, cgroup, secret_env, self._platform(rank_dir, token))
 
     def _draw(self, key: RankKey) -> tuple[tuple[RunTokenIssued, ...], str | None]:
         """The rank's run token and the event that puts its hash on the log, which the
@@ -291,10 +292,9 @@ class ProcessExecutor:
         return (issued,), token
 
     def _platform(self, rank_dir: RankDir, token: str | None) -> dict[str, str]:
-        """The run token in its file (0600) and the variables that name it."""
+        """The variables that name the run token's file (0600, written with the home)."""
         if token is None or self.settings.api_url is None:
             return {}
-        atomic_write(rank_dir.token_file, token.encode(), mode=0o600)
         return runtoken.platform_environment(self.settings.api_url, rank_dir.token_file)
 
     def _launch(
