@@ -258,7 +258,6 @@ class ProcessExecutor:
             user = await self._user(rank_dir, key, job)
         except IsolationError as exc:
             return _Refused("NoRankUser", str(exc))
-        cgroup = self._cgroup(rank_dir, key)
         try:
             found = await run_secrets(self.values, job.owner, self.keyring)
         except SecretsUnavailable as exc:
@@ -268,17 +267,20 @@ class ProcessExecutor:
         secrets_root = PurePosixPath(rank_dir.secrets_dir)
         parameters = parameters_document(job.spec.parameters)
 
-        def home() -> None:
-            """Root's alone until ``give``: nothing of the rank runs yet, nothing can be
-            planted. One trip to a worker thread for all of it."""
+        def home() -> Cgroup | None:
+            """The cgroup, and the home: root's alone until ``give`` (nothing of the rank
+            runs yet, nothing can be planted). One trip to a worker thread for all of it: a
+            cgroup's ``mkdir`` alone may take milliseconds."""
+            cgroup = self._cgroup(rank_dir, key)
             rank_dir.new_home()
             write_files(found, secrets_root)
             if token is not None:
                 atomic_write(rank_dir.token_file, token.encode(), mode=0o600)
             atomic_write(rank_dir.workspace / "parameters.yaml", parameters)
             rank_dir.give(user)
+            return cgroup
 
-        await asyncio.to_thread(home)
+        cgroup = await asyncio.to_thread(home)
         secret_env = found.environment(secrets_root, scratch=PurePosixPath(rank_dir.root))
         return _Prepared(user, cgroup, secret_env, self._platform(rank_dir, token))
 

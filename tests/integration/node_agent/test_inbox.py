@@ -41,6 +41,11 @@ async def test_each_agent_is_delivered_its_own_runs_and_never_reads_the_log(
     kinds_a = [k for _, k in await _kinds(redis, a_inbox)]
     assert kinds_a.count("attempt.scheduled") == kinds_a.count("attempt.completed") == 3
     assert "run.submitted" not in kinds_a  # told from the placement on
+
+    async def registered_b() -> bool:  # node-b starts on its own time: the runs do not wait
+        return bool(await _kinds(redis, b_inbox)) and await read_all(b_inbox, "agent:node-b")
+
+    await eventually(registered_b, what="node-b registered and read its inbox")
     assert [k for _, k in await _kinds(redis, b_inbox)] == ["node.registered"]
     assert (await _groups(redis, b_inbox))["agent:node-b"]["entries-read"] == 1
 
