@@ -139,8 +139,9 @@ class ProcessExecutor:
             except RankGone as exc:
                 log.info("rank.gone", why=str(exc))
                 self._kill(rank_dir)
-            rank_dir.mark_done()
-            await asyncio.to_thread(rank_dir.discard)  # a clone, a venv: not on the loop
+            # Its cgroup, a clone, a venv: not on the loop. The thread runs to its end even
+            # if this task is cancelled meanwhile.
+            await asyncio.to_thread(_finish, rank_dir)
 
     async def _run(
         self,
@@ -436,6 +437,11 @@ class ProcessExecutor:
             signal_process(shim_pid, signal.SIGUSR1)
         elif rank_dir.exit_status() is None:
             kill_group(rank_dir.command_pid())
+
+
+def _finish(rank_dir: RankDir) -> None:
+    rank_dir.mark_done()
+    rank_dir.discard()
 
 
 class _Prepared(NamedTuple):
