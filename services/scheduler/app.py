@@ -39,16 +39,16 @@ import structlog
 from faststream.redis import RedisBroker
 from redis.exceptions import RedisError
 
-from events import keys
+from events import codec, keys
 from events.codec import Recorded
-from events.errors import IllegalTransition
+from events.errors import IllegalTransition, UndecodableEvent
 from events.lifecycle import copy_state, evolve
 from events.model import AnyEvent, AttemptScheduled, NodeEvent, RunEvent, tag_of
 from services.core import partitions
 from services.core.aio import wait_event
 from services.core.client import disconnect
-from services.core.consumer import LogConsumer
 from services.core.errors import Fenced, StoreError, VersionConflict
+from services.core.groups import Delivery, dead_letter, ensure_group
 from services.core.lease import Lease, LeaseLost
 from services.core.store import Append, Appended, EventStore, Outcome
 from services.scheduler import fences, metrics
@@ -65,6 +65,9 @@ GROUP = "scheduler"
 _BATCH = 200
 _CONCURRENT_BATCHES = 4
 _RETRY_S = 0.5
+#: Log entries read in one round trip, and how long a read waits for the first.
+_READ_BATCH = 500
+_READ_BLOCK_MS = 100
 
 
 def new_id() -> str:
@@ -147,7 +150,6 @@ class Session:
         self.store = scheduler.store
         self.state = ClusterState()
         self.wake = asyncio.Event()
-        self.subscribers: list[Any] = []
         self.consumer = f"{self.settings.scheduler_id}-{scheduler.token[:8]}"
         self.fences: fences.Fences | None = None
 
@@ -166,7 +168,7 @@ class Session:
                 )
                 log.info("scheduler.term", term=self.fences.term)
                 await self.rebuild()
-                await self.consume()
+                await self.consume(tasks)
                 tasks.create_task(self.decide_forever())
         finally:
             if metrics.CLUSTER.state is self.state:
@@ -203,33 +205,48 @@ class Session:
         self.state.reload(aggregate, await self.store.history(aggregate))
         self.wake.set()  # it is dirty again: decide on what the log really holds
 
-    async def on_event(self, record: Recorded) -> None:
-        await self.apply(record)
-        self.wake.set()
-
     # --- consuming --------------------------------------------------------------------
 
-    async def consume(self) -> None:
-        await self.scheduler.broker_started.wait()
-        broker = self.scheduler.broker
+    async def consume(self, tasks: asyncio.TaskGroup) -> None:
+        """Read each partition's log through the group, one reader task each (``read``)."""
         for partition in range(self.settings.partitions):
-            before = set(map(id, broker.subscribers))
-            consumer = LogConsumer(
-                broker,
-                group=GROUP,
-                consumer=self.consumer,
-                handler=self.on_event,
-                settings=self.settings,
-                partition=partition,
-                poll_ms=100,
-                batch=500,
-            )
-            await consumer.prepare(self.store.redis)
+            stream = keys.log_stream(partition)
+            await ensure_group(self.store.redis, stream, GROUP)
             await self.drop_stale_consumers(partition)
-            # The broker runs already: subscribers added to it now are started by hand.
-            for subscriber in [sub for sub in broker.subscribers if id(sub) not in before]:
-                self.subscribers.append(subscriber)  # stopped at the end even if start fails
-                await subscriber.start()
+            tasks.create_task(self.read(stream))
+
+    async def read(self, stream: str) -> None:
+        """Fold every new entry of ``stream``, ``_READ_BATCH`` at most a round trip, and
+        acknowledge them once folded. The term's only consumer reads with plain redis-py, not
+        FastStream's subscribers, whose machinery cost more than the folding (bench.scale). An
+        entry nobody can decode goes to the group's dead letters; any other failure ends the
+        term, and the next one replays the log, so nothing left pending needs claiming."""
+        redis = self.store.redis
+        while True:
+            reply: Any = await redis.xreadgroup(
+                GROUP, self.consumer, {stream: ">"}, count=_READ_BATCH, block=_READ_BLOCK_MS
+            )
+            if not reply:
+                continue
+            [[_, entries]] = reply
+            await self.fold(stream, entries)
+            await redis.xack(stream, GROUP, *(position for position, _ in entries))
+            self.wake.set()
+
+    async def fold(self, stream: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Apply a batch read from ``stream``, an entry that cannot be decoded dead-lettered."""
+        for raw_position, fields in entries:
+            position = raw_position.decode()
+            try:
+                record = codec.recorded(position, fields)
+            except UndecodableEvent as exc:
+                why = exc.why
+            else:
+                await self.apply(record)
+                continue
+            where = Delivery(stream, GROUP, self.consumer, position)
+            await dead_letter(self.store.redis, where, fields, why)
+            log.error("scheduler.dead_letter", position=position, error=why)
 
     async def drop_stale_consumers(self, partition: int) -> None:
         """Forget the group's other consumers (instances that died): only the lease holder
@@ -241,9 +258,6 @@ class Session:
                 await self.store.redis.xgroup_delconsumer(stream, GROUP, name)
 
     async def stop_consuming(self) -> None:
-        for subscriber in self.subscribers:
-            with contextlib.suppress(Exception):
-                await subscriber.stop()
         with contextlib.suppress(RedisError, OSError):
             for partition in range(self.settings.partitions):
                 # Its pending entries need no claim: the next term replays the log anyway.
