@@ -1,9 +1,10 @@
 """The scheduler's edge: lease, replay, consume, decide, append. The only IO of the scheduler.
 
 An instance stands by until it holds the lease, then serves: it rebuilds its state by replaying
-the log, consumes the log (consumer group ``scheduler``) from there, and runs decision rounds
-(``decide``) whenever an event arrives or a tick passes. It stops serving and stands by again as
-soon as it loses the lease (renewal refused, or an append ``Fenced``).
+the log, and runs decision rounds (``decide``) whenever an event arrives or a tick passes, each
+on the log as it stands when the round starts (read on from there through the consumer group
+``scheduler``). It stops serving and stands by again as soon as it loses the lease (renewal
+refused, or an append ``Fenced``).
 
 Invariants:
 - Every append carries its partition's fence (``services.scheduler.fences``: the lease token on
@@ -46,9 +47,10 @@ from events.lifecycle import copy_state, evolve
 from events.model import AnyEvent, AttemptScheduled, NodeEvent, RunEvent, tag_of
 from services.core import partitions
 from services.core.aio import wait_event
+from services.core.archive import parse
 from services.core.client import disconnect
 from services.core.errors import Fenced, StoreError, VersionConflict
-from services.core.groups import Delivery, dead_letter, ensure_group
+from services.core.groups import Delivery, dead_letter, ensure_group, group_info
 from services.core.lease import Lease, LeaseLost
 from services.core.store import Append, Appended, EventStore, Outcome
 from services.scheduler import fences, metrics
@@ -65,9 +67,8 @@ GROUP = "scheduler"
 _BATCH = 200
 _CONCURRENT_BATCHES = 4
 _RETRY_S = 0.5
-#: Log entries read in one round trip, and how long a read waits for the first.
+#: Log entries read in one round trip.
 _READ_BATCH = 500
-_READ_BLOCK_MS = 100
 
 
 def new_id() -> str:
@@ -150,6 +151,10 @@ class Session:
         self.store = scheduler.store
         self.state = ClusterState()
         self.wake = asyncio.Event()
+        #: Set while the decision loop waits for something to happen (``watch``).
+        self.idle = asyncio.Event()
+        #: Per partition's log, the position of the last entry the group gave this term.
+        self.read_to: dict[str, str] = {}
         self.consumer = f"{self.settings.scheduler_id}-{scheduler.token[:8]}"
         self.fences: fences.Fences | None = None
 
@@ -208,32 +213,52 @@ class Session:
     # --- consuming --------------------------------------------------------------------
 
     async def consume(self, tasks: asyncio.TaskGroup) -> None:
-        """Read each partition's log through the group, one reader task each (``read``)."""
+        """Join the group on each partition's log, from where it stands, and watch each."""
         for partition in range(self.settings.partitions):
             stream = keys.log_stream(partition)
             await ensure_group(self.store.redis, stream, GROUP)
             await self.drop_stale_consumers(partition)
-            tasks.create_task(self.read(stream))
+            info = await group_info(self.store.redis, stream, GROUP)
+            assert info is not None, "ensure_group created it"
+            self.read_to[stream] = _text(info["last-delivered-id"])
+            tasks.create_task(self.watch(stream))
 
-    async def read(self, stream: str) -> None:
-        """Fold every new entry of ``stream``, ``_READ_BATCH`` at most a round trip. The term's
-        only consumer reads with plain redis-py, not FastStream's subscribers, whose machinery
-        cost more than the folding (bench.scale), and with ``NOACK``: nothing it reads stays
-        pending, as nothing needs to, since each term replays the log; a failure ends the
-        term. An entry nobody can decode goes to the group's dead letters."""
+    async def catch_up(self) -> None:
+        """Fold every entry of the log the group has not given this term yet, ``_READ_BATCH``
+        at most a round trip. Each round starts with it, so the log is read once a round
+        however many events came since the last (reading each as it came, through FastStream's
+        subscribers, cost more than folding them, bench.scale). Read with ``NOACK``: nothing
+        stays pending, as nothing needs to, since each term replays the log; a failure ends
+        the term."""
+        redis = self.store.redis
+        for stream in self.read_to:
+            while True:
+                reply: Any = await redis.xreadgroup(
+                    GROUP, self.consumer, {stream: ">"}, count=_READ_BATCH, noack=True
+                )
+                if not reply:
+                    break
+                [[_, entries]] = reply
+                self.read_to[stream] = entries[-1][0].decode()
+                await self.fold(stream, entries)
+                if len(entries) < _READ_BATCH:
+                    break
+
+    async def watch(self, stream: str) -> None:
+        """While the decision loop waits (``idle``), wake it as soon as ``stream`` holds an
+        entry past what the term read. An ``XREAD``, which takes nothing from the group: the
+        round reads it (``catch_up``), and a watch left waiting meanwhile is in nobody's way."""
         redis = self.store.redis
         while True:
-            reply: Any = await redis.xreadgroup(
-                GROUP,
-                self.consumer,
-                {stream: ">"},
-                count=_READ_BATCH,
-                block=_READ_BLOCK_MS,
-                noack=True,
+            await self.idle.wait()
+            reply: Any = await redis.xread(
+                {stream: self.read_to[stream]}, count=1, block=self.settings.tick_ms
             )
-            if reply:
-                [[_, entries]] = reply
-                await self.fold(stream, entries)
+            if not reply or not self.idle.is_set():
+                continue
+            [[_, [[position, _]]]] = reply
+            if parse(position.decode()) > parse(self.read_to[stream]):  # not read meanwhile
+                self.idle.clear()
                 self.wake.set()
 
     async def fold(self, stream: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
@@ -256,8 +281,7 @@ class Session:
         consumes, and it replayed the log, so their pending entries need no claiming."""
         stream = keys.log_stream(partition)
         for info in await self.store.redis.xinfo_consumers(stream, GROUP):
-            name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
-            if name != self.consumer:
+            if (name := _text(info["name"])) != self.consumer:
                 await self.store.redis.xgroup_delconsumer(stream, GROUP, name)
 
     async def stop_consuming(self) -> None:
@@ -282,6 +306,7 @@ class Session:
         while True:
             self.wake.clear()
             started = loop.time()
+            await self.catch_up()
             now = await self.server_ms()
             silent: Collection[str] = ()
             watched = quiet = 0
@@ -306,7 +331,9 @@ class Session:
             progressed = await self.execute(decisions) if decisions else False
             self.state.drop_settled()
             if not progressed:
+                self.idle.set()
                 await wait_event(self.wake, tick_s)
+                self.idle.clear()
             if (rest := pace_s - (loop.time() - started)) > 0:
                 await asyncio.sleep(rest)  # what arrives meanwhile is decided together
 
@@ -416,6 +443,10 @@ class Session:
     async def server_ms(self) -> int:
         seconds, micros = await self.store.redis.time()
         return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _log_event(event: AnyEvent) -> None:
