@@ -341,18 +341,23 @@ class Session:
         """The watched nodes whose heartbeat key is missing; how many are quiet (missing, or
         with less than half the node timeout left: not renewed for a while); how many were
         watched. A beating node's key has at least 3/4 of its expiry left (four beats an
-        expiry), so "quiet" takes in the nodes that stopped beating with the silent ones."""
+        expiry), so "quiet" takes in the nodes that stopped beating with the silent ones.
+        Only the keys not sure to last half the node timeout more are asked about (``PTTL``,
+        one round trip): the others are there and not quiet."""
         timeout_ms = int(self.settings.node_timeout_s * 1000)
         names = self.state.watched_nodes(now, timeout_ms)
         if not names:
             return frozenset(), 0, 0
+        asked = self.state.unsure(names, now + timeout_ms // 2)
         async with self.store.redis.pipeline(transaction=False) as pipe:
-            for name in names:
+            for name in asked:
                 pipe.pttl(keys.heartbeat(name))
-            left: list[int] = await pipe.execute()
-        self.state.saw([name for name, ms in zip(names, left, strict=True) if ms != _MISSING], now)
-        silent = frozenset(name for name, ms in zip(names, left, strict=True) if ms == _MISSING)
-        quiet = sum(ms == _MISSING or 0 <= ms < timeout_ms // 2 for ms in left)
+            left: dict[str, int] = dict(zip(asked, await pipe.execute(), strict=True))
+        silent = frozenset(name for name, ms in left.items() if ms == _MISSING)
+        self.state.saw(
+            [(name, left.get(name)) for name in names if left.get(name) != _MISSING], now
+        )
+        quiet = sum(ms == _MISSING or 0 <= ms < timeout_ms // 2 for ms in left.values())
         return silent, quiet, len(names)
 
     async def execute(self, decisions: list[Decision]) -> bool:
