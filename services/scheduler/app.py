@@ -16,8 +16,9 @@ Invariants:
   takes one as done only once the server answered for it (after its fsync, with AOF
   ``always``).
 - A successful append is applied to the state at once, before the next round places anything,
-  so a GPU is never given twice; the same events coming back through the log are skipped by
-  their version. Before appending a placement its GPUs are checked free once more.
+  so a GPU is never given twice; the same events coming back through the log are skipped,
+  undecoded, by the positions the append answered (by their version where it answered none).
+  Before appending a placement its GPUs are checked free once more.
 - Decisions are level-triggered (from the state, not from one event), so a restart at any
   moment (kill -9 included) decides again from the replayed state and double-acts nothing.
 - Deadlines (heartbeats, max_duration, a drain's) use the server's clock (``TIME``), the
@@ -155,6 +156,8 @@ class Session:
         self.idle = asyncio.Event()
         #: Per partition's log, the position of the last entry the group gave this term.
         self.read_to: dict[str, str] = {}
+        #: Positions of this term's appends not yet read back from the log (``fold``).
+        self.appended: set[str] = set()
         self.consumer = f"{self.settings.scheduler_id}-{scheduler.token[:8]}"
         self.fences: fences.Fences | None = None
 
@@ -265,6 +268,9 @@ class Session:
         """Apply a batch read from ``stream``, an entry that cannot be decoded dead-lettered."""
         for raw_position, fields in entries:
             position = raw_position.decode()
+            if position in self.appended:  # in the state since it was appended (``applied``)
+                self.appended.remove(position)
+                continue
             try:
                 record = codec.recorded(position, fields)
             except UndecodableEvent as exc:
@@ -401,10 +407,11 @@ class Session:
 
     async def applied(self, decision: Decision, appended: Appended) -> None:
         """Fold what an append stored into the state, at once (the same events coming back
-        through the log are skipped by their version)."""
+        through the log are skipped by their positions)."""
         if appended.version is None:  # a retried append that had landed: read what it wrote
             await self.reload(decision.aggregate)
             return
+        self.appended.update(appended.positions)
         first = appended.version - len(decision.events) + 1
         for offset, (position, event) in enumerate(
             zip(appended.positions, decision.events, strict=True)
