@@ -91,6 +91,10 @@ class Node(msgspec.Struct, kw_only=True):
     service: NodeState = msgspec.field(default_factory=lambda: NodeState(name=""))
     registered_at: int = 0  # log time of its latest node.registered
     last_seen: int = 0  # log time its heartbeat key was last seen (or its registration)
+    #: Log time until which its heartbeat key is sure to exist, from its expiry as last read
+    #: (0: not known). Its agent sets it with the same expiry each beat (services.core.timeouts),
+    #: so the expiry only moves later; a registration, after which it may not, forgets it.
+    alive_until: int = 0
     version: int = 0
 
     @property
@@ -266,6 +270,7 @@ class ClusterState:
                 node.gpu_uuids = event.gpu_uuids
                 node.registered = node.alive = True
                 node.registered_at = node.last_seen = event.time
+                node.alive_until = 0
             case NodeLost():
                 node.alive = False
         previous = node.service.deadline
@@ -487,8 +492,15 @@ class ClusterState:
             and now_ms >= max(node.registered_at, self.active_since) + timeout_ms
         ]
 
-    def saw(self, nodes: Iterable[str], now_ms: int) -> None:
-        """Their heartbeat keys existed at ``now_ms``."""
-        for name in nodes:
+    def unsure(self, nodes: Iterable[str], until_ms: int) -> list[str]:
+        """Those of ``nodes`` whose heartbeat key is not sure to exist until ``until_ms``."""
+        return [name for name in nodes if self.nodes[name].alive_until < until_ms]
+
+    def saw(self, nodes: Iterable[tuple[str, int | None]], now_ms: int) -> None:
+        """Their heartbeat keys existed at ``now_ms``, each with the milliseconds of life it
+        had left then (-1: no expiry; None: not read, only known to exist)."""
+        for name, left in nodes:
             if (node := self.nodes.get(name)) is not None:
                 node.last_seen = max(node.last_seen, now_ms)
+                if left is not None:
+                    node.alive_until = now_ms + left if left >= 0 else 0

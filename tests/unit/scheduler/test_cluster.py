@@ -115,6 +115,21 @@ def test_nodes_registered_before_activation_get_a_grace() -> None:
     assert state.watched_nodes(registered + 15_000, timeout_ms=10_000) == ["n1"]
 
 
+def test_a_heartbeat_key_is_asked_about_again_once_it_is_not_sure_to_last() -> None:
+    world = World()
+    world.register("n1")
+    world.register("n2")
+    state, now = world.state, world.now
+    assert state.unsure(["n1", "n2"], now) == ["n1", "n2"]  # never read
+    state.saw([("n1", 20_000), ("n2", -1)], now)  # n2's key has no expiry: never sure
+    assert state.unsure(["n1", "n2"], now + 20_000) == ["n2"]
+    assert state.unsure(["n1", "n2"], now + 20_001) == ["n1", "n2"]
+    state.saw([("n1", None)], now + 1_000)  # seen, its expiry not read: what was known stays
+    assert (state.nodes["n1"].last_seen, state.unsure(["n1"], now + 20_000)) == (now + 1_000, [])
+    world.register("n1")  # its agent started again, maybe with another expiry
+    assert state.unsure(["n1"], now) == ["n1"]
+
+
 def test_a_scheduled_event_that_reuses_a_held_gpu_is_recorded_as_double_booked() -> None:
     world = World()
     world.register("n1")
