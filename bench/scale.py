@@ -157,8 +157,9 @@ class Report:
     to_running_ms: list[int] = field(default_factory=list)
     #: placed -> the attempt's last rank.running: the agents' part of ``to_running_ms``
     agents_running_ms: list[int] = field(default_factory=list)
-    #: the last rank.running -> attempt.running, the last rank.exited -> the attempt's end:
-    #: how long the scheduler takes to see a change and write what it means
+    #: the last rank.running -> attempt.running (0 where the last rank's report carried it,
+    #: as an agent's does), the last rank.exited -> the attempt's end: how long it takes to
+    #: see a change and write what it means
     scheduler_running_ms: list[int] = field(default_factory=list)
     scheduler_end_ms: list[int] = field(default_factory=list)
     # the processes
@@ -616,7 +617,7 @@ def lines(report: Report) -> list[str]:
         ),
         (
             f"  of which agents (placed -> last rank.running) {_pcts(r.agents_running_ms)}; "
-            f"scheduler (last rank.running -> attempt.running) {_pcts(r.scheduler_running_ms)}"
+            f"last rank.running -> attempt.running {_pcts(r.scheduler_running_ms)}"
             f"; scheduler (last rank.exited -> attempt's end) {_pcts(r.scheduler_end_ms)}"
         ),
         "CPU s: "
