@@ -157,7 +157,8 @@ class Session:
         #: Per partition's log, the position of the last entry the group gave this term.
         self.read_to: dict[str, str] = {}
         #: Positions of this term's appends not yet read back from the log (``fold``).
-        self.appended: set[str] = set()
+        #: Each partition's log has positions of its own: the same one may be in two.
+        self.appended: set[tuple[str, str]] = set()
         self.consumer = f"{self.settings.scheduler_id}-{scheduler.token[:8]}"
         self.fences: fences.Fences | None = None
 
@@ -268,8 +269,8 @@ class Session:
         """Apply a batch read from ``stream``, an entry that cannot be decoded dead-lettered."""
         for raw_position, fields in entries:
             position = raw_position.decode()
-            if position in self.appended:  # in the state since it was appended (``applied``)
-                self.appended.remove(position)
+            if (stream, position) in self.appended:  # in the state since it was appended
+                self.appended.remove((stream, position))
                 continue
             try:
                 record = codec.recorded(position, fields)
@@ -411,7 +412,8 @@ class Session:
         if appended.version is None:  # a retried append that had landed: read what it wrote
             await self.reload(decision.aggregate)
             return
-        self.appended.update(appended.positions)
+        stream = keys.log_stream(keys.partition_of(decision.aggregate, self.settings.partitions))
+        self.appended.update((stream, position) for position in appended.positions)
         first = appended.version - len(decision.events) + 1
         for offset, (position, event) in enumerate(
             zip(appended.positions, decision.events, strict=True)
