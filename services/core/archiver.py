@@ -63,6 +63,7 @@ from services.core.archive import (
     show,
 )
 from services.core.client import raw_ranges
+from services.core.groups import text
 
 log = structlog.get_logger(__name__)
 
@@ -113,18 +114,18 @@ async def safe_point(client: aioredis.Redis, partition: int, cutoff_ms: int) -> 
     bounds = [Bound(before((cutoff_ms, 0)), CUT_OFF)]
     if await client.exists(stream):
         for info in await client.xinfo_groups(stream):
-            name = _text(info["name"])
-            progress = parse(_text(info["last-delivered-id"]))
+            name = text(info["name"])
+            progress = parse(text(info["last-delivered-id"]))
             pending = await client.xpending(stream, name)
             if pending["pending"]:
-                progress = min(progress, before(parse(_text(pending["min"]))))
+                progress = min(progress, before(parse(text(pending["min"]))))
             bounds.append(Bound(progress, f"consumer group {name}"))
     for name in catalog.NAMES:
         active = await client.get(keys.projection_active(name))
         if active is None:
             continue
-        checkpoint = await client.get(keys.projection_checkpoint(name, _text(active)))
-        stood = parse_checkpoint(_text(checkpoint)) if checkpoint else ()
+        checkpoint = await client.get(keys.projection_checkpoint(name, text(active)))
+        stood = parse_checkpoint(text(checkpoint)) if checkpoint else ()
         at = stood[partition] if partition < len(stood) else ZERO
         bounds.append(Bound(at, f"projection {name}"))
     return min(bounds, key=lambda b: b.position)
@@ -345,7 +346,3 @@ async def retire_runs(
             pipe.fcall("runplane_retire", 2, stream, retired_key, last_position, kept.encode())
         gone += sum(int(done) for done in await pipe.execute())
     return gone
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -44,10 +44,14 @@ async def ensure_group(client: Redis, stream: str, group: str) -> None:
 async def group_info(client: Redis, stream: str, group: str) -> dict[str, Any] | None:
     """What ``XINFO GROUPS`` says of ``group`` on ``stream`` (None: no such group)."""
     for info in await client.xinfo_groups(stream):
-        name = info["name"]
-        if (name.decode() if isinstance(name, bytes) else name) == group:
+        if text(info["name"]) == group:
             return dict(info)
     return None
+
+
+def text(value: bytes | str) -> str:
+    """A name or a position in what ``XINFO`` answers: bytes, or str on a decoding client."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def measure_lag(client: Redis, stream: str, group: str) -> None:

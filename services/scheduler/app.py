@@ -51,7 +51,7 @@ from services.core.aio import wait_event
 from services.core.archive import parse
 from services.core.client import disconnect
 from services.core.errors import Fenced, StoreError, VersionConflict
-from services.core.groups import Delivery, dead_letter, ensure_group, group_info
+from services.core.groups import Delivery, dead_letter, ensure_group, group_info, text
 from services.core.lease import Lease, LeaseLost
 from services.core.store import Append, Appended, EventStore, Outcome
 from services.scheduler import fences, metrics
@@ -224,7 +224,7 @@ class Session:
             await self.drop_stale_consumers(partition)
             info = await group_info(self.store.redis, stream, GROUP)
             assert info is not None, "ensure_group created it"
-            self.read_to[stream] = _text(info["last-delivered-id"])
+            self.read_to[stream] = text(info["last-delivered-id"])
             tasks.create_task(self.watch(stream))
 
     async def catch_up(self) -> None:
@@ -288,7 +288,7 @@ class Session:
         consumes, and it replayed the log, so their pending entries need no claiming."""
         stream = keys.log_stream(partition)
         for info in await self.store.redis.xinfo_consumers(stream, GROUP):
-            if (name := _text(info["name"])) != self.consumer:
+            if (name := text(info["name"])) != self.consumer:
                 await self.store.redis.xgroup_delconsumer(stream, GROUP, name)
 
     async def stop_consuming(self) -> None:
@@ -457,10 +457,6 @@ class Session:
     async def server_ms(self) -> int:
         seconds, micros = await self.store.redis.time()
         return int(seconds) * 1000 + int(micros) // 1000
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _log_event(event: AnyEvent) -> None:
