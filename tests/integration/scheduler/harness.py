@@ -64,9 +64,13 @@ async def scheduler_process(
 
 
 async def submit(
-    store: EventStore, gpus: int = 1, nodes: int | None = None, **scheduling: Any
+    store: EventStore,
+    gpus: int = 1,
+    nodes: int | None = None,
+    run_id: str | None = None,
+    **scheduling: Any,
 ) -> str:
-    run_id = new_id()
+    run_id = run_id or new_id()
     spec = RunSpec(
         name="train",
         image="mosaicml/pytorch:latest",

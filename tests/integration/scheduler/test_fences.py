@@ -44,6 +44,20 @@ def node_on(partition: int) -> str:
     )
 
 
+def run_on(partition: int) -> str:
+    """A new run id whose events go to ``partition``."""
+    return next(
+        run_id
+        for run_id in iter(new_id, None)
+        if keys.partition_of(f"run:{run_id}", P) == partition
+    )
+
+
+def on_every_partition(count: int) -> list[str]:
+    """``count`` new run ids spread over every partition, so each partition's log is checked."""
+    return [run_on(i % P) for i in range(count)]
+
+
 def registration(node: str, actor: str) -> NodeRegistered:
     return NodeRegistered(
         id=new_id(), actor=actor, node=node, cluster="local", gpu_type="a100", gpus=8
@@ -118,13 +132,13 @@ async def test_a_paused_scheduler_woken_after_its_successor_appended_appends_not
             await eventually(lambda: "scheduler.term" in first.output(), what="a active")
             async with scheduler_process(redis_url, tmp_path, "b", partitions=P) as second:
                 await eventually(lambda: "scheduler.standby" in second.output(), what="b standby")
-                before = [await submit(store, gpus=1) for _ in range(6)]
+                before = [await submit(store, run_id=r) for r in on_every_partition(6)]
                 await running(store, before)
                 assert first.proc is not None
                 first.proc.send_signal(signal.SIGSTOP)  # paused past its lease
                 try:
                     await eventually(lambda: "scheduler.term" in second.output(), what="b active")
-                    after = [await submit(store, gpus=1) for _ in range(6)]
+                    after = [await submit(store, run_id=r) for r in on_every_partition(6)]
                     await running(store, after)
                 finally:
                     first.proc.send_signal(signal.SIGCONT)
