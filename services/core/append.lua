@@ -135,6 +135,26 @@ local function restore(keys, args)
   return 1
 end
 
+-- The active scheduler's read of its partition's log through its consumer group, fenced as
+-- its appends are: a deposed scheduler (paused past its lease, not aware yet) takes nothing from
+-- the group, so its successor is given every entry (services.scheduler.app).
+--
+-- KEYS[1] the partition's fencing key, KEYS[2] the partition's global stream.
+-- ARGV[1] the fencing token, ARGV[2] the group, ARGV[3] the consumer, ARGV[4] entries at most.
+--
+-- Returns XREADGROUP's reply (NOACK: nothing stays pending; nil when nothing is new), or
+-- {"fenced", holder} when the fencing key holds another token.
+local function read(keys, args)
+  local holder = redis.call('GET', keys[1])
+  if holder ~= args[1] then
+    return {'fenced', holder or ''}
+  end
+  return redis.call(
+    'XREADGROUP', 'GROUP', args[2], args[3], 'COUNT', args[4], 'NOACK', 'STREAMS', keys[2], '>'
+  )
+end
+
 redis.register_function('runplane_append3', append)
+redis.register_function('runplane_read', read)
 redis.register_function('runplane_restore', restore)
 redis.register_function('runplane_retire', retire)

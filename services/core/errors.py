@@ -35,10 +35,11 @@ class VersionConflict(TemporaryStoreError):
 
 
 class Fenced(StoreError):
-    """The writer's fencing token is no longer current: it lost its lease. Permanent."""
+    """The writer's fencing token is no longer current: it lost its lease. Permanent. Said of
+    an append to an aggregate, or of the scheduler's read of a partition's log."""
 
     def __init__(self, aggregate: str, holder: str) -> None:
-        super().__init__(f"{aggregate}: append refused, the lease is held by {holder or 'nobody'}")
+        super().__init__(f"{aggregate}: refused, the lease is held by {holder or 'nobody'}")
         self.aggregate = aggregate
         self.holder = holder
 

@@ -75,6 +75,8 @@ _FUNCTION = files("services.core").joinpath("append.lua").read_text()
 #: The append function's name in ``append.lua``; a new layout of its keys or arguments gets a
 #: new name, so a server still holding the old one answers "not found" and is given the new.
 APPEND_FUNCTION = "runplane_append3"
+#: The scheduler's fenced read of its consumer group (``read_fenced``).
+READ_FUNCTION = "runplane_read"
 
 
 class _NotLoaded(Exception):
@@ -414,6 +416,24 @@ class EventStore:
 
     async def load_function(self) -> None:
         await self.redis.function_load(_FUNCTION, replace=True)
+
+    async def read_fenced(
+        self, stream: str, group: str, consumer: str, count: int, fence: Fence
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The next entries of ``stream`` the consumer group ``group`` has not given anyone,
+        ``count`` at most, taken only while ``fence`` holds (``runplane_read``); ``Fenced``
+        otherwise. Read with ``NOACK``: nothing stays pending."""
+        reply: Any = await self.redis.fcall(
+            READ_FUNCTION, 2, fence.key, stream, fence.token, group, consumer, count
+        )
+        if not reply:
+            return []
+        if reply[0] == b"fenced":
+            raise Fenced(stream, reply[1].decode())
+        [[_, entries]] = reply
+        return [
+            (position, dict(zip(flat[::2], flat[1::2], strict=True))) for position, flat in entries
+        ]
 
     # --- reading ----------------------------------------------------------------------
 

@@ -4,13 +4,14 @@ An instance stands by until it holds the lease, then serves: it rebuilds its sta
 the log, and runs decision rounds (``decide``) whenever an event arrives or a tick passes, each
 on the log as it stands when the round starts (read on from there through the consumer group
 ``scheduler``). It stops serving and stands by again as soon as it loses the lease (renewal
-refused, or an append ``Fenced``).
+refused, or an append or a read ``Fenced``).
 
 Invariants:
 - Every append carries its partition's fence (``services.scheduler.fences``: the lease token on
   partition 0, the term's claim on the others) and the version the decision was made on: a
   deposed instance writes nothing once its successor claimed the fences, a decision on stale
-  state loses the race (the run is reloaded and decided again next round).
+  state loses the race (the run is reloaded and decided again next round). Its reads of the
+  group carry the fence too: a deposed instance takes no entry its successor needs.
 - A round's decisions are appended in batches, one round trip each (``EventStore.append_all``),
   each decision still its own append with its own version check and fence; the scheduler
   takes one as done only once the server answered for it (after its fsync, with AOF
@@ -228,21 +229,23 @@ class Session:
             tasks.create_task(self.watch(stream))
 
     async def catch_up(self) -> None:
-        """Fold every entry of the log the group has not given this term yet, ``_READ_BATCH``
+        """Fold every entry of the log the group has not given anyone yet, ``_READ_BATCH``
         at most a round trip. Each round starts with it, so the log is read once a round
         however many events came since the last (reading each as it came, through FastStream's
         subscribers, cost more than folding them, bench.scale). Read with ``NOACK``: nothing
         stays pending, as nothing needs to, since each term replays the log; a failure ends
-        the term."""
-        redis = self.store.redis
-        for stream in self.read_to:
+        the term. Read behind the partition's fence, as the appends are: an instance deposed
+        without knowing it yet takes nothing from the group (``Fenced`` tells it), so its
+        successor is given every entry."""
+        assert self.fences is not None, "claimed before consuming"
+        for partition in range(self.settings.partitions):
+            stream, fence = keys.log_stream(partition), self.fences.fences[partition]
             while True:
-                reply: Any = await redis.xreadgroup(
-                    GROUP, self.consumer, {stream: ">"}, count=_READ_BATCH, noack=True
+                entries = await self.store.read_fenced(
+                    stream, GROUP, self.consumer, _READ_BATCH, fence
                 )
-                if not reply:
+                if not entries:
                     break
-                [[_, entries]] = reply
                 self.read_to[stream] = entries[-1][0].decode()
                 await self.fold(stream, entries)
                 if len(entries) < _READ_BATCH:

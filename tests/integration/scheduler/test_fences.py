@@ -18,10 +18,12 @@ from events.model import AttemptScheduled, NodeRegistered
 from events.status import RunStatus as S
 from services.core.client import connect
 from services.core.errors import Fenced
+from services.core.groups import ensure_group, group_info
 from services.core.lease import Lease, LeaseLost
 from services.core.settings import Settings
 from services.core.store import EventStore
 from services.scheduler import fences
+from services.scheduler.app import GROUP
 from tests.integration.scheduler.harness import Agents, new_id, scheduler_process, status, submit
 from tests.waiting import eventually
 
@@ -103,6 +105,34 @@ async def test_a_deposed_scheduler_appends_to_no_partition_once_its_successor_cl
         await fences.claim(client, "a", P)
     for partition in range(1, P):
         assert (await client.get(keys.scheduler_lease(partition))) == f"{b.term}/b".encode()
+
+
+async def test_a_deposed_scheduler_takes_nothing_from_the_group_its_successor_reads(
+    store: EventStore,
+) -> None:
+    """a, paused past its lease, wakes and reads the log through the group before it appends:
+    its read is refused, and b, elected meanwhile, is given every entry."""
+    client = store.redis
+    await store.load_function()
+    await client.set(keys.scheduler_lease(0), "a")
+    a = await fences.claim(client, "a", P)
+    node = node_on(1)
+    stream = keys.log_stream(1)
+    await ensure_group(client, stream, GROUP)
+    await store.append([registration(node, "a")], expected_version=None, fence=a.of(f"node:{node}"))
+    assert len(await store.read_fenced(stream, GROUP, "a-1", 10, a.fences[1])) == 1
+
+    await client.set(keys.scheduler_lease(0), "b")  # a's lease expired; b elected
+    b = await fences.claim(client, "b", P)
+    await store.append([registration(node, "b")], expected_version=None, fence=b.of(f"node:{node}"))
+    with pytest.raises(Fenced):
+        await store.read_fenced(stream, GROUP, "a-1", 10, a.fences[1])
+    entries = await store.read_fenced(stream, GROUP, "b-1", 10, b.fences[1])
+    assert [fields[b"n"] for _, fields in entries] == [b"2"]  # b's, which a did not take
+    assert await store.read_fenced(stream, GROUP, "b-1", 10, b.fences[1]) == []
+    info = await group_info(client, stream, GROUP)
+    assert info is not None
+    assert info["pending"] == 0  # NOACK: nothing left to claim
 
 
 async def test_a_term_drawn_before_a_later_election_cannot_take_back_a_fence(
