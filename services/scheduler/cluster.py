@@ -13,7 +13,9 @@ Invariants:
   its placement from ``attempt.scheduled`` until it leaves TERMINATING, whatever its ranks
   report. ``used`` maps (node, GPU index) to that attempt; ``double_booked`` lists any GPU the
   log itself gave twice (it must stay empty). ``active``, ``terminating`` and ``preemptible``
-  (holding, not TERMINATING, preemptible: what a preemption may stop) are indexed alike.
+  (holding, not TERMINATING, preemptible: what a preemption may stop) are indexed alike;
+  ``preemptible`` by priority too (``Stoppable``), so a queue pass looks only at the attempts
+  below the priority of one that does not fit: none, in a full cluster of equals.
 - A settled run (latest attempt terminal, nothing left for the scheduler) is dropped from
   memory by ``drop_settled`` (the edge calls it between batches, never inside one append's
   events); its version stays in ``settled`` so its old events are skipped when they come back,
@@ -129,6 +131,35 @@ class Holding(NamedTuple):
     ranks: tuple[tuple[str, tuple[int, ...]], ...]
 
 
+class Stoppable:
+    """A cluster's attempts a preemption may stop, by their priority's rank (``PRIORITY_RANK``),
+    which may change while they hold GPUs (``update``)."""
+
+    __slots__ = ("by_rank", "rank_of")
+
+    def __init__(self) -> None:
+        self.by_rank: dict[int, set[str]] = {}
+        self.rank_of: dict[str, int] = {}
+
+    def put(self, run_id: str, rank: int) -> None:
+        before = self.rank_of.get(run_id)
+        if before == rank:
+            return
+        if before is not None:
+            self.by_rank[before].discard(run_id)
+        self.by_rank.setdefault(rank, set()).add(run_id)
+        self.rank_of[run_id] = rank
+
+    def discard(self, run_id: str) -> None:
+        rank = self.rank_of.pop(run_id, None)
+        if rank is not None:
+            self.by_rank[rank].discard(run_id)
+
+    def below(self, rank: int) -> list[str]:
+        """The attempts of a priority lower than ``rank``: the ones it may preempt."""
+        return [run_id for r, ids in self.by_rank.items() if r < rank for run_id in ids]
+
+
 class ClusterState:
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {}
@@ -142,8 +173,8 @@ class ClusterState:
         self.active: dict[str, set[str]] = {}
         self.terminating: dict[str, set[str]] = {}
         #: cluster -> run ids of attempts holding GPUs there that a preemption may stop:
-        #: preemptible, and not TERMINATING already.
-        self.preemptible: dict[str, set[str]] = {}
+        #: preemptible, and not TERMINATING already; by priority.
+        self.preemptible: dict[str, Stoppable] = {}
         #: node -> run ids of attempts holding GPUs on it.
         self.on_node: dict[str, set[str]] = {}
         #: cluster -> its waiting attempts, in queue order (``services.scheduler.waiting``).
@@ -322,13 +353,12 @@ class ClusterState:
             self.dirty_clusters.add(cluster)  # its GPUs are about to be released
         elif attempt.status is not S.TERMINATING:
             ending.discard(run_id)
-        stoppable = self.preemptible.setdefault(cluster, set())
-        if (
-            holding is not None
-            and attempt.status is not S.TERMINATING
-            and run.spec.scheduling.preemptible
-        ):
-            stoppable.add(run_id)
+        stoppable = self.preemptible.get(cluster)
+        if stoppable is None:
+            stoppable = self.preemptible[cluster] = Stoppable()
+        scheduling = run.spec.scheduling
+        if holding is not None and attempt.status is not S.TERMINATING and scheduling.preemptible:
+            stoppable.put(run_id, PRIORITY_RANK[scheduling.priority])
         else:
             stoppable.discard(run_id)
         if updated and holding is not None:
@@ -434,7 +464,8 @@ class ClusterState:
             self._release(run_id, cluster)
             self.dirty_clusters.add(cluster)
         self.terminating.get(cluster, set()).discard(run_id)
-        self.preemptible.get(cluster, set()).discard(run_id)
+        if (stoppable := self.preemptible.get(cluster)) is not None:
+            stoppable.discard(run_id)
         if (queue := self.waiting.get(cluster)) is not None and queue.discard(run_id):
             self.dirty_clusters.add(cluster)
         self.deadlines.pop(run_id, None)

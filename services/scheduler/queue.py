@@ -27,7 +27,7 @@ Invariants:
   attempt (``park=False``, held to it by the property test).
   Only the paths taken when an attempt does not fit walk more, once a pass each: the GPUs of
   TERMINATING attempts (``_releasing``) and the cluster's preemptible attempts
-  (``_candidates``, from ``ClusterState.preemptible``).
+  (``_candidates``, from ``ClusterState.preemptible``): only those of a lower priority.
 - Nothing is placed on a node that is lost, cordoned, draining, drained or silent (heartbeat
   missing this round); a request that would fit now on the free GPUs of cordoned nodes says
   so in its reason.
@@ -129,7 +129,8 @@ class _Pass:
             if self.now.has(name):
                 self.now.remove_node(name)
         self._future: Scratch | None = None
-        self._victims: list[_Victim] | None = None
+        #: Per priority rank, the attempts that rank may preempt (``_candidates``).
+        self._victims: dict[int, list[_Victim]] = {}
         self.chosen: set[str] = set()
         #: Each decision with the queue key of the attempt walked when it was made.
         self.decisions: list[tuple[QueueKey, Decision]] = []
@@ -329,9 +330,7 @@ class _Pass:
         if key in self.no_preempt:
             return 0
         chosen = self.chosen
-        victims = [
-            v for v in self._candidates() if v.priority < priority and v.run.run_id not in chosen
-        ]
+        victims = [v for v in self._candidates(priority) if v.run.run_id not in chosen]
         base = self._future if self._future is not None else self.now
         if victims:
             hypothetical = base.fork() if isinstance(base, Scratch) else Scratch(base)
@@ -375,23 +374,26 @@ class _Pass:
         self._take(placement)
         return stopped
 
-    def _candidates(self) -> list[_Victim]:
-        """The attempts that could be preempted, lowest priority first: walks the cluster's
-        preemptible attempts, once a pass, and only when an attempt does not fit."""
-        if self._victims is None:
+    def _candidates(self, priority: int) -> list[_Victim]:
+        """The attempts an attempt of rank ``priority`` could preempt, lowest priority first:
+        walks the cluster's preemptible attempts of a lower priority, once a pass per rank, and
+        only when an attempt does not fit (in a full cluster of equals, none)."""
+        victims = self._victims.get(priority)
+        if victims is None:
             victims = []
-            for run_id in self.state.preemptible.get(self.cluster, set()):
-                run = self.state.runs[run_id]
-                holding = self.state.holdings[run_id]
+            stoppable = self.state.preemptible.get(self.cluster)
+            for run_id in stoppable.below(priority) if stoppable is not None else ():
                 if run_id in self.busy:
                     continue
+                run = self.state.runs[run_id]
+                holding = self.state.holdings[run_id]
                 started = next(t for s, t in reversed(run.latest.timeline) if s is S.STARTING)
-                priority = PRIORITY_RANK[run.spec.scheduling.priority]
-                victims.append(_Victim(priority, started, run, holding))
+                rank = PRIORITY_RANK[run.spec.scheduling.priority]
+                victims.append(_Victim(rank, started, run, holding))
             # Lowest priority first; among equals the youngest, which loses the least work.
             victims.sort(key=lambda v: (v.priority, -v.started, v.run.run_id))
-            self._victims = victims
-        return self._victims
+            self._victims[priority] = victims
+        return victims
 
     # --- events -------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from events.model import (
     RetryScheduled,
     RunDeleted,
 )
+from events.spec import Priority
 from events.status import RunStatus as S
 from services.scheduler.decision import Context
 from services.scheduler.queue import queue_pass
@@ -235,6 +236,22 @@ def test_no_preemption_of_equal_priority_or_non_preemptible_runs() -> None:
     assert world.status(waiting) is S.QUEUED
     assert not world.events_of(same, AttemptTerminating)
     assert not world.events_of(pinned, AttemptTerminating)
+
+
+def test_a_priority_changed_while_running_is_the_one_preemption_judges_by() -> None:
+    changes: list[tuple[Priority, Priority, bool]] = [
+        ("lowest", "auto", False),
+        ("auto", "lowest", True),
+    ]
+    for before, after, preempted in changes:
+        world = _world("n1")
+        running = world.submit(8, priority=before, preemptible=True)
+        world.settle()
+        world.command(running, commands.UpdateRun(actor=USER, priority=after))
+        world.settle()
+        world.submit(8, priority="low")
+        world.settle()
+        assert bool(world.events_of(running, AttemptTerminating)) is preempted, (before, after)
 
 
 def test_preemption_stops_only_what_the_placement_needs() -> None:

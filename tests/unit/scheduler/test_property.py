@@ -24,7 +24,7 @@ from events.fit import Shape, fleet
 from events.model import AttemptScheduled
 from events.spec import PRIORITY_RANK
 from events.status import RunStatus as S
-from services.scheduler.cluster import ClusterState
+from services.scheduler.cluster import ClusterState, Stoppable
 from services.scheduler.decision import Context, Decision
 from services.scheduler.placement import Capacity, Free, Scratch
 from services.scheduler.queue import _Pass, queue_pass
@@ -64,6 +64,12 @@ _BY_KIND: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
     ),
     "uncordon": st.tuples(st.just("uncordon"), st.sampled_from(NODES)),
     "gpu_failed": st.tuples(st.just("gpu_failed"), st.sampled_from(NODES), st.integers(0, 7)),
+    "update": st.tuples(
+        st.just("update"),
+        st.integers(0, 50),
+        st.sampled_from([None, "auto", "low", "lowest"]),
+        st.sampled_from([None, True, False]),
+    ),
 }
 #: How often each kind is drawn: mostly submissions and rank events, some node trouble.
 _WEIGHTS = {"submit": 6, "running": 5, "exit": 4, "register": 3, "later": 2}
@@ -123,6 +129,11 @@ def _apply(world: World, op: tuple[Any, ...], silent: set[str]) -> None:  # noqa
         case ("gpu_failed", node, gpu):
             if node in world.state.nodes and gpu < SIZES[node]:
                 world.gpu_failed(node, gpu)
+        case ("update", index, priority, preemptible):
+            if (run := _pick(sorted(world.oracle), index)) is not None:
+                update = commands.UpdateRun(actor=USER, priority=priority, preemptible=preemptible)
+                with contextlib.suppress(RequestRefused):
+                    world.command(run, update)
         case ("later", ms):
             world.now += ms
         case _:
@@ -207,8 +218,16 @@ def _check_incremental(world: World, silent: Collection[str]) -> None:
     state = world.state
     for cluster, active in state.active.items():
         ending = state.terminating.get(cluster, set())
-        stoppable = {r for r in active - ending if state.runs[r].spec.scheduling.preemptible}
-        assert state.preemptible.get(cluster, set()) == stoppable
+        stoppable = {
+            r: PRIORITY_RANK[state.runs[r].spec.scheduling.priority]
+            for r in active - ending
+            if state.runs[r].spec.scheduling.preemptible
+        }
+        indexed = state.preemptible.get(cluster, Stoppable())
+        assert indexed.rank_of == stoppable
+        assert {(r, rank) for rank, ids in indexed.by_rank.items() for r in ids} == set(
+            stoppable.items()
+        )
     for cluster, here in state.clusters.items():
         rebuilt = _rebuilt(state, cluster)
         kept = state.capacity.get(cluster, Capacity())
