@@ -16,12 +16,14 @@ Invariants:
   the attempt's reason names). ``stopped_by`` is who asked for the stop (or who stopped it).
 - ``events`` are the human lines of ``describe run``'s event log, in log order; run-level
   requests (update, delete) go to the latest attempt.
+- A run at rest (its latest attempt ended) may leave memory (``evict_resting``) and come back
+  from its attempts' rows (``restore``): the rows hold the whole of the fold's state of it.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, ClassVar
 
 import msgspec
@@ -120,6 +122,7 @@ class AttemptsProjection:
         self.runs: dict[str, list[AttemptRow]] = {}
         self.indexed: set[str] = set()  # attempt rows stored (and so in their run's index)
         self._keys: dict[str, list[tuple[RowKey]]] = {}  # per run, its attempts' row keys
+        self._resting: set[str] = set()  # runs that came to rest since ``evict_resting``
 
     def apply(self, record: Recorded) -> Collection[RowKey]:  # noqa: PLR0911
         event: Any = record.event  # a run event (``handles``), dispatched on its exact type
@@ -160,6 +163,8 @@ class AttemptsProjection:
         return self._line(record, latest, text)
 
     def _line(self, record: Recorded, attempt: AttemptRow, text: str | None) -> Collection[RowKey]:
+        if attempt.status.is_terminal():
+            self._resting.add(attempt.run_id)
         if text:
             event = record.event
             # One string per actor, not one per event (the rows hold them for a long time).
@@ -182,6 +187,41 @@ class AttemptsProjection:
         """These rows are stored as they are now (a restart folding up to its checkpoint)."""
         self.indexed.update(row_id for _, row_id in keys)
 
+    def evict_resting(self) -> int:
+        evicted = 0
+        for run_id in self._resting:
+            attempts = self.runs.get(run_id)
+            if attempts is not None and attempts[-1].status.is_terminal():
+                del self.runs[run_id], self._keys[run_id]
+                self.indexed.difference_update(f"{run_id}:{a.index}" for a in attempts)
+                evicted += 1
+        self._resting.clear()
+        return evicted
+
+    def holds(self, run_id: str) -> bool:
+        return run_id in self.runs
+
+    def restoring(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> list[RowKey]:
+        """Its attempts' rows, ``_RESTORE_PAGE`` at a time, until one is missing."""
+        index = 0
+        while (key := (KIND, f"{run_id}:{index}")) in found:
+            if found[key] is None:
+                return []
+            index += 1
+        return [(KIND, f"{run_id}:{i}") for i in range(index, index + _RESTORE_PAGE)]
+
+    def restore(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> None:
+        if run_id in self.runs:
+            return
+        attempts: list[AttemptRow] = []
+        while (body := found.get((KIND, f"{run_id}:{len(attempts)}"))) is not None:
+            attempts.append(_decoder.decode(body))
+        if not attempts:
+            return
+        self.runs[run_id] = attempts
+        self._keys[run_id] = [((KIND, f"{run_id}:{a.index}"),) for a in attempts]
+        self.indexed.update(f"{run_id}:{a.index}" for a in attempts)
+
     def _attempt(self, kind: str, row_id: str) -> AttemptRow | None:
         run_id, _, index_text = row_id.rpartition(":")
         attempts = self.runs.get(run_id)
@@ -189,6 +229,11 @@ class AttemptsProjection:
         if attempts is None or kind != KIND or index >= len(attempts):
             return None
         return attempts[index]
+
+
+_decoder = msgspec.json.Decoder(AttemptRow)
+#: Attempts' rows read at a time to restore a run (most runs have one or two).
+_RESTORE_PAGE = 4
 
 
 class _Refused(Exception):

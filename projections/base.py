@@ -16,12 +16,17 @@ Invariants:
 - A fold may say which event types it takes (``handles``, a set of exact types): the engine
   gives it no other, so ``apply`` must change nothing for the others.
 - Row bodies are JSON (msgspec), integers for times (ms since the epoch) and GPU-milliseconds.
+- A fold may let runs at rest leave its memory (``Evicting``): the engine asks it to only
+  right after their rows were stored, so what it forgets is what its stored rows say, and the
+  runner gives a run back (``restore``, from those rows) before it folds a new event of it.
+  Rows rendered after a restore are the rows the fold would have rendered had it never
+  forgotten the run (tested on random histories).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
-from typing import Protocol
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 import msgspec
 import structlog
@@ -70,6 +75,29 @@ class Projection(Protocol):
 
     def rows(self, keys: Iterable[RowKey]) -> Iterable[Row]:
         """The current rows of ``keys``."""
+        ...
+
+
+@runtime_checkable
+class Evicting(Protocol):
+    """A fold that lets runs at rest leave its memory and takes them back from their rows."""
+
+    def evict_resting(self) -> int:
+        """Forget every run that came to rest since the last call and is still at rest (its
+        rows stored as they are now); how many."""
+        ...
+
+    def holds(self, run_id: str) -> bool:
+        """Whether the run is in memory (False for one it never saw, too)."""
+        ...
+
+    def restoring(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> list[RowKey]:
+        """The stored rows still to read to take the run back, given those read so far
+        (``found``: None for a row that is not stored); empty once they are all read."""
+        ...
+
+    def restore(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> None:
+        """Take the run back from its rows (none found: a run this fold never saw)."""
         ...
 
 

@@ -25,6 +25,9 @@ Invariants:
   or past its checkpoint on every partition: rows are rendered from the state at the new
   checkpoint, never from one that lacks what is stored. So the stored rows are always those of
   the state at the stored checkpoint.
+- A fold that lets runs at rest leave its memory (``projections.base.Evicting``) is asked to
+  only when its build has stored everything it folded (``evict_resting``): what it forgets is
+  what its stored rows say, so the runner can give a run back from them.
 - A fold that raises is logged and the event skipped for that fold: nothing stops the engine.
 - An entry that cannot be decoded is logged and skipped by every build, the same way on every
   replay; the ones no build had stored past are kept in ``undecodable`` for the dead letters.
@@ -37,6 +40,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
+import msgspec
 import structlog
 
 from events import codec
@@ -44,6 +48,7 @@ from events.codec import Recorded
 from events.errors import UndecodableEvent
 from projections.base import (
     ZERO,
+    Evicting,
     Position,
     Positions,
     Projection,
@@ -60,6 +65,30 @@ Apply = Callable[[Recorded], Collection[RowKey]]
 #: A log entry's fields: a mapping, or the server's flat ``[field, value, ...]`` (cheaper).
 Fields = Mapping[bytes, bytes] | list[bytes]
 Settle = Callable[[Iterable[RowKey]], None]
+
+
+class _About(msgspec.Struct):
+    run_id: str | None = None
+
+
+_about = msgspec.json.Decoder(_About)
+
+
+def run_of(fields: Fields) -> str | None:
+    """The run a raw entry is about (None: none, or an entry that cannot be read), read from
+    its body without decoding the rest of it."""
+    if type(fields) is list:
+        body = fields[3] if len(fields) == 6 and fields[2] == codec.BODY else None
+        if body is None:
+            body = codec.fields_of(fields).get(codec.BODY)
+    else:
+        body = cast(Mapping[bytes, bytes], fields).get(codec.BODY)
+    if body is None:
+        return None
+    try:
+        return _about.decode(body).run_id
+    except msgspec.DecodeError:
+        return None
 
 
 def is_new(position: Position, applied: Position) -> bool:
@@ -303,6 +332,17 @@ class Engine:
                 )
             )
         return Batch(tuple(parts)) if parts else None
+
+    def evict_resting(self) -> int:
+        """Let the runs at rest leave the memory of every build that has stored all it folded
+        (nothing dirty, its checkpoint where it folded to); how many left, over the builds."""
+        self._level_up()
+        evicted = 0
+        for build in self.builds:
+            fold = build.projection
+            if isinstance(fold, Evicting) and not build.dirty and build.applied == build.stored:
+                evicted += fold.evict_resting()
+        return evicted
 
     def committed(self, batch: Batch) -> None:
         """``batch`` is stored: what it holds is no longer dirty."""

@@ -19,11 +19,13 @@ Invariants:
   ``settled``, and moves it when the status changes).
 - An event for a run it does not know, or for an attempt that is not the latest, is logged and
   skipped.
+- A run at rest (its latest attempt ended) may leave memory (``evict_resting``) and come back
+  from its row (``restore``): the row holds the whole of the fold's state of the run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, ClassVar
 
 import msgspec
@@ -83,6 +85,9 @@ class _RunState(_RunFields, kw_only=True, gc=False):
     submitted_config: msgspec.Raw
 
 
+_decoder = msgspec.json.Decoder(_RunState)
+
+
 def new_row(event: ev.RunSubmitted) -> _RunState:
     spec = event.spec
     compute, scheduling = spec.compute, spec.scheduling
@@ -127,6 +132,7 @@ class RunStatusProjection:
         #: The status index each run's stored row is in (to move it when its status changes).
         self.indexed: dict[str, RunStatus] = {}
         self._keys: dict[str, tuple[RowKey]] = {}  # per run, its row's key (built once)
+        self._resting: set[str] = set()  # runs that came to rest since ``evict_resting``
 
     def apply(self, record: Recorded) -> Collection[RowKey]:
         event: Any = record.event  # a run event (``handles``), dispatched on its exact type
@@ -147,6 +153,8 @@ class RunStatusProjection:
         if why:
             return skipped(self.name, record, why)
         row.updated_at = event.time
+        if row.status.is_terminal():
+            self._resting.add(event.run_id)
         return self._keys[event.run_id]
 
     def rows(self, keys: Iterable[RowKey]) -> Iterable[Row]:
@@ -182,6 +190,33 @@ class RunStatusProjection:
         for kind, run_id in keys:
             if kind == KIND and (row := self.runs.get(run_id)) is not None:
                 self.indexed[run_id] = row.status
+
+    def evict_resting(self) -> int:
+        evicted = 0
+        for run_id in self._resting:
+            row = self.runs.get(run_id)
+            if row is not None and row.status.is_terminal():
+                del self.runs[run_id], self._keys[run_id]
+                self.indexed.pop(run_id, None)
+                evicted += 1
+        self._resting.clear()
+        return evicted
+
+    def holds(self, run_id: str) -> bool:
+        return run_id in self.runs
+
+    def restoring(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> list[RowKey]:
+        key = (KIND, run_id)
+        return [] if key in found else [key]
+
+    def restore(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> None:
+        body = found.get((KIND, run_id))
+        if body is None or run_id in self.runs:
+            return
+        row = _decoder.decode(body)
+        self.runs[run_id] = row
+        self.indexed[run_id] = row.status
+        self._keys[run_id] = ((KIND, run_id),)
 
 
 def _touch(row: _RunState, event: Any) -> str | None:

@@ -15,6 +15,11 @@ The log is read through one reader per partition (a single reader: one partition
 each in turn: the folds reach the same rows whatever the interleaving of the partitions
 (``projections.engine``), so any turn order will do.
 
+Once caught up (``start``), each commit lets the runs at rest leave the memory of the folds
+that allow it (``Engine.evict_resting``: their rows are stored), and ``restore`` gives them
+back from those rows before a new event of theirs is folded: the memory then holds the runs
+that move, not every run ever (the catch-up itself still folds the log from zero).
+
 Invariants: see ``projections.engine``. A ``Superseded`` commit (another writer, or readers
 switched by a rebuild) means this runner's plan is stale: its owner starts a new one.
 """
@@ -31,9 +36,9 @@ import redis.asyncio as aioredis
 import structlog
 
 from events import keys
-from projections.base import ZERO, Positions, Projection, format_checkpoint
+from projections.base import ZERO, Evicting, Positions, Projection, RowKey, format_checkpoint
 from projections.catalog import make
-from projections.engine import Batch, Build, Engine, Fields
+from projections.engine import Batch, Build, Engine, Fields, run_of
 from projections.errors import OtherPartitions
 from projections.storage import RedisStore, namespace_version
 
@@ -62,6 +67,12 @@ class BuildStore(Protocol):
     async def commit(self, batch: Batch) -> None: ...
 
     async def drop(self, name: str, namespace: str) -> int: ...
+
+    async def rows(
+        self, wanted: Sequence[tuple[str, str, Sequence[RowKey]]]
+    ) -> list[list[bytes | None]]:
+        """For each (projection, namespace, row keys), the stored bodies (None: no such row)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,11 @@ class Runner:
         self.commit_every = commit_every
         self.engine = Engine([])
         self.retired: list[Retired] = []
+        #: Caught up: each commit lets the runs at rest go (not while folding and storing run
+        #: side by side, as in the catch-up: a run must leave only as its rows say it is).
+        self.evicting = False
+        self.evicted = 0  # runs that left a fold's memory, over every fold
+        self.restored = 0  # and came back
 
     async def start(self, *, namespace: Callable[[Projection], str] | None = None) -> None:
         """Plan the builds and catch them up with the log; switch the ones that were behind.
@@ -144,6 +160,7 @@ class Runner:
                 if build.expect_active:
                     self.retired.append(Retired(build.name, build.expect_active))
         await self.commit()
+        self.evicting = True
         for build in builds:
             log.info(
                 "projection.ready",
@@ -238,6 +255,7 @@ class Runner:
     async def process(self, entries: Sequence[Entry], partition: int = 0) -> None:
         """Fold ``entries`` of ``partition`` (the guard skips what is folded already) and store
         the batch."""
+        await self.restore(entries)
         self.fold(entries, partition)
         await self.commit()
 
@@ -252,6 +270,37 @@ class Runner:
         if batch is not None:
             await self.store.commit(batch)
             self.engine.committed(batch)
+        if self.evicting:
+            self.evicted += self.engine.evict_resting()
+
+    async def restore(self, entries: Sequence[Entry]) -> int:
+        """Give the runs ``entries`` are about back to the folds that let them go, from their
+        stored rows, before the entries are folded; how many (run, fold) came back."""
+        if not self.evicted:
+            return 0
+        about = {run_id for _, fields in entries if (run_id := run_of(fields)) is not None}
+        away = [
+            (build, fold, run_id)
+            for build in self.engine.builds
+            if isinstance(fold := build.projection, Evicting)
+            for run_id in about
+            if not fold.holds(run_id)
+        ]
+        found: list[dict[RowKey, bytes | None]] = [{} for _ in away]
+        while asks := [
+            (i, wanted)
+            for i, (_, fold, run_id) in enumerate(away)
+            if (wanted := fold.restoring(run_id, found[i]))
+        ]:
+            asked = [(away[i][0].name, away[i][0].namespace, row_keys) for i, row_keys in asks]
+            for (i, row_keys), bodies in zip(asks, await self.store.rows(asked), strict=True):
+                found[i].update(zip(row_keys, bodies, strict=True))
+        restored = 0
+        for (_, fold, run_id), stored in zip(away, found, strict=True):
+            fold.restore(run_id, stored)
+            restored += fold.holds(run_id)
+        self.restored += restored
+        return restored
 
 
 async def rebuild(

@@ -18,7 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib.resources import files
 
 import msgspec
@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from events import keys
-from projections.base import ZERO, Positions, Row, parse_checkpoint
+from projections.base import ZERO, Positions, Row, RowKey, parse_checkpoint
 from projections.engine import Batch
 from projections.errors import Superseded
 
@@ -147,6 +147,18 @@ class RedisStore:
     async def _fcall(self, call_keys: list[str], args: Args) -> list[bytes | str]:
         reply = await self.redis.fcall("runplane_project", len(call_keys), *call_keys, *args)
         return list(reply)
+
+    async def rows(
+        self, wanted: Sequence[tuple[str, str, Sequence[RowKey]]]
+    ) -> list[list[bytes | None]]:
+        """For each (projection, namespace, row keys), the stored bodies (None: no such row):
+        one round trip, an ``HGET`` per row."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name, namespace, row_keys in wanted:
+            for kind, row_id in row_keys:
+                pipe.hget(keys.projection_rows(name, namespace, kind), row_id)
+        bodies = iter(await pipe.execute())
+        return [[next(bodies) for _ in row_keys] for _, _, row_keys in wanted]
 
     async def drop(self, name: str, namespace: str) -> int:
         """Delete one build of a projection (never the active one: the caller checks)."""

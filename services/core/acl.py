@@ -194,6 +194,7 @@ RULES: dict[str, Rule] = {
             _ALIVE,
             ("xrange", "xgroup|setid", "fcall", "function|load", "scan", "unlink"),
             ("hset", "hdel", "zadd", "zrem"),
+            ("hget",),  # a run at rest back from its rows (projections.runner.Runner.restore)
             ("xrevrange",),  # the log's newest entry: the projections' lag (their metrics)
         ),
         both=(_LOG, _PROJECTIONS, _alive(PROJECTOR)),

@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from events import keys
 from projections.base import ZERO, Position, parse_checkpoint, parse_position
@@ -30,6 +30,18 @@ PROJECTION_LAG = Gauge(
     "runplane_projection_lag_seconds",
     "Log time from the entry a projection has checkpointed to the newest entry on the log.",
     ["projection"],
+    registry=metrics.REGISTRY,
+)
+
+
+RUNS_EVICTED = Counter(
+    "runplane_projection_runs_evicted",
+    "Runs at rest that left a fold's memory once their rows were stored, counted per fold.",
+    registry=metrics.REGISTRY,
+)
+RUNS_RESTORED = Counter(
+    "runplane_projection_runs_restored",
+    "Runs taken back into a fold's memory from their stored rows (a new event of theirs).",
     registry=metrics.REGISTRY,
 )
 

@@ -37,6 +37,7 @@ import structlog
 from projections.base import Projection
 from projections.errors import Superseded
 from projections.runner import BuildStore, Entry, LogReader, Retired, Runner, each
+from services.projector.metrics import RUNS_EVICTED, RUNS_RESTORED
 
 log = structlog.get_logger("services.projector")
 
@@ -160,10 +161,15 @@ class Projector:
 
     async def _process(self, read: Sequence[tuple[int, Sequence[Entry]]]) -> None:
         """Fold what was read of each partition, store it in one transaction, then ack."""
-        assert self.runner is not None, "start() first"
+        runner = self.runner
+        assert runner is not None, "start() first"
+        evicted = runner.evicted
         for partition, entries in read:
-            self.runner.fold(entries, partition)
-        await self.runner.commit()
+            # The runs at rest it is about, back from their rows before it is folded.
+            RUNS_RESTORED.inc(await runner.restore(entries))
+            runner.fold(entries, partition)
+        await runner.commit()
+        RUNS_EVICTED.inc(runner.evicted - evicted)
         await self._dead_letters()
         # Acknowledged once stored; the next read need not wait for it (a lost ack is only a
         # redelivery, which the guard skips), but one ack at a time.

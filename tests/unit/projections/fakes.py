@@ -12,7 +12,14 @@ import random
 from collections.abc import Mapping, Sequence
 
 from events import keys
-from projections.base import ZERO, Position, Positions, parse_checkpoint, parse_position
+from projections.base import (
+    ZERO,
+    Position,
+    Positions,
+    RowKey,
+    parse_checkpoint,
+    parse_position,
+)
 from projections.catalog import make_all
 from projections.engine import Batch, Fields
 from projections.errors import Superseded
@@ -106,6 +113,17 @@ class FakeStore:
         else:
             for member in values:
                 self.zsets.get(key, {}).pop(str(member), None)
+
+    async def rows(
+        self, wanted: Sequence[tuple[str, str, Sequence[RowKey]]]
+    ) -> list[list[bytes | None]]:
+        return [
+            [
+                self.hashes.get(keys.projection_rows(name, namespace, kind), {}).get(row_id)
+                for kind, row_id in row_keys
+            ]
+            for name, namespace, row_keys in wanted
+        ]
 
     async def drop(self, name: str, namespace: str) -> int:
         prefix = keys.projection_prefix(name, namespace)

@@ -1,0 +1,49 @@
+"""The projector on a real server lets runs at rest go once their rows are stored, and takes
+them back from those rows (``RedisStore.rows``) when the log says more of them: a restart of an
+ended run, a delete. Its rows end as a rebuild's from zero."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from projections.attempts import AttemptsProjection
+from projections.run_status import RunStatusProjection
+from services.core.client import connect
+from services.core.settings import Settings
+from services.core.store import EventStore
+from services.projector.app import build_projector
+from services.projector.settings import ProjectorSettings
+from tests.integration.projector.test_projector_process import (
+    append_all,
+    assert_rows_of_a_rebuild,
+    simulated_events,
+)
+
+
+async def test_runs_at_rest_leave_the_projector_and_come_back_from_their_rows(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    events = simulated_events(seed=5, steps=3000, runs=30)
+    store = EventStore(connect(redis_url), Settings(redis_url=redis_url))
+    projector = build_projector(ProjectorSettings(redis_url=redis_url, projector_batch=40), redis)
+    try:
+        await projector.start()
+        for start in range(0, len(events), 60):  # the log grows while the projector follows
+            await append_all(store, events[start : start + 60])
+            while await projector.step(0):
+                pass
+        await projector.flush()
+    finally:
+        await store.close()
+
+    runner = projector.runner
+    assert runner is not None
+    assert runner.evicted > 50
+    assert runner.restored > 5
+    for build in runner.engine.builds:  # what is left in memory moves
+        fold = build.projection
+        if isinstance(fold, RunStatusProjection):
+            assert not [r for r in fold.runs.values() if r.status.is_terminal()]
+        if isinstance(fold, AttemptsProjection):
+            assert not [a for a in fold.runs.values() if a[-1].status.is_terminal()]
+    await assert_rows_of_a_rebuild(redis)
