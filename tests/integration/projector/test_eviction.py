@@ -1,6 +1,7 @@
 """The projector on a real server lets runs at rest go once their rows are stored, and takes
 them back from those rows (``RedisStore.rows``) when the log says more of them: a restart of an
-ended run, a delete. Its rows end as a rebuild's from zero."""
+ended run, a delete. Its rows end as a rebuild's from zero; logged in as the projector's ACL
+user, it is refused nothing."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import redis.asyncio as aioredis
 
 from projections.attempts import AttemptsProjection
 from projections.run_status import RunStatusProjection
+from services.core import acl
 from services.core.client import connect
 from services.core.settings import Settings
 from services.core.store import EventStore
 from services.projector.app import build_projector
 from services.projector.settings import ProjectorSettings
+from tests.acl_users import refused, server_ms
 from tests.integration.projector.test_projector_process import (
     append_all,
     assert_rows_of_a_rebuild,
@@ -21,11 +24,13 @@ from tests.integration.projector.test_projector_process import (
 
 
 async def test_runs_at_rest_leave_the_projector_and_come_back_from_their_rows(
-    redis: aioredis.Redis, redis_url: str
+    redis: aioredis.Redis, redis_url: str, projector_user: aioredis.Redis
 ) -> None:
+    since = server_ms(redis_url)
     events = simulated_events(seed=5, steps=3000, runs=30)
     store = EventStore(connect(redis_url), Settings(redis_url=redis_url))
-    projector = build_projector(ProjectorSettings(redis_url=redis_url, projector_batch=40), redis)
+    settings = ProjectorSettings(redis_url=redis_url, projector_batch=40)
+    projector = build_projector(settings, projector_user)
     try:
         await projector.start()
         for start in range(0, len(events), 60):  # the log grows while the projector follows
@@ -47,3 +52,4 @@ async def test_runs_at_rest_leave_the_projector_and_come_back_from_their_rows(
         if isinstance(fold, AttemptsProjection):
             assert not [a for a in fold.runs.values() if a[-1].status.is_terminal()]
     await assert_rows_of_a_rebuild(redis)
+    assert refused(redis_url, acl.PROJECTOR, since) == []

@@ -3,8 +3,7 @@ log's newest entry, asked of a real server at each scrape."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,7 +17,7 @@ from services.core.store import EventStore
 from services.projector.app import build_projector
 from services.projector.metrics import export_lag
 from services.projector.settings import ProjectorSettings
-from tests.acl_users import login_as, refused, server_ms
+from tests.acl_users import refused, server_ms
 from tests.integration.projector.test_projector_process import (
     LOG,
     append_all,
@@ -31,26 +30,6 @@ def lag(projection: str) -> float | None:
     return metrics.REGISTRY.get_sample_value(
         "runplane_projection_lag_seconds", {"projection": projection}
     )
-
-
-@pytest.fixture
-def projector_password(redis_url: str, tmp_path: Path) -> str:
-    """The projector's ACL user, made on the server: its password."""
-    login = login_as(redis_url, acl.PROJECTOR, tmp_path)
-    return Path(login["RUNPLANE_REDIS_PASSWORD_FILE"]).read_text().strip()
-
-
-@pytest.fixture
-async def projector_user(
-    redis: aioredis.Redis, redis_url: str, projector_password: str
-) -> AsyncIterator[aioredis.Redis]:
-    """A client logged in as the projector's ACL user, as the projector process is."""
-    password = projector_password
-    client = aioredis.Redis.from_url(redis_url, username=acl.PROJECTOR, password=password)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture
