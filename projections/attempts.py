@@ -221,6 +221,7 @@ class AttemptsProjection:
         self.runs[run_id] = attempts
         self._keys[run_id] = [((KIND, f"{run_id}:{a.index}"),) for a in attempts]
         self.indexed.update(f"{run_id}:{a.index}" for a in attempts)
+        self._resting.add(run_id)  # to leave again once what brought it back is stored
 
     def _attempt(self, kind: str, row_id: str) -> AttemptRow | None:
         run_id, _, index_text = row_id.rpartition(":")

@@ -11,6 +11,10 @@ Rows:
 - ``total`` ``<dim>|<value>|<gpu_type>``: the closed attempts' GPU-ms per dimension value and
   gpu_type, for dim in user, cluster, gpu_type, run, day; in the index ``totals:<dim>``.
 
+A run whose placed attempts all ended may leave memory (``evict_resting``) but for who ran it
+and its attempts' keys (``_Run``), and come back from its ``attempt`` rows and its ``run``
+totals (``restore``).
+
 Invariants: for every dimension the totals add up to the same number, the sum of the closed
 attempts' GPU-ms, to the millisecond (a day's share of an attempt is an integer, and the shares
 add up to the attempt). Deleted runs keep billing. ``report`` computes any grouping over any
@@ -83,6 +87,8 @@ class _Run(msgspec.Struct, gc=False):
     user: str
     name: str
     attempts: list[str]
+    #: Its attempts and its ``run`` totals left memory; their rows say what they were.
+    away: bool = False
 
 
 class BillingProjection:
@@ -100,6 +106,7 @@ class BillingProjection:
         self.runs: dict[str, _Run] = {}
         self.attempts: dict[str, BilledAttempt] = {}
         self.totals: dict[str, Total] = {}
+        self._resting: set[str] = set()  # runs whose attempts all ended since ``evict_resting``
 
     def apply(self, record: Recorded) -> Collection[RowKey]:
         event: Any = record.event  # dispatched on its exact type below
@@ -158,6 +165,7 @@ class BillingProjection:
         if billed is None or billed.ended_at is not None:
             return ()  # never held GPUs (ended while waiting): bills nothing
         billed.ended_at = event.time
+        self._resting.add(billed.run_id)
         billed.gpu_ms = gpu_ms(billed.gpus, billed.started_at, event.time)
         billed.days = split_by_day(billed.gpus, billed.started_at, event.time)
         changed: list[RowKey] = [("attempt", key)]
@@ -171,13 +179,57 @@ class BillingProjection:
         return changed
 
     def _add(self, dim: str, value: str, gpu_type: str, ms: int) -> RowKey:
-        key = f"{dim}|{value}|{gpu_type}"
+        key = _total_key(dim, value, gpu_type)
         total = self.totals.get(key)
         if total is None:
             total = self.totals[key] = Total(dim=dim, value=value, gpu_type=gpu_type)
         total.gpu_ms += ms
         total.attempts += 1
         return ("total", key)
+
+    def evict_resting(self) -> int:
+        evicted = 0
+        for run_id in self._resting:
+            run = self.runs.get(run_id)
+            if run is None or run.away:
+                continue
+            billed = [self.attempts[key] for key in run.attempts]
+            if any(b.ended_at is None for b in billed):
+                continue
+            for b in billed:
+                del self.attempts[f"{run_id}:{b.attempt}"]
+                self.totals.pop(_run_total(run_id, b.gpu_type), None)
+            run.away = True
+            evicted += 1
+        self._resting.clear()
+        return evicted
+
+    def holds(self, run_id: str) -> bool:
+        run = self.runs.get(run_id)
+        return run is not None and not run.away
+
+    def restoring(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> list[RowKey]:
+        """Its attempts' rows, then the ``run`` totals of their gpu_types."""
+        run = self.runs.get(run_id)
+        if run is None or not run.away:
+            return []
+        wanted = [("attempt", key) for key in run.attempts]
+        if all(key in found for key in wanted):
+            gpu_types = {_decoded(found[key]).gpu_type for key in wanted}
+            wanted = [("total", _run_total(run_id, gpu_type)) for gpu_type in gpu_types]
+        return [key for key in wanted if key not in found]
+
+    def restore(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> None:
+        run = self.runs.get(run_id)
+        if run is None or not run.away:
+            return
+        for key in run.attempts:
+            self.attempts[key] = _decoded(found[("attempt", key)])
+        for (kind, key), body in found.items():
+            if kind == "total" and body is not None:
+                self.totals[key] = msgspec.json.decode(body, type=Total)
+        run.away = False
+        self._resting.add(run_id)  # to leave again once what brought it back is stored
 
     def rows(self, keys: Iterable[RowKey]) -> Iterable[Row]:
         for kind, key in keys:
@@ -193,6 +245,21 @@ class BillingProjection:
                 yield Row(
                     kind=kind, id=key, body=encode(total), index=((f"totals:{total.dim}", 0),)
                 )
+
+
+def _total_key(dim: str, value: str, gpu_type: str) -> str:
+    return f"{dim}|{value}|{gpu_type}"
+
+
+def _run_total(run_id: str, gpu_type: str | None) -> str:
+    """The key of a run's total of one gpu_type (an attempt's ``gpu_type`` None: ``none``)."""
+    return _total_key("run", run_id, gpu_type or NO_GPU_TYPE)
+
+
+def _decoded(body: bytes | None) -> BilledAttempt:
+    if body is None:
+        raise ValueError("an attempt's row is missing: the run cannot be restored")
+    return msgspec.json.decode(body, type=BilledAttempt)
 
 
 def split_by_day(gpus: int, start: int, end: int) -> dict[str, int]:

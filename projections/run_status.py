@@ -217,6 +217,7 @@ class RunStatusProjection:
         self.runs[run_id] = row
         self.indexed[run_id] = row.status
         self._keys[run_id] = ((KIND, run_id),)
+        self._resting.add(run_id)  # to leave again once what brought it back is stored
 
 
 def _touch(row: _RunState, event: Any) -> str | None:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from projections.attempts import AttemptsProjection
 from projections.base import Evicting
+from projections.billing import BillingProjection
 from projections.catalog import NAMES, make_all
 from projections.run_status import RunStatusProjection
 from projections.runner import Entry, Runner
@@ -60,6 +61,10 @@ def check(rng: random.Random, steps: int) -> Runner:
             assert not [r for r in fold.runs.values() if r.status.is_terminal()]
         if isinstance(fold, AttemptsProjection):
             assert not [a for a in fold.runs.values() if a[-1].status.is_terminal()]
+        if isinstance(fold, BillingProjection):  # the runs with an open attempt
+            held = {a.run_id for a in fold.attempts.values()}
+            assert held == {a.run_id for a in fold.attempts.values() if a.ended_at is None}
+            assert all(t.value in held for t in fold.totals.values() if t.dim == "run")
     return runner
 
 
@@ -84,4 +89,4 @@ def test_runs_at_rest_leave_and_come_back() -> None:
 
 def test_the_folds_that_let_runs_go() -> None:
     evicting = {p.name for p in make_all() if isinstance(p, Evicting)}
-    assert evicting == {RunStatusProjection.name, AttemptsProjection.name}
+    assert evicting == {RunStatusProjection.name, AttemptsProjection.name, BillingProjection.name}
