@@ -32,7 +32,7 @@ from events import model as ev
 from events.codec import Recorded
 from events.lifecycle import ENTERED_FROM
 from events.status import RunStatus
-from projections.base import Row, RowKey, encode, skipped
+from projections.base import Row, RowKey, due, encode, skipped
 from projections.narrative import describe
 
 KIND = "attempt"
@@ -122,7 +122,8 @@ class AttemptsProjection:
         self.runs: dict[str, list[AttemptRow]] = {}
         self.indexed: set[str] = set()  # attempt rows stored (and so in their run's index)
         self._keys: dict[str, list[tuple[RowKey]]] = {}  # per run, its attempts' row keys
-        self._resting: set[str] = set()  # runs that came to rest since ``evict_resting``
+        #: Runs that came to rest (log time, ms), the earliest first, to let go later.
+        self._resting: dict[str, int] = {}
 
     def apply(self, record: Recorded) -> Collection[RowKey]:  # noqa: PLR0911
         event: Any = record.event  # a run event (``handles``), dispatched on its exact type
@@ -164,7 +165,7 @@ class AttemptsProjection:
 
     def _line(self, record: Recorded, attempt: AttemptRow, text: str | None) -> Collection[RowKey]:
         if attempt.status.is_terminal():
-            self._resting.add(attempt.run_id)
+            self._resting.setdefault(attempt.run_id, record.event.time)
         if text:
             event = record.event
             # One string per actor, not one per event (the rows hold them for a long time).
@@ -187,15 +188,14 @@ class AttemptsProjection:
         """These rows are stored as they are now (a restart folding up to its checkpoint)."""
         self.indexed.update(row_id for _, row_id in keys)
 
-    def evict_resting(self) -> int:
+    def evict_resting(self, before: int, at_most: int) -> int:
         evicted = 0
-        for run_id in self._resting:
+        for run_id in due(self._resting, before, at_most):
             attempts = self.runs.get(run_id)
             if attempts is not None and attempts[-1].status.is_terminal():
                 del self.runs[run_id], self._keys[run_id]
                 self.indexed.difference_update(f"{run_id}:{a.index}" for a in attempts)
                 evicted += 1
-        self._resting.clear()
         return evicted
 
     def holds(self, run_id: str) -> bool:
@@ -221,7 +221,8 @@ class AttemptsProjection:
         self.runs[run_id] = attempts
         self._keys[run_id] = [((KIND, f"{run_id}:{a.index}"),) for a in attempts]
         self.indexed.update(f"{run_id}:{a.index}" for a in attempts)
-        self._resting.add(run_id)  # to leave again once what brought it back is stored
+        last = attempts[-1]  # to leave again, once at rest long enough
+        self._resting[run_id] = last.ended_at or last.opened_at
 
     def _attempt(self, kind: str, row_id: str) -> AttemptRow | None:
         run_id, _, index_text = row_id.rpartition(":")

@@ -82,9 +82,10 @@ class Projection(Protocol):
 class Evicting(Protocol):
     """A fold that lets runs at rest leave its memory and takes them back from their rows."""
 
-    def evict_resting(self) -> int:
-        """Forget every run that came to rest since the last call and is still at rest (its
-        rows stored as they are now); how many."""
+    def evict_resting(self, before: int, at_most: int) -> int:
+        """Forget the runs that came to rest at ``before`` or earlier (log time, ms), still at
+        rest (their rows stored as they are now), the longest at rest first, ``at_most`` looked
+        at; how many. The others wait for a later call."""
         ...
 
     def holds(self, run_id: str) -> bool:
@@ -99,6 +100,19 @@ class Evicting(Protocol):
     def restore(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> None:
         """Take the run back from its rows (none found: a run this fold never saw)."""
         ...
+
+
+def due(resting: dict[str, int], before: int, at_most: int) -> list[str]:
+    """Of ``resting`` (run -> the log time it came to rest, the earliest first), the runs that
+    came to rest at ``before`` or earlier, ``at_most`` of them, taken out of it."""
+    taken: list[str] = []
+    for run_id, at in resting.items():
+        if at > before or len(taken) >= at_most:
+            break
+        taken.append(run_id)
+    for run_id in taken:
+        del resting[run_id]
+    return taken
 
 
 def takes(projection: object, kind: type) -> bool:

@@ -40,7 +40,7 @@ from events.model import (
     RunSubmitted,
 )
 from events.usage import DAY_MS, HOUR_MS, gpu_ms
-from projections.base import Row, RowKey, day_of, encode, skipped
+from projections.base import Row, RowKey, day_of, due, encode, skipped
 
 Dimension = Literal["user", "cluster", "gpu_type", "run", "day"]
 DIMENSIONS: tuple[Dimension, ...] = ("user", "cluster", "gpu_type", "run", "day")
@@ -106,7 +106,8 @@ class BillingProjection:
         self.runs: dict[str, _Run] = {}
         self.attempts: dict[str, BilledAttempt] = {}
         self.totals: dict[str, Total] = {}
-        self._resting: set[str] = set()  # runs whose attempts all ended since ``evict_resting``
+        #: Runs that came to rest (log time, ms), the earliest first, to let go later.
+        self._resting: dict[str, int] = {}
 
     def apply(self, record: Recorded) -> Collection[RowKey]:
         event: Any = record.event  # dispatched on its exact type below
@@ -165,7 +166,7 @@ class BillingProjection:
         if billed is None or billed.ended_at is not None:
             return ()  # never held GPUs (ended while waiting): bills nothing
         billed.ended_at = event.time
-        self._resting.add(billed.run_id)
+        self._resting.setdefault(billed.run_id, event.time)
         billed.gpu_ms = gpu_ms(billed.gpus, billed.started_at, event.time)
         billed.days = split_by_day(billed.gpus, billed.started_at, event.time)
         changed: list[RowKey] = [("attempt", key)]
@@ -187,9 +188,9 @@ class BillingProjection:
         total.attempts += 1
         return ("total", key)
 
-    def evict_resting(self) -> int:
+    def evict_resting(self, before: int, at_most: int) -> int:
         evicted = 0
-        for run_id in self._resting:
+        for run_id in due(self._resting, before, at_most):
             run = self.runs.get(run_id)
             if run is None or run.away:
                 continue
@@ -201,7 +202,6 @@ class BillingProjection:
                 self.totals.pop(_run_total(run_id, b.gpu_type), None)
             run.away = True
             evicted += 1
-        self._resting.clear()
         return evicted
 
     def holds(self, run_id: str) -> bool:
@@ -229,7 +229,8 @@ class BillingProjection:
             if kind == "total" and body is not None:
                 self.totals[key] = msgspec.json.decode(body, type=Total)
         run.away = False
-        self._resting.add(run_id)  # to leave again once what brought it back is stored
+        ends = [self.attempts[k].ended_at or self.attempts[k].started_at for k in run.attempts]
+        self._resting[run_id] = max(ends, default=0)  # to leave again, once at rest long enough
 
     def rows(self, keys: Iterable[RowKey]) -> Iterable[Row]:
         for kind, key in keys:

@@ -67,6 +67,10 @@ Fields = Mapping[bytes, bytes] | list[bytes]
 Settle = Callable[[Iterable[RowKey]], None]
 
 
+#: Runs at rest a build looks at, at most, each time it lets them go (a few ms of work).
+EVICT_AT_ONCE = 50
+
+
 class _About(msgspec.Struct):
     run_id: str | None = None
 
@@ -74,21 +78,24 @@ class _About(msgspec.Struct):
 _about = msgspec.json.Decoder(_About)
 
 
-def run_of(fields: Fields) -> str | None:
+def run_of(fields: Fields) -> tuple[str | None, bytes | None]:
     """The run a raw entry is about (None: none, or an entry that cannot be read), read from
-    its body without decoding the rest of it."""
-    if type(fields) is list:
-        body = fields[3] if len(fields) == 6 and fields[2] == codec.BODY else None
-        if body is None:
-            body = codec.fields_of(fields).get(codec.BODY)
+    its body without decoding the rest of it; and the entry's kind (its ``k``)."""
+    kind: bytes | None
+    body: bytes | None
+    if type(fields) is list and len(fields) == 6 and fields[0] == codec.KIND:  # the log's layout
+        kind, body = fields[1], fields[3] if fields[2] == codec.BODY else None
     else:
-        body = cast(Mapping[bytes, bytes], fields).get(codec.BODY)
+        mapping = (
+            codec.fields_of(fields) if type(fields) is list else cast(Mapping[bytes, bytes], fields)
+        )
+        kind, body = mapping.get(codec.KIND), mapping.get(codec.BODY)
     if body is None:
-        return None
+        return None, kind
     try:
-        return _about.decode(body).run_id
+        return _about.decode(body).run_id, kind
     except msgspec.DecodeError:
-        return None
+        return None, kind
 
 
 def is_new(position: Position, applied: Position) -> bool:
@@ -333,15 +340,19 @@ class Engine:
             )
         return Batch(tuple(parts)) if parts else None
 
-    def evict_resting(self) -> int:
-        """Let the runs at rest leave the memory of every build that has stored all it folded
-        (nothing dirty, its checkpoint where it folded to); how many left, over the builds."""
+    def evict_resting(self, rest_ms: int, at_most: int = EVICT_AT_ONCE) -> int:
+        """Let the runs at rest for ``rest_ms`` of log time (up to the newest entry folded)
+        leave the memory of every build that has stored all it folded (nothing dirty, its
+        checkpoint where it folded to), ``at_most`` looked at per build (the rest at the next
+        call: after a catch-up, every run of the log is at rest, and letting them all go at
+        once would hold up the next batch); how many left."""
         self._level_up()
+        before = max(position[0] for position in self._last) - rest_ms
         evicted = 0
         for build in self.builds:
             fold = build.projection
             if isinstance(fold, Evicting) and not build.dirty and build.applied == build.stored:
-                evicted += fold.evict_resting()
+                evicted += fold.evict_resting(before, at_most)
         return evicted
 
     def committed(self, batch: Batch) -> None:

@@ -34,7 +34,7 @@ from events import model as ev
 from events.codec import Recorded
 from events.spec import RunSpec
 from events.status import RunStatus
-from projections.base import Row, RowKey, encode, skipped
+from projections.base import Row, RowKey, due, encode, skipped
 
 KIND = "run"
 NAME_KIND = "name"  # run name -> run_uid
@@ -132,7 +132,8 @@ class RunStatusProjection:
         #: The status index each run's stored row is in (to move it when its status changes).
         self.indexed: dict[str, RunStatus] = {}
         self._keys: dict[str, tuple[RowKey]] = {}  # per run, its row's key (built once)
-        self._resting: set[str] = set()  # runs that came to rest since ``evict_resting``
+        #: Runs that came to rest (log time, ms), the earliest first, to let go later.
+        self._resting: dict[str, int] = {}
 
     def apply(self, record: Recorded) -> Collection[RowKey]:
         event: Any = record.event  # a run event (``handles``), dispatched on its exact type
@@ -154,7 +155,7 @@ class RunStatusProjection:
             return skipped(self.name, record, why)
         row.updated_at = event.time
         if row.status.is_terminal():
-            self._resting.add(event.run_id)
+            self._resting.setdefault(event.run_id, event.time)
         return self._keys[event.run_id]
 
     def rows(self, keys: Iterable[RowKey]) -> Iterable[Row]:
@@ -191,15 +192,14 @@ class RunStatusProjection:
             if kind == KIND and (row := self.runs.get(run_id)) is not None:
                 self.indexed[run_id] = row.status
 
-    def evict_resting(self) -> int:
+    def evict_resting(self, before: int, at_most: int) -> int:
         evicted = 0
-        for run_id in self._resting:
+        for run_id in due(self._resting, before, at_most):
             row = self.runs.get(run_id)
             if row is not None and row.status.is_terminal():
                 del self.runs[run_id], self._keys[run_id]
                 self.indexed.pop(run_id, None)
                 evicted += 1
-        self._resting.clear()
         return evicted
 
     def holds(self, run_id: str) -> bool:
@@ -217,7 +217,7 @@ class RunStatusProjection:
         self.runs[run_id] = row
         self.indexed[run_id] = row.status
         self._keys[run_id] = ((KIND, run_id),)
-        self._resting.add(run_id)  # to leave again once what brought it back is stored
+        self._resting[run_id] = row.updated_at  # to leave again, once at rest long enough
 
 
 def _touch(row: _RunState, event: Any) -> str | None:

@@ -35,7 +35,8 @@ from typing import Any, Protocol, cast
 import redis.asyncio as aioredis
 import structlog
 
-from events import keys
+from events import codec, keys
+from events.model import RunSubmitted
 from projections.base import ZERO, Evicting, Positions, Projection, RowKey, format_checkpoint
 from projections.catalog import make
 from projections.engine import Batch, Build, Engine, Fields, run_of
@@ -47,6 +48,10 @@ log = structlog.get_logger("projections.runner")
 Entry = tuple[str, Fields]
 #: A page of one partition's entries (the partition, then its entries in order).
 Page = tuple[int, Sequence[Entry]]
+_SUBMITTED = codec.kinds_of({RunSubmitted})
+#: A run stays in memory this long (log time) once at rest: a retry, or a restart soon after
+#: the end, finds it there rather than read back.
+REST_MS = 60_000
 READ_AHEAD = 24  # pages: enough to go on folding while the server stores a batch
 SLICE = 50  # entries folded between two turns of the event loop
 
@@ -131,9 +136,12 @@ class Runner:
         *,
         page: int = 5000,
         commit_every: int = 100_000,
+        rest_ms: int = REST_MS,
     ) -> None:
-        """``reader``: one per partition of the log, in partition order."""
+        """``reader``: one per partition of the log, in partition order. ``rest_ms``: the log
+        time a run stays at rest before it leaves the folds' memory."""
         self.store = store
+        self.rest_ms = rest_ms
         self.readers = each(reader)
         self.projections = list(projections)
         self.page = page
@@ -271,14 +279,21 @@ class Runner:
             await self.store.commit(batch)
             self.engine.committed(batch)
         if self.evicting:
-            self.evicted += self.engine.evict_resting()
+            self.evicted += self.engine.evict_resting(self.rest_ms)
 
     async def restore(self, entries: Sequence[Entry]) -> int:
         """Give the runs ``entries`` are about back to the folds that let them go, from their
         stored rows, before the entries are folded; how many (run, fold) came back."""
         if not self.evicted:
             return 0
-        about = {run_id for _, fields in entries if (run_id := run_of(fields)) is not None}
+        about: set[str] = set()
+        new: set[str] = set()  # submitted in these entries: nothing to give back
+        for _, fields in entries:
+            run_id, kind = run_of(fields)
+            if run_id is None or run_id in about:
+                continue
+            (new if kind in _SUBMITTED else about).add(run_id)
+        about -= new
         away = [
             (build, fold, run_id)
             for build in self.engine.builds

@@ -61,6 +61,7 @@ def build_projector(
         commit_every=settings.projector_commit_every,
         claim_idle_ms=settings.claim_idle_ms,
         retire_after_s=settings.projector_retire_after_s,
+        rest_ms=round(settings.projector_rest_s * 1000),
     )
 
 

@@ -36,7 +36,7 @@ import structlog
 
 from projections.base import Projection
 from projections.errors import Superseded
-from projections.runner import BuildStore, Entry, LogReader, Retired, Runner, each
+from projections.runner import REST_MS, BuildStore, Entry, LogReader, Retired, Runner, each
 from services.projector.metrics import RUNS_EVICTED, RUNS_RESTORED
 
 log = structlog.get_logger("services.projector")
@@ -71,6 +71,7 @@ class Projector:
         commit_every: int = 100_000,
         claim_idle_ms: int = 30_000,
         retire_after_s: float = 60.0,
+        rest_ms: int = REST_MS,
     ) -> None:
         """``reader`` and ``group``: one per partition of the log, in partition order."""
         self.store = store
@@ -84,6 +85,7 @@ class Projector:
         self.commit_every = commit_every
         self.claim_idle_ms = claim_idle_ms
         self.retire_after_s = retire_after_s
+        self.rest_ms = rest_ms
         self.runner: Runner | None = None
         self.retiring: list[tuple[float, Retired]] = []
         self._acking: asyncio.Future[None] | None = None
@@ -99,6 +101,7 @@ class Projector:
             self.projections(),
             page=self.page,
             commit_every=self.commit_every,
+            rest_ms=self.rest_ms,
         )
         self.runner = runner
         await runner.start()

@@ -33,6 +33,12 @@ class ProjectorSettings(Settings):
     projector_retire_after_s: float = Field(
         default=60.0, ge=0, description="A build readers left is dropped this long after."
     )
+    projector_rest_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Log time a run stays in the projector's memory once at rest (ended), "
+        "before it leaves it (read back from its rows if the log says more of it).",
+    )
     gpu_prices: dict[str, Decimal] = Field(
         default_factory=dict,
         description='Price per GPU-hour per gpu_type for billing reports, e.g. {"a100": "2.5"}.',

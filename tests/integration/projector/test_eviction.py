@@ -29,7 +29,7 @@ async def test_runs_at_rest_leave_the_projector_and_come_back_from_their_rows(
     since = server_ms(redis_url)
     events = simulated_events(seed=5, steps=3000, runs=30)
     store = EventStore(connect(redis_url), Settings(redis_url=redis_url))
-    settings = ProjectorSettings(redis_url=redis_url, projector_batch=40)
+    settings = ProjectorSettings(redis_url=redis_url, projector_batch=40, projector_rest_s=0)
     projector = build_projector(settings, projector_user)
     try:
         await projector.start()
