@@ -12,8 +12,8 @@
 - lag: with 2,000 events/s appended through ``EventStore.append`` (8 writers, paced), the time
   from an append's acknowledgement to the moment every projection's checkpoint covers it
   (polled every ms); p50/p99/max; goal p99 < 50 ms.
-- memory: the projector process's RSS once caught up with the log, minus its RSS on an empty
-  log, per 100,000 runs.
+- memory: the projector process's RSS once caught up with the log (and settled), minus its RSS
+  on an empty log, per 100,000 runs.
 
 The log is a realistic mix, interleaved over 400 runs in flight: 1 to 4 nodes of 8 GPUs, setup
 and exits per rank, 15 % failures retried, 8 % stopped while queued, 5 % deleted; the log's
@@ -333,6 +333,20 @@ async def wait_caught_up(client: aioredis.Redis, process: asyncio.subprocess.Pro
         await asyncio.sleep(0.01)
 
 
+async def settled_rss_kib(pid: int, within_s: float = 10.0) -> int:
+    """The process's RSS once it stops moving (two readings 0.5 s apart agree within 1 %): a
+    projector that has caught up still lets the runs at rest go, then gives the memory back."""
+    deadline = time.monotonic() + within_s
+    before = rss_kib(pid)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        now = rss_kib(pid)
+        if abs(now - before) <= before // 100:
+            return now
+        before = now
+    return before
+
+
 async def start_projector(url: str, log_path: Path) -> asyncio.subprocess.Process:
     env = os.environ | {"RUNPLANE_REDIS_URL": url, "RUNPLANE_PROJECTOR_POLL_MS": "1000"}
     with log_path.open("ab") as out:
@@ -449,12 +463,12 @@ async def run(args: argparse.Namespace, url: str, workdir: Path) -> int:
         connect(empty_url),
     )
     await wait_caught_up(empty_client, empty)
-    base_kib = rss_kib(empty.pid)
+    base_kib = await settled_rss_kib(empty.pid)
     await stop(empty)
     await empty_client.aclose()
     projector = await start_projector(url, workdir / "projector.log")
     catch_up = await wait_caught_up(client, projector)
-    full_kib = rss_kib(projector.pid)
+    full_kib = await settled_rss_kib(projector.pid)
     print(
         f"projector process: caught up with {total:,} events in {catch_up:.2f} s "
         f"({total / catch_up:,.0f} events/s, incl. start-up)\n"

@@ -52,6 +52,7 @@ _SUBMITTED = codec.kinds_of({RunSubmitted})
 #: A run stays in memory this long (log time) once at rest: a retry, or a restart soon after
 #: the end, finds it there rather than read back.
 REST_MS = 60_000
+_ALL = 1 << 62
 READ_AHEAD = 24  # pages: enough to go on folding while the server stores a batch
 SLICE = 50  # entries folded between two turns of the event loop
 
@@ -154,10 +155,14 @@ class Runner:
         self.evicted = 0  # runs that left a fold's memory, over every fold
         self.restored = 0  # and came back
 
-    async def start(self, *, namespace: Callable[[Projection], str] | None = None) -> None:
+    async def start(
+        self, *, namespace: Callable[[Projection], str] | None = None, serving: bool = True
+    ) -> None:
         """Plan the builds and catch them up with the log; switch the ones that were behind.
 
-        ``namespace`` forces a fresh build (a rebuild) instead of the planned one.
+        ``namespace`` forces a fresh build (a rebuild) instead of the planned one. ``serving``:
+        it goes on following the log (the projector), so the runs at rest leave memory now;
+        a rebuild that ends here keeps them.
         """
         builds = [await self._plan(p, namespace) for p in self.projections]
         self.engine = Engine(builds, len(self.readers))
@@ -168,7 +173,11 @@ class Runner:
                 if build.expect_active:
                     self.retired.append(Retired(build.name, build.expect_active))
         await self.commit()
-        self.evicting = True
+        # Every run of the log is in memory now; those at rest leave before it serves (a
+        # second or so for a million events), not a few at each of its first commits.
+        if serving:
+            self.evicted += self.engine.evict_resting(self.rest_ms, at_most=_ALL)
+            self.evicting = True
         for build in builds:
             log.info(
                 "projection.ready",
@@ -365,7 +374,7 @@ async def rebuild_into(
     fresh = {p.name: rebuild_namespace(p, now_ms) for p in projections}
     runner = Runner(store, reader, projections, page=page)
     if switch:
-        await runner.start(namespace=lambda p: fresh[p.name])
+        await runner.start(namespace=lambda p: fresh[p.name], serving=False)
         return fresh
     builds = []
     for projection in projections:
