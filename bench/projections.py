@@ -347,8 +347,10 @@ async def settled_rss_kib(pid: int, within_s: float = 10.0) -> int:
     return before
 
 
-async def start_projector(url: str, log_path: Path) -> asyncio.subprocess.Process:
+async def start_projector(url: str, log_path: Path, **settings: str) -> asyncio.subprocess.Process:
+    """``python -m services.projector`` on ``url``; ``settings``: more ``RUNPLANE_*``."""
     env = os.environ | {"RUNPLANE_REDIS_URL": url, "RUNPLANE_PROJECTOR_POLL_MS": "1000"}
+    env |= {f"RUNPLANE_{name.upper()}": value for name, value in settings.items()}
     with log_path.open("ab") as out:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "services.projector", env=env, stdout=out, stderr=out

@@ -18,8 +18,9 @@
 
 The idempotency keys live ``--idempotency-ttl-s`` (the store's window for a retried append;
 7 days by default in a deployment): they are bounded by appends/s x that window, so the soak
-shortens it as it shortens retention. The year-long billing report over Parquet against the same
-report over the live log is ``bench.report``'s.
+shortens it as it shortens retention; likewise the log time a run stays in the projector's
+memory once at rest (``--rest-s``, 60 s in a deployment). The year-long billing report over
+Parquet against the same report over the live log is ``bench.report``'s.
 """
 
 from __future__ import annotations
@@ -146,7 +147,9 @@ def _family(key: str) -> str:
 async def soak(args: argparse.Namespace, server: ValkeyProcess, workdir: Path) -> int:
     settings = Settings(redis_url=server.url, idempotency_ttl_s=args.idempotency_ttl_s)
     store = EventStore(connect(server.url), settings)
-    projector = await start_projector(server.url, workdir / "projector.log")
+    projector = await start_projector(
+        server.url, workdir / "projector.log", projector_rest_s=str(args.rest_s)
+    )
     try:
         return await _soak(args, server, workdir, store, projector)
     finally:  # never a projector left behind: it would take a later server on the same port
@@ -194,7 +197,8 @@ async def _soak(
     await asyncio.sleep(2.0)  # the projector up, its builds made
     print(
         f"soak: {args.events:,} events, retain {args.retain}, a pass every {args.every:g} s, "
-        f"idempotency keys {args.idempotency_ttl_s} s, {args.batch} appends a round trip, "
+        f"idempotency keys {args.idempotency_ttl_s} s, runs at rest in the projector "
+        f"{args.rest_s:g} s, {args.batch} appends a round trip, "
         f"{args.lanes} in flight",
         flush=True,
     )
@@ -284,8 +288,9 @@ async def _soak(
     grown = (rss.samples[-1] - rss.samples[0]) * 1024
     print(
         f"per run ({totals.runs:,} runs): {projections / totals.runs:,.0f} bytes of projection "
-        f"rows in Valkey, {grown / totals.runs:,.0f} bytes of the projector's RSS: both grow "
-        "with every run ever, archived or not",
+        f"rows in Valkey, {grown / totals.runs:,.0f} bytes of the projector's RSS (the runs "
+        "at rest leave run_status, attempts and most of billing; audit and utilization keep "
+        "each run): both still grow with every run ever, archived or not",
         flush=True,
     )
     per_parquet = parquet / max(in_archive, 1)
@@ -315,6 +320,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lanes", type=int, default=4, help="round trips in flight")
     parser.add_argument("--calibrate", type=int, default=100_000, help="events before passes")
     parser.add_argument("--idempotency-ttl-s", type=int, default=60)
+    parser.add_argument(
+        "--rest-s", type=float, default=2.0, help="RUNPLANE_PROJECTOR_REST_S (log time)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     try:
