@@ -115,6 +115,32 @@ def fields_of(flat: list[bytes]) -> dict[bytes, bytes]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+class _About(msgspec.Struct):
+    run_id: str | None = None
+
+
+_about = msgspec.json.Decoder(_About)
+
+
+def run_of(fields: Mapping[bytes, bytes] | list[bytes]) -> tuple[str | None, bytes | None]:
+    """The run an entry is about (None: none, or a body that cannot be read), read from its
+    body without decoding the rest of it; and the entry's kind (its ``k``). ``fields``: a
+    mapping, or the server's flat ``[field, value, ...]``."""
+    kind: bytes | None
+    body: bytes | None
+    if type(fields) is list and len(fields) == 6 and fields[0] == KIND:  # the log's layout
+        kind, body = fields[1], fields[3] if fields[2] == BODY else None
+    else:
+        mapping = fields_of(fields) if isinstance(fields, list) else fields
+        kind, body = mapping.get(KIND), mapping.get(BODY)
+    if body is None:
+        return None, kind
+    try:
+        return _about.decode(body).run_id, kind
+    except msgspec.DecodeError:
+        return None, kind
+
+
 def kind_of(event: Event) -> bytes:
     return _KIND_OF[type(event)]
 

@@ -194,12 +194,10 @@ class BillingProjection:
             run = self.runs.get(run_id)
             if run is None or run.away:
                 continue
-            billed = [self.attempts[key] for key in run.attempts]
-            if any(b.ended_at is None for b in billed):
+            if any(self.attempts[key].ended_at is None for key in run.attempts):
                 continue
-            for b in billed:
-                del self.attempts[f"{run_id}:{b.attempt}"]
-                self.totals.pop(_run_total(run_id, b.gpu_type), None)
+            for key in run.attempts:
+                self.totals.pop(_run_total(run_id, self.attempts.pop(key).gpu_type), None)
             run.away = True
             evicted += 1
         return evicted

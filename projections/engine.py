@@ -40,7 +40,6 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-import msgspec
 import structlog
 
 from events import codec
@@ -69,33 +68,6 @@ Settle = Callable[[Iterable[RowKey]], None]
 
 #: Runs at rest a build looks at, at most, each time it lets them go (a few ms of work).
 EVICT_AT_ONCE = 50
-
-
-class _About(msgspec.Struct):
-    run_id: str | None = None
-
-
-_about = msgspec.json.Decoder(_About)
-
-
-def run_of(fields: Fields) -> tuple[str | None, bytes | None]:
-    """The run a raw entry is about (None: none, or an entry that cannot be read), read from
-    its body without decoding the rest of it; and the entry's kind (its ``k``)."""
-    kind: bytes | None
-    body: bytes | None
-    if type(fields) is list and len(fields) == 6 and fields[0] == codec.KIND:  # the log's layout
-        kind, body = fields[1], fields[3] if fields[2] == codec.BODY else None
-    else:
-        mapping = (
-            codec.fields_of(fields) if type(fields) is list else cast(Mapping[bytes, bytes], fields)
-        )
-        kind, body = mapping.get(codec.KIND), mapping.get(codec.BODY)
-    if body is None:
-        return None, kind
-    try:
-        return _about.decode(body).run_id, kind
-    except msgspec.DecodeError:
-        return None, kind
 
 
 def is_new(position: Position, applied: Position) -> bool:

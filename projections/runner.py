@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -39,7 +40,7 @@ from events import codec, keys
 from events.model import RunSubmitted
 from projections.base import ZERO, Evicting, Positions, Projection, RowKey, format_checkpoint
 from projections.catalog import make
-from projections.engine import Batch, Build, Engine, Fields, run_of
+from projections.engine import Batch, Build, Engine, Fields
 from projections.errors import OtherPartitions
 from projections.storage import RedisStore, namespace_version
 
@@ -52,7 +53,6 @@ _SUBMITTED = codec.kinds_of({RunSubmitted})
 #: A run stays in memory this long (log time) once at rest: a retry, or a restart soon after
 #: the end, finds it there rather than read back.
 REST_MS = 60_000
-_ALL = 1 << 62
 READ_AHEAD = 24  # pages: enough to go on folding while the server stores a batch
 SLICE = 50  # entries folded between two turns of the event loop
 
@@ -176,7 +176,7 @@ class Runner:
         # Every run of the log is in memory now; those at rest leave before it serves (a
         # second or so for a million events), not a few at each of its first commits.
         if serving:
-            self.evicted += self.engine.evict_resting(self.rest_ms, at_most=_ALL)
+            self.evicted += self.engine.evict_resting(self.rest_ms, at_most=sys.maxsize)
             self.evicting = True
         for build in builds:
             log.info(
@@ -298,7 +298,7 @@ class Runner:
         about: set[str] = set()
         new: set[str] = set()  # submitted in these entries: nothing to give back
         for _, fields in entries:
-            run_id, kind = run_of(fields)
+            run_id, kind = codec.run_of(fields)
             if run_id is None or run_id in about:
                 continue
             (new if kind in _SUBMITTED else about).add(run_id)

@@ -431,9 +431,7 @@ class EventStore:
         if reply[0] == b"fenced":
             raise Fenced(stream, reply[1].decode())
         [[_, entries]] = reply
-        return [
-            (position, dict(zip(flat[::2], flat[1::2], strict=True))) for position, flat in entries
-        ]
+        return [(position, codec.fields_of(flat)) for position, flat in entries]
 
     # --- reading ----------------------------------------------------------------------
 

@@ -155,9 +155,10 @@ class Stoppable:
         if rank is not None:
             self.by_rank[rank].discard(run_id)
 
-    def below(self, rank: int) -> list[str]:
-        """The attempts of a priority lower than ``rank``: the ones it may preempt."""
-        return [run_id for r, ids in self.by_rank.items() if r < rank for run_id in ids]
+    def below(self, rank: int) -> list[tuple[str, int]]:
+        """The attempts of a priority lower than ``rank`` (the ones it may preempt), each with
+        its own rank."""
+        return [(run_id, r) for r, ids in self.by_rank.items() if r < rank for run_id in ids]
 
 
 class ClusterState:

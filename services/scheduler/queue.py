@@ -382,13 +382,12 @@ class _Pass:
         if victims is None:
             victims = []
             stoppable = self.state.preemptible.get(self.cluster)
-            for run_id in stoppable.below(priority) if stoppable is not None else ():
+            for run_id, rank in stoppable.below(priority) if stoppable is not None else ():
                 if run_id in self.busy:
                     continue
                 run = self.state.runs[run_id]
                 holding = self.state.holdings[run_id]
                 started = next(t for s, t in reversed(run.latest.timeline) if s is S.STARTING)
-                rank = PRIORITY_RANK[run.spec.scheduling.priority]
                 victims.append(_Victim(rank, started, run, holding))
             # Lowest priority first; among equals the youngest, which loses the least work.
             victims.sort(key=lambda v: (v.priority, -v.started, v.run.run_id))

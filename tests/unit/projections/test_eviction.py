@@ -22,7 +22,6 @@ from projections.attempts import AttemptsProjection
 from projections.base import Evicting
 from projections.billing import BillingProjection
 from projections.catalog import NAMES, make_all
-from projections.engine import run_of
 from projections.run_status import RunStatusProjection
 from projections.runner import Entry, Runner
 from services.projector.projector import Projector
@@ -102,6 +101,7 @@ def test_the_run_of_an_entry_is_read_from_either_layout_and_never_raises() -> No
     flat = [item for pair in fields.items() for item in pair]
     kind = fields[codec.KIND]
     assert kind in codec.kinds_of({RunSubmitted})
-    assert run_of(fields) == run_of(flat) == ("run0", kind)
-    assert run_of({codec.KIND: kind, codec.BODY: b"{not json"}) == (None, kind)
-    assert run_of({codec.KIND: b"node.registered@1", codec.BODY: b'{"node": "n1"}'})[0] is None
+    assert codec.run_of(fields) == codec.run_of(flat) == ("run0", kind)
+    assert codec.run_of({codec.KIND: kind, codec.BODY: b"{not json"}) == (None, kind)
+    node = {codec.KIND: b"node.registered@1", codec.BODY: b'{"node": "n1"}'}
+    assert codec.run_of(node)[0] is None
