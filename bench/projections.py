@@ -339,7 +339,7 @@ async def settled_rss_kib(pid: int, within_s: float = 10.0) -> int:
     deadline = time.monotonic() + within_s
     before = rss_kib(pid)
     while time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # allowed: RSS has no event to wait on; polled to a deadline
         now = rss_kib(pid)
         if abs(now - before) <= before // 100:
             return now
