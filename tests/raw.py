@@ -3,6 +3,7 @@ typed as unions of every decoding mode)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import cast
 
 import redis.asyncio as aioredis
@@ -15,6 +16,6 @@ async def xrange(client: aioredis.Redis, stream: str) -> list[Entry]:
     return [(position.decode(), fields) for position, fields in entries]
 
 
-async def xadd(client: aioredis.Redis, stream: str, fields: dict[str, str | bytes]) -> str:
+async def xadd(client: aioredis.Redis, stream: str, fields: Mapping[str, str | bytes]) -> str:
     position = cast(bytes, await client.xadd(stream, fields))  # type: ignore[arg-type]
     return position.decode()

@@ -56,8 +56,9 @@ class Collector:
                 self.broker,
                 group=INGEST_GROUP,
                 consumer=settings.collector_name,
-                handler=EventHandler(self.client),
+                handler=(handler := EventHandler(self.client)),
                 settings=settings,
+                takes=handler.takes,
                 partition=partition,
             )
             for partition in range(settings.partitions)

@@ -47,6 +47,9 @@ def rank_failed(event: RankExited) -> bool:
 
 
 class EventHandler:
+    #: The event types it acts on: its consumer passes the others undecoded.
+    takes: frozenset[type] = frozenset({RankExited}) | ATTEMPT_ENDS
+
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self._first_failure = client.register_script(_FIRST_FAILURE)

@@ -12,8 +12,9 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from events import keys
+from events import codec, keys
 from events.codec import Recorded
+from events.model import AttemptQueued
 from services.core.client import connect
 from services.core.consumer import LogConsumer, make_broker
 from services.core.settings import Settings
@@ -27,13 +28,23 @@ LOG = keys.log_stream(0)
 
 @asynccontextmanager
 async def running_consumer(
-    url: str, group: str, consumer: str, handler: Callable[[Recorded], Awaitable[None]]
+    url: str,
+    group: str,
+    consumer: str,
+    handler: Callable[[Recorded], Awaitable[None]],
+    takes: frozenset[type] | None = None,
 ) -> AsyncIterator[LogConsumer]:
     client = connect(url)
     broker = make_broker(Settings(redis_url=url))
     settings = Settings(redis_url=url, claim_idle_ms=300, max_deliveries=3)
     log_consumer = LogConsumer(
-        broker, group=group, consumer=consumer, handler=handler, settings=settings, poll_ms=50
+        broker,
+        group=group,
+        consumer=consumer,
+        handler=handler,
+        settings=settings,
+        poll_ms=50,
+        takes=takes,
     )
     await log_consumer.prepare(client)
     await broker.start()
@@ -130,6 +141,33 @@ async def test_undecodable_and_failing_entries_go_to_dead_letters_and_the_consum
     assert b"unknown event type 'run.teleported'" in by_position[unknown][b"error"]
     assert b"handler failed 3x" in by_position[poison][b"error"]
     assert by_position[corrupt][b"field:e"] == b"{not json"  # the entry is kept whole
+
+
+async def test_a_consumer_that_names_its_types_gets_only_those_and_dead_letters_the_unknown(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    submitted = await _append_runs(redis_url, 3)
+    entry = {name.decode(): value for name, value in codec.encode(f.queued("r-1")).items()}
+    queued = await raw.xadd(redis, LOG, entry)
+    unknown = await raw.xadd(redis, LOG, {"k": "run.teleported@1", "e": b"{}"})
+    handled: list[str] = []
+
+    async def handler(recorded: Recorded) -> None:
+        handled.append(recorded.position)
+
+    async with running_consumer(
+        redis_url, "collector", "c1", handler, takes=frozenset({AttemptQueued})
+    ):
+        await eventually(
+            lambda: redis.xlen(keys.dead_letter_stream("collector")), equals=1, what="1 dead"
+        )
+        await eventually(lambda: _pending(redis, "collector"), equals=0, what="all acknowledged")
+        await eventually(lambda: len(handled), equals=1, what="the queued entry handled")
+
+    assert handled == [queued]  # the submissions were passed over, undecoded
+    assert submitted
+    letters = await raw.xrange(redis, keys.dead_letter_stream("collector"))
+    assert [fields[b"position"].decode() for _, fields in letters] == [unknown]
 
 
 async def _pending(client: aioredis.Redis, group: str) -> int | None:

@@ -211,7 +211,7 @@ class ProcessExecutor:
         )
         return venv, prepared
 
-    async def _user(self, rank_dir: RankDir, key: RankKey, job: RankJob) -> RankUser | None:
+    def _user(self, rank_dir: RankDir, key: RankKey, job: RankJob) -> RankUser | None:
         """Whom the rank runs as (recorded: a setup that begins again keeps it); its home is
         created, root's, on the way. In a worker thread: the homes' lock is the machine's,
         held by every agent of it for each new and each finished run, and a wait for it must
@@ -219,7 +219,7 @@ class ProcessExecutor:
         record = rank_dir.record()
         if record.user is not None:
             return record.user
-        user = await asyncio.to_thread(self.homes.open, rank_dir.home, key.run_id, job.owner)
+        user = self.homes.open(rank_dir.home, key.run_id, job.owner)
         if user is not None:
             rank_dir.update(uid=user.uid, gid=user.gid)
             log.info("rank.user", uid=user.uid)
@@ -256,10 +256,6 @@ class ProcessExecutor:
         """The rank's user, cgroup, home (its secrets' files, its run token's file, its
         parameters), given to the user; or why the rank cannot start."""
         try:
-            user = await self._user(rank_dir, key, job)
-        except IsolationError as exc:
-            return _Refused("NoRankUser", str(exc))
-        try:
             found = await run_secrets(self.values, job.owner, self.keyring)
         except SecretsUnavailable as exc:
             return _Refused("SecretsUnavailable", str(exc))
@@ -268,10 +264,11 @@ class ProcessExecutor:
         secrets_root = PurePosixPath(rank_dir.secrets_dir)
         parameters = parameters_document(job.spec.parameters)
 
-        def home() -> Cgroup | None:
-            """The cgroup, and the home: root's alone until ``give`` (nothing of the rank
-            runs yet, nothing can be planted). One trip to a worker thread for all of it: a
-            cgroup's ``mkdir`` alone may take milliseconds."""
+        def home() -> tuple[RankUser | None, Cgroup | None]:
+            """The user, the cgroup, and the home: root's alone until ``give`` (nothing of the
+            rank runs yet, nothing can be planted). One trip to a worker thread for all of it:
+            the homes' lock may wait, and a cgroup's ``mkdir`` alone may take milliseconds."""
+            user = self._user(rank_dir, key, job)
             cgroup = self._cgroup(rank_dir, key)
             rank_dir.new_home()
             write_files(found, secrets_root)
@@ -279,9 +276,12 @@ class ProcessExecutor:
                 atomic_write(rank_dir.token_file, token.encode(), mode=0o600)
             atomic_write(rank_dir.workspace / "parameters.yaml", parameters)
             rank_dir.give(user)
-            return cgroup
+            return user, cgroup
 
-        cgroup = await asyncio.to_thread(home)
+        try:
+            user, cgroup = await asyncio.to_thread(home)
+        except IsolationError as exc:
+            return _Refused("NoRankUser", str(exc))
         secret_env = found.environment(secrets_root, scratch=PurePosixPath(rank_dir.root))
         return _Prepared(user, cgroup, secret_env, self._platform(rank_dir, token))
 
