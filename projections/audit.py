@@ -22,19 +22,26 @@ those, by time.
 
 Invariants: nothing is ever removed (deleted runs stay); each trail's numbered entries are in
 the order of its partition's log.
+
+A run at rest (its latest attempt ended, and no restart or retry since) may leave memory, its
+name and its count of entries (``evict_resting``), and come back from its numbered entries
+(``restore``): their count is the first ``<run_id>#<n>`` not stored, and the latest one's
+``run_name`` is the name the fold knew then (a name never changes once known, and every entry
+of the run carries it). The trails of nodes and users stay: there are only so many.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import msgspec
 
 from events.codec import Recorded
 from events.model import (
     ALL_EVENT_TYPES,
+    ATTEMPT_ENDS,
     AttemptFailed,
     AttemptQueued,
     AttemptScheduled,
@@ -57,6 +64,7 @@ from events.model import (
     RankPlacement,
     RankRunning,
     RequestRefused,
+    RestartRequested,
     RetryScheduled,
     RunEvent,
     RunSubmitted,
@@ -69,7 +77,7 @@ from events.model import (
     UserEvent,
     tag_of,
 )
-from projections.base import Row, RowKey, encode
+from projections.base import Row, RowKey, due, encode
 
 
 class Entry(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=True):
@@ -86,6 +94,9 @@ class Entry(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=T
     via: str | None = None  # "run NAME attempt N": the run whose token acted for ``actor``
 
 
+_decoder = msgspec.json.Decoder(Entry)
+
+
 class AuditProjection:
     name: ClassVar[str] = "audit"
     #: 5: refused requests; 6: run tokens, and who acted via one; 7: cordon, drain; 8: the GPUs
@@ -98,11 +109,18 @@ class AuditProjection:
         self.counts: dict[str, int] = {}  # entries so far per run or node
         self.pending: dict[str, Entry] = {}  # entries not yet rendered nor settled
         self._actor_index: dict[str, str] = {}
+        #: Runs at rest (log time, ms), the earliest first, to let go later; a restart or a
+        #: retry takes a run out.
+        self._resting: dict[str, int] = {}
 
     def apply(self, record: Recorded) -> Collection[RowKey]:
         event = record.event
         if type(event) is RunSubmitted:
             self.names.setdefault(event.run_id, event.name)
+        elif type(event) in _ENDS:
+            self._resting.setdefault(cast(RunEvent, event).run_id, event.time)
+        elif type(event) in _REOPENS:
+            self._resting.pop(cast(RunEvent, event).run_id, None)
         entry = entry_of(record, self.names)
         if entry is None:
             return ()
@@ -134,6 +152,42 @@ class AuditProjection:
         """These rows are stored as they are (folded again after a restart): forget them."""
         for _, key in keys:
             self.pending.pop(key, None)
+
+    def evict_resting(self, before: int, at_most: int) -> int:
+        evicted = 0
+        for run_id in due(self._resting, before, at_most):
+            if self.counts.pop(run_id, None) is not None:
+                self.names.pop(run_id, None)
+                evicted += 1
+        return evicted
+
+    def holds(self, run_id: str) -> bool:
+        return run_id in self.counts
+
+    def restoring(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> list[RowKey]:
+        """Its numbered entries, ``_RESTORE_PAGE`` at a time, until one is missing."""
+        if run_id in self.counts:
+            return []
+        n = 0
+        while (key := ("entry", f"{run_id}#{n}")) in found:
+            if found[key] is None:
+                return []
+            n += 1
+        return [("entry", f"{run_id}#{i}") for i in range(n, n + _RESTORE_PAGE)]
+
+    def restore(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> None:
+        if run_id in self.counts:
+            return
+        n = 0
+        while (body := found.get(("entry", f"{run_id}#{n}"))) is not None:
+            latest, n = body, n + 1
+        if n == 0:
+            return  # a run it never saw
+        entry = _decoder.decode(latest)
+        self.counts[run_id] = n
+        if entry.run_name is not None:
+            self.names[run_id] = entry.run_name
+        self._resting[run_id] = entry.time  # at rest still: to leave again, once long enough
 
 
 def entry_of(record: Recorded, names: Mapping[str, str]) -> Entry | None:
@@ -212,6 +266,10 @@ def _key(event: KeyIssued) -> str:
     return f"key {event.key_id}{expiry}"
 
 
+_ENDS = ATTEMPT_ENDS
+_REOPENS = frozenset({RestartRequested, RetryScheduled})
+#: Numbered entries read at a time to restore a run (most runs have fewer).
+_RESTORE_PAGE = 16
 _QUIET = frozenset(
     {ImagePullStarted, ImagePullFinished, IntegrationStarted, IntegrationFinished, RankRunning}
 )

@@ -9,6 +9,9 @@ An instance type is (cluster, gpu_type, GPUs per node). Rows:
   index ``nodes``.
 - ``queued`` ``<run_id>``: a run whose latest attempt waits (PENDING, QUEUED), with the
   scheduler's last reason, in ``queued:<cluster>``; gone when it is placed or ends.
+- ``done`` ``<run_id>``: a run whose latest attempt ended (``DoneRun``, in no index): what it
+  needs to come back (``restore``) once it left memory; gone when a restart or retry reopens
+  it. Readers never read it.
 
 Invariants: a node counts from its ``node.registered`` (again after each restart) until
 ``node.lost``; a cordoned, draining or drained node counts in the total, and its free GPUs
@@ -21,14 +24,19 @@ the queued rows the scheduler's way, priority (auto > low > lowest) and then age
 
 A node's events are on its partition of the log and a run's on the run's: the projector may
 fold them in any interleaving (``projections.engine``). So what a node holds is kept as the
-runs' ranks on it (``holds``, whether the node is known yet or not), never as a count the
+runs' ranks on it (``held_on``, whether the node is known yet or not), never as a count the
 placement and the rank's exit move: a placement folded before its node's registration, or an
 exit after the node's loss, counts the same as in the order they happened.
+
+A run whose latest attempt ended holds nothing on any node; once at rest it may leave memory
+(``evict_resting``) and come back from its ``done`` row (``restore``), which holds the whole
+of the fold's state of it. Its ``active`` and ``queued`` rows are gone then, so nothing but
+that row could bring it back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, ClassVar, Literal
 
 import msgspec
@@ -51,7 +59,7 @@ from events.nodes import NodeState as AdminState
 from events.nodes import Service
 from events.nodes import evolve as evolve_node
 from events.spec import PRIORITY_RANK
-from projections.base import Row, RowKey, encode, skipped
+from projections.base import Row, RowKey, due, encode, skipped
 
 NodeState = Literal["up", "lost"]
 _NODE_EVENTS = frozenset(NODE_EVENT_TYPES)  # every one changes a node's state
@@ -125,7 +133,7 @@ class _Node(msgspec.Struct, kw_only=True, gc=False):
     cluster: str
     gpu_type: str | None
     gpus: int
-    #: GPUs held on it: the sum of its ``holds`` (kept beside them, not recounted per row).
+    #: GPUs held on it: the sum of its ``held_on`` (kept beside them, not recounted per row).
     used: int = 0
     #: Liveness and the admins' cordon, drain, uncordon, folded by the one rule (``events.nodes``).
     admin: AdminState = msgspec.field(default_factory=lambda: AdminState(name=""))
@@ -163,18 +171,76 @@ class _Run(msgspec.Struct, kw_only=True, gc=False):
     held: dict[int, tuple[str, int]] = msgspec.field(default_factory=dict)  # rank: (node, gpus)
 
 
+class DoneRun(msgspec.Struct, array_like=True, gc=False):
+    """The ``done`` row: a run whose latest attempt ended, as the fold holds it (its line but
+    the id, which is the row's; its phase ``done``, holding nothing). A JSON array, about 110
+    bytes: written when an attempt ends (and again on an update while it is done)."""
+
+    run_name: str
+    user: str
+    cluster: str
+    gpus: int
+    priority: str
+    preemptible: bool
+    created_at: int
+    since: int
+    reason: str
+    requested_gpus: int
+    attempt: int
+
+    @classmethod
+    def of(cls, run: _Run) -> DoneRun:
+        line = run.line
+        return cls(
+            run_name=line.run_name,
+            user=line.user,
+            cluster=line.cluster,
+            gpus=line.gpus,
+            priority=line.priority,
+            preemptible=line.preemptible,
+            created_at=line.created_at,
+            since=line.since,
+            reason=line.reason,
+            requested_gpus=run.requested_gpus,
+            attempt=run.attempt,
+        )
+
+    def run(self, run_id: str) -> _Run:
+        line = RunLine(
+            run_id=run_id,
+            run_name=self.run_name,
+            user=self.user,
+            cluster=self.cluster,
+            gpus=self.gpus,
+            priority=self.priority,
+            preemptible=self.preemptible,
+            created_at=self.created_at,
+            since=self.since,
+            reason=self.reason,
+        )
+        return _Run(
+            line=line, requested_gpus=self.requested_gpus, attempt=self.attempt, phase="done"
+        )
+
+
+_done_decoder = msgspec.json.Decoder(DoneRun)
+
+
 class UtilizationProjection:
     name: ClassVar[str] = "utilization"
     #: 2: instance rows count ``registered`` nodes; 3: cordoned GPUs apart from available,
-    #: and a ``node`` row per node; 4: failed GPUs apart from both.
-    version: ClassVar[int] = 4
+    #: and a ``node`` row per node; 4: failed GPUs apart from both; 5: a ``done`` row per run
+    #: whose latest attempt ended (what brings it back once it left memory).
+    version: ClassVar[int] = 5
     handles: ClassVar[frozenset[type]] = _NODE_EVENTS | _CONCERNED | {RunSubmitted}
 
     def __init__(self) -> None:
         self.nodes: dict[str, _Node] = {}
         self.runs: dict[str, _Run] = {}
         #: Per node (known or not yet), the GPUs each run's rank holds there: (run, rank) -> GPUs.
-        self.holds: dict[str, dict[tuple[str, int], int]] = {}
+        self.held_on: dict[str, dict[tuple[str, int], int]] = {}
+        #: Runs that came to rest (log time, ms), the earliest first, to let go later.
+        self._resting: dict[str, int] = {}
 
     def apply(self, record: Recorded) -> Collection[RowKey]:  # noqa: PLR0911
         event: Any = record.event  # dispatched on its exact type below
@@ -202,10 +268,13 @@ class UtilizationProjection:
             return self._place(run, event)
         if kind is RankExited and run.phase == "active":
             return self._release(run, event.rank)
-        if kind in _ENDS:
-            changed = [self._release(run, rank)[0] for rank in list(run.held)]
-            changed.append((run.phase, run.line.run_id))
+        if kind in _ENDS and run.phase != "done":
+            changed: list[RowKey] = []
+            for rank in list(run.held):
+                changed += self._release(run, rank)
+            changed += [(run.phase, run.line.run_id), ("done", run.line.run_id)]
             run.phase = "done"
+            self._resting.setdefault(run.line.run_id, event.time)
             return changed
         return ()
 
@@ -214,13 +283,13 @@ class UtilizationProjection:
             run.line.priority = event.priority
         if event.preemptible is not None:
             run.line.preemptible = event.preemptible
-        return () if run.phase == "done" else ((run.phase, run.line.run_id),)
+        return ((run.phase, run.line.run_id),)  # a done run's: its ``done`` row
 
     def _reopen(self, run: _Run, event: RestartRequested | RetryScheduled) -> Collection[RowKey]:
         run.attempt, run.phase = event.attempt, "queued"
         run.line.since, run.line.reason = event.time, ""
         run.line.gpus = run.requested_gpus
-        return (("queued", run.line.run_id),)
+        return (("queued", run.line.run_id), ("done", run.line.run_id))
 
     def _submitted(self, event: RunSubmitted) -> Collection[RowKey]:
         compute, scheduling = event.spec.compute, event.spec.scheduling
@@ -248,7 +317,7 @@ class UtilizationProjection:
                 cluster=event.cluster, gpu_type=event.gpu_type, gpus=event.gpus
             )
             node.admin.name = event.node
-            node.used = sum(self.holds.get(event.node, {}).values())  # placed before it came
+            node.used = sum(self.held_on.get(event.node, {}).values())  # placed before it came
         elif isinstance(event, NodeRegistered):
             changed.append(("instance", _instance_id(node)))
             node.cluster, node.gpu_type, node.gpus = event.cluster, event.gpu_type, event.gpus
@@ -263,7 +332,7 @@ class UtilizationProjection:
         run.line.gpus = sum(len(rank.gpus) for rank in event.ranks)
         for rank in event.ranks:
             run.held[rank.rank] = (rank.node, len(rank.gpus))
-            self.holds.setdefault(rank.node, {})[run.line.run_id, rank.rank] = len(rank.gpus)
+            self.held_on.setdefault(rank.node, {})[run.line.run_id, rank.rank] = len(rank.gpus)
             node = self.nodes.get(rank.node)
             if node is not None:
                 node.used += len(rank.gpus)
@@ -274,7 +343,7 @@ class UtilizationProjection:
         held = run.held.pop(rank, None)
         if held is None:
             return [("active", run.line.run_id)]
-        on = self.holds.get(held[0], {})
+        on = self.held_on.get(held[0], {})
         gpus = on.pop((run.line.run_id, rank), 0)
         node = self.nodes.get(held[0])
         if node is None:
@@ -294,12 +363,41 @@ class UtilizationProjection:
             run = self.runs.get(key)
             if run is None:
                 continue
+            if kind == "done":
+                done = encode(DoneRun.of(run)) if run.phase == "done" else None
+                yield Row(kind=kind, id=key, body=done)
+                continue
             index = f"{kind}:{run.line.cluster}"
             if run.phase == kind:
                 score = run.line.created_at
                 yield Row(kind=kind, id=key, body=encode(run.line), index=((index, score),))
             else:
                 yield Row(kind=kind, id=key, body=None, unindex=(index,))
+
+    def evict_resting(self, before: int, at_most: int) -> int:
+        evicted = 0
+        for run_id in due(self._resting, before, at_most):
+            run = self.runs.get(run_id)
+            if run is not None and run.phase == "done":
+                del self.runs[run_id]
+                evicted += 1
+        return evicted
+
+    def holds(self, run_id: str) -> bool:
+        return run_id in self.runs
+
+    def restoring(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> list[RowKey]:
+        key = ("done", run_id)
+        return [] if run_id in self.runs or key in found else [key]
+
+    def restore(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> None:
+        body = found.get(("done", run_id))
+        if body is None or run_id in self.runs:
+            return
+        run = self.runs[run_id] = _done_decoder.decode(body).run(run_id)
+        # It came to rest after ``since`` (placed or opened then): to leave again, once at
+        # rest long enough (maybe sooner than it would have; it is read back again if so).
+        self._resting[run_id] = run.line.since
 
     def _instance_row(self, key: str) -> Row:
         cluster, gpu_type, gpus_text = key.split("|")

@@ -1,14 +1,12 @@
 """The projector on a real server lets runs at rest go once their rows are stored, and takes
 them back from those rows (``RedisStore.rows``) when the log says more of them: a restart of an
-ended run, a delete. Its rows end as a rebuild's from zero; logged in as the projector's ACL
-user, it is refused nothing."""
+ended run, a delete. Every fold ends holding only the runs that move; its rows end as a
+rebuild's from zero; logged in as the projector's ACL user, it is refused nothing."""
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from projections.attempts import AttemptsProjection
-from projections.run_status import RunStatusProjection
 from services.core import acl
 from services.core.client import connect
 from services.core.settings import Settings
@@ -21,6 +19,7 @@ from tests.integration.projector.test_projector_process import (
     assert_rows_of_a_rebuild,
     simulated_events,
 )
+from tests.unit.projections.test_eviction import assert_only_moving_runs_held, moving
 
 
 async def test_runs_at_rest_leave_the_projector_and_come_back_from_their_rows(
@@ -45,11 +44,6 @@ async def test_runs_at_rest_leave_the_projector_and_come_back_from_their_rows(
     assert runner is not None
     assert runner.evicted > 50
     assert runner.restored > 5
-    for build in runner.engine.builds:  # what is left in memory moves
-        fold = build.projection
-        if isinstance(fold, RunStatusProjection):
-            assert not [r for r in fold.runs.values() if r.status.is_terminal()]
-        if isinstance(fold, AttemptsProjection):
-            assert not [a for a in fold.runs.values() if a[-1].status.is_terminal()]
+    assert_only_moving_runs_held(runner, moving(events))
     await assert_rows_of_a_rebuild(redis)
     assert refused(redis_url, acl.PROJECTOR, since) == []

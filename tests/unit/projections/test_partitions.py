@@ -25,6 +25,7 @@ from projections.catalog import NAMES, make_all
 from projections.engine import Build, Engine
 from projections.errors import OtherPartitions
 from projections.runner import Entry, Runner
+from projections.utilization import UtilizationProjection
 from tests.unit.projections.fakes import (
     FakeLog,
     FakeStore,
@@ -170,7 +171,8 @@ def test_a_restart_folding_past_its_checkpoint_first_stores_what_earlier_entries
     logs[0].reveal(1)  # placed
     asyncio.run(Runner(store, logs, make_all(), page=3).start())  # the runs' partition first
     assert_same_rows(store, asyncio.run(rebuilt(split)))
-    [instance] = store.hashes[keys.projection_rows("utilization", "v4", "instance")].values()
+    namespace = f"v{UtilizationProjection.version}"
+    [instance] = store.hashes[keys.projection_rows("utilization", namespace, "instance")].values()
     assert b'"gpus_used":8' in instance
 
 
