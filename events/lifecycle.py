@@ -44,6 +44,11 @@ ENTERED_FROM: Mapping[RunStatus, frozenset[RunStatus]] = {
 }
 
 
+def clean_exit(exit_code: int | None, reason: ev.Reason | None) -> bool:
+    """A rank's exit that fails nothing and stops nothing: code 0, no reason given."""
+    return exit_code == 0 and reason is None
+
+
 class RankState(msgspec.Struct, kw_only=True):
     rank: int
     node: str
@@ -53,6 +58,11 @@ class RankState(msgspec.Struct, kw_only=True):
     exit_code: int | None = None
     signal: int | None = None
     reason: ev.Reason | None = None
+
+    @property
+    def clean(self) -> bool:
+        """It exited, cleanly (``clean_exit``)."""
+        return self.exited and clean_exit(self.exit_code, self.reason)
 
 
 class AttemptState(msgspec.Struct, kw_only=True):
@@ -89,6 +99,20 @@ class AttemptState(msgspec.Struct, kw_only=True):
         shows RUNNING before TERMINATING."""
         return self.status is S.STARTING and all(
             rank.running or rank.rank == starting for rank in self.ranks
+        )
+
+    def completes_with(self, exiting: int) -> bool:
+        """Whether the attempt is COMPLETED once ``exiting`` exits cleanly, by the event that
+        goes with this one (``attempt.terminating`` with no reason first, unless it is
+        TERMINATING already, then ``attempt.completed``): every other rank exited cleanly, and
+        nothing gave the attempt a reason to end otherwise (a stop, a preemption, a failure).
+        This is the scheduler's outcome rule (``services.scheduler.progress``) for the case
+        where every exit is clean."""
+        return (
+            self.reason is None
+            and self.status in (S.STARTING, S.RUNNING, S.TERMINATING)
+            and any(rank.rank == exiting and not rank.exited for rank in self.ranks)
+            and all(rank.clean or rank.rank == exiting for rank in self.ranks)
         )
 
 

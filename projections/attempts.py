@@ -30,7 +30,7 @@ import msgspec
 
 from events import model as ev
 from events.codec import Recorded
-from events.lifecycle import ENTERED_FROM
+from events.lifecycle import ENTERED_FROM, clean_exit
 from events.status import RunStatus
 from projections.base import Row, RowKey, due, encode, skipped
 from projections.narrative import describe
@@ -328,7 +328,7 @@ def _rank_exited(event: ev.RankExited, attempt: AttemptRow, actor: str) -> str |
     rank.reason = str(reason) if reason is not None else ""
     if reason is not None and reason.category in ("stopped", "preempted"):
         rank.status = S.STOPPED
-    elif event.exit_code == 0 and reason is None:
+    elif clean_exit(event.exit_code, reason):
         rank.status = S.COMPLETED
     elif event.exit_code is None and reason is None:
         rank.status = S.STOPPED

@@ -39,6 +39,7 @@ from typing import Any, ClassVar, cast
 import msgspec
 
 from events.codec import Recorded
+from events.lifecycle import clean_exit
 from events.model import (
     ALL_EVENT_TYPES,
     ATTEMPT_ENDS,
@@ -244,7 +245,7 @@ def owner_of(entry: Entry) -> str:
 
 
 def _clean_exit(event: object) -> bool:
-    return isinstance(event, RankExited) and event.exit_code == 0 and event.reason is None
+    return isinstance(event, RankExited) and clean_exit(event.exit_code, event.reason)
 
 
 def _changes(event: UpdateRequested) -> str:

@@ -12,7 +12,12 @@ appends them on the version it read (``EventStore.update_run``). So:
   that happened is always reported;
 - the ``rank.running`` of the attempt's last rank to start carries the attempt's
   ``attempt.running`` in the same append (``AttemptState.runs_with``): RUNNING comes one
-  append after the command starts, not a scheduler's round trip later.
+  append after the command starts, not a scheduler's round trip later;
+- the clean exit (code 0, no reason) of the attempt's last rank, all the others clean too,
+  carries the attempt's end, ``attempt.terminating`` and ``attempt.completed``, in the same
+  append (``AttemptState.completes_with``): COMPLETED, and the GPUs free, one append after the
+  command ends. Any other end is the scheduler's to decide (retries, deletion, the first
+  failure), and so is a run being deleted (its end and ``run.deleted`` go together).
 """
 
 from __future__ import annotations
@@ -27,8 +32,16 @@ import structlog
 from redis import exceptions as redis_errors
 
 from events.errors import IllegalTransition
-from events.lifecycle import AttemptState, RankState, RunState
-from events.model import AnyRunEvent, AttemptRunning, RankExited, RankRunning
+from events.lifecycle import AttemptState, RankState, RunState, clean_exit
+from events.model import (
+    AnyRunEvent,
+    AttemptCompleted,
+    AttemptRunning,
+    AttemptTerminating,
+    RankExited,
+    RankRunning,
+)
+from events.status import RunStatus
 from services.core.archive import ArchiveMissing
 from services.core.errors import TemporaryStoreError
 from services.core.store import EventStore
@@ -85,7 +98,8 @@ class Reporter:
             attempt, rank = locate(state, key)
             if setup and (reason := stop_reason(attempt)) is not None:
                 raise SetupAborted(reason)
-            return _with_running(attempt, [with_usage(event) for event in build(attempt, rank)])
+            events = _with_running(attempt, [with_usage(event) for event in build(attempt, rank)])
+            return events if state is None or state.delete_requested else _with_end(attempt, events)
 
         backoff = 0.1
         while True:
@@ -121,4 +135,26 @@ def _with_running(attempt: AttemptState, events: list[AnyRunEvent]) -> list[AnyR
                 id=new_id(), actor=event.actor, run_id=event.run_id, attempt=event.attempt
             )
             return [*events[: index + 1], running, *events[index + 1 :]]
+    return events
+
+
+def _with_end(attempt: AttemptState, events: list[AnyRunEvent]) -> list[AnyRunEvent]:
+    """``events``, with the attempt's end after a clean ``rank.exited`` that leaves every rank
+    of it exited cleanly (the version check makes "last" exact, as for ``_with_running``)."""
+    for index, event in enumerate(events):
+        if (
+            isinstance(event, RankExited)
+            and clean_exit(event.exit_code, event.reason)
+            and attempt.completes_with(event.rank)
+        ):
+            actor, run_id, number = event.actor, event.run_id, event.attempt
+            end: list[AnyRunEvent] = [
+                AttemptCompleted(id=new_id(), actor=actor, run_id=run_id, attempt=number)
+            ]
+            if attempt.status is not RunStatus.TERMINATING:
+                terminating = AttemptTerminating(
+                    id=new_id(), actor=actor, run_id=run_id, attempt=number, reason=None
+                )
+                end.insert(0, terminating)
+            return [*events[: index + 1], *end, *events[index + 1 :]]
     return events

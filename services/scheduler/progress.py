@@ -17,10 +17,12 @@ Rules, in this order, for an attempt holding GPUs:
   (``AttemptState.runs_with``; the report of the last rank to start carries it, so this is
   for an attempt whose ranks' reports did not, an older agent's).
 - TERMINATING once every rank has exited: stopped for a stopped/preempted reason, failed for a
-  user/system reason or any failing rank (the first failure wins), else completed. The same
-  append carries what follows: ``run.deleted`` for a run being deleted, else the retry (a user
-  failure while ``user_failures <= max_retries``, never for ``Unschedulable``; a system failure
-  with ``retry_on_system_failure``; a preemption, always).
+  user/system reason or any failing rank (the first failure wins), else completed (where every
+  exit was clean, the last rank's report usually carries the end already:
+  ``AttemptState.completes_with``). The same append carries what follows: ``run.deleted``
+  for a run being deleted, else the retry (a user failure while ``user_failures <=
+  max_retries``, never for ``Unschedulable``; a system failure with
+  ``retry_on_system_failure``; a preemption, always).
 - A run being deleted whose latest attempt is terminal is deleted.
 """
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypeVar
 
-from events.lifecycle import AttemptState, RankState, RunState
+from events.lifecycle import AttemptState, RankState, RunState, clean_exit
 from events.model import (
     AnyRunEvent,
     AttemptCompleted,
@@ -97,6 +99,8 @@ def progress(state: ClusterState, run: RunState, ctx: Context) -> list[AnyRunEve
 
 def rank_reason(rank: RankState) -> Reason | None:
     """Why a rank's exit fails its attempt; None for a clean exit."""
+    if clean_exit(rank.exit_code, rank.reason):
+        return None
     if rank.reason is not None:
         if rank.reason.failed_rank is None:
             return Reason(
@@ -107,8 +111,6 @@ def rank_reason(rank: RankState) -> Reason | None:
                 failed_rank=rank.rank,
             )
         return rank.reason
-    if rank.exit_code == 0:
-        return None
     if rank.exit_code is not None:
         message = f"rank {rank.rank} exited with code {rank.exit_code}"
         return Reason(

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from events import keys
 from events.model import (
     AttemptRunning,
+    AttemptTerminating,
     Event,
     ImagePullFailed,
     ImagePullFinished,
@@ -100,6 +101,31 @@ async def test_the_last_rank_to_start_carries_the_attempts_running(
     # One append: its entries share the log's millisecond and follow each other.
     ms, seq = started.position.split("-")
     assert running.position == f"{ms}-{int(seq) + 1}"
+
+
+async def test_the_last_rank_to_exit_cleanly_carries_the_attempts_end(
+    make_agent: AgentFactory, scheduler: MiniScheduler
+) -> None:
+    """COMPLETED is one append after the command ends, not a scheduler's round trip later:
+    the clean exit of the attempt's last rank carries ``attempt.terminating`` and
+    ``attempt.completed``, and nobody writes them again."""
+    await make_agent("node-a").start()
+    run_id = await scheduler.submit(spec("true"), [("node-a", [0])])
+
+    await scheduler.wait_status(run_id, RunStatus.COMPLETED)
+
+    records = await scheduler.store.history(f"run:{run_id}")
+    tags = [tag_of(type(record.event)) for record in records]
+    assert tags[-3:] == ["rank.exited", "attempt.terminating", "attempt.completed"]
+    exited, terminating, completed = records[-3:]
+    assert isinstance(terminating.event, AttemptTerminating)
+    assert terminating.event.reason is None
+    assert {terminating.event.actor, completed.event.actor} == {exited.event.actor}
+    ms, seq = exited.position.split("-")  # one append
+    assert [terminating.position, completed.position] == [
+        f"{ms}-{int(seq) + 1}",
+        f"{ms}-{int(seq) + 2}",
+    ]
 
 
 async def _lines(redis: aioredis.Redis, run_id: str, n: int) -> list[tuple[bytes, bytes]] | None:

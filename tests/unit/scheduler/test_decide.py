@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from events import commands
 from events.model import (
     AttemptCompleted,
@@ -588,3 +591,50 @@ def test_a_placement_names_the_physical_gpus_by_uuid() -> None:
     by_node = {rank.node: rank for rank in scheduled.ranks}
     assert by_node["n1"].gpu_uuids == [f"GPU-{gpu}" for gpu in by_node["n1"].gpus]
     assert by_node["n0"].gpu_uuids == []
+
+
+_EXITS = st.lists(
+    st.tuples(
+        st.sampled_from(["clean", "code 3", "stopped", "lost"]),  # how a rank ends
+        st.booleans(),  # whether the scheduler takes a round before the next exit
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@given(exits=_EXITS, stop_at=st.integers(min_value=-1, max_value=4))
+@settings(max_examples=300, deadline=None)
+def test_the_agents_rule_for_a_clean_last_exit_is_the_schedulers_outcome(
+    exits: list[tuple[str, bool]], stop_at: int
+) -> None:
+    """``AttemptState.completes_with``, by which the last rank's report carries the end, says
+    yes exactly where the scheduler, told of that exit alone, would write COMPLETED: the same
+    events (TERMINATING with no reason unless the attempt is TERMINATING already)."""
+    world = _world("n1", "n2", "n3", "n4")
+    run = world.submit(8 * len(exits))
+    world.settle()
+    world.running(run)
+    world.settle()
+    stopping = Reason(category="stopped", code="Stopped", message="stopped by its user")
+    for index, (ending, scheduler_round) in enumerate(exits):
+        attempt = world.oracle[run].latest
+        if attempt.status.is_terminal():
+            return
+        if index == stop_at and attempt.status in (S.STARTING, S.RUNNING):
+            world.command(run, commands.StopRun(actor=USER))
+            attempt = world.oracle[run].latest
+        if ending == "clean":
+            expected = attempt.completes_with(index)
+            terminating = attempt.status is not S.TERMINATING
+            world.exit(run, index, 0)
+            decided = [type(e) for e in world.step()]
+            ends = [AttemptTerminating, AttemptCompleted] if terminating else [AttemptCompleted]
+            assert (decided == ends) is expected, (decided, attempt)
+            continue
+        code, reason = {"code 3": (3, None), "stopped": (None, stopping), "lost": (None, None)}[
+            ending
+        ]
+        world.exit(run, index, code, reason)
+        if scheduler_round:
+            world.settle()
