@@ -11,7 +11,7 @@ An instance type is (cluster, gpu_type, GPUs per node). Rows:
   scheduler's last reason, in ``queued:<cluster>``; gone when it is placed or ends.
 - ``done`` ``<run_id>``: a run whose latest attempt ended (``DoneRun``, in no index): what it
   needs to come back (``restore``) once it left memory; gone when a restart or retry reopens
-  it. Readers never read it.
+  it, and with the run when it is deleted (the fold forgets it then). Readers never read it.
 
 Invariants: a node counts from its ``node.registered`` (again after each restart) until
 ``node.lost``; a cordoned, draining or drained node counts in the total, and its free GPUs
@@ -52,6 +52,7 @@ from events.model import (
     RankExited,
     RestartRequested,
     RetryScheduled,
+    RunDeleted,
     RunSubmitted,
     UpdateRequested,
 )
@@ -71,6 +72,7 @@ _CONCERNED = _ENDS | {
     AttemptQueued,
     AttemptScheduled,
     RankExited,
+    RunDeleted,
 }
 
 
@@ -167,7 +169,8 @@ class _Run(msgspec.Struct, kw_only=True, gc=False):
     line: RunLine
     requested_gpus: int
     attempt: int = 0
-    phase: Literal["queued", "active", "done"] = "queued"
+    #: ``deleted``: its ``done`` row gone too; it leaves memory as a run at rest does.
+    phase: Literal["queued", "active", "done", "deleted"] = "queued"
     held: dict[int, tuple[str, int]] = msgspec.field(default_factory=dict)  # rank: (node, gpus)
 
 
@@ -254,6 +257,11 @@ class UtilizationProjection:
             return ()
         if kind is UpdateRequested:
             return self._update(run, event)
+        if run.phase == "deleted":  # the rules refuse anything after: nothing to fold
+            return ()
+        if kind is RunDeleted:  # after its end (the rules): it never comes back
+            run.phase = "deleted"  # and leaves memory with the runs at rest
+            return (("done", event.run_id),)
         if kind is RestartRequested or kind is RetryScheduled:
             if run.phase != "done":
                 return skipped(self.name, record, "the latest attempt has not ended")
@@ -378,7 +386,7 @@ class UtilizationProjection:
         evicted = 0
         for run_id in due(self._resting, before, at_most):
             run = self.runs.get(run_id)
-            if run is not None and run.phase == "done":
+            if run is not None and run.phase in ("done", "deleted"):
                 del self.runs[run_id]
                 evicted += 1
         return evicted

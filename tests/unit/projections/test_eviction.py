@@ -180,6 +180,34 @@ def test_utilization_keeps_a_done_row_while_the_latest_attempt_has_ended() -> No
     assert stored(fold(left, queued)) == stored(fold(stayed, queued))
 
 
+def test_utilization_forgets_a_deleted_run_and_its_done_row() -> None:
+    """A deleted run never comes back (the rules): its ``done`` row goes with it, whether the
+    fold held it or took it back to fold the deletion, and it leaves memory as a run at rest
+    does."""
+    h = History()
+    h.node("2026-11-24 09:00:00", "n1")
+    h.submit("2026-11-24 10:00:00", "r1", gpus=8, nodes=1)
+    h.queue("2026-11-24 10:00:01", "r1")
+    h.schedule("2026-11-24 10:01:00", "r1", nodes=("n1",), gpus=8)
+    h.start("2026-11-24 10:02:00", "r1")
+    h.finish("2026-11-24 11:00:00", "r1", end="2026-11-24 11:00:05")
+    stayed, left = UtilizationProjection(), UtilizationProjection()
+    rows = stored(fold(stayed, h.records))
+    assert stored(fold(left, h.records)) == rows
+    assert rows["done", "r1"] is not None
+    assert left.evict_resting(at("2026-11-24 12:00:00"), 10) == 1
+    left.restore("r1", rows)
+    h.delete("2026-11-24 12:00:00", "r1")
+    deleted = h.records[-2:]
+    rows = stored(fold(left, deleted))
+    assert rows == stored(fold(stayed, deleted))
+    assert rows["done", "r1"] is None
+    assert left.evict_resting(at("2026-11-25 12:00:00"), 10) == 1
+    assert not left.holds("r1")
+    left.restore("r1", rows)  # what the runner does for a later event: nothing comes back
+    assert not left.holds("r1")
+
+
 def test_audit_takes_a_run_back_from_its_numbered_entries() -> None:
     """Its count and its name, from its entries read 16 at a time until one is missing."""
     h = History()
