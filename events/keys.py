@@ -163,6 +163,12 @@ def projection_checkpoint(name: str, namespace: str) -> str:
     return f"{projection_prefix(name, namespace)}checkpoint"
 
 
+def projection_memory(name: str, namespace: str) -> str:
+    """A hash: a build's fold memory, written down at its checkpoint when the projector stops
+    cleanly (``projections.runner.Runner.keep_memory``), taken up by the next start."""
+    return f"{projection_prefix(name, namespace)}memory"
+
+
 def projection_active(name: str) -> str:
     """The namespace readers of a projection read; switched when a new build caught up."""
     return f"{projection_keys()}{name}:active"

@@ -105,8 +105,18 @@ class AttemptRow(msgspec.Struct, kw_only=True, gc=False):
 Handler = Callable[[Any, AttemptRow, Any], str | None]
 
 
+class _Memory(msgspec.Struct, gc=False):
+    """What the fold holds, as the runner keeps it (``projections.base.Resumable``)."""
+
+    runs: dict[str, list[AttemptRow]]
+    indexed: set[str]
+    _keys: dict[str, list[tuple[RowKey]]]
+    _resting: dict[str, int]
+
+
 class AttemptsProjection:
     name: ClassVar[str] = "attempts"
+    Memory: ClassVar[type[msgspec.Struct]] = _Memory
     #: 2: a rank that exited before ``attempt.running`` no longer makes the fold skip it.
     #: 3: a rank's end names the signal that ended it ("ended by signal 15 (stopped by x)").
     #: 4: a waiting attempt's gpus, gpu_type and node_count are the shape it was queued with.

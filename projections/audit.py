@@ -98,8 +98,18 @@ class Entry(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=T
 _decoder = msgspec.json.Decoder(Entry)
 
 
+class _Memory(msgspec.Struct, gc=False):
+    """What the fold holds, as the runner keeps it (``projections.base.Resumable``)."""
+
+    names: dict[str, str]
+    counts: dict[str, int]
+    pending: dict[str, Entry]
+    _resting: dict[str, int]
+
+
 class AuditProjection:
     name: ClassVar[str] = "audit"
+    Memory: ClassVar[type[msgspec.Struct]] = _Memory
     #: 5: refused requests; 6: run tokens, and who acted via one; 7: cordon, drain; 8: the GPUs
     #: of a placement by UUID, and failed GPUs; 9: a run's refusals keyed by event id.
     version: ClassVar[int] = 9

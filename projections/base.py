@@ -21,12 +21,18 @@ Invariants:
   runner gives a run back (``restore``, from those rows) before it folds a new event of it.
   Rows rendered after a restore are the rows the fold would have rendered had it never
   forgotten the run (tested on random histories).
+- A fold may write its memory down (``Resumable``): the runner does so when the projector
+  stops cleanly, at a checkpoint with nothing left to store, and a projector that starts on
+  that same checkpoint takes the memory up again instead of folding the log from zero. The
+  memory is the fold's own attributes, as its ``Memory`` struct names them, typed (MessagePack,
+  decoded into those types only: nothing in it is code).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
 import msgspec
 import structlog
@@ -100,6 +106,42 @@ class Evicting(Protocol):
     def restore(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> None:
         """Take the run back from its rows (none found: a run this fold never saw)."""
         ...
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """A fold whose memory can be written down and taken up again: the attributes that the
+    fields of its ``Memory`` struct name, as those types (``memory_of``, ``recall_into``), in
+    MessagePack; in JSON where ``memory_in_json`` says so (a fold that keeps JSON as it was
+    written, ``msgspec.Raw``, which only the JSON encoder writes verbatim)."""
+
+    Memory: ClassVar[type[msgspec.Struct]]
+
+
+def _codec(fold: Resumable) -> Any:
+    return msgspec.json if getattr(fold, "memory_in_json", False) else msgspec.msgpack
+
+
+def memory_of(fold: Resumable) -> bytes:
+    """A fold's memory: its attributes named by the fields of its ``Memory``, encoded."""
+    kind = fold.Memory
+    state = kind(**{name: getattr(fold, name) for name in kind.__struct_fields__})
+    return cast(bytes, _codec(fold).encode(state))
+
+
+def recall_into(fold: Resumable, memory: bytes) -> None:
+    """Set a fold's attributes from ``memory`` (``memory_of``); nothing if it does not decode
+    as its ``Memory`` (``msgspec.DecodeError``, ``msgspec.ValidationError``)."""
+    kind = fold.Memory
+    state: Any = _codec(fold).decode(memory, type=kind)
+    for name in kind.__struct_fields__:
+        setattr(fold, name, getattr(state, name))
+
+
+def memory_form(fold: Resumable) -> str:
+    """The shape of a fold's memory, a digest of its ``Memory``'s schema: a memory kept by a
+    fold of another shape is not taken up."""
+    return hashlib.sha256(msgspec.json.encode(msgspec.json.schema(fold.Memory))).hexdigest()[:16]
 
 
 def due(resting: dict[str, int], before: int, at_most: int) -> list[str]:

@@ -91,8 +91,18 @@ class _Run(msgspec.Struct, gc=False):
     away: bool = False
 
 
+class _Memory(msgspec.Struct, gc=False):
+    """What the fold holds, as the runner keeps it (``projections.base.Resumable``)."""
+
+    runs: dict[str, _Run]
+    attempts: dict[str, BilledAttempt]
+    totals: dict[str, Total]
+    _resting: dict[str, int]
+
+
 class BillingProjection:
     name: ClassVar[str] = "billing"
+    Memory: ClassVar[type[msgspec.Struct]] = _Memory
     #: 2: the GPUs of each rank, and how busy the sampled ones were (rank.exited).
     version: ClassVar[int] = 2
     handles: ClassVar[frozenset[type]] = _ENDS | {

@@ -318,14 +318,19 @@ class Engine:
         checkpoint where it folded to), ``at_most`` looked at per build (the rest at the next
         call: after a catch-up, every run of the log is at rest, and letting them all go at
         once would hold up the next batch); how many left."""
-        self._level_up()
         before = max(position[0] for position in self._last) - rest_ms
         evicted = 0
-        for build in self.builds:
+        for build in self.stored_all():
             fold = build.projection
-            if isinstance(fold, Evicting) and not build.dirty and build.applied == build.stored:
+            if isinstance(fold, Evicting):
                 evicted += fold.evict_resting(before, at_most)
         return evicted
+
+    def stored_all(self) -> list[Build]:
+        """The builds that have stored all they folded: nothing dirty, the checkpoint where
+        they folded to. Their folds' memory is what their stored rows were rendered from."""
+        self._level_up()
+        return [b for b in self.builds if not b.dirty and b.applied == b.stored]
 
     def committed(self, batch: Batch) -> None:
         """``batch`` is stored: what it holds is no longer dirty."""

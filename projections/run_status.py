@@ -116,8 +116,19 @@ def new_row(event: ev.RunSubmitted) -> _RunState:
     )
 
 
+class _Memory(msgspec.Struct, gc=False):
+    """What the fold holds, as the runner keeps it (``projections.base.Resumable``)."""
+
+    runs: dict[str, _RunState]
+    indexed: dict[str, RunStatus]
+    _keys: dict[str, tuple[RowKey]]
+    _resting: dict[str, int]
+
+
 class RunStatusProjection:
     name: ClassVar[str] = "run_status"
+    Memory: ClassVar[type[msgspec.Struct]] = _Memory
+    memory_in_json: ClassVar[bool] = True  # the configs, kept as JSON (``msgspec.Raw``)
     version: ClassVar[int] = 3  # 2: metadata updated after the submit; 3: a run's parent
     handles: ClassVar[frozenset[type]] = frozenset(ev.RUN_EVENT_TYPES) - {
         ev.ImagePullStarted,

@@ -20,6 +20,14 @@ that allow it (``Engine.evict_resting``: their rows are stored), and ``restore``
 back from those rows before a new event of theirs is folded: the memory then holds the runs
 that move, not every run ever (the catch-up itself still folds the log from zero).
 
+A projector that stops cleanly writes each fold's memory down at its checkpoint
+(``keep_memory``: only a build with nothing left to store, so the memory is the state the
+stored rows were rendered from), and ``start`` takes it up again for a build whose checkpoint
+is still that one: the catch-up then reads the log from the checkpoints on, not from zero.
+The memory names the checkpoint, the fold's name and version, and the shape of what it holds
+(``form``): anything else (a crash, a commit since, a fold that changed) is a catch-up from
+zero, as before.
+
 Invariants: see ``projections.engine``. A ``Superseded`` commit (another writer, or readers
 switched by a rebuild) means this runner's plan is stale: its owner starts a new one.
 """
@@ -29,16 +37,29 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+import msgspec
 import redis.asyncio as aioredis
 import structlog
 
 from events import codec, keys
 from events.model import RunSubmitted
-from projections.base import ZERO, Evicting, Positions, Projection, RowKey, format_checkpoint
+from projections.base import (
+    ZERO,
+    Evicting,
+    Positions,
+    Projection,
+    Resumable,
+    RowKey,
+    format_checkpoint,
+    format_position,
+    memory_form,
+    memory_of,
+    recall_into,
+)
 from projections.catalog import make
 from projections.engine import Batch, Build, Engine, Fields
 from projections.errors import OtherPartitions
@@ -79,6 +100,20 @@ class BuildStore(Protocol):
     ) -> list[list[bytes | None]]:
         """For each (projection, namespace, row keys), the stored bodies (None: no such row)."""
         ...
+
+    async def memory(self, name: str, namespace: str) -> bytes | None: ...
+
+    async def keep_memory(self, name: str, namespace: str, memory: bytes | None) -> None: ...
+
+
+class _Kept(msgspec.Struct, frozen=True):
+    """A build's memory as kept: where it stands, which fold, and the fold's own bytes."""
+
+    checkpoint: str
+    name: str
+    version: int
+    form: str  # ``memory_form``: a fold whose memory changed shape takes none up
+    memory: bytes
 
 
 @dataclass(frozen=True)
@@ -154,6 +189,8 @@ class Runner:
         self.evicting = False
         self.evicted = 0  # runs that left a fold's memory, over every fold
         self.restored = 0  # and came back
+        #: Builds that took their memory up (``start``): runs they let go before are away.
+        self.recalled: list[str] = []
 
     async def start(
         self, *, namespace: Callable[[Projection], str] | None = None, serving: bool = True
@@ -165,6 +202,9 @@ class Runner:
         a rebuild that ends here keeps them.
         """
         builds = [await self._plan(p, namespace) for p in self.projections]
+        if namespace is None:
+            for build in builds:
+                await self._recall(build)
         self.engine = Engine(builds, len(self.readers))
         await self.catch_up()
         for build in builds:
@@ -229,6 +269,8 @@ class Runner:
                 if isinstance(page, BaseException):
                     raise page
                 partition, entries = page
+                if self.recalled:  # past the memory taken up: the runs it let go come back
+                    await self.restore(entries, only=self.recalled)
                 feed = self.engine.feed_entry
                 for start in range(0, len(entries), SLICE):
                     for position, fields in entries[start : start + SLICE]:
@@ -253,7 +295,13 @@ class Runner:
 
     async def _read_ahead(self, pages: asyncio.Queue[Page | Exception | None]) -> None:
         """A page of each partition in turn, until each one's end; then None."""
-        after = ["0-0"] * len(self.readers)
+        # From where the builds stand: zero, unless every build took its memory up.
+        after = [
+            format_position(min(build.applied[p] for build in self.engine.builds))
+            if self.engine.builds
+            else "0-0"
+            for p in range(len(self.readers))
+        ]
         reading = list(range(len(self.readers)))
         while reading:
             for partition in list(reading):
@@ -268,6 +316,53 @@ class Runner:
                 if len(entries) < self.page:
                     reading.remove(partition)
         await pages.put(None)
+
+    async def _recall(self, build: Build) -> None:
+        """Take up the memory the build's fold kept at its checkpoint, if it is that one's."""
+        fold = build.projection
+        kept = await self.store.memory(build.name, build.namespace)
+        if kept is None or not isinstance(fold, Resumable):
+            return
+        await self.store.keep_memory(build.name, build.namespace, None)  # taken: stale soon
+        checkpoint = format_checkpoint(build.stored)
+        try:
+            memory = msgspec.msgpack.decode(kept, type=_Kept)
+            if (memory.checkpoint, memory.name, memory.version, memory.form) != (
+                checkpoint,
+                fold.name,
+                fold.version,
+                memory_form(fold),
+            ):
+                log.info("projection.memory_stale", projection=build.name, kept=memory.checkpoint)
+                return
+            recall_into(fold, memory.memory)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("projection.memory_unreadable", projection=build.name, error=str(exc))
+            return
+        build.applied = list(build.stored)
+        self.recalled.append(build.name)
+        log.info("projection.memory_taken_up", projection=build.name, checkpoint=checkpoint)
+
+    async def keep_memory(self) -> int:
+        """Write down the memory of each build with nothing left to store (a clean stop, after
+        the last commit), for the next start; how many."""
+        kept = 0
+        for build in self.engine.stored_all():
+            fold = build.projection
+            if not isinstance(fold, Resumable):
+                continue
+            memory = _Kept(
+                checkpoint=format_checkpoint(build.stored),
+                name=fold.name,
+                version=fold.version,
+                form=memory_form(fold),
+                memory=memory_of(fold),
+            )
+            await self.store.keep_memory(
+                build.name, build.namespace, msgspec.msgpack.encode(memory)
+            )
+            kept += 1
+        return kept
 
     async def process(self, entries: Sequence[Entry], partition: int = 0) -> None:
         """Fold ``entries`` of ``partition`` (the guard skips what is folded already) and store
@@ -290,10 +385,12 @@ class Runner:
         if self.evicting:
             self.evicted += self.engine.evict_resting(self.rest_ms)
 
-    async def restore(self, entries: Sequence[Entry]) -> int:
+    async def restore(self, entries: Sequence[Entry], only: Collection[str] | None = None) -> int:
         """Give the runs ``entries`` are about back to the folds that let them go, from their
-        stored rows, before the entries are folded; how many (run, fold) came back."""
-        if not self.evicted:
+        stored rows, before the entries are folded; how many (run, fold) came back. ``only``:
+        those builds (by name; in a catch-up, the ones that took their memory up: the others
+        fold the log from zero, and every run is theirs to see from its start)."""
+        if not self.evicted and not self.recalled:
             return 0
         about: set[str] = set()
         new: set[str] = set()  # submitted in these entries: nothing to give back
@@ -306,7 +403,8 @@ class Runner:
         away = [
             (build, fold, run_id)
             for build in self.engine.builds
-            if isinstance(fold := build.projection, Evicting)
+            if (only is None or build.name in only)
+            and isinstance(fold := build.projection, Evicting)
             for run_id in about
             if not fold.holds(run_id)
         ]

@@ -33,6 +33,7 @@ from projections.errors import Superseded
 _FUNCTION = files("projections").joinpath("commit.lua").read_text()
 Args = list[str | bytes]
 _packer = msgspec.msgpack.Encoder()
+_MEMORY = "memory"
 
 
 def to_call(batch: Batch, fence: tuple[str, str] | None = None) -> tuple[list[str], Args]:
@@ -127,6 +128,19 @@ class RedisStore:
         if value is None:
             return (ZERO,)
         return parse_checkpoint(value.decode() if isinstance(value, bytes) else value)
+
+    async def memory(self, name: str, namespace: str) -> bytes | None:
+        """A build's memory as ``keep_memory`` wrote it (None: none)."""
+        found = await self.redis.hget(keys.projection_memory(name, namespace), _MEMORY)
+        return found if isinstance(found, bytes) else None
+
+    async def keep_memory(self, name: str, namespace: str, memory: bytes | None) -> None:
+        """Write a build's memory down (None: forget it)."""
+        key = keys.projection_memory(name, namespace)
+        if memory is None:
+            await self.redis.hdel(key, _MEMORY)
+        else:
+            await self.redis.hset(key, _MEMORY, memory)
 
     async def commit(self, batch: Batch) -> None:
         call_keys, args = to_call(batch, self.fence)

@@ -229,8 +229,18 @@ class DoneRun(msgspec.Struct, array_like=True, gc=False):
 _done_decoder = msgspec.json.Decoder(DoneRun)
 
 
+class _Memory(msgspec.Struct, gc=False):
+    """What the fold holds, as the runner keeps it (``projections.base.Resumable``)."""
+
+    nodes: dict[str, _Node]
+    runs: dict[str, _Run]
+    held_on: dict[str, dict[tuple[str, int], int]]
+    _resting: dict[str, int]
+
+
 class UtilizationProjection:
     name: ClassVar[str] = "utilization"
+    Memory: ClassVar[type[msgspec.Struct]] = _Memory
     #: 2: instance rows count ``registered`` nodes; 3: cordoned GPUs apart from available,
     #: and a ``node`` row per node; 4: failed GPUs apart from both; 5: a ``done`` row per run
     #: whose latest attempt ended (what brings it back once it left memory).

@@ -10,7 +10,8 @@ pending entries, the dead letters.
 Entries that cannot be decoded are skipped by every fold and written to the group's dead
 letters (``events.keys.dead_letter_stream``) with the error, like every consumer's.
 
-``start`` plans and catches up every build from the log (``projections.runner``), moves the
+``start`` plans and catches up every build from the log (``projections.runner``: from the
+memory the last clean stop kept, ``stop``, where it is still that of the checkpoint), moves the
 group's delivery point to where the builds stand, and takes over every pending entry (of this
 consumer's earlier life or of dead ones): each of them was folded by the catch-up, so the guard
 skips it and it is acknowledged. ``step`` reads a batch from the group, folds it, stores the
@@ -226,6 +227,14 @@ class Projector:
                 log.warning("projector.superseded", what=exc.what, key=exc.key, found=exc.found)
                 await self.start()
         await self.flush()
+        await self.stop()
+
+    async def stop(self) -> None:
+        """A clean stop, after the last commit: the folds' memory is written down at their
+        checkpoints, so the next start takes it up instead of folding the log from zero."""
+        if self.runner is not None:
+            kept = await self.runner.keep_memory()
+            log.info("projector.memory_kept", builds=kept)
 
 
 def _text(position: tuple[int, int]) -> str:

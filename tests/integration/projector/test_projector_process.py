@@ -256,6 +256,21 @@ async def test_sigterm_stops_the_projector_cleanly(redis: aioredis.Redis, redis_
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
             assert await process.wait() == 0
+    # It wrote its folds' memory down; the next start takes it up (and drops it).
+    assert await _memories(redis) == len(NAMES)
+    async with projector_process(redis_url):
+        await eventually(lambda: _memories(redis), equals=0, what="the memory taken up")
+        await caught_up(redis)
+    await assert_rows_of_a_rebuild(redis)
+
+
+async def _memories(client: aioredis.Redis) -> int:
+    found = 0
+    for name in NAMES:
+        namespace = cast(bytes | None, await client.get(keys.projection_active(name)))
+        if namespace is not None:
+            found += await client.hlen(keys.projection_memory(name, namespace.decode()))
+    return found
 
 
 async def test_a_rebuild_is_adopted_by_the_running_projector(

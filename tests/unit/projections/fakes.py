@@ -50,6 +50,7 @@ class FakeStore:
         self.strings: dict[str, str] = {}
         self.hashes: dict[str, dict[str, bytes]] = {}
         self.zsets: dict[str, dict[str, float]] = {}
+        self.memories: dict[str, bytes] = {}
         self.chaos = chaos
         self.commits = 0
 
@@ -59,6 +60,16 @@ class FakeStore:
     async def checkpoint(self, name: str, namespace: str) -> Positions:
         value = self.strings.get(keys.projection_checkpoint(name, namespace))
         return (ZERO,) if value is None else parse_checkpoint(value)
+
+    async def memory(self, name: str, namespace: str) -> bytes | None:
+        return self.memories.get(keys.projection_memory(name, namespace))
+
+    async def keep_memory(self, name: str, namespace: str, memory: bytes | None) -> None:
+        key = keys.projection_memory(name, namespace)
+        if memory is None:
+            self.memories.pop(key, None)
+        else:
+            self.memories[key] = memory
 
     async def commit(self, batch: Batch) -> None:
         if self.chaos:
@@ -150,6 +161,7 @@ class FakeLog:
     def __init__(self, entries: Sequence[Entry]) -> None:
         self.entries = list(entries)
         self.visible = 0
+        self.reads: list[str] = []  # the ``after`` of every read, in order
 
     def reveal(self, n: int) -> None:
         self.visible = min(len(self.entries), self.visible + n)
@@ -159,6 +171,7 @@ class FakeLog:
         return self.visible == len(self.entries)
 
     async def read(self, after: str, count: int) -> Sequence[Entry]:
+        self.reads.append(after)
         start = parse_position(after) if after not in ("0", "0-0") else ZERO
         shown = self.entries[: self.visible]
         return [e for e in shown if parse_position(e[0]) > start][:count]
