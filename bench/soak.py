@@ -14,7 +14,11 @@
   and end, with what the server holds at the end, key family by key family;
 - prints bytes per event in Valkey (a run's own stream and its global entries, measured over
   the first ``--calibrate`` events before any archiving) against bytes per event in Parquet
-  (the archive's files over the events they hold), and the ratio.
+  (the archive's files over the events they hold), and the ratio;
+- then starts the projector again twice, after a clean stop (SIGTERM: the folds' memory is
+  taken up, ``projections.runner``) and after a kill -9 (the whole history folded again,
+  archive included), and prints each start's time (its first plan to its last build ready,
+  from its own log) and its RSS once settled.
 
 The idempotency keys live ``--idempotency-ttl-s`` (the store's window for a retried append;
 7 days by default in a deployment): they are bounded by appends/s x that window, so the soak
@@ -27,21 +31,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from bench.processes import cpu_s, on_a_server, rss_kib, stop
-from bench.projections import interleaved, start_projector, wait_caught_up
+from bench.projections import interleaved, settled_rss_kib, start_projector, wait_caught_up
 from events import keys
 from events import model as ev
 from events.spans import duration_s
+from projections.catalog import NAMES
 from services.core.archive import Archive
 from services.core.archiver import Archived, archive_older
 from services.core.client import connect
@@ -289,8 +296,8 @@ async def _soak(
     print(
         f"per run ({totals.runs:,} runs): {projections / totals.runs:,.0f} bytes of projection "
         f"rows in Valkey, {grown / totals.runs:,.0f} bytes of the projector's RSS (the runs "
-        "at rest leave run_status, attempts and most of billing; audit and utilization keep "
-        "each run): both still grow with every run ever, archived or not",
+        "at rest leave every fold, but for a few bytes of billing's): the rows still grow with "
+        "every run ever, archived or not",
         flush=True,
     )
     per_parquet = parquet / max(in_archive, 1)
@@ -299,7 +306,61 @@ async def _soak(
         f"{per_parquet:,.0f} in Parquet: {valkey_per_event / per_parquet:.1f}x smaller",
         flush=True,
     )
+    log_path = workdir / "projector.log"
+    print("the projector started again on this history:", flush=True)
+    for clean in (True, False):
+        projector = await restarted(projector, server.url, log_path, args.rest_s, clean=clean)
+        try:
+            seconds, kib = await started(projector, log_path)
+        finally:
+            if not clean:
+                await stop(projector)
+        how = "after a clean stop (its memory)" if clean else "after kill -9 (from zero)"
+        print(f"  {how:<34} {seconds:8.2f} s, RSS {kib / 1024:8.1f} MiB", flush=True)
     return 0
+
+
+async def restarted(
+    projector: asyncio.subprocess.Process, url: str, log_path: Path, rest_s: float, *, clean: bool
+) -> asyncio.subprocess.Process:
+    """The projector stopped (SIGTERM, or kill -9) and a new one started; the log marked."""
+    if clean:
+        await stop(projector)
+    else:
+        projector.kill()
+        await projector.wait()
+    with log_path.open("a") as out:
+        out.write(_MARK + "\n")
+    return await start_projector(url, log_path, projector_rest_s=str(rest_s))
+
+
+_MARK = "--- bench.soak: restarted ---"
+
+
+async def started(projector: asyncio.subprocess.Process, log_path: Path) -> tuple[float, int]:
+    """Seconds from the new projector's first plan to its last build ready (its log's own
+    times: a kill -9 leaves a lease to expire first, which is not the start's), and its RSS
+    once settled."""
+    deadline = time.monotonic() + 3600
+    while time.monotonic() < deadline:
+        if projector.returncode is not None:
+            raise RuntimeError(f"the projector exited with {projector.returncode}")
+        text = await asyncio.to_thread(log_path.read_text)
+        lines = text.rsplit(_MARK, 1)[-1].splitlines()
+        events = [json.loads(line) for line in lines if line.startswith("{")]
+        plans = [e["timestamp"] for e in events if e.get("event") == "projection.plan"]
+        ready = [e["timestamp"] for e in events if e.get("event") == "projection.ready"]
+        if plans and len(ready) >= len(NAMES):
+            seconds = (_when(ready[len(NAMES) - 1]) - _when(plans[0])).total_seconds()
+            return seconds, await settled_rss_kib(projector.pid)
+        await asyncio.sleep(
+            0.2
+        )  # allowed: a log file has no event to wait on; polled to a deadline
+    raise TimeoutError("the projector did not start within an hour")
+
+
+def _when(timestamp: str) -> datetime:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
 
 
 async def calibrate(client: aioredis.Redis, events: int) -> float:
