@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import structlog
+from redis.exceptions import RedisError
 
 from projections.base import Projection
 from projections.errors import Superseded
@@ -232,9 +233,14 @@ class Projector:
     async def stop(self) -> None:
         """A clean stop, after the last commit: the folds' memory is written down at their
         checkpoints, so the next start takes it up instead of folding the log from zero."""
-        if self.runner is not None:
+        if self.runner is None:
+            return
+        try:
             kept = await self.runner.keep_memory()
-            log.info("projector.memory_kept", builds=kept)
+        except (RedisError, OSError) as exc:  # the next start folds from zero: nothing lost
+            log.warning("projector.memory_not_kept", error=repr(exc))
+            return
+        log.info("projector.memory_kept", builds=kept)
 
 
 def _text(position: tuple[int, int]) -> str:
