@@ -10,10 +10,11 @@ Rows:
   ``days`` splits a closed attempt's GPU-ms at every midnight UTC.
 - ``total`` ``<dim>|<value>|<gpu_type>``: the closed attempts' GPU-ms per dimension value and
   gpu_type, for dim in user, cluster, gpu_type, run, day; in the index ``totals:<dim>``.
+- ``run`` ``<run_id>``: who ran it, its name and its placed attempts' keys (``_Run``), in no
+  index, read by no reader: what a run needs to come back.
 
-A run whose placed attempts all ended may leave memory (``evict_resting``) but for who ran it
-and its attempts' keys (``_Run``), and come back from its ``attempt`` rows and its ``run``
-totals (``restore``).
+A run whose attempts all ended leaves memory (``evict_resting``) and comes back from its
+``run`` row, its ``attempt`` rows and its ``run`` totals (``restore``).
 
 Invariants: for every dimension the totals add up to the same number, the sum of the closed
 attempts' GPU-ms, to the millisecond (a day's share of an attempt is an integer, and the shares
@@ -83,12 +84,12 @@ class Total(msgspec.Struct, kw_only=True, gc=False):
     attempts: int = 0
 
 
-class _Run(msgspec.Struct, gc=False):
+class _Run(msgspec.Struct, array_like=True, gc=False):
+    """A run as billing knows it: the ``run`` row (a JSON array)."""
+
     user: str
     name: str
-    attempts: list[str]
-    #: Its attempts and its ``run`` totals left memory; their rows say what they were.
-    away: bool = False
+    attempts: list[str]  # its placed attempts' keys, in order
 
 
 class _Memory(msgspec.Struct, gc=False):
@@ -103,8 +104,9 @@ class _Memory(msgspec.Struct, gc=False):
 class BillingProjection:
     name: ClassVar[str] = "billing"
     Memory: ClassVar[type[msgspec.Struct]] = _Memory
-    #: 2: the GPUs of each rank, and how busy the sampled ones were (rank.exited).
-    version: ClassVar[int] = 2
+    #: 2: the GPUs of each rank, and how busy the sampled ones were (rank.exited); 3: a ``run``
+    #: row per run, so a run at rest leaves memory whole.
+    version: ClassVar[int] = 3
     handles: ClassVar[frozenset[type]] = _ENDS | {
         AttemptScheduled,
         RankExited,
@@ -131,6 +133,7 @@ class BillingProjection:
         if kind is RunSubmitted:
             if event.run_id not in self.runs:
                 self.runs[event.run_id] = _Run(event.actor, event.name, [])
+                return (("run", event.run_id),)
         elif kind is RunDeleted and (run := self.runs.get(event.run_id)):
             for key in run.attempts:
                 self.attempts[key].run_deleted = True
@@ -145,6 +148,7 @@ class BillingProjection:
         if key in self.attempts:
             return skipped(self.name, record, "the attempt was placed already")
         run.attempts.append(key)
+        self._resting.pop(event.run_id, None)  # it moves again
         self.attempts[key] = BilledAttempt(
             run_id=event.run_id,
             run_name=run.name,
@@ -156,7 +160,7 @@ class BillingProjection:
             started_at=event.time,
             rank_gpus=[len(rank.gpus) for rank in event.ranks],
         )
-        return (("attempt", key),)
+        return (("attempt", key), ("run", event.run_id))
 
     def _usage(self, event: RankExited) -> Collection[RowKey]:
         key = f"{event.run_id}:{event.attempt}"
@@ -174,7 +178,9 @@ class BillingProjection:
         key = f"{event.run_id}:{event.attempt}"
         billed = self.attempts.get(key)
         if billed is None or billed.ended_at is not None:
-            return ()  # never held GPUs (ended while waiting): bills nothing
+            if event.run_id in self.runs:  # never held GPUs (ended while waiting): at rest
+                self._resting.setdefault(event.run_id, event.time)
+            return ()  # and bills nothing
         billed.ended_at = event.time
         self._resting.setdefault(billed.run_id, event.time)
         billed.gpu_ms = gpu_ms(billed.gpus, billed.started_at, event.time)
@@ -202,41 +208,43 @@ class BillingProjection:
         evicted = 0
         for run_id in due(self._resting, before, at_most):
             run = self.runs.get(run_id)
-            if run is None or run.away:
-                continue
-            if any(self.attempts[key].ended_at is None for key in run.attempts):
+            if run is None or any(self.attempts[k].ended_at is None for k in run.attempts):
                 continue
             for key in run.attempts:
                 self.totals.pop(_run_total(run_id, self.attempts.pop(key).gpu_type), None)
-            run.away = True
+            del self.runs[run_id]
             evicted += 1
         return evicted
 
     def holds(self, run_id: str) -> bool:
-        run = self.runs.get(run_id)
-        return run is not None and not run.away
+        return run_id in self.runs
 
     def restoring(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> list[RowKey]:
-        """Its attempts' rows, then the ``run`` totals of their gpu_types."""
-        run = self.runs.get(run_id)
-        if run is None or not run.away:
+        """Its ``run`` row, then its attempts' rows, then the ``run`` totals of their
+        gpu_types."""
+        if run_id in self.runs:
             return []
-        wanted = [("attempt", key) for key in run.attempts]
+        row = ("run", run_id)
+        if row not in found:
+            return [row]
+        if (body := found[row]) is None:
+            return []  # a run this fold never saw
+        wanted = [("attempt", key) for key in _run_decoder.decode(body).attempts]
         if all(key in found for key in wanted):
             gpu_types = {_decoded(found[key]).gpu_type for key in wanted}
             wanted = [("total", _run_total(run_id, gpu_type)) for gpu_type in gpu_types]
         return [key for key in wanted if key not in found]
 
     def restore(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> None:
-        run = self.runs.get(run_id)
-        if run is None or not run.away:
+        body = found.get(("run", run_id))
+        if body is None or run_id in self.runs:
             return
+        run = self.runs[run_id] = _run_decoder.decode(body)
         for key in run.attempts:
             self.attempts[key] = _decoded(found[("attempt", key)])
-        for (kind, key), body in found.items():
-            if kind == "total" and body is not None:
-                self.totals[key] = msgspec.json.decode(body, type=Total)
-        run.away = False
+        for (kind, key), stored in found.items():
+            if kind == "total" and stored is not None:
+                self.totals[key] = msgspec.json.decode(stored, type=Total)
         ends = [self.attempts[k].ended_at or self.attempts[k].started_at for k in run.attempts]
         self._resting[run_id] = max(ends, default=0)  # to leave again, once at rest long enough
 
@@ -249,6 +257,8 @@ class BillingProjection:
                     yield Row(kind=kind, id=key, body=encode(billed), index=(("open", score),))
                 else:
                     yield Row(kind=kind, id=key, body=encode(billed), unindex=("open",))
+            elif kind == "run":
+                yield Row(kind=kind, id=key, body=encode(self.runs[key]))
             elif kind == "total":
                 total = self.totals[key]
                 yield Row(
@@ -263,6 +273,9 @@ def _total_key(dim: str, value: str, gpu_type: str) -> str:
 def _run_total(run_id: str, gpu_type: str | None) -> str:
     """The key of a run's total of one gpu_type (an attempt's ``gpu_type`` None: ``none``)."""
     return _total_key("run", run_id, gpu_type or NO_GPU_TYPE)
+
+
+_run_decoder = msgspec.json.Decoder(_Run)
 
 
 def _decoded(body: bytes | None) -> BilledAttempt:

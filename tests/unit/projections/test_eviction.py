@@ -93,6 +93,7 @@ def assert_only_moving_runs_held(runner: Runner, moving: set[str]) -> None:
             held = {a.run_id for a in fold.attempts.values()}
             assert held == {a.run_id for a in fold.attempts.values() if a.ended_at is None}
             assert all(t.value in held for t in fold.totals.values() if t.dim == "run")
+            assert set(fold.runs) <= moving
         if isinstance(fold, UtilizationProjection):
             assert not [r for r in fold.runs.values() if r.phase == "done"]
             assert set(fold.runs) <= moving
@@ -178,6 +179,43 @@ def test_utilization_keeps_a_done_row_while_the_latest_attempt_has_ended() -> No
     assert rows == stored(fold(stayed, restarted))
     assert rows["done", "r1"] is None
     assert stored(fold(left, queued)) == stored(fold(stayed, queued))
+
+
+def test_billing_lets_a_run_go_whole_and_takes_it_back_from_its_run_row() -> None:
+    """Who ran it and its name come back from the ``run`` row: a run that never held GPUs (its
+    attempt stopped while waiting) bills its next attempt to the same user, as if it had
+    stayed; one that did comes back with its attempts and its totals."""
+    h = History()
+    h.node("2026-11-24 09:00:00", "n1")
+    h.submit("2026-11-24 10:00:00", "r1", gpus=8, nodes=1)
+    h.queue("2026-11-24 10:00:01", "r1")
+    h.stop_waiting("2026-11-24 10:05:00", "r1")
+    h.submit("2026-11-24 10:00:00", "r2", gpus=8, nodes=1)
+    h.queue("2026-11-24 10:00:01", "r2")
+    h.schedule("2026-11-24 10:01:00", "r2", nodes=("n1",), gpus=8)
+    h.start("2026-11-24 10:02:00", "r2")
+    h.finish("2026-11-24 11:00:00", "r2", end="2026-11-24 11:00:05")
+    stayed, left = BillingProjection(), BillingProjection()
+    rows = stored(fold(stayed, h.records))
+    assert stored(fold(left, h.records)) == rows
+    assert left.evict_resting(at("2026-11-24 12:00:00"), 10) == 2
+    assert left.runs == {}
+    assert left.attempts == {}
+    for run in ("r1", "r2"):
+        found: dict[RowKey, bytes | None] = {}
+        while wanted := left.restoring(run, found):
+            found.update((key, rows.get(key)) for key in wanted)
+        left.restore(run, found)
+    assert left.runs == stayed.runs
+    assert left.attempts == stayed.attempts
+    h.restart("2026-11-24 12:30:00", "r1", 1)
+    h.queue("2026-11-24 12:30:01", "r1", 1)
+    h.schedule("2026-11-24 12:31:00", "r1", 1, nodes=("n1",), gpus=8)
+    later = h.records[-3:]
+    assert stored(fold(left, later)) == stored(fold(stayed, later))
+    assert left.attempts["r1:1"].user == USER
+    assert left.restoring("never", {}) == [("run", "never")]
+    assert left.restoring("never", {("run", "never"): None}) == []
 
 
 def test_utilization_forgets_a_deleted_run_and_its_done_row() -> None:
