@@ -32,7 +32,7 @@ from events import model as ev
 from events.codec import Recorded
 from events.lifecycle import ENTERED_FROM, clean_exit
 from events.status import RunStatus
-from projections.base import Row, RowKey, due, encode, skipped
+from projections.base import LetsRunsGo, Row, RowKey, encode, skipped
 from projections.narrative import describe
 
 KIND = "attempt"
@@ -114,7 +114,7 @@ class _Memory(msgspec.Struct, gc=False):
     _resting: dict[str, int]
 
 
-class AttemptsProjection:
+class AttemptsProjection(LetsRunsGo):
     name: ClassVar[str] = "attempts"
     Memory: ClassVar[type[msgspec.Struct]] = _Memory
     #: 2: a rank that exited before ``attempt.running`` no longer makes the fold skip it.
@@ -198,15 +198,14 @@ class AttemptsProjection:
         """These rows are stored as they are now (a restart folding up to its checkpoint)."""
         self.indexed.update(row_id for _, row_id in keys)
 
-    def evict_resting(self, before: int, at_most: int) -> int:
-        evicted = 0
-        for run_id in due(self._resting, before, at_most):
-            attempts = self.runs.get(run_id)
-            if attempts is not None and attempts[-1].status.is_terminal():
-                del self.runs[run_id], self._keys[run_id]
-                self.indexed.difference_update(f"{run_id}:{a.index}" for a in attempts)
-                evicted += 1
-        return evicted
+    def at_rest(self, run_id: str) -> bool:
+        attempts = self.runs.get(run_id)
+        return attempts is not None and attempts[-1].status.is_terminal()
+
+    def forget(self, run_id: str) -> None:
+        attempts = self.runs.pop(run_id)
+        del self._keys[run_id]
+        self.indexed.difference_update(f"{run_id}:{a.index}" for a in attempts)
 
     def holds(self, run_id: str) -> bool:
         return run_id in self.runs

@@ -78,7 +78,7 @@ from events.model import (
     UserEvent,
     tag_of,
 )
-from projections.base import Row, RowKey, due, encode
+from projections.base import LetsRunsGo, Row, RowKey, encode
 
 
 class Entry(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=True):
@@ -107,7 +107,7 @@ class _Memory(msgspec.Struct, gc=False):
     _resting: dict[str, int]
 
 
-class AuditProjection:
+class AuditProjection(LetsRunsGo):
     name: ClassVar[str] = "audit"
     Memory: ClassVar[type[msgspec.Struct]] = _Memory
     #: 5: refused requests; 6: run tokens, and who acted via one; 7: cordon, drain; 8: the GPUs
@@ -164,13 +164,12 @@ class AuditProjection:
         for _, key in keys:
             self.pending.pop(key, None)
 
-    def evict_resting(self, before: int, at_most: int) -> int:
-        evicted = 0
-        for run_id in due(self._resting, before, at_most):
-            if self.counts.pop(run_id, None) is not None:
-                self.names.pop(run_id, None)
-                evicted += 1
-        return evicted
+    def at_rest(self, run_id: str) -> bool:
+        return run_id in self._resting and run_id in self.counts
+
+    def forget(self, run_id: str) -> None:
+        del self.counts[run_id]
+        self.names.pop(run_id, None)
 
     def holds(self, run_id: str) -> bool:
         return run_id in self.counts

@@ -94,6 +94,11 @@ class Evicting(Protocol):
         at; how many. The others wait for a later call."""
         ...
 
+    def let_go(self, run_id: str) -> bool:
+        """Forget the run now if it is at rest (its stored rows as they are now); whether it
+        did. The runner's catch-up asks it of a run whose last entry it just folded."""
+        ...
+
     def holds(self, run_id: str) -> bool:
         """Whether the run is in memory (False for one it never saw, too)."""
         ...
@@ -146,15 +151,49 @@ def memory_form(fold: Resumable) -> str:
 
 def due(resting: dict[str, int], before: int, at_most: int) -> list[str]:
     """Of ``resting`` (run -> the log time it came to rest, the earliest first), the runs that
-    came to rest at ``before`` or earlier, ``at_most`` of them, taken out of it."""
+    came to rest at ``before`` or earlier, ``at_most`` of them (left in it)."""
     taken: list[str] = []
     for run_id, at in resting.items():
         if at > before or len(taken) >= at_most:
             break
         taken.append(run_id)
-    for run_id in taken:
-        del resting[run_id]
     return taken
+
+
+class LetsRunsGo:
+    """What every ``Evicting`` fold shares: which runs at rest are due to go, and letting one
+    go. A fold says whether a run is at rest (``at_rest``) and forgets it (``forget``); it
+    keeps ``_resting`` (run -> the log time it came to rest, the earliest first)."""
+
+    _resting: dict[str, int]
+
+    def at_rest(self, run_id: str) -> bool:
+        """Whether the fold holds the run, at rest: its stored rows say all it holds of it."""
+        raise NotImplementedError
+
+    def forget(self, run_id: str) -> None:
+        """Let the run (at rest) leave memory."""
+        raise NotImplementedError
+
+    def evict_resting(self, before: int, at_most: int) -> int:
+        """Forget the runs that came to rest at ``before`` or earlier and still are, the longest
+        at rest first, ``at_most`` looked at (those no longer at rest drop out of the queue:
+        they come back to it when they rest again); how many."""
+        evicted = 0
+        for run_id in due(self._resting, before, at_most):
+            if self.at_rest(run_id):
+                self.forget(run_id)
+                evicted += 1
+            del self._resting[run_id]
+        return evicted
+
+    def let_go(self, run_id: str) -> bool:
+        """Forget the run now if it is at rest, however long it has been; whether it did."""
+        if not self.at_rest(run_id):
+            return False
+        self.forget(run_id)
+        self._resting.pop(run_id, None)
+        return True
 
 
 def takes(projection: object, kind: type) -> bool:

@@ -41,7 +41,7 @@ from events.model import (
     RunSubmitted,
 )
 from events.usage import DAY_MS, HOUR_MS, gpu_ms
-from projections.base import Row, RowKey, day_of, due, encode, skipped
+from projections.base import LetsRunsGo, Row, RowKey, day_of, encode, skipped
 
 Dimension = Literal["user", "cluster", "gpu_type", "run", "day"]
 DIMENSIONS: tuple[Dimension, ...] = ("user", "cluster", "gpu_type", "run", "day")
@@ -101,7 +101,7 @@ class _Memory(msgspec.Struct, gc=False):
     _resting: dict[str, int]
 
 
-class BillingProjection:
+class BillingProjection(LetsRunsGo):
     name: ClassVar[str] = "billing"
     Memory: ClassVar[type[msgspec.Struct]] = _Memory
     #: 2: the GPUs of each rank, and how busy the sampled ones were (rank.exited); 3: a ``run``
@@ -204,17 +204,13 @@ class BillingProjection:
         total.attempts += 1
         return ("total", key)
 
-    def evict_resting(self, before: int, at_most: int) -> int:
-        evicted = 0
-        for run_id in due(self._resting, before, at_most):
-            run = self.runs.get(run_id)
-            if run is None or any(self.attempts[k].ended_at is None for k in run.attempts):
-                continue
-            for key in run.attempts:
-                self.totals.pop(_run_total(run_id, self.attempts.pop(key).gpu_type), None)
-            del self.runs[run_id]
-            evicted += 1
-        return evicted
+    def at_rest(self, run_id: str) -> bool:
+        run = self.runs.get(run_id)
+        return run is not None and all(self.attempts[k].ended_at is not None for k in run.attempts)
+
+    def forget(self, run_id: str) -> None:
+        for key in self.runs.pop(run_id).attempts:
+            self.totals.pop(_run_total(run_id, self.attempts.pop(key).gpu_type), None)
 
     def holds(self, run_id: str) -> bool:
         return run_id in self.runs

@@ -34,7 +34,7 @@ from events import model as ev
 from events.codec import Recorded
 from events.spec import RunSpec
 from events.status import RunStatus
-from projections.base import Row, RowKey, due, encode, skipped
+from projections.base import LetsRunsGo, Row, RowKey, encode, skipped
 
 KIND = "run"
 NAME_KIND = "name"  # run name -> run_uid
@@ -125,7 +125,7 @@ class _Memory(msgspec.Struct, gc=False):
     _resting: dict[str, int]
 
 
-class RunStatusProjection:
+class RunStatusProjection(LetsRunsGo):
     name: ClassVar[str] = "run_status"
     Memory: ClassVar[type[msgspec.Struct]] = _Memory
     memory_in_json: ClassVar[bool] = True  # the configs, kept as JSON (``msgspec.Raw``)
@@ -203,15 +203,13 @@ class RunStatusProjection:
             if kind == KIND and (row := self.runs.get(run_id)) is not None:
                 self.indexed[run_id] = row.status
 
-    def evict_resting(self, before: int, at_most: int) -> int:
-        evicted = 0
-        for run_id in due(self._resting, before, at_most):
-            row = self.runs.get(run_id)
-            if row is not None and row.status.is_terminal():
-                del self.runs[run_id], self._keys[run_id]
-                self.indexed.pop(run_id, None)
-                evicted += 1
-        return evicted
+    def at_rest(self, run_id: str) -> bool:
+        row = self.runs.get(run_id)
+        return row is not None and row.status.is_terminal()
+
+    def forget(self, run_id: str) -> None:
+        del self.runs[run_id], self._keys[run_id]
+        self.indexed.pop(run_id, None)
 
     def holds(self, run_id: str) -> bool:
         return run_id in self.runs

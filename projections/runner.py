@@ -18,7 +18,11 @@ each in turn: the folds reach the same rows whatever the interleaving of the par
 Once caught up (``start``), each commit lets the runs at rest leave the memory of the folds
 that allow it (``Engine.evict_resting``: their rows are stored), and ``restore`` gives them
 back from those rows before a new event of theirs is folded: the memory then holds the runs
-that move, not every run ever (the catch-up itself still folds the log from zero).
+that move, not every run ever. A catch-up that folds from zero up to a stored checkpoint (a
+restart with no memory to take up) reads the log once ahead for each run's last entry up to
+it, and lets a run at rest go as soon as that entry is folded (``_let_go``): its rows, stored
+at the checkpoint, say the rest. A run with entries on several partitions stays (they are
+folded in any interleaving); a build that folded past its checkpoint lets none go.
 
 A projector that stops cleanly writes each fold's memory down at its checkpoint
 (``keep_memory``: only a build with nothing left to store, so the memory is the state the
@@ -50,6 +54,7 @@ from events.model import RunSubmitted
 from projections.base import (
     ZERO,
     Evicting,
+    Position,
     Positions,
     Projection,
     Resumable,
@@ -58,6 +63,7 @@ from projections.base import (
     format_position,
     memory_form,
     memory_of,
+    parse_position,
     recall_into,
 )
 from projections.catalog import make
@@ -261,6 +267,9 @@ class Runner:
         # after every page). It runs again once caught up.
         collecting = gc.isenabled()
         gc.disable()
+        last = await self._last_stored()
+        gone: set[str] = set()  # runs let go in this catch-up, their last entry folded
+        away = set(self.recalled)  # builds with runs that are not in memory: their rows say
         try:
             while True:
                 page = await pages.get()
@@ -269,8 +278,9 @@ class Runner:
                 if isinstance(page, BaseException):
                     raise page
                 partition, entries = page
-                if self.recalled:  # past the memory taken up: the runs it let go come back
-                    await self.restore(entries, only=self.recalled)
+                at = [(parse_position(position), position) for position, _ in entries]
+                runs = [codec.run_of(fields)[0] for _, fields in entries] if last else []
+                await self._restore_away(partition, entries, at, away, gone)
                 feed = self.engine.feed_entry
                 for start in range(0, len(entries), SLICE):
                     for position, fields in entries[start : start + SLICE]:
@@ -279,6 +289,8 @@ class Runner:
                     # socket buffer's worth of a page or of a batch (a page yielding only once
                     # starved them, and the folds then waited on the server).
                     await asyncio.sleep(0)
+                if last:
+                    away.update(self._let_go(partition, at, runs, last, gone))
                 gc.freeze()  # and no later collection walks it either
                 since_commit += len(entries)
                 if since_commit >= self.commit_every:
@@ -292,6 +304,93 @@ class Runner:
             reading.cancel()
             if storing is not None:
                 await storing
+
+    async def _restore_away(
+        self,
+        partition: int,
+        entries: Sequence[Entry],
+        at: Sequence[tuple[Position, str]],
+        away: set[str],
+        gone: set[str],
+    ) -> None:
+        """Before a page of the catch-up is folded: the builds with runs away (``away``) take
+        back those that entries past their checkpoint are about: any run for a build that
+        took its memory up, only runs let go (``gone``) for one folding from zero (the others
+        it has not met yet, or folds from their start)."""
+        for build in self.engine.builds:
+            if build.name in away:
+                stored = build.stored[partition]
+                later = [e for e, (pos, _) in zip(entries, at, strict=True) if pos > stored]
+                if later:
+                    runs = None if build.name in self.recalled else gone
+                    await self.restore(later, only=(build.name,), runs=runs)
+
+    async def _last_stored(self) -> dict[str, tuple[int, str] | None]:
+        """For a catch-up that folds the log from zero up to a checkpoint (a restart that took
+        no memory up): each run's last entry at or before the furthest checkpoint, read once
+        ahead (``codec.run_of``: the run only), with its partition; None for a run with entries
+        on several partitions (a user's refusal is on the user's), which stays in memory (the
+        partitions are folded in any interleaving: its entries could not be said all folded).
+        Empty where no build has a checkpoint to reach."""
+        bound = [
+            max(
+                (b.stored[p] for b in self.engine.builds if b.name not in self.recalled),
+                default=ZERO,
+            )
+            for p in range(len(self.readers))
+        ]
+        last: dict[str, tuple[int, str] | None] = {}
+        for partition, reader in enumerate(self.readers):
+            after = "0-0"
+            while bound[partition] > ZERO:
+                entries = await reader.read(after, self.page)
+                for position, fields in entries:
+                    if parse_position(position) > bound[partition]:
+                        break
+                    if (run_id := codec.run_of(fields)[0]) is not None:
+                        seen = last.get(run_id, (partition, position))
+                        on_one = seen is not None and seen[0] == partition
+                        last[run_id] = (partition, position) if on_one else None
+                else:
+                    if len(entries) == self.page:
+                        after = entries[-1][0]
+                        continue
+                break
+        return last
+
+    def _let_go(
+        self,
+        partition: int,
+        at: Sequence[tuple[Position, str]],
+        runs: Sequence[str | None],
+        last: dict[str, tuple[int, str] | None],
+        gone: set[str],
+    ) -> set[str]:
+        """After a page of the catch-up: the runs whose last entry up to the checkpoints it
+        held leave the builds still folding what they stored (their rows say the rest), if at
+        rest, unless the page holds a later entry of theirs; the builds that let some go."""
+        done = [
+            (pos, run_id)
+            for (pos, position), run_id in zip(at, runs, strict=True)
+            if run_id is not None and last.get(run_id) == (partition, position)
+        ]
+        for _, run_id in done:
+            del last[run_id]  # met: what is left to meet shrinks as the catch-up goes
+        if not done:
+            return set()
+        letting: set[str] = set()
+        for build in self.engine.builds:
+            fold = build.projection
+            if build.beyond or build.dirty or not isinstance(fold, Evicting):
+                continue
+            stored = build.stored[partition]
+            later = {run_id for (pos, _), run_id in zip(at, runs, strict=True) if pos > stored}
+            for pos, run_id in done:
+                if pos <= stored and run_id not in later and fold.let_go(run_id):
+                    self.evicted += 1
+                    letting.add(build.name)
+                    gone.add(run_id)
+        return letting
 
     async def _read_ahead(self, pages: asyncio.Queue[Page | Exception | None]) -> None:
         """A page of each partition in turn, until each one's end; then None."""
@@ -385,18 +484,23 @@ class Runner:
         if self.evicting:
             self.evicted += self.engine.evict_resting(self.rest_ms)
 
-    async def restore(self, entries: Sequence[Entry], only: Collection[str] | None = None) -> int:
+    async def restore(
+        self,
+        entries: Sequence[Entry],
+        only: Collection[str] | None = None,
+        runs: Collection[str] | None = None,
+    ) -> int:
         """Give the runs ``entries`` are about back to the folds that let them go, from their
         stored rows, before the entries are folded; how many (run, fold) came back. ``only``:
-        those builds (by name; in a catch-up, the ones that took their memory up: the others
-        fold the log from zero, and every run is theirs to see from its start)."""
+        those builds (by name). ``runs``: those runs only (in a catch-up from zero, the ones let
+        go: every other run is the fold's to see from its start)."""
         if not self.evicted and not self.recalled:
             return 0
         about: set[str] = set()
         new: set[str] = set()  # submitted in these entries: nothing to give back
         for _, fields in entries:
             run_id, kind = codec.run_of(fields)
-            if run_id is None or run_id in about:
+            if run_id is None or run_id in about or (runs is not None and run_id not in runs):
                 continue
             (new if kind in _SUBMITTED else about).add(run_id)
         about -= new

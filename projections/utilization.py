@@ -60,7 +60,7 @@ from events.nodes import NodeState as AdminState
 from events.nodes import Service
 from events.nodes import evolve as evolve_node
 from events.spec import PRIORITY_RANK
-from projections.base import Row, RowKey, due, encode, skipped
+from projections.base import LetsRunsGo, Row, RowKey, encode, skipped
 
 NodeState = Literal["up", "lost"]
 _NODE_EVENTS = frozenset(NODE_EVENT_TYPES)  # every one changes a node's state
@@ -238,7 +238,7 @@ class _Memory(msgspec.Struct, gc=False):
     _resting: dict[str, int]
 
 
-class UtilizationProjection:
+class UtilizationProjection(LetsRunsGo):
     name: ClassVar[str] = "utilization"
     Memory: ClassVar[type[msgspec.Struct]] = _Memory
     #: 2: instance rows count ``registered`` nodes; 3: cordoned GPUs apart from available,
@@ -392,14 +392,12 @@ class UtilizationProjection:
             else:
                 yield Row(kind=kind, id=key, body=None, unindex=(index,))
 
-    def evict_resting(self, before: int, at_most: int) -> int:
-        evicted = 0
-        for run_id in due(self._resting, before, at_most):
-            run = self.runs.get(run_id)
-            if run is not None and run.phase in ("done", "deleted"):
-                del self.runs[run_id]
-                evicted += 1
-        return evicted
+    def at_rest(self, run_id: str) -> bool:
+        run = self.runs.get(run_id)
+        return run is not None and run.phase in ("done", "deleted")
+
+    def forget(self, run_id: str) -> None:
+        del self.runs[run_id]
 
     def holds(self, run_id: str) -> bool:
         return run_id in self.runs

@@ -143,3 +143,27 @@ def test_a_fold_whose_memory_changed_shape_has_another_form() -> None:
     before = memory_form(fold)
     fold.Memory = msgspec.defstruct("Memory", [("runs", dict[str, int])])  # type: ignore[misc]
     assert memory_form(fold) != before
+
+
+def test_a_start_from_zero_lets_the_runs_at_rest_go_as_it_folds() -> None:
+    """A start with no memory to take up (after a kill -9) folds the log from zero up to its
+    checkpoints; a run at rest leaves as soon as its last entry up to them is folded (its rows
+    say the rest), not once the whole history is in memory. Its rows stay a rebuild's."""
+    entries = history(random.Random(4), 300, runs=8)
+    events = [codec.recorded(position, fields).event for position, fields in entries]
+
+    async def scenario() -> Runner:
+        store, log = FakeStore(), FakeLog(entries)
+        log.reveal(len(entries))
+        first = Projector(store, [log], [FakeGroup(log)], make_all, batch=10)
+        await first.start()  # the whole log stored; then it dies, keeping nothing
+        runner = Runner(store, [log], make_all(), page=7)
+        await runner.start(serving=False)  # nothing let go after the catch-up: only during it
+        rebuild = await rebuilt([entries])
+        for name in NAMES:
+            assert store.build(name) == rebuild.build(name), f"projection {name} differs"
+        return runner
+
+    runner = asyncio.run(scenario())
+    assert runner.evicted > 0
+    assert_only_moving_runs_held(runner, moving(events))
