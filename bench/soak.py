@@ -353,9 +353,7 @@ async def started(projector: asyncio.subprocess.Process, log_path: Path) -> tupl
         if plans and len(ready) >= len(NAMES):
             seconds = (_when(ready[len(NAMES) - 1]) - _when(plans[0])).total_seconds()
             return seconds, await settled_rss_kib(projector.pid)
-        await asyncio.sleep(
-            0.2
-        )  # allowed: a log file has no event to wait on; polled to a deadline
+        await asyncio.sleep(0.2)  # allowed: a log file has no event; polled to a deadline
     raise TimeoutError("the projector did not start within an hour")
 
 

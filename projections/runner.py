@@ -278,9 +278,12 @@ class Runner:
                 if isinstance(page, BaseException):
                     raise page
                 partition, entries = page
-                at = [(parse_position(position), position) for position, _ in entries]
+                # Positions and runs only where something may be away or let go: a first
+                # start or a rebuild folds every page without them.
+                at = [(parse_position(p), p) for p, _ in entries] if away or last else []
                 runs = [codec.run_of(fields)[0] for _, fields in entries] if last else []
-                await self._restore_away(partition, entries, at, away, gone)
+                if away:
+                    await self._restore_away(partition, entries, at, away, gone)
                 feed = self.engine.feed_entry
                 for start in range(0, len(entries), SLICE):
                     for position, fields in entries[start : start + SLICE]:
@@ -318,12 +321,11 @@ class Runner:
         took its memory up, only runs let go (``gone``) for one folding from zero (the others
         it has not met yet, or folds from their start)."""
         for build in self.engine.builds:
-            if build.name in away:
-                stored = build.stored[partition]
+            stored = build.stored[partition]
+            if build.name in away and at[-1][0] > stored:  # the page in order: past it at all
                 later = [e for e, (pos, _) in zip(entries, at, strict=True) if pos > stored]
-                if later:
-                    runs = None if build.name in self.recalled else gone
-                    await self.restore(later, only=(build.name,), runs=runs)
+                runs = None if build.name in self.recalled else gone
+                await self.restore(later, only=(build.name,), runs=runs)
 
     async def _last_stored(self) -> dict[str, tuple[int, str] | None]:
         """For a catch-up that folds the log from zero up to a checkpoint (a restart that took
@@ -384,7 +386,11 @@ class Runner:
             if build.beyond or build.dirty or not isinstance(fold, Evicting):
                 continue
             stored = build.stored[partition]
-            later = {run_id for (pos, _), run_id in zip(at, runs, strict=True) if pos > stored}
+            later = (
+                {run_id for (pos, _), run_id in zip(at, runs, strict=True) if pos > stored}
+                if at[-1][0] > stored  # the page in order: past the checkpoint at all
+                else set()
+            )
             for pos, run_id in done:
                 if pos <= stored and run_id not in later and fold.let_go(run_id):
                     self.evicted += 1
