@@ -233,6 +233,20 @@ class AttemptsProjection(LetsRunsGo):
         last = attempts[-1]  # to leave again, once at rest long enough
         self._resting[run_id] = last.ended_at or last.opened_at
 
+    def as_stored(
+        self, run_id: str, found: Mapping[RowKey, bytes | None]
+    ) -> tuple[list[RowKey], list[Row]]:
+        """Its attempts' rows (read as ``restoring`` reads them), each in ``run:<run_id>``
+        scored by its index."""
+        if wanted := self.restoring(run_id, found):
+            return wanted, []
+        rows: list[Row] = []
+        while (body := found.get(key := (KIND, f"{run_id}:{len(rows)}"))) is not None:
+            stored = _indexed_decoder.decode(body)
+            index = ((f"run:{stored.run_id}", stored.index),)
+            rows.append(Row(kind=KIND, id=key[1], body=body, index=index))
+        return [], rows
+
     def _attempt(self, kind: str, row_id: str) -> AttemptRow | None:
         run_id, _, index_text = row_id.rpartition(":")
         attempts = self.runs.get(run_id)
@@ -243,6 +257,16 @@ class AttemptsProjection(LetsRunsGo):
 
 
 _decoder = msgspec.json.Decoder(AttemptRow)
+
+
+class _Indexed(msgspec.Struct, gc=False):
+    """What a stored attempt's row says of the index it is in."""
+
+    run_id: str
+    index: int
+
+
+_indexed_decoder = msgspec.json.Decoder(_Indexed)
 #: Attempts' rows read at a time to restore a run (most runs have one or two).
 _RESTORE_PAGE = 4
 

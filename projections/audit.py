@@ -176,14 +176,7 @@ class AuditProjection(LetsRunsGo):
 
     def restoring(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> list[RowKey]:
         """Its numbered entries, ``_RESTORE_PAGE`` at a time, until one is missing."""
-        if run_id in self.counts:
-            return []
-        n = 0
-        while (key := ("entry", f"{run_id}#{n}")) in found:
-            if found[key] is None:
-                return []
-            n += 1
-        return [("entry", f"{run_id}#{i}") for i in range(n, n + _RESTORE_PAGE)]
+        return [] if run_id in self.counts else _numbered_to_read(run_id, found)
 
     def restore(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> None:
         if run_id in self.counts:
@@ -198,6 +191,35 @@ class AuditProjection(LetsRunsGo):
         if entry.run_name is not None:
             self.names[run_id] = entry.run_name
         self._resting[run_id] = entry.time  # at rest still: to leave again, once long enough
+
+    def as_stored(
+        self, run_id: str, found: Mapping[RowKey, bytes | None]
+    ) -> tuple[list[RowKey], list[Row]]:
+        """Its numbered entries (read as ``restoring`` reads them), each in the index of its
+        actor scored by its time. Not the refusals about the run (``refusal_key``, in
+        ``refused:<run_id>``): a user's events, folded in any order with the run's, they stay
+        in the store."""
+        if wanted := _numbered_to_read(run_id, found):
+            return wanted, []
+        rows: list[Row] = []
+        while (body := found.get(key := ("entry", f"{run_id}#{len(rows)}"))) is not None:
+            entry = _decoder.decode(body)
+            index: tuple[tuple[str, int], ...] = ((f"actor:{entry.actor}", entry.time),)
+            if entry.action == _REFUSED and entry.run_id is not None:
+                index += ((refusals_index(entry.run_id), entry.time),)
+            rows.append(Row(kind="entry", id=key[1], body=body, index=index))
+        return [], rows
+
+
+def _numbered_to_read(run_id: str, found: Mapping[RowKey, bytes | None]) -> list[RowKey]:
+    """A run's numbered entries still to read, ``_RESTORE_PAGE`` at a time, until one is
+    missing."""
+    n = 0
+    while (key := ("entry", f"{run_id}#{n}")) in found:
+        if found[key] is None:
+            return []
+        n += 1
+    return [("entry", f"{run_id}#{i}") for i in range(n, n + _RESTORE_PAGE)]
 
 
 def entry_of(record: Recorded, names: Mapping[str, str]) -> Entry | None:

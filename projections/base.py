@@ -112,6 +112,17 @@ class Evicting(Protocol):
         """Take the run back from its rows (none found: a run this fold never saw)."""
         ...
 
+    def as_stored(
+        self, run_id: str, found: Mapping[RowKey, bytes | None]
+    ) -> tuple[list[RowKey], list[Row]]:
+        """The run's rows as the store holds them (the fold let it go): first the keys still to
+        read, given those read so far (``found``, None for a row that is not stored); then, with
+        nothing left to read, every row of the run, its body as stored and every index it is in
+        with its score. Nothing shared with other runs; none for a run this fold never saw.
+        Called after ``restoring`` (its reads in ``found``): storing these rows back, as they
+        are, leaves the store as it was before they were taken out."""
+        ...
+
 
 @runtime_checkable
 class Resumable(Protocol):

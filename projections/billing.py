@@ -218,18 +218,7 @@ class BillingProjection(LetsRunsGo):
     def restoring(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> list[RowKey]:
         """Its ``run`` row, then its attempts' rows, then the ``run`` totals of their
         gpu_types."""
-        if run_id in self.runs:
-            return []
-        row = ("run", run_id)
-        if row not in found:
-            return [row]
-        if (body := found[row]) is None:
-            return []  # a run this fold never saw
-        wanted = [("attempt", key) for key in _run_decoder.decode(body).attempts]
-        if all(key in found for key in wanted):
-            gpu_types = {_decoded(found[key]).gpu_type for key in wanted}
-            wanted = [("total", _run_total(run_id, gpu_type)) for gpu_type in gpu_types]
-        return [key for key in wanted if key not in found]
+        return [] if run_id in self.runs else _to_read(run_id, found)
 
     def restore(self, run_id: str, found: Mapping[RowKey, bytes | None]) -> None:
         body = found.get(("run", run_id))
@@ -243,6 +232,32 @@ class BillingProjection(LetsRunsGo):
                 self.totals[key] = msgspec.json.decode(stored, type=Total)
         ends = [self.attempts[k].ended_at or self.attempts[k].started_at for k in run.attempts]
         self._resting[run_id] = max(ends, default=0)  # to leave again, once at rest long enough
+
+    def as_stored(
+        self, run_id: str, found: Mapping[RowKey, bytes | None]
+    ) -> tuple[list[RowKey], list[Row]]:
+        """Its ``run`` row (in no index), its attempts' rows (one still open in ``open``,
+        scored by its start) and its ``run`` totals (in ``totals:run``), read as ``restoring``
+        reads them. Not the totals by user, cluster, gpu_type or day: every run's."""
+        if wanted := _to_read(run_id, found):
+            return wanted, []
+        body = found.get(("run", run_id))
+        if body is None:
+            return [], []  # a run this fold never saw
+        rows = [Row(kind="run", id=run_id, body=body)]
+        totals: dict[str, None] = {}  # the keys of its totals, in order
+        for key in _run_decoder.decode(body).attempts:
+            stored = found[("attempt", key)]
+            billed = _decoded(stored)
+            index = () if billed.ended_at is not None else (("open", billed.started_at),)
+            rows.append(Row(kind="attempt", id=key, body=stored, index=index))
+            totals[_run_total(run_id, billed.gpu_type)] = None
+        for key in totals:
+            if (stored := found[("total", key)]) is not None:
+                total = msgspec.json.decode(stored, type=Total)
+                index = ((f"totals:{total.dim}", 0),)
+                rows.append(Row(kind="total", id=key, body=stored, index=index))
+        return [], rows
 
     def rows(self, keys: Iterable[RowKey]) -> Iterable[Row]:
         for kind, key in keys:
@@ -260,6 +275,21 @@ class BillingProjection(LetsRunsGo):
                 yield Row(
                     kind=kind, id=key, body=encode(total), index=((f"totals:{total.dim}", 0),)
                 )
+
+
+def _to_read(run_id: str, found: Mapping[RowKey, bytes | None]) -> list[RowKey]:
+    """A run's rows still to read: its ``run`` row, then its attempts' rows, then the ``run``
+    totals of their gpu_types (an attempt still open has none yet: that one is not stored)."""
+    row = ("run", run_id)
+    if row not in found:
+        return [row]
+    if (body := found[row]) is None:
+        return []  # a run this fold never saw
+    wanted = [("attempt", key) for key in _run_decoder.decode(body).attempts]
+    if all(key in found for key in wanted):
+        gpu_types = {_decoded(found[key]).gpu_type for key in wanted}
+        wanted = [("total", _run_total(run_id, gpu_type)) for gpu_type in gpu_types]
+    return [key for key in wanted if key not in found]
 
 
 def _total_key(dim: str, value: str, gpu_type: str) -> str:

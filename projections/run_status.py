@@ -88,6 +88,20 @@ class _RunState(_RunFields, kw_only=True, gc=False):
 _decoder = msgspec.json.Decoder(_RunState)
 
 
+class _Indexed(msgspec.Struct, gc=False):
+    """What a stored row says of the indexes it is in, and of its name."""
+
+    name: str
+    status: RunStatus
+    created_at: int
+    created_by: str
+    requested_cluster: str = ""
+    parent: str | None = None
+
+
+_stored_decoder = msgspec.json.Decoder(_Indexed)
+
+
 def new_row(event: ev.RunSubmitted) -> _RunState:
     spec = event.spec
     compute, scheduling = spec.compute, spec.scheduling
@@ -181,16 +195,10 @@ class RunStatusProjection(LetsRunsGo):
             score = row.created_at
             before = indexed.get(run_id)
             indexed[run_id] = row.status
+            index: tuple[tuple[str, int], ...]
+            unindex: tuple[str, ...]
             if before is None:  # first stored: every index (the first three never change)
-                index: tuple[tuple[str, int], ...] = (
-                    ("created", score),
-                    (f"user:{row.created_by}", score),
-                    (f"cluster:{row.requested_cluster}", score),
-                    (_STATUS_INDEX[row.status], score),
-                )
-                if row.parent is not None:
-                    index += ((f"parent:{row.parent}", score),)
-                unindex: tuple[str, ...] = ()
+                index, unindex = _indexes(row), ()
             elif before is not row.status:
                 index, unindex = ((_STATUS_INDEX[row.status], score),), (_STATUS_INDEX[before],)
             else:
@@ -227,6 +235,42 @@ class RunStatusProjection(LetsRunsGo):
         self.indexed[run_id] = row.status
         self._keys[run_id] = ((KIND, run_id),)
         self._resting[run_id] = row.updated_at  # to leave again, once at rest long enough
+
+    def as_stored(
+        self, run_id: str, found: Mapping[RowKey, bytes | None]
+    ) -> tuple[list[RowKey], list[Row]]:
+        """Its ``run`` row in every index ``rows`` put it in (those of its first render, its
+        status's), then its ``name`` row if that still names this run (a later run of the
+        same name took it over otherwise: the row is that run's)."""
+        key = (KIND, run_id)
+        if key not in found:
+            return [key], []
+        body = found[key]
+        if body is None:
+            return [], []  # a run this fold never saw
+        stored = _stored_decoder.decode(body)
+        name = (NAME_KIND, stored.name)
+        if name not in found:
+            return [name], []
+        rows = [Row(kind=KIND, id=run_id, body=body, index=_indexes(stored))]
+        named = found[name]
+        if named is not None and msgspec.json.decode(named) == run_id:
+            rows.append(Row(kind=NAME_KIND, id=stored.name, body=named))
+        return [], rows
+
+
+def _indexes(row: _RunState | _Indexed) -> tuple[tuple[str, int], ...]:
+    """Every index a run's row is in, as it stands: scored by its creation."""
+    score = row.created_at
+    index: tuple[tuple[str, int], ...] = (
+        ("created", score),
+        (f"user:{row.created_by}", score),
+        (f"cluster:{row.requested_cluster}", score),
+        (_STATUS_INDEX[row.status], score),
+    )
+    if row.parent is not None:
+        index += ((f"parent:{row.parent}", score),)
+    return index
 
 
 def _touch(row: _RunState, event: Any) -> str | None:

@@ -415,6 +415,18 @@ class UtilizationProjection(LetsRunsGo):
         # rest long enough (maybe sooner than it would have; it is read back again if so).
         self._resting[run_id] = run.line.since
 
+    def as_stored(
+        self, run_id: str, found: Mapping[RowKey, bytes | None]
+    ) -> tuple[list[RowKey], list[Row]]:
+        """Its ``done`` row, in no index (none: a run deleted, or one it never saw). A run at
+        rest has no ``queued`` or ``active`` row: each went when its phase ended. Not the
+        nodes and instances it was on: every run's."""
+        key = ("done", run_id)
+        if key not in found:
+            return [key], []
+        body = found[key]
+        return [], [] if body is None else [Row(kind="done", id=run_id, body=body)]
+
     def _instance_row(self, key: str) -> Row:
         cluster, gpu_type, gpus_text = key.split("|")
         gpus = int(gpus_text)
