@@ -174,6 +174,12 @@ def projection_active(name: str) -> str:
     return f"{projection_keys()}{name}:active"
 
 
+def cold_rows() -> str:
+    """The directory holding the projection rows of archived runs (``projections.cold``),
+    as the projector that moved them sees it: readers take a run Valkey lacks from there."""
+    return f"{projection_keys()}cold"
+
+
 def log_collector_lease() -> str:
     """Held by the log-collector that copies the ingest stream (one at a time keeps each rank's
     lines in id order); its value is that collector's name."""

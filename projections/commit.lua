@@ -72,3 +72,52 @@ local function commit(keys, args)
 end
 
 redis.register_function('runplane_project', commit)
+
+-- The cooler's one step (services.projector.cooling): runs whose rows are in the cold rows'
+-- segments leave Valkey, each run all at once in every build, and only if it is as the cooler
+-- read it: each row it read still holds what it read (or is still missing), and each build is
+-- still the one readers read. A run that moved meanwhile stays, whole.
+--
+-- ARGV[1] a MessagePack array, one item per run: {checks, actives, deletes} with
+--   checks: {key index, field, 1 and the body it held | 0 and "" for a row that was missing}
+--   actives: {key index (an active pointer), the namespace it must name}
+--   deletes: {"D", key index, field} (HDEL) or {"R", key index, member} (ZREM)
+-- Optionally ARGV[2], a fencing token, and the last KEYS entry, the lease that must hold it.
+--
+-- Returns {"ok", runs that left}, or {"fenced", key, holder}.
+local function cool(keys, args)
+  if #args == 2 then
+    local holder = redis.call('GET', keys[#keys]) or ''
+    if holder ~= args[2] then
+      return {'fenced', keys[#keys], holder}
+    end
+  end
+  local gone = 0
+  for _, run in ipairs(cmsgpack.unpack(args[1])) do
+    local same = true
+    for _, check in ipairs(run[1]) do
+      local found = redis.call('HGET', keys[check[1]], check[2])
+      if (check[3] == 1 and found ~= check[4]) or (check[3] == 0 and found) then
+        same = false
+        break
+      end
+    end
+    if same then
+      for _, active in ipairs(run[2]) do
+        if redis.call('GET', keys[active[1]]) ~= active[2] then
+          same = false
+          break
+        end
+      end
+    end
+    if same then
+      for _, delete in ipairs(run[3]) do
+        redis.call(delete[1] == 'D' and 'HDEL' or 'ZREM', keys[delete[2]], delete[3])
+      end
+      gone = gone + 1
+    end
+  end
+  return {'ok', gone}
+end
+
+redis.register_function('runplane_cool', cool)

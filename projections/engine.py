@@ -36,6 +36,7 @@ Invariants:
 from __future__ import annotations
 
 import operator
+import sys
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -90,6 +91,9 @@ class Build:
     #: Make this build the one readers read, at the next commit.
     activate: bool = False
     dirty: set[RowKey] = field(default_factory=set)
+    #: Rows of runs that came back from the cold rows, as they were stored: written back ahead
+    #: of the next batch's own rows (which may change them), in the same transaction.
+    warm: list[Row] = field(default_factory=list)
     #: It folded an entry past its checkpoint: entries before it change rows to store too.
     beyond: bool = False
 
@@ -295,10 +299,10 @@ class Engine:
                 # rows would be rendered from less than is stored. Only once it stands at or
                 # past its checkpoint on every partition (the same with one partition).
                 continue
-            if positions == tuple(build.stored) and not build.activate:
+            if positions == tuple(build.stored) and not build.activate and not build.warm:
                 continue
-            rows = tuple(build.projection.rows(build.dirty))
-            build.dirty = set()
+            rows = (*build.warm, *build.projection.rows(build.dirty))
+            build.dirty, build.warm = set(), []
             parts.append(
                 Part(
                     name=build.name,
@@ -326,11 +330,22 @@ class Engine:
                 evicted += fold.evict_resting(before, at_most)
         return evicted
 
+    def let_resting_go(self) -> int:
+        """Let every run at rest leave the memory of every build that has stored all it
+        folded, however recently it came to rest; how many left."""
+        evicted = 0
+        for build in self.stored_all():
+            fold = build.projection
+            if isinstance(fold, Evicting):
+                evicted += fold.evict_resting(sys.maxsize, sys.maxsize)
+        return evicted
+
     def stored_all(self) -> list[Build]:
-        """The builds that have stored all they folded: nothing dirty, the checkpoint where
-        they folded to. Their folds' memory is what their stored rows were rendered from."""
+        """The builds that have stored all they folded: nothing dirty or to write back, the
+        checkpoint where they folded to. Their folds' memory is what their stored rows were
+        rendered from."""
         self._level_up()
-        return [b for b in self.builds if not b.dirty and b.applied == b.stored]
+        return [b for b in self.builds if not b.dirty and not b.warm and b.applied == b.stored]
 
     def committed(self, batch: Batch) -> None:
         """``batch`` is stored: what it holds is no longer dirty."""

@@ -4,16 +4,22 @@ Every read first looks up the projection's active build, then reads that build's
 switch to a new build (a new fold version, a rebuild) is one pointer change for readers. A
 projection that was never built reads as empty. Times are ms since the epoch; ``now`` is passed
 in by the caller (the CLI's clock), never read here.
+
+The rows of archived runs leave Valkey for Parquet (``projections.cold``): a read takes a run
+Valkey lacks from there, and a listing or a report merges them in, so an archived run reads
+exactly as it did.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import heapq
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import msgspec
@@ -26,7 +32,9 @@ from events.status import RunStatus
 from projections import billing
 from projections.attempts import AttemptRow
 from projections.audit import Entry, entry_of, refusals_index
+from projections.base import Row
 from projections.billing import BilledAttempt, GroupBy, Report, Total
+from projections.cold import ANCHOR, ColdRows
 from projections.run_status import RunRow
 from projections.runner import LogReader, RedisLogReader, each
 from projections.utilization import (
@@ -78,6 +86,44 @@ class _Namespace:
     async def members(self, index: str) -> list[bytes]:
         return cast(list[bytes], await self.client.zrange(self.index_key(index), 0, -1))
 
+    async def cold(self) -> ColdRows | None:
+        """The cold rows, if any run's rows left Valkey."""
+        root = cast(bytes | None, await self.client.get(keys.cold_rows()))
+        return None if root is None else ColdRows(Path(root.decode()))
+
+    async def cold_runs(self, runs: Sequence[str]) -> dict[str, list[Row]]:
+        """The rows in this build of those of ``runs`` that are cold, by run (the others,
+        warm or unknown, are not in the result)."""
+        cold = await self.cold()
+        if cold is None or not runs:
+            return {}
+        gone = await _gone(self.client, runs)
+        return await asyncio.to_thread(cold.runs, self.name, self.namespace, gone) if gone else {}
+
+    async def cold_of_kind(self, kind: str) -> dict[str, list[Row]]:
+        """Every cold run's rows of ``kind`` in this build, by run."""
+        cold = await self.cold()
+        if cold is None:
+            return {}
+        found = await asyncio.to_thread(cold.of_kind, self.name, self.namespace, kind)
+        gone = set(await _gone(self.client, list(found)))
+        return {run: rows for run, rows in found.items() if run in gone}
+
+
+async def _gone(client: aioredis.Redis, runs: Sequence[str]) -> list[str]:
+    """Of ``runs``, those whose ``ANCHOR`` row is not in Valkey: cold (or unknown)."""
+    anchor, kind = ANCHOR
+    active = cast(bytes | None, await client.get(keys.projection_active(anchor)))
+    if active is None:
+        return list(runs)
+    key = keys.projection_rows(anchor, active.decode(), kind)
+    gone: list[str] = []
+    for at in range(0, len(runs), _CHUNK * 5):
+        chunk = list(runs[at : at + _CHUNK * 5])
+        there = cast(list[bytes | None], await client.hmget(key, chunk))
+        gone += [run for run, body in zip(chunk, there, strict=True) if body is None]
+    return gone
+
 
 async def _active(client: aioredis.Redis, name: str) -> _Namespace | None:
     namespace = cast(bytes | None, await client.get(keys.projection_active(name)))
@@ -97,7 +143,24 @@ async def get_run(client: aioredis.Redis, run: str) -> RunRow | None:
     row = await ns.get("run", run, RunRow)
     if row is None and (uid := await ns.get("name", run, str)) is not None:
         row = await ns.get("run", uid, RunRow)
+    if row is None and (cold := await ns.cold()) is not None:
+        row = await asyncio.to_thread(_cold_run, cold, ns.namespace, run)
     return row
+
+
+def _cold_run(cold: ColdRows, namespace: str, run: str) -> RunRow | None:
+    """A cold run by run_uid or name (``get_run`` found neither in Valkey)."""
+    for uid in [
+        run,
+        *(
+            msgspec.json.decode(r.body or b'""', type=str)
+            for r in cold.by_id("run_status", namespace, "name", run)
+        ),
+    ]:
+        for row in cold.runs("run_status", namespace, [uid]).get(uid, []):
+            if row.kind == "run" and row.body is not None:
+                return msgspec.json.decode(row.body, type=RunRow)
+    return None
 
 
 def valid_cursor(cursor: str) -> bool:
@@ -148,6 +211,7 @@ async def list_runs(
         score_text, _, tie_text = cursor.partition(":")
         high, tie = min(high, float(score_text)), tie_text.encode()
     low: float = float("-inf") if after is None else after
+    start = (high, tie)
     found: list[RunRow] = []
     while len(found) <= limit:
         chunk = cast(
@@ -162,10 +226,44 @@ async def list_runs(
         if len(chunk) < _CHUNK:
             break
         tie, high = chunk[-1]
+    if (cold := await ns.cold()) is not None:
+        found += await _cold_listed(
+            client, cold, namespace=ns.namespace, keep=keep, bounds=(low, start), limit=limit
+        )
+        found.sort(key=lambda row: (row.created_at, row.run_uid), reverse=True)
     page = found[:limit]
     if len(found) <= limit:
         return Page(runs=page)
     return Page(runs=page, next_cursor=f"{page[-1].created_at}:{page[-1].run_uid}")
+
+
+async def _cold_listed(
+    client: aioredis.Redis,
+    cold: ColdRows,
+    *,
+    namespace: str,
+    keep: _Filter,
+    bounds: tuple[float, tuple[float, bytes | None]],
+    limit: int,
+) -> list[RunRow]:
+    """The first ``limit`` + 1 cold runs of a listing (newest first) that ``keep`` keeps,
+    created from ``bounds[0]`` on and before ``bounds[1]`` (the page's start: a score and the
+    cursor's run, ties after it)."""
+    low, (high, tie) = bounds
+    listed = await asyncio.to_thread(cold.created, namespace, low, high)
+    after = [run for created, run in listed if tie is None or created != high or run.encode() < tie]
+    found: list[RunRow] = []
+    for at in range(0, len(after), _CHUNK):
+        chunk = after[at : at + _CHUNK]
+        gone = await _gone(client, chunk)  # a run that came back is listed from Valkey
+        rows = await asyncio.to_thread(cold.runs, "run_status", namespace, gone)
+        for run in gone:
+            body = next((r.body for r in rows.get(run, []) if r.kind == "run"), None)
+            if body is not None and keep(row := msgspec.json.decode(body, type=RunRow)):
+                found.append(row)
+        if len(found) > limit:
+            break
+    return found
 
 
 @dataclass(frozen=True)
@@ -197,8 +295,7 @@ async def attempts(client: aioredis.Redis, run: str) -> list[AttemptRow]:
     run_id = found.run_uid if found is not None else run
     if ns is None:
         return []
-    rows = await ns.many("attempt", await ns.members(f"run:{run_id}"), AttemptRow)
-    return sorted(rows, key=lambda row: row.index)
+    return (await attempts_of(client, [run_id]))[run_id]
 
 
 async def attempts_of(
@@ -217,9 +314,17 @@ async def attempts_of(
     for row in await ns.many("attempt", [m for ids in members for m in ids], AttemptRow):
         if row.run_id in found:
             found[row.run_id].append(row)
+    unseen = [run_id for run_id, ids in zip(run_ids, members, strict=True) if not ids]
+    for run_id, cold in (await ns.cold_runs(unseen)).items():
+        found[run_id] += _decoded(cold, "attempt", AttemptRow)
     for rows in found.values():
         rows.sort(key=lambda row: row.index)
     return found
+
+
+def _decoded(rows: Iterable[Row], kind: str, type_: type[T]) -> list[T]:
+    """The bodies of the rows of ``kind`` among ``rows``, decoded."""
+    return [msgspec.json.decode(r.body, type=type_) for r in rows if r.kind == kind and r.body]
 
 
 # --- billing -------------------------------------------------------------------------------
@@ -237,6 +342,9 @@ async def billing_report(
     to ``now``."""
     ns = await _active(client, "billing")
     rows = [] if ns is None else await ns.all("attempt", BilledAttempt)
+    if ns is not None:
+        for cold in (await ns.cold_of_kind("attempt")).values():
+            rows += _decoded(cold, "attempt", BilledAttempt)
     return billing.report(rows, group_by, window=window, now=now, prices=prices)
 
 
@@ -245,8 +353,11 @@ async def billing_totals(client: aioredis.Redis, dim: billing.Dimension) -> dict
     ns = await _active(client, "billing")
     if ns is None:
         return {}
+    found = await ns.many("total", await ns.members(f"totals:{dim}"), Total)
+    for cold in (await ns.cold_of_kind("total")).values():  # a run's own totals
+        found += [t for t in _decoded(cold, "total", Total) if t.dim == dim]
     totals: dict[str, int] = {}
-    for total in await ns.many("total", await ns.members(f"totals:{dim}"), Total):
+    for total in found:
         totals[total.value] = totals.get(total.value, 0) + total.gpu_ms
     return totals
 
@@ -280,6 +391,13 @@ async def audit(
             entries += found_entries
             if len(found_entries) < _CHUNK:
                 break
+        if not entries:  # an archived run: its trail is in the cold rows
+            for rows in (await ns.cold_runs([run_id])).values():
+                numbered = sorted(
+                    (r for r in rows if r.kind == "entry"),
+                    key=lambda r: int(r.id.rpartition("#")[2]),
+                )
+                entries = _decoded(numbered, "entry", Entry)
         refusals = cast(
             list[bytes], await client.zrange(ns.index_key(refusals_index(run_id)), 0, -1)
         )
@@ -297,7 +415,18 @@ async def audit(
     index = ns.index_key(f"actor:{user}")
     members = cast(list[bytes], await client.zrangebyscore(index, low, high, start=0, num=limit))
     entries = await ns.many("entry", members, Entry)
-    return sorted(entries, key=lambda e: (e.time, e.position))
+    if (cold := await ns.cold()) is not None:  # and the entries of archived runs
+        span = window if window is not None else (float("-inf"), float("inf"))
+        members_of = await asyncio.to_thread(
+            cold.members, ns.name, ns.namespace, f"actor:{user}", span[0], span[1]
+        )
+        by_run: dict[str, list[Entry]] = {}
+        for _, row in members_of:
+            entry = msgspec.json.decode(row.body or b"{}", type=Entry)
+            by_run.setdefault(entry.run_id or "", []).append(entry)
+        for run_id in await _gone(client, list(by_run)):
+            entries += by_run[run_id]
+    return sorted(entries, key=lambda e: (e.time, e.position))[:limit]
 
 
 def _time(entry: Entry) -> int:

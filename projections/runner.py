@@ -40,8 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import sys
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -58,6 +57,7 @@ from projections.base import (
     Positions,
     Projection,
     Resumable,
+    Row,
     RowKey,
     format_checkpoint,
     format_position,
@@ -110,6 +110,11 @@ class BuildStore(Protocol):
     async def memory(self, name: str, namespace: str) -> bytes | None: ...
 
     async def keep_memory(self, name: str, namespace: str, memory: bytes | None) -> None: ...
+
+    async def cold(self, name: str, namespace: str, runs: Sequence[str]) -> dict[str, list[Row]]:
+        """The rows of ``runs`` that left the store for the cold rows (``projections.cold``),
+        by run: the runs that are there."""
+        ...
 
 
 class _Kept(msgspec.Struct, frozen=True):
@@ -195,6 +200,7 @@ class Runner:
         self.evicting = False
         self.evicted = 0  # runs that left a fold's memory, over every fold
         self.restored = 0  # and came back
+        self.warmed = 0  # of which from the cold rows (``projections.cold``)
         #: Builds that took their memory up (``start``): runs they let go before are away.
         self.recalled: list[str] = []
 
@@ -220,9 +226,11 @@ class Runner:
                     self.retired.append(Retired(build.name, build.expect_active))
         await self.commit()
         # Every run of the log is in memory now; those at rest leave before it serves (a
-        # second or so for a million events), not a few at each of its first commits.
+        # second or so for a million events), not a few at each of its first commits: all of
+        # them, however recently they came to rest, as the log may hold runs whose rows are
+        # cold (``projections.cold``), which must come back whole, not be rendered in part.
         if serving:
-            self.evicted += self.engine.evict_resting(self.rest_ms, at_most=sys.maxsize)
+            self.evicted += self.engine.let_resting_go()
             self.evicting = True
         for build in builds:
             log.info(
@@ -268,7 +276,9 @@ class Runner:
         collecting = gc.isenabled()
         gc.disable()
         last = await self._last_stored()
+        from_zero = bool(last)  # some build folds from zero up to its checkpoint
         gone: set[str] = set()  # runs let go in this catch-up, their last entry folded
+        warmed: set[tuple[str, str]] = set()  # (build, run) looked for in the cold rows
         away = set(self.recalled)  # builds with runs that are not in memory: their rows say
         try:
             while True:
@@ -278,12 +288,11 @@ class Runner:
                 if isinstance(page, BaseException):
                     raise page
                 partition, entries = page
-                # Positions and runs only where something may be away or let go: a first
-                # start or a rebuild folds every page without them.
-                at = [(parse_position(p), p) for p, _ in entries] if away or last else []
+                # Positions and runs only where something may be away, cold or let go: a
+                # first start or a rebuild folds every page without them.
+                at = [(parse_position(p), p) for p, _ in entries] if away or from_zero else []
                 runs = [codec.run_of(fields)[0] for _, fields in entries] if last else []
-                if away:
-                    await self._restore_away(partition, entries, at, away, gone)
+                await self._before_page(partition, entries, at, (away, gone, warmed), from_zero)
                 feed = self.engine.feed_entry
                 for start in range(0, len(entries), SLICE):
                     for position, fields in entries[start : start + SLICE]:
@@ -308,6 +317,23 @@ class Runner:
             if storing is not None:
                 await storing
 
+    async def _before_page(
+        self,
+        partition: int,
+        entries: Sequence[Entry],
+        at: Sequence[tuple[Position, str]],
+        runs: tuple[set[str], set[str], set[tuple[str, str]]],
+        from_zero: bool,
+    ) -> None:
+        """Before a page of the catch-up is folded: runs away back (``_restore_away``), and
+        cold runs held written back (``_warm_held``); ``runs``: the builds with runs away, the
+        runs let go, the (build, run) looked for in the cold rows."""
+        away, gone, warmed = runs
+        if away:
+            await self._restore_away(partition, entries, at, away, gone)
+        if from_zero:
+            await self._warm_held(partition, entries, at, warmed)
+
     async def _restore_away(
         self,
         partition: int,
@@ -326,6 +352,38 @@ class Runner:
                 later = [e for e, (pos, _) in zip(entries, at, strict=True) if pos > stored]
                 runs = None if build.name in self.recalled else gone
                 await self.restore(later, only=(build.name,), runs=runs)
+
+    async def _warm_held(
+        self,
+        partition: int,
+        entries: Sequence[Entry],
+        at: Sequence[tuple[Position, str]],
+        warmed: set[tuple[str, str]],
+    ) -> None:
+        """Before a page of a catch-up from zero is folded: the runs that entries past a
+        build's checkpoint are about, if cold (``projections.cold``): the fold meets them from
+        their start, and their rows are written back with the next batch, which then only
+        changes them (it would otherwise store what changed of a run Valkey lacks). Each
+        (build, run) looked for once; a run submitted past the checkpoint is new."""
+        for build in self.engine.builds:
+            stored = build.stored[partition]
+            if build.name in self.recalled or at[-1][0] <= stored:
+                continue
+            runs: set[str] = set()
+            for (pos, _), (_, fields) in zip(at, entries, strict=True):
+                run_id, kind = codec.run_of(fields)
+                if (
+                    pos > stored
+                    and run_id is not None
+                    and kind not in _SUBMITTED
+                    and (build.name, run_id) not in warmed
+                ):
+                    runs.add(run_id)
+            if not runs:
+                continue
+            warmed.update((build.name, run_id) for run_id in runs)
+            for rows in (await self.store.cold(build.name, build.namespace, sorted(runs))).values():
+                build.warm += rows
 
     async def _last_stored(self) -> dict[str, tuple[int, str] | None]:
         """For a catch-up that folds the log from zero up to a checkpoint (a restart that took
@@ -528,11 +586,34 @@ class Runner:
             for (i, row_keys), bodies in zip(asks, await self.store.rows(asked), strict=True):
                 found[i].update(zip(row_keys, bodies, strict=True))
         restored = 0
-        for (_, fold, run_id), stored in zip(away, found, strict=True):
+        cold: dict[str, list[str]] = {}  # build -> runs not in Valkey: maybe in the cold rows
+        for (build, fold, run_id), stored in zip(away, found, strict=True):
             fold.restore(run_id, stored)
-            restored += fold.holds(run_id)
+            if fold.holds(run_id):
+                restored += 1
+            else:
+                cold.setdefault(build.name, []).append(run_id)
+        restored += await self._warm(cold)
         self.restored += restored
         return restored
+
+    async def _warm(self, runs: Mapping[str, Sequence[str]]) -> int:
+        """Give back the runs (by build) that left Valkey for the cold rows, and have their
+        rows written back, as they were, with the next batch; how many (run, fold) came
+        back."""
+        warmed = 0
+        for build in self.engine.builds:
+            fold = build.projection
+            if build.name not in runs or not isinstance(fold, Evicting):
+                continue
+            found = await self.store.cold(build.name, build.namespace, runs[build.name])
+            for run_id, rows in found.items():
+                fold.restore(run_id, {(row.kind, row.id): row.body for row in rows})
+                if fold.holds(run_id):
+                    build.warm += rows
+                    warmed += 1
+        self.warmed += warmed
+        return warmed
 
 
 async def rebuild(

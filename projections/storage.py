@@ -18,8 +18,10 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
 from importlib.resources import files
+from pathlib import Path
 
 import msgspec
 import redis.asyncio as aioredis
@@ -27,6 +29,7 @@ from redis.exceptions import ResponseError
 
 from events import keys
 from projections.base import ZERO, Positions, Row, RowKey, parse_checkpoint
+from projections.cold import ANCHOR, ColdRows
 from projections.engine import Batch
 from projections.errors import Superseded
 
@@ -34,6 +37,9 @@ _FUNCTION = files("projections").joinpath("commit.lua").read_text()
 Args = list[str | bytes]
 _packer = msgspec.msgpack.Encoder()
 _MEMORY = "memory"
+#: One run's rows in one build as the cooler found them: the projection, the namespace, the
+#: rows it read (None: missing) and the run's rows as stored (``Evicting.as_stored``).
+ColdBuild = tuple[str, str, Mapping[RowKey, bytes | None], Sequence[Row]]
 
 
 def to_call(batch: Batch, fence: tuple[str, str] | None = None) -> tuple[list[str], Args]:
@@ -144,23 +150,23 @@ class RedisStore:
 
     async def commit(self, batch: Batch) -> None:
         call_keys, args = to_call(batch, self.fence)
-        if not self._loaded:  # a large batch is not sent twice to find the function missing
-            await self.redis.function_load(_FUNCTION, replace=True)
-            self._loaded = True
-        try:
-            reply = await self._fcall(call_keys, args)
-        except ResponseError as exc:
-            if "Function not found" not in str(exc):
-                raise
-            await self.redis.function_load(_FUNCTION, replace=True)  # the server lost it
-            reply = await self._fcall(call_keys, args)
+        reply = await self._call("runplane_project", call_keys, args)
         status = _text(reply[0])
         if status != "ok":
             raise Superseded(status, _text(reply[1]), _text(reply[2]))
 
-    async def _fcall(self, call_keys: list[str], args: Args) -> list[bytes | str]:
-        reply = await self.redis.fcall("runplane_project", len(call_keys), *call_keys, *args)
-        return list(reply)
+    async def _call(self, function: str, call_keys: list[str], args: Args) -> list[bytes | str]:
+        """FCALL ``function`` of ``commit.lua``, loading it first where the server lacks it."""
+        if not self._loaded:  # a large batch is not sent twice to find the function missing
+            await self.redis.function_load(_FUNCTION, replace=True)
+            self._loaded = True
+        try:
+            return list(await self.redis.fcall(function, len(call_keys), *call_keys, *args))
+        except ResponseError as exc:
+            if "Function not found" not in str(exc):
+                raise
+            await self.redis.function_load(_FUNCTION, replace=True)  # the server lost it
+            return list(await self.redis.fcall(function, len(call_keys), *call_keys, *args))
 
     async def rows(
         self, wanted: Sequence[tuple[str, str, Sequence[RowKey]]]
@@ -173,6 +179,63 @@ class RedisStore:
                 pipe.hget(keys.projection_rows(name, namespace, kind), row_id)
         bodies = iter(await pipe.execute())
         return [[next(bodies) for _ in row_keys] for _, _, row_keys in wanted]
+
+    async def cold(self, name: str, namespace: str, runs: Sequence[str]) -> dict[str, list[Row]]:
+        """The rows of ``runs`` that left Valkey for the cold rows (``projections.cold``), in
+        the build ``name``/``namespace``, by run: the runs that are cold (``ANCHOR``)."""
+        root = await self.redis.get(keys.cold_rows())
+        if root is None or not runs:
+            return {}
+        anchor, kind = ANCHOR
+        active = await self.active(anchor)
+        if active is None:
+            return {}
+        there = await self.redis.hmget(keys.projection_rows(anchor, active, kind), list(runs))
+        gone = [run for run, body in zip(runs, there, strict=True) if body is None]
+        cold = ColdRows(Path(_text(root)))
+        return await asyncio.to_thread(cold.runs, name, namespace, gone) if gone else {}
+
+    async def cool(self, runs: Sequence[Sequence[ColdBuild]]) -> int:
+        """Delete each run's rows (every build of it at once), if each is still as read and
+        each build still the active one (``runplane_cool``); how many runs left Valkey."""
+        call_keys: list[str] = []
+        places: dict[str, int] = {}
+
+        def place(key: str) -> int:
+            if key not in places:
+                call_keys.append(key)
+                places[key] = len(call_keys)
+            return places[key]
+
+        items = []
+        for builds in runs:
+            checks: list[list[object]] = []
+            actives: list[list[object]] = []
+            deletes: list[list[object]] = []
+            for name, namespace, found, rows in builds:
+                actives.append([place(keys.projection_active(name)), namespace])
+                for (kind, row_id), body in found.items():
+                    at = place(keys.projection_rows(name, namespace, kind))
+                    checks.append(
+                        [at, row_id, 1, body.decode()] if body is not None else [at, row_id, 0, ""]
+                    )
+                for row in rows:
+                    deletes.append(
+                        ["D", place(keys.projection_rows(name, namespace, row.kind)), row.id]
+                    )
+                    for index, _ in row.index:
+                        deletes.append(
+                            ["R", place(keys.projection_index(name, namespace, index)), row.id]
+                        )
+            items.append([checks, actives, deletes])
+        args: Args = [_packer.encode(items)]
+        if self.fence is not None:
+            call_keys.append(self.fence[0])
+            args.append(self.fence[1])
+        reply = await self._call("runplane_cool", call_keys, args)
+        if _text(reply[0]) != "ok":
+            raise Superseded(_text(reply[0]), _text(reply[1]), _text(reply[2]))
+        return int(reply[1])
 
     async def drop(self, name: str, namespace: str) -> int:
         """Delete one build of a projection (never the active one: the caller checks)."""

@@ -196,9 +196,13 @@ RULES: dict[str, Rule] = {
             ("hset", "hdel", "zadd", "zrem"),
             ("hget",),  # a run at rest back from its rows (projections.runner.Runner.restore)
             ("xrevrange",),  # the log's newest entry: the projections' lag (their metrics)
+            # The rows of archived runs to Parquet (services.projector.cooling): the oldest
+            # runs, whether their histories were retired, where the archive is, whether a run
+            # is cold, the cold rows' place.
+            ("zrangebyscore", "hexists", "hmget", "get", "set"),
         ),
         both=(_LOG, _PROJECTIONS, _alive(PROJECTOR)),
-        reads=(_ARCHIVED, _RECORDED_P),
+        reads=(_ARCHIVED, _RETIRED, _RECORDED_P),
         writes=(keys.dead_letter_stream(PROJECTOR),),
     ),
     # Run output: the ingest stream and every rank's lines, their archive queue and requests

@@ -29,6 +29,7 @@ Invariants:
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime as dt
 import fcntl
 import os
@@ -163,19 +164,10 @@ class Archive:
         self.root = root
         self._cached: tuple[str, list[Position], list[Entry]] | None = None
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         """Held by the one archiver writing here (on this host); another gets ``ArchiveBusy``
         at once: two would write the same segments and list them twice."""
-        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ArchiveBusy(self.root) from None
-            yield
-        finally:
-            os.close(fd)  # and the lock with it
+        return locked(self.root)
 
     def manifest(self) -> Manifest:
         path = self.root / MANIFEST
@@ -200,7 +192,7 @@ class Archive:
         from services.core import segments  # noqa: PLC0415 - pyarrow only where it is used
 
         table = segments.table(entries, [aggregate_of(*entry) for entry in entries])
-        _atomically(path, lambda tmp: segments.write(table, tmp))
+        atomically(path, lambda tmp: segments.write(table, tmp))
         return Segment(relative, first, last, len(entries))
 
     def add(self, segment: Segment) -> Manifest:
@@ -212,7 +204,7 @@ class Archive:
             raise ValueError(f"segment {segment.path} overlaps the archive (up to {manifest.last})")
         manifest.segments.append(segment)
         encoded = msgspec.json.encode(manifest)
-        _atomically(self.root / MANIFEST, lambda tmp: Path(tmp).write_bytes(encoded))
+        atomically(self.root / MANIFEST, lambda tmp: Path(tmp).write_bytes(encoded))
         return manifest
 
     def forget_unlisted(self) -> list[Path]:
@@ -263,6 +255,21 @@ class Archive:
         return positions, entries
 
 
+@contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """The lock of the one writer of the directory ``root`` (on this host): another gets
+    ``ArchiveBusy`` at once."""
+    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ArchiveBusy(root) from None
+        yield
+    finally:
+        os.close(fd)  # and the lock with it
+
+
 def partition_root(root: Path, partition: int) -> Path:
     """The archive of one partition of the log in the archive directory ``root``."""
     return root if partition == 0 else root / f"partition={partition}"
@@ -286,7 +293,7 @@ def aggregate_of(position: str, flat: list[bytes]) -> str:
         return ""
 
 
-def _atomically(path: Path, write: Any) -> None:
+def atomically(path: Path, write: Any) -> None:
     """Write ``path`` through a temporary file beside it: fsynced, renamed, directory fsynced."""
     tmp = path.with_name(f".{path.name}.tmp")
     write(str(tmp))

@@ -31,6 +31,7 @@ from services.core.aio import stop_on_signals, wait_event
 from services.core.archive import ArchivedLog
 from services.core.client import connect_with
 from services.core.lease import Lease, LeaseLost
+from services.projector.cooling import Cooler
 from services.projector.group import RedisGroup
 from services.projector.metrics import export_lag
 from services.projector.projector import Projector
@@ -51,8 +52,9 @@ def build_projector(
         settings.projector_consumer,
         range(settings.partitions),
     )
+    store = RedisStore(client, fence)
     return Projector(
-        RedisStore(client, fence),
+        store,
         [ArchivedLog(client, p) for p in each],
         [RedisGroup(client, group, consumer, p) for p in each],
         make_all,
@@ -62,6 +64,8 @@ def build_projector(
         claim_idle_ms=settings.claim_idle_ms,
         retire_after_s=settings.projector_retire_after_s,
         rest_ms=round(settings.projector_rest_s * 1000),
+        cooler=Cooler(client, store, settings.partitions, runs=settings.projector_cool_runs),
+        cool_every_s=settings.projector_cool_every_s,
     )
 
 

@@ -34,6 +34,11 @@ PROJECTION_LAG = Gauge(
 )
 
 
+RUNS_COOLED = Counter(
+    "runplane_projection_runs_cooled",
+    "Archived runs whose rows left Valkey for the cold rows (Parquet), every build at once.",
+    registry=metrics.REGISTRY,
+)
 RUNS_EVICTED = Counter(
     "runplane_projection_runs_evicted",
     "Runs at rest that left a fold's memory once their rows were stored, counted per fold.",

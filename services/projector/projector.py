@@ -39,7 +39,9 @@ from redis.exceptions import RedisError
 from projections.base import Projection
 from projections.errors import Superseded
 from projections.runner import REST_MS, BuildStore, Entry, LogReader, Retired, Runner, each
-from services.projector.metrics import RUNS_EVICTED, RUNS_RESTORED
+from services.core.archive import ArchiveBusy
+from services.projector.cooling import Cooler
+from services.projector.metrics import RUNS_COOLED, RUNS_EVICTED, RUNS_RESTORED
 
 log = structlog.get_logger("services.projector")
 
@@ -74,8 +76,11 @@ class Projector:
         claim_idle_ms: int = 30_000,
         retire_after_s: float = 60.0,
         rest_ms: int = REST_MS,
+        cooler: Cooler | None = None,
+        cool_every_s: float = 5.0,
     ) -> None:
-        """``reader`` and ``group``: one per partition of the log, in partition order."""
+        """``reader`` and ``group``: one per partition of the log, in partition order;
+        ``cooler``: moves archived runs' rows out of Valkey every ``cool_every_s``."""
         self.store = store
         self.readers = each(reader)
         self.groups = list(group) if isinstance(group, Sequence) else [group]
@@ -88,6 +93,8 @@ class Projector:
         self.claim_idle_ms = claim_idle_ms
         self.retire_after_s = retire_after_s
         self.rest_ms = rest_ms
+        self.cooler = cooler
+        self.cool_every_s = cool_every_s
         self.runner: Runner | None = None
         self.retiring: list[tuple[float, Retired]] = []
         self._acking: asyncio.Future[None] | None = None
@@ -214,6 +221,7 @@ class Projector:
         """Start, then follow the log until ``stop`` is set; re-plan when superseded."""
         await self.start()
         next_reap = time.monotonic() + reap_every_s
+        next_cool = time.monotonic() + self.cool_every_s
         while not stop.is_set():
             try:
                 await self.step(poll_ms)
@@ -222,6 +230,9 @@ class Projector:
                     await self.reap(self.claim_idle_ms)
                     await self.retire_due(now)
                     next_reap = now + reap_every_s
+                if now >= next_cool:
+                    await self.cool()
+                    next_cool = time.monotonic() + self.cool_every_s
             except Superseded as exc:
                 if exc.what == "fenced":
                     raise  # the lease is another's: stand by, do not plan again
@@ -229,6 +240,19 @@ class Projector:
                 await self.start()
         await self.flush()
         await self.stop()
+
+    async def cool(self) -> int:
+        """One pass of the cooler, between two batches (no fold moves meanwhile); how many
+        runs left Valkey."""
+        if self.cooler is None or self.runner is None:
+            return 0
+        try:
+            moved = await self.cooler.step(self.runner)
+        except ArchiveBusy as exc:  # another projector on this host, deposed: next time
+            log.warning("projection.cool_busy", error=str(exc))
+            return 0
+        RUNS_COOLED.inc(moved)
+        return moved
 
     async def stop(self) -> None:
         """A clean stop, after the last commit: the folds' memory is written down at their

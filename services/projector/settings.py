@@ -39,6 +39,15 @@ class ProjectorSettings(Settings):
         description="Log time a run stays in the projector's memory once at rest (ended), "
         "before it leaves it (read back from its rows if the log says more of it).",
     )
+    projector_cool_every_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Between two passes that move the rows of archived runs (their history "
+        "retired to the archive) out of Valkey, to Parquet beside the archive.",
+    )
+    projector_cool_runs: int = Field(
+        default=1000, ge=1, description="Runs a pass of the cooler looks at, at most."
+    )
     gpu_prices: dict[str, Decimal] = Field(
         default_factory=dict,
         description='Price per GPU-hour per gpu_type for billing reports, e.g. {"a100": "2.5"}.',

@@ -16,15 +16,17 @@ from projections.base import (
     ZERO,
     Position,
     Positions,
+    Row,
     RowKey,
     parse_checkpoint,
     parse_position,
 )
 from projections.catalog import make_all
+from projections.cold import ANCHOR
 from projections.engine import Batch, Fields
 from projections.errors import Superseded
 from projections.runner import Entry, Runner
-from projections.storage import to_call, writes_of
+from projections.storage import ColdBuild, to_call, writes_of
 from services.projector.projector import Projector
 
 
@@ -51,6 +53,8 @@ class FakeStore:
         self.hashes: dict[str, dict[str, bytes]] = {}
         self.zsets: dict[str, dict[str, float]] = {}
         self.memories: dict[str, bytes] = {}
+        #: The cold rows (``projections.cold``): (projection, namespace, run) -> its rows.
+        self.cold_rows: dict[tuple[str, str, str], list[Row]] = {}
         self.chaos = chaos
         self.commits = 0
 
@@ -135,6 +139,42 @@ class FakeStore:
             ]
             for name, namespace, row_keys in wanted
         ]
+
+    async def cold(self, name: str, namespace: str, runs: Sequence[str]) -> dict[str, list[Row]]:
+        anchor, kind = ANCHOR
+        active = self.strings.get(keys.projection_active(anchor), "")
+        warm = self.hashes.get(keys.projection_rows(anchor, active, kind), {})
+        return {
+            run: list(rows)
+            for run in runs
+            if run not in warm and (rows := self.cold_rows.get((name, namespace, run)))
+        }
+
+    async def cool(self, runs: Sequence[Sequence[ColdBuild]]) -> int:
+        """``runplane_cool`` on the fake: each run whose rows are as read leaves, whole."""
+        gone = 0
+        for builds in runs:
+            same = all(
+                self.strings.get(keys.projection_active(name)) == namespace
+                and all(
+                    self.hashes.get(keys.projection_rows(name, namespace, kind), {}).get(row_id)
+                    == body
+                    for (kind, row_id), body in found.items()
+                )
+                for name, namespace, found, _ in builds
+            )
+            if not same:
+                continue
+            for name, namespace, _, rows in builds:
+                for row in rows:
+                    self.hashes.get(keys.projection_rows(name, namespace, row.kind), {}).pop(
+                        row.id, None
+                    )
+                    for index, _ in row.index:
+                        zset = self.zsets.get(keys.projection_index(name, namespace, index), {})
+                        zset.pop(row.id, None)
+            gone += 1
+        return gone
 
     async def drop(self, name: str, namespace: str) -> int:
         prefix = keys.projection_prefix(name, namespace)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import msgspec
 from hypothesis import HealthCheck, given, settings
@@ -33,7 +34,7 @@ async def stopped_and_started(
     """A projector that follows the log as it grows, stopped cleanly now and then and started
     again on the same store; its runner at the end and how many starts took the memory up."""
     group = FakeGroup(log)
-    options = {
+    options: dict[str, Any] = {
         "batch": rng.randint(1, 25),
         "page": rng.randint(1, 40),
         "commit_every": rng.randint(1, 120),

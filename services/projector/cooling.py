@@ -1,0 +1,136 @@
+"""The projector's cooler: the rows of archived runs leave Valkey for the cold rows.
+
+Every ``RUNPLANE_PROJECTOR_COOL_EVERY_S`` the active projector looks at the oldest runs of the
+``run_status`` build readers read (its ``created`` index, a cursor going round), keeps those
+whose history the archiver retired (``keys.retired``: at rest, every event in the archive),
+and moves their rows in every build to a segment in ``<event archive>/rows``
+(``projections.cooling``, ``projections.cold``). Cooled runs leave the index, so what it
+looks at is the runs still in Valkey: the live ones and the ones still to cool.
+
+A segment is written to a temporary file, fsynced, renamed (a name of its own, never reused)
+and listed in the manifest, which is written the same way; only then do the rows leave Valkey,
+fenced by the projector's lease. A file the manifest does not list is a crash's leftover and
+is deleted by the next pass. One cooler writes a directory at a time (a lock on this host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import cast
+
+import msgspec
+import redis.asyncio as aioredis
+import structlog
+
+from events import keys
+from events.model import run_aggregate
+from projections import cold
+from projections.cold import Placed
+from projections.cooling import cool
+from projections.runner import Runner
+from projections.storage import RedisStore
+from services.core.archive import MANIFEST, atomically, locked, pointer
+
+log = structlog.get_logger("services.projector")
+ROWS = "rows"
+
+
+class Cooler:
+    def __init__(
+        self, client: aioredis.Redis, store: RedisStore, partitions: int, *, runs: int = 1000
+    ) -> None:
+        """``runs``: looked at per pass."""
+        self.client = client
+        self.store = store
+        self.partitions = partitions
+        self.runs = runs
+        self._after: tuple[float, bytes] | None = None  # the cursor: score, member
+        self._told = False
+
+    async def step(self, runner: Runner) -> int:
+        """One pass: up to ``runs`` of the oldest runs looked at; how many left Valkey."""
+        found = await pointer(self.client, 0)
+        if found is None:
+            return 0  # nothing archived, so nothing retired
+        if not (Path(found.dir) / MANIFEST).exists():
+            if not self._told:
+                log.warning("projection.cold_unreachable", archive=found.dir)
+                self._told = True
+            return 0
+        statuses = next((b for b in runner.engine.builds if b.name == "run_status"), None)
+        if statuses is None or not statuses.active:
+            return 0
+        looked = await self._oldest(
+            keys.projection_index("run_status", statuses.namespace, "created")
+        )
+        retired = await self._retired(looked)
+        if not retired:
+            return 0
+        root = Path(found.dir) / ROWS
+        root.mkdir(exist_ok=True)
+        await self.client.set(keys.cold_rows(), str(root))  # before any run leaves Valkey
+
+        async def write(placed: list[Placed]) -> None:
+            await asyncio.to_thread(_write, root, placed)
+
+        with locked(root):
+            moved = await cool(runner, self.store, retired, write)
+        if moved:
+            log.info("projection.cooled", runs=moved, looked_at=len(looked))
+        return moved
+
+    async def _oldest(self, index: str) -> list[str]:
+        """The next ``runs`` runs of ``index`` after the cursor, oldest first (from the start
+        again once it reached the end)."""
+        low = "-inf" if self._after is None else self._after[0]
+        got = cast(
+            list[tuple[bytes, float]],
+            await self.client.zrangebyscore(
+                index, low, "+inf", start=0, num=self.runs + 1, withscores=True
+            ),
+        )
+        if self._after is not None:  # ties on the cursor's score: those after its member
+            score, member = self._after
+            got = [(m, s) for m, s in got if s > score or m > member]
+        got = got[: self.runs]
+        self._after = (got[-1][1], got[-1][0]) if len(got) == self.runs else None
+        return [member.decode() for member, _ in got]
+
+    async def _retired(self, runs: Sequence[str]) -> list[str]:
+        """Of ``runs``, those whose history went to the archive."""
+        pipe = self.client.pipeline(transaction=False)
+        for run in runs:
+            aggregate = run_aggregate(run)
+            partition = keys.partition_of(aggregate, self.partitions)
+            pipe.hexists(keys.retired(partition), keys.aggregate_stream(aggregate, partition))
+        found = await pipe.execute()
+        return [run for run, there in zip(runs, found, strict=True) if there]
+
+
+def _write(root: Path, placed: list[Placed]) -> None:
+    """A segment of ``placed``, durable and listed in the manifest."""
+    from services.core import segments  # noqa: PLC0415 - pyarrow only where it is used
+
+    forget_unlisted(root)
+    listed = cold.manifest(root)
+    name = f"{len(listed.segments):08d}-{uuid.uuid4().hex[:8]}.parquet"
+    data = cold.table(placed)
+    atomically(root / name, lambda tmp: segments.write(data, tmp))
+    runs = len({run for _, _, run, _ in placed})
+    listed.segments.append(cold.Segment(name, runs, len(placed)))
+    encoded = msgspec.json.encode(listed)
+    atomically(root / cold.MANIFEST, lambda tmp: Path(tmp).write_bytes(encoded))
+
+
+def forget_unlisted(root: Path) -> list[Path]:
+    """Delete the segment files the manifest does not list (a crash's leftovers)."""
+    listed = {root / s.path for s in cold.manifest(root).segments}
+    gone = []
+    for path in [*root.glob("*.parquet"), *root.glob(".*.tmp")]:
+        if path not in listed:
+            path.unlink()
+            gone.append(path)
+    return gone
