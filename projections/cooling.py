@@ -44,7 +44,8 @@ async def cool(
     stored = {b.name for b in runner.engine.stored_all()}
     if not builds or any(not b.active or b.name not in stored for b in builds):
         return 0
-    free = [run for run in runs if not any(_fold(b).holds(run) for b in builds)]
+    folds = [_fold(b) for b in builds]
+    free = [run for run in runs if not any(fold.holds(run) for fold in folds)]
     read = await _read(store, builds, free)
     moving = [(run, found) for run, found in zip(free, read, strict=True) if _any_rows(found)]
     if not moving:
@@ -64,6 +65,7 @@ async def _read(
     store: Cools, builds: Sequence[Build], runs: Sequence[str]
 ) -> list[list[ColdBuild]]:
     """Each run's rows in each build: what ``restoring``, then ``as_stored``, ask for."""
+    folds = {b.name: _fold(b) for b in builds}  # a protocol's isinstance is slow: once
     asks = [(b, run) for run in runs for b in builds]
     found: list[dict[RowKey, bytes | None]] = [{} for _ in asks]
     rows: list[list[Row] | None] = [None for _ in asks]
@@ -72,7 +74,7 @@ async def _read(
         for i, (build, run) in enumerate(asks):
             if rows[i] is not None:
                 continue
-            fold = _fold(build)
+            fold = folds[build.name]
             more = fold.restoring(run, found[i])
             if not more:
                 more, stored = fold.as_stored(run, found[i])

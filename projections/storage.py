@@ -172,13 +172,21 @@ class RedisStore:
         self, wanted: Sequence[tuple[str, str, Sequence[RowKey]]]
     ) -> list[list[bytes | None]]:
         """For each (projection, namespace, row keys), the stored bodies (None: no such row):
-        one round trip, an ``HGET`` per row."""
-        pipe = self.redis.pipeline(transaction=False)
+        one round trip, an ``HMGET`` per hash."""
+        fields: dict[str, list[str]] = {}
         for name, namespace, row_keys in wanted:
             for kind, row_id in row_keys:
-                pipe.hget(keys.projection_rows(name, namespace, kind), row_id)
-        bodies = iter(await pipe.execute())
-        return [[next(bodies) for _ in row_keys] for _, _, row_keys in wanted]
+                fields.setdefault(keys.projection_rows(name, namespace, kind), []).append(row_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for key, ids in fields.items():
+            pipe.hmget(key, ids)
+        found = {
+            key: iter(bodies) for key, bodies in zip(fields, await pipe.execute(), strict=True)
+        }
+        return [
+            [next(found[keys.projection_rows(name, namespace, kind)]) for kind, _ in row_keys]
+            for name, namespace, row_keys in wanted
+        ]
 
     async def cold(self, name: str, namespace: str, runs: Sequence[str]) -> dict[str, list[Row]]:
         """The rows of ``runs`` that left Valkey for the cold rows (``projections.cold``), in

@@ -246,6 +246,10 @@ class Projector:
         runs left Valkey."""
         if self.cooler is None or self.runner is None:
             return 0
+        # Runs that came to rest long enough ago leave memory even when no batch comes.
+        evicted = self.runner.engine.evict_resting(self.rest_ms)
+        self.runner.evicted += evicted
+        RUNS_EVICTED.inc(evicted)
         try:
             moved = await self.cooler.step(self.runner)
         except ArchiveBusy as exc:  # another projector on this host, deposed: next time

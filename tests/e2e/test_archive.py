@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 
@@ -34,6 +35,7 @@ async def test_an_archived_run_reads_as_before_and_restarts(mcli: Mcli) -> None:
     await wait_for(mcli.stack, name, S.COMPLETED)
     described_before = mcli.ok("describe", "run", name)
     events = json.loads(mcli.ok("events", name, "-o", "json"))
+    views_before = views(mcli, name)
 
     moved = mcli.ok("admin", "archive", "--before", "0.001s")
 
@@ -44,6 +46,14 @@ async def test_an_archived_run_reads_as_before_and_restarts(mcli: Mcli) -> None:
     assert not await history_kept(mcli, events[0]["run_id"])
     assert mcli.ok("describe", "run", name) == described_before
     assert json.loads(mcli.ok("events", name, "-o", "json")) == events
+    # The projector moves the run's rows out of Valkey, to Parquet beside the archive.
+    await eventually(
+        lambda: rows_in_valkey(mcli, events[0]["run_id"]),
+        equals=False,
+        what="the run's rows to leave Valkey",
+        within=60,
+    )
+    assert views(mcli, name) == views_before
 
     for service in ("scheduler", "api", "projector"):  # each replays archive + stream
         mcli.stack.kill(service)
@@ -65,6 +75,27 @@ async def test_an_archived_run_reads_as_before_and_restarts(mcli: Mcli) -> None:
     listed = json.loads(mcli.ok("get", "runs", name, "-o", "json"))
     assert [(r["status"], len(r["resumptions"])) for r in listed] == [(S.COMPLETED, 2)]
     assert mcli.ok("admin", "archive", "--before", "0.001s").startswith("archived ")
+
+
+def views(mcli: Mcli, name: str) -> list[str]:
+    """What the projections show of a run: its listing, billing, its audit trail."""
+    return [
+        mcli.ok("get", "runs", "-o", "json"),
+        mcli.ok("billing", "--by", "run", "-o", "json"),
+        mcli.ok("billing", "--by", "user", "-o", "json"),
+        mcli.ok("audit", "--run", name, "-o", "json"),
+    ]
+
+
+async def rows_in_valkey(mcli: Mcli, run_id: str) -> bool:
+    """Whether the server still holds the run's ``run_status`` row."""
+    client = connect_with(mcli.stack.operator_settings())
+    try:
+        active = cast(bytes, await client.get(keys.projection_active("run_status")))
+        rows = keys.projection_rows("run_status", active.decode(), "run")
+        return bool(await client.hexists(rows, run_id))
+    finally:
+        await client.aclose()
 
 
 async def history_kept(mcli: Mcli, run_id: str) -> bool:
