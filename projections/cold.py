@@ -11,14 +11,15 @@ Layout of the directory (``<event archive>/rows``, named by ``events.keys.cold_r
     <n>.parquet                   one pass's rows: a row per stored row, with its memberships
 
 Invariants:
-- A run is cold exactly when its ``ANCHOR`` row is not in Valkey: the cooler deletes all of
-  a run's rows in every build at once (``runplane_cool``), and a run that comes back has all
-  of its rows written back with its next batch (``projections.runner``). A reader therefore
-  reads Valkey first and takes a run from here only if Valkey lacks its anchor.
+- A run is cold in a build exactly when none of its ``anchors`` is in the build in Valkey: the
+  cooler deletes all of a run's rows in every build at once (``runplane_cool``; a build that
+  lacks the run's anchors already is left as it is), and a run that comes back has all of its
+  rows written back with that build's next batch (``projections.runner``). A reader therefore
+  reads Valkey first and takes a run from here only if the build lacks its anchors.
 - A run cooled twice (it came back, then rested again) is in two segments: the later one is
-  the run as it is, in every build: readers take a run's rows from the latest segment that
-  holds the run at all, and a build it has no rows of there has none (a deleted run's
-  ``done`` row of ``utilization`` is gone, not the one of an earlier segment).
+  the run as it is. Readers take a run's rows in a build from the latest segment that holds
+  the run in that build (a new build of a fold, a new version, holds every run in Valkey
+  until the run is cooled again; the others keep their copies).
 - A segment the manifest does not list is a crashed pass's leftover: never read.
 
 pyarrow is imported only where a segment is written or read (``services.core.imports``).
@@ -26,22 +27,36 @@ pyarrow is imported only where a segment is written or read (``services.core.imp
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from projections.base import Row
+from projections.base import Row, RowKey
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 MANIFEST = "manifest.json"
-#: The row whose absence from Valkey says a run is cold (``run_status``'s run row: a run
-#: keeps it from its submission on, deleted or not): a run that came back and is warm again
-#: may still have a stale copy in a segment.
-ANCHOR = ("run_status", "run")
+#: Per projection, the rows of a run one of which it holds from the run's submission on
+#: (deleted or not) while it holds the run: none of them in a build in Valkey says the run is
+#: cold there (or unknown). A run that came back is warm again, maybe with a stale copy here.
+_ANCHORS: dict[str, tuple[tuple[str, str], ...]] = {
+    "run_status": (("run", "{}"),),
+    "attempts": (("attempt", "{}:0"),),
+    "billing": (("run", "{}"),),
+    "audit": (("entry", "{}#0"),),
+    "utilization": (("done", "{}"), ("queued", "{}"), ("active", "{}")),  # at rest, or not
+}
+
+
+def anchors(projection: str, run_id: str) -> list[RowKey]:
+    """The rows of ``run_id`` none of which the build holds when the run is cold there."""
+    return [(kind, form.format(run_id)) for kind, form in _ANCHORS[projection]]
+
+
 #: What the Parquet columns hold, in order.
 COLUMNS = ("projection", "namespace", "run", "kind", "id", "body", "index", "created")
 #: A stored row of a run, with where it is kept: (projection, namespace, run, row).
@@ -52,6 +67,35 @@ class Segment(msgspec.Struct, frozen=True):
     path: str  # relative to the directory
     runs: int
     rows: int
+    #: A Bloom filter of its runs and of its ``name`` rows' ids (``bloom``): a lookup of one
+    #: run opens only the segments that may hold it. Empty: open it.
+    bloom: bytes = b""
+
+    def may_hold(self, item: str) -> bool:
+        return not self.bloom or _in_bloom(self.bloom, item)
+
+
+#: A Bloom filter's bits per item and hashes: about 1 % false positives.
+_BITS, _HASHES = 10, 7
+
+
+def bloom(items: Collection[str]) -> bytes:
+    """A Bloom filter of ``items``, as bytes (``Segment.bloom``)."""
+    bits = bytearray(max(1, len(items) * _BITS // 8))
+    for item in items:
+        for at in _places(item, len(bits) * 8):
+            bits[at // 8] |= 1 << (at % 8)
+    return bytes(bits)
+
+
+def _in_bloom(bits: bytes, item: str) -> bool:
+    return all(bits[at // 8] >> (at % 8) & 1 for at in _places(item, len(bits) * 8))
+
+
+def _places(item: str, size: int) -> Iterator[int]:
+    digest = hashlib.blake2b(item.encode(), digest_size=16).digest()
+    first, second = int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
+    return ((first + n * second) % size for n in range(_HASHES))
 
 
 class Manifest(msgspec.Struct):
@@ -103,19 +147,30 @@ def _schema() -> pa.Schema:
 
 class ColdRows:
     """The cold rows of one directory, read newest segment first, each run from the latest
-    segment that holds it."""
+    segment that holds it in the build asked for."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def runs(self, projection: str, namespace: str, runs: Collection[str]) -> dict[str, list[Row]]:
-        """The rows of each of ``runs`` that is here (the others are not in the result)."""
-        if not runs:
-            return {}
-        wanted = set(runs)
+        """The rows of each of ``runs`` that is here (the others are not in the result): the
+        segments whose Bloom filter may hold one still sought are opened, newest first."""
+        import pyarrow.compute as pc  # noqa: PLC0415 - pyarrow only where it is used
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        sought = set(runs)
         found: dict[str, list[Row]] = {}
-        for run, row in self._rows(projection, namespace, lambda pc: pc.field("run").isin(wanted)):
-            found.setdefault(run, []).append(row)
+        build = (pc.field("projection") == projection) & (pc.field("namespace") == namespace)
+        for segment in reversed(manifest(self.root).segments):
+            maybe = sorted(run for run in sought if segment.may_hold(run))
+            if not maybe:
+                continue
+            where = build & pc.field("run").isin(maybe)
+            for item in pq.read_table(self.root / segment.path, filters=where).to_pylist():
+                found.setdefault(item["run"], []).append(_row(item))
+            sought -= found.keys()
+            if not sought:
+                break
         return found
 
     def of_kind(self, projection: str, namespace: str, kind: str) -> dict[str, list[Row]]:
@@ -125,11 +180,24 @@ class ColdRows:
             found.setdefault(run, []).append(row)
         return found
 
-    def by_id(self, projection: str, namespace: str, kind: str, row_id: str) -> list[Row]:
-        """The rows of ``kind`` with id ``row_id`` (of every run that has one; a run's name is
-        one run's at a time)."""
-        where = _kind_id(kind, row_id)
-        return [row for _, row in self._rows(projection, namespace, where)]
+    def named(self, namespace: str, name: str) -> str | None:
+        """The run named ``name`` among ``run_status``'s cold runs (its ``name`` row), or None;
+        the segments whose Bloom filter may hold the name are opened, newest first."""
+        import pyarrow.compute as pc  # noqa: PLC0415 - pyarrow only where it is used
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        where = (
+            (pc.field("projection") == "run_status")
+            & (pc.field("namespace") == namespace)
+            & (pc.field("kind") == "name")
+            & (pc.field("id") == name)
+        )
+        for segment in reversed(manifest(self.root).segments):
+            if segment.may_hold(name):
+                found = pq.read_table(self.root / segment.path, columns=["run"], filters=where)
+                if found.num_rows:
+                    return str(found.column("run")[0].as_py())
+        return None
 
     def created(self, namespace: str, low: float, high: float) -> list[tuple[int, str]]:
         """The cold ``run_status`` runs created in [low, high]: (created, run), newest first,
@@ -137,12 +205,8 @@ class ColdRows:
         import pyarrow.compute as pc  # noqa: PLC0415 - pyarrow only where it is used
         import pyarrow.parquet as pq  # noqa: PLC0415
 
-        where = (
-            (pc.field("projection") == "run_status")
-            & (pc.field("namespace") == namespace)
-            & (pc.field("kind") == "run")
-            & pc.field("created").is_valid()
-        )
+        build = (pc.field("projection") == "run_status") & (pc.field("namespace") == namespace)
+        where = build & (pc.field("kind") == "run") & pc.field("created").is_valid()
         if low != float("-inf"):
             where &= pc.field("created") >= int(low)
         if high != float("inf"):
@@ -151,7 +215,12 @@ class ColdRows:
         found: list[tuple[int, str]] = []
         for segment in reversed(manifest(self.root).segments):
             path = self.root / segment.path
-            held = pq.read_table(path, columns=["run"]).column("run").unique().to_pylist()
+            held = (
+                pq.read_table(path, columns=["run"], filters=build)
+                .column("run")
+                .unique()
+                .to_pylist()
+            )
             data = pq.read_table(path, columns=["run", "created"], filters=where).to_pydict()
             found += [
                 (created, run)
@@ -184,7 +253,7 @@ class ColdRows:
         seen: set[str] = set()  # runs of later segments: their rows here are stale
         for segment in reversed(manifest(self.root).segments):
             path = self.root / segment.path
-            held = pq.read_table(path, columns=["run"]).column("run")
+            held = pq.read_table(path, columns=["run"], filters=build).column("run")
             selected = build if where is None else build & where(pc)
             data = pq.read_table(path, filters=selected).to_pylist()
             for item in data:
@@ -192,10 +261,6 @@ class ColdRows:
                     continue
                 yield item["run"], _row(item)
             seen.update(held.unique().to_pylist())
-
-
-def _kind_id(kind: str, row_id: str) -> Callable[[Any], Any]:
-    return lambda pc: (pc.field("kind") == kind) & (pc.field("id") == row_id)
 
 
 def _row(item: dict[str, Any]) -> Row:

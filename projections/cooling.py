@@ -1,10 +1,11 @@
 """Moving runs at rest out of the store: their rows to the cold rows, then out of Valkey.
 
-``cool`` takes runs the caller chose (archived: ``services.projector.cooling``) and, for each
-one no fold holds, reads its rows in every build readers read (``Evicting.as_stored``: bodies
-and memberships), hands them all to ``write`` (a segment of ``projections.cold``, durable
-before it returns) and only then deletes them from the store, each run at once in every
-build and only if it is as read (``RedisStore.cool``).
+``cool`` takes runs the caller chose (archived: ``services.projector.cooling``), lets them go
+from the folds that hold them at rest, and, for each one no fold holds then, reads its rows
+in every build readers read (``Evicting.as_stored``: bodies and memberships; a build that
+holds none of them already is left as it is), hands them all to ``write`` (a segment of
+``projections.cold``, durable before it returns) and only then deletes them from the store,
+each run at once in every build and only if it is as read (``RedisStore.cool``).
 
 A crash before the delete leaves the run in Valkey and a copy in a segment: readers read
 Valkey first, and a later pass copies it again. A run that moved between the read and the
@@ -38,13 +39,16 @@ async def cool(
     runs: Collection[str],
     write: Callable[[list[Placed]], Awaitable[None]],
 ) -> int:
-    """Move ``runs`` (at rest, archived) that no fold holds out of the store; how many left.
-    Only while every build readers read has stored all it folded (otherwise none)."""
+    """Move ``runs`` (at rest, archived) out of the store, letting them go from the folds
+    that hold them (a run a fold holds at work stays); how many left. Only while every build
+    readers read has stored all it folded (otherwise none)."""
     builds = [b for b in runner.engine.builds if isinstance(b.projection, Evicting)]
     stored = {b.name for b in runner.engine.stored_all()}
     if not builds or any(not b.active or b.name not in stored for b in builds):
         return 0
     folds = [_fold(b) for b in builds]
+    for run in runs:  # archived, so at rest long since: its stored rows say all of it
+        runner.evicted += sum(fold.let_go(run) for fold in folds if fold.holds(run))
     free = [run for run in runs if not any(fold.holds(run) for fold in folds)]
     read = await _read(store, builds, free)
     moving = [(run, found) for run, found in zip(free, read, strict=True) if _any_rows(found)]

@@ -34,7 +34,7 @@ from projections.attempts import AttemptRow
 from projections.audit import Entry, entry_of, refusals_index
 from projections.base import Row
 from projections.billing import BilledAttempt, GroupBy, Report, Total
-from projections.cold import ANCHOR, ColdRows
+from projections.cold import ColdRows, anchors
 from projections.run_status import RunRow
 from projections.runner import LogReader, RedisLogReader, each
 from projections.utilization import (
@@ -97,7 +97,7 @@ class _Namespace:
         cold = await self.cold()
         if cold is None or not runs:
             return {}
-        gone = await _gone(self.client, runs)
+        gone = await self.gone(runs)
         return await asyncio.to_thread(cold.runs, self.name, self.namespace, gone) if gone else {}
 
     async def cold_of_kind(self, kind: str) -> dict[str, list[Row]]:
@@ -106,23 +106,22 @@ class _Namespace:
         if cold is None:
             return {}
         found = await asyncio.to_thread(cold.of_kind, self.name, self.namespace, kind)
-        gone = set(await _gone(self.client, list(found)))
+        gone = set(await self.gone(list(found)))
         return {run: rows for run, rows in found.items() if run in gone}
 
-
-async def _gone(client: aioredis.Redis, runs: Sequence[str]) -> list[str]:
-    """Of ``runs``, those whose ``ANCHOR`` row is not in Valkey: cold (or unknown)."""
-    anchor, kind = ANCHOR
-    active = cast(bytes | None, await client.get(keys.projection_active(anchor)))
-    if active is None:
-        return list(runs)
-    key = keys.projection_rows(anchor, active.decode(), kind)
-    gone: list[str] = []
-    for at in range(0, len(runs), _CHUNK * 5):
-        chunk = list(runs[at : at + _CHUNK * 5])
-        there = cast(list[bytes | None], await client.hmget(key, chunk))
-        gone += [run for run, body in zip(chunk, there, strict=True) if body is None]
-    return gone
+    async def gone(self, runs: Sequence[str]) -> list[str]:
+        """Of ``runs``, those this build holds none of the ``anchors`` of: cold here (or
+        unknown)."""
+        found: list[str] = []
+        for at in range(0, len(runs), _CHUNK * 5):
+            chunk = list(runs[at : at + _CHUNK * 5])
+            kinds = [kind for kind, _ in anchors(self.name, "")]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for n, kind in enumerate(kinds):  # an HMGET per kind of anchor
+                    pipe.hmget(self.rows_key(kind), [anchors(self.name, r)[n][1] for r in chunk])
+                there = cast(list[list[bytes | None]], await pipe.execute())
+            found += [run for n, run in enumerate(chunk) if not any(b[n] for b in there)]
+        return found
 
 
 async def _active(client: aioredis.Redis, name: str) -> _Namespace | None:
@@ -150,13 +149,9 @@ async def get_run(client: aioredis.Redis, run: str) -> RunRow | None:
 
 def _cold_run(cold: ColdRows, namespace: str, run: str) -> RunRow | None:
     """A cold run by run_uid or name (``get_run`` found neither in Valkey)."""
-    for uid in [
-        run,
-        *(
-            msgspec.json.decode(r.body or b'""', type=str)
-            for r in cold.by_id("run_status", namespace, "name", run)
-        ),
-    ]:
+    for uid in (run, cold.named(namespace, run)):
+        if uid is None:
+            continue
         for row in cold.runs("run_status", namespace, [uid]).get(uid, []):
             if row.kind == "run" and row.body is not None:
                 return msgspec.json.decode(row.body, type=RunRow)
@@ -227,9 +222,7 @@ async def list_runs(
             break
         tie, high = chunk[-1]
     if (cold := await ns.cold()) is not None:
-        found += await _cold_listed(
-            client, cold, namespace=ns.namespace, keep=keep, bounds=(low, start), limit=limit
-        )
+        found += await _cold_listed(ns, cold, keep=keep, bounds=(low, start), limit=limit)
         found.sort(key=lambda row: (row.created_at, row.run_uid), reverse=True)
     page = found[:limit]
     if len(found) <= limit:
@@ -238,10 +231,9 @@ async def list_runs(
 
 
 async def _cold_listed(
-    client: aioredis.Redis,
+    ns: _Namespace,
     cold: ColdRows,
     *,
-    namespace: str,
     keep: _Filter,
     bounds: tuple[float, tuple[float, bytes | None]],
     limit: int,
@@ -250,12 +242,13 @@ async def _cold_listed(
     created from ``bounds[0]`` on and before ``bounds[1]`` (the page's start: a score and the
     cursor's run, ties after it)."""
     low, (high, tie) = bounds
+    namespace = ns.namespace
     listed = await asyncio.to_thread(cold.created, namespace, low, high)
     after = [run for created, run in listed if tie is None or created != high or run.encode() < tie]
     found: list[RunRow] = []
     for at in range(0, len(after), _CHUNK):
         chunk = after[at : at + _CHUNK]
-        gone = await _gone(client, chunk)  # a run that came back is listed from Valkey
+        gone = await ns.gone(chunk)  # a run that came back is listed from Valkey
         rows = await asyncio.to_thread(cold.runs, "run_status", namespace, gone)
         for run in gone:
             body = next((r.body for r in rows.get(run, []) if r.kind == "run"), None)
@@ -424,7 +417,7 @@ async def audit(
         for _, row in members_of:
             entry = msgspec.json.decode(row.body or b"{}", type=Entry)
             by_run.setdefault(entry.run_id or "", []).append(entry)
-        for run_id in await _gone(client, list(by_run)):
+        for run_id in await ns.gone(list(by_run)):
             entries += by_run[run_id]
     return sorted(entries, key=lambda e: (e.time, e.position))[:limit]
 

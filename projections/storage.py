@@ -29,7 +29,7 @@ from redis.exceptions import ResponseError
 
 from events import keys
 from projections.base import ZERO, Positions, Row, RowKey, parse_checkpoint
-from projections.cold import ANCHOR, ColdRows
+from projections.cold import ColdRows, anchors
 from projections.engine import Batch
 from projections.errors import Superseded
 
@@ -190,16 +190,14 @@ class RedisStore:
 
     async def cold(self, name: str, namespace: str, runs: Sequence[str]) -> dict[str, list[Row]]:
         """The rows of ``runs`` that left Valkey for the cold rows (``projections.cold``), in
-        the build ``name``/``namespace``, by run: the runs that are cold (``ANCHOR``)."""
+        the build ``name``/``namespace``, by run: the runs that are cold there (none of their
+        ``anchors`` is stored)."""
         root = await self.redis.get(keys.cold_rows())
         if root is None or not runs:
             return {}
-        anchor, kind = ANCHOR
-        active = await self.active(anchor)
-        if active is None:
-            return {}
-        there = await self.redis.hmget(keys.projection_rows(anchor, active, kind), list(runs))
-        gone = [run for run, body in zip(runs, there, strict=True) if body is None]
+        asked = [(name, namespace, anchors(name, run)) for run in runs]
+        there = await self.rows(asked)
+        gone = [run for run, bodies in zip(runs, there, strict=True) if not any(bodies)]
         cold = ColdRows(Path(_text(root)))
         return await asyncio.to_thread(cold.runs, name, namespace, gone) if gone else {}
 

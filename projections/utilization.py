@@ -11,7 +11,8 @@ An instance type is (cluster, gpu_type, GPUs per node). Rows:
   scheduler's last reason, in ``queued:<cluster>``; gone when it is placed or ends.
 - ``done`` ``<run_id>``: a run whose latest attempt ended (``DoneRun``, in no index): what it
   needs to come back (``restore``) once it left memory; gone when a restart or retry reopens
-  it, and with the run when it is deleted (the fold forgets it then). Readers never read it.
+  it; kept, marked ``deleted``, when the run is deleted (so every run at rest has one: the cold
+  rows' ``anchor``). Readers never read it.
 
 Invariants: a node counts from its ``node.registered`` (again after each restart) until
 ``node.lost``; a cordoned, draining or drained node counts in the total, and its free GPUs
@@ -169,15 +170,16 @@ class _Run(msgspec.Struct, kw_only=True, gc=False):
     line: RunLine
     requested_gpus: int
     attempt: int = 0
-    #: ``deleted``: its ``done`` row gone too; it leaves memory as a run at rest does.
+    #: ``deleted``: its ``done`` row says so; it leaves memory as a run at rest does.
     phase: Literal["queued", "active", "done", "deleted"] = "queued"
     held: dict[int, tuple[str, int]] = msgspec.field(default_factory=dict)  # rank: (node, gpus)
 
 
 class DoneRun(msgspec.Struct, array_like=True, gc=False):
     """The ``done`` row: a run whose latest attempt ended, as the fold holds it (its line but
-    the id, which is the row's; its phase ``done``, holding nothing). A JSON array, about 110
-    bytes: written when an attempt ends (and again on an update while it is done)."""
+    the id, which is the row's; its phase ``done`` or ``deleted``, holding nothing). A JSON
+    array, about 110 bytes: written when an attempt ends (again on an update while it is
+    done, and when it is deleted)."""
 
     run_name: str
     user: str
@@ -190,6 +192,9 @@ class DoneRun(msgspec.Struct, array_like=True, gc=False):
     reason: str
     requested_gpus: int
     attempt: int
+    #: The run was deleted: its row stays, so a run at rest always has one (the cold rows'
+    #: ``anchor``, ``projections.cold``), and says so.
+    deleted: bool = False
 
     @classmethod
     def of(cls, run: _Run) -> DoneRun:
@@ -206,6 +211,7 @@ class DoneRun(msgspec.Struct, array_like=True, gc=False):
             reason=line.reason,
             requested_gpus=run.requested_gpus,
             attempt=run.attempt,
+            deleted=run.phase == "deleted",
         )
 
     def run(self, run_id: str) -> _Run:
@@ -221,8 +227,9 @@ class DoneRun(msgspec.Struct, array_like=True, gc=False):
             since=self.since,
             reason=self.reason,
         )
+        phase: Literal["done", "deleted"] = "deleted" if self.deleted else "done"
         return _Run(
-            line=line, requested_gpus=self.requested_gpus, attempt=self.attempt, phase="done"
+            line=line, requested_gpus=self.requested_gpus, attempt=self.attempt, phase=phase
         )
 
 
@@ -244,7 +251,7 @@ class UtilizationProjection(LetsRunsGo):
     #: 2: instance rows count ``registered`` nodes; 3: cordoned GPUs apart from available,
     #: and a ``node`` row per node; 4: failed GPUs apart from both; 5: a ``done`` row per run
     #: whose latest attempt ended (what brings it back once it left memory).
-    version: ClassVar[int] = 5
+    version: ClassVar[int] = 6
     handles: ClassVar[frozenset[type]] = _NODE_EVENTS | _CONCERNED | {RunSubmitted}
 
     def __init__(self) -> None:
@@ -382,7 +389,7 @@ class UtilizationProjection(LetsRunsGo):
             if run is None:
                 continue
             if kind == "done":
-                done = encode(DoneRun.of(run)) if run.phase == "done" else None
+                done = encode(DoneRun.of(run)) if run.phase in ("done", "deleted") else None
                 yield Row(kind=kind, id=key, body=done)
                 continue
             index = f"{kind}:{run.line.cluster}"
@@ -418,7 +425,7 @@ class UtilizationProjection(LetsRunsGo):
     def as_stored(
         self, run_id: str, found: Mapping[RowKey, bytes | None]
     ) -> tuple[list[RowKey], list[Row]]:
-        """Its ``done`` row, in no index (none: a run deleted, or one it never saw). A run at
+        """Its ``done`` row, in no index (none: a run it never saw). A run at
         rest has no ``queued`` or ``active`` row: each went when its phase ended. Not the
         nodes and instances it was on: every run's."""
         key = ("done", run_id)

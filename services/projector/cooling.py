@@ -119,8 +119,9 @@ def _write(root: Path, placed: list[Placed]) -> None:
     name = f"{len(listed.segments):08d}-{uuid.uuid4().hex[:8]}.parquet"
     data = cold.table(placed)
     atomically(root / name, lambda tmp: segments.write(data, tmp))
-    runs = len({run for _, _, run, _ in placed})
-    listed.segments.append(cold.Segment(name, runs, len(placed)))
+    runs = {run for _, _, run, _ in placed}
+    names = {row.id for _, _, _, row in placed if row.kind == "name"}
+    listed.segments.append(cold.Segment(name, len(runs), len(placed), cold.bloom(runs | names)))
     encoded = msgspec.json.encode(listed)
     atomically(root / cold.MANIFEST, lambda tmp: Path(tmp).write_bytes(encoded))
 

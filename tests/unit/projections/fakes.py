@@ -22,7 +22,7 @@ from projections.base import (
     parse_position,
 )
 from projections.catalog import make_all
-from projections.cold import ANCHOR
+from projections.cold import anchors
 from projections.engine import Batch, Fields
 from projections.errors import Superseded
 from projections.runner import Entry, Runner
@@ -141,14 +141,16 @@ class FakeStore:
         ]
 
     async def cold(self, name: str, namespace: str, runs: Sequence[str]) -> dict[str, list[Row]]:
-        anchor, kind = ANCHOR
-        active = self.strings.get(keys.projection_active(anchor), "")
-        warm = self.hashes.get(keys.projection_rows(anchor, active, kind), {})
-        return {
-            run: list(rows)
-            for run in runs
-            if run not in warm and (rows := self.cold_rows.get((name, namespace, run)))
-        }
+        found = {}
+        for run in runs:
+            if any(
+                row_id in self.hashes.get(keys.projection_rows(name, namespace, kind), {})
+                for kind, row_id in anchors(name, run)
+            ):
+                continue  # warm
+            if rows := self.cold_rows.get((name, namespace, run)):
+                found[run] = list(rows)
+        return found
 
     async def cool(self, runs: Sequence[Sequence[ColdBuild]]) -> int:
         """``runplane_cool`` on the fake: each run whose rows are as read leaves, whole."""

@@ -389,7 +389,7 @@ def test_billing_a_run_its_attempts_and_its_own_totals() -> None:
 
 
 def test_utilization_a_done_run_a_deleted_one() -> None:
-    """A done run's ``done`` row; a deleted run has none left, so nothing."""
+    """A done run's ``done`` row; a deleted run's, marked deleted."""
     h = History()
     h.node("2026-11-24 09:00:00", "n1")
     for run in ("r1", "r2"):
@@ -406,6 +406,8 @@ def test_utilization_a_done_run_a_deleted_one() -> None:
     rows = as_stored(projection, "r1", store, "utilization", "v1")
     done = store.hashes[keys.projection_rows("utilization", "v1", "done")]
     assert rows == [Row(kind="done", id="r1", body=done["r1"])]
-    assert as_stored(projection, "r2", store, "utilization", "v1") == []
+    deleted = as_stored(projection, "r2", store, "utilization", "v1")
+    assert deleted == [Row(kind="done", id="r2", body=done["r2"])]
+    assert done["r2"].endswith(b",true]")
     assert as_stored(projection, "r3", store, "utilization", "v1") == []
     taken_out_and_back(store, "utilization", rows)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from events import codec, keys
 from events.model import RunEvent
 from projections.catalog import NAMES, make_all
-from projections.cold import Placed
+from projections.cold import Placed, anchors
 from projections.cooling import cool
 from services.projector.projector import Projector
 from tests.unit.projections.fakes import FakeGroup, FakeLog, FakeStore, rebuilt
@@ -44,11 +44,9 @@ async def _followed(entries: list[Any], store: FakeStore, rng: random.Random) ->
     counts = {"cooled": 0, "warmed": 0, "starts": 0}
 
     async def write(placed: list[Placed]) -> None:
-        # A run's latest copy is the run, in every build: one without rows of a build says it
-        # has none there (``projections.cold``).
-        again = {run for _, _, run, _ in placed}
-        for key in [key for key in store.cold_rows if key[2] in again]:
-            del store.cold_rows[key]
+        # A run's latest copy in a build is the run there (``projections.cold``).
+        for name, namespace, run, _ in placed:
+            store.cold_rows.pop((name, namespace, run), None)
         for name, namespace, run, row in placed:
             store.cold_rows.setdefault((name, namespace, run), []).append(row)
 
@@ -83,10 +81,8 @@ def _with_cold(store: FakeStore, name: str) -> dict[str, object]:
     whole.strings = dict(store.strings)
     whole.hashes = {k: dict(v) for k, v in store.hashes.items()}
     whole.zsets = {k: dict(v) for k, v in store.zsets.items()}
-    statuses = store.strings[keys.projection_active("run_status")]
-    warm = store.hashes.get(rows_of("run_status", statuses, "run"), {})
     for (of, built, run), rows in store.cold_rows.items():
-        if (of, built) != (name, namespace) or run in warm:
+        if (of, built) != (name, namespace) or _warm(store, of, built, run):
             continue  # not this build's, or it came back: Valkey holds it, the copy is stale
         for row in rows:
             assert row.body is not None
@@ -95,6 +91,14 @@ def _with_cold(store: FakeStore, name: str) -> dict[str, object]:
                 zset = whole.zsets.setdefault(keys.projection_index(of, built, index), {})
                 zset[row.id] = float(score)
     return whole.build(name)
+
+
+def _warm(store: FakeStore, name: str, namespace: str, run: str) -> bool:
+    """Whether the build holds the run in Valkey: one of its anchors."""
+    return any(
+        row_id in store.hashes.get(keys.projection_rows(name, namespace, kind), {})
+        for kind, row_id in anchors(name, run)
+    )
 
 
 def check(rng: random.Random, steps: int) -> dict[str, int]:

@@ -156,7 +156,7 @@ def test_utilization_keeps_a_done_row_while_the_latest_attempt_has_ended() -> No
     assert stored(fold(left, h.records)) == rows
     assert decoded(rows["done", "r1"]) == [
         "r1-abcdef", USER, "c1", 8, "low", False, at("2026-11-24 10:00:00"),
-        at("2026-11-24 11:00:06"), "Insufficient resources", 8, 1,
+        at("2026-11-24 11:00:06"), "Insufficient resources", 8, 1, False,
     ]  # fmt: skip
     assert left.evict_resting(at("2026-11-24 11:30:00"), 10) == 1
     assert not left.holds("r1")
@@ -173,7 +173,7 @@ def test_utilization_keeps_a_done_row_while_the_latest_attempt_has_ended() -> No
     assert rows == stored(fold(stayed, updated))
     assert decoded(rows["done", "r1"]) == [
         "r1-abcdef", USER, "c1", 8, "auto", False, at("2026-11-24 10:00:00"),
-        at("2026-11-24 11:00:06"), "Insufficient resources", 8, 1,
+        at("2026-11-24 11:00:06"), "Insufficient resources", 8, 1, False,
     ]  # fmt: skip
     rows = stored(fold(left, restarted))
     assert rows == stored(fold(stayed, restarted))
@@ -218,10 +218,11 @@ def test_billing_lets_a_run_go_whole_and_takes_it_back_from_its_run_row() -> Non
     assert left.restoring("never", {("run", "never"): None}) == []
 
 
-def test_utilization_forgets_a_deleted_run_and_its_done_row() -> None:
-    """A deleted run never comes back (the rules): its ``done`` row goes with it, whether the
-    fold held it or took it back to fold the deletion, and it leaves memory as a run at rest
-    does."""
+def test_utilization_keeps_a_deleted_runs_done_row_and_lets_it_go() -> None:
+    """A deleted run never comes back (the rules): its ``done`` row stays, marked deleted
+    (every run at rest has one: the cold rows' anchor), whether the fold held it or took it
+    back to fold the deletion; it leaves memory as a run at rest does, and comes back deleted,
+    taking nothing more."""
     h = History()
     h.node("2026-11-24 09:00:00", "n1")
     h.submit("2026-11-24 10:00:00", "r1", gpus=8, nodes=1)
@@ -239,11 +240,11 @@ def test_utilization_forgets_a_deleted_run_and_its_done_row() -> None:
     deleted = h.records[-2:]
     rows = stored(fold(left, deleted))
     assert rows == stored(fold(stayed, deleted))
-    assert rows["done", "r1"] is None
+    assert decoded(rows["done", "r1"])[-1] is True
     assert left.evict_resting(at("2026-11-25 12:00:00"), 10) == 1
     assert not left.holds("r1")
-    left.restore("r1", rows)  # what the runner does for a later event: nothing comes back
-    assert not left.holds("r1")
+    left.restore("r1", rows)  # what the runner does for a later event: it comes back deleted
+    assert left.runs == stayed.runs
 
 
 def test_audit_takes_a_run_back_from_its_numbered_entries() -> None:

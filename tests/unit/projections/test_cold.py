@@ -1,0 +1,77 @@
+"""The cold rows' segments on disk (``projections.cold``): each run's rows in a build come from
+the latest segment holding it there; a Bloom filter never hides a run a segment holds."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
+
+from projections import cold
+from projections.base import Row
+from services.core import segments
+from services.projector.cooling import _write
+
+
+def _row(kind: str, row_id: str, body: str, *index: tuple[str, int]) -> Row:
+    return Row(kind=kind, id=row_id, body=body.encode(), index=index)
+
+
+@given(st.sets(st.text(min_size=1, max_size=12), min_size=1, max_size=200))
+def test_a_bloom_filter_holds_everything_put_in_it(items: set[str]) -> None:
+    bits = cold.bloom(items)
+    assert all(cold.Segment("x", 0, 0, bits).may_hold(item) for item in items)
+
+
+def test_a_bloom_filter_rarely_holds_what_was_not_put_in_it() -> None:
+    rng = random.Random(4)
+    items = {f"run{rng.getrandbits(64):x}" for _ in range(5000)}
+    segment = cold.Segment("x", 0, 0, cold.bloom(items))
+    others = [f"other{n}" for n in range(20_000)]
+    assert sum(segment.may_hold(o) for o in others) < len(others) * 0.03
+
+
+def test_each_run_comes_from_the_latest_segment_holding_it_in_the_build(tmp_path: Path) -> None:
+    first = _row("run", "r1", '"first"', ("created", 5), ("user:a", 5))
+    _write(
+        tmp_path,
+        [
+            ("run_status", "v3", "r1", first),
+            ("run_status", "v3", "r1", _row("name", "hello-1", '"r1"')),
+            ("attempts", "v7", "r1", _row("attempt", "r1:0", '"a0"', ("run:r1", 0))),
+            ("run_status", "v3", "r2", _row("run", "r2", '"two"', ("created", 9))),
+        ],
+    )
+    again = _row("run", "r1", '"again"', ("created", 5))
+    _write(tmp_path, [("run_status", "v3", "r1", again)])  # it came back, rested again
+    rows = cold.ColdRows(tmp_path)
+
+    assert rows.runs("run_status", "v3", ["r1", "r2", "r3"]) == {
+        "r1": [again],
+        "r2": [_row("run", "r2", '"two"', ("created", 9))],
+    }
+    # The latest segment holds r1 in run_status only: its attempts are the first segment's.
+    assert rows.runs("attempts", "v7", ["r1"]) == {
+        "r1": [_row("attempt", "r1:0", '"a0"', ("run:r1", 0))]
+    }
+    assert rows.runs("run_status", "v4", ["r1"]) == {}  # another build: none
+    assert rows.named("v3", "hello-1") == "r1"
+    assert rows.named("v3", "nobody") is None
+    assert rows.created("v3", float("-inf"), float("inf")) == [(9, "r2"), (5, "r1")]
+    assert rows.created("v3", 6, float("inf")) == [(9, "r2")]
+    listed = cold.manifest(tmp_path).segments
+    assert [(s.runs, s.rows) for s in listed] == [(2, 4), (1, 1)]
+    assert all(s.bloom for s in listed)
+
+
+def test_a_segment_the_manifest_does_not_list_is_never_read(tmp_path: Path) -> None:
+    _write(tmp_path, [("run_status", "v3", "r1", _row("run", "r1", '"one"'))])
+    stray = cold.table([("run_status", "v3", "r9", _row("run", "r9", '"stray"'))])
+    segments.write(stray, str(tmp_path / "99999999-stray.parquet"))
+    assert cold.ColdRows(tmp_path).runs("run_status", "v3", ["r9"]) == {}
+    _write(tmp_path, [("run_status", "v3", "r2", _row("run", "r2", '"two"'))])
+    assert not (tmp_path / "99999999-stray.parquet").exists()  # the next pass deletes it
+    assert msgspec.json.decode((tmp_path / cold.MANIFEST).read_bytes())["segments"]
