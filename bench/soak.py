@@ -94,6 +94,9 @@ class Totals:
     passes: int = 0
     stall_s: float = 0.0
     pass_s: list[float] = field(default_factory=list)
+    #: The projector's RSS (KiB) and the runs submitted once half the events were appended.
+    half_rss: float | None = None
+    half_runs: int = 0
 
     def add(self, done: Archived, seconds: float) -> None:
         self.archived += done.events
@@ -242,6 +245,8 @@ async def _soak(
         while True:
             memory.add(await used_memory(client))
             rss.add(rss_kib(projector.pid))
+            if totals.half_rss is None and totals.appended >= args.events // 2:
+                totals.half_rss, totals.half_runs = rss.samples[-1], totals.runs
             if done.is_set():
                 return
             await asyncio.sleep(1.0)
@@ -365,6 +370,14 @@ async def _soak(
         f"{grown / totals.runs:,.0f} bytes of the projector's RSS",
         flush=True,
     )
+    if totals.half_rss is not None and totals.runs > totals.half_runs:
+        later = (rss.samples[-1] - totals.half_rss) * 1024 / (totals.runs - totals.half_runs)
+        print(
+            f"the projector's RSS over the second half of the runs: "
+            f"{totals.half_rss / 1024:,.1f} -> {rss.samples[-1] / 1024:,.1f} MiB, "
+            f"{later:,.0f} bytes a run",
+            flush=True,
+        )
     per_parquet = parquet / max(in_archive, 1)
     print(
         f"bytes per event: {valkey_per_event:,.0f} in Valkey (global entry + own stream), "

@@ -70,6 +70,10 @@ class Segment(msgspec.Struct, frozen=True):
     #: A Bloom filter of its runs and of its ``name`` rows' ids (``bloom``): a lookup of one
     #: run opens only the segments that may hold it. Empty: open it.
     bloom: bytes = b""
+    #: The least and greatest ``created`` of its ``run_status`` runs (None: none, or not
+    #: known): a listing reads the segments of the newest runs first, and no more than needed.
+    oldest: int | None = None
+    newest: int | None = None
 
     def may_hold(self, item: str) -> bool:
         return not self.bloom or _in_bloom(self.bloom, item)
@@ -199,9 +203,13 @@ class ColdRows:
                     return str(found.column("run")[0].as_py())
         return None
 
-    def created(self, namespace: str, low: float, high: float) -> list[tuple[int, str]]:
+    def created(
+        self, namespace: str, low: float, high: float, want: int | None = None
+    ) -> list[tuple[int, str]]:
         """The cold ``run_status`` runs created in [low, high]: (created, run), newest first,
-        ties by run descending (``query.list_runs``'s order). Their rows: ``runs``."""
+        ties by run descending (``query.list_runs``'s order); their rows: ``runs``. ``want``:
+        the newest that many at least, where there are (None: all): the segments of the
+        newest runs are read first, and no further than that."""
         import pyarrow.compute as pc  # noqa: PLC0415 - pyarrow only where it is used
         import pyarrow.parquet as pq  # noqa: PLC0415
 
@@ -211,23 +219,27 @@ class ColdRows:
             where &= pc.field("created") >= int(low)
         if high != float("inf"):
             where &= pc.field("created") <= int(high)
-        seen: set[str] = set()
+        listed = manifest(self.root).segments
+        unknown = float("inf")  # a segment that does not say what it holds: read it first
+        order = sorted(range(len(listed)), key=lambda n: _newest(listed[n], unknown), reverse=True)
+        later = _Later(self.root, listed, build)
         found: list[tuple[int, str]] = []
-        for segment in reversed(manifest(self.root).segments):
-            path = self.root / segment.path
-            held = (
-                pq.read_table(path, columns=["run"], filters=build)
-                .column("run")
-                .unique()
-                .to_pylist()
-            )
-            data = pq.read_table(path, columns=["run", "created"], filters=where).to_pydict()
+        for n in order:
+            segment = listed[n]
+            if segment.newest is not None and segment.oldest is not None:
+                if segment.newest < low or segment.oldest > high:
+                    continue
+                enough = want is not None and len(found) >= want
+                if enough and segment.newest < sorted(found, reverse=True)[(want or 1) - 1][0]:
+                    break  # every segment after it in this order holds older runs only
+            data = pq.read_table(
+                self.root / segment.path, columns=["run", "created"], filters=where
+            ).to_pydict()
             found += [
                 (created, run)
                 for run, created in zip(data["run"], data["created"], strict=True)
-                if run not in seen
+                if not later.holds(n, run)
             ]
-            seen.update(held)
         return sorted(found, reverse=True)
 
     def members(
@@ -261,6 +273,35 @@ class ColdRows:
                     continue
                 yield item["run"], _row(item)
             seen.update(held.unique().to_pylist())
+
+
+def _newest(segment: Segment, unknown: float) -> float:
+    return unknown if segment.newest is None else float(segment.newest)
+
+
+class _Later:
+    """Whether a segment after a given one holds a run in a build (so the copy in the given
+    one is stale): the Bloom filters first, then the segment itself, each answer kept."""
+
+    def __init__(self, root: Path, listed: list[Segment], build: Any) -> None:
+        self.root, self.listed, self.build = root, listed, build
+        self._read: dict[int, set[str]] = {}
+
+    def holds(self, n: int, run: str) -> bool:
+        return any(
+            run in self._runs(m)
+            for m in range(n + 1, len(self.listed))
+            if self.listed[m].may_hold(run)
+        )
+
+    def _runs(self, m: int) -> set[str]:
+        if m not in self._read:
+            import pyarrow.parquet as pq  # noqa: PLC0415 - pyarrow only where it is used
+
+            path = self.root / self.listed[m].path
+            found = pq.read_table(path, columns=["run"], filters=self.build).column("run")
+            self._read[m] = set(found.unique().to_pylist())
+        return self._read[m]
 
 
 def _row(item: dict[str, Any]) -> Row:

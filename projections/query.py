@@ -243,20 +243,24 @@ async def _cold_listed(
     cursor's run, ties after it)."""
     low, (high, tie) = bounds
     namespace = ns.namespace
-    listed = await asyncio.to_thread(cold.created, namespace, low, high)
-    after = [run for created, run in listed if tie is None or created != high or run.encode() < tie]
-    found: list[RunRow] = []
-    for at in range(0, len(after), _CHUNK):
-        chunk = after[at : at + _CHUNK]
-        gone = await ns.gone(chunk)  # a run that came back is listed from Valkey
-        rows = await asyncio.to_thread(cold.runs, "run_status", namespace, gone)
-        for run in gone:
-            body = next((r.body for r in rows.get(run, []) if r.kind == "run"), None)
-            if body is not None and keep(row := msgspec.json.decode(body, type=RunRow)):
-                found.append(row)
-        if len(found) > limit:
-            break
-    return found
+    want = limit + 1
+    while True:  # the newest ``want`` cold runs, more if the filter kept too few of them
+        listed = await asyncio.to_thread(cold.created, namespace, low, high, want)
+        after = [r for created, r in listed if tie is None or created != high or r.encode() < tie]
+        found: list[RunRow] = []
+        for at in range(0, len(after), _CHUNK):
+            chunk = after[at : at + _CHUNK]
+            gone = await ns.gone(chunk)  # a run that came back is listed from Valkey
+            rows = await asyncio.to_thread(cold.runs, "run_status", namespace, gone)
+            for run in gone:
+                body = next((r.body for r in rows.get(run, []) if r.kind == "run"), None)
+                if body is not None and keep(row := msgspec.json.decode(body, type=RunRow)):
+                    found.append(row)
+            if len(found) > limit:
+                return found
+        if len(listed) < want:
+            return found  # every cold run in the bounds was looked at
+        want *= 4
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,12 @@ def write(data: pa.Table, path: str) -> None:
     pq.write_table(data, path, compression="zstd")
 
 
+def release_memory() -> None:
+    """Give what Arrow's allocator keeps for reuse back to the system: a long-lived process
+    that writes a segment now and then (the projector) holds about what it uses."""
+    pa.default_memory_pool().release_unused()
+
+
 def read(path: Path) -> tuple[list[Position], list[Entry]]:
     """A segment's positions and its entries as the stream held them, in order."""
     return _entries(pq.read_table(path, columns=_READ))

@@ -121,9 +121,26 @@ def _write(root: Path, placed: list[Placed]) -> None:
     atomically(root / name, lambda tmp: segments.write(data, tmp))
     runs = {run for _, _, run, _ in placed}
     names = {row.id for _, _, _, row in placed if row.kind == "name"}
-    listed.segments.append(cold.Segment(name, len(runs), len(placed), cold.bloom(runs | names)))
+    created = [
+        score
+        for projection, _, _, row in placed
+        if projection == "run_status" and row.kind == "run"
+        for index, score in row.index
+        if index == "created"
+    ]
+    listed.segments.append(
+        cold.Segment(
+            name,
+            len(runs),
+            len(placed),
+            cold.bloom(runs | names),
+            oldest=min(created, default=None),
+            newest=max(created, default=None),
+        )
+    )
     encoded = msgspec.json.encode(listed)
     atomically(root / cold.MANIFEST, lambda tmp: Path(tmp).write_bytes(encoded))
+    segments.release_memory()
 
 
 def forget_unlisted(root: Path) -> list[Path]:

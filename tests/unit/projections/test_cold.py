@@ -75,3 +75,30 @@ def test_a_segment_the_manifest_does_not_list_is_never_read(tmp_path: Path) -> N
     _write(tmp_path, [("run_status", "v3", "r2", _row("run", "r2", '"two"'))])
     assert not (tmp_path / "99999999-stray.parquet").exists()  # the next pass deletes it
     assert msgspec.json.decode((tmp_path / cold.MANIFEST).read_bytes())["segments"]
+
+
+def test_a_listing_reads_the_newest_segments_first_and_skips_stale_copies(
+    tmp_path: Path,
+) -> None:
+    """``created`` with ``want`` gives the newest runs as the whole listing does, a run that
+    came back and was cooled again only as its latest copy says."""
+    rng = random.Random(9)
+    made = 0
+    for _ in range(12):  # passes: each cools the next oldest runs, a few earlier ones again
+        placed = []
+        for _ in range(rng.randint(1, 6)):
+            made += 1
+            run = f"r{made}"
+            placed.append(("run_status", "v3", run, _row("run", run, '"x"', ("created", made))))
+        if made > 10 and rng.random() < 0.5:
+            again = f"r{rng.randint(1, made - 8)}"  # it came back and rested again
+            placed.append(("run_status", "v3", again, _row("run", again, '"y"', ("created", 0))))
+        _write(tmp_path, placed)
+    rows = cold.ColdRows(tmp_path)
+    whole = rows.created("v3", float("-inf"), float("inf"))
+    assert len({run for _, run in whole}) == len(whole) == made  # one copy of each
+    for want in (1, 3, 10, made):
+        assert rows.created("v3", float("-inf"), float("inf"), want)[:want] == whole[:want]
+    bounded = rows.created("v3", 5, 20)
+    assert bounded == [(c, r) for c, r in whole if 5 <= c <= 20]
+    assert rows.created("v3", 5, 20, 4)[:4] == bounded[:4]
