@@ -106,11 +106,40 @@ class Manifest(msgspec.Struct):
     segments: list[Segment] = msgspec.field(default_factory=list)
 
 
-def manifest(root: Path) -> Manifest:
+class ColdRowsMissing(Exception):
+    """The cold rows' directory cannot be read on this host: the runs in it would be missing
+    from every listing and report, so nothing is read."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(
+            f"the rows of archived runs are in {root}, and {root / MANIFEST} cannot be read "
+            "here: mount the event archive at that path"
+        )
+        self.root = root
+
+
+#: The last manifest read per directory, with the file's identity then: a manifest is only
+#: ever replaced (renamed over), so an unchanged one is not decoded again.
+_read: dict[Path, tuple[tuple[int, int, int], Manifest]] = {}
+
+
+def manifest(root: Path, *, missing_ok: bool = False) -> Manifest:
+    """The directory's manifest; an empty one where it has none and ``missing_ok`` (else
+    ``ColdRowsMissing``: readers are sent here only once a segment is listed)."""
     path = root / MANIFEST
-    if not path.exists():
-        return Manifest()
-    return msgspec.json.decode(path.read_bytes(), type=Manifest)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        if missing_ok:
+            return Manifest()
+        raise ColdRowsMissing(root) from None
+    seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    kept = _read.get(root)
+    if kept is not None and kept[0] == seen:
+        return kept[1]
+    found = msgspec.json.decode(path.read_bytes(), type=Manifest)
+    _read[root] = (seen, found)
+    return found
 
 
 def table(placed: Collection[Placed]) -> pa.Table:

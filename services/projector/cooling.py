@@ -71,10 +71,10 @@ class Cooler:
             return 0
         root = Path(found.dir) / ROWS
         root.mkdir(exist_ok=True)
-        await self.client.set(keys.cold_rows(), str(root))  # before any run leaves Valkey
 
         async def write(placed: list[Placed]) -> None:
             await asyncio.to_thread(_write, root, placed)
+            await self.client.set(keys.cold_rows(), str(root))  # before any run leaves Valkey
 
         with locked(root):
             moved = await cool(runner, self.store, retired, write)
@@ -115,7 +115,7 @@ def _write(root: Path, placed: list[Placed]) -> None:
     from services.core import segments  # noqa: PLC0415 - pyarrow only where it is used
 
     forget_unlisted(root)
-    listed = cold.manifest(root)
+    listed = cold.Manifest(list(cold.manifest(root, missing_ok=True).segments))
     name = f"{len(listed.segments):08d}-{uuid.uuid4().hex[:8]}.parquet"
     data = cold.table(placed)
     atomically(root / name, lambda tmp: segments.write(data, tmp))
@@ -145,7 +145,7 @@ def _write(root: Path, placed: list[Placed]) -> None:
 
 def forget_unlisted(root: Path) -> list[Path]:
     """Delete the segment files the manifest does not list (a crash's leftovers)."""
-    listed = {root / s.path for s in cold.manifest(root).segments}
+    listed = {root / s.path for s in cold.manifest(root, missing_ok=True).segments}
     gone = []
     for path in [*root.glob("*.parquet"), *root.glob(".*.tmp")]:
         if path not in listed:

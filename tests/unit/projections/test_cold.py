@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -102,3 +103,10 @@ def test_a_listing_reads_the_newest_segments_first_and_skips_stale_copies(
     bounded = rows.created("v3", 5, 20)
     assert bounded == [(c, r) for c, r in whole if 5 <= c <= 20]
     assert rows.created("v3", 5, 20, 4)[:4] == bounded[:4]
+
+
+def test_cold_rows_this_host_cannot_read_are_refused_not_missed(tmp_path: Path) -> None:
+    """A reader sent to a directory it cannot read says so: its runs would be missing."""
+    rows = cold.ColdRows(tmp_path / "not-mounted")
+    with pytest.raises(cold.ColdRowsMissing, match="mount the event archive at that path"):
+        rows.runs("run_status", "v3", ["r1"])
