@@ -404,6 +404,8 @@ class Runner:
             after = "0-0"
             while bound[partition] > ZERO:
                 entries = await reader.read(after, self.page)
+                # An archived page is read without yielding: let the lease's keeper run.
+                await asyncio.sleep(0)
                 for position, fields in entries:
                     if parse_position(position) > bound[partition]:
                         break
