@@ -11,6 +11,7 @@ with ``ANY`` in place of a name or a partition: ``aggregate_stream("run:" + ANY,
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 
 PREFIX = "rp"
@@ -50,10 +51,25 @@ def log_archive(partition: int | str) -> str:
 
 
 def retired(partition: int | str) -> str:
-    """The histories of a partition whose streams went to the archive: a hash from an
-    aggregate's stream (``aggregate_stream``) to its version then and the archive's segments that
-    hold it (``services.core.archiver.Retired``), read by the append function and ``history``."""
+    """The partition's retirements: a hash of counts, one per bucket of aggregates
+    (``retirement_bucket``), each raised when the archiver retires a history of its bucket (its
+    stream goes, ``runplane_retire2``). Where a history went is in the archive's index
+    (``services.core.retired``), so the server keeps nothing per retired run; a count tells a
+    writer or reader to look there, and fences a restore or a new stream against a retirement
+    between its look and its write. A field named after a stream is a former version's record
+    of that history (its version and segments), read as before until the archiver moves it to
+    the index."""
     return f"{PREFIX}:{{p{partition}}}:retired"
+
+
+#: How many buckets the retirements count in (the hex digits of a stream's hash they take):
+#: 4,096 counts at most a partition, whatever the number of runs.
+_BUCKET_DIGITS = 3
+
+
+def retirement_bucket(stream: str) -> str:
+    """The field of ``retired`` that counts the retirements of ``stream``'s bucket."""
+    return "#" + hashlib.sha1(stream.encode(), usedforsecurity=False).hexdigest()[:_BUCKET_DIGITS]
 
 
 def idempotency_key(key: str, partition: int | str) -> str:

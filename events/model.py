@@ -95,7 +95,16 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="type"):
 
 def run_aggregate(run_id: str) -> str:
     """The aggregate of run ``run_id``: what names its history and its keys."""
-    return f"run:{run_id}"
+    return f"{_RUN}{run_id}"
+
+
+_RUN = "run:"
+
+
+def is_run(aggregate: str) -> bool:
+    """Whether ``aggregate`` is a run's: the only histories the archiver retires (a run's at
+    rest); a node's or a user's stays on the server."""
+    return aggregate.startswith(_RUN)
 
 
 class RunEvent(Event, kw_only=True):
@@ -325,6 +334,14 @@ class AttemptStopped(RunEvent, kw_only=True, tag="attempt.stopped"):
 
 class AttemptFailed(RunEvent, kw_only=True, tag="attempt.failed"):
     reason: Reason
+
+
+def begins_history(event: Event) -> bool:
+    """Whether ``event`` may be the first of its aggregate's history where the server holds
+    none: a run's submission (its id is new), or any event of an aggregate never retired
+    (``is_run``). Any other event of a run with no stream is for one whose history may be in
+    the archive, and is appended only once the writer has looked there (``append.lua``)."""
+    return isinstance(event, RunSubmitted) or not is_run(event.aggregate)
 
 
 #: The events that end an attempt: it holds no GPU after one.

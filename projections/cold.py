@@ -27,13 +27,13 @@ pyarrow is imported only where a segment is written or read (``services.core.imp
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from events.bloom import may_hold
 from projections.base import Row, RowKey
 
 if TYPE_CHECKING:
@@ -76,30 +76,7 @@ class Segment(msgspec.Struct, frozen=True):
     newest: int | None = None
 
     def may_hold(self, item: str) -> bool:
-        return not self.bloom or _in_bloom(self.bloom, item)
-
-
-#: A Bloom filter's bits per item and hashes: about 1 % false positives.
-_BITS, _HASHES = 10, 7
-
-
-def bloom(items: Collection[str]) -> bytes:
-    """A Bloom filter of ``items``, as bytes (``Segment.bloom``)."""
-    bits = bytearray(max(1, len(items) * _BITS // 8))
-    for item in items:
-        for at in _places(item, len(bits) * 8):
-            bits[at // 8] |= 1 << (at % 8)
-    return bytes(bits)
-
-
-def _in_bloom(bits: bytes, item: str) -> bool:
-    return all(bits[at // 8] >> (at % 8) & 1 for at in _places(item, len(bits) * 8))
-
-
-def _places(item: str, size: int) -> Iterator[int]:
-    digest = hashlib.blake2b(item.encode(), digest_size=16).digest()
-    first, second = int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
-    return ((first + n * second) % size for n in range(_HASHES))
+        return may_hold(self.bloom, item)
 
 
 class Manifest(msgspec.Struct):

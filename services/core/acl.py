@@ -112,7 +112,7 @@ _INBOXES = keys.inbox(ANY, ANY)
 #: The keys the append function reads and writes beside the aggregates' histories: the log,
 #: the idempotency keys and the runs' told nodes (``events.inbox``); it only writes the nodes'
 #: inboxes (``_APPENDED_TO``). Every writer of the log has both.
-#: The histories whose streams went to the archive (``services.core.archiver``): read by the
+#: The partition's counts of retired histories (``services.core.archiver``): read by the
 #: append function (a key named in FCALL needs both rights) and by every reader of histories,
 #: written by the archiver.
 _RETIRED = keys.retired(ANY)
@@ -197,12 +197,12 @@ RULES: dict[str, Rule] = {
             ("hget",),  # a run at rest back from its rows (projections.runner.Runner.restore)
             ("xrevrange",),  # the log's newest entry: the projections' lag (their metrics)
             # The rows of archived runs to Parquet (services.projector.cooling): the oldest
-            # runs, whether their histories were retired, where the archive is, whether a run
-            # is cold, the cold rows' place.
-            ("zrangebyscore", "hexists", "hmget", "get", "set"),
+            # runs, whether their streams went, where the archive is, whether a run is cold,
+            # the cold rows' place.
+            ("zrangebyscore", "exists", "hmget", "get", "set"),
         ),
         both=(_LOG, _PROJECTIONS, _alive(PROJECTOR)),
-        reads=(_ARCHIVED, _RETIRED, _RECORDED_P),
+        reads=(_ARCHIVED, _RECORDED_P, _history("run")),
         writes=(keys.dead_letter_stream(PROJECTOR),),
     ),
     # Run output: the ingest stream and every rank's lines, their archive queue and requests
@@ -215,10 +215,11 @@ RULES: dict[str, Rule] = {
             _CONSUME,
             _ALIVE,
             ("xrange", "xrevrange", "xtrim", "hget", "hmget", "hset", "hincrby", "hkeys"),
+            ("hscan", "hdel"),  # a former version's records of retired histories, to the index
             ("zadd", "zrem", "zrange", "zscore", "exists", "unlink"),
             ("rpush", "blpop", "lpop", "llen", "expire"),
             ("time",),  # the log's clock: RUNPLANE_RETAIN's cut-off
-            ("fcall",),  # a run's stream retired (runplane_retire)
+            ("fcall",),  # a run's stream retired (runplane_retire2)
             ("scan",),  # the nodes' inboxes, to trim
         ),
         # With RUNPLANE_RETAIN, it archives the log (services.core.archiver): reads what the

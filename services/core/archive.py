@@ -36,7 +36,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
@@ -46,7 +46,8 @@ from events import codec, keys
 from events.errors import UndecodableEvent
 from events.spans import duration_s
 from services.core.client import raw_ranges
-from services.core.durable import fsync_path
+from services.core.durable import atomically
+from services.core.retired import Retired, RetiredIndex
 from services.core.settings import Settings
 
 #: A log position as numbers: (milliseconds, sequence).
@@ -140,28 +141,12 @@ class Pointer(msgspec.Struct, frozen=True):
     retired: str = "0-0"
 
 
-class Retired(NamedTuple):
-    """A history whose stream went to the archive (a field of ``keys.retired``): the
-    aggregate's version then, and the segments holding its events, by their place in the
-    manifest (which only ever grows). Stored as ``"<version> <segment> ..."``."""
-
-    version: int
-    segments: tuple[int, ...]
-
-    def encode(self) -> str:
-        return " ".join(str(n) for n in (self.version, *self.segments))
-
-    @classmethod
-    def decode(cls, value: bytes | str) -> Retired:
-        version, *segments = (value.decode() if isinstance(value, bytes) else value).split()
-        return cls(int(version), tuple(int(n) for n in segments))
-
-
 class Archive:
     """One archive directory: its manifest, its segments, reading and writing them."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.index = RetiredIndex(root)  # where each retired history is
         self._cached: tuple[str, list[Position], list[Entry]] | None = None
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
@@ -293,15 +278,6 @@ def aggregate_of(position: str, flat: list[bytes]) -> str:
         return ""
 
 
-def atomically(path: Path, write: Any) -> None:
-    """Write ``path`` through a temporary file beside it: fsynced, renamed, directory fsynced."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(str(tmp))
-    fsync_path(tmp)
-    os.replace(tmp, path)
-    fsync_path(path.parent)
-
-
 # --- the server's pointer --------------------------------------------------------------------
 
 
@@ -364,6 +340,14 @@ class ArchivedLog:
         if found is None:  # set before any stream is trimmed or deleted
             raise RuntimeError(f"{aggregate} was archived, and {self.key} names no archive")
         return self._open(found).history(retired.segments, aggregate)
+
+    async def retired(self, aggregate: str) -> Retired | None:
+        """``aggregate``'s record in the archive's index of retired histories
+        (``services.core.retired``); None where it has none, or nothing was archived."""
+        found = _pointer(await self.redis.get(self.key))
+        if found is None:
+            return None
+        return self._open(found).index.find(aggregate)
 
     async def _live(self, start: Position, count: int) -> tuple[list[Entry], Pointer | None]:
         begin = "-" if start == ZERO else f"({show(start)}"

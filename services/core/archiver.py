@@ -8,9 +8,11 @@ One pass (``archive_log``):
    (UTC, log time), each written atomically and then listed in the manifest;
 4. the server's pointer set to the manifest's last position, then the stream trimmed up to it;
 5. runs' own streams, once the archive holds all of a run's and the run is at rest (its last
-   event ends an attempt, or deletes it): each deleted, and its version and segments kept in the
-   partition's retired histories, together (``retire_runs``; ``runplane_retire`` in
-   ``append.lua``). The pointer's ``retired`` says how far the archived entries were looked at;
+   event ends an attempt, or deletes it): their versions and segments written to the archive's
+   index of retired histories (``services.core.retired``), then each stream deleted and its
+   bucket's count of retirements raised, together (``retire_runs``; ``runplane_retire2`` in
+   ``append.lua``). The server keeps nothing else of a retired run. The pointer's ``retired``
+   says how far the archived entries were looked at;
 6. the nodes' inboxes trimmed of their copies older than the cut-off (``trim_inboxes``).
 
 Each partition of the log is archived on its own, one after another (``archive_partitions``),
@@ -19,11 +21,12 @@ to its own archive in the directory (``services.core.archive.partition_root``).
 A kill -9 anywhere loses nothing and duplicates nothing: a segment written but not listed is
 deleted and written again; a listed one is never written again (the next pass starts after
 it); the pointer and the trim go to the manifest's last position, whatever that pass archived;
-runs whose ends a pass archived but did not look at are retired by the next. Running it again
-is harmless.
+runs whose ends a pass archived but did not look at are retired by the next; a record in the
+index whose stream did not go is never read (the stream is there), and the next pass writes
+another. Running it again is harmless.
 
 A retired run's history reads its segments (``services.core.store``); an event for it first
-restores its stream from them (``runplane_restore``), so the nodes, which may not see the
+restores its stream from them (``runplane_restore2``), so the nodes, which may not see the
 archive, only ever read live streams. A run appended to between the archiver's read and its
 retirement keeps its stream (the function checks the stream's last entry), as does one still
 at work.
@@ -41,7 +44,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from events import codec, keys
-from events.model import ATTEMPT_ENDS, RunDeleted, tag_of
+from events.model import ATTEMPT_ENDS, RunDeleted, is_run, tag_of
 from projections import catalog
 from projections.base import parse_checkpoint
 from services.core.archive import (
@@ -51,7 +54,6 @@ from services.core.archive import (
     Entry,
     Pointer,
     Position,
-    Retired,
     after,
     aggregate_of,
     before,
@@ -64,11 +66,15 @@ from services.core.archive import (
 )
 from services.core.client import raw_ranges
 from services.core.groups import text
+from services.core.retired import Retired
 
 log = structlog.get_logger(__name__)
 
 #: Named steps of a pass, for a test that kills the process at one of them.
-WRITTEN, LISTED, POINTED, TRIMMED, RETIRED = "written", "listed", "pointed", "trimmed", "retired"
+WRITTEN, LISTED, POINTED, TRIMMED = "written", "listed", "pointed", "trimmed"
+INDEXED, RETIRED = "indexed", "retired"
+#: The function that deletes a history's stream once archived (``append.lua``).
+RETIRE_FUNCTION = "runplane_retire2"
 Hook = Callable[[str], None]
 CUT_OFF = "the cut-off"
 _PAGE = 10_000
@@ -200,7 +206,7 @@ async def _archive_pass(  # noqa: PLR0917 - archive_log's own arguments, checked
     step: Hook,
     found: Pointer | None,
 ) -> Archived:
-    for path in archive.forget_unlisted():
+    for path in [*archive.forget_unlisted(), *archive.index.forget_unlisted()]:
         log.info("archive.leftover_removed", path=str(path))
     bound = await safe_point(client, partition, cutoff_ms)
     start = archive.manifest().last
@@ -227,7 +233,7 @@ async def _archive_pass(  # noqa: PLR0917 - archive_log's own arguments, checked
                 flush()
             day.append(entry)
             aggregate = aggregate_of(*entry)
-            if aggregate.startswith("run:"):
+            if is_run(aggregate):
                 runs.add(aggregate)
                 if _rests(entry):
                     resting.add(aggregate)
@@ -258,7 +264,7 @@ async def _archive_pass(  # noqa: PLR0917 - archive_log's own arguments, checked
         )
         step(TRIMMED)
         resting |= await asyncio.to_thread(_resting_before, archive, looked, start)
-        retired = await retire_runs(client, archive, partition, sorted(resting), upto)
+        retired = await retire_runs(client, archive, partition, sorted(resting), upto, step)
         await set_pointer(client, partition, Pointer(str(root), show(upto), show(upto)))
         step(RETIRED)
     told = await trim_inboxes(client, partition, cutoff_ms)
@@ -318,31 +324,76 @@ async def trim_inboxes(client: aioredis.Redis, partition: int, cutoff_ms: int) -
     return trimmed
 
 
-async def retire_runs(
-    client: aioredis.Redis, archive: Archive, partition: int, runs: list[str], upto: Position
+async def retire_runs(  # noqa: PLR0917 - the pass's own arguments
+    client: aioredis.Redis,
+    archive: Archive,
+    partition: int,
+    runs: list[str],
+    upto: Position,
+    step: Hook | None = None,
 ) -> int:
     """Delete the streams of ``runs`` (their aggregates) that the archive holds all of, up to
-    ``upto``, and whose last event left them at rest, keeping each one's version and segments
-    (``Retired``); how many went. One that moved meanwhile keeps its stream."""
+    ``upto``, and whose last event left them at rest, once each one's version and segments
+    (``Retired``) are in the archive's index (``services.core.retired``); how many went. One
+    that moved meanwhile keeps its stream (its record in the index is then never read)."""
+    if moved := await index_former_records(client, archive, partition):
+        log.info("archive.former_records_indexed", histories=moved)
     raw = raw_ranges(client)
     retired_key = keys.retired(partition)
     listed = [parse(segment.last) for segment in archive.manifest().segments]
-    gone = 0
+    records: dict[str, Retired] = {}
+    going: list[tuple[str, str]] = []  # (stream, its last entry as read)
     for at in range(0, len(runs), _BATCH):
-        batch = [keys.aggregate_stream(run, partition) for run in runs[at : at + _BATCH]]
+        batch = runs[at : at + _BATCH]
         pipe = raw.pipeline(transaction=False)
-        for stream in batch:
-            pipe.execute_command("XRANGE", stream, "-", "+")
-        read = await pipe.execute()
-        pipe = raw.pipeline(transaction=False)
-        for stream, entries in zip(batch, read, strict=True):
+        for run in batch:
+            pipe.execute_command("XRANGE", keys.aggregate_stream(run, partition), "-", "+")
+        for run, entries in zip(batch, await pipe.execute(), strict=True):
             if not entries:
                 continue  # gone already
             last_position, last = entries[-1][0].decode(), entries[-1][1]
             if parse(last_position) > upto or not _rests((last_position, last)):
                 continue  # not all archived yet, or still at work
             held = {bisect.bisect_left(listed, parse(p.decode())) for p, _ in entries}
-            kept = Retired(int(codec.fields_of(last)[codec.VERSION]), tuple(sorted(held)))
-            pipe.fcall("runplane_retire", 2, stream, retired_key, last_position, kept.encode())
+            records[run] = Retired(int(codec.fields_of(last)[codec.VERSION]), tuple(sorted(held)))
+            going.append((keys.aggregate_stream(run, partition), last_position))
+    await asyncio.to_thread(archive.index.add, records)
+    if step is not None:
+        step(INDEXED)
+    gone = 0
+    for at in range(0, len(going), _BATCH):
+        pipe = raw.pipeline(transaction=False)
+        for stream, last_position in going[at : at + _BATCH]:
+            bucket = keys.retirement_bucket(stream)
+            pipe.fcall(RETIRE_FUNCTION, 2, stream, retired_key, last_position, bucket)
         gone += sum(int(done) for done in await pipe.execute())
     return gone
+
+
+async def index_former_records(client: aioredis.Redis, archive: Archive, partition: int) -> int:
+    """Move what a former version kept of each retired history in the server (a field of
+    ``keys.retired`` per stream) to the archive's index, then raise the field's bucket and
+    delete it, in that order: a reader finds the history in one or the other throughout. How
+    many moved."""
+    retired_key = keys.retired(partition)
+    prefix = keys.aggregate_stream("", partition)
+    moved = 0
+    while True:
+        fields: dict[bytes, bytes] = {}
+        async for field, value in client.hscan_iter(retired_key, match=f"{prefix}*", count=_BATCH):
+            fields[field] = value
+            if len(fields) == _BATCH:
+                break
+        if not fields:
+            return moved
+        records = {
+            field.decode().removeprefix(prefix): Retired.decode(value)
+            for field, value in fields.items()
+        }
+        await asyncio.to_thread(archive.index.add, records)
+        pipe = client.pipeline(transaction=False)
+        for field in fields:
+            pipe.hincrby(retired_key, keys.retirement_bucket(field.decode()), 1)
+            pipe.hdel(retired_key, field)
+        await pipe.execute()
+        moved += len(fields)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -15,3 +16,13 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def atomically(path: Path, write: Callable[[str], object]) -> None:
+    """Write ``path`` through a temporary file beside it (``write`` is given its name): fsynced,
+    renamed, directory fsynced."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(str(tmp))
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(path.parent)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pyarrow as pa
@@ -144,3 +144,35 @@ def dataset(root: Path, paths: Sequence[str]) -> ds.Dataset:
 def union(datasets: Sequence[ds.Dataset]) -> ds.Dataset:
     """``datasets`` (of one schema) read as one."""
     return ds.dataset(list(datasets))
+
+
+# --- the archive's index of retired histories (``services.core.retired``) ---------------------
+
+INDEX_SCHEMA = pa.schema([("aggregate", pa.string()), ("retired", pa.string())])
+#: Rows of an index file a row group: its rows are sorted by aggregate, so a lookup of one reads
+#: the footer and one group.
+_INDEX_GROUP = 4096
+
+
+def write_index(rows: dict[str, str], path: str) -> None:
+    """An index file of ``rows`` (aggregate to its ``Retired``, encoded), sorted by aggregate."""
+    names = sorted(rows)
+    data = pa.table({"aggregate": names, "retired": [rows[n] for n in names]}, schema=INDEX_SCHEMA)
+    pq.write_table(data, path, compression="zstd", row_group_size=_INDEX_GROUP)
+
+
+def find_in_index(path: Path, aggregate: str) -> str | None:
+    """``aggregate``'s record in the index file ``path``, or None."""
+    found = pq.read_table(path, columns=["retired"], filters=[("aggregate", "=", aggregate)])
+    return cast(str, found.column(0)[0].as_py()) if len(found) else None
+
+
+def merge_index(paths: Sequence[Path], path: str) -> list[str]:
+    """The index files ``paths`` (oldest first) as one at ``path``: each aggregate's newest
+    record; the aggregates it holds."""
+    newest_first = pa.concat_tables([pq.read_table(p) for p in reversed(paths)])
+    numbered = newest_first.append_column("at", pa.array(range(len(newest_first)), pa.int64()))
+    first = numbered.group_by("aggregate", use_threads=False).aggregate([("at", "min")])
+    kept = newest_first.take(first["at_min"]).sort_by("aggregate")
+    pq.write_table(kept, path, compression="zstd", row_group_size=_INDEX_GROUP)
+    return cast(list[str], kept["aggregate"].to_pylist())

@@ -18,8 +18,11 @@ Invariants:
 - Reads of the global log (``read_log``, ``read_log_entries``, ``replay``) go through
   ``services.core.archive.ArchivedLog``: the archived part first, then the stream, each entry
   once. A run's own stream goes once the archive holds all of it and the run is at rest
-  (``services.core.archiver``); ``history`` then reads it from the segments the partition's
-  retired histories name, and an append to it first restores the stream from them.
+  (``services.core.archiver``); ``history`` then reads it from the segments the archive's
+  index of retired histories names (``services.core.retired``), and an append to it first
+  restores the stream from them. The server keeps no record of it, only a count of its
+  bucket's retirements: an append of any event but a run's first to an aggregate with no
+  stream looks in the index first, and a retirement meanwhile sends it to look again.
 - ``runplane_events_appended_total{type}`` counts the events this process stored, by tag: a
   retried append that had landed already (a duplicate) is not counted again.
 """
@@ -52,9 +55,17 @@ from tenacity import (
 from events import codec, inbox, keys
 from events.codec import Recorded
 from events.lifecycle import RunState, copy_state, evolve
-from events.model import AnyRunEvent, Event, RunEvent, run_aggregate, tag_of
+from events.model import (
+    AnyRunEvent,
+    Event,
+    RunEvent,
+    begins_history,
+    is_run,
+    run_aggregate,
+    tag_of,
+)
 from services.core import acl, partitions
-from services.core.archive import ArchivedLog, Retired, raw_entries
+from services.core.archive import ArchivedLog, raw_entries
 from services.core.client import (
     NotReplicated,
     check_replicated,
@@ -67,6 +78,7 @@ from services.core.client import (
 )
 from services.core.errors import Fenced, MixedAggregates, StoreUnavailable, VersionConflict
 from services.core.metrics import REGISTRY
+from services.core.retired import Retired
 from services.core.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -74,9 +86,11 @@ log = structlog.get_logger(__name__)
 _FUNCTION = files("services.core").joinpath("append.lua").read_text()
 #: The append function's name in ``append.lua``; a new layout of its keys or arguments gets a
 #: new name, so a server still holding the old one answers "not found" and is given the new.
-APPEND_FUNCTION = "runplane_append3"
+APPEND_FUNCTION = "runplane_append4"
 #: The scheduler's fenced read of its consumer group (``read_fenced``).
 READ_FUNCTION = "runplane_read"
+#: A retired history's stream put back from the archive (``_restore``).
+RESTORE_FUNCTION = "runplane_restore2"
 
 
 class _NotLoaded(Exception):
@@ -101,6 +115,11 @@ _PAGE = 10_000
 #: How many times an append restores its aggregate's archived stream before it gives up (the
 #: archiver may retire it again in between, once).
 _RESTORES = 3
+#: The replies of the append function for an aggregate with no stream whose history may be
+#: in the archive: a former version's record of it, or a bucket of retirements to look past.
+_UNRETIRE = (b"retired", b"absent")
+#: Where in the append function's arguments the bucket's count the writer looked past goes.
+_CHECKED = 7
 
 _Keys = tuple[str, ...]
 _R = TypeVar("_R")
@@ -213,33 +232,58 @@ class EventStore:
     async def _restoring(
         self, requests: Sequence[_Request], replies: list[list[bytes]], retry_for_s: float
     ) -> list[list[bytes]]:
-        """``replies`` with each ``retired`` one replaced by the reply to its request sent
-        again once its aggregate's stream is restored (``_restore``), ``_RESTORES`` times at
-        most."""
+        """``replies`` with each that found no stream for a history that may have been retired
+        (``retired``, ``absent``: ``append.lua``) replaced by the reply to its request sent
+        again once its stream is restored, or once the archive was found not to hold it
+        (``_unretire``); ``_RESTORES`` times at most."""
         for _ in range(_RESTORES):
-            retired = [n for n, reply in enumerate(replies) if reply[0] == b"retired"]
-            if not retired:
+            waiting = [n for n, reply in enumerate(replies) if reply[0] in _UNRETIRE]
+            if not waiting:
                 break
-            for n in retired:
-                await self._restore(requests[n].aggregate, replies[n][1], retry_for_s)
-            again = [requests[n] for n in retired]
+            again = [await self._unretire(requests[n], replies[n], retry_for_s) for n in waiting]
             answered = await self._call(partial(self._fcall_all, again), retry_for_s)
-            for n, reply in zip(retired, answered, strict=True):
+            for n, reply in zip(waiting, answered, strict=True):
                 replies[n] = reply
         return replies
 
-    async def _restore(self, aggregate: str, field: bytes, retry_for_s: float) -> None:
-        """Put back the stream of a history that went to the archive (``runplane_restore``),
-        entry for entry from its segments, so that it takes events again; nothing if another
-        writer restored it first. Raises ``ArchiveMissing`` where the archive cannot be read."""
+    async def _unretire(
+        self, request: _Request, reply: list[bytes], retry_for_s: float
+    ) -> _Request:
+        """What to send again for ``request``, whose aggregate has no stream: its history put
+        back from the archive where the archive holds it (``_restore``), else the request
+        itself, saying it looked at the bucket's count ``reply`` gave."""
+        if reply[0] == b"retired":  # a former version's field: the history's place
+            former, count = reply[1], reply[2]
+            await self._restore(
+                request.aggregate, Retired.decode(former), former, count, retry_for_s
+            )
+            return request
+        count = reply[1]
+        partition = keys.partition_of(request.aggregate, self.settings.partitions)
+        kept = await self._log(partition).retired(request.aggregate)
+        if kept is None:
+            return request._replace(
+                args=[*request.args[:_CHECKED], count, *request.args[_CHECKED + 1 :]]
+            )
+        await self._restore(request.aggregate, kept, b"", count, retry_for_s)
+        return request
+
+    async def _restore(
+        self, aggregate: str, kept: Retired, former: bytes, count: bytes, retry_for_s: float
+    ) -> None:
+        """Put back the stream of a history that went to the archive (``runplane_restore2``),
+        entry for entry from its segments (``kept``), so that it takes events again; nothing if
+        another writer restored it first, or the history was retired again since ``former``
+        and ``count`` were read. Raises ``ArchiveMissing`` where the archive cannot be read."""
         partition = keys.partition_of(aggregate, self.settings.partitions)
-        entries = await self._log(partition).history(aggregate, Retired.decode(field))
-        args: _Args = [field]
+        entries = await self._log(partition).history(aggregate, kept)
+        stream = keys.aggregate_stream(aggregate, partition)
+        args: _Args = [former, keys.retirement_bucket(stream), count]
         for position, flat in entries:
             args += [position, len(flat), *flat]
-        stream, retired = keys.aggregate_stream(aggregate, partition), keys.retired(partition)
         restored = await self._call(
-            partial(self.redis.fcall, "runplane_restore", 2, stream, retired, *args), retry_for_s
+            partial(self.redis.fcall, RESTORE_FUNCTION, 2, stream, keys.retired(partition), *args),
+            retry_for_s,
         )
         log.info("append.restored", aggregate=aggregate, events=len(entries), done=restored)
 
@@ -253,11 +297,12 @@ class EventStore:
                 f"one append holds one aggregate's events, not {aggregate}'s and others'"
             )
         partition = keys.partition_of(aggregate, self.settings.partitions)
+        stream = keys.aggregate_stream(aggregate, partition)
         # The fencing key only with a fence: a key named in FCALL needs the caller's read and
         # write permission, and no writer but the scheduler may touch its lease.
         fcall_keys = (
             keys.log_stream(partition),
-            keys.aggregate_stream(aggregate, partition),
+            stream,
             keys.idempotency_key(append.idempotency_key or events[0].id, partition),
             keys.told_nodes(aggregate, partition),
             keys.retired(partition),
@@ -270,6 +315,9 @@ class EventStore:
             fence.token if fence else "",
             keys.inbox_prefix(partition),
             self.settings.inbox_max_len,
+            "1" if begins_history(events[0]) else "0",
+            keys.retirement_bucket(stream),
+            "",  # the bucket's count looked past (``_unretire``)
         ]
         for event in events:
             fields = codec.encode(event)
@@ -436,28 +484,41 @@ class EventStore:
     # --- reading ----------------------------------------------------------------------
 
     async def history(self, aggregate: str) -> list[Recorded]:
-        """Every event of one run (``run:<id>``) or node (``node:<name>``), in order: from the
-        archive where its stream went there (``Retired``: it has no stream until restored)."""
+        """Every event of one run (``run:<id>``), node (``node:<name>``) or user, in order: from
+        the archive where its stream went there (``services.core.retired``: it has no stream
+        until restored)."""
         partition = keys.partition_of(aggregate, self.settings.partitions)
         stream, retired = keys.aggregate_stream(aggregate, partition), keys.retired(partition)
         await self._check_partitions()
         while True:
-            # The field before and after the stream: the archiver deletes the stream and sets
-            # the field at once, so the same field on both sides means neither moved between.
+            # In this order: a former version's field before the stream (a restore deletes it as
+            # the stream comes back), the bucket's count after it (a retirement raises it as the
+            # stream goes). A stream found missing is then one that never was, or one the field
+            # or the archive's index knows.
             pipe = self._raw.pipeline(transaction=False)
             pipe.hget(retired, stream)
             pipe.execute_command("XRANGE", stream, "-", "+", "COUNT", _PAGE)
-            pipe.hget(retired, stream)
-            gone, page, again = await pipe.execute()
-            live = [codec.recorded_flat(position, flat) for position, flat in page]
-            if gone == again and len(page) == _PAGE:
+            pipe.hget(retired, keys.retirement_bucket(stream))
+            former, page, count = await pipe.execute()
+            if page:
+                live = [codec.recorded_flat(position, flat) for position, flat in page]
+                if len(page) < _PAGE:
+                    return live
                 live += [r async for r in self._range(stream, f"({page[-1][0].decode()}")]
-                again = await self._raw.hget(retired, stream)
-            if gone != again:
-                continue  # archived meanwhile: read it again
-            if gone is None:
-                return live
-            old = await self._log(partition).history(aggregate, Retired.decode(gone))
+                if await self._raw.execute_command(  # type: ignore[no-untyped-call]
+                    "XRANGE", stream, "-", "+", "COUNT", 1
+                ):
+                    return live
+                continue  # retired while it was read: read it again
+            if former is not None:
+                kept: Retired | None = Retired.decode(former)
+            elif count is None or not is_run(aggregate):
+                return []  # no history of its bucket ever went: it never was
+            else:
+                kept = await self._log(partition).retired(aggregate)
+            if kept is None:
+                return []
+            old = await self._log(partition).history(aggregate, kept)
             return [codec.recorded_from(position, flat) for position, flat in old]
 
     async def wait_history(
@@ -552,7 +613,7 @@ def _not_found(reply: object) -> bool:
 def _outcome(request: _Request, reply: list[bytes]) -> Outcome:
     """What the append function's ``reply`` to ``request`` says (counted once if stored)."""
     status = reply[0]
-    if status == b"retired":  # restored _RESTORES times, and archived again each time
+    if status in _UNRETIRE:  # restored _RESTORES times, and archived again each time
         return VersionConflict(request.aggregate, request.expected_version or 0, -1)
     if status == b"conflict":
         return VersionConflict(request.aggregate, request.expected_version or 0, int(reply[1]))

@@ -2,7 +2,7 @@
 
 Every ``RUNPLANE_PROJECTOR_COOL_EVERY_S`` the active projector looks at the oldest runs of the
 ``run_status`` build readers read (its ``created`` index, a cursor going round), keeps those
-whose history the archiver retired (``keys.retired``: at rest, every event in the archive),
+whose history the archiver retired (their streams went: at rest, every event in the archive),
 and moves their rows in every build to a segment in ``<event archive>/rows``
 (``projections.cooling``, ``projections.cold``). Cooled runs leave the index, so what it
 looks at is the runs still in Valkey: the live ones and the ones still to cool.
@@ -26,13 +26,15 @@ import redis.asyncio as aioredis
 import structlog
 
 from events import keys
+from events.bloom import bloom
 from events.model import run_aggregate
 from projections import cold
 from projections.cold import Placed
 from projections.cooling import cool
 from projections.runner import Runner
 from projections.storage import RedisStore
-from services.core.archive import MANIFEST, atomically, locked, pointer
+from services.core.archive import MANIFEST, locked, pointer
+from services.core.durable import atomically
 
 log = structlog.get_logger("services.projector")
 ROWS = "rows"
@@ -100,14 +102,16 @@ class Cooler:
         return [member.decode() for member, _ in got]
 
     async def _retired(self, runs: Sequence[str]) -> list[str]:
-        """Of ``runs``, those whose history went to the archive."""
+        """Of ``runs``, those whose history went to the archive: a run the projection holds had
+        a stream, and only the archiver deletes one (``services.core.archiver.retire_runs``)."""
         pipe = self.client.pipeline(transaction=False)
         for run in runs:
             aggregate = run_aggregate(run)
-            partition = keys.partition_of(aggregate, self.partitions)
-            pipe.hexists(keys.retired(partition), keys.aggregate_stream(aggregate, partition))
+            pipe.exists(
+                keys.aggregate_stream(aggregate, keys.partition_of(aggregate, self.partitions))
+            )
         found = await pipe.execute()
-        return [run for run, there in zip(runs, found, strict=True) if there]
+        return [run for run, there in zip(runs, found, strict=True) if not there]
 
 
 def _write(root: Path, placed: list[Placed]) -> None:
@@ -133,7 +137,7 @@ def _write(root: Path, placed: list[Placed]) -> None:
             name,
             len(runs),
             len(placed),
-            cold.bloom(runs | names),
+            bloom(runs | names),
             oldest=min(created, default=None),
             newest=max(created, default=None),
         )

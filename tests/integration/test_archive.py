@@ -32,7 +32,6 @@ from services.core.archive import (
     ArchivedLog,
     ArchiveMissing,
     Pointer,
-    Retired,
     day_of,
     log_dataset,
     parse,
@@ -41,6 +40,7 @@ from services.core.archive import (
     set_pointer,
 )
 from services.core.archiver import (
+    INDEXED,
     LISTED,
     POINTED,
     TRIMMED,
@@ -52,6 +52,7 @@ from services.core.archiver import (
 )
 from services.core.client import connect
 from services.core.errors import VersionConflict
+from services.core.retired import RetiredIndex
 from services.core.settings import Settings
 from services.core.store import EventStore
 from services.projector.lanes import rebuild_many
@@ -113,6 +114,14 @@ def files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in found)
 
 
+def listed(root: Path) -> list[str]:
+    """The files an archive's manifests list: its segments and its index's files."""
+    archive = Archive(root)
+    return [s.path for s in archive.manifest().segments] + [
+        f.path for f in archive.index.manifest().files
+    ]
+
+
 async def assert_whole(
     store: EventStore, redis: aioredis.Redis, root: Path, before: list[Recorded]
 ) -> None:
@@ -134,21 +143,25 @@ def runs_of(records: list[Recorded]) -> dict[str, list[Recorded]]:
 
 async def retired_as_due(redis: aioredis.Redis, root: Path, before: list[Recorded]) -> int:
     """Each run at rest that the archive holds all of has no stream left, its version kept in
-    the retired histories; every other run keeps its whole stream. How many went."""
+    the archive's index of retired histories; every other run keeps its whole stream. The
+    server keeps nothing per run: its retirements are counts, one per bucket. How many went."""
     archived = set(archived_positions(root))
+    index = RetiredIndex(root)
     gone = 0
     for aggregate, mine in runs_of(before).items():
         stream = keys.aggregate_stream(aggregate, 0)
-        field = await redis.hget(keys.retired(0), stream)
         at_rest = type(mine[-1].event) in ATTEMPT_ENDS | {RunDeleted}
         if at_rest and all(r.position in archived for r in mine):
             assert not await redis.exists(stream), aggregate
-            assert field is not None, aggregate
-            assert Retired.decode(field).version == mine[-1].version
+            kept = index.find(aggregate)
+            assert kept is not None, aggregate
+            assert kept.version == mine[-1].version
             gone += 1
         else:
             assert await redis.xlen(stream) == len(mine), aggregate
-            assert field is None, aggregate
+    counts = cast(dict[bytes, bytes], await redis.hgetall(keys.retired(0)))
+    assert all(field.startswith(b"#") for field in counts), "a field per run"
+    assert sum(int(n) for n in counts.values()) >= gone
     return gone
 
 
@@ -204,7 +217,10 @@ async def test_a_rebuild_after_archiving_ends_with_the_incremental_rows(
 
 @pytest.mark.parametrize(
     "crash",
-    [(WRITTEN, 1), (WRITTEN, 3), (LISTED, 1), (LISTED, 4), (POINTED, 1), (TRIMMED, 1)],
+    [
+        *((WRITTEN, 1), (WRITTEN, 3), (LISTED, 1), (LISTED, 4)),
+        *((POINTED, 1), (TRIMMED, 1), (INDEXED, 1)),
+    ],
     ids=lambda crash: f"{crash[0]}-{crash[1]}",
 )
 async def test_an_archiver_killed_at_any_step_loses_and_doubles_nothing(
@@ -235,7 +251,7 @@ async def test_an_archiver_killed_at_any_step_loses_and_doubles_nothing(
     archived = archived_positions(tmp_path)
     assert archived == [r.position for r in before if parse(r.position)[0] < cutoff]
     assert await redis.xlen(LOG) == len(before) - len(archived)
-    assert files(tmp_path) == sorted(s.path for s in Archive(tmp_path).manifest().segments)
+    assert files(tmp_path) == sorted(listed(tmp_path))
     assert again.upto == archived[-1]
     assert await retired_as_due(redis, tmp_path, before) > 0
 
@@ -367,21 +383,21 @@ async def test_a_run_at_rest_leaves_the_server_and_goes_on_from_its_archived_ver
     assert await retired_as_due(redis, tmp_path, before) == len(runs_of(before))
     aggregate, mine = next(iter(runs_of(before).items()))
     stream = keys.aggregate_stream(aggregate, 0)
-    kept = Retired.decode(cast(bytes, await redis.hget(keys.retired(0), stream)))
+    kept = RetiredIndex(tmp_path).find(aggregate)
+    assert kept is not None
     assert len(kept.segments) > 1  # 20 events a segment: the run's are in several
     kept_bytes = await redis.memory_usage(keys.retired(0))
     assert kept_bytes is not None
     assert used is not None
-    assert kept_bytes < used  # every run's field, less than one run's stream
+    assert kept_bytes < used  # every run's count, less than one run's stream
     run_id = aggregate.removeprefix("run:")
 
     with pytest.raises(VersionConflict):  # a writer that takes it for a new run
         await store.append([f.updated(run_id, 1)], expected_version=0)
     updated = await store.append([f.updated(run_id, 2)], expected_version=len(mine))
     assert updated.version == len(mine) + 1
-    # Restored first: the stream whole again, entry for entry, and the field gone.
+    # Restored first: the stream whole again, entry for entry.
     assert await redis.xlen(stream) == len(mine) + 1
-    assert await redis.hget(keys.retired(0), stream) is None
     deleted = RunDeleted(id=f.new_id(), actor="alice@example.com", run_id=run_id)
     await store.append([deleted], expected_version=len(mine) + 1)
     later = await store.history(aggregate)
@@ -392,7 +408,8 @@ async def test_a_run_at_rest_leaves_the_server_and_goes_on_from_its_archived_ver
     again = await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING, segment_events=20)
     assert again.retired == 1
     assert not await redis.exists(stream)
-    both = Retired.decode(cast(bytes, await redis.hget(keys.retired(0), stream)))
+    both = RetiredIndex(tmp_path).find(aggregate)
+    assert both is not None
     assert both.version == len(mine) + 2
     assert set(kept.segments) < set(both.segments)
     assert await store.history(aggregate) == later
@@ -559,4 +576,4 @@ async def test_a_writer_that_cannot_read_the_archive_writes_nothing_to_a_retired
         await store.append([f.updated(aggregate.removeprefix("run:"), 2)], expected_version=None)
 
     assert not await redis.exists(keys.aggregate_stream(aggregate, 0))
-    assert await redis.hget(keys.retired(0), keys.aggregate_stream(aggregate, 0)) is not None
+    assert RetiredIndex(tmp_path / "gone").find(aggregate) is not None
