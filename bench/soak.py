@@ -44,6 +44,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import cast
 
+import pyarrow.parquet as pq
 import redis.asyncio as aioredis
 
 from bench.processes import cpu_s, on_a_server, rss_kib, stop
@@ -56,6 +57,7 @@ from projections.catalog import NAMES
 from services.core.archive import Archive
 from services.core.archiver import Archived, archive_older
 from services.core.client import connect
+from services.core.retired import INDEX, RetiredIndex
 from services.core.settings import Settings
 from services.core.store import Append, EventStore
 from services.core.valkey import ValkeyProcess
@@ -148,6 +150,15 @@ async def families(client: aioredis.Redis) -> list[tuple[str, int, int]]:
     return sorted(((f, n, b) for f, (n, b) in found.items()), key=lambda row: -row[2])
 
 
+def _retired(root: Path, count: int) -> list[str]:
+    """``count`` runs of the archive's index of retired histories (its newest file)."""
+    files = RetiredIndex(root).manifest().files
+    if not files:
+        return []
+    held = pq.read_table(root / files[-1].path, columns=["aggregate"])["aggregate"]
+    return cast(list[str], held[:count].to_pylist())
+
+
 def _family(key: str) -> str:
     if key.startswith(keys.projection_keys()):
         return "projections " + key.removeprefix(keys.projection_keys()).split(":")[0]
@@ -176,15 +187,13 @@ async def wait_cooled(client: aioredis.Redis, every_s: float, deadline_s: float 
     raise TimeoutError(f"the projector went on moving archived runs' rows for {deadline_s} s")
 
 
-async def cold_reads(client: aioredis.Redis) -> None:
+async def cold_reads(client: aioredis.Redis, root: Path) -> None:
     """Reads of archived runs, their rows in Parquet: each one's time against one ``HGET`` of
     a row still in Valkey (the baseline, timed here)."""
     statuses = cast(bytes, await client.get(keys.projection_active("run_status"))).decode()
     rows = keys.projection_rows("run_status", statuses, "run")
     warm = cast(list[bytes], await client.hkeys(rows))
-    prefix = keys.aggregate_stream("run:", 0).encode()
-    retired = cast(list[bytes], await client.hkeys(keys.retired(0)))
-    archived = [key.removeprefix(prefix).decode() for key in retired[:3]]
+    archived = [run.removeprefix("run:") for run in await asyncio.to_thread(_retired, root, 3)]
     if not warm or not archived:
         return
     baseline = await _best_ms(lambda: client.hget(rows, warm[0]))
@@ -333,7 +342,8 @@ async def _soak(
     await watcher
 
     cold_rows = sum(p.stat().st_size for p in (root / ROWS).glob("*.parquet"))
-    parquet = sum(p.stat().st_size for p in root.rglob("*.parquet")) - cold_rows
+    indexed = sum(p.stat().st_size for p in (root / INDEX).glob("*.parquet"))
+    parquet = sum(p.stat().st_size for p in root.rglob("*.parquet")) - cold_rows - indexed
     in_archive = sum(s.events for s in Archive(root).manifest().segments)
     print(
         f"appended {totals.appended:,} events in {append_s:,.0f} s "
@@ -378,13 +388,19 @@ async def _soak(
             f"{later:,.0f} bytes a run",
             flush=True,
         )
+    print(
+        f"the archive's index of retired histories: {indexed / MIB:,.1f} MiB in "
+        f"{len(RetiredIndex(root).manifest().files)} files, "
+        f"{indexed / max(totals.retired, 1):,.0f} bytes a run retired",
+        flush=True,
+    )
     per_parquet = parquet / max(in_archive, 1)
     print(
         f"bytes per event: {valkey_per_event:,.0f} in Valkey (global entry + own stream), "
         f"{per_parquet:,.0f} in Parquet: {valkey_per_event / per_parquet:.1f}x smaller",
         flush=True,
     )
-    await cold_reads(client)
+    await cold_reads(client, root)
     log_path = workdir / "projector.log"
     print("the projector started again on this history:", flush=True)
     for clean in (True, False):

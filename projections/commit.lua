@@ -120,4 +120,21 @@ local function cool(keys, args)
   return {'ok', gone}
 end
 
+-- A cooled run's name out of the names the API reserved (events.keys.run_name), once its rows
+-- (its name row among them) are in the cold rows: the API then finds the name there, for a
+-- lookup and for a new run's name alike (services.api.runs). Only the key's own run's: a name
+-- reserved again since, for another run, stays.
+--
+-- KEYS[1] the name's key. ARGV[1] the run id it must hold.
+--
+-- Returns 1 if it went, else 0.
+local function forget_name(keys, args)
+  if redis.call('GET', keys[1]) ~= args[1] then
+    return 0
+  end
+  redis.call('DEL', keys[1])
+  return 1
+end
+
 redis.register_function('runplane_cool', cool)
+redis.register_function('runplane_forget_name', forget_name)

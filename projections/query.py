@@ -147,6 +147,18 @@ async def get_run(client: aioredis.Redis, run: str) -> RunRow | None:
     return row
 
 
+async def run_named(client: aioredis.Redis, name: str) -> str | None:
+    """The run_uid of the run named ``name`` (deleted runs too, cold ones too), or None."""
+    ns = await _active(client, "run_status")
+    if ns is None:
+        return None
+    if (uid := await ns.get("name", name, str)) is not None:
+        return uid
+    if (cold := await ns.cold()) is not None:
+        return await asyncio.to_thread(cold.named, ns.namespace, name)
+    return None
+
+
 def _cold_run(cold: ColdRows, namespace: str, run: str) -> RunRow | None:
     """A cold run by run_uid or name (``get_run`` found neither in Valkey)."""
     for uid in (run, cold.named(namespace, run)):

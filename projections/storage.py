@@ -201,6 +201,19 @@ class RedisStore:
         cold = ColdRows(Path(_text(root)))
         return await asyncio.to_thread(cold.runs, name, namespace, gone) if gone else {}
 
+    async def forget_names(self, named: Sequence[tuple[str, str]]) -> int:
+        """Delete the reserved names (``keys.run_name``) of cooled runs, ``(name, run id)``,
+        each only while it still names that run (``runplane_forget_name``); how many went."""
+        if not named:
+            return 0
+        if not self._loaded:
+            await self.redis.function_load(_FUNCTION, replace=True)
+            self._loaded = True
+        pipe = self.redis.pipeline(transaction=False)
+        for name, run in named:  # one key a call: names hash to any slot of a cluster
+            pipe.fcall("runplane_forget_name", 1, keys.run_name(name), run)
+        return sum(int(gone) for gone in await pipe.execute())
+
     async def cool(self, runs: Sequence[Sequence[ColdBuild]]) -> int:
         """Delete each run's rows (every build of it at once), if each is still as read and
         each build still the active one (``runplane_cool``); how many runs left Valkey."""

@@ -98,13 +98,15 @@ class RunRequests:
     # --- reading ----------------------------------------------------------------------
 
     async def resolve(self, run: str) -> str | None:
-        """The run id of a run name (or of a run id); None if there is no such run."""
+        """The run id of a run name (or of a run id); None if there is no such run. A name is
+        reserved here at submission and kept until the run's rows are archived (cooled): the
+        projection knows it from then on (``query.run_named``)."""
         run_id = await self.store.redis.get(keys.run_name(run))
         if isinstance(run_id, bytes):
             return run_id.decode()
         if await self.store.history(run_aggregate(run)):
             return run
-        return None
+        return await query.run_named(self.store.redis, run)
 
     async def history(
         self, principal: Principal, run: str, action: Action, *, all_users: bool = True
@@ -181,6 +183,18 @@ class RunRequests:
             raise await self.refused(principal, "submit_child", parent, refusal, run_id) from None
         return state.name
 
+    async def _reserve(self, name: str, run_id: str) -> bool:
+        """Reserve ``name`` for ``run_id``: False if a run has it. The reservation of a run
+        whose rows were archived (cooled) went, so the projection is asked too, after it: the
+        cooler lets a name go only once the cold rows hold it."""
+        key = keys.run_name(name)
+        if not await self.store.redis.set(key, run_id, nx=True):
+            return False
+        if await query.run_named(self.store.redis, name) is None:
+            return True
+        await self.store.redis.delete(key)  # set just now, and only ever by this run
+        return False
+
     async def append_submit(
         self, principal: Principal, spec: RunSpec, *, parent: str | None = None
     ) -> str:
@@ -189,7 +203,7 @@ class RunRequests:
         run_id = new_id()
         for _ in range(10):
             name = f"{spec.name}-{''.join(secrets.choice(_SUFFIX) for _ in range(6))}"
-            if await self.store.redis.set(keys.run_name(name), run_id, nx=True):
+            if await self._reserve(name, run_id):
                 break
         else:  # pragma: no cover - 26^6 names per base name
             raise Conflict(f"could not find a free name for {spec.name}: try another name")

@@ -201,7 +201,8 @@ RULES: dict[str, Rule] = {
             # the cold rows' place.
             ("zrangebyscore", "exists", "hmget", "get", "set"),
         ),
-        both=(_LOG, _PROJECTIONS, _alive(PROJECTOR)),
+        # A cooled run's reserved name goes (runplane_forget_name): the cold rows hold it.
+        both=(_LOG, _PROJECTIONS, _alive(PROJECTOR), keys.run_name(ANY)),
         reads=(_ARCHIVED, _RECORDED_P, _history("run")),
         writes=(keys.dead_letter_stream(PROJECTOR),),
     ),

@@ -28,7 +28,7 @@ import structlog
 from events import keys
 from events.bloom import bloom
 from events.model import run_aggregate
-from projections import cold
+from projections import cold, run_status
 from projections.cold import Placed
 from projections.cooling import cool
 from projections.runner import Runner
@@ -74,14 +74,20 @@ class Cooler:
         root = Path(found.dir) / ROWS
         root.mkdir(exist_ok=True)
 
+        named: list[tuple[str, str]] = []
+
         async def write(placed: list[Placed]) -> None:
             await asyncio.to_thread(_write, root, placed)
             await self.client.set(keys.cold_rows(), str(root))  # before any run leaves Valkey
+            named.extend(_names(placed))
 
         with locked(root):
             moved = await cool(runner, self.store, retired, write)
+            # The API finds a cold run's name in the cold rows from now on (a run that stayed,
+            # moved meanwhile, has its name row in Valkey): its reservation may go.
+            forgotten = await self.store.forget_names(named)
         if moved:
-            log.info("projection.cooled", runs=moved, looked_at=len(looked))
+            log.info("projection.cooled", runs=moved, looked_at=len(looked), names=forgotten)
         return moved
 
     async def _oldest(self, index: str) -> list[str]:
@@ -112,6 +118,15 @@ class Cooler:
             )
         found = await pipe.execute()
         return [run for run, there in zip(runs, found, strict=True) if not there]
+
+
+def _names(placed: list[Placed]) -> list[tuple[str, str]]:
+    """The (name, run id) of each run whose ``run_status`` name row is in ``placed``."""
+    return [
+        (row.id, run)
+        for projection, _, run, row in placed
+        if projection == "run_status" and row.kind == run_status.NAME_KIND
+    ]
 
 
 def _write(root: Path, placed: list[Placed]) -> None:

@@ -20,6 +20,7 @@ from projections.billing import DIMENSIONS, GroupBy
 from projections.catalog import NAMES, make
 from projections.runner import Runner
 from projections.storage import RedisStore
+from services.api.runs import RunRequests
 from services.core import acl
 from services.core.archive import Archive, ArchivedLog
 from services.core.archiver import archive_log
@@ -218,6 +219,7 @@ async def test_the_projector_cools_as_its_acl_user_and_is_refused_nothing(
     projector = build_projector(settings, projector_user)
     await projector.start()
     before = await read_everything(redis, records)
+    names = await reserved(redis, records)
     assert await projector.cool() == 0  # nothing archived yet: nothing leaves
     await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING)
 
@@ -229,4 +231,39 @@ async def test_the_projector_cools_as_its_acl_user_and_is_refused_nothing(
 
     assert moved > 0
     assert await read_everything(redis, records) == before
+    assert any([await redis.get(keys.run_name(name)) is None for name in names])
     assert refused(redis_url, acl.PROJECTOR, since) == []
+
+
+async def reserved(redis: aioredis.Redis, records: list[Recorded]) -> dict[str, str]:
+    """Every run's name reserved, as the API's submit does: name -> run id."""
+    runs = sorted({r.event.run_id for r in records if isinstance(r.event, RunEvent)})
+    names = {row.name: row.run_uid for run in runs if (row := await query.get_run(redis, run))}
+    for name, run in names.items():
+        await redis.set(keys.run_name(name), run)
+    return names
+
+
+async def test_a_cooled_runs_name_is_read_from_the_cold_rows_and_stays_taken(
+    store: EventStore, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    await append_all(store, simulated_events(seed=8, steps=400, runs=8))
+    records = [record async for record in store.replay()]
+    runner = await projected(redis)
+    names = await reserved(redis, records)
+    kept = next(iter(names))
+    await redis.set(keys.run_name(kept), "another-run")  # reserved since for another run
+    await archive_log(redis, Archive(tmp_path), cutoff_ms=EVERYTHING)
+
+    assert await cool_all(redis, runner) > 0
+
+    requests = RunRequests(store)
+    cooled = [name for name in names if not await redis.exists(keys.run_name(name))]
+    assert cooled, "no reservation went"
+    for name in cooled:
+        assert await query.run_named(redis, name) == names[name]
+        assert await requests.resolve(name) == names[name]
+        assert not await requests._reserve(name, "a-new-run")  # still taken
+        assert not await redis.exists(keys.run_name(name))
+    assert await redis.get(keys.run_name(kept)) == b"another-run"
+    assert await requests._reserve("hello-zzzzzz", "a-new-run")  # a free name is had
