@@ -95,10 +95,11 @@ class RetiredIndex:
 
     def find(self, aggregate: str) -> Retired | None:
         """``aggregate``'s newest record, or None where it has none."""
-        from services.core import segments  # noqa: PLC0415 - pyarrow only where it is used
-
         for listed in reversed(self.manifest().files):
             if may_hold(listed.bloom, aggregate):
+                # pyarrow only once a file may hold it (a Bloom filter says no to most others)
+                from services.core import segments  # noqa: PLC0415
+
                 found = segments.find_in_index(self.root / listed.path, aggregate)
                 if found is not None:
                     return Retired.decode(found)

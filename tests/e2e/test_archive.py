@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -132,3 +132,69 @@ async def test_under_retain_the_collector_archives_the_log_and_views_stay(retain
     )
     assert mcli.ok("describe", "run", name) == described
     assert json.loads(mcli.ok("events", name, "-o", "json")) == events
+
+
+async def test_under_retain_nothing_of_a_finished_run_stays_in_valkey(retained: Mcli) -> None:
+    """The whole of what bounds Valkey under retention: once a run is archived, no key, no
+    field, no member names it (its id or its name), and every view reads as before."""
+    mcli = retained
+    name = mcli.submit("hello")
+    await wait_for(mcli.stack, name, S.COMPLETED)
+    run_id = json.loads(mcli.ok("events", name, "-o", "json"))[0]["run_id"]
+    shown = [
+        mcli.ok("describe", "run", name),
+        mcli.ok("logs", name),
+        mcli.ok("get", "runs", name, "-o", "json"),
+        mcli.ok("audit", "--run", name, "-o", "json"),
+    ]
+    client = connect_with(mcli.stack.operator_settings())
+    try:
+        await eventually(
+            lambda: mentions(client, (run_id, name)),
+            equals=[],
+            what=f"nothing of {name} left in Valkey",
+            within=90,
+        )
+    finally:
+        await client.aclose()
+    assert [
+        mcli.ok("describe", "run", name),
+        mcli.ok("logs", name),
+        mcli.ok("get", "runs", name, "-o", "json"),
+        mcli.ok("audit", "--run", name, "-o", "json"),
+    ] == shown
+
+
+async def mentions(client: Any, needles: tuple[str, ...]) -> list[str]:
+    """Every key of the server that names one of ``needles``: in its name, its value, a field,
+    a member or an entry (but output's ingest queue)."""
+    found: list[str] = []
+    wanted = [needle.encode() for needle in needles]
+
+    def named(*parts: bytes) -> bool:
+        return any(needle in part for part in parts for needle in wanted)
+
+    async for key in client.scan_iter(count=1000):
+        if key == keys.log_ingest().encode():
+            continue  # a queue trimmed to what was read: a macro node of lines at most stays
+        kind = (await client.type(key)).decode()
+        if named(key):
+            found.append(key.decode())
+        elif kind == "string":
+            value = await client.get(key)
+            if value is not None and named(value):
+                found.append(key.decode())
+        elif kind == "hash" and any(
+            [named(f, v) async for f, v in client.hscan_iter(key, count=1000)]
+        ):
+            found.append(key.decode())
+        elif kind in ("set", "zset"):
+            members = client.sscan_iter(key) if kind == "set" else client.zscan_iter(key)
+            if any([named(m if kind == "set" else m[0]) async for m in members]):
+                found.append(key.decode())
+        elif kind == "stream" and any(
+            named(*flat.keys(), *flat.values())
+            for _, flat in await client.xrange(key, count=100_000)
+        ):
+            found.append(key.decode())
+    return found
