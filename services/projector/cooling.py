@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
@@ -129,37 +130,77 @@ def _names(placed: list[Placed]) -> list[tuple[str, str]]:
     ]
 
 
+#: The most runs a segment gets by merging: a merge reads both segments whole, in the
+#: projector's memory (about 40 MiB of Arrow for this many), so the largest stay as they are.
+MERGED_RUNS = 16_384
+
+
 def _write(root: Path, placed: list[Placed]) -> None:
-    """A segment of ``placed``, durable and listed in the manifest."""
+    """A segment of ``placed``, durable and listed in the manifest; then the newest segments
+    merged while the older of the two holds no more runs than the newer (up to
+    ``MERGED_RUNS``): a lookup opens a segment per power of two of the runs, at most, and a
+    listing or a report reads about ``runs / MERGED_RUNS`` of them, not one per pass."""
     from services.core import segments  # noqa: PLC0415 - pyarrow only where it is used
 
     forget_unlisted(root)
     listed = cold.Manifest(list(cold.manifest(root, missing_ok=True).segments))
-    name = f"{len(listed.segments):08d}-{uuid.uuid4().hex[:8]}.parquet"
+    name = _name(listed)
     data = cold.table(placed)
-    atomically(root / name, lambda tmp: segments.write(data, tmp))
-    runs = {run for _, _, run, _ in placed}
-    names = {row.id for _, _, _, row in placed if row.kind == "name"}
-    created = [
-        score
-        for projection, _, _, row in placed
-        if projection == "run_status" and row.kind == "run"
-        for index, score in row.index
-        if index == "created"
-    ]
-    listed.segments.append(
-        cold.Segment(
-            name,
-            len(runs),
-            len(placed),
-            bloom(runs | names),
-            oldest=min(created, default=None),
-            newest=max(created, default=None),
+    atomically(root / name, partial(segments.write, data))
+    listed.segments.append(_segment(name, data))
+    while (
+        len(listed.segments) >= 2
+        and listed.segments[-2].runs <= listed.segments[-1].runs
+        and listed.segments[-2].runs + listed.segments[-1].runs <= MERGED_RUNS
+    ):
+        older, newer = listed.segments[-2:]
+        name = _name(listed)
+        both = _merge(
+            segments.read_table(root / older.path), segments.read_table(root / newer.path)
         )
-    )
+        atomically(root / name, partial(segments.write, both))
+        listed.segments[-2:] = [_segment(name, both)]
     encoded = msgspec.json.encode(listed)
     atomically(root / cold.MANIFEST, lambda tmp: Path(tmp).write_bytes(encoded))
+    forget_unlisted(root)  # the merged ones
     segments.release_memory()
+
+
+def _name(listed: cold.Manifest) -> str:
+    return f"{len(listed.segments):08d}-{uuid.uuid4().hex[:8]}.parquet"
+
+
+def _segment(name: str, data: Any) -> cold.Segment:
+    """The manifest's entry of a segment holding ``data`` (``cold.table``'s shape)."""
+    import pyarrow.compute as pc  # noqa: PLC0415 - pyarrow only where it is used
+
+    runs = set(data.column("run").unique().to_pylist())
+    named = data.filter(pc.field("kind") == "name")
+    names = set(named.column("id").to_pylist())
+    listing = data.filter((pc.field("projection") == "run_status") & (pc.field("kind") == "run"))
+    created = [c for c in listing.column("created").to_pylist() if c is not None]
+    return cold.Segment(
+        name,
+        len(runs),
+        data.num_rows,
+        bloom(runs | names),
+        oldest=min(created, default=None),
+        newest=max(created, default=None),
+    )
+
+
+def _merge(older: Any, newer: Any) -> Any:
+    """Two segments' rows as one: each run in each build from the newer where it holds it
+    (the older's copy is stale, ``projections.cold``)."""
+    import pyarrow as pa  # noqa: PLC0415 - pyarrow only where it is used
+    import pyarrow.compute as pc  # noqa: PLC0415
+
+    def built(data: Any) -> Any:
+        columns = [data.column(c) for c in ("projection", "namespace", "run")]
+        return pc.binary_join_element_wise(*columns, "\x1f")
+
+    stale = pc.is_in(built(older), value_set=pc.unique(built(newer)))
+    return pa.concat_tables([older.filter(pc.invert(stale)), newer])
 
 
 def forget_unlisted(root: Path) -> list[Path]:

@@ -12,6 +12,7 @@ import pytest
 from projections import cold
 from projections.base import Row
 from services.core import segments
+from services.projector import cooling
 from services.projector.cooling import _write
 
 
@@ -94,3 +95,26 @@ def test_cold_rows_this_host_cannot_read_are_refused_not_missed(tmp_path: Path) 
     rows = cold.ColdRows(tmp_path / "not-mounted")
     with pytest.raises(cold.ColdRowsMissing, match="mount the event archive at that path"):
         rows.runs("run_status", "v3", ["r1"])
+
+
+def test_segments_merge_as_they_come_and_keep_each_runs_latest_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cooling, "MERGED_RUNS", 8)
+    latest: dict[str, bytes] = {}
+    for n in range(40):
+        run = f"r{n % 5}"  # runs come back and are cooled again
+        row = _row("run", run, f'"{n}"', ("created", n % 5))
+        _write(tmp_path, [("run_status", "v3", run, row), ("billing", "v3", run, row)])
+        latest[run] = row.body or b""
+    listed = cold.manifest(tmp_path).segments
+    assert len(listed) < 10  # a segment per pass, else
+    assert all(s.runs <= 8 for s in listed)
+    assert sum(s.rows for s in listed) < 80  # stale copies merged away
+    for projection in ("run_status", "billing"):
+        found = cold.ColdRows(tmp_path).runs(projection, "v3", list(latest))
+        assert {run: rows[0].body for run, rows in found.items()} == latest
+    on_disk = sorted(p.name for p in tmp_path.glob("*.parquet"))
+    assert on_disk == sorted(s.path for s in listed)
+    whole = cold.ColdRows(tmp_path).created("v3", float("-inf"), float("inf"))
+    assert sorted(run for _, run in whole) == sorted(latest)
