@@ -148,6 +148,7 @@ class Archive:
         self.root = root
         self.index = RetiredIndex(root)  # where each retired history is
         self._cached: tuple[str, list[Position], list[Entry]] | None = None
+        self._manifest: tuple[tuple[int, int, int], Manifest] | None = None
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """Held by the one archiver writing here (on this host); another gets ``ArchiveBusy``
@@ -155,10 +156,17 @@ class Archive:
         return locked(self.root)
 
     def manifest(self) -> Manifest:
+        """The listed segments; decoded again only once the manifest was replaced (a replay
+        reads it for every page, and a year of passes lists about 100,000 segments)."""
         path = self.root / MANIFEST
-        if not path.exists():
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
             return Manifest()
-        return msgspec.json.decode(path.read_bytes(), type=Manifest)
+        seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if self._manifest is None or self._manifest[0] != seen:
+            self._manifest = (seen, msgspec.json.decode(path.read_bytes(), type=Manifest))
+        return self._manifest[1]
 
     def dataset(self) -> Any:
         """The listed segments as one ``pyarrow.dataset.Dataset`` with a ``day`` column (for
@@ -182,7 +190,7 @@ class Archive:
 
     def add(self, segment: Segment) -> Manifest:
         """Add ``segment`` to the manifest (atomically); a no-op if it is listed already."""
-        manifest = self.manifest()
+        manifest = Manifest(list(self.manifest().segments))  # the cached one stays as read
         if segment in manifest.segments:
             return manifest
         if manifest.segments and parse(segment.first) <= manifest.last:

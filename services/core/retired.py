@@ -75,7 +75,7 @@ class RetiredIndex:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._cached: tuple[tuple[int, int], IndexManifest] | None = None
+        self._cached: tuple[tuple[int, int, int], IndexManifest] | None = None
 
     @property
     def _manifest_path(self) -> Path:
@@ -87,7 +87,7 @@ class RetiredIndex:
             stat = os.stat(self._manifest_path)
         except FileNotFoundError:
             return IndexManifest()
-        seen = (stat.st_mtime_ns, stat.st_size)
+        seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if self._cached is None or self._cached[0] != seen:
             decoded = msgspec.json.decode(self._manifest_path.read_bytes(), type=IndexManifest)
             self._cached = (seen, decoded)
