@@ -187,7 +187,7 @@ async def wait_cooled(client: aioredis.Redis, every_s: float, deadline_s: float 
     raise TimeoutError(f"the projector went on moving archived runs' rows for {deadline_s} s")
 
 
-async def cold_reads(client: aioredis.Redis, root: Path) -> None:
+async def cold_reads(client: aioredis.Redis, store: EventStore, root: Path) -> None:
     """Reads of archived runs, their rows in Parquet: each one's time against one ``HGET`` of
     a row still in Valkey (the baseline, timed here)."""
     statuses = cast(bytes, await client.get(keys.projection_active("run_status"))).decode()
@@ -203,6 +203,9 @@ async def cold_reads(client: aioredis.Redis, root: Path) -> None:
         "attempts_of (3 archived runs)": lambda: query.attempts_of(client, archived),
         "audit of an archived run": lambda: query.audit(client, run=archived[1]),
         "billing_report by user (every run)": lambda: query.billing_report(client, "user"),
+        # The store's read of a retired history: the archive's index, then its segments.
+        "history of an archived run (describe)": lambda: store.history(f"run:{archived[2]}"),
+        "history of a run never seen": lambda: store.history(f"run:{'0' * 32}"),
     }
     print(f"reads of archived runs (one HGET of a live row: {baseline:.2f} ms):", flush=True)
     for what, read in reads.items():
@@ -400,7 +403,7 @@ async def _soak(
         f"{per_parquet:,.0f} in Parquet: {valkey_per_event / per_parquet:.1f}x smaller",
         flush=True,
     )
-    await cold_reads(client, root)
+    await cold_reads(client, store, root)
     log_path = workdir / "projector.log"
     print("the projector started again on this history:", flush=True)
     for clean in (True, False):
