@@ -46,7 +46,7 @@ from events import codec, keys
 from events.errors import UndecodableEvent
 from events.spans import duration_s
 from services.core.client import raw_ranges
-from services.core.durable import atomically
+from services.core.durable import atomically, delete_unlisted
 from services.core.retired import Retired, RetiredIndex
 from services.core.settings import Settings
 
@@ -203,14 +203,9 @@ class Archive:
     def forget_unlisted(self) -> list[Path]:
         """Delete segment files the manifest does not list (a crash's leftovers)."""
         listed = {self.root / s.path for s in self.manifest().segments}
-        gone = []
         # Temporary files lie beside what they become (never in another partition's archive).
         leftovers = [*self.root.glob("day=*/.*.tmp"), *self.root.glob(".*.tmp")]
-        for path in [*self.root.glob("day=*/*.parquet"), *leftovers]:
-            if path not in listed:
-                path.unlink()
-                gone.append(path)
-        return gone
+        return delete_unlisted([*self.root.glob("day=*/*.parquet"), *leftovers], listed)
 
     def read(self, start: Position, upto: Position, count: int) -> list[Entry]:
         """Up to ``count`` archived entries after ``start`` (exclusive), up to ``upto``."""

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 
@@ -26,3 +26,12 @@ def atomically(path: Path, write: Callable[[str], object]) -> None:
     fsync_path(tmp)
     os.replace(tmp, path)
     fsync_path(path.parent)
+
+
+def delete_unlisted(found: Iterable[Path], listed: Collection[Path]) -> list[Path]:
+    """Delete each file of ``found`` that a manifest does not list (``listed``): a crash's
+    leftover, or a file merged away. Those deleted."""
+    gone = [path for path in found if path not in listed]
+    for path in gone:
+        path.unlink(missing_ok=True)
+    return gone

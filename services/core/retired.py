@@ -36,7 +36,7 @@ from typing import NamedTuple
 import msgspec
 
 from events.bloom import bloom, may_hold
-from services.core.durable import atomically
+from services.core.durable import atomically, delete_unlisted
 
 INDEX = "retired"
 MANIFEST = "manifest.json"
@@ -140,12 +140,8 @@ class RetiredIndex:
         if not directory.is_dir():
             return []
         listed = {self.root / f.path for f in self.manifest().files}
-        gone = []
-        for path in [*directory.glob("*.parquet"), *directory.glob(".*.parquet.tmp")]:
-            if path not in listed:
-                path.unlink()
-                gone.append(path)
-        return gone
+        found = [*directory.glob("*.parquet"), *directory.glob(".*.parquet.tmp")]
+        return delete_unlisted(found, listed)
 
     def _new(self, made: int) -> str:
         (self.root / INDEX).mkdir(parents=True, exist_ok=True)

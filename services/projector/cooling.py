@@ -35,7 +35,7 @@ from projections.cooling import cool
 from projections.runner import Runner
 from projections.storage import RedisStore
 from services.core.archive import MANIFEST, locked, pointer
-from services.core.durable import atomically
+from services.core.durable import atomically, delete_unlisted
 
 log = structlog.get_logger("services.projector")
 ROWS = "rows"
@@ -206,9 +206,4 @@ def _merge(older: Any, newer: Any) -> Any:
 def forget_unlisted(root: Path) -> list[Path]:
     """Delete the segment files the manifest does not list (a crash's leftovers)."""
     listed = {root / s.path for s in cold.manifest(root, missing_ok=True).segments}
-    gone = []
-    for path in [*root.glob("*.parquet"), *root.glob(".*.tmp")]:
-        if path not in listed:
-            path.unlink()
-            gone.append(path)
-    return gone
+    return delete_unlisted([*root.glob("*.parquet"), *root.glob(".*.tmp")], listed)
