@@ -270,15 +270,13 @@ class ColdRows:
         build = (pc.field("projection") == projection) & (pc.field("namespace") == namespace)
         seen: set[str] = set()  # runs of later segments: their rows here are stale
         for segment in reversed(manifest(self.root).segments):
-            path = self.root / segment.path
-            held = pq.read_table(path, columns=["run"], filters=build).column("run")
-            selected = build if where is None else build & where(pc)
-            data = pq.read_table(path, filters=selected).to_pylist()
-            for item in data:
+            data = pq.read_table(self.root / segment.path, filters=build)  # the file read once
+            selected = data if where is None else data.filter(where(pc))
+            for item in selected.to_pylist():
                 if item["run"] in seen:
                     continue
                 yield item["run"], _row(item)
-            seen.update(held.unique().to_pylist())
+            seen.update(data.column("run").unique().to_pylist())
 
 
 def _newest(segment: Segment, unknown: float) -> float:
