@@ -208,6 +208,13 @@ def log_archive_queue() -> str:
     return f"{output_keys()}archive-queue"
 
 
+def log_meta_queue() -> str:
+    """Sorted set of archived attempts (``<run_id>/<attempt>``) whose hash (``attempt_logs``)
+    waits to move to a file once the event archive holds their terminal event, scored by the
+    millisecond part of that event's position."""
+    return f"{output_keys()}meta-queue"
+
+
 def log_requests() -> str:
     """List of requests for archived lines, served by any log-collector."""
     return f"{output_keys()}requests"

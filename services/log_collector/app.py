@@ -56,7 +56,7 @@ class Collector:
                 self.broker,
                 group=INGEST_GROUP,
                 consumer=settings.collector_name,
-                handler=(handler := EventHandler(self.client)),
+                handler=(handler := EventHandler(self.client, settings.archive_dir)),
                 settings=settings,
                 takes=handler.takes,
                 partition=partition,

@@ -15,6 +15,9 @@ Invariants:
   archived entries are trimmed and the attempt is queued again.
 - The ingest stream is trimmed below the first entry not yet acknowledged.
 - Memory stays bounded: the stream is read and written page by page.
+- An attempt archived wholly is queued to have its hash moved to a file once the event archive
+  holds its terminal event (``meta.py``, every ``_MOVE_EVERY`` passes); an attempt queued
+  again whose hash moved meanwhile (a late line) gets it back from the file first.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from events import keys
 from services.core.durable import fsync_path
+from services.log_collector import meta
 from services.log_collector.ingest import pause
 from services.log_collector.settings import LogCollectorSettings
 from services.output import reading
@@ -41,6 +45,7 @@ log = structlog.get_logger(__name__)
 
 QUEUE = keys.log_archive_queue()
 _PAGE = 1000
+_MOVE_EVERY = 10  # passes of the loop between two passes of the mover (meta.py)
 
 # Delete the stream if nothing came after the last archived entry, else trim what was archived.
 _DELETE_THROUGH = """
@@ -114,14 +119,20 @@ class Archiver:
         self.archive_dir = settings.archive_dir
         self._delete_through = client.register_script(_DELETE_THROUGH)
         self._dequeue = client.register_script(_DEQUEUE)
+        self.hashes = meta.Hashes(client, settings.archive_dir)
+        self.mover = meta.Mover(client, settings)
 
     async def run(self, stop: asyncio.Event) -> None:
+        passes = 0
         while not stop.is_set():
             try:
                 await self.trim_ingest()
                 await self.archive_ready(stop)
+                if passes % _MOVE_EVERY == 0:
+                    await self.mover.move_ready(stop)
             except (RedisError, OSError) as exc:
                 log.warning("archive.retry", error=repr(exc))
+            passes += 1
             await pause(stop, self.settings.archive_poll_ms / 1000)
 
     async def archive_ready(self, stop: asyncio.Event | None = None) -> int:
@@ -133,8 +144,12 @@ class Archiver:
                 break
             run_id, _, attempt_text = member.decode().rpartition("/")
             attempt = int(attempt_text)
-            meta = keys.attempt_logs(run_id, attempt)
-            terminal = await reading.hget(self.client, meta, reading.TERMINAL_AT)
+            hashed = keys.attempt_logs(run_id, attempt)
+            terminal = await reading.hget(self.client, hashed, reading.TERMINAL_AT)
+            if terminal is None and await self.hashes.restore(run_id, attempt):
+                # Its hash moved to a file, and a late line queued it again (a crash kept
+                # the line's writer from bringing the hash back).
+                terminal = await reading.hget(self.client, hashed, reading.TERMINAL_AT)
             if terminal is None:
                 continue
             if not await reading.ingest_caught_up(self.client, terminal.decode()):
@@ -142,6 +157,7 @@ class Archiver:
             with structlog.contextvars.bound_contextvars(run=run_id, attempt=attempt):
                 complete = await self.archive_attempt(run_id, attempt)
             if complete:  # else lines came in meanwhile: the next pass archives them
+                await meta.queue(self.client, run_id, attempt, terminal.decode())
                 done += await self._dequeue(keys=[QUEUE], args=[member, score])
         return done
 
@@ -157,10 +173,10 @@ class Archiver:
 
     async def archive_rank(self, run_id: str, attempt: int, rank: int) -> bool:
         """Archive one rank; False if lines came after its archive (archive again later)."""
-        meta = keys.attempt_logs(run_id, attempt)
+        hashed = keys.attempt_logs(run_id, attempt)
         stream = keys.rank_log(run_id, attempt, rank)
         relative = reading.archive_path(run_id, attempt, rank)
-        archived = await reading.hget(self.client, meta, reading.archive_field(rank))
+        archived = await reading.hget(self.client, hashed, reading.archive_field(rank))
         if archived is not None and not await self.client.exists(stream):
             return True  # archived already (a redo after a crash)
 
@@ -178,9 +194,13 @@ class Archiver:
                 start = f"({page[-1].id}"
 
         count, last = await write_archive(self.archive_dir / relative, pages)
-        await self.client.hset(
-            meta,
-            mapping={reading.archive_field(rank): str(relative), reading.lines_field(rank): count},
+        await self.hashes.write(
+            run_id,
+            attempt,
+            [
+                ("set", reading.archive_field(rank), str(relative)),
+                ("set", reading.lines_field(rank), count),
+            ],
         )
         deleted = await self._delete_through(keys=[stream], args=[last or "", _next_id(last)])
         log.info("archive.rank_done", lines=count, path=str(relative), deleted=bool(deleted))

@@ -6,9 +6,14 @@ Invariants:
   attempt hash keeps the position it came from and only an earlier position replaces it.
 - A terminal event records its position (``terminal_at``) and queues the attempt for the
   archiver. Every effect is idempotent: redelivery is normal.
+- Both write the attempt hash only if it exists, else bring it back from its file first (an
+  event handled after the hash moved there), else create it (``meta.Hashes.guarded``): a hash
+  that exists is whole.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import redis.asyncio as aioredis
 import structlog
@@ -16,12 +21,17 @@ import structlog
 from events import keys
 from events.codec import Recorded
 from events.model import ATTEMPT_ENDS, RankExited, RunEvent
+from services.log_collector import meta
 from services.output import reading
 
 log = structlog.get_logger(__name__)
 
-# Record (position, rank) unless a failure at an earlier position is recorded already.
+# Record (position, rank) unless a failure at an earlier position is recorded already; refused
+# (meta.REFUSED) if the hash is absent and ARGV[5] is not '1' (it may not be created).
 _FIRST_FAILURE = """
+if ARGV[5] ~= '1' and redis.call('EXISTS', KEYS[1]) == 0 then
+  return -1
+end
 local at = redis.call('HGET', KEYS[1], ARGV[3])
 if at then
   local ms, seq = string.match(at, '(%d+)-(%d+)')
@@ -50,22 +60,28 @@ class EventHandler:
     #: The event types it acts on: its consumer passes the others undecoded.
     takes: frozenset[type] = frozenset({RankExited}) | ATTEMPT_ENDS
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, archive_dir: Path) -> None:
         self.client = client
         self._first_failure = client.register_script(_FIRST_FAILURE)
+        self.hashes = meta.Hashes(client, archive_dir)
 
     async def __call__(self, recorded: Recorded) -> None:
         event = recorded.event
         if isinstance(event, RankExited) and rank_failed(event):
-            meta = keys.attempt_logs(event.run_id, event.attempt)
-            first = await self._first_failure(
-                keys=[meta],
-                args=[
-                    recorded.position,
-                    event.rank,
-                    reading.FIRST_FAILED_AT,
-                    reading.FIRST_FAILED_RANK,
-                ],
+            hashed = keys.attempt_logs(event.run_id, event.attempt)
+            first = await self.hashes.guarded(
+                event.run_id,
+                event.attempt,
+                lambda may_create: self._first_failure(
+                    keys=[hashed],
+                    args=[
+                        recorded.position,
+                        event.rank,
+                        reading.FIRST_FAILED_AT,
+                        reading.FIRST_FAILED_RANK,
+                        "1" if may_create else "0",
+                    ],
+                ),
             )
             if first:
                 log.info(
@@ -76,9 +92,9 @@ class EventHandler:
                     exit_code=event.exit_code,
                 )
         elif isinstance(event, RunEvent) and type(event) in ATTEMPT_ENDS:
-            meta = keys.attempt_logs(event.run_id, event.attempt)
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hset(meta, reading.TERMINAL_AT, recorded.position)
-            pipe.zadd(keys.log_archive_queue(), {f"{event.run_id}/{event.attempt}": event.time})
-            await pipe.execute()
+            terminal = ("set", reading.TERMINAL_AT, recorded.position)
+            await self.hashes.write(event.run_id, event.attempt, [terminal])
+            await self.client.zadd(
+                keys.log_archive_queue(), {f"{event.run_id}/{event.attempt}": event.time}
+            )
             log.info("logs.attempt_finished", run=event.run_id, attempt=event.attempt)

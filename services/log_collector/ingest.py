@@ -13,6 +13,13 @@ Invariants:
   retried the read and got the next entries): after each read of new entries, an older entry
   still pending for this collector sends it back to its pending entries before storing any.
 - Memory stays bounded by ``ingest_batch`` lines of at most ``MAX_LINE`` bytes.
+- A line for an attempt already archived (an agent that broke the protocol) is stored and its
+  attempt queued for the archiver again: nothing is lost, just late. Its attempt hash may have
+  moved to a file (``meta.py``): the hash's writes here refuse to create it, and a refused
+  attempt gets its hash back from the file (or, with none, a new one) before its ranks are
+  counted. A brand-new attempt's ranks are thus marked just after its first lines are stored,
+  before they are acknowledged. An attempt whose hash went between the marks and the lines
+  (``lines:<k>`` gone after them) moved meanwhile, and counts as archived.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from events import keys
 from services.core.aio import wait_event
 from services.core.client import check_replicated, wait_after
 from services.core.groups import ensure_group
+from services.log_collector import meta
 from services.log_collector.batch import Plan, RawEntry, Where, Write, plan
 from services.log_collector.settings import LogCollectorSettings
 from services.output import reading
@@ -76,6 +84,7 @@ class Ingester:
         self.name = settings.collector_name
         self.stored = 0  # lines stored by this process, for the logs
         self._append = client.register_script(_APPEND)
+        self.hashes = meta.Hashes(client, settings.archive_dir)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Copy lines until ``stop`` is set (the batch in hand is finished first)."""
@@ -145,9 +154,16 @@ class Ingester:
         """Store one batch in the per-rank streams, then acknowledge it."""
         batch = plan(entries)
         counts, after_archive = await self._write(batch)
-        pipe = self.client.pipeline(transaction=False)
+        per_attempt: dict[tuple[str, int], list[meta.Op]] = {}
         for (run_id, attempt, rank), count in counts.items():
-            pipe.hincrby(keys.attempt_logs(run_id, attempt), reading.lines_field(rank), count)
+            per_attempt.setdefault((run_id, attempt), []).append(
+                ("incr", reading.lines_field(rank), count)
+            )
+        pipe = self.client.pipeline(transaction=False)
+        for (run_id, attempt), ops in per_attempt.items():
+            args = meta.write_args(False, ops)
+            hashed = keys.attempt_logs(run_id, attempt)
+            await self.hashes.write_script(keys=[hashed], args=args, client=pipe)
         for run_id, attempt in after_archive:  # archive it again: nothing is lost, just late
             log.warning("ingest.line_after_archive", run=run_id, attempt=attempt)
             pipe.zadd(keys.log_archive_queue(), {f"{run_id}/{attempt}": time.time() * 1000})
@@ -157,7 +173,11 @@ class Ingester:
             letter.update({b"field:" + name: value for name, value in reject.fields.items()})
             pipe.xadd(keys.dead_letter_stream(INGEST_GROUP), letter)  # type: ignore[arg-type]
         pipe.xack(INGEST, INGEST_GROUP, *(entry_id for entry_id, _ in entries))
-        await pipe.execute()
+        results = await pipe.execute()
+        counted = results[: len(per_attempt)]
+        for ((run_id, attempt), ops), result in zip(per_attempt.items(), counted, strict=True):
+            if result == meta.REFUSED:  # its hash moved after the marks: back from the file
+                await self.hashes.write(run_id, attempt, ops)
         self.stored += sum(counts.values())
 
     async def _write(self, batch: Plan) -> tuple[Counter[Where], list[tuple[str, int]]]:
@@ -166,12 +186,15 @@ class Ingester:
         chunks = _chunks(batch.writes)
         pipe = self.client.pipeline(transaction=False)
         for (run_id, attempt), ranks in attempts:  # the ranks seen, marked before any line
-            for rank in ranks:
-                pipe.hincrby(keys.attempt_logs(run_id, attempt), reading.lines_field(rank), 0)
+            # (unless the hash is absent: it is made or brought back below, after the lines)
+            hashed = keys.attempt_logs(run_id, attempt)
+            args = meta.write_args(False, _marks(ranks))
+            await self.hashes.write_script(keys=[hashed], args=args, client=pipe)
         for chunk in chunks:
             await self._append(keys=[chunk[0].stream], args=_script_args(chunk), client=pipe)
         for (run_id, attempt), ranks in attempts:  # after the lines: were they too late?
             fields = [reading.archive_field(rank) for rank in ranks]
+            fields += [reading.lines_field(rank) for rank in ranks]
             pipe.hmget(keys.attempt_logs(run_id, attempt), fields)
         # On the replicas before the batch is acknowledged (a copy again is harmless).
         waits = await wait_after(pipe, self.client, [chunk[0].stream for chunk in chunks])
@@ -182,12 +205,13 @@ class Ingester:
             # again or a replica promoted has none: load it on every primary; the batch is
             # taken again.
             await self.client.script_load(_APPEND)
+            await self.client.script_load(meta.WRITE)
             raise
         check_replicated(self.client, results[len(results) - waits :])
         del results[len(results) - waits :]
-        marks = sum(len(ranks) for _, ranks in attempts)
-        appended = results[marks : marks + len(chunks)]
-        archived = results[marks + len(chunks) :]
+        marks = results[: len(attempts)]
+        appended = results[len(attempts) : len(attempts) + len(chunks)]
+        archived = results[len(attempts) + len(chunks) :]
 
         counts: Counter[Where] = Counter()
         late: list[Write] = []
@@ -199,9 +223,15 @@ class Ingester:
         await self._store_late(late)
         for write in late:
             counts[write.where] += 1
-        after_archive = [
-            key for (key, _), paths in zip(attempts, archived, strict=True) if any(paths)
-        ]
+        after_archive = []
+        for (key, ranks), marked, found in zip(attempts, marks, archived, strict=True):
+            if marked == meta.REFUSED:  # no hash: a new attempt, or one that moved to a file
+                moved = await self.hashes.restore(*key)
+                await self.hashes.write(*key, _marks(ranks))
+            else:  # an archive path, or the hash gone since the marks (moved meanwhile)
+                moved = any(found[: len(ranks)]) or None in found[len(ranks) :]
+            if moved:
+                after_archive.append(key)
         return counts, after_archive
 
     async def _store_late(self, late: list[Write]) -> None:
@@ -224,6 +254,10 @@ class Ingester:
             fields[b"m"] = marker + b"," + fields[b"m"] if b"m" in fields else marker
             pipe.xadd(write.stream, fields)  # type: ignore[arg-type]
         await pipe.execute()
+
+
+def _marks(ranks: list[int]) -> list[meta.Op]:
+    return [("incr", reading.lines_field(rank), 0) for rank in ranks]
 
 
 def _chunks(writes: list[Write]) -> list[list[Write]]:

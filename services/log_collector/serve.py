@@ -2,7 +2,9 @@
 
 A request (``reading.ArchiveRequest``, msgpack) is pushed on ``keys.log_requests()``; the
 collector that pops it pushes the reply in chunks (``reading.Chunk``) on
-``keys.log_reply(request.id)``, the last one ``done`` (or carrying an error).
+``keys.log_reply(request.id)``, the last one ``done`` (or carrying an error). A request with
+``meta`` asks for the attempt's ``meta.json`` instead (``reading.attempt_meta``): one chunk,
+``meta`` set (``{}`` when this collector's archive dir has no such file).
 
 Invariants: memory stays bounded (the file is read as it is sent, a chunk is about
 ``serve_chunk_bytes``, and at most ``_AHEAD`` unread chunks wait in Redis: a reader that went
@@ -57,6 +59,11 @@ class ArchiveServer:
             log.info("serve.done", lines=sent)
 
     async def _serve(self, request: ArchiveRequest, reply: str) -> int:
+        if request.meta:
+            moved = self.settings.archive_dir / reading.meta_path(request.run, request.attempt)
+            meta = await asyncio.to_thread(reading.read_meta_file, moved)
+            await self._push(reply, Chunk(meta=meta or {}, done=True))
+            return 0
         relative = reading.archive_path(request.run, request.attempt, request.rank)
         path: Path = self.settings.archive_dir / relative
         if not await asyncio.to_thread(path.is_file):

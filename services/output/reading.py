@@ -5,21 +5,39 @@ Where the lines of one rank of one attempt are:
   log-collector: one entry per line whose id is the line's ingest id (its time on the server's
   clock), with the fields ``s``, ``l`` and ``m`` of ``services.output.ingest``;
 - once the attempt is archived, in ``<archive_dir>/<run>/<attempt>/rank-<k>.log`` (the path
-  relative to the archive dir is recorded in the attempt hash, field ``archive:<k>``), one JSON
-  record per line (``Record``); the stream is deleted after the file is safely on disk;
+  relative to the archive dir is recorded in the attempt's meta, field ``archive:<k>``), one
+  JSON record per line (``Record``); the stream is deleted after the file is safely on disk;
+- a line stored after that (an agent that broke the protocol) is in the stream again until it
+  is archived too: a reader reads the file, then the stream after the file's last id;
 - a reader without the file asks a log-collector for it over Redis (``keys.log_requests()``):
   the request carries an id, the reply comes in chunks on ``keys.log_reply(id)``.
+
+Where the attempt's meta is (the fields ``lines:<k>``, ``archive:<k>``, ``terminal_at``,
+``first_failed_rank``, ``first_failed_at``): in the attempt hash ``keys.attempt_logs(run,
+attempt)`` while it exists; once every rank is archived and the event archive holds the
+attempt's terminal event, the log-collector moves it to ``<archive_dir>/<run>/<attempt>/
+meta.json`` (one JSON object, the same fields and values) and deletes the hash
+(``services.log_collector.meta``). ``attempt_meta`` reads it from wherever it is, and every
+reader here goes through it.
 
 Invariants: lines come in id order and each once. A reader that has seen up to id X goes on
 after X wherever the lines are by then (stream or file), so an archive in the middle of a read
 or a follow neither repeats nor skips a line. Bytes are kept as they came; text is decoded UTF-8
 with replacement only for display. The client must return bytes (``decode_responses=False``).
+
+The attempt's meta is the hash while the hash exists, else the file: the file is written
+before the hash is deleted and the hash is read first (one HGETALL: all of it or nothing), so a
+reader that finds no hash finds the file. A hash that exists is whole: the log-collector never
+writes a hash that has gone to a file without first bringing it back from the file. A readable
+``archive_dir`` is trusted (no file there: no meta); a reader without one asks a log-collector.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -37,6 +55,9 @@ TERMINAL_AT = "terminal_at"  # the position of the attempt's terminal event
 _PAGE = 1000
 _SOURCES = {"o": "stdout", "e": "stderr"}
 
+#: The attempt's meta: the attempt hash's fields and values, decoded.
+Meta = dict[str, str]
+
 
 def lines_field(rank: int) -> str:
     """Attempt hash field: lines stored for the rank (exact once archived)."""
@@ -50,6 +71,16 @@ def archive_field(rank: int) -> str:
 
 def archive_path(run_id: str, attempt: int, rank: int) -> Path:
     return Path(run_id) / str(attempt) / f"rank-{rank}.log"
+
+
+def meta_path(run_id: str, attempt: int) -> Path:
+    """Where the attempt hash goes once moved, relative to the archive dir."""
+    return Path(run_id) / str(attempt) / "meta.json"
+
+
+def ranks_of(meta: Meta) -> list[int]:
+    """The ranks that wrote output, from the attempt's meta."""
+    return sorted(int(field[6:]) for field in meta if field.startswith("lines:"))
 
 
 class LogsUnavailable(TemporaryStoreError):
@@ -169,6 +200,22 @@ def decode_record(line: bytes) -> Record:
     return _json_decode(line)
 
 
+_meta_encode = msgspec.json.Encoder(order="sorted").encode
+_meta_decode = msgspec.json.Decoder(Meta).decode
+
+
+def encode_meta(meta: Meta) -> bytes:
+    return _meta_encode(meta) + b"\n"
+
+
+def read_meta_file(path: Path) -> Meta | None:
+    """The meta moved to ``path``; None if there is no such file."""
+    try:
+        return _meta_decode(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
 def archive_records(
     path: Path, *, after: str | None = None, tail: int | None = None
 ) -> Iterator[Record]:
@@ -210,15 +257,17 @@ class ArchiveRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
     run: str
     attempt: int
-    rank: int
+    rank: int  # 0 when ``meta``: a collector that predates it serves rank 0's lines
     tail: int | None = None
     after_id: str | None = None
+    meta: bool = False  # the attempt's meta.json rather than a rank's lines
 
 
 class Chunk(msgspec.Struct, kw_only=True, omit_defaults=True):
     lines: list[Record] = []
     done: bool = False
     error: str | None = None
+    meta: Meta | None = None  # the reply to a ``meta`` request: {} when there is no file
 
 
 encode_msg = msgspec.msgpack.Encoder().encode
@@ -230,6 +279,29 @@ async def remote_records(
     client: aioredis.Redis, request: ArchiveRequest, *, timeout_s: float = 10.0
 ) -> AsyncIterator[Record]:
     """Ask a log-collector for archived records; ``LogsUnavailable`` if none can answer."""
+    async for chunk in _replies(client, request, timeout_s):
+        for record in chunk.lines:
+            yield record
+
+
+async def remote_meta(
+    client: aioredis.Redis, run_id: str, attempt: int, *, timeout_s: float = 10.0
+) -> Meta:
+    """Ask a log-collector for the attempt's meta.json ({} if it has none)."""
+    request = ArchiveRequest(id=uuid.uuid4().hex, run=run_id, attempt=attempt, rank=0, meta=True)
+    async with contextlib.aclosing(_replies(client, request, timeout_s)) as replies:
+        async for chunk in replies:
+            if chunk.meta is not None:
+                return chunk.meta
+    raise LogsUnavailable(
+        f"the log-collector that answered does not serve meta.json ({run_id} attempt {attempt}):"
+        " upgrade it"
+    )
+
+
+async def _replies(
+    client: aioredis.Redis, request: ArchiveRequest, timeout_s: float
+) -> AsyncGenerator[Chunk]:
     reply = keys.log_reply(request.id)
     await client.rpush(keys.log_requests(), encode_msg(request))
     try:
@@ -238,19 +310,34 @@ async def remote_records(
                 tuple[bytes, bytes] | None, await client.blpop([reply], timeout=timeout_s)
             )
             if popped is None:
+                what = "meta" if request.meta else f"rank {request.rank}"
                 raise LogsUnavailable(
                     f"no log-collector answered within {timeout_s:g}s for the archived output of"
-                    f" {request.run} attempt {request.attempt} rank {request.rank}"
+                    f" {request.run} attempt {request.attempt} ({what})"
                 )
             chunk = decode_chunk(popped[1])
             if chunk.error is not None:
                 raise LogsUnavailable(chunk.error)
-            for record in chunk.lines:
-                yield record
+            yield chunk
             if chunk.done:
                 return
     finally:
         await client.delete(reply)
+
+
+async def attempt_meta(
+    client: aioredis.Redis, archive_dir: Path | None, run_id: str, attempt: int
+) -> Meta:
+    """The attempt's meta from wherever it is: the hash, else meta.json (here if
+    ``archive_dir`` is readable, else from a log-collector); {} if neither exists."""
+    stored = cast(dict[bytes, bytes], await client.hgetall(keys.attempt_logs(run_id, attempt)))
+    if stored:
+        return {field.decode(): value.decode() for field, value in stored.items()}
+    # No hash: the attempt has none yet, or it moved to the file (written before the delete).
+    if archive_dir is not None and await asyncio.to_thread(archive_dir.is_dir):
+        moved = await asyncio.to_thread(read_meta_file, archive_dir / meta_path(run_id, attempt))
+        return moved or {}
+    return await remote_meta(client, run_id, attempt)
 
 
 class _RankLog:
@@ -262,13 +349,12 @@ class _RankLog:
         self.client = client
         self.archive_dir = archive_dir
         self.run_id, self.attempt, self.rank = run_id, attempt, rank
-        self.meta = keys.attempt_logs(run_id, attempt)
         self.stream = keys.rank_log(run_id, attempt, rank)
 
     async def archived(self) -> str | None:
         """The archive file relative to the archive dir, once the rank is archived."""
-        relative = await hget(self.client, self.meta, archive_field(self.rank))
-        return None if relative is None else relative.decode()
+        meta = await attempt_meta(self.client, self.archive_dir, self.run_id, self.attempt)
+        return meta.get(archive_field(self.rank))
 
     async def from_archive(
         self, relative: str, after: str | None, tail: int | None = None
@@ -400,22 +486,26 @@ async def follow_records(
             continue
         if final:
             return
-        final = await is_finished() and await stored_through_terminal(client, run_id, attempt)
+        final = await is_finished() and await stored_through_terminal(
+            client, run_id, attempt, archive_dir
+        )
 
 
 # --- what the log-collector knows ---------------------------------------------------------
 
 
-async def first_failed_rank(client: aioredis.Redis, run_id: str, attempt: int) -> int | None:
-    value = await hget(client, keys.attempt_logs(run_id, attempt), FIRST_FAILED_RANK)
+async def first_failed_rank(
+    client: aioredis.Redis, run_id: str, attempt: int, archive_dir: Path | None = None
+) -> int | None:
+    value = (await attempt_meta(client, archive_dir, run_id, attempt)).get(FIRST_FAILED_RANK)
     return None if value is None else int(value)
 
 
-async def ranks(client: aioredis.Redis, run_id: str, attempt: int) -> list[int]:
+async def ranks(
+    client: aioredis.Redis, run_id: str, attempt: int, archive_dir: Path | None = None
+) -> list[int]:
     """The ranks that wrote output in the attempt."""
-    meta = keys.attempt_logs(run_id, attempt)
-    fields = cast(list[bytes], await client.hkeys(meta))
-    return sorted(int(f[6:]) for f in fields if f.startswith(b"lines:"))
+    return ranks_of(await attempt_meta(client, archive_dir, run_id, attempt))
 
 
 async def ingest_caught_up(client: aioredis.Redis, position: str) -> bool:
@@ -438,7 +528,9 @@ async def ingest_caught_up(client: aioredis.Redis, position: str) -> bool:
     return not await xrange(client, stream, f"({delivered}", position, count=1)
 
 
-async def stored_through_terminal(client: aioredis.Redis, run_id: str, attempt: int) -> bool:
+async def stored_through_terminal(
+    client: aioredis.Redis, run_id: str, attempt: int, archive_dir: Path | None = None
+) -> bool:
     """True once the attempt's terminal event was seen and every line before it stored."""
-    terminal = await hget(client, keys.attempt_logs(run_id, attempt), TERMINAL_AT)
-    return terminal is not None and await ingest_caught_up(client, terminal.decode())
+    terminal = (await attempt_meta(client, archive_dir, run_id, attempt)).get(TERMINAL_AT)
+    return terminal is not None and await ingest_caught_up(client, terminal)

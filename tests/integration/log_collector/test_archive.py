@@ -193,9 +193,11 @@ async def test_the_first_failed_rank_is_the_first_failure_in_the_log(
     assert await reading.first_failed_rank(redis, RUN, 2) is None
 
 
-async def test_a_redelivered_earlier_failure_still_wins(redis: aioredis.Redis) -> None:
+async def test_a_redelivered_earlier_failure_still_wins(
+    redis: aioredis.Redis, tmp_path: Path
+) -> None:
     """Handled out of log order (a retried entry): the earlier position is kept."""
-    handler = EventHandler(redis)
+    handler = EventHandler(redis, tmp_path)
     early, late = h.exited(RUN, 0, 3, exit_code=1), h.exited(RUN, 0, 5, exit_code=1)
     await handler(Recorded("1700000000000-5", 1, late))
     await handler(Recorded("1700000000000-2", 2, early))
