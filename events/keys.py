@@ -215,6 +215,12 @@ def log_meta_queue() -> str:
     return f"{output_keys()}meta-queue"
 
 
+def log_meta_moved() -> str:
+    """Set once the first attempt hash moved to its file: until then a reader that finds no
+    hash knows the attempt has none yet, and asks no log-collector for a file."""
+    return f"{output_keys()}meta-moved"
+
+
 def log_requests() -> str:
     """List of requests for archived lines, served by any log-collector."""
     return f"{output_keys()}requests"

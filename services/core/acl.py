@@ -217,6 +217,7 @@ RULES: dict[str, Rule] = {
             _ALIVE,
             ("xrange", "xrevrange", "xtrim", "hget", "hmget", "hset", "hincrby", "hkeys"),
             ("hscan", "hdel"),  # a former version's records of retired histories, to the index
+            ("hgetall",),  # an attempt's output hash, whole, on its way to meta.json
             ("zadd", "zrem", "zrange", "zscore", "exists", "unlink"),
             ("rpush", "blpop", "lpop", "llen", "expire"),
             ("time",),  # the log's clock: RUNPLANE_RETAIN's cut-off

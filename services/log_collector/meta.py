@@ -178,6 +178,7 @@ class Mover:
         self.archive_dir = settings.archive_dir
         self.partitions = settings.partitions
         self._delete_if_same = client.register_script(_DELETE_IF_SAME)
+        self._flagged = False
 
     async def move_ready(self, stop: asyncio.Event | None = None) -> int:
         """Move the queued attempts the event archive covers; how many left the queue."""
@@ -227,6 +228,9 @@ class Mover:
             await self.client.zrem(QUEUE, _member(run_id, attempt))
             return True
         if meta:
+            if not self._flagged:  # before the first hash goes (reading.attempt_meta)
+                await self.client.set(keys.log_meta_moved(), 1)
+                self._flagged = True
             path = self.archive_dir / reading.meta_path(run_id, attempt)
             await asyncio.to_thread(write_file, path, meta)
             if not await self._delete_if_same(keys=[key], args=_flat(meta)):

@@ -330,9 +330,14 @@ async def attempt_meta(
 ) -> Meta:
     """The attempt's meta from wherever it is: the hash, else meta.json (here if
     ``archive_dir`` is readable, else from a log-collector); {} if neither exists."""
-    stored = cast(dict[bytes, bytes], await client.hgetall(keys.attempt_logs(run_id, attempt)))
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(keys.attempt_logs(run_id, attempt))
+    pipe.exists(keys.log_meta_moved())
+    stored, moved_any = cast(tuple[dict[bytes, bytes], int], await pipe.execute())
     if stored:
         return {field.decode(): value.decode() for field, value in stored.items()}
+    if not moved_any:
+        return {}  # no hash ever moved (the flag is set before the first goes): none yet
     # No hash: the attempt has none yet, or it moved to the file (written before the delete).
     if archive_dir is not None and await asyncio.to_thread(archive_dir.is_dir):
         moved = await asyncio.to_thread(read_meta_file, archive_dir / meta_path(run_id, attempt))

@@ -185,3 +185,10 @@ async def test_an_attempt_whose_terminal_event_is_not_archived_keeps_its_hash(
     assert await mover.move_ready() == 1
     assert await _hash_gone(redis)
     assert await _what_readers_see(redis, archive) == before
+
+
+async def test_until_a_hash_has_moved_a_reader_asks_no_collector_for_a_missing_one(
+    redis: aioredis.Redis,
+) -> None:
+    # No log-collector runs here: a reader that asked one would wait and give up.
+    assert await reading.attempt_meta(redis, None, "new-run", 0) == {}
