@@ -65,11 +65,6 @@ def write(data: pa.Table, path: str) -> None:
     pq.write_table(data, path, compression="zstd")
 
 
-def read_table(path: Path) -> pa.Table:
-    """A Parquet file whole, as written (the projector's cold rows, to merge them)."""
-    return pq.read_table(path)
-
-
 def release_memory() -> None:
     """Give what Arrow's allocator keeps for reuse back to the system: a long-lived process
     that writes a segment now and then (the projector) holds about what it uses."""

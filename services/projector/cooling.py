@@ -130,9 +130,13 @@ def _names(placed: list[Placed]) -> list[tuple[str, str]]:
     ]
 
 
-#: The most runs a segment gets by merging: a merge reads both segments whole, in the
-#: projector's memory (about 40 MiB of Arrow for this many), so the largest stay as they are.
-MERGED_RUNS = 16_384
+#: The most runs a segment gets by merging: a point lookup reads a whole segment's columns it
+#: filters on, so a larger one costs each lookup of a run in it more (a pass of a busy cluster
+#: cools about this many, and then merges nothing).
+MERGED_RUNS = 4096
+#: Rows a merge holds in memory at once: it streams the older segment through, a batch at a
+#: time, and keeps only the newer's runs whole (their keys).
+_BATCH_ROWS = 8192
 
 
 def _write(root: Path, placed: list[Placed]) -> None:
@@ -147,7 +151,7 @@ def _write(root: Path, placed: list[Placed]) -> None:
     name = _name(listed)
     data = cold.table(placed)
     atomically(root / name, partial(segments.write, data))
-    listed.segments.append(_segment(name, data))
+    listed.segments.append(_segment(name, root / name))
     while (
         len(listed.segments) >= 2
         and listed.segments[-2].runs <= listed.segments[-1].runs
@@ -155,11 +159,8 @@ def _write(root: Path, placed: list[Placed]) -> None:
     ):
         older, newer = listed.segments[-2:]
         name = _name(listed)
-        both = _merge(
-            segments.read_table(root / older.path), segments.read_table(root / newer.path)
-        )
-        atomically(root / name, partial(segments.write, both))
-        listed.segments[-2:] = [_segment(name, both)]
+        atomically(root / name, partial(_merge, root / older.path, root / newer.path))
+        listed.segments[-2:] = [_segment(name, root / name)]
     encoded = msgspec.json.encode(listed)
     atomically(root / cold.MANIFEST, lambda tmp: Path(tmp).write_bytes(encoded))
     forget_unlisted(root)  # the merged ones
@@ -170,13 +171,14 @@ def _name(listed: cold.Manifest) -> str:
     return f"{len(listed.segments):08d}-{uuid.uuid4().hex[:8]}.parquet"
 
 
-def _segment(name: str, data: Any) -> cold.Segment:
-    """The manifest's entry of a segment holding ``data`` (``cold.table``'s shape)."""
+def _segment(name: str, path: Path) -> cold.Segment:
+    """The manifest's entry of the segment ``name`` at ``path`` (its bodies not read)."""
     import pyarrow.compute as pc  # noqa: PLC0415 - pyarrow only where it is used
+    import pyarrow.parquet as pq  # noqa: PLC0415
 
+    data = pq.read_table(path, columns=["projection", "run", "kind", "id", "created"])
     runs = set(data.column("run").unique().to_pylist())
-    named = data.filter(pc.field("kind") == "name")
-    names = set(named.column("id").to_pylist())
+    names = set(data.filter(pc.field("kind") == "name").column("id").to_pylist())
     listing = data.filter((pc.field("projection") == "run_status") & (pc.field("kind") == "run"))
     created = [c for c in listing.column("created").to_pylist() if c is not None]
     return cold.Segment(
@@ -189,18 +191,23 @@ def _segment(name: str, data: Any) -> cold.Segment:
     )
 
 
-def _merge(older: Any, newer: Any) -> Any:
-    """Two segments' rows as one: each run in each build from the newer where it holds it
-    (the older's copy is stale, ``projections.cold``)."""
-    import pyarrow as pa  # noqa: PLC0415 - pyarrow only where it is used
-    import pyarrow.compute as pc  # noqa: PLC0415
+def _merge(older: Path, newer: Path, out: str) -> None:
+    """Two segments as one, at ``out``: each run in each build from the newer where it holds
+    it (the older's copy is stale, ``projections.cold``); streamed, a batch at a time."""
+    import pyarrow.compute as pc  # noqa: PLC0415 - pyarrow only where it is used
+    import pyarrow.parquet as pq  # noqa: PLC0415
 
     def built(data: Any) -> Any:
         columns = [data.column(c) for c in ("projection", "namespace", "run")]
         return pc.binary_join_element_wise(*columns, "\x1f")
 
-    stale = pc.is_in(built(older), value_set=pc.unique(built(newer)))
-    return pa.concat_tables([older.filter(pc.invert(stale)), newer])
+    held = pc.unique(built(pq.read_table(newer, columns=["projection", "namespace", "run"])))
+    first, second = pq.ParquetFile(older), pq.ParquetFile(newer)
+    with pq.ParquetWriter(out, first.schema_arrow, compression="zstd") as writer:
+        for batch in first.iter_batches(batch_size=_BATCH_ROWS):
+            writer.write_batch(batch.filter(pc.invert(pc.is_in(built(batch), value_set=held))))
+        for batch in second.iter_batches(batch_size=_BATCH_ROWS):
+            writer.write_batch(batch)
 
 
 def forget_unlisted(root: Path) -> list[Path]:
