@@ -151,16 +151,16 @@ def _write(root: Path, placed: list[Placed]) -> None:
     name = _name(listed)
     data = cold.table(placed)
     atomically(root / name, partial(segments.write, data))
-    listed.segments.append(_segment(name, root / name))
+    listed.segments.append(_Held.of([data]).segment(name))
     while (
         len(listed.segments) >= 2
         and listed.segments[-2].runs <= listed.segments[-1].runs
         and listed.segments[-2].runs + listed.segments[-1].runs <= MERGED_RUNS
     ):
         older, newer = listed.segments[-2:]
-        name = _name(listed)
-        atomically(root / name, partial(_merge, root / older.path, root / newer.path))
-        listed.segments[-2:] = [_segment(name, root / name)]
+        name, held = _name(listed), _Held()
+        atomically(root / name, partial(_merge, root / older.path, root / newer.path, held))
+        listed.segments[-2:] = [held.segment(name)]
     encoded = msgspec.json.encode(listed)
     atomically(root / cold.MANIFEST, lambda tmp: Path(tmp).write_bytes(encoded))
     forget_unlisted(root)  # the merged ones
@@ -171,29 +171,49 @@ def _name(listed: cold.Manifest) -> str:
     return f"{len(listed.segments):08d}-{uuid.uuid4().hex[:8]}.parquet"
 
 
-def _segment(name: str, path: Path) -> cold.Segment:
-    """The manifest's entry of the segment ``name`` at ``path`` (its bodies not read)."""
-    import pyarrow.compute as pc  # noqa: PLC0415 - pyarrow only where it is used
-    import pyarrow.parquet as pq  # noqa: PLC0415
+class _Held:
+    """What a segment holds, for its manifest entry: gathered as its rows are written."""
 
-    data = pq.read_table(path, columns=["projection", "run", "kind", "id", "created"])
-    runs = set(data.column("run").unique().to_pylist())
-    names = set(data.filter(pc.field("kind") == "name").column("id").to_pylist())
-    listing = data.filter((pc.field("projection") == "run_status") & (pc.field("kind") == "run"))
-    created = [c for c in listing.column("created").to_pylist() if c is not None]
-    return cold.Segment(
-        name,
-        len(runs),
-        data.num_rows,
-        bloom(runs | names),
-        oldest=min(created, default=None),
-        newest=max(created, default=None),
-    )
+    def __init__(self) -> None:
+        self.runs: set[str] = set()
+        self.names: set[str] = set()
+        self.created: list[int] = []
+        self.rows = 0
+
+    @classmethod
+    def of(cls, parts: Any) -> _Held:
+        held = cls()
+        for part in parts:
+            held.add(part)
+        return held
+
+    def add(self, part: Any) -> None:
+        """Take in a table or batch of ``cold.table``'s shape."""
+        columns = part.select(["projection", "run", "kind", "id", "created"]).to_pydict()
+        self.rows += part.num_rows
+        self.runs.update(columns["run"])
+        rows = (columns[c] for c in ("projection", "kind", "id", "created"))
+        for projection, kind, row_id, created in zip(*rows, strict=True):
+            if kind == "name":
+                self.names.add(row_id)
+            elif projection == "run_status" and kind == "run" and created is not None:
+                self.created.append(created)
+
+    def segment(self, name: str) -> cold.Segment:
+        return cold.Segment(
+            name,
+            len(self.runs),
+            self.rows,
+            bloom(self.runs | self.names),
+            oldest=min(self.created, default=None),
+            newest=max(self.created, default=None),
+        )
 
 
-def _merge(older: Path, newer: Path, out: str) -> None:
+def _merge(older: Path, newer: Path, held: _Held, out: str) -> None:
     """Two segments as one, at ``out``: each run in each build from the newer where it holds
-    it (the older's copy is stale, ``projections.cold``); streamed, a batch at a time."""
+    it (the older's copy is stale, ``projections.cold``); streamed, a batch at a time, what it
+    holds gathered in ``held``."""
     import pyarrow.compute as pc  # noqa: PLC0415 - pyarrow only where it is used
     import pyarrow.parquet as pq  # noqa: PLC0415
 
@@ -201,13 +221,16 @@ def _merge(older: Path, newer: Path, out: str) -> None:
         columns = [data.column(c) for c in ("projection", "namespace", "run")]
         return pc.binary_join_element_wise(*columns, "\x1f")
 
-    held = pc.unique(built(pq.read_table(newer, columns=["projection", "namespace", "run"])))
+    kept = pc.unique(built(pq.read_table(newer, columns=["projection", "namespace", "run"])))
     first, second = pq.ParquetFile(older), pq.ParquetFile(newer)
     with pq.ParquetWriter(out, first.schema_arrow, compression="zstd") as writer:
         for batch in first.iter_batches(batch_size=_BATCH_ROWS):
-            writer.write_batch(batch.filter(pc.invert(pc.is_in(built(batch), value_set=held))))
+            fresh = batch.filter(pc.invert(pc.is_in(built(batch), value_set=kept)))
+            writer.write_batch(fresh)
+            held.add(fresh)
         for batch in second.iter_batches(batch_size=_BATCH_ROWS):
             writer.write_batch(batch)
+            held.add(batch)
 
 
 def forget_unlisted(root: Path) -> list[Path]:
