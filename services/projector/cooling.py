@@ -177,7 +177,8 @@ class _Held:
     def __init__(self) -> None:
         self.runs: set[str] = set()
         self.names: set[str] = set()
-        self.created: list[int] = []
+        self.oldest: int | None = None
+        self.newest: int | None = None
         self.rows = 0
 
     @classmethod
@@ -188,16 +189,20 @@ class _Held:
         return held
 
     def add(self, part: Any) -> None:
-        """Take in a table or batch of ``cold.table``'s shape."""
-        columns = part.select(["projection", "run", "kind", "id", "created"]).to_pydict()
+        """Take in a table or batch of ``cold.table``'s shape (in Arrow: a merge reads tens of
+        thousands of rows, and a Python object for each would stay in the process's heap)."""
+        import pyarrow.compute as pc  # noqa: PLC0415 - pyarrow only where it is used
+
         self.rows += part.num_rows
-        self.runs.update(columns["run"])
-        rows = (columns[c] for c in ("projection", "kind", "id", "created"))
-        for projection, kind, row_id, created in zip(*rows, strict=True):
-            if kind == "name":
-                self.names.add(row_id)
-            elif projection == "run_status" and kind == "run" and created is not None:
-                self.created.append(created)
+        self.runs.update(pc.unique(part.column("run")).to_pylist())
+        kind = part.column("kind")
+        self.names.update(part.filter(pc.equal(kind, "name")).column("id").to_pylist())
+        listing = pc.and_(pc.equal(part.column("projection"), "run_status"), pc.equal(kind, "run"))
+        created = part.filter(listing).column("created")
+        if created.null_count < len(created):
+            low, high = (bound.as_py() for bound in pc.min_max(created).values())
+            self.oldest = low if self.oldest is None else min(low, self.oldest)
+            self.newest = high if self.newest is None else max(high, self.newest)
 
     def segment(self, name: str) -> cold.Segment:
         return cold.Segment(
@@ -205,8 +210,8 @@ class _Held:
             len(self.runs),
             self.rows,
             bloom(self.runs | self.names),
-            oldest=min(self.created, default=None),
-            newest=max(self.created, default=None),
+            oldest=self.oldest,
+            newest=self.newest,
         )
 
 
