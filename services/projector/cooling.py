@@ -130,10 +130,11 @@ def _names(placed: list[Placed]) -> list[tuple[str, str]]:
     ]
 
 
-#: The most runs a segment gets by merging: a point lookup reads a whole segment's columns it
-#: filters on, so a larger one costs each lookup of a run in it more (a pass of a busy cluster
-#: cools about this many, and then merges nothing).
-MERGED_RUNS = 4096
+#: The most runs a segment gets by merging. A point lookup reads the columns it filters on of
+#: a whole segment, and a merge costs the projector memory it keeps (merging up to 4,096 runs
+#: held its RSS about 80 MiB higher, ``bench.soak``): a pass of a busy cluster cools about this
+#: many, and then merges nothing; a quiet one's small passes still end in few segments.
+MERGED_RUNS = 1024
 #: Rows a merge holds in memory at once: it streams the older segment through, a batch at a
 #: time, and keeps only the newer's runs whole (their keys).
 _BATCH_ROWS = 8192
