@@ -14,7 +14,8 @@ from services.core.archive import ArchiveSettings
 class LogCollectorSettings(ArchiveSettings):
     archive_dir: Path = Field(
         default=Path("runplane-logs"),
-        description="Where finished attempts' output is archived: <run>/<attempt>/rank-<k>.log.",
+        description="Where finished attempts' output is archived: <run>/<attempt>/rank-<k>.log, "
+        "and meta.json once the attempt's events are archived. Every log-collector needs it.",
     )
     collector_name: str = Field(
         default_factory=socket.gethostname,
