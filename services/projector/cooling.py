@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -51,6 +52,10 @@ class Cooler:
         self.partitions = partitions
         self.runs = runs
         self._after: tuple[float, bytes] | None = None  # the cursor: score, member
+        # One thread writes and merges every segment: Arrow's allocator keeps what a thread
+        # freed for that thread, and the memory a pass used is given back on the next one
+        # (``segments.release_memory``), not held by each thread of a pool.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cooler")
         self._told = False
 
     async def step(self, runner: Runner) -> int:
@@ -78,7 +83,7 @@ class Cooler:
         named: list[tuple[str, str]] = []
 
         async def write(placed: list[Placed]) -> None:
-            await asyncio.to_thread(_write, root, placed)
+            await asyncio.get_running_loop().run_in_executor(self._writer, _write, root, placed)
             await self.client.set(keys.cold_rows(), str(root))  # before any run leaves Valkey
             named.extend(_names(placed))
 
