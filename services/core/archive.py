@@ -45,6 +45,7 @@ from pydantic import Field, field_validator
 from events import codec, keys
 from events.errors import UndecodableEvent
 from events.spans import duration_s
+from services.core import durable
 from services.core.client import raw_ranges
 from services.core.durable import atomically, delete_unlisted
 from services.core.retired import Retired, RetiredIndex
@@ -148,7 +149,7 @@ class Archive:
         self.root = root
         self.index = RetiredIndex(root)  # where each retired history is
         self._cached: tuple[str, list[Position], list[Entry]] | None = None
-        self._manifest: tuple[tuple[int, int, int], Manifest] | None = None
+        self._manifest = durable.Manifest(root / MANIFEST, Manifest)
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """Held by the one archiver writing here (on this host); another gets ``ArchiveBusy``
@@ -158,15 +159,7 @@ class Archive:
     def manifest(self) -> Manifest:
         """The listed segments; decoded again only once the manifest was replaced (a replay
         reads it for every page, and a year of passes lists about 100,000 segments)."""
-        path = self.root / MANIFEST
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            return Manifest()
-        seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if self._manifest is None or self._manifest[0] != seen:
-            self._manifest = (seen, msgspec.json.decode(path.read_bytes(), type=Manifest))
-        return self._manifest[1]
+        return self._manifest.read() or Manifest()
 
     def dataset(self) -> Any:
         """The listed segments as one ``pyarrow.dataset.Dataset`` with a ``day`` column (for

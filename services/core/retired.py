@@ -27,7 +27,6 @@ pyarrow is imported only where a file is written or read (``services.core.import
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import NamedTuple
 import msgspec
 
 from events.bloom import bloom, may_hold
+from services.core import durable
 from services.core.durable import atomically, delete_unlisted
 
 INDEX = "retired"
@@ -75,23 +75,11 @@ class RetiredIndex:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._cached: tuple[tuple[int, int, int], IndexManifest] | None = None
-
-    @property
-    def _manifest_path(self) -> Path:
-        return self.root / INDEX / MANIFEST
+        self._manifest = durable.Manifest(root / INDEX / MANIFEST, IndexManifest)
 
     def manifest(self) -> IndexManifest:
         """The listed files; decoded again only once the manifest changed."""
-        try:
-            stat = os.stat(self._manifest_path)
-        except FileNotFoundError:
-            return IndexManifest()
-        seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if self._cached is None or self._cached[0] != seen:
-            decoded = msgspec.json.decode(self._manifest_path.read_bytes(), type=IndexManifest)
-            self._cached = (seen, decoded)
-        return self._cached[1]
+        return self._manifest.read() or IndexManifest()
 
     def find(self, aggregate: str) -> Retired | None:
         """``aggregate``'s newest record, or None where it has none."""
@@ -149,5 +137,4 @@ class RetiredIndex:
 
     def _write(self, manifest: IndexManifest) -> None:
         encoded = msgspec.json.encode(manifest)
-        atomically(self._manifest_path, lambda tmp: Path(tmp).write_bytes(encoded))
-        self._cached = None
+        atomically(self._manifest.path, lambda tmp: Path(tmp).write_bytes(encoded))
