@@ -4,9 +4,10 @@ uvicorn on ``RUNPLANE_API_HOST``:``RUNPLANE_API_PORT``. SIGTERM is a clean stop 
 
 from __future__ import annotations
 
-from services.core.imports import hide_unused
+from services.core.imports import hide_unused, lean_arrow
 
 hide_unused()  # first, before anything imports structlog (services.core.imports)
+lean_arrow()  # before anything imports pyarrow
 
 import signal
 from types import FrameType

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from services.core.imports import BROKER_UNUSED, hide_unused
+from services.core.imports import BROKER_UNUSED, hide_unused, lean_arrow
 
 hide_unused(*BROKER_UNUSED)  # first, before anything imports structlog or FastStream
+lean_arrow()  # before anything imports pyarrow
 
 import asyncio
 import logging

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from services.core.imports import hide_unused
+from services.core.imports import hide_unused, lean_arrow
 
 hide_unused()  # first, before anything imports structlog (services.core.imports)
+lean_arrow()  # before anything imports pyarrow
 
 import asyncio
 

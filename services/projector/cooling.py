@@ -52,9 +52,9 @@ class Cooler:
         self.partitions = partitions
         self.runs = runs
         self._after: tuple[float, bytes] | None = None  # the cursor: score, member
-        # One thread writes and merges every segment: Arrow's allocator keeps what a thread
-        # freed for that thread, and the memory a pass used is given back on the next one
-        # (``segments.release_memory``), not held by each thread of a pool.
+        # One thread writes and merges every segment, one pass at a time; what a pass used is
+        # given back at its end (``segments.release_memory``, and the allocator the projector
+        # gives Arrow: ``services.core.imports.lean_arrow``).
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cooler")
         self._told = False
 

@@ -5,6 +5,8 @@ interpreter as ``python -m services.<name>`` imports it, leaves out what it neve
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 import sys
 
@@ -76,3 +78,42 @@ def test_the_check_sees_an_import() -> None:
     assert loaded(["structlog"], ("rich",)) == ["rich"]
     assert loaded(["faststream"], ("uvicorn",)) == ["uvicorn"]
     assert loaded(["structlog"], ("asyncio", "ssl")) == ["asyncio", "ssl"]
+
+
+# The services that read or write the archive's Parquet (``services.core.imports.lean_arrow``).
+ARCHIVE_READERS = [
+    "services.projector.__main__",
+    "services.api.__main__",
+    "services.log_collector.__main__",
+]
+
+
+def arrow_pool(modules: list[str], **env: str) -> str:
+    """The allocator Arrow uses in a fresh interpreter that imported ``modules`` first."""
+    code = (
+        "import importlib\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "import pyarrow\n"
+        "print(pyarrow.default_memory_pool().backend_name)\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment | env,
+    )
+    assert done.stderr == ""  # Arrow warns there of a setting it cannot honour
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize("entry", ARCHIVE_READERS)
+def test_a_service_that_reads_the_archive_gives_arrow_memory_back(entry: str) -> None:
+    lean = "jemalloc" if sys.platform == "linux" and platform.machine() == "x86_64" else "system"
+    assert arrow_pool([entry]) == lean
+    # Arrow's own default otherwise: what ``lean_arrow`` changes.
+    assert arrow_pool([]) == "mimalloc"
+    assert arrow_pool([entry], ARROW_DEFAULT_MEMORY_POOL="system") == "system"  # the operator's
