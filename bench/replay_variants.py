@@ -1,9 +1,9 @@
 """Experimental ways to replay the log, measured next to ``EventStore.replay``.
 
 Every variant yields what ``replay`` yields: records made by the store's own per-entry
-function (``services.core.store._recorded``) or, in the fast path, built inline and checked
+function (``services.core.reading._recorded``) or, in the fast path, built inline and checked
 equal to those (``same_records``) before they are timed; only the reading around it differs.
-Any speed-up shown here is a change ``services/core/store.py`` (or ``events/``) could adopt;
+Any speed-up shown here is a change ``services/core/reading.py`` (or ``events/``) could adopt;
 nothing outside ``bench/`` uses this module.
 
 - ``replay_prefetch``: the next ``XRANGE`` is sent before the current page is decoded, so
@@ -30,7 +30,7 @@ from typing import Any, Protocol, Union
 import msgspec
 import redis.asyncio as aioredis
 
-import services.core.store as store_module
+import services.core.reading as reading_module
 from events import codec
 from events.model import ALL_EVENT_TYPES, AnyEvent, Event, tag_of
 
@@ -47,7 +47,7 @@ class Record(Protocol):
 
 
 #: The store's own entry -> record function (position bytes, fields dict).
-to_record: Callable[[bytes, dict[bytes, bytes]], Record] = store_module._recorded
+to_record: Callable[[bytes, dict[bytes, bytes]], Record] = reading_module._recorded
 
 
 def raw_client(client: aioredis.Redis) -> aioredis.Redis:
@@ -267,12 +267,12 @@ def gc_disabled() -> Iterator[None]:
 @contextlib.contextmanager
 def store_page(page: int) -> Iterator[None]:
     """``EventStore`` with another XRANGE page size, in this process only (no file changes)."""
-    saved = store_module._PAGE
-    store_module._PAGE = page
+    saved = reading_module._PAGE
+    reading_module._PAGE = page
     try:
         yield
     finally:
-        store_module._PAGE = saved
+        reading_module._PAGE = saved
 
 
 class GcAccount:

@@ -1,6 +1,5 @@
-"""The event store client: the only code that writes the log, and the reads every service uses.
-
-Reads return ``events.codec.Recorded``: position, aggregate version and event.
+"""The event store client: the only code that writes the log (its reads:
+``services.core.reading``, which ``EventStore`` extends).
 
 Invariants:
 - Every append goes through the server-side function in ``append.lua``: one aggregate's events
@@ -15,21 +14,18 @@ Invariants:
   resends them all (those that had landed come back as duplicates).
 - Events are checked against the lifecycle rules before they are sent (``update_run``); a lost
   race re-reads and re-decides.
-- Reads of the global log (``read_log``, ``read_log_entries``, ``replay``) go through
-  ``services.core.archive.ArchivedLog``: the archived part first, then the stream, each entry
-  once. A run's own stream goes once the archive holds all of it and the run is at rest
-  (``services.core.archiver``); ``history`` then reads it from the segments the archive's
-  index of retired histories names (``services.core.retired``), and an append to it first
-  restores the stream from them. The server keeps no record of it, only a count of its
-  bucket's retirements: an append of any event but a run's first to an aggregate with no
-  stream looks in the index first, and a retirement meanwhile sends it to look again.
+- A run's stream retired to the archive (``services.core.reading``) is restored from the
+  segments the archive's index names before an append to it. The server keeps no record of
+  it, only a count of its bucket's retirements: an append of any event but a run's first to an
+  aggregate with no stream looks in the index first, and a retirement meanwhile sends it to
+  look again.
 - ``runplane_events_appended_total{type}`` counts the events this process stored, by tag: a
   retried append that had landed already (a duplicate) is not counted again.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from importlib.resources import files
 from typing import Any, NamedTuple, Self, TypeVar, cast
@@ -53,31 +49,26 @@ from tenacity import (
 )
 
 from events import codec, inbox, keys
-from events.codec import Recorded
 from events.lifecycle import RunState, copy_state, evolve
 from events.model import (
     AnyRunEvent,
     Event,
-    RunEvent,
     begins_history,
-    is_run,
     run_aggregate,
     tag_of,
 )
-from services.core import acl, partitions
-from services.core.archive import ArchivedLog, raw_entries
+from services.core import acl
 from services.core.client import (
     NotReplicated,
     check_replicated,
     connect_with,
-    is_cluster,
-    raw_ranges,
     replicas_of,
     replicate,
     wait_after,
 )
 from services.core.errors import Fenced, MixedAggregates, StoreUnavailable, VersionConflict
 from services.core.metrics import REGISTRY
+from services.core.reading import EventReader
 from services.core.retired import Retired
 from services.core.settings import Settings
 
@@ -111,7 +102,6 @@ _TRANSIENT = (
     TryAgainError,
     RedisClusterException,
 )
-_PAGE = 10_000
 #: How many times an append restores its aggregate's archived stream before it gives up (the
 #: archiver may retire it again in between, once).
 _RESTORES = 3
@@ -171,24 +161,14 @@ class _Request(NamedTuple):
     events: Sequence[Event]
 
 
-class EventStore:
+class EventStore(EventReader):
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
-        self.redis = client
-        self.settings = settings
         replicate(client, settings.append_replicas, settings.append_replica_timeout_ms)
-        # The same pool, without reply callbacks for XRANGE (see ``_range``).
-        self._raw = raw_ranges(client)
-        self._logs: dict[int, ArchivedLog] = {}
-        self._partitions_checked = False
+        super().__init__(client, settings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
         return cls(connect_with(settings), settings)
-
-    async def close(self) -> None:
-        await self.redis.aclose()
-        if is_cluster(self._raw):
-            await self._raw.aclose()
 
     # --- writing ----------------------------------------------------------------------
 
@@ -441,14 +421,6 @@ class EventStore:
             check_replicated(self.redis, waited[:waits])
         return list(reply)
 
-    async def _check_partitions(self) -> None:
-        """Refuse (``PartitionsChanged``) a log recorded with another number of partitions, at
-        this store's first append or read: with another P, a run's events would be appended to,
-        and looked for in, the wrong partition (``services.core.partitions``)."""
-        if not self._partitions_checked:
-            await partitions.check(self.redis, self.settings.partitions)
-            self._partitions_checked = True
-
     async def _send_all(self, requests: Sequence[_Request]) -> list[Any]:
         """One pipeline of calls (``_send`` for each, the WAITs once after them all); the
         replies, a failed call's as its error."""
@@ -481,129 +453,11 @@ class EventStore:
         [[_, entries]] = reply
         return [(position, codec.fields_of(flat)) for position, flat in entries]
 
-    # --- reading ----------------------------------------------------------------------
-
-    async def history(self, aggregate: str) -> list[Recorded]:
-        """Every event of one run (``run:<id>``), node (``node:<name>``) or user, in order: from
-        the archive where its stream went there (``services.core.retired``: it has no stream
-        until restored)."""
-        partition = keys.partition_of(aggregate, self.settings.partitions)
-        stream, retired = keys.aggregate_stream(aggregate, partition), keys.retired(partition)
-        await self._check_partitions()
-        while True:
-            # In this order: a former version's field before the stream (a restore deletes it as
-            # the stream comes back), the bucket's count after it (a retirement raises it as the
-            # stream goes). A stream found missing is then one that never was, or one the field
-            # or the archive's index knows.
-            pipe = self._raw.pipeline(transaction=False)
-            pipe.hget(retired, stream)
-            pipe.execute_command("XRANGE", stream, "-", "+", "COUNT", _PAGE)
-            pipe.hget(retired, keys.retirement_bucket(stream))
-            former, page, count = await pipe.execute()
-            if page:
-                live = [codec.recorded_flat(position, flat) for position, flat in page]
-                if len(page) < _PAGE:
-                    return live
-                live += [r async for r in self._range(stream, f"({page[-1][0].decode()}")]
-                if await self._raw.execute_command(  # type: ignore[no-untyped-call]
-                    "XRANGE", stream, "-", "+", "COUNT", 1
-                ):
-                    return live
-                continue  # retired while it was read: read it again
-            if former is not None:
-                kept: Retired | None = Retired.decode(former)
-            elif count is None or not is_run(aggregate):
-                return []  # no history of its bucket ever went: it never was
-            else:
-                kept = await self._log(partition).retired(aggregate)
-            if kept is None:
-                return []
-            old = await self._log(partition).history(aggregate, kept)
-            return [codec.recorded_from(position, flat) for position, flat in old]
-
-    async def wait_history(
-        self, aggregate: str, after: str, block_ms: int | None = None
-    ) -> list[Recorded]:
-        """The events of one aggregate after position ``after`` (exclusive), waiting up to
-        ``block_ms`` for the first one to be appended (one blocking read; None: no wait); []
-        if none came."""
-        stream = keys.aggregate_stream(
-            aggregate, keys.partition_of(aggregate, self.settings.partitions)
-        )
-        reply = await self.redis.xread({stream: after}, count=_PAGE, block=block_ms)
-        if not reply:
-            return []
-        entries = cast(list[list[Any]], reply)[0][1]
-        return [_recorded(position, fields) for position, fields in entries]
-
     async def tell(self, aggregate: str, node: str) -> None:
         """Add ``node`` to the nodes told of ``aggregate``'s events (``events.inbox``) until its
         next placement or attempt's end."""
         partition = keys.partition_of(aggregate, self.settings.partitions)
         await self.redis.sadd(keys.told_nodes(aggregate, partition), node)
-
-    async def load_run(self, run_id: str) -> RunState | None:
-        state: RunState | None = None
-        for record in await self.history(run_aggregate(run_id)):
-            event = record.event
-            if not isinstance(event, RunEvent):
-                raise TypeError(f"{event.aggregate} event {event.id} in the history of {run_id}")
-            state = evolve(state, event)
-        return state
-
-    async def read_log(
-        self, partition: int = 0, after: str = "0", count: int = 1000
-    ) -> list[Recorded]:
-        """Up to ``count`` events of the global log after position ``after`` (exclusive),
-        archived ones (``services.core.archive``) included."""
-        entries = await self._log(partition).read(after, count)
-        return [codec.recorded_from(position, flat) for position, flat in entries]
-
-    async def read_log_entries(
-        self, partition: int = 0, after: str = "0", count: int = 1000
-    ) -> list[RawEntry]:
-        """``read_log`` undecoded: for a reader that wants a few kinds of event among many
-        (``codec.KIND`` names each entry's) and decodes only those."""
-        return raw_entries(await self._log(partition).read(after, count))
-
-    async def replay(self, partition: int = 0, after: str = "0") -> AsyncIterator[Recorded]:
-        """The global log of a partition from ``after`` (exclusive) to its current end,
-        archived entries first."""
-        reader = self._log(partition)
-        while True:
-            entries = await reader.read(after, _PAGE)
-            for position, flat in entries:
-                yield codec.recorded_from(position, flat)
-            if len(entries) < _PAGE:
-                return
-            after = entries[-1][0]
-
-    def _log(self, partition: int) -> ArchivedLog:
-        log = self._logs.get(partition)
-        if log is None:
-            log = self._logs[partition] = ArchivedLog(self.redis, partition)
-        return log
-
-    async def _range(self, stream: str, start: str) -> AsyncIterator[Recorded]:
-        # Pages come as the server sends them (no per-entry tuple and dict from redis-py's
-        # reply callback): half of a replay's cost, measured in bench/log.py.
-        await self._check_partitions()
-        while True:
-            entries: list[list[Any]] = await self._raw.execute_command(  # type: ignore[no-untyped-call]
-                "XRANGE", stream, start, "+", "COUNT", _PAGE
-            )
-            for position, flat in entries:
-                yield codec.recorded_flat(position, flat)
-            if len(entries) < _PAGE:
-                return
-            start = f"({entries[-1][0].decode()}"
-
-
-RawEntry = tuple[bytes, dict[bytes, bytes]]
-
-
-def _recorded(raw_position: bytes, fields: dict[bytes, bytes]) -> Recorded:
-    return codec.recorded(raw_position.decode(), fields)
 
 
 def _not_found(reply: object) -> bool:
