@@ -51,7 +51,7 @@ import redis.asyncio as aioredis
 from redis._parsers.helpers import parse_stream_list
 from redis.utils import HIREDIS_AVAILABLE
 
-import services.core.store as store_module
+import services.core.reading as reads
 from bench import replay_variants as rv
 from bench import workload
 from events import codec, keys
@@ -244,7 +244,7 @@ class Bench:
         )
 
     async def replay(self) -> None:
-        page = store_module._PAGE
+        page = reads._PAGE
         raw = rv.fetcher(self.client, keys.log_stream(0), page)
         figure = Figure(
             name=f"replay events/s (read + decode), page {page:,}",
@@ -272,7 +272,7 @@ class Bench:
         """Replay variants (``bench.replay_variants``), each against raw XRANGE, same page."""
         stream = keys.log_stream(0)
         raw_client = rv.raw_client(self.client)
-        p = store_module._PAGE
+        p = reads._PAGE
         untracked = rv.Untracked()
 
         def fetch(page: int, *, callback: bool = True) -> rv.Fetch:
@@ -392,7 +392,7 @@ class Bench:
 
     async def breakdown(self) -> list[tuple[str, float]]:
         """Where a replayed event's time goes, in µs: each piece alone, on one page."""
-        page = store_module._PAGE
+        page = reads._PAGE
         stream = keys.log_stream(0)
         raw_client = rv.raw_client(self.client)
         with_callback = await rv.fetcher(self.client, stream, page)("-")
@@ -765,7 +765,7 @@ async def run(args: argparse.Namespace, url: str) -> int:
         )
     )
     print()
-    print(f"replay breakdown: µs per event, best of 5, one page of {store_module._PAGE:,} entries")
+    print(f"replay breakdown: µs per event, best of 5, one page of {reads._PAGE:,} entries")
     print(table([[name, f"{us:.2f}"] for name, us in breakdown], ["piece", "µs/event"], {1}))
     print(
         f"(objects tracked by the GC in this process, between measurements: {bench.heap_objects:,})"
