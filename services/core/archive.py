@@ -150,6 +150,7 @@ class Archive:
         self.index = RetiredIndex(root)  # where each retired history is
         self._cached: tuple[str, list[Position], list[Entry]] | None = None
         self._manifest = durable.Manifest(root / MANIFEST, Manifest)
+        self._lasts: tuple[Manifest | None, list[Position]] = (None, [])  # of the one read
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """Held by the one archiver writing here (on this host); another gets ``ArchiveBusy``
@@ -203,9 +204,13 @@ class Archive:
     def read(self, start: Position, upto: Position, count: int) -> list[Entry]:
         """Up to ``count`` archived entries after ``start`` (exclusive), up to ``upto``."""
         found: list[Entry] = []
-        for segment in self.manifest().segments:
-            if parse(segment.last) <= start:
-                continue
+        listed = self.manifest()
+        # The first segment that ends after ``start`` (found by halving: a replay reads the
+        # archive a page at a time, and a year of passes lists about 100,000 segments).
+        if self._lasts[0] is not listed:
+            self._lasts = (listed, [parse(segment.last) for segment in listed.segments])
+        first = bisect.bisect_right(self._lasts[1], start)
+        for segment in listed.segments[first:]:
             if parse(segment.first) > upto or len(found) >= count:
                 break
             positions, entries = self._entries(segment)
