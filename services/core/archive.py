@@ -5,6 +5,7 @@ Layout of an archive directory (``RUNPLANE_EVENT_ARCHIVE``)::
 
     manifest.json                             the segments, in log order (rewritten atomically)
     day=2026-12-05/<first>_<last>.parquet     one segment: entries of one day (UTC, log time)
+                                              from ``<first>`` to ``<last>``
     partition=1/manifest.json ...             each other partition's archive, laid out the same
 
 Each partition of the log is archived on its own (``partition_root``): its own manifest,
@@ -19,6 +20,15 @@ Invariants:
   the manifest does not list is a leftover of a crash: readers never open it, the archiver
   deletes it (``Archive.forget_unlisted``).
 - Listed segments follow each other: each one's first position is after the previous one's last.
+- A day's segments are merged as they come (``Archive.merge``): the newest two while the older
+  holds no more of the segments as first written (its *places*) than the newer, up to
+  ``MERGED_EVENTS``, so a day of 5-minute passes lists a handful of segments, not 288. A place
+  keeps its number (its order among the segments as first written) for good: the index of
+  retired histories names places (``services.core.retired``), and a merged segment keeps each
+  place's rows as row groups of their own, its places in its footer
+  (``services.core.segments.merge``). The merged two are deleted by the next pass, so a reader
+  that read the manifest just before finds them still; one that finds a file gone reads the
+  manifest again.
 - The server holds a pointer (``keys.log_archive``: the directory and the last position the
   global stream was trimmed to, at most), set before each trim. A reader reads the pointer after
   the stream in one round trip, so whatever the stream lacks is in the archive, and it takes
@@ -32,11 +42,13 @@ import bisect
 import contextlib
 import datetime as dt
 import fcntl
+import itertools
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import msgspec
 import redis.asyncio as aioredis
@@ -117,11 +129,12 @@ class ArchiveSettings(Settings):
         return duration_s(self.retain) if self.retain is not None else None
 
 
-class Segment(msgspec.Struct, frozen=True):
+class Segment(msgspec.Struct, frozen=True, omit_defaults=True):
     path: str  # relative to the archive's directory
     first: str
     last: str
     events: int
+    places: int = 1  # the segments as first written it holds (``Archive.merge``)
 
 
 class Manifest(msgspec.Struct):
@@ -130,6 +143,29 @@ class Manifest(msgspec.Struct):
     @property
     def last(self) -> Position:
         return parse(self.segments[-1].last) if self.segments else ZERO
+
+
+#: The most events a merged segment holds (a pass's segment holds up to 100,000): a history's
+#: lookup reads only its places' row groups, and a report or a replay a row group at a time.
+MERGED_EVENTS = 1_000_000
+#: The events a pass merges at most: the newest segments' merges need about twice
+#: ``MERGED_EVENTS`` at most; an archive of a former version, never merged, is merged over
+#: many passes, its newest segments first.
+MERGE_BUDGET = 4 * MERGED_EVENTS
+
+
+class _Listing(NamedTuple):
+    """A manifest as read, with what its lookups halve: each listed segment's last position
+    and the number of its first place."""
+
+    manifest: Manifest
+    lasts: list[Position]
+    starts: list[int]
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> _Listing:
+        starts = list(itertools.accumulate((s.places for s in manifest.segments), initial=0))
+        return cls(manifest, [parse(s.last) for s in manifest.segments], starts[:-1])
 
 
 class Pointer(msgspec.Struct, frozen=True):
@@ -148,9 +184,10 @@ class Archive:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.index = RetiredIndex(root)  # where each retired history is
-        self._cached: tuple[str, list[Position], list[Entry]] | None = None
+        self._cached: tuple[tuple[str, int], list[Position], list[Entry]] | None = None
         self._manifest = durable.Manifest(root / MANIFEST, Manifest)
-        self._lasts: tuple[Manifest | None, list[Position]] = (None, [])  # of the one read
+        self._listing = _Listing.of(Manifest())
+        self._layouts: dict[str, Any] = {}  # a segment's ``segments.Layout``, by path
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """Held by the one archiver writing here (on this host); another gets ``ArchiveBusy``
@@ -159,7 +196,7 @@ class Archive:
 
     def manifest(self) -> Manifest:
         """The listed segments; decoded again only once the manifest was replaced (a replay
-        reads it for every page, and a year of passes lists about 100,000 segments)."""
+        reads it for every page)."""
         return self._manifest.read() or Manifest()
 
     def dataset(self) -> Any:
@@ -190,9 +227,56 @@ class Archive:
         if manifest.segments and parse(segment.first) <= manifest.last:
             raise ValueError(f"segment {segment.path} overlaps the archive (up to {manifest.last})")
         manifest.segments.append(segment)
+        self._list(manifest)
+        return manifest
+
+    def merge(self, budget: int = MERGE_BUDGET, step: Callable[[str], None] | None = None) -> int:
+        """Merge listed segments (see above) until none may be, or ``budget`` events were
+        merged; how many merges. Each merged segment is written, durable, before the manifest
+        lists it in place of the two; ``step`` is told of each (``MERGE_WRITTEN``,
+        ``MERGED``)."""
+        from services.core import segments  # noqa: PLC0415 - pyarrow only where it is used
+
+        merges = 0
+        while budget > 0:
+            listed = self.manifest().segments
+            n = _mergeable(listed)
+            if n is None:
+                break
+            older, newer = listed[n], listed[n + 1]
+            day = older.path.partition("/")[0]
+            merged = Segment(
+                f"{day}/{older.first}_{newer.last}.parquet",
+                older.first,
+                newer.last,
+                older.events + newer.events,
+                older.places + newer.places,
+            )
+            parts = [(self.root / s.path, self._places(s)) for s in (older, newer)]
+            atomically(self.root / merged.path, partial(segments.merge, parts))
+            if step is not None:
+                step(MERGE_WRITTEN)
+            self._list(Manifest([*listed[:n], merged, *listed[n + 2 :]]))
+            if step is not None:
+                step(MERGED)
+            budget -= merged.events
+            merges += 1
+        return merges
+
+    def place_of(self, position: Position) -> int:
+        """The place (a segment as first written: see above) that holds ``position``, a listed
+        segment's."""
+        listing = self._listed()
+        n = bisect.bisect_left(listing.lasts, position)
+        segment = listing.manifest.segments[n]
+        if segment.places == 1:
+            return listing.starts[n]
+        lasts = [parse(last) for last, _ in self._places(segment)]
+        return listing.starts[n] + bisect.bisect_left(lasts, position)
+
+    def _list(self, manifest: Manifest) -> None:
         encoded = msgspec.json.encode(manifest)
         atomically(self.root / MANIFEST, lambda tmp: Path(tmp).write_bytes(encoded))
-        return manifest
 
     def forget_unlisted(self) -> list[Path]:
         """Delete segment files the manifest does not list (a crash's leftovers)."""
@@ -203,42 +287,114 @@ class Archive:
 
     def read(self, start: Position, upto: Position, count: int) -> list[Entry]:
         """Up to ``count`` archived entries after ``start`` (exclusive), up to ``upto``."""
+        return _again_if_merged(lambda: self._read(start, upto, count))
+
+    def history(self, places: Iterable[int], aggregate: str) -> list[Entry]:
+        """``aggregate``'s entries in the places ``places`` (see above), in order."""
+        return _again_if_merged(lambda: self._history(places, aggregate))
+
+    def _read(self, start: Position, upto: Position, count: int) -> list[Entry]:
         found: list[Entry] = []
-        listed = self.manifest()
+        listing = self._listed()
         # The first segment that ends after ``start`` (found by halving: a replay reads the
-        # archive a page at a time, and a year of passes lists about 100,000 segments).
-        if self._lasts[0] is not listed:
-            self._lasts = (listed, [parse(segment.last) for segment in listed.segments])
-        first = bisect.bisect_right(self._lasts[1], start)
-        for segment in listed.segments[first:]:
+        # archive a page at a time), then its row groups (a merged one has many) that may.
+        first = bisect.bisect_right(listing.lasts, start)
+        for segment in listing.manifest.segments[first:]:
             if parse(segment.first) > upto or len(found) >= count:
                 break
-            positions, entries = self._entries(segment)
-            low = bisect.bisect_right(positions, start)
-            high = bisect.bisect_right(positions, upto, lo=low)
-            found += entries[low : min(high, low + count - len(found))]
+            for group, (low_ms, high_ms) in enumerate(self._layout(segment).groups):
+                if high_ms < start[0]:
+                    continue
+                if low_ms > upto[0] or len(found) >= count:
+                    break
+                positions, entries = self._entries(segment, group)
+                low = bisect.bisect_right(positions, start)
+                high = bisect.bisect_right(positions, upto, lo=low)
+                found += entries[low : min(high, low + count - len(found))]
         return found
 
-    def history(self, segments: Iterable[int], aggregate: str) -> list[Entry]:
-        """``aggregate``'s entries in the listed segments ``segments`` (places in the
-        manifest), in order."""
-        from services.core import segments as parquet  # noqa: PLC0415 - see above
+    def _history(self, places: Iterable[int], aggregate: str) -> list[Entry]:
+        from services.core import segments  # noqa: PLC0415 - pyarrow only where it is used
 
-        listed = self.manifest().segments
+        listing = self._listed()
+        wanted: dict[int, list[int]] = {}  # listed segment -> its places wanted (from 0)
+        for place in sorted(places):
+            n = bisect.bisect_right(listing.starts, place) - 1
+            wanted.setdefault(n, []).append(place - listing.starts[n])
         found: list[Entry] = []
-        for n in sorted(segments):
-            found += parquet.read_aggregate(self.root / listed[n].path, aggregate)
+        for n, held in sorted(wanted.items()):
+            segment = listing.manifest.segments[n]
+            path = self.root / segment.path
+            if segment.places == 1:
+                found += segments.read_aggregate(path, aggregate)
+                continue
+            counts = [groups for _, groups in self._places(segment)]
+            starts = list(itertools.accumulate(counts, initial=0))
+            groups = [g for p in held for g in range(starts[p], starts[p] + counts[p])]
+            found += segments.read_aggregate(path, aggregate, groups)
         return found
 
-    def _entries(self, segment: Segment) -> tuple[list[Position], list[Entry]]:
-        # A rebuild reads a segment page by page: keep the last one read.
-        if self._cached is not None and self._cached[0] == segment.path:
+    def _listed(self) -> _Listing:
+        manifest = self.manifest()
+        if self._listing.manifest is not manifest:
+            self._listing = _Listing.of(manifest)
+        return self._listing
+
+    def _layout(self, segment: Segment) -> Any:
+        """``segment``'s ``segments.Layout`` (its footer's), kept for the segments last read."""
+        found = self._layouts.get(segment.path)
+        if found is None:
+            from services.core import segments  # noqa: PLC0415 - pyarrow only where it is used
+
+            if len(self._layouts) >= _LAYOUTS:
+                self._layouts.clear()
+            found = self._layouts[segment.path] = segments.layout(self.root / segment.path)
+        return found
+
+    def _places(self, segment: Segment) -> list[tuple[str, int]]:
+        """Each place ``segment`` holds: its last position and its row groups."""
+        layout = self._layout(segment)
+        return layout.places or [(segment.last, len(layout.groups))]
+
+    def _entries(self, segment: Segment, group: int) -> tuple[list[Position], list[Entry]]:
+        # A rebuild reads a row group page by page: keep the last one read.
+        if self._cached is not None and self._cached[0] == (segment.path, group):
             return self._cached[1], self._cached[2]
         from services.core import segments  # noqa: PLC0415 - pyarrow only where it is used
 
-        positions, entries = segments.read(self.root / segment.path)
-        self._cached = (segment.path, positions, entries)
+        positions, entries = segments.read_groups(self.root / segment.path, [group])
+        self._cached = ((segment.path, group), positions, entries)
         return positions, entries
+
+
+#: Segments' layouts an archive keeps (a replay reads one segment after another).
+_LAYOUTS = 256
+#: The steps of a merge (``Archive.merge``), for a test that kills the archiver there.
+MERGE_WRITTEN, MERGED = "merge_written", "merged"
+_R = TypeVar("_R")
+
+
+def _mergeable(listed: Sequence[Segment]) -> int | None:
+    """The older of the newest two listed segments that may be merged: of one day, the older
+    holding no more places than the newer, together up to ``MERGED_EVENTS``."""
+    for n in range(len(listed) - 2, -1, -1):
+        older, newer = listed[n], listed[n + 1]
+        if (
+            older.path.partition("/")[0] == newer.path.partition("/")[0]
+            and older.places <= newer.places
+            and older.events + newer.events <= MERGED_EVENTS
+        ):
+            return n
+    return None
+
+
+def _again_if_merged(read: Callable[[], _R]) -> _R:
+    """``read()``, once more if a segment it was reading had gone: merged since its manifest
+    was read, and deleted by a later pass (``read`` reads the manifest again)."""
+    try:
+        return read()
+    except FileNotFoundError:
+        return read()
 
 
 @contextmanager

@@ -13,7 +13,9 @@ One pass (``archive_log``):
    bucket's count of retirements raised, together (``retire_runs``; ``runplane_retire2`` in
    ``append.lua``). The server keeps nothing else of a retired run. The pointer's ``retired``
    says how far the archived entries were looked at;
-6. the nodes' inboxes trimmed of their copies older than the cut-off (``trim_inboxes``).
+6. the nodes' inboxes trimmed of their copies older than the cut-off (``trim_inboxes``);
+7. the day's newest segments merged (``Archive.merge``): a merged segment written, then listed
+   in place of the two, which the next pass deletes.
 
 Each partition of the log is archived on its own, one after another (``archive_partitions``),
 to its own archive in the directory (``services.core.archive.partition_root``).
@@ -23,7 +25,8 @@ deleted and written again; a listed one is never written again (the next pass st
 it); the pointer and the trim go to the manifest's last position, whatever that pass archived;
 runs whose ends a pass archived but did not look at are retired by the next; a record in the
 index whose stream did not go is never read (the stream is there), and the next pass writes
-another. Running it again is harmless.
+another; a merged segment not yet listed is deleted, the two it merges still listed. Running it
+again is harmless.
 
 A retired run's history reads its segments (``services.core.store``); an event for it first
 restores its stream from them (``runplane_restore2``), so the nodes, which may not see the
@@ -35,7 +38,7 @@ at work.
 from __future__ import annotations
 
 import asyncio
-import bisect
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +107,7 @@ class Archived:
     held_by: str  # what set the safe point: "cut-off", or the reader still behind it
     retired: int = 0  # runs' own streams that went (their histories are in the archive)
     inbox_entries: int = 0  # copies trimmed from the nodes' inboxes
+    merged: int = 0  # merges of segments (``Archive.merge``)
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,7 @@ async def archive_partitions(
         held_by=held[0] if held else CUT_OFF,
         retired=sum(d.retired for d in done),
         inbox_entries=sum(d.inbox_entries for d in done),
+        merged=sum(d.merged for d in done),
     )
 
 
@@ -191,9 +196,13 @@ async def archive_log(
         raise ArchiveMoved(found.dir, root)
     archive.root.mkdir(parents=True, exist_ok=True)
     with archive.locked():
-        return await _archive_pass(
+        done = await _archive_pass(
             client, archive, root, cutoff_ms, partition, segment_events, step, found
         )
+        merged = await asyncio.to_thread(archive.merge, step=step)
+    if merged:
+        log.info("archive.merged", merges=merged, segments=len(archive.manifest().segments))
+    return dataclasses.replace(done, merged=merged)
 
 
 async def _archive_pass(  # noqa: PLR0917 - archive_log's own arguments, checked
@@ -340,7 +349,6 @@ async def retire_runs(  # noqa: PLR0917 - the pass's own arguments
         log.info("archive.former_records_indexed", histories=moved)
     raw = raw_ranges(client)
     retired_key = keys.retired(partition)
-    listed = [parse(segment.last) for segment in archive.manifest().segments]
     records: dict[str, Retired] = {}
     going: list[tuple[str, str]] = []  # (stream, its last entry as read)
     for at in range(0, len(runs), _BATCH):
@@ -354,7 +362,7 @@ async def retire_runs(  # noqa: PLR0917 - the pass's own arguments
             last_position, last = entries[-1][0].decode(), entries[-1][1]
             if parse(last_position) > upto or not _rests((last_position, last)):
                 continue  # not all archived yet, or still at work
-            held = {bisect.bisect_left(listed, parse(p.decode())) for p, _ in entries}
+            held = {archive.place_of(parse(p.decode())) for p, _ in entries}
             records[run] = Retired(int(codec.fields_of(last)[codec.VERSION]), tuple(sorted(held)))
             going.append((keys.aggregate_stream(run, partition), last_position))
     await asyncio.to_thread(archive.index.add, records)

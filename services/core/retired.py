@@ -44,8 +44,8 @@ MANIFEST = "manifest.json"
 
 class Retired(NamedTuple):
     """A history whose stream went to the archive: the aggregate's version then, and the
-    segments holding its events, by their place in the archive's manifest (which only ever
-    grows). Stored as ``"<version> <segment> ..."``."""
+    segments holding its events, by their places (``services.core.archive``: the segments as
+    first written, numbered for good, merged or not). Stored as ``"<version> <place> ..."``."""
 
     version: int
     segments: tuple[int, ...]

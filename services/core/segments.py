@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import msgspec
 import pyarrow as pa
@@ -125,9 +125,66 @@ def _entries(data: pa.Table) -> tuple[list[Position], list[Entry]]:
     return positions, entries
 
 
-def read_aggregate(path: Path, aggregate: str) -> list[Entry]:
-    """The entries of one aggregate in a segment, in order, as the stream held them."""
-    return _entries(pq.read_table(path, columns=_READ, filters=[("aggregate", "=", aggregate)]))[1]
+def read_aggregate(path: Path, aggregate: str, groups: Sequence[int] | None = None) -> list[Entry]:
+    """The entries of one aggregate in a segment (in its row groups ``groups``; None: all of
+    them), in order, as the stream held them."""
+    if groups is None:
+        data = pq.read_table(path, columns=_READ, filters=[("aggregate", "=", aggregate)])
+        return _entries(data)[1]
+    data = pq.ParquetFile(path).read_row_groups(groups, columns=[*_READ, "aggregate"])
+    return _entries(data.filter(pc.equal(data["aggregate"], aggregate)))[1]
+
+
+# --- merged segments (``services.core.archive``: a day's segments merged as they come) ----------
+
+#: The footer's record, in a merged segment, of the segments it was merged from as first
+#: written (the archive's *places*), in order: each one's last position and its row groups.
+PLACES = b"runplane.places"
+Place = tuple[str, int]
+
+
+class Layout(NamedTuple):
+    """A segment's row groups, each as the least and greatest ``ms`` it holds, and its places
+    (None: a segment as first written, one place of every row group)."""
+
+    groups: list[tuple[int, int]]
+    places: list[Place] | None
+
+
+def layout(path: Path) -> Layout:
+    """``path``'s layout, from its footer alone."""
+    meta = pq.read_metadata(path)
+    ms = meta.schema.names.index("ms")
+    groups: list[tuple[int, int]] = []
+    for n in range(meta.num_row_groups):
+        stats = meta.row_group(n).column(ms).statistics
+        known = stats is not None and stats.has_min_max
+        groups.append((stats.min, stats.max) if known else (0, 2**63 - 1))
+    recorded = (meta.metadata or {}).get(PLACES)
+    places = None if recorded is None else msgspec.json.decode(recorded, type=list[Place])
+    return Layout(groups, places)
+
+
+def read_groups(path: Path, groups: Sequence[int]) -> tuple[list[Position], list[Entry]]:
+    """The positions and entries of ``path``'s row groups ``groups``, in order."""
+    return _entries(pq.ParquetFile(path).read_row_groups(groups, columns=_READ))
+
+
+def merge(parts: Sequence[tuple[Path, list[Place]]], out: str) -> None:
+    """The segments ``parts`` (in log order, each with its places) as one at ``out``: each of
+    their row groups one of its own, in order (a row group at a time in memory), its places
+    recorded in its footer (``PLACES``), so a place's rows are still a run of row groups."""
+    places = [place for _, held in parts for place in held]
+    schema = SCHEMA.with_metadata({PLACES: msgspec.json.encode(places)})
+    with pq.ParquetWriter(out, schema, compression="zstd") as writer:
+        for path, _ in parts:
+            source = pq.ParquetFile(path)
+            for n in range(source.num_row_groups):
+                group = source.read_row_group(n).replace_schema_metadata(schema.metadata)
+                writer.write_table(group, row_group_size=max(group.num_rows, 1))
+    written = pq.read_metadata(out).num_row_groups
+    if written != sum(groups for _, groups in places):  # never listed: the merge fails
+        raise AssertionError(f"{out}: {written} row groups written for places {places}")
 
 
 def dataset(root: Path, paths: Sequence[str]) -> ds.Dataset:
