@@ -346,8 +346,9 @@ async def _soak(
 
     cold_rows = sum(p.stat().st_size for p in (root / ROWS).glob("*.parquet"))
     indexed = sum(p.stat().st_size for p in (root / INDEX).glob("*.parquet"))
-    parquet = sum(p.stat().st_size for p in root.rglob("*.parquet")) - cold_rows - indexed
-    in_archive = sum(s.events for s in Archive(root).manifest().segments)
+    listed = Archive(root).manifest().segments
+    parquet = sum((root / s.path).stat().st_size for s in listed)  # not the merged, still there
+    in_archive = sum(s.events for s in listed)
     print(
         f"appended {totals.appended:,} events in {append_s:,.0f} s "
         f"({totals.appended / append_s:,.0f}/s); the projector caught up {caught_up_s:.1f} s "
@@ -391,6 +392,12 @@ async def _soak(
             f"{later:,.0f} bytes a run",
             flush=True,
         )
+    days = len({s.path.partition("/")[0] for s in listed})
+    print(
+        f"the archive lists {len(listed):,} segments over {days} days, merged from "
+        f"{sum(s.places for s in listed):,} as the passes wrote them",
+        flush=True,
+    )
     print(
         f"the archive's index of retired histories: {indexed / MIB:,.1f} MiB in "
         f"{len(RetiredIndex(root).manifest().files)} files, "
