@@ -5,7 +5,8 @@ Parquet, against the same bill over the live log; bytes per event in Valkey and 
 ``valkey-server`` in a temp dir, synthesizes a year of runs' events (``bench.projections``'
 workload, its clock stretched so that the log spans 365 days: runs' attempts cross days and
 months) and holds the same entries twice: in the global stream (XADD at their ids) and as an
-archive of day segments (``Archive.write``/``add``, as the archiver writes them). Then, each
+archive of day segments (``Archive.write``/``add``/``merge``, as the archiver writes them:
+``--passes-a-day`` passes, their segments merged as they come, or not: ``--unmerged``). Then, each
 the best of ``--repeat`` rounds:
 
 - parquet: ``services.core.reports.billing_report`` by user per month over the year, reading
@@ -56,9 +57,11 @@ YEAR_MS = 365 * DAY_MS
 T = TypeVar("T")
 
 
-async def fill(client: aioredis.Redis, root: Path, total: int) -> tuple[int, int]:
-    """Write ``total`` entries over a year to the stream and, as day segments, to the archive
-    at ``root``; the number of runs and the segments' bytes."""
+async def fill(
+    client: aioredis.Redis, root: Path, total: int, passes: int, merge: bool
+) -> tuple[int, int]:
+    """Write ``total`` entries over a year to the stream and, as ``archived`` does, to the
+    archive at ``root``; the number of runs and the segments' bytes."""
     step_ms = max(1, 2 * YEAR_MS // total)  # a mean step of YEAR_MS / total
     entries = [
         (position, [codec.KIND, f[codec.KIND], codec.BODY, f[codec.BODY], codec.VERSION,
@@ -72,17 +75,24 @@ async def fill(client: aioredis.Redis, root: Path, total: int) -> tuple[int, int
             await pipe.execute()
     await pipe.execute()
     runs = sum(flat[1].startswith(b"run.submitted@") for _, flat in entries)
-    return runs, await asyncio.to_thread(archived, root, entries)
+    return runs, await asyncio.to_thread(archived, root, entries, passes, merge)
 
 
-def archived(root: Path, entries: list[Entry]) -> int:
-    """Write ``entries`` to a new archive at ``root``, a segment per day, as the archiver
-    does; the segments' bytes."""
+def archived(root: Path, entries: list[Entry], passes: int, merge: bool) -> int:
+    """Write ``entries`` to a new archive at ``root`` as ``passes`` passes a day would, each
+    day's in that many segments, merged as the archiver merges them (or not, ``merge``); the
+    listed segments' bytes."""
     archive = Archive(root)
     root.mkdir(parents=True)
-    for _, day in groupby(entries, key=lambda entry: day_of(parse(entry[0]))):
-        archive.add(archive.write(list(day)))
-    return sum(path.stat().st_size for path in root.rglob("*.parquet"))
+    for _, of_day in groupby(entries, key=lambda entry: day_of(parse(entry[0]))):
+        day = list(of_day)
+        size = -(-len(day) // passes)
+        for at in range(0, len(day), size):
+            archive.add(archive.write(day[at : at + size]))
+            if merge:
+                archive.merge()
+    archive.forget_unlisted()  # the merged, as the next pass does
+    return sum((root / s.path).stat().st_size for s in archive.manifest().segments)
 
 
 async def best(rounds: int, measure: Callable[[], Awaitable[T]]) -> tuple[float, T]:
@@ -103,10 +113,13 @@ async def run(args: argparse.Namespace, url: str, workdir: Path) -> int:
     t0 = time.perf_counter()
     archived, empty = workdir / "archive", workdir / "empty"
     empty.mkdir()
-    runs, parquet_bytes = await fill(client, archived, total)
+    runs, parquet_bytes = await fill(client, archived, total, args.passes_a_day, not args.unmerged)
     stream_bytes = int(await client.memory_usage(LOG, samples=0) or 0)
-    segments = len(Archive(archived).manifest().segments)
-    print(f"  {runs:,} runs, {segments} day segments, {time.perf_counter() - t0:.1f} s")
+    listed = Archive(archived).manifest().segments
+    print(
+        f"  {runs:,} runs; {args.passes_a_day} passes a day wrote {sum(s.places for s in listed):,}"
+        f" segments, listed as {len(listed):,}; {time.perf_counter() - t0:.1f} s"
+    )
     window = (START_MS, START_MS + YEAR_MS)
     now = window[1]
 
@@ -183,6 +196,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__)
     parser.add_argument("--events", type=int, default=200_000, help="events in the year's log")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of each (the best)")
+    parser.add_argument(
+        "--passes-a-day", type=int, default=1, help="archive passes a day (288: every 5 min)"
+    )
+    parser.add_argument(
+        "--unmerged", action="store_true", help="list the passes' segments as they were written"
+    )
     return parser.parse_args(argv)
 
 
