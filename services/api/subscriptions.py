@@ -40,7 +40,7 @@ from services.api.errors import BadRequest, NotFound
 from services.api.runs import RunRequests
 from services.api.settings import ApiSettings
 from services.core.store import EventStore
-from services.output import chunks, reading, selection
+from services.output import chunks, formats, reading, selection
 
 Json = dict[str, Any]
 MAIN_CONTAINER = "MAIN"
@@ -183,7 +183,7 @@ class _RankStream:
     attempt: int
     rank: int
 
-    async def _records(self) -> list[reading.Record]:
+    async def _records(self) -> list[formats.Record]:
         return await reading.read_records(
             self.context.store.redis,
             self.context.settings.archive_dir,

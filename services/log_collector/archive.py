@@ -38,8 +38,9 @@ from services.core.durable import fsync_path
 from services.log_collector import meta
 from services.log_collector.ingest import pause
 from services.log_collector.settings import LogCollectorSettings
-from services.output import reading
-from services.output.reading import INGEST_GROUP, Record
+from services.output import formats, reading
+from services.output.formats import Record
+from services.output.reading import INGEST_GROUP
 
 log = structlog.get_logger(__name__)
 
@@ -81,7 +82,7 @@ async def write_archive(path: Path, pages: Pages) -> tuple[int, str | None]:
         if await asyncio.to_thread(path.exists):
             count, last = await asyncio.to_thread(_copy, path, out)
         async for page in pages(last):
-            data = b"".join(reading.encode_record(record) for record in page)
+            data = b"".join(formats.encode_record(record) for record in page)
             await asyncio.to_thread(out.write, data)
             count += len(page)
             last = page[-1].id
@@ -97,7 +98,7 @@ def _copy(path: Path, out: BinaryIO) -> tuple[int, str | None]:
         for line in file:
             out.write(line)
             count, last_line = count + 1, line
-    return count, reading.decode_record(last_line).id if last_line else None
+    return count, formats.decode_record(last_line).id if last_line else None
 
 
 def _flush(out: BinaryIO) -> None:
@@ -108,7 +109,7 @@ def _flush(out: BinaryIO) -> None:
 def _next_id(entry_id: str | None) -> str:
     if entry_id is None:
         return "0-0"
-    ms, seq = reading.id_key(entry_id)
+    ms, seq = formats.id_key(entry_id)
     return f"{ms}-{seq + 1}"
 
 
@@ -145,11 +146,11 @@ class Archiver:
             run_id, _, attempt_text = member.decode().rpartition("/")
             attempt = int(attempt_text)
             hashed = keys.attempt_logs(run_id, attempt)
-            terminal = await reading.hget(self.client, hashed, reading.TERMINAL_AT)
+            terminal = await reading.hget(self.client, hashed, formats.TERMINAL_AT)
             if terminal is None and await self.hashes.restore(run_id, attempt):
                 # Its hash moved to a file, and a late line queued it again (a crash kept
                 # the line's writer from bringing the hash back).
-                terminal = await reading.hget(self.client, hashed, reading.TERMINAL_AT)
+                terminal = await reading.hget(self.client, hashed, formats.TERMINAL_AT)
             if terminal is None:
                 continue
             if not await reading.ingest_caught_up(self.client, terminal.decode()):
@@ -175,8 +176,8 @@ class Archiver:
         """Archive one rank; False if lines came after its archive (archive again later)."""
         hashed = keys.attempt_logs(run_id, attempt)
         stream = keys.rank_log(run_id, attempt, rank)
-        relative = reading.archive_path(run_id, attempt, rank)
-        archived = await reading.hget(self.client, hashed, reading.archive_field(rank))
+        relative = formats.archive_path(run_id, attempt, rank)
+        archived = await reading.hget(self.client, hashed, formats.archive_field(rank))
         if archived is not None and not await self.client.exists(stream):
             return True  # archived already (a redo after a crash)
 
@@ -184,7 +185,7 @@ class Archiver:
             start = "-" if after is None else f"({after}"
             while True:
                 page = [
-                    reading.record_of(i, f)
+                    formats.record_of(i, f)
                     for i, f in await reading.xrange(self.client, stream, start, count=_PAGE)
                 ]
                 if page:
@@ -198,8 +199,8 @@ class Archiver:
             run_id,
             attempt,
             [
-                ("set", reading.archive_field(rank), str(relative)),
-                ("set", reading.lines_field(rank), count),
+                ("set", formats.archive_field(rank), str(relative)),
+                ("set", formats.lines_field(rank), count),
             ],
         )
         deleted = await self._delete_through(keys=[stream], args=[last or "", _next_id(last)])

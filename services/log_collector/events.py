@@ -22,7 +22,7 @@ from events import keys
 from events.codec import Recorded
 from events.model import ATTEMPT_ENDS, RankExited, RunEvent
 from services.log_collector import meta
-from services.output import reading
+from services.output import formats
 
 log = structlog.get_logger(__name__)
 
@@ -77,8 +77,8 @@ class EventHandler:
                     args=[
                         recorded.position,
                         event.rank,
-                        reading.FIRST_FAILED_AT,
-                        reading.FIRST_FAILED_RANK,
+                        formats.FIRST_FAILED_AT,
+                        formats.FIRST_FAILED_RANK,
                         "1" if may_create else "0",
                     ],
                 ),
@@ -92,7 +92,7 @@ class EventHandler:
                     exit_code=event.exit_code,
                 )
         elif isinstance(event, RunEvent) and type(event) in ATTEMPT_ENDS:
-            terminal = ("set", reading.TERMINAL_AT, recorded.position)
+            terminal = ("set", formats.TERMINAL_AT, recorded.position)
             await self.hashes.write(event.run_id, event.attempt, [terminal])
             await self.client.zadd(
                 keys.log_archive_queue(), {f"{event.run_id}/{event.attempt}": event.time}

@@ -41,7 +41,7 @@ from services.core.groups import ensure_group
 from services.log_collector import meta
 from services.log_collector.batch import Plan, RawEntry, Where, Write, plan
 from services.log_collector.settings import LogCollectorSettings
-from services.output import reading
+from services.output import formats
 from services.output.reading import INGEST_GROUP
 
 log = structlog.get_logger(__name__)
@@ -157,7 +157,7 @@ class Ingester:
         per_attempt: dict[tuple[str, int], list[meta.Op]] = {}
         for (run_id, attempt, rank), count in counts.items():
             per_attempt.setdefault((run_id, attempt), []).append(
-                ("incr", reading.lines_field(rank), count)
+                ("incr", formats.lines_field(rank), count)
             )
         pipe = self.client.pipeline(transaction=False)
         for (run_id, attempt), ops in per_attempt.items():
@@ -193,8 +193,8 @@ class Ingester:
         for chunk in chunks:
             await self._append(keys=[chunk[0].stream], args=_script_args(chunk), client=pipe)
         for (run_id, attempt), ranks in attempts:  # after the lines: were they too late?
-            fields = [reading.archive_field(rank) for rank in ranks]
-            fields += [reading.lines_field(rank) for rank in ranks]
+            fields = [formats.archive_field(rank) for rank in ranks]
+            fields += [formats.lines_field(rank) for rank in ranks]
             pipe.hmget(keys.attempt_logs(run_id, attempt), fields)
         # On the replicas before the batch is acknowledged (a copy again is harmless).
         waits = await wait_after(pipe, self.client, [chunk[0].stream for chunk in chunks])
@@ -257,7 +257,7 @@ class Ingester:
 
 
 def _marks(ranks: list[int]) -> list[meta.Op]:
-    return [("incr", reading.lines_field(rank), 0) for rank in ranks]
+    return [("incr", formats.lines_field(rank), 0) for rank in ranks]
 
 
 def _chunks(writes: list[Write]) -> list[list[Write]]:

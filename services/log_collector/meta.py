@@ -45,8 +45,8 @@ from events.model import run_aggregate
 from services.core import archive
 from services.core.durable import atomically
 from services.log_collector.settings import LogCollectorSettings
-from services.output import reading
-from services.output.reading import Meta
+from services.output import formats
+from services.output.formats import Meta
 
 log = structlog.get_logger(__name__)
 
@@ -158,14 +158,14 @@ class Hashes:
     async def restore(self, run_id: str, attempt: int) -> bool:
         """Bring the hash back from meta.json if it is absent; False if there is no file (the
         attempt never moved)."""
-        path = self.archive_dir / reading.meta_path(run_id, attempt)
-        moved = await asyncio.to_thread(reading.read_meta_file, path)
+        path = self.archive_dir / formats.meta_path(run_id, attempt)
+        moved = await asyncio.to_thread(formats.read_meta_file, path)
         if not moved:  # an empty one is never written: treated as none, so writers go on
             return False
         meta = keys.attempt_logs(run_id, attempt)
         if await self._restore(keys=[meta], args=_flat(moved)):
             log.warning("meta.restored", run=run_id, attempt=attempt, hint="a write after the move")
-            if (terminal := moved.get(reading.TERMINAL_AT)) is not None:
+            if (terminal := moved.get(formats.TERMINAL_AT)) is not None:
                 await queue(self.client, run_id, attempt, terminal)
         return True
 
@@ -217,7 +217,7 @@ class Mover:
         key = keys.attempt_logs(run_id, attempt)
         stored = cast(dict[bytes, bytes], await self.client.hgetall(key))
         meta = {field.decode(): value.decode() for field, value in stored.items()}
-        terminal = meta.get(reading.TERMINAL_AT)
+        terminal = meta.get(formats.TERMINAL_AT)
         if terminal is not None and (
             archived_upto is None or archived_upto < archive.parse(terminal)
         ):
@@ -231,19 +231,19 @@ class Mover:
             if not self._flagged:  # before the first hash goes (reading.attempt_meta)
                 await self.client.set(keys.log_meta_moved(), 1)
                 self._flagged = True
-            path = self.archive_dir / reading.meta_path(run_id, attempt)
+            path = self.archive_dir / formats.meta_path(run_id, attempt)
             await asyncio.to_thread(write_file, path, meta)
             if not await self._delete_if_same(keys=[key], args=_flat(meta)):
                 log.info("meta.changed", hint="written meanwhile: moved again by a later pass")
                 return False
-            log.info("meta.moved", path=str(reading.meta_path(run_id, attempt)))
+            log.info("meta.moved", path=str(formats.meta_path(run_id, attempt)))
         # else moved already (a crash between the delete and this ZREM), or never there
         await self.client.zrem(QUEUE, _member(run_id, attempt))
         return True
 
     async def _wholly_archived(self, run_id: str, attempt: int, meta: Meta) -> bool:
-        ranks = reading.ranks_of(meta)
-        if any(reading.archive_field(rank) not in meta for rank in ranks):
+        ranks = formats.ranks_of(meta)
+        if any(formats.archive_field(rank) not in meta for rank in ranks):
             return False
         pipe = self.client.pipeline(transaction=False)
         for rank in ranks:
@@ -254,4 +254,4 @@ class Mover:
 def write_file(path: Path, meta: Meta) -> None:
     """Write ``meta`` to ``path`` whole, safely (temporary file, fsync, rename, dir fsync)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomically(path, lambda tmp: Path(tmp).write_bytes(reading.encode_meta(meta)))
+    atomically(path, lambda tmp: Path(tmp).write_bytes(formats.encode_meta(meta)))

@@ -23,8 +23,9 @@ import structlog
 
 from events import keys
 from services.log_collector.settings import LogCollectorSettings
-from services.output import reading
-from services.output.reading import ArchiveRequest, Chunk, Record
+from services.output import formats, reading
+from services.output.formats import Record
+from services.output.reading import ArchiveRequest, Chunk
 
 log = structlog.get_logger(__name__)
 
@@ -60,11 +61,11 @@ class ArchiveServer:
 
     async def _serve(self, request: ArchiveRequest, reply: str) -> int:
         if request.meta:
-            moved = self.settings.archive_dir / reading.meta_path(request.run, request.attempt)
-            meta = await asyncio.to_thread(reading.read_meta_file, moved)
+            moved = self.settings.archive_dir / formats.meta_path(request.run, request.attempt)
+            meta = await asyncio.to_thread(formats.read_meta_file, moved)
             await self._push(reply, Chunk(meta=meta or {}, done=True))
             return 0
-        relative = reading.archive_path(request.run, request.attempt, request.rank)
+        relative = formats.archive_path(request.run, request.attempt, request.rank)
         path: Path = self.settings.archive_dir / relative
         if not await asyncio.to_thread(path.is_file):
             error = f"the log-collector has no archive {relative} (archive dir {path.parent})"
@@ -72,7 +73,7 @@ class ArchiveServer:
             return 0
         chunk: list[Record] = []
         size = sent = 0
-        for record in reading.archive_records(path, after=request.after_id, tail=request.tail):
+        for record in formats.archive_records(path, after=request.after_id, tail=request.tail):
             chunk.append(record)
             size += len(record.raw) + 64
             if size >= self.settings.serve_chunk_bytes:

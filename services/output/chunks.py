@@ -1,7 +1,7 @@
 """A rank's output as one stream of bytes, cut into chunks with absolute offsets: what MAPI's
 ``getRunLogsV2`` sends (``reference/mapi.md`` section 5.9). Pure: lines' bytes in, chunks out.
 
-The stream is every stored line as ``mcli logs`` prints it (``reading.Record.shown``: the
+The stream is every stored line as ``mcli logs`` prints it (``formats.Record.shown``: the
 bytes as they came, runplane's marker, a newline), one after another; an offset is a position
 in it, counted from the rank's first line.
 

@@ -14,8 +14,8 @@ from events import keys
 from events.codec import Recorded
 from events.model import Reason
 from services.log_collector.events import EventHandler
-from services.output import ingest, reading
-from services.output.reading import LogLine
+from services.output import formats, ingest, reading
+from services.output.formats import LogLine
 from tests.integration.log_collector import helpers as h
 from tests.waiting import eventually
 
@@ -116,7 +116,7 @@ async def test_follow_sees_every_line_once_while_live_and_across_the_archive(
     expected = [f"first {i}" for i in range(200)] + [f"then {i}" for i in range(300)]
     for seen in (behind, along):
         assert [line.text for line in seen] == expected
-        assert [line.id for line in seen] == sorted({line.id for line in seen}, key=reading.id_key)
+        assert [line.id for line in seen] == sorted({line.id for line in seen}, key=formats.id_key)
 
 
 async def test_a_reader_without_the_files_gets_archived_lines_from_the_collector(
@@ -185,7 +185,7 @@ async def test_the_first_failed_rank_is_the_first_failure_in_the_log(
             h.completed(RUN, 2),
         )
         await eventually(
-            lambda: redis.hexists(keys.attempt_logs(RUN, 2), reading.TERMINAL_AT),
+            lambda: redis.hexists(keys.attempt_logs(RUN, 2), formats.TERMINAL_AT),
             what="every event handled",
         )
     assert await reading.first_failed_rank(redis, RUN, 0) == 1

@@ -15,7 +15,7 @@ from events.model import run_aggregate
 from services.core import archive as event_archive
 from services.log_collector import meta
 from services.log_collector.settings import LogCollectorSettings
-from services.output import reading
+from services.output import formats, reading
 from tests.integration.log_collector import helpers as h
 from tests.waiting import eventually
 
@@ -78,7 +78,7 @@ async def test_a_moved_attempt_leaves_nothing_in_valkey_and_reads_the_same(
     assert before["first_failed_rank"] == 1
     assert before["ranks"] == [0, 1]
     assert [len(lines) for lines in before["lines"]] == [300, 300]
-    moved = reading.read_meta_file(archive / RUN / "0" / "meta.json")
+    moved = formats.read_meta_file(archive / RUN / "0" / "meta.json")
     assert moved == stored
     assert set(stored) == {
         "lines:0",
@@ -133,7 +133,7 @@ async def test_a_late_line_after_the_move_is_archived_in_order(
         assert await texts(0) == expected
         assert await reading.ranks(redis, RUN, 0, archive) == [0, 1, 2]
         assert await reading.first_failed_rank(redis, RUN, 0, archive) == 1
-    moved = reading.read_meta_file(archive / RUN / "0" / "meta.json")
+    moved = formats.read_meta_file(archive / RUN / "0" / "meta.json")
     assert moved is not None
     assert (moved["lines:0"], moved["lines:2"]) == ("4", "1")
     assert (archive / RUN / "0" / "rank-0.log").read_bytes().count(b"\n") == 4
@@ -148,7 +148,7 @@ async def test_a_move_cut_short_after_the_file_is_finished_by_the_next_pass(
     before = await _what_readers_see(redis, archive)
     # The mover wrote the file and died before the delete.
     stored = await reading.attempt_meta(redis, archive, RUN, 0)
-    meta.write_file(archive / reading.meta_path(RUN, 0), stored)
+    meta.write_file(archive / formats.meta_path(RUN, 0), stored)
     assert await _what_readers_see(redis, archive) == before
 
     await _archive_events_upto(redis, terminal)
@@ -179,7 +179,7 @@ async def test_an_attempt_whose_terminal_event_is_not_archived_keeps_its_hash(
     assert await mover.move_ready() == 0
     assert not await _hash_gone(redis)
     assert await redis.zcard(keys.log_meta_queue()) == 1
-    assert not (archive / reading.meta_path(RUN, 0)).exists()
+    assert not (archive / formats.meta_path(RUN, 0)).exists()
 
     await _archive_events_upto(redis, terminal, ours)
     assert await mover.move_ready() == 1
