@@ -57,7 +57,7 @@ from events import keys
 from events import model as ev
 from projections import query
 from projections.catalog import NAMES
-from projections.runner import rebuild
+from projections.rebuild import rebuild
 from services.api.console import CSRF_HEADER, SESSION_COOKIE
 from services.core.client import connect
 from services.core.logging import configure

@@ -44,7 +44,7 @@ from events.spec import Compute, RunSpec, Scheduling
 from projections.base import takes
 from projections.catalog import NAMES, make_all
 from projections.lanes import default_lanes, plan
-from projections.runner import RedisLogReader
+from projections.reader import RedisLogReader
 from projections.storage import RedisStore
 from services.core.client import connect
 from services.core.settings import Settings

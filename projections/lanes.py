@@ -5,7 +5,7 @@ and encoding the commits of all five projections take about three times the CPU 
 spends serving the reads and storing the rows. ``plan`` splits the projections into groups of
 about equal cost (``COST``), one per lane; ``services.projector.lanes`` runs each group in its
 own process. The groups share nothing but the server, so each projection's build is exactly
-the one ``projections.runner.rebuild_into`` makes alone (same rows, same checkpoint), and a
+the one ``projections.rebuild.rebuild_into`` makes alone (same rows, same checkpoint), and a
 lane that fails leaves the other lanes' builds standing.
 """
 
@@ -19,7 +19,7 @@ import structlog
 
 from projections.catalog import make
 from projections.errors import ProjectionsError
-from projections.runner import rebuild_namespace
+from projections.rebuild import rebuild_namespace
 from projections.storage import RedisStore
 
 log = structlog.get_logger("projections.lanes")

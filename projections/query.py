@@ -35,8 +35,8 @@ from projections.audit import Entry, entry_of, refusals_index
 from projections.base import Row
 from projections.billing import BilledAttempt, GroupBy, Report, Total
 from projections.cold import ColdRows, anchors
+from projections.reader import LogReader, RedisLogReader, each
 from projections.run_status import RunRow
-from projections.runner import LogReader, RedisLogReader, each
 from projections.utilization import (
     ClusterUtilization,
     Instance,

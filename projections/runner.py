@@ -24,13 +24,9 @@ it, and lets a run at rest go as soon as that entry is folded (``_let_go``): its
 at the checkpoint, say the rest. A run with entries on several partitions stays (they are
 folded in any interleaving); a build that folded past its checkpoint lets none go.
 
-A projector that stops cleanly writes each fold's memory down at its checkpoint
-(``keep_memory``: only a build with nothing left to store, so the memory is the state the
-stored rows were rendered from), and ``start`` takes it up again for a build whose checkpoint
-is still that one: the catch-up then reads the log from the checkpoints on, not from zero.
-The memory names the checkpoint, the fold's name and version, and the shape of what it holds
-(``form``): anything else (a crash, a commit since, a fold that changed) is a catch-up from
-zero, as before.
+A projector that stops cleanly writes each fold's memory down at its checkpoint, and the next
+start takes it up for a build still there (``projections.resume``): the catch-up then reads the
+log from the checkpoints on, not from zero.
 
 Invariants: see ``projections.engine``. A ``Superseded`` commit (another writer, or readers
 switched by a rebuild) means this runner's plan is stale: its owner starts a new one.
@@ -42,38 +38,32 @@ import asyncio
 import gc
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Protocol
 
-import msgspec
-import redis.asyncio as aioredis
 import structlog
 
-from events import codec, keys
+from events import codec
 from events.model import RunSubmitted
+from projections import resume
 from projections.base import (
     ZERO,
     Evicting,
     Position,
     Positions,
     Projection,
-    Resumable,
     Row,
     RowKey,
     format_checkpoint,
     format_position,
-    memory_form,
-    memory_of,
     parse_position,
-    recall_into,
 )
-from projections.catalog import make
-from projections.engine import Batch, Build, Engine, Fields
+from projections.engine import Batch, Build, Engine
 from projections.errors import OtherPartitions
-from projections.storage import RedisStore, namespace_version
+from projections.reader import Entry, LogReader, each
+from projections.storage import namespace_version
 
 log = structlog.get_logger("projections.runner")
 
-Entry = tuple[str, Fields]
 #: A page of one partition's entries (the partition, then its entries in order).
 Page = tuple[int, Sequence[Entry]]
 _SUBMITTED = codec.kinds_of({RunSubmitted})
@@ -84,13 +74,7 @@ READ_AHEAD = 24  # pages: enough to go on folding while the server stores a batc
 SLICE = 50  # entries folded between two turns of the event loop
 
 
-class LogReader(Protocol):
-    async def read(self, after: str, count: int) -> Sequence[Entry]:
-        """Up to ``count`` entries of the global log after ``after`` (exclusive), in order."""
-        ...
-
-
-class BuildStore(Protocol):
+class BuildStore(resume.MemoryStore, Protocol):
     async def active(self, name: str) -> str | None: ...
 
     async def checkpoint(self, name: str, namespace: str) -> Positions:
@@ -107,24 +91,10 @@ class BuildStore(Protocol):
         """For each (projection, namespace, row keys), the stored bodies (None: no such row)."""
         ...
 
-    async def memory(self, name: str, namespace: str) -> bytes | None: ...
-
-    async def keep_memory(self, name: str, namespace: str, memory: bytes | None) -> None: ...
-
     async def cold(self, name: str, namespace: str, runs: Sequence[str]) -> dict[str, list[Row]]:
         """The rows of ``runs`` that left the store for the cold rows (``projections.cold``),
         by run: the runs that are there."""
         ...
-
-
-class _Kept(msgspec.Struct, frozen=True):
-    """A build's memory as kept: where it stands, which fold, and the fold's own bytes."""
-
-    checkpoint: str
-    name: str
-    version: int
-    form: str  # ``memory_form``: a fold whose memory changed shape takes none up
-    memory: bytes
 
 
 @dataclass(frozen=True)
@@ -133,45 +103,6 @@ class Retired:
 
     name: str
     namespace: str
-
-
-class RedisLogReader:
-    """``LogReader`` over one partition's global stream.
-
-    Reads through a client that skips redis-py's per-entry reply callback (it builds a tuple
-    and a dict per entry; half the cost of a read), and hands over each entry's fields as the
-    server sends them (``[field, value, ...]``): the engine decodes that layout directly.
-    """
-
-    def __init__(self, client: aioredis.Redis, partition: int = 0) -> None:
-        pool = getattr(client, "connection_pool", None)
-        # A cluster client (no one pool) keeps its reply callbacks: its pages are flattened.
-        self.flatten = pool is None
-        self.redis = client if pool is None else aioredis.Redis(connection_pool=pool)
-        if pool is not None:
-            self.redis.set_response_callback("XRANGE", _raw)
-        self.stream = keys.log_stream(partition)
-
-    async def read(self, after: str, count: int) -> Sequence[Entry]:
-        start = "-" if after in ("0", "0-0") else f"({after}"
-        entries = cast(
-            list[list[Any]], await self.redis.xrange(self.stream, start, "+", count=count)
-        )
-        if self.flatten:
-            return [
-                (position.decode(), [item for pair in fields.items() for item in pair])
-                for position, fields in entries
-            ]
-        return [(position.decode(), flat) for position, flat in entries]
-
-
-def _raw(response: Any, **_: Any) -> Any:
-    return response
-
-
-def each(reader: LogReader | Sequence[LogReader]) -> list[LogReader]:
-    """One reader per partition (a single reader is partition 0's, of one)."""
-    return list(reader) if isinstance(reader, Sequence) else [reader]
 
 
 class Runner:
@@ -213,7 +144,7 @@ class Runner:
         it goes on following the log (the projector), so the runs at rest leave memory now;
         a rebuild that ends here keeps them.
         """
-        builds = [await self._plan(p, namespace) for p in self.projections]
+        builds = [await self.plan(p, namespace) for p in self.projections]
         if namespace is None:
             for build in builds:
                 await self._recall(build)
@@ -240,7 +171,7 @@ class Runner:
                 checkpoint=format_checkpoint(build.stored),
             )
 
-    async def _plan(
+    async def plan(
         self, projection: Projection, namespace: Callable[[Projection], str] | None
     ) -> Build:
         name, version = projection.name, projection.version
@@ -484,50 +415,13 @@ class Runner:
 
     async def _recall(self, build: Build) -> None:
         """Take up the memory the build's fold kept at its checkpoint, if it is that one's."""
-        fold = build.projection
-        kept = await self.store.memory(build.name, build.namespace)
-        if kept is None or not isinstance(fold, Resumable):
-            return
-        await self.store.keep_memory(build.name, build.namespace, None)  # taken: stale soon
-        checkpoint = format_checkpoint(build.stored)
-        try:
-            memory = msgspec.msgpack.decode(kept, type=_Kept)
-            if (memory.checkpoint, memory.name, memory.version, memory.form) != (
-                checkpoint,
-                fold.name,
-                fold.version,
-                memory_form(fold),
-            ):
-                log.info("projection.memory_stale", projection=build.name, kept=memory.checkpoint)
-                return
-            recall_into(fold, memory.memory)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.warning("projection.memory_unreadable", projection=build.name, error=str(exc))
-            return
-        build.applied = list(build.stored)
-        self.recalled.append(build.name)
-        log.info("projection.memory_taken_up", projection=build.name, checkpoint=checkpoint)
+        if await resume.recall(self.store, build):
+            self.recalled.append(build.name)
 
     async def keep_memory(self) -> int:
         """Write down the memory of each build with nothing left to store (a clean stop, after
         the last commit), for the next start; how many."""
-        kept = 0
-        for build in self.engine.stored_all():
-            fold = build.projection
-            if not isinstance(fold, Resumable):
-                continue
-            memory = _Kept(
-                checkpoint=format_checkpoint(build.stored),
-                name=fold.name,
-                version=fold.version,
-                form=memory_form(fold),
-                memory=memory_of(fold),
-            )
-            await self.store.keep_memory(
-                build.name, build.namespace, msgspec.msgpack.encode(memory)
-            )
-            kept += 1
-        return kept
+        return await resume.keep(self.store, self.engine.stored_all())
 
     async def process(self, entries: Sequence[Entry], partition: int = 0) -> None:
         """Fold ``entries`` of ``partition`` (the guard skips what is folded already) and store
@@ -616,63 +510,3 @@ class Runner:
                     warmed += 1
         self.warmed += warmed
         return warmed
-
-
-async def rebuild(
-    client: aioredis.Redis,
-    names: Sequence[str],
-    *,
-    now_ms: int,
-    switch: bool = True,
-    reader: LogReader | Sequence[LogReader] | None = None,
-    partitions: int = 1,
-) -> dict[str, str]:
-    """Rebuild the projections ``names`` from position zero on ``client``'s server, in one pass
-    over the log (``reader``, one per partition; default: the ``partitions`` streams themselves,
-    without their archive): each into a fresh namespace, switched to when caught up unless
-    ``switch`` is False. ``now_ms`` names the builds. Returns each one's namespace, by name.
-    (``services.projector.lanes`` spreads them over several processes.)"""
-    return await rebuild_into(
-        RedisStore(client),
-        reader if reader is not None else [RedisLogReader(client, p) for p in range(partitions)],
-        [make(n) for n in names],
-        now_ms=now_ms,
-        switch=switch,
-    )
-
-
-def rebuild_namespace(projection: Projection, now_ms: int) -> str:
-    """The namespace of a rebuild of ``projection`` started at ``now_ms``."""
-    return f"v{projection.version}r{now_ms}"
-
-
-async def rebuild_into(
-    store: BuildStore,
-    reader: LogReader | Sequence[LogReader],
-    projections: Sequence[Projection],
-    *,
-    now_ms: int,
-    switch: bool = True,
-    page: int = 5000,
-) -> dict[str, str]:
-    """Fold ``projections`` (fresh instances) from position zero into new namespaces, in one
-    pass over the log.
-
-    With ``switch`` readers are moved to each once it has caught up (a running projector
-    notices and adopts it); the old build stays until its owner drops it. Returns the new
-    namespace of each projection, by name.
-    """
-    fresh = {p.name: rebuild_namespace(p, now_ms) for p in projections}
-    runner = Runner(store, reader, projections, page=page)
-    if switch:
-        await runner.start(namespace=lambda p: fresh[p.name], serving=False)
-        return fresh
-    builds = []
-    for projection in projections:
-        build = await runner._plan(projection, lambda p: fresh[p.name])
-        build.expect_active = (await store.active(projection.name)) or ""
-        builds.append(build)
-    runner.engine = Engine(builds, len(runner.readers))
-    await runner.catch_up()
-    await runner.commit()
-    return fresh

@@ -454,7 +454,7 @@ async def set_pointer(client: aioredis.Redis, partition: int, value: Pointer) ->
 
 
 class ArchivedLog:
-    """One partition's global log, archive and stream as one: a ``projections.runner.LogReader``.
+    """One partition's global log, archive and stream as one: a ``projections.reader.LogReader``.
 
     ``root`` names the partition's archive directory (``partition_root``) as this host sees it;
     None takes the pointer's.

@@ -9,7 +9,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from events import keys
-from projections.runner import Entry
+from projections.reader import Entry
 from services.core.groups import Delivery, dead_letter, ensure_group, group_info
 
 

@@ -19,7 +19,7 @@ import structlog
 
 from projections.catalog import make
 from projections.lanes import LaneFailed, default_lanes, drop_unfinished, plan
-from projections.runner import rebuild
+from projections.rebuild import rebuild
 from services.core.archive import ArchivedLog
 from services.core.client import connect_with
 from services.core.settings import Settings
@@ -38,7 +38,7 @@ async def rebuild_many(
     """Rebuild ``names`` from position zero on the server ``settings`` name, over ``lanes``
     processes (default: one per core). Returns each projection's new namespace, by name.
 
-    Every projection is rebuilt as ``projections.runner.rebuild`` would; with ``switch`` readers
+    Every projection is rebuilt as ``projections.rebuild.rebuild`` would; with ``switch`` readers
     move to each one as its lane catches up. If a lane fails, its unfinished builds are dropped
     and ``LaneFailed`` names it and its error once every lane has ended (the other lanes'
     builds stand)."""

@@ -38,7 +38,8 @@ from redis.exceptions import RedisError
 
 from projections.base import Projection
 from projections.errors import Superseded
-from projections.runner import REST_MS, BuildStore, Entry, LogReader, Retired, Runner, each
+from projections.reader import Entry, LogReader, each
+from projections.runner import REST_MS, BuildStore, Retired, Runner
 from services.core.archive import ArchiveBusy
 from services.projector.cooling import Cooler
 from services.projector.metrics import RUNS_COOLED, RUNS_EVICTED, RUNS_RESTORED

@@ -22,7 +22,7 @@ from events.model import (
     RunEvent,
 )
 from projections.catalog import NAMES
-from projections.runner import rebuild
+from projections.rebuild import rebuild
 from services.core.store import EventStore
 from services.output import ingest, reading
 from tests.factories import new_id

@@ -21,7 +21,7 @@ from events.identity import (
 from events.model import AttemptQueued, NodeRegistered, Role, RunSubmitted
 from events.spec import Compute, RunSpec
 from projections.catalog import NAMES
-from projections.runner import rebuild
+from projections.rebuild import rebuild
 from services.core.store import EventStore
 from tests.factories import new_id
 

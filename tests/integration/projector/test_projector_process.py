@@ -20,8 +20,8 @@ from events.model import AnyEvent
 from events.status import RunStatus
 from projections import query
 from projections.catalog import NAMES
+from projections.rebuild import rebuild
 from projections.run_status import RunRow, RunStatusProjection
-from projections.runner import rebuild
 from services.core.client import connect
 from services.core.settings import Settings
 from services.core.store import EventStore

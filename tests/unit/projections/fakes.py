@@ -25,7 +25,8 @@ from projections.catalog import make_all
 from projections.cold import anchors
 from projections.engine import Batch, Fields
 from projections.errors import Superseded
-from projections.runner import Entry, Runner
+from projections.reader import Entry
+from projections.runner import Runner
 from projections.storage import ColdBuild, to_call, writes_of
 from services.projector.projector import Projector
 

@@ -27,8 +27,8 @@ from projections.audit import AuditProjection
 from projections.base import Evicting, Row, RowKey
 from projections.billing import BillingProjection
 from projections.engine import Batch, Part
+from projections.reader import Entry
 from projections.run_status import RunStatusProjection
-from projections.runner import Entry
 from projections.utilization import UtilizationProjection
 from tests.unit.projections.fakes import FakeStore
 from tests.unit.projections.history import SCHEDULER, USER, History, at, fold

@@ -15,8 +15,9 @@ from projections.base import Projection
 from projections.catalog import make_all
 from projections.engine import Batch
 from projections.errors import Superseded
+from projections.rebuild import rebuild_into
 from projections.run_status import RunStatusProjection
-from projections.runner import Runner, rebuild_into
+from projections.runner import Runner
 from services.projector.projector import Projector
 from tests.unit.projections.fakes import FakeGroup, FakeLog, FakeStore
 from tests.unit.projections.simulator import history

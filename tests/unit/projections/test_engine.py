@@ -15,7 +15,8 @@ from projections.audit import AuditProjection
 from projections.billing import BillingProjection
 from projections.catalog import make_all
 from projections.engine import Build, Engine
-from projections.runner import Entry, Runner
+from projections.reader import Entry
+from projections.runner import Runner
 from tests.unit.projections.fakes import FakeLog, FakeStore
 from tests.unit.projections.history import History
 from tests.unit.projections.simulator import history

@@ -24,8 +24,9 @@ from projections.audit import AuditProjection
 from projections.base import Evicting, Row, RowKey
 from projections.billing import BillingProjection
 from projections.catalog import NAMES, make_all
+from projections.reader import Entry
 from projections.run_status import RunStatusProjection
-from projections.runner import Entry, Runner
+from projections.runner import Runner
 from projections.utilization import UtilizationProjection
 from services.projector.projector import Projector
 from tests.unit.projections.fakes import FakeGroup, FakeLog, FakeStore, rebuilt

@@ -24,7 +24,8 @@ from events.codec import Recorded
 from projections.catalog import NAMES, make_all
 from projections.engine import Build, Engine
 from projections.errors import OtherPartitions
-from projections.runner import Entry, Runner
+from projections.reader import Entry
+from projections.runner import Runner
 from projections.utilization import UtilizationProjection
 from tests.unit.projections.fakes import (
     FakeLog,
