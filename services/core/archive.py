@@ -24,11 +24,10 @@ Invariants:
   holds no more of the segments as first written (its *places*) than the newer, up to
   ``MERGED_EVENTS``, so a day of 5-minute passes lists a handful of segments, not 288. A place
   keeps its number (its order among the segments as first written) for good: the index of
-  retired histories names places (``services.core.retired``), and a merged segment keeps each
-  place's rows as row groups of their own, its places in its footer
-  (``services.core.segments.merge``). The merged two are deleted by the next pass, so a reader
-  that read the manifest just before finds them still; one that finds a file gone reads the
-  manifest again.
+  retired histories names places (``services.core.retired``), and a merged segment lists its
+  places in its footer, each a range of its rows (``services.core.segments.merge``). The
+  merged two are deleted by the next pass, so a reader that read the manifest just before
+  finds them still; one that finds a file gone reads the manifest again.
 - The server holds a pointer (``keys.log_archive``: the directory and the last position the
   global stream was trimmed to, at most), set before each trim. A reader reads the pointer after
   the stream in one round trip, so whatever the stream lacks is in the archive, and it takes
@@ -146,7 +145,7 @@ class Manifest(msgspec.Struct):
 
 
 #: The most events a merged segment holds (a pass's segment holds up to 100,000): a history's
-#: lookup reads only its places' row groups, and a report or a replay a row group at a time.
+#: lookup reads only the row groups of its places' rows, and a replay a row group at a time.
 MERGED_EVENTS = 1_000_000
 #: The events a pass merges at most: the newest segments' merges need about twice
 #: ``MERGED_EVENTS`` at most; an archive of a former version, never merged, is merged over
@@ -328,10 +327,9 @@ class Archive:
             if segment.places == 1:
                 found += segments.read_aggregate(path, aggregate)
                 continue
-            counts = [groups for _, groups in self._places(segment)]
-            starts = list(itertools.accumulate(counts, initial=0))
-            groups = [g for p in held for g in range(starts[p], starts[p] + counts[p])]
-            found += segments.read_aggregate(path, aggregate, groups)
+            starts = list(itertools.accumulate((n for _, n in self._places(segment)), initial=0))
+            rows = [(starts[p], starts[p + 1]) for p in held]
+            found += segments.read_aggregate(path, aggregate, rows)
         return found
 
     def _listed(self) -> _Listing:
@@ -352,9 +350,8 @@ class Archive:
         return found
 
     def _places(self, segment: Segment) -> list[tuple[str, int]]:
-        """Each place ``segment`` holds: its last position and its row groups."""
-        layout = self._layout(segment)
-        return layout.places or [(segment.last, len(layout.groups))]
+        """Each place ``segment`` holds: its last position and its rows."""
+        return self._layout(segment).places or [(segment.last, segment.events)]
 
     def _entries(self, segment: Segment, group: int) -> tuple[list[Position], list[Entry]]:
         # A rebuild reads a row group page by page: keep the last one read.

@@ -10,6 +10,8 @@ them: the ``k``, ``e``, ``n`` layout from its columns, any other layout from ``e
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, cast
@@ -125,27 +127,59 @@ def _entries(data: pa.Table) -> tuple[list[Position], list[Entry]]:
     return positions, entries
 
 
-def read_aggregate(path: Path, aggregate: str, groups: Sequence[int] | None = None) -> list[Entry]:
-    """The entries of one aggregate in a segment (in its row groups ``groups``; None: all of
-    them), in order, as the stream held them."""
-    if groups is None:
+def read_aggregate(
+    path: Path, aggregate: str, rows: Sequence[tuple[int, int]] | None = None
+) -> list[Entry]:
+    """The entries of one aggregate in a segment (in its rows ``[start, end)`` of ``rows``;
+    None: all of them), in order, as the stream held them."""
+    if rows is None:
         data = pq.read_table(path, columns=_READ, filters=[("aggregate", "=", aggregate)])
         return _entries(data)[1]
-    data = pq.ParquetFile(path).read_row_groups(groups, columns=[*_READ, "aggregate"])
+    source = pq.ParquetFile(path)
+    meta = source.metadata
+    starts = list(itertools.accumulate(_group_rows(meta), initial=0))  # each group's first row
+    groups = sorted(
+        {
+            group
+            for start, end in rows
+            for group in range(
+                bisect.bisect_right(starts, start) - 1, bisect.bisect_left(starts, end)
+            )
+        }
+    )
+    read = source.read_row_groups(groups, columns=[*_READ, "aggregate"])
+    at = dict(
+        zip(
+            groups,
+            itertools.accumulate((meta.row_group(g).num_rows for g in groups), initial=0),
+            strict=False,
+        )
+    )
+    parts = []
+    for start, end in sorted(rows):
+        group = bisect.bisect_right(starts, start) - 1
+        parts.append(read.slice(at[group] + start - starts[group], end - start))
+    data = pa.concat_tables(parts) if parts else read.slice(0, 0)
     return _entries(data.filter(pc.equal(data["aggregate"], aggregate)))[1]
+
+
+def _group_rows(meta: Any) -> list[int]:
+    return [meta.row_group(n).num_rows for n in range(meta.num_row_groups)]
 
 
 # --- merged segments (``services.core.archive``: a day's segments merged as they come) ----------
 
 #: The footer's record, in a merged segment, of the segments it was merged from as first
-#: written (the archive's *places*), in order: each one's last position and its row groups.
+#: written (the archive's *places*), in order: each one's last position and its rows.
 PLACES = b"runplane.places"
 Place = tuple[str, int]
+#: Rows of a merged segment a row group (a row group is what a read of the log holds at once).
+GROUP_ROWS = 65_536
 
 
 class Layout(NamedTuple):
     """A segment's row groups, each as the least and greatest ``ms`` it holds, and its places
-    (None: a segment as first written, one place of every row group)."""
+    (None: a segment as first written, one place)."""
 
     groups: list[tuple[int, int]]
     places: list[Place] | None
@@ -171,20 +205,27 @@ def read_groups(path: Path, groups: Sequence[int]) -> tuple[list[Position], list
 
 
 def merge(parts: Sequence[tuple[Path, list[Place]]], out: str) -> None:
-    """The segments ``parts`` (in log order, each with its places) as one at ``out``: each of
-    their row groups one of its own, in order (a row group at a time in memory), its places
-    recorded in its footer (``PLACES``), so a place's rows are still a run of row groups."""
+    """The segments ``parts`` (in log order, each with its places) as one at ``out``, in row
+    groups of ``GROUP_ROWS`` (one input row group and one output group in memory at a time),
+    its places recorded in its footer (``PLACES``): a place is a range of its rows."""
     places = [place for _, held in parts for place in held]
     schema = SCHEMA.with_metadata({PLACES: msgspec.json.encode(places)})
+    held: list[pa.Table] = []
     with pq.ParquetWriter(out, schema, compression="zstd") as writer:
         for path, _ in parts:
             source = pq.ParquetFile(path)
             for n in range(source.num_row_groups):
-                group = source.read_row_group(n).replace_schema_metadata(schema.metadata)
-                writer.write_table(group, row_group_size=max(group.num_rows, 1))
-    written = pq.read_metadata(out).num_row_groups
-    if written != sum(groups for _, groups in places):  # never listed: the merge fails
-        raise AssertionError(f"{out}: {written} row groups written for places {places}")
+                held.append(source.read_row_group(n).replace_schema_metadata(schema.metadata))
+                if sum(t.num_rows for t in held) >= GROUP_ROWS:
+                    rows = pa.concat_tables(held)
+                    whole = rows.num_rows - rows.num_rows % GROUP_ROWS
+                    writer.write_table(rows.slice(0, whole), row_group_size=GROUP_ROWS)
+                    held = [rows.slice(whole)]
+        if rows := sum(t.num_rows for t in held):
+            writer.write_table(pa.concat_tables(held), row_group_size=rows)
+    written = pq.read_metadata(out).num_rows
+    if written != sum(rows for _, rows in places):  # never listed: the merge fails
+        raise AssertionError(f"{out}: {written} rows written for places {places}")
 
 
 def dataset(root: Path, paths: Sequence[str]) -> ds.Dataset:

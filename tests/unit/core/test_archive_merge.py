@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from events import codec
 from services.core import archive as archiving
+from services.core import segments
 from services.core.archive import Archive, Entry, Position, aggregate_of, day_of, parse
 from tests.unit.projections.simulator import Simulator
 
@@ -56,6 +57,7 @@ def write(archive: Archive, entries: list[Entry]) -> None:
     cuts=st.lists(st.integers(1, len(LOG) - 1), unique=True, max_size=14).map(sorted),
     merge_after=st.lists(st.booleans(), min_size=15, max_size=15),
     cap=st.integers(2, 60),
+    group=st.integers(1, 9),
     budget=st.integers(1, 200),
     start=st.integers(0, len(LOG) - 1),
     count=st.integers(1, 40),
@@ -64,12 +66,14 @@ def test_merged_segments_read_as_the_log_and_keep_their_places(  # noqa: PLR0917
     cuts: list[int],
     merge_after: list[bool],
     cap: int,
+    group: int,
     budget: int,
     start: int,
     count: int,
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
         patch.setattr(archiving, "MERGED_EVENTS", cap)
+        patch.setattr(segments, "GROUP_ROWS", group)  # a merged segment's rows, in groups
         archive = Archive(Path(tmp))
         places: dict[str, set[int]] = defaultdict(set)  # as the archiver records them
         bounds = [0, *cuts, len(LOG)]
