@@ -19,12 +19,18 @@ if TYPE_CHECKING:
 async def test_the_bench_prints_every_figure(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    args = report.parse_args(["--events", "3000", "--repeat", "1"])
+    # Four passes a day, merged as the archiver merges them: the reports read merged segments.
+    args = report.parse_args(["--events", "3000", "--repeat", "1", "--passes-a-day", "4"])
     with ValkeyProcess(tmp_path / "valkey") as server:
         assert await report.run(args, server.url, tmp_path) == 0
 
     out = capsys.readouterr().out
-    assert re.search(r"^  \d[\d,]* runs, \d+ day segments", out, re.MULTILINE), out
+    wrote = re.search(
+        r"^  \d[\d,]* runs; 4 passes a day wrote ([\d,]+) segments, listed as ([\d,]+);", out, re.M
+    )
+    assert wrote is not None, out
+    written, listed = (int(n.replace(",", "")) for n in wrote.groups())
+    assert listed < written, out  # merged
     for line in ("parquet:", "live, picked:", "live, replayed:"):
         assert re.search(rf"^  {re.escape(line)}\s+\d+\.\d\d s", out, re.MULTILINE), out
     assert re.search(r"ratio replayed / parquet: \d+\.\dx", out), out
