@@ -20,9 +20,10 @@ Invariants:
   the manifest does not list is a leftover of a crash: readers never open it, the archiver
   deletes it (``Archive.forget_unlisted``).
 - Listed segments follow each other: each one's first position is after the previous one's last.
-- A day's segments are merged as they come (``Archive.merge``): the newest two while the older
-  holds no more of the segments as first written (its *places*) than the newer, up to
-  ``MERGED_EVENTS``, so a day of 5-minute passes lists a handful of segments, not 288. A place
+- A day's segments are merged as they come (``Archive.merge``): two neighbours, the newest
+  first, that hold as many of the segments as first written (their *places*), up to
+  ``MERGED_EVENTS``: a binary counter, so a day of 5-minute passes lists two segments (288 is
+  256 + 32), not 288, and each event is rewritten about eight times. A place
   keeps its number (its order among the segments as first written) for good: the index of
   retired histories names places (``services.core.retired``), and a merged segment lists its
   places in its footer, each a range of its rows (``services.core.segments.merge``). The
@@ -147,10 +148,12 @@ class Manifest(msgspec.Struct):
 #: The most events a merged segment holds (a pass's segment holds up to 100,000): a history's
 #: lookup reads only the row groups of its places' rows, and a replay a row group at a time.
 MERGED_EVENTS = 1_000_000
-#: The events a pass merges at most: the newest segments' merges need about twice
-#: ``MERGED_EVENTS`` at most; an archive of a former version, never merged, is merged over
-#: many passes, its newest segments first.
+#: The events and the merges a pass makes at most: the newest segments' merges need about twice
+#: ``MERGED_EVENTS`` and a merge per power of two of a day's passes; an archive of a former
+#: version, never merged, is merged over many passes, its newest segments first (each merge
+#: rewrites the manifest: a year of small segments would otherwise hold one pass for hours).
 MERGE_BUDGET = 4 * MERGED_EVENTS
+MERGES_A_PASS = 256
 
 
 class _Listing(NamedTuple):
@@ -229,15 +232,20 @@ class Archive:
         self._list(manifest)
         return manifest
 
-    def merge(self, budget: int = MERGE_BUDGET, step: Callable[[str], None] | None = None) -> int:
+    def merge(
+        self,
+        budget: int = MERGE_BUDGET,
+        step: Callable[[str], None] | None = None,
+        most: int = MERGES_A_PASS,
+    ) -> int:
         """Merge listed segments (see above) until none may be, or ``budget`` events were
-        merged; how many merges. Each merged segment is written, durable, before the manifest
-        lists it in place of the two; ``step`` is told of each (``MERGE_WRITTEN``,
-        ``MERGED``)."""
+        merged, or ``most`` merges made; how many merges. Each merged segment is written,
+        durable, before the manifest lists it in place of the two; ``step`` is told of each
+        (``MERGE_WRITTEN``, ``MERGED``)."""
         from services.core import segments  # noqa: PLC0415 - pyarrow only where it is used
 
         merges = 0
-        while budget > 0:
+        while budget > 0 and merges < most:
             listed = self.manifest().segments
             n = _mergeable(listed)
             if n is None:
@@ -372,13 +380,13 @@ _R = TypeVar("_R")
 
 
 def _mergeable(listed: Sequence[Segment]) -> int | None:
-    """The older of the newest two listed segments that may be merged: of one day, the older
-    holding no more places than the newer, together up to ``MERGED_EVENTS``."""
+    """The older of the newest two neighbours that may be merged: of one day, holding as many
+    places each, together up to ``MERGED_EVENTS``."""
     for n in range(len(listed) - 2, -1, -1):
         older, newer = listed[n], listed[n + 1]
         if (
             older.path.partition("/")[0] == newer.path.partition("/")[0]
-            and older.places <= newer.places
+            and older.places == newer.places
             and older.events + newer.events <= MERGED_EVENTS
         ):
             return n

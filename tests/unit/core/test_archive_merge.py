@@ -123,6 +123,18 @@ def test_a_days_segments_merge_as_a_binary_counter(tmp_path: Path) -> None:
     ]
 
 
+def test_a_pass_merges_so_much_at_most(tmp_path: Path) -> None:
+    archive = Archive(tmp_path)
+    for n in range(8):  # a former version's archive: never merged
+        archive.add(archive.write(LOG[n * 4 : n * 4 + 4]))
+    assert archive.merge(most=3) == 3  # the newest first: 1 + 1, 1 + 1, 2 + 2
+    assert [s.places for s in archive.manifest().segments] == [1, 1, 1, 1, 4]
+    assert archive.merge(budget=1) == 1  # one merge, whatever its size
+    assert [s.places for s in archive.manifest().segments] == [1, 1, 2, 4]
+    assert archive.merge() == 3
+    assert [s.places for s in archive.manifest().segments] == [8]
+
+
 def test_a_reader_whose_segment_was_merged_and_deleted_reads_the_manifest_again(
     tmp_path: Path,
 ) -> None:
