@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import msgspec
 import redis.asyncio as aioredis
@@ -62,6 +62,9 @@ from services.core.client import raw_ranges
 from services.core.durable import atomically, delete_unlisted
 from services.core.retired import Retired, RetiredIndex
 from services.core.settings import Settings
+
+if TYPE_CHECKING:  # pyarrow only where a segment is opened
+    from services.core.segments import Layout
 
 #: A log position as numbers: (milliseconds, sequence).
 Position = tuple[int, int]
@@ -189,7 +192,7 @@ class Archive:
         self._cached: tuple[tuple[str, int], list[Position], list[Entry]] | None = None
         self._manifest = durable.Manifest(root / MANIFEST, Manifest)
         self._listing = _Listing.of(Manifest())
-        self._layouts: dict[str, Any] = {}  # a segment's ``segments.Layout``, by path
+        self._layouts: dict[str, Layout] = {}  # by path
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """Held by the one archiver writing here (on this host); another gets ``ArchiveBusy``
@@ -346,8 +349,8 @@ class Archive:
             self._listing = _Listing.of(manifest)
         return self._listing
 
-    def _layout(self, segment: Segment) -> Any:
-        """``segment``'s ``segments.Layout`` (its footer's), kept for the segments last read."""
+    def _layout(self, segment: Segment) -> Layout:
+        """``segment``'s layout (its footer's), kept for the segments last read."""
         found = self._layouts.get(segment.path)
         if found is None:
             from services.core import segments  # noqa: PLC0415 - pyarrow only where it is used

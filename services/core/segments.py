@@ -137,7 +137,8 @@ def read_aggregate(
         return _entries(data)[1]
     source = pq.ParquetFile(path)
     meta = source.metadata
-    starts = list(itertools.accumulate(_group_rows(meta), initial=0))  # each group's first row
+    sizes = [meta.row_group(n).num_rows for n in range(meta.num_row_groups)]
+    starts = list(itertools.accumulate(sizes, initial=0))  # each group's first row
     groups = sorted(
         {
             group
@@ -148,23 +149,15 @@ def read_aggregate(
         }
     )
     read = source.read_row_groups(groups, columns=[*_READ, "aggregate"])
-    at = dict(
-        zip(
-            groups,
-            itertools.accumulate((meta.row_group(g).num_rows for g in groups), initial=0),
-            strict=False,
-        )
-    )
+    # Where each group read begins in ``read``: the groups read, one after another.
+    offsets = itertools.accumulate((sizes[g] for g in groups), initial=0)
+    at = dict(zip(groups, offsets, strict=False))
     parts = []
     for start, end in sorted(rows):
         group = bisect.bisect_right(starts, start) - 1
         parts.append(read.slice(at[group] + start - starts[group], end - start))
     data = pa.concat_tables(parts) if parts else read.slice(0, 0)
     return _entries(data.filter(pc.equal(data["aggregate"], aggregate)))[1]
-
-
-def _group_rows(meta: Any) -> list[int]:
-    return [meta.row_group(n).num_rows for n in range(meta.num_row_groups)]
 
 
 # --- merged segments (``services.core.archive``: a day's segments merged as they come) ----------

@@ -180,8 +180,8 @@ def nvmlEventSetWait(events: _EventSet, timeout_ms: int) -> _EventData:  # noqa:
             )
         if time.monotonic() >= deadline:
             raise NVMLError(NVML_ERROR_TIMEOUT)
-        # allowed: the fake's half of NVML's own bounded wait, polling its machine file
-        time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
+        pause = min(0.05, max(deadline - time.monotonic(), 0))
+        time.sleep(pause)  # allowed: NVML's own bounded wait, the fake polling its machine file
 
 
 # --- for tests: the machine the fake describes ------------------------------------------------
