@@ -273,16 +273,22 @@ class Archive:
             merges += 1
         return merges
 
-    def place_of(self, position: Position) -> int:
-        """The place (a segment as first written: see above) that holds ``position``, a listed
-        segment's."""
+    def places_of(self, positions: Iterable[Position]) -> set[int]:
+        """The places (segments as first written: see above) that hold ``positions``, listed
+        segments' (the manifest read once, each merged segment's places parsed once)."""
         listing = self._listed()
-        n = bisect.bisect_left(listing.lasts, position)
-        segment = listing.manifest.segments[n]
-        if segment.places == 1:
-            return listing.starts[n]
-        lasts = [parse(last) for last, _ in self._places(segment)]
-        return listing.starts[n] + bisect.bisect_left(lasts, position)
+        found: set[int] = set()
+        within: dict[int, list[Position]] = {}  # a merged segment's places' last positions
+        for position in positions:
+            n = bisect.bisect_left(listing.lasts, position)
+            segment = listing.manifest.segments[n]
+            if segment.places == 1:
+                found.add(listing.starts[n])
+                continue
+            if n not in within:
+                within[n] = [parse(last) for last, _ in self._places(segment)]
+            found.add(listing.starts[n] + bisect.bisect_left(within[n], position))
+        return found
 
     def _list(self, manifest: Manifest) -> None:
         encoded = msgspec.json.encode(manifest)

@@ -362,7 +362,7 @@ async def retire_runs(  # noqa: PLR0917 - the pass's own arguments
             last_position, last = entries[-1][0].decode(), entries[-1][1]
             if parse(last_position) > upto or not _rests((last_position, last)):
                 continue  # not all archived yet, or still at work
-            held = {archive.place_of(parse(p.decode())) for p, _ in entries}
+            held = archive.places_of(parse(p.decode()) for p, _ in entries)
             records[run] = Retired(int(codec.fields_of(last)[codec.VERSION]), tuple(sorted(held)))
             going.append((keys.aggregate_stream(run, partition), last_position))
     await asyncio.to_thread(archive.index.add, records)

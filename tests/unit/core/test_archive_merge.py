@@ -80,7 +80,7 @@ def test_merged_segments_read_as_the_log_and_keep_their_places(  # noqa: PLR0917
         for n, (low, high) in enumerate(itertools.pairwise(bounds)):
             write(archive, LOG[low:high])
             for position, flat in LOG[low:high]:  # looked up at once, as ``retire_runs`` does
-                places[aggregate_of(position, flat)].add(archive.place_of(parse(position)))
+                places[aggregate_of(position, flat)] |= archive.places_of([parse(position)])
             if merge_after[n]:
                 archive.merge(budget)
         listed = archive.manifest().segments
@@ -99,7 +99,7 @@ def test_merged_segments_read_as_the_log_and_keep_their_places(  # noqa: PLR0917
             mine = [e for e in LOG if aggregate_of(*e) == aggregate]
             assert fresh.history(held, aggregate) == mine, aggregate
             # Places keep their numbers: one looked up now is the one recorded then.
-            assert {fresh.place_of(parse(e[0])) for e in mine} == held
+            assert fresh.places_of(parse(e[0]) for e in mine) == held
 
 
 def places_of_all(places: dict[str, set[int]]) -> set[int]:
